@@ -1,0 +1,1 @@
+"""The ``ioc`` command: the composition root that knows every service, processor and simulator."""

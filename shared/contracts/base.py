@@ -1,0 +1,134 @@
+"""Base classes and the registry of IOC's event contracts.
+
+An *event type* (``ioc.meter.reading.recorded.v1``) names one versioned payload schema (a pydantic model), the
+topic it is published on and the payload field that holds the record key (the entity id). A *topic spec* says
+how a topic is laid out (partitions, key, retention or compaction, owning service). Both registries are plain
+data, filled when the ``shared.contracts`` modules are imported, and exported as JSON Schema and AsyncAPI for
+outside subscribers (``make contracts``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+# Strict scalar types: JSON `false` is not a number, "12" is not an int.
+StrictFloat = Annotated[float, Strict()]
+StrictInt = Annotated[int, Strict()]
+StrictStr = Annotated[str, Strict()]
+StrictBool = Annotated[bool, Strict()]
+EntityId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+AreaCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._\-]+$")]
+
+
+class EventModel(BaseModel):
+    """Base of every event payload: unknown fields are rejected, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_timedelta="float")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One Kafka topic of the catalogue."""
+
+    name: str
+    partitions: int
+    key: str
+    owner: str
+    description: str
+    retention_ms: int | None = 7 * 24 * 3600 * 1000
+    compacted: bool = False
+    internal: bool = False
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configuration for topic creation (and the Strimzi KafkaTopic)."""
+        cfg: dict[str, str] = {}
+        if self.compacted:
+            cfg["cleanup.policy"] = "compact"
+        if self.retention_ms is not None and not self.compacted:
+            cfg["retention.ms"] = str(self.retention_ms)
+        return cfg
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One versioned event type: its schema model, topic and key field."""
+
+    type: str
+    model: type[EventModel]
+    topic: str
+    key_field: str
+    version: int
+    description: str
+    subject_field: str | None = None
+    examples: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    @property
+    def schema_id(self) -> str:
+        """The ``ce_dataschema`` URI of this type (a committed file under ``contracts/schemas``)."""
+        return f"urn:ioc:schema:{self.type}"
+
+    def key_of(self, payload: EventModel | dict) -> str:
+        if isinstance(payload, dict):
+            return str(payload[self.key_field])
+        return str(getattr(payload, self.key_field))
+
+
+TOPICS: dict[str, TopicSpec] = {}
+EVENT_TYPES: dict[str, EventType] = {}
+
+
+def register_topic(spec: TopicSpec) -> TopicSpec:
+    """Add a topic to the catalogue (idempotent for an identical spec)."""
+    existing = TOPICS.get(spec.name)
+    if existing is not None and existing != spec:
+        raise ValueError(f"topic {spec.name} registered twice with different specs")
+    TOPICS[spec.name] = spec
+    return spec
+
+
+def event_type(
+    type_name: str,
+    *,
+    topic: TopicSpec,
+    key: str,
+    description: str,
+    subject: str | None = None,
+    examples: tuple[dict[str, Any], ...] = (),
+):
+    """Class decorator registering a payload model as a versioned event type.
+
+    ``type_name`` ends in ``.v<N>``; events are named in the past tense (``reading.recorded``).
+    """
+
+    def register(model: type[EventModel]) -> type[EventModel]:
+        version = int(type_name.rsplit(".v", 1)[1])
+        if key not in model.model_fields:
+            raise ValueError(f"{type_name}: key field {key!r} is not a field of {model.__name__}")
+        et = EventType(type_name, model, topic.name, key, version, description, subject, examples)
+        if type_name in EVENT_TYPES and EVENT_TYPES[type_name].model is not model:
+            raise ValueError(f"event type {type_name} registered twice")
+        EVENT_TYPES[type_name] = et
+        model.__ioc_event_type__ = et  # type: ignore[attr-defined]
+        return model
+
+    return register
+
+
+def event_type_of(model: type[EventModel] | EventModel) -> EventType:
+    """The registered :class:`EventType` of a payload model (or instance)."""
+    cls = model if isinstance(model, type) else type(model)
+    try:
+        return cls.__ioc_event_type__  # type: ignore[attr-defined]
+    except AttributeError:
+        raise LookupError(f"{cls.__name__} is not a registered event type") from None
+
+
+class Window(EventModel):
+    """A time window: its start (inclusive) and length."""
+
+    start: datetime
+    seconds: StrictInt = Field(gt=0)

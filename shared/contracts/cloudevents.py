@@ -1,0 +1,167 @@
+"""CloudEvents 1.0, Kafka protocol binding, binary content mode.
+
+The record value is the JSON payload; the CloudEvents attributes travel as ``ce_*`` headers with
+``content-type: application/json``; the record key is the entity id. Any CloudEvents SDK (or a plain Kafka
+client) can read IOC's events without knowing IOC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from shared.contracts.base import EVENT_TYPES, EventModel, EventType
+
+SPEC_VERSION = b"1.0"
+CONTENT_TYPE = b"application/json"
+
+Headers = list[tuple[str, bytes]]
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """An event ready for the producer."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+    id: str
+
+
+def encode(
+    etype: EventType,
+    payload: EventModel | dict[str, Any],
+    *,
+    source: str,
+    id: str | None = None,
+    time: str | None = None,
+    subject: str | None = None,
+    extra_headers: Iterable[tuple[str, bytes]] = (),
+) -> EncodedEvent:
+    """Encode one payload as a binary-mode CloudEvent for ``etype``'s topic.
+
+    A dict payload is trusted to be valid already (the hot path validates before); a model is dumped.
+    """
+    data = payload.model_dump(mode="json") if isinstance(payload, EventModel) else payload
+    key = str(data[etype.key_field])
+    event_id = id or uuid.uuid4().hex
+    if subject is None and etype.subject_field:
+        subject = str(data.get(etype.subject_field))
+    headers: Headers = [
+        ("ce_specversion", SPEC_VERSION),
+        ("ce_id", event_id.encode()),
+        ("ce_source", source.encode()),
+        ("ce_type", etype.type.encode()),
+        ("ce_time", (time or now_rfc3339()).encode()),
+        ("ce_dataschema", etype.schema_id.encode()),
+        ("content-type", CONTENT_TYPE),
+    ]
+    if subject:
+        headers.append(("ce_subject", subject.encode()))
+    headers.extend(extra_headers)
+    return EncodedEvent(etype.topic, key.encode(), orjson.dumps(data), headers, event_id)
+
+
+class EventDecodeError(ValueError):
+    """A record that is not a valid IOC CloudEvent. ``reason`` never contains payload values."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """A decoded, validated event as a consumer sees it."""
+
+    type: str
+    id: str
+    source: str
+    time: str
+    subject: str | None
+    key: str | None
+    data: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+    @property
+    def dedup_key(self) -> tuple[str, str]:
+        """CloudEvents identity: ``source`` + ``id`` (consumers dedup on it)."""
+        return (self.source, self.id)
+
+
+def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, bytes]:
+    return {k: v for k, v in (headers or ())}
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """A readable summary of a pydantic error without the offending values (they may be personal data)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:10]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode(record: Any, *, validate: bool = True) -> ReceivedEvent:
+    """Decode an aiokafka ``ConsumerRecord`` into a :class:`ReceivedEvent`, validating the payload.
+
+    Raises :class:`EventDecodeError` for anything that is not a registered, valid event.
+    """
+    h = headers_dict(record.headers)
+    if h.get("ce_specversion") != SPEC_VERSION:
+        raise EventDecodeError("missing or unsupported ce_specversion header")
+    try:
+        etype_name = h["ce_type"].decode()
+        event_id = h["ce_id"].decode()
+        source = h["ce_source"].decode()
+    except (KeyError, UnicodeDecodeError):
+        raise EventDecodeError("missing ce_type, ce_id or ce_source header") from None
+    etype = EVENT_TYPES.get(etype_name)
+    if etype is None:
+        raise EventDecodeError(f"unknown event type {etype_name!r}")
+    if record.value is None:
+        raise EventDecodeError("record has no value")
+    try:
+        data = orjson.loads(record.value)
+    except orjson.JSONDecodeError as exc:
+        raise EventDecodeError(f"value is not JSON ({exc.msg if hasattr(exc, 'msg') else 'decode error'})") from None
+    if not isinstance(data, dict):
+        raise EventDecodeError("value is not a JSON object")
+    if validate:
+        try:
+            etype.model.model_validate(data)
+        except ValidationError as exc:
+            raise EventDecodeError(f"{etype_name}: {validation_reason(exc)}") from None
+    subject = h.get("ce_subject")
+    return ReceivedEvent(
+        type=etype_name,
+        id=event_id,
+        source=source,
+        time=(h.get("ce_time") or b"").decode(),
+        subject=subject.decode() if subject else None,
+        key=record.key.decode() if record.key else None,
+        data=data,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+    )
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an RFC 3339 ``ce_time`` (``Z`` suffix accepted)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -1,0 +1,347 @@
+"""The common shape of every IOC HTTP service.
+
+:func:`create_service_app` builds a FastAPI app whose lifespan opens the PostgreSQL pool (applying the platform
+and the service's migrations), creates missing topics, opens the event publisher, runs the service's own
+start/stop hooks, and closes everything on shutdown. Every app gets the same error format, ``/healthz``,
+``/readyz``, ``/metrics``, a body-size limit (413), a concurrency limit (503 + Retry-After), and per-route
+Prometheus metrics. Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, ORJSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shared.auth import PLATFORM_SCHEMA, ApiError, KeyStore, Principal, RateLimiter
+from shared.config import ServiceSettings
+from shared.db import apply_migrations, create_pool, ping
+from shared.kafka.admin import ensure_topics
+from shared.kafka.producer import BrokerUnavailable, EventPublisher
+from shared.logging import configure_logging
+from shared.metrics import BUILD_INFO, MetricsMiddleware, metrics_response
+
+log = logging.getLogger(__name__)
+PLATFORM_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ServiceContext:
+    """What a running service holds: settings, the DB pool, the publisher, auth, and its own objects."""
+
+    name: str
+    settings: ServiceSettings
+    publisher: EventPublisher
+    pool: asyncpg.Pool | None = None
+    keys: KeyStore | None = None
+    rate_limiter: RateLimiter | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        """CloudEvents ``source`` of everything this service publishes."""
+        return f"/ioc/{self.name}"
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task:
+        """Run a background task for the life of the app (cancelled at shutdown)."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.append(task)
+        return task
+
+
+Hook = Callable[[ServiceContext], Awaitable[None]]
+
+
+def error_body(code: str, message: str, details: list | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
+def _validation_details(errors: Sequence[dict]) -> list[dict]:
+    details = []
+    for err in errors[:200]:
+        loc = list(err.get("loc", ()))
+        item = next((p for p in loc if isinstance(p, int)), None)
+        fields = [p for p in loc if isinstance(p, str) and p != "body"]
+        details.append({
+            "loc": loc,
+            "item": item,
+            "field": fields[-1] if fields else None,
+            "reason": err.get("msg", "invalid"),
+            "type": err.get("type"),
+        })
+    return details
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return ORJSONResponse(error_body(exc.code, exc.message, exc.details), exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return ORJSONResponse(error_body("malformed_json", "the request body is not valid JSON",
+                                             _validation_details(errors)), 400)
+        return ORJSONResponse(error_body("invalid_request", "the request does not match the schema",
+                                         _validation_details(errors)), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(BrokerUnavailable)
+    async def _broker(_: Request, exc: BrokerUnavailable):
+        return ORJSONResponse(error_body("broker_unavailable", "events could not be made durable; nothing was "
+                                         "accepted, retry later"), 503, headers={"Retry-After": "5"})
+
+    async def _db_down(_: Request, exc: Exception):
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return ORJSONResponse(error_body("database_unavailable", "the database is unavailable; nothing was "
+                                         "accepted, retry later"), 503, headers={"Retry-After": "5"})
+
+    for exc_type in (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError,
+                     asyncpg.CannotConnectNowError, TimeoutError):
+        app.add_exception_handler(exc_type, _db_down)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return ORJSONResponse(error_body("internal", "internal error"), 500)
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers", ()):
+            if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
+                return await _send_json(send, 413, error_body("payload_too_large",
+                                                              f"request body over {self.max_bytes} bytes"))
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise ApiError(413, "payload_too_large", f"request body over {self.max_bytes} bytes")
+            return msg
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except ApiError as exc:
+            await _send_json(send, exc.status, error_body(exc.code, exc.message))
+
+
+class ConcurrencyLimitMiddleware:
+    """Backpressure: beyond ``limit`` writes in flight, answer 503 with Retry-After instead of queueing."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        if self.inflight >= self.limit:
+            return await _send_json(send, 503, error_body("overloaded", "too many requests in flight; retry"),
+                                    {"retry-after": "1"})
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+
+async def _send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    raw = orjson.dumps(body)
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": raw})
+
+
+async def _connect_pool(settings: ServiceSettings, schema: str, attempts: int = 60) -> asyncpg.Pool:
+    for i in range(attempts):
+        try:
+            return await create_pool(settings.database, schema=schema)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if i == attempts - 1:
+                raise
+            log.warning("database not reachable yet (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def create_service_app(
+    settings: ServiceSettings,
+    *,
+    name: str,
+    title: str,
+    description: str,
+    routers: Sequence[APIRouter],
+    migrations: Path | None = None,
+    on_start: Hook | None = None,
+    on_stop: Hook | None = None,
+    topics: Sequence[Any] | None = None,
+) -> FastAPI:
+    """Build a service app. ``on_start``/``on_stop`` run inside the lifespan with the :class:`ServiceContext`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        configure_logging(name, settings.log_level)
+        ctx = ServiceContext(name=name, settings=settings,
+                             publisher=EventPublisher(settings.kafka, client_id=f"ioc-{name}"))
+        app.state.ctx = ctx
+        ctx.pool = await _connect_pool(settings, name)
+        await apply_migrations(ctx.pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
+        if migrations is not None:
+            await apply_migrations(ctx.pool, name, migrations)
+        ctx.keys = KeyStore(ctx.pool, cache_seconds=float(getattr(settings, "auth_cache_seconds", 2.0)))
+        ctx.rate_limiter = RateLimiter(settings.rate_limit)
+        if settings.create_topics:
+            try:
+                await ensure_topics(settings.kafka, topics)
+            except Exception as exc:  # noqa: BLE001 - the broker may come later; publishing will retry
+                log.warning("could not create topics at start-up: %s", type(exc).__name__)
+        try:
+            await ctx.publisher.start()
+        except BrokerUnavailable:
+            log.warning("broker not reachable at start-up; will retry on first publish")
+        if on_start is not None:
+            await on_start(ctx)
+        BUILD_INFO.labels(name, "0.1.0").set(1)
+        log.info("service started", extra={"port": settings.port})
+        try:
+            yield
+        finally:
+            if on_stop is not None:
+                await on_stop(ctx)
+            for t in ctx.tasks:
+                t.cancel()
+            await asyncio.gather(*ctx.tasks, return_exceptions=True)
+            await ctx.publisher.stop()
+            await ctx.pool.close()
+
+    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
+                  default_response_class=ORJSONResponse)
+    install_error_handlers(app)
+    for router in routers:
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> dict:
+        return {"status": "ok", "service": name}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: database and broker reachable")
+    async def readyz(request: Request):
+        ctx: ServiceContext = request.app.state.ctx
+        db_ok = ctx.pool is not None and await ping(ctx.pool)
+        broker_ok = await ctx.publisher.ping()
+        body = {"status": "ok" if db_ok and broker_ok else "unavailable", "database": db_ok, "broker": broker_ok}
+        return JSONResponse(body, 200 if db_ok and broker_ok else 503)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics():
+        return metrics_response()
+
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_inflight_requests)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, service=name)
+    return app
+
+
+def request_hash(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest()
+
+
+async def idempotent(
+    request: Request,
+    principal: Principal,
+    scope: str,
+    compute: Callable[[], Awaitable[tuple[int, dict]]],
+) -> JSONResponse:
+    """Run ``compute`` once per ``Idempotency-Key`` header value and principal; replay its answer on retries.
+
+    A retry with the same key and a different body is a 422; one arriving while the first is still running
+    gets 409. Without the header, ``compute`` simply runs. Only successful (2xx) answers are remembered, so a
+    retry after a 503 really retries.
+    """
+    key = request.headers.get("idempotency-key")
+    if not key:
+        status, body = await compute()
+        return ORJSONResponse(body, status)
+    if len(key) > 200:
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key is longer than 200 characters")
+    ctx: ServiceContext = request.app.state.ctx
+    assert ctx.pool is not None
+    digest = request_hash(await request.body())
+    inserted = await ctx.pool.fetchval(
+        "INSERT INTO platform.idempotency_keys(principal_id, scope, key, request_hash) VALUES ($1,$2,$3,$4) "
+        "ON CONFLICT DO NOTHING RETURNING 1",
+        principal.id, scope, key, digest,
+    )
+    if not inserted:
+        row = await ctx.pool.fetchrow(
+            "SELECT request_hash, status_code, response FROM platform.idempotency_keys "
+            "WHERE principal_id=$1 AND scope=$2 AND key=$3",
+            principal.id, scope, key,
+        )
+        if row is not None and bytes(row["request_hash"]) != digest:
+            raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+        if row is not None and row["status_code"] is not None:
+            return ORJSONResponse(row["response"], row["status_code"], headers={"Idempotent-Replayed": "true"})
+        raise ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still running",
+                       headers={"Retry-After": "1"})
+    try:
+        status, body = await compute()
+    except BaseException:
+        await ctx.pool.execute(
+            "DELETE FROM platform.idempotency_keys WHERE principal_id=$1 AND scope=$2 AND key=$3",
+            principal.id, scope, key,
+        )
+        raise
+    if 200 <= status < 300:
+        await ctx.pool.execute(
+            "UPDATE platform.idempotency_keys SET status_code=$4, response=$5 "
+            "WHERE principal_id=$1 AND scope=$2 AND key=$3",
+            principal.id, scope, key, status, body,
+        )
+    else:
+        await ctx.pool.execute(
+            "DELETE FROM platform.idempotency_keys WHERE principal_id=$1 AND scope=$2 AND key=$3",
+            principal.id, scope, key,
+        )
+    return ORJSONResponse(body, status)

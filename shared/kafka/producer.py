@@ -1,0 +1,159 @@
+"""The event publisher every service uses.
+
+Never fire-and-forget and never one awaited round trip per event: ``publish`` appends a whole set of events
+to per-partition record batches (``create_batch``/``send_batch``, partitioned with Kafka's murmur2 so keys land
+where any Kafka client would put them) and awaits every acknowledgement together. It returns only when the
+broker acknowledged all of them (``acks=all``), and raises :class:`BrokerUnavailable` otherwise, so callers
+answer 2xx only for what is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+
+from shared.config import KafkaSettings
+from shared.contracts.cloudevents import EncodedEvent
+from shared.metrics import EVENTS_PRODUCED, PUBLISH_SECONDS
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not acknowledge a publish in time: nothing may be reported as accepted."""
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2, positive), as the Java client and aiokafka compute it."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class EventPublisher:
+    """Publishes encoded CloudEvents with ``acks=all``; one per process, opened in the app lifespan."""
+
+    def __init__(self, kafka: KafkaSettings, *, client_id: str, timeout_s: float = 15.0):
+        self._kafka = kafka
+        self._client_id = client_id
+        self._timeout_s = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, int] = {}
+        self._start_lock = asyncio.Lock()
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Connect. Failing here is not fatal: ``publish`` retries the connection (the broker may come later)."""
+        async with self._start_lock:
+            if self._producer is not None:
+                return
+            producer = AIOKafkaProducer(
+                **self._kafka.client_kwargs(),
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=self._kafka.enable_idempotence,
+                linger_ms=self._kafka.linger_ms,
+                max_batch_size=1024 * 1024,
+                max_request_size=8 * 1024 * 1024,
+                request_timeout_ms=int(self._timeout_s * 1000),
+                compression_type=None,
+            )
+            try:
+                await asyncio.wait_for(producer.start(), self._timeout_s)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                await producer.stop()
+                raise BrokerUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
+            self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            try:
+                await asyncio.wait_for(producer.stop(), self._timeout_s)
+            except (KafkaError, OSError, TimeoutError):
+                log.warning("producer did not stop cleanly")
+
+    async def _partition_count(self, topic: str) -> int:
+        n = self._partitions.get(topic)
+        if n is None:
+            assert self._producer is not None
+            parts = await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout_s)
+            n = self._partitions[topic] = len(parts)
+        return n
+
+    async def publish(self, events: Sequence[EncodedEvent] | Iterable[EncodedEvent]) -> int:
+        """Publish events and wait for every acknowledgement. Returns how many were published.
+
+        Order is kept per key (one key always maps to one partition, batches are appended in order).
+        """
+        events = list(events)
+        if not events:
+            return 0
+        if self._producer is None:
+            await self.start()
+        producer = self._producer
+        assert producer is not None
+        started = time.perf_counter()
+        try:
+            by_tp: dict[tuple[str, int], list[EncodedEvent]] = defaultdict(list)
+            for ev in events:
+                n = self._partitions.get(ev.topic) or await self._partition_count(ev.topic)
+                by_tp[(ev.topic, partition_for(ev.key, n))].append(ev)
+            futures = []
+            for (topic, partition), evs in by_tp.items():
+                batch = producer.create_batch()
+                for ev in evs:
+                    if batch.append(key=ev.key, value=ev.value, timestamp=None, headers=ev.headers) is None:
+                        futures.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                        if batch.append(key=ev.key, value=ev.value, timestamp=None, headers=ev.headers) is None:
+                            raise ValueError("event larger than the maximum batch size")
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # The producer may be wedged on a dead connection; rebuild it on the next call.
+            log.warning("publish failed: %s", type(exc).__name__)
+            await self._reset()
+            raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}") from exc
+        PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for ev in events:
+            counts[(ev.topic, _ce_type(ev))] += 1
+        for (topic, etype), n in counts.items():
+            EVENTS_PRODUCED.labels(topic=topic, type=etype).inc(n)
+        return len(events)
+
+    async def _reset(self) -> None:
+        producer, self._producer = self._producer, None
+        self._partitions.clear()
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 2)
+            except Exception:  # noqa: BLE001 - best effort on an already broken connection
+                pass
+
+    async def ping(self) -> bool:
+        """Readiness: can we reach the broker's metadata?"""
+        try:
+            if self._producer is None:
+                await self.start()
+            assert self._producer is not None
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 3)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+
+def _ce_type(ev: EncodedEvent) -> str:
+    for k, v in ev.headers:
+        if k == "ce_type":
+            return v.decode()
+    return "unknown"

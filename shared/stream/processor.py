@@ -1,0 +1,120 @@
+"""The stream-processor contract every domain's KPI processor implements.
+
+A processor is pure logic: ``apply`` folds one event into the state of the partition it came from; ``emit``
+turns that state into output events (KPI observations, alarms) and prunes what is no longer needed. The
+runtime (:mod:`shared.stream.runtime`) does everything else: consumer group, batching, decoding, dead letters,
+deduplication on CloudEvents ``source`` + ``id``, atomic per-batch state changelog, recovery, commits, ticks.
+
+Because state is per source partition, a processor sees only the entities whose keys hash to that partition.
+KPI observations therefore carry ``partition``; the city layer merges partitions (see
+:mod:`shared.contracts.common`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any, ClassVar
+
+from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent
+
+_MISSING = object()
+
+
+class State:
+    """The state of one source partition: string keys to JSON-serialisable values, with change tracking."""
+
+    __slots__ = ("_data", "_dirty", "partition")
+
+    def __init__(self, partition: int, data: dict[str, Any] | None = None):
+        self.partition = partition
+        self._data: dict[str, Any] = data if data is not None else {}
+        self._dirty: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._data.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def put(self, key: str, value: Any) -> None:
+        """Set ``key``. Values must be JSON-serialisable (they go to the changelog)."""
+        self._data[key] = value
+        self._dirty.add(key)
+
+    __setitem__ = put
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        if key in self._data:
+            self._dirty.add(key)
+            return self._data.pop(key)
+        return default
+
+    def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """Items whose key starts with ``prefix`` (a snapshot: safe to modify state while iterating)."""
+        return iter([(k, v) for k, v in self._data.items() if k.startswith(prefix)])
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return [k for k in self._data if k.startswith(prefix)]
+
+    # Runtime side -----------------------------------------------------------------------------------------
+    def take_changes(self) -> dict[str, Any]:
+        """Changed keys since the last call: value, or ``None`` for a deleted key."""
+        changes = {k: self._data.get(k, _MISSING) for k in self._dirty}
+        self._dirty = set()
+        return {k: (None if v is _MISSING else v) for k, v in changes.items()}
+
+    def apply_changes(self, changes: dict[str, Any]) -> None:
+        for k, v in changes.items():
+            if v is None:
+                self._data.pop(k, None)
+            else:
+                self._data[k] = v
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class StreamProcessor(ABC):
+    """Base of every KPI processor. Subclasses set ``name`` and ``topics`` and implement ``apply``/``emit``."""
+
+    #: consumer group id and changelog prefix, e.g. ``meter-kpi``
+    name: ClassVar[str]
+    #: source topics; co-partitioned (same partition count) and keyed by entity id
+    topics: ClassVar[tuple[str, ...]]
+    #: how often ``emit`` runs when no events arrive (silence detection, window closing)
+    tick_seconds: ClassVar[float] = 1.0
+
+    @abstractmethod
+    def apply(self, event: ReceivedEvent, state: State) -> None:
+        """Fold one event into ``state``. Pure: no I/O, no clock (use the event's own times)."""
+
+    @abstractmethod
+    def emit(self, state: State, now: datetime) -> Iterable[EncodedEvent]:
+        """Output events from ``state`` at ``now`` (after a batch and on every tick); prune old state here."""
+
+    def apply_batch(self, events: list[ReceivedEvent], state: State) -> None:
+        """Fold a batch; override to aggregate a batch at once when that is faster."""
+        apply = self.apply
+        for ev in events:
+            apply(ev, state)
+
+
+def run_in_memory(processor: StreamProcessor, events: Iterable[ReceivedEvent], now: datetime,
+                  partitions: int | None = None) -> tuple[dict[int, State], list[EncodedEvent]]:
+    """Reference semantics (tests): apply events per partition in order, then emit once per partition."""
+    states: dict[int, State] = {}
+    for ev in events:
+        st = states.setdefault(ev.partition, State(ev.partition))
+        processor.apply(ev, st)
+    out: list[EncodedEvent] = []
+    for p in sorted(states):
+        out.extend(processor.emit(states[p], now))
+    return states, out
