@@ -1,0 +1,145 @@
+"""One-stop-shop dossier contracts: the lifecycle of administrative dossiers (domain notes §3).
+
+Every event of one dossier travels on ``ioc.dossier.lifecycle`` keyed by the dossier code, so a consumer sees a
+dossier's status changes, deadline warnings, overdue notices, apologies and hand-offs in order. Events carry
+no personal data: the applicant's name, ID number, address and phone stay in the dossier service's database.
+Status codes are the national portal's 1–10; channel codes 1 in person, 2 online, 3 public postal service.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import Field
+
+from shared.contracts.base import (
+    AreaCode,
+    EntityId,
+    EventModel,
+    StrictBool,
+    StrictInt,
+    TopicSpec,
+    event_type,
+    register_topic,
+)
+from shared.contracts.common import domain_topics
+
+LIFECYCLE_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.dossier.lifecycle",
+        partitions=3,
+        key="dossier_code",
+        owner="dossier",
+        description="Dossier status changes (national status codes 1-10), deadline warnings, overdue notices, "
+        "apologies and step hand-offs, keyed by dossier code. No personal data.",
+        retention_ms=90 * 24 * 3600 * 1000,
+    )
+)
+KPI_EVENT, ALARM_EVENT = domain_topics("dossier", owner="dossier")
+KPI_TOPIC_NAME = KPI_EVENT.topic
+ALARM_TOPIC_NAME = ALARM_EVENT.topic
+
+Channel = Literal["in_person", "online", "postal"]
+OnlineLevel = Literal["fully_online", "partly_online", "offline"]
+
+#: national channel codes
+CHANNEL_CODES: dict[str, int] = {"in_person": 1, "online": 2, "postal": 3}
+#: national status codes and the names IOC uses for them
+STATUS_NAMES: dict[int, str] = {
+    1: "submitted",
+    2: "received",
+    3: "rejected",
+    4: "processing",
+    5: "documents_requested",
+    6: "fees_requested",
+    7: "withdrawn",
+    8: "stopped",
+    9: "resolved",
+    10: "returned",
+}
+StatusCode = StrictInt
+
+
+class DossierFacts(EventModel):
+    """What every dossier event says about the dossier (never who the applicant is)."""
+
+    dossier_code: EntityId
+    procedure_code: EntityId
+    agency_code: EntityId
+    admin_unit: AreaCode = Field(description="the administrative unit of the handling agency")
+    district: AreaCode | None = Field(None, description="district of the admin unit; null in a two-tier hierarchy")
+    channel: Channel
+    online_level: OnlineLevel = Field(description="the procedure's online service level")
+    has_fees: StrictBool
+    status: StatusCode = Field(ge=1, le=10, description="national status code after this event")
+    received_at: datetime | None = Field(None, description="when the agency accepted the dossier (status 2)")
+    due_date: date | None = Field(None, description="legal due date (local date), pauses included")
+    at: datetime = Field(description="when this happened")
+
+
+@event_type(
+    "ioc.dossier.status.changed.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    description="A dossier moved from one national status to another (or was created).",
+    examples=({"dossier_code": "H26.01-250102-0001", "procedure_code": "1.001234", "agency_code": "UBND-BD",
+               "admin_unit": "BD", "district": "BD", "channel": "online", "online_level": "fully_online",
+               "has_fees": False, "status": 2, "received_at": "2025-01-02T02:00:00Z", "due_date": "2025-01-07",
+               "at": "2025-01-02T02:00:00Z", "previous_status": None, "action": "receive",
+               "status_name": "received", "clock_paused": False, "paid_online": None},),
+)
+class DossierStatusChanged(DossierFacts):
+    previous_status: StatusCode | None = Field(None, ge=1, le=10)
+    status_name: str = Field(max_length=32)
+    action: str = Field(max_length=32, pattern=r"^[a-z_]+$", description="the transition that was applied")
+    clock_paused: StrictBool = Field(False, description="the legal clock is paused (documents requested)")
+    paid_online: StrictBool | None = Field(None, description="for fees paid: whether online")
+
+
+@event_type(
+    "ioc.dossier.deadline.approached.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    description="An open dossier is due within the warning horizon (working days).",
+)
+class DossierDeadlineApproached(DossierFacts):
+    working_days_left: StrictInt = Field(ge=0)
+
+
+@event_type(
+    "ioc.dossier.deadline.missed.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    description="An open dossier passed its due date without being resolved (overdue).",
+)
+class DossierOverdue(DossierFacts):
+    days_overdue: StrictInt = Field(ge=1, description="calendar days past the due date")
+
+
+@event_type(
+    "ioc.dossier.apology.issued.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    description="The agency apologised for a late dossier and promised a new date (form 04, Circular 01/2018).",
+)
+class DossierApologized(DossierFacts):
+    promised_date: date
+
+
+@event_type(
+    "ioc.dossier.step.handed_over.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    description="A processing step was handed over to the next officer (form 05 control slip).",
+)
+class DossierStepHandedOver(DossierFacts):
+    step: StrictInt = Field(ge=1, le=100)
+    step_name: str = Field(min_length=1, max_length=100)
+
+
+__all__ = [
+    "ALARM_EVENT",
+    "ALARM_TOPIC_NAME",
+    "CHANNEL_CODES",
+    "KPI_EVENT",
+    "KPI_TOPIC_NAME",
+    "LIFECYCLE_TOPIC",
+    "STATUS_NAMES",
+    "DossierApologized",
+    "DossierDeadlineApproached",
+    "DossierFacts",
+    "DossierOverdue",
+    "DossierStatusChanged",
+    "DossierStepHandedOver",
+]

@@ -1,0 +1,201 @@
+"""Traffic-signal contracts: hi-res controller events, the intersection registry, live signal state and the
+15-minute signal performance measures (ATSPM), plus the domain's KPI and alarm topics.
+
+Hi-res events travel in chunks: one record holds a time-ordered run of one controller's events (Indiana
+enumerations), keyed by controller id, because a controller logs several events per second and one record per
+event would cost more in headers than in data.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from shared.contracts.base import (
+    AreaCode,
+    EntityId,
+    EventModel,
+    StrictFloat,
+    StrictInt,
+    TopicSpec,
+    event_type,
+    register_topic,
+)
+from shared.contracts.common import domain_topics
+
+# Events and registry are consumed together by the measures processor: same partition count, same key.
+PARTITIONS = 3
+
+HIRES_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.traffic.events",
+        partitions=PARTITIONS,
+        key="controller_id",
+        owner="traffic",
+        description="High-resolution signal controller event logs (Indiana enumerations), in time-ordered "
+        "chunks per controller.",
+    )
+)
+REGISTRY_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.traffic.registry",
+        partitions=PARTITIONS,
+        key="controller_id",
+        owner="traffic",
+        description="Latest configuration of every intersection (detectors, phases, district), keyed by "
+        "controller id; compacted.",
+        retention_ms=None,
+        compacted=True,
+    )
+)
+SIGNAL_STATE_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.traffic.signal_state",
+        partitions=PARTITIONS,
+        key="intersection_id",
+        owner="traffic",
+        description="Live SPaT-like signal state per intersection, derived from the hi-res event stream.",
+        retention_ms=24 * 3600 * 1000,
+    )
+)
+MEASURES_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.traffic.measures",
+        partitions=PARTITIONS,
+        key="intersection_id",
+        owner="traffic",
+        description="15-minute signal performance measures per intersection and phase.",
+        retention_ms=30 * 24 * 3600 * 1000,
+    )
+)
+KPI_EVENT, ALARM_EVENT = domain_topics("traffic", owner="traffic")
+
+DetectorFunction = Literal["advance", "presence", "count"]
+
+
+class HiResEvent(EventModel):
+    """One controller log entry."""
+
+    t: datetime = Field(description="event time (controller clock, 0.1 s resolution)")
+    code: StrictInt = Field(ge=0, le=255, description="Indiana event code")
+    param: StrictInt = Field(ge=0, le=65535, description="phase, detector channel, overlap or pattern number")
+
+
+@event_type("ioc.traffic.hires.logged.v1", topic=HIRES_TOPIC, key="controller_id", subject="intersection_id",
+            description="A time-ordered chunk of one controller's high-resolution events.")
+class HiResEventsLogged(EventModel):
+    controller_id: EntityId
+    intersection_id: EntityId
+    district: AreaCode | None = None
+    events: list[HiResEvent] = Field(min_length=1, max_length=10000)
+
+
+class DetectorConfig(EventModel):
+    """One detector channel: the phase it serves and what it is."""
+
+    channel: StrictInt = Field(ge=1, le=256)
+    phase: StrictInt = Field(ge=1, le=40)
+    function: DetectorFunction
+    distance_m: StrictFloat | None = Field(None, ge=0, le=1000, description="advance detectors: to stop bar")
+    speed_kmh: StrictFloat | None = Field(None, gt=0, le=130, description="advance detectors: approach speed")
+
+
+@event_type("ioc.traffic.intersection.configured.v1", topic=REGISTRY_TOPIC, key="controller_id",
+            subject="intersection_id",
+            description="An intersection was registered or its configuration changed (full configuration).")
+class IntersectionConfigured(EventModel):
+    intersection_id: EntityId
+    controller_id: EntityId
+    name: str = Field(max_length=200)
+    district: AreaCode
+    lat: StrictFloat = Field(ge=-90, le=90)
+    lon: StrictFloat = Field(ge=-180, le=180)
+    phases: list[StrictInt] = Field(max_length=40)
+    detectors: list[DetectorConfig] = Field(default_factory=list, max_length=256)
+    revision: StrictInt = Field(ge=0)
+
+
+PhaseColor = Literal["red", "yellow", "green", "flashing", "dark"]
+PedIndication = Literal["walk", "flashing_dont_walk", "dont_walk", "dark"]
+
+
+class PhaseState(EventModel):
+    """One phase (signal group) now, NTCIP 1202 colours and the SAE J2735 movement phase state."""
+
+    phase: StrictInt = Field(ge=1, le=40)
+    color: PhaseColor
+    movement_state: StrictInt = Field(ge=0, le=9, description="J2735 MovementPhaseState (0 unavailable ... 9)")
+    ped: PedIndication
+    since: datetime | None = Field(description="event time the colour began")
+
+
+@event_type("ioc.traffic.signal_state.changed.v1", topic=SIGNAL_STATE_TOPIC, key="intersection_id",
+            subject="intersection_id",
+            description="The live state of an intersection's signals changed (SPaT-like).")
+class SignalStateChanged(EventModel):
+    intersection_id: EntityId
+    controller_id: EntityId
+    district: AreaCode | None = None
+    revision: StrictInt = Field(ge=0, description="increments with every change (J2735 revision counter)")
+    at: datetime = Field(description="event time of the latest change")
+    flash: bool = Field(description="failure or programmed flash")
+    power_failure: bool
+    preempt_active: bool
+    phases: list[PhaseState]
+
+
+@event_type("ioc.traffic.phase_measures.computed.v1", topic=MEASURES_TOPIC, key="intersection_id",
+            subject="intersection_id",
+            description="ATSPM measures of one intersection phase over one bin (15 minutes by default).")
+class PhaseMeasuresComputed(EventModel):
+    intersection_id: EntityId
+    controller_id: EntityId
+    district: AreaCode | None = None
+    phase: StrictInt = Field(ge=1, le=40)
+    bin_start: datetime
+    bin_seconds: StrictInt = Field(gt=0)
+    volume: StrictInt = Field(ge=0, description="detector-on events of the phase's advance and count detectors")
+    detector_volumes: dict[str, StrictInt] = Field(description="detector-on events per detector channel")
+    gap_outs: StrictInt = Field(ge=0)
+    max_outs: StrictInt = Field(ge=0)
+    force_offs: StrictInt = Field(ge=0)
+    cycles: StrictInt = Field(ge=0, description="red-to-red cycles whose green began in the bin")
+    green_seconds: StrictFloat = Field(ge=0)
+    cycle_seconds: StrictFloat = Field(ge=0)
+    arrivals: StrictInt = Field(ge=0, description="advance-detector arrivals (shifted to the stop bar)")
+    arrivals_on_green: StrictInt = Field(ge=0)
+    arrivals_on_yellow: StrictInt = Field(ge=0)
+    arrivals_on_red: StrictInt = Field(ge=0)
+    total_delay_seconds: StrictFloat = Field(ge=0)
+    pct_arrivals_on_green: StrictFloat | None
+    pct_green: StrictFloat | None
+    platoon_ratio: StrictFloat | None
+    approach_delay_seconds: StrictFloat | None = Field(description="average delay per arriving vehicle")
+    split_failure_cycles: StrictInt = Field(ge=0, description="cycles evaluated for split failure")
+    split_failures: StrictInt = Field(ge=0)
+    ped_samples: StrictInt = Field(ge=0)
+    ped_delay_seconds_total: StrictFloat = Field(ge=0)
+    ped_delay_seconds_avg: StrictFloat | None
+    detector_faults: StrictInt = Field(ge=0)
+    events: StrictInt = Field(ge=0, description="controller events of the intersection in the bin")
+    data_completeness: StrictFloat = Field(ge=0, le=1, description="share of the bin's minutes with data")
+    computed_at: datetime
+
+
+__all__ = [
+    "ALARM_EVENT",
+    "HIRES_TOPIC",
+    "KPI_EVENT",
+    "MEASURES_TOPIC",
+    "REGISTRY_TOPIC",
+    "SIGNAL_STATE_TOPIC",
+    "DetectorConfig",
+    "HiResEvent",
+    "HiResEventsLogged",
+    "IntersectionConfigured",
+    "PhaseMeasuresComputed",
+    "PhaseState",
+    "SignalStateChanged",
+]

@@ -1,0 +1,102 @@
+"""KPI definitions as data: ``shared/kpis/<domain>.yaml``, versioned with the code.
+
+Each domain owns its file; the city layer loads them all. A definition says what the KPI is (names in
+Vietnamese and English, unit, window), how partial observations combine across partitions and areas
+(``sum``, ``max`` or ``ratio`` of summed numerators and denominators, optionally ``scale``d), whether higher or
+lower is better, the target, and the warning / critical thresholds.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DIR = Path(__file__).parent
+
+
+class LocalizedName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vi: str
+    en: str
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    warning: float | None = None
+    critical: float | None = None
+
+
+class KpiDefinition(BaseModel):
+    """One KPI."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9_]+\.[a-z0-9_.]+$")
+    name: LocalizedName
+    unit: str
+    domain: str
+    windows: list[int] = Field(min_length=1, description="window lengths in seconds the domain publishes")
+    combine: Literal["sum", "max", "ratio"]
+    scale: float = 1.0
+    direction: Literal["higher", "lower", "none"] = "none"
+    target: float | None = None
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    source: str = Field(description="the topic that feeds it")
+    formula: str = Field(description="how it is computed, for people")
+    headline: bool = False
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self):
+        w, c = self.thresholds.warning, self.thresholds.critical
+        if w is not None and c is not None and self.direction != "none":
+            if self.direction == "higher" and c > w:
+                raise ValueError(f"{self.id}: for higher-is-better the critical threshold must be below warning")
+            if self.direction == "lower" and c < w:
+                raise ValueError(f"{self.id}: for lower-is-better the critical threshold must be above warning")
+        return self
+
+    def combine_values(self, numerator: float, denominator: float | None) -> float | None:
+        """The KPI value from merged parts."""
+        if self.combine == "ratio":
+            if not denominator:
+                return None
+            return numerator / denominator * self.scale
+        return numerator * self.scale
+
+    def status(self, value: float | None) -> str:
+        """ok, warning, critical or unknown."""
+        if value is None:
+            return "unknown"
+        w, c = self.thresholds.warning, self.thresholds.critical
+        if self.direction == "higher":
+            if c is not None and value < c:
+                return "critical"
+            if w is not None and value < w:
+                return "warning"
+        elif self.direction == "lower":
+            if c is not None and value > c:
+                return "critical"
+            if w is not None and value > w:
+                return "warning"
+        return "ok"
+
+
+def load_file(path: Path) -> list[KpiDefinition]:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    return [KpiDefinition.model_validate(item) for item in raw]
+
+
+@lru_cache(maxsize=1)
+def all_definitions() -> dict[str, KpiDefinition]:
+    """Every KPI of every domain file, by id (ids must be unique)."""
+    defs: dict[str, KpiDefinition] = {}
+    for path in sorted(DIR.glob("*.yaml")):
+        for d in load_file(path):
+            if d.id in defs:
+                raise ValueError(f"KPI {d.id} defined twice")
+            defs[d.id] = d
+    return defs

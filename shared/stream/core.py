@@ -1,0 +1,286 @@
+"""The driver-independent heart of the stream runtime.
+
+:class:`ProcessorCore` owns the per-partition state of one processor and does, for each fetched batch:
+decode + validate (poison records to the dead-letter topic), skip what the state already reflects (per
+topic-partition applied offsets, and a window of recent CloudEvents ``source``+``id``), ``apply`` every event,
+``emit`` outputs, then makes the batch durable in one step: outputs and the changed state keys go to the broker
+and a *commit marker* closes the batch on the changelog. Only then are source offsets committable.
+
+Changelog layout (topic ``ioc.internal.<processor>.changelog``, compacted, partition = source partition):
+- one record per changed state key (key = state key, value = JSON, or a tombstone for a deleted key), with a
+  header ``ioc_seq`` = the batch sequence number;
+- then one marker record, key ``__applied__``, value ``{"seq": n, "offsets": {topic: next offset}}``.
+Recovery reads the partition to the high watermark of the fetch responses (the embedded broker's ListOffsets
+can be wrong), keeps the last marker, and ignores key records of a batch newer than that marker (a crash between
+the key records and the marker): the batch is simply applied again from the source. This gives at-least-once
+delivery with exactly-once effects on state: a worker killed mid-batch never double-counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from shared.config import KafkaSettings
+from shared.contracts.base import TopicSpec
+from shared.contracts.cloudevents import EncodedEvent, EventDecodeError, ReceivedEvent, decode, parse_time
+from shared.kafka.consumer import dead_letter
+from shared.kafka.producer import EventPublisher
+from shared.metrics import (
+    EVENTS_CONSUMED,
+    EVENTS_DEAD_LETTERED,
+    LAST_PROCESSED,
+    PROCESSING_LATENCY,
+)
+from shared.stream.processor import State, StreamProcessor
+
+log = logging.getLogger(__name__)
+
+MARKER_KEY = b"__applied__"
+SEQ_HEADER = "ioc_seq"
+RECENT_IDS = 50_000  # per partition: catches re-deliveries of the same event at a new offset
+
+
+def changelog_topic(processor: StreamProcessor, partitions: int) -> TopicSpec:
+    return TopicSpec(
+        name=f"ioc.internal.{processor.name}.changelog",
+        partitions=partitions,
+        key="state key",
+        owner=processor.name,
+        description=f"State changelog of the {processor.name} processor (internal)",
+        retention_ms=None,
+        compacted=True,
+        internal=True,
+    )
+
+
+@dataclass
+class PartitionRuntime:
+    """A partition's state plus what the runtime needs to keep effects exactly-once."""
+
+    state: State
+    seq: int = 0
+    applied: dict[str, int] = field(default_factory=dict)  # topic → next offset already reflected in state
+    recent: OrderedDict = field(default_factory=OrderedDict)
+
+    def seen(self, key: tuple[str, str]) -> bool:
+        if key in self.recent:
+            return True
+        self.recent[key] = None
+        if len(self.recent) > RECENT_IDS:
+            self.recent.popitem(last=False)
+        return False
+
+
+class ProcessorCore:
+    """State, batch processing and durability for one processor in one worker process."""
+
+    def __init__(self, processor: StreamProcessor, kafka: KafkaSettings, publisher: EventPublisher,
+                 changelog: TopicSpec):
+        self.processor = processor
+        self.kafka = kafka
+        self.publisher = publisher
+        self.changelog = changelog
+        self.partitions: dict[int, PartitionRuntime] = {}
+        self.lock = asyncio.Lock()
+        self._producer: AIOKafkaProducer | None = None
+        self.processed = 0
+        self.emitted = 0
+        self.dead_lettered = 0
+        #: set after a failure: the driver must seek its sources back to the recovered applied offsets
+        self.needs_rewind = False
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(
+            **self.kafka.client_kwargs(), acks="all", linger_ms=0, enable_idempotence=self.kafka.enable_idempotence,
+            max_batch_size=1024 * 1024, max_request_size=8 * 1024 * 1024, client_id=f"{self.processor.name}-state",
+        )
+        await self._producer.start()
+        await self.publisher.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    # Recovery ------------------------------------------------------------------------------------------------
+    async def recover(self, partitions: Iterable[int]) -> None:
+        """Load the state of ``partitions`` from the changelog (those not loaded yet)."""
+        todo = [p for p in partitions if p not in self.partitions]
+        if not todo:
+            return
+        started = time.perf_counter()
+        consumer = AIOKafkaConsumer(**self.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=50,
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.changelog.name, p) for p in todo]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            # End from ListOffsets is only a lower bound on the embedded broker; fetch high watermarks win.
+            listed = await consumer.end_offsets(tps)
+            raw: dict[int, dict[bytes, tuple[int, bytes | None]]] = {p: {} for p in todo}
+            markers: dict[int, dict] = {}
+            remaining = set(tps)
+            idle = 0
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=50_000)
+                got = 0
+                for tp, recs in batch.items():
+                    got += len(recs)
+                    table = raw[tp.partition]
+                    for r in recs:
+                        if r.key == MARKER_KEY:
+                            markers[tp.partition] = orjson.loads(r.value)
+                            continue
+                        seq = int(dict(r.headers).get(SEQ_HEADER, b"0"))
+                        table[r.key] = (seq, r.value)
+                for tp in list(remaining):
+                    hw = consumer.highwater(tp)
+                    end = hw if hw is not None else listed.get(tp, 0)
+                    if await consumer.position(tp) >= end and (hw is not None or idle >= 1):
+                        remaining.discard(tp)
+                idle = idle + 1 if got == 0 else 0
+        finally:
+            await consumer.stop()
+        for p in todo:
+            marker = markers.get(p, {"seq": 0, "offsets": {}})
+            data = {
+                k.decode(): orjson.loads(v)
+                for k, (seq, v) in raw[p].items()
+                if v is not None and seq <= marker["seq"]
+            }
+            self.partitions[p] = PartitionRuntime(State(p, data), seq=marker["seq"], applied=dict(marker["offsets"]))
+        log.info("state recovered", extra={"processor": self.processor.name, "partitions": todo,
+                                           "seconds": round(time.perf_counter() - started, 3)})
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Forget partitions this worker no longer owns (their state is durable already)."""
+        for p in partitions:
+            self.partitions.pop(p, None)
+
+    def applied_offset(self, topic: str, partition: int) -> int | None:
+        pr = self.partitions.get(partition)
+        return None if pr is None else pr.applied.get(topic)
+
+    # Processing ----------------------------------------------------------------------------------------------
+    async def process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]]) -> dict[TopicPartition, int]:
+        """Process one fetched batch; returns the committable next offset per topic-partition."""
+        async with self.lock:
+            try:
+                return await self._process(records)
+            except BaseException:
+                self.needs_rewind = True
+                # State may hold effects that never became durable: forget it, recover from the changelog.
+                self.drop({tp.partition for tp in records})
+                raise
+
+    async def _process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]]) -> dict[TopicPartition, int]:
+        if True:
+            await self.recover({tp.partition for tp in records})
+            dead: list[EncodedEvent] = []
+            committable: dict[TopicPartition, int] = {}
+            touched: set[int] = set()
+            apply_batch = self.processor.apply_batch
+            latest_time = None
+            counts: dict[tuple[str, str], int] = {}
+            for tp, recs in records.items():
+                if not recs:
+                    continue
+                pr = self.partitions[tp.partition]
+                floor = pr.applied.get(tp.topic, -1)
+                events: list[ReceivedEvent] = []
+                for r in recs:
+                    if r.offset < floor:
+                        continue  # already reflected in the recovered state
+                    try:
+                        ev = decode(r)
+                    except EventDecodeError as exc:
+                        dead.append(dead_letter(r, exc.reason, self.processor.name))
+                        EVENTS_DEAD_LETTERED.labels(self.processor.name, r.topic).inc()
+                        continue
+                    if pr.seen((ev.source, ev.id)):
+                        continue
+                    events.append(ev)
+                if events:
+                    apply_batch(events, pr.state)
+                    latest_time = events[-1].time
+                    for ev in events:
+                        k = (ev.topic, ev.type)
+                        counts[k] = counts.get(k, 0) + 1
+                    self.processed += len(events)
+                pr.applied[tp.topic] = recs[-1].offset + 1
+                committable[tp] = recs[-1].offset + 1
+                touched.add(tp.partition)
+            self.dead_lettered += len(dead)
+            outputs = self._emit(touched, datetime.now(UTC))
+            await self._make_durable(touched, outputs + dead)
+            for (topic, etype), n in counts.items():
+                EVENTS_CONSUMED.labels(self.processor.name, topic, etype).inc(n)
+            now = time.time()
+            LAST_PROCESSED.labels(self.processor.name).set(now)
+            if latest_time:
+                try:
+                    PROCESSING_LATENCY.labels(self.processor.name).observe(max(0.0, now - parse_time(latest_time).timestamp()))
+                except ValueError:
+                    pass
+            return committable
+
+    async def tick(self, now: datetime | None = None) -> int:
+        """Run ``emit`` on every owned partition (silence detection, window closing). Returns outputs sent."""
+        async with self.lock:
+            parts = set(self.partitions)
+            try:
+                outputs = self._emit(parts, now or datetime.now(UTC))
+                await self._make_durable(parts, outputs)
+            except BaseException:
+                self.needs_rewind = True
+                self.drop(parts)
+                raise
+            LAST_PROCESSED.labels(self.processor.name).set(time.time())
+            return len(outputs)
+
+    def _emit(self, partitions: Iterable[int], now: datetime) -> list[EncodedEvent]:
+        outputs: list[EncodedEvent] = []
+        for p in sorted(partitions):
+            outputs.extend(self.processor.emit(self.partitions[p].state, now))
+        self.emitted += len(outputs)
+        return outputs
+
+    async def _make_durable(self, partitions: Iterable[int], outputs: list[EncodedEvent]) -> None:
+        """Publish outputs, then each partition's changed keys and its commit marker; await every ack."""
+        if outputs:
+            await self.publisher.publish(outputs)
+        assert self._producer is not None
+        producer = self._producer
+        futures = []
+        for p in partitions:
+            pr = self.partitions[p]
+            changes = pr.state.take_changes()
+            pr.seq += 1
+            seq_header = [(SEQ_HEADER, str(pr.seq).encode())]
+            batch = producer.create_batch()
+            for key, value in changes.items():
+                kb = key.encode()
+                vb = None if value is None else orjson.dumps(value)
+                if batch.append(key=kb, value=vb, timestamp=None, headers=seq_header) is None:
+                    futures.append(await producer.send_batch(batch, self.changelog.name, partition=p))
+                    batch = producer.create_batch()
+                    batch.append(key=kb, value=vb, timestamp=None, headers=seq_header)
+            marker = orjson.dumps({"seq": pr.seq, "offsets": pr.applied})
+            if batch.append(key=MARKER_KEY, value=marker, timestamp=None, headers=seq_header) is None:
+                futures.append(await producer.send_batch(batch, self.changelog.name, partition=p))
+                batch = producer.create_batch()
+                batch.append(key=MARKER_KEY, value=marker, timestamp=None, headers=seq_header)
+            futures.append(await producer.send_batch(batch, self.changelog.name, partition=p))
+        if futures:
+            await asyncio.gather(*futures)

@@ -1,0 +1,219 @@
+"""Running stream processors: :class:`ProcessorRuntime` hosts a :class:`StreamProcessor` in a worker.
+
+Two drivers share :class:`shared.stream.core.ProcessorCore` (state, dedup, changelog, recovery):
+
+- ``faust`` (default, :mod:`shared.stream.faust_driver`): a faust-streaming app supplies the worker, the
+  consumer group and rebalancing, offset commits and timers; its consumer loop is replaced by one that hands
+  whole fetched batches to the core instead of wrapping every message in asyncio tasks (the per-message cost
+  that limits a plain Faust agent to a few thousand events/s here).
+- ``aiokafka``: the same core under a plain aiokafka consumer group (tests of the core, the benchmark's
+  reference, and a fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from shared.config import KafkaSettings
+from shared.contracts import TOPICS
+from shared.kafka.admin import ensure_topics
+from shared.kafka.producer import EventPublisher
+from shared.metrics import CONSUMER_LAG
+from shared.stream.core import ProcessorCore, changelog_topic
+from shared.stream.processor import StreamProcessor
+
+log = logging.getLogger(__name__)
+
+
+def source_partitions(processor: StreamProcessor, kafka: KafkaSettings) -> int:
+    counts = {kafka.partitions_override or TOPICS[t].partitions for t in processor.topics if t in TOPICS}
+    if len(counts) > 1:
+        raise ValueError(f"{processor.name}: source topics are not co-partitioned: {counts}")
+    return counts.pop() if counts else 1
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runtime: AiokafkaDriver):
+        self.runtime = runtime
+
+    async def on_partitions_revoked(self, revoked):
+        await self.runtime.commit()
+        async with self.runtime.core.lock:
+            self.runtime.core.drop({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned):
+        await self.runtime.seek_to_applied(assigned)
+
+
+class AiokafkaDriver:
+    """The core under a plain aiokafka consumer group."""
+
+    def __init__(self, core: ProcessorCore, kafka: KafkaSettings, *, max_records: int, fetch_wait_ms: int):
+        self.core = core
+        self.kafka = kafka
+        self.max_records = max_records
+        self.fetch_wait_ms = fetch_wait_ms
+        self.consumer: AIOKafkaConsumer | None = None
+        self._committable: dict[TopicPartition, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.busy = False
+
+    async def start(self) -> None:
+        p = self.core.processor
+        self.consumer = AIOKafkaConsumer(
+            **self.kafka.client_kwargs(), group_id=p.name, enable_auto_commit=False,
+            auto_offset_reset="earliest", session_timeout_ms=10000, heartbeat_interval_ms=3000,
+            rebalance_timeout_ms=10000, fetch_max_wait_ms=self.fetch_wait_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024, client_id=f"{p.name}-worker",
+        )
+        self.consumer.subscribe(list(p.topics), listener=_Rebalance(self))
+        await self.consumer.start()
+        self._tasks = [asyncio.create_task(self._loop(), name=f"{p.name}:loop"),
+                       asyncio.create_task(self._ticker(), name=f"{p.name}:tick")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.commit()
+            await self.consumer.stop()
+
+    async def seek_to_applied(self, tps) -> None:
+        assert self.consumer is not None
+        await self.core.recover({tp.partition for tp in tps})
+        for tp in tps:
+            applied = self.core.applied_offset(tp.topic, tp.partition)
+            if applied is not None:
+                self.consumer.seek(tp, applied)
+
+    async def commit(self) -> None:
+        if self._committable and self.consumer is not None:
+            offsets, self._committable = self._committable, {}
+            assigned = self.consumer.assignment()
+            offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+            if offsets:
+                await self.consumer.commit(offsets)
+
+    async def _loop(self) -> None:
+        assert self.consumer is not None
+        consumer = self.consumer
+        last_commit = time.monotonic()
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if batch:
+                    self.busy = True
+                    try:
+                        self._committable.update(await self.core.process(batch))
+                    finally:
+                        self.busy = False
+                    for tp, recs in batch.items():
+                        hw = consumer.highwater(tp)
+                        if hw is not None and recs:
+                            CONSUMER_LAG.labels(self.core.processor.name, tp.topic).set(max(0, hw - recs[-1].offset - 1))
+                if time.monotonic() - last_commit > 0.5:
+                    await self.commit()
+                    last_commit = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: batch failed; rewinding to the durable state", self.core.processor.name)
+                await asyncio.sleep(1)
+                await self._rewind()
+
+    async def _rewind(self) -> None:
+        assert self.consumer is not None
+        self._committable.clear()
+        try:
+            await self.seek_to_applied(self.consumer.assignment())
+            self.core.needs_rewind = False
+        except Exception:  # noqa: BLE001
+            log.exception("rewind failed; will retry")
+
+    async def _ticker(self) -> None:
+        interval = self.core.processor.tick_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.core.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: tick failed", self.core.processor.name)
+                await self._rewind()
+
+    def caught_up(self) -> bool:
+        assert self.consumer is not None
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            applied = self.core.applied_offset(tp.topic, tp.partition)
+            if hw is None or (hw > 0 and (applied is None or applied < hw)):
+                return False
+        return bool(self.consumer.assignment()) and not self.busy
+
+
+class ProcessorRuntime:
+    """Host one processor in this process. ``driver`` is ``"faust"`` (default) or ``"aiokafka"``."""
+
+    def __init__(self, processor: StreamProcessor, kafka: KafkaSettings, *, publisher: EventPublisher | None = None,
+                 driver: str = "faust", max_records: int = 20000, fetch_wait_ms: int = 100):
+        self.processor = processor
+        self.kafka = kafka
+        self.publisher = publisher or EventPublisher(kafka, client_id=f"ioc-{processor.name}")
+        self.partitions = source_partitions(processor, kafka)
+        self.changelog = changelog_topic(processor, self.partitions)
+        self.core = ProcessorCore(processor, kafka, self.publisher, self.changelog)
+        self.driver_name = driver
+        self.max_records = max_records
+        self.fetch_wait_ms = fetch_wait_ms
+        self.driver = None
+
+    async def start(self) -> None:
+        await ensure_topics(self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog])
+        await self.core.start()
+        if self.driver_name == "faust":
+            from shared.stream.faust_driver import FaustDriver
+
+            self.driver = FaustDriver(self.core, self.kafka, max_records=self.max_records,
+                                      fetch_wait_ms=self.fetch_wait_ms)
+        else:
+            self.driver = AiokafkaDriver(self.core, self.kafka, max_records=self.max_records,
+                                         fetch_wait_ms=self.fetch_wait_ms)
+        await self.driver.start()
+
+    async def stop(self) -> None:
+        if self.driver is not None:
+            await self.driver.stop()
+        await self.core.stop()
+        await self.publisher.stop()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ProcessorRuntime]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait until every assigned source partition is consumed to its high watermark, then tick once."""
+        deadline = time.monotonic() + timeout
+        stable = 0
+        while time.monotonic() < deadline:
+            if self.driver is not None and self.driver.caught_up():
+                stable += 1
+                if stable >= 3:
+                    await self.core.tick()
+                    return
+            else:
+                stable = 0
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{self.processor.name} did not catch up within {timeout}s")
