@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from shared.config import KafkaSettings
 from shared.contracts.base import TopicSpec
-from shared.contracts.cloudevents import EncodedEvent, EventDecodeError, ReceivedEvent, decode, parse_time
+from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, decode_batch, parse_time
 from shared.kafka.consumer import dead_letter
 from shared.kafka.producer import EventPublisher
 from shared.metrics import (
@@ -69,14 +68,15 @@ class PartitionRuntime:
     state: State
     seq: int = 0
     applied: dict[str, int] = field(default_factory=dict)  # topic → next offset already reflected in state
-    recent: OrderedDict = field(default_factory=OrderedDict)
+    recent: dict = field(default_factory=dict)  # insertion-ordered: the oldest id is evicted first
 
     def seen(self, key: tuple[str, str]) -> bool:
-        if key in self.recent:
+        recent = self.recent
+        if key in recent:
             return True
-        self.recent[key] = None
-        if len(self.recent) > RECENT_IDS:
-            self.recent.popitem(last=False)
+        recent[key] = None
+        if len(recent) > RECENT_IDS:
+            del recent[next(iter(recent))]
         return False
 
 
@@ -198,19 +198,13 @@ class ProcessorCore:
                     continue
                 pr = self.partitions[tp.partition]
                 floor = pr.applied.get(tp.topic, -1)
-                events: list[ReceivedEvent] = []
-                for r in recs:
-                    if r.offset < floor:
-                        continue  # already reflected in the recovered state
-                    try:
-                        ev = decode(r)
-                    except EventDecodeError as exc:
-                        dead.append(dead_letter(r, exc.reason, self.processor.name))
-                        EVENTS_DEAD_LETTERED.labels(self.processor.name, r.topic).inc()
-                        continue
-                    if pr.seen((ev.source, ev.id)):
-                        continue
-                    events.append(ev)
+                fresh = [r for r in recs if r.offset >= floor]  # older ones are in the recovered state
+                decoded, failed = decode_batch(fresh)
+                for r, reason in failed:
+                    dead.append(dead_letter(r, reason, self.processor.name))
+                    EVENTS_DEAD_LETTERED.labels(self.processor.name, r.topic).inc()
+                seen = pr.seen
+                events: list[ReceivedEvent] = [ev for ev in decoded if not seen((ev.source, ev.id))]
                 if events:
                     apply_batch(events, pr.state)
                     latest_time = events[-1].time

@@ -181,7 +181,7 @@ class FaustDriver:
                     await consumer.seek(tp, applied)
             consumer._ioc_committable.clear()
             self.core.needs_rewind = False
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("rewind failed; will retry")
             await asyncio.sleep(1)
 
@@ -199,7 +199,7 @@ class FaustDriver:
         consumer = self.app.consumer
         try:
             assignment = consumer.assignment()
-        except Exception:  # noqa: BLE001 - consumer not started yet
+        except Exception:
             return False
         if not assignment or self.busy:
             return False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,6 +37,15 @@ def source_partitions(processor: StreamProcessor, kafka: KafkaSettings) -> int:
     if len(counts) > 1:
         raise ValueError(f"{processor.name}: source topics are not co-partitioned: {counts}")
     return counts.pop() if counts else 1
+
+
+def tune_gc() -> None:
+    """Batches allocate many short-lived objects; CPython's default gen-0 threshold (700) then runs the
+    collector thousands of times a second (measured: ~2x on decode). Collect less often, and move what start-up
+    allocated out of the collector's way."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -135,7 +145,7 @@ class AiokafkaDriver:
         try:
             await self.seek_to_applied(self.consumer.assignment())
             self.core.needs_rewind = False
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("rewind failed; will retry")
 
     async def _ticker(self) -> None:
@@ -177,6 +187,7 @@ class ProcessorRuntime:
         self.driver = None
 
     async def start(self) -> None:
+        tune_gc()
         await ensure_topics(self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog])
         await self.core.start()
         if self.driver_name == "faust":

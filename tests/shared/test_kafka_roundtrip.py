@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import encode
 from shared.contracts.common import DEAD_LETTER_TOPIC
 from shared.contracts.platform import AUDIT_TOPIC, AuditRecorded
 from shared.kafka import EventConsumer, EventPublisher
-from shared.contracts.base import event_type_of
 from shared.testing import read_topic
 
 pytestmark = pytest.mark.integration

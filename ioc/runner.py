@@ -1,0 +1,243 @@
+"""``ioc up``: the whole center on one machine, supervised.
+
+Starts (unless external ones are configured) the embedded broker and PostgreSQL, creates the topics and a
+development admin key, then every present service, every stream processor and the simulators as child
+processes, restarts a child that dies, and on Ctrl-C / SIGTERM stops them all (children first, then the
+servers), leaving no orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from ioc import registry
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        out = open(self.log, "ab")
+        # Own process group: the terminal's Ctrl-C reaches only `ioc up`, which stops children in order.
+        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **self.env}, start_new_session=True)
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class Center:
+    def __init__(self, *, state_dir: Path, simulators: bool, scale: float, fresh: bool, console: Console):
+        self.state_dir = state_dir
+        self.simulators = simulators
+        self.scale = scale
+        self.fresh = fresh
+        self.console = console
+        self.broker = None
+        self.postgres = None
+        self.children: list[Child] = []
+        self._stopping = False
+
+    # Infrastructure ----------------------------------------------------------------------------------------
+    def _start_infrastructure(self) -> None:
+        from shared.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        logs = self.state_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        if not os.environ.get("IOC_KAFKA_BOOTSTRAP_SERVERS"):
+            port = int(os.environ.get("IOC_EMBEDDED_KAFKA_PORT", "0")) or _port_or_free(9092)
+            self.broker = EmbeddedBroker(port=port, log_file=logs / "broker.log").start()
+            os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap_servers
+            os.environ.setdefault("IOC_KAFKA_IDEMPOTENCE", "false")
+            self.console.print(f"[green]●[/green] embedded Kafka-protocol broker (Tansu) on {self.broker.bootstrap_servers}")
+        else:
+            self.console.print(f"[green]●[/green] external Kafka at {os.environ['IOC_KAFKA_BOOTSTRAP_SERVERS']}")
+        if not os.environ.get("IOC_DATABASE_URL"):
+            data = self.state_dir / "pgdata"
+            if self.fresh and data.exists():
+                import shutil
+
+                shutil.rmtree(data)
+            port = int(os.environ.get("IOC_EMBEDDED_PG_PORT", "0")) or _port_or_free(5433)
+            self.postgres = EmbeddedPostgres(data, port=port).start()
+            self.postgres.create_database("ioc")
+            os.environ["IOC_DATABASE_URL"] = self.postgres.url("ioc")
+            self.console.print(f"[green]●[/green] embedded PostgreSQL 18 on 127.0.0.1:{self.postgres.port} (data in {data})")
+        else:
+            self.console.print("[green]●[/green] external PostgreSQL (IOC_DATABASE_URL)")
+        _ = free_port
+
+    async def _prepare(self) -> str:
+        """Topics, and the development admin principal with a key (reused while it is valid)."""
+        import asyncpg
+
+        from shared.auth import PLATFORM_SCHEMA, KeyStore
+        from shared.config import KafkaSettings
+        from shared.db import apply_migrations
+        from shared.http import PLATFORM_MIGRATIONS
+        from shared.kafka.admin import ensure_topics
+
+        await ensure_topics(KafkaSettings())
+        pool = await asyncpg.create_pool(os.environ["IOC_DATABASE_URL"], min_size=1, max_size=2)
+        try:
+            await apply_migrations(pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
+            store = KeyStore(pool, cache_seconds=0)
+            key_file = self.state_dir / "dev-admin.key"
+            if key_file.exists() and await store.authenticate(key_file.read_text().strip()):
+                return key_file.read_text().strip()
+            await store.upsert_principal("dev-admin", "admin", "Development administrator", ["*"],
+                                         {"role": "administrator"})
+            key = await store.issue_key("dev-admin")
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+            return key
+        finally:
+            await pool.close()
+
+    # Children ----------------------------------------------------------------------------------------------
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Child:
+        child = Child(name, [sys.executable, "-m", "ioc", *args], self.state_dir / "logs" / f"{name}.log",
+                      env=env or {})
+        child.start()
+        self.children.append(child)
+        return child
+
+    def _processor_names(self) -> list[str]:
+        names = []
+        for entry in registry.present_services():
+            if registry.available(entry.processors):
+                for factory in registry.load(entry.processors):
+                    names.append(factory(registry.load(entry.settings)()).name)
+        return names
+
+    def start(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        self._start_infrastructure()
+        key = asyncio.run(self._prepare())
+        services = registry.present_services()
+        for entry in services:
+            self._spawn(f"service-{entry.name}", "serve", entry.name)
+        for i, name in enumerate(self._processor_names()):
+            self._spawn(f"processor-{name}", "process", name, "--metrics-port", str(9101 + i))
+        self._wait_ready(services)
+        if self.simulators:
+            for entry in services:
+                if registry.available(entry.simulator):
+                    self._spawn(f"simulator-{entry.name}", "simulate", entry.name, "--scale", str(self.scale),
+                                env={"IOC_API_KEY": key})
+        self._print_urls(services, key)
+
+    def _wait_ready(self, services: list[registry.ServiceEntry], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {e.name: e for e in services}
+        with self.console.status("starting services…"):
+            while pending and time.monotonic() < deadline:
+                for name, e in list(pending.items()):
+                    try:
+                        if httpx.get(f"http://127.0.0.1:{e.port}/readyz", timeout=1).status_code == 200:
+                            pending.pop(name)
+                            self.console.print(f"[green]●[/green] {name} service ready on :{e.port}")
+                    except httpx.HTTPError:
+                        pass
+                time.sleep(0.3)
+        for name in pending:
+            self.console.print(f"[red]●[/red] {name} service not ready; see {self.state_dir / 'logs'}")
+
+    def _print_urls(self, services: list[registry.ServiceEntry], key: str) -> None:
+        table = Table(title="IOC is running", show_header=True)
+        table.add_column("what")
+        table.add_column("where")
+        if any(e.name == "city" for e in services):
+            table.add_row("operations console", "http://127.0.0.1:8100/")
+        for e in services:
+            table.add_row(f"{e.name} API (OpenAPI docs)", f"http://127.0.0.1:{e.port}/docs")
+            table.add_row(f"{e.name} metrics", f"http://127.0.0.1:{e.port}/metrics")
+        table.add_row("Kafka bootstrap", os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"])
+        table.add_row("logs", str(self.state_dir / "logs"))
+        self.console.print(table)
+        self.console.print(f"development admin key (also in {self.state_dir / 'dev-admin.key'}):\n  [bold]{key}[/bold]")
+        self.console.print("try:  .venv/bin/ioc topics   ·   .venv/bin/ioc tail ioc.meter.kpis   ·   "
+                           f"curl -H 'Authorization: Bearer {key[:12]}…' http://127.0.0.1:8101/v1/meters")
+        self.console.print("[dim]Ctrl-C stops everything.[/dim]")
+
+    def wait(self) -> None:
+        """Supervise: restart a child that exits (with a pause), until interrupted."""
+        while True:
+            time.sleep(1)
+            for child in self.children:
+                if not child.alive() and not self._stopping:
+                    code = child.proc.returncode if child.proc else None
+                    if time.monotonic() - child.started_at < 5:
+                        time.sleep(2)  # crash loop: back off
+                    child.restarts += 1
+                    self.console.print(f"[yellow]●[/yellow] {child.name} exited ({code}); restarting "
+                                       f"(see {child.log})")
+                    child.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.console.print("stopping…")
+        # simulators first, then services and processors
+        for group in (lambda c: c.name.startswith("simulator-"), lambda c: True):
+            chosen = [c for c in self.children if group(c)]
+            for c in chosen:
+                c.terminate()
+            deadline = time.monotonic() + 10
+            for c in chosen:
+                while c.alive() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                c.kill()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+        self.console.print("[green]stopped[/green]")
+
+
+def _port_or_free(preferred: int) -> int:
+    import socket
+
+    from shared.embedded import free_port
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()

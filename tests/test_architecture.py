@@ -1,0 +1,54 @@
+"""Architecture rules that keep the platform one system: import boundaries, lint, clean tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def test_services_never_import_each_other_and_shared_never_imports_services():
+    # import-linter contracts in pyproject.toml: independence of services, shared → services forbidden
+    r = subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_is_clean():
+    r = subprocess.run([str(BIN / "ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_service_has_the_same_shape():
+    for service in ("meter", "traffic", "kiosk", "dossier", "city"):
+        pkg = ROOT / "services" / service
+        if not pkg.exists():
+            continue
+        for module in ("settings.py", "domain.py", "repository.py", "api.py", "app.py", "processors.py"):
+            assert (pkg / module).is_file(), f"services/{service}/{module} is missing"
+
+
+def test_no_generated_files_are_tracked():
+    r = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        return  # not a git checkout (e.g. an sdist)
+    bad = [p for p in r.stdout.splitlines()
+           if any(part in p.split("/") for part in (".venv", "__pycache__", ".pytest_cache", "var", "pgdata"))]
+    assert not bad, bad
+
+
+def test_nothing_connects_at_import_time():
+    # Importing every service's app module must not need a broker or a database.
+    code = (
+        "import importlib, ioc.registry as r\n"
+        "for e in r.present_services():\n"
+        "    importlib.import_module(e.app_factory.split(':')[0])\n"
+        "    importlib.import_module(e.settings.split(':')[0])\n"
+        "print('ok')\n"
+    )
+    env = {"IOC_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "IOC_DATABASE_URL": "postgresql://x@127.0.0.1:1/x",
+           "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
