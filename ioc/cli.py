@@ -250,15 +250,15 @@ def keys_list() -> None:
 
 # Running pieces --------------------------------------------------------------------------------------------
 @app.command()
-def serve(service: str, port: int = typer.Option(0, help="port (default: the service's)"),
-          host: str = typer.Option("127.0.0.1")) -> None:
+def serve(service: str, port: int = typer.Option(0, help="port (default: the service's settings)"),
+          host: str = typer.Option("", help="address (default: the service's settings, 127.0.0.1)")) -> None:
     """Run one HTTP service."""
     import uvicorn
 
     entry = registry.service(service)
     settings = registry.load(entry.settings)()
-    settings.port = port or entry.port
-    settings.host = host
+    settings.port = port or settings.port or entry.port
+    settings.host = host or settings.host
     application = registry.load(entry.app_factory)(settings)
     uvicorn.run(application, host=host, port=settings.port, log_level="warning", access_log=False,
                 loop="uvloop", lifespan="on")

@@ -6,11 +6,10 @@ import asyncio
 import os
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from shared.auth import PLATFORM_SCHEMA
-from shared.db import apply_migrations
+from shared.db import apply_migrations, create_pool
 from shared.http import PLATFORM_MIGRATIONS
 from shared.kafka.admin import ensure_topics
 from shared.testing import Infrastructure, issue_test_key
@@ -47,7 +46,7 @@ async def topics_ready(kafka_settings):
 @pytest.fixture(scope="session")
 async def platform_pool(db_settings):
     """A pool on the test database with the platform schema migrated (principals, keys, audit)."""
-    pool = await asyncpg.create_pool(db_settings.url, min_size=1, max_size=4)
+    pool = await create_pool(db_settings)
     await apply_migrations(pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
     yield pool
     await pool.close()

@@ -212,7 +212,15 @@ class FaustDriver:
 
 
 def _credentials(kafka: KafkaSettings):
-    if not kafka.sasl_mechanism:
-        return None
-    return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
-                                 mechanism=kafka.sasl_mechanism)
+    """SASL/SCRAM and/or TLS for Faust's clients, from the same settings the services use."""
+    ssl_context = None
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        ssl_context = create_ssl_context(cafile=kafka.ssl_cafile)
+    if kafka.sasl_mechanism:
+        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
+                                     mechanism=kafka.sasl_mechanism, ssl_context=ssl_context)
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None

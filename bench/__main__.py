@@ -1,0 +1,129 @@
+"""``python -m bench`` (``make bench``): one run, one generated workload, baselines and IOC paths side by side.
+
+Each path runs in its own child process (so CPU seconds and peak memory are its own) against the same
+broker and the same pre-produced topic. Results: a table on stdout and ``bench-results/bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+console = Console()
+
+
+def run_path(path: str, timeout: float = 300, **args) -> dict:
+    cmd = [sys.executable, "-m", "bench.worker", path, json.dumps(args)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    for line in r.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    return {"error": (r.stderr or r.stdout)[-2000:]}
+
+
+def run_parallel(path: str, copies: int, timeout: float = 300, **args) -> list[dict]:
+    cmd = [sys.executable, "-m", "bench.worker", path, json.dumps(args)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(copies)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        res = next((json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")), None)
+        out.append(res or {"error": stderr[-2000:]})
+    return out
+
+
+async def produce(bootstrap: str, events) -> float:
+    from shared.config import KafkaSettings
+    from shared.kafka import EventPublisher, ensure_topics
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap, partitions_override=4)
+    await ensure_topics(kafka)
+    pub = EventPublisher(kafka, client_id="bench-producer")
+    t = time.perf_counter()
+    for i in range(0, len(events), 20000):
+        await pub.publish(events[i:i + 20000])
+    rate = len(events) / (time.perf_counter() - t)
+    await pub.stop()
+    return rate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--quick", action="store_true", help="smaller workload")
+    ap.add_argument("--skip-domains", action="store_true")
+    opts = ap.parse_args()
+    n = 50_000 if opts.quick else opts.events
+    os.environ["IOC_KAFKA_PARTITIONS"] = "4"
+
+    from shared.embedded import EmbeddedBroker
+
+    from bench.workload import AUDIT, small_events
+
+    broker = EmbeddedBroker().start()
+    bs = broker.bootstrap_servers
+    results: dict[str, dict] = {}
+    try:
+        console.print(f"[bold]IOC benchmark[/bold]: {n:,} events of ~100 bytes on 4 partitions, embedded broker {bs}")
+        events = small_events(n)
+        results["produce_batched"] = {"events": n, "events_per_s": round(asyncio.run(produce(bs, events)))}
+        topic = AUDIT.topic
+        steps = [
+            ("raw_aiokafka", "baseline: raw aiokafka getmany + orjson + dict", dict(topic=topic, n=n)),
+            ("naive_faust", "baseline: naive Faust agent, table per event", dict(topic=topic, n=n)),
+            ("ioc_stream", "IOC stream base (Faust driver, batch drain)", dict(topic=topic, n=n, driver="faust")),
+            ("ioc_stream_aiokafka", "IOC stream base (aiokafka driver)", dict(topic=topic, n=n, driver="aiokafka")),
+        ]
+        for key, label, args in steps:
+            console.print(f"… {label}")
+            path = "ioc_stream" if key.startswith("ioc_stream") else key
+            results[key] = {"label": label, **run_path(path, bootstrap=bs, **args)}
+        console.print("… scale-out: two IOC workers, one consumer group, 2 partitions each")
+        both = run_parallel("ioc_stream_until_idle", 2, bootstrap=bs, topic=topic, group="bench-scale")
+        results["ioc_stream_2_workers"] = {
+            "label": "IOC stream base, 2 worker processes",
+            "events": sum(r.get("events", 0) for r in both),
+            "events_per_s": round(sum(r.get("events", 0) for r in both) / max(max(r.get("seconds", 0) for r in both), 1e-9)),
+            "workers": both,
+        }
+        if not opts.skip_domains:
+            from bench import domains
+
+            results.update(domains.run_all(bs, n, console))
+    finally:
+        broker.stop()
+    report(results, n)
+
+
+def report(results: dict, n: int) -> None:
+    raw = results.get("raw_aiokafka", {}).get("events_per_s") or 0
+    naive = results.get("naive_faust", {}).get("events_per_s") or 0
+    table = Table(title=f"IOC benchmark ({n:,} events, 4 partitions, same run)")
+    for col in ("path", "events/s", "× raw", "× naive Faust", "CPU s / M events", "peak RSS MiB", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for key, r in results.items():
+        eps = r.get("events_per_s")
+        table.add_row(r.get("label", key), f"{eps:,}" if eps else r.get("error", "—")[:40],
+                      f"{eps / raw:.2f}" if eps and raw else "", f"{eps / naive:.1f}" if eps and naive else "",
+                      str(r.get("cpu_s_per_million", "")), str(r.get("peak_rss_mib", "")),
+                      str(r.get("latency_p50_ms", "")), str(r.get("latency_p99_ms", "")))
+    console.print(table)
+    out = ROOT / "bench-results"
+    out.mkdir(exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))
+    console.print(f"written {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()

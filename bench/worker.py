@@ -1,0 +1,203 @@
+"""One benchmark path, run in its own process so its CPU time and peak memory are its own.
+
+    python -m bench.worker PATH JSON_ARGS   → prints one JSON result line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+import uuid
+
+import orjson
+
+from shared.config import KafkaSettings
+
+
+def _rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM; ru_maxrss would include the parent before exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Meter:
+    """Wall and CPU time between the first and the last event of a path (excludes group joins)."""
+
+    def __init__(self):
+        self.t0 = self.c0 = None
+        self.t1 = self.c1 = None
+        self.latencies: list[float] = []
+
+    def first(self):
+        if self.t0 is None:
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def last(self):
+        self.t1, self.c1 = time.perf_counter(), time.process_time()
+
+    def result(self, events: int, **extra) -> dict:
+        wall = (self.t1 or time.perf_counter()) - (self.t0 or time.perf_counter())
+        cpu = (self.c1 or time.process_time()) - (self.c0 or time.process_time())
+        out = {"events": events, "seconds": round(wall, 3), "events_per_s": round(events / wall) if wall else None,
+               "cpu_s_per_million": round(cpu / events * 1e6, 2) if events else None, "peak_rss_mib": round(_rss_mib(), 1)}
+        if self.latencies:
+            lat = sorted(self.latencies)
+            out.update({f"latency_p{p}_ms": round(lat[min(len(lat) - 1, int(len(lat) * p / 100))] * 1000, 1)
+                        for p in (50, 95, 99)})
+        out.update(extra)
+        return out
+
+
+async def raw_aiokafka(kafka: KafkaSettings, topic: str, n: int) -> dict:
+    """The ceiling: aiokafka getmany + orjson decode + dict aggregation."""
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(topic, **kafka.client_kwargs(), group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+                         auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
+                         max_partition_fetch_bytes=8 * 1024 * 1024, session_timeout_ms=10000,
+                         heartbeat_interval_ms=3000)
+    await c.start()
+    m, got, agg = Meter(), 0, {}
+    try:
+        while got < n:
+            batch = await c.getmany(timeout_ms=500, max_records=20000)
+            if batch:
+                m.first()
+            for recs in batch.values():
+                for r in recs:
+                    a = orjson.loads(r.value)["action"]
+                    agg[a] = agg.get(a, 0) + 1
+                got += len(recs)
+        m.last()
+        await c.commit()
+    finally:
+        await c.stop()
+    return m.result(got, checksum=sum(agg.values()))
+
+
+async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float = 25.0) -> dict:
+    """What a newcomer writes: a Faust agent iterating the stream, updating a table per event."""
+    import faust
+
+    app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{kafka.bootstrap_servers}",
+                    broker_session_timeout=10, broker_heartbeat_interval=3, broker_rebalance_timeout=10,
+                    consumer_auto_offset_reset="earliest", web_enabled=False, store="memory://",
+                    topic_disable_leader=True, producer_linger=0.05)
+    source = app.topic(topic, value_serializer="raw")
+    counts = app.Table("counts", default=int, partitions=4)
+    m = Meter()
+    state = {"n": 0}
+    done = asyncio.Event()
+
+    @app.agent(source)
+    async def count(stream):
+        async for value in stream:
+            m.first()
+            counts[orjson.loads(value)["action"]] += 1
+            state["n"] += 1
+            if state["n"] >= n:
+                m.last()
+                done.set()
+
+    await app.start()
+    try:
+        await asyncio.wait_for(done.wait(), limit_s + 30)
+    except TimeoutError:
+        m.last()
+    finally:
+        m.last() if not done.is_set() else None
+        await app.stop()
+    return m.result(state["n"], note="time-boxed" if state["n"] < n else "")
+
+
+async def ioc_stream(kafka: KafkaSettings, topic: str, n: int, driver: str = "faust") -> dict:
+    """IOC's stream base: ProcessorRuntime with the same aggregation, batch drain, state changelog."""
+    from shared.stream.runtime import ProcessorRuntime
+
+    from bench.processors import ActionCounts
+
+    proc = ActionCounts(f"bench-ioc-{driver}-{uuid.uuid4().hex[:6]}")
+    rt = ProcessorRuntime(proc, kafka, driver=driver)
+    m = Meter()
+    await rt.start()
+    try:
+        while rt.core.processed == 0:
+            await asyncio.sleep(0.005)
+        m.first()
+        while rt.core.processed < n:
+            await asyncio.sleep(0.005)
+        m.last()
+        states = {p: pr.state.snapshot() for p, pr in rt.core.partitions.items()}
+    finally:
+        await rt.stop()
+    counts: dict[str, int] = {}
+    for st in states.values():
+        for k, v in st.items():
+            if not k.startswith("changed:"):
+                counts[k] = counts.get(k, 0) + v
+    return m.result(rt.core.processed, checksum=sum(counts.values()), counts=counts)
+
+
+async def ioc_stream_until_idle(kafka: KafkaSettings, topic: str, group: str) -> dict:
+    """One of several workers of one group: process until the assigned partitions are drained."""
+    from shared.stream.runtime import ProcessorRuntime
+
+    from bench.processors import ActionCounts
+
+    rt = ProcessorRuntime(ActionCounts(group), kafka, driver="faust")
+    m = Meter()
+    await rt.start()
+    started = time.perf_counter()
+    try:
+        last, idle_since = 0, None
+        while True:
+            await asyncio.sleep(0.01)
+            p = rt.core.processed
+            if p and m.t0 is None:
+                m.first()
+            if p != last:
+                last, idle_since = p, time.perf_counter()
+                m.last()
+            elif p and time.perf_counter() - idle_since > 3:
+                break
+            elif not p and time.perf_counter() - started > 120:
+                break
+    finally:
+        await rt.stop()
+    return m.result(rt.core.processed, partitions=sorted(rt.core.partitions))
+
+
+PATHS = {"ioc_stream_until_idle": ioc_stream_until_idle, "raw_aiokafka": raw_aiokafka, "naive_faust": naive_faust, "ioc_stream": ioc_stream}
+
+
+def main() -> None:
+    path, args = sys.argv[1], json.loads(sys.argv[2])
+    kafka = KafkaSettings(bootstrap_servers=args.pop("bootstrap"))
+    from shared.stream.runtime import tune_gc
+
+    if path.startswith("ioc"):
+        tune_gc()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(PATHS[path](kafka, **args))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    main()
