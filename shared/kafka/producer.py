@@ -44,6 +44,7 @@ class EventPublisher:
         self._timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
+        self._key_partition: dict[tuple[bytes, int], int] = {}  # murmur2 is pure Python; keys repeat
         self._start_lock = asyncio.Lock()
 
     @property
@@ -85,7 +86,17 @@ class EventPublisher:
         n = self._partitions.get(topic)
         if n is None:
             assert self._producer is not None
-            parts = await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout_s)
+            try:
+                parts = await asyncio.wait_for(self._producer.partitions_for(topic), min(5.0, self._timeout_s))
+            except (KafkaError, TimeoutError):
+                # The topic is missing (e.g. a broker that restarted empty): create it from the catalogue.
+                from shared.contracts import TOPICS
+                from shared.kafka.admin import ensure_topics
+
+                if topic not in TOPICS:
+                    raise
+                await ensure_topics(self._kafka, [TOPICS[topic]])
+                parts = await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout_s)
             n = self._partitions[topic] = len(parts)
         return n
 
@@ -104,9 +115,16 @@ class EventPublisher:
         started = time.perf_counter()
         try:
             by_tp: dict[tuple[str, int], list[EncodedEvent]] = defaultdict(list)
+            cache = self._key_partition
             for ev in events:
                 n = self._partitions.get(ev.topic) or await self._partition_count(ev.topic)
-                by_tp[(ev.topic, partition_for(ev.key, n))].append(ev)
+                ck = (ev.key, n)
+                p = cache.get(ck)
+                if p is None:
+                    if len(cache) > 1_000_000:
+                        cache.clear()
+                    p = cache[ck] = partition_for(ev.key, n)
+                by_tp[(ev.topic, p)].append(ev)
             futures = []
             for (topic, partition), evs in by_tp.items():
                 batch = producer.create_batch()
@@ -126,7 +144,7 @@ class EventPublisher:
         PUBLISH_SECONDS.observe(time.perf_counter() - started)
         counts: dict[tuple[str, str], int] = defaultdict(int)
         for ev in events:
-            counts[(ev.topic, _ce_type(ev))] += 1
+            counts[(ev.topic, ev.type or _ce_type(ev))] += 1
         for (topic, etype), n in counts.items():
             EVENTS_PRODUCED.labels(topic=topic, type=etype).inc(n)
         return len(events)
@@ -137,7 +155,7 @@ class EventPublisher:
         if producer is not None:
             try:
                 await asyncio.wait_for(producer.stop(), 2)
-            except Exception:  # noqa: BLE001 - best effort on an already broken connection
+            except Exception:
                 pass
 
     async def ping(self) -> bool:
@@ -148,7 +166,7 @@ class EventPublisher:
             assert self._producer is not None
             await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 3)
             return True
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
 
 
