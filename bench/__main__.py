@@ -67,9 +67,8 @@ def main() -> None:
     n = 50_000 if opts.quick else opts.events
     os.environ["IOC_KAFKA_PARTITIONS"] = "4"
 
-    from shared.embedded import EmbeddedBroker
-
     from bench.workload import AUDIT, small_events
+    from shared.embedded import EmbeddedBroker
 
     broker = EmbeddedBroker().start()
     bs = broker.bootstrap_servers

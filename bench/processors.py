@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from bench.workload import AUDIT
 from shared.contracts.cloudevents import encode
 from shared.contracts.common import domain_topics
 from shared.stream import State, StreamProcessor
-
-from bench.workload import AUDIT
 
 BENCH_KPI, _ = domain_topics("bench", owner="bench", partitions=4)
 

@@ -110,7 +110,7 @@ async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float =
 
     await app.start()
     try:
-        await asyncio.wait_for(done.wait(), limit_s + 30)
+        await asyncio.wait_for(done.wait(), limit_s)
     except TimeoutError:
         m.last()
     finally:
@@ -121,9 +121,8 @@ async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float =
 
 async def ioc_stream(kafka: KafkaSettings, topic: str, n: int, driver: str = "faust") -> dict:
     """IOC's stream base: ProcessorRuntime with the same aggregation, batch drain, state changelog."""
-    from shared.stream.runtime import ProcessorRuntime
-
     from bench.processors import ActionCounts
+    from shared.stream.runtime import ProcessorRuntime
 
     proc = ActionCounts(f"bench-ioc-{driver}-{uuid.uuid4().hex[:6]}")
     rt = ProcessorRuntime(proc, kafka, driver=driver)
@@ -149,9 +148,8 @@ async def ioc_stream(kafka: KafkaSettings, topic: str, n: int, driver: str = "fa
 
 async def ioc_stream_until_idle(kafka: KafkaSettings, topic: str, group: str) -> dict:
     """One of several workers of one group: process until the assigned partitions are drained."""
-    from shared.stream.runtime import ProcessorRuntime
-
     from bench.processors import ActionCounts
+    from shared.stream.runtime import ProcessorRuntime
 
     rt = ProcessorRuntime(ActionCounts(group), kafka, driver="faust")
     m = Meter()
@@ -176,7 +174,9 @@ async def ioc_stream_until_idle(kafka: KafkaSettings, topic: str, group: str) ->
     return m.result(rt.core.processed, partitions=sorted(rt.core.partitions))
 
 
-PATHS = {"ioc_stream_until_idle": ioc_stream_until_idle, "raw_aiokafka": raw_aiokafka, "naive_faust": naive_faust, "ioc_stream": ioc_stream}
+PATHS = {"ioc_stream_until_idle": ioc_stream_until_idle, "raw_aiokafka": raw_aiokafka, "naive_faust": naive_faust, "ioc_stream": ioc_stream,
+         # Per-domain paths (bench/domains.py dispatches on args["path"]).
+         "domain": lambda kafka, **args: __import__("bench.domains", fromlist=["run_path"]).run_path(kafka, **args)}
 
 
 def main() -> None:

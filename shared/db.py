@@ -71,5 +71,5 @@ async def ping(pool: asyncpg.Pool) -> bool:
         async with pool.acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1", timeout=2)
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False

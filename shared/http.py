@@ -234,7 +234,7 @@ def create_service_app(
         if settings.create_topics:
             try:
                 await ensure_topics(settings.kafka, topics)
-            except Exception as exc:  # noqa: BLE001 - the broker may come later; publishing will retry
+            except Exception as exc:
                 log.warning("could not create topics at start-up: %s", type(exc).__name__)
         try:
             await ctx.publisher.start()

@@ -14,7 +14,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from shared.contracts.base import AreaCode, EventModel, StrictFloat, StrictInt, TopicSpec, event_type, register_topic
+from shared.contracts.base import (
+    AreaCode,
+    EventModel,
+    StrictFloat,
+    StrictInt,
+    TopicSpec,
+    event_type,
+    register_topic,
+)
 from shared.contracts.common import AlarmChanged
 
 CITY_KPI_TOPIC = register_topic(

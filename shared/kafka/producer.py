@@ -108,6 +108,15 @@ class EventPublisher:
         events = list(events)
         if not events:
             return 0
+        await self.wait(await self.send(events))
+        return len(events)
+
+    async def send(self, events: Sequence[EncodedEvent]) -> asyncio.Future:
+        """Queue ``events`` and return a future of all their acknowledgements (for pipelining).
+
+        Pair with :meth:`wait`, which maps broker failures to :class:`BrokerUnavailable`.
+        """
+        events = list(events)
         if self._producer is None:
             await self.start()
         producer = self._producer
@@ -135,19 +144,34 @@ class EventPublisher:
                         if batch.append(key=ev.key, value=ev.value, timestamp=None, headers=ev.headers) is None:
                             raise ValueError("event larger than the maximum batch size")
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
-            await asyncio.wait_for(asyncio.gather(*futures), self._timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("publish failed: %s", type(exc).__name__)
+            await self._reset()
+            raise BrokerUnavailable(f"broker did not accept the events: {type(exc).__name__}") from exc
+
+        def acked(_: asyncio.Future) -> None:
+            if _.cancelled() or _.exception() is not None:
+                return
+            PUBLISH_SECONDS.observe(time.perf_counter() - started)
+            counts: dict[tuple[str, str], int] = defaultdict(int)
+            for ev in events:
+                counts[(ev.topic, ev.type or _ce_type(ev))] += 1
+            for (topic, etype), k in counts.items():
+                EVENTS_PRODUCED.labels(topic=topic, type=etype).inc(k)
+
+        fut = asyncio.gather(*futures)
+        fut.add_done_callback(acked)
+        return fut
+
+    async def wait(self, acks: asyncio.Future) -> None:
+        """Wait for a :meth:`send`'s acknowledgements; :class:`BrokerUnavailable` if they do not come."""
+        try:
+            await asyncio.wait_for(acks, self._timeout_s)
         except (KafkaError, OSError, TimeoutError) as exc:
             # The producer may be wedged on a dead connection; rebuild it on the next call.
             log.warning("publish failed: %s", type(exc).__name__)
             await self._reset()
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}") from exc
-        PUBLISH_SECONDS.observe(time.perf_counter() - started)
-        counts: dict[tuple[str, str], int] = defaultdict(int)
-        for ev in events:
-            counts[(ev.topic, ev.type or _ce_type(ev))] += 1
-        for (topic, etype), n in counts.items():
-            EVENTS_PRODUCED.labels(topic=topic, type=etype).inc(n)
-        return len(events)
 
     async def _reset(self) -> None:
         producer, self._producer = self._producer, None

@@ -97,6 +97,10 @@ class ProcessorCore:
         self.dead_lettered = 0
         #: set after a failure: the driver must seek its sources back to the recovered applied offsets
         self.needs_rewind = False
+        self._pending: asyncio.Future | None = None
+        self._sent_offsets: dict[tuple[str, int], int] = {}
+        #: (topic, partition) → next offset whose effects are acknowledged by the broker: safe to commit
+        self.durable_offsets: dict[tuple[str, int], int] = {}
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -217,7 +221,7 @@ class ProcessorCore:
                 touched.add(tp.partition)
             self.dead_lettered += len(dead)
             outputs = self._emit(touched, datetime.now(UTC))
-            await self._make_durable(touched, outputs + dead)
+            await self._make_durable(touched, outputs + dead, pipelined=True)
             for (topic, etype), n in counts.items():
                 EVENTS_CONSUMED.labels(self.processor.name, topic, etype).inc(n)
             now = time.time()
@@ -236,6 +240,7 @@ class ProcessorCore:
             try:
                 outputs = self._emit(parts, now or datetime.now(UTC))
                 await self._make_durable(parts, outputs)
+                await self.flush()
             except BaseException:
                 self.needs_rewind = True
                 self.drop(parts)
@@ -250,13 +255,28 @@ class ProcessorCore:
         self.emitted += len(outputs)
         return outputs
 
-    async def _make_durable(self, partitions: Iterable[int], outputs: list[EncodedEvent]) -> None:
-        """Publish outputs, then each partition's changed keys and its commit marker; await every ack."""
-        if outputs:
-            await self.publisher.publish(outputs)
+    async def flush(self) -> None:
+        """Wait until the last batch's outputs and state changes are acknowledged."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await self.publisher.wait(pending)
+
+    async def _make_durable(self, partitions: Iterable[int], outputs: list[EncodedEvent], *,
+                            pipelined: bool = False) -> None:
+        """Send outputs, then each partition's changed keys and its commit marker.
+
+        At most one batch is in flight: the previous batch must be acknowledged before this one is sent, so a
+        marker can never be durable while an earlier batch's records are not. With ``pipelined`` this batch's
+        acknowledgements are awaited by the next call (or :meth:`flush`), overlapping them with the next batch's
+        work; :attr:`durable_offsets` then says what is safe to commit.
+        """
+        await self.flush()
+        self.durable_offsets.update(self._sent_offsets)
         assert self._producer is not None
         producer = self._producer
         futures = []
+        if outputs:
+            futures.append(await self.publisher.send(outputs))
         for p in partitions:
             pr = self.partitions[p]
             changes = pr.state.take_changes()
@@ -276,5 +296,11 @@ class ProcessorCore:
                 batch = producer.create_batch()
                 batch.append(key=MARKER_KEY, value=marker, timestamp=None, headers=seq_header)
             futures.append(await producer.send_batch(batch, self.changelog.name, partition=p))
+        self._sent_offsets = {
+            (topic, p): off for p in partitions for topic, off in self.partitions[p].applied.items()
+        }
         if futures:
-            await asyncio.gather(*futures)
+            self._pending = asyncio.gather(*futures)
+        if not pipelined:
+            await self.flush()
+            self.durable_offsets.update(self._sent_offsets)

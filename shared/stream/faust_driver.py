@@ -50,19 +50,17 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._ioc_committable: dict = {}
-
-    # Commits: Faust's commit loop asks _new_offset for every tp with pending acks. -------------------------
+    # Commits: Faust's commit loop asks _new_offset for every tp with pending acks; ours are the offsets the
+    # core reports durable (outputs and state changes acknowledged), never more.
     def _filter_tps_with_pending_acks(self, topics=None):
         pending = set(super()._filter_tps_with_pending_acks(topics))
-        pending.update(tp for tp in self._ioc_committable
-                       if topics is None or tp in topics or tp.topic in topics)
+        durable = self.app.ioc_driver.core.durable_offsets
+        pending.update(tp for tp in self.assignment() if (tp.topic, tp.partition) in durable
+                       and (topics is None or tp in topics or tp.topic in topics))
         return iter(pending)
 
     def _new_offset(self, tp):
-        offset = self._ioc_committable.pop(tp, None)
+        offset = self.app.ioc_driver.core.durable_offsets.get((tp.topic, tp.partition))
         if offset is not None:
             return offset
         return super()._new_offset(tp)
@@ -86,13 +84,13 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     continue
                 driver.busy = True
                 try:
-                    committable = await core.process(batch)
+                    await core.process(batch)
                 finally:
                     driver.busy = False
                 if generation != self.app.consumer_generation_id:
                     continue  # rebalanced meanwhile: the new owner recovers from the changelog
-                for tp, offset in committable.items():
-                    self._ioc_committable[tp] = offset
+                for tp, recs in batch.items():
+                    offset = recs[-1].offset + 1
                     self._read_offset[tp] = offset - 1
                     hw = self.highwater(tp)
                     if hw is not None:
@@ -166,8 +164,13 @@ class FaustDriver:
             log.exception("%s: tick failed", self.core.processor.name)
 
     async def _on_revoked(self, app, revoked, **_: Any) -> None:
+        # Make the last batch durable so Faust's commit-on-revoke commits it, then forget the partitions.
         async with self.core.lock:
-            self.core.drop({tp.partition for tp in revoked})
+            try:
+                await self.core.flush()
+                self.core.durable_offsets.update(self.core._sent_offsets)
+            finally:
+                self.core.drop({tp.partition for tp in revoked})
 
     async def rewind(self) -> None:
         """After a failed batch or tick: recover state, seek sources back to what is durable."""
@@ -179,7 +182,6 @@ class FaustDriver:
                 applied = self.core.applied_offset(tp.topic, tp.partition)
                 if applied is not None:
                     await consumer.seek(tp, applied)
-            consumer._ioc_committable.clear()
             self.core.needs_rewind = False
         except Exception:
             log.exception("rewind failed; will retry")
@@ -201,7 +203,7 @@ class FaustDriver:
             assignment = consumer.assignment()
         except Exception:
             return False
-        if not assignment or self.busy:
+        if not assignment or self.busy or self.core._pending is not None:
             return False
         for tp in assignment:
             hw = consumer.highwater(tp)

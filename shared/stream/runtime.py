@@ -53,6 +53,9 @@ class _Rebalance(ConsumerRebalanceListener):
         self.runtime = runtime
 
     async def on_partitions_revoked(self, revoked):
+        async with self.runtime.core.lock:
+            await self.runtime.core.flush()
+            self.runtime.core.durable_offsets.update(self.runtime.core._sent_offsets)
         await self.runtime.commit()
         async with self.runtime.core.lock:
             self.runtime.core.drop({tp.partition for tp in revoked})
@@ -70,7 +73,7 @@ class AiokafkaDriver:
         self.max_records = max_records
         self.fetch_wait_ms = fetch_wait_ms
         self.consumer: AIOKafkaConsumer | None = None
-        self._committable: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
         self._tasks: list[asyncio.Task] = []
         self.busy = False
 
@@ -105,12 +108,16 @@ class AiokafkaDriver:
                 self.consumer.seek(tp, applied)
 
     async def commit(self) -> None:
-        if self._committable and self.consumer is not None:
-            offsets, self._committable = self._committable, {}
-            assigned = self.consumer.assignment()
-            offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-            if offsets:
-                await self.consumer.commit(offsets)
+        """Commit what the core reports durable (never more), for the partitions still assigned."""
+        if self.consumer is None:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp in assigned
+                   if (o := self.core.durable_offsets.get((tp.topic, tp.partition))) is not None
+                   and o > self._committed.get(tp, -1)}
+        if offsets:
+            await self.consumer.commit(offsets)
+            self._committed.update(offsets)
 
     async def _loop(self) -> None:
         assert self.consumer is not None
@@ -122,7 +129,7 @@ class AiokafkaDriver:
                 if batch:
                     self.busy = True
                     try:
-                        self._committable.update(await self.core.process(batch))
+                        await self.core.process(batch)
                     finally:
                         self.busy = False
                     for tp, recs in batch.items():
@@ -141,7 +148,6 @@ class AiokafkaDriver:
 
     async def _rewind(self) -> None:
         assert self.consumer is not None
-        self._committable.clear()
         try:
             await self.seek_to_applied(self.consumer.assignment())
             self.core.needs_rewind = False
@@ -167,7 +173,7 @@ class AiokafkaDriver:
             applied = self.core.applied_offset(tp.topic, tp.partition)
             if hw is None or (hw > 0 and (applied is None or applied < hw)):
                 return False
-        return bool(self.consumer.assignment()) and not self.busy
+        return bool(self.consumer.assignment()) and not self.busy and self.core._pending is None
 
 
 class ProcessorRuntime:
@@ -219,6 +225,10 @@ class ProcessorRuntime:
         deadline = time.monotonic() + timeout
         stable = 0
         while time.monotonic() < deadline:
+            if self.driver is not None and self.core._pending is not None and not self.driver.busy:
+                async with self.core.lock:
+                    await self.core.flush()
+                    self.core.durable_offsets.update(self.core._sent_offsets)
             if self.driver is not None and self.driver.caught_up():
                 stable += 1
                 if stable >= 3:
