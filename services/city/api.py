@@ -1,0 +1,410 @@
+"""HTTP API of the city layer: current KPIs, history, districts, alarms and incidents, live streams.
+
+Reads need the scope ``city:read``; acknowledging and clearing need ``city:operate`` and an operating role
+(``attributes.role``: operator, supervisor or administrator; a leader only watches). Server-Sent Events
+routes also accept ``?access_token=<key>`` because a browser's EventSource cannot set headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from services.city import repository as repo
+from services.city.domain import (
+    ACK_ROLES,
+    CITY_SCOPE,
+    CLEAR_ROLES,
+    choose_step,
+    worst_status,
+)
+from services.city.settings import CitySettings
+from services.city.store import CityStore
+from shared.areas import hanoi
+from shared.auth import ApiError, KeyStore, Principal, RateLimiter, bearer_token
+from shared.contracts import TOPICS
+from shared.contracts.cloudevents import EventDecodeError, decode
+from shared.http import ServiceContext
+from shared.kpis import KpiDefinition
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["city"])
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+STREAM_KINDS = ("kpi", "alarm", "incident")
+
+
+def _ctx(request: Request) -> ServiceContext:
+    return request.app.state.ctx
+
+
+def city_principal(scope: str, roles: frozenset[str] | None = None, *, allow_query_token: bool = False):
+    """Dependency: the caller, holding ``scope`` (and one of ``roles`` when given). 401 / 403 / 429."""
+
+    async def dependency(request: Request) -> Principal:
+        token = bearer_token(request)
+        if not token and allow_query_token:
+            token = request.query_params.get("access_token")
+        if not token:
+            raise ApiError(401, "unauthenticated", "an API key is required (Authorization: Bearer <key>)",
+                           headers={"WWW-Authenticate": "Bearer"})
+        keys: KeyStore = _ctx(request).keys
+        principal = await keys.authenticate(token)
+        if principal is None:
+            raise ApiError(401, "unauthenticated", "the API key is unknown or revoked",
+                           headers={"WWW-Authenticate": "Bearer"})
+        if not principal.has_scope(scope):
+            raise ApiError(403, "forbidden", f"this principal lacks the scope {scope!r}")
+        if roles is not None and principal.role not in roles:
+            raise ApiError(403, "forbidden", f"the role {principal.role!r} may not do this; "
+                                             f"roles allowed: {', '.join(sorted(roles))}")
+        limiter: RateLimiter | None = _ctx(request).rate_limiter
+        if limiter is not None:
+            await limiter.check(principal.id)
+        return principal
+
+    dependency.__name__ = f"require_{scope.replace(':', '_')}"
+    return dependency
+
+
+READ = Depends(city_principal("city:read"))
+READ_SSE = Depends(city_principal("city:read", allow_query_token=True))
+ACK = Depends(city_principal("city:operate", ACK_ROLES))
+CLEAR = Depends(city_principal("city:operate", CLEAR_ROLES))
+
+
+def _definitions(request: Request) -> dict[str, KpiDefinition]:
+    return _ctx(request).extras["definitions"]
+
+
+def _store(request: Request) -> CityStore:
+    return _ctx(request).extras["store"]
+
+
+def _settings(request: Request) -> CitySettings:
+    return _ctx(request).settings  # type: ignore[return-value]
+
+
+def _definition_body(d: KpiDefinition) -> dict[str, Any]:
+    return d.model_dump(mode="json")
+
+
+def _with_definition(row: dict[str, Any], defs: dict[str, KpiDefinition]) -> dict[str, Any]:
+    d = defs.get(row["kpi"])
+    row["name"] = d.name.model_dump() if d is not None else {"vi": row["kpi"], "en": row["kpi"]}
+    row["direction"] = d.direction if d is not None else "none"
+    row["headline"] = d.headline if d is not None else False
+    row["thresholds"] = d.thresholds.model_dump() if d is not None else {"warning": None, "critical": None}
+    return row
+
+
+# KPIs ------------------------------------------------------------------------------------------------------
+@router.get("/kpis/definitions", summary="Every KPI definition (names, unit, windows, thresholds, formula)")
+async def kpi_definitions(request: Request, principal: Principal = READ) -> dict:
+    return {"items": [_definition_body(d) for d in sorted(_definitions(request).values(), key=lambda d: d.id)]}
+
+
+@router.get("/kpis", summary="Current KPI values, filtered by domain, district or scope")
+async def current_kpis(
+    request: Request,
+    domain: str | None = Query(None, max_length=24),
+    district: str | None = Query(None, max_length=32, description="a district code: its KPIs only"),
+    scope_level: Literal["city", "district"] | None = None,
+    kpi: str | None = Query(None, max_length=80),
+    trend: int = Query(0, ge=0, le=200, description="also return the last N window values (sparklines)"),
+    principal: Principal = READ,
+) -> dict:
+    scope_code = district
+    if district is not None:
+        scope_level = "district"
+    rows = await repo.current_kpis(_ctx(request).pool, domain=domain, scope_level=scope_level,
+                                   scope_code=scope_code, kpi=kpi, trend_points=trend)
+    defs = _definitions(request)
+    return {"items": [_with_definition(r, defs) for r in rows]}
+
+
+@router.get("/kpis/{kpi}/history", summary="A KPI's values over a time range (raw windows or roll-ups)")
+async def kpi_history(
+    request: Request,
+    kpi: str = Path(max_length=80, pattern=r"^[a-z0-9_.]+$"),
+    scope_level: Literal["city", "district"] = "city",
+    scope_code: str = Query(CITY_SCOPE, max_length=32),
+    start: datetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
+    end: datetime | None = Query(None, alias="to", description="default: now"),
+    step: Literal["auto", "raw", "minute", "hour", "day"] = "auto",
+    window_seconds: int | None = Query(None, gt=0, description="default: the KPI's primary window"),
+    principal: Principal = READ,
+) -> dict:
+    end = _aware(end) if end is not None else datetime.now(UTC)
+    start = _aware(start) if start is not None else end - timedelta(hours=24)
+    if start >= end:
+        raise ApiError(422, "invalid_request", "`from` must be before `to`",
+                       [{"field": "from", "reason": "not before `to`"}])
+    pool = _ctx(request).pool
+    definition = _definitions(request).get(kpi)
+    if window_seconds is None:
+        windows = await repo.series_windows(pool, kpi, scope_level, scope_code)
+        if definition is not None and (not windows or definition.windows[0] in windows):
+            window_seconds = definition.windows[0]
+        elif windows:
+            window_seconds = windows[0]
+        else:
+            raise ApiError(404, "not_found", "no values for this KPI and scope",
+                           [{"kpi": kpi, "scope_level": scope_level, "scope_code": scope_code}])
+    chosen = choose_step(start, end) if step == "auto" else step
+    points = await repo.kpi_history(pool, kpi=kpi, scope_level=scope_level, scope_code=scope_code,
+                                    window_seconds=window_seconds, start=start, end=end, step=chosen)
+    return {"kpi": kpi, "scope_level": scope_level, "scope_code": scope_code, "window_seconds": window_seconds,
+            "step": chosen, "from": start, "to": end, "unit": definition.unit if definition else None,
+            "points": points}
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+# Districts -------------------------------------------------------------------------------------------------
+@router.get("/districts", summary="The 30 districts with their status (worst KPI status or open alarm)")
+async def districts(request: Request, principal: Principal = READ) -> dict:
+    statuses = await repo.district_statuses(_ctx(request).pool)
+    items = []
+    for a in sorted(hanoi().districts, key=lambda a: a.code):
+        s = statuses.get(a.code, {"statuses": [], "severities": []})
+        items.append({"code": a.code, "name": a.name, "kind": a.kind,
+                      "status": worst_status(s["statuses"], s["severities"]),
+                      "open_alarms": len(s["severities"]),
+                      "kpis_warning": s["statuses"].count("warning"),
+                      "kpis_critical": s["statuses"].count("critical")})
+    return {"items": items}
+
+
+@router.get("/districts/{code}", summary="One district: its KPIs, the assets in alarm, open incidents")
+async def district_detail(request: Request, code: str = Path(max_length=32), principal: Principal = READ
+                          ) -> dict:
+    area = hanoi().areas.get(code)
+    if area is None or area.level != "district":
+        raise ApiError(404, "not_found", "no such district", [{"district": code}])
+    pool = _ctx(request).pool
+    defs = _definitions(request)
+    kpis = [_with_definition(r, defs) for r in await repo.current_kpis(pool, scope_level="district",
+                                                                       scope_code=code, trend_points=12)]
+    alarms = await repo.list_alarms(pool, states=("active", "acknowledged"), district=code)
+    incidents = await repo.list_incidents(pool, state="open", district=code)
+    return {"code": area.code, "name": area.name, "kind": area.kind,
+            "status": worst_status([k["status"] for k in kpis], [a["severity"] for a in alarms]),
+            "kpis": kpis, "alarms": alarms, "incidents": incidents}
+
+
+# Alarms and incidents --------------------------------------------------------------------------------------
+AlarmFilter = Literal["open", "active", "acknowledged", "cleared", "all"]
+_STATES = {"open": ("active", "acknowledged"), "active": ("active",), "acknowledged": ("acknowledged",),
+           "cleared": ("cleared",), "all": ("active", "acknowledged", "cleared")}
+
+
+@router.get("/alarms", summary="Alarms of every domain (one model), most severe first")
+async def alarms(
+    request: Request,
+    state: AlarmFilter = "open",
+    district: str | None = Query(None, max_length=32),
+    domain: str | None = Query(None, max_length=24),
+    incident_id: str | None = Query(None, max_length=100),
+    limit: int = Query(200, ge=1, le=1000),
+    principal: Principal = READ,
+) -> dict:
+    items = await repo.list_alarms(_ctx(request).pool, states=_STATES[state], district=district, domain=domain,
+                                   incident_id=incident_id, limit=limit)
+    return {"items": items}
+
+
+@router.post("/alarms/{alarm_id:path}/acknowledge", summary="Acknowledge an active alarm (audited)")
+async def acknowledge_alarm(request: Request, alarm_id: str, principal: Principal = ACK) -> dict:
+    done = await _store(request).operate([alarm_id], "acknowledge", principal.id)
+    return done[0]
+
+
+@router.post("/alarms/{alarm_id:path}/clear", summary="Clear an active or acknowledged alarm (audited)")
+async def clear_alarm(request: Request, alarm_id: str, principal: Principal = CLEAR) -> dict:
+    done = await _store(request).operate([alarm_id], "clear", principal.id)
+    return done[0]
+
+
+@router.get("/incidents", summary="Correlated incidents: alarms of one district close in time, across domains")
+async def incidents(
+    request: Request,
+    state: Literal["open", "closed", "all"] = "open",
+    district: str | None = Query(None, max_length=32),
+    limit: int = Query(100, ge=1, le=500),
+    principal: Principal = READ,
+) -> dict:
+    pool = _ctx(request).pool
+    items = await repo.list_incidents(pool, state=None if state == "all" else state, district=district,
+                                      limit=limit)
+    for inc in items:
+        inc["alarms"] = await repo.list_alarms(pool, states=_STATES["all"], incident_id=inc["incident_id"],
+                                               limit=50)
+    return {"items": items}
+
+
+async def _operate_incident(request: Request, incident_id: str, action: str, principal: Principal) -> dict:
+    pool = _ctx(request).pool
+    async with pool.acquire() as conn:
+        ids = await repo.incident_alarm_ids(conn, incident_id)
+    if ids is None:
+        raise ApiError(404, "not_found", "no such incident", [{"incident_id": incident_id}])
+    if action == "acknowledge":
+        current = await repo.list_alarms(pool, states=("active",), incident_id=incident_id, limit=1000)
+        ids = [a["alarm_id"] for a in current]
+    done = await _store(request).operate(ids, action, principal.id, target=incident_id) if ids else []
+    return {"incident_id": incident_id, "alarms": done}
+
+
+@router.post("/incidents/{incident_id}/acknowledge", summary="Acknowledge every active alarm of an incident")
+async def acknowledge_incident(request: Request, incident_id: str = Path(max_length=100),
+                               principal: Principal = ACK) -> dict:
+    return await _operate_incident(request, incident_id, "acknowledge", principal)
+
+
+@router.post("/incidents/{incident_id}/clear", summary="Clear every open alarm of an incident")
+async def clear_incident(request: Request, incident_id: str = Path(max_length=100),
+                         principal: Principal = CLEAR) -> dict:
+    return await _operate_incident(request, incident_id, "clear", principal)
+
+
+# Live stream (SSE) -----------------------------------------------------------------------------------------
+def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: ".encode() + orjson.dumps(data, default=str) + b"\n\n"
+
+
+@router.get("/stream", summary="Server-Sent Events of KPI updates, alarms and incidents (resumable)",
+            response_class=StreamingResponse)
+async def stream(
+    request: Request,
+    kinds: str = Query(",".join(STREAM_KINDS), description="comma-separated: kpi, alarm, incident"),
+    last_event_id: int | None = Query(None, ge=0, description="resume after this id (else Last-Event-ID)"),
+    last_event_header: str | None = Header(None, alias="Last-Event-ID"),
+    principal: Principal = READ_SSE,
+) -> StreamingResponse:
+    wanted = [k for k in kinds.split(",") if k in STREAM_KINDS]
+    if not wanted:
+        raise ApiError(422, "invalid_request", "kinds must name kpi, alarm or incident", [{"field": "kinds"}])
+    after = last_event_id
+    if after is None and last_event_header and last_event_header.strip().isdigit():
+        after = int(last_event_header.strip())
+    return StreamingResponse(_stream_items(request, after, wanted), media_type="text/event-stream",
+                             headers=SSE_HEADERS)
+
+
+async def _stream_items(request: Request, after: int | None, kinds: list[str]) -> AsyncIterator[bytes]:
+    ctx = _ctx(request)
+    settings = _settings(request)
+    store = _store(request)
+    lo, hi = await repo.stream_bounds(ctx.pool)
+    yield b"retry: 1000\n\n"
+    if after is None:
+        after = hi
+    elif lo > 0 and after < lo - 1:
+        yield _sse("reset", {"reason": "items after this id were deleted by retention; reload"})
+    yield _sse("hello", {"after": after})
+    started = last_sent = time.monotonic()
+    while True:
+        head_before = store.hub.head
+        rows = await repo.stream_after(ctx.pool, after, kinds)
+        for r in rows:
+            yield _sse(r["kind"], r["payload"], r["seq"])
+            after = r["seq"]
+        if rows:
+            last_sent = time.monotonic()
+            if len(rows) >= 500:
+                continue
+        now = time.monotonic()
+        if now - started > settings.sse_max_seconds or await request.is_disconnected():
+            return
+        if now - last_sent > settings.sse_heartbeat_seconds:
+            yield b": keep-alive\n\n"
+            last_sent = now
+        await store.hub.wait(max(after, head_before), settings.sse_poll_seconds)
+
+
+@router.get("/topics", summary="Topics of the event catalogue (for the live tail)")
+async def topics(principal: Principal = READ) -> dict:
+    return {"items": [{"name": t.name, "owner": t.owner, "description": t.description}
+                      for t in sorted(TOPICS.values(), key=lambda t: t.name)]}
+
+
+@router.get("/tail", summary="Server-Sent Events: a topic's new records, decoded, with a text filter",
+            response_class=StreamingResponse)
+async def tail(
+    request: Request,
+    topic: str = Query(max_length=120),
+    filter: str | None = Query(None, max_length=200, description="case-insensitive text the record must contain"),
+    principal: Principal = READ_SSE,
+) -> StreamingResponse:
+    if topic not in TOPICS:
+        raise ApiError(404, "not_found", "no such topic in the catalogue", [{"topic": topic}])
+    return StreamingResponse(_tail_records(request, topic, (filter or "").lower()),
+                             media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _tail_records(request: Request, topic: str, needle: str) -> AsyncIterator[bytes]:
+    settings = _settings(request)
+    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="latest", fetch_max_wait_ms=200)
+    started_ms = int(time.time() * 1000)
+    try:
+        await consumer.start()
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()  # no public way to refresh metadata
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        yield b"retry: 2000\n\n"
+        yield _sse("hello", {"topic": topic, "partitions": len(tps)})
+        started = last_sent = time.monotonic()
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            for recs in batch.values():
+                for r in recs:
+                    # The embedded broker's "latest" offset can be stale: skip records older than the tail.
+                    if r.timestamp is not None and r.timestamp < started_ms - 2000:
+                        continue
+                    item = _tail_item(r)
+                    if needle and needle not in orjson.dumps(item).decode().lower():
+                        continue
+                    yield _sse("record", item)
+                    last_sent = time.monotonic()
+            now = time.monotonic()
+            if now - started > settings.sse_max_seconds or await request.is_disconnected():
+                return
+            if now - last_sent > settings.sse_heartbeat_seconds:
+                yield b": keep-alive\n\n"
+                last_sent = now
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # tell the console and end the stream; it reconnects
+        log.warning("tail of %s failed: %s", topic, type(exc).__name__)
+        yield _sse("error", {"reason": f"broker error: {type(exc).__name__}"})
+    finally:
+        await consumer.stop()
+
+
+def _tail_item(record: Any) -> dict[str, Any]:
+    base = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
+            "timestamp": record.timestamp}
+    try:
+        ev = decode(record)
+    except EventDecodeError as exc:
+        return {**base, "error": exc.reason}
+    return {**base, "type": ev.type, "source": ev.source, "id": ev.id, "time": ev.time, "subject": ev.subject,
+            "key": ev.key, "data": ev.data}

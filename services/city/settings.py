@@ -1,0 +1,35 @@
+"""Settings of the city service (``IOC_CITY_*``)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import ServiceSettings
+
+
+class CitySettings(ServiceSettings):
+    """City KPI layer and operations console."""
+
+    model_config = SettingsConfigDict(env_prefix="IOC_CITY_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "city"
+    port: int = 8100
+    kpi_definitions_path: str | None = None  # extra KPI YAML (file or directory) beside shared/kpis
+    kpi_domains: list[str] | None = None  # domains whose ioc.<d>.kpis the processor reads; None = all registered
+    consumer_group: str = "city-store"
+    # Alarms in one district within this many minutes of each other form one incident.
+    correlation_minutes: float = 15.0
+    # "No signal": a district (or a whole domain) whose KPIs stopped arriving for this long.
+    district_silence_seconds: float = 1800.0
+    domain_silence_seconds: float = 900.0
+    # Retention of the time series: raw window values, minute and hour roll-ups (days are kept).
+    raw_retention_days: int = 35
+    minute_retention_days: int = 100
+    hour_retention_days: int = 800
+    stream_retention_hours: int = 48
+    retention_interval_seconds: float = 3600.0
+    # Server-Sent Events: heartbeat comment period and how long one connection lasts before the client
+    # reconnects (with Last-Event-ID, so nothing is lost).
+    sse_heartbeat_seconds: float = 15.0
+    sse_max_seconds: float = 600.0
+    sse_poll_seconds: float = 1.0

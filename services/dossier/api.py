@@ -1,0 +1,429 @@
+"""HTTP API of the dossier service: reference data (admin) and the dossier lifecycle (agencies).
+
+Agencies authenticate with a key whose principal has kind ``agency`` and attribute ``agency``; they see and
+change only their own dossiers (another agency's dossier answers 404, as if it did not exist). Scopes:
+``dossier:read`` for reads, ``dossier:write`` for changes, ``dossier:admin`` for reference data; ``*`` sees all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field
+
+from shared.areas import Hierarchy, hanoi, load_district_csv, load_hierarchy
+from shared.auth import ApiError, Principal, record_audit, require_scope
+from shared.contracts.base import AreaCode, EntityId
+from shared.contracts.cloudevents import EncodedEvent
+from shared.contracts.dossier import CHANNEL_CODES
+from shared.http import RequestModel, ServiceContext, idempotent
+from shared.metrics import EVENTS_ACCEPTED
+
+from . import publishing, repository
+from .domain import (
+    ACTIONS,
+    Agency,
+    Dossier,
+    DossierRuleError,
+    Procedure,
+    WorkingCalendar,
+    allowed_actions,
+    apologize,
+    hand_over,
+    is_overdue,
+    local_date,
+    new_dossier,
+    timeliness,
+    transition,
+)
+
+SERVICE = "dossier"
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+router = APIRouter(prefix="/v1", tags=["dossiers"])
+
+
+# Runtime objects -------------------------------------------------------------------------------------------
+
+
+def load_hierarchy_file(path: str) -> Hierarchy:
+    """The administrative hierarchy: the Hanoi seed, a seed-format district CSV, or a generic
+    ``code,name,level,parent_code`` CSV (two-tier or three-tier, as data)."""
+    if not path:
+        return hanoi()
+    with open(path, encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    return load_hierarchy(Path(path)) if "parent_code" in header else load_district_csv(Path(path))
+
+
+@dataclass
+class DossierRuntime:
+    """What the dossier endpoints share: the calendar, the hierarchy and the cached reference data."""
+
+    calendar: WorkingCalendar
+    hierarchy: Hierarchy
+    relay: publishing.OutboxRelay
+    procedures: dict[str, Procedure] = field(default_factory=dict)
+    agencies: dict[str, Agency] = field(default_factory=dict)
+    loaded_at: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def refresh(self, ctx: ServiceContext) -> None:
+        assert ctx.pool is not None
+        async with self.lock:
+            self.procedures = await repository.load_procedures(ctx.pool)
+            self.agencies = await repository.load_agencies(ctx.pool)
+            self.loaded_at = time.monotonic()
+
+    async def procedure(self, ctx: ServiceContext, code: str) -> Procedure | None:
+        # Another replica may have added it: one reload on a miss, rate-limited.
+        p = self.procedures.get(code)
+        if p is None and time.monotonic() - self.loaded_at > 1.0:
+            await self.refresh(ctx)
+            p = self.procedures.get(code)
+        return p
+
+    async def agency(self, ctx: ServiceContext, code: str) -> Agency | None:
+        a = self.agencies.get(code)
+        if a is None and time.monotonic() - self.loaded_at > 1.0:
+            await self.refresh(ctx)
+            a = self.agencies.get(code)
+        return a
+
+    def district_of(self, admin_unit: str) -> str | None:
+        return self.hierarchy.district_of(admin_unit)
+
+
+def _ctx(request: Request) -> ServiceContext:
+    return request.app.state.ctx
+
+
+def _rt(request: Request) -> DossierRuntime:
+    return _ctx(request).extras["dossier"]
+
+
+def _own_agency(principal: Principal) -> str | None:
+    """The agency an agency principal is confined to; ``None`` for principals that see every agency."""
+    if principal.kind != "agency" or "*" in principal.scopes:
+        return None
+    agency = principal.attributes.get("agency")
+    if not isinstance(agency, str) or not agency:
+        raise ApiError(403, "forbidden", "this agency principal has no agency attribute")
+    return agency
+
+
+def _event_time(at: datetime | None, field_name: str = "at") -> datetime:
+    now = datetime.now(UTC)
+    if at is None:
+        return now
+    if at.tzinfo is None:
+        raise ApiError(422, "invalid_request", f"{field_name} must carry a UTC offset",
+                       [{"field": field_name, "reason": "naive datetime"}])
+    if at > now + MAX_CLOCK_SKEW:
+        raise ApiError(422, "invalid_request", f"{field_name} is in the future",
+                       [{"field": field_name, "reason": "in the future"}])
+    return at
+
+
+def _rule_error(exc: DossierRuleError) -> ApiError:
+    return ApiError(exc.status, exc.code, exc.message, [exc.details] if exc.details else [])
+
+
+def _not_found(code: str) -> ApiError:
+    return ApiError(404, "not_found", f"no dossier {code!r} visible to this principal")
+
+
+def dossier_view(d: Dossier, today: date) -> dict[str, Any]:
+    """The public view of a dossier (no applicant data)."""
+    view: dict[str, Any] = {
+        "code": d.code, "procedure_code": d.procedure_code, "agency_code": d.agency_code,
+        "admin_unit": d.admin_unit, "district": d.district, "channel": d.channel,
+        "channel_code": CHANNEL_CODES[d.channel], "status": d.status, "status_name": d.status_name,
+        "step": d.step, "submitted_at": d.submitted_at, "received_at": d.received_at, "due_date": d.due_date,
+        "promised_date": d.promised_date, "clock_paused": d.paused_at is not None, "resolved_at": d.resolved_at,
+        "closed_at": d.closed_at, "fees_paid_online": d.fees_paid_online,
+        "allowed_actions": allowed_actions(d.status), "overdue": is_overdue(d, today),
+        "timeliness": timeliness(d.resolved_at, d.due_date) if d.resolved_at and d.due_date else None,
+    }
+    return view
+
+
+# Reference data --------------------------------------------------------------------------------------------
+
+
+class ProcedureIn(RequestModel):
+    code: EntityId
+    name: str = Field(min_length=1, max_length=300)
+    online_level: Literal["fully_online", "partly_online", "offline"] = Field(
+        description="Decree 42/2022: fully online, partly online; offline for counter-only procedures")
+    service_level: int | None = Field(None, ge=1, le=4, description="pre-2022 level (3: online forms, 4: + payment)")
+    processing_days: int = Field(ge=0, le=365, description="legal processing time in working days")
+    has_fees: bool
+    pauses_clock: bool = Field(description="the legal clock pauses while additional documents are requested")
+
+
+class ProceduresIn(RequestModel):
+    items: list[ProcedureIn] = Field(min_length=1, max_length=5000)
+
+
+class AgencyIn(RequestModel):
+    code: EntityId
+    name: str = Field(min_length=1, max_length=300)
+    level: Literal["city", "district", "commune"]
+    admin_unit: AreaCode = Field(description="code of its administrative unit in the hierarchy")
+
+
+class AgenciesIn(RequestModel):
+    items: list[AgencyIn] = Field(min_length=1, max_length=5000)
+
+
+@router.put("/procedures", summary="Create or update procedures of the catalogue")
+async def put_procedures(body: ProceduresIn, request: Request,
+                         principal: Principal = Depends(require_scope("dossier:admin"))) -> dict:
+    ctx = _ctx(request)
+    assert ctx.pool is not None
+    procs = [Procedure(p.code, p.name, p.online_level, p.processing_days, p.has_fees, p.pauses_clock,
+                       p.service_level) for p in body.items]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await repository.upsert_procedures(conn, procs)
+        await record_audit(conn, principal=principal.id, service=SERVICE, action="procedures.upsert",
+                           target="procedures", detail={"count": len(procs)})
+    await _rt(request).refresh(ctx)
+    return {"status": "accepted", "accepted": len(procs)}
+
+
+@router.get("/procedures", summary="The procedure catalogue")
+async def get_procedures(request: Request, _: Principal = Depends(require_scope("dossier:read"))) -> dict:
+    rt = _rt(request)
+    await rt.refresh(_ctx(request))
+    return {"items": [vars(p) for p in sorted(rt.procedures.values(), key=lambda p: p.code)]}
+
+
+@router.put("/agencies", summary="Create or update agencies (each attached to an administrative unit)")
+async def put_agencies(body: AgenciesIn, request: Request,
+                       principal: Principal = Depends(require_scope("dossier:admin"))) -> dict:
+    ctx = _ctx(request)
+    rt = _rt(request)
+    assert ctx.pool is not None
+    errors = [{"item": i, "id": a.code, "field": "admin_unit", "reason": "unknown administrative unit"}
+              for i, a in enumerate(body.items) if a.admin_unit not in rt.hierarchy.areas]
+    if errors:
+        raise ApiError(422, "unknown_entity", "some agencies name an administrative unit not in the hierarchy",
+                       errors)
+    agencies = [Agency(a.code, a.name, a.level, a.admin_unit) for a in body.items]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await repository.upsert_agencies(conn, agencies)
+        await record_audit(conn, principal=principal.id, service=SERVICE, action="agencies.upsert",
+                           target="agencies", detail={"count": len(agencies)})
+    await rt.refresh(ctx)
+    return {"status": "accepted", "accepted": len(agencies)}
+
+
+@router.get("/agencies", summary="Agencies with their administrative unit and district")
+async def get_agencies(request: Request, _: Principal = Depends(require_scope("dossier:read"))) -> dict:
+    rt = _rt(request)
+    await rt.refresh(_ctx(request))
+    return {"items": [{**vars(a), "district": rt.district_of(a.admin_unit)}
+                      for a in sorted(rt.agencies.values(), key=lambda a: a.code)]}
+
+
+# Dossiers --------------------------------------------------------------------------------------------------
+
+
+class ApplicantIn(RequestModel):
+    """The applicant. Stored for the agency; never published, logged or echoed in errors."""
+
+    name: str = Field(min_length=1, max_length=200)
+    id_number: str = Field(pattern=r"^[0-9]{9,12}$", description="CCCD/CMND number")
+    address: str = Field(min_length=1, max_length=500)
+    phone: str = Field(pattern=r"^\+?[0-9 ]{8,16}$")
+
+
+class DossierIn(RequestModel):
+    code: EntityId = Field(description="the dossier code the agency's system assigned")
+    procedure_code: EntityId
+    agency_code: EntityId
+    channel: Literal["in_person", "online", "postal"]
+    applicant: ApplicantIn
+    received: bool = Field(True, description="accepted on the spot (status 2); false: submitted (status 1)")
+    at: datetime | None = Field(None, description="when it was submitted/received (default: now)")
+
+
+class TransitionIn(RequestModel):
+    action: Literal[ACTIONS]  # type: ignore[valid-type]
+    at: datetime | None = Field(None, description="when it happened (default: now)")
+    paid_online: bool | None = Field(None, description="pay_fees only: paid through the online payment platform")
+
+
+class HandoverIn(RequestModel):
+    step_name: str = Field(min_length=1, max_length=100, description="the step the dossier moves to")
+    at: datetime | None = None
+
+
+class ApologyIn(RequestModel):
+    new_due_date: date = Field(description="the date promised to the applicant in the apology letter (form 04)")
+    at: datetime | None = None
+
+
+async def _commit(request: Request, principal: Principal, conn, before: Dossier | None, after: Dossier,
+                  action: str, events: list[EncodedEvent], detail: dict | None = None) -> None:
+    """Write the new state, its history line, its events (outbox) and the audit record (same transaction)."""
+    if before is not None:  # a new dossier was inserted by the caller
+        await repository.update_dossier(conn, after)
+    await repository.insert_history(conn, after.code, at=after.last_change_at, action=action,
+                                    from_status=before.status if before else None, to_status=after.status,
+                                    principal=principal.id, detail=detail)
+    await repository.insert_outbox(conn, [publishing.to_row(e) for e in events])
+    await record_audit(conn, principal=principal.id, service=SERVICE, action=f"dossier.{action}",
+                       target=after.code, detail={"from": before.status if before else None, "to": after.status,
+                                                  **(detail or {})})
+
+
+@router.post("/dossiers", status_code=201, summary="Submit or receive a new dossier")
+async def create_dossier(body: DossierIn, request: Request,
+                         principal: Principal = Depends(require_scope("dossier:write"))):
+    ctx = _ctx(request)
+    rt = _rt(request)
+    own = _own_agency(principal)
+    if own is not None and body.agency_code != own:
+        raise ApiError(403, "forbidden", "an agency can only record dossiers for itself",
+                       [{"field": "agency_code", "reason": "not this principal's agency"}])
+    at = _event_time(body.at)
+
+    async def compute() -> tuple[int, dict]:
+        procedure = await rt.procedure(ctx, body.procedure_code)
+        agency = await rt.agency(ctx, body.agency_code)
+        missing = [f for f, v in (("procedure_code", procedure), ("agency_code", agency)) if v is None]
+        if missing:
+            raise ApiError(422, "unknown_entity", "unknown " + " and ".join(missing),
+                           [{"field": f, "reason": "not in the reference data"} for f in missing])
+        assert procedure is not None and agency is not None
+        d = new_dossier(code=body.code, procedure=procedure, agency=agency,
+                        district=rt.district_of(agency.admin_unit), channel=body.channel, at=at,
+                        calendar=rt.calendar, received=body.received)
+        action = "receive" if body.received else "submit"
+        event = publishing.status_changed(d, procedure, action=action, previous=None, at=at)
+        assert ctx.pool is not None
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            if not await repository.insert_dossier(conn, d, body.applicant.model_dump()):
+                raise ApiError(409, "duplicate", f"dossier {body.code!r} exists already",
+                               [{"field": "code", "reason": "duplicate"}])
+            await _commit(request, principal, conn, None, d, action, [event], {"channel": d.channel})
+        rt.relay.notify()
+        EVENTS_ACCEPTED.labels(SERVICE, "dossier").inc()
+        return 201, dossier_view(d, local_date(datetime.now(UTC)))
+
+    return await idempotent(request, principal, "dossier:write", compute)
+
+
+async def _change(request: Request, principal: Principal, code: str, action: str, mutate) -> dict:
+    """Lock the dossier, check who may touch it, apply ``mutate(dossier, procedure)`` and commit it all."""
+    ctx = _ctx(request)
+    rt = _rt(request)
+    own = _own_agency(principal)
+    assert ctx.pool is not None
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        d = await repository.lock_dossier(conn, code)
+        if d is None or (own is not None and d.agency_code != own):
+            raise _not_found(code)
+        procedure = await rt.procedure(ctx, d.procedure_code)
+        assert procedure is not None  # a foreign key guarantees it
+        try:
+            new, events, detail = mutate(d, procedure)
+        except DossierRuleError as exc:
+            raise _rule_error(exc) from None
+        await _commit(request, principal, conn, d, new, action, events, detail)
+    rt.relay.notify()
+    return dossier_view(new, local_date(datetime.now(UTC)))
+
+
+@router.post("/dossiers/{code}/transitions", summary="Apply a lifecycle transition (national status 1-10)")
+async def post_transition(code: str, body: TransitionIn, request: Request,
+                          principal: Principal = Depends(require_scope("dossier:write"))):
+    at = _event_time(body.at)
+    rt = _rt(request)
+
+    def mutate(d: Dossier, procedure: Procedure):
+        new = transition(d, body.action, at, procedure, rt.calendar, paid_online=body.paid_online)
+        ev = publishing.status_changed(new, procedure, action=body.action, previous=d.status, at=at,
+                                       paid_online=body.paid_online if body.action == "pay_fees" else None)
+        return new, [ev], {}
+
+    async def compute() -> tuple[int, dict]:
+        return 200, await _change(request, principal, code, body.action, mutate)
+
+    return await idempotent(request, principal, "dossier:write", compute)
+
+
+@router.post("/dossiers/{code}/handovers", summary="Hand the dossier over to the next step (control slip)")
+async def post_handover(code: str, body: HandoverIn, request: Request,
+                        principal: Principal = Depends(require_scope("dossier:write"))):
+    at = _event_time(body.at)
+
+    def mutate(d: Dossier, procedure: Procedure):
+        new = hand_over(d, at)
+        return new, [publishing.handed_over(new, procedure, at, body.step_name)], {"step": new.step}
+
+    async def compute() -> tuple[int, dict]:
+        return 200, await _change(request, principal, code, "hand_over", mutate)
+
+    return await idempotent(request, principal, "dossier:write", compute)
+
+
+@router.post("/dossiers/{code}/apologies", summary="Apologise for a late dossier with a new date (form 04)")
+async def post_apology(code: str, body: ApologyIn, request: Request,
+                       principal: Principal = Depends(require_scope("dossier:write"))):
+    at = _event_time(body.at)
+
+    def mutate(d: Dossier, procedure: Procedure):
+        new = apologize(d, body.new_due_date, at)
+        return new, [publishing.apologized(new, procedure, at)], {"promised_date": body.new_due_date.isoformat()}
+
+    async def compute() -> tuple[int, dict]:
+        return 200, await _change(request, principal, code, "apologize", mutate)
+
+    return await idempotent(request, principal, "dossier:write", compute)
+
+
+@router.get("/dossiers/{code}", summary="A dossier with its applicant and history (owning agency only)")
+async def get_dossier(code: str, request: Request,
+                      principal: Principal = Depends(require_scope("dossier:read"))) -> dict:
+    ctx = _ctx(request)
+    own = _own_agency(principal)
+    assert ctx.pool is not None
+    found = await repository.get_dossier(ctx.pool, code)
+    if found is None or (own is not None and found[0].agency_code != own):
+        raise _not_found(code)
+    d, applicant = found
+    view = dossier_view(d, local_date(datetime.now(UTC)))
+    view["applicant"] = applicant
+    view["history"] = await repository.history(ctx.pool, code)
+    return view
+
+
+@router.get("/dossiers", summary="Dossiers visible to this principal (paged by code)")
+async def list_dossiers(
+    request: Request,
+    principal: Principal = Depends(require_scope("dossier:read")),
+    status: Annotated[int | None, Query(ge=1, le=10)] = None,
+    agency: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[str | None, Query(max_length=64, description="last code of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict:
+    ctx = _ctx(request)
+    own = _own_agency(principal)
+    if own is not None and agency not in (None, own):
+        raise ApiError(403, "forbidden", "an agency can only list its own dossiers",
+                       [{"field": "agency", "reason": "not this principal's agency"}])
+    assert ctx.pool is not None
+    rows = await repository.list_dossiers(ctx.pool, agency=own or agency, status=status, limit=limit, after=after)
+    today = local_date(datetime.now(UTC))
+    items = [dossier_view(d, today) for d in rows]
+    return {"items": items, "next_after": items[-1]["code"] if len(items) == limit else None}

@@ -1,0 +1,34 @@
+"""Settings of the dossier service (``IOC_DOSSIER_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import ServiceSettings
+
+
+class DossierSettings(ServiceSettings):
+    """Dossier service settings; the common ``IOC_*`` connection settings apply too."""
+
+    model_config = SettingsConfigDict(env_prefix="IOC_DOSSIER_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "dossier"
+    port: int = 8104
+    #: administrative hierarchy file: the seed district CSV format or a generic code,name,level,parent_code CSV;
+    #: empty for the built-in Hanoi seed
+    hierarchy_csv: str = ""
+    #: holiday table (date,kind,name); empty for the one shipped with the service
+    holidays_csv: str = ""
+    #: warn when an open dossier is due within this many working days
+    deadline_warning_days: int = 2
+    #: how often the deadline watcher scans open dossiers
+    deadline_scan_seconds: float = 60.0
+    #: outbox relay: rows per publish and idle poll interval
+    outbox_batch_size: int = 500
+    outbox_poll_seconds: float = 0.5
+    outbox_max_backoff_seconds: float = 10.0
+    #: keep published outbox rows this long (for inspection) before deleting them
+    outbox_retention_seconds: float = 24 * 3600.0
+    #: stream processor: keep daily / monthly KPI windows this many days
+    kpi_day_retention_days: int = 35
+    kpi_month_retention_days: int = 400

@@ -1,0 +1,408 @@
+"""The kiosk KPI processor: offline detection from silence, alarms, availability and session KPIs.
+
+It reads the registry (opening hours, peripherals fitted), heartbeats, peripheral changes and sessions, all
+keyed by kiosk id and co-partitioned, so one partition's state holds everything about its kiosks. Per-kiosk
+facts stay inside the state; only per-district and city KPI observations leave it.
+
+State keys (values are JSON):
+- ``k:<kiosk>`` registry entry: district, commune, hours, peripherals, since, active, version
+- ``h:<kiosk>`` heartbeats: last (Unix s), segs (online segments), status (unknown/online/offline declared)
+- ``d:<kiosk>`` peripherals: {peripheral: {state, paper, fault, since, at, down: [[start, end|null]]}}
+- ``a:<kiosk>`` alarms raised and not yet cleared: {alarm key: {type, at, peripheral}}
+- ``s:<window s>:<window start>:<kiosk>`` session counters; ``f:...`` fault counts and repair times
+- ``x:86400:<day start>:<kiosk>`` session ids already counted that day (exactly-once counting)
+- ``m:emit`` when KPIs were last published and the current window per length
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from services.kiosk.domain import (
+    ALARM_SEVERITY,
+    DAY,
+    FAULT_TYPES,
+    HOUR,
+    WINDOWS,
+    fault_type,
+    fold_heartbeat,
+    from_epoch,
+    is_online,
+    is_open,
+    kiosk_availability,
+    merge,
+    online_intervals,
+    ratio,
+    window_start,
+)
+from shared.areas import CITY_CODE
+from shared.contracts.base import event_type_of
+from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, parse_time
+from shared.contracts.common import kpi_key
+from shared.contracts.kiosk import (
+    ALARM_EVENT,
+    HEARTBEATS_TOPIC,
+    JOURNEYS,
+    KPI_EVENT,
+    PERIPHERALS_TOPIC,
+    REGISTRY_TOPIC,
+    SESSIONS_TOPIC,
+    HeartbeatReceived,
+    KioskRegistered,
+    KioskStateChanged,
+    PeripheralStatusChanged,
+    SessionEnded,
+)
+from shared.stream.processor import State, StreamProcessor
+
+T_REGISTERED = event_type_of(KioskRegistered).type
+T_HEARTBEAT = event_type_of(HeartbeatReceived).type
+T_PERIPHERAL = event_type_of(PeripheralStatusChanged).type
+T_SESSION = event_type_of(SessionEnded).type
+STATE_EVENT = event_type_of(KioskStateChanged)
+
+
+def _ts(value: str) -> float:
+    return parse_time(value).timestamp()
+
+
+def _iso(t: float) -> str:
+    return from_epoch(t).isoformat().replace("+00:00", "Z")
+
+
+class KioskKpiProcessor(StreamProcessor):
+    """Kiosk state and KPIs per district and city, hourly and daily (Hanoi days)."""
+
+    name = "kiosk-kpi"
+    topics = (REGISTRY_TOPIC.name, HEARTBEATS_TOPIC.name, PERIPHERALS_TOPIC.name, SESSIONS_TOPIC.name)
+    tick_seconds = 1.0
+
+    def __init__(self, *, heartbeat_timeout_s: float = 180.0, kpi_interval_s: float = 30.0,
+                 tick_seconds: float = 1.0, name: str | None = None, source: str = "/ioc/kiosk/kpi"):
+        self.timeout = heartbeat_timeout_s
+        self.kpi_interval = kpi_interval_s
+        self.tick_seconds = tick_seconds  # type: ignore[misc]
+        if name is not None:
+            self.name = name  # type: ignore[misc]
+        self.source = source
+
+    # Folding ---------------------------------------------------------------------------------------------------
+    def apply(self, event: ReceivedEvent, state: State) -> None:
+        """Fold one registry entry, heartbeat, peripheral change or session into the partition state."""
+        d = event.data
+        if event.type == T_HEARTBEAT:
+            self._heartbeat(state, d["kiosk_id"], _ts(d["at"]))
+        elif event.type == T_SESSION:
+            self._session(state, d)
+        elif event.type == T_PERIPHERAL:
+            self._peripheral(state, d)
+        elif event.type == T_REGISTERED:
+            key = f"k:{d['kiosk_id']}"
+            old = state.get(key)
+            if old is None or d["version"] >= old["version"]:
+                state.put(key, {
+                    "district": d["district"], "commune": d.get("commune"), "hours": d["opening_hours"],
+                    "peripherals": d["peripherals"], "since": _ts(d["in_service_since"]),
+                    "active": d.get("active", True), "version": d["version"],
+                })
+
+    def _heartbeat(self, state: State, kiosk: str, t: float) -> None:
+        key = f"h:{kiosk}"
+        h = state.get(key) or {"last": None, "segs": [], "status": "unknown"}
+        segs, last = fold_heartbeat(h["segs"], h["last"], t, self.timeout)
+        if last != h["last"]:
+            h["segs"], h["last"] = segs, last
+            state.put(key, h)
+
+    def _session(self, state: State, d: dict) -> None:
+        started = _ts(d["started_at"])
+        # The runtime's source+id dedup window lives in memory only: a session re-delivered after a worker
+        # restart or a rebalance would be counted again. Session ids seen per kiosk and day are state, so
+        # counting stays exactly-once whatever the delivery history.
+        seen_key = f"x:{DAY}:{int(window_start(started, DAY))}:{d['kiosk_id']}"
+        seen = state.get(seen_key) or {}
+        if d["session_id"] in seen:
+            return
+        seen[d["session_id"]] = 1
+        state.put(seen_key, seen)
+        for w in WINDOWS:
+            key = f"s:{w}:{int(window_start(started, w))}:{d['kiosk_id']}"
+            c = state.get(key) or {"n": 0, "completed": 0, "abandoned": 0, "failed": 0, "rating_sum": 0,
+                                   "rating_n": 0}
+            c["n"] += 1
+            c[d["outcome"]] += 1
+            if d.get("rating") is not None:
+                c["rating_sum"] += d["rating"]
+                c["rating_n"] += 1
+            state.put(key, c)
+
+    def _peripheral(self, state: State, d: dict) -> None:
+        kiosk, per, t = d["kiosk_id"], d["peripheral"], _ts(d["at"])
+        key = f"d:{kiosk}"
+        dev = state.get(key) or {}
+        p = dev.get(per) or {"state": "online", "paper": None, "fault": None, "since": None, "at": None,
+                             "down": []}
+        if p["at"] is not None and t < p["at"]:
+            return  # older than what we know: the device has moved on since
+        paper = d.get("paper") if d.get("paper") is not None else p["paper"]
+        new_fault = fault_type(per, d["state"], paper)
+        if new_fault != p["fault"]:
+            if p["fault"] is not None:
+                if p["down"] and p["down"][-1][1] is None:
+                    p["down"][-1][1] = t
+                self._count_repair(state, kiosk, p["fault"], t, t - p["since"])
+            if new_fault is not None:
+                p["down"].append([t, None])
+                self._count_fault(state, kiosk, t)
+            p["fault"], p["since"] = new_fault, t
+        p["state"], p["paper"], p["at"] = d["state"], paper, t
+        dev[per] = p
+        state.put(key, dev)
+
+    @staticmethod
+    def _faults(state: State, kiosk: str, t: float) -> Iterable[tuple[str, dict]]:
+        for w in WINDOWS:
+            key = f"f:{w}:{int(window_start(t, w))}:{kiosk}"
+            yield key, state.get(key) or {"n": 0, "repairs": {}}
+
+    def _count_fault(self, state: State, kiosk: str, t: float) -> None:
+        for key, f in self._faults(state, kiosk, t):
+            f["n"] += 1
+            state.put(key, f)
+
+    def _count_repair(self, state: State, kiosk: str, ftype: str, t: float, seconds: float) -> None:
+        for key, f in self._faults(state, kiosk, t):
+            r = f["repairs"].setdefault(ftype, [0.0, 0])
+            r[0] += max(0.0, seconds)
+            r[1] += 1
+            state.put(key, f)
+
+    # Output ----------------------------------------------------------------------------------------------------
+    def emit(self, state: State, now: datetime) -> list[EncodedEvent]:
+        """State changes and alarms (offline from silence) on every call; KPIs every ``kpi_interval_s``."""
+        t = now.timestamp()
+        out: list[EncodedEvent] = []
+        kiosks = {k[2:]: v for k, v in state.items("k:")}
+        ids = {k[2:] for k in state.keys("h:")} | {k[2:] for k in state.keys("d:")}
+        ids |= {k[2:] for k in state.keys("a:")}
+        for kiosk in sorted(ids):
+            info = kiosks.get(kiosk)
+            out.extend(self._kiosk_state(state, kiosk, info, t))
+            out.extend(self._alarms(state, kiosk, info, t))
+        meta = state.get("m:emit") or {"last": None}
+        current = {str(w): window_start(t, w) for w in WINDOWS}
+        rolled = [w for w in WINDOWS if meta.get(str(w)) != current[str(w)]]
+        if meta["last"] is None or rolled or t - meta["last"] >= self.kpi_interval:
+            windows = [(w, current[str(w)]) for w in WINDOWS]
+            windows += [(w, current[str(w)] - w) for w in rolled]  # close the window that just ended
+            out.extend(self._kpis(state, kiosks, windows, t))
+            self._prune(state, t)
+            state.put("m:emit", {"last": t, **current})
+        return out
+
+    def _kiosk_state(self, state: State, kiosk: str, info: dict | None, t: float) -> list[EncodedEvent]:
+        h = state.get(f"h:{kiosk}")
+        if h is None:
+            return []
+        status = "online" if is_online(h["last"], t, self.timeout) else "offline"
+        if status == h["status"]:
+            return []
+        h["status"] = status
+        state.put(f"h:{kiosk}", h)
+        payload = KioskStateChanged(
+            kiosk_id=kiosk, state=status, at=from_epoch(t if status == "offline" else h["last"]),
+            reason="heartbeat_timeout" if status == "offline" else "heartbeats_resumed",
+            last_heartbeat_at=from_epoch(h["last"]),
+            district=info["district"] if info else None, commune=info.get("commune") if info else None,
+        )
+        return [encode(STATE_EVENT, payload, source=self.source)]
+
+    def _alarms(self, state: State, kiosk: str, info: dict | None, t: float) -> list[EncodedEvent]:
+        """Raise and clear alarms so that they match the kiosk's current faults (level-triggered)."""
+        raised: dict = state.get(f"a:{kiosk}") or {}
+        h = state.get(f"h:{kiosk}")
+        dev = state.get(f"d:{kiosk}") or {}
+        wanted: dict[str, tuple[str, float, str | None]] = {}
+        if h is not None and h["status"] == "offline":
+            # Kiosks switched off after hours are not an incident; one still dark at opening time is.
+            if "kiosk_offline" in raised or (info is not None and info["active"] and is_open(info["hours"], t)):
+                wanted["kiosk_offline"] = ("kiosk_offline", t, None)
+        for per, p in dev.items():
+            if p["fault"] is not None:
+                wanted[f"{p['fault']}:{per}"] = (p["fault"], p["since"], per)
+        out: list[EncodedEvent] = []
+        changed = False
+        for akey, (ftype, at, per) in wanted.items():
+            if akey in raised:
+                continue
+            raised[akey] = {"type": ftype, "at": at, "peripheral": per}
+            changed = True
+            out.append(self._alarm(kiosk, info, ftype, per, "raised", at))
+            if ftype == "kiosk_offline":
+                self._count_fault(state, kiosk, at)
+        for akey in [k for k in raised if k not in wanted]:
+            a = raised.pop(akey)
+            changed = True
+            if a["type"] == "kiosk_offline":
+                at = h["last"] if h is not None and h["last"] is not None else t
+                self._count_repair(state, kiosk, "kiosk_offline", at, at - a["at"])
+            else:
+                p = dev.get(a["peripheral"])
+                at = p["since"] if p is not None and p["since"] is not None else t
+            out.append(self._alarm(kiosk, info, a["type"], a["peripheral"], "cleared", max(at, a["at"])))
+        if changed:
+            if raised:
+                state.put(f"a:{kiosk}", raised)
+            else:
+                state.pop(f"a:{kiosk}")
+        return out
+
+    def _alarm(self, kiosk: str, info: dict | None, ftype: str, peripheral: str | None, status: str,
+               at: float) -> EncodedEvent:
+        what = {
+            "kiosk_offline": "offline: heartbeats missing",
+            "device_offline": "peripheral offline or powered off",
+            "hardware_error": "peripheral hardware error",
+            "paper_out": "printer out of paper",
+            "paper_jam": "printer paper jammed",
+            "fraud_attempt": "fraud attempt detected on a peripheral",
+        }[ftype]
+        suffix = f":{peripheral}" if peripheral else ""
+        msg = f"kiosk {kiosk}{f' {peripheral}' if peripheral else ''}: {what}"
+        if status == "cleared":
+            msg += " (resolved)"
+        payload = ALARM_EVENT.model(
+            alarm_id=f"kiosk:{ftype}:{kiosk}{suffix}", domain="kiosk", alarm_type=ftype, state=status,
+            severity=ALARM_SEVERITY[ftype], source_id=kiosk,
+            district=info["district"] if info else None, commune=info.get("commune") if info else None,
+            at=from_epoch(at), message=msg,
+        )
+        return encode(ALARM_EVENT, payload, source=self.source)
+
+    def _kpis(self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, float]], t: float
+              ) -> list[EncodedEvent]:
+        out: list[EncodedEvent] = []
+        partition = state.partition
+        offline_now: dict[str, float] = defaultdict(float)
+        for kiosk, info in kiosks.items():
+            h = state.get(f"h:{kiosk}")
+            if info["active"] and h is not None and h["status"] == "offline":
+                offline_now[info["district"]] += 1
+        for w, ws in windows:
+            end = min(ws + w, t)
+            agg: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+            for kiosk, info in kiosks.items():
+                if not info["active"]:
+                    continue
+                h = state.get(f"h:{kiosk}")
+                online = online_intervals(h["segs"], h["last"], t, self.timeout) if h else []
+                dev = state.get(f"d:{kiosk}") or {}
+                down = {per: merge((s, e if e is not None else t) for s, e in p["down"]) for per, p in dev.items()}
+                av = kiosk_availability(info, online, down, ws, end)
+                a = agg[info["district"]]
+                a["scheduled"] += av.scheduled_s
+                a["online"] += av.online_s
+                for journey, (up, sched) in av.journeys.items():
+                    a[f"fa_up:{journey}"] += up
+                    a[f"fa_sched:{journey}"] += sched
+            for key, c in state.items(f"s:{w}:{int(ws)}:"):
+                info = kiosks.get(key.split(":", 3)[3])
+                if info is None:
+                    continue  # registry entry not seen yet; counted once it is (same state)
+                a = agg[info["district"]]
+                for field in ("n", "completed", "abandoned", "failed", "rating_sum", "rating_n"):
+                    a[field] += c[field]
+            for key, f in state.items(f"f:{w}:{int(ws)}:"):
+                info = kiosks.get(key.split(":", 3)[3])
+                if info is None:
+                    continue
+                a = agg[info["district"]]
+                a["faults"] += f["n"]
+                for ftype, (secs, n) in f["repairs"].items():
+                    a[f"repair_s:{ftype}"] += secs
+                    a[f"repair_n:{ftype}"] += n
+            city: dict[str, float] = defaultdict(float)
+            for a in agg.values():
+                for k, v in a.items():
+                    city[k] += v
+            scopes = [("district", d, a) for d, a in sorted(agg.items())] + [("city", CITY_CODE, city)]
+            for level, code, a in scopes:
+                offline = None
+                if w == HOUR and ws == window_start(t, HOUR):
+                    offline = sum(offline_now.values()) if level == "city" else offline_now.get(code, 0.0)
+                out.extend(self._observations(level, code, a, offline, w, ws, t, partition))
+        return out
+
+    def _observations(self, level: str, code: str, a: dict[str, float], offline: float | None, w: int,
+                      ws: float, t: float, partition: int) -> list[EncodedEvent]:
+        out: list[EncodedEvent] = []
+
+        def obs(kpi: str, num: float, den: float | None, unit: str, scale: float = 1.0) -> None:
+            if den is not None and not den and not num:
+                return  # nothing to say for this area and window
+            value = num * scale if den is None else ratio(num, den, scale)
+            payload = KPI_EVENT.model(
+                kpi=kpi, scope_level=level, scope_code=code, window_start=from_epoch(ws), window_seconds=w,
+                value=None if value is None else float(value), numerator=float(num),
+                denominator=None if den is None else float(den), unit=unit, partition=partition,
+                observed_at=from_epoch(t), key=kpi_key(kpi, level, code),
+            )
+            out.append(encode(KPI_EVENT, payload, source=self.source))
+
+        sessions = a["n"]
+        obs("kiosk.technical_availability", a["online"], a["scheduled"], "%", 100.0)
+        for journey in JOURNEYS:
+            obs(f"kiosk.functional_availability.{journey}", a[f"fa_up:{journey}"], a[f"fa_sched:{journey}"],
+                "%", 100.0)
+        if offline is not None:
+            obs("kiosk.kiosks_offline", offline, None, "kiosks")
+        if sessions:
+            obs("kiosk.sessions", sessions, None, "sessions")
+        obs("kiosk.sessions_per_kiosk_hour", sessions, a["scheduled"] / HOUR, "sessions/h")
+        obs("kiosk.session_success_rate", a["completed"], sessions, "%", 100.0)
+        obs("kiosk.abandonment_rate", a["abandoned"], sessions, "%", 100.0)
+        obs("kiosk.faults_per_1000_sessions", a["faults"], sessions, "faults/1000", 1000.0)
+        obs("kiosk.satisfaction_score", a["rating_sum"], a["rating_n"], "score")
+        all_s = sum(a[f"repair_s:{f}"] for f in FAULT_TYPES)
+        all_n = sum(a[f"repair_n:{f}"] for f in FAULT_TYPES)
+        obs("kiosk.mttr_seconds", all_s, all_n, "s")
+        for ftype in FAULT_TYPES:
+            obs(f"kiosk.mttr_seconds.{ftype}", a[f"repair_s:{ftype}"], a[f"repair_n:{ftype}"], "s")
+        return out
+
+    def _prune(self, state: State, t: float) -> None:
+        """Forget what no window still being published needs (older than the previous day or hour)."""
+        horizon = window_start(t, DAY) - DAY
+        for key, h in state.items("h:"):
+            segs = [s for s in h["segs"] if s[1] >= horizon]
+            if len(segs) != len(h["segs"]):
+                h["segs"] = segs
+                state.put(key, h)
+        for key, dev in state.items("d:"):
+            changed = False
+            for p in dev.values():
+                down = [iv for iv in p["down"] if iv[1] is None or iv[1] >= horizon]
+                if len(down) != len(p["down"]):
+                    p["down"], changed = down, True
+            if changed:
+                state.put(key, dev)
+        for w in WINDOWS:
+            oldest = window_start(t, w) - w
+            for prefix in ("s:", "f:", "x:"):
+                for key in state.keys(f"{prefix}{w}:"):
+                    if int(key.split(":", 3)[2]) < oldest:
+                        state.pop(key)
+
+
+def kiosk_kpi_processor(settings) -> KioskKpiProcessor:
+    """The KPI processor configured from :class:`services.kiosk.settings.KioskSettings`."""
+    return KioskKpiProcessor(
+        heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
+        kpi_interval_s=settings.kpi_interval_seconds,
+        tick_seconds=settings.tick_seconds,
+    )
+
+
+PROCESSORS: list[Callable] = [kiosk_kpi_processor]

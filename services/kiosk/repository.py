@@ -1,0 +1,74 @@
+"""Every SQL statement of the kiosk service (schema ``kiosk``, first in the pool's search path)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+_COLUMNS = ("kiosk_id, building, address, district, commune, opening_hours, peripherals, software_version, "
+            "gateway_principal, in_service_since, active, version, published_version, updated_at")
+
+_UPSERT = f"""
+INSERT INTO kiosks (kiosk_id, building, address, district, commune, opening_hours, peripherals,
+                    software_version, gateway_principal, in_service_since, active)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10, now()), $11)
+ON CONFLICT (kiosk_id) DO UPDATE SET
+    building = $2, address = $3, district = $4, commune = $5, opening_hours = $6, peripherals = $7,
+    software_version = $8, gateway_principal = $9,
+    in_service_since = COALESCE($10, kiosks.in_service_since), active = $11,
+    version = kiosks.version + 1, updated_at = now()
+RETURNING {_COLUMNS}
+"""
+
+
+async def upsert_kiosks(pool: asyncpg.Pool, entries: Sequence[dict]) -> list[asyncpg.Record]:
+    """Insert or update registry entries in one transaction; returns the stored rows (with new versions)."""
+    rows: list[asyncpg.Record] = []
+    async with pool.acquire() as conn, conn.transaction():
+        for e in entries:
+            rows.append(await conn.fetchrow(
+                _UPSERT, e["kiosk_id"], e["building"], e["address"], e["district"], e.get("commune"),
+                e["opening_hours"], list(e["peripherals"]), e["software_version"], e.get("gateway"),
+                e.get("in_service_since"), e.get("active", True),
+            ))
+    return rows
+
+
+async def get_kiosk(pool: asyncpg.Pool, kiosk_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow(f"SELECT {_COLUMNS} FROM kiosks WHERE kiosk_id = $1", kiosk_id)
+
+
+async def list_kiosks(pool: asyncpg.Pool, *, district: str | None = None, limit: int = 1000, offset: int = 0
+                      ) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {_COLUMNS} FROM kiosks WHERE ($1::text IS NULL OR district = $1) "
+        "ORDER BY kiosk_id LIMIT $2 OFFSET $3", district, limit, offset)
+
+
+async def registry_index(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """What ingest needs of every kiosk (kept in memory)."""
+    return await pool.fetch("SELECT kiosk_id, district, peripherals, active, gateway_principal FROM kiosks")
+
+
+async def unpublished(pool: asyncpg.Pool, limit: int = 500) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        f"SELECT {_COLUMNS} FROM kiosks WHERE published_version < version ORDER BY updated_at LIMIT $1", limit)
+
+
+async def mark_published(pool: asyncpg.Pool, versions: Sequence[tuple[str, int]]) -> None:
+    """Record that these (kiosk, version) entries are on the registry topic (never moves backwards)."""
+    if versions:
+        await pool.executemany(
+            "UPDATE kiosks SET published_version = GREATEST(published_version, $2) WHERE kiosk_id = $1",
+            list(versions))
+
+
+def as_dict(row: asyncpg.Record) -> dict:
+    d = dict(row)
+    for k in ("in_service_since", "updated_at"):
+        if isinstance(d.get(k), datetime):
+            d[k] = d[k].isoformat()
+    d["peripherals"] = list(d["peripherals"])
+    return d

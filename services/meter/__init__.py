@@ -1,0 +1,1 @@
+"""The meter service: AMR smart electricity meters (registry, readings, events, interruptions, energy KPIs)."""

@@ -1,0 +1,113 @@
+"""HTTP adapter of the meter service: registry (``meter:admin``), readings and events (``meter:ingest``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field, TypeAdapter
+
+from services.meter.batch import inline_schema
+from services.meter.domain import ReadingsBody
+from services.meter.service import MeterService
+from shared.auth import ApiError, Principal, require_scope
+from shared.http import RequestModel, idempotent
+from shared.ingest import BatchResult
+
+router = APIRouter(prefix="/v1", tags=["meter"])
+READINGS_SCHEMA = inline_schema(TypeAdapter(ReadingsBody).json_schema())
+
+MAX_READINGS = 10_000
+MAX_EVENTS = 10_000
+MAX_METERS = 50_000
+
+
+class MetersBatch(RequestModel):
+    """Registry entries to create or update (fields: meter_id, customers, district, commune, feeder,
+    transformer, installed_on, interval_seconds)."""
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_METERS)
+
+
+class EventsBatch(RequestModel):
+    """Meter events: meter_id, at, code (DLMS standard code, optional), raw_code (vendor code)."""
+
+    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class MeterOut(RequestModel):
+    meter_id: str
+    customers: int
+    district: str
+    commune: str
+    feeder: str
+    transformer: str | None
+    installed_on: str
+    interval_seconds: int
+
+
+def _require_json(request: Request) -> None:
+    ctype = request.headers.get("content-type")
+    if ctype is not None and "json" not in ctype:
+        raise ApiError(415, "unsupported_media_type", "send the batch as application/json")
+
+
+def _service(request: Request) -> MeterService:
+    return request.app.state.ctx.extras["meter"]
+
+
+@router.post("/meters", response_model=BatchResult, summary="Create or update registry entries")
+async def register_meters(body: MetersBatch, request: Request,
+                          principal: Principal = Depends(require_scope("meter:admin"))):
+    return await idempotent(request, principal, "meter:admin",
+                            lambda: _service(request).register_meters(body.items))
+
+
+@router.post("/meters/import", response_model=BatchResult, summary="Bulk registry import (text/csv)",
+             openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
+                 "type": "string",
+                 "description": "header: meter_id,customers,district,commune,feeder,transformer,installed_on,"
+                                "interval_seconds"}}}}})
+async def import_meters(request: Request, principal: Principal = Depends(require_scope("meter:admin"))):
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("text/csv"):
+        raise ApiError(415, "unsupported_media_type", "send the registry as text/csv")
+    raw = await request.body()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_encoding", "the CSV must be UTF-8") from None
+    return await idempotent(request, principal, "meter:admin", lambda: _service(request).import_csv(text))
+
+
+@router.get("/meters/{meter_id}", response_model=MeterOut, summary="One registry entry")
+async def get_meter(meter_id: str, request: Request, _: Principal = Depends(require_scope("meter:read"))):
+    m = _service(request).registry.get(meter_id)
+    if m is None:
+        raise ApiError(404, "not_found", "no such meter")
+    return {"meter_id": m.meter_id, "customers": m.customers, "district": m.district, "commune": m.commune,
+            "feeder": m.feeder, "transformer": m.transformer, "installed_on": m.installed_on.isoformat(),
+            "interval_seconds": m.interval_seconds}
+
+
+@router.post("/readings", response_model=BatchResult,
+             summary="Ingest a batch of interval readings (up to 10,000)",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": READINGS_SCHEMA}}}},
+             responses={400: {"description": "the body is not JSON"},
+                        422: {"description": "not a batch, or every reading was rejected (details per reading)"},
+                        503: {"description": "not durable; nothing accepted, retry"}})
+async def ingest_readings(request: Request, principal: Principal = Depends(require_scope("meter:ingest"))):
+    # The body is validated by the service from the raw bytes in one pass (ReadingsBody), not by FastAPI.
+    _require_json(request)
+    raw = await request.body()
+    return await idempotent(request, principal, "meter:ingest", lambda: _service(request).ingest_readings(raw))
+
+
+@router.post("/events", response_model=BatchResult, summary="Ingest a batch of meter events",
+             responses={422: {"description": "every event was rejected (details per event)"},
+                        503: {"description": "not durable; nothing accepted, retry"}})
+async def ingest_events(body: EventsBatch, request: Request,
+                        principal: Principal = Depends(require_scope("meter:ingest"))):
+    return await idempotent(request, principal, "meter:ingest",
+                            lambda: _service(request).ingest_events(body.items))

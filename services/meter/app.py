@@ -1,0 +1,64 @@
+"""The meter service app: ``create_app(settings)`` (uvicorn factory via ``ioc``)."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from services.meter.api import router
+from services.meter.service import MeterService
+from services.meter.settings import MeterSettings
+from shared.contracts import TOPICS
+from shared.http import ServiceContext, create_service_app
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger(__name__)
+
+
+async def _start(ctx: ServiceContext) -> None:
+    assert ctx.pool is not None
+    assert isinstance(ctx.settings, MeterSettings)
+    service = MeterService(ctx.settings, ctx.pool, ctx.publisher, ctx.source)
+    await service.load()
+    ctx.extras["meter"] = service
+    _tune_gc()
+    ctx.spawn(service.refresh_forever(), "meter-registry-refresh")
+    ctx.spawn(service.register_writer.run_forever(ctx.settings.register_flush_seconds), "meter-register-writer")
+
+
+def _tune_gc() -> None:
+    """An ingest batch allocates ~10 short-lived objects per reading. With CPython's default gen-0 threshold
+    (700) the collector runs thousands of times a second, each time also walking the large long-lived caches
+    (registry, registers): measured ~1.5x the CPU per reading. Collect less often; freeze what start-up loaded."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+async def _stop(ctx: ServiceContext) -> None:
+    service: MeterService | None = ctx.extras.get("meter")
+    if service is not None:
+        try:
+            await service.register_writer.flush()
+        except Exception as exc:  # shutting down: the registers are rebuilt from later readings
+            log.warning("could not persist register state at shutdown: %s", type(exc).__name__)
+
+
+def create_app(settings: MeterSettings | None = None) -> FastAPI:
+    """Build the meter service app (nothing connects before the lifespan starts)."""
+    settings = settings or MeterSettings()
+    return create_service_app(
+        settings,
+        name="meter",
+        title="IOC meter service",
+        description="AMR smart electricity meters: registry, interval readings (OBIS), meter events, supply "
+        "interruptions. Validated data is published as CloudEvents on ioc.meter.*.",
+        routers=[router],
+        migrations=MIGRATIONS,
+        on_start=_start,
+        on_stop=_stop,
+        topics=[t for t in TOPICS.values() if t.owner in ("meter", "platform")],
+    )

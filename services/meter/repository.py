@@ -1,0 +1,101 @@
+"""Every SQL statement of the meter service (schema ``meter``, first in the pool's search path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+import asyncpg
+
+from services.meter.domain import MeterIn, MeterInfo, RegisterState
+
+_METER_COLUMNS = "meter_id, customers, district, commune, feeder, transformer, installed_on, interval_seconds"
+
+
+def _info(row: asyncpg.Record) -> MeterInfo:
+    return MeterInfo(row["meter_id"], row["customers"], row["district"], row["commune"], row["feeder"],
+                     row["transformer"], row["installed_on"], row["interval_seconds"])
+
+
+async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[str, MeterInfo | None]:
+    """Insert or update registry entries in one statement; returns each meter's entry *before* the write."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetch(f"SELECT {_METER_COLUMNS} FROM meters WHERE meter_id = ANY($1::text[])",
+                                  [m.meter_id for m in meters])
+        await conn.execute(
+            f"INSERT INTO meters ({_METER_COLUMNS}) "
+            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "$7::date[], $8::int[]) "
+            "ON CONFLICT (meter_id) DO UPDATE SET customers = excluded.customers, district = excluded.district, "
+            "commune = excluded.commune, feeder = excluded.feeder, transformer = excluded.transformer, "
+            "installed_on = excluded.installed_on, interval_seconds = excluded.interval_seconds, "
+            "updated_at = clock_timestamp()",
+            [m.meter_id for m in meters], [m.customers for m in meters], [m.district for m in meters],
+            [m.commune for m in meters], [m.feeder for m in meters], [m.transformer for m in meters],
+            [m.installed_on for m in meters], [m.interval_seconds for m in meters],
+        )
+    old: dict[str, MeterInfo | None] = {m.meter_id: None for m in meters}
+    old.update({r["meter_id"]: _info(r) for r in before})
+    return old
+
+
+async def load_meters(pool: asyncpg.Pool, since: datetime | None = None) -> tuple[list[MeterInfo], datetime | None]:
+    """Registry entries changed after ``since`` (all when ``None``), and the newest change time seen."""
+    if since is None:
+        rows = await pool.fetch(f"SELECT {_METER_COLUMNS}, updated_at FROM meters")
+    else:
+        rows = await pool.fetch(f"SELECT {_METER_COLUMNS}, updated_at FROM meters WHERE updated_at > $1", since)
+    newest = max((r["updated_at"] for r in rows), default=since)
+    return [_info(r) for r in rows], newest
+
+
+async def get_meter(pool: asyncpg.Pool, meter_id: str) -> MeterInfo | None:
+    row = await pool.fetchrow(f"SELECT {_METER_COLUMNS} FROM meters WHERE meter_id = $1", meter_id)
+    return _info(row) if row is not None else None
+
+
+async def load_registers(pool: asyncpg.Pool) -> dict[tuple[str, str], RegisterState]:
+    rows = await pool.fetch("SELECT meter_id, obis, last_end, seen_mask, last_value, value_end FROM register_state")
+    return {(r["meter_id"], r["obis"]): [r["last_end"], r["seen_mask"], r["last_value"], r["value_end"]]
+            for r in rows}
+
+
+async def save_registers(pool: asyncpg.Pool, states: Iterable[tuple[tuple[str, str], RegisterState]]) -> None:
+    """Persist register states in one statement; an older state never overwrites a newer one."""
+    states = list(states)
+    if not states:
+        return
+    await pool.execute(
+        "INSERT INTO register_state (meter_id, obis, last_end, seen_mask, last_value, value_end) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::float8[], $6::bigint[]) "
+        "ON CONFLICT (meter_id, obis) DO UPDATE SET last_end = excluded.last_end, seen_mask = excluded.seen_mask, "
+        "last_value = excluded.last_value, value_end = excluded.value_end "
+        "WHERE register_state.last_end <= excluded.last_end",
+        [k[0] for k, _ in states], [k[1] for k, _ in states], [s[0] for _, s in states],
+        [s[1] for _, s in states], [s[2] for _, s in states], [s[3] for _, s in states],
+    )
+
+
+async def reset_registers(pool: asyncpg.Pool, meter_ids: Sequence[str]) -> None:
+    """Forget the registers of replaced meters (the new meter's register starts afresh)."""
+    if meter_ids:
+        await pool.execute("DELETE FROM register_state WHERE meter_id = ANY($1::text[])", list(meter_ids))
+
+
+async def load_open_outages(pool: asyncpg.Pool) -> dict[str, int]:
+    return {r["meter_id"]: r["down_ms"] for r in await pool.fetch("SELECT meter_id, down_ms FROM open_outages")}
+
+
+async def save_outages(pool: asyncpg.Pool, changes: dict[str, int | None]) -> None:
+    """Open (meter → power-down time) and close (meter → None) outages in one transaction."""
+    opened = [(m, t) for m, t in changes.items() if t is not None]
+    closed = [m for m, t in changes.items() if t is None]
+    async with pool.acquire() as conn, conn.transaction():
+        if closed:
+            await conn.execute("DELETE FROM open_outages WHERE meter_id = ANY($1::text[])", closed)
+        if opened:
+            await conn.execute(
+                "INSERT INTO open_outages (meter_id, down_ms) SELECT * FROM unnest($1::text[], $2::bigint[]) "
+                "ON CONFLICT (meter_id) DO UPDATE SET down_ms = excluded.down_ms",
+                [m for m, _ in opened], [t for _, t in opened],
+            )

@@ -1,0 +1,250 @@
+"""The meter service's in-memory state and its ingest use cases (validate → publish → persist → answer).
+
+The registry, the last register per meter and OBIS code, and the open outages live in memory so the hot path
+makes no per-reading database round trip. Validation updates the in-memory registers at once (so concurrent
+batches see each other); if publishing then fails, the changes are undone and the caller answers 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from services.meter import publishing, repository
+from services.meter.batch import BatchParser
+from services.meter.domain import (
+    Limits,
+    MeterEventIn,
+    MeterIn,
+    MeterInfo,
+    ReadingItem,
+    ReadingsBody,
+    RegisterState,
+    check_meter_areas,
+    undo_registers,
+    validate_events,
+    validate_readings,
+)
+from services.meter.settings import MeterSettings
+from shared.areas import hanoi
+from shared.ingest import batch_result, validate_items
+from shared.kafka.producer import EventPublisher
+
+log = logging.getLogger(__name__)
+SERVICE = "meter"
+READINGS = BatchParser(ReadingsBody, ReadingItem, id_field="meter_id", max_items=10_000)
+DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+class RegisterWriter:
+    """Writes register states to PostgreSQL after their readings were acknowledged by Kafka, coalesced: every
+    ``flush`` writes the latest state of each register changed since the previous one, in one statement.
+
+    States are marked with the sequence number of the batch that validated them, so a batch acknowledged late
+    never overwrites the state of a later batch. A failed write is kept for the next flush.
+    """
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+        self._dirty: dict[tuple[str, str], tuple[int, RegisterState]] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        return len(self._dirty)
+
+    def mark(self, seq: int, states: dict[tuple[str, str], RegisterState]) -> None:
+        """Remember ``states`` (validated by batch ``seq``, now durable on Kafka) for the next flush."""
+        dirty = self._dirty
+        for key, state in states.items():
+            cur = dirty.get(key)
+            if cur is None or cur[0] <= seq:
+                dirty[key] = (seq, state)
+
+    async def flush(self) -> int:
+        """Write what is pending; returns how many registers were written."""
+        async with self._lock:
+            batch, self._dirty = self._dirty, {}
+            if not batch:
+                return 0
+            try:
+                await repository.save_registers(self.pool, [(k, st) for k, (_, st) in batch.items()])
+            except BaseException:
+                for key, entry in batch.items():
+                    cur = self._dirty.get(key)
+                    if cur is None or cur[0] < entry[0]:
+                        self._dirty[key] = entry
+                raise
+            return len(batch)
+
+    async def forget(self, meter_ids: Sequence[str]) -> None:
+        """Drop the registers of replaced meters, pending or written."""
+        if not meter_ids:
+            return
+        async with self._lock:
+            ids = set(meter_ids)
+            for key in [k for k in self._dirty if k[0] in ids]:
+                del self._dirty[key]
+            await repository.reset_registers(self.pool, list(ids))
+
+    async def run_forever(self, interval: float) -> None:
+        """Flush every ``interval`` seconds (the service's background task)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush()
+            except DB_ERRORS as exc:
+                log.warning("could not persist register state (will retry): %s", type(exc).__name__)
+
+
+class MeterService:
+    """What one meter-service process holds and does."""
+
+    def __init__(self, settings: MeterSettings, pool: asyncpg.Pool, publisher: EventPublisher, source: str):
+        self.settings = settings
+        self.pool = pool
+        self.publisher = publisher
+        self.source = source
+        self.limits = Limits(settings.max_demand_kw, settings.register_modulus_kwh,
+                             settings.future_tolerance_seconds)
+        self.registry: dict[str, MeterInfo] = {}
+        self.feeder_sizes: dict[str, int] = {}
+        self.registers: dict[tuple[str, str], RegisterState] = {}
+        self.open_outages: dict[str, int] = {}
+        self.seen_events: OrderedDict[tuple[str, int, str], None] = OrderedDict()
+        self._registry_version: datetime | None = None
+        self._events_lock = asyncio.Lock()
+        self._batch_seq = 0
+        self.register_writer = RegisterWriter(pool)
+
+    # ------------------------------------------------------------------------------------------ loading
+    async def load(self) -> None:
+        """Fill the caches from PostgreSQL (start-up)."""
+        meters, self._registry_version = await repository.load_meters(self.pool)
+        self._apply_registry(meters)
+        self.registers = await repository.load_registers(self.pool)
+        self.open_outages = await repository.load_open_outages(self.pool)
+        log.info("meter caches loaded", extra={"meters": len(self.registry), "registers": len(self.registers)})
+
+    async def refresh_forever(self) -> None:
+        """Pick up registry changes written by other replicas."""
+        while True:
+            await asyncio.sleep(self.settings.registry_refresh_seconds)
+            try:
+                meters, self._registry_version = await repository.load_meters(self.pool, self._registry_version)
+                self._apply_registry(meters)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("registry refresh failed: %s", type(exc).__name__)
+
+    def _apply_registry(self, meters: Sequence[MeterInfo]) -> None:
+        for m in meters:
+            old = self.registry.get(m.meter_id)
+            if old is not None:
+                self.feeder_sizes[old.feeder] -= 1
+            self.registry[m.meter_id] = m
+            self.feeder_sizes[m.feeder] = self.feeder_sizes.get(m.feeder, 0) + 1
+
+    # ----------------------------------------------------------------------------------------- registry
+    async def register_meters(self, items: list[Any]) -> tuple[int, dict]:
+        """Validate and upsert registry entries, publish them on the registry topic. Replacement (a later
+        installation date) resets the meter's registers."""
+        valid, errors = validate_items(MeterIn, items, id_field="meter_id")
+        area_errors = check_meter_areas(valid, hanoi())
+        errors.extend(area_errors)
+        bad = {e.index for e in area_errors}
+        latest: dict[str, MeterIn] = {}
+        for i, m in valid:
+            if i not in bad:
+                latest[m.meter_id] = m  # a later row for the same meter wins
+        meters = list(latest.values())
+        if meters:
+            before = await repository.upsert_meters(self.pool, meters)
+            replaced = [m.meter_id for m in meters
+                        if before[m.meter_id] is not None and m.installed_on > before[m.meter_id].installed_on]
+            await self.register_writer.forget(replaced)
+            for mid in replaced:
+                for key in [k for k in self.registers if k[0] == mid]:
+                    del self.registers[key]
+            self._apply_registry([MeterInfo(m.meter_id, m.customers, m.district, m.commune, m.feeder,
+                                            m.transformer, m.installed_on, m.interval_seconds) for m in meters])
+            await self.publisher.publish(publishing.registry_events(
+                (m.model_dump(mode="json") for m in meters), self.source))
+        accepted = sum(1 for i, _ in valid if i not in bad)
+        return batch_result(SERVICE, "meter", accepted, sorted(errors, key=lambda e: e.index))
+
+    async def import_csv(self, text: str) -> tuple[int, dict]:
+        """Bulk import: a CSV with a header row of the registry fields (empty cells = default)."""
+        reader = csv.DictReader(io.StringIO(text))
+        items: list[Any] = []
+        for row in reader:
+            item: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+            for int_field in ("customers", "interval_seconds"):
+                if int_field in item and item[int_field].lstrip("-").isdigit():
+                    item[int_field] = int(item[int_field])
+            items.append(item)
+        if len(items) > self.settings.max_batch_meters:
+            from shared.auth import ApiError
+
+            raise ApiError(413, "batch_too_large", f"at most {self.settings.max_batch_meters} rows per import")
+        return await self.register_meters(items)
+
+    # ----------------------------------------------------------------------------------------- readings
+    async def ingest_readings(self, raw: bytes) -> tuple[int, dict]:
+        """Validate a batch of readings (the raw JSON body), publish the accepted ones (acks awaited).
+
+        Register states are persisted afterwards by :class:`RegisterWriter`: the Kafka acknowledgement is the
+        durability point of a reading, the register table only speeds up validation after a restart.
+        """
+        valid, errors = READINGS.parse(raw)
+        self._batch_seq += 1
+        seq = self._batch_seq
+        outcome = validate_readings(valid, self.registry, self.registers, datetime.now(UTC), self.limits)
+        registers = self.registers
+        applied = {k: registers[k] for k in outcome.previous}
+        try:
+            await self.publisher.publish(publishing.reading_events([p for _, p in outcome.accepted], self.source))
+        except BaseException:
+            undo_registers(registers, outcome.previous, applied)
+            raise
+        self.register_writer.mark(seq, applied)
+        if outcome.errors:
+            errors.extend(outcome.errors)
+            errors.sort(key=lambda e: e.index)
+        return batch_result(SERVICE, "reading", len(outcome.accepted), errors, outcome.duplicates)
+
+    # ------------------------------------------------------------------------------------------- events
+    async def ingest_events(self, items: list[Any]) -> tuple[int, dict]:
+        """Validate meter events, publish them with the interruptions and supply changes they complete."""
+        valid, errors = validate_items(MeterEventIn, items, id_field="meter_id")
+        # Outage pairing reads and writes shared state across awaits: one event batch at a time.
+        async with self._events_lock:
+            outcome = validate_events(valid, self.registry, self.open_outages, self.seen_events,
+                                      self.feeder_sizes, datetime.now(UTC), self.limits)
+            encoded = publishing.meter_events((p for _, p in outcome.accepted), self.source)
+            encoded += publishing.interruption_events(outcome.interruptions, self.source)
+            encoded += publishing.supply_events(outcome.supply_changes, self.source)
+            await self.publisher.publish(encoded)
+            # Outages are persisted before the answer: a lost power-down would lose its interruption.
+            if outcome.outages:
+                await repository.save_outages(self.pool, outcome.outages)
+            for mid, down in outcome.outages.items():
+                if down is None:
+                    self.open_outages.pop(mid, None)
+                else:
+                    self.open_outages[mid] = down
+            for key in outcome.seen:
+                self.seen_events[key] = None
+            while len(self.seen_events) > self.settings.event_dedup_memory:
+                self.seen_events.popitem(last=False)
+        errors.extend(outcome.errors)
+        errors.sort(key=lambda e: e.index)
+        return batch_result(SERVICE, "meter_event", len(outcome.accepted), errors, outcome.duplicates)
+

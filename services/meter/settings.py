@@ -1,0 +1,28 @@
+"""Settings of the meter service (``IOC_METER_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+
+from shared.config import ServiceSettings
+
+
+class MeterSettings(ServiceSettings):
+    """The meter service: port 8101, validation limits, cache refresh, feeder-outage rule."""
+
+    model_config = SettingsConfigDict(env_prefix="IOC_METER_", extra="ignore", populate_by_name=True)
+
+    service_name: str = "meter"
+    port: int = 8101
+    max_batch_readings: int = 10_000
+    max_batch_events: int = 10_000
+    max_batch_meters: int = 50_000
+    max_demand_kw: float = 250.0
+    register_modulus_kwh: float = 1_000_000.0
+    future_tolerance_seconds: int = 120
+    registry_refresh_seconds: float = 30.0
+    event_dedup_memory: int = 200_000
+    # Register states are written to PostgreSQL this often (coalesced), after Kafka acknowledged the readings.
+    register_flush_seconds: float = 1.0
+    feeder_outage_fraction: float = 0.5
+    feeder_outage_min_meters: int = 3

@@ -1,0 +1,155 @@
+"""The city KPI processor with the in-memory reference runtime: merge, statuses, breach and no-signal alarms."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from services.city.processors import CityKpiProcessor, domain_kpi_topics
+from shared.contracts.city import CityAlarmChanged, CityKpiUpdated
+from shared.contracts.common import kpi_key
+from shared.stream import State, run_in_memory
+from shared.testing import received
+
+NOW = datetime(2024, 5, 1, 10, 14, tzinfo=UTC)
+W0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def obs(kpi_et, kpi, code, n, d=None, *, partition=0, level="district", window=W0, seconds=900,
+        observed=NOW - timedelta(minutes=1), kafka_partition=0):
+    value = (n / d if d else None) if d is not None else n
+    payload = {"kpi": kpi, "scope_level": level, "scope_code": code, "window_start": window.isoformat(),
+               "window_seconds": seconds, "value": value, "numerator": n, "denominator": d, "unit": "x",
+               "partition": partition, "observed_at": observed.isoformat(), "key": kpi_key(kpi, level, code)}
+    return received(kpi_et, payload, partition=kafka_partition)
+
+
+def decoded(events, model):
+    et = model.__ioc_event_type__
+    out = []
+    for e in events:
+        if e.topic == et.topic:
+            out.append(model.model_validate(orjson.loads(e.value)))  # every output is a valid contract
+    return out
+
+
+@pytest.fixture
+def processor(test_domain, definitions):
+    return CityKpiProcessor(definitions, topics=domain_kpi_topics(["citytest"]),
+                            district_silence=timedelta(minutes=30), domain_silence=timedelta(minutes=15))
+
+
+def test_reads_only_the_requested_domain_topics(processor):
+    assert processor.topics == ("ioc.citytest.kpis",)
+
+
+def test_partials_of_every_source_partition_merge_and_latest_per_partition_wins(processor, test_domain):
+    kpi_et, _ = test_domain
+    events = [
+        obs(kpi_et, "citytest.availability", "D01", 90.0, 100.0, partition=0, observed=NOW - timedelta(minutes=5)),
+        obs(kpi_et, "citytest.availability", "D01", 299.0, 300.0, partition=1),
+        # a newer observation of partition 0 replaces its older one...
+        obs(kpi_et, "citytest.availability", "D01", 95.0, 100.0, partition=0, observed=NOW - timedelta(minutes=2)),
+        # ...and an older one arriving late does not
+        obs(kpi_et, "citytest.availability", "D01", 10.0, 100.0, partition=0, observed=NOW - timedelta(minutes=9)),
+    ]
+    _, out = run_in_memory(processor, events, NOW)
+    kpis = decoded(out, CityKpiUpdated)
+    assert len(kpis) == 1
+    k = kpis[0]
+    assert (k.kpi, k.scope_level, k.scope_code, k.window_seconds) == ("citytest.availability", "district", "D01",
+                                                                      900)
+    assert k.value == pytest.approx((95 + 299) / 400)  # 0.985
+    assert (k.numerator, k.denominator, k.partitions) == (394.0, 400.0, 2)
+    assert k.status == "ok" and k.target == 0.98 and k.domain == "citytest" and k.unit == "ratio"
+    assert k.key == "citytest.availability|district|D01"
+    assert decoded(out, CityAlarmChanged) == []
+
+
+def test_unchanged_groups_are_not_republished(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "HN", 12.0, level="city"), state)
+    first = processor.emit(state, NOW)
+    assert [e.topic for e in first] == ["ioc.city.kpis"]
+    assert processor.emit(state, NOW + timedelta(seconds=5)) == []
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "HN", 3.0, level="city", partition=2), state)
+    again = decoded(processor.emit(state, NOW + timedelta(seconds=10)), CityKpiUpdated)
+    assert [(k.scope_level, k.value) for k in again] == [("city", 15.0)]
+
+
+def test_threshold_breach_raises_then_clears_on_the_newest_window(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    processor.apply(obs(kpi_et, "citytest.availability", "D05", 88.0, 100.0), state)  # 0.88 < 0.90: critical
+    out = processor.emit(state, NOW)
+    (k,) = decoded(out, CityKpiUpdated)
+    assert k.status == "critical"
+    (alarm,) = decoded(out, CityAlarmChanged)
+    assert alarm.alarm_id == "city:kpi_breach:citytest.availability:district:D05"
+    assert (alarm.state, alarm.severity, alarm.district, alarm.domain) == ("raised", "critical", "D05", "city")
+    # still critical: no duplicate alarm
+    processor.apply(obs(kpi_et, "citytest.availability", "D05", 89.0, 100.0, observed=NOW), state)
+    assert decoded(processor.emit(state, NOW + timedelta(seconds=5)), CityAlarmChanged) == []
+    # a late update of an OLDER window being fine must not clear the alarm of the newest one
+    processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, window=W0 - timedelta(minutes=15)),
+                    state)
+    assert decoded(processor.emit(state, NOW + timedelta(seconds=6)), CityAlarmChanged) == []
+    # the next window is fine: cleared
+    processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, window=W0 + timedelta(minutes=15),
+                        observed=NOW + timedelta(minutes=15)), state)
+    (cleared,) = decoded(processor.emit(state, NOW + timedelta(minutes=15)), CityAlarmChanged)
+    assert (cleared.alarm_id, cleared.state) == (alarm.alarm_id, "cleared")
+
+
+def test_breach_alarms_only_on_the_primary_window(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    processor.apply(obs(kpi_et, "citytest.availability", "D05", 50.0, 100.0, seconds=86400), state)
+    out = processor.emit(state, NOW)
+    assert decoded(out, CityKpiUpdated)[0].status == "critical"
+    assert decoded(out, CityAlarmChanged) == []
+
+
+def test_no_signal_for_a_district_and_for_a_whole_domain(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    last = NOW
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D07", 1.0, observed=last), state)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D08", 1.0, observed=last + timedelta(minutes=20)), state)
+    assert decoded(processor.emit(state, last + timedelta(minutes=20)), CityAlarmChanged) == []
+    # 31 minutes after D07's last KPI: D07 is silent (district rule: 30 min); the domain is not (D08 at +20)
+    alarms = decoded(processor.emit(state, last + timedelta(minutes=31)), CityAlarmChanged)
+    assert [(a.alarm_id, a.state, a.severity, a.district) for a in alarms] == [
+        ("city:no_signal:citytest:D07", "raised", "major", "D07")]
+    assert decoded(processor.emit(state, last + timedelta(minutes=32)), CityAlarmChanged) == []  # once
+    # nothing at all for 15 minutes after the last KPI: the whole domain is silent
+    alarms = decoded(processor.emit(state, last + timedelta(minutes=36)), CityAlarmChanged)
+    assert [(a.alarm_id, a.severity, a.district) for a in alarms] == [("city:no_signal:citytest:HN", "critical",
+                                                                     None)]
+    # D07 reports again: both alarms clear
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D07", 1.0, observed=last + timedelta(minutes=37),
+                        window=W0 + timedelta(minutes=30)), state)
+    alarms = decoded(processor.emit(state, last + timedelta(minutes=37)), CityAlarmChanged)
+    assert sorted((a.alarm_id, a.state) for a in alarms) == [("city:no_signal:citytest:D07", "cleared"),
+                                                            ("city:no_signal:citytest:HN", "cleared")]
+
+
+def test_commune_observations_count_as_signal_but_are_not_published(processor, test_domain):
+    kpi_et, _ = test_domain
+    _, out = run_in_memory(processor, [obs(kpi_et, "citytest.energy_kwh", "D01-01", 1.0, level="commune")], NOW)
+    assert out == []
+
+
+def test_old_windows_are_pruned(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 1.0, window=W0), state)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 2.0, window=W0 + timedelta(minutes=15)), state)
+    processor.emit(state, NOW)
+    later = W0 + timedelta(hours=3)
+    processor.emit(state, later)
+    groups = state.keys("g|")
+    assert len(groups) == 1 and groups[0].endswith((W0 + timedelta(minutes=15)).isoformat())

@@ -1,0 +1,76 @@
+"""The kiosk simulator speaks the HTTP API with valid payloads (checked against the contracts)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import orjson
+
+from services.kiosk import simulator
+from services.kiosk.api import KioskImportItem, _registration_problems
+from shared.contracts.kiosk import HeartbeatReceived, PeripheralStatusChanged, SessionEnded
+
+MODELS = {"/v1/heartbeats": HeartbeatReceived, "/v1/peripherals": PeripheralStatusChanged,
+          "/v1/sessions": SessionEnded}
+
+
+async def test_simulator_registers_the_fleet_and_reports_over_http():
+    posted: dict[str, list[dict]] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["authorization"] == "Bearer ioc_test_key"
+        items = orjson.loads(request.content)["items"]
+        path = request.url.path
+        for item in items:
+            if path == "/v1/kiosks/import":
+                entry = KioskImportItem.model_validate(item)
+                assert _registration_problems(entry.kiosk_id, entry) == []
+            else:
+                MODELS[path].model_validate(item)
+        posted.setdefault(path, []).extend(items)
+        return httpx.Response(200, json={"status": "accepted", "accepted": len(items), "rejected": []})
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(simulator.run("http://kiosk.test", "ioc_test_key", stop=stop, scale=0.05,
+                                             tick_seconds=0.02, heartbeat_seconds=0.05, seed=7,
+                                             transport=httpx.MockTransport(handler)))
+    await asyncio.sleep(0.6)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    fleet = {i["kiosk_id"] for i in posted["/v1/kiosks/import"]}
+    assert len(fleet) == 15
+    assert {h["kiosk_id"] for h in posted["/v1/heartbeats"]} <= fleet
+    assert len({h["kiosk_id"] for h in posted["/v1/heartbeats"]}) >= 14
+    printers = [p for p in posted["/v1/peripherals"] if p["peripheral"] == "printer"]
+    assert len(printers) >= 15 and all("paper" in p for p in printers)
+
+
+def test_fleet_step_usage_paper_and_dark_kiosks():
+    rng = random.Random(3)
+    # 10:00 in Hanoi on a Monday: a busy hour.
+    now = datetime(2024, 5, 6, 3, 0, tzinfo=UTC)
+    fleet = simulator.build_fleet(60, rng, now - timedelta(hours=1))
+    dark = fleet[0]
+    dark.dark_at = now - timedelta(minutes=5)
+    printer_kiosk = fleet[1]
+    printer_kiosk.paper = 3
+    step = simulator.FleetStep(rng, heartbeat_seconds=60)
+    heartbeats, peripherals, sessions = step.step(fleet, now, tick_s=3600)
+    beating = {h["kiosk_id"] for h in heartbeats}
+    assert dark.kiosk_id not in beating and len(beating) >= 45  # some may be in a network drop
+    for s in sessions:
+        SessionEnded.model_validate(s)
+    # About 40 sessions a kiosk a day, ~11% of them at 10:00: a few hundred for 60 kiosks in that hour.
+    assert 150 < len(sessions) < 450
+    outcomes = Counter(s["outcome"] for s in sessions)
+    assert outcomes["completed"] > outcomes["abandoned"] + outcomes["failed"]
+    assert not any(s["kiosk_id"] == dark.kiosk_id for s in sessions)
+    for p in peripherals:
+        PeripheralStatusChanged.model_validate(p)
+    if any(s["kiosk_id"] == printer_kiosk.kiosk_id and s["journey"] in ("print_result", "queue_ticket")
+           for s in sessions):
+        assert any(p["kiosk_id"] == printer_kiosk.kiosk_id and p.get("paper") == "out" for p in peripherals)
