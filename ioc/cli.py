@@ -167,13 +167,13 @@ def produce(event_type: str, payload: str = typer.Argument(..., help="JSON paylo
 
 # Keys ------------------------------------------------------------------------------------------------------
 async def _keystore():
-    import asyncpg
-
     from shared.auth import PLATFORM_SCHEMA, KeyStore
-    from shared.db import apply_migrations
+    from shared.db import apply_migrations, create_pool
     from shared.http import PLATFORM_MIGRATIONS
 
-    pool = await asyncpg.create_pool(_db().url, min_size=1, max_size=2)
+    db = _db()
+    db.pool_min, db.pool_max = 1, 2
+    pool = await create_pool(db)
     await apply_migrations(pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
     return pool, KeyStore(pool, cache_seconds=0)
 

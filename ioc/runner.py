@@ -105,16 +105,14 @@ class Center:
 
     async def _prepare(self) -> str:
         """Topics, and the development admin principal with a key (reused while it is valid)."""
-        import asyncpg
-
         from shared.auth import PLATFORM_SCHEMA, KeyStore
-        from shared.config import KafkaSettings
-        from shared.db import apply_migrations
+        from shared.config import DatabaseSettings, KafkaSettings
+        from shared.db import apply_migrations, create_pool
         from shared.http import PLATFORM_MIGRATIONS
         from shared.kafka.admin import ensure_topics
 
         await ensure_topics(KafkaSettings())
-        pool = await asyncpg.create_pool(os.environ["IOC_DATABASE_URL"], min_size=1, max_size=2)
+        pool = await create_pool(DatabaseSettings(url=os.environ["IOC_DATABASE_URL"], pool_min=1, pool_max=2))
         try:
             await apply_migrations(pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
             store = KeyStore(pool, cache_seconds=0)

@@ -1,0 +1,330 @@
+"""HTTP API of the traffic service: intersection registry, hi-res event ingest, measures export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import ORJSONResponse, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.areas import hanoi
+from shared.auth import ApiError, Principal, require_scope
+from shared.contracts.base import AreaCode, EntityId, StrictFloat, StrictInt
+from shared.http import RequestModel, ServiceContext, idempotent
+from shared.ingest import BatchResult, ItemError, batch_result, validate_items
+
+from . import repository
+from .domain import IngestScreen, parse_detector_rows, to_ms
+from .publishing import hires_chunks, intersection_configured
+from .settings import TrafficSettings
+
+router = APIRouter(prefix="/v1", tags=["traffic"])
+MAX_BATCH = 50_000
+MAX_REGISTRY_BATCH = 5000
+
+
+class HiResEventIn(BaseModel):
+    """One controller log entry as a gateway sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: AwareDatetime = Field(description="event time with its UTC offset (0.1 s resolution)")
+    controller_id: EntityId
+    event_code: StrictInt = Field(ge=0, le=255, description="Indiana hi-res event code")
+    parameter: StrictInt = Field(ge=0, le=65535, description="phase, detector channel, overlap, pattern...")
+
+
+class HiResBatch(RequestModel):
+    items: list[dict[str, Any]] = Field(max_length=MAX_BATCH, description="HiResEventIn items")
+
+
+class DetectorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: StrictInt = Field(ge=1, le=256)
+    phase: StrictInt = Field(ge=1, le=40)
+    function: Literal["advance", "presence", "count"]
+    distance_m: StrictFloat | None = Field(None, ge=0, le=1000)
+    speed_kmh: StrictFloat | None = Field(None, gt=0, le=130)
+
+
+class IntersectionIn(BaseModel):
+    """An intersection and its controller, phases and detectors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    intersection_id: EntityId
+    name: str = Field(min_length=1, max_length=200)
+    district: AreaCode
+    lat: StrictFloat = Field(ge=-90, le=90)
+    lon: StrictFloat = Field(ge=-180, le=180)
+    controller_id: EntityId
+    phases: list[Annotated[int, Field(ge=1, le=40)]] = Field(default_factory=list, max_length=40)
+    detectors: list[DetectorIn] = Field(default_factory=list, max_length=256)
+
+
+class IntersectionBatch(RequestModel):
+    items: list[dict[str, Any]] = Field(max_length=MAX_REGISTRY_BATCH, description="IntersectionIn items")
+
+
+def _ctx(request: Request) -> ServiceContext:
+    return request.app.state.ctx
+
+
+# --- registry cache -------------------------------------------------------------------------------------------
+async def refresh_registry(ctx: ServiceContext) -> None:
+    """Reload the in-memory registry (controller id → intersection) from PostgreSQL."""
+    assert ctx.pool is not None
+    rows = await repository.load_intersections(ctx.pool)
+    ctx.extras["registry"] = {r["controller_id"]: r for r in rows}
+    ctx.extras["registry_loaded"] = time.monotonic()
+
+
+async def _publish_registry_rows(ctx: ServiceContext, rows: list[dict[str, Any]]) -> None:
+    await ctx.publisher.publish([intersection_configured(ctx.source, r) for r in rows])
+
+
+async def _register(ctx: ServiceContext, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:
+    valid, errors = validate_items(IntersectionIn, raw_items, id_field="intersection_id")
+    districts = {a.code for a in hanoi().districts}
+    seen_ids: set[str] = set()
+    seen_cids: set[str] = set()
+    ok: list[tuple[int, IntersectionIn]] = []
+    for i, m in valid:
+        if m.district not in districts:
+            errors.append(ItemError(i, m.intersection_id, "district", "unknown district code", "unknown_area"))
+        elif m.intersection_id in seen_ids or m.controller_id in seen_cids:
+            errors.append(ItemError(i, m.intersection_id, "intersection_id", "intersection or controller "
+                                    "appears twice in the batch", "duplicate"))
+        elif len({d.channel for d in m.detectors}) != len(m.detectors):
+            errors.append(ItemError(i, m.intersection_id, "detectors", "a detector channel is listed twice"))
+        else:
+            seen_ids.add(m.intersection_id)
+            seen_cids.add(m.controller_id)
+            ok.append((i, m))
+    assert ctx.pool is not None
+    accepted = 0
+    if ok:
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            taken = await repository.controllers_owned_elsewhere(
+                conn, [(m.intersection_id, m.controller_id) for _, m in ok])
+            for i, m in ok:
+                if m.controller_id in taken:
+                    errors.append(ItemError(i, m.intersection_id, "controller_id", "controller already belongs "
+                                            "to another intersection", "conflict"))
+            items = [m.model_dump(mode="json") for _, m in ok if m.controller_id not in taken]
+            if items:
+                rows = await repository.upsert_intersections(conn, items)
+                # Published before the commit: a broker failure rolls the registry change back (503).
+                await _publish_registry_rows(ctx, rows)
+                accepted = len(rows)
+        await refresh_registry(ctx)
+    errors.sort(key=lambda e: e.index)
+    return batch_result("traffic", "intersection", accepted, errors)
+
+
+def _parse_csv(body: bytes) -> list[dict[str, str]]:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid_csv", "the CSV body is not UTF-8") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows:
+        raise ApiError(400, "invalid_csv", "the CSV body has a header but no rows (or is empty)")
+    return rows
+
+
+# --- registry endpoints ---------------------------------------------------------------------------------------
+@router.post("/intersections", response_model=BatchResult, summary="Register or update intersections")
+async def register_intersections(body: IntersectionBatch, request: Request,
+                                 principal: Principal = Depends(require_scope("traffic:admin"))):
+    ctx = _ctx(request)
+    return await idempotent(request, principal, "traffic:admin", lambda: _register(ctx, body.items))
+
+
+@router.post("/intersections/import", response_model=BatchResult,
+             summary="Bulk import intersections from CSV",
+             description="Columns: intersection_id, name, district, lat, lon, controller_id, phases "
+                         "(phase numbers separated by ';' or spaces). Detectors come from /v1/detectors/import.")
+async def import_intersections(request: Request, principal: Principal = Depends(require_scope("traffic:admin"))):
+    ctx = _ctx(request)
+    rows = _parse_csv(await request.body())
+    items: list[dict[str, Any]] = []
+    for row in rows:
+        item: dict[str, Any] = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+        for key in ("lat", "lon"):
+            try:
+                item[key] = float(item[key])
+            except (KeyError, ValueError):
+                pass  # validation reports it for this row
+        phases = item.get("phases", "")
+        try:
+            item["phases"] = [int(p) for p in phases.replace(";", " ").replace(",", " ").split()]
+        except ValueError:
+            pass
+        existing = ctx.extras["registry"].get(item.get("controller_id"))
+        item["detectors"] = existing["detectors"] if existing else []  # keep detectors already configured
+        items.append(item)
+    return await idempotent(request, principal, "traffic:admin", lambda: _register(ctx, items))
+
+
+@router.post("/detectors/import", response_model=BatchResult, summary="Import detector configuration (CSV)",
+             description="ATSPM layout: DeviceId, Phase, Parameter (detector channel), Function (Advance, "
+                         "Presence, stop bar, Count), optional Distance (m) and Speed (km/h). Replaces the "
+                         "detectors of every controller present in the file.")
+async def import_detectors(request: Request, principal: Principal = Depends(require_scope("traffic:admin"))):
+    ctx = _ctx(request)
+    rows = _parse_csv(await request.body())
+
+    async def compute() -> tuple[int, dict]:
+        parsed, errors = parse_detector_rows(rows)
+        registry = ctx.extras["registry"]
+        by_controller: dict[str, list[dict]] = {}
+        channels: dict[str, set[int]] = {}
+        for i, cid, det in parsed:
+            if cid not in registry:
+                errors.append(ItemError(i, cid, "DeviceId", "unknown controller: register the intersection "
+                                        "first", "unknown_entity"))
+                continue
+            try:
+                DetectorIn.model_validate(det)
+            except ValueError:
+                errors.append(ItemError(i, cid, "Parameter", "channel 1-256, phase 1-40, distance 0-1000 m and "
+                                        "speed up to 130 km/h"))
+                continue
+            if det["channel"] in channels.setdefault(cid, set()):
+                errors.append(ItemError(i, cid, "Parameter", "detector channel listed twice", "duplicate"))
+                continue
+            channels[cid].add(det["channel"])
+            by_controller.setdefault(cid, []).append(det)
+        accepted = 0
+        if by_controller:
+            assert ctx.pool is not None
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                updated = await repository.set_detectors(conn, by_controller)
+                await _publish_registry_rows(ctx, updated)
+            await refresh_registry(ctx)
+            accepted = sum(len(v) for v in by_controller.values())
+        errors.sort(key=lambda e: e.index)
+        return batch_result("traffic", "detector", accepted, errors)
+
+    return await idempotent(request, principal, "traffic:admin", compute)
+
+
+@router.get("/intersections", summary="List intersections")
+async def list_intersections(request: Request, district: str | None = None,
+                             _: Principal = Depends(require_scope("traffic:read"))):
+    rows = list(_ctx(request).extras["registry"].values())
+    if district:
+        rows = [r for r in rows if r["district"] == district]
+    return {"items": sorted(rows, key=lambda r: r["intersection_id"])}
+
+
+@router.get("/intersections/{intersection_id}", summary="One intersection")
+async def get_intersection(intersection_id: str, request: Request,
+                           _: Principal = Depends(require_scope("traffic:read"))):
+    ctx = _ctx(request)
+    assert ctx.pool is not None
+    row = await repository.get_intersection(ctx.pool, intersection_id)
+    if row is None:
+        raise ApiError(404, "not_found", "no such intersection")
+    return row
+
+
+# --- ingest ---------------------------------------------------------------------------------------------------
+async def _ingest(ctx: ServiceContext, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:
+    settings: TrafficSettings = ctx.settings  # type: ignore[assignment]
+    if len(raw_items) > settings.max_batch_events:
+        raise ApiError(413, "batch_too_large", f"at most {settings.max_batch_events} events per request")
+    valid, errors = validate_items(HiResEventIn, raw_items, id_field="controller_id")
+    registry: dict[str, dict] = ctx.extras["registry"]
+    if any(m.controller_id not in registry for _, m in valid) and \
+            time.monotonic() - ctx.extras.get("registry_loaded", 0) > 1.0:
+        await refresh_registry(ctx)  # another replica may have registered it
+        registry = ctx.extras["registry"]
+    screen: IngestScreen = ctx.extras["screen"]
+    screened = screen.screen(
+        [(i, m.controller_id, to_ms(m.timestamp), m.event_code, m.parameter) for i, m in valid],
+        registry, datetime.now(UTC))
+    encoded = []
+    for cid, events in screened.accepted.items():
+        encoded.extend(hires_chunks(ctx.source, registry[cid], events, settings.chunk_events))
+    try:
+        await ctx.publisher.publish(encoded)
+    except BaseException:
+        screen.rollback(screened)
+        raise
+    errors = sorted([*errors, *screened.errors], key=lambda e: e.index)
+    accepted = sum(len(v) for v in screened.accepted.values())
+    return batch_result("traffic", "hires_event", accepted, errors, screened.duplicates)
+
+
+@router.post("/events", response_model=BatchResult, summary="Ingest hi-res controller events",
+             description="A batch of (timestamp, controller_id, event_code, parameter). Answers 200 with the "
+                         "accepted count and every rejected item (index, field, reason), 422 when nothing was "
+                         "accepted; accepted events are on the broker before the answer.")
+async def ingest_events(body: HiResBatch, request: Request,
+                        principal: Principal = Depends(require_scope("traffic:ingest"))):
+    ctx = _ctx(request)
+    return await idempotent(request, principal, "traffic:ingest", lambda: _ingest(ctx, body.items))
+
+
+# --- measures export ------------------------------------------------------------------------------------------
+MEASURE_COLUMNS = (
+    "intersection_id", "phase", "bin_start", "bin_seconds", "volume", "gap_outs", "max_outs", "force_offs",
+    "cycles", "green_seconds", "cycle_seconds", "arrivals", "arrivals_on_green", "arrivals_on_yellow",
+    "arrivals_on_red", "total_delay_seconds", "pct_arrivals_on_green", "pct_green", "platoon_ratio",
+    "approach_delay_seconds", "split_failure_cycles", "split_failures", "ped_samples",
+    "ped_delay_seconds_total", "ped_delay_seconds_avg", "detector_faults", "events", "data_completeness",
+    "detector_volumes",
+)
+
+
+def measures_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV of measures; detector volumes as ``channel:count`` pairs separated by ``;``."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(MEASURE_COLUMNS)
+    for m in rows:
+        line = []
+        for col in MEASURE_COLUMNS:
+            v = m.get(col)
+            if col == "detector_volumes":
+                v = ";".join(f"{k}:{n}" for k, n in sorted((v or {}).items(), key=lambda kv: int(kv[0])))
+            line.append("" if v is None else v)
+        w.writerow(line)
+    return buf.getvalue()
+
+
+@router.get("/intersections/{intersection_id}/measures", summary="15-minute signal performance measures",
+            description="Measures per phase and bin with from <= bin_start < to (default: the last 24 hours), "
+                        "as JSON or CSV.")
+async def export_measures(
+    intersection_id: str, request: Request,
+    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+    to: AwareDatetime | None = None,
+    format: Literal["json", "csv"] = "json",
+    _: Principal = Depends(require_scope("traffic:read")),
+):
+    ctx = _ctx(request)
+    assert ctx.pool is not None
+    end = to or datetime.now(UTC)
+    start = from_ or end - timedelta(days=1)
+    if start >= end:
+        raise ApiError(422, "invalid_period", "'from' must be before 'to'")
+    if end - start > timedelta(days=93):
+        raise ApiError(422, "invalid_period", "at most 93 days per export")
+    if not any(r["intersection_id"] == intersection_id for r in ctx.extras["registry"].values()):
+        if await repository.get_intersection(ctx.pool, intersection_id) is None:
+            raise ApiError(404, "not_found", "no such intersection")
+    rows = await repository.fetch_measures(ctx.pool, intersection_id, start, end, limit=93 * 96 * 16)
+    if format == "csv":
+        return Response(measures_csv(rows), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": 'attachment; filename="traffic-measures.csv"'})
+    return ORJSONResponse({"intersection_id": intersection_id, "from": start.isoformat(), "to": end.isoformat(),
+                           "measures": rows})

@@ -1,0 +1,307 @@
+"""The traffic stream processor: live signal state, alarms, 15-minute ATSPM measures and district/city KPIs.
+
+It consumes the hi-res event chunks and the compacted registry topic (both keyed by controller id, so a
+controller's configuration and events share a partition). Signal state follows events as they arrive; the
+measures engine folds events in time order after a short reorder hold (the ingest out-of-order tolerance) and
+closes each 15-minute bin once event time has passed its end plus a grace period, so late data still counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.areas import CITY_CODE
+from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode
+from shared.contracts.common import kpi_key
+from shared.contracts.traffic import (
+    ALARM_EVENT,
+    HIRES_TOPIC,
+    KPI_EVENT,
+    REGISTRY_TOPIC,
+    HiResEventsLogged,
+    IntersectionConfigured,
+    PhaseMeasuresComputed,
+    SignalStateChanged,
+)
+from shared.stream import State, StreamProcessor
+
+from .domain import (
+    MeasureParams,
+    MeasuresEngine,
+    config_from_registry,
+    fold_signal_state,
+    iso_ms,
+    new_signal_state,
+    signal_state_phases,
+)
+from .settings import TrafficSettings
+
+SOURCE = "/ioc/traffic/processor"
+HIRES_TYPE = HiResEventsLogged.__ioc_event_type__.type  # type: ignore[attr-defined]
+REGISTRY_TYPE = IntersectionConfigured.__ioc_event_type__.type  # type: ignore[attr-defined]
+FAULT_ALARMS = ("controller_flash", "power_failure", "comm_loss", "detector_fault", "stuck_detector")
+# KPI id → (accumulator numerator, denominator or None, scale, unit)
+BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
+    "traffic.volume_vehicles": ("vol", None, 1.0, "vehicles"),
+    "traffic.arrivals_on_green_ratio": ("aog", "arr", 100.0, "%"),
+    "traffic.split_failure_ratio": ("sf", "sfc", 100.0, "%"),
+    "traffic.approach_delay_seconds": ("delay", "arr", 1.0, "s"),
+    "traffic.ped_delay_seconds": ("pedd", "pedn", 1.0, "s"),
+    "traffic.intersections_reporting": ("reporting", None, 1.0, "intersections"),
+    "traffic.data_completeness_ratio": ("complete", "bins", 100.0, "%"),
+}
+_ACC_FIELDS = ("vol", "aog", "arr", "sf", "sfc", "delay", "pedd", "pedn", "reporting", "complete", "bins")
+
+
+def _ms(value: str) -> int:
+    return round(datetime.fromisoformat(value).timestamp() * 1000)
+
+
+class TrafficSignalProcessor(StreamProcessor):
+    """Hi-res events + registry → signal state, alarms, phase measures and KPI observations."""
+
+    name = "traffic-signals"
+    topics = (HIRES_TOPIC.name, REGISTRY_TOPIC.name)
+    tick_seconds = 1.0
+
+    def __init__(self, settings: TrafficSettings | None = None):
+        s = settings or TrafficSettings()
+        self.params = MeasureParams(bin_ms=s.bin_seconds * 1000, grace_ms=s.grace_seconds * 1000,
+                                    stuck_on_ms=s.stuck_detector_seconds * 1000)
+        self.reorder_ms = int(s.out_of_order_tolerance_seconds * 1000)
+        self.comm_loss_ms = int(s.comm_loss_seconds * 1000)
+        self.idle_flush_ms = int(s.idle_flush_seconds * 1000)
+        # Events of a controller whose configuration has not arrived wait this long (arrival time) at most.
+        self.hold_ms = 30_000
+
+    # -- folding ----------------------------------------------------------------------------------------------
+    def apply(self, event: ReceivedEvent, state: State) -> None:
+        if event.type == REGISTRY_TYPE:
+            self._apply_registry(event.data, state)
+        elif event.type == HIRES_TYPE:
+            self._apply_hires(event, state)
+
+    def _apply_registry(self, data: dict[str, Any], state: State) -> None:
+        cid = data["controller_id"]
+        state.put(f"reg:{cid}", config_from_registry(data))
+        cs = state.get(f"c:{cid}")
+        if cs is not None:
+            cs["iid"], cs["district"] = data["intersection_id"], data["district"]
+            self._drain(cid, cs, state)
+            state.put(f"c:{cid}", cs)
+
+    def _apply_hires(self, event: ReceivedEvent, state: State) -> None:
+        data = event.data
+        cid = data["controller_id"]
+        cs = state.get(f"c:{cid}")
+        if cs is None:
+            cfg = state.get(f"reg:{cid}") or {}
+            cs = {"buf": [], "max_t": 0, "seen": 0, "eng": {}, "sig": new_signal_state(cfg.get("phases", ()))}
+        cs["iid"], cs["district"] = data["intersection_id"], data.get("district")
+        cs["seen"] = max(cs["seen"], event.timestamp_ms)
+        sig, buf = cs["sig"], cs["buf"]
+        for e in data["events"]:
+            t, code, param = _ms(e["t"]), e["code"], e["param"]
+            fold_signal_state(sig, t, code, param)
+            buf.append([t, code, param])
+            if t > cs["max_t"]:
+                cs["max_t"] = t
+        if "comm_loss" in cs["eng"].get("active", {}):
+            MeasuresEngine(cs["eng"], None, self.params).alarm(
+                "cleared", "comm_loss", "", cs["max_t"], "major", "controller reporting again")
+        self._drain(cid, cs, state)
+        state.put(f"c:{cid}", cs)
+
+    def _drain(self, cid: str, cs: dict[str, Any], state: State, *, force: bool = False,
+               final: bool = False) -> None:
+        """Fold buffered events older than the reorder hold into the measures engine, then close bins.
+
+        ``force`` measures even without the controller's configuration; ``final`` folds everything buffered
+        and closes every bin (the controller went silent)."""
+        cfg = state.get(f"reg:{cid}")
+        buf = cs["buf"]
+        if not buf:
+            return
+        if cfg is None and not (force or final):
+            # Registry and events topics are read in no particular order: wait (by arrival time, see emit)
+            # for the controller's configuration rather than measure without its detectors.
+            cs.setdefault("held_since", cs["seen"])
+            return
+        cs.pop("held_since", None)
+        engine = MeasuresEngine(cs["eng"], cfg, self.params)
+        buf.sort()
+        cutoff = cs["max_t"] if final else cs["max_t"] - self.reorder_ms
+        n = 0
+        for t, code, param in buf:
+            if t > cutoff:
+                break
+            engine.process(t, code, param)
+            n += 1
+        cs["buf"] = buf[n:]
+        if final:
+            engine.close_bins(through_ms=2**62)
+        else:
+            engine.close_bins()
+
+    # -- output -----------------------------------------------------------------------------------------------
+    def emit(self, state: State, now: datetime) -> Iterable[EncodedEvent]:
+        now_ms = round(now.timestamp() * 1000)
+        now_iso = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        out: list[EncodedEvent] = []
+        kpis = state.get("kpi") or {}
+        dirty_windows: set[str] = set()
+        faults: dict[str, int] = {}
+        for key in state.keys("c:"):
+            cs = state[key]
+            cid = key[2:]
+            changed = False
+            silence = now_ms - cs["seen"]
+            eng_data = cs["eng"]
+            if silence > self.comm_loss_ms and "comm_loss" not in eng_data.get("active", {}):
+                MeasuresEngine(eng_data, None, self.params).alarm(
+                    "raised", "comm_loss", "", now_ms, "major",
+                    f"no controller events for more than {self.comm_loss_ms // 1000} s")
+                changed = True
+            # A controller silent this long closes its open bins (completeness shows the gap); data for those
+            # bins arriving later counts as late.
+            if silence > self.idle_flush_ms and (cs["buf"] or eng_data.get("bins")):
+                self._drain(cid, cs, state, final=True)
+                changed = True
+            if "held_since" in cs and now_ms - cs["held_since"] > self.hold_ms:
+                self._drain(cid, cs, state, force=True)
+                changed = True
+            if cs["sig"]["dirty"]:
+                out.append(self._signal_state(cid, cs))
+                cs["sig"]["dirty"] = False
+                changed = True
+            for closed in eng_data.get("closed", ()):
+                out.extend(self._measures(cid, cs, closed, now_iso))
+                window = str(closed["bin_start"])
+                acc = kpis.setdefault(window, {}).setdefault(cs["district"] or "unknown",
+                                                             dict.fromkeys(_ACC_FIELDS, 0))
+                _accumulate(acc, closed)
+                dirty_windows.add(window)
+                changed = True
+            for alarm in eng_data.get("alarms", ()):
+                out.append(self._alarm(cs, alarm))
+                changed = True
+            if eng_data.get("closed") or eng_data.get("alarms"):
+                eng_data["closed"], eng_data["alarms"] = [], []
+            if any(a.split(":", 1)[0] in FAULT_ALARMS for a in eng_data.get("active", {})):
+                faults[cs["district"] or "unknown"] = faults.get(cs["district"] or "unknown", 0) + 1
+            else:
+                faults.setdefault(cs["district"] or "unknown", 0)
+            if changed:
+                state.put(key, cs)
+        for window in sorted(dirty_windows):
+            out.extend(self._bin_kpis(int(window), kpis.get(window, {}), state.partition, now_iso))
+        if dirty_windows:
+            # Keep three hours of windows so late bins still merge into their window's totals.
+            newest = max(int(w) for w in kpis) if kpis else 0
+            for w in list(kpis):
+                if int(w) < newest - 3 * 3600 * 1000:
+                    del kpis[w]
+            state.put("kpi", kpis)
+        out.extend(self._fault_kpis(faults, state, now_ms, now_iso))
+        return out
+
+    def _signal_state(self, cid: str, cs: dict[str, Any]) -> EncodedEvent:
+        sig = cs["sig"]
+        payload = SignalStateChanged(
+            intersection_id=cs["iid"], controller_id=cid, district=cs["district"], revision=sig["rev"],
+            at=iso_ms(sig["at"]), flash=sig["flash"], power_failure=sig["power"], preempt_active=sig["preempt"],
+            phases=signal_state_phases(sig))
+        return encode(SignalStateChanged.__ioc_event_type__, payload, source=SOURCE,  # type: ignore[attr-defined]
+                      id=f"state:{cs['iid']}:{sig['rev']}:{sig['at']}")
+
+    def _measures(self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str
+                  ) -> list[EncodedEvent]:
+        etype = PhaseMeasuresComputed.__ioc_event_type__  # type: ignore[attr-defined]
+        out = []
+        for m in closed["phases"]:
+            payload = PhaseMeasuresComputed(
+                intersection_id=cs["iid"], controller_id=cid, district=cs["district"],
+                bin_start=iso_ms(closed["bin_start"]), bin_seconds=self.params.bin_ms // 1000,
+                events=closed["events"], data_completeness=closed["data_completeness"], computed_at=now_iso, **m)
+            out.append(encode(etype, payload, source=SOURCE,
+                              id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}"))
+        return out
+
+    def _alarm(self, cs: dict[str, Any], alarm: dict[str, Any]) -> EncodedEvent:
+        alarm_id = f"traffic:{alarm['type']}:{cs['iid']}"
+        suffix = alarm["key"].partition(":")[2]
+        if suffix:
+            alarm_id += f":{suffix}"
+        payload = ALARM_EVENT.model(
+            alarm_id=alarm_id, domain="traffic", alarm_type=alarm["type"], state=alarm["state"],
+            severity=alarm["severity"], source_id=cs["iid"], district=cs["district"], at=iso_ms(alarm["at"]),
+            message=alarm["message"])
+        return encode(ALARM_EVENT, payload, source=SOURCE, id=f"{alarm_id}:{alarm['state']}:{alarm['at']}")
+
+    def _kpi(self, kpi: str, level: str, code: str, window_ms: int, num: float, den: float | None,
+             scale: float, unit: str, partition: int, now_iso: str, window_seconds: int) -> EncodedEvent:
+        value = (num / den * scale if den else None) if den is not None else num * scale
+        payload = KPI_EVENT.model(
+            kpi=kpi, scope_level=level, scope_code=code, window_start=iso_ms(window_ms),
+            window_seconds=window_seconds, value=value, numerator=float(num),
+            denominator=float(den) if den is not None else None, unit=unit, partition=partition,
+            observed_at=now_iso, key=kpi_key(kpi, level, code))
+        return encode(KPI_EVENT, payload, source=SOURCE)
+
+    def _bin_kpis(self, window_ms: int, by_district: dict[str, dict[str, float]], partition: int,
+                  now_iso: str) -> list[EncodedEvent]:
+        out = []
+        city = dict.fromkeys(_ACC_FIELDS, 0.0)
+        scopes: list[tuple[str, str, dict[str, float]]] = []
+        for district, acc in sorted(by_district.items()):
+            for f in _ACC_FIELDS:
+                city[f] += acc[f]
+            if district != "unknown":
+                scopes.append(("district", district, acc))
+        scopes.append(("city", CITY_CODE, city))
+        seconds = self.params.bin_ms // 1000
+        for level, code, acc in scopes:
+            for kpi, (num, den, scale, unit) in BIN_KPIS.items():
+                out.append(self._kpi(kpi, level, code, window_ms, acc[num], acc[den] if den else None, scale,
+                                     unit, partition, now_iso, seconds))
+        return out
+
+    def _fault_kpis(self, faults: dict[str, int], state: State, now_ms: int, now_iso: str) -> list[EncodedEvent]:
+        """``traffic.signals_in_fault`` now, per district and city, re-published when it changes."""
+        window = now_ms - now_ms % self.params.bin_ms
+        last = state.get("faults_last") or {}
+        current = {"window": window, "counts": faults}
+        if last == current:
+            return []
+        state.put("faults_last", current)
+        seconds = self.params.bin_ms // 1000
+        out = [self._kpi("traffic.signals_in_fault", "district", d, window, float(n), None, 1.0, "signals",
+                         state.partition, now_iso, seconds) for d, n in sorted(faults.items()) if d != "unknown"]
+        out.append(self._kpi("traffic.signals_in_fault", "city", CITY_CODE, window, float(sum(faults.values())),
+                             None, 1.0, "signals", state.partition, now_iso, seconds))
+        return out
+
+
+def _accumulate(acc: dict[str, float], closed: dict[str, Any]) -> None:
+    """Add one intersection's closed bin to its district's KPI accumulator."""
+    for m in closed["phases"]:
+        acc["vol"] += m["volume"]
+        acc["aog"] += m["arrivals_on_green"]
+        acc["arr"] += m["arrivals"]
+        acc["sf"] += m["split_failures"]
+        acc["sfc"] += m["split_failure_cycles"]
+        acc["delay"] += m["total_delay_seconds"]
+        acc["pedd"] += m["ped_delay_seconds_total"]
+        acc["pedn"] += m["ped_samples"]
+    acc["reporting"] += 1 if closed["events"] else 0
+    acc["complete"] += closed["data_completeness"]
+    acc["bins"] += 1
+
+
+def traffic_processor(settings: TrafficSettings) -> TrafficSignalProcessor:
+    return TrafficSignalProcessor(settings)
+
+
+PROCESSORS = [traffic_processor]
