@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from ioc.registry import SERVICES, available, load
 from shared.config import KafkaSettings
-from shared.contracts import DEAD_LETTER_TOPIC, TOPICS
+from shared.contracts import DEAD_LETTER_TOPIC
+from tests.catalogue import production_topics
 from tests.deploy.conftest import DEPLOY, K8S, by_kind, load_script, yaml_docs
+
+ROOT = Path(__file__).resolve().parents[2]
 
 topics_gen = load_script(K8S / "generate_topics.py")
 workloads_gen = load_script(K8S / "generate_workloads.py")
@@ -19,9 +25,12 @@ dashboards_gen = load_script(DEPLOY / "grafana" / "generate_dashboards.py")
 @pytest.mark.parametrize("generator", [topics_gen, workloads_gen, dashboards_gen],
                          ids=["topics+users", "workloads", "dashboards"])
 def test_committed_files_equal_generator_output(generator):
-    for path, text in generator.outputs().items():
-        assert path.exists(), f"{path} missing: run python {generator.__file__}"
-        assert path.read_text(encoding="utf-8") == text, f"{path} is stale: run python {generator.__file__}"
+    # In a fresh interpreter: test modules may have registered private test topics in this one.
+    r = subprocess.run([sys.executable, generator.__file__, "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, f"stale: run python {generator.__file__}\n{r.stdout}{r.stderr}"
+
+
+TOPICS = production_topics()
 
 
 def test_every_catalogue_topic_is_a_kafkatopic_with_its_layout():
@@ -110,6 +119,8 @@ def test_real_processors_are_covered_by_their_acls_and_changelog_partitions():
         assert proc.name in topics_gen.processor_names(), f"{proc.name}: no Deployment runs it"
         acls = _acls(users[f"ioc-{proc.name}"])
         for topic in proc.topics:
+            if topic not in TOPICS:
+                continue  # a private test domain registered by another test module in this process
             assert "Read" in acls.get(("topic", topic), set()), f"{proc.name} cannot read {topic}"
         # The runtime sizes the changelog it creates the same way (shared.stream.runtime).
         expected = source_partitions(proc, KafkaSettings())
