@@ -7,7 +7,7 @@ variables by every service, so one environment configures the whole center.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,17 @@ class KafkaSettings(BaseSettings):
     replication_factor: int = _common("KAFKA_REPLICATION_FACTOR", 1, "replication factor for topics IOC creates")
     partitions_override: int | None = _common("KAFKA_PARTITIONS", None, "force every topic's partition count (tests)")
     linger_ms: int = _common("KAFKA_LINGER_MS", 5, "producer linger")
+    publish_timeout_s: float = _common("KAFKA_PUBLISH_TIMEOUT_SECONDS", 10.0,
+                                       "how long a write waits for the broker's acknowledgement before 503")
+
+    @model_validator(mode="after")
+    def _sasl_needs_a_sasl_protocol(self):
+        # Credentials with PLAINTEXT/SSL would be silently ignored: the client would connect unauthenticated.
+        if (self.sasl_mechanism or self.sasl_username) and self.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError("SASL credentials need IOC_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)")
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError("IOC_KAFKA_SASL_MECHANISM needs IOC_KAFKA_SASL_USERNAME and IOC_KAFKA_SASL_PASSWORD")
+        return self
 
     def client_kwargs(self) -> dict:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""

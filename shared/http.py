@@ -134,7 +134,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimitMiddleware:
-    """413 for bodies over ``max_bytes`` (declared or streamed)."""
+    """413 for bodies over ``max_bytes``, declared (Content-Length) or streamed (chunked).
+
+    Bodies of writes are read here, up to ``max_bytes``, and replayed to the app: an error raised inside the
+    app's ``receive`` would be turned into a 400 by the framework, so the limit is enforced before it runs.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -143,25 +147,35 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        too_large = error_body("payload_too_large", f"request body over {self.max_bytes} bytes")
         for k, v in scope.get("headers", ()):
             if k == b"content-length" and v.isdigit() and int(v) > self.max_bytes:
-                return await _send_json(send, 413, error_body("payload_too_large",
-                                                              f"request body over {self.max_bytes} bytes"))
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+                return await _send_json(send, 413, too_large)
+        if scope.get("method") not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise ApiError(413, "payload_too_large", f"request body over {self.max_bytes} bytes")
-            return msg
+            if msg["type"] != "http.request":
+                return  # client went away
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                return await _send_json(send, 413, too_large)
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        replayed = False
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except ApiError as exc:
-            await _send_json(send, exc.status, error_body(exc.code, exc.message))
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 class ConcurrencyLimitMiddleware:
@@ -223,7 +237,8 @@ def create_service_app(
     async def lifespan(app: FastAPI):
         configure_logging(name, settings.log_level)
         ctx = ServiceContext(name=name, settings=settings,
-                             publisher=EventPublisher(settings.kafka, client_id=f"ioc-{name}"))
+                             publisher=EventPublisher(settings.kafka, client_id=f"ioc-{name}",
+                                                      timeout_s=settings.kafka.publish_timeout_s))
         app.state.ctx = ctx
         ctx.pool = await _connect_pool(settings, name)
         await apply_migrations(ctx.pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
@@ -283,6 +298,9 @@ def create_service_app(
     return app
 
 
+STALE_IDEMPOTENCY_SECONDS = 60.0
+
+
 def request_hash(body: bytes) -> bytes:
     return hashlib.sha256(body).digest()
 
@@ -323,8 +341,17 @@ async def idempotent(
             raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
         if row is not None and row["status_code"] is not None:
             return ORJSONResponse(row["response"], row["status_code"], headers={"Idempotent-Replayed": "true"})
-        raise ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still running",
-                       headers={"Retry-After": "1"})
+        # Still "in progress": a live request, or one that died before recording its answer (e.g. the
+        # database went away after the publish). After a minute the key is taken over and the request rerun;
+        # deterministic event ids let consumers drop whatever the first attempt had published.
+        taken = await ctx.pool.fetchval(
+            "UPDATE platform.idempotency_keys SET created_at = now() WHERE principal_id=$1 AND scope=$2 AND key=$3 "
+            "AND status_code IS NULL AND created_at < now() - make_interval(secs => $4) RETURNING 1",
+            principal.id, scope, key, STALE_IDEMPOTENCY_SECONDS,
+        )
+        if not taken:
+            raise ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still running",
+                           headers={"Retry-After": "1"})
     try:
         status, body = await compute()
     except BaseException:

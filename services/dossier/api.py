@@ -20,7 +20,7 @@ from pydantic import Field
 
 from shared.areas import Hierarchy, hanoi, load_district_csv, load_hierarchy
 from shared.auth import ApiError, Principal, record_audit, require_scope
-from shared.contracts.base import AreaCode, EntityId
+from shared.contracts.base import AreaCode, DisplayText, EntityId, StrictBool, StrictInt
 from shared.contracts.cloudevents import EncodedEvent
 from shared.contracts.dossier import CHANNEL_CODES
 from shared.http import RequestModel, ServiceContext, idempotent
@@ -160,13 +160,14 @@ def dossier_view(d: Dossier, today: date) -> dict[str, Any]:
 
 class ProcedureIn(RequestModel):
     code: EntityId
-    name: str = Field(min_length=1, max_length=300)
+    name: DisplayText = Field(min_length=1, max_length=300)
     online_level: Literal["fully_online", "partly_online", "offline"] = Field(
         description="Decree 42/2022: fully online, partly online; offline for counter-only procedures")
-    service_level: int | None = Field(None, ge=1, le=4, description="pre-2022 level (3: online forms, 4: + payment)")
-    processing_days: int = Field(ge=0, le=365, description="legal processing time in working days")
-    has_fees: bool
-    pauses_clock: bool = Field(description="the legal clock pauses while additional documents are requested")
+    service_level: StrictInt | None = Field(None, ge=1, le=4,
+                                            description="pre-2022 level (3: online forms, 4: + payment)")
+    processing_days: StrictInt = Field(ge=0, le=365, description="legal processing time in working days")
+    has_fees: StrictBool
+    pauses_clock: StrictBool = Field(description="the legal clock pauses while additional documents are requested")
 
 
 class ProceduresIn(RequestModel):
@@ -175,7 +176,7 @@ class ProceduresIn(RequestModel):
 
 class AgencyIn(RequestModel):
     code: EntityId
-    name: str = Field(min_length=1, max_length=300)
+    name: DisplayText = Field(min_length=1, max_length=300)
     level: Literal["city", "district", "commune"]
     admin_unit: AreaCode = Field(description="code of its administrative unit in the hierarchy")
 
@@ -240,9 +241,9 @@ async def get_agencies(request: Request, _: Principal = Depends(require_scope("d
 class ApplicantIn(RequestModel):
     """The applicant. Stored for the agency; never published, logged or echoed in errors."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: DisplayText = Field(min_length=1, max_length=200)
     id_number: str = Field(pattern=r"^[0-9]{9,12}$", description="CCCD/CMND number")
-    address: str = Field(min_length=1, max_length=500)
+    address: DisplayText = Field(min_length=1, max_length=500)
     phone: str = Field(pattern=r"^\+?[0-9 ]{8,16}$")
 
 
@@ -263,7 +264,7 @@ class TransitionIn(RequestModel):
 
 
 class HandoverIn(RequestModel):
-    step_name: str = Field(min_length=1, max_length=100, description="the step the dossier moves to")
+    step_name: DisplayText = Field(min_length=1, max_length=100, description="the step the dossier moves to")
     at: datetime | None = None
 
 

@@ -30,8 +30,38 @@ from shared.ingest import BatchResult, ItemError, batch_result, validate_items
 from shared.kafka.producer import BrokerUnavailable
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1")
 MAX_ITEMS = 5000
+
+
+class ErrorDetail(BaseModel):
+    """The platform's error body (shared.http.error_body)."""
+
+    code: str = Field(description="machine-readable: unauthenticated, forbidden, not_found, rate_limited, ...")
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list, description="which item, which field, why")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def _error_doc(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+# Every error the platform or these routes may answer, documented once for the whole router.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: _error_doc("malformed JSON or a bad Idempotency-Key"),
+    401: _error_doc("no API key, or an unknown or revoked one"),
+    403: _error_doc("the principal lacks the scope, or may not report for a kiosk of the batch"),
+    404: _error_doc("no such kiosk"),
+    409: _error_doc("a request with this Idempotency-Key is still running"),
+    413: _error_doc("the body is over the size limit"),
+    422: _error_doc("the request does not match the schema, or the registry entry breaks a rule"),
+    429: _error_doc("over the per-principal rate limit (see Retry-After)"),
+    503: _error_doc("broker, database or capacity unavailable; nothing was accepted, retry (see Retry-After)"),
+}
+router = APIRouter(prefix="/v1", responses=ERRORS)
 
 
 # Registry cache -----------------------------------------------------------------------------------------------
@@ -132,14 +162,14 @@ async def put_kiosk(request: Request, body: KioskIn,
         raise ApiError(422, "invalid_kiosk", "the registry entry is not valid",
                        [{"item": None, "id": kiosk_id, "field": f, "reason": r} for f, r in problems])
     assert ctx.pool is not None
-    rows = await repository.upsert_kiosks(ctx.pool, [_row_of(kiosk_id, body)])
+    rows = await repository.upsert_kiosks(ctx.pool, [_row_of(kiosk_id, body)], principal=principal.id)
     published = await publish_registrations(ctx, rows)
     await ctx.extras["registry"].reload(ctx.pool)
     return {"kiosk": repository.as_dict(rows[0]), "published": published}
 
 
 @router.post("/kiosks/import", tags=["registry"], summary="Bulk import of registry entries",
-             responses={200: {"model": BatchResult}, 422: {"model": BatchResult}})
+             responses={200: {"model": BatchResult}, 422: {"model": BatchResult | ErrorBody}})
 async def import_kiosks(request: Request, body: KioskImport,
                         principal: Principal = Depends(require_scope("kiosk:admin"))):
     """Upsert many kiosks at once; invalid items are reported one by one and the valid ones stored."""
@@ -161,7 +191,8 @@ async def import_kiosks(request: Request, body: KioskImport,
         ctx = _ctx(request)
         assert ctx.pool is not None
         if accepted:
-            rows = await repository.upsert_kiosks(ctx.pool, accepted)
+            rows = await repository.upsert_kiosks(ctx.pool, accepted, principal=principal.id,
+                                                  action="kiosk.imported")
             await publish_registrations(ctx, rows)
             await ctx.extras["registry"].reload(ctx.pool)
         return batch_result("kiosk", "registration", len(accepted), sorted(errors, key=lambda e: e.index), dups)
@@ -247,7 +278,8 @@ async def _ingest(request: Request, principal: Principal, items: list, kind: str
     return await idempotent(request, principal, f"kiosk:ingest:{kind}", compute)
 
 
-_BATCH_DOC = {200: {"model": BatchResult}, 422: {"model": BatchResult}}
+# 422: every item rejected (BatchResult), or a request that does not match the schema at all (ErrorBody).
+_BATCH_DOC = {200: {"model": BatchResult}, 422: {"model": BatchResult | ErrorBody}}
 
 
 @router.post("/heartbeats", tags=["ingest"], summary="Kiosk heartbeats", responses=_BATCH_DOC)

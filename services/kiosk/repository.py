@@ -23,8 +23,13 @@ RETURNING {_COLUMNS}
 """
 
 
-async def upsert_kiosks(pool: asyncpg.Pool, entries: Sequence[dict]) -> list[asyncpg.Record]:
-    """Insert or update registry entries in one transaction; returns the stored rows (with new versions)."""
+async def upsert_kiosks(pool: asyncpg.Pool, entries: Sequence[dict], *, principal: str | None = None,
+                        action: str = "kiosk.registered") -> list[asyncpg.Record]:
+    """Insert or update registry entries in one transaction; returns the stored rows (with new versions).
+
+    With ``principal``, the same transaction appends one audit row per kiosk (who changed it, version, and the
+    gateway allowed to report for it), so a registry change and its audit trail stand or fall together.
+    """
     rows: list[asyncpg.Record] = []
     async with pool.acquire() as conn, conn.transaction():
         for e in entries:
@@ -33,6 +38,12 @@ async def upsert_kiosks(pool: asyncpg.Pool, entries: Sequence[dict]) -> list[asy
                 e["opening_hours"], list(e["peripherals"]), e["software_version"], e.get("gateway"),
                 e.get("in_service_since"), e.get("active", True),
             ))
+        if principal is not None:
+            await conn.executemany(
+                "INSERT INTO platform.audit_log(principal, service, action, target, detail) "
+                "VALUES ($1, 'kiosk', $2, $3, $4)",
+                [(principal, action, r["kiosk_id"], {"version": r["version"], "gateway": r["gateway_principal"],
+                                                     "active": r["active"]}) for r in rows])
     return rows
 
 

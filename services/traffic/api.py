@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.areas import hanoi
 from shared.auth import ApiError, Principal, require_scope
-from shared.contracts.base import AreaCode, EntityId, StrictFloat, StrictInt
+from shared.contracts.base import AreaCode, DisplayText, EntityId, StrictFloat, StrictInt
 from shared.http import RequestModel, ServiceContext, idempotent
 from shared.ingest import BatchResult, ItemError, batch_result, validate_items
 
@@ -59,7 +59,7 @@ class IntersectionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     intersection_id: EntityId
-    name: str = Field(min_length=1, max_length=200)
+    name: DisplayText = Field(min_length=1, max_length=200)
     district: AreaCode
     lat: StrictFloat = Field(ge=-90, le=90)
     lon: StrictFloat = Field(ge=-180, le=180)

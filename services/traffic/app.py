@@ -42,7 +42,8 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
 
     async def on_start(ctx: ServiceContext) -> None:
         ctx.extras["screen"] = IngestScreen(future_tolerance_s=settings.future_tolerance_seconds,
-                                            out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds)
+                                            out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
+                                            max_age_s=settings.max_event_age_seconds)
         await refresh_registry(ctx)
 
         async def refresh_forever() -> None:

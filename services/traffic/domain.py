@@ -76,8 +76,10 @@ class IngestScreen:
     ``rollback`` with the result when publishing failed.
     """
 
-    def __init__(self, *, future_tolerance_s: float, out_of_order_tolerance_s: float):
+    def __init__(self, *, future_tolerance_s: float, out_of_order_tolerance_s: float,
+                 max_age_s: float = 30 * 86400):
         self.future_ms = int(future_tolerance_s * 1000)
+        self.max_age_ms = int(max_age_s * 1000)
         self.ooo_ms = int(out_of_order_tolerance_s * 1000)
         self.controllers: dict[str, ControllerWatermark] = {}
 
@@ -102,6 +104,11 @@ class IngestScreen:
             if t > now_ms + self.future_ms:
                 errors.append(ItemError(index, cid, "timestamp", f"timestamp is more than "
                                         f"{self.future_ms / 1000:g} s in the future", "future_timestamp"))
+                continue
+            if t < now_ms - self.max_age_ms:
+                # A controller clock reset (1970) or a log far older than a replay should bring.
+                errors.append(ItemError(index, cid, "timestamp", f"timestamp is more than "
+                                        f"{self.max_age_ms / 86_400_000:g} days old", "too_old"))
                 continue
             wm = self.controllers.get(cid)
             if wm is None:
@@ -531,6 +538,17 @@ class MeasuresEngine:
                 "ped_delay_seconds_avg": ratio(m["pedd"], m["pedn"]), "detector_faults": m["faults"],
             })
         return {"bin_start": start, "events": b["events"], "data_completeness": completeness, "phases": out}
+
+    def open_bin_measures(self, start: int, b: dict[str, Any], through_ms: int) -> dict[str, Any]:
+        """Provisional measures of a still-open bin: what is complete so far (the bin's counters hold only
+        finished cycles, split-failure evaluations, walks and actuations), in the shape of
+        :meth:`bin_measures`. Data completeness counts only the minutes already over at ``through_ms`` (the
+        current minute while none is), so a bin five minutes old is not 5/15 complete."""
+        m = self.bin_measures(start, b)
+        minutes = self.p.bin_ms // 60_000 or 1
+        elapsed = min(minutes, max(1, (through_ms - start) // 60_000))
+        m["data_completeness"] = min(1.0, bin(b["minutes"] & ((1 << elapsed) - 1)).count("1") / elapsed)
+        return m
 
 
 # --- Live signal state (SPaT-like) ---------------------------------------------------------------------------

@@ -4,6 +4,14 @@ It consumes the hi-res event chunks and the compacted registry topic (both keyed
 controller's configuration and events share a partition). Signal state follows events as they arrive; the
 measures engine folds events in time order after a short reorder hold (the ingest out-of-order tolerance) and
 closes each 15-minute bin once event time has passed its end plus a grace period, so late data still counts.
+
+The per intersection × phase measures (``ioc.traffic.measures``) are published once, when a bin closes. The
+district/city KPI roll-ups are live: while bins are open, ``emit`` republishes each open window's observations
+at most once per ``live_kpi_seconds`` (of event time and of processing time), from the cycles, actuations and
+walks already complete, added to the bins of that window already closed in the partition. They have the same
+KPI ids, windows and additive numerator/denominator as the final ones, so the observation published when the
+last bin of the window closes (the full-bin value) simply supersedes them: consumers keep the latest per
+(kpi, scope, window, partition).
 """
 
 from __future__ import annotations
@@ -73,6 +81,7 @@ class TrafficSignalProcessor(StreamProcessor):
         self.reorder_ms = int(s.out_of_order_tolerance_seconds * 1000)
         self.comm_loss_ms = int(s.comm_loss_seconds * 1000)
         self.idle_flush_ms = int(s.idle_flush_seconds * 1000)
+        self.live_ms = int(s.live_kpi_seconds * 1000)
         # Events of a controller whose configuration has not arrived wait this long (arrival time) at most.
         self.hold_ms = 30_000
 
@@ -153,6 +162,8 @@ class TrafficSignalProcessor(StreamProcessor):
         kpis = state.get("kpi") or {}
         dirty_windows: set[str] = set()
         faults: dict[str, int] = {}
+        open_bins: dict[str, list[str]] = {}  # window → controllers with that bin still open
+        event_time = 0  # the partition's event time: the latest event folded into any measures engine
         for key in state.keys("c:"):
             cs = state[key]
             cid = key[2:]
@@ -195,8 +206,17 @@ class TrafficSignalProcessor(StreamProcessor):
                 faults.setdefault(cs["district"] or "unknown", 0)
             if changed:
                 state.put(key, cs)
-        for window in sorted(dirty_windows):
-            out.extend(self._bin_kpis(int(window), kpis.get(window, {}), state.partition, now_iso))
+            for window in eng_data.get("bins", ()):
+                open_bins.setdefault(window, []).append(cid)
+            event_time = max(event_time, eng_data.get("wm", 0))
+        publish = dirty_windows | self._live_due(state, open_bins, dirty_windows, event_time, now_ms)
+        for window in sorted(publish, key=int):
+            totals = kpis.get(window, {})
+            if self.live_ms > 0:
+                # Other controllers' bins of the window still open count with what they hold so far, so the
+                # window's value does not dip when one intersection's bin closes before the others'.
+                totals = _with_open_bins(totals, self._open_partials(state, window, open_bins, event_time))
+            out.extend(self._bin_kpis(int(window), totals, state.partition, now_iso))
         if dirty_windows:
             # Keep three hours of windows so late bins still merge into their window's totals.
             newest = max(int(w) for w in kpis) if kpis else 0
@@ -205,6 +225,42 @@ class TrafficSignalProcessor(StreamProcessor):
                     del kpis[w]
             state.put("kpi", kpis)
         out.extend(self._fault_kpis(faults, state, now_ms, now_iso))
+        return out
+
+    def _live_due(self, state: State, open_bins: dict[str, list[str]], closing: set[str], event_time: int,
+                  now_ms: int) -> set[str]:
+        """Open windows whose provisional KPIs are due: ``live_kpi_seconds`` of event time since the window
+        started or was last published, and as much processing time (bounds a fast replay's volume).
+
+        Returns the due windows and records them, and the ``closing`` ones (published anyway), as published;
+        windows no longer open are forgotten (their final observation went out when their last bin closed)."""
+        if self.live_ms <= 0 or not open_bins:
+            if state.get("kpi_live"):
+                state.pop("kpi_live")
+            return set()
+        live = state.get("kpi_live") or {}
+        kept = {w: v for w, v in live.items() if w in open_bins}
+        due = set()
+        for window in open_bins:
+            last_event, last_now = kept.get(window, (int(window), None))
+            if window in closing:
+                kept[window] = [event_time, now_ms]
+            elif event_time - last_event >= self.live_ms and (last_now is None or now_ms - last_now >= self.live_ms):
+                due.add(window)
+                kept[window] = [event_time, now_ms]
+        if kept != live:
+            state.put("kpi_live", kept)
+        return due
+
+    def _open_partials(self, state: State, window: str, open_bins: dict[str, list[str]], event_time: int
+                       ) -> dict[str, dict[str, float]]:
+        """Per district, what the still-open bins of ``window`` hold so far (complete cycles only)."""
+        out: dict[str, dict[str, float]] = {}
+        for cid in open_bins.get(window, ()):
+            cs = state[f"c:{cid}"]
+            engine = MeasuresEngine(cs["eng"], state.get(f"reg:{cid}"), self.params)
+            partial = engine.open_bin_measures(int(window), cs["eng"]["bins"][window], event_time)
+            _accumulate(out.setdefault(cs["district"] or "unknown", dict.fromkeys(_ACC_FIELDS, 0)), partial)
         return out
 
     def _signal_state(self, cid: str, cs: dict[str, Any]) -> EncodedEvent:
@@ -298,6 +354,17 @@ def _accumulate(acc: dict[str, float], closed: dict[str, Any]) -> None:
     acc["reporting"] += 1 if closed["events"] else 0
     acc["complete"] += closed["data_completeness"]
     acc["bins"] += 1
+
+
+def _with_open_bins(closed: dict[str, dict[str, float]], partials: dict[str, dict[str, float]]
+                    ) -> dict[str, dict[str, float]]:
+    """Closed-bin accumulators of a window plus the open bins' partials, per district (inputs unchanged)."""
+    out = {d: dict(acc) for d, acc in closed.items()}
+    for district, part in partials.items():
+        acc = out.setdefault(district, dict.fromkeys(_ACC_FIELDS, 0))
+        for f in _ACC_FIELDS:
+            acc[f] += part[f]
+    return out
 
 
 def traffic_processor(settings: TrafficSettings) -> TrafficSignalProcessor:

@@ -16,6 +16,8 @@ class TrafficSettings(ServiceSettings):
     port: int = 8102
     max_batch_events: int = 50_000
     future_tolerance_seconds: float = 60.0
+    # Oldest accepted event: replays of older logs need this raised (IOC_TRAFFIC_MAX_EVENT_AGE_SECONDS).
+    max_event_age_seconds: float = 30 * 86400
     out_of_order_tolerance_seconds: float = 5.0
     chunk_events: int = 5000
     registry_refresh_seconds: float = 30.0
@@ -25,5 +27,8 @@ class TrafficSettings(ServiceSettings):
     stuck_detector_seconds: int = 600
     comm_loss_seconds: float = 300.0
     idle_flush_seconds: float = 900.0
+    # Provisional district/city KPIs of the open 15-minute bins: republished at most once per this many
+    # seconds (of event time and of processing time) per window; 0 publishes KPIs only when bins close.
+    live_kpi_seconds: float = 30.0
     measures_store_group: str = "traffic-measures-store"
     store_measures: bool = True

@@ -9,11 +9,12 @@ outside subscribers (``make contracts``).
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 # Strict scalar types: JSON `false` is not a number, "12" is not an int.
 StrictFloat = Annotated[float, Strict()]
@@ -22,6 +23,24 @@ StrictStr = Annotated[str, Strict()]
 StrictBool = Annotated[bool, Strict()]
 EntityId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
 AreaCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._\-]+$")]
+
+
+# Bidirectional embedding/override/isolate controls: they let a name render as something else to operators.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+def _display_text(value: str) -> str:
+    for ch in value:
+        if ch in _BIDI_CONTROLS:
+            raise ValueError("bidirectional control characters are not allowed")
+        if unicodedata.category(ch) == "Cc" and ch not in "\t\n":
+            raise ValueError("control characters are not allowed")
+    return value
+
+
+#: Free text shown to people (names, addresses, messages): no control or bidi-override characters
+#: (PostgreSQL text cannot hold NUL either). Combine with a max_length Field.
+DisplayText = Annotated[str, AfterValidator(_display_text)]
 
 
 class EventModel(BaseModel):

@@ -69,8 +69,11 @@ class EventPublisher:
             )
             try:
                 await asyncio.wait_for(producer.start(), self._timeout_s)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                await producer.stop()
+            except Exception as exc:  # e.g. aiokafka's KeyError on a refused SCRAM login
+                try:
+                    await producer.stop()
+                except Exception:
+                    pass
                 raise BrokerUnavailable(f"cannot connect to Kafka: {type(exc).__name__}") from exc
             self._producer = producer
 

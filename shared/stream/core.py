@@ -216,8 +216,10 @@ class ProcessorCore:
                         k = (ev.topic, ev.type)
                         counts[k] = counts.get(k, 0) + 1
                     self.processed += len(events)
-                pr.applied[tp.topic] = recs[-1].offset + 1
-                committable[tp] = recs[-1].offset + 1
+                # Never move backwards: a consumer resuming at its last commit re-reads records the recovered
+                # state already reflects; they were skipped above and must not lower the floor.
+                pr.applied[tp.topic] = max(floor, recs[-1].offset + 1)
+                committable[tp] = pr.applied[tp.topic]
                 touched.add(tp.partition)
             self.dead_lettered += len(dead)
             outputs = self._emit(touched, datetime.now(UTC))

@@ -156,6 +156,25 @@ def test_bin_stays_open_during_grace_and_takes_late_cycle_data():
     assert len(data["closed"]) == 1
 
 
+def test_open_bin_measures_hold_the_complete_cycles_and_the_elapsed_minutes():
+    events = two_cycles()
+    engine, data = run_engine([e for e in events if e[0] <= s(70)])  # cycle 1 (red 64 s) is complete
+    b = data["bins"][str(BASE)]
+    m = engine.open_bin_measures(BASE, b, s(70))
+    p2 = next(p for p in m["phases"] if p["phase"] == 2)
+    assert (p2["cycles"], p2["arrivals"], p2["arrivals_on_green"], p2["arrivals_on_red"]) == (1, 5, 2, 2)
+    assert (p2["split_failure_cycles"], p2["split_failures"]) == (1, 1)  # evaluated at 69 s (red + 5 s)
+    assert m["data_completeness"] == pytest.approx(1.0)  # minute 0 over, with data
+    # at 4 min 30 s event time, minutes 0-3 are over and 0, 1 and 2 had data
+    for e in events:
+        if e[0] > s(70):
+            engine.process(*e)
+    m = engine.open_bin_measures(BASE, b, s(270))
+    assert m["data_completeness"] == pytest.approx(3 / 4)  # minutes 0, 1, 2 of 4
+    assert engine.open_bin_measures(BASE, b, s(5000))["data_completeness"] == pytest.approx(3 / 15)
+    assert data["closed"] == []  # nothing closed, nothing consumed
+
+
 def test_partial_first_cycle_is_not_counted():
     # green before any red: the cycle has no start, so its arrivals are not classified
     ev = [(s(0), 1, 2), (s(5), 82, 1), (s(20), 8, 2), (s(24), 9, 2), (s(30), 82, 1), (s(50), 1, 2),

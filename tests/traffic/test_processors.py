@@ -58,7 +58,9 @@ def test_measures_and_kpis_from_chunks_split_across_records():
     assert p2["bin_start"].startswith("2024-05-01T08:00:00")
     assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (7, 3, 1, 2)
     assert p2["ped_delay_seconds_avg"] == pytest.approx(24)
-    kpis = {(k["kpi"], k["scope_level"], k["scope_code"]): k for k in payloads(out, "kpi.observed.v1")}
+    # the 08:00 bin's observations (the 08:15 bin, opened by the end-of-bin events, is live as well)
+    kpis = {(k["kpi"], k["scope_level"], k["scope_code"]): k for k in payloads(out, "kpi.observed.v1")
+            if k["kpi"] == "traffic.signals_in_fault" or k["window_start"].startswith("2024-05-01T08:00:00")}
     aog = kpis[("traffic.arrivals_on_green_ratio", "district", "BD")]
     assert (aog["numerator"], aog["denominator"]) == (3.0, 7.0)
     assert aog["value"] == pytest.approx(300 / 7)
@@ -144,3 +146,141 @@ def test_every_published_kpi_is_defined_with_its_unit():
     for kpi, unit in seen:
         assert defs[kpi].unit == unit
         assert defs[kpi].combine in ("sum", "ratio")
+
+
+# --- live (provisional) KPIs of the open bin ------------------------------------------------------------------
+def ms(seconds: float) -> int:
+    return round((T0 + timedelta(seconds=seconds)).timestamp() * 1000)
+
+
+def bin_kpis(out, window="2024-05-01T08:00:00"):
+    """District/city roll-ups of one window, by (kpi, level, code) (the latest of each, as consumers keep)."""
+    return {(k["kpi"], k["scope_level"], k["scope_code"]): k for k in payloads(out, "kpi.observed.v1")
+            if k["kpi"] != "traffic.signals_in_fault" and k["window_start"].startswith(window)}
+
+
+def feed(proc, state, events, offset):
+    proc.apply(hires(events, offset=offset), state)
+
+
+def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_final_supersedes_them():
+    proc = TrafficSignalProcessor(TrafficSettings())
+    events = two_cycles()
+    first = [e for e in events if e[0] <= ms(80)]  # through cycle 1 (red at 64 s) and its split-failure check
+    rest = [e for e in events if e[0] > ms(80)]
+    states, out = run_in_memory(proc, [registry_event(), hires(first, offset=1)], now=T0 + timedelta(seconds=81))
+    st = states[0]
+    assert payloads(out, "phase_measures.computed.v1") == []  # measures stay final-only
+    live = bin_kpis(out)
+    # cycle 1 alone: arrivals at the stop bar 15, 25 (red: 15 + 5 s delay), 35, 55 (green), 61 (yellow)
+    aog = live[("traffic.arrivals_on_green_ratio", "district", "BD")]
+    assert (aog["numerator"], aog["denominator"]) == (2.0, 5.0)
+    assert aog["value"] == pytest.approx(40.0) and aog["window_seconds"] == 900 and aog["partition"] == 0
+    sf = live[("traffic.split_failure_ratio", "city", "HN")]
+    assert (sf["numerator"], sf["denominator"], sf["value"]) == (1.0, 1.0, 100.0)
+    assert live[("traffic.volume_vehicles", "district", "BD")]["numerator"] == 6.0  # advance 10..62 s
+    assert live[("traffic.approach_delay_seconds", "city", "HN")]["value"] == pytest.approx(20 / 5)
+    assert live[("traffic.ped_delay_seconds", "city", "HN")]["value"] is None  # no walk served yet
+    assert live[("traffic.intersections_reporting", "city", "HN")]["numerator"] == 1.0
+    # event time 0-75 s: minute 0 is over and had data; the current minute is not counted yet
+    assert live[("traffic.data_completeness_ratio", "city", "HN")]["value"] == pytest.approx(100.0)
+    assert {k for k, _, _ in live} == set(BIN_KPI_IDS)
+
+    # throttled: 10 s more event time (a minute of wall time) publishes no new roll-up
+    feed(proc, st, [e for e in rest if e[0] <= ms(90)], 2)
+    assert bin_kpis(proc.emit(st, T0 + timedelta(seconds=141))) == {}
+
+    # both cycles complete (plus cycle 2's split-failure check at 133 s): 30 s of event time later, updated
+    feed(proc, st, [e for e in rest if e[0] > ms(90)] + [(ms(145), 43, 4)], 3)
+    out = list(proc.emit(st, T0 + timedelta(seconds=146)))
+    assert payloads(out, "phase_measures.computed.v1") == []
+    live = bin_kpis(out)
+    aog = live[("traffic.arrivals_on_green_ratio", "city", "HN")]
+    assert (aog["numerator"], aog["denominator"]) == (3.0, 7.0)  # cycle 2 adds 67 s (red), 105 s (green)
+    assert aog["value"] == pytest.approx(300 / 7)
+    sf = live[("traffic.split_failure_ratio", "district", "BD")]
+    assert (sf["numerator"], sf["denominator"], sf["value"]) == (1.0, 2.0, 50.0)
+    assert live[("traffic.volume_vehicles", "city", "HN")]["numerator"] == 8.0
+    assert live[("traffic.approach_delay_seconds", "city", "HN")]["value"] == pytest.approx((20 + 27) / 7)
+    assert live[("traffic.ped_delay_seconds", "city", "HN")]["value"] == pytest.approx(24)
+    # nothing new: nothing published again
+    assert bin_kpis(proc.emit(st, T0 + timedelta(seconds=300))) == {}
+
+    # bin end + grace passed: the full-bin measures and the final roll-up (same window) are published
+    feed(proc, st, end_of_bin_event(), 4)
+    out = list(proc.emit(st, T0 + timedelta(seconds=1210)))
+    final = bin_kpis(out)
+    aog = final[("traffic.arrivals_on_green_ratio", "district", "BD")]
+    assert (aog["numerator"], aog["denominator"]) == (3.0, 7.0)
+    assert final[("traffic.split_failure_ratio", "city", "HN")]["value"] == pytest.approx(50.0)
+    assert final[("traffic.volume_vehicles", "city", "HN")]["numerator"] == 8.0
+    # the final completeness covers all 15 minutes: data in minutes 0, 1, 2 only
+    assert final[("traffic.data_completeness_ratio", "city", "HN")]["value"] == pytest.approx(300 / 15)
+    p2 = next(m for m in payloads(out, "phase_measures.computed.v1") if m["phase"] == 2)
+    assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (7, 3, 1, 2)
+    # the next bin (opened by the end-of-bin events) is live in its own window
+    assert bin_kpis(out, "2024-05-01T08:15:00")
+
+
+BIN_KPI_IDS = ("traffic.volume_vehicles", "traffic.arrivals_on_green_ratio", "traffic.split_failure_ratio",
+               "traffic.approach_delay_seconds", "traffic.ped_delay_seconds", "traffic.intersections_reporting",
+               "traffic.data_completeness_ratio")
+
+
+def test_final_measures_and_kpis_are_the_same_with_and_without_live_kpis():
+    def run(live_seconds):
+        proc = TrafficSignalProcessor(TrafficSettings(live_kpi_seconds=live_seconds))
+        events = two_cycles()
+        states, outs = run_in_memory(proc, [registry_event()], now=T0)
+        st = states[0]
+        outs = list(outs)
+        for i, t in enumerate(range(0, 181, 10)):  # records of 10 s of events, an emit after each
+            chunk = [e for e in events if ms(t) <= e[0] < ms(t + 10)] or [(ms(t), 43, 4)]
+            feed(proc, st, chunk, i + 1)
+            outs += proc.emit(st, T0 + timedelta(seconds=t + 10))
+        feed(proc, st, end_of_bin_event(), 99)
+        final_out = list(proc.emit(st, T0 + timedelta(seconds=1210)))
+        return outs, final_out
+
+    live_outs, live_final = run(30.0)
+    off_outs, off_final = run(0)
+    assert bin_kpis(off_outs) == {} and bin_kpis(live_outs)  # provisional KPIs only when live
+    assert payloads(live_outs, "phase_measures.computed.v1") == payloads(off_outs, "phase_measures.computed.v1") == []
+
+    def measures(out):
+        return sorted((m["phase"], {k: v for k, v in m.items() if k != "computed_at"})
+                      for m in payloads(out, "phase_measures.computed.v1"))
+
+    assert measures(live_final) == measures(off_final) and len(measures(live_final)) == 2
+
+    def values(out):
+        return {k: (v["numerator"], v["denominator"], v["value"]) for k, v in bin_kpis(out).items()}
+
+    assert values(live_final) == values(off_final)
+    assert values(live_final)[("traffic.arrivals_on_green_ratio", "city", "HN")] == (3.0, 7.0, pytest.approx(300 / 7))
+
+
+def test_window_value_keeps_other_open_bins_when_one_intersection_closes_first():
+    proc = TrafficSignalProcessor(TrafficSettings())
+    a = two_cycles()
+    b = [(t + 5_000, c, p) for t, c, p in two_cycles()]  # I2 in another district, 5 s later
+    evs = [registry_event(), registry_event("C2", "I2", "HK"), hires(a, offset=1),
+           hires(b, "C2", "I2", "HK", offset=2)]
+    states, _ = run_in_memory(proc, evs, now=T0 + timedelta(seconds=200))
+    st = states[0]
+    # I1's bin closes (its event time passes 08:15 + grace); I2's does not yet
+    proc.apply(hires(end_of_bin_event(), offset=3), st)
+    out = list(proc.emit(st, T0 + timedelta(seconds=1210)))
+    assert {m["intersection_id"] for m in payloads(out, "phase_measures.computed.v1")} == {"I1"}
+    k = bin_kpis(out)
+    assert (k[("traffic.arrivals_on_green_ratio", "district", "BD")]["numerator"],
+            k[("traffic.arrivals_on_green_ratio", "district", "BD")]["denominator"]) == (3.0, 7.0)
+    # I2's open bin counts with its complete cycles: the city value does not dip to I1 alone
+    city = k[("traffic.arrivals_on_green_ratio", "city", "HN")]
+    assert (city["numerator"], city["denominator"]) == (6.0, 14.0)
+    assert k[("traffic.intersections_reporting", "city", "HN")]["numerator"] == 2.0
+    proc.apply(hires([(ms(1206), 43, 4), (ms(1212), 43, 4)], "C2", "I2", "HK", offset=4), st)
+    out = list(proc.emit(st, T0 + timedelta(seconds=1215)))
+    assert {m["intersection_id"] for m in payloads(out, "phase_measures.computed.v1")} == {"I2"}
+    city = bin_kpis(out)[("traffic.arrivals_on_green_ratio", "city", "HN")]
+    assert (city["numerator"], city["denominator"]) == (6.0, 14.0)
