@@ -166,6 +166,12 @@ def produce(event_type: str, payload: str = typer.Argument(..., help="JSON paylo
 
 
 # Keys ------------------------------------------------------------------------------------------------------
+def _actor() -> str:
+    """Who ran the command, for the audit trail (IOC_ACTOR overrides the OS user, e.g. behind sudo)."""
+    import getpass
+
+    return f"cli:{os.environ.get('IOC_ACTOR') or os.environ.get('SUDO_USER') or getpass.getuser()}"
+
 async def _keystore():
     from shared.auth import PLATFORM_SCHEMA, KeyStore
     from shared.db import apply_migrations, create_pool
@@ -196,7 +202,8 @@ def keys_issue(
             key = await store.issue_key(principal)
             from shared.auth import record_audit
 
-            await record_audit(pool, principal="cli", service="cli", action="key.issued", target=principal)
+            await record_audit(pool, principal=_actor(), service="cli", action="key.issued", target=principal,
+                               detail={"scopes": scopes, "kind": kind})
             return key
         finally:
             await pool.close()
@@ -215,7 +222,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key id (the part aft
             if ok:
                 from shared.auth import record_audit
 
-                await record_audit(pool, principal="cli", service="cli", action="key.revoked", target=key_id)
+                await record_audit(pool, principal=_actor(), service="cli", action="key.revoked", target=key_id)
             return ok
         finally:
             await pool.close()

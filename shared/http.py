@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -37,6 +37,13 @@ from shared.metrics import BUILD_INFO, MetricsMiddleware, metrics_response
 
 log = logging.getLogger(__name__)
 PLATFORM_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class ORJSONResponse(JSONResponse):
+    """JSON responses serialised with orjson (FastAPI's own class of that name is deprecated)."""
+
+    def render(self, content) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
 
 
 class RequestModel(BaseModel):

@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from shared.areas import hanoi
 from shared.auth import ApiError, Principal, require_scope
 from shared.contracts.base import AreaCode, DisplayText, EntityId, StrictFloat, StrictInt
-from shared.http import RequestModel, ServiceContext, idempotent
+from shared.http import ORJSONResponse, RequestModel, ServiceContext, idempotent
 from shared.ingest import BatchResult, ItemError, batch_result, validate_items
 
 from . import repository
