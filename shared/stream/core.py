@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,15 +69,20 @@ class PartitionRuntime:
     state: State
     seq: int = 0
     applied: dict[str, int] = field(default_factory=dict)  # topic → next offset already reflected in state
-    recent: dict = field(default_factory=dict)  # insertion-ordered: the oldest id is evicted first
+    recent: set = field(default_factory=set)
+    recent_order: deque = field(default_factory=deque)  # eviction order of ``recent`` (oldest first)
 
     def seen(self, key: tuple[str, str]) -> bool:
+        # A set plus a deque: O(1) both ways. (Evicting the first key of a dict is not: CPython skips the
+        # deleted slots at the front of the dict on every ``next(iter(d))``, which made this quadratic.)
         recent = self.recent
         if key in recent:
             return True
-        recent[key] = None
-        if len(recent) > RECENT_IDS:
-            del recent[next(iter(recent))]
+        recent.add(key)
+        order = self.recent_order
+        order.append(key)
+        if len(order) > RECENT_IDS:
+            recent.discard(order.popleft())
         return False
 
 
