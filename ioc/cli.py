@@ -267,7 +267,7 @@ def serve(service: str, port: int = typer.Option(0, help="port (default: the ser
     settings.port = port or settings.port or entry.port
     settings.host = host or settings.host
     application = registry.load(entry.app_factory)(settings)
-    uvicorn.run(application, host=host, port=settings.port, log_level="warning", access_log=False,
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                 loop="uvloop", lifespan="on")
 
 

@@ -134,6 +134,14 @@ def install_error_handlers(app: FastAPI) -> None:
                      asyncpg.CannotConnectNowError, TimeoutError):
         app.add_exception_handler(exc_type, _db_down)
 
+    @app.exception_handler(asyncpg.DataError)
+    async def _bad_value(_: Request, exc: asyncpg.DataError):
+        # A value the database cannot hold (out of range, NUL in text...) that validation let through:
+        # the caller's input, not a server fault. The message is generic: it could echo personal data.
+        log.warning("database refused a value: %s", type(exc).__name__)
+        return ORJSONResponse(error_body("invalid_value", "a value is out of the range the service can store"),
+                              422)
+
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception):
         log.exception("unhandled error")

@@ -141,7 +141,7 @@ async def kpi_history(
     start: datetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
     end: datetime | None = Query(None, alias="to", description="default: now"),
     step: Literal["auto", "raw", "minute", "hour", "day"] = "auto",
-    window_seconds: int | None = Query(None, gt=0, description="default: the KPI's primary window"),
+    window_seconds: int | None = Query(None, gt=0, le=400 * 86400, description="default: the KPI's primary window"),
     principal: Principal = READ,
 ) -> dict:
     end = _aware(end) if end is not None else datetime.now(UTC)

@@ -11,8 +11,10 @@ seen), so replayed or time-compressed (simulated) data is aggregated the same wa
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from services.meter.domain import (
@@ -51,9 +53,12 @@ WINDOWS = (QUARTER, DAY)
 # de-duplication horizon for late readings.
 RETENTION = {QUARTER: 26 * 3600, DAY: 3 * DAY}
 VALID_QUALITY = "measured"
+REGISTRY_BUCKETS = 64
 
 
+@lru_cache(maxsize=65536)
 def _epoch(ts: str) -> int:
+    # Cached: the readings of a batch share a few interval ends.
     return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp())
 
 
@@ -120,9 +125,11 @@ class MeterKpiProcessor(StreamProcessor):
 
     def _touch(self, state: State, key: str, agg: dict) -> None:
         state[key] = agg
-        dirty = state.get("dirty") or []
+        dirty = state.get("dirty")
+        if dirty is None:
+            dirty = state["dirty"] = {}
         if key not in dirty:
-            dirty.append(key)
+            dirty[key] = 1
             state["dirty"] = dirty
 
     def _reading(self, d: dict, state: State) -> None:
@@ -206,19 +213,23 @@ class MeterKpiProcessor(StreamProcessor):
     def _registry(self, d: dict, state: State) -> None:
         mid = d["meter_id"]
         new = [d["district"], d["customers"], d["interval_seconds"]]
-        old = state.get(f"m:{mid}")
+        # Registry entries live in a few bucket keys, not one key per meter: the state's prefix scans (emit,
+        # prune) would otherwise walk every meter of the partition.
+        bucket_key = f"mb:{zlib.crc32(mid.encode()) % REGISTRY_BUCKETS}"
+        bucket = state.get(bucket_key) or {}
+        old = bucket.get(mid)
         if old == new:
             return
         if old is not None:
             self._count(state, old, -1)
         self._count(state, new, +1)
-        state[f"m:{mid}"] = new
-        # Denominators of this district changed: re-emit its retained windows.
-        dirty = state.get("dirty") or []
-        for key in state.keys("agg:"):
-            if key.endswith(f":{d['district']}") and key not in dirty:
-                dirty.append(key)
-        state["dirty"] = dirty
+        bucket[mid] = new
+        state[bucket_key] = bucket
+        # Denominators of this district changed: its retained windows are re-emitted (expanded in emit, once).
+        changed = state.get("reg_changed") or []
+        if d["district"] not in changed:
+            changed.append(d["district"])
+            state["reg_changed"] = changed
         state["supply_dirty"] = True
 
     def _count(self, state: State, entry: list, sign: int) -> None:
@@ -235,7 +246,11 @@ class MeterKpiProcessor(StreamProcessor):
         out: list[EncodedEvent] = []
         now_iso = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
         p = state.partition
-        dirty = state.get("dirty") or []
+        dirty = dict(state.get("dirty") or {})
+        changed = state.pop("reg_changed")
+        if changed:
+            districts = set(changed)
+            dirty.update({k: 1 for k in state.keys("agg:") if k.rsplit(":", 1)[1] in districts})
         windows = sorted({tuple(k.split(":")[1:3]) for k in dirty})
         for seconds_s, ws_s in windows:
             seconds, ws = int(seconds_s), int(ws_s)
@@ -258,7 +273,7 @@ class MeterKpiProcessor(StreamProcessor):
                     city[f] += agg[f]
             out += self._kpis("city", CITY_CODE, ws, seconds, city, city["meters"], city["n_meters"],
                               city["expected"], city["n_customers"], p, now_iso)
-        if dirty:
+        if "dirty" in state:
             state.pop("dirty")
         if state.get("supply_dirty"):
             out += self._supply(state, p, now_iso)

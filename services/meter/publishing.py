@@ -51,10 +51,14 @@ def reading_events(payloads: Iterable[dict[str, Any]], source: str) -> list[Enco
         if s is None:
             s = subjects[obis] = (obis, obis.encode())
         event_id = f"r:{mid}:{obis}:{end}"
-        append(EncodedEvent(topic, mid.encode(), dumps(p),
-                            [("ce_id", event_id.encode()), ("ce_time", t[1]), ("ce_subject", s[1]), *common],
-                            event_id, tname))
+        append(_encoded(topic, mid.encode(), dumps(p),
+                        [("ce_id", event_id.encode()), ("ce_time", t[1]), ("ce_subject", s[1]), *common],
+                        event_id, tname))
     return out
+
+
+def _encoded(topic: str, key: bytes, value: bytes, headers: list, event_id: str, etype: str) -> EncodedEvent:
+    return EncodedEvent(topic, key, value, headers, event_id, etype)
 
 
 def meter_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:

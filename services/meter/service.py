@@ -45,45 +45,44 @@ DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class RegisterWriter:
-    """Writes register states to PostgreSQL after their readings were acknowledged by Kafka, coalesced: every
-    ``flush`` writes the latest state of each register changed since the previous one, in one statement.
+    """Writes register states to PostgreSQL once their readings were acknowledged by Kafka, coalesced: every
+    ``flush`` writes the latest state of each register changed since the previous one, in one statement, so
+    concurrent requests share one write (group commit).
 
-    States are marked with the sequence number of the batch that validated them, so a batch acknowledged late
-    never overwrites the state of a later batch. A failed write is kept for the next flush.
+    States are kept with the sequence number of the batch that validated them and applied in that order, so a
+    batch acknowledged late never overwrites the state of a later batch. A failed write is retried next flush.
     """
 
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
-        self._dirty: dict[tuple[str, str], tuple[int, RegisterState]] = {}
+        self._pending: list[tuple[int, dict[tuple[str, str], RegisterState]]] = []
         self._lock = asyncio.Lock()
 
     @property
     def pending(self) -> int:
-        return len(self._dirty)
+        return sum(len(states) for _, states in self._pending)
 
     def mark(self, seq: int, states: dict[tuple[str, str], RegisterState]) -> None:
         """Remember ``states`` (validated by batch ``seq``, now durable on Kafka) for the next flush."""
-        dirty = self._dirty
-        for key, state in states.items():
-            cur = dirty.get(key)
-            if cur is None or cur[0] <= seq:
-                dirty[key] = (seq, state)
+        if states:
+            self._pending.append((seq, states))
 
     async def flush(self) -> int:
         """Write what is pending; returns how many registers were written."""
         async with self._lock:
-            batch, self._dirty = self._dirty, {}
-            if not batch:
+            pending, self._pending = self._pending, []
+            if not pending:
                 return 0
+            pending.sort(key=lambda p: p[0])
+            latest: dict[tuple[str, str], RegisterState] = {}
+            for _, states in pending:
+                latest.update(states)
             try:
-                await repository.save_registers(self.pool, [(k, st) for k, (_, st) in batch.items()])
+                await repository.save_registers(self.pool, latest.items())
             except BaseException:
-                for key, entry in batch.items():
-                    cur = self._dirty.get(key)
-                    if cur is None or cur[0] < entry[0]:
-                        self._dirty[key] = entry
+                self._pending[:0] = pending
                 raise
-            return len(batch)
+            return len(latest)
 
     async def forget(self, meter_ids: Sequence[str]) -> None:
         """Drop the registers of replaced meters, pending or written."""
@@ -91,8 +90,9 @@ class RegisterWriter:
             return
         async with self._lock:
             ids = set(meter_ids)
-            for key in [k for k in self._dirty if k[0] in ids]:
-                del self._dirty[key]
+            for _, states in self._pending:
+                for key in [k for k in states if k[0] in ids]:
+                    del states[key]
             await repository.reset_registers(self.pool, list(ids))
 
     async def run_forever(self, interval: float) -> None:
@@ -200,21 +200,24 @@ class MeterService:
     async def ingest_readings(self, raw: bytes) -> tuple[int, dict]:
         """Validate a batch of readings (the raw JSON body), publish the accepted ones (acks awaited).
 
-        Register states are persisted afterwards by :class:`RegisterWriter`: the Kafka acknowledgement is the
-        durability point of a reading, the register table only speeds up validation after a restart.
+        The Kafka acknowledgement is the durability point of a reading. The register states it moved are then
+        persisted before the answer too (group commit: one statement serves every request waiting at that
+        moment), because energy deltas are computed from them: a register cache older than what was published
+        would make the first delta after a restart span readings already counted.
         """
         valid, errors = READINGS.parse(raw)
         self._batch_seq += 1
         seq = self._batch_seq
         outcome = validate_readings(valid, self.registry, self.registers, datetime.now(UTC), self.limits)
         registers = self.registers
-        applied = {k: registers[k] for k in outcome.previous}
+        applied = dict(zip(outcome.previous, map(registers.__getitem__, outcome.previous), strict=True))
         try:
             await self.publisher.publish(publishing.reading_events([p for _, p in outcome.accepted], self.source))
         except BaseException:
             undo_registers(registers, outcome.previous, applied)
             raise
         self.register_writer.mark(seq, applied)
+        await self.register_writer.flush()  # 503 if PostgreSQL is down: a retry is then seen as duplicates
         if outcome.errors:
             errors.extend(outcome.errors)
             errors.sort(key=lambda e: e.index)

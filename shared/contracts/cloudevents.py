@@ -28,9 +28,9 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EncodedEvent:
-    """An event ready for the producer."""
+    """An event ready for the producer (not frozen: frozen dataclasses cost ~1 µs more to build)."""
 
     topic: str
     key: bytes

@@ -19,18 +19,28 @@ from typing import Any, ClassVar
 
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent
 
-_MISSING = object()
+
+def _head(key: str) -> str:
+    i = key.find(":")
+    return key[: i + 1] if i >= 0 else ""
 
 
 class State:
-    """The state of one source partition: string keys to JSON-serialisable values, with change tracking."""
+    """The state of one source partition: string keys to JSON-serialisable values, with change tracking.
 
-    __slots__ = ("_data", "_dirty", "partition")
+    Keys are indexed by their head (the text up to and including the first ``:``), so ``items("meter:")`` and
+    ``keys("meter:")`` touch only the keys of that head instead of scanning the whole state.
+    """
+
+    __slots__ = ("_data", "_dirty", "_heads", "partition")
 
     def __init__(self, partition: int, data: dict[str, Any] | None = None):
         self.partition = partition
         self._data: dict[str, Any] = data if data is not None else {}
         self._dirty: set[str] = set()
+        self._heads: dict[str, dict[str, None]] = {}  # head → keys, in insertion order
+        for k in self._data:
+            self._heads.setdefault(_head(k), {})[k] = None
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._data.get(key, default)
@@ -46,7 +56,10 @@ class State:
 
     def put(self, key: str, value: Any) -> None:
         """Set ``key``. Values must be JSON-serialisable (they go to the changelog)."""
-        self._data[key] = value
+        data = self._data
+        if key not in data:
+            self._heads.setdefault(_head(key), {})[key] = None
+        data[key] = value
         self._dirty.add(key)
 
     __setitem__ = put
@@ -54,29 +67,44 @@ class State:
     def pop(self, key: str, default: Any = None) -> Any:
         if key in self._data:
             self._dirty.add(key)
+            self._heads.get(_head(key), {}).pop(key, None)
             return self._data.pop(key)
         return default
 
+    def _matching(self, prefix: str) -> list[str]:
+        head = _head(prefix)
+        if head and head == prefix:
+            return list(self._heads.get(head, ()))
+        candidates = self._heads.get(head, ()) if head else self._data
+        return [k for k in candidates if k.startswith(prefix)]
+
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         """Items whose key starts with ``prefix`` (a snapshot: safe to modify state while iterating)."""
-        return iter([(k, v) for k, v in self._data.items() if k.startswith(prefix)])
+        if not prefix:
+            return iter(list(self._data.items()))
+        data = self._data
+        return iter([(k, data[k]) for k in self._matching(prefix)])
 
     def keys(self, prefix: str = "") -> list[str]:
-        return [k for k in self._data if k.startswith(prefix)]
+        if not prefix:
+            return list(self._data)
+        return self._matching(prefix)
 
     # Runtime side -----------------------------------------------------------------------------------------
     def take_changes(self) -> dict[str, Any]:
         """Changed keys since the last call: value, or ``None`` for a deleted key."""
-        changes = {k: self._data.get(k, _MISSING) for k in self._dirty}
+        data = self._data
+        changes = {k: data.get(k) for k in self._dirty}
         self._dirty = set()
-        return {k: (None if v is _MISSING else v) for k, v in changes.items()}
+        return changes
 
     def apply_changes(self, changes: dict[str, Any]) -> None:
         for k, v in changes.items():
             if v is None:
-                self._data.pop(k, None)
+                self.pop(k)
             else:
-                self._data[k] = v
+                self.put(k, v)
+        self._dirty = set()
 
     def snapshot(self) -> dict[str, Any]:
         return dict(self._data)

@@ -1,0 +1,105 @@
+"""Per-domain KPI processor paths: a domain's processor (from ``services/<d>/processors.py`` PROCESSORS) under
+``ProcessorRuntime`` (Faust driver) over what its source topics hold, measured like ``bench.worker.ioc_stream``.
+
+The workload is what the domain's ingest path published through the real service just before (validated,
+enriched events, as in production), plus, where the ingest path gives too few events (dossiers), generated
+events of the domain's contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from bench.worker import Meter
+from shared.config import KafkaSettings
+
+
+def build_processor(domain: str, index: int, kafka: KafkaSettings):
+    """The ``index``-th processor of ``domain``, with a fresh consumer group (reads its topics from the start)."""
+    from ioc import registry
+
+    entry = registry.service(domain)
+    settings = registry.load(entry.settings)(kafka=kafka)
+    proc = registry.load(entry.processors)[index](settings)
+    proc.name = f"{proc.name}-bench-{uuid.uuid4().hex[:6]}"
+    return proc
+
+
+async def processor(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0,
+                    timeout: float = 180.0) -> dict:
+    """Process everything in the processor's source topics; events/s between the first and the last batch."""
+    from shared.stream.runtime import ProcessorRuntime, tune_gc
+
+    tune_gc()
+    proc = build_processor(domain, index, kafka)
+    rt = ProcessorRuntime(proc, kafka, driver="faust")
+    m = Meter()
+    await rt.start()
+    started = time.perf_counter()
+    try:
+        last, idle_since = 0, time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            await asyncio.sleep(0.01)
+            p = rt.core.processed
+            if p and m.t0 is None:
+                m.first()
+            if p != last:
+                last, idle_since = p, time.perf_counter()
+                m.last()
+            elif p and time.perf_counter() - idle_since > idle_s:
+                break
+            elif not p and time.perf_counter() - started > 60:
+                break
+    finally:
+        await rt.stop()
+    return m.result(rt.core.processed, processor=proc.name.rsplit("-bench-", 1)[0], topics=list(proc.topics),
+                    dead_lettered=getattr(rt.core, "dead_lettered", None))
+
+
+async def produce_dossier_events(kafka: KafkaSettings, n: int) -> dict:
+    """``n`` generated dossier lifecycle events (received, then in processing, then resolved on time or late)
+    for ``n // 3`` dossiers, keyed by dossier code, from the contract's example."""
+    from datetime import UTC, datetime, timedelta
+
+    from bench.domain_meter import district_codes
+    from shared.contracts.base import event_type_of
+    from shared.contracts.cloudevents import encode_many
+    from shared.contracts.dossier import STATUS_NAMES, DossierStatusChanged
+    from shared.kafka import EventPublisher
+
+    etype = event_type_of(DossierStatusChanged)
+    template = dict(etype.examples[0])
+    districts = district_codes()
+    t0 = datetime.now(UTC) - timedelta(days=20)
+    payloads = []
+    prefix = uuid.uuid4().hex[:5]
+    for d in range(max(1, n // 3)):
+        received = t0 + timedelta(minutes=d)
+        base = {**template, "dossier_code": f"B{prefix}-{d:07d}", "district": districts[d % len(districts)],
+                "admin_unit": districts[d % len(districts)], "received_at": _iso(received),
+                "due_date": (received + timedelta(days=5)).date().isoformat()}
+        done = received + timedelta(days=3 if d % 5 else 8)
+        payloads += [
+            {**base, "status": 2, "previous_status": None, "action": "receive", "status_name": STATUS_NAMES[2],
+             "at": _iso(received)},
+            {**base, "status": 4, "previous_status": 2, "action": "start_processing",
+             "status_name": STATUS_NAMES[4], "at": _iso(received + timedelta(hours=2))},
+            {**base, "status": 9, "previous_status": 4, "action": "resolve", "status_name": STATUS_NAMES[9],
+             "at": _iso(done)},
+        ]
+    for p in payloads:
+        DossierStatusChanged.model_validate(p)  # the generator must produce valid events
+    pub = EventPublisher(kafka, client_id="bench-dossier-producer")
+    try:
+        for i in range(0, len(payloads), 20000):
+            chunk = payloads[i:i + 20000]
+            await pub.publish(encode_many(etype, chunk, source="/ioc/bench"))
+    finally:
+        await pub.stop()
+    return {"produced": len(payloads)}
+
+
+def _iso(t) -> str:
+    return t.isoformat().replace("+00:00", "Z")
