@@ -1,8 +1,84 @@
-"""Per-domain paths (ingest over HTTP, each domain's KPI processor, the whole pipeline). Filled in as the
-domain services land; each returns result rows for the report."""
+"""Per-domain paths: ingest over HTTP, each domain's KPI processor(s), and the whole pipeline.
+
+``run_all`` (called by ``python -m bench``) starts an embedded PostgreSQL beside the run's broker and runs each
+path in its own child process (``python -m bench.worker domain {"domain_path": ...}``), so every result's CPU and
+memory are that path's own. Services are measured as separate uvicorn processes (``ioc serve``).
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import tempfile
+from pathlib import Path
 
-def run_all(bootstrap: str, n: int, console) -> dict:
-    return {}
+from shared.config import KafkaSettings
+
+# path name → "module:function" (async, (kafka, **args) → result dict)
+DOMAIN_PATHS = {
+    "meter_ingest": "bench.domain_meter:ingest",
+    "traffic_ingest": "bench.domain_traffic:ingest",
+    "kiosk_ingest": "bench.domain_kiosk:ingest",
+    "dossier_ingest": "bench.domain_dossier:ingest",
+    "processor": "bench.domain_processors:processor",
+    "dossier_events": "bench.domain_processors:produce_dossier_events",
+    "pipeline": "bench.domain_pipeline:pipeline",
+}
+
+
+async def run_path(kafka: KafkaSettings, domain_path: str, **args) -> dict:
+    """Entry point of ``bench.worker`` for the domain paths."""
+    module, _, func = DOMAIN_PATHS[domain_path].partition(":")
+    return await getattr(importlib.import_module(module), func)(kafka, **args)
+
+
+def run_all(bootstrap: str, n: int, console) -> dict[str, dict]:
+    """Every per-domain path against ``bootstrap`` and a fresh embedded PostgreSQL; result rows by key."""
+    from bench.__main__ import run_path as run_child
+    from shared.embedded import EmbeddedPostgres
+
+    results: dict[str, dict] = {}
+    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="ioc-bench-")) / "pgdata").start()
+    try:
+        pg.create_database("ioc_bench")
+        db = pg.url("ioc_bench")
+        ingest_n = max(n, 100_000)
+        steps = [
+            # Ingest first: what the services publish is the processors' workload below.
+            ("meter_ingest", "meter ingest: POST /v1/readings, 10k readings/request, 4 in flight",
+             dict(n=ingest_n, database_url=db)),
+            ("traffic_ingest", "traffic ingest: POST /v1/events (hi-res), 10k/request, 4 in flight",
+             dict(n=ingest_n, database_url=db)),
+            ("kiosk_ingest", "kiosk ingest: POST /v1/heartbeats, 5k/request, 4 in flight",
+             dict(n=ingest_n // 2, database_url=db)),
+            ("dossier_ingest", "dossier ingest: POST /v1/dossiers (one per request), 16 in flight",
+             dict(n=1000 if n <= 50_000 else 3000, database_url=db)),
+            ("dossier_events", "dossier: generated lifecycle events for the processor", dict(n=n)),
+            ("meter_processor", "meter-kpi processor (Faust driver)", dict(path="processor", domain="meter")),
+            ("meter_feeder_processor", "meter-feeder-outage processor (Faust driver)",
+             dict(path="processor", domain="meter", index=1)),
+            ("traffic_processor", "traffic-signals processor (Faust driver; records = hi-res chunks)",
+             dict(path="processor", domain="traffic")),
+            ("kiosk_processor", "kiosk-kpi processor (Faust driver)", dict(path="processor", domain="kiosk")),
+            ("dossier_processor", "dossier-kpi processor (Faust driver)", dict(path="processor", domain="dossier")),
+        ]
+        for key, label, args in steps:
+            console.print(f"… {label}")
+            path = args.pop("path", key)
+            res = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path=path, **args)
+            if key == "dossier_events":
+                console.print(f"  {res}")
+                continue
+            results[key] = {"label": label, **res}
+        # The whole pipeline last: every service and processor as subprocesses, driven at a target rate.
+        from bench.domain_pipeline import LABEL as PIPELINE_LABEL
+
+        console.print(f"… {PIPELINE_LABEL}")
+        seconds = float(os.environ.get("IOC_BENCH_PIPELINE_SECONDS") or (15 if n <= 50_000 else 60))
+        rate = int(os.environ.get("IOC_BENCH_PIPELINE_RATE") or 20_000)
+        res = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="pipeline", database_url=db,
+                        seconds=seconds, rate=rate)
+        results["pipeline"] = {"label": PIPELINE_LABEL, **res}
+    finally:
+        pg.stop()
+    return results

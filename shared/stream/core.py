@@ -104,6 +104,8 @@ class ProcessorCore:
         #: set after a failure: the driver must seek its sources back to the recovered applied offsets
         self.needs_rewind = False
         self._pending: asyncio.Future | None = None
+        self._last_emit = 0.0
+        self._unemitted: set[int] = set()  # partitions with batches applied since the last emit
         self._sent_offsets: dict[tuple[str, int], int] = {}
         #: (topic, partition) → next offset whose effects are acknowledged by the broker: safe to commit
         self.durable_offsets: dict[tuple[str, int], int] = {}
@@ -177,6 +179,7 @@ class ProcessorCore:
         """Forget partitions this worker no longer owns (their state is durable already)."""
         for p in partitions:
             self.partitions.pop(p, None)
+            self._unemitted.discard(p)
 
     def applied_offset(self, topic: str, partition: int) -> int | None:
         pr = self.partitions.get(partition)
@@ -228,7 +231,15 @@ class ProcessorCore:
                 committable[tp] = pr.applied[tp.topic]
                 touched.add(tp.partition)
             self.dead_lettered += len(dead)
-            outputs = self._emit(touched, datetime.now(UTC))
+            now_mono = time.monotonic()
+            if now_mono - self._last_emit >= self.processor.emit_interval_seconds:
+                touched |= self._unemitted  # emit changes their state too: write it with this batch
+                outputs = self._emit(touched, datetime.now(UTC))
+                self._unemitted = set()
+                self._last_emit = now_mono
+            else:
+                outputs = []
+                self._unemitted |= touched
             await self._make_durable(touched, outputs + dead, pipelined=True)
             for (topic, etype), n in counts.items():
                 EVENTS_CONSUMED.labels(self.processor.name, topic, etype).inc(n)
@@ -247,6 +258,8 @@ class ProcessorCore:
             parts = set(self.partitions)
             try:
                 outputs = self._emit(parts, now or datetime.now(UTC))
+                self._unemitted = set()
+                self._last_emit = time.monotonic()
                 await self._make_durable(parts, outputs)
                 await self.flush()
             except BaseException:

@@ -119,6 +119,9 @@ class StreamProcessor(ABC):
     topics: ClassVar[tuple[str, ...]]
     #: how often ``emit`` runs when no events arrive (silence detection, window closing)
     tick_seconds: ClassVar[float] = 1.0
+    #: after a batch, ``emit`` runs only if this long has passed since the last emit (ticks run it anyway):
+    #: under load, outputs then scale with time, not with how many small batches the consumer fetched
+    emit_interval_seconds: ClassVar[float] = 0.5
 
     @abstractmethod
     def apply(self, event: ReceivedEvent, state: State) -> None:
