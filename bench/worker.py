@@ -128,11 +128,12 @@ async def ioc_stream(kafka: KafkaSettings, topic: str, n: int, driver: str = "fa
     rt = ProcessorRuntime(proc, kafka, driver=driver)
     m = Meter()
     await rt.start()
+    deadline = time.perf_counter() + 180  # a stuck group join must not hang the whole benchmark
     try:
-        while rt.core.processed == 0:
+        while rt.core.processed == 0 and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
         m.first()
-        while rt.core.processed < n:
+        while rt.core.processed < n and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
         m.last()
         states = {p: pr.state.snapshot() for p, pr in rt.core.partitions.items()}

@@ -151,14 +151,15 @@ class Center:
         services = registry.present_services()
         for entry in services:
             self._spawn(f"service-{entry.name}", "serve", entry.name)
+        metrics_base = int(os.environ.get("IOC_PROCESSOR_METRICS_BASE_PORT", "9101"))
         for i, name in enumerate(self._processor_names()):
-            self._spawn(f"processor-{name}", "process", name, "--metrics-port", str(9101 + i))
+            self._spawn(f"processor-{name}", "process", name, "--metrics-port", str(metrics_base + i))
         self._wait_ready(services)
         if self.simulators:
             for entry in services:
                 if registry.available(entry.simulator):
                     self._spawn(f"simulator-{entry.name}", "simulate", entry.name, "--scale", str(self.scale),
-                                env={"IOC_API_KEY": key})
+                                "--url", f"http://127.0.0.1:{_port(entry)}", env={"IOC_API_KEY": key})
         self._print_urls(services, key)
 
     def _wait_ready(self, services: list[registry.ServiceEntry], timeout: float = 90) -> None:
@@ -168,9 +169,9 @@ class Center:
             while pending and time.monotonic() < deadline:
                 for name, e in list(pending.items()):
                     try:
-                        if httpx.get(f"http://127.0.0.1:{e.port}/readyz", timeout=1).status_code == 200:
+                        if httpx.get(f"http://127.0.0.1:{_port(e)}/readyz", timeout=1).status_code == 200:
                             pending.pop(name)
-                            self.console.print(f"[green]●[/green] {name} service ready on :{e.port}")
+                            self.console.print(f"[green]●[/green] {name} service ready on :{_port(e)}")
                     except httpx.HTTPError:
                         pass
                 time.sleep(0.3)
@@ -181,17 +182,18 @@ class Center:
         table = Table(title="IOC is running", show_header=True)
         table.add_column("what")
         table.add_column("where")
-        if any(e.name == "city" for e in services):
-            table.add_row("operations console", "http://127.0.0.1:8100/")
         for e in services:
-            table.add_row(f"{e.name} API (OpenAPI docs)", f"http://127.0.0.1:{e.port}/docs")
-            table.add_row(f"{e.name} metrics", f"http://127.0.0.1:{e.port}/metrics")
+            if e.name == "city":
+                table.add_row("operations console", f"http://127.0.0.1:{_port(e)}/")
+        for e in services:
+            table.add_row(f"{e.name} API (OpenAPI docs)", f"http://127.0.0.1:{_port(e)}/docs")
+            table.add_row(f"{e.name} metrics", f"http://127.0.0.1:{_port(e)}/metrics")
         table.add_row("Kafka bootstrap", os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"])
         table.add_row("logs", str(self.state_dir / "logs"))
         self.console.print(table)
         self.console.print(f"development admin key (also in {self.state_dir / 'dev-admin.key'}):\n  [bold]{key}[/bold]")
         self.console.print("try:  .venv/bin/ioc topics   ·   .venv/bin/ioc tail ioc.meter.kpis   ·   "
-                           f"curl -H 'Authorization: Bearer {key[:12]}…' http://127.0.0.1:8101/v1/meters")
+                           f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8100/v1/kpis")
         self.console.print("[dim]Ctrl-C stops everything.[/dim]")
 
     def wait(self) -> None:
@@ -226,6 +228,14 @@ class Center:
         if self.postgres is not None:
             self.postgres.stop()
         self.console.print("[green]stopped[/green]")
+
+
+def _port(entry: registry.ServiceEntry) -> int:
+    """The port a service listens on: its settings (IOC_<SERVICE>_PORT), else the registry default."""
+    try:
+        return int(registry.load(entry.settings)().port) or entry.port
+    except Exception:
+        return entry.port
 
 
 def _port_or_free(preferred: int) -> int:
