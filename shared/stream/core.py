@@ -172,8 +172,51 @@ class ProcessorCore:
                 if v is not None and seq <= marker["seq"]
             }
             self.partitions[p] = PartitionRuntime(State(p, data), seq=marker["seq"], applied=dict(marker["offsets"]))
+        await self._refill_dedup_windows(todo)
         log.info("state recovered", extra={"processor": self.processor.name, "partitions": todo,
                                            "seconds": round(time.perf_counter() - started, 3)})
+
+    async def _refill_dedup_windows(self, partitions: list[int]) -> None:
+        """Refill each recovered partition's window of recent CloudEvents ids from the source records just below
+        its applied offsets (headers only), so a copy of an already applied event that arrives at a new offset
+        after a restart or a rebalance is still dropped."""
+        ranges: dict[TopicPartition, tuple[int, int]] = {}
+        per_topic = max(1, RECENT_IDS // max(1, len(self.processor.topics)))
+        for p in partitions:
+            for topic, applied in self.partitions[p].applied.items():
+                if applied > 0:
+                    ranges[TopicPartition(topic, p)] = (max(0, applied - per_topic), applied)
+        if not ranges:
+            return
+        consumer = AIOKafkaConsumer(**self.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
+                                    fetch_max_wait_ms=50, max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        try:
+            consumer.assign(list(ranges))
+            for tp, (start, _) in ranges.items():
+                consumer.seek(tp, start)
+            remaining = set(ranges)
+            idle = 0
+            while remaining and idle < 20:
+                batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=50_000)
+                idle = idle + 1 if not batch else 0
+                for tp, recs in batch.items():
+                    end = ranges[tp][1]
+                    seen = self.partitions[tp.partition].seen
+                    for r in recs:
+                        if r.offset >= end:
+                            break
+                        h = dict(r.headers or ())
+                        source, event_id = h.get("ce_source"), h.get("ce_id")
+                        if source is not None and event_id is not None:
+                            seen((source.decode(errors="replace"), event_id.decode(errors="replace")))
+                    if recs and recs[-1].offset + 1 >= end:
+                        remaining.discard(tp)
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ranges[tp][1]:
+                        remaining.discard(tp)
+        finally:
+            await consumer.stop()
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer owns (their state is durable already)."""

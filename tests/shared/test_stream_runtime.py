@@ -47,3 +47,23 @@ async def test_counts_survive_restart_without_double_counting(kafka_settings, to
     counts = await _latest_counts(kafka_settings, f"streamtest.a{tag}")
     assert counts[f"streamtest.a{tag}0"] == 107
     await pub.stop()
+
+
+async def test_copies_of_applied_events_after_a_restart_are_dropped(kafka_settings, topics_ready):
+    """The dedup window is refilled from the source on recovery: a copy (same source + id) that arrives at a new
+    offset after the worker restarted is not applied again."""
+    tag = uuid.uuid4().hex[:6]
+    pub = EventPublisher(kafka_settings, client_id="t")
+    events = [encode(AUDIT, audit(f"r{tag}", f"x{i}"), source="/ioc/test", id=f"{tag}-{i}") for i in range(30)]
+    await pub.publish(events)
+    name = f"test-refill-{tag}"
+    async with ProcessorRuntime(ActionCounter(name), kafka_settings, driver="aiokafka").running() as rt:
+        await rt.drain(timeout=40)
+    # a gateway re-sends ten of them (same CloudEvents ids) while the worker is down
+    await pub.publish(events[:10])
+    async with ProcessorRuntime(ActionCounter(name), kafka_settings, driver="aiokafka").running() as rt:
+        await rt.drain(timeout=40)
+        assert sum(pr.state.get(f"count:r{tag}", 0) for pr in rt.core.partitions.values()) == 30
+    counts = await _latest_counts(kafka_settings, f"streamtest.r{tag}")
+    assert counts == {f"streamtest.r{tag}": 30}
+    await pub.stop()
