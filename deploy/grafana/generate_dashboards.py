@@ -8,7 +8,6 @@ Run ``python deploy/grafana/generate_dashboards.py`` (``--check``: exit 1 when s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -219,18 +218,9 @@ def outputs() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed files are stale")
-    args = parser.parse_args(argv)
-    stale = [p for p, text in outputs().items() if not p.exists() or p.read_text(encoding="utf-8") != text]
-    if args.check:
-        if stale:
-            print("stale (run python deploy/grafana/generate_dashboards.py):", *map(str, stale))
-        return 1 if stale else 0
-    OUT.mkdir(parents=True, exist_ok=True)
-    for path, text in outputs().items():
-        path.write_text(text, encoding="utf-8")
-    return 0
+    from ioc.generated import generator_main
+
+    return generator_main(outputs, "deploy/grafana/generate_dashboards.py", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

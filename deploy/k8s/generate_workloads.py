@@ -15,7 +15,6 @@ exits 1 when the committed files are stale (``tests/deploy`` runs the same compa
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The sibling script, importable once its directory is on the path.
 from generate_topics import (
     KAFKA_CLUSTER,
-    ROOT,
     SERVICES,
     max_replicas,
     processor_names,
@@ -210,23 +208,9 @@ def outputs() -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed files are stale")
-    args = parser.parse_args(argv)
-    stale = []
-    for path, text in outputs().items():
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            continue
-        if args.check:
-            stale.append(path)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(ROOT)}")
-    if stale:
-        print("stale (run python deploy/k8s/generate_workloads.py):", *[str(p.relative_to(ROOT)) for p in stale])
-        return 1
-    return 0
+    from ioc.generated import generator_main
+
+    return generator_main(outputs, "deploy/k8s/generate_workloads.py", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
