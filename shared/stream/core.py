@@ -129,6 +129,7 @@ class ProcessorCore:
         todo = [p for p in partitions if p not in self.partitions]
         if not todo:
             return
+        self.processor.forget_emitted(todo)
         started = time.perf_counter()
         consumer = AIOKafkaConsumer(**self.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=50,
@@ -220,9 +221,11 @@ class ProcessorCore:
 
     def drop(self, partitions: Iterable[int]) -> None:
         """Forget partitions this worker no longer owns (their state is durable already)."""
+        partitions = list(partitions)
         for p in partitions:
             self.partitions.pop(p, None)
             self._unemitted.discard(p)
+        self.processor.forget_emitted(partitions)
 
     def applied_offset(self, topic: str, partition: int) -> int | None:
         pr = self.partitions.get(partition)
@@ -236,8 +239,9 @@ class ProcessorCore:
                 return await self._process(records)
             except BaseException:
                 self.needs_rewind = True
-                # State may hold effects that never became durable: forget it, recover from the changelog.
-                self.drop({tp.partition for tp in records})
+                # State may hold effects that never became durable (this batch's, or the previous pipelined
+                # batch's on any partition): forget all of it, recover from the changelog.
+                self.drop(list(self.partitions))
                 raise
 
     async def _process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]]) -> dict[TopicPartition, int]:

@@ -13,7 +13,7 @@ KPI observations therefore carry ``partition``; the city layer merges partitions
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -110,6 +110,11 @@ class State:
         return dict(self._data)
 
 
+_MISSING = object()
+#: per partition: how many output idents ``changed_since_emitted`` remembers before starting over
+EMITTED_MEMORY = 200_000
+
+
 class StreamProcessor(ABC):
     """Base of every KPI processor. Subclasses set ``name`` and ``topics`` and implement ``apply``/``emit``."""
 
@@ -136,6 +141,34 @@ class StreamProcessor(ABC):
         apply = self.apply
         for ev in events:
             apply(ev, state)
+
+    def changed_since_emitted(self, partition: int, ident: Hashable, fingerprint: Hashable) -> bool:
+        """True when ``fingerprint`` differs from what ``emit`` last published for ``ident`` from ``partition``
+        (and remember it as published). Lets ``emit`` skip re-publishing outputs whose content did not change,
+        e.g. a KPI of a dirty window whose numerator and denominator are the same as last time.
+
+        The memory is per worker process, not part of the state: the runtime forgets a partition's memory
+        whenever it (re)loads or drops the partition's state (restart, rebalance, failed batch), so after any of
+        those every output is published once again and subscribers can never miss the latest value. It is
+        bounded: past ``EMITTED_MEMORY`` idents per partition it starts over (which only re-publishes).
+        """
+        memory = self.__dict__.setdefault("_emitted", {})
+        seen = memory.get(partition)
+        if seen is None:
+            seen = memory[partition] = {}
+        if seen.get(ident, _MISSING) == fingerprint:
+            return False
+        if len(seen) >= EMITTED_MEMORY:
+            seen.clear()
+        seen[ident] = fingerprint
+        return True
+
+    def forget_emitted(self, partitions: Iterable[int]) -> None:
+        """Drop what :meth:`changed_since_emitted` remembers for ``partitions`` (called by the runtime)."""
+        memory = self.__dict__.get("_emitted")
+        if memory:
+            for p in partitions:
+                memory.pop(p, None)
 
 
 def run_in_memory(processor: StreamProcessor, events: Iterable[ReceivedEvent], now: datetime,

@@ -1,0 +1,59 @@
+"""The processor contract's helpers that need no broker."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from shared.stream import State, StreamProcessor
+
+
+class Echo(StreamProcessor):
+    name = "echo"
+    topics = ("t",)
+
+    def apply(self, event, state: State) -> None:  # pragma: no cover - not used here
+        pass
+
+    def emit(self, state: State, now: datetime):  # pragma: no cover - not used here
+        return []
+
+
+def test_changed_since_emitted_skips_only_unchanged_outputs_per_partition():
+    p = Echo()
+    assert p.changed_since_emitted(0, "kpi-a", (1.0, 2.0))
+    assert not p.changed_since_emitted(0, "kpi-a", (1.0, 2.0))
+    assert p.changed_since_emitted(1, "kpi-a", (1.0, 2.0)), "memory is per partition"
+    assert p.changed_since_emitted(0, "kpi-a", (1.5, 2.0))
+    assert not p.changed_since_emitted(0, "kpi-a", (1.5, 2.0))
+
+
+def test_forgetting_a_partition_republishes_everything_once():
+    p = Echo()
+    p.changed_since_emitted(0, "kpi-a", 1)
+    p.changed_since_emitted(1, "kpi-a", 1)
+    p.forget_emitted([0])
+    assert p.changed_since_emitted(0, "kpi-a", 1)
+    assert not p.changed_since_emitted(1, "kpi-a", 1)
+
+
+def test_memory_is_bounded(monkeypatch):
+    import shared.stream.processor as mod
+
+    monkeypatch.setattr(mod, "EMITTED_MEMORY", 3)
+    p = Echo()
+    for i in range(3):
+        p.changed_since_emitted(0, i, 0)
+    assert p.changed_since_emitted(0, 99, 0)  # starts over
+    assert p.changed_since_emitted(0, 1, 0), "forgotten idents are simply published again"
+
+
+def test_the_runtime_forgets_what_was_emitted_when_it_drops_a_partition():
+    from shared.config import KafkaSettings
+    from shared.stream.core import PartitionRuntime, ProcessorCore
+
+    p = Echo()
+    core = ProcessorCore(p, KafkaSettings(), publisher=None, changelog=None)  # drop() does no I/O
+    core.partitions[0] = PartitionRuntime(State(0))
+    p.changed_since_emitted(0, "kpi-a", 1)
+    core.drop([0])
+    assert p.changed_since_emitted(0, "kpi-a", 1)
