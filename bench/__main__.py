@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--quick", action="store_true", help="smaller workload")
     ap.add_argument("--skip-domains", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated path-name prefixes, e.g. 'meter' or "
+                    "'kiosk,dossier' (the raw aiokafka ceiling always runs; a processor's workload is what its "
+                    "domain's ingest published, so keep the domain's prefix whole)")
     opts = ap.parse_args()
     n = 50_000 if opts.quick else opts.events
     os.environ["IOC_KAFKA_PARTITIONS"] = "4"
@@ -84,28 +87,33 @@ def main() -> None:
             ("ioc_stream", "IOC stream base (Faust driver, batch drain)", dict(topic=topic, n=n, driver="faust")),
             ("ioc_stream_aiokafka", "IOC stream base (aiokafka driver)", dict(topic=topic, n=n, driver="aiokafka")),
         ]
+        only = tuple(x.strip() for x in opts.only.split(",") if x.strip())
         for key, label, args in steps:
+            if only and key != "raw_aiokafka" and not key.startswith(only):
+                continue
             console.print(f"… {label}")
             path = "ioc_stream" if key.startswith("ioc_stream") else key
             results[key] = {"label": label, **run_path(path, bootstrap=bs, **args)}
-        console.print("… scale-out: two IOC workers, one consumer group, 2 partitions each")
-        both = run_parallel("ioc_stream_until_idle", 2, bootstrap=bs, topic=topic, group="bench-scale")
-        results["ioc_stream_2_workers"] = {
-            "label": "IOC stream base, 2 worker processes",
-            "events": sum(r.get("events", 0) for r in both),
-            "events_per_s": round(sum(r.get("events", 0) for r in both) / max(max(r.get("seconds", 0) for r in both), 1e-9)),
-            "workers": both,
-        }
+        if not only or "ioc_stream_2_workers".startswith(only):
+            console.print("… scale-out: two IOC workers, one consumer group, 2 partitions each")
+            both = run_parallel("ioc_stream_until_idle", 2, bootstrap=bs, topic=topic, group="bench-scale")
+            results["ioc_stream_2_workers"] = {
+                "label": "IOC stream base, 2 worker processes",
+                "events": sum(r.get("events", 0) for r in both),
+                "events_per_s": round(sum(r.get("events", 0) for r in both)
+                                      / max(max(r.get("seconds", 0) for r in both), 1e-9)),
+                "workers": both,
+            }
         if not opts.skip_domains:
             from bench import domains
 
-            results.update(domains.run_all(bs, n, console))
+            results.update(domains.run_all(bs, n, console, only=only))
     finally:
         broker.stop()
-    report(results, n)
+    report(results, n, only)
 
 
-def report(results: dict, n: int) -> None:
+def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
     raw = results.get("raw_aiokafka", {}).get("events_per_s") or 0
     naive = results.get("naive_faust", {}).get("events_per_s") or 0
     table = Table(title=f"IOC benchmark ({n:,} events, 4 partitions, same run)")
@@ -120,8 +128,9 @@ def report(results: dict, n: int) -> None:
     console.print(table)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
-    console.print(f"written {out / 'bench.json'}")
+    name = "bench.json" if not only else f"bench-{'-'.join(only)}.json"
+    (out / name).write_text(json.dumps(results, indent=2))
+    console.print(f"written {out / name}")
 
 
 if __name__ == "__main__":

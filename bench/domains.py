@@ -32,7 +32,7 @@ async def run_path(kafka: KafkaSettings, domain_path: str, **args) -> dict:
     return await getattr(importlib.import_module(module), func)(kafka, **args)
 
 
-def run_all(bootstrap: str, n: int, console) -> dict[str, dict]:
+def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict[str, dict]:
     """Every per-domain path against ``bootstrap`` and a fresh embedded PostgreSQL; result rows by key."""
     from bench.__main__ import run_path as run_child
     from shared.embedded import EmbeddedPostgres
@@ -62,6 +62,8 @@ def run_all(bootstrap: str, n: int, console) -> dict[str, dict]:
             ("kiosk_processor", "kiosk-kpi processor (Faust driver)", dict(path="processor", domain="kiosk")),
             ("dossier_processor", "dossier-kpi processor (Faust driver)", dict(path="processor", domain="dossier")),
         ]
+        if only:
+            steps = [s for s in steps if s[0].startswith(only)]
         for key, label, args in steps:
             console.print(f"… {label}")
             path = args.pop("path", key)
@@ -72,6 +74,9 @@ def run_all(bootstrap: str, n: int, console) -> dict[str, dict]:
             results[key] = {"label": label, **res}
         # The whole pipeline last: every service and processor as subprocesses, driven at a target rate.
         from bench.domain_pipeline import LABEL as PIPELINE_LABEL
+
+        if only and not "pipeline".startswith(only):
+            return results
 
         console.print(f"… {PIPELINE_LABEL}")
         seconds = float(os.environ.get("IOC_BENCH_PIPELINE_SECONDS") or (15 if n <= 50_000 else 60))
