@@ -76,10 +76,22 @@ def merge_partials(parts: Mapping[Any, Mapping[str, Any]], definition: KpiDefini
     combine = definition.combine if definition is not None else (
         "ratio" if any(p.get("d") is not None for p in parts.values()) else "sum")
     scale = definition.scale if definition is not None else 1.0
-    nums = [_part_numerator(p, scale) for p in parts.values()]
-    dens = [p["d"] for p in parts.values() if p.get("d") is not None]
-    numerator = max(nums) if combine == "max" else sum(nums)
-    denominator = sum(dens) if dens else None
+    # One pass; the same arithmetic as sum()/max() over the parts in order (so results are bit-identical).
+    numerator: float | None = None
+    denominator = None
+    take_max = combine == "max"
+    for p in parts.values():
+        n = _part_numerator(p, scale)
+        if numerator is None:
+            numerator = n if take_max else 0 + n
+        elif take_max:
+            if n > numerator:
+                numerator = n
+        else:
+            numerator = numerator + n
+        d = p.get("d")
+        if d is not None:
+            denominator = 0 + d if denominator is None else denominator + d
     if combine == "ratio":
         value = numerator / denominator * scale if denominator else None
     else:

@@ -2,15 +2,22 @@
 
 Every domain publishes, per KPI, area and window, one observation per source partition (see
 ``shared.contracts.common``). All partials of one KPI and area share a record key, so they arrive on the same
-partition of ``ioc.<domain>.kpis`` and therefore in the same processor state: the state keeps the latest
+partition of ``ioc.<domain>.kpis`` and therefore in the same processor state: the state keys the latest
 observation of every source partition per (kpi, scope, window) and ``emit`` publishes the merged value.
 
-State keys (one partition of the input topics):
-- ``g|<kpi>|<level>|<code>|<window_seconds>|<window_start>`` → ``{partition: {n, d, v, o, u}}``
-- ``dirty|<group>`` → 1 while the group has not been published since it changed
-- ``latest|<kpi>|<level>|<code>|<window_seconds>`` → newest window start seen (alarms follow it)
-- ``seen|<domain>|<district or HN>`` → latest ``observed_at`` from that district (HN: the whole domain)
-- ``alarm|<alarm_id>`` → severity of a city alarm currently raised
+State keys (one partition of the input topics; a ``:`` after the head so ``State`` indexes them by kind):
+- ``g:<kpi>|<level>|<code>|<window_seconds>|<window_start>`` → ``{partition: {n, d, v, o, u}}``
+- ``latest:<kpi>|<level>|<code>|<window_seconds>`` → newest window start seen (alarms follow it)
+- ``seen:all`` → ``{"<domain>|<district or HN>": latest observed_at}`` (HN: the whole domain); one key, so a
+  batch writes one changelog record for it, not one per district
+- ``alarm:<alarm_id>`` → severity of a city alarm currently raised
+- ``meta:pruned_at`` → when old windows were last pruned
+
+Which groups changed since they were last published is kept in memory per partition, not in the state: the
+runtime drops that memory whenever it (re)loads a partition's state (``forget_emitted``), and a state this
+processor has not seen yet counts as all changed, so after a restart every group is published once again
+(republishing is harmless: the latest value per group is what consumers keep). Keys of the earlier layout
+(``g|…``, ``dirty|…``, ``latest|…``, ``seen|…``, ``alarm|…``, ``meta|…``) are converted when a state is loaded.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ from shared.stream import State, StreamProcessor
 
 KPI_OBSERVED_SUFFIX = ".kpi.observed.v1"
 PRUNE_EVERY = timedelta(seconds=60)
+SEEN_KEY = "seen:all"
+PRUNED_AT_KEY = "meta:pruned_at"
+_LEGACY_HEADS = ("g|", "dirty|", "latest|", "seen|", "alarm|", "meta|")
+#: distinct timestamp strings remembered parsed (observations of one domain emit share one ``observed_at``)
+TIME_CACHE_SIZE = 20_000
 
 
 def domain_kpi_topics(domains: Iterable[str] | None = None) -> tuple[str, ...]:
@@ -67,135 +79,290 @@ class CityKpiProcessor(StreamProcessor):
         self.topics = tuple(topics) if topics is not None else domain_kpi_topics()
         self.district_silence = district_silence
         self.domain_silence = domain_silence
+        self._times: dict[str, datetime] = {}  # timestamp string → aware datetime
+        self._window_starts: dict[str, str] = {}  # window_start as received → normalised isoformat
+        self._domains: dict[str, str] = {}  # kpi → domain
+        self._areas: dict[tuple[str, str, str], tuple[tuple[str, ...], str | None]] = {}  # see _about
+        self._unpublished: dict[int, tuple[State, dict[str, None]]] = {}  # partition → (state, changed groups)
+
+    # helpers -----------------------------------------------------------------------------------------------
+    def _time(self, ts: str) -> datetime:
+        t = self._times.get(ts)
+        if t is None:
+            if len(self._times) >= TIME_CACHE_SIZE:
+                self._times.clear()
+            t = self._times[ts] = _parse(ts)
+        return t
+
+    def _window_start(self, ts: str) -> str:
+        w = self._window_starts.get(ts)
+        if w is None:
+            if len(self._window_starts) >= TIME_CACHE_SIZE:
+                self._window_starts.clear()
+            w = self._window_starts[ts] = _parse(ts).isoformat()
+        return w
+
+    def _domain(self, kpi: str) -> str:
+        d = self._domains.get(kpi)
+        if d is None:
+            d = self._domains[kpi] = domain_of(kpi, self.definitions.get(kpi))
+        return d
+
+    def _changed_groups(self, state: State) -> dict[str, None]:
+        """Groups of ``state`` changed since last published (all of them for a state not seen before)."""
+        entry = self._unpublished.get(state.partition)
+        if entry is None or entry[0] is not state:
+            _upgrade(state)
+            entry = self._unpublished[state.partition] = (state, dict.fromkeys(k[2:] for k in state.keys("g:")))
+        return entry[1]
+
+    def forget_emitted(self, partitions: Iterable[int]) -> None:
+        partitions = list(partitions)
+        super().forget_emitted(partitions)
+        for p in partitions:
+            self._unpublished.pop(p, None)
 
     # apply -------------------------------------------------------------------------------------------------
     def apply(self, event: ReceivedEvent, state: State) -> None:
-        """Keep the newest observation per (kpi, scope, window, source partition); note who reported."""
+        """Keep the newest observation per (kpi, scope, window, source partition); note who reported.
+
+        The per-event reference of :meth:`apply_batch` (tests compare the two)."""
         if not event.type.endswith(KPI_OBSERVED_SUFFIX):
             return
         d = event.data
-        domain = domain_of(d["kpi"], self.definitions.get(d["kpi"]))
+        domain = self._domain(d["kpi"])
         observed = d["observed_at"]
-        self._saw(state, f"seen|{domain}|{CITY_SCOPE}", observed)
+        at = self._time(observed)
+        self._saw(state, {f"{domain}|{CITY_SCOPE}": (at, observed)})
         if d["scope_level"] not in SCOPE_LEVELS:
             return
         if d["scope_level"] == "district":
-            self._saw(state, f"seen|{domain}|{d['scope_code']}", observed)
+            self._saw(state, {f"{domain}|{d['scope_code']}": (at, observed)})
         window_start = _parse(d["window_start"]).isoformat()
         group = f"{d['kpi']}|{d['scope_level']}|{d['scope_code']}|{d['window_seconds']}|{window_start}"
-        parts: dict[str, Any] = dict(state.get(f"g|{group}") or {})
+        parts: dict[str, Any] = dict(state.get(f"g:{group}") or {})
         pkey = str(d.get("partition", -1))
         old = parts.get(pkey)
-        if old is not None and _parse(old["o"]) > _parse(observed):
+        if old is not None and _parse(old["o"]) > at:
             return  # an older observation arriving late
-        parts[pkey] = {"n": d.get("numerator", 0.0), "d": d.get("denominator"), "v": d.get("value"),
-                       "o": observed, "u": d.get("unit", "")}
-        state.put(f"g|{group}", parts)
-        state.put(f"dirty|{group}", 1)
+        parts[pkey] = new = {"n": d.get("numerator", 0.0), "d": d.get("denominator"), "v": d.get("value"),
+                             "o": observed, "u": d.get("unit", "")}
+        state.put(f"g:{group}", parts)
+        if old is None or any(old[k] != new[k] for k in ("n", "d", "v", "u")):
+            self._changed_groups(state)[group] = None
 
-    @staticmethod
-    def _saw(state: State, key: str, observed: str) -> None:
-        last = state.get(key)
-        if last is None or _parse(last) < _parse(observed):
-            state.put(key, observed)
+    def apply_batch(self, events: list[ReceivedEvent], state: State) -> None:
+        """Same result as applying one by one: per (group, source partition) only the batch's newest
+        observation (the last of equal times) can win; per reporter the first newest time is kept."""
+        changed = self._changed_groups(state)
+        times, time_of, window_start, areas = self._times, self._time, self._window_start, self._areas
+        seen: dict[str, tuple[datetime, str]] = {}
+        newest: dict[tuple[str, str], tuple[datetime, dict]] = {}
+        for event in events:
+            if not event.type.endswith(KPI_OBSERVED_SUFFIX):
+                continue
+            d = event.data
+            area = (d["kpi"], d["scope_level"], d["scope_code"])
+            about = areas.get(area)
+            if about is None:
+                about = self._about(area)
+            observed = d["observed_at"]
+            at = times.get(observed) or time_of(observed)
+            for reporter in about[0]:
+                last = seen.get(reporter)
+                if last is None or last[0] < at:
+                    seen[reporter] = (at, observed)
+            if about[1] is None:
+                continue  # an area the city does not publish (commune, agency): it only counts as a signal
+            ident = (f"{about[1]}{d['window_seconds']}|{window_start(d['window_start'])}",
+                     str(d.get("partition", -1)))
+            prev = newest.get(ident)
+            if prev is None or prev[0] <= at:
+                newest[ident] = (at, d)
+        if seen:
+            self._saw(state, seen)
+        for (group, pkey), (at, d) in newest.items():
+            gkey = "g:" + group
+            parts = state.get(gkey)
+            entry = {"n": d.get("numerator", 0.0), "d": d.get("denominator"), "v": d.get("value"),
+                     "o": d["observed_at"], "u": d.get("unit", "")}
+            if parts is None:
+                parts = {}
+            else:
+                old = parts.get(pkey)
+                if old is not None:
+                    if time_of(old["o"]) > at:
+                        continue  # an older observation arriving late
+                    if old["n"] == entry["n"] and old["d"] == entry["d"] and old["v"] == entry["v"] \
+                            and old["u"] == entry["u"]:
+                        # Same figures: nothing to publish, but its time moves on (late ones are judged by it).
+                        old["o"] = entry["o"]
+                        state.put(gkey, parts)
+                        continue
+            parts[pkey] = entry
+            state.put(gkey, parts)
+            changed[group] = None
+
+    def _about(self, area: tuple[str, str, str]) -> tuple[tuple[str, ...], str | None]:
+        """(reporters an observation of ``area`` counts as a signal for, its group prefix or None)."""
+        if len(self._areas) >= TIME_CACHE_SIZE:
+            self._areas.clear()
+        kpi, level, code = area
+        domain = self._domain(kpi)
+        reporters = (f"{domain}|{CITY_SCOPE}", f"{domain}|{code}") if level == "district" else (
+            f"{domain}|{CITY_SCOPE}",)
+        about = self._areas[area] = (reporters, f"{kpi}|{level}|{code}|" if level in SCOPE_LEVELS else None)
+        return about
+
+    def _saw(self, state: State, batch: dict[str, tuple[datetime, str]]) -> None:
+        stored = state.get(SEEN_KEY)
+        if stored is None:
+            stored = {}
+        moved = False
+        time_of = self._time
+        for reporter, (at, observed) in batch.items():
+            last = stored.get(reporter)
+            if last is None or time_of(last) < at:
+                stored[reporter] = observed
+                moved = True
+        if moved:
+            state.put(SEEN_KEY, stored)
 
     # emit --------------------------------------------------------------------------------------------------
     def emit(self, state: State, now: datetime) -> list[EncodedEvent]:
         """Publish every changed group; raise/clear breach alarms on the newest window; detect silence."""
-        out: list[EncodedEvent] = []
-        for dirty_key in state.keys("dirty|"):
-            state.pop(dirty_key)
-            group = dirty_key[len("dirty|"):]
-            parts = state.get(f"g|{group}")
-            if parts:
-                out.extend(self._publish_group(state, group, parts, now))
-        out.extend(self._silence(state, now))
-        last_prune = state.get("meta|pruned_at")
-        if last_prune is None or _parse(last_prune) + PRUNE_EVERY <= now:
+        changed = self._changed_groups(state)
+        kpis: list[dict[str, Any]] = []
+        alarms: list[EncodedEvent] = []
+        if changed:
+            groups = list(changed)
+            changed.clear()
+            updated_at = publishing.iso(now)
+            for group in groups:
+                parts = state.get("g:" + group)
+                if parts:
+                    self._publish_group(state, group, parts, now, updated_at, kpis, alarms)
+        self._silence(state, now, alarms)
+        last_prune = state.get(PRUNED_AT_KEY)
+        if last_prune is None or self._time(last_prune) + PRUNE_EVERY <= now:
             self._prune(state, now)
-            state.put("meta|pruned_at", now.isoformat())
-        return out
+            state.put(PRUNED_AT_KEY, now.isoformat())
+        return publishing.kpis_updated(kpis, now) + alarms if kpis else alarms
 
-    def _publish_group(self, state: State, group: str, parts: dict, now: datetime) -> list[EncodedEvent]:
+    def _publish_group(self, state: State, group: str, parts: dict, now: datetime, updated_at: str,
+                       kpis: list[dict[str, Any]], alarms: list[EncodedEvent]) -> None:
         kpi, level, code, wsec, wstart = group.split("|")
         definition = self.definitions.get(kpi)
         merged = merge_partials(parts, definition)
+        if not self.changed_since_emitted(state.partition, group, (merged.value, merged.numerator,
+                                                                   merged.denominator, merged.partitions)):
+            # Same figures as last published from here, so the alarm decision taken then still holds.
+            return
         status = kpi_status(definition, merged.value)
         unit = definition.unit if definition is not None else next(iter(parts.values())).get("u", "")
-        out = [publishing.kpi_updated(
-            kpi=kpi, domain=domain_of(kpi, definition), scope_level=level, scope_code=code, window_start=wstart,
+        kpis.append(publishing.kpi_payload(
+            kpi=kpi, domain=self._domain(kpi), scope_level=level, scope_code=code, window_start=wstart,
             window_seconds=int(wsec), value=merged.value, numerator=merged.numerator,
             denominator=merged.denominator, unit=unit[:24], status=status,
-            target=definition.target if definition is not None else None, partitions=merged.partitions, now=now,
-        )]
-        series = f"latest|{kpi}|{level}|{code}|{wsec}"
+            target=definition.target if definition is not None else None, partitions=merged.partitions,
+            updated_at=updated_at,
+        ))
+        series = f"latest:{kpi}|{level}|{code}|{wsec}"
         latest = state.get(series)
-        if latest is not None and _parse(latest) > _parse(wstart):
-            return out  # a late update of an older window: the alarm follows the newest window only
-        state.put(series, wstart)
+        if latest is not None and latest != wstart:
+            if self._time(latest) > self._time(wstart):
+                return  # a late update of an older window: the alarm follows the newest window only
+            state.put(series, wstart)
+        elif latest is None:
+            state.put(series, wstart)
         # Breach alarms on the definition's primary window only, so one KPI gives one alarm per area.
         if definition is None or int(wsec) != definition.windows[0]:
-            return out
+            return
         alarm_id = f"city:kpi_breach:{kpi}:{level}:{code}"
         severity = breach_severity(status)
-        current = state.get(f"alarm|{alarm_id}")
+        current = state.get(f"alarm:{alarm_id}")
         district = code if level == "district" else None
         if severity is not None and severity != current:
-            state.put(f"alarm|{alarm_id}", severity)
+            state.put(f"alarm:{alarm_id}", severity)
             threshold = definition.thresholds.critical if status == "critical" else definition.thresholds.warning
-            out.append(publishing.alarm_changed(
+            alarms.append(publishing.alarm_changed(
                 alarm_id=alarm_id, alarm_type="kpi_breach", state="raised", severity=severity,
                 source_id=f"{kpi}:{code}", district=district, now=now,
                 message=f"{definition.name.en} ({code}) = {merged.value:.4g} {definition.unit}: "
                         f"{status} (threshold {threshold:g})",
             ))
         elif severity is None and current is not None and status != "unknown":
-            state.pop(f"alarm|{alarm_id}")
-            out.append(publishing.alarm_changed(
+            state.pop(f"alarm:{alarm_id}")
+            alarms.append(publishing.alarm_changed(
                 alarm_id=alarm_id, alarm_type="kpi_breach", state="cleared", severity=current,
                 source_id=f"{kpi}:{code}", district=district, now=now,
                 message=f"{definition.name.en} ({code}) back within thresholds",
             ))
-        return out
 
-    def _silence(self, state: State, now: datetime) -> list[EncodedEvent]:
-        out: list[EncodedEvent] = []
-        for key, last in state.items("seen|"):
-            _, domain, code = key.split("|")
+    def _silence(self, state: State, now: datetime, out: list[EncodedEvent]) -> None:
+        seen = state.get(SEEN_KEY)
+        if not seen:
+            return
+        for reporter, last in list(seen.items()):
+            domain, code = reporter.split("|")
             whole_domain = code == CITY_SCOPE
             limit = self.domain_silence if whole_domain else self.district_silence
             alarm_id = f"city:no_signal:{domain}:{code}"
-            raised = state.get(f"alarm|{alarm_id}")
-            silent = now - _parse(last) > limit
+            raised = state.get(f"alarm:{alarm_id}")
+            silent = now - self._time(last) > limit
+            if silent == (raised is not None):
+                continue
             severity = "critical" if whole_domain else "major"
             where = "the whole city" if whole_domain else f"district {code}"
-            if silent and raised is None:
-                state.put(f"alarm|{alarm_id}", severity)
+            if silent:
+                state.put(f"alarm:{alarm_id}", severity)
                 out.append(publishing.alarm_changed(
                     alarm_id=alarm_id, alarm_type="no_signal", state="raised", severity=severity,
                     source_id=f"{domain}:{code}", district=None if whole_domain else code, now=now,
                     message=f"no {domain} KPIs from {where} since {last}",
                 ))
-            elif not silent and raised is not None:
-                state.pop(f"alarm|{alarm_id}")
+            else:
+                state.pop(f"alarm:{alarm_id}")
                 out.append(publishing.alarm_changed(
                     alarm_id=alarm_id, alarm_type="no_signal", state="cleared", severity=raised,
                     source_id=f"{domain}:{code}", district=None if whole_domain else code, now=now,
                     message=f"{domain} KPIs from {where} are arriving again",
                 ))
-        return out
 
     def _prune(self, state: State, now: datetime) -> None:
         """Forget windows that closed long ago (late partials for them are no longer merged)."""
-        for key in state.keys("g|"):
-            _, kpi, level, code, wsec, wstart = key.split("|")
-            keep = timedelta(seconds=2 * int(wsec)) + timedelta(hours=1)
-            if _parse(wstart) + keep < now and state.get(f"latest|{kpi}|{level}|{code}|{wsec}") != wstart:
+        changed = self._changed_groups(state)
+        for key in state.keys("g:"):
+            group = key[2:]
+            kpi, level, code, wsec, wstart = group.split("|")
+            start = self._time(wstart)
+            series = f"latest:{kpi}|{level}|{code}|{wsec}"
+            if start + timedelta(seconds=2 * int(wsec)) + timedelta(hours=1) < now and state.get(series) != wstart:
                 state.pop(key)
-                state.pop(f"dirty|{key[2:]}")
-            elif _parse(wstart) + timedelta(seconds=int(wsec)) + timedelta(days=7) < now:
+                changed.pop(group, None)
+            elif start + timedelta(seconds=int(wsec)) + timedelta(days=7) < now:
                 state.pop(key)
-                state.pop(f"latest|{kpi}|{level}|{code}|{wsec}")
+                state.pop(series)
+                changed.pop(group, None)
+
+
+def _upgrade(state: State) -> None:
+    """Convert keys of the earlier state layout (``g|…`` etc.) to this one; a no-op for current states."""
+    legacy = [k for k in state.keys() if k.startswith(_LEGACY_HEADS)]
+    if not legacy:
+        return
+    seen = dict(state.get(SEEN_KEY) or {})
+    for key in legacy:
+        value = state.pop(key)
+        head, _, rest = key.partition("|")
+        if head == "seen":
+            seen[rest] = value
+        elif head == "meta":
+            state.put(f"meta:{rest}", value)
+        elif head != "dirty":  # the in-memory changed set starts as "everything" anyway
+            state.put(f"{head}:{rest}", value)
+    if seen:
+        state.put(SEEN_KEY, seen)
 
 
 def city_kpi_processor(settings: CitySettings | None = None) -> CityKpiProcessor:

@@ -24,7 +24,7 @@ from typing import Any
 
 from shared.areas import CITY_CODE
 from shared.contracts.base import event_type_of
-from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, parse_time
+from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, encode_many, parse_time
 from shared.contracts.common import kpi_key
 from shared.contracts.dossier import (
     ALARM_EVENT,
@@ -60,6 +60,10 @@ COUNTER_KPIS: dict[str, tuple[tuple[str, bool, float, str], ...]] = {
                        ("dossier.online_payment_points", True, 10.0, "points")),
 }
 PROGRESS_POINTS = 20.0
+#: state key: counter keys changed since the last emit
+DIRTY_KEY = "dirty"
+#: state key: alarms raised or cleared since the last emit, in order
+PENDING_KEY = "pending_alarms"
 WINDOW_KINDS = ("d", "m")
 
 
@@ -99,6 +103,25 @@ def _window_day(wid: str) -> date:
     return date.fromisoformat(rest if kind == "d" else rest + "-01")
 
 
+class _PartitionView:
+    """What ``emit`` needs to know about one partition's state without scanning it: open dossiers per scope and
+    the last published snapshot keys per scope. Derived from the state only, so it is rebuilt from the state
+    whenever the runtime (re)loads the partition: nothing here has to survive a restart."""
+
+    __slots__ = ("day", "dirty_scopes", "open", "published", "state")
+
+    def __init__(self, state: State):
+        self.state = state
+        #: scope → [open dossiers, {due date: open dossiers whose clock runs}]
+        self.open: dict[tuple[str, str], list] = {}
+        #: scope → its ``l|`` keys (snapshot observations last published, kept in the state)
+        self.published: dict[tuple[str, str], set[str]] = {}
+        #: scopes whose snapshot may have changed since the last one
+        self.dirty_scopes: set[tuple[str, str]] = set()
+        #: local day of the last snapshot over every scope; None: the next snapshot covers every scope
+        self.day: str | None = None
+
+
 class DossierKpiProcessor(StreamProcessor):
     """Folds the dossier lifecycle into KPI observations (``ioc.dossier.kpis``) and alarms."""
 
@@ -109,65 +132,175 @@ class DossierKpiProcessor(StreamProcessor):
     def __init__(self, *, day_retention_days: int = 35, month_retention_days: int = 400):
         self.day_retention = timedelta(days=day_retention_days)
         self.month_retention = timedelta(days=month_retention_days)
+        self._views: dict[int, _PartitionView] = {}
+        self._scopes: dict[tuple, tuple[tuple[str, str], ...]] = {}
+        self._scope_lists: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
+        self._windows: dict[date, tuple[str, str]] = {}
+        self._bounds: dict[str, tuple[str, int]] = {}
+
+    # derived per-partition view ---------------------------------------------------------------------------
+
+    def _view(self, state: State) -> _PartitionView:
+        view = self._views.get(state.partition)
+        if view is None or view.state is not state:
+            view = self._views[state.partition] = self._build_view(state)
+        return view
+
+    def forget_emitted(self, partitions: Iterable[int]) -> None:
+        partitions = list(partitions)
+        super().forget_emitted(partitions)
+        for p in partitions:
+            self._views.pop(p, None)
+
+    def _build_view(self, state: State) -> _PartitionView:
+        """One scan of a (re)loaded state; also converts the per-key markers of earlier versions."""
+        view = _PartitionView(state)
+        old_dirty: list[str] = []
+        old_pending: list[tuple[str, dict]] = []
+        for key, value in state.items():
+            if key.startswith("o|"):
+                self._add_open(view, value, 1)
+            elif key.startswith("l|"):
+                _, _, level, code, _ = key.split("|")
+                view.published.setdefault((level, code), set()).add(key)
+            elif key.startswith("x|"):
+                old_dirty.append(key)
+            elif key.startswith("pa|"):
+                old_pending.append((key, value))
+        if old_dirty:
+            dirty = state.get(DIRTY_KEY) or {}
+            for key in old_dirty:
+                state.pop(key)
+                dirty[key[2:]] = 1
+            state.put(DIRTY_KEY, dirty)
+        if old_pending:
+            for key, _ in old_pending:
+                state.pop(key)
+            state.put(PENDING_KEY, (state.get(PENDING_KEY) or []) + [a for _, a in sorted(old_pending)])
+        for key in ("snap_dirty", "snap_day", "pa_seq"):
+            state.pop(key)
+        view.dirty_scopes.clear()
+        return view
+
+    @staticmethod
+    def _add_open(view: _PartitionView, o: dict, sign: int) -> None:
+        due = None if o["p"] else o["due"]
+        for level, code in o["s"]:
+            sc = (level, code)
+            agg = view.open.get(sc)
+            if agg is None:
+                agg = view.open[sc] = [0, {}]
+            agg[0] += sign
+            if due is not None:
+                dues = agg[1]
+                n = dues.get(due, 0) + sign
+                if n:
+                    dues[due] = n
+                else:
+                    del dues[due]
+            if not agg[0] and not agg[1]:
+                del view.open[sc]
+            view.dirty_scopes.add(sc)
 
     # apply ------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _count(state: State, counter: str, scopes: list[tuple[str, str]], at: datetime,
-               num: float, den: float) -> None:
-        for kind in WINDOW_KINDS:
-            wid = window_id(at, kind)
-            for level, code in scopes:
-                key = f"c|{counter}|{level}|{code}|{wid}"
-                cur = state.get(key) or [0.0, 0.0]
-                state.put(key, [cur[0] + num, cur[1] + den])
-                state.put(f"x|{key}", 1)  # changed since the last emit
+    def _scopes_of(self, data: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        ident = (data["agency_code"], data.get("district"), data["admin_unit"])
+        scopes = self._scopes.get(ident)
+        if scopes is None:
+            if len(self._scopes) > 100_000:
+                self._scopes.clear()
+                self._scope_lists.clear()
+            scopes = self._scopes[ident] = tuple(scopes_of(data))
+            self._scope_lists[scopes] = [list(sc) for sc in scopes]  # as stored in ``o|`` (shared, never mutated)
+        return scopes
 
     def apply(self, event: ReceivedEvent, state: State) -> None:
-        data = event.data
-        if event.type == STATUS_TYPE:
-            self._status(data, state)
-        elif event.type == OVERDUE_TYPE:
-            at = parse_time(data["at"])
-            self._count(state, "overdue_notices", scopes_of(data), at, 1.0, 0.0)
-            code = data["dossier_code"]
-            if f"o|{code}" in state and f"a|{code}" not in state:
-                self._alarm(state, data, "raised", at,
-                            f"dossier overdue by {data['days_overdue']} day(s): procedure {data['procedure_code']}, "
-                            f"agency {data['agency_code']}")
-        elif event.type == APOLOGY_TYPE:
-            self._count(state, "apologies", scopes_of(data), parse_time(data["at"]), 1.0, 0.0)
+        self.apply_batch([event], state)
 
-    def _status(self, data: dict[str, Any], state: State) -> None:
+    def apply_batch(self, events: list[ReceivedEvent], state: State) -> None:
+        # Counters only feed outputs, never the folding itself: sum the batch's increments per (counter, scopes,
+        # day) and write each counter key once. Increments are 0 or 1, so the sums are exact in any order.
+        view = self._view(state)
+        counts: dict[tuple, list[float]] = {}
+        for event in events:
+            data = event.data
+            etype = event.type
+            if etype == STATUS_TYPE:
+                self._status(data, state, view, counts)
+            elif etype == OVERDUE_TYPE:
+                at = parse_time(data["at"])
+                _count(counts, "overdue_notices", self._scopes_of(data), local_date(at), 1.0, 0.0)
+                code = data["dossier_code"]
+                if f"o|{code}" in state and f"a|{code}" not in state:
+                    self._alarm(state, data, "raised", at,
+                                f"dossier overdue by {data['days_overdue']} day(s): procedure "
+                                f"{data['procedure_code']}, agency {data['agency_code']}")
+            elif etype == APOLOGY_TYPE:
+                _count(counts, "apologies", self._scopes_of(data), local_date(parse_time(data["at"])), 1.0, 0.0)
+        if counts:
+            self._add_counts(state, counts)
+
+    def _window_ids(self, day: date) -> tuple[str, str]:
+        wids = self._windows.get(day)
+        if wids is None:
+            if len(self._windows) > 10_000:
+                self._windows.clear()
+            wids = self._windows[day] = (f"d:{day.isoformat()}", f"m:{day.year:04d}-{day.month:02d}")
+        return wids
+
+    def _add_counts(self, state: State, counts: dict[tuple, list[float]]) -> None:
+        dirty = state.get(DIRTY_KEY) or {}
+        get, put = state.get, state.put
+        for (counter, scopes, day), (num, den) in counts.items():
+            for wid in self._window_ids(day):
+                for level, code in scopes:
+                    key = f"c|{counter}|{level}|{code}|{wid}"
+                    cur = get(key) or [0.0, 0.0]
+                    put(key, [cur[0] + num, cur[1] + den])
+                    dirty[key] = 1
+        state.put(DIRTY_KEY, dirty)  # counters changed since the last emit (state: survives a restart)
+
+    def _status(self, data: dict[str, Any], state: State, view: _PartitionView, counts: dict) -> None:
         at = parse_time(data["at"])
-        scopes = scopes_of(data)
+        day = local_date(at)
+        scopes = self._scopes_of(data)
         status = data["status"]
         code = data["dossier_code"]
         if status == RECEIVED and data.get("previous_status") in (None, 1):
             online = 1.0 if data["channel"] == "online" else 0.0
-            self._count(state, "received", scopes, at, 1.0, 0.0)
-            self._count(state, "online", scopes, at, online, 1.0)
+            _count(counts, "received", scopes, day, 1.0, 0.0)
+            _count(counts, "online", scopes, day, online, 1.0)
             if data["online_level"] == "fully_online":
-                self._count(state, "fully_online", scopes, at, online, 1.0)
+                _count(counts, "fully_online", scopes, day, online, 1.0)
         elif status == RESOLVED and data.get("due_date"):
             t = timeliness(at, date.fromisoformat(data["due_date"]))
-            self._count(state, "resolved", scopes, at, 1.0, 0.0)
-            self._count(state, "on_time", scopes, at, 1.0 if t in ("early", "on_time") else 0.0, 1.0)
-            self._count(state, "early", scopes, at, 1.0 if t == "early" else 0.0, 1.0)
-            self._count(state, "late", scopes, at, 1.0 if t == "late" else 0.0, 1.0)
+            _count(counts, "resolved", scopes, day, 1.0, 0.0)
+            _count(counts, "on_time", scopes, day, 1.0 if t in ("early", "on_time") else 0.0, 1.0)
+            _count(counts, "early", scopes, day, 1.0 if t == "early" else 0.0, 1.0)
+            _count(counts, "late", scopes, day, 1.0 if t == "late" else 0.0, 1.0)
         elif status == RETURNED:
-            self._count(state, "returned", scopes, at, 1.0, 0.0)
+            _count(counts, "returned", scopes, day, 1.0, 0.0)
         if data.get("action") == "pay_fees" and data.get("paid_online") is not None:
-            self._count(state, "online_payment", scopes, at, 1.0 if data["paid_online"] else 0.0, 1.0)
+            _count(counts, "online_payment", scopes, day, 1.0 if data["paid_online"] else 0.0, 1.0)
 
         open_key = f"o|{code}"
+        old = state.get(open_key)
         if status in OPEN_STATUSES and data.get("due_date"):
-            state.put(open_key, {"s": scopes, "due": data["due_date"], "p": bool(data.get("clock_paused"))})
-            if f"a|{code}" in state and (data.get("clock_paused") or local_date(at).isoformat() <= data["due_date"]):
+            new = {"s": self._scope_lists[scopes], "due": data["due_date"], "p": bool(data.get("clock_paused"))}
+            if old != new:  # e.g. start_processing keeps scopes, due date and clock: nothing to write
+                if old is not None:
+                    self._add_open(view, old, -1)
+                state.put(open_key, new)
+                self._add_open(view, new, 1)
+            if f"a|{code}" in state and (data.get("clock_paused") or day.isoformat() <= data["due_date"]):
                 self._alarm(state, data, "cleared", at, "dossier no longer overdue (due date extended or paused)")
-        elif state.pop(open_key) is not None and f"a|{code}" in state:
-            self._alarm(state, data, "cleared", at, f"dossier closed with status {status}")
-        state.put("snap_dirty", 1)
+        elif old is not None:
+            state.pop(open_key)
+            self._add_open(view, old, -1)
+            if f"a|{code}" in state:
+                self._alarm(state, data, "cleared", at, f"dossier closed with status {status}")
+        view.dirty_scopes.update(scopes)  # finished-on-time counts of today feed the progress indicator
 
     def _alarm(self, state: State, data: dict[str, Any], what: str, at: datetime, message: str) -> None:
         code = data["dossier_code"]
@@ -184,98 +317,116 @@ class DossierKpiProcessor(StreamProcessor):
             "at": at.isoformat(), "message": message,
         }
         # Pending alarms keep their order (a raise and a clear in one batch are both published).
-        seq = int(state.get("pa_seq", 0)) + 1
-        state.put("pa_seq", seq)
-        state.put(f"pa|{seq:012d}", alarm)
+        pending = state.get(PENDING_KEY) or []
+        pending.append(alarm)
+        state.put(PENDING_KEY, pending)
 
     # emit -------------------------------------------------------------------------------------------------
 
-    def _observation(self, kpi: str, level: str, code: str, wid: str, num: float, den: float | None,
-                     scale: float, unit: str, partition: int, now: datetime) -> EncodedEvent:
-        start, seconds = window_bounds(wid)
+    def _payload(self, kpi: str, level: str, code: str, wid: str, num: float, den: float | None, scale: float,
+                 unit: str, partition: int, observed_at: str) -> dict[str, Any]:
+        """A ``KpiObserved`` payload exactly as the model dumps it (encoded without building model objects)."""
+        bounds = self._bounds.get(wid)
+        if bounds is None:
+            if len(self._bounds) > 10_000:
+                self._bounds.clear()
+            start, seconds = window_bounds(wid)
+            bounds = self._bounds[wid] = (start.isoformat(), seconds)
         if den is None:
             value: float | None = num * scale
         else:
             value = num / den * scale if den else None
-        payload = KPI_EVENT.model(
-            kpi=kpi, scope_level=level, scope_code=code, window_start=start, window_seconds=seconds,
-            value=value, numerator=float(num), denominator=None if den is None else float(den), unit=unit,
-            partition=partition, observed_at=now, key=kpi_key(kpi, level, code),
-        )
-        return encode(KPI_EVENT, payload, source=SOURCE)
+        return {
+            "kpi": kpi, "scope_level": level, "scope_code": code, "window_start": bounds[0],
+            "window_seconds": bounds[1], "value": None if value is None else float(value), "numerator": float(num),
+            "denominator": None if den is None else float(den), "unit": unit, "partition": partition,
+            "observed_at": observed_at, "key": kpi_key(kpi, level, code),
+        }
 
     def emit(self, state: State, now: datetime) -> Iterable[EncodedEvent]:
-        out: list[EncodedEvent] = []
+        view = self._view(state)
         p = state.partition
-        for xkey, _ in state.items("x|"):
-            state.pop(xkey)
-            ckey = xkey[2:]
-            cur = state.get(ckey)
-            if cur is None:
-                continue
-            _, counter, level, code, wid = ckey.split("|")
-            for kpi, is_ratio, scale, unit in COUNTER_KPIS[counter]:
-                out.append(self._observation(kpi, level, code, wid, cur[0], cur[1] if is_ratio else None,
-                                             scale, unit, p, now))
+        observed_at = now.isoformat().replace("+00:00", "Z")
+        payloads: list[dict[str, Any]] = []
+        dirty = state.pop(DIRTY_KEY)
+        if dirty:
+            for ckey in dirty:
+                cur = state.get(ckey)
+                if cur is None:
+                    continue
+                _, counter, level, code, wid = ckey.split("|")
+                for kpi, is_ratio, scale, unit in COUNTER_KPIS[counter]:
+                    payloads.append(self._payload(kpi, level, code, wid, cur[0], cur[1] if is_ratio else None,
+                                                  scale, unit, p, observed_at))
         today = local_date(now)
-        if state.get("snap_dirty") or state.get("snap_day") != today.isoformat():
-            out.extend(self._snapshot(state, now, today))
-            state.pop("snap_dirty")
-        if state.get("prune_day") != today.isoformat():
+        today_iso = today.isoformat()
+        if view.dirty_scopes or view.day != today_iso:
+            self._snapshot(state, view, now, today_iso, payloads, observed_at)
+        if state.get("prune_day") != today_iso:
             self._prune(state, now)
-            state.put("prune_day", today.isoformat())
-        for key, alarm in sorted(state.items("pa|")):
-            state.pop(key)
-            out.append(encode(ALARM_EVENT, ALARM_EVENT.model.model_validate(alarm), source=SOURCE))
+            state.put("prune_day", today_iso)
+        out = encode_many(KPI_EVENT, payloads, source=SOURCE) if payloads else []
+        pending = state.pop(PENDING_KEY)
+        if pending:
+            out.extend(encode(ALARM_EVENT, ALARM_EVENT.model.model_validate(a), source=SOURCE) for a in pending)
         return out
 
-    def _snapshot(self, state: State, now: datetime, today: date) -> list[EncodedEvent]:
-        """Open within deadline / overdue now, and the 766 progress points for today and this month."""
-        open_n: dict[tuple[str, str], int] = {}
-        overdue_n: dict[tuple[str, str], int] = {}
-        for _, o in state.items("o|"):
-            late = not o["p"] and today.isoformat() > o["due"]
-            for level, code in o["s"]:
-                sc = (level, code)
-                open_n[sc] = open_n.get(sc, 0) + 1
-                if late:
-                    overdue_n[sc] = overdue_n.get(sc, 0) + 1
+    def _snapshot(self, state: State, view: _PartitionView, now: datetime, today_iso: str,
+                  payloads: list[dict[str, Any]], observed_at: str) -> None:
+        """Open within deadline / overdue now, and the 766 progress points for today and this month, for the
+        scopes that changed (every scope on a new day or after a reload); published when different."""
         day_w, month_w = window_id(now, "d"), window_id(now, "m")
-        scopes = set(open_n)
-        for wid in (day_w, month_w):
-            scopes |= {(k.split("|")[2], k.split("|")[3]) for k in state.keys("c|on_time|") if k.endswith(wid)}
-        values: dict[str, tuple[str, str, str, str, float, float | None, float, str]] = {}
-        for level, code in scopes:
-            n_open = open_n.get((level, code), 0)
-            n_late = overdue_n.get((level, code), 0)
-            values[f"dossier.open_within_deadline|{level}|{code}|{day_w}"] = (
-                "dossier.open_within_deadline", level, code, day_w, float(n_open - n_late), None, 1.0, "dossiers")
-            values[f"dossier.overdue_open|{level}|{code}|{day_w}"] = (
-                "dossier.overdue_open", level, code, day_w, float(n_late), None, 1.0, "dossiers")
-            for wid in (day_w, month_w):
-                fin = state.get(f"c|on_time|{level}|{code}|{wid}") or [0.0, 0.0]
-                values[f"dossier.progress_766_points|{level}|{code}|{wid}"] = (
-                    "dossier.progress_766_points", level, code, wid, fin[0] + n_open - n_late, fin[1] + n_open,
-                    PROGRESS_POINTS, "points")
-        out: list[EncodedEvent] = []
-        # Scopes that had something before and now have nothing get their zero.
-        for lkey, last in state.items("l|"):
-            key = lkey[2:]
-            if key not in values:
-                kpi, level, code, wid = key.split("|")
-                state.pop(lkey)
-                if wid in (day_w, month_w) and last[0] != 0:
+        current = (day_w, month_w)
+        if view.day != today_iso:
+            scopes = set(view.open) | set(view.published)
+            for key in state.keys("c|on_time|"):  # a full scan, once a day
+                _, _, level, code, wid = key.split("|")
+                if wid in current:
+                    scopes.add((level, code))
+        else:
+            scopes = view.dirty_scopes
+        view.dirty_scopes = set()
+        p = state.partition
+        for sc in scopes:
+            level, code = sc
+            agg = view.open.get(sc)
+            n_open = agg[0] if agg else 0
+            n_late = sum(n for due, n in agg[1].items() if today_iso > due) if agg else 0
+            fin_day = state.get(f"c|on_time|{level}|{code}|{day_w}")
+            fin_month = state.get(f"c|on_time|{level}|{code}|{month_w}")
+            values: dict[str, tuple[str, str, float, float | None, float, str]] = {}
+            if n_open or fin_day is not None or fin_month is not None:
+                values[f"l|dossier.open_within_deadline|{level}|{code}|{day_w}"] = (
+                    "dossier.open_within_deadline", day_w, float(n_open - n_late), None, 1.0, "dossiers")
+                values[f"l|dossier.overdue_open|{level}|{code}|{day_w}"] = (
+                    "dossier.overdue_open", day_w, float(n_late), None, 1.0, "dossiers")
+                for wid, fin in ((day_w, fin_day), (month_w, fin_month)):
+                    fin = fin or [0.0, 0.0]
+                    values[f"l|dossier.progress_766_points|{level}|{code}|{wid}"] = (
+                        "dossier.progress_766_points", wid, fin[0] + n_open - n_late, fin[1] + n_open,
+                        PROGRESS_POINTS, "points")
+            published = view.published.get(sc) or set()
+            # Observations published before and no longer defined get their zero (for the current windows).
+            for lkey in [k for k in published if k not in values]:
+                published.discard(lkey)
+                last = state.pop(lkey)
+                _, kpi, _, _, wid = lkey.split("|")
+                if wid in current and last[0] != 0:
                     is_ratio = kpi == "dossier.progress_766_points"
-                    out.append(self._observation(kpi, level, code, wid, 0.0, 0.0 if is_ratio else None,
-                                                 PROGRESS_POINTS if is_ratio else 1.0,
-                                                 "points" if is_ratio else "dossiers", state.partition, now))
-        for key, (kpi, level, code, wid, num, den, scale, unit) in values.items():
-            pair = [num, den]
-            if state.get(f"l|{key}") != pair:
-                state.put(f"l|{key}", pair)
-                out.append(self._observation(kpi, level, code, wid, num, den, scale, unit, state.partition, now))
-        state.put("snap_day", today.isoformat())
-        return out
+                    payloads.append(self._payload(kpi, level, code, wid, 0.0, 0.0 if is_ratio else None,
+                                                  PROGRESS_POINTS if is_ratio else 1.0,
+                                                  "points" if is_ratio else "dossiers", p, observed_at))
+            for lkey, (kpi, wid, num, den, scale, unit) in values.items():
+                pair = [num, den]
+                if state.get(lkey) != pair:
+                    state.put(lkey, pair)
+                    published.add(lkey)
+                    payloads.append(self._payload(kpi, level, code, wid, num, den, scale, unit, p, observed_at))
+            if published:
+                view.published[sc] = published
+            else:
+                view.published.pop(sc, None)
+        view.day = today_iso
 
     def _prune(self, state: State, now: datetime) -> None:
         today = local_date(now)
@@ -284,6 +435,17 @@ class DossierKpiProcessor(StreamProcessor):
             keep = self.day_retention if wid.startswith("d:") else self.month_retention
             if _window_day(wid) < today - keep:
                 state.pop(key)
+
+
+def _count(counts: dict[tuple, list[float]], counter: str, scopes: tuple[tuple[str, str], ...], day: date,
+           num: float, den: float) -> None:
+    key = (counter, scopes, day)
+    c = counts.get(key)
+    if c is None:
+        counts[key] = [num, den]
+    else:
+        c[0] += num
+        c[1] += den
 
 
 def kpi_processor(settings: Any = None) -> DossierKpiProcessor:

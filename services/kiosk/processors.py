@@ -16,6 +16,8 @@ State keys (values are JSON):
 
 from __future__ import annotations
 
+import heapq
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -34,12 +36,13 @@ from services.kiosk.domain import (
     kiosk_availability,
     merge,
     online_intervals,
+    opening_intervals,
     ratio,
     window_start,
 )
 from shared.areas import CITY_CODE
 from shared.contracts.base import event_type_of
-from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, parse_time
+from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, encode_many, parse_time
 from shared.contracts.common import kpi_key
 from shared.contracts.kiosk import (
     ALARM_EVENT,
@@ -72,6 +75,23 @@ def _iso(t: float) -> str:
     return from_epoch(t).isoformat().replace("+00:00", "Z")
 
 
+class _PartitionView:
+    """Which kiosks ``emit`` must look at, so that it does not evaluate every kiosk on every call. Derived from
+    the state only and rebuilt (every kiosk evaluated once) whenever the runtime (re)loads the partition."""
+
+    __slots__ = ("all", "dirty", "heard", "opening_at", "openings", "silence", "state", "watched")
+
+    def __init__(self, state: State):
+        self.state = state
+        self.all = True  # evaluate every kiosk at the next emit
+        self.dirty: set[str] = set()  # kiosks whose registry entry or peripherals changed
+        self.heard: set[str] = set()  # kiosks not known online that sent a new heartbeat
+        self.silence: list[tuple[float, str]] = []  # heap: (last heartbeat + timeout, kiosk) of online kiosks
+        self.watched: set[str] = set()  # kiosks in ``silence``
+        self.openings: list[tuple[float, str]] = []  # heap: (next opening, kiosk) of kiosks dark after hours
+        self.opening_at: dict[str, float] = {}  # kiosk → its live entry in ``openings`` (others are stale)
+
+
 class KioskKpiProcessor(StreamProcessor):
     """Kiosk state and KPIs per district and city, hourly and daily (Hanoi days)."""
 
@@ -87,34 +107,59 @@ class KioskKpiProcessor(StreamProcessor):
         if name is not None:
             self.name = name  # type: ignore[misc]
         self.source = source
+        self._views: dict[int, _PartitionView] = {}
+        self._id_prefix, self._sent = uuid.uuid4().hex, 0
+
+    def _view(self, state: State) -> _PartitionView:
+        view = self._views.get(state.partition)
+        if view is None or view.state is not state:
+            view = self._views[state.partition] = _PartitionView(state)
+        return view
+
+    def forget_emitted(self, partitions: Iterable[int]) -> None:
+        partitions = list(partitions)
+        super().forget_emitted(partitions)
+        for p in partitions:
+            self._views.pop(p, None)
 
     # Folding ---------------------------------------------------------------------------------------------------
     def apply(self, event: ReceivedEvent, state: State) -> None:
         """Fold one registry entry, heartbeat, peripheral change or session into the partition state."""
-        d = event.data
-        if event.type == T_HEARTBEAT:
-            self._heartbeat(state, d["kiosk_id"], _ts(d["at"]))
-        elif event.type == T_SESSION:
-            self._session(state, d)
-        elif event.type == T_PERIPHERAL:
-            self._peripheral(state, d)
-        elif event.type == T_REGISTERED:
-            key = f"k:{d['kiosk_id']}"
-            old = state.get(key)
-            if old is None or d["version"] >= old["version"]:
-                state.put(key, {
-                    "district": d["district"], "commune": d.get("commune"), "hours": d["opening_hours"],
-                    "peripherals": d["peripherals"], "since": _ts(d["in_service_since"]),
-                    "active": d.get("active", True), "version": d["version"],
-                })
+        self.apply_batch([event], state)
 
-    def _heartbeat(self, state: State, kiosk: str, t: float) -> None:
+    def apply_batch(self, events: list[ReceivedEvent], state: State) -> None:
+        view = self._view(state)
+        dirty, heard = view.dirty, view.heard
+        for event in events:
+            d = event.data
+            etype = event.type
+            if etype == T_HEARTBEAT:
+                self._heartbeat(state, d["kiosk_id"], _ts(d["at"]), heard)
+            elif etype == T_SESSION:
+                self._session(state, d)
+            elif etype == T_PERIPHERAL:
+                self._peripheral(state, d)
+                dirty.add(d["kiosk_id"])
+            elif etype == T_REGISTERED:
+                key = f"k:{d['kiosk_id']}"
+                old = state.get(key)
+                if old is None or d["version"] >= old["version"]:
+                    state.put(key, {
+                        "district": d["district"], "commune": d.get("commune"), "hours": d["opening_hours"],
+                        "peripherals": d["peripherals"], "since": _ts(d["in_service_since"]),
+                        "active": d.get("active", True), "version": d["version"],
+                    })
+                    dirty.add(d["kiosk_id"])
+
+    def _heartbeat(self, state: State, kiosk: str, t: float, heard: set[str]) -> None:
         key = f"h:{kiosk}"
         h = state.get(key) or {"last": None, "segs": [], "status": "unknown"}
         segs, last = fold_heartbeat(h["segs"], h["last"], t, self.timeout)
         if last != h["last"]:
             h["segs"], h["last"] = segs, last
             state.put(key, h)
+            if h["status"] != "online":
+                heard.add(kiosk)  # may be back online; an online kiosk stays online (its silence is watched)
 
     def _session(self, state: State, d: dict) -> None:
         started = _ts(d["started_at"])
@@ -184,23 +229,76 @@ class KioskKpiProcessor(StreamProcessor):
         """State changes and alarms (offline from silence) on every call; KPIs every ``kpi_interval_s``."""
         t = now.timestamp()
         out: list[EncodedEvent] = []
-        kiosks = {k[2:]: v for k, v in state.items("k:")}
-        ids = {k[2:] for k in state.keys("h:")} | {k[2:] for k in state.keys("d:")}
-        ids |= {k[2:] for k in state.keys("a:")}
-        for kiosk in sorted(ids):
-            info = kiosks.get(kiosk)
+        for kiosk in self._to_evaluate(state, t):
+            info = state.get(f"k:{kiosk}")
             out.extend(self._kiosk_state(state, kiosk, info, t))
             out.extend(self._alarms(state, kiosk, info, t))
+            self._watch(state, kiosk, info, t)
         meta = state.get("m:emit") or {"last": None}
         current = {str(w): window_start(t, w) for w in WINDOWS}
         rolled = [w for w in WINDOWS if meta.get(str(w)) != current[str(w)]]
         if meta["last"] is None or rolled or t - meta["last"] >= self.kpi_interval:
             windows = [(w, current[str(w)]) for w in WINDOWS]
             windows += [(w, current[str(w)] - w) for w in rolled]  # close the window that just ended
+            kiosks = {k[2:]: v for k, v in state.items("k:")}
             out.extend(self._kpis(state, kiosks, windows, t))
             self._prune(state, t)
             state.put("m:emit", {"last": t, **current})
         return out
+
+    def _to_evaluate(self, state: State, t: float) -> list[str]:
+        """Kiosks whose state or alarms may change at ``t``, sorted. Any other kiosk is unchanged since it was
+        last evaluated: its registry entry, heartbeats and peripherals did not change, it did not go silent, and
+        (dark without an alarm) it has not reached its next opening time."""
+        view = self._view(state)
+        if view.all:
+            view.all = False
+            view.dirty.clear()
+            view.heard.clear()
+            view.silence.clear()
+            view.watched.clear()
+            view.openings.clear()
+            view.opening_at.clear()
+            ids = {k[2:] for k in state.keys("h:")} | {k[2:] for k in state.keys("d:")}
+            ids |= {k[2:] for k in state.keys("a:")}
+            return sorted(ids)
+        ids, view.dirty = view.dirty, set()
+        for kiosk in view.heard:
+            # A heartbeat changes nothing for a kiosk that stays offline (old heartbeats); it does when the kiosk
+            # is back (or was never evaluated).
+            h = state.get(f"h:{kiosk}")
+            if h is not None and (h["status"] == "unknown" or is_online(h["last"], t, self.timeout)):
+                ids.add(kiosk)
+        view.heard = set()
+        silence = view.silence
+        while silence and silence[0][0] < t:
+            _, kiosk = heapq.heappop(silence)
+            view.watched.discard(kiosk)
+            ids.add(kiosk)  # silent for longer than the timeout, or heard since: ``_watch`` puts it back
+        openings = view.openings
+        while openings and openings[0][0] <= t:
+            at, kiosk = heapq.heappop(openings)
+            if view.opening_at.get(kiosk) == at:
+                del view.opening_at[kiosk]
+                ids.add(kiosk)
+        return sorted(k for k in ids if f"h:{k}" in state or f"d:{k}" in state or f"a:{k}" in state)
+
+    def _watch(self, state: State, kiosk: str, info: dict | None, t: float) -> None:
+        """After evaluating a kiosk: when it must be looked at again without anything new about it."""
+        view = self._views[state.partition]
+        h = state.get(f"h:{kiosk}")
+        if h is None:
+            return
+        if h["status"] == "online":
+            if kiosk not in view.watched:
+                view.watched.add(kiosk)
+                heapq.heappush(view.silence, (h["last"] + self.timeout, kiosk))
+        elif info is not None and info["active"] and "kiosk_offline" not in (state.get(f"a:{kiosk}") or {}):
+            # Dark after hours: its offline alarm is due at the next opening time.
+            ahead = opening_intervals(info["hours"], t, t + 8 * DAY)
+            if ahead and view.opening_at.get(kiosk) != ahead[0][0]:
+                view.opening_at[kiosk] = ahead[0][0]
+                heapq.heappush(view.openings, (ahead[0][0], kiosk))
 
     def _kiosk_state(self, state: State, kiosk: str, info: dict | None, t: float) -> list[EncodedEvent]:
         h = state.get(f"h:{kiosk}")
@@ -211,13 +309,14 @@ class KioskKpiProcessor(StreamProcessor):
             return []
         h["status"] = status
         state.put(f"h:{kiosk}", h)
-        payload = KioskStateChanged(
-            kiosk_id=kiosk, state=status, at=from_epoch(t if status == "offline" else h["last"]),
-            reason="heartbeat_timeout" if status == "offline" else "heartbeats_resumed",
-            last_heartbeat_at=from_epoch(h["last"]),
-            district=info["district"] if info else None, commune=info.get("commune") if info else None,
-        )
-        return [encode(STATE_EVENT, payload, source=self.source)]
+        # The payload as ``KioskStateChanged`` dumps it (built directly: thousands at once after an outage).
+        payload = {
+            "kiosk_id": kiosk, "state": status, "at": _iso(t if status == "offline" else h["last"]),
+            "reason": "heartbeat_timeout" if status == "offline" else "heartbeats_resumed",
+            "last_heartbeat_at": _iso(h["last"]),
+            "district": info["district"] if info else None, "commune": info.get("commune") if info else None,
+        }
+        return [self._encode(STATE_EVENT, payload)]
 
     def _alarms(self, state: State, kiosk: str, info: dict | None, t: float) -> list[EncodedEvent]:
         """Raise and clear alarms so that they match the kiosk's current faults (level-triggered)."""
@@ -273,17 +372,23 @@ class KioskKpiProcessor(StreamProcessor):
         msg = f"kiosk {kiosk}{f' {peripheral}' if peripheral else ''}: {what}"
         if status == "cleared":
             msg += " (resolved)"
-        payload = ALARM_EVENT.model(
-            alarm_id=f"kiosk:{ftype}:{kiosk}{suffix}", domain="kiosk", alarm_type=ftype, state=status,
-            severity=ALARM_SEVERITY[ftype], source_id=kiosk,
-            district=info["district"] if info else None, commune=info.get("commune") if info else None,
-            at=from_epoch(at), message=msg,
-        )
-        return encode(ALARM_EVENT, payload, source=self.source)
+        payload = {  # as ``AlarmChanged`` dumps it
+            "alarm_id": f"kiosk:{ftype}:{kiosk}{suffix}", "domain": "kiosk", "alarm_type": ftype, "state": status,
+            "severity": ALARM_SEVERITY[ftype], "source_id": kiosk,
+            "district": info["district"] if info else None, "commune": info.get("commune") if info else None,
+            "at": _iso(at), "message": msg,
+        }
+        return self._encode(ALARM_EVENT, payload)
+
+    def _encode(self, etype, payload: dict) -> EncodedEvent:
+        # Ids from a random per-instance prefix and a counter: unique, without a uuid4 per event.
+        self._sent += 1
+        return encode(etype, payload, source=self.source, id=f"{self._id_prefix}-{self._sent}")
 
     def _kpis(self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, float]], t: float
               ) -> list[EncodedEvent]:
         out: list[EncodedEvent] = []
+        payloads: list[dict] = []
         partition = state.partition
         offline_now: dict[str, float] = defaultdict(float)
         for kiosk, info in kiosks.items():
@@ -332,24 +437,32 @@ class KioskKpiProcessor(StreamProcessor):
                 offline = None
                 if w == HOUR and ws == window_start(t, HOUR):
                     offline = sum(offline_now.values()) if level == "city" else offline_now.get(code, 0.0)
-                out.extend(self._observations(level, code, a, offline, w, ws, t, partition))
+                payloads.extend(self._observations(level, code, a, offline, w, ws, t, partition))
+        # Payloads are built as the model dumps them and encoded in one go (no model objects: thousands of
+        # observations per pass); their fields are this processor's own constants and validated inputs.
+        out.extend(encode_many(KPI_EVENT, payloads, source=self.source) if payloads else ())
         return out
 
     def _observations(self, level: str, code: str, a: dict[str, float], offline: float | None, w: int,
-                      ws: float, t: float, partition: int) -> list[EncodedEvent]:
-        out: list[EncodedEvent] = []
+                      ws: float, t: float, partition: int) -> list[dict]:
+        """``KpiObserved`` payloads of one area and window that changed since this partition last published
+        them (availability of a closed window, or of the night, and session KPIs without new sessions do not)."""
+        out: list[dict] = []
+        window_iso, observed_at = _iso(ws), _iso(t)
+        changed = self.changed_since_emitted
 
         def obs(kpi: str, num: float, den: float | None, unit: str, scale: float = 1.0) -> None:
             if den is not None and not den and not num:
                 return  # nothing to say for this area and window
+            if not changed(partition, (kpi, level, code, w, ws), (num, den)):
+                return
             value = num * scale if den is None else ratio(num, den, scale)
-            payload = KPI_EVENT.model(
-                kpi=kpi, scope_level=level, scope_code=code, window_start=from_epoch(ws), window_seconds=w,
-                value=None if value is None else float(value), numerator=float(num),
-                denominator=None if den is None else float(den), unit=unit, partition=partition,
-                observed_at=from_epoch(t), key=kpi_key(kpi, level, code),
-            )
-            out.append(encode(KPI_EVENT, payload, source=self.source))
+            out.append({
+                "kpi": kpi, "scope_level": level, "scope_code": code, "window_start": window_iso,
+                "window_seconds": w, "value": None if value is None else float(value), "numerator": float(num),
+                "denominator": None if den is None else float(den), "unit": unit, "partition": partition,
+                "observed_at": observed_at, "key": kpi_key(kpi, level, code),
+            })
 
         sessions = a["n"]
         obs("kiosk.technical_availability", a["online"], a["scheduled"], "%", 100.0)

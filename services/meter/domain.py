@@ -234,9 +234,10 @@ class Limits:
     future_tolerance_seconds: int = DEFAULT_FUTURE_TOLERANCE_SECONDS
 
 
-# Per (meter, OBIS): [last interval end, seen-bitmask (bit k = interval k before last end), last value,
-# interval end of that value]. A list so updates are cheap; copied before change for undo.
-RegisterState = list
+# Per (meter, OBIS): (last interval end, seen-bitmask (bit k = interval k before last end), last value,
+# interval end of that value). A tuple of numbers, replaced on every change (the old one is what undo restores):
+# the garbage collector stops tracking such tuples, so a cache of millions of registers costs no GC walks.
+RegisterState = tuple
 
 
 @dataclass(slots=True)
@@ -255,6 +256,9 @@ def iso_utc(epoch: int) -> str:
 
 
 _AWARE_DATETIME = TypeAdapter(AwareDatetime)
+# (OBIS code, unit) → (spec, factor to the canonical unit): one lookup per reading on the hot path.
+_OBIS_UNITS: dict[tuple[str, str], tuple[ObisSpec, float]] = {
+    (code, unit): (spec, factor) for code, spec in OBIS.items() for unit, factor in spec.units.items()}
 
 
 def parse_interval_end(text: str) -> int | float | str:
@@ -296,21 +300,26 @@ def validate_readings(
     mask_all = (1 << (DEDUP_HORIZON_INTERVALS + 1)) - 1
     accept = out.accepted.append
     ends: dict[str, int | float | str] = {}  # interval end as sent → Unix time or error (parsed once a batch)
+    iso_ends: dict[int | float, str] = {}  # Unix time → canonical RFC 3339 (once a batch)
+    obis_units = _OBIS_UNITS
+    get_meter, get_register, get_obis_unit = registry.get, registers.get, obis_units.get
     for i, r in items:
         mid = r["meter_id"]
-        meter = registry.get(mid)
+        meter = get_meter(mid)
         if meter is None:
             errors.append(ItemError(i, mid, "meter_id", "meter is not registered", "unknown_entity"))
             continue
-        spec = obis_table.get(r["obis"])
-        if spec is None:
-            errors.append(ItemError(i, mid, "obis", "OBIS code is not one the service accepts", "unknown_obis"))
+        spec_factor = get_obis_unit((r["obis"], r["unit"]))
+        if spec_factor is None:
+            spec = obis_table.get(r["obis"])
+            if spec is None:
+                errors.append(ItemError(i, mid, "obis", "OBIS code is not one the service accepts",
+                                        "unknown_obis"))
+            else:
+                errors.append(ItemError(i, mid, "unit", f"unit must be one of {sorted(spec.units)} for "
+                                        f"{spec.code}", "invalid_unit"))
             continue
-        factor = spec.units.get(r["unit"])
-        if factor is None:
-            errors.append(ItemError(i, mid, "unit", f"unit must be one of {sorted(spec.units)} for {spec.code}",
-                                    "invalid_unit"))
-            continue
+        spec, factor = spec_factor
         raw_end = r["interval_end"]
         end = ends.get(raw_end)
         if end is None:
@@ -344,13 +353,13 @@ def validate_readings(
                                     "implausible_value"))
             continue
         key = (mid, spec.code)
-        st = registers.get(key)
+        st = get_register(key)
         flags: list[str] = []
         delta: float | None = None
         if quality != "measured":
             flags.append(quality)
         if st is None:
-            new = [end, 1, value, end if value is not None else 0]
+            new = (end, 1, value, end if value is not None else 0)
             if spec.cumulative and value is not None:
                 flags.append("first_read")
         else:
@@ -374,13 +383,14 @@ def validate_readings(
                     errors.append(ItemError(i, mid, "value", "late register value is above a later accepted "
                                             "one (register going backwards)", "register_backwards"))
                     continue
-                new = [last_end, mask | (1 << k), last_value, value_end]
+                new = (last_end, mask | (1 << k), last_value, value_end)
                 flags.append("late")
             else:
                 shift = (end - last_end) // step
                 mask = ((mask << shift) | 1) & mask_all if shift <= 64 else 1
-                new = [end, mask, last_value, value_end]
-                if value is not None:
+                if value is None:
+                    new = (end, mask, last_value, value_end)
+                else:
                     if spec.cumulative and last_value is not None:
                         d = value - last_value
                         limit = max_kwh_per_second * (end - value_end)
@@ -400,13 +410,15 @@ def validate_readings(
                                 "average demand since the previous reading", "implausible_jump"))
                             continue
                         delta = d
-                    new[2] = value
-                    new[3] = end
+                    new = (end, mask, value, end)
         if key not in previous:
             previous[key] = st
         registers[key] = new
+        iso_end = iso_ends.get(end)
+        if iso_end is None:
+            iso_end = iso_ends[end] = iso_utc(end)
         accept((i, {
-            "meter_id": mid, "obis": spec.code, "interval_end": iso_utc(end), "interval_seconds": step,
+            "meter_id": mid, "obis": spec.code, "interval_end": iso_end, "interval_seconds": step,
             "value": value, "unit": spec.unit, "quality": quality, "flags": flags, "delta": delta,
             "district": meter.district, "commune": meter.commune, "feeder": meter.feeder,
             "customers": meter.customers,

@@ -38,27 +38,20 @@ def reading_events(payloads: Iterable[dict[str, Any]], source: str) -> list[Enco
     common = [("ce_specversion", SPEC_VERSION), ("ce_source", source.encode()), ("ce_type", READING.type.encode()),
               ("ce_dataschema", READING.schema_id.encode()), ("content-type", CONTENT_TYPE)]
     topic, tname, dumps = READING.topic, READING.type, orjson.dumps
-    times: dict[str, tuple[str, bytes]] = {}
-    subjects: dict[str, tuple[str, bytes]] = {}
+    # (OBIS, interval end) → (event id suffix, ce_time header, ce_subject header)
+    shared: dict[tuple[str, str], tuple[str, tuple[str, bytes], tuple[str, bytes]]] = {}
     out = []
     append = out.append
     for p in payloads:
-        mid, obis, end = p["meter_id"], p["obis"], p["interval_end"]
-        t = times.get(end)
-        if t is None:
-            t = times[end] = (end, end.encode())
-        s = subjects.get(obis)
+        mid = p["meter_id"]
+        s = shared.get((p["obis"], p["interval_end"]))
         if s is None:
-            s = subjects[obis] = (obis, obis.encode())
-        event_id = f"r:{mid}:{obis}:{end}"
-        append(_encoded(topic, mid.encode(), dumps(p),
-                        [("ce_id", event_id.encode()), ("ce_time", t[1]), ("ce_subject", s[1]), *common],
-                        event_id, tname))
+            obis, end = p["obis"], p["interval_end"]
+            s = shared[(obis, end)] = (f":{obis}:{end}", ("ce_time", end.encode()), ("ce_subject", obis.encode()))
+        event_id = "r:" + mid + s[0]
+        append(EncodedEvent(topic, mid.encode(), dumps(p), [("ce_id", event_id.encode()), s[1], s[2], *common],
+                            event_id, tname))
     return out
-
-
-def _encoded(topic: str, key: bytes, value: bytes, headers: list, event_id: str, etype: str) -> EncodedEvent:
-    return EncodedEvent(topic, key, value, headers, event_id, etype)
 
 
 def meter_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:

@@ -56,8 +56,7 @@ async def get_meter(pool: asyncpg.Pool, meter_id: str) -> MeterInfo | None:
 
 async def load_registers(pool: asyncpg.Pool) -> dict[tuple[str, str], RegisterState]:
     rows = await pool.fetch("SELECT meter_id, obis, last_end, seen_mask, last_value, value_end FROM register_state")
-    return {(r["meter_id"], r["obis"]): [r["last_end"], r["seen_mask"], r["last_value"], r["value_end"]]
-            for r in rows}
+    return {(r[0], r[1]): (r[2], r[3], r[4], r[5]) for r in rows}
 
 
 async def save_registers(pool: asyncpg.Pool, states: Iterable[tuple[tuple[str, str], RegisterState]]) -> None:
@@ -65,14 +64,17 @@ async def save_registers(pool: asyncpg.Pool, states: Iterable[tuple[tuple[str, s
     states = list(states)
     if not states:
         return
+    # Columns by transposing (C-level zip) rather than one Python pass per column.
+    keys, values = zip(*states, strict=True)
+    meter_ids, obis = zip(*keys, strict=True)
+    last_end, seen_mask, last_value, value_end = zip(*values, strict=True)
     await pool.execute(
         "INSERT INTO register_state (meter_id, obis, last_end, seen_mask, last_value, value_end) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::float8[], $6::bigint[]) "
         "ON CONFLICT (meter_id, obis) DO UPDATE SET last_end = excluded.last_end, seen_mask = excluded.seen_mask, "
         "last_value = excluded.last_value, value_end = excluded.value_end "
         "WHERE register_state.last_end <= excluded.last_end",
-        [k[0] for k, _ in states], [k[1] for k, _ in states], [s[0] for _, s in states],
-        [s[1] for _, s in states], [s[2] for _, s in states], [s[3] for _, s in states],
+        meter_ids, obis, last_end, seen_mask, last_value, value_end,
     )
 
 

@@ -46,8 +46,21 @@ def from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
+_MINUTE_PREFIX: dict[int, str] = {}  # epoch minute → "YYYY-MM-DDTHH:MM:"
+
+
 def iso_ms(ms: int) -> str:
-    return from_ms(ms).isoformat().replace("+00:00", "Z")
+    """``from_ms(ms).isoformat()`` with ``Z`` for UTC; the minute's text is cached (this runs per hi-res event)."""
+    if type(ms) is not int:
+        return from_ms(ms).isoformat().replace("+00:00", "Z")
+    minute, rest = divmod(ms, 60_000)
+    prefix = _MINUTE_PREFIX.get(minute)
+    if prefix is None:
+        if len(_MINUTE_PREFIX) >= 10_000:
+            _MINUTE_PREFIX.clear()
+        prefix = _MINUTE_PREFIX[minute] = from_ms(minute * 60_000).isoformat()[:17]
+    sec, milli = divmod(rest, 1000)
+    return f"{prefix}{sec:02d}.{milli:03d}000Z" if milli else f"{prefix}{sec:02d}Z"
 
 
 # --- Ingest screening ----------------------------------------------------------------------------------------
@@ -92,47 +105,60 @@ class IngestScreen:
         undo: dict[str, ControllerWatermark] = {}
         duplicates = 0
         known = known_controllers
+        controllers = self.controllers
+        latest_ok, oldest_ok, ooo_ms = now_ms + self.future_ms, now_ms - self.max_age_ms, self.ooo_ms
+        # The controller of the previous item, cached: a gateway's batch holds runs of one controller.
+        last_cid = wm = recent = mine = before = None
         for index, cid, t, code, param in items:
-            if cid not in known:
-                errors.append(ItemError(index, cid, "controller_id", "unknown controller: register the "
-                                        "intersection first", "unknown_entity"))
-                continue
+            if cid != last_cid:
+                last_cid = None
+                if cid not in known:
+                    errors.append(ItemError(index, cid, "controller_id", "unknown controller: register the "
+                                            "intersection first", "unknown_entity"))
+                    continue
             if code not in KNOWN_CODES:
                 errors.append(ItemError(index, cid, "event_code", f"event code {code} is not an Indiana "
                                         "hi-res enumeration", "unknown_code"))
                 continue
-            if t > now_ms + self.future_ms:
+            if t > latest_ok:
                 errors.append(ItemError(index, cid, "timestamp", f"timestamp is more than "
                                         f"{self.future_ms / 1000:g} s in the future", "future_timestamp"))
                 continue
-            if t < now_ms - self.max_age_ms:
+            if t < oldest_ok:
                 # A controller clock reset (1970) or a log far older than a replay should bring.
                 errors.append(ItemError(index, cid, "timestamp", f"timestamp is more than "
                                         f"{self.max_age_ms / 86_400_000:g} days old", "too_old"))
                 continue
-            wm = self.controllers.get(cid)
-            if wm is None:
-                wm = self.controllers[cid] = ControllerWatermark()
-            if cid not in undo:
-                undo[cid] = ControllerWatermark(wm.high_ms, set())
+            if cid != last_cid:
+                wm = controllers.get(cid)
+                if wm is None:
+                    wm = controllers[cid] = ControllerWatermark()
+                before = undo.get(cid)
+                if before is None:
+                    before = undo[cid] = ControllerWatermark(wm.high_ms, set())
+                mine = accepted.get(cid)
+                recent, last_cid = wm.recent, cid
             key = (t, code, param)
-            if key in wm.recent:
+            if key in recent:
                 duplicates += 1
                 continue
             # Out of order relative to everything accepted before it (earlier requests and earlier items).
-            if t < wm.high_ms - self.ooo_ms:
+            if t < wm.high_ms - ooo_ms:
                 errors.append(ItemError(index, cid, "timestamp", f"out of order: more than "
-                                        f"{self.ooo_ms / 1000:g} s older than this controller's latest event",
+                                        f"{ooo_ms / 1000:g} s older than this controller's latest event",
                                         "out_of_order"))
                 continue
-            wm.recent.add(key)
-            wm.high_ms = max(wm.high_ms, t)
-            undo[cid].recent.add(key)
-            accepted.setdefault(cid, []).append(key)
+            recent.add(key)
+            if t > wm.high_ms:
+                wm.high_ms = t
+            before.recent.add(key)
+            if mine is None:
+                mine = accepted[cid] = []
+            mine.append(key)
         for cid, evs in accepted.items():
             evs.sort()
-            wm = self.controllers[cid]
-            floor = wm.high_ms - self.ooo_ms
+            wm = controllers[cid]
+            floor = wm.high_ms - ooo_ms
             if len(wm.recent) > 64:
                 wm.recent = {k for k in wm.recent if k[0] >= floor}
         return Screened(accepted, errors, duplicates, undo)
@@ -310,9 +336,16 @@ class MeasuresEngine:
         self.d = data
         self.cfg = cfg or {"phases": [], "dets": {}}
         self.p = params
-        for k, v in (("ph", {}), ("bins", {}), ("det_on", {}), ("closed", []), ("alarms", []),
-                     ("active", {}), ("wm", 0), ("closed_through", 0), ("late", 0), ("stuck_check", 0)):
-            data.setdefault(k, v)
+        if "stuck_check" not in data:  # a new controller (every key is set at once)
+            for k, v in (("ph", {}), ("bins", {}), ("det_on", {}), ("closed", []), ("alarms", []),
+                         ("active", {}), ("wm", 0), ("closed_through", 0), ("late", 0), ("stuck_check", 0)):
+                data.setdefault(k, v)
+        # Per-event shortcuts, rebuilt for every engine (never stored): the bin events are going to and the
+        # earliest time a split-failure evaluation is due.
+        self._bin_start: int | None = None
+        self._bin_data: dict[str, Any] | None = None
+        self._sf_due = min((ph["sf"][0][2] + ROR_WINDOW_MS for ph in data["ph"].values() if ph["sf"]),
+                           default=None)
 
     # -- helpers
     def _phase(self, phase: int) -> dict[str, Any]:
@@ -324,12 +357,15 @@ class MeasuresEngine:
 
     def _bin(self, t_ms: int) -> dict[str, Any] | None:
         start = t_ms - t_ms % self.p.bin_ms
+        if start == self._bin_start:
+            return self._bin_data
         if start < self.d["closed_through"]:
             self.d["late"] += 1
             return None
         b = self.d["bins"].get(str(start))
         if b is None:
             b = self.d["bins"][str(start)] = {"events": 0, "minutes": 0, "phases": {}}
+        self._bin_start, self._bin_data = start, b
         return b
 
     def _bin_phase(self, t_ms: int, phase: int) -> dict[str, Any] | None:
@@ -422,10 +458,12 @@ class MeasuresEngine:
                 ph["arr"].append(stop_bar_time_ms(t, dist, speed))
             elif function == "presence":
                 ph["open"][str(ch)] = t
-            self.alarm("cleared", "detector_fault", str(ch), t, "minor", f"detector channel {ch} working again")
+            if self.d["active"]:  # clearing needs an active alarm: skip building the message otherwise
+                self.alarm("cleared", "detector_fault", str(ch), t, "minor", f"detector channel {ch} working again")
         else:
             self.d["det_on"].pop(str(ch), None)
-            self.alarm("cleared", "stuck_detector", str(ch), t, "minor", f"detector channel {ch} released")
+            if self.d["active"]:
+                self.alarm("cleared", "stuck_detector", str(ch), t, "minor", f"detector channel {ch} released")
             if det is not None and det[1] == "presence":
                 ph = self._phase(det[0])
                 on = ph["open"].pop(str(ch), None)
@@ -445,8 +483,9 @@ class MeasuresEngine:
                             "under-timed phase)")
         else:
             ph["run"] = 0
-            self.alarm("cleared", "consecutive_max_outs", str(phase), t, "warning",
-                        f"phase {phase} terminated normally")
+            if self.d["active"]:
+                self.alarm("cleared", "consecutive_max_outs", str(phase), t, "warning",
+                            f"phase {phase} terminated normally")
 
     def _red_start(self, t: int, phase: int) -> None:
         ph = self._phase(phase)
@@ -475,6 +514,8 @@ class MeasuresEngine:
         ph["arr"] = [a for a in ph["arr"] if a >= t]
         if self._has_presence(phase):
             ph["sf"].append([green, yellow, t])
+            if self._sf_due is None or t + ROR_WINDOW_MS < self._sf_due:
+                self._sf_due = t + ROR_WINDOW_MS
         ph["red"], ph["green"], ph["yellow"] = t, None, None
 
     def _has_presence(self, phase: int) -> bool:
@@ -482,6 +523,16 @@ class MeasuresEngine:
 
     def _check_pending(self, t: int) -> None:
         """Evaluate split failures whose 5 s of red are over; watch for stuck detectors."""
+        if self._sf_due is not None and self._sf_due <= t:
+            self._split_failures_due(t)
+        if t - self.d["stuck_check"] >= 1000:
+            self.d["stuck_check"] = t
+            for ch, on in self.d["det_on"].items():
+                if t - on >= self.p.stuck_on_ms:
+                    self.alarm("raised", "stuck_detector", ch, t, "minor",
+                                f"detector channel {ch} on for more than {self.p.stuck_on_ms // 1000} s")
+
+    def _split_failures_due(self, t: int) -> None:
         for key, ph in self.d["ph"].items():
             if not ph["sf"] or ph["sf"][0][2] + ROR_WINDOW_MS > t:
                 continue
@@ -495,12 +546,8 @@ class MeasuresEngine:
                     bp["sf"] += int(is_split_failure(gor, ror5))
             keep_from = min([s[0] for s in ph["sf"]] + ([ph["green"]] if ph["green"] is not None else [t]))
             ph["occ"] = [iv for iv in ph["occ"] if iv[1] > keep_from]
-        if t - self.d["stuck_check"] >= 1000:
-            self.d["stuck_check"] = t
-            for ch, on in self.d["det_on"].items():
-                if t - on >= self.p.stuck_on_ms:
-                    self.alarm("raised", "stuck_detector", ch, t, "minor",
-                                f"detector channel {ch} on for more than {self.p.stuck_on_ms // 1000} s")
+        self._sf_due = min((ph["sf"][0][2] + ROR_WINDOW_MS for ph in self.d["ph"].values() if ph["sf"]),
+                           default=None)
 
     # -- closing
     def close_bins(self, through_ms: int | None = None) -> None:
@@ -511,6 +558,7 @@ class MeasuresEngine:
             if start + self.p.bin_ms > limit:
                 break
             b = self.d["bins"].pop(key)
+            self._bin_start = self._bin_data = None
             self.d["closed"].append(self.bin_measures(start, b))
             self.d["closed_through"] = max(self.d["closed_through"], start + self.p.bin_ms)
 
@@ -568,26 +616,34 @@ def new_signal_state(phases: Iterable[int] = ()) -> dict[str, Any]:
 
 def fold_signal_state(s: dict[str, Any], t: int, code: int, param: int) -> bool:
     """Apply one event to a live signal state; True when something visible changed."""
-    before = (s["flash"], s["power"], s["preempt"], repr(s["phases"]))
-    if code in _COLOR_OF:
-        ph = s["phases"].setdefault(str(param), {"color": "red", "ped": "dont_walk", "since": None})
-        color = _COLOR_OF[code]
-        if ph["color"] != color:
-            ph["color"], ph["since"] = color, t
-    elif code in _PED_OF:
-        ph = s["phases"].setdefault(str(param), {"color": "red", "ped": "dont_walk", "since": None})
-        ph["ped"] = _PED_OF[code]
+    # Compares only what the event can touch (this runs for every hi-res event).
+    color = _COLOR_OF.get(code)
+    ped = _PED_OF.get(code) if color is None else None
+    if color is not None or ped is not None:
+        phases = s["phases"]
+        ph = phases.get(str(param))
+        changed = ph is None
+        if changed:
+            ph = phases[str(param)] = {"color": "red", "ped": "dont_walk", "since": None}
+        if color is not None:
+            if ph["color"] != color:
+                ph["color"], ph["since"] = color, t
+                changed = True
+        elif ph["ped"] != ped:
+            ph["ped"] = ped
+            changed = True
     elif code == UNIT_FLASH:
-        s["flash"] = param not in FLASH_CLEARED_PARAMS
-    elif code == POWER_FAILURE:
-        s["power"] = True
-    elif code == POWER_RESTORED:
-        s["power"] = False
-    elif code == PREEMPT_ON:
-        s["preempt"] = True
-    elif code == PREEMPT_OFF:
-        s["preempt"] = False
-    changed = before != (s["flash"], s["power"], s["preempt"], repr(s["phases"]))
+        flash = param not in FLASH_CLEARED_PARAMS
+        changed = s["flash"] != flash
+        s["flash"] = flash
+    elif code == POWER_FAILURE or code == POWER_RESTORED:
+        changed = s["power"] != (code == POWER_FAILURE)
+        s["power"] = code == POWER_FAILURE
+    elif code == PREEMPT_ON or code == PREEMPT_OFF:
+        changed = s["preempt"] != (code == PREEMPT_ON)
+        s["preempt"] = code == PREEMPT_ON
+    else:
+        return False
     if changed:
         s["rev"] += 1
         s["at"] = max(s["at"], t)

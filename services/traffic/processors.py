@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.areas import CITY_CODE
+from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode
 from shared.contracts.common import kpi_key
 from shared.contracts.traffic import (
@@ -60,10 +61,38 @@ BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
     "traffic.intersections_reporting": ("reporting", None, 1.0, "intersections"),
     "traffic.data_completeness_ratio": ("complete", "bins", 100.0, "%"),
 }
+SIGNAL_STATE_EVENT = event_type_of(SignalStateChanged)
+MEASURES_EVENT = event_type_of(PhaseMeasuresComputed)
+_MEASURE_FLOATS = frozenset({"green_seconds", "cycle_seconds", "total_delay_seconds", "pct_arrivals_on_green",
+                             "pct_green", "platoon_ratio", "approach_delay_seconds", "ped_delay_seconds_total",
+                             "ped_delay_seconds_avg"})
+# PhaseMeasuresComputed fields taken from a bin's phase measures, in the contract's order: (name, StrictFloat)
+_MEASURE_FIELDS = tuple(
+    (name, name in _MEASURE_FLOATS)
+    for name in PhaseMeasuresComputed.model_fields
+    if name not in ("intersection_id", "controller_id", "district", "phase", "bin_start", "bin_seconds", "events",
+                    "data_completeness", "computed_at"))
 _ACC_FIELDS = ("vol", "aog", "arr", "sf", "sfc", "delay", "pedd", "pedn", "reporting", "complete", "bins")
 
 
+_MINUTE_MS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" → epoch ms of that minute (UTC)
+
+
 def _ms(value: str) -> int:
+    """Epoch ms of an event time. Ingest writes ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` (``iso_ms``): that layout is read
+    with the minute cached (this runs per hi-res event); any other RFC 3339 text goes through ``fromisoformat``."""
+    n = len(value)
+    if (n == 20 or n == 27) and value[-1] == "Z" and value[16] == ":" and (n == 20 or value[19] == "."):
+        minute = _MINUTE_MS.get(value[:16])
+        if minute is None:
+            if len(_MINUTE_MS) >= 10_000:
+                _MINUTE_MS.clear()
+            minute = _MINUTE_MS[value[:16]] = round(datetime.fromisoformat(value[:16] + "+00:00").timestamp()) * 1000
+        if n == 20:
+            return minute + int(value[17:19]) * 1000
+        micro = int(value[20:26])
+        if micro % 1000 == 0:
+            return minute + int(value[17:19]) * 1000 + micro // 1000
     return round(datetime.fromisoformat(value).timestamp() * 1000)
 
 
@@ -110,13 +139,14 @@ class TrafficSignalProcessor(StreamProcessor):
             cs = {"buf": [], "max_t": 0, "seen": 0, "eng": {}, "sig": new_signal_state(cfg.get("phases", ()))}
         cs["iid"], cs["district"] = data["intersection_id"], data.get("district")
         cs["seen"] = max(cs["seen"], event.timestamp_ms)
-        sig, buf = cs["sig"], cs["buf"]
+        sig, buf, max_t = cs["sig"], cs["buf"], cs["max_t"]
         for e in data["events"]:
             t, code, param = _ms(e["t"]), e["code"], e["param"]
             fold_signal_state(sig, t, code, param)
             buf.append([t, code, param])
-            if t > cs["max_t"]:
-                cs["max_t"] = t
+            if t > max_t:
+                max_t = t
+        cs["max_t"] = max_t
         if "comm_loss" in cs["eng"].get("active", {}):
             MeasuresEngine(cs["eng"], None, self.params).alarm(
                 "cleared", "comm_loss", "", cs["max_t"], "major", "controller reporting again")
@@ -263,25 +293,30 @@ class TrafficSignalProcessor(StreamProcessor):
             _accumulate(out.setdefault(cs["district"] or "unknown", dict.fromkeys(_ACC_FIELDS, 0)), partial)
         return out
 
+    # Payloads are built as dicts in the contract's field order, exactly as ``model_dump(mode="json")`` of the
+    # contract model would give them (tests check it): building models costs more than everything else emit does.
     def _signal_state(self, cid: str, cs: dict[str, Any]) -> EncodedEvent:
         sig = cs["sig"]
-        payload = SignalStateChanged(
-            intersection_id=cs["iid"], controller_id=cid, district=cs["district"], revision=sig["rev"],
-            at=iso_ms(sig["at"]), flash=sig["flash"], power_failure=sig["power"], preempt_active=sig["preempt"],
-            phases=signal_state_phases(sig))
-        return encode(SignalStateChanged.__ioc_event_type__, payload, source=SOURCE,  # type: ignore[attr-defined]
-                      id=f"state:{cs['iid']}:{sig['rev']}:{sig['at']}")
+        payload = {"intersection_id": cs["iid"], "controller_id": cid, "district": cs["district"],
+                   "revision": sig["rev"], "at": iso_ms(sig["at"]), "flash": sig["flash"],
+                   "power_failure": sig["power"], "preempt_active": sig["preempt"],
+                   "phases": signal_state_phases(sig)}
+        return encode(SIGNAL_STATE_EVENT, payload, source=SOURCE, id=f"state:{cs['iid']}:{sig['rev']}:{sig['at']}")
 
     def _measures(self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str
                   ) -> list[EncodedEvent]:
-        etype = PhaseMeasuresComputed.__ioc_event_type__  # type: ignore[attr-defined]
         out = []
+        head = {"intersection_id": cs["iid"], "controller_id": cid, "district": cs["district"]}
+        bin_start, bin_seconds = iso_ms(closed["bin_start"]), self.params.bin_ms // 1000
+        tail = {"events": closed["events"], "data_completeness": float(closed["data_completeness"]),
+                "computed_at": now_iso}
         for m in closed["phases"]:
-            payload = PhaseMeasuresComputed(
-                intersection_id=cs["iid"], controller_id=cid, district=cs["district"],
-                bin_start=iso_ms(closed["bin_start"]), bin_seconds=self.params.bin_ms // 1000,
-                events=closed["events"], data_completeness=closed["data_completeness"], computed_at=now_iso, **m)
-            out.append(encode(etype, payload, source=SOURCE,
+            payload = {**head, "phase": m["phase"], "bin_start": bin_start, "bin_seconds": bin_seconds}
+            for field, is_float in _MEASURE_FIELDS:
+                v = m[field]
+                payload[field] = float(v) if is_float and v is not None else v
+            payload.update(tail)
+            out.append(encode(MEASURES_EVENT, payload, source=SOURCE,
                               id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}"))
         return out
 
@@ -290,20 +325,23 @@ class TrafficSignalProcessor(StreamProcessor):
         suffix = alarm["key"].partition(":")[2]
         if suffix:
             alarm_id += f":{suffix}"
-        payload = ALARM_EVENT.model(
-            alarm_id=alarm_id, domain="traffic", alarm_type=alarm["type"], state=alarm["state"],
-            severity=alarm["severity"], source_id=cs["iid"], district=cs["district"], at=iso_ms(alarm["at"]),
-            message=alarm["message"])
+        payload = {"alarm_id": alarm_id, "domain": "traffic", "alarm_type": alarm["type"], "state": alarm["state"],
+                   "severity": alarm["severity"], "source_id": cs["iid"], "district": cs["district"],
+                   "commune": None, "at": iso_ms(alarm["at"]), "message": alarm["message"]}
         return encode(ALARM_EVENT, payload, source=SOURCE, id=f"{alarm_id}:{alarm['state']}:{alarm['at']}")
 
     def _kpi(self, kpi: str, level: str, code: str, window_ms: int, num: float, den: float | None,
-             scale: float, unit: str, partition: int, now_iso: str, window_seconds: int) -> EncodedEvent:
+             scale: float, unit: str, partition: int, now_iso: str, window_seconds: int) -> EncodedEvent | None:
+        """The observation, or None when this partition already published the same one (numerator and
+        denominator unchanged): consumers keep the latest per (kpi, scope, window, partition) anyway."""
+        if not self.changed_since_emitted(partition, (kpi, level, code, window_ms), (num, den)):
+            return None
         value = (num / den * scale if den else None) if den is not None else num * scale
-        payload = KPI_EVENT.model(
-            kpi=kpi, scope_level=level, scope_code=code, window_start=iso_ms(window_ms),
-            window_seconds=window_seconds, value=value, numerator=float(num),
-            denominator=float(den) if den is not None else None, unit=unit, partition=partition,
-            observed_at=now_iso, key=kpi_key(kpi, level, code))
+        key = kpi_key(kpi, level, code)
+        payload = {"kpi": kpi, "scope_level": level, "scope_code": code, "window_start": iso_ms(window_ms),
+                   "window_seconds": window_seconds, "value": None if value is None else float(value),
+                   "numerator": float(num), "denominator": float(den) if den is not None else None, "unit": unit,
+                   "partition": partition, "observed_at": now_iso, "key": key}
         return encode(KPI_EVENT, payload, source=SOURCE)
 
     def _bin_kpis(self, window_ms: int, by_district: dict[str, dict[str, float]], partition: int,
@@ -320,8 +358,10 @@ class TrafficSignalProcessor(StreamProcessor):
         seconds = self.params.bin_ms // 1000
         for level, code, acc in scopes:
             for kpi, (num, den, scale, unit) in BIN_KPIS.items():
-                out.append(self._kpi(kpi, level, code, window_ms, acc[num], acc[den] if den else None, scale,
-                                     unit, partition, now_iso, seconds))
+                ev = self._kpi(kpi, level, code, window_ms, acc[num], acc[den] if den else None, scale, unit,
+                               partition, now_iso, seconds)
+                if ev is not None:
+                    out.append(ev)
         return out
 
     def _fault_kpis(self, faults: dict[str, int], state: State, now_ms: int, now_iso: str) -> list[EncodedEvent]:
@@ -333,11 +373,11 @@ class TrafficSignalProcessor(StreamProcessor):
             return []
         state.put("faults_last", current)
         seconds = self.params.bin_ms // 1000
-        out = [self._kpi("traffic.signals_in_fault", "district", d, window, float(n), None, 1.0, "signals",
-                         state.partition, now_iso, seconds) for d, n in sorted(faults.items()) if d != "unknown"]
-        out.append(self._kpi("traffic.signals_in_fault", "city", CITY_CODE, window, float(sum(faults.values())),
-                             None, 1.0, "signals", state.partition, now_iso, seconds))
-        return out
+        scopes = [("district", d, n) for d, n in sorted(faults.items()) if d != "unknown"]
+        scopes.append(("city", CITY_CODE, sum(faults.values())))
+        out = [self._kpi("traffic.signals_in_fault", level, code, window, float(n), None, 1.0, "signals",
+                         state.partition, now_iso, seconds) for level, code, n in scopes]
+        return [ev for ev in out if ev is not None]
 
 
 def _accumulate(acc: dict[str, float], closed: dict[str, Any]) -> None:

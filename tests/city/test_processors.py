@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
 from services.city.processors import CityKpiProcessor, domain_kpi_topics
+from shared.contracts import EVENT_TYPES
 from shared.contracts.city import CityAlarmChanged, CityKpiUpdated
 from shared.contracts.common import kpi_key
 from shared.stream import State, run_in_memory
@@ -151,5 +153,134 @@ def test_old_windows_are_pruned(processor, test_domain):
     processor.emit(state, NOW)
     later = W0 + timedelta(hours=3)
     processor.emit(state, later)
-    groups = state.keys("g|")
+    groups = state.keys("g:")
     assert len(groups) == 1 and groups[0].endswith((W0 + timedelta(minutes=15)).isoformat())
+
+
+# Batches, changed-only publication, reloads ------------------------------------------------------------------
+def _batches_with_late_and_repeated_partials(cycles: int = 40, per_cycle: int = 300):
+    """The perf driver's city mix, plus per batch a few partials again with unchanged figures (newer time) and
+    a few late ones (older time, other figures), so every branch of the fold is taken."""
+    from bench.city_processor_cpu import generate
+
+    rnd = random.Random(3)
+    workload = generate(cycles, per_cycle, repeat=0.5)
+    for c, (_, batches) in enumerate(workload):
+        for p, events in batches.items():
+            extra = []
+            for e in rnd.sample(events, min(10, len(events))):
+                d = dict(e.data)
+                t = datetime.fromisoformat(d["observed_at"].replace("Z", "+00:00"))
+                if rnd.random() < 0.5:
+                    d["observed_at"] = (t + timedelta(seconds=0.1)).isoformat()
+                else:
+                    d["observed_at"] = (t - timedelta(seconds=rnd.choice([0.5, 1, 3]))).isoformat()
+                    d["numerator"] = d["numerator"] + 1000.0
+                    d["value"] = None if d["denominator"] else d["numerator"]
+                extra.append(received(EVENT_TYPES[e.type], d, partition=p))
+            events += extra
+            rnd.shuffle(events) if c % 7 == 3 else None
+    return workload
+
+
+def _run(processor, workload, *, batch: bool):
+    states = {p: State(p) for p in range(3)}
+    emitted = []
+    for now, batches in workload:
+        for p, events in batches.items():
+            if batch:
+                processor.apply_batch(events, states[p])
+            else:
+                for e in events:
+                    processor.apply(e, states[p])
+            emitted.append(processor.emit(states[p], now + timedelta(seconds=0.2)))
+    return states, emitted
+
+
+def _published(emitted):
+    """(last published figures per group, each alarm's sequence of changes, KPI updates published)."""
+    last, alarms, n = {}, {}, 0
+    for out in emitted:
+        for e in out:
+            d = orjson.loads(e.value)
+            if e.topic == "ioc.city.kpis":
+                n += 1
+                last[(d["kpi"], d["scope_level"], d["scope_code"], d["window_seconds"], d["window_start"])] = (
+                    d["value"], d["numerator"], d["denominator"], d["status"], d["partitions"], d["updated_at"])
+            else:
+                alarms.setdefault(d["alarm_id"], []).append((d["state"], d["severity"], d["at"]))
+    return last, alarms, n
+
+
+def test_batches_give_exactly_the_per_event_results():
+    from services.city.domain import load_definitions
+
+    workload = _batches_with_late_and_repeated_partials()
+    defs = load_definitions()
+    batch_states, batch_out = _run(CityKpiProcessor(defs, topics=("x",)), workload, batch=True)
+    event_states, event_out = _run(CityKpiProcessor(defs, topics=("x",)), workload, batch=False)
+    for p in batch_states:
+        assert batch_states[p].snapshot() == event_states[p].snapshot()
+    assert _published(batch_out) == _published(event_out)
+    # and emits after which nothing changed publish nothing: fewer updates than groups x emits
+    assert _published(batch_out)[2] < sum(len(b) for _, batches in workload for b in batches.values())
+
+
+def test_same_figures_again_are_not_republished_but_count_as_signal(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D07", 5.0, observed=NOW)], state)
+    assert len(decoded(processor.emit(state, NOW), CityKpiUpdated)) == 1
+    later = NOW + timedelta(minutes=20)
+    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D07", 5.0, observed=later)], state)
+    assert processor.emit(state, later) == []
+    # 31 minutes after the first partial, but 11 after the repeated one: D07 is not silent
+    assert processor.emit(state, NOW + timedelta(minutes=31)) == []
+    alarms = decoded(processor.emit(state, later + timedelta(minutes=31)), CityAlarmChanged)
+    assert sorted((a.alarm_id, a.state) for a in alarms) == [("city:no_signal:citytest:D07", "raised"),
+                                                             ("city:no_signal:citytest:HN", "raised")]
+    # a partial that changes a part whose merged figures end where they were publishes nothing either
+    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D07", 2.0, observed=later, partition=1),
+                           obs(kpi_et, "citytest.energy_kwh", "D07", 3.0, observed=later, partition=0)], state)
+    (k,) = decoded(processor.emit(state, later), CityKpiUpdated)
+    assert (k.value, k.partitions) == (5.0, 2)
+    later += timedelta(seconds=1)
+    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D07", 3.0, observed=later, partition=1),
+                           obs(kpi_et, "citytest.energy_kwh", "D07", 2.0, observed=later, partition=0)], state)
+    assert decoded(processor.emit(state, later), CityKpiUpdated) == []
+
+
+def test_a_reloaded_state_publishes_every_group_once_again(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", code, 1.0) for code in ("D01", "D02")], state)
+    assert len(processor.emit(state, NOW)) == 2
+    assert processor.emit(state, NOW) == []
+    # what the runtime does on a restart or rebalance: a new State from the changelog, memory forgotten
+    reloaded = State(0, state.snapshot())
+    processor.forget_emitted([0])
+    assert sorted(k.scope_code for k in decoded(processor.emit(reloaded, NOW), CityKpiUpdated)) == ["D01", "D02"]
+    assert processor.emit(reloaded, NOW) == []
+
+
+def test_a_state_of_the_earlier_layout_is_converted(processor, test_domain):
+    kpi_et, _ = test_domain
+    group = f"citytest.availability|district|D05|900|{W0.isoformat()}"
+    observed = (NOW - timedelta(minutes=1)).isoformat()
+    legacy = State(0, {
+        f"g|{group}": {"0": {"n": 88.0, "d": 100.0, "v": 0.88, "o": observed, "u": "x"}},
+        f"dirty|{group}": 1,
+        "latest|citytest.availability|district|D05|900": W0.isoformat(),
+        "seen|citytest|HN": observed, "seen|citytest|D05": observed,
+        "alarm|city:kpi_breach:citytest.availability:district:D05": "critical",
+        "meta|pruned_at": NOW.isoformat(),
+    })
+    out = processor.emit(legacy, NOW)
+    (k,) = decoded(out, CityKpiUpdated)
+    assert (k.value, k.status) == (0.88, "critical")
+    assert decoded(out, CityAlarmChanged) == []  # the alarm raised before the upgrade is still known
+    assert not [key for key in legacy.keys() if "|" in key.split(":", 1)[0]]
+    processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, observed=NOW), legacy)
+    (cleared,) = decoded(processor.emit(legacy, NOW), CityAlarmChanged)
+    assert (cleared.alarm_id, cleared.state) == ("city:kpi_breach:citytest.availability:district:D05", "cleared")
+    assert legacy.get("seen:all") == {"citytest|HN": NOW.isoformat(), "citytest|D05": NOW.isoformat()}

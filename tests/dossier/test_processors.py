@@ -183,3 +183,136 @@ def test_window_bounds():
     start, seconds = window_bounds("m:2025-12")
     assert start == datetime(2025, 12, 1, tzinfo=VN) and seconds == 31 * 86400
     assert window_bounds("d:2025-03-10") == (datetime(2025, 3, 10, tzinfo=VN), 86400)
+
+
+def _random_lifecycles(seed: int, dossiers: int = 120) -> list:
+    """Dossiers of several agencies and units through receipt, pauses, fee payments, overdue notices,
+    apologies, resolution (early, on time, late), return and withdrawal, spread over four partitions."""
+    import random
+
+    rnd = random.Random(seed)
+    units = [("UBND-BD-01", "BD-01", "BD"), ("UBND-BD", "BD", "BD"), ("UBND-HK-02", "HK-02", "HK"),
+             ("SO-TP", "HN", None), ("UBND-X-01", "X-01", None)]
+    events = []
+    for i in range(dossiers):
+        code, part = f"R{seed}-{i}", i % 4
+        agency, unit, district = rnd.choice(units)
+        start = datetime(2025, 3, 1, 8, tzinfo=VN) + timedelta(hours=rnd.randrange(0, 9 * 24))
+        due = (start + timedelta(days=rnd.randrange(0, 8))).date().isoformat()
+        channel = rnd.choice(("online", "in_person", "postal"))
+        level = rnd.choice(("fully_online", "partly_online", "offline"))
+
+        facts = {**BASE, "agency_code": agency, "admin_unit": unit, "district": district, "dossier_code": code,
+                 "procedure_code": "P", "channel": channel, "online_level": level, "received_at": start.isoformat(),
+                 "due_date": due}
+
+        def ev(st, at, prev, action, facts=facts, part=part, **kw):
+            payload = {**facts, "status": st, "at": at.isoformat(), "previous_status": prev, "status_name": "x",
+                       "action": action, "clock_paused": False, "paid_online": None, **kw}
+            return received(DossierStatusChanged, payload, partition=part)
+
+        at = start
+        events.append(ev(2, at, None, "receive"))
+        if rnd.random() < 0.3:
+            at += timedelta(hours=3)
+            events.append(ev(6, at, 2, "request_fees", clock_paused=True))
+            at += timedelta(hours=5)
+            events.append(ev(4, at, 6, "pay_fees", paid_online=rnd.random() < 0.5))
+        at += timedelta(days=rnd.randrange(0, 10), hours=1)
+        notice = {k: v for k, v in ev(4, at, 2, "x").data.items() if k in DossierOverdue.model_fields}
+        if at.date().isoformat() > due and rnd.random() < 0.7:
+            events.append(received(DossierOverdue, {**notice, "days_overdue": 1}, partition=part))
+            if rnd.random() < 0.5:
+                events.append(received(DossierApologized, {**notice, "promised_date": "2025-03-30"}, partition=part))
+        fate = rnd.random()
+        if fate < 0.6:
+            events.append(ev(9, at, 4, "resolve"))
+            if rnd.random() < 0.5:
+                events.append(ev(10, at + timedelta(hours=2), 9, "return_result"))
+        elif fate < 0.7:
+            events.append(ev(7, at, 4, "withdraw"))
+    events.sort(key=lambda e: e.data["at"])  # interleave the dossiers like the lifecycle topic does
+    return events
+
+
+def _latest(out: list[EncodedEvent]) -> tuple[dict, dict]:
+    """Latest KPI observation per (kpi, scope, window, partition), a zero counting as none; alarm histories."""
+    latest, alarms = {}, {}
+    for ev in out:
+        d = orjson.loads(ev.value)
+        if ev.topic == "ioc.dossier.alarms":
+            alarms.setdefault(d["alarm_id"], []).append(d["state"])
+            continue
+        latest[(d["kpi"], d["scope_level"], d["scope_code"], d["window_start"], d["partition"])] = (
+            d["value"], d["numerator"], d["denominator"])
+    return {k: v for k, v in latest.items() if v[1] or v[2]}, alarms
+
+
+def test_batches_emits_and_restarts_give_the_per_event_reference_results():
+    """The batched fold (counters summed per batch, incremental snapshot, in-memory views rebuilt after a
+    reload) ends with the same state and the same latest observations as per-event folding with one emit."""
+    import random
+
+    from shared.stream import State
+
+    events = _random_lifecycles(7)
+    ref_states, ref_out = run_in_memory(DossierKpiProcessor(), events, NOW)
+    rnd = random.Random(1)
+    proc = DossierKpiProcessor()
+    states: dict[int, State] = {}
+    out: list[EncodedEvent] = []
+    for p in range(4):
+        mine = [e for e in events if e.partition == p]
+        i = 0
+        while i < len(mine):
+            n = rnd.randrange(1, 25)
+            st = states.setdefault(p, State(p))
+            proc.apply_batch(mine[i:i + n], st)
+            i += n
+            if rnd.random() < 0.5:
+                out.extend(proc.emit(st, NOW - timedelta(days=rnd.choice((0, 0, 3)))))
+            if rnd.random() < 0.1:  # a restart: the runtime reloads the state into a new State and worker
+                proc.forget_emitted([p])
+                states[p] = State(p, orjson.loads(orjson.dumps(st.snapshot())))
+                proc = DossierKpiProcessor()
+        out.extend(proc.emit(states[p], NOW))
+    facts = ("c|", "o|", "a|")
+    for p, ref in ref_states.items():
+        assert ({k: v for k, v in orjson.loads(orjson.dumps(states[p].snapshot())).items() if k.startswith(facts)}
+                == {k: v for k, v in orjson.loads(orjson.dumps(ref.snapshot())).items() if k.startswith(facts)})
+    got_kpis, got_alarms = _latest(out)
+    ref_kpis, ref_alarms = _latest(ref_out)
+    # Snapshots emitted at an earlier ``now`` are of that day; compare those of ``NOW``'s windows.
+    snapshots = ("dossier.open_within_deadline", "dossier.overdue_open", "dossier.progress_766_points")
+    got_kpis = {k: v for k, v in got_kpis.items() if k[0] not in snapshots or k[3] in (DAY_10, MONTH)}
+    assert got_kpis == ref_kpis
+    assert got_alarms == ref_alarms and ref_alarms
+    assert any(k[0] == "dossier.overdue_open" for k in ref_kpis)
+
+
+def test_state_of_the_previous_layout_is_taken_over():
+    """Per-key change markers and pending alarms of the earlier state layout are still published."""
+    from shared.stream import State
+
+    proc = DossierKpiProcessor()
+    states, _ = run_in_memory(proc, life(), NOW)
+    data = dict(states[0].snapshot())
+    data.pop("dirty", None)
+    data["x|c|received|agency|UBND-BD-01|m:2025-03"] = 1
+    data["pa|000000000001"] = {"alarm_id": "dossier:overdue:D5", "domain": "dossier", "alarm_type": "dossier_overdue",
+                               "state": "raised", "severity": "minor", "source_id": "D5", "district": "BD",
+                               "commune": "BD-01", "at": t("2025-03-06T00:05"), "message": "overdue"}
+    data["snap_dirty"] = 1
+    out = list(DossierKpiProcessor().emit(State(0, data), NOW))
+    got = [(orjson.loads(e.value).get("kpi"), orjson.loads(e.value).get("state")) for e in out]
+    assert ("dossier.received", None) in got and (None, "raised") in got
+
+
+def test_observations_are_exactly_what_the_contract_model_dumps():
+    from shared.contracts.dossier import KPI_EVENT
+
+    _, out = run_in_memory(DossierKpiProcessor(), life(), NOW)
+    kpis = [e for e in out if e.topic == KPI_EVENT.topic]
+    assert kpis
+    for e in kpis:
+        assert orjson.dumps(KPI_EVENT.model.model_validate_json(e.value).model_dump(mode="json")) == e.value

@@ -171,3 +171,108 @@ def test_old_windows_are_pruned():
     proc.emit(states[0], datetime.fromtimestamp(MON + 3.5 * H, UTC))
     assert not states[0].keys("s:3600:")  # two hours later the hour is neither current nor previous
     assert states[0].keys("s:86400:")
+
+
+class EveryKioskEveryEmit(KioskKpiProcessor):
+    """The reference: every emit evaluates every kiosk and republishes every KPI (no memory between emits)."""
+
+    def emit(self, state, now):
+        self.forget_emitted([state.partition])
+        return super().emit(state, now)
+
+
+def _day_of_kiosks(seed: int):
+    """Six kiosks on two partitions over 26 hours: heartbeats that stop and resume (some late), opening hours
+    with nights, printer faults, sessions, a registry change; yields (time, events of the last minute)."""
+    import random
+
+    rnd = random.Random(seed)
+    office = [{"days": [1, 2, 3, 4, 5, 6], "open": "07:30", "close": "17:00"}]
+    kiosks = {f"K{i}": (i % 2, ALL_DAY if i % 3 == 0 else office) for i in range(6)}
+    up = dict.fromkeys(kiosks, True)
+    t = MON - 2 * H
+    first = [reg(k, ("BD", "HK")[i % 2], p, hours) for i, (k, (p, hours)) in enumerate(kiosks.items())]
+    yield t, first
+    for step in range(26 * 60):
+        t += 60
+        events = []
+        for i, (k, (p, _)) in enumerate(kiosks.items()):
+            if rnd.random() < 0.01:
+                up[k] = not up[k]
+            if up[k]:
+                lag = 400 if i == 5 and step % 300 < 30 else 0  # a gateway catching up with old heartbeats
+                events.append(received(HeartbeatReceived, {"kiosk_id": k, "at": iso(t - lag), "app_version": "2.1"},
+                                       partition=p))
+            if rnd.random() < 0.01:
+                events.append(printer(k, t - 5, rnd.choice(("out", "jammed", "full", "full")), partition=p))
+            if up[k] and rnd.random() < 0.05:
+                events.append(session(k, f"{step}-{i}", t - 120, rnd.choice(("completed", "abandoned", "failed")),
+                                      rnd.choice((None, 3, 5)), partition=p))
+        if step == 600:
+            events.append(reg("K1", "HK", kiosks["K1"][0], ALL_DAY))
+            events[-1].data["version"] = 2
+        yield t, events
+
+
+def test_incremental_emit_gives_the_full_evaluation_results():
+    """Evaluating only the kiosks that can have changed and skipping unchanged KPIs publishes the same state
+    changes and alarms, in the same order, and leaves the same latest KPIs and the same state as evaluating
+    every kiosk and publishing every KPI on every emit, across restarts (state reloaded, memory lost)."""
+    import random
+
+    from shared.stream import State
+
+    rnd = random.Random(3)
+    fast, ref = KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=300), EveryKioskEveryEmit(
+        heartbeat_timeout_s=180, kpi_interval_s=300)
+    fast_states = {p: State(p) for p in (0, 1)}
+    ref_states = {p: State(p) for p in (0, 1)}
+    fast_kpis: dict = {}
+    ref_kpis: dict = {}
+    transitions = 0
+    for t, events in _day_of_kiosks(5):
+        now = datetime.fromtimestamp(t + rnd.choice((0, 20, 45)), UTC)
+        for p in (0, 1):
+            mine = [e for e in events if e.partition == p]
+            fast.apply_batch(mine, fast_states[p])
+            ref.apply_batch(mine, ref_states[p])
+            got, want = fast.emit(fast_states[p], now), ref.emit(ref_states[p], now)
+            moves = [(e.topic, e.value) for e in got if e.topic != "ioc.kiosk.kpis"]
+            assert moves == [(e.topic, e.value) for e in want if e.topic != "ioc.kiosk.kpis"]
+            transitions += len(moves)
+            for out, latest in ((got, fast_kpis), (want, ref_kpis)):
+                for d in payloads(out, "ioc.kiosk.kpis"):
+                    key = (d["kpi"], d["scope_code"], d["window_seconds"], d["window_start"], d["partition"])
+                    latest[key] = (d["numerator"], d["denominator"], d["value"])
+            assert fast_kpis == ref_kpis
+            if rnd.random() < 0.01:  # restart: state reloaded from the changelog, memory gone
+                fast.forget_emitted([p])
+                fast_states[p] = State(p, orjson.loads(orjson.dumps(fast_states[p].snapshot())))
+    assert transitions > 20
+    for p in (0, 1):
+        assert orjson.loads(orjson.dumps(fast_states[p].snapshot())) == orjson.loads(
+            orjson.dumps(ref_states[p].snapshot()))
+
+
+def test_unchanged_kpis_are_not_republished():
+    proc = KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=30)
+    events = [reg("K-F", "BD", 0), session("K-F", 1, MON + H, "completed")]
+    states, out = run_in_memory(proc, events, datetime.fromtimestamp(MON + 1.5 * H, UTC))
+    assert any(p["kpi"] == "kiosk.sessions" for p in payloads(out, "ioc.kiosk.kpis"))
+    again = proc.emit(states[0], datetime.fromtimestamp(MON + 1.5 * H + 40, UTC))
+    kpis = {p["kpi"] for p in payloads(again, "ioc.kiosk.kpis")}
+    assert "kiosk.sessions" not in kpis  # no new session
+    assert "kiosk.technical_availability" in kpis  # scheduled time went on
+
+
+def test_payloads_are_exactly_what_the_contract_models_dump(scenario):
+    """KPI observations, state changes and alarms are built as dicts: each must be a valid payload of its
+    contract, byte for byte what the model would have dumped."""
+    from shared.contracts.base import EVENT_TYPES
+    from shared.contracts.cloudevents import headers_dict
+
+    _, _, out, _ = scenario
+    assert {e.topic for e in out} == {"ioc.kiosk.kpis", "ioc.kiosk.state", "ioc.kiosk.alarms"}
+    for e in out:
+        model = EVENT_TYPES[headers_dict(e.headers)["ce_type"].decode()].model
+        assert orjson.dumps(model.model_validate_json(e.value).model_dump(mode="json")) == e.value

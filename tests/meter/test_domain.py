@@ -66,7 +66,7 @@ def test_register_deltas_and_enrichment():
     }
     end = int((T0 + timedelta(minutes=30)).timestamp())
     # bits: 30 min (bit 0), 15 min (bit 1), 0 min (bit 2) all seen
-    assert regs[("M1", "1-0:1.8.0")] == [end, 0b111, 101.0, end]
+    assert regs[("M1", "1-0:1.8.0")] == (end, 0b111, 101.0, end)
 
 
 def test_rollover_is_accepted_with_the_wrapped_delta():
@@ -170,7 +170,7 @@ def test_interval_end_must_be_a_time_with_offset_on_the_grid():
 def test_undo_restores_previous_states_unless_moved_on():
     regs: dict = {}
     run([reading(value=10.0)], regs)
-    before = list(regs[("M1", "1-0:1.8.0")])
+    before = regs[("M1", "1-0:1.8.0")]
     out, _ = run([reading(minutes=15, value=11.0), reading(meter="M2", value=5.0)], regs)
     applied = {k: regs[k] for k in out.previous}
     undo_registers(regs, out.previous, applied)

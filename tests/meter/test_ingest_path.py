@@ -70,8 +70,8 @@ async def test_register_writer_keeps_the_latest_batch_and_retries_after_a_failur
     pool = FakePool(fail=True)
     writer = RegisterWriter(pool)  # type: ignore[arg-type]
     k1, k2 = ("M1", "1-0:1.8.0"), ("M2", "1-0:1.8.0")
-    writer.mark(2, {k1: [200, 1, 20.0, 200]})
-    writer.mark(1, {k1: [100, 1, 10.0, 100], k2: [100, 1, 5.0, 100]})  # acknowledged after batch 2
+    writer.mark(2, {k1: (200, 1, 20.0, 200)})
+    writer.mark(1, {k1: (100, 1, 10.0, 100), k2: (100, 1, 5.0, 100)})  # acknowledged after batch 2
     with pytest.raises(OSError):
         await writer.flush()
     assert writer.pending == 3  # kept for the next flush
@@ -85,8 +85,8 @@ async def test_register_writer_keeps_the_latest_batch_and_retries_after_a_failur
 async def test_register_writer_forgets_replaced_meters():
     pool = FakePool()
     writer = RegisterWriter(pool)  # type: ignore[arg-type]
-    writer.mark(1, {("M1", "1-0:1.8.0"): [100, 1, 10.0, 100], ("M2", "1-0:1.8.0"): [100, 1, 5.0, 100]})
+    writer.mark(1, {("M1", "1-0:1.8.0"): (100, 1, 10.0, 100), ("M2", "1-0:1.8.0"): (100, 1, 5.0, 100)})
     await writer.forget(["M1"])
     assert pool.calls == [(["M1"],)]  # the DELETE of its written registers
     await writer.flush()
-    assert pool.calls[1][0] == ["M2"]
+    assert list(pool.calls[1][0]) == ["M2"]

@@ -176,3 +176,106 @@ def test_feeder_outage_raised_once_and_cleared():
     _, out = run_in_memory(FeederOutageProcessor(0.5, 3), events, NOW)
     got = [(a["alarm_id"], a["state"], a["severity"]) for a in alarms(out)]
     assert got == [("meter:feeder_outage:F1", "raised", "critical"), ("meter:feeder_outage:F1", "cleared", "critical")]
+
+
+def _mixed_stream(seed: int = 7) -> list:
+    """Registry, readings (some late, estimated, missing, other OBIS, a window behind retention), tamper and
+    power events, interruptions and a meter moving district mid-stream, all in one partition."""
+    import random
+
+    rnd = random.Random(seed)
+    meters = [f"M{i}" for i in range(40)]
+    districts = ["BD", "HK", "CG"]
+    events = [registry(m, district=districts[i % 3], customers=1 + i % 4) for i, m in enumerate(meters)]
+    start = DAY.replace(hour=22)
+    for q in range(12):  # crosses midnight: two day windows
+        end = start + timedelta(minutes=15 * (q + 1))
+        for i, m in enumerate(meters):
+            district = districts[i % 3]
+            late = rnd.random() < 0.05
+            t = end - timedelta(minutes=15 * rnd.randint(1, 8)) if late else end
+            quality = rnd.choice(["measured"] * 8 + ["estimated", "missing"])
+            events.append(reading(m, t, None if quality == "missing" else 100.0 + q,
+                                  None if quality == "missing" else rnd.random(), district=district, quality=quality,
+                                  obis="1-0:1.8.0" if rnd.random() > 0.05 else "1-0:32.7.0"))
+            r = rnd.random()
+            if r < 0.02:
+                events.append(meter_event(m, end - timedelta(minutes=1), "meter_cover_opened", "tamper", district))
+            elif r < 0.04:
+                events.append(meter_event(m, end - timedelta(minutes=2), rnd.choice(["power_down", "power_up"]),
+                                          "power", district))
+            elif r < 0.05:
+                events.append(interruption(m, end - timedelta(minutes=30), rnd.choice([2, 20]), 1 + i % 4, district))
+        if q == 6:
+            events.append(registry("M0", district="HK", customers=3))
+    events.append(reading("M1", DAY.replace(day=3, hour=5), 1.0, 1.0, district="HK"))  # jumps the watermark
+    events.append(reading("M2", DAY.replace(hour=23), 1.0, 2.0))  # now behind the quarter's retention
+    return events
+
+
+def test_apply_batch_gives_the_per_event_state_and_outputs_exactly():
+    """The batched fold (aggregates found once per batch, put once) against the per-event reference, for
+    several batch splits: the same state (float sums included) and the same observations."""
+    import random
+
+    from shared.stream import State
+
+    events = _mixed_stream()
+    ref_proc, ref = MeterKpiProcessor(), State(0)
+    for e in events:
+        ref_proc.apply(e, ref)
+    ref_state = ref.snapshot()
+    ref_out = [e.value for e in ref_proc.emit(ref, NOW)]
+    for seed in range(4):
+        rnd = random.Random(seed)
+        proc, st = MeterKpiProcessor(), State(0)
+        i = 0
+        while i < len(events):
+            n = rnd.randint(1, 200)
+            proc.apply_batch(events[i:i + n], st)
+            i += n
+        assert st.snapshot() == ref_state
+        assert [e.value for e in proc.emit(st, NOW)] == ref_out
+        assert st.snapshot() == ref.snapshot()  # pruned alike
+
+
+def test_unchanged_kpis_are_not_published_again_until_the_memory_is_forgotten():
+    from shared.stream import State
+
+    proc, st = MeterKpiProcessor(), State(0)
+    proc.apply_batch([registry("A"), registry("B"), reading("A", DAY.replace(hour=10, minute=15), 1.0, 0.5)], st)
+    first = kpis(proc.emit(st, NOW))
+    assert len(first) == 9 + 9 + 8 + 8 + 2  # quarter + day, district + city; supply district + city
+    # One more reading in the same quarter: energy, reads, completeness and demand move; reliability does not.
+    proc.apply_batch([reading("B", DAY.replace(hour=10, minute=15), 2.0, 0.25)], st)
+    second = kpis(proc.emit(st, NOW))
+    assert {k[0] for k in second} == {"meter.energy_kwh", "meter.read_success_rate", "meter.interval_completeness",
+                                      "meter.peak_demand_kw"}
+    assert second[("meter.energy_kwh", "BD", 900, iso(DAY.replace(hour=10)))]["value"] == pytest.approx(0.75)
+    # The latest value of every KPI is still what the reference computes.
+    merged = {**first, **second}
+    _, ref = run([registry("A"), registry("B"), reading("A", DAY.replace(hour=10, minute=15), 1.0, 0.5),
+                  reading("B", DAY.replace(hour=10, minute=15), 2.0, 0.25)])
+    assert {k: (v["numerator"], v["denominator"]) for k, v in merged.items()} == \
+        {k: (v["numerator"], v["denominator"]) for k, v in kpis(ref).items()}
+    # A reload of the partition (the runtime forgets what was published): the next emit publishes everything.
+    proc.forget_emitted([0])
+    proc.apply_batch([reading("B", DAY.replace(hour=10, minute=30), 2.5, 0.5)], st)
+    assert len(kpis(proc.emit(st, NOW))) >= 9 + 9
+
+
+def test_day_meters_of_an_older_state_layout_keep_counting():
+    """A day aggregate written by an earlier version (its meters as a dict) is moved to the bucket keys."""
+    from shared.stream import State
+
+    proc, st = MeterKpiProcessor(), State(0)
+    proc.apply_batch([registry("A"), registry("B"), registry("C")], st)
+    day = int(DAY.timestamp())
+    st[f"agg:86400:{day}:BD"] = {"kwh": 1.0, "valid": 2, "meters": {"A": 1, "B": 1}, "tamper": 0, "ci": 0.0,
+                                 "cmi": 0.0, "mi": 0.0}
+    st["wm"] = day + 3600
+    proc.apply_batch([reading("B", DAY.replace(hour=1, minute=15), 2.0, 0.5),
+                      reading("C", DAY.replace(hour=1, minute=15), 3.0, 0.5)], st)
+    rs = kpis(proc.emit(st, NOW))[("meter.read_success_rate", "BD", 86400, iso(DAY))]
+    assert (rs["numerator"], rs["denominator"]) == (3.0, 3.0)
+    assert st[f"agg:86400:{day}:BD"]["meters"] == 3

@@ -10,12 +10,16 @@ import pytest
 from services.traffic.processors import TrafficSignalProcessor
 from services.traffic.settings import TrafficSettings
 from shared.contracts.traffic import HiResEventsLogged, IntersectionConfigured
-from shared.stream import run_in_memory
+from shared.stream import State, run_in_memory
 from shared.testing import received
 
 from .test_domain import REGISTRY, T0, two_cycles
 
-PROC = TrafficSignalProcessor(TrafficSettings())
+
+@pytest.fixture
+def proc() -> TrafficSignalProcessor:
+    """A fresh processor: it remembers what it published (``changed_since_emitted``), as a worker does."""
+    return TrafficSignalProcessor(TrafficSettings())
 
 
 def registry_event(cid="C1", iid="I1", district="BD"):
@@ -46,12 +50,12 @@ def end_of_bin_event():
             (round((T0 + timedelta(seconds=1206)).timestamp() * 1000), 43, 4)]
 
 
-def test_measures_and_kpis_from_chunks_split_across_records():
+def test_measures_and_kpis_from_chunks_split_across_records(proc):
     events = two_cycles()
     half = len(events) // 2
     evs = [registry_event(), hires(events[:half], offset=1), hires(events[half:], offset=2),
            hires(end_of_bin_event(), offset=3)]
-    _, out = run_in_memory(PROC, evs, now=T0 + timedelta(seconds=1210))
+    _, out = run_in_memory(proc, evs, now=T0 + timedelta(seconds=1210))
     measures = payloads(out, "phase_measures.computed.v1")
     p2 = next(m for m in measures if m["phase"] == 2)
     assert p2["intersection_id"] == "I1" and p2["district"] == "BD"
@@ -75,33 +79,33 @@ def test_measures_and_kpis_from_chunks_split_across_records():
     assert states and states[-1]["intersection_id"] == "I1"
 
 
-def test_events_wait_for_registry_then_use_detector_config():
+def test_events_wait_for_registry_then_use_detector_config(proc):
     # hi-res arrives before the registry record: arrivals still classified once the configuration is known
     evs = [hires(two_cycles(), offset=1), registry_event(), hires(end_of_bin_event(), offset=2)]
-    _, out = run_in_memory(PROC, evs, now=T0 + timedelta(seconds=1210))
+    _, out = run_in_memory(proc, evs, now=T0 + timedelta(seconds=1210))
     p2 = next(m for m in payloads(out, "phase_measures.computed.v1") if m["phase"] == 2)
     assert p2["arrivals"] == 7
 
 
-def test_without_registry_events_wait_30_s_of_arrival_time_then_count_anyway():
+def test_without_registry_events_wait_30_s_of_arrival_time_then_count_anyway(proc):
     ev = hires([*two_cycles(), *end_of_bin_event()])
-    states, out = run_in_memory(PROC, [ev], now=datetime.fromtimestamp(ev.timestamp_ms / 1000 + 10, UTC))
+    states, out = run_in_memory(proc, [ev], now=datetime.fromtimestamp(ev.timestamp_ms / 1000 + 10, UTC))
     assert payloads(out, "phase_measures.computed.v1") == []  # held: the configuration may still come
-    later = list(PROC.emit(states[0], datetime.fromtimestamp(ev.timestamp_ms / 1000 + 31, UTC)))
+    later = list(proc.emit(states[0], datetime.fromtimestamp(ev.timestamp_ms / 1000 + 31, UTC)))
     p2 = next(m for m in payloads(later, "phase_measures.computed.v1") if m["phase"] == 2)
     assert p2["cycles"] == 2 and p2["arrivals"] == 0  # no detector configuration: no arrivals known
 
 
-def test_open_bin_is_not_published_before_grace():
+def test_open_bin_is_not_published_before_grace(proc):
     evs = [registry_event(), hires(two_cycles(), offset=1)]
-    _, out = run_in_memory(PROC, evs, now=T0 + timedelta(seconds=200))
+    _, out = run_in_memory(proc, evs, now=T0 + timedelta(seconds=200))
     assert payloads(out, "phase_measures.computed.v1") == []
 
 
-def test_alarms_and_signals_in_fault():
+def test_alarms_and_signals_in_fault(proc):
     t = round(T0.timestamp() * 1000)
     evs = [registry_event(), hires([(t, 1, 2), (t + 1000, 173, 1), (t + 20_000, 87, 2), (t + 30_000, 43, 2)])]
-    states, out = run_in_memory(PROC, evs, now=T0 + timedelta(seconds=40))
+    states, out = run_in_memory(proc, evs, now=T0 + timedelta(seconds=40))
     alarms = payloads(out, "alarm.changed.v1")
     assert {(a["alarm_id"], a["state"], a["severity"]) for a in alarms} == {
         ("traffic:controller_flash:I1", "raised", "major"),
@@ -113,26 +117,26 @@ def test_alarms_and_signals_in_fault():
     state = payloads(out, "signal_state.changed.v1")[-1]
     assert state["flash"] is True and {p["color"] for p in state["phases"]} == {"flashing"}
     # a second emit with nothing new publishes nothing again
-    assert list(PROC.emit(states[0], T0 + timedelta(seconds=41))) == []
+    assert list(proc.emit(states[0], T0 + timedelta(seconds=41))) == []
 
 
-def test_comm_loss_raised_on_silence_and_cleared_on_next_event():
+def test_comm_loss_raised_on_silence_and_cleared_on_next_event(proc):
     t = round(T0.timestamp() * 1000)
     ev = hires([(t, 1, 2)])
-    states, _ = run_in_memory(PROC, [registry_event(), ev], now=T0)
+    states, _ = run_in_memory(proc, [registry_event(), ev], now=T0)
     st = states[0]
     silent_until = datetime.fromtimestamp(ev.timestamp_ms / 1000 + 301, UTC)
-    out = list(PROC.emit(st, silent_until))
+    out = list(proc.emit(st, silent_until))
     raised = payloads(out, "alarm.changed.v1")
     assert [(a["alarm_type"], a["state"]) for a in raised] == [("comm_loss", "raised")]
     again = hires([(t + 400_000, 8, 2)])
-    PROC.apply(again, st)
+    proc.apply(again, st)
     soon_after = datetime.fromtimestamp(again.timestamp_ms / 1000 + 1, UTC)
-    cleared = payloads(list(PROC.emit(st, soon_after)), "alarm.changed.v1")
+    cleared = payloads(list(proc.emit(st, soon_after)), "alarm.changed.v1")
     assert [(a["alarm_type"], a["state"]) for a in cleared] == [("comm_loss", "cleared")]
 
 
-def test_every_published_kpi_is_defined_with_its_unit():
+def test_every_published_kpi_is_defined_with_its_unit(proc):
     from pathlib import Path
 
     import shared.kpis as kpis_pkg
@@ -140,7 +144,7 @@ def test_every_published_kpi_is_defined_with_its_unit():
 
     defs = {d.id: d for d in load_file(Path(kpis_pkg.__file__).parent / "traffic.yaml")}
     evs = [registry_event(), hires([*two_cycles(), *end_of_bin_event()])]
-    _, out = run_in_memory(PROC, evs, now=T0 + timedelta(seconds=1210))
+    _, out = run_in_memory(proc, evs, now=T0 + timedelta(seconds=1210))
     seen = {(k["kpi"], k["unit"]) for k in payloads(out, "kpi.observed.v1")}
     assert {kpi for kpi, _ in seen} == set(defs)
     for kpi, unit in seen:
@@ -170,6 +174,7 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     rest = [e for e in events if e[0] > ms(80)]
     states, out = run_in_memory(proc, [registry_event(), hires(first, offset=1)], now=T0 + timedelta(seconds=81))
     st = states[0]
+    published = list(out)  # everything published, in order: consumers keep the latest per key
     assert payloads(out, "phase_measures.computed.v1") == []  # measures stay final-only
     live = bin_kpis(out)
     # cycle 1 alone: arrivals at the stop bar 15, 25 (red: 15 + 5 s delay), 35, 55 (green), 61 (yellow)
@@ -193,6 +198,7 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     # both cycles complete (plus cycle 2's split-failure check at 133 s): 30 s of event time later, updated
     feed(proc, st, [e for e in rest if e[0] > ms(90)] + [(ms(145), 43, 4)], 3)
     out = list(proc.emit(st, T0 + timedelta(seconds=146)))
+    published += out
     assert payloads(out, "phase_measures.computed.v1") == []
     live = bin_kpis(out)
     aog = live[("traffic.arrivals_on_green_ratio", "city", "HN")]
@@ -209,7 +215,11 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     # bin end + grace passed: the full-bin measures and the final roll-up (same window) are published
     feed(proc, st, end_of_bin_event(), 4)
     out = list(proc.emit(st, T0 + timedelta(seconds=1210)))
-    final = bin_kpis(out)
+    # only what changed since the last provisional observations is published again
+    assert set(bin_kpis(out)) == {(k, level, code) for k in ("traffic.data_completeness_ratio",)
+                                  for level, code in (("district", "BD"), ("city", "HN"))}
+    published += out
+    final = bin_kpis(published)
     aog = final[("traffic.arrivals_on_green_ratio", "district", "BD")]
     assert (aog["numerator"], aog["denominator"]) == (3.0, 7.0)
     assert final[("traffic.split_failure_ratio", "city", "HN")]["value"] == pytest.approx(50.0)
@@ -256,8 +266,11 @@ def test_final_measures_and_kpis_are_the_same_with_and_without_live_kpis():
     def values(out):
         return {k: (v["numerator"], v["denominator"], v["value"]) for k, v in bin_kpis(out).items()}
 
-    assert values(live_final) == values(off_final)
-    assert values(live_final)[("traffic.arrivals_on_green_ratio", "city", "HN")] == (3.0, 7.0, pytest.approx(300 / 7))
+    # what consumers hold (the latest per key) is the same; with live KPIs the final emit re-publishes only the
+    # observations the closed bin changed
+    assert values([*live_outs, *live_final]) == values([*off_outs, *off_final]) == values(off_final)
+    assert values(off_final)[("traffic.arrivals_on_green_ratio", "city", "HN")] == (3.0, 7.0, pytest.approx(300 / 7))
+    assert len(bin_kpis(live_final)) < len(bin_kpis(off_final))
 
 
 def test_window_value_keeps_other_open_bins_when_one_intersection_closes_first():
@@ -266,13 +279,14 @@ def test_window_value_keeps_other_open_bins_when_one_intersection_closes_first()
     b = [(t + 5_000, c, p) for t, c, p in two_cycles()]  # I2 in another district, 5 s later
     evs = [registry_event(), registry_event("C2", "I2", "HK"), hires(a, offset=1),
            hires(b, "C2", "I2", "HK", offset=2)]
-    states, _ = run_in_memory(proc, evs, now=T0 + timedelta(seconds=200))
+    states, published = run_in_memory(proc, evs, now=T0 + timedelta(seconds=200))
     st = states[0]
     # I1's bin closes (its event time passes 08:15 + grace); I2's does not yet
     proc.apply(hires(end_of_bin_event(), offset=3), st)
     out = list(proc.emit(st, T0 + timedelta(seconds=1210)))
     assert {m["intersection_id"] for m in payloads(out, "phase_measures.computed.v1")} == {"I1"}
-    k = bin_kpis(out)
+    published += out
+    k = bin_kpis(published)
     assert (k[("traffic.arrivals_on_green_ratio", "district", "BD")]["numerator"],
             k[("traffic.arrivals_on_green_ratio", "district", "BD")]["denominator"]) == (3.0, 7.0)
     # I2's open bin counts with its complete cycles: the city value does not dip to I1 alone
@@ -282,5 +296,127 @@ def test_window_value_keeps_other_open_bins_when_one_intersection_closes_first()
     proc.apply(hires([(ms(1206), 43, 4), (ms(1212), 43, 4)], "C2", "I2", "HK", offset=4), st)
     out = list(proc.emit(st, T0 + timedelta(seconds=1215)))
     assert {m["intersection_id"] for m in payloads(out, "phase_measures.computed.v1")} == {"I2"}
-    city = bin_kpis(out)[("traffic.arrivals_on_green_ratio", "city", "HN")]
+    published += out
+    city = bin_kpis(published)[("traffic.arrivals_on_green_ratio", "city", "HN")]
     assert (city["numerator"], city["denominator"]) == (6.0, 14.0)
+
+
+# --- batching, exact payloads, republishing only what changed --------------------------------------------------
+def simulated_log(minutes: int = 40):
+    """Registry records and the time-ordered logs of three simulated controllers over ``minutes`` (event time)."""
+    import random
+
+    from services.traffic.simulator import build_intersections
+
+    start = T0.timestamp()
+    items, sims = build_intersections(0.01, random.Random(5), start)
+    regs = [received(IntersectionConfigured, {**item, "revision": 1}) for item in items]
+    logs = {}
+    for item, sim in zip(items, sims, strict=True):
+        logs[item["controller_id"]] = (item, sorted({(round(t * 1000), code, param)
+                                                     for t, code, param in sim.events_until(start + minutes * 60)}))
+    return regs, logs
+
+
+def hires_of(item, events, offset):
+    return hires(events, cid=item["controller_id"], iid=item["intersection_id"], district=item["district"],
+                 offset=offset)
+
+
+def latest_kpis(out):
+    """What a consumer holds: the latest observation per (kpi, scope, window), without its observation time."""
+    return {(k["key"], k["window_start"]): {f: v for f, v in k.items() if f != "observed_at"}
+            for k in payloads(out, "kpi.observed.v1") if k["kpi"] != "traffic.signals_in_fault"}
+
+
+def test_batched_records_give_the_same_results_as_one_event_per_record():
+    regs, logs = simulated_log()
+    later = datetime.now(UTC) + timedelta(seconds=2000)  # every controller silent: all bins close
+
+    # reference: one record per event, applied one by one, a single emit at the end
+    per_event = [*regs]
+    for item, events in logs.values():
+        per_event += [hires_of(item, [e], len(per_event)) for e in events]
+    _, ref = run_in_memory(TrafficSignalProcessor(TrafficSettings()), per_event, now=later)
+
+    # records of 10 s of a controller's events, fetched in batches through apply_batch, emits in between
+    proc = TrafficSignalProcessor(TrafficSettings())
+    state = State(0)
+    proc.apply_batch(regs, state)
+    chunks: dict[tuple[int, str], list] = {}
+    for cid, (_, events) in logs.items():
+        for e in events:
+            chunks.setdefault((e[0] // 10_000, cid), []).append(e)
+    records = [hires_of(logs[cid][0], chunk, i) for i, ((_, cid), chunk) in enumerate(sorted(chunks.items()))]
+    out = []
+    for i in range(0, len(records), 7):
+        proc.apply_batch(records[i:i + 7], state)
+        out += proc.emit(state, T0 + timedelta(seconds=i))
+    out += proc.emit(state, later)
+
+    def measures(o):
+        return sorted(orjson.dumps({k: v for k, v in m.items() if k != "computed_at"}, option=orjson.OPT_SORT_KEYS)
+                      for m in payloads(o, "phase_measures.computed.v1"))
+
+    assert measures(out) == measures(ref) and len(measures(ref)) >= 3 * 4 * 3  # 3 controllers × 4 phases × 3 bins
+    assert latest_kpis(out) == latest_kpis(ref)
+
+    def by_source(o, type_suffix):  # controllers are emitted in the order the partition first saw them
+        return sorted(orjson.dumps(a, option=orjson.OPT_SORT_KEYS) for a in payloads(o, type_suffix))
+
+    assert by_source(out, "alarm.changed.v1") == by_source(ref, "alarm.changed.v1")
+    last_state = {s["intersection_id"]: s for s in payloads(out, "signal_state.changed.v1")}
+    assert by_source(ref, "signal_state.changed.v1") == sorted(
+        orjson.dumps(s, option=orjson.OPT_SORT_KEYS) for s in last_state.values())
+
+
+def test_every_output_is_exactly_its_contract_models_dump():
+    from shared.contracts.base import EVENT_TYPES
+
+    regs, logs = simulated_log(20)
+    evs = [*regs, *(hires_of(item, events, i) for i, (item, events) in enumerate(logs.values()))]
+    evs.append(hires_of(regs[0].data, [(ms(3 * 60 * 60), 43, 2)], 99))  # past bin end + grace: bins close
+    _, out = run_in_memory(TrafficSignalProcessor(TrafficSettings()), evs, now=T0 + timedelta(hours=3))
+    kinds = set()
+    for ev in out:
+        etype = EVENT_TYPES[ev.type]
+        payload = orjson.loads(ev.value)
+        dumped = etype.model.model_validate(payload).model_dump(mode="json")
+        assert list(payload.items()) == list(dumped.items()), ev.type  # same values, types and field order
+        assert ev.value == orjson.dumps(dumped)
+        kinds.add(ev.type.split(".")[2])
+    assert kinds >= {"signal_state", "phase_measures", "kpi"}
+
+
+def test_unchanged_kpis_are_not_published_again_until_the_partition_is_reloaded(proc):
+    states, out = run_in_memory(proc, [registry_event(), hires([*two_cycles(), (ms(145), 43, 4)], offset=1)],
+                                now=T0 + timedelta(seconds=150))
+    st = states[0]
+    first = bin_kpis(out)
+    assert len(first) == 2 * len(BIN_KPI_IDS)  # district BD and the city
+    # 40 s more event time (controller calls only: no cycle completes) makes the window due again: same values
+    feed(proc, st, [(ms(180), 43, 4)], 2)
+    assert bin_kpis(proc.emit(st, T0 + timedelta(seconds=200))) == {}
+    # the runtime forgets what was published when it reloads the partition: everything is published once more
+    proc.forget_emitted([0])
+    feed(proc, st, [(ms(220), 43, 4)], 3)
+    again = bin_kpis(proc.emit(st, T0 + timedelta(seconds=260)))
+    assert {k: (v["numerator"], v["denominator"]) for k, v in again.items()} == \
+        {k: (v["numerator"], v["denominator"]) for k, v in first.items()}
+
+
+def test_fast_time_text_paths_match_the_datetime_library():
+    import random
+
+    from services.traffic.domain import from_ms, iso_ms
+    from services.traffic.processors import _ms
+
+    rnd = random.Random(11)
+    for _ in range(20_000):
+        t = rnd.randrange(1_500_000_000_000, 2_100_000_000_000) // rnd.choice((1, 1000)) * 1  # ms and whole seconds
+        t = t if t > 10**12 else t * 1000
+        text = iso_ms(t)
+        assert text == from_ms(t).isoformat().replace("+00:00", "Z")
+        assert _ms(text) == t == round(datetime.fromisoformat(text).timestamp() * 1000)
+    for text in ("2024-05-01T08:00:00.123456Z", "2024-05-01T15:00:00+07:00", "2024-05-01T08:00:00.5+00:00"):
+        assert _ms(text) == round(datetime.fromisoformat(text).timestamp() * 1000)
