@@ -72,6 +72,13 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict
                 console.print(f"  {res}")
                 continue
             results[key] = {"label": label, **res}
+            ingest = results.get("traffic_ingest", {})
+            if key == "traffic_processor" and res.get("seconds") and ingest.get("hires_records"):
+                # A traffic record is a chunk of one controller's hi-res events: say what that is in events.
+                events = ingest["hires_records"] * ingest["events_per_record"]
+                results[key]["hires_events_per_s"] = round(events / res["seconds"])
+                results[key]["cpu_s_per_million_hires_events"] = round(
+                    res["cpu_s_per_million"] * res["events"] / events, 2) if res.get("cpu_s_per_million") else None
         # The whole pipeline last: every service and processor as subprocesses, driven at a target rate.
         from bench.domain_pipeline import LABEL as PIPELINE_LABEL
 

@@ -69,6 +69,7 @@ class PartitionRuntime:
     state: State
     seq: int = 0
     applied: dict[str, int] = field(default_factory=dict)  # topic → next offset already reflected in state
+    marked: dict[str, int] = field(default_factory=dict)  # ``applied`` as of the last commit marker sent
     recent: set = field(default_factory=set)
     recent_order: deque = field(default_factory=deque)  # eviction order of ``recent`` (oldest first)
 
@@ -172,7 +173,8 @@ class ProcessorCore:
                 for k, (seq, v) in raw[p].items()
                 if v is not None and seq <= marker["seq"]
             }
-            self.partitions[p] = PartitionRuntime(State(p, data), seq=marker["seq"], applied=dict(marker["offsets"]))
+            self.partitions[p] = PartitionRuntime(State(p, data), seq=marker["seq"], applied=dict(marker["offsets"]),
+                                                  marked=dict(marker["offsets"]))
         await self._refill_dedup_windows(todo)
         log.info("state recovered", extra={"processor": self.processor.name, "partitions": todo,
                                            "seconds": round(time.perf_counter() - started, 3)})
@@ -348,6 +350,9 @@ class ProcessorCore:
         for p in partitions:
             pr = self.partitions[p]
             changes = pr.state.take_changes()
+            if not changes and pr.applied == pr.marked:
+                continue  # nothing new since the last marker (an idle tick): writing one more would be noise
+            pr.marked = dict(pr.applied)
             pr.seq += 1
             seq_header = [(SEQ_HEADER, str(pr.seq).encode())]
             batch = producer.create_batch()

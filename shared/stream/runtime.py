@@ -75,6 +75,7 @@ class AiokafkaDriver:
         self.consumer: AIOKafkaConsumer | None = None
         self._committed: dict[TopicPartition, int] = {}
         self._tasks: list[asyncio.Task] = []
+        self._stopping = False
         self.busy = False
 
     async def start(self) -> None:
@@ -91,13 +92,20 @@ class AiokafkaDriver:
                        asyncio.create_task(self._ticker(), name=f"{p.name}:tick")]
 
     async def stop(self) -> None:
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Python 3.11's wait_for (used inside aiokafka's getmany) can swallow a cancellation that races with its
+        # inner future completing: the loop also checks ``_stopping``, and stop never waits on it unboundedly.
+        pending = set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.commit()
             await self.consumer.stop()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
 
     async def seek_to_applied(self, tps) -> None:
         assert self.consumer is not None
@@ -123,7 +131,7 @@ class AiokafkaDriver:
         assert self.consumer is not None
         consumer = self.consumer
         last_commit = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
                 if batch:
