@@ -8,7 +8,7 @@ client) can read IOC's events without knowing IOC.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -226,15 +226,28 @@ def _dict_validator(etype: EventType):
     return v
 
 
+_types_by_header: dict[bytes, EventType] = {}
+
+
+def _event_type_of_header(value: bytes) -> EventType | None:
+    etype = _types_by_header.get(value)
+    if etype is None:
+        etype = EVENT_TYPES.get(value.decode())  # may raise UnicodeDecodeError: the caller reports it
+        if etype is not None:
+            _types_by_header[value] = etype
+    return etype
+
+
 def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tuple[Any, str]]]:
     """Decode and validate many records at once: ``(valid events in order, [(record, reason), ...])``.
 
-    Payloads of one type are validated in a single pydantic-core call over a JSON array; only when that fails
-    are they checked one by one to find the bad ones. Same rules as :func:`decode`.
+    Payloads of one type are validated in a single pydantic-core call over a JSON array and, when that passes,
+    parsed in a single orjson call over the same array; only when it fails are they checked one by one to find
+    the bad ones. Same rules as :func:`decode`.
     """
     failed: list[tuple[Any, str]] = []
     staged: list[tuple[Any, EventType, str, str, str, bytes | None]] = []
-    by_type: dict[str, list[int]] = {}
+    by_type: dict[str, tuple[list[bytes], list[Any]]] = {}  # type → (payloads, their records), in order
     append = staged.append
     for r in records:
         h = dict(r.headers) if r.headers else {}
@@ -248,48 +261,53 @@ def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tupl
             failed.append((r, "missing ce_type, ce_id or ce_source header"))
             continue
         try:
-            tname = etype_name.decode()
-            etype = EVENT_TYPES.get(tname)
+            etype = _event_type_of_header(etype_name)
             if etype is None:
-                failed.append((r, f"unknown event type {tname!r}"))
+                failed.append((r, f"unknown event type {etype_name.decode()!r}"))
                 continue
             if r.value is None:
                 failed.append((r, "record has no value"))
                 continue
-            idxs = by_type.get(tname)
-            if idxs is None:
-                idxs = by_type[tname] = []
-            idxs.append(len(staged))
-            append((r, etype, event_id.decode(), source.decode(), h.get("ce_time", b"").decode(), h.get("ce_subject")))
+            staged_item = (r, etype, event_id.decode(), source.decode(), h.get("ce_time", b"").decode(),
+                           h.get("ce_subject"))
         except UnicodeDecodeError:
             failed.append((r, "headers are not UTF-8"))
-    bad: set[int] = set()
-    for tname, idxs in by_type.items():
-        many, one = _dict_validator(EVENT_TYPES[tname])
-        try:
-            many.validate_json(b"[" + b",".join(staged[i][0].value for i in idxs) + b"]")
-        except ValidationError:
-            for i in idxs:
-                try:
-                    one.validate_json(staged[i][0].value)
-                except ValidationError as exc:
-                    bad.add(i)
-                    failed.append((staged[i][0], f"{tname}: {validation_reason(exc)}"))
-        except ValueError:
-            for i in idxs:
-                try:
-                    one.validate_json(staged[i][0].value)
-                except (ValidationError, ValueError) as exc:
-                    bad.add(i)
-                    reason = validation_reason(exc) if isinstance(exc, ValidationError) else "value is not JSON"
-                    failed.append((staged[i][0], f"{tname}: {reason}"))
-    events: list[ReceivedEvent] = []
+            continue
+        group = by_type.get(etype.type)
+        if group is None:
+            group = by_type[etype.type] = ([], [])
+        group[0].append(r.value)
+        group[1].append(r)
+        append(staged_item)
+    # Per type: the parsed payloads in staged order, None for a payload that failed validation.
+    parsed: dict[str, Iterator[dict[str, Any] | None]] = {}
     loads = orjson.loads
-    for i, (r, etype, event_id, source, ce_time, subject) in enumerate(staged):
-        if i in bad:
+    for tname, (values, group_records) in by_type.items():
+        many, one = _dict_validator(EVENT_TYPES[tname])
+        blob = b"[" + b",".join(values) + b"]"
+        try:
+            many.validate_json(blob)
+            parsed[tname] = iter(loads(blob))
+            continue
+        except (ValidationError, ValueError):
+            pass
+        checked: list[dict[str, Any] | None] = []
+        for value, record in zip(values, group_records, strict=True):
+            try:
+                one.validate_json(value)
+                checked.append(loads(value))
+            except (ValidationError, ValueError) as exc:
+                checked.append(None)
+                reason = validation_reason(exc) if isinstance(exc, ValidationError) else "value is not JSON"
+                failed.append((record, f"{tname}: {reason}"))
+        parsed[tname] = iter(checked)
+    events: list[ReceivedEvent] = []
+    for r, etype, event_id, source, ce_time, subject in staged:
+        data = next(parsed[etype.type])
+        if data is None:
             continue
         events.append(ReceivedEvent(
             etype.type, event_id, source, ce_time, subject.decode() if subject else None,
-            r.key.decode() if r.key else None, loads(r.value), r.topic, r.partition, r.offset, r.timestamp,
+            r.key.decode() if r.key else None, data, r.topic, r.partition, r.offset, r.timestamp,
         ))
     return events, failed
