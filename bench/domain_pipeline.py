@@ -2,8 +2,9 @@
 
 Starts the meter, kiosk, traffic, dossier and city services (``ioc serve``) and the meter-kpi, kiosk-kpi,
 traffic-signals, dossier-kpi and city-kpi processors (``ioc process``) as subprocesses against the bench's broker
-and PostgreSQL, registers a fleet through the APIs, then drives ingest from this process paced in 0.25 s ticks:
-mostly meter readings, plus traffic hi-res events, kiosk heartbeats and sessions and a few dossiers.
+and PostgreSQL, registers a fleet through the APIs, then drives ingest from this process paced in 0.25 s ticks
+(meter readings every 0.5 s per head-end gateway): mostly meter readings, plus traffic hi-res events, kiosk
+heartbeats and sessions and a few dossiers.
 
 End-to-end latency comes from *probe* readings. Probe meters are registered in one district that the fleet does
 not use, all keyed onto one partition of ``ioc.meter.readings`` (so the meter-kpi processor sees them in send
@@ -47,6 +48,9 @@ SERVICES = ("meter", "kiosk", "traffic", "dossier", "city")
 PROCESSORS = ("meter-kpi", "kiosk-kpi", "traffic-signals", "dossier-kpi", "city-kpi")
 QUARTER = 900
 TICK = 0.25
+# Head-end systems forward what they collected in batches (the API takes up to 10,000 readings a request): each
+# of the 4 simulated HES gateways posts every 0.5 s, about 2,100 readings a request at the city load.
+METER_FLUSH = 0.5
 PROBE_EVERY = 0.5
 ENERGY_KPI = "meter.energy_kwh"
 ADMIN_SCOPES = ["meter:admin", "meter:ingest", "traffic:admin", "traffic:ingest", "kiosk:admin", "kiosk:ingest",
@@ -616,7 +620,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             meter_lanes = 4  # lanes own disjoint meters: per-meter order is kept
             lane_ids = [[f"{prefix}M{j:06d}" for j in range(lane, meters, meter_lanes)] for lane in range(meter_lanes)]
             meter_streams = [MeterStream(ids, first_end) for ids in lane_ids]
-            per_tick_meter = mix.meter // ticks_per_s // meter_lanes
+            per_tick_meter = round(mix.meter * METER_FLUSH) // meter_lanes
             traffic = TrafficStream(prefix, intersections, int(mix.traffic * (seconds + 2)),
                                     (now - 3 * 3600) * 1000)
             kiosk = KioskStream(prefix, kiosks, now - 6 * 3600)
@@ -649,7 +653,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                     k += 1
 
             lanes = [drv.lane("meter_readings", clients["meter"], "/v1/readings", h,
-                              lambda _k, s=s: s.take(per_tick_meter), TICK) for s in meter_streams]
+                              lambda _k, s=s: s.take(per_tick_meter), METER_FLUSH) for s in meter_streams]
             lanes += [
                 drv.lane("traffic_hires", clients["traffic"], "/v1/events", h,
                          lambda _k: traffic.take(mix.traffic // ticks_per_s), TICK),

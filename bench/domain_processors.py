@@ -65,6 +65,45 @@ async def processor(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: f
                     dead_lettered=getattr(rt.core, "dead_lettered", None))
 
 
+async def raw_sources(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0,
+                      timeout: float = 180.0) -> dict:
+    """The ceiling on the processor's own workload: a plain aiokafka consumer over the same source topics,
+    ``getmany`` + orjson decode + a count per record key (what ``bench.worker.raw_aiokafka`` does on the small
+    generated events), until the topics are drained."""
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    proc = build_processor(domain, index, kafka)
+    c = AIOKafkaConsumer(*proc.topics, **kafka.client_kwargs(), group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+                         auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
+                         max_partition_fetch_bytes=8 * 1024 * 1024, session_timeout_ms=10000,
+                         heartbeat_interval_ms=3000)
+    await c.start()
+    m, got, agg = Meter(), 0, {}
+    started = time.perf_counter()
+    try:
+        idle_since = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            batch = await c.getmany(timeout_ms=200, max_records=20000)
+            if not batch:
+                if got and time.perf_counter() - idle_since > idle_s:
+                    break
+                if not got and time.perf_counter() - started > 60:
+                    break
+                continue
+            m.first()
+            for recs in batch.values():
+                for r in recs:
+                    orjson.loads(r.value)
+                    agg[r.key] = agg.get(r.key, 0) + 1
+                got += len(recs)
+            m.last()
+            idle_since = time.perf_counter()
+    finally:
+        await c.stop()
+    return m.result(got, topics=list(proc.topics))
+
+
 async def produce_dossier_events(kafka: KafkaSettings, n: int) -> dict:
     """``n`` generated dossier lifecycle events (received, then in processing, then resolved on time or late)
     for ``n // 3`` dossiers, keyed by dossier code, from the contract's example."""

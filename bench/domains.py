@@ -21,6 +21,7 @@ DOMAIN_PATHS = {
     "kiosk_ingest": "bench.domain_kiosk:ingest",
     "dossier_ingest": "bench.domain_dossier:ingest",
     "processor": "bench.domain_processors:processor",
+    "raw_sources": "bench.domain_processors:raw_sources",
     "dossier_events": "bench.domain_processors:produce_dossier_events",
     "pipeline": "bench.domain_pipeline:pipeline",
 }
@@ -72,6 +73,14 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict
                 console.print(f"  {res}")
                 continue
             results[key] = {"label": label, **res}
+            if path == "processor":
+                # The same processor's workload read by a plain aiokafka loop: the ceiling on these payloads.
+                raw = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="raw_sources",
+                                domain=args["domain"], index=args.get("index", 0))
+                if raw.get("events_per_s") and res.get("events_per_s"):
+                    results[key]["raw_same_topics_events_per_s"] = raw["events_per_s"]
+                    results[key]["raw_same_topics_cpu_s_per_million"] = raw.get("cpu_s_per_million")
+                    results[key]["x_raw_same_topics"] = round(res["events_per_s"] / raw["events_per_s"], 2)
             ingest = results.get("traffic_ingest", {})
             if key == "traffic_processor" and res.get("seconds") and ingest.get("hires_records"):
                 # A traffic record is a chunk of one controller's hi-res events: say what that is in events.
