@@ -31,7 +31,7 @@ def service_env(bootstrap: str, database_url: str, **extra: str) -> dict[str, st
         "IOC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "IOC_DATABASE_URL": database_url,
         "IOC_KAFKA_IDEMPOTENCE": "false",
-        "IOC_LOG_LEVEL": "WARNING",
+        "IOC_LOG_LEVEL": os.environ.get("IOC_BENCH_LOG_LEVEL", "WARNING"),
         # The benchmark measures throughput, not the per-principal rate limit.
         "IOC_RATE_LIMIT": "1000000/second",
         "IOC_MAX_INFLIGHT_REQUESTS": "256",

@@ -318,17 +318,21 @@ class Probe:
     sent: float = 0.0
     acked: float = 0.0
     seen: float | None = None
+    seen_in_meter_kpis: float | None = None  # the meter processor's partial reflects it (first hop)
     warmup: bool = False
 
 
 class CityTail:
     """Tails ``ioc.city.kpis`` from its end; matches the probe district's energy window against the probes."""
 
-    def __init__(self, kafka: KafkaSettings, district: str, window_start: str):
+    def __init__(self, kafka: KafkaSettings, district: str, window_start: str, *, topic: str | None = None,
+                 attr: str = "seen", probes: list[Probe] | None = None):
         self.kafka = kafka
+        self.topic = topic
+        self.attr = attr  # the Probe field this tail sets
         self.key = f"{ENERGY_KPI}|district|{district}".encode()
         self.window_start = window_start
-        self.probes: list[Probe] = []
+        self.probes: list[Probe] = [] if probes is None else probes
         self.updates = 0
         self.matched_updates = 0
         self.last_value = 0.0
@@ -344,13 +348,14 @@ class CityTail:
                              fetch_max_wait_ms=20, auto_offset_reset="latest")
         await c.start()
         parts = None
+        topic = self.topic or CITY_KPI_TOPIC.name
         for _ in range(100):
-            parts = c.partitions_for_topic(CITY_KPI_TOPIC.name)
+            parts = c.partitions_for_topic(topic)
             if parts:
                 break
             await c._client.force_metadata_update()  # the topic is created by the city service
             await asyncio.sleep(0.2)
-        tps = [TopicPartition(CITY_KPI_TOPIC.name, p) for p in sorted(parts or [])]
+        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
         c.assign(tps)
         await c.seek_to_end(*tps)
         for tp in tps:
@@ -376,9 +381,10 @@ class CityTail:
                     self.matched_updates += 1
                     value = d["value"] if d["value"] is not None else d["numerator"]
                     self.last_value = value
+                    attr = self.attr
                     for p in self.probes:
-                        if p.seen is None and p.sent and value >= p.k - 1e-6:
-                            p.seen = now
+                        if getattr(p, attr) is None and p.sent and value >= p.k - 1e-6:
+                            setattr(p, attr, now)
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -477,6 +483,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
     bootstrap = kafka.bootstrap_servers
     children: list[Child] = []
     tail: CityTail | None = None
+    meter_tail: CityTail | None = None
     sampler: asyncio.Task | None = None
     try:
         # --- start the services, then the processors -----------------------------------------------------
@@ -598,6 +605,10 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             # --- the city tail, and warm-up probes (the chain works end to end before measuring) -----------
             tail = CityTail(kafka, probe_district, _iso(q - QUARTER))
             await tail.start()
+            # The first hop too: probe meters all hash to partition 0, whose meter-kpi partial is the probe total.
+            meter_tail = CityTail(kafka, probe_district, _iso(q - QUARTER), topic="ioc.meter.kpis",
+                                  attr="seen_in_meter_kpis", probes=tail.probes)
+            await meter_tail.start()
             probe_no = 0
 
             async def send_probe(warmup: bool) -> Probe:
@@ -738,6 +749,8 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             # Latency of each probe in send order (s): shows whether a tail is a trend (backlog) or spikes.
             "probe_latency_s": [round(p.seen - p.sent, 2) if p.seen is not None else None
                                 for p in measured_probes],
+            "probe_latency_to_meter_kpi_s": [round(p.seen_in_meter_kpis - p.sent, 2)
+                                             if p.seen_in_meter_kpis is not None else None for p in measured_probes],
             "probes": {"measured": len(measured_probes), "matched": len(e2e), "missing": missing,
                        "district": probe_district, "window_start": _iso(q - QUARTER),
                        "city_updates_seen": tail.updates, "probe_window_updates": tail.matched_updates},
@@ -755,9 +768,10 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
     finally:
         if sampler is not None:
             sampler.cancel()
-        if tail is not None:
-            with contextlib.suppress(Exception):
-                await tail.stop()
+        for t in (tail, meter_tail):
+            if t is not None:
+                with contextlib.suppress(Exception):
+                    await t.stop()
         for ch in children:
             ch.stop()
         deadline = time.monotonic() + 15
