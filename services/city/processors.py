@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from services.city import publishing
@@ -65,6 +66,18 @@ def _parse(ts: str) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+# Cached: the observations of one domain emit share one ``observed_at`` and a few window starts.
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _time(ts: str) -> datetime:
+    return _parse(ts)
+
+
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _window_start(ts: str) -> str:
+    """``window_start`` as received → the normalised isoformat groups are keyed by."""
+    return _parse(ts).isoformat()
+
+
 class CityKpiProcessor(StreamProcessor):
     """Merge domain KPI partials into per-district and city-wide values; raise breach and no-signal alarms."""
 
@@ -79,29 +92,10 @@ class CityKpiProcessor(StreamProcessor):
         self.topics = tuple(topics) if topics is not None else domain_kpi_topics()
         self.district_silence = district_silence
         self.domain_silence = domain_silence
-        self._times: dict[str, datetime] = {}  # timestamp string → aware datetime
-        self._window_starts: dict[str, str] = {}  # window_start as received → normalised isoformat
         self._domains: dict[str, str] = {}  # kpi → domain
         self._areas: dict[tuple[str, str, str], tuple[tuple[str, ...], str | None]] = {}  # see _about
-        self._unpublished: dict[int, tuple[State, dict[str, None]]] = {}  # partition → (state, changed groups)
 
     # helpers -----------------------------------------------------------------------------------------------
-    def _time(self, ts: str) -> datetime:
-        t = self._times.get(ts)
-        if t is None:
-            if len(self._times) >= TIME_CACHE_SIZE:
-                self._times.clear()
-            t = self._times[ts] = _parse(ts)
-        return t
-
-    def _window_start(self, ts: str) -> str:
-        w = self._window_starts.get(ts)
-        if w is None:
-            if len(self._window_starts) >= TIME_CACHE_SIZE:
-                self._window_starts.clear()
-            w = self._window_starts[ts] = _parse(ts).isoformat()
-        return w
-
     def _domain(self, kpi: str) -> str:
         d = self._domains.get(kpi)
         if d is None:
@@ -110,17 +104,7 @@ class CityKpiProcessor(StreamProcessor):
 
     def _changed_groups(self, state: State) -> dict[str, None]:
         """Groups of ``state`` changed since last published (all of them for a state not seen before)."""
-        entry = self._unpublished.get(state.partition)
-        if entry is None or entry[0] is not state:
-            _upgrade(state)
-            entry = self._unpublished[state.partition] = (state, dict.fromkeys(k[2:] for k in state.keys("g:")))
-        return entry[1]
-
-    def forget_emitted(self, partitions: Iterable[int]) -> None:
-        partitions = list(partitions)
-        super().forget_emitted(partitions)
-        for p in partitions:
-            self._unpublished.pop(p, None)
+        return self.derived(state, _all_groups)
 
     # apply -------------------------------------------------------------------------------------------------
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -132,7 +116,7 @@ class CityKpiProcessor(StreamProcessor):
         d = event.data
         domain = self._domain(d["kpi"])
         observed = d["observed_at"]
-        at = self._time(observed)
+        at = _time(observed)
         self._saw(state, {f"{domain}|{CITY_SCOPE}": (at, observed)})
         if d["scope_level"] not in SCOPE_LEVELS:
             return
@@ -155,7 +139,7 @@ class CityKpiProcessor(StreamProcessor):
         """Same result as applying one by one: per (group, source partition) only the batch's newest
         observation (the last of equal times) can win; per reporter the first newest time is kept."""
         changed = self._changed_groups(state)
-        times, time_of, window_start, areas = self._times, self._time, self._window_start, self._areas
+        time_of, window_start, areas = _time, _window_start, self._areas
         seen: dict[str, tuple[datetime, str]] = {}
         newest: dict[tuple[str, str], tuple[datetime, dict]] = {}
         for event in events:
@@ -167,7 +151,7 @@ class CityKpiProcessor(StreamProcessor):
             if about is None:
                 about = self._about(area)
             observed = d["observed_at"]
-            at = times.get(observed) or time_of(observed)
+            at = time_of(observed)
             for reporter in about[0]:
                 last = seen.get(reporter)
                 if last is None or last[0] < at:
@@ -219,7 +203,7 @@ class CityKpiProcessor(StreamProcessor):
         if stored is None:
             stored = {}
         moved = False
-        time_of = self._time
+        time_of = _time
         for reporter, (at, observed) in batch.items():
             last = stored.get(reporter)
             if last is None or time_of(last) < at:
@@ -244,7 +228,7 @@ class CityKpiProcessor(StreamProcessor):
                     self._publish_group(state, group, parts, now, updated_at, kpis, alarms)
         self._silence(state, now, alarms)
         last_prune = state.get(PRUNED_AT_KEY)
-        if last_prune is None or self._time(last_prune) + PRUNE_EVERY <= now:
+        if last_prune is None or _time(last_prune) + PRUNE_EVERY <= now:
             self._prune(state, now)
             state.put(PRUNED_AT_KEY, now.isoformat())
         return publishing.kpis_updated(kpis, now) + alarms if kpis else alarms
@@ -270,7 +254,7 @@ class CityKpiProcessor(StreamProcessor):
         series = f"latest:{kpi}|{level}|{code}|{wsec}"
         latest = state.get(series)
         if latest is not None and latest != wstart:
-            if self._time(latest) > self._time(wstart):
+            if _time(latest) > _time(wstart):
                 return  # a late update of an older window: the alarm follows the newest window only
             state.put(series, wstart)
         elif latest is None:
@@ -309,7 +293,7 @@ class CityKpiProcessor(StreamProcessor):
             limit = self.domain_silence if whole_domain else self.district_silence
             alarm_id = f"city:no_signal:{domain}:{code}"
             raised = state.get(f"alarm:{alarm_id}")
-            silent = now - self._time(last) > limit
+            silent = now - _time(last) > limit
             if silent == (raised is not None):
                 continue
             severity = "critical" if whole_domain else "major"
@@ -335,7 +319,7 @@ class CityKpiProcessor(StreamProcessor):
         for key in state.keys("g:"):
             group = key[2:]
             kpi, level, code, wsec, wstart = group.split("|")
-            start = self._time(wstart)
+            start = _time(wstart)
             series = f"latest:{kpi}|{level}|{code}|{wsec}"
             if start + timedelta(seconds=2 * int(wsec)) + timedelta(hours=1) < now and state.get(series) != wstart:
                 state.pop(key)
@@ -344,6 +328,12 @@ class CityKpiProcessor(StreamProcessor):
                 state.pop(key)
                 state.pop(series)
                 changed.pop(group, None)
+
+
+def _all_groups(state: State) -> dict[str, None]:
+    """Every group of a (re)loaded state, as changed: after a reload each is published once again."""
+    _upgrade(state)
+    return dict.fromkeys(k[2:] for k in state.keys("g:"))
 
 
 def _upgrade(state: State) -> None:

@@ -306,11 +306,6 @@ async def list_alarms(pool: asyncpg.Pool, *, states: Sequence[str], district: st
     return [dict(r) for r in rows]
 
 
-async def get_alarm(pool: asyncpg.Pool, alarm_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow(f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms WHERE alarm_id=$1", alarm_id)
-    return dict(row) if row is not None else None
-
-
 async def list_incidents(pool: asyncpg.Pool, *, state: str | None, district: str | None = None,
                          limit: int = 100) -> list[dict[str, Any]]:
     rows = await pool.fetch(

@@ -25,7 +25,7 @@ from typing import Any
 from shared.areas import CITY_CODE
 from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, encode_many, parse_time
-from shared.contracts.common import kpi_key
+from shared.contracts.common import kpi_observed_payload
 from shared.contracts.dossier import (
     ALARM_EVENT,
     KPI_EVENT,
@@ -108,10 +108,9 @@ class _PartitionView:
     the last published snapshot keys per scope. Derived from the state only, so it is rebuilt from the state
     whenever the runtime (re)loads the partition: nothing here has to survive a restart."""
 
-    __slots__ = ("day", "dirty_scopes", "open", "published", "state")
+    __slots__ = ("day", "dirty_scopes", "open", "published")
 
-    def __init__(self, state: State):
-        self.state = state
+    def __init__(self):
         #: scope → [open dossiers, {due date: open dossiers whose clock runs}]
         self.open: dict[tuple[str, str], list] = {}
         #: scope → its ``l|`` keys (snapshot observations last published, kept in the state)
@@ -132,7 +131,6 @@ class DossierKpiProcessor(StreamProcessor):
     def __init__(self, *, day_retention_days: int = 35, month_retention_days: int = 400):
         self.day_retention = timedelta(days=day_retention_days)
         self.month_retention = timedelta(days=month_retention_days)
-        self._views: dict[int, _PartitionView] = {}
         self._scopes: dict[tuple, tuple[tuple[str, str], ...]] = {}
         self._scope_lists: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
         self._windows: dict[date, tuple[str, str]] = {}
@@ -141,20 +139,11 @@ class DossierKpiProcessor(StreamProcessor):
     # derived per-partition view ---------------------------------------------------------------------------
 
     def _view(self, state: State) -> _PartitionView:
-        view = self._views.get(state.partition)
-        if view is None or view.state is not state:
-            view = self._views[state.partition] = self._build_view(state)
-        return view
-
-    def forget_emitted(self, partitions: Iterable[int]) -> None:
-        partitions = list(partitions)
-        super().forget_emitted(partitions)
-        for p in partitions:
-            self._views.pop(p, None)
+        return self.derived(state, self._build_view)
 
     def _build_view(self, state: State) -> _PartitionView:
         """One scan of a (re)loaded state; also converts the per-key markers of earlier versions."""
-        view = _PartitionView(state)
+        view = _PartitionView()
         old_dirty: list[str] = []
         old_pending: list[tuple[str, dict]] = []
         for key, value in state.items():
@@ -336,12 +325,8 @@ class DossierKpiProcessor(StreamProcessor):
             value: float | None = num * scale
         else:
             value = num / den * scale if den else None
-        return {
-            "kpi": kpi, "scope_level": level, "scope_code": code, "window_start": bounds[0],
-            "window_seconds": bounds[1], "value": None if value is None else float(value), "numerator": float(num),
-            "denominator": None if den is None else float(den), "unit": unit, "partition": partition,
-            "observed_at": observed_at, "key": kpi_key(kpi, level, code),
-        }
+        return kpi_observed_payload(kpi, level, code, bounds[0], bounds[1], value, num, den, unit, partition,
+                                    observed_at)
 
     def emit(self, state: State, now: datetime) -> Iterable[EncodedEvent]:
         view = self._view(state)

@@ -43,7 +43,7 @@ from services.kiosk.domain import (
 from shared.areas import CITY_CODE
 from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, encode_many, parse_time
-from shared.contracts.common import kpi_key
+from shared.contracts.common import kpi_observed_payload
 from shared.contracts.kiosk import (
     ALARM_EVENT,
     HEARTBEATS_TOPIC,
@@ -79,10 +79,9 @@ class _PartitionView:
     """Which kiosks ``emit`` must look at, so that it does not evaluate every kiosk on every call. Derived from
     the state only and rebuilt (every kiosk evaluated once) whenever the runtime (re)loads the partition."""
 
-    __slots__ = ("all", "dirty", "heard", "opening_at", "openings", "silence", "state", "watched")
+    __slots__ = ("all", "dirty", "heard", "opening_at", "openings", "silence", "watched")
 
-    def __init__(self, state: State):
-        self.state = state
+    def __init__(self, state: State):  # a new view means a (re)loaded state: ``all`` covers what it holds
         self.all = True  # evaluate every kiosk at the next emit
         self.dirty: set[str] = set()  # kiosks whose registry entry or peripherals changed
         self.heard: set[str] = set()  # kiosks not known online that sent a new heartbeat
@@ -107,20 +106,10 @@ class KioskKpiProcessor(StreamProcessor):
         if name is not None:
             self.name = name  # type: ignore[misc]
         self.source = source
-        self._views: dict[int, _PartitionView] = {}
         self._id_prefix, self._sent = uuid.uuid4().hex, 0
 
     def _view(self, state: State) -> _PartitionView:
-        view = self._views.get(state.partition)
-        if view is None or view.state is not state:
-            view = self._views[state.partition] = _PartitionView(state)
-        return view
-
-    def forget_emitted(self, partitions: Iterable[int]) -> None:
-        partitions = list(partitions)
-        super().forget_emitted(partitions)
-        for p in partitions:
-            self._views.pop(p, None)
+        return self.derived(state, _PartitionView)
 
     # Folding ---------------------------------------------------------------------------------------------------
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -285,7 +274,7 @@ class KioskKpiProcessor(StreamProcessor):
 
     def _watch(self, state: State, kiosk: str, info: dict | None, t: float) -> None:
         """After evaluating a kiosk: when it must be looked at again without anything new about it."""
-        view = self._views[state.partition]
+        view = self._view(state)
         h = state.get(f"h:{kiosk}")
         if h is None:
             return
@@ -457,12 +446,8 @@ class KioskKpiProcessor(StreamProcessor):
             if not changed(partition, (kpi, level, code, w, ws), (num, den)):
                 return
             value = num * scale if den is None else ratio(num, den, scale)
-            out.append({
-                "kpi": kpi, "scope_level": level, "scope_code": code, "window_start": window_iso,
-                "window_seconds": w, "value": None if value is None else float(value), "numerator": float(num),
-                "denominator": None if den is None else float(den), "unit": unit, "partition": partition,
-                "observed_at": observed_at, "key": kpi_key(kpi, level, code),
-            })
+            out.append(kpi_observed_payload(kpi, level, code, window_iso, w, value, num, den, unit, partition,
+                                            observed_at))
 
         sessions = a["n"]
         obs("kiosk.technical_availability", a["online"], a["scheduled"], "%", 100.0)

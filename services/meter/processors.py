@@ -33,7 +33,7 @@ from services.meter.domain import (
 from services.meter.settings import MeterSettings
 from shared.areas import CITY_CODE
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode
-from shared.contracts.common import kpi_key
+from shared.contracts.common import kpi_observed_payload
 from shared.contracts.meter import (
     ALARM_EVENT,
     EVENTS_TOPIC,
@@ -101,14 +101,10 @@ def _percent(numerator: float, denominator: float) -> float | None:
 def _obs(kpi: str, level: str, code: str, ws: int, seconds: int, numerator: float, denominator: float | None,
          unit: str, value: float | None, partition: int, now_iso: str) -> EncodedEvent:
     """One KpiObserved; ``value`` is the KPI over this partition alone (None when undefined)."""
-    value = None if value is None else float(value)
-    key = kpi_key(kpi, level, code)
-    payload = {"kpi": kpi, "scope_level": level, "scope_code": code, "window_start": iso_utc(ws),
-               "window_seconds": seconds, "value": value, "numerator": float(numerator),
-               "denominator": None if denominator is None else float(denominator), "unit": unit,
-               "partition": partition, "observed_at": now_iso, "key": key}
+    payload = kpi_observed_payload(kpi, level, code, iso_utc(ws), seconds, value, numerator, denominator, unit,
+                                   partition, now_iso)
     return encode(KPI_EVENT, payload, source="/ioc/meter/processor",
-                  id=f"{key}|{ws}|{seconds}|{partition}|{now_iso}")
+                  id=f"{payload['key']}|{ws}|{seconds}|{partition}|{now_iso}")
 
 
 class MeterKpiProcessor(StreamProcessor):

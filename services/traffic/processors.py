@@ -23,7 +23,7 @@ from typing import Any
 from shared.areas import CITY_CODE
 from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode
-from shared.contracts.common import kpi_key
+from shared.contracts.common import kpi_observed_payload
 from shared.contracts.traffic import (
     ALARM_EVENT,
     HIRES_TOPIC,
@@ -337,11 +337,8 @@ class TrafficSignalProcessor(StreamProcessor):
         if not self.changed_since_emitted(partition, (kpi, level, code, window_ms), (num, den)):
             return None
         value = (num / den * scale if den else None) if den is not None else num * scale
-        key = kpi_key(kpi, level, code)
-        payload = {"kpi": kpi, "scope_level": level, "scope_code": code, "window_start": iso_ms(window_ms),
-                   "window_seconds": window_seconds, "value": None if value is None else float(value),
-                   "numerator": float(num), "denominator": float(den) if den is not None else None, "unit": unit,
-                   "partition": partition, "observed_at": now_iso, "key": key}
+        payload = kpi_observed_payload(kpi, level, code, iso_ms(window_ms), window_seconds, value, num, den, unit,
+                                       partition, now_iso)
         return encode(KPI_EVENT, payload, source=SOURCE)
 
     def _bin_kpis(self, window_ms: int, by_district: dict[str, dict[str, float]], partition: int,

@@ -226,18 +226,6 @@ def _dict_validator(etype: EventType):
     return v
 
 
-_types_by_header: dict[bytes, EventType] = {}
-
-
-def _event_type_of_header(value: bytes) -> EventType | None:
-    etype = _types_by_header.get(value)
-    if etype is None:
-        etype = EVENT_TYPES.get(value.decode())  # may raise UnicodeDecodeError: the caller reports it
-        if etype is not None:
-            _types_by_header[value] = etype
-    return etype
-
-
 def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tuple[Any, str]]]:
     """Decode and validate many records at once: ``(valid events in order, [(record, reason), ...])``.
 
@@ -261,9 +249,10 @@ def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tupl
             failed.append((r, "missing ce_type, ce_id or ce_source header"))
             continue
         try:
-            etype = _event_type_of_header(etype_name)
+            tname = etype_name.decode()
+            etype = EVENT_TYPES.get(tname)
             if etype is None:
-                failed.append((r, f"unknown event type {etype_name.decode()!r}"))
+                failed.append((r, f"unknown event type {tname!r}"))
                 continue
             if r.value is None:
                 failed.append((r, "record has no value"))

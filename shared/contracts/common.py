@@ -80,6 +80,18 @@ def kpi_key(kpi: str, scope_level: str, scope_code: str) -> str:
     return f"{kpi}|{scope_level}|{scope_code}"
 
 
+def kpi_observed_payload(kpi: str, scope_level: str, scope_code: str, window_start: str, window_seconds: int,
+                         value: float | None, numerator: float, denominator: float | None, unit: str,
+                         partition: int, observed_at: str) -> dict:
+    """A :class:`KpiObserved` payload exactly as the model dumps it (field order and float types included),
+    built without a model object: processors emit many per second. Times are RFC 3339 strings already."""
+    return {"kpi": kpi, "scope_level": scope_level, "scope_code": scope_code, "window_start": window_start,
+            "window_seconds": window_seconds, "value": None if value is None else float(value),
+            "numerator": float(numerator), "denominator": None if denominator is None else float(denominator),
+            "unit": unit, "partition": partition, "observed_at": observed_at,
+            "key": kpi_key(kpi, scope_level, scope_code)}
+
+
 def domain_topics(domain: str, owner: str, partitions: int = 3) -> tuple[EventType, EventType]:
     """Register ``ioc.<domain>.kpis`` and ``ioc.<domain>.alarms`` and their event types for a domain."""
     from shared.contracts.base import event_type_of

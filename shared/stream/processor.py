@@ -13,9 +13,9 @@ KPI observations therefore carry ``partition``; the city layer merges partitions
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent
 
@@ -110,6 +110,7 @@ class State:
         return dict(self._data)
 
 
+T = TypeVar("T")
 _MISSING = object()
 #: per partition: how many output idents ``changed_since_emitted`` remembers before starting over
 EMITTED_MEMORY = 200_000
@@ -163,12 +164,24 @@ class StreamProcessor(ABC):
         seen[ident] = fingerprint
         return True
 
+    def derived(self, state: State, build: Callable[[State], T]) -> T:
+        """In-memory data derived from ``state`` alone (an index, a set of changed keys...): ``build(state)``
+        the first time it is asked for, and again for a state object it has not seen, i.e. after the runtime
+        (re)loaded the partition; :meth:`forget_emitted` drops it too. Nothing in it has to survive a restart."""
+        memory = self.__dict__.setdefault("_derived", {})
+        entry = memory.get(state.partition)
+        if entry is None or entry[0] is not state:
+            entry = memory[state.partition] = (state, build(state))
+        return entry[1]
+
     def forget_emitted(self, partitions: Iterable[int]) -> None:
-        """Drop what :meth:`changed_since_emitted` remembers for ``partitions`` (called by the runtime)."""
-        memory = self.__dict__.get("_emitted")
-        if memory:
-            for p in partitions:
-                memory.pop(p, None)
+        """Drop what :meth:`changed_since_emitted` remembers and what :meth:`derived` built for ``partitions``
+        (called by the runtime whenever it loads or drops a partition's state)."""
+        for name in ("_emitted", "_derived"):
+            memory = self.__dict__.get(name)
+            if memory:
+                for p in partitions:
+                    memory.pop(p, None)
 
 
 def run_in_memory(processor: StreamProcessor, events: Iterable[ReceivedEvent], now: datetime,

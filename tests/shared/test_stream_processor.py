@@ -57,3 +57,20 @@ def test_the_runtime_forgets_what_was_emitted_when_it_drops_a_partition():
     p.changed_since_emitted(0, "kpi-a", 1)
     core.drop([0])
     assert p.changed_since_emitted(0, "kpi-a", 1)
+
+
+def test_derived_data_is_rebuilt_for_a_reloaded_state_and_after_forgetting():
+    p = Echo()
+    built: list[int] = []
+
+    def build(state: State) -> list:
+        built.append(state.partition)
+        return []
+
+    first = State(0)
+    view = p.derived(first, build)
+    assert p.derived(first, build) is view and built == [0]
+    assert p.derived(State(0), build) is not view, "a new state object of the partition: rebuilt"
+    p.forget_emitted([0])
+    p.derived(State(0), build)
+    assert built == [0, 0, 0]
