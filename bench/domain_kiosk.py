@@ -39,18 +39,22 @@ def heartbeat_batches(prefix: str, count: int, n: int, batch: int, start: float)
     return [orjson.dumps({"items": items[i:i + batch]}) for i in range(0, len(items), batch)]
 
 
+def session_item(prefix: str, count: int, s: int, start: float) -> dict:
+    """The ``s``-th finished session (1-5 minutes) on one of ``count`` kiosks: mostly completed, some
+    abandoned or failed."""
+    began = start + s * 0.5
+    outcome = "completed" if s % 10 < 8 else ("abandoned" if s % 10 == 8 else "failed")
+    item = {"session_id": f"{prefix}S{s:07d}", "kiosk_id": f"{prefix}K{s % count:05d}",
+            "journey": JOURNEYS[s % len(JOURNEYS)], "started_at": iso(began),
+            "ended_at": iso(began + 60 + s % 240), "outcome": outcome}
+    if outcome == "failed":
+        item["failure_reason"] = "device_fault"
+    return item
+
+
 def session_batches(prefix: str, count: int, n: int, batch: int, start: float) -> list[bytes]:
-    """Finished sessions (1-5 minutes), mostly completed, some abandoned or failed."""
-    items = []
-    for s in range(n):
-        began = start + s * 0.5
-        outcome = "completed" if s % 10 < 8 else ("abandoned" if s % 10 == 8 else "failed")
-        item = {"session_id": f"{prefix}S{s:07d}", "kiosk_id": f"{prefix}K{s % count:05d}",
-                "journey": JOURNEYS[s % len(JOURNEYS)], "started_at": iso(began),
-                "ended_at": iso(began + 60 + s % 240), "outcome": outcome}
-        if outcome == "failed":
-            item["failure_reason"] = "device_fault"
-        items.append(item)
+    """``n`` finished sessions (:func:`session_item`) in request bodies of ``batch``."""
+    items = [session_item(prefix, count, s, start) for s in range(n)]
     return [orjson.dumps({"items": items[i:i + batch]}) for i in range(0, len(items), batch)]
 
 

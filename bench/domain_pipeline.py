@@ -32,7 +32,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -40,6 +39,7 @@ import orjson
 import psutil
 
 from bench.domain_common import ROOT, bearer, issue_key, percentiles, service_env
+from bench.domain_kiosk import iso as _iso
 from shared.config import KafkaSettings
 from shared.embedded import free_port
 
@@ -139,10 +139,6 @@ async def _wait_ready(client: httpx.AsyncClient, child: Child, timeout: float = 
 
 
 # ------------------------------------------------------------------------------------------------- workload
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
-
-
 def _districts() -> list[str]:
     from bench.domain_meter import district_codes
 
@@ -224,18 +220,9 @@ class KioskStream:
         return orjson.dumps({"items": items})
 
     def sessions(self, n: int) -> bytes:
-        from bench.domain_kiosk import JOURNEYS
+        from bench.domain_kiosk import session_item
 
-        items = []
-        for s in range(self.ses, self.ses + n):
-            began = self.start + s * 0.5
-            outcome = "completed" if s % 10 < 8 else ("abandoned" if s % 10 == 8 else "failed")
-            item = {"session_id": f"{self.prefix}S{s:07d}", "kiosk_id": f"{self.prefix}K{s % self.kiosks:05d}",
-                    "journey": JOURNEYS[s % len(JOURNEYS)], "started_at": _iso(began),
-                    "ended_at": _iso(began + 60 + s % 240), "outcome": outcome}
-            if outcome == "failed":
-                item["failure_reason"] = "device_fault"
-            items.append(item)
+        items = [session_item(self.prefix, self.kiosks, s, self.start) for s in range(self.ses, self.ses + n)]
         self.ses += n
         return orjson.dumps({"items": items})
 

@@ -42,26 +42,9 @@ async def client(kafka_settings, db_settings, topics_ready, platform_pool):
 
 
 @pytest.fixture(scope="module")
-async def key_pool(db_settings, platform_pool):
-    # The session's platform_pool has no jsonb codec, so principals with attributes cannot be stored through it
-    # (make_key fails); a pool from shared.db has the codec.
-    pool = await create_pool(db_settings)
-    yield pool
-    await pool.close()
-
-
-@pytest.fixture
-def make_key(key_pool):
-    async def make(scopes, **kw):
-        return await issue_test_key(key_pool, scopes, **kw)
-
-    return make
-
-
-@pytest.fixture(scope="module")
-async def admin(key_pool) -> dict:
+async def admin(platform_pool) -> dict:
     # kiosk:admin lets an ingest principal report for any kiosk
-    _, key = await issue_test_key(key_pool, ["kiosk:admin", "kiosk:ingest"], kind="admin")
+    _, key = await issue_test_key(platform_pool, ["kiosk:admin", "kiosk:ingest"], kind="admin")
     return auth(key)
 
 

@@ -18,8 +18,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from ioc import registry
-from shared.db import create_pool
-from shared.testing import issue_test_key, running_app
+from shared.testing import running_app
 
 # Small enough that the 413 tests send little, large enough for every legitimate test body.
 MAX_BODY_BYTES = 256 * 1024
@@ -81,21 +80,15 @@ async def farm(kafka_settings, db_settings, topics_ready, platform_pool) -> Serv
 
 
 @pytest.fixture(scope="package")
-async def key_pool(db_settings, platform_pool):
-    # A pool from shared.db has the jsonb codec that principals with attributes need.
-    pool = await create_pool(db_settings)
-    yield pool
-    await pool.close()
+def key_pool(platform_pool):
+    """The platform pool (principals, keys, audit log), as these tests name it."""
+    return platform_pool
 
 
 @pytest.fixture
-def issue(key_pool):
+def issue(make_key):
     """``await issue(scopes, kind=..., attributes=...)`` → (principal_id, api_key)."""
-
-    async def make(scopes: list[str], **kw) -> tuple[str, str]:
-        return await issue_test_key(key_pool, scopes, **kw)
-
-    return make
+    return make_key
 
 
 # Route introspection ------------------------------------------------------------------------------------------
