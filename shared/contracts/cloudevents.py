@@ -7,14 +7,16 @@ client) can read IOC's events without knowing IOC.
 
 from __future__ import annotations
 
+import types
+import typing
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.contracts.base import EVENT_TYPES, EventModel, EventType
 
@@ -149,7 +151,8 @@ def validation_reason(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_input=False, include_url=False)[:10]:
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-        parts.append(f"{loc}: {err['msg']}")
+        what = _TEXT_PATTERNS.get((err.get("ctx") or {}).get("pattern", ""))
+        parts.append(f"{loc}: {f'Input should be {what}' if what else err['msg']}")
     return "; ".join(parts)
 
 
@@ -180,7 +183,7 @@ def decode(record: Any, *, validate: bool = True) -> ReceivedEvent:
         raise EventDecodeError("value is not a JSON object")
     if validate:
         try:
-            etype.model.model_validate(data)
+            data = payload_validator(etype)[1].validate_json(record.value)
         except ValidationError as exc:
             raise EventDecodeError(f"{etype_name}: {validation_reason(exc)}") from None
     subject = h.get("ce_subject")
@@ -204,99 +207,172 @@ def parse_time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-_dict_validators: dict[str, Any] = {}
+# RFC 3339 dates and date-times (the contracts' JSON Schema ``format: date``/``date-time``) as patterns that
+# pydantic-core checks in Rust, calendar included (day of month, leap years), so whatever matches also parses
+# with ``datetime.fromisoformat``. The offset is optional for ``datetime`` fields (a naive local time) and
+# required for ``AwareDatetime`` ones.
+_YEAR = r"(?:\d{3}[1-9]|\d{2}[1-9]\d|\d[1-9]\d{2}|[1-9]\d{3})"
+_LEAP_YEAR = r"(?:\d{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+_MONTH_DAY = (r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
+              r"|02-(?:0[1-9]|1\d|2[0-8]))")
+_DATE = rf"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
+_TIME = r"[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
+_OFFSET = r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+_TEXT_PATTERNS = {
+    rf"^{_DATE}$": "a valid date (YYYY-MM-DD)",
+    rf"^{_DATE}{_TIME}{_OFFSET}?$": "an RFC 3339 date-time",
+    rf"^{_DATE}{_TIME}{_OFFSET}$": "an RFC 3339 date-time with a time zone offset",
+}
+_TEXT_TYPES: dict[Any, Any] = {}
+_PAYLOAD_TYPES: dict[type, Any] = {}
 
 
-def _dict_validator(etype: EventType):
-    """A validator of a JSON array of payloads that checks without building model instances (fast)."""
-    v = _dict_validators.get(etype.type)
-    if v is None:
+def _json_shaped(annotation: Any) -> Any:
+    """``annotation`` as the JSON it is sent as: dates and date-times become strings that must parse as one,
+    nested models become dicts (their own cross-field rules still checked), containers and unions recursively."""
+    if not _TEXT_TYPES:
+        from pydantic import AwareDatetime, StringConstraints
+
+        date_p, datetime_p, aware_p = _TEXT_PATTERNS
+        _TEXT_TYPES.update({date: Annotated[str, StringConstraints(pattern=date_p)],
+                            datetime: Annotated[str, StringConstraints(pattern=datetime_p)],
+                            AwareDatetime: Annotated[str, StringConstraints(pattern=aware_p)]})
+    if annotation in _TEXT_TYPES:
+        return _TEXT_TYPES[annotation]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _payload_type(annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if not args:
+        return annotation
+    if origin is Annotated:
+        inner = _json_shaped(args[0])
+        return annotation if inner is args[0] else Annotated[(inner, *annotation.__metadata__)]
+    shaped = tuple(_json_shaped(a) for a in args)
+    if all(a is b for a, b in zip(shaped, args, strict=True)):
+        return annotation
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[shaped]  # noqa: UP007 - built from a tuple
+    return origin[shaped if len(shaped) > 1 else shaped[0]]
+
+
+def _payload_type(model: type[BaseModel]) -> Any:
+    """A TypedDict with ``model``'s fields (JSON-shaped), unknown keys rejected, plus ``model``'s own
+    cross-field rules (model validators, which need the typed model) when it has any."""
+    td = _PAYLOAD_TYPES.get(model)
+    if td is None:
         from typing import NotRequired, Required
 
-        from pydantic import ConfigDict, TypeAdapter
+        from pydantic import AfterValidator, ConfigDict
         from typing_extensions import TypedDict
 
-        fields = {
-            name: (Required[f.rebuild_annotation()] if f.is_required() else NotRequired[f.rebuild_annotation()])
-            for name, f in etype.model.model_fields.items()
-        }
-        td = TypedDict(f"{etype.model.__name__}Payload", fields)  # type: ignore[operator]
+        fields = {}
+        for name, f in model.model_fields.items():
+            shaped = _json_shaped(f.annotation)
+            if shaped is f.annotation:
+                ann = f.rebuild_annotation()
+            else:
+                ann = Annotated[(shaped, *f.metadata)] if f.metadata else shaped
+            fields[name] = Required[ann] if f.is_required() else NotRequired[ann]
+        td = TypedDict(f"{model.__name__}Payload", fields)  # type: ignore[operator]
         td.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
-        v = _dict_validators[etype.type] = (TypeAdapter(list[td]), TypeAdapter(td))
+        if model.__pydantic_decorators__.model_validators:
+            def cross_field_rules(payload: dict[str, Any], model: type[BaseModel] = model) -> dict[str, Any]:
+                model.model_validate(payload)
+                return payload
+
+            td = Annotated[td, AfterValidator(cross_field_rules)]
+        _PAYLOAD_TYPES[model] = td
+    return td
+
+
+_payload_validators: dict[str, Any] = {}
+
+
+def payload_validator(etype: EventType):
+    """Validators of ``etype``'s JSON payload whose output is the payload itself: ``(list of many, one)``.
+
+    The same rules as the contract's model (unknown fields rejected, cross-field rules included), checked by
+    pydantic-core straight from JSON bytes, but the result is a plain dict in JSON types: dates and date-times
+    stay the RFC 3339 strings they were sent as (they must parse), nested objects stay dicts, so a consumer
+    gets what ``orjson.loads`` would give it without parsing the bytes twice or building model instances.
+    """
+    v = _payload_validators.get(etype.type)
+    if v is None:
+        from pydantic import TypeAdapter
+
+        td = _payload_type(etype.model)
+        v = _payload_validators[etype.type] = (TypeAdapter(list[td]), TypeAdapter(td))
     return v
 
 
 def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tuple[Any, str]]]:
     """Decode and validate many records at once: ``(valid events in order, [(record, reason), ...])``.
 
-    Payloads of one type are validated in a single pydantic-core call over a JSON array and, when that passes,
-    parsed in a single orjson call over the same array; only when it fails are they checked one by one to find
-    the bad ones. Same rules as :func:`decode`.
+    Payloads of one type are validated in a single pydantic-core call over a JSON array whose output is the
+    payloads themselves (see :func:`payload_validator`); only when that fails are they checked one by one to
+    find the bad ones. Same rules as :func:`decode`.
     """
     failed: list[tuple[Any, str]] = []
-    staged: list[tuple[Any, EventType, str, str, str, bytes | None]] = []
-    by_type: dict[str, tuple[list[bytes], list[Any]]] = {}  # type → (payloads, their records), in order
-    append = staged.append
+    events: list[ReceivedEvent] = []
+    # ce_type → (its type, payloads, their events, their records), in order
+    by_type: dict[bytes, tuple[EventType, list[bytes], list[ReceivedEvent], list[Any]]] = {}
+    text: dict[bytes, str] = {}  # header values repeated across a batch (source, time, subject) decoded once
+    append = events.append
     for r in records:
         h = dict(r.headers) if r.headers else {}
-        etype_name = h.get("ce_type")
-        event_id = h.get("ce_id")
-        source = h.get("ce_source")
         if h.get("ce_specversion") != SPEC_VERSION:
             failed.append((r, "missing or unsupported ce_specversion header"))
             continue
-        if etype_name is None or event_id is None or source is None:
+        tname = h.get("ce_type")
+        event_id = h.get("ce_id")
+        source = h.get("ce_source")
+        if tname is None or event_id is None or source is None:
             failed.append((r, "missing ce_type, ce_id or ce_source header"))
             continue
+        group = by_type.get(tname)
+        value = r.value
         try:
-            tname = etype_name.decode()
-            etype = EVENT_TYPES.get(tname)
-            if etype is None:
-                failed.append((r, f"unknown event type {tname!r}"))
-                continue
-            if r.value is None:
+            if group is None:
+                etype = EVENT_TYPES.get(tname.decode())
+                if etype is None:
+                    failed.append((r, f"unknown event type {tname.decode()!r}"))
+                    continue
+                group = by_type[tname] = (etype, [], [], [])
+            if value is None:
                 failed.append((r, "record has no value"))
                 continue
-            staged_item = (r, etype, event_id.decode(), source.decode(), h.get("ce_time", b"").decode(),
-                           h.get("ce_subject"))
+            ce_time = h.get("ce_time", b"")
+            subject = h.get("ce_subject")
+            ev = ReceivedEvent(
+                group[0].type, event_id.decode(),
+                text.get(source) or text.setdefault(source, source.decode()),
+                text.get(ce_time) or text.setdefault(ce_time, ce_time.decode()),
+                None if not subject else text.get(subject) or text.setdefault(subject, subject.decode()),
+                r.key.decode() if r.key else None, None, r.topic, r.partition, r.offset, r.timestamp,  # type: ignore[arg-type]
+            )
         except UnicodeDecodeError:
             failed.append((r, "headers are not UTF-8"))
             continue
-        group = by_type.get(etype.type)
-        if group is None:
-            group = by_type[etype.type] = ([], [])
-        group[0].append(r.value)
-        group[1].append(r)
-        append(staged_item)
-    # Per type: the parsed payloads in staged order, None for a payload that failed validation.
-    parsed: dict[str, Iterator[dict[str, Any] | None]] = {}
-    loads = orjson.loads
-    for tname, (values, group_records) in by_type.items():
-        many, one = _dict_validator(EVENT_TYPES[tname])
-        blob = b"[" + b",".join(values) + b"]"
+        group[1].append(value)
+        group[2].append(ev)
+        group[3].append(r)
+        append(ev)
+    bad = False
+    for etype, values, group_events, group_records in by_type.values():
+        many, one = payload_validator(etype)
         try:
-            many.validate_json(blob)
-            parsed[tname] = iter(loads(blob))
+            for ev, data in zip(group_events, many.validate_json(b"[" + b",".join(values) + b"]"), strict=True):
+                ev.data = data
             continue
         except (ValidationError, ValueError):
             pass
-        checked: list[dict[str, Any] | None] = []
-        for value, record in zip(values, group_records, strict=True):
+        for value, ev, record in zip(values, group_events, group_records, strict=True):
             try:
-                one.validate_json(value)
-                checked.append(loads(value))
+                ev.data = one.validate_json(value)
             except (ValidationError, ValueError) as exc:
-                checked.append(None)
+                bad = True
                 reason = validation_reason(exc) if isinstance(exc, ValidationError) else "value is not JSON"
-                failed.append((record, f"{tname}: {reason}"))
-        parsed[tname] = iter(checked)
-    events: list[ReceivedEvent] = []
-    for r, etype, event_id, source, ce_time, subject in staged:
-        data = next(parsed[etype.type])
-        if data is None:
-            continue
-        events.append(ReceivedEvent(
-            etype.type, event_id, source, ce_time, subject.decode() if subject else None,
-            r.key.decode() if r.key else None, data, r.topic, r.partition, r.offset, r.timestamp,
-        ))
+                failed.append((record, f"{etype.type}: {reason}"))
+    if bad:
+        events = [ev for ev in events if ev.data is not None]
     return events, failed

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 MARKER_KEY = b"__applied__"
 SEQ_HEADER = "ioc_seq"
 RECENT_IDS = 50_000  # per partition: catches re-deliveries of the same event at a new offset
+_type_of = attrgetter("type")
 
 
 def changelog_topic(processor: StreamProcessor, partitions: int) -> TopicSpec:
@@ -85,6 +87,27 @@ class PartitionRuntime:
         if len(order) > RECENT_IDS:
             recent.discard(order.popleft())
         return False
+
+    def unseen(self, events: list[ReceivedEvent]) -> list[ReceivedEvent]:
+        """The events of a batch not seen before (by CloudEvents ``source`` + ``id``), remembering them.
+
+        The batch form of :meth:`seen`: eviction runs once per batch, so the window briefly holds a batch more.
+        """
+        recent = self.recent
+        add = recent.add
+        remember = self.recent_order.append
+        fresh = []
+        keep = fresh.append
+        for ev in events:
+            key = (ev.source, ev.id)
+            if key not in recent:
+                add(key)
+                remember(key)
+                keep(ev)
+        order = self.recent_order
+        for _ in range(len(order) - RECENT_IDS):
+            recent.discard(order.popleft())
+        return fresh
 
 
 class ProcessorCore:
@@ -260,19 +283,18 @@ class ProcessorCore:
                     continue
                 pr = self.partitions[tp.partition]
                 floor = pr.applied.get(tp.topic, -1)
-                fresh = [r for r in recs if r.offset >= floor]  # older ones are in the recovered state
+                # older ones are in the recovered state
+                fresh = recs if recs[0].offset >= floor else [r for r in recs if r.offset >= floor]
                 decoded, failed = decode_batch(fresh)
                 for r, reason in failed:
                     dead.append(dead_letter(r, reason, self.processor.name))
                     EVENTS_DEAD_LETTERED.labels(self.processor.name, r.topic).inc()
-                seen = pr.seen
-                events: list[ReceivedEvent] = [ev for ev in decoded if not seen((ev.source, ev.id))]
+                events = pr.unseen(decoded)
                 if events:
                     apply_batch(events, pr.state)
                     latest_time = events[-1].time
-                    for ev in events:
-                        k = (ev.topic, ev.type)
-                        counts[k] = counts.get(k, 0) + 1
+                    for etype, n in Counter(map(_type_of, events)).items():
+                        counts[(tp.topic, etype)] = counts.get((tp.topic, etype), 0) + n
                     self.processed += len(events)
                 # Never move backwards: a consumer resuming at its last commit re-reads records the recovered
                 # state already reflects; they were skipped above and must not lower the floor.

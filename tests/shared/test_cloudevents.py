@@ -1,0 +1,123 @@
+"""Consumer-side decoding: what a processor receives is the JSON payload, validated against its contract."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime
+
+import orjson
+from aiokafka.structs import ConsumerRecord
+
+from shared.contracts import EVENT_TYPES
+from shared.contracts.cloudevents import _TEXT_PATTERNS, decode, decode_batch, encode
+
+READING = EVENT_TYPES["ioc.meter.reading.recorded.v1"]
+HEARTBEAT = EVENT_TYPES["ioc.kiosk.heartbeat.received.v1"]
+
+
+def _record(etype, payload: dict, offset: int) -> ConsumerRecord:
+    ev = encode(etype, payload, source="/ioc/test", id=f"e{offset}")
+    return ConsumerRecord(etype.topic, 0, offset, 0, 0, ev.key, ev.value, None, len(ev.key), len(ev.value), ev.headers)
+
+
+def test_decoded_payload_is_the_json_sent_for_every_example():
+    checked = 0
+    for etype in EVENT_TYPES.values():
+        for i, example in enumerate(etype.examples):
+            payload = etype.model.model_validate(example).model_dump(mode="json")
+            record = _record(etype, payload, i)
+            (batch_event,), failed = decode_batch([record])
+            assert failed == []
+            assert batch_event.data == orjson.loads(record.value) == decode(record).data
+            checked += 1
+    assert checked >= 5
+
+
+def test_date_patterns_accept_exactly_the_calendar():
+    date_re, datetime_re, aware_re = (re.compile(p) for p in _TEXT_PATTERNS)
+    for year in (*range(0, 12), 100, 200, 400, 1900, 1996, 2000, 2023, 2024, 2100, 2400, 9999):
+        for month in range(0, 14):
+            for day in range(0, 33):
+                text = f"{year:04d}-{month:02d}-{day:02d}"
+                try:
+                    date.fromisoformat(text)
+                    valid = True
+                except ValueError:
+                    valid = False
+                assert bool(date_re.match(text)) is valid, text
+                assert bool(datetime_re.match(f"{text}T00:00:00Z")) is valid, text
+    for text, naive_ok, aware_ok in [
+        ("2024-05-01T10:15:00Z", True, True), ("2024-05-01T10:15:00.123456+07:00", True, True),
+        ("2024-05-01 10:15:00", True, False), ("2024-05-01T10:15:00", True, False),
+        ("2024-05-01T24:00:00Z", False, False), ("2024-05-01T10:60:00Z", False, False),
+        ("2024-05-01T10:15:00+7", False, False), ("2024-05-01", False, False), ("1714558500", False, False),
+    ]:
+        assert bool(datetime_re.match(text)) is naive_ok, text
+        assert bool(aware_re.match(text)) is aware_ok, text
+        if naive_ok:
+            datetime.fromisoformat(text.replace("Z", "+00:00"))  # whatever matches also parses
+
+
+def test_bad_times_are_rejected_one_by_one_and_good_ones_keep_their_text():
+    example = READING.examples[0]
+    good = [dict(example, meter_id="MTR-1"), dict(example, meter_id="MTR-2", interval_end="2024-02-29T23:45:00+07:00")]
+    bad = [dict(example, meter_id="MTR-3", interval_end="2023-02-29T00:00:00Z"),
+           dict(example, meter_id="MTR-4", interval_end=1714558500),
+           dict(example, meter_id="MTR-5", interval_end="yesterday")]
+    beat = {"kiosk_id": "K-1", "at": "2024-05-01T10:15:00", "app_version": "1.0"}
+    records = [_record(READING, p, i) for i, p in enumerate([good[0], bad[0], bad[1], good[1], bad[2]])]
+    records.append(_record(HEARTBEAT, beat, 5))
+    events, failed = decode_batch(records)
+    assert [e.data["meter_id"] for e in events] == ["MTR-1", "MTR-2"]
+    assert events[1].data["interval_end"] == "2024-02-29T23:45:00+07:00"
+    reasons = {r.offset: reason for r, reason in failed}
+    assert set(reasons) == {1, 2, 4, 5}
+    assert "interval_end: Input should be an RFC 3339 date-time" in reasons[1]
+    assert "interval_end" in reasons[2] and "interval_end" in reasons[4]
+    assert "at: Input should be an RFC 3339 date-time with a time zone offset" in reasons[5]
+    for r, reason in failed:
+        assert len(reason) < 200  # no pattern dumps in dead-letter reasons
+        try:
+            decode(r)
+        except ValueError as exc:
+            assert str(exc).endswith(reason.split(": ", 1)[1])
+        else:
+            raise AssertionError(f"decode accepted what decode_batch rejected: {reason}")
+
+
+def test_nested_objects_stay_json_and_cross_field_rules_still_hold():
+    from shared.contracts.cloudevents import payload_validator
+
+    for etype in EVENT_TYPES.values():
+        payload_validator(etype)  # every contract has a JSON-shaped validator
+    hires = EVENT_TYPES["ioc.traffic.hires.logged.v1"]
+    registration = EVENT_TYPES["ioc.kiosk.registration.updated.v1"]
+    session = EVENT_TYPES["ioc.kiosk.session.ended.v1"]
+    kiosk = {"kiosk_id": "K-1", "building": "Tower A", "address": "1 Pho Hue", "district": "HN-HK",
+             "opening_hours": [{"days": [1, 2, 3], "open": "08:00", "close": "17:30"}], "peripherals": ["printer"],
+             "software_version": "2.1", "in_service_since": "2024-01-01T00:00:00+07:00", "version": 1}
+    visit = {"session_id": "S-1", "kiosk_id": "K-1", "journey": "lookup_procedure", "outcome": "completed",
+             "started_at": "2024-05-01T10:00:00Z", "ended_at": "2024-05-01T10:04:00+00:00"}
+    good = [
+        (hires, {"controller_id": "C-1", "intersection_id": "I-1",
+                 "events": [{"t": "2024-05-01T10:00:00.1Z", "code": 1, "param": 2},
+                            {"t": "2024-05-01T17:00:00.2+07:00", "code": 82, "param": 5}]}),
+        (registration, kiosk),
+        (session, visit),
+    ]
+    bad = [
+        (hires, {"controller_id": "C-1", "intersection_id": "I-1", "events": [{"t": "2024-13-01T00:00:00Z",
+                                                                               "code": 1, "param": 2}]}),
+        (registration, {**kiosk, "opening_hours": [{"days": [1], "open": "17:00", "close": "08:00"}]}),
+        (registration, {**kiosk, "opening_hours": [{"days": [1], "open": "08:00", "close": "17:00", "x": 1}]}),
+        (session, {**visit, "ended_at": "2024-05-01T09:00:00Z"}),
+    ]
+    records = [_record(etype, payload, i) for i, (etype, payload) in enumerate(good + bad)]
+    events, failed = decode_batch(records)
+    assert [e.data for e in events] == [orjson.loads(r.value) for r in records[:3]]
+    assert [r.offset for r, _ in failed] == [3, 4, 5, 6]
+    reasons = [reason for _, reason in failed]
+    assert "events.0.t: Input should be an RFC 3339 date-time" in reasons[0]
+    assert "close must be after open" in reasons[1]
+    assert "opening_hours.0.x" in reasons[2]
+    assert "ended_at is before started_at" in reasons[3]
