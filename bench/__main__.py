@@ -24,6 +24,10 @@ console = Console()
 
 def run_path(path: str, timeout: float = 300, **args) -> dict:
     cmd = [sys.executable, "-m", "bench.worker", path, json.dumps(args)]
+    profile_dir = os.environ.get("IOC_BENCH_PYSPY")  # profile each path with py-spy (dev tool, not installed)
+    if profile_dir:
+        out = Path(profile_dir) / f"{args.get('domain', '')}{path}-{int(time.time())}.txt"
+        cmd = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(out), "--", *cmd]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     for line in r.stdout.splitlines():
         if line.startswith("RESULT "):

@@ -10,6 +10,7 @@ outside subscribers (``make contracts``).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -44,9 +45,25 @@ DisplayText = Annotated[str, AfterValidator(_display_text)]
 
 
 class EventModel(BaseModel):
-    """Base of every event payload: unknown fields are rejected, instances are immutable."""
+    """Base of every event payload: unknown fields are rejected, instances are immutable.
+
+    Cross-field rules go in :meth:`payload_rules`, written once against a mapping that may hold typed values
+    (a model's fields) or JSON ones (a consumer's payload dict); the model's validator calls it, and consumers
+    check payloads with it without building model instances.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_timedelta="float")
+
+    @staticmethod
+    def payload_rules(payload: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` when fields that are each valid do not fit together. None by default."""
+
+
+def as_instant(value: datetime | str) -> datetime:
+    """A date-time field's value as a ``datetime``, whether typed already or RFC 3339 text (for payload rules)."""
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
 
 
 @dataclass(frozen=True)

@@ -257,7 +257,7 @@ def _json_shaped(annotation: Any) -> Any:
 
 def _payload_type(model: type[BaseModel]) -> Any:
     """A TypedDict with ``model``'s fields (JSON-shaped), unknown keys rejected, plus ``model``'s own
-    cross-field rules (model validators, which need the typed model) when it has any."""
+    cross-field rules (:meth:`EventModel.payload_rules`) when it has any."""
     td = _PAYLOAD_TYPES.get(model)
     if td is None:
         from typing import NotRequired, Required
@@ -276,8 +276,12 @@ def _payload_type(model: type[BaseModel]) -> Any:
         td = TypedDict(f"{model.__name__}Payload", fields)  # type: ignore[operator]
         td.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
         if model.__pydantic_decorators__.model_validators:
-            def cross_field_rules(payload: dict[str, Any], model: type[BaseModel] = model) -> dict[str, Any]:
-                model.model_validate(payload)
+            rules = getattr(model, "payload_rules", None)
+            if rules is None or rules is EventModel.payload_rules:
+                raise TypeError(f"{model.__name__} has a model validator: state its rules in payload_rules too")
+
+            def cross_field_rules(payload: dict[str, Any], rules=rules) -> dict[str, Any]:
+                rules(payload)
                 return payload
 
             td = Annotated[td, AfterValidator(cross_field_rules)]

@@ -8,7 +8,8 @@ Sessions never carry personal data: at most a dossier reference code.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
@@ -19,6 +20,7 @@ from shared.contracts.base import (
     StrictBool,
     StrictInt,
     TopicSpec,
+    as_instant,
     event_type,
     register_topic,
 )
@@ -94,10 +96,14 @@ class OpeningPeriod(EventModel):
     open: TimeOfDay
     close: ClosingTime
 
+    @staticmethod
+    def payload_rules(payload: Mapping[str, Any]) -> None:
+        if payload["close"] <= payload["open"]:
+            raise ValueError("close must be after open (split an overnight period in two)")
+
     @model_validator(mode="after")
     def _close_after_open(self):
-        if self.close <= self.open:
-            raise ValueError("close must be after open (split an overnight period in two)")
+        self.payload_rules(self.__dict__)
         return self
 
 
@@ -145,10 +151,14 @@ class PeripheralStatusChanged(EventModel):
     at: AwareDatetime
     code: ShortText | None = Field(None, description="vendor error code, kept raw")
 
+    @staticmethod
+    def payload_rules(payload: Mapping[str, Any]) -> None:
+        if payload.get("paper") is not None and payload["peripheral"] != "printer":
+            raise ValueError("paper applies to printers only")
+
     @model_validator(mode="after")
     def _paper_only_on_printers(self):
-        if self.paper is not None and self.peripheral != "printer":
-            raise ValueError("paper applies to printers only")
+        self.payload_rules(self.__dict__)
         return self
 
 
@@ -165,14 +175,19 @@ class SessionEnded(EventModel):
     dossier_code: DossierCode | None = None
     rating: StrictInt | None = Field(None, ge=1, le=5, description="satisfaction rating 1-5")
 
+    @staticmethod
+    def payload_rules(payload: Mapping[str, Any]) -> None:
+        if as_instant(payload["ended_at"]) < as_instant(payload["started_at"]):
+            raise ValueError("ended_at is before started_at")
+        failure_reason = payload.get("failure_reason")
+        if payload["outcome"] == "completed" and failure_reason is not None:
+            raise ValueError("a completed session has no failure_reason")
+        if payload["outcome"] == "failed" and failure_reason is None:
+            raise ValueError("a failed session needs a failure_reason")
+
     @model_validator(mode="after")
     def _consistent(self):
-        if self.ended_at < self.started_at:
-            raise ValueError("ended_at is before started_at")
-        if self.outcome == "completed" and self.failure_reason is not None:
-            raise ValueError("a completed session has no failure_reason")
-        if self.outcome == "failed" and self.failure_reason is None:
-            raise ValueError("a failed session needs a failure_reason")
+        self.payload_rules(self.__dict__)
         return self
 
 

@@ -65,9 +65,10 @@ async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(ka
     log = tmp_path / "worker.log"
 
     def worker() -> Worker:
-        # Small paced batches: a stream of ~40 batches of 0.3 s each (~12 s), so each kill lands in the middle
-        # of it even on a fast machine (progress is observed on the KPI topic, which takes a moment to read).
-        return Worker(kafka.bootstrap_servers, name, source, pause_s=0.3, max_records=300, log_path=log).start()
+        # Small paced batches: a stream of ~60 batches of at least 0.5 s each (30 s or more), so each kill lands
+        # in the middle of it even on a fast machine (progress is observed on the KPI topic, which takes a moment
+        # to read, and a restarted worker takes the stream over within a few seconds).
+        return Worker(kafka.bootstrap_servers, name, source, pause_s=0.5, max_records=200, log_path=log).start()
 
     seen_at_kill: list[float] = []
     w = worker()
