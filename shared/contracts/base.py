@@ -59,11 +59,14 @@ class EventModel(BaseModel):
         """Raise ``ValueError`` when fields that are each valid do not fit together. None by default."""
 
 
+def parse_time(value: str) -> datetime:
+    """Parse an RFC 3339 date-time (``Z`` suffix accepted)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def as_instant(value: datetime | str) -> datetime:
     """A date-time field's value as a ``datetime``, whether typed already or RFC 3339 text (for payload rules)."""
-    if isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    return value if isinstance(value, datetime) else parse_time(value)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from shared.contracts.base import EVENT_TYPES, EventModel, EventType
+from shared.contracts.base import parse_time as parse_time  # re-exported: consumers parse ce_time with it
 
 SPEC_VERSION = b"1.0"
 CONTENT_TYPE = b"application/json"
@@ -200,11 +201,6 @@ def decode(record: Any, *, validate: bool = True) -> ReceivedEvent:
         offset=record.offset,
         timestamp_ms=record.timestamp,
     )
-
-
-def parse_time(value: str) -> datetime:
-    """Parse an RFC 3339 ``ce_time`` (``Z`` suffix accepted)."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 # RFC 3339 dates and date-times (the contracts' JSON Schema ``format: date``/``date-time``) as patterns that

@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from shared.config import KafkaSettings
 from shared.contracts.base import TopicSpec
-from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, decode_batch, parse_time
+from shared.contracts.cloudevents import EncodedEvent, decode_batch, parse_time
 from shared.kafka.consumer import dead_letter
 from shared.kafka.producer import EventPublisher
 from shared.metrics import (
@@ -49,6 +49,11 @@ MARKER_KEY = b"__applied__"
 SEQ_HEADER = "ioc_seq"
 RECENT_IDS = 50_000  # per partition: catches re-deliveries of the same event at a new offset
 _type_of = attrgetter("type")
+_event_key = attrgetter("source", "id")  # CloudEvents identity
+
+
+def _itself(x):
+    return x
 
 
 def changelog_topic(processor: StreamProcessor, partitions: int) -> TopicSpec:
@@ -75,36 +80,24 @@ class PartitionRuntime:
     recent: set = field(default_factory=set)
     recent_order: deque = field(default_factory=deque)  # eviction order of ``recent`` (oldest first)
 
-    def seen(self, key: tuple[str, str]) -> bool:
-        # A set plus a deque: O(1) both ways. (Evicting the first key of a dict is not: CPython skips the
-        # deleted slots at the front of the dict on every ``next(iter(d))``, which made this quadratic.)
-        recent = self.recent
-        if key in recent:
-            return True
-        recent.add(key)
-        order = self.recent_order
-        order.append(key)
-        if len(order) > RECENT_IDS:
-            recent.discard(order.popleft())
-        return False
-
-    def unseen(self, events: list[ReceivedEvent]) -> list[ReceivedEvent]:
-        """The events of a batch not seen before (by CloudEvents ``source`` + ``id``), remembering them.
-
-        The batch form of :meth:`seen`: eviction runs once per batch, so the window briefly holds a batch more.
+    def unseen(self, items: list, key=_event_key) -> list:
+        """The items of a batch whose ``key`` (CloudEvents ``source`` + ``id``) was not seen before, remembering
+        them. A set plus a deque, evicted once per batch (the window briefly holds a batch more): O(1) both
+        ways. (Evicting the first key of a dict is not: CPython skips the deleted slots at the front of the dict
+        on every ``next(iter(d))``, which made this quadratic.)
         """
         recent = self.recent
         add = recent.add
-        remember = self.recent_order.append
+        order = self.recent_order
+        remember = order.append
         fresh = []
         keep = fresh.append
-        for ev in events:
-            key = (ev.source, ev.id)
-            if key not in recent:
-                add(key)
-                remember(key)
-                keep(ev)
-        order = self.recent_order
+        for item in items:
+            k = key(item)
+            if k not in recent:
+                add(k)
+                remember(k)
+                keep(item)
         for _ in range(len(order) - RECENT_IDS):
             recent.discard(order.popleft())
         return fresh
@@ -228,14 +221,15 @@ class ProcessorCore:
                 idle = idle + 1 if not batch else 0
                 for tp, recs in batch.items():
                     end = ranges[tp][1]
-                    seen = self.partitions[tp.partition].seen
+                    keys = []
                     for r in recs:
                         if r.offset >= end:
                             break
                         h = dict(r.headers or ())
                         source, event_id = h.get("ce_source"), h.get("ce_id")
                         if source is not None and event_id is not None:
-                            seen((source.decode(errors="replace"), event_id.decode(errors="replace")))
+                            keys.append((source.decode(errors="replace"), event_id.decode(errors="replace")))
+                    self.partitions[tp.partition].unseen(keys, key=_itself)
                     if recs and recs[-1].offset + 1 >= end:
                         remaining.discard(tp)
                 for tp in list(remaining):
