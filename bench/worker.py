@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 
@@ -91,7 +93,8 @@ async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float =
     app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{kafka.bootstrap_servers}",
                     broker_session_timeout=10, broker_heartbeat_interval=3, broker_rebalance_timeout=10,
                     consumer_auto_offset_reset="earliest", web_enabled=False, store="memory://",
-                    topic_disable_leader=True, producer_linger=0.05)
+                    datadir=tempfile.mkdtemp(prefix="ioc-bench-naive-"), topic_disable_leader=True,
+                    producer_linger=0.05)
     source = app.topic(topic, value_serializer="raw")
     counts = app.Table("counts", default=int, partitions=4)
     m = Meter()
@@ -116,6 +119,7 @@ async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float =
     finally:
         m.last() if not done.is_set() else None
         await app.stop()
+        shutil.rmtree(app.conf.datadir, ignore_errors=True)
     return m.result(state["n"], note="time-boxed" if state["n"] < n else "")
 
 

@@ -334,6 +334,28 @@ class ProcessorCore:
             LAST_PROCESSED.labels(self.processor.name).set(time.time())
             return len(outputs)
 
+    async def emit_pending(self) -> int:
+        """Emit for partitions whose last batches were applied but not yet emitted, once the emit interval has
+        passed. Drivers call it a few times per interval: without it, the changes of the last batch before a
+        pause (or of a quiet stream) would wait for the next batch or tick, seconds later. Returns outputs sent."""
+        if not self._unemitted or time.monotonic() - self._last_emit < self.processor.emit_interval_seconds:
+            return 0
+        async with self.lock:
+            parts = self._unemitted & set(self.partitions)
+            self._unemitted = set()
+            if not parts:
+                return 0
+            try:
+                outputs = self._emit(parts, datetime.now(UTC))
+                self._last_emit = time.monotonic()
+                # pipelined like a batch: under load the next batch need not wait for these acknowledgements
+                await self._make_durable(parts, outputs, pipelined=True)
+            except BaseException:
+                self.needs_rewind = True
+                self.drop(list(self.partitions))  # as after a failed batch: the pipelined one may be lost too
+                raise
+            return len(outputs)
+
     def _emit(self, partitions: Iterable[int], now: datetime) -> list[EncodedEvent]:
         outputs: list[EncodedEvent] = []
         for p in sorted(partitions):

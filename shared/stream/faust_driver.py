@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from typing import Any
 
 import faust
@@ -127,6 +129,9 @@ class FaustDriver:
         self.kafka = kafka
         self.busy = False
         processor = core.processor
+        # State lives in memory and the core's changelog, but Faust still makes a data directory (default:
+        # ``<app>-data`` in the working directory); keep it out of the checkout and remove it on stop.
+        self._datadir = tempfile.mkdtemp(prefix=f"ioc-faust-{processor.name}-")
         brokers = [f"kafka://{hp.strip()}" for hp in kafka.bootstrap_servers.split(",") if hp.strip()]
         self.app = BatchApp(
             processor.name,
@@ -147,6 +152,7 @@ class FaustDriver:
             topic_allow_declare=False,
             web_enabled=False,
             store="memory://",
+            datadir=self._datadir,
             producer_linger=0.05,
             producer_acks=-1,
             stream_wait_empty=False,
@@ -158,6 +164,7 @@ class FaustDriver:
             # Subscribing through the conductor makes Faust's consumer fetch these topics.
             self.app.topics.add(self.app.topic(topic, key_serializer="raw", value_serializer="raw"))
         self.app.timer(processor.tick_seconds)(self._tick)
+        self.app.timer(processor.emit_interval_seconds / 4)(self._emit_pending)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
     async def _tick(self) -> None:
@@ -165,6 +172,12 @@ class FaustDriver:
             await self.core.tick()
         except Exception:
             log.exception("%s: tick failed", self.core.processor.name)
+
+    async def _emit_pending(self) -> None:
+        try:
+            await self.core.emit_pending()
+        except Exception:
+            log.exception("%s: emit failed", self.core.processor.name)
 
     async def _on_revoked(self, app, revoked, **_: Any) -> None:
         # Make the last batch durable so Faust's commit-on-revoke commits it, then forget the partitions.
@@ -199,6 +212,7 @@ class FaustDriver:
         finally:
             # mode's Service.stop leaves the consumer thread's loop to finish on its own
             await asyncio.sleep(0)
+            shutil.rmtree(self._datadir, ignore_errors=True)
 
     def caught_up(self) -> bool:
         consumer = self.app.consumer

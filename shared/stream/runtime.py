@@ -89,7 +89,8 @@ class AiokafkaDriver:
         self.consumer.subscribe(list(p.topics), listener=_Rebalance(self))
         await self.consumer.start()
         self._tasks = [asyncio.create_task(self._loop(), name=f"{p.name}:loop"),
-                       asyncio.create_task(self._ticker(), name=f"{p.name}:tick")]
+                       asyncio.create_task(self._ticker(), name=f"{p.name}:tick"),
+                       asyncio.create_task(self._emitter(), name=f"{p.name}:emit")]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -172,6 +173,18 @@ class AiokafkaDriver:
                 raise
             except Exception:
                 log.exception("%s: tick failed", self.core.processor.name)
+                await self._rewind()
+
+    async def _emitter(self) -> None:
+        interval = self.core.processor.emit_interval_seconds / 4
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.core.emit_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: emit failed", self.core.processor.name)
                 await self._rewind()
 
     def caught_up(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -66,4 +67,39 @@ async def test_copies_of_applied_events_after_a_restart_are_dropped(kafka_settin
         assert sum(pr.state.get(f"count:r{tag}", 0) for pr in rt.core.partitions.values()) == 30
     counts = await _latest_counts(kafka_settings, f"streamtest.r{tag}")
     assert counts == {f"streamtest.r{tag}": 30}
+    await pub.stop()
+
+
+class _SlowTickCounter(ActionCounter):
+    # ticks far apart and a long emit interval: only the pending-emit timer can publish the second batch in time
+    tick_seconds = 60.0
+    emit_interval_seconds = 2.0
+
+
+@pytest.mark.parametrize("driver", ["aiokafka", "faust"])
+async def test_a_batch_after_an_emit_is_published_within_the_emit_interval_when_the_stream_pauses(
+        kafka_settings, topics_ready, driver):
+    """The last batch before a pause is emitted once the emit interval has passed, not at the next tick."""
+    tag = uuid.uuid4().hex[:6]
+    pub = EventPublisher(kafka_settings, client_id="t")
+    async with ProcessorRuntime(_SlowTickCounter(f"test-pending-{driver}-{tag}"), kafka_settings,
+                                driver=driver).running() as rt:
+        # not rt.drain(): it ticks at the end, which would emit what is pending and hide a missing emit
+        async def applied(n: int) -> None:
+            async with asyncio.timeout(40):
+                while rt.core.processed < n:
+                    await asyncio.sleep(0.02)
+
+        await pub.publish([encode(AUDIT, audit(f"p{tag}", "x0"), source="/ioc/test")])
+        await applied(1)  # the first batch emits at once
+        await pub.publish([encode(AUDIT, audit(f"p{tag}", "x1"), source="/ioc/test")])
+        await applied(2)  # applied within the emit interval after that emit: its own emit is pending
+        deadline = asyncio.get_running_loop().time() + 15  # well inside the 60 s tick
+        counts: dict[str, float] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            counts = await _latest_counts(kafka_settings, f"streamtest.p{tag}")
+            if counts.get(f"streamtest.p{tag}") == 2:
+                break
+            await asyncio.sleep(0.2)
+        assert counts == {f"streamtest.p{tag}": 2}
     await pub.stop()
