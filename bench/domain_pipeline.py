@@ -714,6 +714,10 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
         lat = percentiles(e2e)
         kept_up = sustained and not missing and lat.get("latency_p99_ms", 1e9) < 2000
         saturated = [k for u, k in busiest if u >= 0.9]
+        # Judged on IOC's own processes: the embedded broker keeps every record in memory (its storage is the
+        # data, as Kafka's page cache is) and PostgreSQL's shared buffers fill with the data; both are reported.
+        grew = [k for k, v in procs.items() if not v.get("memory_flat", True)
+                and (k.startswith(("service-", "processor-")))]
         note = (f"target {rate:,}/s for {seconds:g}s: accepted {accepted:,} items in {run_s:.1f}s = {eps:,}/s "
                 f"({'sustained' if sustained else 'NOT sustained'}; per-second min {min(series or [0]):,}, "
                 f"median {int(statistics.median(series or [0])):,}). Latency = probe POST start → first "
@@ -725,8 +729,9 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                 + (f"Saturated (≥0.9 core): {', '.join(saturated)}. " if saturated else
                    "No single process saturated: the limit is the machine's total CPU. ")
                 + f"Consumer lag when ingest stopped: {lag_at_end}; drained in {drain_s:.1f}s. "
-                + ("Target met (p99 < 2 s, memory flat)." if kept_up and all(
-                    v.get("memory_flat", True) for v in procs.values()) else "Target NOT met."))
+                + (f"Memory grew > 20% from the 25% mark to the end in: {', '.join(grew)}. " if grew else
+                   "Memory of services and processors flat (end ≤ 1.2 × the 25% mark). ")
+                + ("Target met (p99 < 2 s, memory flat)." if kept_up and not grew else "Target NOT met."))
         return {
             "label": LABEL, "events": accepted, "events_per_s": eps, "target_events_per_s": rate,
             "seconds": round(run_s, 2), "sustained": sustained, **lat, "note": note,
