@@ -320,19 +320,9 @@ class ProcessorCore:
     async def tick(self, now: datetime | None = None) -> int:
         """Run ``emit`` on every owned partition (silence detection, window closing). Returns outputs sent."""
         async with self.lock:
-            parts = set(self.partitions)
-            try:
-                outputs = self._emit(parts, now or datetime.now(UTC))
-                self._unemitted = set()
-                self._last_emit = time.monotonic()
-                await self._make_durable(parts, outputs)
-                await self.flush()
-            except BaseException:
-                self.needs_rewind = True
-                self.drop(parts)
-                raise
+            sent = await self._emit_durably(set(self.partitions), now or datetime.now(UTC), pipelined=False)
             LAST_PROCESSED.labels(self.processor.name).set(time.time())
-            return len(outputs)
+            return sent
 
     async def emit_pending(self) -> int:
         """Emit for partitions whose last batches were applied but not yet emitted, once the emit interval has
@@ -342,19 +332,23 @@ class ProcessorCore:
             return 0
         async with self.lock:
             parts = self._unemitted & set(self.partitions)
+            # pipelined like a batch: under load the next batch need not wait for these acknowledgements
+            return await self._emit_durably(parts, datetime.now(UTC), pipelined=True) if parts else 0
+
+    async def _emit_durably(self, parts: set[int], now: datetime, *, pipelined: bool) -> int:
+        """Emit ``parts`` (they are then emitted, whatever was pending) and make outputs and state changes
+        durable; the caller holds the lock. On failure all state is forgotten, as after a failed batch (a
+        pipelined batch may be the one that was lost)."""
+        try:
+            outputs = self._emit(parts, now)
             self._unemitted = set()
-            if not parts:
-                return 0
-            try:
-                outputs = self._emit(parts, datetime.now(UTC))
-                self._last_emit = time.monotonic()
-                # pipelined like a batch: under load the next batch need not wait for these acknowledgements
-                await self._make_durable(parts, outputs, pipelined=True)
-            except BaseException:
-                self.needs_rewind = True
-                self.drop(list(self.partitions))  # as after a failed batch: the pipelined one may be lost too
-                raise
-            return len(outputs)
+            self._last_emit = time.monotonic()
+            await self._make_durable(parts, outputs, pipelined=pipelined)
+        except BaseException:
+            self.needs_rewind = True
+            self.drop(list(self.partitions))
+            raise
+        return len(outputs)
 
     def _emit(self, partitions: Iterable[int], now: datetime) -> list[EncodedEvent]:
         outputs: list[EncodedEvent] = []

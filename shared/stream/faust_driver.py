@@ -163,21 +163,19 @@ class FaustDriver:
         for topic in processor.topics:
             # Subscribing through the conductor makes Faust's consumer fetch these topics.
             self.app.topics.add(self.app.topic(topic, key_serializer="raw", value_serializer="raw"))
-        self.app.timer(processor.tick_seconds)(self._tick)
-        self.app.timer(processor.emit_interval_seconds / 4)(self._emit_pending)
+        self.app.timer(processor.tick_seconds, name=f"{processor.name}.tick")(self._logged(core.tick, "tick"))
+        self.app.timer(processor.emit_interval_seconds / 4, name=f"{processor.name}.emit")(
+            self._logged(core.emit_pending, "emit"))
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
-    async def _tick(self) -> None:
-        try:
-            await self.core.tick()
-        except Exception:
-            log.exception("%s: tick failed", self.core.processor.name)
-
-    async def _emit_pending(self) -> None:
-        try:
-            await self.core.emit_pending()
-        except Exception:
-            log.exception("%s: emit failed", self.core.processor.name)
+    def _logged(self, action, what: str):
+        """``action`` for a Faust timer: a failure is logged; the core flags a rewind, which the drain loop runs."""
+        async def run() -> None:
+            try:
+                await action()
+            except Exception:
+                log.exception("%s: %s failed", self.core.processor.name, what)
+        return run
 
     async def _on_revoked(self, app, revoked, **_: Any) -> None:
         # Make the last batch durable so Faust's commit-on-revoke commits it, then forget the partitions.

@@ -89,8 +89,10 @@ class AiokafkaDriver:
         self.consumer.subscribe(list(p.topics), listener=_Rebalance(self))
         await self.consumer.start()
         self._tasks = [asyncio.create_task(self._loop(), name=f"{p.name}:loop"),
-                       asyncio.create_task(self._ticker(), name=f"{p.name}:tick"),
-                       asyncio.create_task(self._emitter(), name=f"{p.name}:emit")]
+                       asyncio.create_task(self._every(p.tick_seconds, self.core.tick, "tick"),
+                                           name=f"{p.name}:tick"),
+                       asyncio.create_task(self._every(p.emit_interval_seconds / 4, self.core.emit_pending, "emit"),
+                                           name=f"{p.name}:emit")]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -163,28 +165,16 @@ class AiokafkaDriver:
         except Exception:
             log.exception("rewind failed; will retry")
 
-    async def _ticker(self) -> None:
-        interval = self.core.processor.tick_seconds
+    async def _every(self, interval: float, action, what: str) -> None:
+        """Run the core's ``action`` every ``interval`` seconds (ticks, pending emits); rewind when it fails."""
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.core.tick()
+                await action()
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s: tick failed", self.core.processor.name)
-                await self._rewind()
-
-    async def _emitter(self) -> None:
-        interval = self.core.processor.emit_interval_seconds / 4
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.core.emit_pending()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: emit failed", self.core.processor.name)
+                log.exception("%s: %s failed", self.core.processor.name, what)
                 await self._rewind()
 
     def caught_up(self) -> bool:
