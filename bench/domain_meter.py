@@ -22,14 +22,16 @@ def district_codes() -> list[str]:
     return sorted(a.code for a in hanoi().districts)
 
 
-def meter_registry(prefix: str, meters: int) -> list[dict]:
-    """``meters`` registry entries spread over Hanoi's districts (commune 01 of each), 4 feeders a district."""
+def meter_registry(prefix: str, meters: int, gateway: str | None = None) -> list[dict]:
+    """``meters`` registry entries spread over Hanoi's districts (commune 01 of each), 4 feeders a district,
+    reported for by the head-end principal ``gateway``."""
     districts = district_codes()
     out = []
     for j in range(meters):
         d = districts[j % len(districts)]
         out.append({"meter_id": f"{prefix}{j:06d}", "customers": 1 + j % 3, "district": d, "commune": f"{d}-01",
-                    "feeder": f"F-{d}-{j % 4}", "installed_on": "2020-01-01", "interval_seconds": QUARTER})
+                    "feeder": f"F-{d}-{j % 4}", "installed_on": "2020-01-01", "interval_seconds": QUARTER,
+                    "gateway": gateway})
     return out
 
 
@@ -51,14 +53,15 @@ async def ingest(kafka: KafkaSettings, database_url: str, n: int, batch: int = 1
     svc = await start_service("meter", kafka.bootstrap_servers, database_url)
     try:
         _, admin = await issue_key(database_url, ["meter:admin"])
-        _, ingest_key = await issue_key(database_url, ["meter:ingest"])
+        # A head-end system's key (not meter:admin): every reading goes through the ownership check.
+        head_end, ingest_key = await issue_key(database_url, ["meter:ingest"])
         prefix = f"B{uuid.uuid4().hex[:6]}-"
         now = int(time.time())
         # Every interval end in the past (the service rejects future ones), on the quarter-hour grid.
         first_end = now - now % QUARTER - (batches + 2) * QUARTER
         bodies = reading_batches(prefix, batch, batches, first_end=first_end)
         async with httpx.AsyncClient(base_url=svc.base_url, timeout=120) as client:
-            r = await client.post("/v1/meters", content=orjson.dumps({"items": meter_registry(prefix, batch)}),
+            r = await client.post("/v1/meters", content=orjson.dumps({"items": meter_registry(prefix, batch, head_end)}),
                                   headers=bearer(admin))
             r.raise_for_status()
             # Warm-up request (first publish fetches metadata, first validation builds caches): not measured.

@@ -17,15 +17,16 @@ PHASES = (2, 4, 6, 8)
 GREEN, YELLOW, RED, DET_ON, DET_OFF = 1, 8, 10, 82, 81
 
 
-def intersections(prefix: str, count: int) -> list[dict]:
-    """``count`` intersections, one controller each, phases 2/4/6/8 with one presence detector per phase."""
+def intersections(prefix: str, count: int, gateway: str | None = None) -> list[dict]:
+    """``count`` intersections, one controller each, phases 2/4/6/8 with one presence detector per phase, reported
+    for by the principal ``gateway``."""
     from bench.domain_meter import district_codes
 
     districts = district_codes()
     return [{"intersection_id": f"{prefix}I{i:05d}", "name": f"Bench {i}", "district": districts[i % len(districts)],
              "lat": 21.0 + i * 1e-4, "lon": 105.8 + i * 1e-4, "controller_id": f"{prefix}C{i:05d}",
              "phases": list(PHASES),
-             "detectors": [{"channel": p, "phase": p, "function": "presence"} for p in PHASES]}
+             "detectors": [{"channel": p, "phase": p, "function": "presence"} for p in PHASES], "gateway": gateway}
             for i in range(count)]
 
 
@@ -65,13 +66,13 @@ async def ingest(kafka: KafkaSettings, database_url: str, n: int, batch: int = 1
     svc = await start_service("traffic", kafka.bootstrap_servers, database_url)
     try:
         _, admin = await issue_key(database_url, ["traffic:admin"])
-        _, key = await issue_key(database_url, ["traffic:ingest"])
+        gateway, key = await issue_key(database_url, ["traffic:ingest"])
         prefix = f"B{uuid.uuid4().hex[:5]}"
         # An hour ago, so that nothing is in the future and the whole log fits before now.
         start_ms = (int(time.time()) - 3600) * 1000
         bodies = event_batches(prefix, controllers, n, batch, start_ms, concurrency)
         async with httpx.AsyncClient(base_url=svc.base_url, timeout=120) as client:
-            regs = intersections(prefix, controllers)
+            regs = intersections(prefix, controllers, gateway)  # the ingest key reports for them all
             for i in range(0, len(regs), 1000):
                 r = await client.post("/v1/intersections", content=orjson.dumps({"items": regs[i:i + 1000]}),
                                       headers=bearer(admin))

@@ -52,3 +52,23 @@ def test_nothing_connects_at_import_time():
            "PATH": "/usr/bin:/bin"}
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_every_dependency_is_pinned_in_the_constraints_the_installs_use():
+    """``make`` and the image install with ``-c constraints.txt``: every dependency of pyproject.toml (dev extras
+    included) must have an exact version there, or a fresh machine could get code nobody tested."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"]) + [d for ds in project["optional-dependencies"].values() for d in ds]
+    pinned = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    missing = [d for d in wanted if re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]).lower() not in pinned]
+    assert not missing, f"not pinned in constraints.txt: {missing}"
+    assert "-c constraints.txt" in (root / "Makefile").read_text()
+    assert "-c constraints.txt" in (root / "deploy" / "docker" / "Dockerfile").read_text()

@@ -24,7 +24,7 @@ MAX_METERS = 50_000
 
 class MetersBatch(RequestModel):
     """Registry entries to create or update (fields: meter_id, customers, district, commune, feeder,
-    transformer, installed_on, interval_seconds)."""
+    transformer, installed_on, interval_seconds, gateway)."""
 
     items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_METERS)
 
@@ -44,6 +44,7 @@ class MeterOut(RequestModel):
     transformer: str | None
     installed_on: str
     interval_seconds: int
+    gateway: str | None = None
 
 
 def _require_json(request: Request) -> None:
@@ -54,6 +55,12 @@ def _require_json(request: Request) -> None:
 
 def _service(request: Request) -> MeterService:
     return request.app.state.ctx.extras["meter"]
+
+
+def _reporter(principal: Principal) -> str | None:
+    """Whose meters a reporting principal may report for: its own (the registry's ``gateway``), or any meter
+    with ``meter:admin`` (None)."""
+    return None if principal.has_scope("meter:admin") else principal.id
 
 
 @router.post("/meters", response_model=BatchResult, summary="Create or update registry entries")
@@ -67,7 +74,7 @@ async def register_meters(body: MetersBatch, request: Request,
              openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
                  "type": "string",
                  "description": "header: meter_id,customers,district,commune,feeder,transformer,installed_on,"
-                                "interval_seconds"}}}}})
+                                "interval_seconds,gateway (gateway optional)"}}}}})
 async def import_meters(request: Request, principal: Principal = Depends(require_scope("meter:admin"))):
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("text/csv"):
@@ -87,7 +94,7 @@ async def get_meter(meter_id: str, request: Request, _: Principal = Depends(requ
         raise ApiError(404, "not_found", "no such meter")
     return {"meter_id": m.meter_id, "customers": m.customers, "district": m.district, "commune": m.commune,
             "feeder": m.feeder, "transformer": m.transformer, "installed_on": m.installed_on.isoformat(),
-            "interval_seconds": m.interval_seconds}
+            "interval_seconds": m.interval_seconds, "gateway": m.gateway}
 
 
 @router.post("/readings", response_model=BatchResult,
@@ -95,19 +102,24 @@ async def get_meter(meter_id: str, request: Request, _: Principal = Depends(requ
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": READINGS_SCHEMA}}}},
              responses={400: {"description": "the body is not JSON"},
+                        403: {"description": "a meter of the batch reports through another gateway; nothing "
+                                             "accepted (details name the items)"},
                         422: {"description": "not a batch, or every reading was rejected (details per reading)"},
                         503: {"description": "not durable; nothing accepted, retry"}})
 async def ingest_readings(request: Request, principal: Principal = Depends(require_scope("meter:ingest"))):
     # The body is validated by the service from the raw bytes in one pass (ReadingsBody), not by FastAPI.
     _require_json(request)
     raw = await request.body()
-    return await idempotent(request, principal, "meter:ingest", lambda: _service(request).ingest_readings(raw))
+    return await idempotent(request, principal, "meter:ingest",
+                            lambda: _service(request).ingest_readings(raw, _reporter(principal)))
 
 
 @router.post("/events", response_model=BatchResult, summary="Ingest a batch of meter events",
-             responses={422: {"description": "every event was rejected (details per event)"},
+             responses={403: {"description": "a meter of the batch reports through another gateway; nothing "
+                                             "accepted (details name the items)"},
+                        422: {"description": "every event was rejected (details per event)"},
                         503: {"description": "not durable; nothing accepted, retry"}})
 async def ingest_events(body: EventsBatch, request: Request,
                         principal: Principal = Depends(require_scope("meter:ingest"))):
     return await idempotent(request, principal, "meter:ingest",
-                            lambda: _service(request).ingest_events(body.items))
+                            lambda: _service(request).ingest_events(body.items, _reporter(principal)))

@@ -151,6 +151,9 @@ class MeterIn(_Input):
     transformer: EntityId | None = None
     installed_on: date
     interval_seconds: IntervalSeconds = 900
+    gateway: EntityId | None = Field(
+        None, description="principal id of the head-end system that reports for this meter; without one, only a "
+        "meter:admin principal may report for it")
 
 
 # Readings are schema-checked in one pydantic-core call per batch (TypedDicts: no model per reading); the
@@ -202,11 +205,27 @@ class MeterInfo:
     transformer: str | None
     installed_on: date
     interval_seconds: int
+    gateway: str | None = None  # the principal that may report for the meter (None: meter:admin only)
     installed_epoch: int = 0
 
     def __post_init__(self):
         self.installed_epoch = int(datetime(self.installed_on.year, self.installed_on.month,
                                             self.installed_on.day, tzinfo=UTC).timestamp())
+
+
+def reporting_denials(meter_ids: Iterable[tuple[int, str]], registry: Mapping[str, MeterInfo],
+                      reporter: str) -> list[dict[str, Any]]:
+    """The items a non-privileged ``reporter`` (a principal id) may not report: registered meters whose
+    ``gateway`` is another principal or nobody. Unregistered meters are not denied here (validation reports
+    them as unknown, item by item)."""
+    denied = []
+    get = registry.get
+    for i, mid in meter_ids:
+        info = get(mid)
+        if info is not None and info.gateway != reporter:
+            denied.append({"item": i, "id": mid, "field": "meter_id",
+                           "reason": "this principal may not report for this meter"})
+    return denied
 
 
 def check_meter_areas(items: Iterable[tuple[int, MeterIn]], areas: Hierarchy) -> list[ItemError]:

@@ -9,12 +9,12 @@ import asyncpg
 
 from services.meter.domain import MeterIn, MeterInfo, RegisterState
 
-_METER_COLUMNS = "meter_id, customers, district, commune, feeder, transformer, installed_on, interval_seconds"
+_METER_COLUMNS = "meter_id, customers, district, commune, feeder, transformer, installed_on, interval_seconds, gateway_principal"
 
 
 def _info(row: asyncpg.Record) -> MeterInfo:
     return MeterInfo(row["meter_id"], row["customers"], row["district"], row["commune"], row["feeder"],
-                     row["transformer"], row["installed_on"], row["interval_seconds"])
+                     row["transformer"], row["installed_on"], row["interval_seconds"], row["gateway_principal"])
 
 
 async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[str, MeterInfo | None]:
@@ -25,14 +25,15 @@ async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[s
         await conn.execute(
             f"INSERT INTO meters ({_METER_COLUMNS}) "
             "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], "
-            "$7::date[], $8::int[]) "
+            "$7::date[], $8::int[], $9::text[]) "
             "ON CONFLICT (meter_id) DO UPDATE SET customers = excluded.customers, district = excluded.district, "
             "commune = excluded.commune, feeder = excluded.feeder, transformer = excluded.transformer, "
             "installed_on = excluded.installed_on, interval_seconds = excluded.interval_seconds, "
+            "gateway_principal = excluded.gateway_principal, "
             "updated_at = clock_timestamp()",
             [m.meter_id for m in meters], [m.customers for m in meters], [m.district for m in meters],
             [m.commune for m in meters], [m.feeder for m in meters], [m.transformer for m in meters],
-            [m.installed_on for m in meters], [m.interval_seconds for m in meters],
+            [m.installed_on for m in meters], [m.interval_seconds for m in meters], [m.gateway for m in meters],
         )
     old: dict[str, MeterInfo | None] = {m.meter_id: None for m in meters}
     old.update({r["meter_id"]: _info(r) for r in before})

@@ -12,7 +12,7 @@ import csv
 import io
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,12 +29,14 @@ from services.meter.domain import (
     ReadingsBody,
     RegisterState,
     check_meter_areas,
+    reporting_denials,
     undo_registers,
     validate_events,
     validate_readings,
 )
 from services.meter.settings import MeterSettings
 from shared.areas import hanoi
+from shared.auth import ApiError
 from shared.ingest import batch_result, validate_items
 from shared.kafka.producer import EventPublisher
 
@@ -174,9 +176,11 @@ class MeterService:
                 for key in [k for k in self.registers if k[0] == mid]:
                     del self.registers[key]
             self._apply_registry([MeterInfo(m.meter_id, m.customers, m.district, m.commune, m.feeder,
-                                            m.transformer, m.installed_on, m.interval_seconds) for m in meters])
+                                            m.transformer, m.installed_on, m.interval_seconds, m.gateway)
+                                  for m in meters])
+            # Who may report for a meter is access control, not registry data for subscribers.
             await self.publisher.publish(publishing.registry_events(
-                (m.model_dump(mode="json") for m in meters), self.source))
+                (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source))
         accepted = sum(1 for i, _ in valid if i not in bad)
         return batch_result(SERVICE, "meter", accepted, sorted(errors, key=lambda e: e.index))
 
@@ -191,14 +195,23 @@ class MeterService:
                     item[int_field] = int(item[int_field])
             items.append(item)
         if len(items) > self.settings.max_batch_meters:
-            from shared.auth import ApiError
-
             raise ApiError(413, "batch_too_large", f"at most {self.settings.max_batch_meters} rows per import")
         return await self.register_meters(items)
 
     # ----------------------------------------------------------------------------------------- readings
-    async def ingest_readings(self, raw: bytes) -> tuple[int, dict]:
+    def authorize(self, meter_ids: Iterable[tuple[int, str]], reporter: str | None) -> None:
+        """403 naming every registered meter of the batch that ``reporter`` may not report for (nothing of the
+        batch is accepted then); ``reporter`` None: a privileged (``meter:admin``) principal."""
+        if reporter is None:
+            return
+        denied = reporting_denials(meter_ids, self.registry, reporter)
+        if denied:
+            names = ", ".join(sorted({d["id"] for d in denied})[:10])
+            raise ApiError(403, "forbidden", f"not your meter(s): {names}; nothing was accepted", denied)
+
+    async def ingest_readings(self, raw: bytes, reporter: str | None = None) -> tuple[int, dict]:
         """Validate a batch of readings (the raw JSON body), publish the accepted ones (acks awaited).
+        ``reporter``: the reporting principal's id, checked against each meter's gateway (None: privileged).
 
         The Kafka acknowledgement is the durability point of a reading. The register states it moved are then
         persisted before the answer too (group commit: one statement serves every request waiting at that
@@ -206,6 +219,7 @@ class MeterService:
         would make the first delta after a restart span readings already counted.
         """
         valid, errors = READINGS.parse(raw)
+        self.authorize(((i, r["meter_id"]) for i, r in valid), reporter)
         self._batch_seq += 1
         seq = self._batch_seq
         outcome = validate_readings(valid, self.registry, self.registers, datetime.now(UTC), self.limits)
@@ -224,9 +238,11 @@ class MeterService:
         return batch_result(SERVICE, "reading", len(outcome.accepted), errors, outcome.duplicates)
 
     # ------------------------------------------------------------------------------------------- events
-    async def ingest_events(self, items: list[Any]) -> tuple[int, dict]:
-        """Validate meter events, publish them with the interruptions and supply changes they complete."""
+    async def ingest_events(self, items: list[Any], reporter: str | None = None) -> tuple[int, dict]:
+        """Validate meter events, publish them with the interruptions and supply changes they complete.
+        ``reporter`` as for :meth:`ingest_readings`."""
         valid, errors = validate_items(MeterEventIn, items, id_field="meter_id")
+        self.authorize(((i, e.meter_id) for i, e in valid), reporter)
         # Outage pairing reads and writes shared state across awaits: one event batch at a time.
         async with self._events_lock:
             outcome = validate_events(valid, self.registry, self.open_outages, self.seen_events,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Required
@@ -20,7 +21,7 @@ from shared.http import ORJSONResponse, RequestModel, ServiceContext, idempotent
 from shared.ingest import BatchResult, ItemError, batch_result, validate_items
 
 from . import repository
-from .domain import IngestScreen, parse_detector_rows, to_ms
+from .domain import IngestScreen, may_report, parse_detector_rows, to_ms
 from .publishing import hires_chunks, intersection_configured
 from .settings import TrafficSettings
 
@@ -79,6 +80,9 @@ class IntersectionIn(BaseModel):
     controller_id: EntityId
     phases: list[Annotated[int, Field(ge=1, le=40)]] = Field(default_factory=list, max_length=40)
     detectors: list[DetectorIn] = Field(default_factory=list, max_length=256)
+    gateway: EntityId | None = Field(None, description="principal id of the gateway / signal-control system that "
+                                     "reports for this controller (none: only traffic:admin principals may); "
+                                     "access control only, not published on the registry topic")
 
 
 class IntersectionBatch(RequestModel):
@@ -163,7 +167,9 @@ async def register_intersections(body: IntersectionBatch, request: Request,
 @router.post("/intersections/import", response_model=BatchResult,
              summary="Bulk import intersections from CSV",
              description="Columns: intersection_id, name, district, lat, lon, controller_id, phases "
-                         "(phase numbers separated by ';' or spaces). Detectors come from /v1/detectors/import.")
+                         "(phase numbers separated by ';' or spaces), optional gateway (principal id of the "
+                         "gateway that reports for the controller; an empty cell: none). Detectors come from "
+                         "/v1/detectors/import; without a gateway column, a controller keeps its gateway.")
 async def import_intersections(request: Request, principal: Principal = Depends(require_scope("traffic:admin"))):
     ctx = _ctx(request)
     rows = _parse_csv(await request.body())
@@ -182,6 +188,10 @@ async def import_intersections(request: Request, principal: Principal = Depends(
             pass
         existing = ctx.extras["registry"].get(item.get("controller_id"))
         item["detectors"] = existing["detectors"] if existing else []  # keep detectors already configured
+        if "gateway" in item:
+            item["gateway"] = item["gateway"] or None  # an empty cell: no gateway
+        else:
+            item["gateway"] = existing.get("gateway") if existing else None  # no column: keep the gateway
         items.append(item)
     return await idempotent(request, principal, "traffic:admin", lambda: _register(ctx, items))
 
@@ -250,7 +260,33 @@ async def get_intersection(intersection_id: str, request: Request,
 
 
 # --- ingest ---------------------------------------------------------------------------------------------------
-async def _ingest(ctx: ServiceContext, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:
+_CONTROLLER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
+
+
+def authorize(principal: Principal, raw_items: list[Any], registry: dict[str, dict]) -> None:
+    """403 naming every item whose registered controller this principal may not report for (nothing is accepted
+    then). Unregistered controllers pass: ingest rejects them item by item. One decision per controller."""
+    if principal.has_scope("traffic:admin"):
+        return
+    decided: dict[str, bool] = {}
+    denied = []
+    for i, item in enumerate(raw_items):
+        cid = item.get("controller_id") if isinstance(item, dict) else None
+        if not isinstance(cid, str):
+            continue
+        ok = decided.get(cid)
+        if ok is None:
+            # A malformed id names no controller: validation rejects that item (and never echoes hostile text).
+            ok = decided[cid] = not _CONTROLLER_ID.fullmatch(cid) or may_report(principal.id, False, cid, registry)
+        if not ok:
+            denied.append({"item": i, "id": cid, "field": "controller_id",
+                           "reason": "this principal may not report for this controller"})
+    if denied:
+        names = ", ".join(sorted({d["id"] for d in denied})[:10])
+        raise ApiError(403, "forbidden", f"not your controller(s): {names}; nothing was accepted", denied)
+
+
+async def _ingest(ctx: ServiceContext, principal: Principal, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:
     settings: TrafficSettings = ctx.settings  # type: ignore[assignment]
     if len(raw_items) > settings.max_batch_events:
         raise ApiError(413, "batch_too_large", f"at most {settings.max_batch_events} events per request")
@@ -267,6 +303,7 @@ async def _ingest(ctx: ServiceContext, raw_items: list[dict[str, Any]]) -> tuple
             any(item[1] not in registry for item in items):
         await refresh_registry(ctx)  # another replica may have registered it
         registry = ctx.extras["registry"]
+    authorize(principal, raw_items, registry)  # on the registry the batch is screened against
     screen: IngestScreen = ctx.extras["screen"]
     screened = screen.screen(items, registry, datetime.now(UTC))
     encoded = []
@@ -285,11 +322,13 @@ async def _ingest(ctx: ServiceContext, raw_items: list[dict[str, Any]]) -> tuple
 @router.post("/events", response_model=BatchResult, summary="Ingest hi-res controller events",
              description="A batch of (timestamp, controller_id, event_code, parameter). Answers 200 with the "
                          "accepted count and every rejected item (index, field, reason), 422 when nothing was "
-                         "accepted; accepted events are on the broker before the answer.")
+                         "accepted; accepted events are on the broker before the answer. Without traffic:admin, "
+                         "a principal reports only for the registered controllers whose gateway it is: any other "
+                         "registered controller in the batch is a 403 naming the items, and nothing is accepted.")
 async def ingest_events(body: HiResBatch, request: Request,
                         principal: Principal = Depends(require_scope("traffic:ingest"))):
     ctx = _ctx(request)
-    return await idempotent(request, principal, "traffic:ingest", lambda: _ingest(ctx, body.items))
+    return await idempotent(request, principal, "traffic:ingest", lambda: _ingest(ctx, principal, body.items))
 
 
 # --- measures export ------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ state stays JSON-serialisable for the stream processor's changelog. Formulas fol
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -171,6 +171,24 @@ class IngestScreen:
                 continue
             wm.recent -= before.recent
             wm.high_ms = before.high_ms
+
+
+# --- Entity ownership -----------------------------------------------------------------------------------------
+def may_report(principal_id: str, privileged: bool, controller_id: str,
+               registry: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether a principal may report hi-res events for ``controller_id`` (registry: controller id → row).
+
+    Privileged (``traffic:admin``): any controller. Otherwise a registered controller only when its ``gateway``
+    is this principal; one without a gateway is reported by privileged principals only. An unregistered
+    controller is not this rule's business: ingest rejects its events as ``unknown_entity`` item by item.
+    """
+    if privileged:
+        return True
+    row = registry.get(controller_id)
+    if row is None:
+        return True
+    gateway = row.get("gateway")
+    return gateway is not None and gateway == principal_id
 
 
 # --- Registry imports ---------------------------------------------------------------------------------------

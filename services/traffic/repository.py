@@ -13,8 +13,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-_INTERSECTION_COLS = "intersection_id, controller_id, name, district, lat, lon, phases, detectors, revision"
-_RETURNING_I = ", ".join(f"i.{c.strip()}" for c in _INTERSECTION_COLS.split(","))
+# The registry row as the service uses it; ``gateway`` is the column ``gateway_principal`` (the principal that may
+# report for the controller: access control only, never published on the registry topic).
+_COLUMNS = ("intersection_id", "controller_id", "name", "district", "lat", "lon", "phases", "detectors",
+            "gateway_principal AS gateway", "revision")
+_INTERSECTION_COLS = ", ".join(_COLUMNS)
+_RETURNING_I = ", ".join(f"i.{c}" for c in _COLUMNS)
 
 
 async def load_intersections(pool: asyncpg.Pool) -> list[dict[str, Any]]:
@@ -39,22 +43,26 @@ async def controllers_owned_elsewhere(conn: asyncpg.Connection, pairs: Sequence[
 
 
 async def upsert_intersections(conn: asyncpg.Connection, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert or replace intersections; returns the stored rows with their new revision."""
+    """Insert or replace intersections (all fields, ``gateway`` included: absent means none); returns the stored
+    rows with their new revision."""
     rows = await conn.fetch(
-        f"""INSERT INTO intersections ({_INTERSECTION_COLS})
+        f"""INSERT INTO intersections (intersection_id, controller_id, name, district, lat, lon, phases, detectors,
+                                       gateway_principal, revision)
             SELECT iid, cid, name, district, lat, lon, string_to_array(phases_csv, ',')::int[],
-                   detectors::jsonb, 1
+                   detectors::jsonb, gateway, 1
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[],
-                        $8::text[]) AS t(iid, cid, name, district, lat, lon, phases_csv, detectors)
+                        $8::text[], $9::text[]) AS t(iid, cid, name, district, lat, lon, phases_csv, detectors,
+                                                     gateway)
             ON CONFLICT (intersection_id) DO UPDATE SET controller_id = EXCLUDED.controller_id,
                 name = EXCLUDED.name, district = EXCLUDED.district, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
                 phases = EXCLUDED.phases, detectors = EXCLUDED.detectors,
+                gateway_principal = EXCLUDED.gateway_principal,
                 revision = intersections.revision + 1, updated_at = now()
             RETURNING {_INTERSECTION_COLS}""",
         [i["intersection_id"] for i in items], [i["controller_id"] for i in items], [i["name"] for i in items],
         [i["district"] for i in items], [i["lat"] for i in items], [i["lon"] for i in items],
         [",".join(str(p) for p in i["phases"]) for i in items],
-        [orjson.dumps(i["detectors"]).decode() for i in items])
+        [orjson.dumps(i["detectors"]).decode() for i in items], [i.get("gateway") for i in items])
     return [dict(r) for r in rows]
 
 

@@ -31,19 +31,27 @@ async def client(app):
         yield c
 
 
-async def issue_key(app, scopes: list[str]) -> str:
+async def issue_key(app, scopes: list[str], pid: str | None = None) -> str:
     # The app's pool has the JSON codecs the principals table needs (tests/conftest.py's platform_pool
     # lacks them, so its make_key fails on the jsonb attributes).
     store = app.state.ctx.keys
-    pid = f"test-{uuid.uuid4().hex[:8]}"
+    pid = pid or f"test-{uuid.uuid4().hex[:8]}"
     await store.upsert_principal(pid, "gateway", pid, scopes, {})
     return await store.issue_key(pid)
 
 
 @pytest.fixture(scope="module")
-async def keys(app, client):
-    return {"admin": await issue_key(app, ["meter:admin", "meter:read"]),
-            "ingest": await issue_key(app, ["meter:ingest"]),
+def gateway() -> str:
+    """The principal id of the module's head-end system: register meters with ``"gateway": gateway`` for
+    ``keys["ingest"]`` to report for them."""
+    return f"hes-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+async def keys(app, client, gateway):
+    """API keys by role, and ``gateway``: the principal id behind ``ingest``."""
+    return {"gateway": gateway, "admin": await issue_key(app, ["meter:admin", "meter:read"]),
+            "ingest": await issue_key(app, ["meter:ingest"], pid=gateway),
             "other": await issue_key(app, ["traffic:ingest"])}
 
 

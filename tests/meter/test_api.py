@@ -23,8 +23,10 @@ def meter(mid: str, **kw) -> dict:
             "installed_on": "2020-01-01", "interval_seconds": 900, **kw}
 
 
-async def register(client, keys, *meters):
-    r = await client.post("/v1/meters", json={"items": list(meters)}, headers=auth(keys["admin"]))
+async def register(client, keys, *meters, gateway: str | None = None):
+    """Register ``meters`` (reported for by ``gateway``, default: the module's ``keys["ingest"]`` principal)."""
+    items = [{"gateway": gateway or keys["gateway"], **m} for m in meters]
+    r = await client.post("/v1/meters", json={"items": items}, headers=auth(keys["admin"]))
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -113,10 +115,11 @@ async def test_power_events_give_interruptions_and_supply_changes(client, keys, 
 
 async def test_csv_import_and_meter_replacement_resets_register(client, keys, kafka_settings):
     p = f"t{uuid.uuid4().hex[:8]}-"
-    csv_text = ("meter_id,customers,district,commune,feeder,transformer,installed_on,interval_seconds\n"
-                f"{p}a,1,HK,HK-01,F1,,2020-01-01,900\n"
-                f"{p}b,2,HK,BD-01,F1,,2020-01-01,900\n"
-                f"{p}c,x,HK,HK-02,F1,T1,2020-01-01,900\n")
+    gw = keys["gateway"]
+    csv_text = ("meter_id,customers,district,commune,feeder,transformer,installed_on,interval_seconds,gateway\n"
+                f"{p}a,1,HK,HK-01,F1,,2020-01-01,900,{gw}\n"
+                f"{p}b,2,HK,BD-01,F1,,2020-01-01,900,{gw}\n"
+                f"{p}c,x,HK,HK-02,F1,T1,2020-01-01,900,\n")
     r = await client.post("/v1/meters/import", content=csv_text, headers={**auth(keys["admin"]),
                                                                             "content-type": "text/csv"})
     assert r.status_code == 200, r.text
@@ -125,9 +128,10 @@ async def test_csv_import_and_meter_replacement_resets_register(client, keys, ka
     assert [(x["index"], x["field"], x["code"]) for x in body["rejected"]] == [
         (1, "commune", "unknown_area"), (2, "customers", "invalid")]
     got = await client.get(f"/v1/meters/{p}a", headers=auth(keys["admin"]))
-    assert got.json()["district"] == "HK" and got.json()["customers"] == 1
+    assert got.json()["district"] == "HK" and got.json()["customers"] == 1 and got.json()["gateway"] == gw
     reg = await read_topic(kafka_settings, REGISTRY_TOPIC.name, where=mine(p), expect=1)
     assert reg[0].data["commune"] == "HK-01"
+    assert "gateway" not in reg[0].data  # access control stays in the service, not on the shared topic
 
     def reading(minutes, value):
         return {"meter_id": p + "a", "obis": "1-0:1.8.0", "interval_end": at(minutes), "value": value, "unit": "kWh"}
@@ -142,6 +146,52 @@ async def test_csv_import_and_meter_replacement_resets_register(client, keys, ka
     assert r.json()["accepted"] == 1, r.text
     evs = await read_topic(kafka_settings, READINGS_TOPIC.name, where=mine(p), expect=2)
     assert sorted(e.data["flags"] for e in evs) == [["first_read"], ["first_read"]]
+
+
+async def test_a_head_end_reports_only_for_its_own_meters(app, client, keys, kafka_settings):
+    from tests.meter.conftest import issue_key
+
+    p = f"t{uuid.uuid4().hex[:8]}-"
+    other_gateway = f"hes-other-{uuid.uuid4().hex[:6]}"
+    other_key = await issue_key(app, ["meter:ingest"], pid=other_gateway)
+    await register(client, keys, meter(p + "mine"))
+    await register(client, keys, meter(p + "theirs"), gateway=other_gateway)
+    r = await client.post("/v1/meters", json={"items": [meter(p + "nobody")]}, headers=auth(keys["admin"]))
+    assert r.status_code == 200, r.text
+
+    def reading(mid: str, minutes: int = 15) -> dict:
+        return {"meter_id": mid, "obis": "1-0:1.8.0", "interval_end": at(minutes), "value": 10.0, "unit": "kWh"}
+
+    # A batch naming another head-end's meter, or a meter nobody reports for, is refused whole.
+    r = await client.post("/v1/readings", headers=auth(keys["ingest"]), json={"items": [
+        reading(p + "mine"), reading(p + "theirs"), reading(p + "unknown"), reading(p + "nobody")]})
+    assert r.status_code == 403, r.text
+    err = r.json()["error"]
+    assert err["code"] == "forbidden" and "nothing was accepted" in err["message"]
+    assert [(d["item"], d["id"], d["field"]) for d in err["details"]] == [
+        (1, p + "theirs", "meter_id"), (3, p + "nobody", "meter_id")]
+    r = await client.post("/v1/events", headers=auth(keys["ingest"]), json={"items": [
+        {"meter_id": p + "mine", "at": at(5), "code": 1, "raw_code": "1"},
+        {"meter_id": p + "theirs", "at": at(5), "code": 1, "raw_code": "1"}]})
+    assert r.status_code == 403 and [d["item"] for d in r.json()["error"]["details"]] == [1]
+
+    # Each head-end reports for its own meters; an unregistered meter is an item error, not a refusal.
+    r = await client.post("/v1/readings", headers=auth(keys["ingest"]),
+                          json={"items": [reading(p + "mine", 30), reading(p + "unknown", 30)]})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    assert r.json()["rejected"][0]["code"] == "unknown_entity"
+    r = await client.post("/v1/readings", headers=auth(other_key), json={"items": [reading(p + "theirs", 30)]})
+    assert r.json()["accepted"] == 1, r.text
+    # meter:admin reports for any meter, including those without a gateway.
+    privileged = await issue_key(app, ["meter:admin", "meter:ingest"])
+    r = await client.post("/v1/readings", headers=auth(privileged), json={"items": [reading(p + "nobody", 30)]})
+    assert r.json()["accepted"] == 1, r.text
+    # Nothing of the refused batches reached the topic: only the three 30-minute readings did.
+    evs = await read_topic(kafka_settings, READINGS_TOPIC.name, where=mine(p), expect=3)
+    assert sorted((e.data["meter_id"], e.data["interval_end"]) for e in evs) == [
+        (p + "mine", at(30)), (p + "nobody", at(30)), (p + "theirs", at(30))]
+    evs = await read_topic(kafka_settings, EVENTS_TOPIC.name, where=mine(p), expect=0, timeout=1.0)
+    assert evs == []
 
 
 async def test_missing_key_wrong_key_and_wrong_scope(client, keys):

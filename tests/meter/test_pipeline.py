@@ -37,7 +37,8 @@ async def test_kpis_and_alarms_from_the_api_through_the_processors(client, keys,
     p = f"t{uuid.uuid4().hex[:8]}-"
     feeder = f"F-{p}"
     meters = [{"meter_id": f"{p}{i}", "customers": c, "district": DISTRICT, "commune": f"{DISTRICT}-01",
-               "feeder": feeder, "installed_on": "2020-01-01", "interval_seconds": 900}
+               "feeder": feeder, "installed_on": "2020-01-01", "interval_seconds": 900,
+               "gateway": keys["gateway"]}
               for i, c in enumerate([1, 1, 2, 6])]  # N_T = 10 customers, 4 meters on one feeder
     r = await client.post("/v1/meters", json={"items": meters}, headers=auth(keys["admin"]))
     assert r.status_code == 200, r.text

@@ -39,9 +39,10 @@ async def keys(client):
     # attributes fails there (reported to the lead).
     pool = client.app.state.ctx.pool
     _, admin = await issue_test_key(pool, ["traffic:admin", "traffic:read"], kind="admin")
-    _, ingest = await issue_test_key(pool, ["traffic:ingest"])
+    gateway, ingest = await issue_test_key(pool, ["traffic:ingest"])
     _, reader = await issue_test_key(pool, ["traffic:read"], kind="operator")
-    return {"admin": admin, "ingest": ingest, "read": reader}
+    # "ingest" is a gateway key: it reports for the controllers registered with gateway = its principal id.
+    return {"admin": admin, "ingest": ingest, "gateway": gateway, "read": reader}
 
 
 def intersection(iid: str, cid: str, **kw) -> dict:
@@ -49,8 +50,10 @@ def intersection(iid: str, cid: str, **kw) -> dict:
             "lon": 105.821, "controller_id": cid, "phases": [2, 4, 6, 8], **kw}
 
 
-async def register(client, keys, iid: str, cid: str) -> None:
-    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid)]},
+async def register(client, keys, iid: str, cid: str, gateway: str | None = "") -> None:
+    """Register an intersection with detectors; reported for by the ``ingest`` key unless ``gateway`` is given."""
+    gateway = keys["gateway"] if gateway == "" else gateway
+    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid, gateway=gateway)]},
                           headers=auth(keys["admin"]))
     assert r.status_code == 200, r.text
     csv_body = ("DeviceId,Phase,Parameter,Function,Distance,Speed\n"
@@ -155,7 +158,8 @@ async def test_events_to_measures_through_processor_and_csv_export(client, keys,
     dets = [{"channel": 1, "phase": 2, "function": "advance", "distance_m": 50.0, "speed_kmh": 36.0},
             {"channel": 2, "phase": 2, "function": "presence"}, {"channel": 3, "phase": 2, "function": "presence"},
             {"channel": 9, "phase": 4, "function": "count"}]
-    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid, detectors=dets)]},
+    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid, detectors=dets,
+                                                                            gateway=keys["gateway"])]},
                           headers=auth(keys["admin"]))
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     now = datetime.now(UTC)
@@ -228,3 +232,144 @@ async def test_replay_feeds_a_udot_log_through_the_api(client, keys, tmp_path, k
     assert report.reasons == {"invalid": 1}  # 999 is outside the 0-255 range of the schema
     got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=4)
     assert sum(len(e.data["events"]) for e in got) == 30
+
+
+# --- entity ownership: a gateway reports for the controllers registered with it as their gateway ---------------
+def hires(cid: str, t0: datetime, sec: float, code: int = 82, param: int = 1) -> dict:
+    return {"timestamp": (t0 + timedelta(seconds=sec)).isoformat(), "controller_id": cid, "event_code": code,
+            "parameter": param}
+
+
+def recent() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+
+async def new_key(client, scopes: list[str], kind: str = "gateway") -> tuple[str, str]:
+    return await issue_test_key(client.app.state.ctx.pool, scopes, kind=kind)
+
+
+async def test_a_gateway_reports_for_its_own_controller(client, keys, kafka_settings):
+    iid, cid, unknown = uid("I"), uid("C"), uid("C")
+    await register(client, keys, iid, cid)
+    t0 = recent()
+    items = [hires(cid, t0, 0, 82), hires(cid, t0, 1, 81), hires(unknown, t0, 2)]
+    r = await client.post("/v1/events", json={"items": items}, headers=auth(keys["ingest"]))
+    body = r.json()
+    assert r.status_code == 200, body
+    # an unregistered controller is not an ownership matter: it stays a per-item unknown_entity
+    assert body["accepted"] == 2 and [(e["index"], e["field"], e["code"]) for e in body["rejected"]] == [
+        (2, "controller_id", "unknown_entity")]
+    got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=1)
+    assert [(e["code"], e["param"]) for e in got[0].data["events"]] == [(82, 1), (81, 1)]
+
+
+async def test_a_batch_naming_another_gateways_controller_is_refused_whole(client, keys, kafka_settings):
+    other_gw, other_key = await new_key(client, ["traffic:ingest"])
+    mine, theirs = uid("C"), uid("C")
+    await register(client, keys, uid("I"), mine)
+    await register(client, keys, uid("I"), theirs, gateway=other_gw)
+    t0 = recent()
+    items = [hires(mine, t0, 0), hires(theirs, t0, 1), hires(mine, t0, 2),
+             hires("<b>C\u202e", t0, 3), hires(theirs, t0, 4)]
+    r = await client.post("/v1/events", json={"items": items}, headers=auth(keys["ingest"]))
+    assert r.status_code == 403, r.text
+    err = r.json()["error"]
+    assert err["code"] == "forbidden"
+    assert err["message"] == f"not your controller(s): {theirs}; nothing was accepted"
+    assert [(d["item"], d["id"], d["field"]) for d in err["details"]] == [
+        (1, theirs, "controller_id"), (4, theirs, "controller_id")]
+    assert all(d["reason"] == "this principal may not report for this controller" for d in err["details"])
+    assert "<b>" not in r.text  # a malformed id names no controller and is never echoed
+    # nothing of the batch was published, not even the own controller's events ...
+    assert await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key in (mine, theirs)) == []
+    # ... nor reserved: the same events of the own controller are accepted afterwards, none as a duplicate
+    r = await client.post("/v1/events", json={"items": [items[0], items[2]]}, headers=auth(keys["ingest"]))
+    assert r.status_code == 200 and (r.json()["accepted"], r.json()["duplicates"]) == (2, 0), r.text
+    # the other gateway may report for its controller, and not for mine
+    r = await client.post("/v1/events", json={"items": [items[1], items[4]]}, headers=auth(other_key))
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    r = await client.post("/v1/events", json={"items": [hires(mine, t0, 5)]}, headers=auth(other_key))
+    assert r.status_code == 403 and r.json()["error"]["details"][0]["id"] == mine, r.text
+    got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key in (mine, theirs), expect=2)
+    assert sorted((e.key, len(e.data["events"])) for e in got) == sorted([(mine, 2), (theirs, 2)])
+
+
+async def test_a_controller_without_gateway_is_reported_by_traffic_admin_only(client, keys, kafka_settings):
+    iid, cid = uid("I"), uid("C")
+    await register(client, keys, iid, cid, gateway=None)
+    items = [hires(cid, recent(), 0)]
+    r = await client.post("/v1/events", json={"items": items}, headers=auth(keys["ingest"]))
+    assert r.status_code == 403, r.text
+    assert [(d["item"], d["id"]) for d in r.json()["error"]["details"]] == [(0, cid)]
+    _, operator = await new_key(client, ["traffic:ingest", "traffic:admin"], kind="admin")
+    r = await client.post("/v1/events", json={"items": items}, headers=auth(operator))
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=1)
+    assert len(got) == 1 and got[0].subject == iid
+
+
+async def test_registry_shows_the_gateway_and_never_publishes_it(client, keys, kafka_settings):
+    from shared.contracts.traffic import IntersectionConfigured
+
+    iid, cid, gw = uid("I"), uid("C"), keys["gateway"]
+    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid, gateway=gw)]},
+                          headers=auth(keys["admin"]))
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    r = await client.get(f"/v1/intersections/{iid}", headers=auth(keys["read"]))
+    assert r.status_code == 200 and r.json()["gateway"] == gw
+    r = await client.get("/v1/intersections", params={"district": "BD"}, headers=auth(keys["read"]))
+    assert [x["gateway"] for x in r.json()["items"] if x["intersection_id"] == iid] == [gw]
+    got = await read_topic(kafka_settings, REGISTRY_TOPIC.name, where=lambda e: e.key == cid, expect=1)
+    assert "gateway" not in got[0].data and gw not in str(got[0].data)
+    IntersectionConfigured.model_validate(got[0].data)  # the closed contract (additionalProperties false)
+    # an update says the whole entry: without a gateway the controller has none (as in the kiosk registry)
+    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid)]},
+                          headers=auth(keys["admin"]))
+    assert r.status_code == 200, r.text
+    r = await client.get(f"/v1/intersections/{iid}", headers=auth(keys["read"]))
+    assert r.json()["gateway"] is None and r.json()["revision"] == 2
+    r = await client.post("/v1/events", json={"items": [hires(cid, recent(), 0)]}, headers=auth(keys["ingest"]))
+    assert r.status_code == 403, r.text
+    # a malformed gateway id is refused for its item
+    r = await client.post("/v1/intersections", json={"items": [intersection(uid("I"), uid("C"), gateway="gw one")]},
+                          headers=auth(keys["admin"]))
+    assert r.status_code == 422 and [e["field"] for e in r.json()["rejected"]] == ["gateway"], r.text
+
+
+async def test_csv_import_sets_keeps_and_clears_the_gateway(client, keys):
+    a, b, ca, cb, gw = uid("I"), uid("I"), uid("C"), uid("C"), keys["gateway"]
+    header = "intersection_id,name,district,lat,lon,controller_id,phases"
+    body = f"{header},gateway\n{a},Láng,DD,21.02,105.81,{ca},2;4,{gw}\n{b},Hào Nam,DD,21.02,105.82,{cb},2 4,\n"
+    r = await client.post("/v1/intersections/import", content=body, headers=auth(keys["admin"]))
+    assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
+    r = await client.get(f"/v1/intersections/{a}", headers=auth(keys["read"]))
+    assert r.json()["gateway"] == gw
+    r = await client.get(f"/v1/intersections/{b}", headers=auth(keys["read"]))
+    assert r.json()["gateway"] is None  # an empty cell: no gateway
+    # a file without the column keeps the gateway (as it keeps the detectors it cannot express)
+    r = await client.post("/v1/intersections/import", content=f"{header}\n{a},Láng 2,DD,21.02,105.81,{ca},2;4\n",
+                          headers=auth(keys["admin"]))
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    r = await client.get(f"/v1/intersections/{a}", headers=auth(keys["read"]))
+    assert (r.json()["name"], r.json()["gateway"]) == ("Láng 2", gw)
+    t0 = recent()
+    r = await client.post("/v1/events", json={"items": [hires(ca, t0, 0), hires(cb, t0, 1)]},
+                          headers=auth(keys["ingest"]))
+    assert r.status_code == 403 and [(d["item"], d["id"]) for d in r.json()["error"]["details"]] == [(1, cb)]
+    r = await client.post("/v1/intersections/import", content=f"{header},gateway\n{b},X,DD,21.0,105.8,{cb},2,a b\n",
+                          headers=auth(keys["admin"]))
+    assert r.status_code == 422 and r.json()["rejected"][0]["field"] == "gateway", r.text
+
+
+async def test_a_controller_registered_by_another_replica_is_judged_on_fresh_data(client, keys):
+    from services.traffic import repository
+
+    iid, cid = uid("I"), uid("C")
+    ctx = client.app.state.ctx
+    async with ctx.pool.acquire() as conn:  # as another replica would: this one's cache does not know it yet
+        await repository.upsert_intersections(conn, [{**intersection(iid, cid), "detectors": [],
+                                                      "gateway": "another-gateway"}])
+    assert cid not in ctx.extras["registry"]
+    await asyncio.sleep(1.1)  # ingest reloads the registry for an unknown controller at most once a second
+    r = await client.post("/v1/events", json={"items": [hires(cid, recent(), 0)]}, headers=auth(keys["ingest"]))
+    assert r.status_code == 403 and r.json()["error"]["details"][0]["id"] == cid, r.text

@@ -14,6 +14,7 @@ from services.traffic.domain import (
     config_from_registry,
     fold_signal_state,
     is_split_failure,
+    may_report,
     new_signal_state,
     occupied_ms,
     parse_detector_rows,
@@ -272,3 +273,34 @@ def test_detector_rows_accept_atspm_names():
                                                                     (2, 9, "count")]
     assert ok[0][2]["distance_m"] == 120.0 and ok[0][2]["speed_kmh"] == 40.0
     assert [(e.index, e.field) for e in errors] == [(3, "Parameter"), (4, "Function")]
+
+
+# --- entity ownership --------------------------------------------------------------------------------------
+def test_may_report_only_for_controllers_whose_gateway_it_is():
+    registry = {"C-1": {"controller_id": "C-1", "gateway": "gw-a"}, "C-2": {"controller_id": "C-2", "gateway": "gw-b"},
+                "C-3": {"controller_id": "C-3", "gateway": None}}
+    assert may_report("gw-a", False, "C-1", registry)
+    assert not may_report("gw-a", False, "C-2", registry)  # another gateway's
+    assert not may_report("gw-a", False, "C-3", registry)  # no gateway: privileged principals only
+    assert may_report("gw-a", False, "C-9", registry)  # unregistered: rejected later as unknown_entity
+    assert all(may_report("ops", True, c, registry) for c in ("C-1", "C-2", "C-3"))
+
+
+def test_authorize_names_each_foreign_item_and_never_echoes_a_malformed_id():
+    from services.traffic.api import authorize
+    from shared.auth import ApiError, Principal
+
+    registry = {"C-1": {"gateway": "gw-a"}, "C-2": {"gateway": "gw-b"}}
+    items = [{"controller_id": "C-1"}, {"controller_id": "C-2"}, {"controller_id": "<x>\u202e"}, "junk",
+             {"controller_id": ["C-2"]}, {"controller_id": "C-9"}, {"controller_id": "C-2"}]
+    gateway = Principal("gw-a", "gateway", frozenset({"traffic:ingest"}))
+    with pytest.raises(ApiError) as caught:
+        authorize(gateway, items, registry)
+    err = caught.value
+    assert err.status == 403 and err.code == "forbidden"
+    assert [(d["item"], d["id"], d["field"]) for d in err.details] == [(1, "C-2", "controller_id"),
+                                                                       (6, "C-2", "controller_id")]
+    assert "C-2" in err.message and "<x>" not in err.message
+    authorize(gateway, items[:1] + items[2:6], registry)  # own, malformed and unknown ids only: allowed
+    authorize(Principal("ops", "admin", frozenset({"traffic:ingest", "traffic:admin"})), items, registry)
+    authorize(Principal("dev", "admin", frozenset({"*"})), items, registry)
