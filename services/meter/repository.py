@@ -62,20 +62,20 @@ async def load_registers(pool: asyncpg.Pool) -> dict[tuple[str, str], RegisterSt
 
 async def save_registers(pool: asyncpg.Pool, states: Iterable[tuple[tuple[str, str], RegisterState]]) -> None:
     """Persist register states in one statement; an older state never overwrites a newer one."""
-    states = list(states)
-    if not states:
+    rows = [{"m": m, "o": o, "e": e, "s": s, "v": v, "ve": ve} for (m, o), (e, s, v, ve) in states]
+    if not rows:
         return
-    # Columns by transposing (C-level zip) rather than one Python pass per column.
-    keys, values = zip(*states, strict=True)
-    meter_ids, obis = zip(*keys, strict=True)
-    last_end, seen_mask, last_value, value_end = zip(*values, strict=True)
+    # One JSON document rather than six arrays: asyncpg encodes array parameters element by element (with an
+    # ABC isinstance check each), ~2.1 µs of the service's CPU per register against ~0.5 µs for orjson here,
+    # and the server's upsert takes no longer (measured with 10,000 registers per statement).
     await pool.execute(
         "INSERT INTO register_state (meter_id, obis, last_end, seen_mask, last_value, value_end) "
-        "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::float8[], $6::bigint[]) "
+        "SELECT m, o, e, s, v, ve FROM json_to_recordset($1::json) "
+        "AS r(m text, o text, e bigint, s bigint, v float8, ve bigint) "
         "ON CONFLICT (meter_id, obis) DO UPDATE SET last_end = excluded.last_end, seen_mask = excluded.seen_mask, "
         "last_value = excluded.last_value, value_end = excluded.value_end "
         "WHERE register_state.last_end <= excluded.last_end",
-        meter_ids, obis, last_end, seen_mask, last_value, value_end,
+        rows,  # the pool's json codec encodes it with orjson (shared.db)
     )
 
 

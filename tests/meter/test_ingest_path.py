@@ -77,8 +77,8 @@ async def test_register_writer_keeps_the_latest_batch_and_retries_after_a_failur
     assert writer.pending == 3  # kept for the next flush
     pool.fail = False
     assert await writer.flush() == 2
-    meter_ids, _obis, last_end, _mask, value, _value_end = pool.calls[0]
-    assert dict(zip(meter_ids, zip(last_end, value, strict=True), strict=True)) == {"M1": (200, 20.0), "M2": (100, 5.0)}
+    (rows,) = pool.calls[0]
+    assert {r["m"]: (r["e"], r["v"]) for r in rows} == {"M1": (200, 20.0), "M2": (100, 5.0)}
     assert await writer.flush() == 0
 
 
@@ -89,4 +89,4 @@ async def test_register_writer_forgets_replaced_meters():
     await writer.forget(["M1"])
     assert pool.calls == [(["M1"],)]  # the DELETE of its written registers
     await writer.flush()
-    assert list(pool.calls[1][0]) == ["M2"]
+    assert [r["m"] for r in pool.calls[1][0]] == ["M2"]
