@@ -84,6 +84,10 @@ class CityKpiProcessor(StreamProcessor):
     name = "city-kpi"
     topics: tuple[str, ...] = ()
     tick_seconds = 5.0
+    # A partial replaces the older one of its (group, source partition) and signal times only move forward, so
+    # an observation applied again changes nothing: no window of event ids to keep (it held ~10 MiB per
+    # partition and grew the worker's memory during its first minutes).
+    dedup_window = 0
 
     def __init__(self, definitions: dict[str, KpiDefinition], *, topics: Iterable[str] | None = None,
                  district_silence: timedelta = timedelta(minutes=30),

@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 MARKER_KEY = b"__applied__"
 SEQ_HEADER = "ioc_seq"
-RECENT_IDS = 50_000  # per partition: catches re-deliveries of the same event at a new offset
 _type_of = attrgetter("type")
 _event_key = attrgetter("source", "id")  # CloudEvents identity
 
@@ -79,6 +78,7 @@ class PartitionRuntime:
     marked: dict[str, int] = field(default_factory=dict)  # ``applied`` as of the last commit marker sent
     recent: set = field(default_factory=set)
     recent_order: deque = field(default_factory=deque)  # eviction order of ``recent`` (oldest first)
+    window: int = 50_000  # how many keys ``recent`` keeps (the processor's ``dedup_window``); 0: none
 
     def unseen(self, items: list, key=_event_key) -> list:
         """The items of a batch whose ``key`` (CloudEvents ``source`` + ``id``) was not seen before, remembering
@@ -86,6 +86,8 @@ class PartitionRuntime:
         ways. (Evicting the first key of a dict is not: CPython skips the deleted slots at the front of the dict
         on every ``next(iter(d))``, which made this quadratic.)
         """
+        if not self.window:
+            return items
         recent = self.recent
         add = recent.add
         order = self.recent_order
@@ -98,7 +100,7 @@ class PartitionRuntime:
                 add(k)
                 remember(k)
                 keep(item)
-        for _ in range(len(order) - RECENT_IDS):
+        for _ in range(len(order) - self.window):
             recent.discard(order.popleft())
         return fresh
 
@@ -190,7 +192,7 @@ class ProcessorCore:
                 if v is not None and seq <= marker["seq"]
             }
             self.partitions[p] = PartitionRuntime(State(p, data), seq=marker["seq"], applied=dict(marker["offsets"]),
-                                                  marked=dict(marker["offsets"]))
+                                                  marked=dict(marker["offsets"]), window=self.processor.dedup_window)
         await self._refill_dedup_windows(todo)
         log.info("state recovered", extra={"processor": self.processor.name, "partitions": todo,
                                            "seconds": round(time.perf_counter() - started, 3)})
@@ -199,8 +201,11 @@ class ProcessorCore:
         """Refill each recovered partition's window of recent CloudEvents ids from the source records just below
         its applied offsets (headers only), so a copy of an already applied event that arrives at a new offset
         after a restart or a rebalance is still dropped."""
+        window = self.processor.dedup_window
+        if not window:
+            return
         ranges: dict[TopicPartition, tuple[int, int]] = {}
-        per_topic = max(1, RECENT_IDS // max(1, len(self.processor.topics)))
+        per_topic = max(1, window // max(1, len(self.processor.topics)))
         for p in partitions:
             for topic, applied in self.partitions[p].applied.items():
                 if applied > 0:

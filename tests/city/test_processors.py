@@ -284,3 +284,42 @@ def test_a_state_of_the_earlier_layout_is_converted(processor, test_domain):
     (cleared,) = decoded(processor.emit(legacy, NOW), CityAlarmChanged)
     assert (cleared.alarm_id, cleared.state) == ("city:kpi_breach:citytest.availability:district:D05", "cleared")
     assert legacy.get("seen:all") == {"citytest|HN": NOW.isoformat(), "citytest|D05": NOW.isoformat()}
+
+
+def test_observations_delivered_again_change_nothing():
+    """Why the city processor needs no de-duplication window (``dedup_window = 0``): any observation applied
+    again, in any later batch, leaves the state and the outputs as they were."""
+    from services.city.domain import load_definitions
+
+    assert CityKpiProcessor.dedup_window == 0
+    # As in production, where ``observed_at`` is the emitting worker's clock (microseconds) and one worker
+    # emits a source partition at a time, no two different observations of one group and source partition
+    # share a time: the perf mix's times are made distinct (order between different times is kept).
+    workload = []
+    for i, (t, batches) in enumerate(_batches_with_late_and_repeated_partials()):
+        distinct = {}
+        for p, batch in batches.items():
+            distinct[p] = []
+            for j, e in enumerate(batch):
+                d = dict(e.data)
+                at = datetime.fromisoformat(d["observed_at"].replace("Z", "+00:00"))
+                d["observed_at"] = (at + timedelta(microseconds=(i * 1000 + j) % 100_000 + 1)).isoformat()
+                distinct[p].append(received(EVENT_TYPES[e.type], d, partition=p))
+        workload.append((t, distinct))
+    defs = load_definitions()
+    once, once_out = _run(CityKpiProcessor(defs, topics=("x",)), workload, batch=True)
+    rng = random.Random(7)
+    delivered: dict[int, list] = {}
+    again = []
+    for t, batches in workload:
+        redelivering = {}
+        for p, batch in batches.items():
+            seen = delivered.setdefault(p, [])
+            seen += batch
+            # copies of events this partition already delivered, this batch's included, in any order
+            redelivering[p] = batch + rng.sample(seen, min(len(seen), 20))
+        again.append((t, redelivering))
+    twice, twice_out = _run(CityKpiProcessor(defs, topics=("x",)), again, batch=True)
+    for p in once:
+        assert twice[p].snapshot() == once[p].snapshot()
+    assert _published(twice_out)[:2] == _published(once_out)[:2]

@@ -64,3 +64,23 @@ async def test_the_same_event_at_another_offset_counts_once(kafka_settings, topi
     await core.flush()
     assert core.partitions[0].state.get(f"count:{tag}") == 10
     await core.stop()
+
+
+async def test_a_processor_without_dedup_window_keeps_no_event_ids(kafka_settings, topics_ready):
+    """``dedup_window = 0`` (for idempotent processors): nothing remembered, so a copy at another offset is
+    applied again, which for this counting processor shows up as a double count."""
+    tag = f"w{uuid.uuid4().hex[:6]}"
+    proc = ActionCounter(f"test-core-{tag}")
+    proc.dedup_window = 0
+    changelog = changelog_topic(proc, 1)
+    await ensure_topics(kafka_settings, [changelog])
+    core = ProcessorCore(proc, kafka_settings, EventPublisher(kafka_settings, client_id="t"), changelog)
+    await core.start()
+    tp = TopicPartition(AUDIT.topic, 0)
+    first = _records(AUDIT.topic, range(0, 10), tag)
+    again = [ConsumerRecord(r.topic, 0, r.offset + 10, 0, 0, r.key, r.value, None, 0, 0, r.headers) for r in first]
+    await core.process({tp: first + again})
+    await core.flush()
+    assert core.partitions[0].state.get(f"count:{tag}") == 20
+    assert not core.partitions[0].recent
+    await core.stop()
