@@ -26,6 +26,8 @@ MOMENTARY_LIMIT_SECONDS = 300
 DEFAULT_FUTURE_TOLERANCE_SECONDS = 120
 # De-duplication memory per meter and OBIS code: the last accepted interval plus the 62 before it, as bits.
 DEDUP_HORIZON_INTERVALS = 62
+#: Hanoi's offset from UTC (no daylight saving): day windows start at local midnight
+HANOI_OFFSET_S = 7 * 3600
 
 
 # --------------------------------------------------------------------------------------------------- OBIS
@@ -563,8 +565,12 @@ def _supply(meter: MeterInfo, supply: str, at_iso: str, feeder_sizes: Mapping[st
 
 # ------------------------------------------------------------------------------------------ KPI formulas
 def window_start(epoch: int, window_seconds: int) -> int:
-    """Start of the window (aligned to the Unix epoch, i.e. UTC) holding ``epoch``."""
-    return epoch - epoch % window_seconds
+    """Start of the window holding ``epoch``: windows shorter than a day are aligned to the Unix epoch, day
+    windows to Hanoi's local midnight (17:00 UTC; Vietnam keeps UTC+7 all year), the day the operations centre
+    reports and the kiosk, dossier and city day windows use."""
+    offset = HANOI_OFFSET_S if window_seconds % 86400 == 0 else 0
+    local = epoch + offset
+    return local - local % window_seconds - offset
 
 
 def expected_intervals(window_seconds: int, window_start_epoch: int, meters_by_interval: Mapping[int, int]) -> int:

@@ -1,7 +1,8 @@
 """Meter stream processors: energy and reliability KPIs per district and city, tamper and feeder alarms.
 
 ``MeterKpiProcessor`` folds readings, meter events, interruptions and the registry (co-partitioned by meter id)
-into per-(window, district) aggregates and emits mergeable KPI observations for 15-minute and daily windows.
+into per-(window, district) aggregates and emits mergeable KPI observations for 15-minute and daily windows
+(Hanoi days, from 17:00 UTC).
 ``FeederOutageProcessor`` reads supply changes keyed by feeder, so one partition sees a whole feeder, and raises
 / clears feeder-outage alarms.
 

@@ -11,8 +11,11 @@ from services.meter.app import create_app
 from services.meter.settings import MeterSettings
 from shared.testing import running_app
 
-# Quarter hours well in the past so none is "in the future" (hour-aligned, so windows are predictable).
+# Quarter hours well in the past so none is "in the future" (hour-aligned, so windows are predictable), and
+# never in the last two hours before Hanoi's midnight (17:00 UTC), so the tests' readings share one day window.
 BASE = (datetime.now(UTC) - timedelta(hours=6)).replace(minute=0, second=0, microsecond=0)
+if (BASE + timedelta(hours=7)).hour >= 22:
+    BASE -= timedelta(hours=3)
 
 
 def at(minutes: float) -> str:

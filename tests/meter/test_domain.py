@@ -253,3 +253,14 @@ def test_feeder_outage_rule():
     assert not feeder_in_outage(99, 200)
     assert not feeder_in_outage(2, 2)  # fewer than 3 meters is not "many"
     assert feeder_in_outage(3, 4)
+
+
+def test_day_windows_are_hanoi_days_and_quarters_stay_on_the_epoch_grid():
+    from services.meter.domain import window_start
+
+    local_midnight = int(datetime(2024, 5, 1, 17, 0, tzinfo=UTC).timestamp())  # 2024-05-02 00:00 in Hanoi
+    assert window_start(local_midnight, 86400) == local_midnight
+    assert window_start(local_midnight - 1, 86400) == local_midnight - 86400
+    assert window_start(local_midnight + 86399, 86400) == local_midnight
+    assert window_start(local_midnight + 7 * 60 + 5, 900) == local_midnight
+    assert window_start(local_midnight + 15 * 60, 900) == local_midnight + 900

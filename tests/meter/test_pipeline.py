@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
+from services.meter.domain import window_start
 from services.meter.processors import FeederOutageProcessor, MeterKpiProcessor
 from shared.contracts.meter import ALARM_EVENT, KPI_EVENT
 from shared.stream.runtime import ProcessorRuntime
@@ -68,7 +70,8 @@ async def test_kpis_and_alarms_from_the_api_through_the_processors(client, keys,
     kpis = await read_topic(kafka_settings, KPI_EVENT.topic,
                             where=lambda e: e.data["scope_code"] in (DISTRICT, "HN"))
     q0 = at(0)
-    day = BASE.replace(hour=0).isoformat().replace("+00:00", "Z")
+    # day windows are Hanoi days (from 17:00 UTC)
+    day = datetime.fromtimestamp(window_start(int(BASE.timestamp()), 86400), UTC).isoformat().replace("+00:00", "Z")
     # Energy: the first read of each meter has no delta; quarters 2 and 3 give 0.5 + 1.0 + 0.25 each.
     assert merged(kpis, "meter.energy_kwh", "district", DISTRICT, 900, at(15))[0] == pytest.approx(1.75)
     assert merged(kpis, "meter.energy_kwh", "district", DISTRICT, 86400, day)[0] == pytest.approx(3.5)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -17,12 +17,14 @@ from shared.contracts.meter import (
 )
 from shared.testing import received
 
-DAY = datetime(2024, 5, 1, tzinfo=UTC)
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+# Day windows are Hanoi days: the hand-built cases are laid out in local time (UTC+7), published in UTC.
+HANOI = timezone(timedelta(hours=7))
+DAY = datetime(2024, 5, 1, tzinfo=HANOI)
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=HANOI)
 
 
 def iso(dt: datetime) -> str:
-    return dt.isoformat().replace("+00:00", "Z")
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def registry(meter, district="BD", customers=1, interval=900):
