@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from datetime import timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
 
 CITY_CODE = "HN"
+#: Hanoi's offset from UTC (Vietnam keeps UTC+7 all year, no daylight saving): local days start at 17:00 UTC
+HANOI_OFFSET_S = 7 * 3600
+HANOI_TZ = timezone(timedelta(seconds=HANOI_OFFSET_S), "ICT")
 DATA = Path(__file__).parent / "data"
 
 

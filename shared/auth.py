@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,26 @@ class ApiError(Exception):
         self.message = message
         self.details = details or []
         self.headers = headers or {}
+
+
+def refuse_unowned(items: Iterable[tuple[int, str]], may_report: Callable[[str], bool], *, field: str,
+                   noun: str) -> None:
+    """Entity ownership at ingest: a 403 naming every item whose entity the reporting principal may not report
+    for, and then nothing of the batch is accepted. ``items``: (index in the batch, entity id) pairs of
+    well-formed ids (see :func:`shared.contracts.base.is_entity_id`; a malformed id names no entity and is left
+    to item validation, never echoed); ``may_report`` is asked once per id."""
+    decided: dict[str, bool] = {}
+    denied = []
+    for i, entity in items:
+        ok = decided.get(entity)
+        if ok is None:
+            ok = decided[entity] = may_report(entity)
+        if not ok:
+            denied.append({"item": i, "id": entity, "field": field,
+                           "reason": f"this principal may not report for this {noun}"})
+    if denied:
+        names = ", ".join(sorted({d["id"] for d in denied})[:10])
+        raise ApiError(403, "forbidden", f"not your {noun}(s): {names}; nothing was accepted", denied)
 
 
 def _hash(secret: str) -> bytes:

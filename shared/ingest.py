@@ -6,12 +6,13 @@ back to per-item validation to say which item, which field and why. Reasons neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from shared.contracts.base import is_entity_id
 from shared.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 
 M = TypeVar("M", bound=BaseModel)
@@ -56,6 +57,16 @@ def _adapter(model: type[M]) -> TypeAdapter:
     if a is None:
         a = _adapters[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
     return a
+
+
+def named_entities(items: Sequence[Any], id_field: str) -> Iterator[tuple[int, str]]:
+    """(index, id) of the raw items whose ``id_field`` is a well-formed entity id, before item validation: what
+    an ownership check (:func:`shared.auth.refuse_unowned`) looks at. A malformed id names no entity; validation
+    rejects that item, and its text is never echoed."""
+    for i, item in enumerate(items):
+        entity = item.get(id_field) if isinstance(item, dict) else None
+        if is_entity_id(entity):
+            yield i, entity
 
 
 def validate_items(model: type[M], items: Sequence[Any], *, id_field: str | None = None

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
 from services.city.domain import Alarm, Incident
+from shared.areas import HANOI_TZ
 
 # Vietnam keeps UTC+7 all year (no DST): day roll-ups are local days.
-HANOI_TZ = timezone(timedelta(hours=7))
 _ROLLUP_TABLES = {"minute": "kpi_minute", "hour": "kpi_hour", "day": "kpi_day"}
 _BUCKET_LENGTH = {"minute": "1 minute", "hour": "1 hour", "day": "1 day"}
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
+from shared.areas import HANOI_TZ
 from shared.contracts.dossier import STATUS_NAMES
 
-VN_TZ = timezone(timedelta(hours=7), "ICT")
+VN_TZ = HANOI_TZ  # Vietnam keeps UTC+7 all year
 DATA = Path(__file__).parent / "data"
 
 # Fixed-date public holidays (Labour Code 2019, art. 112): New Year, Reunification, Labour Day, National Day.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -15,7 +14,7 @@ from services.kiosk import domain, publishing, repository
 from services.kiosk.domain import KioskInfo
 from services.kiosk.settings import KioskSettings
 from shared.areas import hanoi
-from shared.auth import ApiError, Principal, require_scope
+from shared.auth import ApiError, Principal, refuse_unowned, require_scope
 from shared.contracts.base import AreaCode, EntityId, StrictBool
 from shared.contracts.kiosk import (
     HeartbeatReceived,
@@ -26,7 +25,7 @@ from shared.contracts.kiosk import (
     SessionEnded,
 )
 from shared.http import RequestModel, ServiceContext, idempotent
-from shared.ingest import BatchResult, ItemError, batch_result, validate_items
+from shared.ingest import BatchResult, ItemError, batch_result, named_entities, validate_items
 from shared.kafka.producer import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -238,25 +237,13 @@ class SessionBatch(IngestBatch):
     """``items``: SessionEnded objects (session_id, kiosk_id, journey, started_at, ended_at, outcome, ...)."""
 
 
-_KIOSK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
-
-
 def authorize(principal: Principal, items: Sequence[Any], registry: dict[str, KioskInfo]) -> None:
     """403 naming every kiosk of the batch this principal may not report for (nothing is accepted then)."""
-    privileged = principal.has_scope("kiosk:admin")
-    if privileged:
+    if principal.has_scope("kiosk:admin"):
         return
-    denied = []
-    for i, item in enumerate(items):
-        kiosk = item.get("kiosk_id") if isinstance(item, dict) else None
-        # A malformed id names no kiosk: validation rejects that item (and never echoes hostile text here).
-        if isinstance(kiosk, str) and _KIOSK_ID.fullmatch(kiosk) and not domain.may_report(principal.id, principal.attributes, False, kiosk,
-                                                            registry):
-            denied.append({"item": i, "id": kiosk[:64], "field": "kiosk_id",
-                           "reason": "this principal may not report for this kiosk"})
-    if denied:
-        names = ", ".join(sorted({d["id"] for d in denied})[:10])
-        raise ApiError(403, "forbidden", f"not your kiosk(s): {names}; nothing was accepted", denied)
+    refuse_unowned(named_entities(items, "kiosk_id"),
+                   lambda kiosk: domain.may_report(principal.id, principal.attributes, False, kiosk, registry),
+                   field="kiosk_id", noun="kiosk")
 
 
 async def _ingest(request: Request, principal: Principal, items: list, kind: str, model: type[BaseModel],

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from shared.areas import Hierarchy
+from shared.areas import HANOI_OFFSET_S, Hierarchy
 from shared.contracts.kiosk import (
     HeartbeatReceived,
     KioskRegistered,
@@ -21,7 +21,6 @@ from shared.contracts.kiosk import (
 )
 from shared.ingest import ItemError
 
-HANOI_OFFSET_S = 7 * 3600
 MAX_UPTIME_S = 20 * 365 * 86400
 HOUR = 3600
 DAY = 86400

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from services.kiosk.domain import HANOI_OFFSET_S, JOURNEY_NEEDS
-from shared.areas import hanoi
+from services.kiosk.domain import JOURNEY_NEEDS
+from shared.areas import HANOI_OFFSET_S, hanoi
 
 log = logging.getLogger(__name__)
 

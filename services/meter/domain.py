@@ -15,7 +15,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
 from typing_extensions import TypedDict
 
-from shared.areas import Hierarchy
+from shared.areas import HANOI_OFFSET_S, Hierarchy
 from shared.contracts.base import AreaCode, EntityId, StrictFloat, StrictInt
 from shared.contracts.meter import IntervalSeconds, ReadingQuality
 from shared.ingest import ItemError
@@ -26,8 +26,6 @@ MOMENTARY_LIMIT_SECONDS = 300
 DEFAULT_FUTURE_TOLERANCE_SECONDS = 120
 # De-duplication memory per meter and OBIS code: the last accepted interval plus the 62 before it, as bits.
 DEDUP_HORIZON_INTERVALS = 62
-#: Hanoi's offset from UTC (no daylight saving): day windows start at local midnight
-HANOI_OFFSET_S = 7 * 3600
 
 
 # --------------------------------------------------------------------------------------------------- OBIS
@@ -215,19 +213,12 @@ class MeterInfo:
                                             self.installed_on.day, tzinfo=UTC).timestamp())
 
 
-def reporting_denials(meter_ids: Iterable[tuple[int, str]], registry: Mapping[str, MeterInfo],
-                      reporter: str) -> list[dict[str, Any]]:
-    """The items a non-privileged ``reporter`` (a principal id) may not report: registered meters whose
-    ``gateway`` is another principal or nobody. Unregistered meters are not denied here (validation reports
-    them as unknown, item by item)."""
-    denied = []
-    get = registry.get
-    for i, mid in meter_ids:
-        info = get(mid)
-        if info is not None and info.gateway != reporter:
-            denied.append({"item": i, "id": mid, "field": "meter_id",
-                           "reason": "this principal may not report for this meter"})
-    return denied
+def may_report(reporter: str, meter_id: str, registry: Mapping[str, MeterInfo]) -> bool:
+    """Whether a non-privileged ``reporter`` (a principal id) may report for ``meter_id``: a registered meter
+    only when its ``gateway`` is this principal (one without a gateway: ``meter:admin`` only). An unregistered
+    meter is not this rule's business: validation reports it as unknown, item by item."""
+    info = registry.get(meter_id)
+    return info is None or info.gateway == reporter
 
 
 def check_meter_areas(items: Iterable[tuple[int, MeterIn]], areas: Hierarchy) -> list[ItemError]:

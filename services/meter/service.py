@@ -29,14 +29,14 @@ from services.meter.domain import (
     ReadingsBody,
     RegisterState,
     check_meter_areas,
-    reporting_denials,
+    may_report,
     undo_registers,
     validate_events,
     validate_readings,
 )
 from services.meter.settings import MeterSettings
 from shared.areas import hanoi
-from shared.auth import ApiError
+from shared.auth import ApiError, refuse_unowned
 from shared.ingest import batch_result, validate_items
 from shared.kafka.producer import EventPublisher
 
@@ -204,10 +204,8 @@ class MeterService:
         batch is accepted then); ``reporter`` None: a privileged (``meter:admin``) principal."""
         if reporter is None:
             return
-        denied = reporting_denials(meter_ids, self.registry, reporter)
-        if denied:
-            names = ", ".join(sorted({d["id"] for d in denied})[:10])
-            raise ApiError(403, "forbidden", f"not your meter(s): {names}; nothing was accepted", denied)
+        registry = self.registry
+        refuse_unowned(meter_ids, lambda mid: may_report(reporter, mid, registry), field="meter_id", noun="meter")
 
     async def ingest_readings(self, raw: bytes, reporter: str | None = None) -> tuple[int, dict]:
         """Validate a batch of readings (the raw JSON body), publish the accepted ones (acks awaited).

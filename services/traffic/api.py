@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Required
@@ -15,10 +14,10 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, V
 from typing_extensions import TypedDict
 
 from shared.areas import hanoi
-from shared.auth import ApiError, Principal, require_scope
+from shared.auth import ApiError, Principal, refuse_unowned, require_scope
 from shared.contracts.base import AreaCode, DisplayText, EntityId, StrictFloat, StrictInt
 from shared.http import ORJSONResponse, RequestModel, ServiceContext, idempotent
-from shared.ingest import BatchResult, ItemError, batch_result, validate_items
+from shared.ingest import BatchResult, ItemError, batch_result, named_entities, validate_items
 
 from . import repository
 from .domain import IngestScreen, may_report, parse_detector_rows, to_ms
@@ -260,30 +259,14 @@ async def get_intersection(intersection_id: str, request: Request,
 
 
 # --- ingest ---------------------------------------------------------------------------------------------------
-_CONTROLLER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
-
-
 def authorize(principal: Principal, raw_items: list[Any], registry: dict[str, dict]) -> None:
     """403 naming every item whose registered controller this principal may not report for (nothing is accepted
-    then). Unregistered controllers pass: ingest rejects them item by item. One decision per controller."""
+    then). Unregistered controllers pass: ingest rejects them item by item."""
     if principal.has_scope("traffic:admin"):
         return
-    decided: dict[str, bool] = {}
-    denied = []
-    for i, item in enumerate(raw_items):
-        cid = item.get("controller_id") if isinstance(item, dict) else None
-        if not isinstance(cid, str):
-            continue
-        ok = decided.get(cid)
-        if ok is None:
-            # A malformed id names no controller: validation rejects that item (and never echoes hostile text).
-            ok = decided[cid] = not _CONTROLLER_ID.fullmatch(cid) or may_report(principal.id, False, cid, registry)
-        if not ok:
-            denied.append({"item": i, "id": cid, "field": "controller_id",
-                           "reason": "this principal may not report for this controller"})
-    if denied:
-        names = ", ".join(sorted({d["id"] for d in denied})[:10])
-        raise ApiError(403, "forbidden", f"not your controller(s): {names}; nothing was accepted", denied)
+    refuse_unowned(named_entities(raw_items, "controller_id"),
+                   lambda cid: may_report(principal.id, False, cid, registry), field="controller_id",
+                   noun="controller")
 
 
 async def _ingest(ctx: ServiceContext, principal: Principal, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:

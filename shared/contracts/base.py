@@ -9,6 +9,7 @@ outside subscribers (``make contracts``).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,14 @@ StrictFloat = Annotated[float, Strict()]
 StrictInt = Annotated[int, Strict()]
 StrictStr = Annotated[str, Strict()]
 StrictBool = Annotated[bool, Strict()]
-EntityId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")]
+ENTITY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
+EntityId = Annotated[str, Field(min_length=1, max_length=64, pattern=ENTITY_ID_PATTERN)]
+_ENTITY_ID = re.compile(ENTITY_ID_PATTERN[1:-1])
+
+
+def is_entity_id(value: object) -> bool:
+    """Whether ``value`` is a well-formed :data:`EntityId` (for screening raw input before it is validated)."""
+    return isinstance(value, str) and len(value) <= 64 and _ENTITY_ID.fullmatch(value) is not None
 AreaCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._\-]+$")]
 
 

@@ -78,7 +78,7 @@ class PartitionRuntime:
     marked: dict[str, int] = field(default_factory=dict)  # ``applied`` as of the last commit marker sent
     recent: set = field(default_factory=set)
     recent_order: deque = field(default_factory=deque)  # eviction order of ``recent`` (oldest first)
-    window: int = 50_000  # how many keys ``recent`` keeps (the processor's ``dedup_window``); 0: none
+    window: int = StreamProcessor.dedup_window  # how many keys ``recent`` keeps (the processor's); 0: none
 
     def unseen(self, items: list, key=_event_key) -> list:
         """The items of a batch whose ``key`` (CloudEvents ``source`` + ``id``) was not seen before, remembering
