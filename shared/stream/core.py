@@ -163,9 +163,11 @@ class ProcessorCore:
             raw: dict[int, dict[bytes, tuple[int, bytes | None]]] = {p: {} for p in todo}
             markers: dict[int, dict] = {}
             remaining = set(tps)
-            idle = 0
+            last_data = time.monotonic()
             while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=50_000)
+                # A short poll: an empty changelog partition returns no records, and its high watermark (known
+                # after the first fetch answer) is what ends it; a 200 ms poll made every empty recovery ~0.27 s.
+                batch = await consumer.getmany(*remaining, timeout_ms=50, max_records=50_000)
                 got = 0
                 for tp, recs in batch.items():
                     got += len(recs)
@@ -179,9 +181,11 @@ class ProcessorCore:
                 for tp in list(remaining):
                     hw = consumer.highwater(tp)
                     end = hw if hw is not None else listed.get(tp, 0)
-                    if await consumer.position(tp) >= end and (hw is not None or idle >= 1):
+                    # without a fetch answer, trust the listed end only after 200 ms without any data
+                    if await consumer.position(tp) >= end and (hw is not None or time.monotonic() - last_data >= 0.2):
                         remaining.discard(tp)
-                idle = idle + 1 if got == 0 else 0
+                if got:
+                    last_data = time.monotonic()
         finally:
             await consumer.stop()
         for p in todo:
@@ -256,11 +260,16 @@ class ProcessorCore:
         return None if pr is None else pr.applied.get(topic)
 
     # Processing ----------------------------------------------------------------------------------------------
-    async def process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]]) -> dict[TopicPartition, int]:
-        """Process one fetched batch; returns the committable next offset per topic-partition."""
+    async def process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]],
+                      owned: Iterable[int] = ()) -> dict[TopicPartition, int]:
+        """Process one fetched batch; returns the committable next offset per topic-partition.
+
+        ``owned``: the source partitions this worker is assigned. Those not loaded yet are recovered together
+        with the batch's: one recovery for all, rather than one per partition as its first records arrive
+        (each held up every partition's processing while it ran)."""
         async with self.lock:
             try:
-                return await self._process(records)
+                return await self._process(records, owned)
             except BaseException:
                 self.needs_rewind = True
                 # State may hold effects that never became durable (this batch's, or the previous pipelined
@@ -268,9 +277,10 @@ class ProcessorCore:
                 self.drop(list(self.partitions))
                 raise
 
-    async def _process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]]) -> dict[TopicPartition, int]:
+    async def _process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]],
+                       owned: Iterable[int] = ()) -> dict[TopicPartition, int]:
         if True:
-            await self.recover({tp.partition for tp in records})
+            await self.recover({tp.partition for tp in records}.union(owned))
             dead: list[EncodedEvent] = []
             committable: dict[TopicPartition, int] = {}
             touched: set[int] = set()

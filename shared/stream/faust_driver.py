@@ -86,7 +86,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     continue
                 driver.busy = True
                 try:
-                    await core.process(batch)
+                    await core.process(batch, owned={tp.partition for tp in self.assignment()})
                 finally:
                     driver.busy = False
                 if generation != self.app.consumer_generation_id:

@@ -17,18 +17,18 @@ from tests.shared.stream_fixtures import AUDIT, ActionCounter
 pytestmark = pytest.mark.integration
 
 
-def _records(topic: str, offsets: range, tag: str) -> list[ConsumerRecord]:
+def _records(topic: str, offsets: range, tag: str, partition: int = 0) -> list[ConsumerRecord]:
     out = []
     for o in offsets:
         ev = encode(AUDIT, {"principal": "p", "action": tag, "target": "t", "at": datetime.now(UTC).isoformat(),
                             "service": "s"}, source="/ioc/test", id=f"{tag}-{o}")
-        out.append(ConsumerRecord(topic, 0, o, 0, 0, ev.key, ev.value, None, len(ev.key), len(ev.value), ev.headers))
+        out.append(ConsumerRecord(topic, partition, o, 0, 0, ev.key, ev.value, None, len(ev.key), len(ev.value), ev.headers))
     return out
 
 
-async def _core(kafka_settings, name: str) -> ProcessorCore:
+async def _core(kafka_settings, name: str, partitions: int = 1) -> ProcessorCore:
     proc = ActionCounter(name)
-    changelog = changelog_topic(proc, 1)
+    changelog = changelog_topic(proc, partitions)
     await ensure_topics(kafka_settings, [changelog])
     core = ProcessorCore(proc, kafka_settings, EventPublisher(kafka_settings, client_id="t"), changelog)
     await core.start()
@@ -83,4 +83,40 @@ async def test_a_processor_without_dedup_window_keeps_no_event_ids(kafka_setting
     await core.flush()
     assert core.partitions[0].state.get(f"count:{tag}") == 20
     assert not core.partitions[0].recent
+    await core.stop()
+
+
+async def test_the_first_batch_recovers_every_owned_partition_at_once(kafka_settings, topics_ready):
+    """A worker assigned partitions 0 and 1 whose first batch holds only partition 0's records loads both
+    partitions' state in that one recovery, so partition 1's first records do not wait for a recovery of their
+    own; partition 1's recovered state is the one its previous owner made durable."""
+    tag = f"o{uuid.uuid4().hex[:6]}"
+    name = f"test-core-{tag}"
+    tp0, tp1 = TopicPartition(AUDIT.topic, 0), TopicPartition(AUDIT.topic, 1)
+    core = await _core(kafka_settings, name, partitions=2)
+    await core.process({tp0: _records(AUDIT.topic, range(0, 5), tag, 0),
+                        tp1: _records(AUDIT.topic, range(0, 7), tag + "x", 1)})
+    await core.flush()
+    await core.stop()
+
+    core = await _core(kafka_settings, name, partitions=2)
+    recoveries: list[set[int]] = []
+    recover = core.recover
+
+    async def counted(partitions):
+        todo = {p for p in partitions if p not in core.partitions}
+        if todo:
+            recoveries.append(todo)
+        await recover(partitions)
+
+    core.recover = counted
+    await core.process({tp0: _records(AUDIT.topic, range(5, 8), tag, 0)}, owned={0, 1})
+    assert recoveries == [{0, 1}]
+    assert core.partitions[1].state.get(f"count:{tag}x") == 7
+    assert core.applied_offset(AUDIT.topic, 1) == 7
+    await core.process({tp1: _records(AUDIT.topic, range(7, 9), tag + "x", 1)}, owned={0, 1})
+    assert recoveries == [{0, 1}], "partition 1 was recovered a second time"
+    await core.flush()
+    assert core.partitions[0].state.get(f"count:{tag}") == 8
+    assert core.partitions[1].state.get(f"count:{tag}x") == 9
     await core.stop()
