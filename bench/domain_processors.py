@@ -41,9 +41,9 @@ async def processor(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: f
     # small workload the first batch can be most of it), so group joins and recovery are excluded.
     process = rt.core.process
 
-    async def timed_process(records):
+    async def timed_process(records, **kwargs):
         m.first()
-        return await process(records)
+        return await process(records, **kwargs)
 
     rt.core.process = timed_process
     started = time.perf_counter()
