@@ -11,9 +11,8 @@ import asyncpg
 import orjson
 
 from services.city.domain import Alarm, Incident
-from shared.areas import HANOI_TZ
+from shared.areas import HANOI_TZ  # day roll-ups are Hanoi days
 
-# Vietnam keeps UTC+7 all year (no DST): day roll-ups are local days.
 _ROLLUP_TABLES = {"minute": "kpi_minute", "hour": "kpi_hour", "day": "kpi_day"}
 _BUCKET_LENGTH = {"minute": "1 minute", "hour": "1 hour", "day": "1 day"}
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from shared.areas import HANOI_TZ
 from shared.contracts.dossier import STATUS_NAMES
 
-VN_TZ = HANOI_TZ  # Vietnam keeps UTC+7 all year
 DATA = Path(__file__).parent / "data"
 
 # Fixed-date public holidays (Labour Code 2019, art. 112): New Year, Reunification, Labour Day, National Day.
@@ -52,7 +51,7 @@ def local_date(at: datetime) -> date:
     """The Vietnamese calendar date of an instant."""
     if at.tzinfo is None:
         raise ValueError("naive datetime: times must carry a UTC offset")
-    return at.astimezone(VN_TZ).date()
+    return at.astimezone(HANOI_TZ).date()
 
 
 # Calendar -------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from shared.areas import CITY_CODE
+from shared.areas import CITY_CODE, HANOI_TZ
 from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, encode_many, parse_time
 from shared.contracts.common import kpi_observed_payload
@@ -36,7 +36,7 @@ from shared.contracts.dossier import (
 )
 from shared.stream import State, StreamProcessor
 
-from .domain import OPEN_STATUSES, RECEIVED, RESOLVED, RETURNED, VN_TZ, local_date, timeliness
+from .domain import OPEN_STATUSES, RECEIVED, RESOLVED, RETURNED, local_date, timeliness
 
 SOURCE = "/ioc/dossier/kpi"
 STATUS_TYPE = event_type_of(DossierStatusChanged).type
@@ -90,11 +90,11 @@ def window_bounds(wid: str) -> tuple[datetime, int]:
     kind, _, rest = wid.partition(":")
     if kind == "d":
         start_day = date.fromisoformat(rest)
-        start = datetime(start_day.year, start_day.month, start_day.day, tzinfo=VN_TZ)
+        start = datetime(start_day.year, start_day.month, start_day.day, tzinfo=HANOI_TZ)
         return start, 86400
     y, m = (int(x) for x in rest.split("-"))
-    start = datetime(y, m, 1, tzinfo=VN_TZ)
-    end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=VN_TZ)
+    start = datetime(y, m, 1, tzinfo=HANOI_TZ)
+    end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=HANOI_TZ)
     return start, int((end - start).total_seconds())
 
 

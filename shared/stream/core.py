@@ -278,59 +278,58 @@ class ProcessorCore:
                 raise
 
     async def _process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]],
-                       owned: Iterable[int] = ()) -> dict[TopicPartition, int]:
-        if True:
-            await self.recover({tp.partition for tp in records}.union(owned))
-            dead: list[EncodedEvent] = []
-            committable: dict[TopicPartition, int] = {}
-            touched: set[int] = set()
-            apply_batch = self.processor.apply_batch
-            latest_time = None
-            counts: dict[tuple[str, str], int] = {}
-            for tp, recs in records.items():
-                if not recs:
-                    continue
-                pr = self.partitions[tp.partition]
-                floor = pr.applied.get(tp.topic, -1)
-                # older ones are in the recovered state
-                fresh = recs if recs[0].offset >= floor else [r for r in recs if r.offset >= floor]
-                decoded, failed = decode_batch(fresh)
-                for r, reason in failed:
-                    dead.append(dead_letter(r, reason, self.processor.name))
-                    EVENTS_DEAD_LETTERED.labels(self.processor.name, r.topic).inc()
-                events = pr.unseen(decoded)
-                if events:
-                    apply_batch(events, pr.state)
-                    latest_time = events[-1].time
-                    for etype, n in Counter(map(_type_of, events)).items():
-                        counts[(tp.topic, etype)] = counts.get((tp.topic, etype), 0) + n
-                    self.processed += len(events)
-                # Never move backwards: a consumer resuming at its last commit re-reads records the recovered
-                # state already reflects; they were skipped above and must not lower the floor.
-                pr.applied[tp.topic] = max(floor, recs[-1].offset + 1)
-                committable[tp] = pr.applied[tp.topic]
-                touched.add(tp.partition)
-            self.dead_lettered += len(dead)
-            now_mono = time.monotonic()
-            if now_mono - self._last_emit >= self.processor.emit_interval_seconds:
-                touched |= self._unemitted  # emit changes their state too: write it with this batch
-                outputs = self._emit(touched, datetime.now(UTC))
-                self._unemitted = set()
-                self._last_emit = now_mono
-            else:
-                outputs = []
-                self._unemitted |= touched
-            await self._make_durable(touched, outputs + dead, pipelined=True)
-            for (topic, etype), n in counts.items():
-                EVENTS_CONSUMED.labels(self.processor.name, topic, etype).inc(n)
-            now = time.time()
-            LAST_PROCESSED.labels(self.processor.name).set(now)
-            if latest_time:
-                try:
-                    PROCESSING_LATENCY.labels(self.processor.name).observe(max(0.0, now - parse_time(latest_time).timestamp()))
-                except ValueError:
-                    pass
-            return committable
+                       owned: Iterable[int]) -> dict[TopicPartition, int]:
+        await self.recover({tp.partition for tp in records}.union(owned))
+        dead: list[EncodedEvent] = []
+        committable: dict[TopicPartition, int] = {}
+        touched: set[int] = set()
+        apply_batch = self.processor.apply_batch
+        latest_time = None
+        counts: dict[tuple[str, str], int] = {}
+        for tp, recs in records.items():
+            if not recs:
+                continue
+            pr = self.partitions[tp.partition]
+            floor = pr.applied.get(tp.topic, -1)
+            # older ones are in the recovered state
+            fresh = recs if recs[0].offset >= floor else [r for r in recs if r.offset >= floor]
+            decoded, failed = decode_batch(fresh)
+            for r, reason in failed:
+                dead.append(dead_letter(r, reason, self.processor.name))
+                EVENTS_DEAD_LETTERED.labels(self.processor.name, r.topic).inc()
+            events = pr.unseen(decoded)
+            if events:
+                apply_batch(events, pr.state)
+                latest_time = events[-1].time
+                for etype, n in Counter(map(_type_of, events)).items():
+                    counts[(tp.topic, etype)] = counts.get((tp.topic, etype), 0) + n
+                self.processed += len(events)
+            # Never move backwards: a consumer resuming at its last commit re-reads records the recovered
+            # state already reflects; they were skipped above and must not lower the floor.
+            pr.applied[tp.topic] = max(floor, recs[-1].offset + 1)
+            committable[tp] = pr.applied[tp.topic]
+            touched.add(tp.partition)
+        self.dead_lettered += len(dead)
+        now_mono = time.monotonic()
+        if now_mono - self._last_emit >= self.processor.emit_interval_seconds:
+            touched |= self._unemitted  # emit changes their state too: write it with this batch
+            outputs = self._emit(touched, datetime.now(UTC))
+            self._unemitted = set()
+            self._last_emit = now_mono
+        else:
+            outputs = []
+            self._unemitted |= touched
+        await self._make_durable(touched, outputs + dead, pipelined=True)
+        for (topic, etype), n in counts.items():
+            EVENTS_CONSUMED.labels(self.processor.name, topic, etype).inc(n)
+        now = time.time()
+        LAST_PROCESSED.labels(self.processor.name).set(now)
+        if latest_time:
+            try:
+                PROCESSING_LATENCY.labels(self.processor.name).observe(max(0.0, now - parse_time(latest_time).timestamp()))
+            except ValueError:
+                pass
+        return committable
 
     async def tick(self, now: datetime | None = None) -> int:
         """Run ``emit`` on every owned partition (silence detection, window closing). Returns outputs sent."""
