@@ -97,8 +97,9 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict
         console.print(f"… {PIPELINE_LABEL}")
         seconds = float(os.environ.get("IOC_BENCH_PIPELINE_SECONDS") or (15 if n <= 50_000 else 60))
         rate = int(os.environ.get("IOC_BENCH_PIPELINE_RATE") or 20_000)
-        res = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="pipeline", database_url=db,
-                        seconds=seconds, rate=rate)
+        meters = int(os.environ.get("IOC_BENCH_PIPELINE_METERS") or 20_000)
+        res = run_child("domain", timeout=max(900, seconds + 600), bootstrap=bootstrap, domain_path="pipeline",
+                        database_url=db, seconds=seconds, rate=rate, meters=meters)
         results["pipeline"] = {"label": PIPELINE_LABEL, **res}
     finally:
         pg.stop()

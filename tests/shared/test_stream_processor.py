@@ -36,15 +36,31 @@ def test_forgetting_a_partition_republishes_everything_once():
     assert not p.changed_since_emitted(1, "kpi-a", 1)
 
 
-def test_memory_is_bounded(monkeypatch):
+def test_memory_keeps_what_is_still_emitted_and_forgets_what_is_not(monkeypatch):
     import shared.stream.processor as mod
 
-    monkeypatch.setattr(mod, "EMITTED_MEMORY", 3)
+    monkeypatch.setattr(mod, "EMITTED_GENERATION", 3)
     p = Echo()
-    for i in range(3):
-        p.changed_since_emitted(0, i, 0)
-    assert p.changed_since_emitted(0, 99, 0)  # starts over
-    assert p.changed_since_emitted(0, 1, 0), "forgotten idents are simply published again"
+    for window in range(100):  # event time moves on: a new window every round, the live one asked every round
+        assert p.changed_since_emitted(0, ("energy", window), 1.0)
+        assert not p.changed_since_emitted(0, "live", 0.0) or window == 0
+    sizes = [len(g) for g in p._emitted[0]]
+    assert sum(sizes) <= 6, sizes  # two generations of 3, not 101 idents
+    assert not p.changed_since_emitted(0, "live", 0.0), "an ident asked about every round is never forgotten"
+    assert p.changed_since_emitted(0, ("energy", 0), 1.0), "a long-pruned window is forgotten: published again"
+
+
+def test_an_ident_of_the_previous_generation_is_still_known(monkeypatch):
+    import shared.stream.processor as mod
+
+    monkeypatch.setattr(mod, "EMITTED_GENERATION", 2)
+    p = Echo()
+    p.changed_since_emitted(0, "a", 1)
+    p.changed_since_emitted(0, "b", 1)
+    p.changed_since_emitted(0, "c", 1)  # the current generation was full: "a" and "b" are now the previous one
+    assert not p.changed_since_emitted(0, "a", 1)
+    assert p.changed_since_emitted(0, "b", 2), "a changed fingerprint is published whichever generation held it"
+    assert not p.changed_since_emitted(0, "b", 2)
 
 
 def test_the_runtime_forgets_what_was_emitted_when_it_drops_a_partition():
