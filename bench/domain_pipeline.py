@@ -57,8 +57,13 @@ TICK = 0.25
 METER_FLUSH = 0.5
 #: runs at least this long are soaks: memory is judged by whether it levelled off, not against the 25% mark
 SOAK_SECONDS = 300
-#: RSS a process may still add in a soak's last quarter and count as levelled off (allocator noise)
+#: what a process may still add in a soak's last quarter and count as levelled off: a share of its RSS, or this
+#: many MiB for small processes (allocator noise)
+PLATEAU_GROWTH = 0.02
 PLATEAU_SLACK_MIB = 3.0
+#: how the run's note states each memory rule
+MEMORY_RULES = {"memory_flat": "end ≤ 1.2 × the 25% mark",
+                "memory_plateau": f"the last quarter added ≤ {PLATEAU_GROWTH:.0%} or {PLATEAU_SLACK_MIB:g} MiB"}
 #: how long the meter processor keeps a day window past its end (its longest retention), in hours
 METER_RETENTION_H = max(METER_RETENTION.values()) // 3600
 PROBE_EVERY = 0.5
@@ -468,7 +473,7 @@ def _process_summary(child: Child, r0: float, r1: float) -> dict:
             # Levelled off: the last quarter of the run added at most 2% (3 MiB for small processes), the
             # judgement of a long soak, where state legitimately grows until event time passes the retention
             # horizon; a steady leak keeps adding in the last quarter what it added in the others.
-            "memory_plateau": end - three_quarters[1] <= max(PLATEAU_SLACK_MIB, 0.02 * three_quarters[1]),
+            "memory_plateau": end - three_quarters[1] <= max(PLATEAU_SLACK_MIB, PLATEAU_GROWTH * three_quarters[1]),
             "cpu_s": round(cpu, 1),
             "cpu_utilisation": round(cpu / wall, 2) if wall > 0 else None,
             "cpu_peak_1s": round(max(per_s), 2) if per_s else None}
@@ -754,11 +759,10 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                 + f"Consumer lag when ingest stopped: {lag_at_end}; drained in {drain_s:.1f}s. "
                 + (f"Soak: the fleet's readings covered {event_hours:.0f} h of event time (meter windows are "
                    f"kept {METER_RETENTION_H} h past their end). " if soak else "")
-                + (f"Memory grew > {'2% (3 MiB) in the last quarter' if soak else '20% from the 25% mark to the end'} "
-                   f"in: {', '.join(grew)}. " if grew else
-                   "Memory of services and processors "
-                   + ("levelled off (the last quarter of the run added ≤ 2%, or 3 MiB). " if soak else
-                      "flat (end ≤ 1.2 × the 25% mark). "))
+                + (f"Memory not {'levelled off' if soak else 'flat'} ({MEMORY_RULES[memory_rule]}) in: "
+                   f"{', '.join(grew)}. " if grew else
+                   f"Memory of services and processors {'levelled off' if soak else 'flat'} "
+                   f"({MEMORY_RULES[memory_rule]}). ")
                 + ("Target met (p99 < 2 s, memory flat)." if kept_up and not grew else "Target NOT met."))
         return {
             "label": LABEL, "events": accepted, "events_per_s": eps, "target_events_per_s": rate,
