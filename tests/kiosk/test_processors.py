@@ -254,6 +254,63 @@ def test_incremental_emit_gives_the_full_evaluation_results():
             orjson.dumps(ref_states[p].snapshot()))
 
 
+def _day_with_same_instant_changes(seed: int):
+    """``_day_of_kiosks`` plus, now and then, two changes of one printer at the same instant (a fault and its
+    end, as a gateway with second resolution reports them)."""
+    for i, (t, events) in enumerate(_day_of_kiosks(seed)):
+        if i % 97 == 50:
+            k, p = f"K{i % 6}", i % 6 % 2
+            events += [printer(k, t - 2, "jammed", partition=p), printer(k, t - 2, "full", partition=p)]
+        yield t, events
+
+
+def _run_kiosks(processor, workload):
+    """Apply each minute's events per partition and emit; (states, outputs other than KPIs, latest KPIs)."""
+    from shared.stream import State
+
+    states = {p: State(p) for p in (0, 1)}
+    moves, latest = [], {}
+    for t, batches in workload:
+        for p in (0, 1):
+            processor.apply_batch(batches[p], states[p])
+            out = processor.emit(states[p], datetime.fromtimestamp(t + 20, UTC))
+            moves += [(e.topic, e.value) for e in out if e.topic != "ioc.kiosk.kpis"]
+            for d in payloads(out, "ioc.kiosk.kpis"):
+                key = (d["kpi"], d["scope_code"], d["window_seconds"], d["window_start"], d["partition"])
+                latest[key] = (d["numerator"], d["denominator"], d["value"])
+    return states, moves, latest
+
+
+def test_events_delivered_again_change_nothing():
+    """Why the kiosk processor needs no de-duplication window (``dedup_window = 0``): copies of any events
+    already applied, delivered again in any later batch (same-instant peripheral changes included), leave the
+    state and the outputs exactly as they were."""
+    import random
+
+    assert KioskKpiProcessor.dedup_window == 0
+    workload = [(t, {p: [e for e in events if e.partition == p] for p in (0, 1)})
+                for t, events in _day_with_same_instant_changes(11)]
+    rng = random.Random(7)
+    delivered: dict[int, list] = {0: [], 1: []}
+    again = []
+    for t, batches in workload:
+        redelivering = {}
+        for p, batch in batches.items():
+            delivered[p] += batch
+            copies = rng.sample(delivered[p], min(len(delivered[p]), 5))
+            # the copies of the same-instant changes, after them: a stale copy must not undo the later change
+            copies += [e for e in batch if e.type == printer("K", 0, "out").type]
+            redelivering[p] = batch + copies
+        again.append((t, redelivering))
+    once = _run_kiosks(KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=300), workload)
+    twice = _run_kiosks(KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=300), again)
+    assert sum(1 for topic, _ in once[1] if topic == "ioc.kiosk.alarms") > 10
+    assert twice[1] == once[1]
+    assert twice[2] == once[2]
+    for p in (0, 1):
+        assert twice[0][p].snapshot() == once[0][p].snapshot()
+
+
 def test_unchanged_kpis_are_not_republished():
     proc = KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=30)
     events = [reg("K-F", "BD", 0), session("K-F", 1, MON + H, "completed")]
