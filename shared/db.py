@@ -37,20 +37,21 @@ async def create_pool(db: DatabaseSettings, *, schema: str | None = None) -> asy
 async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> list[str]:
     """Apply ``NNN_name.sql`` files from ``directory`` in order, once each, inside ``schema``.
 
-    Each file runs in a transaction with its record in ``<schema>.schema_migrations``; an advisory lock keeps
-    replicas starting together from applying the same file twice.
+    Each file runs in a transaction with its record in ``<schema>.schema_migrations``. An advisory lock per
+    schema, taken first, keeps processes starting together (the services of ``ioc up``, replicas) from racing:
+    ``CREATE ... IF NOT EXISTS`` run concurrently can still fail on PostgreSQL's catalogue unique indexes.
     """
     files = sorted(p for p in Path(directory).iterdir() if _MIGRATION.match(p.name)) if Path(directory).is_dir() else []
     applied: list[str] = []
     async with pool.acquire() as conn:
-        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        await conn.execute(
-            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
-            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
         lock_id = zlib.crc32(schema.encode()) & 0x7FFFFFFF
         await conn.execute("SELECT pg_advisory_lock($1)", lock_id)
         try:
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(
+                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
             done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
             for path in files:
                 if path.name in done:
