@@ -279,7 +279,11 @@ def transition(d: Dossier, action: str, at: datetime, procedure: Procedure, cale
 
 def timeliness(finished_at: datetime, due: date) -> str:
     """``early`` (before the due day), ``on_time`` (on it) or ``late`` (after it)."""
-    day = local_date(finished_at)
+    return day_timeliness(local_date(finished_at), due)
+
+
+def day_timeliness(day: date, due: date) -> str:
+    """:func:`timeliness` of a dossier finished on the local day ``day``."""
     if day < due:
         return "early"
     if day == due:

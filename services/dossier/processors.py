@@ -36,7 +36,7 @@ from shared.contracts.dossier import (
 )
 from shared.stream import State, StreamProcessor
 
-from .domain import OPEN_STATUSES, RECEIVED, RESOLVED, RETURNED, local_date, timeliness
+from .domain import OPEN_STATUSES, RECEIVED, RESOLVED, RETURNED, day_timeliness, local_date
 
 SOURCE = "/ioc/dossier/kpi"
 STATUS_TYPE = event_type_of(DossierStatusChanged).type
@@ -135,6 +135,7 @@ class DossierKpiProcessor(StreamProcessor):
         self._scope_lists: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
         self._windows: dict[date, tuple[str, str]] = {}
         self._bounds: dict[str, tuple[str, int]] = {}
+        self._days: dict[str, date] = {}
 
     # derived per-partition view ---------------------------------------------------------------------------
 
@@ -193,6 +194,21 @@ class DossierKpiProcessor(StreamProcessor):
 
     # apply ------------------------------------------------------------------------------------------------
 
+    def _local_day(self, at: str) -> date:
+        """The local (Vietnam) day of an RFC 3339 time. With a whole-hour offset (``Z``, ``+07:00``...) the day
+        depends only on the date, the hour and the offset, which a batch shares between many events: cached
+        on those (parsing and converting every time cost ~2 µs an event)."""
+        offset = "Z" if at[-1] == "Z" else at[-6:]
+        if offset == "Z" or (offset[0] in "+-" and offset.endswith(":00")):
+            key = at[:13] + offset
+            day = self._days.get(key)
+            if day is None:
+                if len(self._days) > 100_000:
+                    self._days.clear()
+                day = self._days[key] = local_date(parse_time(at))
+            return day
+        return local_date(parse_time(at))  # offsets such as +05:30, or none (raises: times must carry one)
+
     def _scopes_of(self, data: dict[str, Any]) -> tuple[tuple[str, str], ...]:
         ident = (data["agency_code"], data.get("district"), data["admin_unit"])
         scopes = self._scopes.get(ident)
@@ -218,15 +234,14 @@ class DossierKpiProcessor(StreamProcessor):
             if etype == STATUS_TYPE:
                 self._status(data, state, view, counts)
             elif etype == OVERDUE_TYPE:
-                at = parse_time(data["at"])
-                _count(counts, "overdue_notices", self._scopes_of(data), local_date(at), 1.0, 0.0)
+                _count(counts, "overdue_notices", self._scopes_of(data), self._local_day(data["at"]), 1.0, 0.0)
                 code = data["dossier_code"]
                 if f"o|{code}" in state and f"a|{code}" not in state:
-                    self._alarm(state, data, "raised", at,
+                    self._alarm(state, data, "raised", parse_time(data["at"]),
                                 f"dossier overdue by {data['days_overdue']} day(s): procedure "
                                 f"{data['procedure_code']}, agency {data['agency_code']}")
             elif etype == APOLOGY_TYPE:
-                _count(counts, "apologies", self._scopes_of(data), local_date(parse_time(data["at"])), 1.0, 0.0)
+                _count(counts, "apologies", self._scopes_of(data), self._local_day(data["at"]), 1.0, 0.0)
         if counts:
             self._add_counts(state, counts)
 
@@ -251,8 +266,7 @@ class DossierKpiProcessor(StreamProcessor):
         state.put(DIRTY_KEY, dirty)  # counters changed since the last emit (state: survives a restart)
 
     def _status(self, data: dict[str, Any], state: State, view: _PartitionView, counts: dict) -> None:
-        at = parse_time(data["at"])
-        day = local_date(at)
+        day = self._local_day(data["at"])
         scopes = self._scopes_of(data)
         status = data["status"]
         code = data["dossier_code"]
@@ -263,7 +277,7 @@ class DossierKpiProcessor(StreamProcessor):
             if data["online_level"] == "fully_online":
                 _count(counts, "fully_online", scopes, day, online, 1.0)
         elif status == RESOLVED and data.get("due_date"):
-            t = timeliness(at, date.fromisoformat(data["due_date"]))
+            t = day_timeliness(day, date.fromisoformat(data["due_date"]))
             _count(counts, "resolved", scopes, day, 1.0, 0.0)
             _count(counts, "on_time", scopes, day, 1.0 if t in ("early", "on_time") else 0.0, 1.0)
             _count(counts, "early", scopes, day, 1.0 if t == "early" else 0.0, 1.0)
@@ -283,12 +297,13 @@ class DossierKpiProcessor(StreamProcessor):
                 state.put(open_key, new)
                 self._add_open(view, new, 1)
             if f"a|{code}" in state and (data.get("clock_paused") or day.isoformat() <= data["due_date"]):
-                self._alarm(state, data, "cleared", at, "dossier no longer overdue (due date extended or paused)")
+                self._alarm(state, data, "cleared", parse_time(data["at"]),
+                            "dossier no longer overdue (due date extended or paused)")
         elif old is not None:
             state.pop(open_key)
             self._add_open(view, old, -1)
             if f"a|{code}" in state:
-                self._alarm(state, data, "cleared", at, f"dossier closed with status {status}")
+                self._alarm(state, data, "cleared", parse_time(data["at"]), f"dossier closed with status {status}")
         view.dirty_scopes.update(scopes)  # finished-on-time counts of today feed the progress indicator
 
     def _alarm(self, state: State, data: dict[str, Any], what: str, at: datetime, message: str) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
+import pytest
 
 from services.dossier.processors import DossierKpiProcessor, window_bounds
 from shared.contracts.cloudevents import EncodedEvent, headers_dict
@@ -175,6 +176,26 @@ def test_overdue_raises_an_alarm_and_resolution_clears_it():
     _, out = run_in_memory(proc, events, NOW)
     alarms = [orjson.loads(e.value) for e in out if e.topic == "ioc.dossier.alarms"]
     assert [a["state"] for a in alarms] == ["raised", "cleared"]
+
+
+def test_local_day_of_any_rfc3339_time_is_the_calendar_one():
+    """The processor caches local days per date, hour and whole-hour offset: every form of time still gets
+    the day ``local_date`` gives it (minutes and seconds do not matter, half-hour offsets are not cached)."""
+    import random
+
+    from services.dossier.domain import local_date
+    from shared.contracts.base import parse_time
+
+    rng = random.Random(5)
+    proc = DossierKpiProcessor()
+    start = datetime(2024, 12, 31, tzinfo=UTC)
+    for _ in range(3000):
+        t = start + timedelta(seconds=rng.randrange(0, 3 * 86400))
+        offset = rng.choice(("Z", "+00:00", "+07:00", "-05:00", "+05:30", "-09:30", "+14:00"))
+        text = t.strftime("%Y-%m-%dT%H:%M:%S") + rng.choice(("", ".5", ".123456")) + offset
+        assert proc._local_day(text) == local_date(parse_time(text)), text
+    with pytest.raises(ValueError, match="naive"):
+        proc._local_day("2025-01-02T02:00:00")
 
 
 def test_window_bounds():
