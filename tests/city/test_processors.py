@@ -157,6 +157,27 @@ def test_old_windows_are_pruned(processor, test_domain):
     assert len(groups) == 1 and groups[0].endswith((W0 + timedelta(minutes=15)).isoformat())
 
 
+@pytest.mark.xfail(strict=True, reason="known gap G5 (docs/guarantees.md): a window forgotten by wall clock is "
+                                      "re-created by a late partial alone")
+def test_a_late_partial_of_a_forgotten_window_is_merged_with_the_others(processor, test_domain):
+    """A head-end system delivers a reading 2 hours late: the meter processor re-publishes that quarter's
+    partial of its partition. The city must merge it with the other partitions' partials of the quarter, not
+    publish it alone (which would overwrite the city's figure for that quarter with a fraction of it)."""
+    kpi_et, _ = test_domain
+    state = State(0)
+    w1 = W0 + timedelta(minutes=15)
+    for p in (0, 1):
+        processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 10.0, partition=p, window=W0), state)
+        processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 10.0, partition=p, window=w1), state)
+    processor.emit(state, NOW)
+    later = NOW + timedelta(hours=2)
+    processor.emit(state, later)  # prunes: W0 ended more than an hour ago and is not the series' newest
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 11.0, partition=0, window=W0,
+                        observed=later - timedelta(seconds=1)), state)
+    (update,) = decoded(processor.emit(state, later + timedelta(seconds=1)), CityKpiUpdated)
+    assert (update.window_start, update.value, update.partitions) == (W0, 21.0, 2)
+
+
 # Batches, changed-only publication, reloads ------------------------------------------------------------------
 def _batches_with_late_and_repeated_partials(cycles: int = 40, per_cycle: int = 300):
     """The perf driver's city mix, plus per batch a few partials again with unchanged figures (newer time) and
