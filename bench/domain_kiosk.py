@@ -12,6 +12,9 @@ import orjson
 from bench.domain_common import bearer, issue_key, measure_ingest, start_service
 from shared.config import KafkaSettings
 
+#: event-time pace of the generated data: a kiosk's heartbeat interval, and the time between two sessions' starts
+HEARTBEAT_EVERY = 30
+SESSION_EVERY = 0.5
 JOURNEYS = ("lookup_procedure", "submit_dossier", "check_status", "pay_fee", "print_result", "queue_ticket")
 
 
@@ -31,18 +34,24 @@ def kiosks(prefix: str, count: int, gateway: str) -> list[dict]:
              "gateway": gateway} for i in range(count)]
 
 
+def heartbeat_item(prefix: str, count: int, i: int, start: float) -> dict:
+    """The ``i``-th heartbeat of ``count`` kiosks each beating every ``HEARTBEAT_EVERY`` s from ``start``, in time
+    order."""
+    r, k = divmod(i, count)
+    return {"kiosk_id": f"{prefix}K{k:05d}", "at": iso(start + HEARTBEAT_EVERY * r + k % HEARTBEAT_EVERY),
+            "app_version": "2.4.1", "uptime_seconds": HEARTBEAT_EVERY * r, "network": "wired"}
+
+
 def heartbeat_batches(prefix: str, count: int, n: int, batch: int, start: float) -> list[bytes]:
     """Every kiosk's heartbeat every 30 s from ``start``, in time order, ``batch`` a request."""
-    items = [{"kiosk_id": f"{prefix}K{k:05d}", "at": iso(start + 30 * r + k % 30), "app_version": "2.4.1",
-              "uptime_seconds": 30 * r, "network": "wired"}
-             for r in range(n // count + 1) for k in range(count)][:n]
+    items = [heartbeat_item(prefix, count, i, start) for i in range(n)]
     return [orjson.dumps({"items": items[i:i + batch]}) for i in range(0, len(items), batch)]
 
 
 def session_item(prefix: str, count: int, s: int, start: float) -> dict:
     """The ``s``-th finished session (1-5 minutes) on one of ``count`` kiosks: mostly completed, some
     abandoned or failed."""
-    began = start + s * 0.5
+    began = start + s * SESSION_EVERY
     outcome = "completed" if s % 10 < 8 else ("abandoned" if s % 10 == 8 else "failed")
     item = {"session_id": f"{prefix}S{s:07d}", "kiosk_id": f"{prefix}K{s % count:05d}",
             "journey": JOURNEYS[s % len(JOURNEYS)], "started_at": iso(began),

@@ -39,7 +39,9 @@ import orjson
 import psutil
 
 from bench.domain_common import ROOT, bearer, issue_key, percentiles, service_env
+from bench.domain_kiosk import HEARTBEAT_EVERY, SESSION_EVERY, heartbeat_item, session_item
 from bench.domain_kiosk import iso as _iso
+from bench.domain_traffic import EVENTS_PER_S as TRAFFIC_EVENTS_PER_S
 from services.meter.processors import RETENTION as METER_RETENTION
 from shared.config import KafkaSettings
 from shared.embedded import free_port
@@ -67,11 +69,6 @@ MEMORY_RULES = {"memory_flat": "end ≤ 1.2 × the 25% mark",
 #: how long the meter processor keeps a day window past its end (its longest retention), in hours
 METER_RETENTION_H = max(METER_RETENTION.values()) // 3600
 PROBE_EVERY = 0.5
-#: event-time pace of the generated streams: a controller's hi-res events per second (7 per 25-s phase), the
-#: heartbeat interval of a kiosk and the time between two sessions' starts (``session_item``)
-TRAFFIC_EVENTS_PER_S = 7 / 25
-HEARTBEAT_EVERY = 30
-SESSION_EVERY = 0.5
 ENERGY_KPI = "meter.energy_kwh"
 ADMIN_SCOPES = ["meter:admin", "meter:ingest", "traffic:admin", "traffic:ingest", "kiosk:admin", "kiosk:ingest",
                 "dossier:admin", "dossier:write"]
@@ -228,17 +225,11 @@ class KioskStream:
         self.hb = self.ses = 0
 
     def heartbeats(self, n: int) -> bytes:
-        items = []
-        for i in range(self.hb, self.hb + n):
-            r, k = divmod(i, self.kiosks)
-            items.append({"kiosk_id": f"{self.prefix}K{k:05d}", "at": _iso(self.start + HEARTBEAT_EVERY * r + k % 30),
-                          "app_version": "2.4.1", "uptime_seconds": HEARTBEAT_EVERY * r, "network": "wired"})
+        items = [heartbeat_item(self.prefix, self.kiosks, i, self.start) for i in range(self.hb, self.hb + n)]
         self.hb += n
         return orjson.dumps({"items": items})
 
     def sessions(self, n: int) -> bytes:
-        from bench.domain_kiosk import session_item
-
         items = [session_item(self.prefix, self.kiosks, s, self.start) for s in range(self.ses, self.ses + n)]
         self.ses += n
         return orjson.dumps({"items": items})
@@ -475,8 +466,8 @@ def _process_summary(child: Child, r0: float, r1: float) -> dict:
             # RSS at 0%, 10%, ... 100% of the run: a soak shows whether memory levels off or keeps climbing.
             "rss_series_mib": [round(at(i / 10)[1], 1) for i in range(11)],
             "memory_flat": end <= 1.2 * quarter[1],
-            # Levelled off: the last quarter of the run added at most 2% (3 MiB for small processes), the
-            # judgement of a long soak, where state legitimately grows until event time passes the retention
+            # Levelled off: the last quarter of the run added at most PLATEAU_GROWTH (PLATEAU_SLACK_MIB for small
+            # processes), the judgement of a long soak, where state legitimately grows until event time passes the retention
             # horizon; a steady leak keeps adding in the last quarter what it added in the others.
             "memory_plateau": end - three_quarters[1] <= max(PLATEAU_SLACK_MIB, PLATEAU_GROWTH * three_quarters[1]),
             "cpu_s": round(cpu, 1),

@@ -15,6 +15,8 @@ from shared.config import KafkaSettings
 PHASES = (2, 4, 6, 8)
 # Indiana hi-res codes: 1 phase begin green, 8 begin yellow, 10 begin red clearance, 82/81 detector on/off.
 GREEN, YELLOW, RED, DET_ON, DET_OFF = 1, 8, 10, 82, 81
+#: event-time pace of :func:`controller_log`: hi-res events per second of one controller (7 per 25-s phase)
+EVENTS_PER_S = 7 / 25
 
 
 def intersections(prefix: str, count: int, gateway: str | None = None) -> list[dict]:

@@ -184,18 +184,15 @@ class KioskKpiProcessor(StreamProcessor):
         dev = state.get(key) or {}
         p = dev.get(per) or {"state": "online", "paper": None, "fault": None, "since": None, "at": None,
                              "down": []}
-        if p["at"] is not None:
-            if t < p["at"]:
-                return  # older than what we know: the device has moved on since
-            if t == p["at"]:
-                # Events of one instant apply in order, each once: a copy of an earlier one must not undo a
-                # later one (this processor keeps no de-duplication window, see ``dedup_window``).
-                ids = p.setdefault("ids", [])  # (states written before ids were kept have none)
-                if event_id in ids:
-                    return
-                ids.append(event_id)
-            else:
-                p["ids"] = [event_id]
+        if p["at"] is not None and t < p["at"]:
+            return  # older than what we know: the device has moved on since
+        if t == p["at"]:
+            # Events of one instant apply in order, each once: a copy of an earlier one must not undo a later
+            # one (this processor keeps no de-duplication window, see ``dedup_window``).
+            ids = p.setdefault("ids", [])  # (states written before ids were kept have none)
+            if event_id in ids:
+                return
+            ids.append(event_id)
         else:
             p["ids"] = [event_id]
         paper = d.get("paper") if d.get("paper") is not None else p["paper"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from services.kiosk.processors import KioskKpiProcessor
+from services.kiosk.processors import T_PERIPHERAL, KioskKpiProcessor
 from shared.contracts.kiosk import (
     HeartbeatReceived,
     KioskRegistered,
@@ -181,6 +181,13 @@ class EveryKioskEveryEmit(KioskKpiProcessor):
         return super().emit(state, now)
 
 
+def _keep_latest_kpis(out, latest: dict) -> None:
+    """Record in ``latest`` the newest figures of each KPI observation published in ``out``."""
+    for d in payloads(out, "ioc.kiosk.kpis"):
+        key = (d["kpi"], d["scope_code"], d["window_seconds"], d["window_start"], d["partition"])
+        latest[key] = (d["numerator"], d["denominator"], d["value"])
+
+
 def _day_of_kiosks(seed: int):
     """Six kiosks on two partitions over 26 hours: heartbeats that stop and resume (some late), opening hours
     with nights, printer faults, sessions, a registry change; yields (time, events of the last minute)."""
@@ -240,10 +247,8 @@ def test_incremental_emit_gives_the_full_evaluation_results():
             moves = [(e.topic, e.value) for e in got if e.topic != "ioc.kiosk.kpis"]
             assert moves == [(e.topic, e.value) for e in want if e.topic != "ioc.kiosk.kpis"]
             transitions += len(moves)
-            for out, latest in ((got, fast_kpis), (want, ref_kpis)):
-                for d in payloads(out, "ioc.kiosk.kpis"):
-                    key = (d["kpi"], d["scope_code"], d["window_seconds"], d["window_start"], d["partition"])
-                    latest[key] = (d["numerator"], d["denominator"], d["value"])
+            _keep_latest_kpis(got, fast_kpis)
+            _keep_latest_kpis(want, ref_kpis)
             assert fast_kpis == ref_kpis
             if rnd.random() < 0.01:  # restart: state reloaded from the changelog, memory gone
                 fast.forget_emitted([p])
@@ -275,9 +280,7 @@ def _run_kiosks(processor, workload):
             processor.apply_batch(batches[p], states[p])
             out = processor.emit(states[p], datetime.fromtimestamp(t + 20, UTC))
             moves += [(e.topic, e.value) for e in out if e.topic != "ioc.kiosk.kpis"]
-            for d in payloads(out, "ioc.kiosk.kpis"):
-                key = (d["kpi"], d["scope_code"], d["window_seconds"], d["window_start"], d["partition"])
-                latest[key] = (d["numerator"], d["denominator"], d["value"])
+            _keep_latest_kpis(out, latest)
     return states, moves, latest
 
 
@@ -299,7 +302,7 @@ def test_events_delivered_again_change_nothing():
             delivered[p] += batch
             copies = rng.sample(delivered[p], min(len(delivered[p]), 5))
             # the copies of the same-instant changes, after them: a stale copy must not undo the later change
-            copies += [e for e in batch if e.type == printer("K", 0, "out").type]
+            copies += [e for e in batch if e.type == T_PERIPHERAL]
             redelivering[p] = batch + copies
         again.append((t, redelivering))
     once = _run_kiosks(KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=300), workload)
