@@ -31,6 +31,10 @@ EVENTS_REJECTED = Counter(
     "ioc_ingest_rejected_total", "Items refused at ingest by validation", ["service", "kind", "reason"]
 )
 EVENTS_ACCEPTED = Counter("ioc_ingest_accepted_total", "Items accepted at ingest", ["service", "kind"])
+LATE_INPUTS_IGNORED = Counter(
+    "ioc_late_inputs_ignored_total",
+    "Inputs for windows a processor no longer keeps (older than late data may revise), ignored", ["consumer"],
+)
 CONSUMER_LAG = Gauge("ioc_consumer_lag_records", "Records behind the high watermark", ["consumer", "topic"])
 PROCESSING_LATENCY = Histogram(
     "ioc_event_processing_latency_seconds",

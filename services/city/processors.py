@@ -7,11 +7,22 @@ observation of every source partition per (kpi, scope, window) and ``emit`` publ
 
 State keys (one partition of the input topics; a ``:`` after the head so ``State`` indexes them by kind):
 - ``g:<kpi>|<level>|<code>|<window_seconds>|<window_start>`` → ``{partition: {n, d, v, o, u}}``
-- ``latest:<kpi>|<level>|<code>|<window_seconds>`` → newest window start seen (alarms follow it)
+- ``latest:<kpi>|<level>|<code>|<window_seconds>`` → newest window start published (alarms follow it)
+- ``floor:<kpi>|<level>|<code>|<window_seconds>`` → newest window start forgotten: partials of windows up to
+  it are ignored
 - ``seen:all`` → ``{"<domain>|<district or HN>": latest observed_at}`` (HN: the whole domain); one key, so a
   batch writes one changelog record for it, not one per district
 - ``alarm:<alarm_id>`` → severity of a city alarm currently raised
 - ``meta:pruned_at`` → when old windows were last pruned
+
+How long windows are kept: a source may re-publish a window's partial as long as late data still changes it,
+which its KPI definition declares per window length (``revisable_seconds``: the meter 26 h for quarter hours,
+the dossier processor 35 days for days). The city keeps every window of a series that long after its end,
+judged in event time against the series' newest window (so a catch-up racing through event time does not
+hold more) plus ``SKEW_MARGIN`` for source partitions that lag the others, and forgets the older ones. A
+partial of a window it has forgotten, or older than that horizon, is ignored (``ioc_late_inputs_ignored_total``)
+rather than published alone as the whole window's value. A series whose newest window got no partial for
+``STOPPED_AFTER`` (wall clock) is forgotten whole.
 
 Which groups changed since they were last published is kept in memory per partition, not in the state: the
 runtime drops that memory whenever it (re)loads a partition's state (``forget_emitted``), and a state this
@@ -25,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from sys import intern
 from typing import Any
 
 from services.city import publishing
@@ -41,10 +53,15 @@ from services.city.settings import CitySettings
 from shared.contracts import TOPICS
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, parse_time
 from shared.kpis import KpiDefinition
+from shared.metrics import LATE_INPUTS_IGNORED
 from shared.stream import State, StreamProcessor
 
 KPI_OBSERVED_SUFFIX = ".kpi.observed.v1"
 PRUNE_EVERY = timedelta(seconds=60)
+#: how far a source's partitions may lag one another in event time: windows are kept this much longer
+SKEW_MARGIN = timedelta(hours=1)
+#: a series whose newest window got no partial for this long (wall clock) has stopped; it is forgotten whole
+STOPPED_AFTER = timedelta(days=7)
 SEEN_KEY = "seen:all"
 PRUNED_AT_KEY = "meta:pruned_at"
 _LEGACY_HEADS = ("g|", "dirty|", "latest|", "seen|", "alarm|", "meta|")
@@ -98,6 +115,9 @@ class CityKpiProcessor(StreamProcessor):
         self.domain_silence = domain_silence
         self._domains: dict[str, str] = {}  # kpi → domain
         self._areas: dict[tuple[str, str, str], tuple[tuple[str, ...], str | None]] = {}  # see _about
+        self._kept: dict[str, timedelta] = {}  # series → how long after a window's start it is kept
+        #: partials ignored because their window is older than the city keeps (also counted in Prometheus)
+        self.late_ignored = 0
 
     # helpers -----------------------------------------------------------------------------------------------
     def _domain(self, kpi: str) -> str:
@@ -128,13 +148,16 @@ class CityKpiProcessor(StreamProcessor):
             self._saw(state, {f"{domain}|{d['scope_code']}": (at, observed)})
         window_start = _parse(d["window_start"]).isoformat()
         group = f"{d['kpi']}|{d['scope_level']}|{d['scope_code']}|{d['window_seconds']}|{window_start}"
-        parts: dict[str, Any] = dict(state.get(f"g:{group}") or {})
-        pkey = str(d.get("partition", -1))
+        held = state.get(f"g:{group}")
+        if held is None and self._too_late(state, group):
+            return
+        parts: dict[str, Any] = dict(held or {})
+        pkey = intern(str(d.get("partition", -1)))
         old = parts.get(pkey)
         if old is not None and _parse(old["o"]) > at:
             return  # an older observation arriving late
         parts[pkey] = new = {"n": d.get("numerator", 0.0), "d": d.get("denominator"), "v": d.get("value"),
-                             "o": observed, "u": d.get("unit", "")}
+                             "o": intern(observed), "u": intern(d.get("unit", ""))}
         state.put(f"g:{group}", parts)
         if old is None or any(old[k] != new[k] for k in ("n", "d", "v", "u")):
             self._changed_groups(state)[group] = None
@@ -163,7 +186,7 @@ class CityKpiProcessor(StreamProcessor):
             if about[1] is None:
                 continue  # an area the city does not publish (commune, agency): it only counts as a signal
             ident = (f"{about[1]}{d['window_seconds']}|{window_start(d['window_start'])}",
-                     str(d.get("partition", -1)))
+                     intern(str(d.get("partition", -1))))
             prev = newest.get(ident)
             if prev is None or prev[0] <= at:
                 newest[ident] = (at, d)
@@ -172,9 +195,13 @@ class CityKpiProcessor(StreamProcessor):
         for (group, pkey), (at, d) in newest.items():
             gkey = "g:" + group
             parts = state.get(gkey)
+            # Interned: every window holds these few strings (partition, emit time, unit) once per partition;
+            # shared they cost nothing, copied they were a third of the memory of the windows kept.
             entry = {"n": d.get("numerator", 0.0), "d": d.get("denominator"), "v": d.get("value"),
-                     "o": d["observed_at"], "u": d.get("unit", "")}
+                     "o": intern(d["observed_at"]), "u": intern(d.get("unit", ""))}
             if parts is None:
+                if self._too_late(state, group):
+                    continue
                 parts = {}
             else:
                 old = parts.get(pkey)
@@ -190,6 +217,34 @@ class CityKpiProcessor(StreamProcessor):
             parts[pkey] = entry
             state.put(gkey, parts)
             changed[group] = None
+
+    def _kept_for(self, series: str) -> timedelta:
+        """How long after its start a window of ``series`` (``kpi|level|code|window_seconds``) is kept."""
+        kept = self._kept.get(series)
+        if kept is None:
+            kpi = series[: series.find("|")]
+            seconds = int(series[series.rfind("|") + 1:])
+            definition = self.definitions.get(kpi)
+            revisable = definition.revisable_for(seconds) if definition is not None else seconds
+            kept = self._kept[series] = timedelta(seconds=seconds + revisable) + SKEW_MARGIN
+        return kept
+
+    def _too_late(self, state: State, group: str) -> bool:
+        """Whether a partial of ``group``, a window not held, must be ignored: the city forgot that window, or
+        it is older than a series keeps (its other partials may be forgotten before they arrive)."""
+        cut = group.rfind("|")
+        series = group[:cut]
+        floor = state.get("floor:" + series)
+        latest = state.get("latest:" + series)
+        if floor is None and latest is None:
+            return False
+        start = _time(group[cut + 1:])
+        if (floor is not None and start <= _time(floor)) or (
+                latest is not None and start + self._kept_for(series) < _time(latest)):
+            self.late_ignored += 1
+            LATE_INPUTS_IGNORED.labels(self.name).inc()
+            return True
+        return False
 
     def _about(self, area: tuple[str, str, str]) -> tuple[tuple[str, ...], str | None]:
         """(reporters an observation of ``area`` counts as a signal for, its group prefix or None)."""
@@ -318,26 +373,50 @@ class CityKpiProcessor(StreamProcessor):
                 ))
 
     def _prune(self, state: State, now: datetime) -> None:
-        """Forget windows that closed long ago (late partials for them are no longer merged)."""
+        """Forget windows older than their series keeps, and series that stopped (see the module docstring)."""
         changed = self._changed_groups(state)
+        held: dict[str, list[tuple[datetime, str]]] = {}  # series → its windows still kept (start, group)
+        forgotten: dict[str, datetime] = {}  # series → newest window start forgotten now
         for key in state.keys("g:"):
             group = key[2:]
-            kpi, level, code, wsec, wstart = group.split("|")
-            start = _time(wstart)
-            series = f"latest:{kpi}|{level}|{code}|{wsec}"
-            if start + timedelta(seconds=2 * int(wsec)) + timedelta(hours=1) < now and state.get(series) != wstart:
+            cut = group.rfind("|")
+            series = group[:cut]
+            start = _time(group[cut + 1:])
+            latest = state.get("latest:" + series)
+            if latest is not None and start + self._kept_for(series) < _time(latest):
                 state.pop(key)
                 changed.pop(group, None)
-            elif start + timedelta(seconds=int(wsec)) + timedelta(days=7) < now:
-                state.pop(key)
-                state.pop(series)
+                if series not in forgotten or forgotten[series] < start:
+                    forgotten[series] = start
+            else:
+                held.setdefault(series, []).append((start, group))
+        stopped = now - STOPPED_AFTER
+        for series, windows in held.items():
+            newest = max(windows)[1]
+            if max(_time(p["o"]) for p in state["g:" + newest].values()) >= stopped:
+                continue
+            for start, group in windows:
+                state.pop("g:" + group)
                 changed.pop(group, None)
+                if series not in forgotten or forgotten[series] < start:
+                    forgotten[series] = start
+        for series, start in forgotten.items():
+            floor = state.get("floor:" + series)
+            if floor is None or _time(floor) < start:
+                state.put("floor:" + series, start.isoformat())
 
 
 def _all_groups(state: State) -> dict[str, None]:
     """Every group of a (re)loaded state, as changed: after a reload each is published once again."""
     _upgrade(state)
-    return dict.fromkeys(k[2:] for k in state.keys("g:"))
+    groups = state.keys("g:")
+    for key in groups:  # share the strings the fold shares (see apply_batch); nothing is marked changed
+        parts = state[key]
+        for pkey in list(parts):
+            part = parts.pop(pkey)
+            part["o"], part["u"] = intern(part["o"]), intern(part.get("u", ""))
+            parts[intern(pkey)] = part
+    return dict.fromkeys(k[2:] for k in groups)
 
 
 def _upgrade(state: State) -> None:

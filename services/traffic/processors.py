@@ -50,6 +50,9 @@ from .settings import TrafficSettings
 SOURCE = "/ioc/traffic/processor"
 HIRES_TYPE = HiResEventsLogged.__ioc_event_type__.type  # type: ignore[attr-defined]
 REGISTRY_TYPE = IntersectionConfigured.__ioc_event_type__.type  # type: ignore[attr-defined]
+#: district KPI windows kept (late bins still merge) this far behind the newest one; shared/kpis/traffic.yaml
+#: declares it to the city as ``revisable_seconds``
+KPI_WINDOW_RETENTION_MS = 3 * 3600 * 1000
 FAULT_ALARMS = ("controller_flash", "power_failure", "comm_loss", "detector_fault", "stuck_detector")
 # KPI id → (accumulator numerator, denominator or None, scale, unit)
 BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
@@ -251,7 +254,7 @@ class TrafficSignalProcessor(StreamProcessor):
             # Keep three hours of windows so late bins still merge into their window's totals.
             newest = max(int(w) for w in kpis) if kpis else 0
             for w in list(kpis):
-                if int(w) < newest - 3 * 3600 * 1000:
+                if int(w) < newest - KPI_WINDOW_RETENTION_MS:
                     del kpis[w]
             state.put("kpi", kpis)
         out.extend(self._fault_kpis(faults, state, now_ms, now_iso))

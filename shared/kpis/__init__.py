@@ -1,9 +1,9 @@
 """KPI definitions as data: ``shared/kpis/<domain>.yaml``, versioned with the code.
 
 Each domain owns its file; the city layer loads them all. A definition says what the KPI is (names in
-Vietnamese and English, unit, window), how partial observations combine across partitions and areas
-(``sum``, ``max`` or ``ratio`` of summed numerators and denominators, optionally ``scale``d), whether higher or
-lower is better, the target, and the warning / critical thresholds.
+Vietnamese and English, unit, windows and how long late data may still revise each), how partial observations
+combine across partitions and areas (``sum``, ``max`` or ``ratio`` of summed numerators and denominators,
+optionally ``scale``d), whether higher or lower is better, the target, and the warning / critical thresholds.
 """
 
 from __future__ import annotations
@@ -48,6 +48,25 @@ class KpiDefinition(BaseModel):
     source: str = Field(description="the topic that feeds it")
     formula: str = Field(description="how it is computed, for people")
     headline: bool = False
+    revisable_seconds: dict[int, int] = Field(
+        default_factory=dict,
+        description="per window length: how long after the window's end, in its source's event time, the source "
+                    "may still publish a revised partial of it (late data). The city keeps a window that long "
+                    "behind its series' newest window and ignores partials of windows older than that. A length "
+                    "not listed: one window length.")
+
+    @model_validator(mode="after")
+    def _revisions_of_published_windows(self):
+        unknown = sorted(set(self.revisable_seconds) - set(self.windows))
+        if unknown:
+            raise ValueError(f"{self.id}: revisable_seconds for windows it does not publish: {unknown}")
+        if any(s < 0 for s in self.revisable_seconds.values()):
+            raise ValueError(f"{self.id}: revisable_seconds must not be negative")
+        return self
+
+    def revisable_for(self, window_seconds: int) -> int:
+        """Seconds after a window's end during which its source may still revise it (default: one window)."""
+        return self.revisable_seconds.get(window_seconds, window_seconds)
 
     @model_validator(mode="after")
     def _thresholds_ordered(self):

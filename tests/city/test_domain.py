@@ -47,6 +47,17 @@ def test_thresholds_must_be_ordered_by_direction():
                       source="ioc.x.kpis", formula="f")
 
 
+def test_revisions_are_declared_per_published_window_and_default_to_one_window():
+    base = dict(id="x.y", name={"vi": "a", "en": "a"}, unit="kWh", domain="x", windows=[900, 86400],
+                combine="sum", source="t", formula="f")
+    d = KpiDefinition(**base, revisable_seconds={900: 7200})
+    assert (d.revisable_for(900), d.revisable_for(86400)) == (7200, 86400)
+    with pytest.raises(ValueError, match="does not publish: \\[3600\\]"):
+        KpiDefinition(**base, revisable_seconds={3600: 60})
+    with pytest.raises(ValueError, match="negative"):
+        KpiDefinition(**base, revisable_seconds={900: -1})
+
+
 def test_status_against_thresholds(definitions):
     avail = definitions["citytest.availability"]  # higher is better: warning 0.95, critical 0.90
     assert kpi_status(avail, 0.99) == "ok"

@@ -145,21 +145,45 @@ def test_commune_observations_count_as_signal_but_are_not_published(processor, t
     assert out == []
 
 
-def test_old_windows_are_pruned(processor, test_domain):
+def _windows(state: State, code: str = "D01") -> list[datetime]:
+    return sorted(datetime.fromisoformat(k.rsplit("|", 1)[1]) for k in state.keys(f"g:citytest.energy_kwh|district|{code}|"))
+
+
+def test_windows_are_kept_as_long_as_late_data_may_revise_them_judged_in_event_time(processor, test_domain):
+    """citytest.energy_kwh quarter hours may be revised 2 h after their end (tests/city/kpis.yaml): the city keeps
+    a window while it starts within 15 min + 2 h + SKEW_MARGIN (1 h) of its series' newest window, whatever the
+    wall clock says, then forgets it and ignores its late partials instead of publishing them alone."""
     kpi_et, _ = test_domain
     state = State(0)
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 1.0, window=W0), state)
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 2.0, window=W0 + timedelta(minutes=15)), state)
-    processor.emit(state, NOW)
-    later = W0 + timedelta(hours=3)
-    processor.emit(state, later)
-    groups = state.keys("g:")
-    assert len(groups) == 1 and groups[0].endswith((W0 + timedelta(minutes=15)).isoformat())
+    horizon = timedelta(hours=3, minutes=15)
+    newest = W0 + horizon
+    for window in (W0, newest):
+        processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 10.0, window=window), state)
+    processor.emit(state, NOW + timedelta(days=6))  # six days later by the wall clock: nothing is forgotten
+    assert _windows(state) == [W0, newest]
+    newer = newest + timedelta(minutes=15)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 10.0, window=newer), state)
+    processor.emit(state, NOW + timedelta(days=6, minutes=2))
+    assert _windows(state) == [newest, newer]
+    ignored = processor.late_ignored
+    late = NOW + timedelta(days=6, minutes=3)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 11.0, partition=1, window=W0, observed=late), state)
+    assert decoded(processor.emit(state, late), CityKpiUpdated) == []
+    # A window the city never held, but older than a series keeps: its other partials could be forgotten before
+    # they arrive, so it is ignored too (D02 has nothing forgotten, only a newest window).
+    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D02", 10.0, window=newer, observed=late)], state)
+    assert len(decoded(processor.emit(state, late), CityKpiUpdated)) == 1
+    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D02", 10.0, window=W0, observed=late)], state)
+    assert decoded(processor.emit(state, late), CityKpiUpdated) == []
+    assert processor.late_ignored == ignored + 2
+    # within the horizon, a window never held is taken (late data of a quarter nobody reported before)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D02", 4.0, window=W0 + timedelta(minutes=15),
+                        observed=late), state)
+    (update,) = decoded(processor.emit(state, late), CityKpiUpdated)
+    assert (update.window_start, update.value) == (W0 + timedelta(minutes=15), 4.0)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap G5 (docs/guarantees.md): a window forgotten by wall clock is "
-                                      "re-created by a late partial alone")
-def test_a_late_partial_of_a_forgotten_window_is_merged_with_the_others(processor, test_domain):
+def test_a_late_partial_of_an_older_window_is_merged_with_the_others(processor, test_domain):
     """A head-end system delivers a reading 2 hours late: the meter processor re-publishes that quarter's
     partial of its partition. The city must merge it with the other partitions' partials of the quarter, not
     publish it alone (which would overwrite the city's figure for that quarter with a fraction of it)."""
@@ -171,17 +195,38 @@ def test_a_late_partial_of_a_forgotten_window_is_merged_with_the_others(processo
         processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 10.0, partition=p, window=w1), state)
     processor.emit(state, NOW)
     later = NOW + timedelta(hours=2)
-    processor.emit(state, later)  # prunes: W0 ended more than an hour ago and is not the series' newest
+    processor.emit(state, later)  # prunes, but by event time W0 is one quarter behind the newest
     processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 11.0, partition=0, window=W0,
                         observed=later - timedelta(seconds=1)), state)
     (update,) = decoded(processor.emit(state, later + timedelta(seconds=1)), CityKpiUpdated)
     assert (update.window_start, update.value, update.partitions) == (W0, 21.0, 2)
 
 
+def test_a_series_silent_for_a_week_is_forgotten_and_takes_only_newer_windows(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    w1 = W0 + timedelta(minutes=15)
+    for window in (W0, w1):
+        processor.apply(obs(kpi_et, "citytest.energy_kwh", "D03", 10.0, window=window), state)
+    processor.emit(state, NOW)
+    processor.emit(state, NOW + timedelta(days=6, hours=23))
+    assert _windows(state, "D03") == [W0, w1]
+    week = NOW + timedelta(days=7)
+    processor.emit(state, week)
+    assert _windows(state, "D03") == []
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D03", 1.0, partition=1, window=w1, observed=week), state)
+    assert decoded(processor.emit(state, week), CityKpiUpdated) == []
+    w2 = w1 + timedelta(minutes=15)
+    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D03", 1.0, partition=1, window=w2, observed=week), state)
+    (update,) = decoded(processor.emit(state, week), CityKpiUpdated)
+    assert (update.window_start, update.value) == (w2, 1.0)
+
+
 # Batches, changed-only publication, reloads ------------------------------------------------------------------
 def _batches_with_late_and_repeated_partials(cycles: int = 40, per_cycle: int = 300):
-    """The perf driver's city mix, plus per batch a few partials again with unchanged figures (newer time) and
-    a few late ones (older time, other figures), so every branch of the fold is taken."""
+    """The perf driver's city mix, plus per batch a few partials again with unchanged figures (newer time), a
+    few late ones (older time, other figures) and a few of older windows (kept or forgotten by the city), so
+    every branch of the fold is taken."""
     from bench.city_processor_cpu import generate
 
     rnd = random.Random(3)
@@ -192,7 +237,14 @@ def _batches_with_late_and_repeated_partials(cycles: int = 40, per_cycle: int = 
             for e in rnd.sample(events, min(10, len(events))):
                 d = dict(e.data)
                 t = datetime.fromisoformat(d["observed_at"].replace("Z", "+00:00"))
-                if rnd.random() < 0.5:
+                if rnd.random() < 0.2:
+                    # a window one, ~30 hours or ~40 days older: kept or forgotten depending on its KPI
+                    w = d["window_seconds"]
+                    back = rnd.choice([w, 30 * 3600, 40 * 86400]) // w * w or w
+                    start = datetime.fromisoformat(d["window_start"].replace("Z", "+00:00"))
+                    d["window_start"] = (start - timedelta(seconds=back)).isoformat()
+                    d["observed_at"] = (t + timedelta(seconds=0.1)).isoformat()
+                elif rnd.random() < 0.5:
                     d["observed_at"] = (t + timedelta(seconds=0.1)).isoformat()
                 else:
                     d["observed_at"] = (t - timedelta(seconds=rnd.choice([0.5, 1, 3]))).isoformat()
@@ -233,13 +285,18 @@ def _published(emitted):
     return last, alarms, n
 
 
-def test_batches_give_exactly_the_per_event_results():
+def test_batches_give_exactly_the_per_event_results(monkeypatch):
+    from services.city import processors
     from services.city.domain import load_definitions
 
+    monkeypatch.setattr(processors, "PRUNE_EVERY", timedelta(seconds=2))  # forget windows all along the run
     workload = _batches_with_late_and_repeated_partials()
     defs = load_definitions()
-    batch_states, batch_out = _run(CityKpiProcessor(defs, topics=("x",)), workload, batch=True)
-    event_states, event_out = _run(CityKpiProcessor(defs, topics=("x",)), workload, batch=False)
+    batch, per_event = CityKpiProcessor(defs, topics=("x",)), CityKpiProcessor(defs, topics=("x",))
+    batch_states, batch_out = _run(batch, workload, batch=True)
+    event_states, event_out = _run(per_event, workload, batch=False)
+    assert batch.late_ignored > 0 and per_event.late_ignored > 0
+    assert sum(len(s.keys("floor:")) for s in batch_states.values()) > 10
     for p in batch_states:
         assert batch_states[p].snapshot() == event_states[p].snapshot()
     assert _published(batch_out) == _published(event_out)

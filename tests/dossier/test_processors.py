@@ -337,3 +337,18 @@ def test_observations_are_exactly_what_the_contract_model_dumps():
     assert kpis
     for e in kpis:
         assert orjson.dumps(KPI_EVENT.model.model_validate_json(e.value).model_dump(mode="json")) == e.value
+
+
+def test_kpi_definitions_declare_how_long_late_events_revise_a_window():
+    """The city keeps a window as long as its KPI definition says the source may revise it; the dossier
+    processor changes days and months for its (default) day and month retention."""
+    from services.dossier.settings import DossierSettings
+    from shared.kpis import all_definitions
+
+    settings = DossierSettings()
+    dossier = [d for d in all_definitions().values() if d.domain == "dossier"]
+    assert dossier
+    for d in dossier:
+        for w in d.windows:
+            days = settings.kpi_day_retention_days if w == 86400 else settings.kpi_month_retention_days
+            assert d.revisable_for(w) >= days * 86400, (d.id, w)

@@ -336,3 +336,15 @@ def test_payloads_are_exactly_what_the_contract_models_dump(scenario):
     for e in out:
         model = EVENT_TYPES[headers_dict(e.headers)["ce_type"].decode()].model
         assert orjson.dumps(model.model_validate_json(e.value).model_dump(mode="json")) == e.value
+
+
+def test_kpi_definitions_declare_how_long_a_window_is_revised():
+    """The kiosk processor re-publishes the current window and the one that just ended (then prunes), so a
+    window is revised at most one window length after its end; the definitions tell the city at least that."""
+    from shared.kpis import all_definitions
+
+    kiosk = [d for d in all_definitions().values() if d.domain == "kiosk"]
+    assert kiosk
+    for d in kiosk:
+        for w in d.windows:
+            assert d.revisable_for(w) >= w, (d.id, w)

@@ -281,3 +281,16 @@ def test_day_meters_of_an_older_state_layout_keep_counting():
     rs = kpis(proc.emit(st, NOW))[("meter.read_success_rate", "BD", 86400, iso(DAY))]
     assert (rs["numerator"], rs["denominator"]) == (3.0, 3.0)
     assert st[f"agg:86400:{day}:BD"]["meters"] == 3
+
+
+def test_kpi_definitions_declare_how_long_late_readings_revise_a_window():
+    """The city keeps a window as long as its KPI definition says the source may revise it; the meter
+    processor folds late readings in for ``RETENTION`` after a window's end, so the definitions must cover it."""
+    from services.meter.processors import RETENTION
+    from shared.kpis import all_definitions
+
+    meter = [d for d in all_definitions().values() if d.domain == "meter"]
+    assert meter
+    for d in meter:
+        for w in d.windows:
+            assert d.revisable_for(w) >= RETENTION[w], (d.id, w)

@@ -420,3 +420,16 @@ def test_fast_time_text_paths_match_the_datetime_library():
         assert _ms(text) == t == round(datetime.fromisoformat(text).timestamp() * 1000)
     for text in ("2024-05-01T08:00:00.123456Z", "2024-05-01T15:00:00+07:00", "2024-05-01T08:00:00.5+00:00"):
         assert _ms(text) == round(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def test_kpi_definitions_declare_how_long_late_bins_revise_a_window():
+    """The city keeps a window as long as its KPI definition says the source may revise it; late bins still
+    merge into a district window ``KPI_WINDOW_RETENTION_MS`` behind the newest one."""
+    from services.traffic.processors import KPI_WINDOW_RETENTION_MS
+    from shared.kpis import all_definitions
+
+    traffic = [d for d in all_definitions().values() if d.domain == "traffic"]
+    assert traffic
+    for d in traffic:
+        for w in d.windows:
+            assert d.revisable_for(w) * 1000 >= KPI_WINDOW_RETENTION_MS, (d.id, w)
