@@ -159,6 +159,10 @@ def domain_dashboard(domain: str, title: str) -> dict:
                          "{{consumer}}")], unit="s"))
     lay.add(timeseries("Dead letters /s", [(f"sum by (consumer, topic) (rate(ioc_events_dead_lettered_total"
                                             f"{sel}{RATE}))", "{{consumer}} {{topic}}")], unit="ops"))
+    lay.add(timeseries("Late inputs ignored /s", [(f"sum by (consumer) (rate(ioc_late_inputs_ignored_total"
+                                                   f"{sel}{RATE}))", "{{consumer}}")], unit="ops",
+                       description="Inputs for windows older than the processor keeps (their source may no longer "
+                                   "revise them), ignored."))
     variables = [query_variable("kpi", "KPI", f'label_values(ioc_kpi_value{{kpi=~"{kpi_re}"}}, kpi)')]
     return dashboard(f"ioc-{domain}", f"IOC · {title}",
                      f"The {domain} domain: KPIs, ingest, HTTP, events and its processors ({', '.join(names)}).", lay, variables)
