@@ -51,9 +51,9 @@ class KpiDefinition(BaseModel):
     revisable_seconds: dict[int, int] = Field(
         default_factory=dict,
         description="per window length: how long after the window's end, in its source's event time, the source "
-                    "may still publish a revised partial of it (late data). The city keeps a window that long "
-                    "behind its series' newest window and ignores partials of windows older than that. A length "
-                    "not listed: one window length.")
+                    "may still publish a revised partial of it (late data). The city keeps a window while its "
+                    "end plus this (and a margin for lagging partitions) has not fallen behind its series' newest "
+                    "window, and ignores partials of windows older than that. A length not listed: one window.")
 
     @model_validator(mode="after")
     def _revisions_of_published_windows(self):
