@@ -44,6 +44,7 @@ from shared.contracts.meter import (
     READINGS_TOPIC,
     REGISTRY_TOPIC,
 )
+from shared.metrics import LATE_INPUTS_IGNORED
 from shared.stream import State, StreamProcessor
 
 QUARTER = 900
@@ -114,6 +115,12 @@ class MeterKpiProcessor(StreamProcessor):
     name = "meter-kpi"
     topics = (READINGS_TOPIC.name, EVENTS_TOPIC.name, INTERRUPTIONS_TOPIC.name, REGISTRY_TOPIC.name)
     tick_seconds = 5.0
+    #: readings no window takes any more (older than RETENTION behind the watermark); also in Prometheus
+    late_ignored = 0
+
+    def _ignored_late(self, n: int) -> None:
+        self.late_ignored += n
+        LATE_INPUTS_IGNORED.labels(self.name).inc(n)
 
     # ------------------------------------------------------------------------------------------- apply
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -165,10 +172,12 @@ class MeterKpiProcessor(StreamProcessor):
         self._advance(state, end)
         valid = d["quality"] == VALID_QUALITY and d["value"] is not None
         delta = d.get("delta")
+        taken = False
         for seconds in WINDOWS:
             found = self._agg(state, seconds, start, d["district"])
             if found is None:
                 continue
+            taken = True
             key, agg = found
             if delta is not None:
                 agg["kwh"] += delta
@@ -183,6 +192,8 @@ class MeterKpiProcessor(StreamProcessor):
                         state[bucket_key] = bucket
                         agg["meters"] += 1
             self._touch(state, key, agg)
+        if not taken:
+            self._ignored_late(1)
 
     def apply_batch(self, events: list[ReceivedEvent], state: State) -> None:
         """Same effects as :meth:`apply` per event, in order (float sums included), with the per-reading work cut
@@ -199,6 +210,7 @@ class MeterKpiProcessor(StreamProcessor):
         # (day start, district) → its meter buckets, each loaded from the state once a batch (None: not yet)
         day_sets: dict[tuple[int, str], list[dict | None]] = {}
         changed_buckets: set[tuple[int, str, int]] = set()
+        late = 0
         apply = self.apply
         for ev in events:
             if ev.topic != readings_topic:
@@ -237,6 +249,8 @@ class MeterKpiProcessor(StreamProcessor):
                     qagg["kwh"] += delta
                 if valid:
                     qagg["valid"] += 1
+            elif slot[4] is None or wm >= slot[5]:
+                late += 1  # a day outlives its quarter hours: neither window takes this reading any more
             dagg = slot[4]
             if dagg is not None and wm < slot[5]:
                 if delta is not None:
@@ -253,6 +267,8 @@ class MeterKpiProcessor(StreamProcessor):
                         bucket[mid] = 1
                         changed_buckets.add((slot[6], district, b))
                         dagg["meters"] += 1
+        if late:
+            self._ignored_late(late)
         if wm != get("wm", 0):
             self._set_wm(state, wm)
         for ws, district, b in changed_buckets:

@@ -294,3 +294,19 @@ def test_kpi_definitions_declare_how_long_late_readings_revise_a_window():
     for d in meter:
         for w in d.windows:
             assert d.revisable_for(w) >= RETENTION[w], (d.id, w)
+
+
+def test_readings_no_window_takes_any_more_are_counted_alike_by_batch_and_event():
+    from shared.stream import State
+
+    events = [registry("A"), reading("A", DAY.replace(day=6, hour=10), 10.0, 1.0),
+              reading("A", DAY.replace(hour=1), 1.0, 5.0),  # 5 days late: its quarter hour and its day are gone
+              reading("A", DAY.replace(day=5, hour=1), 1.0, 5.0)]  # quarter hour gone (> 26 h), day still kept
+    for batch in (True, False):
+        proc, state = MeterKpiProcessor(), State(0)
+        if batch:
+            proc.apply_batch(events, state)
+        else:
+            for e in events:
+                proc.apply(e, state)
+        assert proc.late_ignored == 1, batch
