@@ -53,7 +53,6 @@ from services.city.settings import CitySettings
 from shared.contracts import TOPICS
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, parse_time
 from shared.kpis import KpiDefinition
-from shared.metrics import LATE_INPUTS_IGNORED
 from shared.stream import State, StreamProcessor
 
 KPI_OBSERVED_SUFFIX = ".kpi.observed.v1"
@@ -116,8 +115,6 @@ class CityKpiProcessor(StreamProcessor):
         self._domains: dict[str, str] = {}  # kpi → domain
         self._areas: dict[tuple[str, str, str], tuple[tuple[str, ...], str | None]] = {}  # see _about
         self._kept: dict[str, timedelta] = {}  # series → how long after a window's start it is kept
-        #: partials ignored because their window is older than the city keeps (also counted in Prometheus)
-        self.late_ignored = 0
 
     # helpers -----------------------------------------------------------------------------------------------
     def _domain(self, kpi: str) -> str:
@@ -241,8 +238,7 @@ class CityKpiProcessor(StreamProcessor):
         start = _time(group[cut + 1:])
         if (floor is not None and start <= _time(floor)) or (
                 latest is not None and start + self._kept_for(series) < _time(latest)):
-            self.late_ignored += 1
-            LATE_INPUTS_IGNORED.labels(self.name).inc()
+            self.ignored_late()
             return True
         return False
 
@@ -386,20 +382,18 @@ class CityKpiProcessor(StreamProcessor):
             if latest is not None and start + self._kept_for(series) < _time(latest):
                 state.pop(key)
                 changed.pop(group, None)
-                if series not in forgotten or forgotten[series] < start:
-                    forgotten[series] = start
+                forgotten[series] = max(start, forgotten.get(series, start))
             else:
                 held.setdefault(series, []).append((start, group))
         stopped = now - STOPPED_AFTER
         for series, windows in held.items():
-            newest = max(windows)[1]
+            newest_start, newest = max(windows)
             if max(_time(p["o"]) for p in state["g:" + newest].values()) >= stopped:
                 continue
-            for start, group in windows:
+            for _, group in windows:
                 state.pop("g:" + group)
                 changed.pop(group, None)
-                if series not in forgotten or forgotten[series] < start:
-                    forgotten[series] = start
+            forgotten[series] = newest_start  # newer than any window forgotten in the loop above
         for series, start in forgotten.items():
             floor = state.get("floor:" + series)
             if floor is None or _time(floor) < start:

@@ -44,7 +44,6 @@ from shared.contracts.meter import (
     READINGS_TOPIC,
     REGISTRY_TOPIC,
 )
-from shared.metrics import LATE_INPUTS_IGNORED
 from shared.stream import State, StreamProcessor
 
 QUARTER = 900
@@ -115,12 +114,6 @@ class MeterKpiProcessor(StreamProcessor):
     name = "meter-kpi"
     topics = (READINGS_TOPIC.name, EVENTS_TOPIC.name, INTERRUPTIONS_TOPIC.name, REGISTRY_TOPIC.name)
     tick_seconds = 5.0
-    #: readings no window takes any more (older than RETENTION behind the watermark); also in Prometheus
-    late_ignored = 0
-
-    def _ignored_late(self, n: int) -> None:
-        self.late_ignored += n
-        LATE_INPUTS_IGNORED.labels(self.name).inc(n)
 
     # ------------------------------------------------------------------------------------------- apply
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -193,7 +186,7 @@ class MeterKpiProcessor(StreamProcessor):
                         agg["meters"] += 1
             self._touch(state, key, agg)
         if not taken:
-            self._ignored_late(1)
+            self.ignored_late(1)
 
     def apply_batch(self, events: list[ReceivedEvent], state: State) -> None:
         """Same effects as :meth:`apply` per event, in order (float sums included), with the per-reading work cut
@@ -268,7 +261,7 @@ class MeterKpiProcessor(StreamProcessor):
                         changed_buckets.add((slot[6], district, b))
                         dagg["meters"] += 1
         if late:
-            self._ignored_late(late)
+            self.ignored_late(late)
         if wm != get("wm", 0):
             self._set_wm(state, wm)
         for ws, district, b in changed_buckets:

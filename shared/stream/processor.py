@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent
+from shared.metrics import LATE_INPUTS_IGNORED
 
 
 def _head(key: str) -> str:
@@ -134,6 +135,8 @@ class StreamProcessor(ABC):
     #: whose ``apply`` is idempotent (applying an event again changes nothing), which then save its memory and
     #: CPU (~10 MiB per partition when full)
     dedup_window: ClassVar[int] = 50_000
+    #: inputs this processor ignored as too late for any window it still keeps (see :meth:`ignored_late`)
+    late_ignored: int = 0
 
     @abstractmethod
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -148,6 +151,12 @@ class StreamProcessor(ABC):
         apply = self.apply
         for ev in events:
             apply(ev, state)
+
+    def ignored_late(self, n: int = 1) -> None:
+        """Count ``n`` inputs ignored because no window they belong to is kept any more (past the horizon late
+        data may still revise): in ``late_ignored`` and in ``ioc_late_inputs_ignored_total``."""
+        self.late_ignored += n
+        LATE_INPUTS_IGNORED.labels(self.name).inc(n)
 
     def changed_since_emitted(self, partition: int, ident: Hashable, fingerprint: Hashable) -> bool:
         """True when ``fingerprint`` differs from what ``emit`` last published for ``ident`` from ``partition``
