@@ -49,6 +49,11 @@ PUBLISH_SECONDS = Histogram(
 LAST_PROCESSED = Gauge(
     "ioc_processor_last_processed_timestamp_seconds", "Unix time a processor last finished a batch", ["consumer"]
 )
+STATE_KEYS = Gauge(
+    "ioc_processor_state_keys",
+    "Keys of processor state held in memory over the partitions this worker owns (windows, entities...)",
+    ["consumer"],
+)
 OUTBOX_BACKLOG = Gauge("ioc_outbox_backlog_events", "Outbox rows not yet published", ["service"])
 KPI_VALUE = Gauge("ioc_kpi_value", "Latest KPI value per area", ["kpi", "scope_level", "scope_code"])
 BUILD_INFO = Gauge("ioc_build_info", "Constant 1, labelled with the service", ["service", "version"])

@@ -190,6 +190,10 @@ def platform_dashboard() -> dict:
     lay.add(timeseries("Seconds since last batch",
                        [("time() - max by (consumer) (ioc_processor_last_processed_timestamp_seconds)",
                          "{{consumer}}")], unit="s"))
+    lay.add(timeseries("Processor state keys", [("sum by (consumer) (ioc_processor_state_keys)", "{{consumer}}")],
+                       description="Keys each processor holds in memory (windows, entities), over its workers. "
+                                   "It levels off once windows reach their retention; memory growing while this "
+                                   "is flat is not state.", unit="short"))
     lay.row("Latency")
     lay.add(timeseries("HTTP p99 by service",
                        [(f'histogram_quantile(0.99, sum by (service, le) (rate(ioc_http_request_duration_seconds_bucket'

@@ -40,6 +40,7 @@ from shared.metrics import (
     EVENTS_DEAD_LETTERED,
     LAST_PROCESSED,
     PROCESSING_LATENCY,
+    STATE_KEYS,
 )
 from shared.stream.processor import State, StreamProcessor
 
@@ -198,6 +199,7 @@ class ProcessorCore:
             self.partitions[p] = PartitionRuntime(State(p, data), seq=marker["seq"], applied=dict(marker["offsets"]),
                                                   marked=dict(marker["offsets"]), window=self.processor.dedup_window)
         await self._refill_dedup_windows(todo)
+        self._count_state()
         log.info("state recovered", extra={"processor": self.processor.name, "partitions": todo,
                                            "seconds": round(time.perf_counter() - started, 3)})
 
@@ -254,6 +256,11 @@ class ProcessorCore:
             self.partitions.pop(p, None)
             self._unemitted.discard(p)
         self.processor.forget_emitted(partitions)
+        self._count_state()
+
+    def _count_state(self) -> None:
+        # After each emit (where processors prune): lets an SRE tell state growth from other memory growth.
+        STATE_KEYS.labels(self.processor.name).set(sum(len(pr.state) for pr in self.partitions.values()))
 
     def applied_offset(self, topic: str, partition: int) -> int | None:
         pr = self.partitions.get(partition)
@@ -357,6 +364,7 @@ class ProcessorCore:
             outputs = self._emit(parts, now)
             self._unemitted = set()
             self._last_emit = time.monotonic()
+            self._count_state()
             await self._make_durable(parts, outputs, pipelined=pipelined)
         except BaseException:
             self.needs_rewind = True

@@ -120,3 +120,33 @@ async def test_the_first_batch_recovers_every_owned_partition_at_once(kafka_sett
     assert core.partitions[0].state.get(f"count:{tag}") == 8
     assert core.partitions[1].state.get(f"count:{tag}x") == 9
     await core.stop()
+
+
+async def test_state_keys_held_are_exported_after_emits_recovery_and_revocation(kafka_settings, topics_ready):
+    """``ioc_processor_state_keys`` follows the keys in memory, so state growth can be told from other memory."""
+    from prometheus_client import REGISTRY
+
+    from shared.metrics import STATE_KEYS
+
+    tag = f"k{uuid.uuid4().hex[:6]}"
+    name = f"test-core-{tag}"
+
+    def exported() -> float | None:
+        return REGISTRY.get_sample_value("ioc_processor_state_keys", {"consumer": name})
+
+    tp0, tp1 = TopicPartition(AUDIT.topic, 0), TopicPartition(AUDIT.topic, 1)
+    core = await _core(kafka_settings, name, partitions=2)
+    await core.process({tp0: _records(AUDIT.topic, range(0, 5), tag, 0),
+                        tp1: _records(AUDIT.topic, range(0, 7), tag + "x", 1)})
+    await core.tick()
+    held = sum(len(pr.state) for pr in core.partitions.values())
+    assert held >= 2 and exported() == held
+    await core.stop()
+    STATE_KEYS.remove(name)  # as in a new worker process
+
+    core = await _core(kafka_settings, name, partitions=2)
+    await core.recover([0, 1])
+    assert exported() == held, "recovered state is counted before the first emit"
+    core.drop([1])
+    assert exported() == len(core.partitions[0].state) < held
+    await core.stop()
