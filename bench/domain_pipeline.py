@@ -8,10 +8,12 @@ heartbeats and sessions and a few dossiers.
 
 End-to-end latency comes from *probe* readings. Probe meters are registered in one district that the fleet does
 not use, all keyed onto one partition of ``ioc.meter.readings`` (so the meter-kpi processor sees them in send
-order). Each probe meter is primed with a reading one quarter hour earlier, so its probe reading carries a register
-delta of exactly 1 kWh into that district's ``meter.energy_kwh`` quarter-hour window. Probes are posted one at a
-time every 0.5 s; ``ioc.city.kpis`` is tailed from the end, and probe *k* is reflected by the first city update of
-that district and window whose value is ≥ k kWh. Latency = that record's arrival here − the probe POST's start.
+order). A probe is one request of two readings of a fresh probe meter: one priming its register a quarter hour
+before the other, which then carries a register delta of exactly 1 kWh into that district's ``meter.energy_kwh``
+window of the quarter hour the fleet is reading at that moment. Probes are posted one at a time every 0.5 s;
+``ioc.city.kpis`` is tailed from the end, and the *k*-th probe of a window is reflected by the first city update
+of that district and window whose value is ≥ k kWh. Latency = that record's arrival here − the probe POST's
+start.
 
 Every subprocess is sampled every second (RSS, CPU seconds); the broker and PostgreSQL too. All subprocesses
 run in their own process group and are stopped (SIGTERM, then SIGKILL) at the end, also on errors; they also get
@@ -339,8 +341,9 @@ class Driver:
 
 @dataclass
 class Probe:
-    k: int  # cumulative kWh once this probe is in the window
+    k: int  # kWh of its window once this probe is in it (probes sent to that window so far)
     meter_id: str
+    window_start: str  # its quarter hour, [window_start, +15 min), "YYYY-MM-DDTHH:MM:SS"
     sent: float = 0.0
     acked: float = 0.0
     seen: float | None = None
@@ -349,15 +352,14 @@ class Probe:
 
 
 class CityTail:
-    """Tails ``ioc.city.kpis`` from its end; matches the probe district's energy window against the probes."""
+    """Tails ``ioc.city.kpis`` from its end; matches the probe district's energy windows against the probes."""
 
-    def __init__(self, kafka: KafkaSettings, district: str, window_start: str, *, topic: str | None = None,
+    def __init__(self, kafka: KafkaSettings, district: str, *, topic: str | None = None,
                  attr: str = "seen", probes: list[Probe] | None = None):
         self.kafka = kafka
         self.topic = topic
         self.attr = attr  # the Probe field this tail sets
         self.key = f"{ENERGY_KPI}|district|{district}".encode()
-        self.window_start = window_start
         self.probes: list[Probe] = [] if probes is None else probes
         self.updates = 0
         self.matched_updates = 0
@@ -406,15 +408,17 @@ class CityTail:
                     if rec.key != self.key:
                         continue
                     d = decode(rec).data
-                    if d["window_seconds"] != QUARTER or not d["window_start"].startswith(self.window_start[:19]):
+                    if d["window_seconds"] != QUARTER:
                         continue
-                    self.matched_updates += 1
+                    window = d["window_start"][:19]
                     value = d["value"] if d["value"] is not None else d["numerator"]
                     self.last_value = value
                     attr = self.attr
                     for p in self.probes:
-                        if getattr(p, attr) is None and p.sent and value >= p.k - 1e-6:
+                        if (p.window_start == window and getattr(p, attr) is None and p.sent
+                                and value >= p.k - 1e-6):
                             setattr(p, attr, now)
+                            self.matched_updates += 1
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -567,7 +571,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
         probe_district, fleet_districts = districts[-1], districts[:-1]
         mix = Mix(rate)
         now = int(time.time())
-        q = now - now % QUARTER  # the probe window is [q - 900, q), primed at q - 900
+        q = now - now % QUARTER  # the fleet's last quarter hour ends here
         rounds = int(seconds * mix.meter / meters) + 2
         first_end = q - (rounds + 3) * QUARTER
         fleet = [{"meter_id": f"{prefix}M{j:06d}", "customers": 1 + (j % 50 == 0) * 29,
@@ -624,12 +628,6 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             for path, items in (("/v1/procedures", procedures), ("/v1/agencies", agencies)):
                 (await clients["dossier"].put(path, content=orjson.dumps({"items": items}),
                                               headers=h)).raise_for_status()
-            # Prime every probe meter one quarter hour before its probe (its first reading carries no delta).
-            prime = {"items": [{"meter_id": m, "obis": "1-0:1.8.0", "interval_end": _iso(q - QUARTER),
-                                "value": 100.0, "unit": "kWh"} for m in probe_ids]}
-            r = await clients["meter"].post("/v1/readings", content=orjson.dumps(prime), headers=h)
-            r.raise_for_status()
-            assert r.json()["accepted"] == len(probe_ids), r.text[:500]
             registration_s = time.perf_counter() - setup_t
 
             # --- wait for the processors to drain what earlier bench paths left in their topics -----------
@@ -646,25 +644,38 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             catchup_s = time.perf_counter() - catchup_t
 
             # --- the city tail, and warm-up probes (the chain works end to end before measuring) -----------
-            tail = CityTail(kafka, probe_district, _iso(q - QUARTER))
+            tail = CityTail(kafka, probe_district)
             await tail.start()
             # The first hop too: probe meters all hash to partition 0, whose meter-kpi partial is the probe total.
-            meter_tail = CityTail(kafka, probe_district, _iso(q - QUARTER), topic="ioc.meter.kpis",
+            meter_tail = CityTail(kafka, probe_district, topic="ioc.meter.kpis",
                                   attr="seen_in_meter_kpis", probes=tail.probes)
             await meter_tail.start()
             probe_no = 0
+            probes_in: dict[str, int] = {}  # probe window → probes sent to it
+            meter_streams: list[MeterStream] = []
 
             async def send_probe(warmup: bool) -> Probe:
+                # A probe goes to the quarter hour the fleet is reading now (the first one before the run), never
+                # to the wall clock's: its source partition's watermark is the fleet's, so the processor keeps
+                # that partition's fleet windows as it keeps every other partition's (a probe at the wall clock
+                # made a soak drop a partition's fleet readings older than 26 h before it as late).
                 nonlocal probe_no
-                p = Probe(probe_no + 1, probe_ids[probe_no], warmup=warmup)
+                end = min((s.first_end + s.i // len(s.ids) * QUARTER for s in meter_streams), default=first_end)
+                window = _iso(end - QUARTER)[:19]
+                probes_in[window] = probes_in.get(window, 0) + 1
+                p = Probe(probes_in[window], probe_ids[probe_no], window, warmup=warmup)
                 probe_no += 1
                 tail.probes.append(p)
-                body = orjson.dumps({"items": [{"meter_id": p.meter_id, "obis": "1-0:1.8.0",
-                                                "interval_end": _iso(q), "value": 101.0, "unit": "kWh"}]})
+                # Its first reading primes the register a quarter hour earlier: the probe then adds exactly 1 kWh.
+                body = orjson.dumps({"items": [
+                    {"meter_id": p.meter_id, "obis": "1-0:1.8.0", "interval_end": _iso(end - QUARTER),
+                     "value": 100.0, "unit": "kWh"},
+                    {"meter_id": p.meter_id, "obis": "1-0:1.8.0", "interval_end": _iso(end), "value": 101.0,
+                     "unit": "kWh"}]})
                 p.sent = time.perf_counter()
                 r = await posters["meter"].post("/v1/readings", body, h)
                 p.acked = time.perf_counter()
-                if _accepted(r) != 1:
+                if _accepted(r) != 2:
                     raise RuntimeError(f"probe reading not accepted: {r.status_code} {r.text[:300]}")
                 return p
 
@@ -684,7 +695,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             ticks_per_s = round(1 / TICK)
             meter_lanes = 4  # lanes own disjoint meters: per-meter order is kept
             lane_ids = [[f"{prefix}M{j:06d}" for j in range(lane, meters, meter_lanes)] for lane in range(meter_lanes)]
-            meter_streams = [MeterStream(ids, first_end) for ids in lane_ids]
+            meter_streams[:] = [MeterStream(ids, first_end) for ids in lane_ids]
             per_tick_meter = round(mix.meter * METER_FLUSH) // meter_lanes
             # Event time runs faster than real time (a few times to ~15×): each stream starts far enough back
             # that its last event is still 10 minutes in the past, however long the run (the services refuse
@@ -815,7 +826,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             "probe_latency_to_meter_kpi_s": [round(p.seen_in_meter_kpis - p.sent, 2)
                                              if p.seen_in_meter_kpis is not None else None for p in measured_probes],
             "probes": {"measured": len(measured_probes), "matched": len(e2e), "missing": missing,
-                       "district": probe_district, "window_start": _iso(q - QUARTER),
+                       "district": probe_district, "windows": len(probes_in),
                        "city_updates_seen_on_probe_partition": tail.updates, "probe_window_updates": tail.matched_updates},
             "mix_per_s": mix.as_dict(), "soak": soak, "event_time_hours": round(event_hours, 1),
             "fleet": {"meters": meters, "probe_meters": len(probe_ids), "intersections": intersections,
