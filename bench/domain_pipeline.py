@@ -268,7 +268,6 @@ class Poster:
     about a third of what httpx did, CPU the pipeline under test shares)."""
 
     def __init__(self, base_url: str, connections: int = 16):
-        self.base_url = base_url
         self.session = aiohttp.ClientSession(
             base_url=base_url, connector=aiohttp.TCPConnector(limit=connections),
             timeout=aiohttp.ClientTimeout(total=60), skip_auto_headers=("User-Agent",))

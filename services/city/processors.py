@@ -226,6 +226,11 @@ class CityKpiProcessor(StreamProcessor):
             kept = self._kept[series] = timedelta(seconds=seconds + revisable) + SKEW_MARGIN
         return kept
 
+    def _past_horizon(self, series: str, start: datetime, latest: str | None) -> bool:
+        """Whether a window of ``series`` starting at ``start`` is older than the series keeps behind its newest
+        window ``latest`` (a window start, or None when none was published yet)."""
+        return latest is not None and start + self._kept_for(series) < _time(latest)
+
     def _too_late(self, state: State, group: str) -> bool:
         """Whether a partial of ``group``, a window not held, must be ignored: the city forgot that window, or
         it is older than a series keeps (its other partials may be forgotten before they arrive)."""
@@ -236,8 +241,7 @@ class CityKpiProcessor(StreamProcessor):
         if floor is None and latest is None:
             return False
         start = _time(group[cut + 1:])
-        if (floor is not None and start <= _time(floor)) or (
-                latest is not None and start + self._kept_for(series) < _time(latest)):
+        if (floor is not None and start <= _time(floor)) or self._past_horizon(series, start, latest):
             self.ignored_late()
             return True
         return False
@@ -378,8 +382,7 @@ class CityKpiProcessor(StreamProcessor):
             cut = group.rfind("|")
             series = group[:cut]
             start = _time(group[cut + 1:])
-            latest = state.get("latest:" + series)
-            if latest is not None and start + self._kept_for(series) < _time(latest):
+            if self._past_horizon(series, start, state.get("latest:" + series)):
                 state.pop(key)
                 changed.pop(group, None)
                 forgotten[series] = max(start, forgotten.get(series, start))

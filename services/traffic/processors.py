@@ -251,7 +251,7 @@ class TrafficSignalProcessor(StreamProcessor):
                 totals = _with_open_bins(totals, self._open_partials(state, window, open_bins, event_time))
             out.extend(self._bin_kpis(int(window), totals, state.partition, now_iso))
         if dirty_windows:
-            # Keep three hours of windows so late bins still merge into their window's totals.
+            # Keep KPI_WINDOW_RETENTION_MS of windows so late bins still merge into their window's totals.
             newest = max(int(w) for w in kpis) if kpis else 0
             for w in list(kpis):
                 if int(w) < newest - KPI_WINDOW_RETENTION_MS:
