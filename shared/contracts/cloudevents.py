@@ -305,12 +305,15 @@ def payload_validator(etype: EventType):
     return v
 
 
-def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tuple[Any, str]]]:
+def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedEvent], list[tuple[Any, str]]]:
     """Decode and validate many records at once: ``(valid events in order, [(record, reason), ...])``.
 
     Payloads of one type are validated in a single pydantic-core call over a JSON array whose output is the
     payloads themselves (see :func:`payload_validator`); only when that fails are they checked one by one to
     find the bad ones. Same rules as :func:`decode`.
+
+    ``tp``: the ``TopicPartition`` all ``records`` come from, for records that do not carry their topic and
+    partition (bare records, :mod:`shared.kafka.records`); without it each record's own are used.
     """
     failed: list[tuple[Any, str]] = []
     events: list[ReceivedEvent] = []
@@ -318,6 +321,9 @@ def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tupl
     by_type: dict[bytes, tuple[EventType, list[bytes], list[ReceivedEvent], list[Any]]] = {}
     text: dict[bytes, str] = {}  # header values repeated across a batch (source, time, subject) decoded once
     append = events.append
+    topic = partition = None
+    if tp is not None:
+        topic, partition = tp.topic, tp.partition
     for r in records:
         h = dict(r.headers) if r.headers else {}
         if h.get("ce_specversion") != SPEC_VERSION:
@@ -348,7 +354,8 @@ def decode_batch(records: Sequence[Any]) -> tuple[list[ReceivedEvent], list[tupl
                 text.get(source) or text.setdefault(source, source.decode()),
                 text.get(ce_time) or text.setdefault(ce_time, ce_time.decode()),
                 None if not subject else text.get(subject) or text.setdefault(subject, subject.decode()),
-                r.key.decode() if r.key else None, None, r.topic, r.partition, r.offset, r.timestamp,  # type: ignore[arg-type]
+                r.key.decode() if r.key else None, None,  # type: ignore[arg-type]
+                topic or r.topic, r.partition if partition is None else partition, r.offset, r.timestamp,
             )
         except UnicodeDecodeError:
             failed.append((r, "headers are not UTF-8"))

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from shared.config import KafkaSettings
 from shared.contracts.cloudevents import EncodedEvent, EventDecodeError, ReceivedEvent, decode, parse_time
@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 BatchHandler = Callable[[list[ReceivedEvent]], Awaitable[None]]
 
 
-def dead_letter(record: ConsumerRecord, error: str, consumer: str) -> EncodedEvent:
-    """The dead-letter record for ``record``: its original key, value and headers plus what went wrong."""
+def dead_letter(record: ConsumerRecord, error: str, consumer: str, tp: TopicPartition | None = None) -> EncodedEvent:
+    """The dead-letter record for ``record``: its original key, value and headers plus what went wrong.
+
+    ``tp``: where the record was read, for records that do not carry it (bare records,
+    :mod:`shared.kafka.records`)."""
+    topic, partition = (record.topic, record.partition) if tp is None else (tp.topic, tp.partition)
     headers = list(record.headers or [])
     headers += [
         ("dlq_error", error[:1000].encode()),
-        ("dlq_topic", record.topic.encode()),
-        ("dlq_partition", str(record.partition).encode()),
+        ("dlq_topic", topic.encode()),
+        ("dlq_partition", str(partition).encode()),
         ("dlq_offset", str(record.offset).encode()),
         ("dlq_consumer", consumer.encode()),
     ]

@@ -300,10 +300,10 @@ class ProcessorCore:
             floor = pr.applied.get(tp.topic, -1)
             # older ones are in the recovered state
             fresh = recs if recs[0].offset >= floor else [r for r in recs if r.offset >= floor]
-            decoded, failed = decode_batch(fresh)
+            decoded, failed = decode_batch(fresh, tp)
             for r, reason in failed:
-                dead.append(dead_letter(r, reason, self.processor.name))
-                EVENTS_DEAD_LETTERED.labels(self.processor.name, r.topic).inc()
+                dead.append(dead_letter(r, reason, self.processor.name, tp))
+                EVENTS_DEAD_LETTERED.labels(self.processor.name, tp.topic).inc()
             events = pr.unseen(decoded)
             if events:
                 apply_batch(events, pr.state)

@@ -31,6 +31,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from shared.config import KafkaSettings
+from shared.kafka.records import bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.core import ProcessorCore
 
@@ -43,6 +44,9 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # Faust hard-codes a 1,500 ms fetch wait; the embedded broker does not wake waiting fetches when
         # data arrives, so sparse topics would see ~0.4 s median latency. 100 ms keeps it ~10 ms.
         consumer._fetch_max_wait_ms = getattr(self.app, "ioc_fetch_wait_ms", 100)
+        # The core reads records per TopicPartition: skip aiokafka's per-record ConsumerRecord
+        # (shared.kafka.records; read by the Fetcher that start() creates).
+        consumer._key_deserializer = bare_records
         return consumer
 
 

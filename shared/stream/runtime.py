@@ -25,6 +25,8 @@ from shared.config import KafkaSettings
 from shared.contracts import TOPICS
 from shared.kafka.admin import ensure_topics
 from shared.kafka.producer import EventPublisher
+from shared.kafka.records import bare_records
+from shared.kafka.records import install as install_bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.core import ProcessorCore, changelog_topic
 from shared.stream.processor import StreamProcessor
@@ -85,6 +87,7 @@ class AiokafkaDriver:
             auto_offset_reset="earliest", session_timeout_ms=10000, heartbeat_interval_ms=3000,
             rebalance_timeout_ms=10000, fetch_max_wait_ms=self.fetch_wait_ms,
             max_partition_fetch_bytes=8 * 1024 * 1024, client_id=f"{p.name}-worker",
+            key_deserializer=bare_records,  # the core reads records per TopicPartition (shared.kafka.records)
         )
         self.consumer.subscribe(list(p.topics), listener=_Rebalance(self))
         await self.consumer.start()
@@ -205,6 +208,7 @@ class ProcessorRuntime:
 
     async def start(self) -> None:
         tune_gc()
+        install_bare_records()
         await ensure_topics(self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog])
         await self.core.start()
         if self.driver_name == "faust":
