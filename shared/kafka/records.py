@@ -2,9 +2,9 @@
 
 aiokafka's fetcher turns every record of a fetched batch into a ``ConsumerRecord`` dataclass through Python
 code that runs per record: a generator step, a ``__next__`` method, deserializer checks, a header tuple and an
-eleven-field constructor. Measured on this project's machine, that is ~1.9 µs of the ~7 µs a small record with
-six CloudEvents headers costs from fetched bytes to a Python object (``docs/stream-design.md``, step 11); the
-rest is aiokafka's C record parser.
+eleven-field constructor. For a meter reading as IOC publishes it (eight headers), that is ~1.35 µs of the
+~4.4 µs a record costs from fetched bytes to a Python object; the rest is aiokafka's C record parser
+(``python -m bench.record_unpack_cpu``; ``docs/stream-design.md``, step 11).
 
 A consumer created with ``key_deserializer=bare_records`` instead gets the parser's own record objects
 (``offset``, ``timestamp``, ``key``, ``value``, ``headers``; no ``topic`` or ``partition``, which the caller
@@ -20,7 +20,8 @@ from typing import Any
 
 from aiokafka.consumer import fetcher as _fetcher
 
-__all__ = ["bare_records", "install", "installed"]
+__all__ = ["BareRecords", "bare_records", "install", "installed"]
+
 
 def bare_records(key: bytes | None) -> bytes | None:
     """Key deserializer that marks a consumer as taking bare records (an identity function)."""
@@ -60,14 +61,14 @@ class BareRecords(_fetcher.PartitionRecords):
 _aiokafka_partition_records = _fetcher.PartitionRecords
 
 
-def _partition_records(tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int,
-                       key_deserializer: Any, value_deserializer: Any, check_crcs: bool,
-                       isolation_level: int) -> Any:
-    if key_deserializer is bare_records and value_deserializer is None and isolation_level == _fetcher.READ_UNCOMMITTED:
-        return BareRecords(tp, records, aborted_transactions, fetch_offset, None, None, check_crcs,
-                           isolation_level)
-    return _aiokafka_partition_records(tp, records, aborted_transactions, fetch_offset, key_deserializer,
-                                       value_deserializer, check_crcs, isolation_level)
+def _partition_records(*args: Any, **kwargs: Any) -> Any:
+    # aiokafka 0.14 calls PartitionRecords(tp, records, aborted_transactions, fetch_offset, key_deserializer,
+    # value_deserializer, check_crcs, isolation_level); any other call shape goes to aiokafka's own class.
+    if (len(args) == 8 and not kwargs and args[4] is bare_records and args[5] is None
+            and args[7] == _fetcher.READ_UNCOMMITTED):
+        tp, records, aborted, fetch_offset, _, _, check_crcs, isolation_level = args
+        return BareRecords(tp, records, aborted, fetch_offset, None, None, check_crcs, isolation_level)
+    return _aiokafka_partition_records(*args, **kwargs)
 
 
 def install() -> None:
