@@ -22,7 +22,7 @@ RECORDS = 300
 
 
 async def _topic_with_records(kafka_settings) -> str:
-    """One partition holding RECORDS records in gzip batches of ~50 (so some fetches start inside a batch)."""
+    """One partition holding RECORDS records in gzip batches of 50 (so a fetch can start inside a batch)."""
     name = f"ioc.test.bare-{uuid.uuid4().hex[:8]}"
     await ensure_topics(kafka_settings, [TopicSpec(name=name, partitions=1, key="n", owner="test",
                                                    description="bare records test", retention_ms=None)])
