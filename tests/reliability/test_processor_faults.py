@@ -125,7 +125,9 @@ async def test_second_worker_joining_mid_stream_keeps_totals_exact(kafka, kiosk_
                 await asyncio.sleep(0.4)
                 if b"state recovered" in (tmp_path / "second.log").read_bytes():
                     after_takeover -= 1
-                assert asyncio.get_running_loop().time() < deadline, "the second worker never took partitions over"
+                assert asyncio.get_running_loop().time() < deadline, (
+                    "the second worker never took partitions over; its log ends:\n"
+                    + (tmp_path / "second.log").read_bytes()[-3000:].decode(errors="replace"))
         total = len(ledger.accepted_set)
         final = await wait_for_sessions_total(kafka, source, district, total, timeout=90)
         assert first.alive and second.alive
