@@ -364,7 +364,6 @@ class ProcessorCore:
             outputs = self._emit(parts, now)
             self._unemitted = set()
             self._last_emit = time.monotonic()
-            self._count_state()
             await self._make_durable(parts, outputs, pipelined=pipelined)
         except BaseException:
             self.needs_rewind = True
@@ -377,6 +376,7 @@ class ProcessorCore:
         for p in sorted(partitions):
             outputs.extend(self.processor.emit(self.partitions[p].state, now))
         self.emitted += len(outputs)
+        self._count_state()  # every emit goes through here, the batch's inline one included
         return outputs
 
     async def flush(self) -> None:
