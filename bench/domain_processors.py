@@ -104,23 +104,20 @@ async def raw_sources(kafka: KafkaSettings, domain: str, index: int = 0, idle_s:
     return m.result(got, topics=list(proc.topics))
 
 
-async def produce_dossier_events(kafka: KafkaSettings, n: int) -> dict:
-    """``n`` generated dossier lifecycle events (received, then in processing, then resolved on time or late)
-    for ``n // 3`` dossiers, keyed by dossier code, from the contract's example."""
+def dossier_lifecycle_payloads(n: int, *, prefix: str | None = None) -> list[dict]:
+    """``n`` generated dossier status changes (received, then in processing, then resolved on time or late) for
+    ``n // 3`` dossiers over the districts, from the contract's example, in publishing order."""
     from datetime import UTC, datetime, timedelta
 
     from bench.domain_meter import district_codes
     from shared.contracts.base import event_type_of
-    from shared.contracts.cloudevents import encode_many
     from shared.contracts.dossier import STATUS_NAMES, DossierStatusChanged
-    from shared.kafka import EventPublisher
 
-    etype = event_type_of(DossierStatusChanged)
-    template = dict(etype.examples[0])
+    template = dict(event_type_of(DossierStatusChanged).examples[0])
     districts = district_codes()
     t0 = datetime.now(UTC) - timedelta(days=20)
     payloads = []
-    prefix = uuid.uuid4().hex[:5]
+    prefix = prefix or uuid.uuid4().hex[:5]
     for d in range(max(1, n // 3)):
         received = t0 + timedelta(minutes=d)
         base = {**template, "dossier_code": f"B{prefix}-{d:07d}", "district": districts[d % len(districts)],
@@ -137,6 +134,18 @@ async def produce_dossier_events(kafka: KafkaSettings, n: int) -> dict:
         ]
     for p in payloads:
         DossierStatusChanged.model_validate(p)  # the generator must produce valid events
+    return payloads
+
+
+async def produce_dossier_events(kafka: KafkaSettings, n: int) -> dict:
+    """:func:`dossier_lifecycle_payloads` on the lifecycle topic, keyed by dossier code."""
+    from shared.contracts.base import event_type_of
+    from shared.contracts.cloudevents import encode_many
+    from shared.contracts.dossier import DossierStatusChanged
+    from shared.kafka import EventPublisher
+
+    etype = event_type_of(DossierStatusChanged)
+    payloads = dossier_lifecycle_payloads(n)
     pub = EventPublisher(kafka, client_id="bench-dossier-producer")
     try:
         for i in range(0, len(payloads), 20000):
