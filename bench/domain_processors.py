@@ -156,5 +156,44 @@ async def produce_dossier_events(kafka: KafkaSettings, n: int) -> dict:
     return {"produced": len(payloads)}
 
 
+async def produce_feeder_supply_events(kafka: KafkaSettings, n: int, meters_per_feeder: int = 200) -> dict:
+    """``n`` generated feeder supply changes for the feeder-outage processor: outages that take out two feeders
+    at a time, 4 feeders a district, every meter of both losing supply and regaining it ten minutes later
+    (each outage raises and clears two feeder alarms), keyed by feeder."""
+    from datetime import UTC, datetime, timedelta
+
+    from bench.domain_meter import district_codes
+    from shared.contracts.base import event_type_of
+    from shared.contracts.cloudevents import encode_many
+    from shared.contracts.meter import FeederSupplyChanged
+    from shared.kafka import EventPublisher
+
+    etype = event_type_of(FeederSupplyChanged)
+    feeders = [(f"F-{d}-{j}", d) for d in district_codes() for j in range(4)]
+    t0 = datetime.now(UTC) - timedelta(days=2)
+    prefix = uuid.uuid4().hex[:5]
+    payloads: list[dict] = []
+    outage = 0
+    while len(payloads) < n:
+        lost_at = t0 + timedelta(minutes=15 * outage)
+        hit = [feeders[(2 * outage + k) % len(feeders)] for k in range(2)]
+        for supply, at in (("lost", lost_at), ("restored", lost_at + timedelta(minutes=10))):
+            payloads += [{"feeder": feeder, "meter_id": f"M{prefix}-{feeder}-{m:04d}", "supply": supply,
+                          "at": _iso(at + timedelta(seconds=m % 60)), "district": district,
+                          "feeder_meters": meters_per_feeder}
+                         for feeder, district in hit for m in range(meters_per_feeder)]
+        outage += 1
+    payloads = payloads[:n]
+    for p in payloads[:1000]:
+        FeederSupplyChanged.model_validate(p)  # the generator must produce valid events
+    pub = EventPublisher(kafka, client_id="bench-feeder-producer")
+    try:
+        for i in range(0, len(payloads), 20000):
+            await pub.publish(encode_many(etype, payloads[i:i + 20000], source="/ioc/bench"))
+    finally:
+        await pub.stop()
+    return {"produced": len(payloads)}
+
+
 def _iso(t) -> str:
     return t.isoformat().replace("+00:00", "Z")

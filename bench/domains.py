@@ -23,6 +23,7 @@ DOMAIN_PATHS = {
     "processor": "bench.domain_processors:processor",
     "raw_sources": "bench.domain_processors:raw_sources",
     "dossier_events": "bench.domain_processors:produce_dossier_events",
+    "meter_feeder_events": "bench.domain_processors:produce_feeder_supply_events",
     "pipeline": "bench.domain_pipeline:pipeline",
 }
 
@@ -56,6 +57,8 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict
              dict(n=1000 if n <= 50_000 else 3000, database_url=db)),
             ("dossier_events", "dossier: generated lifecycle events for the processor", dict(n=n)),
             ("meter_processor", "meter-kpi processor (Faust driver)", dict(path="processor", domain="meter")),
+            ("meter_feeder_events", "meter: generated feeder supply changes (outages) for the feeder processor",
+             dict(n=n)),
             ("meter_feeder_processor", "meter-feeder-outage processor (Faust driver)",
              dict(path="processor", domain="meter", index=1)),
             ("traffic_processor", "traffic-signals processor (Faust driver; records = hi-res chunks)",
@@ -69,7 +72,7 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict
             console.print(f"… {label}")
             path = args.pop("path", key)
             res = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path=path, **args)
-            if key == "dossier_events":
+            if key.endswith("_events"):  # a workload, not a result
                 console.print(f"  {res}")
                 continue
             results[key] = {"label": label, **res}
