@@ -65,6 +65,86 @@ async def processor(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: f
                     dead_lettered=getattr(rt.core, "dead_lettered", None))
 
 
+async def naive_processor(kafka: KafkaSettings, domain: str, index: int = 0, limit_s: float = 25.0,
+                          idle_s: float = 3.0) -> dict:
+    """What a newcomer writes for the same processor: a Faust agent over its topics that decodes and validates
+    each record on its own, folds it with the processor's ``apply``, writes every state key the event changed
+    to a Faust table (one changelog record per write) and, every 0.5 s of a partition, emits and sends each
+    output as IOC's runtime does (``emit`` also resets what the processor tracks as changed). No
+    de-duplication: leaving it out only makes this baseline faster. Time-boxed to ``limit_s`` seconds."""
+    import shutil
+    import tempfile
+    from datetime import UTC, datetime
+
+    import faust
+    from aiokafka import AIOKafkaConsumer
+
+    from shared.contracts.cloudevents import EventDecodeError, decode
+    from shared.stream import State
+
+    proc = build_processor(domain, index, kafka)
+    probe = AIOKafkaConsumer(**kafka.client_kwargs())
+    await probe.start()
+    try:  # a table must have its source topics' partition count
+        await probe.topics()  # loads the cluster's metadata
+        partitions = max(len(probe.partitions_for_topic(t) or ()) for t in proc.topics)
+    finally:
+        await probe.stop()
+    app = faust.App(f"bench-naive-{domain}-{uuid.uuid4().hex[:6]}", broker=f"kafka://{kafka.bootstrap_servers}",
+                    broker_session_timeout=10, broker_heartbeat_interval=3, broker_rebalance_timeout=10,
+                    consumer_auto_offset_reset="earliest", web_enabled=False, store="memory://",
+                    datadir=tempfile.mkdtemp(prefix="ioc-bench-naive-"), topic_disable_leader=True,
+                    producer_linger=0.05)
+    source = app.topic(*proc.topics, key_serializer="raw", value_serializer="raw")
+    table = app.Table("state", partitions=partitions, key_type=str)  # values: the app default, JSON
+    states: dict[int, State] = {}
+    emitted: dict[int, float] = {}  # partition → when it last emitted (monotonic)
+    m = Meter()
+    seen = {"n": 0, "bad": 0, "at": time.perf_counter()}
+
+    @app.agent(source)
+    async def fold(stream):
+        async for event in stream.events():
+            m.first()
+            message = event.message
+            try:
+                received = decode(message)
+            except EventDecodeError:
+                seen["bad"] += 1
+                continue
+            state = states.setdefault(message.partition, State(message.partition))
+            proc.apply(received, state)
+            outputs = []
+            if time.monotonic() - emitted.get(message.partition, 0.0) >= 0.5:
+                emitted[message.partition] = time.monotonic()
+                outputs = list(proc.emit(state, datetime.now(UTC)))
+            for key, value in state.take_changes().items():
+                if value is None:
+                    table.pop(key, None)
+                else:
+                    table[key] = value
+            for out in outputs:
+                await app.producer.send(out.topic, out.key, out.value, None, None, list(out.headers))
+            seen["n"] += 1
+            seen["at"] = time.perf_counter()
+            m.last()
+
+    await app.start()
+    started = time.perf_counter()
+    try:
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.perf_counter()
+            if m.t0 is not None and (now - m.t0 > limit_s or now - seen["at"] > idle_s):
+                break
+            if m.t0 is None and now - started > 60:
+                break
+    finally:
+        await app.stop()
+        shutil.rmtree(app.conf.datadir, ignore_errors=True)
+    return m.result(seen["n"], dead_lettered=seen["bad"], note="time-boxed" if now - seen["at"] <= idle_s else "")
+
+
 async def raw_sources(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0,
                       timeout: float = 180.0) -> dict:
     """The ceiling on the processor's own workload: a plain aiokafka consumer over the same source topics,

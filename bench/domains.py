@@ -22,6 +22,7 @@ DOMAIN_PATHS = {
     "dossier_ingest": "bench.domain_dossier:ingest",
     "processor": "bench.domain_processors:processor",
     "raw_sources": "bench.domain_processors:raw_sources",
+    "naive_processor": "bench.domain_processors:naive_processor",
     "dossier_events": "bench.domain_processors:produce_dossier_events",
     "meter_feeder_events": "bench.domain_processors:produce_feeder_supply_events",
     "pipeline": "bench.domain_pipeline:pipeline",
@@ -84,6 +85,15 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict
                     results[key]["raw_same_topics_events_per_s"] = raw["events_per_s"]
                     results[key]["raw_same_topics_cpu_s_per_million"] = raw.get("cpu_s_per_million")
                     results[key]["x_raw_same_topics"] = round(res["events_per_s"] / raw["events_per_s"], 2)
+                # And the newcomer's version of the same processor: a per-event Faust agent doing the same work.
+                naive = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="naive_processor",
+                                  domain=args["domain"], index=args.get("index", 0))
+                if naive.get("events_per_s") and res.get("events_per_s"):
+                    results[key]["naive_same_work_events_per_s"] = naive["events_per_s"]
+                    results[key]["naive_same_work_cpu_s_per_million"] = naive.get("cpu_s_per_million")
+                    results[key]["x_naive_same_work"] = round(res["events_per_s"] / naive["events_per_s"], 1)
+                elif naive.get("error"):
+                    results[key]["naive_same_work_error"] = naive["error"][-500:]
             ingest = results.get("traffic_ingest", {})
             if key == "traffic_processor" and res.get("seconds") and ingest.get("hires_records"):
                 # A traffic record is a chunk of one controller's hi-res events: say what that is in events.
