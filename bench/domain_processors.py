@@ -12,7 +12,7 @@ import asyncio
 import time
 import uuid
 
-from bench.worker import Meter
+from bench.worker import Meter, naive_app
 from shared.config import KafkaSettings
 
 
@@ -73,10 +73,8 @@ async def naive_processor(kafka: KafkaSettings, domain: str, index: int = 0, lim
     output as IOC's runtime does (``emit`` also resets what the processor tracks as changed). No
     de-duplication: leaving it out only makes this baseline faster. Time-boxed to ``limit_s`` seconds."""
     import shutil
-    import tempfile
     from datetime import UTC, datetime
 
-    import faust
     from aiokafka import AIOKafkaConsumer
 
     from shared.contracts.cloudevents import EventDecodeError, decode
@@ -90,11 +88,7 @@ async def naive_processor(kafka: KafkaSettings, domain: str, index: int = 0, lim
         partitions = max(len(probe.partitions_for_topic(t) or ()) for t in proc.topics)
     finally:
         await probe.stop()
-    app = faust.App(f"bench-naive-{domain}-{uuid.uuid4().hex[:6]}", broker=f"kafka://{kafka.bootstrap_servers}",
-                    broker_session_timeout=10, broker_heartbeat_interval=3, broker_rebalance_timeout=10,
-                    consumer_auto_offset_reset="earliest", web_enabled=False, store="memory://",
-                    datadir=tempfile.mkdtemp(prefix="ioc-bench-naive-"), topic_disable_leader=True,
-                    producer_linger=0.05)
+    app = naive_app(kafka, f"bench-naive-{domain}")
     source = app.topic(*proc.topics, key_serializer="raw", value_serializer="raw")
     table = app.Table("state", partitions=partitions, key_type=str)  # values: the app default, JSON
     states: dict[int, State] = {}

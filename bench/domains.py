@@ -78,22 +78,18 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = ()) -> dict
                 continue
             results[key] = {"label": label, **res}
             if path == "processor":
-                # The same processor's workload read by a plain aiokafka loop: the ceiling on these payloads.
-                raw = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="raw_sources",
-                                domain=args["domain"], index=args.get("index", 0))
-                if raw.get("events_per_s") and res.get("events_per_s"):
-                    results[key]["raw_same_topics_events_per_s"] = raw["events_per_s"]
-                    results[key]["raw_same_topics_cpu_s_per_million"] = raw.get("cpu_s_per_million")
-                    results[key]["x_raw_same_topics"] = round(res["events_per_s"] / raw["events_per_s"], 2)
-                # And the newcomer's version of the same processor: a per-event Faust agent doing the same work.
-                naive = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="naive_processor",
-                                  domain=args["domain"], index=args.get("index", 0))
-                if naive.get("events_per_s") and res.get("events_per_s"):
-                    results[key]["naive_same_work_events_per_s"] = naive["events_per_s"]
-                    results[key]["naive_same_work_cpu_s_per_million"] = naive.get("cpu_s_per_million")
-                    results[key]["x_naive_same_work"] = round(res["events_per_s"] / naive["events_per_s"], 1)
-                elif naive.get("error"):
-                    results[key]["naive_same_work_error"] = naive["error"][-500:]
+                # Beside it, on the same topics: a plain aiokafka loop (the ceiling on these payloads) and the
+                # newcomer's version of the same processor (a per-event Faust agent doing the same work).
+                for baseline, prefix, digits in (("raw_sources", "raw_same_topics", 2),
+                                                 ("naive_processor", "naive_same_work", 1)):
+                    base = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path=baseline,
+                                     domain=args["domain"], index=args.get("index", 0))
+                    if base.get("events_per_s") and res.get("events_per_s"):
+                        results[key][f"{prefix}_events_per_s"] = base["events_per_s"]
+                        results[key][f"{prefix}_cpu_s_per_million"] = base.get("cpu_s_per_million")
+                        results[key][f"x_{prefix}"] = round(res["events_per_s"] / base["events_per_s"], digits)
+                    elif base.get("error"):
+                        results[key][f"{prefix}_error"] = base["error"][-500:]
             ingest = results.get("traffic_ingest", {})
             if key == "traffic_processor" and res.get("seconds") and ingest.get("hires_records"):
                 # A traffic record is a chunk of one controller's hi-res events: say what that is in events.

@@ -86,15 +86,22 @@ async def raw_aiokafka(kafka: KafkaSettings, topic: str, n: int) -> dict:
     return m.result(got, checksum=sum(agg.values()))
 
 
-async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float = 25.0) -> dict:
-    """What a newcomer writes: a Faust agent iterating the stream, updating a table per event."""
+def naive_app(kafka: KafkaSettings, name: str):
+    """A Faust app as a newcomer would configure it, with the settings this broker needs (short group joins,
+    ``../shared/README.md``) and the best measured ones (in-memory tables, producer linger); its datadir is
+    the caller's to remove."""
     import faust
 
-    app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{kafka.bootstrap_servers}",
-                    broker_session_timeout=10, broker_heartbeat_interval=3, broker_rebalance_timeout=10,
-                    consumer_auto_offset_reset="earliest", web_enabled=False, store="memory://",
-                    datadir=tempfile.mkdtemp(prefix="ioc-bench-naive-"), topic_disable_leader=True,
-                    producer_linger=0.05)
+    return faust.App(f"{name}-{uuid.uuid4().hex[:6]}", broker=f"kafka://{kafka.bootstrap_servers}",
+                     broker_session_timeout=10, broker_heartbeat_interval=3, broker_rebalance_timeout=10,
+                     consumer_auto_offset_reset="earliest", web_enabled=False, store="memory://",
+                     datadir=tempfile.mkdtemp(prefix="ioc-bench-naive-"), topic_disable_leader=True,
+                     producer_linger=0.05)
+
+
+async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float = 25.0) -> dict:
+    """What a newcomer writes: a Faust agent iterating the stream, updating a table per event."""
+    app = naive_app(kafka, "bench-naive")
     source = app.topic(topic, value_serializer="raw")
     counts = app.Table("counts", default=int, partitions=4)
     m = Meter()
