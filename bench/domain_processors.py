@@ -109,8 +109,9 @@ async def naive_processor(kafka: KafkaSettings, domain: str, index: int = 0, lim
             state = states.setdefault(message.partition, State(message.partition))
             proc.apply(received, state)
             outputs = []
-            if time.monotonic() - emitted.get(message.partition, 0.0) >= 0.5:
-                emitted[message.partition] = time.monotonic()
+            tick = time.monotonic()
+            if tick - emitted.get(message.partition, 0.0) >= 0.5:
+                emitted[message.partition] = tick
                 outputs = list(proc.emit(state, datetime.now(UTC)))
             for key, value in state.take_changes().items():
                 if value is None:

@@ -18,10 +18,9 @@ import time
 import zlib
 from datetime import UTC, datetime
 
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.structs import TopicPartition
 
-from bench.record_unpack_cpu import unpack
+from bench.record_unpack_cpu import record_batch, unpack
 from shared.kafka.records import BareRecords
 
 PARTITIONS = 3
@@ -36,17 +35,11 @@ def fetched_batches(n: int) -> dict[TopicPartition, list]:
 
     events = encode_many(event_type_of(DossierStatusChanged), dossier_lifecycle_payloads(n, prefix="cpu"),
                          source="/ioc/bench")
-    builders = [DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
-                                          producer_epoch=-1, base_sequence=-1, batch_size=1 << 30)
-                for _ in range(PARTITIONS)]
-    offsets = [0] * PARTITIONS
+    by_partition: list[list] = [[] for _ in range(PARTITIONS)]
     for ev in events:
-        p = zlib.crc32(ev.key) % PARTITIONS
-        builders[p].append(offsets[p], timestamp=1_795_000_000_000, key=ev.key, value=ev.value,
-                           headers=list(ev.headers))
-        offsets[p] += 1
-    return {TopicPartition(LIFECYCLE_TOPIC.name, p): unpack(BareRecords, bytes(b.build()))
-            for p, b in enumerate(builders)}
+        by_partition[zlib.crc32(ev.key) % PARTITIONS].append(ev)
+    return {TopicPartition(LIFECYCLE_TOPIC.name, p): unpack(BareRecords, record_batch(evs))
+            for p, evs in enumerate(by_partition)}
 
 
 def run_once(batches: dict[TopicPartition, list], batch: int, emit_every: int) -> dict[str, float]:

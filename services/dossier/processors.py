@@ -166,7 +166,7 @@ class DossierKpiProcessor(StreamProcessor):
         old_pending: list[tuple[str, dict]] = []
         for key, value in state.items():
             if key.startswith("o|"):
-                self._add_open(view, [tuple(sc) for sc in value["s"]], None if value["p"] else value["due"], 1)
+                self._add_open(view, *_open_entry(value), 1)
             elif key.startswith("l|"):
                 _, _, level, code, _ = key.split("|")
                 view.published.setdefault((level, code), set()).add(key)
@@ -349,9 +349,10 @@ class DossierKpiProcessor(StreamProcessor):
         """Count an ``o|`` entry in or out of the batch's open-view changes. Its scopes are nearly always those
         of the event at hand (a dossier stays with its agency), so the stored lists are converted only if not."""
         stored = o["s"]
-        if stored is not self._scope_lists[scopes] and stored != self._scope_lists[scopes]:
-            scopes = tuple((level, code) for level, code in stored)
-        key = (scopes, None if o["p"] else o["due"])
+        if stored is self._scope_lists[scopes] or stored == self._scope_lists[scopes]:
+            key = (scopes, None if o["p"] else o["due"])
+        else:
+            key = _open_entry(o)
         opens[key] = opens.get(key, 0) + sign
 
     def _alarm(self, state: State, data: dict[str, Any], what: str, at: datetime, message: str) -> None:
@@ -483,6 +484,11 @@ class DossierKpiProcessor(StreamProcessor):
             keep = self.day_retention if wid.startswith("d:") else self.month_retention
             if _window_day(wid) < today - keep:
                 state.pop(key)
+
+
+def _open_entry(o: dict) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """An ``o|`` entry as the open view counts it: (its scopes, the due date its clock runs to, None if paused)."""
+    return tuple((level, code) for level, code in o["s"]), None if o["p"] else o["due"]
 
 
 def kpi_processor(settings: Any = None) -> DossierKpiProcessor:
