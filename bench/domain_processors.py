@@ -30,7 +30,8 @@ def build_processor(domain: str, index: int, kafka: KafkaSettings):
 async def processor(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0,
                     timeout: float = 180.0) -> dict:
     """Process everything in the processor's source topics; events/s between the first and the last batch."""
-    from shared.stream.runtime import ProcessorRuntime, tune_gc
+    from shared.gc_tuning import tune_gc
+    from shared.stream.runtime import ProcessorRuntime
 
     tune_gc()
     proc = build_processor(domain, index, kafka)

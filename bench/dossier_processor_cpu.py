@@ -73,7 +73,7 @@ def run_once(batches: dict[TopicPartition, list], batch: int, emit_every: int) -
 
 
 def main() -> None:
-    from shared.stream.runtime import tune_gc
+    from shared.gc_tuning import tune_gc
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 60_000
     batch = int(sys.argv[2]) if len(sys.argv) > 2 else 2_000

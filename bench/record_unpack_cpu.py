@@ -53,7 +53,7 @@ def unpack(cls: type, data: bytes) -> list:
 
 
 def main() -> None:
-    from shared.stream.runtime import tune_gc
+    from shared.gc_tuning import tune_gc
 
     tune_gc()  # the collector settings the stream runtime runs with (what it collects is part of the cost)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000

@@ -194,7 +194,7 @@ PATHS = {"ioc_stream_until_idle": ioc_stream_until_idle, "raw_aiokafka": raw_aio
 def main() -> None:
     path, args = sys.argv[1], json.loads(sys.argv[2])
     kafka = KafkaSettings(bootstrap_servers=args.pop("bootstrap"))
-    from shared.stream.runtime import tune_gc
+    from shared.gc_tuning import tune_gc
 
     if path.startswith("ioc"):
         tune_gc()

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shared.auth import PLATFORM_SCHEMA, ApiError, KeyStore, Principal, RateLimiter
 from shared.config import ServiceSettings
 from shared.db import apply_migrations, create_pool, ping
+from shared.gc_tuning import tune_gc
 from shared.kafka.admin import ensure_topics
 from shared.kafka.producer import BrokerUnavailable, EventPublisher
 from shared.logging import configure_logging
@@ -272,6 +273,7 @@ def create_service_app(
             log.warning("broker not reachable at start-up; will retry on first publish")
         if on_start is not None:
             await on_start(ctx)
+        tune_gc()  # after start-up, so what it loaded (registries, caches) is frozen out of the collector's way
         BUILD_INFO.labels(name, "0.1.0").set(1)
         log.info("service started", extra={"port": settings.port})
         try:

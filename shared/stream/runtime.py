@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from shared.config import KafkaSettings
 from shared.contracts import TOPICS
+from shared.gc_tuning import tune_gc
 from shared.kafka.admin import ensure_topics
 from shared.kafka.producer import EventPublisher
 from shared.kafka.records import bare_records
@@ -39,15 +39,6 @@ def source_partitions(processor: StreamProcessor, kafka: KafkaSettings) -> int:
     if len(counts) > 1:
         raise ValueError(f"{processor.name}: source topics are not co-partitioned: {counts}")
     return counts.pop() if counts else 1
-
-
-def tune_gc() -> None:
-    """Batches allocate many short-lived objects; CPython's default gen-0 threshold (700) then runs the
-    collector thousands of times a second (measured: ~2x on decode). Collect less often, and move what start-up
-    allocated out of the collector's way."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ from services.kiosk import repository
 from services.kiosk.app import create_app
 from services.kiosk.settings import KioskSettings
 from shared.db import create_pool
+from shared.gc_tuning import GEN0_THRESHOLD
 from shared.testing import auth, issue_test_key, read_topic, running_app
 
 pytestmark = pytest.mark.integration
@@ -46,6 +48,11 @@ async def admin(platform_pool) -> dict:
     # kiosk:admin lets an ingest principal report for any kiosk
     _, key = await issue_test_key(platform_pool, ["kiosk:admin", "kiosk:ingest"], kind="admin")
     return auth(key)
+
+
+async def test_a_started_service_collects_garbage_less_often(client):
+    # ingest batches allocate many short-lived objects: the lifespan tunes the collector (shared.gc_tuning)
+    assert gc.get_threshold()[0] == GEN0_THRESHOLD
 
 
 async def register(client, admin, kiosk_id: str, **kw) -> dict:
