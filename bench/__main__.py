@@ -87,6 +87,9 @@ def main() -> None:
         topic = AUDIT.topic
         steps = [
             ("raw_aiokafka", "baseline: raw aiokafka getmany + orjson + dict", dict(topic=topic, n=n)),
+            # The same loop with the collector settings IOC's processes run with (shared.gc_tuning): the ceiling
+            # the "× raw" figures would have if the plain consumer were tuned too.
+            ("raw_aiokafka_tuned_gc", "raw aiokafka, collector tuned as IOC's", dict(topic=topic, n=n, tune_gc=True)),
             ("naive_faust", "baseline: naive Faust agent, table per event", dict(topic=topic, n=n)),
             ("ioc_stream", "IOC stream base (Faust driver, batch drain)", dict(topic=topic, n=n, driver="faust")),
             ("ioc_stream_aiokafka", "IOC stream base (aiokafka driver)", dict(topic=topic, n=n, driver="aiokafka")),
@@ -96,7 +99,7 @@ def main() -> None:
             if only and key != "raw_aiokafka" and not key.startswith(only):
                 continue
             console.print(f"… {label}")
-            path = "ioc_stream" if key.startswith("ioc_stream") else key
+            path = "ioc_stream" if key.startswith("ioc_stream") else "raw_aiokafka" if key.startswith("raw") else key
             results[key] = {"label": label, **run_path(path, bootstrap=bs, **args)}
         if not only or "ioc_stream_2_workers".startswith(only):
             console.print("… scale-out: two IOC workers, one consumer group, 2 partitions each")

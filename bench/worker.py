@@ -196,7 +196,7 @@ def main() -> None:
     kafka = KafkaSettings(bootstrap_servers=args.pop("bootstrap"))
     from shared.gc_tuning import tune_gc
 
-    if path.startswith("ioc"):
+    if args.pop("tune_gc", path.startswith("ioc")):
         tune_gc()
     try:
         import uvloop
