@@ -215,7 +215,8 @@ async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(
         kiosks = await register_kiosks(client, admin_key, district, 1)  # one kiosk: one partition, in order
         await ingest_sessions(client, admin_key, kiosks, n, ledger)
         # Poison on the same partition, between valid events: not JSON; valid JSON breaking the contract;
-        # a CloudEvent of an unknown type.
+        # a CloudEvent of an unknown type; one breaking the contract whose ce_time header has a null value
+        # (decoding it used to raise instead of dead-lettering it: the processor retried its batch forever).
         good = session_items(kiosks, 1)[0]
         publisher = EventPublisher(kafka, client_id="poisoner")
         from shared.contracts.base import event_type_of
@@ -232,17 +233,20 @@ async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(
                                [(k, (b"ioc.kiosk.nonsense.v9" if k == "ce_type" else
                                      f"poison3-{marker}".encode() if k == "ce_id" else v))
                                 for k, v in valid.headers], "z")
-        await publisher.publish([bad_json, broken, unknown])
+        null_time = EncodedEvent(valid.topic, valid.key, b'{"session_id": "x"}',
+                                 [(k, (None if k == "ce_time" else f"poison4-{marker}".encode() if k == "ce_id" else v))
+                                  for k, v in valid.headers], "n")
+        await publisher.publish([bad_json, broken, unknown, null_time])
         await publisher.stop()
         await ingest_sessions(client, admin_key, kiosks, n, ledger)  # valid events after the poison
 
         async with ProcessorRuntime(processor, kafka).running() as rt:
             await rt.drain(timeout=40)
-            assert rt.core.dead_lettered == 3
+            assert rt.core.dead_lettered == 4
     final = await wait_for_sessions_total(kafka, source, district, 2 * n, timeout=20)
     assert final == 2 * n == len(ledger.accepted_set)
     dead = await read_topic(kafka, DEAD_LETTER_TOPIC.name, raw=True, timeout=10)
     mine = [dict(r.headers) for r in dead if dict(r.headers).get("dlq_consumer") == name.encode()]
-    assert len(mine) == 3
+    assert len(mine) == 4
     assert {h["dlq_topic"] for h in mine} == {SESSIONS_TOPIC.name.encode()}
     assert all(h["dlq_error"] for h in mine)

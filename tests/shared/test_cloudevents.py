@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import date, datetime
 
 import orjson
+import pytest
 from aiokafka.structs import ConsumerRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from shared.contracts import EVENT_TYPES
-from shared.contracts.cloudevents import _TEXT_PATTERNS, decode, decode_batch, encode
+from shared.contracts.cloudevents import _TEXT_PATTERNS, EventDecodeError, decode, decode_batch, encode
 
 READING = EVENT_TYPES["ioc.meter.reading.recorded.v1"]
 HEARTBEAT = EVENT_TYPES["ioc.kiosk.heartbeat.received.v1"]
@@ -121,3 +125,84 @@ def test_nested_objects_stay_json_and_cross_field_rules_still_hold():
     assert "close must be after open" in reasons[1]
     assert "opening_hours.0.x" in reasons[2]
     assert "ended_at is before started_at" in reasons[3]
+
+
+def test_the_encoders_write_the_header_layout_decode_batch_reads_by_position():
+    from shared.contracts.cloudevents import _IOC_LAYOUT, encode_many
+
+    payload = READING.model.model_validate(READING.examples[0]).model_dump(mode="json")
+    for ev in (encode(READING, payload, source="/ioc/test"), encode_many(READING, [payload], source="/ioc/test")[0]):
+        assert tuple(k for k, _ in ev.headers) == (*_IOC_LAYOUT, "ce_subject")
+
+
+def _valid_headers(offset: int) -> list[tuple[str, bytes]]:
+    payload = READING.model.model_validate(READING.examples[0]).model_dump(mode="json")
+    return encode(READING, payload, source="/ioc/test", id=f"e{offset}").headers
+
+
+@pytest.mark.parametrize("header", ["ce_id", "ce_specversion", "ce_source", "ce_type", "ce_time", "ce_subject"])
+@pytest.mark.parametrize("order", ["as IOC writes them", "reversed"])
+def test_a_header_present_with_a_null_value_is_a_missing_header_not_a_crash(header, order):
+    valid = _valid_headers(1)
+    headers = [(k, None if k == header else v) for k, v in valid]
+    valid = dict(valid)
+    if order == "reversed":
+        headers.reverse()
+    good = _record(READING, READING.examples[0], 0)
+    record = replace(good, offset=1, headers=headers)
+    events, failed = decode_batch([good, record])
+    if header in ("ce_time", "ce_subject"):  # optional attributes: the event is decoded without them
+        assert [e.offset for e in events] == [0, 1] and not failed
+        expected = {"time": valid["ce_time"].decode(), "subject": valid["ce_subject"].decode(),
+                    header[3:]: "" if header == "ce_time" else None}
+        assert (events[1].time, events[1].subject) == (expected["time"], expected["subject"])
+    else:
+        assert [e.offset for e in events] == [0]
+        assert [(r.offset, reason) for r, reason in failed] == [(1, failed[0][1])]
+        assert "ce_specversion" in failed[0][1] if header == "ce_specversion" else header in failed[0][1]
+        with pytest.raises(EventDecodeError, match=re.escape(failed[0][1])):
+            decode(record)
+
+
+_HEADER_KEYS = st.sampled_from(["ce_id", "ce_specversion", "ce_source", "ce_type", "ce_time", "ce_dataschema",
+                                "content-type", "ce_subject", "traceparent"])
+_HEADER_VALUES = st.one_of(st.none(), st.binary(max_size=12), st.sampled_from(
+    [b"1.0", b"0.3", READING.type.encode(), b"ioc.unknown.v1", b"\xff\xfe", b"/ioc/test", b"2024-05-01T10:15:00Z"]))
+
+
+@given(
+    data=st.data(),
+    record_key=st.one_of(st.none(), st.binary(max_size=8)),
+    value=st.one_of(st.none(), st.binary(max_size=16), st.just(b"[]"), st.just(b"{}")),
+)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_headers_key_or_value_is_decoded_or_dead_lettered_never_raised(data, record_key, value):
+    good = _record(READING, READING.examples[0], 0)
+    headers = _valid_headers(1)
+    kind = data.draw(st.sampled_from(["valid, shuffled", "one changed", "arbitrary"]))
+    if kind == "valid, shuffled":
+        headers = data.draw(st.permutations(headers))
+        value = good.value if value is None or data.draw(st.booleans()) else value
+    elif kind == "one changed":
+        i = data.draw(st.integers(0, len(headers) - 1))
+        headers[i] = (headers[i][0], data.draw(_HEADER_VALUES))
+        value = good.value
+    else:
+        headers = data.draw(st.lists(st.tuples(_HEADER_KEYS, _HEADER_VALUES), max_size=10))
+    record = replace(good, offset=1, key=record_key, value=value, headers=headers)
+    events, failed = decode_batch([record, good])
+    # every record comes out exactly once: decoded, or failed with a reason; the good one is never harmed
+    assert [e.offset for e in events] + [r.offset for r, _ in failed] in ([1, 0], [0, 1])
+    assert 0 in [e.offset for e in events]
+    if failed:
+        assert failed[0][0] is record and failed[0][1]
+        with pytest.raises(EventDecodeError) as exc:
+            decode(record)
+        assert exc.value.reason == failed[0][1]
+    else:
+        alone = decode(record)
+        assert alone == events[0]
+        # the header order never matters (only IOC's own layout is read by position)
+        if len({k for k, _ in headers}) == len(headers):
+            (reordered,), _ = decode_batch([replace(record, headers=list(reversed(headers)))])
+            assert reordered == alone
