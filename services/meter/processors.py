@@ -104,8 +104,9 @@ def _obs(kpi: str, level: str, code: str, ws: int, seconds: int, numerator: floa
     """One KpiObserved; ``value`` is the KPI over this partition alone (None when undefined)."""
     payload = kpi_observed_payload(kpi, level, code, iso_utc(ws), seconds, value, numerator, denominator, unit,
                                    partition, now_iso)
+    # ce_time is when it was observed (the emit's now), not read from the clock again for every observation
     return encode(KPI_EVENT, payload, source="/ioc/meter/processor",
-                  id=f"{payload['key']}|{ws}|{seconds}|{partition}|{now_iso}")
+                  id=f"{payload['key']}|{ws}|{seconds}|{partition}|{now_iso}", time=now_iso)
 
 
 class MeterKpiProcessor(StreamProcessor):

@@ -342,7 +342,7 @@ class TrafficSignalProcessor(StreamProcessor):
         value = (num / den * scale if den else None) if den is not None else num * scale
         payload = kpi_observed_payload(kpi, level, code, iso_ms(window_ms), window_seconds, value, num, den, unit,
                                        partition, now_iso)
-        return encode(KPI_EVENT, payload, source=SOURCE)
+        return encode(KPI_EVENT, payload, source=SOURCE, time=now_iso)  # observed at the emit's now
 
     def _bin_kpis(self, window_ms: int, by_district: dict[str, dict[str, float]], partition: int,
                   now_iso: str) -> list[EncodedEvent]:

@@ -161,6 +161,8 @@ def test_emit_only_changed_windows_and_state_is_json():
         proc.apply(e, st)
     first = list(proc.emit(st, NOW))
     assert first
+    for ev in first:  # an observation's CloudEvents time is when it was observed
+        assert dict(ev.headers)["ce_time"].decode() == orjson.loads(ev.value)["observed_at"]
     assert list(proc.emit(st, NOW)) == []  # nothing changed since
     orjson.dumps(st.snapshot())
 

@@ -146,6 +146,9 @@ def test_every_published_kpi_is_defined_with_its_unit(proc):
     evs = [registry_event(), hires([*two_cycles(), *end_of_bin_event()])]
     _, out = run_in_memory(proc, evs, now=T0 + timedelta(seconds=1210))
     seen = {(k["kpi"], k["unit"]) for k in payloads(out, "kpi.observed.v1")}
+    for ev in out:  # an observation's CloudEvents time is when it was observed
+        if ev.type.endswith("kpi.observed.v1"):
+            assert dict(ev.headers)["ce_time"].decode() == orjson.loads(ev.value)["observed_at"]
     assert {kpi for kpi, _ in seen} == set(defs)
     for kpi, unit in seen:
         assert defs[kpi].unit == unit
