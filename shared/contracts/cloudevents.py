@@ -24,6 +24,13 @@ from shared.contracts.base import parse_time as parse_time  # re-exported: consu
 SPEC_VERSION = b"1.0"
 CONTENT_TYPE = b"application/json"
 
+# The headers IOC's own producers write, first and in this order (:func:`encode`, :func:`encode_many`), then
+# ``ce_subject`` when the event has one. :func:`decode_batch` reads records with exactly this layout by
+# position: on freshly fetched records, a dict of the eight headers and six lookups in it cost as much as
+# validating a meter reading (GIL profile of a meter worker in the whole pipeline; ``docs/stream-design.md``,
+# step 13). A test holds the layout to what the encoders write.
+_IOC_LAYOUT = ("ce_id", "ce_specversion", "ce_source", "ce_type", "ce_time", "ce_dataschema", "content-type")
+
 Headers = list[tuple[str, bytes]]
 
 
@@ -144,6 +151,7 @@ class ReceivedEvent:
 
 
 def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, bytes]:
+    """A record's headers by name (a header given twice: the last one)."""
     return {k: v for k, v in (headers or ())}
 
 
@@ -252,13 +260,6 @@ def _payload_type(model: type[BaseModel]) -> Any:
 
 
 _payload_validators: dict[str, Any] = {}
-
-# The headers IOC's own producers write, first and in this order (:func:`encode`, :func:`encode_many`), then
-# ``ce_subject`` when the event has one. :func:`decode_batch` reads records with exactly this layout by
-# position: on freshly fetched records, a dict of the eight headers and six lookups in it cost as much as
-# validating a meter reading (GIL profile of a meter worker in the whole pipeline; ``docs/stream-design.md``,
-# step 13). A test holds the layout to what the encoders write.
-_IOC_LAYOUT = ("ce_id", "ce_specversion", "ce_source", "ce_type", "ce_time", "ce_dataschema", "content-type")
 
 
 def payload_validator(etype: EventType):
