@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
 from dataclasses import replace
 from datetime import date, datetime
 
@@ -13,7 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.contracts import EVENT_TYPES
-from shared.contracts.cloudevents import _TEXT_PATTERNS, EventDecodeError, decode, decode_batch, encode
+from shared.contracts.cloudevents import (
+    _TEXT_PATTERNS,
+    EventDecodeError,
+    decode,
+    decode_batch,
+    encode,
+    encode_many,
+)
+from shared.contracts.common import kpi_observed_payload
 
 READING = EVENT_TYPES["ioc.meter.reading.recorded.v1"]
 HEARTBEAT = EVENT_TYPES["ioc.kiosk.heartbeat.received.v1"]
@@ -206,3 +215,23 @@ def test_any_headers_key_or_value_is_decoded_or_dead_lettered_never_raised(data,
         if len({k for k, _ in headers}) == len(headers):
             (reordered,), _ = decode_batch([replace(record, headers=list(reversed(headers)))])
             assert reordered == alone
+
+
+def test_an_encoded_event_holds_about_its_own_size_not_the_encoders_buffer():
+    # orjson 3.12+ returns every dumps() output inside its whole working buffer: 8 KiB behind a 340-byte KPI
+    # event, so a catch-up emit of 10,000 city KPIs held ~80 MiB until produced, and a 10,000-reading ingest
+    # request ~40 MiB. pyproject.toml keeps orjson below 3.12; this fails if an upgrade brings it back.
+    kpi = EVENT_TYPES["ioc.meter.kpi.observed.v1"]
+    payloads = [kpi_observed_payload("meter.energy_kwh", "district", f"D{i % 30:02d}", "2026-11-20T00:00:00Z", 900,
+                                     4.0, 4.0, None, "kWh", i % 4, "2026-11-24T14:22:42.271309Z")
+                for i in range(2_000)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        events = encode_many(kpi, payloads, source="/ioc/test")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    value_bytes = sum(len(e.value) for e in events) / len(events)
+    # The value, its key, id and header list; orjson < 3.12 starts from a 1 KiB buffer.
+    assert held / len(events) < 3 * 1024, f"{held / len(events):.0f} bytes held per {value_bytes:.0f}-byte event"
