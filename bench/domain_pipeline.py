@@ -15,6 +15,11 @@ window of the quarter hour the fleet is reading at that moment. Probes are poste
 of that district and window whose value is ≥ k kWh. Latency = that record's arrival here − the probe POST's
 start.
 
+Before the run, a *state fill*: one meter per fleet district reads every quarter hour of the ``FILL_HOURS``
+before the fleet's first reading, and the processors drain it. A running city's processors hold every window of
+their retention horizon; without the fill the run would start from empty windows and measure them filling up
+(event time runs ~750× real time here) instead of whether memory stays flat.
+
 Every subprocess is sampled every second (RSS, CPU seconds); the broker and PostgreSQL too. All subprocesses
 run in their own process group and are stopped (SIGTERM, then SIGKILL) at the end, also on errors; they also get
 SIGKILL if this process dies (PR_SET_PDEATHSIG).
@@ -71,6 +76,11 @@ MEMORY_RULES = {"memory_flat": "end ≤ 1.2 × the 25% mark",
                 "memory_plateau": f"the last quarter added ≤ {PLATEAU_GROWTH:.0%} or {PLATEAU_SLACK_MIB:g} MiB"}
 #: how long the meter processor keeps a day window past its end (its longest retention), in hours
 METER_RETENTION_H = max(METER_RETENTION.values()) // 3600
+#: Event time the state fill covers before the measured run: the meter keeps quarter hours 26 h, the city keeps
+#: them 26 h 15 min + 1 h of skew margin behind the newest. With it, the processors start the run holding every
+#: window a long-running city holds, so memory is judged at steady state; from an empty state the city processor
+#: grew through the whole minute (~0.5 MiB a quarter hour of event time: windows filling, not a leak).
+FILL_HOURS = METER_RETENTION[QUARTER] // 3600 + 2
 PROBE_EVERY = 0.5
 ENERGY_KPI = "meter.energy_kwh"
 ADMIN_SCOPES = ["meter:admin", "meter:ingest", "traffic:admin", "traffic:ingest", "kiosk:admin", "kiosk:ingest",
@@ -571,6 +581,11 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
         q = now - now % QUARTER  # the fleet's last quarter hour ends here
         rounds = int(seconds * mix.meter / meters) + 2
         first_end = q - (rounds + 3) * QUARTER
+        # The state fill's meters: one per fleet district, on a feeder of the fleet (no scope the run lacks).
+        fill_meters = [{"meter_id": f"{prefix}F{k:03d}", "customers": 1, "district": d, "commune": f"{d}-01",
+                        "feeder": f"F-{d}-000", "installed_on": "2020-01-01", "interval_seconds": QUARTER}
+                       for k, d in enumerate(fleet_districts)]
+        fill_ends = range(first_end - FILL_HOURS * 3600 + QUARTER, first_end, QUARTER)
         fleet = [{"meter_id": f"{prefix}M{j:06d}", "customers": 1 + (j % 50 == 0) * 29,
                   "district": fleet_districts[j % len(fleet_districts)],
                   "commune": f"{fleet_districts[j % len(fleet_districts)]}-01",
@@ -609,7 +624,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             for i in range(0, meters, 10_000):
                 (await clients["meter"].post("/v1/meters", content=orjson.dumps({"items": fleet[i:i + 10_000]}),
                                              headers=h)).raise_for_status()
-            (await clients["meter"].post("/v1/meters", content=orjson.dumps({"items": probe_meters}),
+            (await clients["meter"].post("/v1/meters", content=orjson.dumps({"items": probe_meters + fill_meters}),
                                          headers=h)).raise_for_status()
             regs = intersection_registry(prefix, intersections)
             for i in range(0, len(regs), 1000):
@@ -627,17 +642,33 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                                               headers=h)).raise_for_status()
             registration_s = time.perf_counter() - setup_t
 
-            # --- wait for the processors to drain what earlier bench paths left in their topics -----------
+            # --- the state fill, in time order: an hour of event time every 0.5 s (the processors' emit
+            # interval), so each emit publishes a few windows as a live city's do, and the run starts from the
+            # state's size, not from the high-water mark of one emit of 28 hours of windows ----------------------
+            fill = [{"meter_id": m["meter_id"], "obis": "1-0:1.8.0", "interval_end": _iso(end),
+                     "value": 100.0 + r * 0.25, "unit": "kWh"} for r, end in enumerate(fill_ends) for m in fill_meters]
+            per_hour = 3600 // QUARTER * len(fill_meters)
+            for i in range(0, len(fill), per_hour):
+                r = await posters["meter"].post("/v1/readings", orjson.dumps({"items": fill[i:i + per_hour]}), h)
+                if _accepted(r) != len(fill[i:i + per_hour]):
+                    raise RuntimeError(f"state fill readings not all accepted: {r.status_code} {r.text[:300]}")
+                await asyncio.sleep(0.5)
+
+            # --- wait for the processors to drain the fill and what earlier bench paths left ---------------
+            # Twice: what a processor publishes while the first drain runs (its KPIs of the fill, on its next
+            # tick) is only in the second snapshot of end offsets.
             topics_of = _processor_topics()
             groups = list(topics_of)
-            ends = await _end_offsets(kafka, topics_of)
             catchup_t = time.perf_counter()
             lags: dict[str, int | None] = {}
-            while time.perf_counter() - catchup_t < 240:
-                lags = await _group_lags(kafka, groups, topics_of, ends)
-                if all(v == 0 or v is None for v in lags.values()):
-                    break
-                await asyncio.sleep(1)
+            for _ in range(2):
+                ends = await _end_offsets(kafka, topics_of)
+                while time.perf_counter() - catchup_t < 240:
+                    lags = await _group_lags(kafka, groups, topics_of, ends)
+                    if all(v == 0 or v is None for v in lags.values()):
+                        break
+                    await asyncio.sleep(1)
+                await asyncio.sleep(6)  # > the processors' 5 s tick: the fill's KPIs are published
             catchup_s = time.perf_counter() - catchup_t
 
             # --- the city tail, and warm-up probes (the chain works end to end before measuring) -----------
@@ -828,6 +859,7 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             "mix_per_s": mix.as_dict(), "soak": soak, "event_time_hours": round(event_hours, 1),
             "fleet": {"meters": meters, "probe_meters": len(probe_ids), "intersections": intersections,
                       "kiosks": kiosks},
+            "state_fill": {"meters": len(fill_meters), "readings": len(fill), "event_time_hours": FILL_HOURS},
             "consumer_lag_at_end": lag_at_end, "consumer_lag_after_drain": final_lags,
             "drain_s": round(drain_s, 1), "startup_catchup_s": round(catchup_s, 1),
             "registration_s": round(registration_s, 1), "startup_lags": lags,
