@@ -649,8 +649,9 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                      "value": 100.0 + r * 0.25, "unit": "kWh"} for r, end in enumerate(fill_ends) for m in fill_meters]
             per_hour = 3600 // QUARTER * len(fill_meters)
             for i in range(0, len(fill), per_hour):
-                r = await posters["meter"].post("/v1/readings", orjson.dumps({"items": fill[i:i + per_hour]}), h)
-                if _accepted(r) != len(fill[i:i + per_hour]):
+                chunk = fill[i:i + per_hour]
+                r = await posters["meter"].post("/v1/readings", orjson.dumps({"items": chunk}), h)
+                if _accepted(r) != len(chunk):
                     raise RuntimeError(f"state fill readings not all accepted: {r.status_code} {r.text[:300]}")
                 await asyncio.sleep(0.5)
 
@@ -661,14 +662,15 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             groups = list(topics_of)
             catchup_t = time.perf_counter()
             lags: dict[str, int | None] = {}
-            for _ in range(2):
+            for drain in range(2):
+                if drain:
+                    await asyncio.sleep(6)  # > the processors' 5 s tick: the fill's KPIs are published
                 ends = await _end_offsets(kafka, topics_of)
                 while time.perf_counter() - catchup_t < 240:
                     lags = await _group_lags(kafka, groups, topics_of, ends)
                     if all(v == 0 or v is None for v in lags.values()):
                         break
                     await asyncio.sleep(1)
-                await asyncio.sleep(6)  # > the processors' 5 s tick: the fill's KPIs are published
             catchup_s = time.perf_counter() - catchup_t
 
             # --- the city tail, and warm-up probes (the chain works end to end before measuring) -----------

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from shared.contracts import EVENT_TYPES
 from shared.contracts.cloudevents import (
+    _IOC_LAYOUT,
     _TEXT_PATTERNS,
     EventDecodeError,
     decode,
@@ -137,8 +138,6 @@ def test_nested_objects_stay_json_and_cross_field_rules_still_hold():
 
 
 def test_the_encoders_write_the_header_layout_decode_batch_reads_by_position():
-    from shared.contracts.cloudevents import _IOC_LAYOUT, encode_many
-
     payload = READING.examples[0]
     for ev in (encode(READING, payload, source="/ioc/test"), encode_many(READING, [payload], source="/ioc/test")[0]):
         assert tuple(k for k, _ in ev.headers) == (*_IOC_LAYOUT, "ce_subject")
