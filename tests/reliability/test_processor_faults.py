@@ -7,6 +7,7 @@ KPI topic (latest observation per partition and window, summed) with the ledger:
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -19,12 +20,14 @@ from shared.kafka.producer import EventPublisher
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import auth, read_topic, running_app
 from tests.reliability.harness import (
+    KPI_TOPIC,
     Ledger,
     Worker,
     post_until_accepted,
     register_kiosks,
     session_ids_on_topic,
     session_items,
+    sessions_total,
     uid,
     wait_for_sessions_total,
 )
@@ -56,11 +59,6 @@ async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(ka
                                                                                tmp_path):
     district, total = "HK", 12000
     ledger = Ledger()
-    async with running_app(create_app(kiosk_settings)) as client:
-        kiosks = await register_kiosks(client, admin_key, district, 6)
-        await ingest_sessions(client, admin_key, kiosks, total, ledger)
-    assert len(ledger.accepted_set) == total
-
     name, source = names()
     log = tmp_path / "worker.log"
 
@@ -70,31 +68,45 @@ async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(ka
         # to read, and a restarted worker takes the stream over within a few seconds).
         return Worker(kafka.bootstrap_servers, name, source, pause_s=0.5, max_records=200, log_path=log).start()
 
-    seen_at_kill: list[float] = []
-    w = worker()
+    w, seen_at_kill = None, []
     try:
+        async with running_app(create_app(kiosk_settings)) as client:
+            kiosks = await register_kiosks(client, admin_key, district, 6)
+            w = worker()
+            primed = await prime(client, admin_key, kiosks, ledger, kafka, source, district)
+            await ingest_sessions(client, admin_key, kiosks, total - primed, ledger)
+        assert len(ledger.accepted_set) == total
         for _ in range(2):
-            # Wait until this worker made progress of its own, then kill it with no warning.
-            progress = await _wait_progress(kafka, source, district, above=max([0.0, *seen_at_kill]), timeout=40)
+            # Wait until this worker made progress of its own into the stream, then kill it with no warning.
+            progress = await _wait_progress(kafka, source, district, above=max([primed, *seen_at_kill]), timeout=40)
             w.kill9()
             seen_at_kill.append(progress)
             assert progress < total, "the stream finished before the kill; the scenario did not happen"
             w = worker()
         final = await wait_for_sessions_total(kafka, source, district, total, timeout=90)
     finally:
-        w.stop()
+        if w is not None:
+            w.stop()
     assert final == total, f"KPI total {final} != {total} accepted (totals seen at the kills: {seen_at_kill})"
 
 
+async def prime(client, key: str, kiosks: list[str], ledger: Ledger, kafka, source: str, district: str) -> int:
+    """Post one session per kiosk and wait until the (started) worker counted them all; returns how many.
+
+    A session counts once its kiosk's registry entry is in the worker's state. aiokafka hands out a fetched
+    partition's records before the next partition's, so with the tiny paced batches of these scenarios a
+    backlog of sessions would hold the registry records back for dozens of batches (the KPI total then stays
+    at 0 for 30 s and jumps to nearly all of it at once); after priming, the total grows batch by batch."""
+    await ingest_sessions(client, key, kiosks, len(kiosks), ledger)
+    await _wait_progress(kafka, source, district, above=len(kiosks) - 1, timeout=60)
+    return len(kiosks)
+
+
 async def _wait_progress(kafka, source: str, district: str, *, above: float, timeout: float) -> float:
-    import time
-
-    from shared.testing import read_topic as rt
-    from tests.reliability.harness import KPI_TOPIC, sessions_total
-
+    """The first ``kiosk.sessions`` total of ``district`` on the KPI topic above ``above``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        obs = await rt(kafka, KPI_TOPIC, where=lambda e: e.source == source, timeout=10)
+        obs = await read_topic(kafka, KPI_TOPIC, where=lambda e: e.source == source, timeout=10)
         t = sessions_total(obs, source, district)
         if t > above:
             return t
@@ -112,9 +124,9 @@ async def test_second_worker_joining_mid_stream_keeps_totals_exact(kafka, kiosk_
     try:
         async with running_app(create_app(kiosk_settings)) as client:
             kiosks = await register_kiosks(client, admin_key, district, 9)
-            await ingest_sessions(client, admin_key, kiosks, half, ledger)
             first.start()
-            await _wait_progress(kafka, source, district, above=0, timeout=40)
+            await prime(client, admin_key, kiosks, ledger, kafka, source, district)
+            await ingest_sessions(client, admin_key, kiosks, half, ledger)
             second.start()  # joins the group while the first is mid-stream: partitions move between them
             # Keep the stream flowing through the join and the rebalance (about 5 s idle, far longer on a loaded
             # CI machine) until the newcomer has taken partitions over, then a little longer so it works on them.
