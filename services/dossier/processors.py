@@ -414,7 +414,8 @@ class DossierKpiProcessor(StreamProcessor):
         if state.get("prune_day") != today_iso:
             self._prune(state, now)
             state.put("prune_day", today_iso)
-        out = encode_many(KPI_EVENT, payloads, source=SOURCE) if payloads else []
+        # an observation's CloudEvents time is when it was observed (as the meter and traffic processors do)
+        out = encode_many(KPI_EVENT, payloads, source=SOURCE, time=observed_at) if payloads else []
         pending = state.pop(PENDING_KEY)
         if pending:
             out.extend(encode(ALARM_EVENT, ALARM_EVENT.model.model_validate(a), source=SOURCE) for a in pending)

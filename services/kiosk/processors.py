@@ -444,7 +444,8 @@ class KioskKpiProcessor(StreamProcessor):
                 payloads.extend(self._observations(level, code, a, offline, w, ws, t, partition))
         # Payloads are built as the model dumps them and encoded in one go (no model objects: thousands of
         # observations per pass); their fields are this processor's own constants and validated inputs.
-        out.extend(encode_many(KPI_EVENT, payloads, source=self.source) if payloads else ())
+        # an observation's CloudEvents time is when it was observed (as the meter and traffic processors do)
+        out.extend(encode_many(KPI_EVENT, payloads, source=self.source, time=_iso(t)) if payloads else ())
         return out
 
     def _observations(self, level: str, code: str, a: dict[str, float], offline: float | None, w: int,

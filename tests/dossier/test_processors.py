@@ -337,6 +337,8 @@ def test_observations_are_exactly_what_the_contract_model_dumps():
     assert kpis
     for e in kpis:
         assert orjson.dumps(KPI_EVENT.model.model_validate_json(e.value).model_dump(mode="json")) == e.value
+        # an observation's CloudEvents time is when it was observed
+        assert headers_dict(e.headers)["ce_time"].decode() == orjson.loads(e.value)["observed_at"]
 
 
 def test_kpi_definitions_declare_how_long_late_events_revise_a_window():

@@ -336,6 +336,8 @@ def test_payloads_are_exactly_what_the_contract_models_dump(scenario):
     for e in out:
         model = EVENT_TYPES[headers_dict(e.headers)["ce_type"].decode()].model
         assert orjson.dumps(model.model_validate_json(e.value).model_dump(mode="json")) == e.value
+        if e.topic == "ioc.kiosk.kpis":  # an observation's CloudEvents time is when it was observed
+            assert headers_dict(e.headers)["ce_time"].decode() == orjson.loads(e.value)["observed_at"]
 
 
 def test_kpi_definitions_declare_how_long_a_window_is_revised():
