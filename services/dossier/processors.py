@@ -414,7 +414,7 @@ class DossierKpiProcessor(StreamProcessor):
         if state.get("prune_day") != today_iso:
             self._prune(state, now)
             state.put("prune_day", today_iso)
-        # an observation's CloudEvents time is when it was observed (as the meter and traffic processors do)
+        # an observation's CloudEvents time is when it was observed (as the other processors publish it)
         out = encode_many(KPI_EVENT, payloads, source=SOURCE, time=observed_at) if payloads else []
         pending = state.pop(PENDING_KEY)
         if pending:

@@ -399,6 +399,7 @@ class KioskKpiProcessor(StreamProcessor):
             h = state.get(f"h:{kiosk}")
             if info["active"] and h is not None and h["status"] == "offline":
                 offline_now[info["district"]] += 1
+        observed_at = _iso(t)  # also the observations' CloudEvents time (as the other processors publish it)
         for w, ws in windows:
             end = min(ws + w, t)
             agg: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
@@ -441,19 +442,18 @@ class KioskKpiProcessor(StreamProcessor):
                 offline = None
                 if w == HOUR and ws == window_start(t, HOUR):
                     offline = sum(offline_now.values()) if level == "city" else offline_now.get(code, 0.0)
-                payloads.extend(self._observations(level, code, a, offline, w, ws, t, partition))
+                payloads.extend(self._observations(level, code, a, offline, w, ws, observed_at, partition))
         # Payloads are built as the model dumps them and encoded in one go (no model objects: thousands of
         # observations per pass); their fields are this processor's own constants and validated inputs.
-        # an observation's CloudEvents time is when it was observed (as the meter and traffic processors do)
-        out.extend(encode_many(KPI_EVENT, payloads, source=self.source, time=_iso(t)) if payloads else ())
+        out.extend(encode_many(KPI_EVENT, payloads, source=self.source, time=observed_at) if payloads else ())
         return out
 
     def _observations(self, level: str, code: str, a: dict[str, float], offline: float | None, w: int,
-                      ws: float, t: float, partition: int) -> list[dict]:
+                      ws: float, observed_at: str, partition: int) -> list[dict]:
         """``KpiObserved`` payloads of one area and window that changed since this partition last published
         them (availability of a closed window, or of the night, and session KPIs without new sessions do not)."""
         out: list[dict] = []
-        window_iso, observed_at = _iso(ws), _iso(t)
+        window_iso = _iso(ws)
         changed = self.changed_since_emitted
 
         def obs(kpi: str, num: float, den: float | None, unit: str, scale: float = 1.0) -> None:
