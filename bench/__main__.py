@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--quick", action="store_true", help="smaller workload")
     ap.add_argument("--skip-domains", action="store_true")
+    ap.add_argument("--pairs", type=int, default=3, help="runs of each KPI processor, each beside a run of its "
+                    "raw ceiling (interleaved); the row shows the median ratio and the range")
     ap.add_argument("--only", default="", help="comma-separated path-name prefixes, e.g. 'meter' or "
                     "'kiosk,dossier' (the raw aiokafka ceiling always runs; a processor's workload is what its "
                     "domain's ingest published, so keep the domain's prefix whole)")
@@ -114,7 +116,7 @@ def main() -> None:
         if not opts.skip_domains:
             from bench import domains
 
-            results.update(domains.run_all(bs, n, console, only=only))
+            results.update(domains.run_all(bs, n, console, only=only, pairs=max(1, opts.pairs)))
     finally:
         broker.stop()
     report(results, n, only)
@@ -129,8 +131,11 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
         table.add_column(col, justify="right" if col != "path" else "left")
     for key, r in results.items():
         eps = r.get("events_per_s")
+        same = str(r.get("x_raw_same_topics", ""))
+        if len(r.get("x_raw_same_topics_runs", ())) > 1:  # median of the pairs, and their range
+            same += f" ({min(r['x_raw_same_topics_runs'])}–{max(r['x_raw_same_topics_runs'])})"
         table.add_row(r.get("label", key), f"{eps:,}" if eps else r.get("error", "—")[:40],
-                      f"{eps / raw:.2f}" if eps and raw else "", str(r.get("x_raw_same_topics", "")),
+                      f"{eps / raw:.2f}" if eps and raw else "", same,
                       f"{eps / naive:.1f}" if eps and naive else "", str(r.get("x_naive_same_work", "")),
                       str(r.get("cpu_s_per_million", "")), str(r.get("peak_rss_mib", "")),
                       str(r.get("latency_p50_ms", "")), str(r.get("latency_p99_ms", "")))
