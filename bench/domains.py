@@ -7,6 +7,7 @@ memory are that path's own. Services are measured as separate uvicorn processes 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import statistics
@@ -117,15 +118,15 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                 # ``pairs`` times interleaved with the processor because one run of either moves ±20% with
                 # what else the 2 cores do; then, once, the newcomer's version of the same processor (a
                 # per-event Faust agent doing the same work).
+                baseline = functools.partial(run_child, "domain", timeout=900, bootstrap=bootstrap,
+                                             domain=args["domain"], index=args.get("index", 0))
                 runs, ceilings = [res], []
                 for i in range(pairs):
                     if i:
                         runs.append(run_child("domain", timeout=900, bootstrap=bootstrap, domain_path=path, **args))
-                    ceilings.append(run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="raw_sources",
-                                              domain=args["domain"], index=args.get("index", 0)))
-                res = {**res, **processor_pairs(runs, ceilings)}
-                naive = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="naive_processor",
-                                  domain=args["domain"], index=args.get("index", 0))
+                    ceilings.append(baseline(domain_path="raw_sources"))
+                res = processor_pairs(runs, ceilings)
+                naive = baseline(domain_path="naive_processor")
                 if naive.get("events_per_s") and res.get("events_per_s"):
                     res["naive_same_work_events_per_s"] = naive["events_per_s"]
                     res["naive_same_work_cpu_s_per_million"] = naive.get("cpu_s_per_million")
