@@ -117,6 +117,7 @@ class ProcessorCore:
         self.changelog = changelog
         self.partitions: dict[int, PartitionRuntime] = {}
         self.lock = asyncio.Lock()
+        self._recovering = asyncio.Lock()  # one recovery at a time (see ``recover``)
         self._producer: AIOKafkaProducer | None = None
         self.processed = 0
         self.emitted = 0
@@ -145,8 +146,15 @@ class ProcessorCore:
 
     # Recovery ------------------------------------------------------------------------------------------------
     async def recover(self, partitions: Iterable[int]) -> None:
-        """Load the state of ``partitions`` from the changelog (those not loaded yet)."""
-        todo = [p for p in partitions if p not in self.partitions]
+        """Load the state of ``partitions`` from the changelog (those not loaded yet).
+
+        Drivers call it outside ``lock`` too (a rebalance listener, a rewind), so a batch may be processed
+        meanwhile. Recoveries run one at a time and a partition loaded by the one before is not loaded again:
+        that would replace the state a batch was just applied to with the durable one, losing the batch."""
+        async with self._recovering:
+            await self._recover([p for p in partitions if p not in self.partitions])
+
+    async def _recover(self, todo: list[int]) -> None:
         if not todo:
             return
         self.processor.forget_emitted(todo)

@@ -122,6 +122,25 @@ async def test_the_first_batch_recovers_every_owned_partition_at_once(kafka_sett
     await core.stop()
 
 
+async def test_a_recovery_running_beside_a_batch_never_loads_its_partition_twice(kafka_settings, topics_ready, caplog):
+    """A rebalance listener or a rewind recovers outside the batch lock. When a batch arrives meanwhile, the
+    partition is loaded once: a second load would replace the state the batch was applied to with the durable
+    one, losing the batch and its applied offset (the aiokafka driver then never caught up: CI, 2026-11-24)."""
+    import asyncio
+    import logging
+
+    tag = f"r{uuid.uuid4().hex[:6]}"
+    tp = TopicPartition(AUDIT.topic, 0)
+    core = await _core(kafka_settings, f"test-core-{tag}")
+    with caplog.at_level(logging.INFO, logger="shared.stream.core"):
+        await asyncio.gather(core.recover({0}), core.process({tp: _records(AUDIT.topic, range(0, 5), tag)}))
+    assert [r.partitions for r in caplog.records if r.getMessage() == "state recovered"] == [[0]]
+    assert core.partitions[0].state.get(f"count:{tag}") == 5
+    assert core.applied_offset(AUDIT.topic, 0) == 5
+    await core.flush()
+    await core.stop()
+
+
 async def test_state_keys_held_are_exported_after_emits_recovery_and_revocation(kafka_settings, topics_ready):
     """``ioc_processor_state_keys`` follows the keys in memory, so state growth can be told from other memory."""
     from prometheus_client import REGISTRY
