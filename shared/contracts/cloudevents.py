@@ -279,12 +279,30 @@ def payload_validator(etype: EventType):
     return v
 
 
+_fast_payloads: dict[str, Any] = {}
+
+
+def fast_payload_decoder(etype: EventType):
+    """The :class:`~shared.contracts.fast_payloads.FastPayloads` first try for ``etype``'s payloads, built from
+    :func:`payload_validator`'s schema, or ``None`` if the schema has anything it does not cover."""
+    try:
+        return _fast_payloads[etype.type]
+    except KeyError:
+        from shared.contracts.fast_payloads import fast_payloads
+
+        fast = _fast_payloads[etype.type] = fast_payloads(payload_validator(etype)[1].core_schema,
+                                                           f"{etype.model.__name__}Payload")
+        return fast
+
+
 def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedEvent], list[tuple[Any, str]]]:
     """Decode and validate many records at once: ``(valid events in order, [(record, reason), ...])``.
 
-    Payloads of one type are validated in a single pydantic-core call over a JSON array whose output is the
-    payloads themselves (see :func:`payload_validator`); only when that fails are they checked one by one to
-    find the bad ones. Same rules as :func:`decode`.
+    Payloads of one type are validated together: first by the type's msgspec decoder
+    (:func:`fast_payload_decoder`, the same rules, about twice as fast), then, if it has none or it refuses
+    the batch, in a single pydantic-core call over a JSON array whose output is the payloads themselves (see
+    :func:`payload_validator`); only when that fails are they checked one by one to find the bad ones and say
+    why. Same rules as :func:`decode`.
 
     ``tp``: the ``TopicPartition`` all ``records`` come from, for records that do not carry their topic and
     partition (bare records, :mod:`shared.kafka.records`); without it each record's own are used.
@@ -354,6 +372,13 @@ def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedE
         append(ev)
     bad = False
     for etype, values, group_events, group_records in by_type.values():
+        fast = fast_payload_decoder(etype)
+        if fast is not None:
+            payloads = fast.decode(values)
+            if payloads is not None:
+                for ev, data in zip(group_events, payloads, strict=True):
+                    ev.data = data
+                continue
         many, one = payload_validator(etype)
         try:
             for ev, data in zip(group_events, many.validate_json(b"[" + b",".join(values) + b"]"), strict=True):
