@@ -131,8 +131,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return ORJSONResponse(error_body("database_unavailable", "the database is unavailable; nothing was "
                                          "accepted, retry later"), 503, headers={"Retry-After": "5"})
 
+    # InternalClientError: asyncpg's protocol state breaks when the server dies in the middle of an operation
+    # ("cannot switch to state 11; another operation is in progress", seen in the PostgreSQL-kill test).
     for exc_type in (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError,
-                     asyncpg.CannotConnectNowError, TimeoutError):
+                     asyncpg.CannotConnectNowError, TimeoutError, asyncpg.InternalClientError):
         app.add_exception_handler(exc_type, _db_down)
 
     @app.exception_handler(asyncpg.DataError)

@@ -74,9 +74,9 @@ class FastPayloads:
                 return None
         payloads = msgspec.to_builtins(structs)
         if self._rules is not None:
-            try:
-                for p in payloads:
-                    self._rules(p)
+            rules = self._rules
+            try:  # what they return is the payload, as in pydantic-core (the contracts' rules return it as is)
+                payloads = [rules(p) for p in payloads]
             except Exception:  # pydantic-core calls the same rules and reports what they raised
                 return None
         return payloads
@@ -127,10 +127,14 @@ def _build(schema: dict[str, Any], name: str) -> FastPayloads:
             fields.append((fname, ann))
         else:
             fields.append((fname, ann | msgspec.UnsetType, _UNSET))
-    # gc=False: the structs live only until to_builtins and hold no containers that could point back at them
-    struct = msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True, gc=False)
+    try:
+        # gc=False: the structs live only until to_builtins and hold no containers that could point back at them
+        struct = msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True, gc=False)
+        decoder = msgspec.json.Decoder(list[struct])
+    except (TypeError, ValueError) as exc:  # a field name or type msgspec does not take
+        raise Unsupported(str(exc)) from exc
     checks = [_pattern_check(pattern, names) for pattern, names in patterns.items()]
-    return FastPayloads(msgspec.json.Decoder(list[struct]), checks, rules)
+    return FastPayloads(decoder, checks, rules)
 
 
 def _scalar_type(schema: dict[str, Any]) -> Any:
