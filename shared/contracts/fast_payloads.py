@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from itertools import chain
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
@@ -105,7 +104,7 @@ def _build(schema: dict[str, Any], name: str) -> FastPayloads:
     if schema.get("extra_behavior") != "forbid" or schema.get("computed_fields"):
         raise Unsupported("open object")
     fields: list[tuple] = []
-    patterns: dict[str, list[tuple[str, bool]]] = {}
+    patterns: dict[str, list[str]] = {}
     for fname, field in schema["fields"].items():
         if set(field) - {"type", "schema", "required", "metadata"}:
             raise Unsupported("field options (aliases...)")
@@ -119,8 +118,7 @@ def _build(schema: dict[str, Any], name: str) -> FastPayloads:
         else:
             ann = _scalar_type(fschema)
             if fschema.get("pattern") is not None:
-                always = field.get("required", True) and not nullable
-                patterns.setdefault(fschema["pattern"], []).append((fname, always))
+                patterns.setdefault(fschema["pattern"], []).append(fname)
         if nullable:
             ann = ann | None
         if field.get("required", True):
@@ -147,9 +145,7 @@ def _scalar_type(schema: dict[str, Any]) -> Any:
         if not expected or not all(type(v) in (str, int) for v in expected):  # not bools, None...
             raise Unsupported("literal of other than strings and integers")
         return Literal[tuple(expected)]
-    base = {"str": str, "int": int, "float": float, "bool": bool}[kind]
-    meta = {k: schema[k] for k in _META_KEYS if schema.get(k) is not None}
-    return Annotated[base, msgspec.Meta(**meta)] if meta else base
+    return _constrained({"str": str, "int": int, "float": float, "bool": bool}[kind], schema)
 
 
 def _list_type(schema: dict[str, Any]) -> Any:
@@ -158,31 +154,25 @@ def _list_type(schema: dict[str, Any]) -> Any:
     items = schema.get("items_schema")
     if items is None or items["type"] == "list" or items.get("pattern") is not None:
         raise Unsupported("list items")
-    ann = list[_scalar_type(items)]
-    meta = {k: schema[k] for k in ("min_length", "max_length") if schema.get(k) is not None}
+    return _constrained(list[_scalar_type(items)], schema)
+
+
+def _constrained(ann: Any, schema: dict[str, Any]) -> Any:
+    """``ann`` with the lengths and bounds ``schema`` sets (the keys were checked to be ones it may have)."""
+    meta = {k: schema[k] for k in _META_KEYS if schema.get(k) is not None}
     return Annotated[ann, msgspec.Meta(**meta)] if meta else ann
 
 
 # patterns ---------------------------------------------------------------------------------------------------
 
-def _pattern_check(pattern: str, fields: list[tuple[str, bool]]) -> Callable[[list], bool]:
-    """A check that every value of the ``fields`` (name, always present and not null) in a batch matches
-    ``pattern``. Absent and null values are skipped: their fields' types decide about them."""
+def _pattern_check(pattern: str, names: list[str]) -> Callable[[list], bool]:
+    """A check that every value of the ``names`` fields in a batch matches ``pattern``. Absent and null values
+    are skipped: their fields' types decide about them."""
     matches = _joined(_body(pattern))
-    always = [name for name, present in fields if present]
-    sometimes = [attrgetter(name) for name, present in fields if not present]
-    get_always = attrgetter(*always) if always else None
-    several = len(always) > 1  # then attrgetter gives a tuple per struct
+    getters = [attrgetter(name) for name in names]
 
     def check(structs: list) -> bool:
-        if get_always is None:
-            values = []
-        elif several:
-            values = list(chain.from_iterable(map(get_always, structs)))
-        else:
-            values = list(map(get_always, structs))
-        for get in sometimes:
-            values += [v for v in map(get, structs) if v is not None and v is not _UNSET]
+        values = [v for get in getters for v in map(get, structs) if v is not None and v is not _UNSET]
         return not values or matches(values)
 
     return check
