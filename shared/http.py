@@ -35,6 +35,7 @@ from shared.kafka.admin import ensure_topics
 from shared.kafka.producer import BrokerUnavailable, EventPublisher
 from shared.logging import configure_logging
 from shared.metrics import BUILD_INFO, MetricsMiddleware, metrics_response
+from shared.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 PLATFORM_MIGRATIONS = Path(__file__).parent / "migrations"
@@ -283,11 +284,16 @@ def create_service_app(
         finally:
             if on_stop is not None:
                 await on_stop(ctx)
-            for t in ctx.tasks:
-                t.cancel()
-            await asyncio.gather(*ctx.tasks, return_exceptions=True)
+            # Cancelled until they end (a dependency's wait_for can swallow one cancellation), never waited on
+            # for ever: a background loop that will not stop must not keep the service from stopping.
+            await stop_tasks(ctx.tasks, timeout=10)
             await ctx.publisher.stop()
-            await ctx.pool.close()
+            try:  # close waits for every connection to be released: a task that would not stop may hold one
+                async with asyncio.timeout(10):
+                    await ctx.pool.close()
+            except TimeoutError:
+                log.error("database pool did not close within 10 s; terminating its connections")
+                ctx.pool.terminate()
 
     app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
                   default_response_class=ORJSONResponse)

@@ -67,7 +67,8 @@ class StreamHub:
             if self.head > after:
                 return
             try:
-                await asyncio.wait_for(self._cond.wait(), max_wait)
+                async with asyncio.timeout(max_wait):
+                    await self._cond.wait()
             except TimeoutError:
                 pass
 

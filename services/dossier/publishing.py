@@ -135,7 +135,8 @@ class OutboxRelay:
                 pass
 
         try:
-            await asyncio.wait_for(drain(), timeout)
+            async with asyncio.timeout(timeout):
+                await drain()
         except (BrokerUnavailable, TimeoutError):
             log.warning("outbox not flushed at shutdown; it will be published at the next start")
 
@@ -182,7 +183,8 @@ class OutboxRelay:
 
     async def _sleep(self, seconds: float) -> None:
         try:
-            await asyncio.wait_for(self.wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
         except TimeoutError:
             pass
         self.wake.clear()

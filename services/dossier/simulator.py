@@ -167,6 +167,7 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     try:
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     except TimeoutError:
         pass

@@ -253,6 +253,7 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
                 if items:
                     await _post(client, path, items, stop)
             try:
-                await asyncio.wait_for(stop.wait(), tick_seconds)
+                async with asyncio.timeout(tick_seconds):
+                    await stop.wait()
             except TimeoutError:
                 pass

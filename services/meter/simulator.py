@@ -111,7 +111,8 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
             wait = (end - datetime.now(UTC)).total_seconds() + 5
             if wait > 0:  # caught up with the clock: real time from now on
                 try:
-                    await asyncio.wait_for(stop.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
                 except TimeoutError:
                     pass
                 continue
@@ -122,7 +123,8 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
                 await _post(client, "/v1/events", {"items": events}, stop)
             sim = end
             try:
-                await asyncio.wait_for(stop.wait(), step_seconds)
+                async with asyncio.timeout(step_seconds):
+                    await stop.wait()
             except TimeoutError:
                 pass
 

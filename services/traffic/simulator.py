@@ -149,7 +149,8 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
                 log.warning("simulator: registering intersections answered %s", r.status_code)
         while not stop.is_set():
             try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await stop.wait()
                 break
             except TimeoutError:
                 pass

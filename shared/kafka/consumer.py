@@ -26,6 +26,7 @@ from shared.metrics import (
     LAST_PROCESSED,
     PROCESSING_LATENCY,
 )
+from shared.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,7 @@ class EventConsumer:
     async def stop(self) -> None:
         self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await stop_tasks([self._task], timeout=10)
         if self._consumer is not None:
             await self._consumer.stop()
 

@@ -68,7 +68,8 @@ class EventPublisher:
                 compression_type=None,
             )
             try:
-                await asyncio.wait_for(producer.start(), self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    await producer.start()
             except Exception as exc:  # e.g. aiokafka's KeyError on a refused SCRAM login
                 try:
                     await producer.stop()
@@ -81,7 +82,8 @@ class EventPublisher:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             try:
-                await asyncio.wait_for(producer.stop(), self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    await producer.stop()
             except (KafkaError, OSError, TimeoutError):
                 log.warning("producer did not stop cleanly")
 
@@ -90,7 +92,8 @@ class EventPublisher:
         if n is None:
             assert self._producer is not None
             try:
-                parts = await asyncio.wait_for(self._producer.partitions_for(topic), min(5.0, self._timeout_s))
+                async with asyncio.timeout(min(5.0, self._timeout_s)):
+                    parts = await self._producer.partitions_for(topic)
             except (KafkaError, TimeoutError):
                 # The topic is missing (e.g. a broker that restarted empty): create it from the catalogue.
                 from shared.contracts import TOPICS
@@ -99,7 +102,8 @@ class EventPublisher:
                 if topic not in TOPICS:
                     raise
                 await ensure_topics(self._kafka, [TOPICS[topic]])
-                parts = await asyncio.wait_for(self._producer.partitions_for(topic), self._timeout_s)
+                async with asyncio.timeout(self._timeout_s):
+                    parts = await self._producer.partitions_for(topic)
             n = self._partitions[topic] = len(parts)
         return n
 
@@ -169,7 +173,8 @@ class EventPublisher:
     async def wait(self, acks: asyncio.Future) -> None:
         """Wait for a :meth:`send`'s acknowledgements; :class:`BrokerUnavailable` if they do not come."""
         try:
-            await asyncio.wait_for(acks, self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                await acks
         except (KafkaError, OSError, TimeoutError) as exc:
             # The producer may be wedged on a dead connection; rebuild it on the next call.
             log.warning("publish failed: %s", type(exc).__name__)
@@ -181,7 +186,8 @@ class EventPublisher:
         self._partitions.clear()
         if producer is not None:
             try:
-                await asyncio.wait_for(producer.stop(), 2)
+                async with asyncio.timeout(2):
+                    await producer.stop()
             except Exception:
                 pass
 
@@ -191,7 +197,8 @@ class EventPublisher:
             if self._producer is None:
                 await self.start()
             assert self._producer is not None
-            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 3)
+            async with asyncio.timeout(3):
+                await self._producer.client.fetch_all_metadata()
             return True
         except Exception:
             return False

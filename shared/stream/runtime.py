@@ -30,6 +30,7 @@ from shared.kafka.records import install as install_bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.core import ProcessorCore, changelog_topic
 from shared.stream.processor import StreamProcessor
+from shared.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,15 @@ class AiokafkaDriver:
 
     async def stop(self) -> None:
         self._stopping = True
-        for t in self._tasks:
-            t.cancel()
         # Python 3.11's wait_for (used inside aiokafka's getmany) can swallow a cancellation that races with its
-        # inner future completing: the loop also checks ``_stopping``, and stop never waits on it unboundedly.
-        pending = set()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=5)
+        # inner future completing: stop_tasks cancels again until the tasks end, and the loop checks ``_stopping``.
+        pending = await stop_tasks(self._tasks, timeout=5)
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.commit()
             await self.consumer.stop()
         if pending:
-            await asyncio.wait(pending, timeout=5)
+            await stop_tasks(pending, timeout=5)
 
     async def seek_to_applied(self, tps) -> None:
         assert self.consumer is not None
