@@ -101,34 +101,38 @@ async def read_topic(
         found: list = []
         deadline = time.monotonic() + timeout
         idle_rounds = 0
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=10000)
-            n = 0
-            for recs in batch.values():
-                for r in recs:
-                    n += 1
-                    if raw:
-                        found.append(r)
-                        continue
-                    try:
-                        ev = decode(r)
-                    except EventDecodeError:
-                        continue
-                    if where is None or where(ev):
-                        found.append(ev)
-            at_end = True
-            for tp in tps:
-                hw = consumer.highwater(tp)
-                if hw is None or await consumer.position(tp) < hw:
-                    at_end = False
-            idle_rounds = idle_rounds + 1 if n == 0 else 0
-            if expect is not None:
-                if len(found) >= expect and at_end:
-                    break
-            elif at_end and idle_rounds >= 2:
-                break
-            if n == 0:
-                await asyncio.sleep(0.05)
+        try:  # position() waits without a bound for an offset reset; the rest is bounded by the broker's answers
+            async with asyncio.timeout(timeout + 5):
+                while time.monotonic() < deadline:
+                    batch = await consumer.getmany(timeout_ms=200, max_records=10000)
+                    n = 0
+                    for recs in batch.values():
+                        for r in recs:
+                            n += 1
+                            if raw:
+                                found.append(r)
+                                continue
+                            try:
+                                ev = decode(r)
+                            except EventDecodeError:
+                                continue
+                            if where is None or where(ev):
+                                found.append(ev)
+                    at_end = True
+                    for tp in tps:
+                        hw = consumer.highwater(tp)
+                        if hw is None or await consumer.position(tp) < hw:
+                            at_end = False
+                    idle_rounds = idle_rounds + 1 if n == 0 else 0
+                    if expect is not None:
+                        if len(found) >= expect and at_end:
+                            break
+                    elif at_end and idle_rounds >= 2:
+                        break
+                    if n == 0:
+                        await asyncio.sleep(0.05)
+        except TimeoutError:
+            pass
         return found
     finally:
         await consumer.stop()
