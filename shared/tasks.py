@@ -25,7 +25,9 @@ async def stop_tasks(tasks: Iterable[asyncio.Task], *, timeout: float = 10.0, ev
     running (a cancellation can be swallowed, see the module), for ``timeout`` seconds at the most.
 
     Returns the tasks still running then (logged as an error; empty when all stopped). Their results and
-    exceptions are retrieved, so none is reported as never retrieved.
+    exceptions are retrieved, so none is reported as never retrieved. A repeated cancel also interrupts what a
+    task does on cancellation: cleanup that must finish belongs in the service's ``on_stop`` (which runs
+    before), or under ``asyncio.shield``.
     """
     tasks = list(tasks)
     loop = asyncio.get_running_loop()
