@@ -1,11 +1,11 @@
-"""Stopping background tasks for sure.
+"""Waiting and stopping background tasks for sure.
 
 On Python 3.11, ``asyncio.wait_for`` swallows a cancellation that arrives just after the awaitable it waits
 on has finished (CPython gh-86296; 3.12 rewrote it on ``asyncio.timeout``): the task goes on as if never
-cancelled. IOC's own code waits with ``asyncio.timeout`` instead (ruff bans ``asyncio.wait_for`` outside
-tests), but its dependencies (aiokafka, asyncpg) still use ``wait_for`` inside the calls a background loop
-makes. A shutdown that cancels such a loop once and then waits for it can wait forever: a fresh-clone CI run
-hung in a service's shutdown that way, waiting on its outbox relay.
+cancelled. IOC's own code waits with ``asyncio.timeout`` instead (:func:`wait_event`; ruff bans
+``asyncio.wait_for`` outside tests), but faust-streaming and mode, which run the processors' workers, still use
+``wait_for``. A shutdown that cancels a loop once and then waits for it can wait for ever if the cancel was
+swallowed: a fresh-clone CI run hung in a service's shutdown that way, waiting on its outbox relay.
 """
 
 from __future__ import annotations
@@ -14,9 +14,20 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-__all__ = ["stop_tasks"]
+__all__ = ["stop_tasks", "wait_event"]
 
 log = logging.getLogger(__name__)
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds have passed; whether it is set. A cancellation always
+    propagates (this is what ``asyncio.wait_for(event.wait(), timeout)`` fails to do on Python 3.11)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        pass
+    return event.is_set()
 
 
 async def stop_tasks(tasks: Iterable[asyncio.Task], *, timeout: float = 10.0, every: float = 0.25

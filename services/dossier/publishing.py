@@ -26,6 +26,7 @@ from shared.contracts.dossier import (
 from shared.http import ServiceContext
 from shared.kafka.producer import BrokerUnavailable
 from shared.metrics import OUTBOX_BACKLOG
+from shared.tasks import wait_event
 
 from . import repository
 from .domain import Dossier, Procedure, utc
@@ -182,9 +183,5 @@ class OutboxRelay:
             pass
 
     async def _sleep(self, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                await self.wake.wait()
-        except TimeoutError:
-            pass
+        await wait_event(self.wake, seconds)
         self.wake.clear()

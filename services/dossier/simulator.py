@@ -18,6 +18,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import httpx
 
+from shared.tasks import wait_event
+
 from .domain import local_date
 
 log = logging.getLogger(__name__)
@@ -166,8 +168,4 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        async with asyncio.timeout(seconds):
-            await stop.wait()
-    except TimeoutError:
-        pass
+    await wait_event(stop, seconds)

@@ -20,6 +20,7 @@ import httpx
 
 from services.kiosk.domain import JOURNEY_NEEDS
 from shared.areas import HANOI_OFFSET_S, hanoi
+from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +253,4 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
                                 ("/v1/sessions", sessions)):
                 if items:
                     await _post(client, path, items, stop)
-            try:
-                async with asyncio.timeout(tick_seconds):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+            await wait_event(stop, tick_seconds)

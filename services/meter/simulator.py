@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 
 from shared.areas import hanoi
+from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
 QUARTER = 900
@@ -110,11 +111,7 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
             end = sim + timedelta(seconds=QUARTER)
             wait = (end - datetime.now(UTC)).total_seconds() + 5
             if wait > 0:  # caught up with the clock: real time from now on
-                try:
-                    async with asyncio.timeout(wait):
-                        await stop.wait()
-                except TimeoutError:
-                    pass
+                await wait_event(stop, wait)
                 continue
             readings, events = _interval(fleet, rng, sim, end, late, outages)
             for i in range(0, len(readings), BATCH):
@@ -122,11 +119,7 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
             if events:
                 await _post(client, "/v1/events", {"items": events}, stop)
             sim = end
-            try:
-                async with asyncio.timeout(step_seconds):
-                    await stop.wait()
-            except TimeoutError:
-                pass
+            await wait_event(stop, step_seconds)
 
 
 def _interval(fleet: Fleet, rng: random.Random, start: datetime, end: datetime, late: list[dict],

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from shared.areas import hanoi
+from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
 BASE_INTERSECTIONS = 300
@@ -148,12 +149,8 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
             if r.status_code != 200:
                 log.warning("simulator: registering intersections answered %s", r.status_code)
         while not stop.is_set():
-            try:
-                async with asyncio.timeout(1.0):
-                    await stop.wait()
+            if await wait_event(stop, 1.0):
                 break
-            except TimeoutError:
-                pass
             now = time.time()
             batch = []
             for sim in sims:

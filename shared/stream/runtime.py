@@ -91,8 +91,8 @@ class AiokafkaDriver:
 
     async def stop(self) -> None:
         self._stopping = True
-        # Python 3.11's wait_for (used inside aiokafka's getmany) can swallow a cancellation that races with its
-        # inner future completing: stop_tasks cancels again until the tasks end, and the loop checks ``_stopping``.
+        # A cancellation can be swallowed (Python 3.11's wait_for, see shared/tasks.py): stop_tasks cancels again
+        # until the tasks end, and the loop checks ``_stopping``.
         pending = await stop_tasks(self._tasks, timeout=5)
         if self.consumer is not None:
             with contextlib.suppress(Exception):
