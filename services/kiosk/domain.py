@@ -6,6 +6,7 @@ intervals are ``(start, end)`` pairs, half-open. Opening hours are Hanoi local t
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,16 +127,23 @@ def opening_intervals(hours: Sequence[Mapping], start: float, end: float) -> lis
     """Scheduled service time within ``[start, end)``, from weekly periods ``{days, open, close}`` (local time)."""
     if end <= start or not hours:
         return []
+    return list(_opening_intervals(tuple((tuple(p["days"]), p["open"], p["close"]) for p in hours), start, end))
+
+
+# Kiosks share a few schedules, and a KPI pass asks for every kiosk's over the same windows: computed once each.
+@functools.lru_cache(maxsize=4096)
+def _opening_intervals(hours: tuple[tuple[tuple[int, ...], str, str], ...], start: float, end: float
+                       ) -> tuple[Interval, ...]:
     first = math.floor((start + HANOI_OFFSET_S) / DAY)
     last = math.floor((end + HANOI_OFFSET_S) / DAY)
     out: list[Interval] = []
     for day in range(first, last + 1):
         weekday = (day + 3) % 7 + 1  # day 0 (1970-01-01) was a Thursday, ISO weekday 4
         midnight = day * DAY - HANOI_OFFSET_S
-        for p in hours:
-            if weekday in p["days"]:
-                out.append((midnight + _minutes(p["open"]) * 60, midnight + _minutes(p["close"]) * 60))
-    return clip(merge(out), start, end)
+        for days, opens, closes in hours:
+            if weekday in days:
+                out.append((midnight + _minutes(opens) * 60, midnight + _minutes(closes) * 60))
+    return tuple(clip(merge(out), start, end))
 
 
 def is_open(hours: Sequence[Mapping], t: float) -> bool:
@@ -179,6 +187,13 @@ class Availability:
     journeys: dict[str, tuple[float, float]]  # journey → (available seconds, scheduled seconds) if offered
 
 
+@functools.lru_cache(maxsize=256)  # a few peripheral sets in a city, asked for every kiosk on every KPI pass
+def offered_journeys(peripherals: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``(journey, peripherals it needs)`` of the journeys a kiosk fitted with ``peripherals`` offers."""
+    fitted = set(peripherals)
+    return tuple((journey, needs) for journey, needs in JOURNEY_NEEDS.items() if fitted.issuperset(needs))
+
+
 def kiosk_availability(kiosk: Mapping, online: Sequence[Interval], down: Mapping[str, Sequence[Interval]],
                        start: float, end: float) -> Availability:
     """Technical and per-journey functional availability of one kiosk within ``[start, end)``.
@@ -188,15 +203,14 @@ def kiosk_availability(kiosk: Mapping, online: Sequence[Interval], down: Mapping
     """
     scheduled = opening_intervals(kiosk["hours"], max(start, float(kiosk["since"])), end)
     up = intersect(scheduled, online)
-    sched_s = total(scheduled)
-    fitted = set(kiosk["peripherals"])
+    sched_s, up_s = total(scheduled), total(up)
     journeys: dict[str, tuple[float, float]] = {}
-    for journey, needs in JOURNEY_NEEDS.items():
-        if not fitted.issuperset(needs):
-            continue  # not offered on this kiosk: out of the denominator
-        blocked = merge(iv for p in needs for iv in down.get(p, ()))
-        journeys[journey] = (total(subtract(up, blocked)), sched_s)
-    return Availability(sched_s, total(up), journeys)
+    for journey, needs in offered_journeys(tuple(kiosk["peripherals"])):
+        blocked = [iv for p in needs for iv in down.get(p, ())]
+        # Usually no needed peripheral was ever down: the journey was available whenever the kiosk was up (the
+        # KPI pass evaluates every kiosk, so this skips most of its interval work).
+        journeys[journey] = (total(subtract(up, merge(blocked))) if blocked else up_s, sched_s)
+    return Availability(sched_s, up_s, journeys)
 
 
 # Faults -----------------------------------------------------------------------------------------------------------

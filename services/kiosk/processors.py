@@ -66,6 +66,8 @@ T_HEARTBEAT = event_type_of(HeartbeatReceived).type
 T_PERIPHERAL = event_type_of(PeripheralStatusChanged).type
 T_SESSION = event_type_of(SessionEnded).type
 STATE_EVENT = event_type_of(KioskStateChanged)
+# Aggregate keys of each journey's functional availability (available, scheduled seconds)
+_JOURNEY_KEYS = {journey: (f"fa_up:{journey}", f"fa_sched:{journey}") for journey in JOURNEYS}
 
 
 def _ts(value: str) -> float:
@@ -400,23 +402,28 @@ class KioskKpiProcessor(StreamProcessor):
             if info["active"] and h is not None and h["status"] == "offline":
                 offline_now[info["district"]] += 1
         observed_at = _iso(t)  # also the observations' CloudEvents time (as the other processors publish it)
+        # Each active kiosk's online time and peripherals' down time up to ``t``: the same for every window.
+        active: list[tuple[dict, list, dict]] = []
+        for kiosk, info in kiosks.items():
+            if not info["active"]:
+                continue
+            h = state.get(f"h:{kiosk}")
+            online = online_intervals(h["segs"], h["last"], t, self.timeout) if h else []
+            dev = state.get(f"d:{kiosk}") or {}
+            down = {per: merge((s, e if e is not None else t) for s, e in p["down"]) for per, p in dev.items()}
+            active.append((info, online, down))
         for w, ws in windows:
             end = min(ws + w, t)
             agg: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-            for kiosk, info in kiosks.items():
-                if not info["active"]:
-                    continue
-                h = state.get(f"h:{kiosk}")
-                online = online_intervals(h["segs"], h["last"], t, self.timeout) if h else []
-                dev = state.get(f"d:{kiosk}") or {}
-                down = {per: merge((s, e if e is not None else t) for s, e in p["down"]) for per, p in dev.items()}
+            for info, online, down in active:
                 av = kiosk_availability(info, online, down, ws, end)
                 a = agg[info["district"]]
                 a["scheduled"] += av.scheduled_s
                 a["online"] += av.online_s
                 for journey, (up, sched) in av.journeys.items():
-                    a[f"fa_up:{journey}"] += up
-                    a[f"fa_sched:{journey}"] += sched
+                    up_key, sched_key = _JOURNEY_KEYS[journey]
+                    a[up_key] += up
+                    a[sched_key] += sched
             for key, c in state.items(f"s:{w}:{int(ws)}:"):
                 info = kiosks.get(key.split(":", 3)[3])
                 if info is None:

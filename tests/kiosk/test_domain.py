@@ -62,6 +62,18 @@ def test_opening_hours_are_local_time_and_weekday_specific():
     assert opening_intervals(all_day, MON, MON + 24 * H) == [(MON, MON + 17 * H)]
 
 
+def test_opening_hours_of_a_schedule_are_reused_yet_each_caller_gets_its_own_list():
+    first = opening_intervals(WEEKDAYS_8_17, MON, MON + 24 * H)
+    first.append((0, 1))  # a caller changing its result does not change the next one's
+    assert opening_intervals(WEEKDAYS_8_17, MON, MON + 24 * H) == [(MON + 1 * H, MON + 10 * H)]
+    # Another schedule over the same window, and the same schedule changed in place, are not the one remembered.
+    assert opening_intervals(DAILY_7_21, MON, MON + 24 * H) == [(MON, MON + 14 * H)]
+    hours = [dict(WEEKDAYS_8_17[0])]
+    assert opening_intervals(hours, MON, MON + 24 * H) == [(MON + 1 * H, MON + 10 * H)]
+    hours[0]["close"] = "12:00"
+    assert opening_intervals(hours, MON, MON + 24 * H) == [(MON + 1 * H, MON + 5 * H)]
+
+
 def test_daily_windows_follow_the_hanoi_day_and_hourly_windows_the_hour():
     t = MON + 18 * H + 5  # 01:00:05 local on Tuesday
     assert window_start(t, 86400) == MON + 17 * H
