@@ -397,21 +397,20 @@ class KioskKpiProcessor(StreamProcessor):
         payloads: list[dict] = []
         partition = state.partition
         offline_now: dict[str, float] = defaultdict(float)
-        for kiosk, info in kiosks.items():
-            h = state.get(f"h:{kiosk}")
-            if info["active"] and h is not None and h["status"] == "offline":
-                offline_now[info["district"]] += 1
-        observed_at = _iso(t)  # also the observations' CloudEvents time (as the other processors publish it)
-        # Each active kiosk's online time and peripherals' down time up to ``t``: the same for every window.
+        # One look at each active kiosk: offline now or not, and its online and peripherals' down time up to ``t``
+        # (the same for every window).
         active: list[tuple[dict, list, dict]] = []
         for kiosk, info in kiosks.items():
             if not info["active"]:
                 continue
             h = state.get(f"h:{kiosk}")
+            if h is not None and h["status"] == "offline":
+                offline_now[info["district"]] += 1
             online = online_intervals(h["segs"], h["last"], t, self.timeout) if h else []
             dev = state.get(f"d:{kiosk}") or {}
             down = {per: merge((s, e if e is not None else t) for s, e in p["down"]) for per, p in dev.items()}
             active.append((info, online, down))
+        observed_at = _iso(t)  # also the observations' CloudEvents time (as the other processors publish it)
         for w, ws in windows:
             end = min(ws + w, t)
             agg: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

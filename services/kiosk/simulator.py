@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from services.kiosk.domain import JOURNEY_NEEDS
+from services.kiosk.domain import JOURNEY_NEEDS, offered_journeys
 from shared.areas import HANOI_OFFSET_S, hanoi
 from shared.tasks import wait_event
 
@@ -167,7 +167,7 @@ class FleetStep:
         return out
 
     def _session(self, k: SimKiosk, now: datetime, peripherals: list[dict]) -> dict:
-        offered = [j for j, needs in JOURNEY_NEEDS.items() if set(needs) <= set(k.peripherals)]
+        offered = [j for j, _ in offered_journeys(tuple(k.peripherals))]
         journey = self.rng.choices(offered, weights=[JOURNEY_WEIGHTS[j] for j in offered])[0]
         duration = self.rng.uniform(30, 400)
         item: dict = {"session_id": uuid.uuid4().hex[:16], "kiosk_id": k.kiosk_id, "journey": journey,
