@@ -37,8 +37,10 @@ def run_path(path: str, timeout: float = 300, **args) -> dict:
 
 def run_parallel(path: str, copies: int, timeout: float = 300, **args) -> list[dict]:
     cmd = [sys.executable, "-m", "bench.worker", path, json.dumps(args)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(copies)]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(copies)
+    ]
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=timeout)
@@ -56,7 +58,7 @@ async def produce(bootstrap: str, events) -> float:
     pub = EventPublisher(kafka, client_id="bench-producer")
     t = time.perf_counter()
     for i in range(0, len(events), 20000):
-        await pub.publish(events[i:i + 20000])
+        await pub.publish(events[i : i + 20000])
     rate = len(events) / (time.perf_counter() - t)
     await pub.stop()
     return rate
@@ -67,11 +69,20 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--quick", action="store_true", help="smaller workload")
     ap.add_argument("--skip-domains", action="store_true")
-    ap.add_argument("--pairs", type=int, default=3, help="runs of each KPI processor, each beside a run of its "
-                    "raw ceiling (interleaved); the row shows the median ratio and the range")
-    ap.add_argument("--only", default="", help="comma-separated path-name prefixes, e.g. 'meter' or "
-                    "'kiosk,dossier' (the raw aiokafka ceiling always runs; a processor's workload is what its "
-                    "domain's ingest published, so keep the domain's prefix whole)")
+    ap.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="runs of each KPI processor, each beside a run of its "
+        "raw ceiling (interleaved); the row shows the median ratio and the range",
+    )
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated path-name prefixes, e.g. 'meter' or "
+        "'kiosk,dossier' (the raw aiokafka ceiling always runs; a processor's workload is what its "
+        "domain's ingest published, so keep the domain's prefix whole)",
+    )
     opts = ap.parse_args()
     n = 50_000 if opts.quick else opts.events
     os.environ["IOC_KAFKA_PARTITIONS"] = "4"
@@ -83,7 +94,9 @@ def main() -> None:
     bs = broker.bootstrap_servers
     results: dict[str, dict] = {}
     try:
-        console.print(f"[bold]IOC benchmark[/bold]: {n:,} events of ~100 bytes on 4 partitions, embedded broker {bs}")
+        console.print(
+            f"[bold]IOC benchmark[/bold]: {n:,} events of ~100 bytes on 4 partitions, embedded broker {bs}"
+        )
         events = small_events(n)
         results["produce_batched"] = {"events": n, "events_per_s": round(asyncio.run(produce(bs, events)))}
         topic = AUDIT.topic
@@ -91,17 +104,35 @@ def main() -> None:
             ("raw_aiokafka", "baseline: raw aiokafka getmany + orjson + dict", dict(topic=topic, n=n)),
             # The same loop with the collector settings IOC's processes run with (shared.gc_tuning): the ceiling
             # the "× raw" figures would have if the plain consumer were tuned too.
-            ("raw_aiokafka_tuned_gc", "raw aiokafka, collector tuned as IOC's", dict(topic=topic, n=n, tune_gc=True)),
+            (
+                "raw_aiokafka_tuned_gc",
+                "raw aiokafka, collector tuned as IOC's",
+                dict(topic=topic, n=n, tune_gc=True),
+            ),
             ("naive_faust", "baseline: naive Faust agent, table per event", dict(topic=topic, n=n)),
-            ("ioc_stream", "IOC stream base (Faust driver, batch drain)", dict(topic=topic, n=n, driver="faust")),
-            ("ioc_stream_aiokafka", "IOC stream base (aiokafka driver)", dict(topic=topic, n=n, driver="aiokafka")),
+            (
+                "ioc_stream",
+                "IOC stream base (Faust driver, batch drain)",
+                dict(topic=topic, n=n, driver="faust"),
+            ),
+            (
+                "ioc_stream_aiokafka",
+                "IOC stream base (aiokafka driver)",
+                dict(topic=topic, n=n, driver="aiokafka"),
+            ),
         ]
         only = tuple(x.strip() for x in opts.only.split(",") if x.strip())
         for key, label, args in steps:
             if only and key != "raw_aiokafka" and not key.startswith(only):
                 continue
             console.print(f"… {label}")
-            path = "ioc_stream" if key.startswith("ioc_stream") else "raw_aiokafka" if key.startswith("raw") else key
+            path = (
+                "ioc_stream"
+                if key.startswith("ioc_stream")
+                else "raw_aiokafka"
+                if key.startswith("raw")
+                else key
+            )
             results[key] = {"label": label, **run_path(path, bootstrap=bs, **args)}
         if not only or "ioc_stream_2_workers".startswith(only):
             console.print("… scale-out: two IOC workers, one consumer group, 2 partitions each")
@@ -109,8 +140,9 @@ def main() -> None:
             results["ioc_stream_2_workers"] = {
                 "label": "IOC stream base, 2 worker processes",
                 "events": sum(r.get("events", 0) for r in both),
-                "events_per_s": round(sum(r.get("events", 0) for r in both)
-                                      / max(max(r.get("seconds", 0) for r in both), 1e-9)),
+                "events_per_s": round(
+                    sum(r.get("events", 0) for r in both) / max(max(r.get("seconds", 0) for r in both), 1e-9)
+                ),
                 "workers": both,
             }
         if not opts.skip_domains:
@@ -126,19 +158,36 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
     raw = results.get("raw_aiokafka", {}).get("events_per_s") or 0
     naive = results.get("naive_faust", {}).get("events_per_s") or 0
     table = Table(title=f"IOC benchmark ({n:,} events, 4 partitions, same run)")
-    for col in ("path", "events/s", "× raw", "× raw, same topics", "× naive Faust", "× naive, same work",
-                "CPU s / M events", "peak RSS MiB", "p50 ms", "p99 ms"):
+    for col in (
+        "path",
+        "events/s",
+        "× raw",
+        "× raw, same topics",
+        "× naive Faust",
+        "× naive, same work",
+        "CPU s / M events",
+        "peak RSS MiB",
+        "p50 ms",
+        "p99 ms",
+    ):
         table.add_column(col, justify="right" if col != "path" else "left")
     for key, r in results.items():
         eps = r.get("events_per_s")
         same = str(r.get("x_raw_same_topics", ""))
         if len(r.get("x_raw_same_topics_runs", ())) > 1:  # median of the pairs, and their range
             same += f" ({min(r['x_raw_same_topics_runs'])}–{max(r['x_raw_same_topics_runs'])})"
-        table.add_row(r.get("label", key), f"{eps:,}" if eps else r.get("error", "—")[:40],
-                      f"{eps / raw:.2f}" if eps and raw else "", same,
-                      f"{eps / naive:.1f}" if eps and naive else "", str(r.get("x_naive_same_work", "")),
-                      str(r.get("cpu_s_per_million", "")), str(r.get("peak_rss_mib", "")),
-                      str(r.get("latency_p50_ms", "")), str(r.get("latency_p99_ms", "")))
+        table.add_row(
+            r.get("label", key),
+            f"{eps:,}" if eps else r.get("error", "—")[:40],
+            f"{eps / raw:.2f}" if eps and raw else "",
+            same,
+            f"{eps / naive:.1f}" if eps and naive else "",
+            str(r.get("x_naive_same_work", "")),
+            str(r.get("cpu_s_per_million", "")),
+            str(r.get("peak_rss_mib", "")),
+            str(r.get("latency_p50_ms", "")),
+            str(r.get("latency_p99_ms", "")),
+        )
     console.print(table)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)

@@ -42,7 +42,9 @@ def _iso_z(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def generate(cycles: int, per_cycle: int, repeat: float, seed: int = 7) -> list[tuple[datetime, dict[int, list]]]:
+def generate(
+    cycles: int, per_cycle: int, repeat: float, seed: int = 7
+) -> list[tuple[datetime, dict[int, list]]]:
     """[(cycle time, {city partition: [ReceivedEvent, ...]})] of the simulated domains."""
     rnd = random.Random(seed)
     defs = all_definitions()
@@ -76,13 +78,27 @@ def generate(cycles: int, per_cycle: int, repeat: float, seed: int = 7) -> list[
                     n, d = prev
                 else:
                     n = (prev[0] if prev else 0.0) + rnd.randint(1, 50)
-                    d = ((prev[1] or 0.0) if prev else 0.0) + rnd.randint(50, 60) if combine == "ratio" else None
+                    d = (
+                        ((prev[1] or 0.0) if prev else 0.0) + rnd.randint(50, 60)
+                        if combine == "ratio"
+                        else None
+                    )
                     last[ident] = (n, d)
                 value = (n / d if d else None) if combine == "ratio" else n
-                payload = {"kpi": kpi, "scope_level": level, "scope_code": code,
-                           "window_start": _iso_z(start) if domain == "meter" else start.isoformat(),
-                           "window_seconds": w, "value": value, "numerator": n, "denominator": d, "unit": "x",
-                           "partition": part, "observed_at": observed, "key": kpi_key(kpi, level, code)}
+                payload = {
+                    "kpi": kpi,
+                    "scope_level": level,
+                    "scope_code": code,
+                    "window_start": _iso_z(start) if domain == "meter" else start.isoformat(),
+                    "window_seconds": w,
+                    "value": value,
+                    "numerator": n,
+                    "denominator": d,
+                    "unit": "x",
+                    "partition": part,
+                    "observed_at": observed,
+                    "key": kpi_key(kpi, level, code),
+                }
                 cp = zlib.crc32(payload["key"].encode()) % CITY_PARTITIONS
                 batches[cp].append(received(events_of[domain], payload, partition=cp, time_=observed))
         out.append((now, batches))
@@ -117,15 +133,21 @@ def run(module: str, workload, digest: dict | None = None) -> dict:
     for e in published:
         data = orjson.loads(e.value)
         if e.topic == "ioc.city.kpis":
-            digest[f"{data['kpi']}|{data['scope_level']}|{data['scope_code']}|{data['window_seconds']}|"
-                   f"{data['window_start']}"] = [data["value"], data["numerator"], data["denominator"],
-                                                 data["status"], data["partitions"]]
+            digest[
+                f"{data['kpi']}|{data['scope_level']}|{data['scope_code']}|{data['window_seconds']}|"
+                f"{data['window_start']}"
+            ] = [data["value"], data["numerator"], data["denominator"], data["status"], data["partitions"]]
         else:
             alarms += 1
             digest.setdefault("alarms", []).append([data["alarm_id"], data["state"], data["severity"]])
-    return {"events": n_events, "apply_emit_cpu_s_per_million": round(cpu_proc / n_events * 1e6, 2),
-            "changelog_cpu_s_per_million": round(cpu_log / n_events * 1e6, 2), "changelog_records": records,
-            "outputs": outputs, "alarm_changes": alarms}
+    return {
+        "events": n_events,
+        "apply_emit_cpu_s_per_million": round(cpu_proc / n_events * 1e6, 2),
+        "changelog_cpu_s_per_million": round(cpu_log / n_events * 1e6, 2),
+        "changelog_records": records,
+        "outputs": outputs,
+        "alarm_changes": alarms,
+    }
 
 
 def main() -> None:

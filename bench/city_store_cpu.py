@@ -48,8 +48,11 @@ def city_batches(cycles: int, per_cycle: int) -> list[list[ConsumerRecord]]:
             processor.apply_batch(events, states[p])
             for e in processor.emit(states[p], now + timedelta(seconds=0.2)):
                 offset += 1
-                records.append(ConsumerRecord(e.topic, 0, offset, 0, 0, e.key, e.value, None, len(e.key),
-                                              len(e.value), e.headers))
+                records.append(
+                    ConsumerRecord(
+                        e.topic, 0, offset, 0, 0, e.key, e.value, None, len(e.key), len(e.value), e.headers
+                    )
+                )
         out.append(records)
     return out
 
@@ -76,12 +79,21 @@ async def run(batches: list[list[ConsumerRecord]], profile: str | None, batch_de
         pool = await create_pool(DatabaseSettings(url=pg.url("perf")), schema="city")
         await apply_migrations(pool, "city", MIGRATIONS)
         store = CityStore(pool, correlation_window=timedelta(minutes=15))
-        consumer = EventConsumer(KafkaSettings(bootstrap_servers="127.0.0.1:1"), group_id=None, topics=[],
-                                 handler=store.handle, publisher=None)  # type: ignore[arg-type]
-        if batch_decode:  # what a decode_batch-based EventConsumer.process_records would cost (see the report)
+        consumer = EventConsumer(
+            KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+            group_id=None,
+            topics=[],
+            handler=store.handle,
+            publisher=None,
+        )  # type: ignore[arg-type]
+        if (
+            batch_decode
+        ):  # what a decode_batch-based EventConsumer.process_records would cost (see the report)
+
             async def process_records(records):
                 good, _ = decode_batch(records)
                 await store.handle(good)
+
             consumer.process_records = process_records
         await consumer.process_records(batches[0])  # warm-up: prepared statements, first rows
         prof = cProfile.Profile() if profile else None
@@ -100,8 +112,13 @@ async def run(batches: list[list[ConsumerRecord]], profile: str | None, batch_de
     finally:
         pg._proc.terminate()
         pg._proc.wait(10)
-    return {"kpi_updates": n, "batches": len(batches) - 1, "service_cpu_s_per_million": round(cpu / n * 1e6, 1),
-            "postgres_cpu_s_per_million": round(pg_cpu / n * 1e6, 1), "stream_items": stream_items}
+    return {
+        "kpi_updates": n,
+        "batches": len(batches) - 1,
+        "service_cpu_s_per_million": round(cpu / n * 1e6, 1),
+        "postgres_cpu_s_per_million": round(pg_cpu / n * 1e6, 1),
+        "stream_items": stream_items,
+    }
 
 
 def main() -> None:

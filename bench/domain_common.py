@@ -27,16 +27,18 @@ ROOT = Path(__file__).resolve().parent.parent
 def service_env(bootstrap: str, database_url: str, **extra: str) -> dict[str, str]:
     """Environment of a service/worker subprocess pointed at the bench's broker and database."""
     env = dict(os.environ)
-    env.update({
-        "IOC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "IOC_DATABASE_URL": database_url,
-        "IOC_KAFKA_IDEMPOTENCE": "false",
-        "IOC_LOG_LEVEL": os.environ.get("IOC_BENCH_LOG_LEVEL", "WARNING"),
-        # The benchmark measures throughput, not the per-principal rate limit.
-        "IOC_RATE_LIMIT": "1000000/second",
-        "IOC_MAX_INFLIGHT_REQUESTS": "256",
-        **extra,
-    })
+    env.update(
+        {
+            "IOC_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "IOC_DATABASE_URL": database_url,
+            "IOC_KAFKA_IDEMPOTENCE": "false",
+            "IOC_LOG_LEVEL": os.environ.get("IOC_BENCH_LOG_LEVEL", "WARNING"),
+            # The benchmark measures throughput, not the per-principal rate limit.
+            "IOC_RATE_LIMIT": "1000000/second",
+            "IOC_MAX_INFLIGHT_REQUESTS": "256",
+            **extra,
+        }
+    )
     return env
 
 
@@ -70,18 +72,29 @@ def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Po
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
-def spawn_service(name: str, bootstrap: str, database_url: str, *, log_dir: Path | None = None,
-                  **env: str) -> ServiceProcess:
+def spawn_service(
+    name: str, bootstrap: str, database_url: str, *, log_dir: Path | None = None, **env: str
+) -> ServiceProcess:
     """``ioc serve NAME`` on a free port (not waiting for it)."""
     port = free_port()
     log_path = (log_dir or ROOT / "bench-results") / f"service-{name}-{port}.log"
-    proc = spawn([sys.executable, "-m", "ioc", "serve", name, "--port", str(port), "--host", "127.0.0.1"],
-                 service_env(bootstrap, database_url, **env), log_path)
+    proc = spawn(
+        [sys.executable, "-m", "ioc", "serve", name, "--port", str(port), "--host", "127.0.0.1"],
+        service_env(bootstrap, database_url, **env),
+        log_path,
+    )
     return ServiceProcess(name, proc, port, log_path)
 
 
-async def start_service(name: str, bootstrap: str, database_url: str, *, log_dir: Path | None = None,
-                        timeout: float = 90.0, **env: str) -> ServiceProcess:
+async def start_service(
+    name: str,
+    bootstrap: str,
+    database_url: str,
+    *,
+    log_dir: Path | None = None,
+    timeout: float = 90.0,
+    **env: str,
+) -> ServiceProcess:
     """Start ``ioc serve NAME`` on a free port and wait until ``/readyz`` says database and broker are up."""
     svc = spawn_service(name, bootstrap, database_url, log_dir=log_dir, **env)
     proc, log_path = svc.proc, svc.log_path
@@ -101,8 +114,9 @@ async def start_service(name: str, bootstrap: str, database_url: str, *, log_dir
     raise TimeoutError(f"{name} service not ready within {timeout}s: {log_path.read_text()[-2000:]}")
 
 
-async def issue_key(database_url: str, scopes: list[str], *, kind: str = "gateway",
-                    attributes: dict | None = None) -> tuple[str, str]:
+async def issue_key(
+    database_url: str, scopes: list[str], *, kind: str = "gateway", attributes: dict | None = None
+) -> tuple[str, str]:
     """A fresh principal with ``scopes``: ``(principal id, API key)`` (the service must have migrated the platform
     schema)."""
     from shared.auth import KeyStore
@@ -154,11 +168,15 @@ class ProcessMeter:
     def result(self, events: int, unit: str = "events") -> dict:
         wall = self.t1 - self.t0
         cpu = self.cpu1 - self.cpu0
-        return {"events": events, "unit": unit, "seconds": round(wall, 3),
-                "events_per_s": round(events / wall) if wall > 0 else None,
-                "cpu_s_per_million": round(cpu / events * 1e6, 2) if events else None,
-                "service_cpu_utilisation": round(cpu / wall, 2) if wall > 0 else None,
-                "peak_rss_mib": round(self.peak_rss_mib(), 1)}
+        return {
+            "events": events,
+            "unit": unit,
+            "seconds": round(wall, 3),
+            "events_per_s": round(events / wall) if wall > 0 else None,
+            "cpu_s_per_million": round(cpu / events * 1e6, 2) if events else None,
+            "service_cpu_utilisation": round(cpu / wall, 2) if wall > 0 else None,
+            "peak_rss_mib": round(self.peak_rss_mib(), 1),
+        }
 
 
 def percentiles(samples_s: list[float], prefix: str = "latency") -> dict:
@@ -166,11 +184,18 @@ def percentiles(samples_s: list[float], prefix: str = "latency") -> dict:
     if not samples_s:
         return {}
     s = sorted(samples_s)
-    return {f"{prefix}_p{p}_ms": round(s[min(len(s) - 1, int(len(s) * p / 100))] * 1000, 1) for p in (50, 95, 99)}
+    return {
+        f"{prefix}_p{p}_ms": round(s[min(len(s) - 1, int(len(s) * p / 100))] * 1000, 1) for p in (50, 95, 99)
+    }
 
 
-async def post_all(client: httpx.AsyncClient, url: str, bodies: list[bytes] | list[list[bytes]],
-                   headers: dict[str, str], concurrency: int) -> tuple[list[float], list[httpx.Response]]:
+async def post_all(
+    client: httpx.AsyncClient,
+    url: str,
+    bodies: list[bytes] | list[list[bytes]],
+    headers: dict[str, str],
+    concurrency: int,
+) -> tuple[list[float], list[httpx.Response]]:
     """POST every pre-serialised body with ``concurrency`` requests in flight; request latencies and responses.
 
     ``bodies`` as a list of lists: one lane per list, each posting its bodies in order (per-entity ordering).
@@ -200,15 +225,23 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "content-type": "application/json"}
 
 
-async def measure_ingest(svc: ServiceProcess, url: str, bodies: list[bytes] | list[list[bytes]],
-                         headers: dict[str, str], *,
-                         concurrency: int, unit: str, count=None) -> dict:
+async def measure_ingest(
+    svc: ServiceProcess,
+    url: str,
+    bodies: list[bytes] | list[list[bytes]],
+    headers: dict[str, str],
+    *,
+    concurrency: int,
+    unit: str,
+    count=None,
+) -> dict:
     """POST ``bodies`` to ``svc`` (``concurrency`` in flight) and measure the service process: items accepted
     per second (``count(response)``, default the batch answer's ``accepted``), its CPU per million items and
     peak memory, request latencies."""
     count = count or (lambda r: r.json().get("accepted", 0) if r.status_code < 300 else 0)
-    async with httpx.AsyncClient(base_url=svc.base_url, timeout=120,
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        base_url=svc.base_url, timeout=120, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
         meter = ProcessMeter(svc.proc.pid)
         meter.start()
         latencies, responses = await post_all(client, url, bodies, headers, concurrency)
@@ -217,6 +250,12 @@ async def measure_ingest(svc: ServiceProcess, url: str, bodies: list[bytes] | li
     failed = [f"{r.status_code} {r.text[:300]}" for r in responses if r.status_code >= 300]
     out = meter.result(accepted, unit=unit)
     out.update(percentiles(latencies, "request_latency"))
-    out.update({"requests": len(responses), "concurrency": concurrency, "failed_requests": len(failed),
-                "errors": failed[:3]})
+    out.update(
+        {
+            "requests": len(responses),
+            "concurrency": concurrency,
+            "failed_requests": len(failed),
+            "errors": failed[:3],
+        }
+    )
     return out

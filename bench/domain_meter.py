@@ -29,9 +29,18 @@ def meter_registry(prefix: str, meters: int, gateway: str | None = None) -> list
     out = []
     for j in range(meters):
         d = districts[j % len(districts)]
-        out.append({"meter_id": f"{prefix}{j:06d}", "customers": 1 + j % 3, "district": d, "commune": f"{d}-01",
-                    "feeder": f"F-{d}-{j % 4}", "installed_on": "2020-01-01", "interval_seconds": QUARTER,
-                    "gateway": gateway})
+        out.append(
+            {
+                "meter_id": f"{prefix}{j:06d}",
+                "customers": 1 + j % 3,
+                "district": d,
+                "commune": f"{d}-01",
+                "feeder": f"F-{d}-{j % 4}",
+                "installed_on": "2020-01-01",
+                "interval_seconds": QUARTER,
+                "gateway": gateway,
+            }
+        )
     return out
 
 
@@ -40,13 +49,23 @@ def reading_batches(prefix: str, meters: int, batches: int, *, first_end: int) -
     bodies = []
     for k in range(batches):
         end = datetime.fromtimestamp(first_end + k * QUARTER, UTC).isoformat().replace("+00:00", "Z")
-        items = [{"meter_id": f"{prefix}{j:06d}", "obis": OBIS_IMPORT, "interval_end": end,
-                  "value": 1000.0 + (j % 100) + k * 0.25, "unit": "kWh"} for j in range(meters)]
+        items = [
+            {
+                "meter_id": f"{prefix}{j:06d}",
+                "obis": OBIS_IMPORT,
+                "interval_end": end,
+                "value": 1000.0 + (j % 100) + k * 0.25,
+                "unit": "kWh",
+            }
+            for j in range(meters)
+        ]
         bodies.append(orjson.dumps({"items": items}))
     return bodies
 
 
-async def ingest(kafka: KafkaSettings, database_url: str, n: int, batch: int = 10_000, concurrency: int = 4) -> dict:
+async def ingest(
+    kafka: KafkaSettings, database_url: str, n: int, batch: int = 10_000, concurrency: int = 4
+) -> dict:
     """Readings/s of one meter service process through ``POST /v1/readings`` (``batch`` readings a request,
     ``concurrency`` requests in flight), with the service's CPU and peak memory."""
     batches = max(1, n // batch)
@@ -61,14 +80,20 @@ async def ingest(kafka: KafkaSettings, database_url: str, n: int, batch: int = 1
         first_end = now - now % QUARTER - (batches + 2) * QUARTER
         bodies = reading_batches(prefix, batch, batches, first_end=first_end)
         async with httpx.AsyncClient(base_url=svc.base_url, timeout=120) as client:
-            r = await client.post("/v1/meters", content=orjson.dumps({"items": meter_registry(prefix, batch, head_end)}),
-                                  headers=bearer(admin))
+            r = await client.post(
+                "/v1/meters",
+                content=orjson.dumps({"items": meter_registry(prefix, batch, head_end)}),
+                headers=bearer(admin),
+            )
             r.raise_for_status()
             # Warm-up request (first publish fetches metadata, first validation builds caches): not measured.
             warm = reading_batches(prefix, batch, 1, first_end=first_end - QUARTER)
-            (await client.post("/v1/readings", content=warm[0], headers=bearer(ingest_key))).raise_for_status()
-        out = await measure_ingest(svc, "/v1/readings", bodies, bearer(ingest_key), concurrency=concurrency,
-                                   unit="readings")
+            (
+                await client.post("/v1/readings", content=warm[0], headers=bearer(ingest_key))
+            ).raise_for_status()
+        out = await measure_ingest(
+            svc, "/v1/readings", bodies, bearer(ingest_key), concurrency=concurrency, unit="readings"
+        )
         out.update({"batch": batch, "not_accepted": len(bodies) * batch - out["events"]})
         return out
     finally:

@@ -72,8 +72,10 @@ SOAK_SECONDS = 300
 PLATEAU_GROWTH = 0.02
 PLATEAU_SLACK_MIB = 3.0
 #: how the run's note states each memory rule
-MEMORY_RULES = {"memory_flat": "end ≤ 1.2 × the 25% mark",
-                "memory_plateau": f"the last quarter added ≤ {PLATEAU_GROWTH:.0%} or {PLATEAU_SLACK_MIB:g} MiB"}
+MEMORY_RULES = {
+    "memory_flat": "end ≤ 1.2 × the 25% mark",
+    "memory_plateau": f"the last quarter added ≤ {PLATEAU_GROWTH:.0%} or {PLATEAU_SLACK_MIB:g} MiB",
+}
 #: how long the meter processor keeps a day window past its end (its longest retention), in hours
 METER_RETENTION_H = max(METER_RETENTION.values()) // 3600
 #: Event time the state fill covers before the measured run: the meter keeps quarter hours 26 h, the city keeps
@@ -83,8 +85,16 @@ METER_RETENTION_H = max(METER_RETENTION.values()) // 3600
 FILL_HOURS = METER_RETENTION[QUARTER] // 3600 + 2
 PROBE_EVERY = 0.5
 ENERGY_KPI = "meter.energy_kwh"
-ADMIN_SCOPES = ["meter:admin", "meter:ingest", "traffic:admin", "traffic:ingest", "kiosk:admin", "kiosk:ingest",
-                "dossier:admin", "dossier:write"]
+ADMIN_SCOPES = [
+    "meter:admin",
+    "meter:ingest",
+    "traffic:admin",
+    "traffic:ingest",
+    "kiosk:admin",
+    "kiosk:ingest",
+    "dossier:admin",
+    "dossier:write",
+]
 
 
 # --------------------------------------------------------------------------------------------- subprocesses
@@ -131,9 +141,16 @@ class Child:
 def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, port: int | None = None) -> Child:
     log = log_dir / f"{name}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ioc", *args], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ioc", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
     return Child(name, proc, log, port, [psutil.Process(proc.pid)])
 
 
@@ -184,8 +201,14 @@ class Mix:
         self.meter = rate - self.traffic - self.heartbeats - self.sessions - self.dossiers - self.probes
 
     def as_dict(self) -> dict[str, int]:
-        return {"meter_readings": self.meter, "traffic_hires": self.traffic, "kiosk_heartbeats": self.heartbeats,
-                "kiosk_sessions": self.sessions, "dossiers": self.dossiers, "probe_readings": self.probes}
+        return {
+            "meter_readings": self.meter,
+            "traffic_hires": self.traffic,
+            "kiosk_heartbeats": self.heartbeats,
+            "kiosk_sessions": self.sessions,
+            "dossiers": self.dossiers,
+            "probe_readings": self.probes,
+        }
 
 
 class MeterStream:
@@ -204,8 +227,10 @@ class MeterStream:
             end = self._ends.get(r) or self._ends.setdefault(r, _iso(self.first_end + r * QUARTER))
             # register: 1000 + j, growing 0.1-0.4 kWh a quarter hour (far under the implausible-jump limit)
             value = 1000.0 + j + r * (0.1 + (j % 4) * 0.1)
-            parts.append(f'{{"meter_id":"{ids[j]}","obis":"1-0:1.8.0","interval_end":"{end}",'
-                         f'"value":{value:.3f},"unit":"kWh"}}')
+            parts.append(
+                f'{{"meter_id":"{ids[j]}","obis":"1-0:1.8.0","interval_end":"{end}",'
+                f'"value":{value:.3f},"unit":"kWh"}}'
+            )
         self.i += n
         return ('{"items":[' + ",".join(parts) + "]}").encode()
 
@@ -218,17 +243,27 @@ class TrafficStream:
 
         per = total // controllers + 1
         cycles = per // 28 + 1
-        merged = sorted((t, c, code, param) for c in range(controllers)
-                        for t, code, param in controller_log(start_ms + c * 100, cycles)[:per])
+        merged = sorted(
+            (t, c, code, param)
+            for c in range(controllers)
+            for t, code, param in controller_log(start_ms + c * 100, cycles)[:per]
+        )
         self.events = merged
         self.prefix = prefix
         self.i = 0
 
     def take(self, n: int) -> bytes:
-        chunk = self.events[self.i:self.i + n]
+        chunk = self.events[self.i : self.i + n]
         self.i += n
-        items = [{"timestamp": _iso(t / 1000), "controller_id": f"{self.prefix}C{c:05d}", "event_code": code,
-                  "parameter": param} for t, c, code, param in chunk]
+        items = [
+            {
+                "timestamp": _iso(t / 1000),
+                "controller_id": f"{self.prefix}C{c:05d}",
+                "event_code": code,
+                "parameter": param,
+            }
+            for t, c, code, param in chunk
+        ]
         return orjson.dumps({"items": items})
 
 
@@ -259,8 +294,13 @@ class StreamStats:
     per_second: dict[int, int] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"accepted": self.items, "requests": self.requests, "failed_requests": self.failed,
-                **percentiles(self.latencies, "request_latency"), "errors": self.errors[:3]}
+        return {
+            "accepted": self.items,
+            "requests": self.requests,
+            "failed_requests": self.failed,
+            **percentiles(self.latencies, "request_latency"),
+            "errors": self.errors[:3],
+        }
 
 
 @dataclass
@@ -279,11 +319,16 @@ class Poster:
 
     def __init__(self, base_url: str, connections: int = 16):
         self.session = aiohttp.ClientSession(
-            base_url=base_url, connector=aiohttp.TCPConnector(limit=connections),
-            timeout=aiohttp.ClientTimeout(total=60), skip_auto_headers=("User-Agent",))
+            base_url=base_url,
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=60),
+            skip_auto_headers=("User-Agent",),
+        )
 
     async def post(self, path: str, body: bytes, headers: dict) -> Reply:
-        async with self.session.post(path, data=body, headers={**headers, "content-type": "application/json"}) as r:
+        async with self.session.post(
+            path, data=body, headers={**headers, "content-type": "application/json"}
+        ) as r:
             return Reply(r.status, await r.read())
 
     async def aclose(self) -> None:
@@ -361,8 +406,15 @@ class Probe:
 class CityTail:
     """Tails ``ioc.city.kpis`` from its end; matches the probe district's energy windows against the probes."""
 
-    def __init__(self, kafka: KafkaSettings, district: str, *, topic: str | None = None,
-                 attr: str = "seen", probes: list[Probe] | None = None):
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        district: str,
+        *,
+        topic: str | None = None,
+        attr: str = "seen",
+        probes: list[Probe] | None = None,
+    ):
         self.kafka = kafka
         self.topic = topic
         self.attr = attr  # the Probe field this tail sets
@@ -379,8 +431,13 @@ class CityTail:
 
         from shared.contracts.city import CITY_KPI_TOPIC
 
-        c = AIOKafkaConsumer(**self.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                             fetch_max_wait_ms=20, auto_offset_reset="latest")
+        c = AIOKafkaConsumer(
+            **self.kafka.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+            auto_offset_reset="latest",
+        )
         await c.start()
         parts = None
         topic = self.topic or CITY_KPI_TOPIC.name
@@ -422,8 +479,12 @@ class CityTail:
                     self.last_value = value
                     attr = self.attr
                     for p in self.probes:
-                        if (p.window_start == window and getattr(p, attr) is None and p.sent
-                                and value >= p.k - 1e-6):
+                        if (
+                            p.window_start == window
+                            and getattr(p, attr) is None
+                            and p.sent
+                            and value >= p.k - 1e-6
+                        ):
                             setattr(p, attr, now)
                             self.matched_updates += 1
 
@@ -436,8 +497,9 @@ class CityTail:
             await self.consumer.stop()
 
 
-async def _group_lags(kafka: KafkaSettings, groups: list[str], topics_of: dict[str, list[str]],
-                      ends: dict | None = None) -> dict[str, int | None]:
+async def _group_lags(
+    kafka: KafkaSettings, groups: list[str], topics_of: dict[str, list[str]], ends: dict | None = None
+) -> dict[str, int | None]:
     """Per consumer group: records between its committed offsets and ``ends`` (default: the current ends).
 
     Committed offsets are read by a consumer of that group with a manual assignment (it never joins the group,
@@ -506,24 +568,36 @@ def _process_summary(child: Child, r0: float, r1: float) -> dict:
     cpu = run[-1][2] - run[0][2]
     per_s = [(b[2] - a[2]) / (b[0] - a[0]) for a, b in itertools.pairwise(run) if b[0] > a[0]]
     end = run[-1][1]
-    return {"rss_start_mib": round(run[0][1], 1), "rss_peak_mib": round(max(s[1] for s in run), 1),
-            "rss_end_mib": round(end, 1), "rss_at_25pct_mib": round(quarter[1], 1),
-            "rss_at_75pct_mib": round(three_quarters[1], 1),
-            # RSS at 0%, 10%, ... 100% of the run: a soak shows whether memory levels off or keeps climbing.
-            "rss_series_mib": [round(at(i / 10)[1], 1) for i in range(11)],
-            "memory_flat": end <= 1.2 * quarter[1],
-            # Levelled off: the last quarter of the run added at most PLATEAU_GROWTH (PLATEAU_SLACK_MIB for small
-            # processes), the judgement of a long soak, where state legitimately grows until event time passes the retention
-            # horizon; a steady leak keeps adding in the last quarter what it added in the others.
-            "memory_plateau": end - three_quarters[1] <= max(PLATEAU_SLACK_MIB, PLATEAU_GROWTH * three_quarters[1]),
-            "cpu_s": round(cpu, 1),
-            "cpu_utilisation": round(cpu / wall, 2) if wall > 0 else None,
-            "cpu_peak_1s": round(max(per_s), 2) if per_s else None}
+    return {
+        "rss_start_mib": round(run[0][1], 1),
+        "rss_peak_mib": round(max(s[1] for s in run), 1),
+        "rss_end_mib": round(end, 1),
+        "rss_at_25pct_mib": round(quarter[1], 1),
+        "rss_at_75pct_mib": round(three_quarters[1], 1),
+        # RSS at 0%, 10%, ... 100% of the run: a soak shows whether memory levels off or keeps climbing.
+        "rss_series_mib": [round(at(i / 10)[1], 1) for i in range(11)],
+        "memory_flat": end <= 1.2 * quarter[1],
+        # Levelled off: the last quarter of the run added at most PLATEAU_GROWTH (PLATEAU_SLACK_MIB for small
+        # processes), the judgement of a long soak, where state legitimately grows until event time passes the retention
+        # horizon; a steady leak keeps adding in the last quarter what it added in the others.
+        "memory_plateau": end - three_quarters[1]
+        <= max(PLATEAU_SLACK_MIB, PLATEAU_GROWTH * three_quarters[1]),
+        "cpu_s": round(cpu, 1),
+        "cpu_utilisation": round(cpu / wall, 2) if wall > 0 else None,
+        "cpu_peak_1s": round(max(per_s), 2) if per_s else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- path
-async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.0, rate: int = 20_000,
-                   meters: int = 20_000, intersections: int = 200, kiosks: int = 300) -> dict:
+async def pipeline(
+    kafka: KafkaSettings,
+    database_url: str,
+    seconds: float = 60.0,
+    rate: int = 20_000,
+    meters: int = 20_000,
+    intersections: int = 200,
+    kiosks: int = 300,
+) -> dict:
     """Run the whole center under a city mix at ``rate`` events/s for ``seconds``; the result row.
 
     ``meters``: the fleet. Each meter sends one reading a quarter hour of event time, so with 20,000 meters at
@@ -543,16 +617,29 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
         for name in SERVICES:
             port = free_port()
             env = service_env(bootstrap, database_url, **{f"IOC_{name.upper()}_PORT": str(port)})
-            children.append(_spawn(f"service-{name}", ["serve", name, "--host", "127.0.0.1", "--port", str(port)],
-                                   env, log_dir, port))
+            children.append(
+                _spawn(
+                    f"service-{name}",
+                    ["serve", name, "--host", "127.0.0.1", "--port", str(port)],
+                    env,
+                    log_dir,
+                    port,
+                )
+            )
         async with httpx.AsyncClient(timeout=5) as c:
             await asyncio.gather(*(_wait_ready(c, ch) for ch in children))
         svc = {ch.name.removeprefix("service-"): f"http://127.0.0.1:{ch.port}" for ch in children}
         for name in PROCESSORS:
             for worker in range(WORKERS.get(name, 1)):
                 suffix = f"-{worker + 1}" if WORKERS.get(name, 1) > 1 else ""
-                children.append(_spawn(f"processor-{name}{suffix}", ["process", name],
-                                       service_env(bootstrap, database_url), log_dir))
+                children.append(
+                    _spawn(
+                        f"processor-{name}{suffix}",
+                        ["process", name],
+                        service_env(bootstrap, database_url),
+                        log_dir,
+                    )
+                )
         infra = _infra_children(bootstrap, database_url)
         me = Child("bench driver (this process)", None, None, None, [psutil.Process()])
         measured = children + infra + [me]
@@ -582,15 +669,31 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
         rounds = int(seconds * mix.meter / meters) + 2
         first_end = q - (rounds + 3) * QUARTER
         # The state fill's meters: one per fleet district, on a feeder of the fleet (no scope the run lacks).
-        fill_meters = [{"meter_id": f"{prefix}F{k:03d}", "customers": 1, "district": d, "commune": f"{d}-01",
-                        "feeder": f"F-{d}-000", "installed_on": "2020-01-01", "interval_seconds": QUARTER}
-                       for k, d in enumerate(fleet_districts)]
+        fill_meters = [
+            {
+                "meter_id": f"{prefix}F{k:03d}",
+                "customers": 1,
+                "district": d,
+                "commune": f"{d}-01",
+                "feeder": f"F-{d}-000",
+                "installed_on": "2020-01-01",
+                "interval_seconds": QUARTER,
+            }
+            for k, d in enumerate(fleet_districts)
+        ]
         fill_ends = range(first_end - FILL_HOURS * 3600 + QUARTER, first_end, QUARTER)
-        fleet = [{"meter_id": f"{prefix}M{j:06d}", "customers": 1 + (j % 50 == 0) * 29,
-                  "district": fleet_districts[j % len(fleet_districts)],
-                  "commune": f"{fleet_districts[j % len(fleet_districts)]}-01",
-                  "feeder": f"F-{fleet_districts[j % len(fleet_districts)]}-{(j // len(fleet_districts)) // 200:03d}",
-                  "installed_on": "2020-01-01", "interval_seconds": QUARTER} for j in range(meters)]
+        fleet = [
+            {
+                "meter_id": f"{prefix}M{j:06d}",
+                "customers": 1 + (j % 50 == 0) * 29,
+                "district": fleet_districts[j % len(fleet_districts)],
+                "commune": f"{fleet_districts[j % len(fleet_districts)]}-01",
+                "feeder": f"F-{fleet_districts[j % len(fleet_districts)]}-{(j // len(fleet_districts)) // 200:03d}",
+                "installed_on": "2020-01-01",
+                "interval_seconds": QUARTER,
+            }
+            for j in range(meters)
+        ]
         from aiokafka import AIOKafkaProducer
 
         from shared.contracts.meter import READINGS_TOPIC
@@ -610,49 +713,102 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             if partition_for(mid.encode(), nparts) == 0:
                 probe_ids.append(mid)
             i += 1
-        probe_meters = [{"meter_id": m, "customers": 1, "district": probe_district, "commune": f"{probe_district}-01",
-                         "feeder": f"F-{probe_district}-PROBE", "installed_on": "2020-01-01",
-                         "interval_seconds": QUARTER} for m in probe_ids]
+        probe_meters = [
+            {
+                "meter_id": m,
+                "customers": 1,
+                "district": probe_district,
+                "commune": f"{probe_district}-01",
+                "feeder": f"F-{probe_district}-PROBE",
+                "installed_on": "2020-01-01",
+                "interval_seconds": QUARTER,
+            }
+            for m in probe_ids
+        ]
         from bench.domain_kiosk import kiosks as kiosk_registry
         from bench.domain_traffic import intersections as intersection_registry
 
         limits = httpx.Limits(max_connections=16)
-        clients = {name: httpx.AsyncClient(base_url=url, timeout=60, limits=limits) for name, url in svc.items()}
+        clients = {
+            name: httpx.AsyncClient(base_url=url, timeout=60, limits=limits) for name, url in svc.items()
+        }
         posters = {name: Poster(url) for name, url in svc.items()}  # the measured run's requests
         try:
             setup_t = time.perf_counter()
             for i in range(0, meters, 10_000):
-                (await clients["meter"].post("/v1/meters", content=orjson.dumps({"items": fleet[i:i + 10_000]}),
-                                             headers=h)).raise_for_status()
-            (await clients["meter"].post("/v1/meters", content=orjson.dumps({"items": probe_meters + fill_meters}),
-                                         headers=h)).raise_for_status()
+                (
+                    await clients["meter"].post(
+                        "/v1/meters", content=orjson.dumps({"items": fleet[i : i + 10_000]}), headers=h
+                    )
+                ).raise_for_status()
+            (
+                await clients["meter"].post(
+                    "/v1/meters", content=orjson.dumps({"items": probe_meters + fill_meters}), headers=h
+                )
+            ).raise_for_status()
             regs = intersection_registry(prefix, intersections)
             for i in range(0, len(regs), 1000):
-                (await clients["traffic"].post("/v1/intersections", content=orjson.dumps({"items": regs[i:i + 1000]}),
-                                               headers=h)).raise_for_status()
-            (await clients["kiosk"].post("/v1/kiosks/import", content=orjson.dumps(
-                {"items": kiosk_registry(prefix, kiosks, pid)}), headers=h)).raise_for_status()
+                (
+                    await clients["traffic"].post(
+                        "/v1/intersections", content=orjson.dumps({"items": regs[i : i + 1000]}), headers=h
+                    )
+                ).raise_for_status()
+            (
+                await clients["kiosk"].post(
+                    "/v1/kiosks/import",
+                    content=orjson.dumps({"items": kiosk_registry(prefix, kiosks, pid)}),
+                    headers=h,
+                )
+            ).raise_for_status()
             dossier_districts = fleet_districts[:10]
-            procedures = [{"code": f"{prefix}P{i}", "name": f"Procedure {i}", "online_level": "fully_online",
-                           "processing_days": 5 + i, "has_fees": i % 2 == 0, "pauses_clock": True} for i in range(20)]
-            agencies = [{"code": f"{prefix}A-{d}", "name": f"People's Committee {d}", "level": "district",
-                         "admin_unit": d} for d in dossier_districts]
+            procedures = [
+                {
+                    "code": f"{prefix}P{i}",
+                    "name": f"Procedure {i}",
+                    "online_level": "fully_online",
+                    "processing_days": 5 + i,
+                    "has_fees": i % 2 == 0,
+                    "pauses_clock": True,
+                }
+                for i in range(20)
+            ]
+            agencies = [
+                {
+                    "code": f"{prefix}A-{d}",
+                    "name": f"People's Committee {d}",
+                    "level": "district",
+                    "admin_unit": d,
+                }
+                for d in dossier_districts
+            ]
             for path, items in (("/v1/procedures", procedures), ("/v1/agencies", agencies)):
-                (await clients["dossier"].put(path, content=orjson.dumps({"items": items}),
-                                              headers=h)).raise_for_status()
+                (
+                    await clients["dossier"].put(path, content=orjson.dumps({"items": items}), headers=h)
+                ).raise_for_status()
             registration_s = time.perf_counter() - setup_t
 
             # --- the state fill, in time order: an hour of event time every 0.5 s (the processors' emit
             # interval), so each emit publishes a few windows as a live city's do, and the run starts from the
             # state's size, not from the high-water mark of one emit of 28 hours of windows ----------------------
-            fill = [{"meter_id": m["meter_id"], "obis": "1-0:1.8.0", "interval_end": _iso(end),
-                     "value": 100.0 + r * 0.25, "unit": "kWh"} for r, end in enumerate(fill_ends) for m in fill_meters]
+            fill = [
+                {
+                    "meter_id": m["meter_id"],
+                    "obis": "1-0:1.8.0",
+                    "interval_end": _iso(end),
+                    "value": 100.0 + r * 0.25,
+                    "unit": "kWh",
+                }
+                for r, end in enumerate(fill_ends)
+                for m in fill_meters
+            ]
             per_hour = 3600 // QUARTER * len(fill_meters)
             for i in range(0, len(fill), per_hour):
-                chunk = fill[i:i + per_hour]
+                chunk = fill[i : i + per_hour]
                 r = await posters["meter"].post("/v1/readings", orjson.dumps({"items": chunk}), h)
                 if _accepted(r) != len(chunk):
-                    raise RuntimeError(f"state fill readings not all accepted: {r.status_code} {r.text[:300]}")
+                    raise RuntimeError(
+                        f"state fill readings not all accepted: {r.status_code} {r.text[:300]}"
+                    )
                 await asyncio.sleep(0.5)
 
             # --- wait for the processors to drain the fill and what earlier bench paths left ---------------
@@ -677,8 +833,9 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             tail = CityTail(kafka, probe_district)
             await tail.start()
             # The first hop too: probe meters all hash to partition 0, whose meter-kpi partial is the probe total.
-            meter_tail = CityTail(kafka, probe_district, topic="ioc.meter.kpis",
-                                  attr="seen_in_meter_kpis", probes=tail.probes)
+            meter_tail = CityTail(
+                kafka, probe_district, topic="ioc.meter.kpis", attr="seen_in_meter_kpis", probes=tail.probes
+            )
             await meter_tail.start()
             probe_no = 0
             probes_in: dict[str, int] = {}  # probe window → probes sent to it
@@ -690,18 +847,35 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                 # that partition's fleet windows as it keeps every other partition's (a probe at the wall clock
                 # made a soak drop a partition's fleet readings older than 26 h before it as late).
                 nonlocal probe_no
-                end = min((s.first_end + s.i // len(s.ids) * QUARTER for s in meter_streams), default=first_end)
+                end = min(
+                    (s.first_end + s.i // len(s.ids) * QUARTER for s in meter_streams), default=first_end
+                )
                 window = _iso(end - QUARTER)[:19]
                 probes_in[window] = probes_in.get(window, 0) + 1
                 p = Probe(probes_in[window], probe_ids[probe_no], window, warmup=warmup)
                 probe_no += 1
                 tail.probes.append(p)
                 # Its first reading primes the register a quarter hour earlier: the probe then adds exactly 1 kWh.
-                body = orjson.dumps({"items": [
-                    {"meter_id": p.meter_id, "obis": "1-0:1.8.0", "interval_end": _iso(end - QUARTER),
-                     "value": 100.0, "unit": "kWh"},
-                    {"meter_id": p.meter_id, "obis": "1-0:1.8.0", "interval_end": _iso(end), "value": 101.0,
-                     "unit": "kWh"}]})
+                body = orjson.dumps(
+                    {
+                        "items": [
+                            {
+                                "meter_id": p.meter_id,
+                                "obis": "1-0:1.8.0",
+                                "interval_end": _iso(end - QUARTER),
+                                "value": 100.0,
+                                "unit": "kWh",
+                            },
+                            {
+                                "meter_id": p.meter_id,
+                                "obis": "1-0:1.8.0",
+                                "interval_end": _iso(end),
+                                "value": 101.0,
+                                "unit": "kWh",
+                            },
+                        ]
+                    }
+                )
                 p.sent = time.perf_counter()
                 r = await posters["meter"].post("/v1/readings", body, h)
                 p.acked = time.perf_counter()
@@ -715,8 +889,10 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                 while p.seen is None and time.perf_counter() - warm_t < 120:
                     await asyncio.sleep(0.05)
                 if p.seen is None:
-                    raise TimeoutError("a warm-up probe never reached the city KPI topic "
-                                       f"(last value {tail.last_value}, {tail.updates} city updates seen)")
+                    raise TimeoutError(
+                        "a warm-up probe never reached the city KPI topic "
+                        f"(last value {tail.last_value}, {tail.updates} city updates seen)"
+                    )
 
             # --- the measured run ----------------------------------------------------------------------
             t0 = time.perf_counter() + 0.5
@@ -724,7 +900,9 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             drv = Driver(t0, t_end)
             ticks_per_s = round(1 / TICK)
             meter_lanes = 4  # lanes own disjoint meters: per-meter order is kept
-            lane_ids = [[f"{prefix}M{j:06d}" for j in range(lane, meters, meter_lanes)] for lane in range(meter_lanes)]
+            lane_ids = [
+                [f"{prefix}M{j:06d}" for j in range(lane, meters, meter_lanes)] for lane in range(meter_lanes)
+            ]
             meter_streams[:] = [MeterStream(ids, first_end) for ids in lane_ids]
             per_tick_meter = round(mix.meter * METER_FLUSH) // meter_lanes
             # Event time runs faster than real time (a few times to ~15×): each stream starts far enough back
@@ -732,10 +910,13 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
             # times more than 60 s ahead; a 25-minute soak once had 41% of its traffic requests refused).
             n_traffic = int(mix.traffic * (seconds + 2))
             traffic_span = n_traffic / (intersections * TRAFFIC_EVENTS_PER_S)
-            traffic = TrafficStream(prefix, intersections, n_traffic,
-                                    int((now - max(3 * 3600, traffic_span + 600)) * 1000))
-            kiosk_span = max(mix.heartbeats * (seconds + 2) / kiosks * HEARTBEAT_EVERY,
-                             mix.sessions * (seconds + 2) * SESSION_EVERY + 300)
+            traffic = TrafficStream(
+                prefix, intersections, n_traffic, int((now - max(3 * 3600, traffic_span + 600)) * 1000)
+            )
+            kiosk_span = max(
+                mix.heartbeats * (seconds + 2) / kiosks * HEARTBEAT_EVERY,
+                mix.sessions * (seconds + 2) * SESSION_EVERY + 300,
+            )
             kiosk = KioskStream(prefix, kiosks, now - max(6 * 3600, kiosk_span + 600))
             dossier_no = 0
 
@@ -743,11 +924,20 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                 nonlocal dossier_no
                 i = dossier_no
                 dossier_no += 1
-                return orjson.dumps({"code": f"{prefix}-{i:07d}", "procedure_code": f"{prefix}P{i % 20}",
-                                     "agency_code": agencies[i % len(agencies)]["code"],
-                                     "channel": ("online", "in_person", "postal")[i % 3],
-                                     "applicant": {"name": "Bench Applicant", "id_number": "001200000000",
-                                                   "address": "1 Bench street", "phone": "0900000000"}})
+                return orjson.dumps(
+                    {
+                        "code": f"{prefix}-{i:07d}",
+                        "procedure_code": f"{prefix}P{i % 20}",
+                        "agency_code": agencies[i % len(agencies)]["code"],
+                        "channel": ("online", "in_person", "postal")[i % 3],
+                        "applicant": {
+                            "name": "Bench Applicant",
+                            "id_number": "001200000000",
+                            "address": "1 Bench street",
+                            "phone": "0900000000",
+                        },
+                    }
+                )
 
             async def probes() -> None:
                 st = drv.stats.setdefault("probe_readings", StreamStats())
@@ -765,15 +955,42 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
                     st.per_second[sec] = st.per_second.get(sec, 0) + 1
                     k += 1
 
-            lanes = [drv.lane("meter_readings", posters["meter"], "/v1/readings", h,
-                              lambda _k, s=s: s.take(per_tick_meter), METER_FLUSH) for s in meter_streams]
+            lanes = [
+                drv.lane(
+                    "meter_readings",
+                    posters["meter"],
+                    "/v1/readings",
+                    h,
+                    lambda _k, s=s: s.take(per_tick_meter),
+                    METER_FLUSH,
+                )
+                for s in meter_streams
+            ]
             lanes += [
-                drv.lane("traffic_hires", posters["traffic"], "/v1/events", h,
-                         lambda _k: traffic.take(mix.traffic // ticks_per_s), TICK),
-                drv.lane("kiosk_heartbeats", posters["kiosk"], "/v1/heartbeats", h,
-                         lambda _k: kiosk.heartbeats(mix.heartbeats // ticks_per_s), TICK),
-                drv.lane("kiosk_sessions", posters["kiosk"], "/v1/sessions", h,
-                         lambda _k: kiosk.sessions(mix.sessions // ticks_per_s), TICK),
+                drv.lane(
+                    "traffic_hires",
+                    posters["traffic"],
+                    "/v1/events",
+                    h,
+                    lambda _k: traffic.take(mix.traffic // ticks_per_s),
+                    TICK,
+                ),
+                drv.lane(
+                    "kiosk_heartbeats",
+                    posters["kiosk"],
+                    "/v1/heartbeats",
+                    h,
+                    lambda _k: kiosk.heartbeats(mix.heartbeats // ticks_per_s),
+                    TICK,
+                ),
+                drv.lane(
+                    "kiosk_sessions",
+                    posters["kiosk"],
+                    "/v1/sessions",
+                    h,
+                    lambda _k: kiosk.sessions(mix.sessions // ticks_per_s),
+                    TICK,
+                ),
                 drv.lane("dossiers", posters["dossier"], "/v1/dossiers", h, dossier_body, 1 / mix.dossiers),
                 probes(),
             ]
@@ -822,52 +1039,93 @@ async def pipeline(kafka: KafkaSettings, database_url: str, seconds: float = 60.
         # data, as Kafka's page cache is) and PostgreSQL's shared buffers fill with the data; both are reported.
         soak = seconds >= SOAK_SECONDS
         memory_rule = "memory_plateau" if soak else "memory_flat"
-        grew = [k for k, v in procs.items() if not v.get(memory_rule, True)
-                and (k.startswith(("service-", "processor-")))]
+        grew = [
+            k
+            for k, v in procs.items()
+            if not v.get(memory_rule, True) and (k.startswith(("service-", "processor-")))
+        ]
         # Event time the fleet's readings covered: each meter reads once a quarter hour of event time.
         event_hours = drv.stats["meter_readings"].items / meters * QUARTER / 3600 if meters else 0.0
-        note = (f"target {rate:,}/s for {seconds:g}s: accepted {accepted:,} items in {run_s:.1f}s = {eps:,}/s "
-                f"({'sustained' if sustained else 'NOT sustained'}; per-second min {min(series or [0]):,}, "
-                f"median {int(statistics.median(series or [0])):,}). Latency = probe POST start → first "
-                f"ioc.city.kpis record (read here) whose {ENERGY_KPI} for the probe district/quarter includes the "
-                f"probe ({len(e2e)} probes matched exactly, {missing} not seen within 15s after the run). "
-                f"Busiest: {', '.join(f'{k} {u:.2f} cores' for u, k in busiest[:3])}; all measured processes "
-                f"{machine_cpu:.2f} of {psutil.cpu_count()} cores (whole machine busy {busy or 0:.2f}; "
-                f"processes outside the pipeline {others or 0:.2f}). "
-                + (f"Saturated (≥0.9 core): {', '.join(saturated)}. " if saturated else
-                   "No single process saturated: the limit is the machine's total CPU. ")
-                + f"Consumer lag when ingest stopped: {lag_at_end}; drained in {drain_s:.1f}s. "
-                + (f"Soak: the fleet's readings covered {event_hours:.0f} h of event time (meter windows are "
-                   f"kept {METER_RETENTION_H} h past their end). " if soak else "")
-                + (f"Memory not {'levelled off' if soak else 'flat'} ({MEMORY_RULES[memory_rule]}) in: "
-                   f"{', '.join(grew)}. " if grew else
-                   f"Memory of services and processors {'levelled off' if soak else 'flat'} "
-                   f"({MEMORY_RULES[memory_rule]}). ")
-                + ("Target met (p99 < 2 s, memory flat)." if kept_up and not grew else "Target NOT met."))
+        note = (
+            f"target {rate:,}/s for {seconds:g}s: accepted {accepted:,} items in {run_s:.1f}s = {eps:,}/s "
+            f"({'sustained' if sustained else 'NOT sustained'}; per-second min {min(series or [0]):,}, "
+            f"median {int(statistics.median(series or [0])):,}). Latency = probe POST start → first "
+            f"ioc.city.kpis record (read here) whose {ENERGY_KPI} for the probe district/quarter includes the "
+            f"probe ({len(e2e)} probes matched exactly, {missing} not seen within 15s after the run). "
+            f"Busiest: {', '.join(f'{k} {u:.2f} cores' for u, k in busiest[:3])}; all measured processes "
+            f"{machine_cpu:.2f} of {psutil.cpu_count()} cores (whole machine busy {busy or 0:.2f}; "
+            f"processes outside the pipeline {others or 0:.2f}). "
+            + (
+                f"Saturated (≥0.9 core): {', '.join(saturated)}. "
+                if saturated
+                else "No single process saturated: the limit is the machine's total CPU. "
+            )
+            + f"Consumer lag when ingest stopped: {lag_at_end}; drained in {drain_s:.1f}s. "
+            + (
+                f"Soak: the fleet's readings covered {event_hours:.0f} h of event time (meter windows are "
+                f"kept {METER_RETENTION_H} h past their end). "
+                if soak
+                else ""
+            )
+            + (
+                f"Memory not {'levelled off' if soak else 'flat'} ({MEMORY_RULES[memory_rule]}) in: "
+                f"{', '.join(grew)}. "
+                if grew
+                else f"Memory of services and processors {'levelled off' if soak else 'flat'} "
+                f"({MEMORY_RULES[memory_rule]}). "
+            )
+            + ("Target met (p99 < 2 s, memory flat)." if kept_up and not grew else "Target NOT met.")
+        )
         return {
-            "label": LABEL, "events": accepted, "events_per_s": eps, "target_events_per_s": rate,
-            "seconds": round(run_s, 2), "sustained": sustained, **lat, "note": note,
+            "label": LABEL,
+            "events": accepted,
+            "events_per_s": eps,
+            "target_events_per_s": rate,
+            "seconds": round(run_s, 2),
+            "sustained": sustained,
+            **lat,
+            "note": note,
             **percentiles(from_ack, "latency_from_ack"),
             "ingest_http_latency": {name: s.summary() for name, s in drv.stats.items()},
             "per_second_accepted": series,
             # Latency of each probe in send order (s): shows whether a tail is a trend (backlog) or spikes.
-            "probe_latency_s": [round(p.seen - p.sent, 2) if p.seen is not None else None
-                                for p in measured_probes],
-            "probe_latency_to_meter_kpi_s": [round(p.seen_in_meter_kpis - p.sent, 2)
-                                             if p.seen_in_meter_kpis is not None else None for p in measured_probes],
-            "probes": {"measured": len(measured_probes), "matched": len(e2e), "missing": missing,
-                       "district": probe_district, "windows": len(probes_in),
-                       "city_updates_seen_on_probe_partition": tail.updates, "probe_window_updates": tail.matched_updates},
-            "mix_per_s": mix.as_dict(), "soak": soak, "event_time_hours": round(event_hours, 1),
-            "fleet": {"meters": meters, "probe_meters": len(probe_ids), "intersections": intersections,
-                      "kiosks": kiosks},
+            "probe_latency_s": [
+                round(p.seen - p.sent, 2) if p.seen is not None else None for p in measured_probes
+            ],
+            "probe_latency_to_meter_kpi_s": [
+                round(p.seen_in_meter_kpis - p.sent, 2) if p.seen_in_meter_kpis is not None else None
+                for p in measured_probes
+            ],
+            "probes": {
+                "measured": len(measured_probes),
+                "matched": len(e2e),
+                "missing": missing,
+                "district": probe_district,
+                "windows": len(probes_in),
+                "city_updates_seen_on_probe_partition": tail.updates,
+                "probe_window_updates": tail.matched_updates,
+            },
+            "mix_per_s": mix.as_dict(),
+            "soak": soak,
+            "event_time_hours": round(event_hours, 1),
+            "fleet": {
+                "meters": meters,
+                "probe_meters": len(probe_ids),
+                "intersections": intersections,
+                "kiosks": kiosks,
+            },
             "state_fill": {"meters": len(fill_meters), "readings": len(fill), "event_time_hours": FILL_HOURS},
-            "consumer_lag_at_end": lag_at_end, "consumer_lag_after_drain": final_lags,
-            "drain_s": round(drain_s, 1), "startup_catchup_s": round(catchup_s, 1),
-            "registration_s": round(registration_s, 1), "startup_lags": lags,
+            "consumer_lag_at_end": lag_at_end,
+            "consumer_lag_after_drain": final_lags,
+            "drain_s": round(drain_s, 1),
+            "startup_catchup_s": round(catchup_s, 1),
+            "registration_s": round(registration_s, 1),
+            "startup_lags": lags,
             "machine_busy_cores": round(busy, 2) if busy is not None else None,
-            "pipeline_cores": round(machine_cpu, 2), "other_processes_cores": others,
-            "processes": procs, "logs": str(log_dir.relative_to(ROOT)),
+            "pipeline_cores": round(machine_cpu, 2),
+            "other_processes_cores": others,
+            "processes": procs,
+            "logs": str(log_dir.relative_to(ROOT)),
             "sampled_s": round(time.perf_counter() - t_sample0, 1),
         }
     finally:

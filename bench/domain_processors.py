@@ -27,8 +27,9 @@ def build_processor(domain: str, index: int, kafka: KafkaSettings):
     return proc
 
 
-async def processor(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0,
-                    timeout: float = 180.0) -> dict:
+async def processor(
+    kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0, timeout: float = 180.0
+) -> dict:
     """Process everything in the processor's source topics; events/s between the first and the last batch."""
     from shared.gc_tuning import tune_gc
     from shared.stream.runtime import ProcessorRuntime
@@ -62,12 +63,17 @@ async def processor(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: f
                 break
     finally:
         await rt.stop()
-    return m.result(rt.core.processed, processor=proc.name.rsplit("-bench-", 1)[0], topics=list(proc.topics),
-                    dead_lettered=getattr(rt.core, "dead_lettered", None))
+    return m.result(
+        rt.core.processed,
+        processor=proc.name.rsplit("-bench-", 1)[0],
+        topics=list(proc.topics),
+        dead_lettered=getattr(rt.core, "dead_lettered", None),
+    )
 
 
-async def naive_processor(kafka: KafkaSettings, domain: str, index: int = 0, limit_s: float = 25.0,
-                          idle_s: float = 3.0) -> dict:
+async def naive_processor(
+    kafka: KafkaSettings, domain: str, index: int = 0, limit_s: float = 25.0, idle_s: float = 3.0
+) -> dict:
     """What a newcomer writes for the same processor: a Faust agent over its topics that decodes and validates
     each record on its own, folds it with the processor's ``apply``, writes every state key the event changed
     to a Faust table (one changelog record per write) and, every 0.5 s of a partition, emits and sends each
@@ -138,11 +144,14 @@ async def naive_processor(kafka: KafkaSettings, domain: str, index: int = 0, lim
     finally:
         await app.stop()
         shutil.rmtree(app.conf.datadir, ignore_errors=True)
-    return m.result(seen["n"], dead_lettered=seen["bad"], note="time-boxed" if now - seen["at"] <= idle_s else "")
+    return m.result(
+        seen["n"], dead_lettered=seen["bad"], note="time-boxed" if now - seen["at"] <= idle_s else ""
+    )
 
 
-async def raw_sources(kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0,
-                      timeout: float = 180.0) -> dict:
+async def raw_sources(
+    kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0, timeout: float = 180.0
+) -> dict:
     """The ceiling on the processor's own workload: a plain aiokafka consumer over the same source topics,
     ``getmany`` + orjson decode + a count per record key (what ``bench.worker.raw_aiokafka`` does on the small
     generated events), until the topics are drained."""
@@ -150,10 +159,17 @@ async def raw_sources(kafka: KafkaSettings, domain: str, index: int = 0, idle_s:
     from aiokafka import AIOKafkaConsumer
 
     proc = build_processor(domain, index, kafka)
-    c = AIOKafkaConsumer(*proc.topics, **kafka.client_kwargs(), group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
-                         auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
-                         max_partition_fetch_bytes=8 * 1024 * 1024, session_timeout_ms=10000,
-                         heartbeat_interval_ms=3000)
+    c = AIOKafkaConsumer(
+        *proc.topics,
+        **kafka.client_kwargs(),
+        group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=3000,
+    )
     await c.start()
     m, got, agg = Meter(), 0, {}
     started = time.perf_counter()
@@ -196,17 +212,40 @@ def dossier_lifecycle_payloads(n: int, *, prefix: str | None = None) -> list[dic
     prefix = prefix or uuid.uuid4().hex[:5]
     for d in range(max(1, n // 3)):
         received = t0 + timedelta(minutes=d)
-        base = {**template, "dossier_code": f"B{prefix}-{d:07d}", "district": districts[d % len(districts)],
-                "admin_unit": districts[d % len(districts)], "received_at": _iso(received),
-                "due_date": (received + timedelta(days=5)).date().isoformat()}
+        base = {
+            **template,
+            "dossier_code": f"B{prefix}-{d:07d}",
+            "district": districts[d % len(districts)],
+            "admin_unit": districts[d % len(districts)],
+            "received_at": _iso(received),
+            "due_date": (received + timedelta(days=5)).date().isoformat(),
+        }
         done = received + timedelta(days=3 if d % 5 else 8)
         payloads += [
-            {**base, "status": 2, "previous_status": None, "action": "receive", "status_name": STATUS_NAMES[2],
-             "at": _iso(received)},
-            {**base, "status": 4, "previous_status": 2, "action": "start_processing",
-             "status_name": STATUS_NAMES[4], "at": _iso(received + timedelta(hours=2))},
-            {**base, "status": 9, "previous_status": 4, "action": "resolve", "status_name": STATUS_NAMES[9],
-             "at": _iso(done)},
+            {
+                **base,
+                "status": 2,
+                "previous_status": None,
+                "action": "receive",
+                "status_name": STATUS_NAMES[2],
+                "at": _iso(received),
+            },
+            {
+                **base,
+                "status": 4,
+                "previous_status": 2,
+                "action": "start_processing",
+                "status_name": STATUS_NAMES[4],
+                "at": _iso(received + timedelta(hours=2)),
+            },
+            {
+                **base,
+                "status": 9,
+                "previous_status": 4,
+                "action": "resolve",
+                "status_name": STATUS_NAMES[9],
+                "at": _iso(done),
+            },
         ]
     for p in payloads:
         DossierStatusChanged.model_validate(p)  # the generator must produce valid events
@@ -225,7 +264,7 @@ async def produce_dossier_events(kafka: KafkaSettings, n: int) -> dict:
     pub = EventPublisher(kafka, client_id="bench-dossier-producer")
     try:
         for i in range(0, len(payloads), 20000):
-            chunk = payloads[i:i + 20000]
+            chunk = payloads[i : i + 20000]
             await pub.publish(encode_many(etype, chunk, source="/ioc/bench"))
     finally:
         await pub.stop()
@@ -254,10 +293,18 @@ async def produce_feeder_supply_events(kafka: KafkaSettings, n: int, meters_per_
         lost_at = t0 + timedelta(minutes=15 * outage)
         hit = [feeders[(2 * outage + k) % len(feeders)] for k in range(2)]
         for supply, at in (("lost", lost_at), ("restored", lost_at + timedelta(minutes=10))):
-            payloads += [{"feeder": feeder, "meter_id": f"M{prefix}-{feeder}-{m:04d}", "supply": supply,
-                          "at": _iso(at + timedelta(seconds=m % 60)), "district": district,
-                          "feeder_meters": meters_per_feeder}
-                         for feeder, district in hit for m in range(meters_per_feeder)]
+            payloads += [
+                {
+                    "feeder": feeder,
+                    "meter_id": f"M{prefix}-{feeder}-{m:04d}",
+                    "supply": supply,
+                    "at": _iso(at + timedelta(seconds=m % 60)),
+                    "district": district,
+                    "feeder_meters": meters_per_feeder,
+                }
+                for feeder, district in hit
+                for m in range(meters_per_feeder)
+            ]
         outage += 1
     payloads = payloads[:n]
     for p in payloads[:1000]:
@@ -265,7 +312,7 @@ async def produce_feeder_supply_events(kafka: KafkaSettings, n: int, meters_per_
     pub = EventPublisher(kafka, client_id="bench-feeder-producer")
     try:
         for i in range(0, len(payloads), 20000):
-            await pub.publish(encode_many(etype, payloads[i:i + 20000], source="/ioc/bench"))
+            await pub.publish(encode_many(etype, payloads[i : i + 20000], source="/ioc/bench"))
     finally:
         await pub.stop()
     return {"produced": len(payloads)}

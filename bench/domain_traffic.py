@@ -25,11 +25,20 @@ def intersections(prefix: str, count: int, gateway: str | None = None) -> list[d
     from bench.domain_meter import district_codes
 
     districts = district_codes()
-    return [{"intersection_id": f"{prefix}I{i:05d}", "name": f"Bench {i}", "district": districts[i % len(districts)],
-             "lat": 21.0 + i * 1e-4, "lon": 105.8 + i * 1e-4, "controller_id": f"{prefix}C{i:05d}",
-             "phases": list(PHASES),
-             "detectors": [{"channel": p, "phase": p, "function": "presence"} for p in PHASES], "gateway": gateway}
-            for i in range(count)]
+    return [
+        {
+            "intersection_id": f"{prefix}I{i:05d}",
+            "name": f"Bench {i}",
+            "district": districts[i % len(districts)],
+            "lat": 21.0 + i * 1e-4,
+            "lon": 105.8 + i * 1e-4,
+            "controller_id": f"{prefix}C{i:05d}",
+            "phases": list(PHASES),
+            "detectors": [{"channel": p, "phase": p, "function": "presence"} for p in PHASES],
+            "gateway": gateway,
+        }
+        for i in range(count)
+    ]
 
 
 def controller_log(start_ms: int, cycles: int) -> list[tuple[int, int, int]]:
@@ -39,13 +48,22 @@ def controller_log(start_ms: int, cycles: int) -> list[tuple[int, int, int]]:
     t = start_ms
     for _ in range(cycles):
         for p in PHASES:
-            out += [(t, GREEN, p), (t + 2000, DET_ON, p), (t + 2500, DET_OFF, p), (t + 9000, DET_ON, p),
-                    (t + 9400, DET_OFF, p), (t + 20000, YELLOW, p), (t + 23000, RED, p)]
+            out += [
+                (t, GREEN, p),
+                (t + 2000, DET_ON, p),
+                (t + 2500, DET_OFF, p),
+                (t + 9000, DET_ON, p),
+                (t + 9400, DET_OFF, p),
+                (t + 20000, YELLOW, p),
+                (t + 23000, RED, p),
+            ]
             t += 25000
     return out
 
 
-def event_batches(prefix: str, controllers: int, n: int, batch: int, start_ms: int, lanes: int) -> list[list[bytes]]:
+def event_batches(
+    prefix: str, controllers: int, n: int, batch: int, start_ms: int, lanes: int
+) -> list[list[bytes]]:
     """Request bodies of about ``batch`` events in ``lanes`` lanes: each lane owns a share of the controllers and
     posts time slices across them in order (as one gateway polls its controllers)."""
     per_controller = max(1, n // controllers)
@@ -55,15 +73,27 @@ def event_batches(prefix: str, controllers: int, n: int, batch: int, start_ms: i
         mine = range(lane, controllers, lanes)
         logs = {c: controller_log(start_ms + c * 100, cycles)[:per_controller] for c in mine}
         merged = sorted((t, c, code, param) for c, log in logs.items() for t, code, param in log)
-        items = [{"timestamp": datetime.fromtimestamp(t / 1000, UTC).isoformat().replace("+00:00", "Z"),
-                  "controller_id": f"{prefix}C{c:05d}", "event_code": code, "parameter": param}
-                 for t, c, code, param in merged]
-        out.append([orjson.dumps({"items": items[i:i + batch]}) for i in range(0, len(items), batch)])
+        items = [
+            {
+                "timestamp": datetime.fromtimestamp(t / 1000, UTC).isoformat().replace("+00:00", "Z"),
+                "controller_id": f"{prefix}C{c:05d}",
+                "event_code": code,
+                "parameter": param,
+            }
+            for t, c, code, param in merged
+        ]
+        out.append([orjson.dumps({"items": items[i : i + batch]}) for i in range(0, len(items), batch)])
     return out
 
 
-async def ingest(kafka: KafkaSettings, database_url: str, n: int, batch: int = 10_000, concurrency: int = 4,
-                 controllers: int = 500) -> dict:
+async def ingest(
+    kafka: KafkaSettings,
+    database_url: str,
+    n: int,
+    batch: int = 10_000,
+    concurrency: int = 4,
+    controllers: int = 500,
+) -> dict:
     """Hi-res events/s of one traffic service process (``batch`` events a request)."""
     svc = await start_service("traffic", kafka.bootstrap_servers, database_url)
     try:
@@ -76,19 +106,32 @@ async def ingest(kafka: KafkaSettings, database_url: str, n: int, batch: int = 1
         async with httpx.AsyncClient(base_url=svc.base_url, timeout=120) as client:
             regs = intersections(prefix, controllers, gateway)  # the ingest key reports for them all
             for i in range(0, len(regs), 1000):
-                r = await client.post("/v1/intersections", content=orjson.dumps({"items": regs[i:i + 1000]}),
-                                      headers=bearer(admin))
+                r = await client.post(
+                    "/v1/intersections",
+                    content=orjson.dumps({"items": regs[i : i + 1000]}),
+                    headers=bearer(admin),
+                )
                 r.raise_for_status()
         # One lane per gateway: a controller's events arrive in order (the service rejects disorder > 5 s).
-        out = await measure_ingest(svc, "/v1/events", bodies, bearer(key), concurrency=concurrency,
-                                   unit="hi-res events")
+        out = await measure_ingest(
+            svc, "/v1/events", bodies, bearer(key), concurrency=concurrency, unit="hi-res events"
+        )
         # The processor's workload is what this published: one record per controller per request. Its
         # records/s times this are hi-res events/s.
-        records = sum(len({item["controller_id"] for item in orjson.loads(body)["items"]})
-                      for lane in bodies for body in lane)
+        records = sum(
+            len({item["controller_id"] for item in orjson.loads(body)["items"]})
+            for lane in bodies
+            for body in lane
+        )
         events = sum(len(orjson.loads(body)["items"]) for lane in bodies for body in lane)
-        out.update({"batch": batch, "controllers": controllers, "hires_records": records,
-                    "events_per_record": round(events / records, 1)})
+        out.update(
+            {
+                "batch": batch,
+                "controllers": controllers,
+                "hires_records": records,
+                "events_per_record": round(events / records, 1),
+            }
+        )
         return out
     finally:
         svc.stop()

@@ -45,7 +45,9 @@ def processor_pairs(runs: list[dict], ceilings: list[dict]) -> dict:
     moment, so its ratio is steadier than either figure). Every run's figures are kept beside it. A failed run
     of either side drops its pair; with no pair left, the first run is the row, with the ceiling's error.
     """
-    pairs = [(r, c) for r, c in zip(runs, ceilings, strict=True) if r.get("events_per_s") and c.get("events_per_s")]
+    pairs = [
+        (r, c) for r, c in zip(runs, ceilings, strict=True) if r.get("events_per_s") and c.get("events_per_s")
+    ]
     if not pairs:
         row = dict(runs[0])
         error = next((c["error"] for c in ceilings if c.get("error")), None)
@@ -56,17 +58,19 @@ def processor_pairs(runs: list[dict], ceilings: list[dict]) -> dict:
     middle = (len(pairs) - 1) // 2  # the lower middle of an even count: a run that happened
     row = dict(sorted((r for r, _ in pairs), key=lambda r: r["events_per_s"])[middle])
     ceiling = sorted((c for _, c in pairs), key=lambda c: c["events_per_s"])[middle]
-    row.update({
-        "raw_same_topics_events_per_s": ceiling["events_per_s"],
-        "raw_same_topics_cpu_s_per_million": ceiling.get("cpu_s_per_million"),
-        "x_raw_same_topics": round(statistics.median(ratios), 2),
-        "pairs": len(pairs),
-        "runs_events_per_s": [r["events_per_s"] for r, _ in pairs],
-        "runs_cpu_s_per_million": [r.get("cpu_s_per_million") for r, _ in pairs],
-        "raw_same_topics_runs_events_per_s": [c["events_per_s"] for _, c in pairs],
-        "raw_same_topics_runs_cpu_s_per_million": [c.get("cpu_s_per_million") for _, c in pairs],
-        "x_raw_same_topics_runs": [round(x, 2) for x in ratios],
-    })
+    row.update(
+        {
+            "raw_same_topics_events_per_s": ceiling["events_per_s"],
+            "raw_same_topics_cpu_s_per_million": ceiling.get("cpu_s_per_million"),
+            "x_raw_same_topics": round(statistics.median(ratios), 2),
+            "pairs": len(pairs),
+            "runs_events_per_s": [r["events_per_s"] for r, _ in pairs],
+            "runs_cpu_s_per_million": [r.get("cpu_s_per_million") for r, _ in pairs],
+            "raw_same_topics_runs_events_per_s": [c["events_per_s"] for _, c in pairs],
+            "raw_same_topics_runs_cpu_s_per_million": [c.get("cpu_s_per_million") for _, c in pairs],
+            "x_raw_same_topics_runs": [round(x, 2) for x in ratios],
+        }
+    )
     return row
 
 
@@ -85,24 +89,49 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
         ingest_n = max(n, 100_000)
         steps = [
             # Ingest first: what the services publish is the processors' workload below.
-            ("meter_ingest", "meter ingest: POST /v1/readings, 10k readings/request, 4 in flight",
-             dict(n=ingest_n, database_url=db)),
-            ("traffic_ingest", "traffic ingest: POST /v1/events (hi-res), 10k/request, 4 in flight",
-             dict(n=ingest_n, database_url=db)),
-            ("kiosk_ingest", "kiosk ingest: POST /v1/heartbeats, 5k/request, 4 in flight",
-             dict(n=ingest_n // 2, database_url=db)),
-            ("dossier_ingest", "dossier ingest: POST /v1/dossiers (one per request), 16 in flight",
-             dict(n=1000 if n <= 50_000 else 3000, database_url=db)),
+            (
+                "meter_ingest",
+                "meter ingest: POST /v1/readings, 10k readings/request, 4 in flight",
+                dict(n=ingest_n, database_url=db),
+            ),
+            (
+                "traffic_ingest",
+                "traffic ingest: POST /v1/events (hi-res), 10k/request, 4 in flight",
+                dict(n=ingest_n, database_url=db),
+            ),
+            (
+                "kiosk_ingest",
+                "kiosk ingest: POST /v1/heartbeats, 5k/request, 4 in flight",
+                dict(n=ingest_n // 2, database_url=db),
+            ),
+            (
+                "dossier_ingest",
+                "dossier ingest: POST /v1/dossiers (one per request), 16 in flight",
+                dict(n=1000 if n <= 50_000 else 3000, database_url=db),
+            ),
             ("dossier_events", "dossier: generated lifecycle events for the processor", dict(n=n)),
             ("meter_processor", "meter-kpi processor (Faust driver)", dict(path="processor", domain="meter")),
-            ("meter_feeder_events", "meter: generated feeder supply changes (outages) for the feeder processor",
-             dict(n=n)),
-            ("meter_feeder_processor", "meter-feeder-outage processor (Faust driver)",
-             dict(path="processor", domain="meter", index=1)),
-            ("traffic_processor", "traffic-signals processor (Faust driver; records = hi-res chunks)",
-             dict(path="processor", domain="traffic")),
+            (
+                "meter_feeder_events",
+                "meter: generated feeder supply changes (outages) for the feeder processor",
+                dict(n=n),
+            ),
+            (
+                "meter_feeder_processor",
+                "meter-feeder-outage processor (Faust driver)",
+                dict(path="processor", domain="meter", index=1),
+            ),
+            (
+                "traffic_processor",
+                "traffic-signals processor (Faust driver; records = hi-res chunks)",
+                dict(path="processor", domain="traffic"),
+            ),
             ("kiosk_processor", "kiosk-kpi processor (Faust driver)", dict(path="processor", domain="kiosk")),
-            ("dossier_processor", "dossier-kpi processor (Faust driver)", dict(path="processor", domain="dossier")),
+            (
+                "dossier_processor",
+                "dossier-kpi processor (Faust driver)",
+                dict(path="processor", domain="dossier"),
+            ),
         ]
         if only:
             steps = [s for s in steps if s[0].startswith(only)]
@@ -118,12 +147,20 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                 # ``pairs`` times interleaved with the processor because one run of either moves ±20% with
                 # what else the 2 cores do; then, once, the newcomer's version of the same processor (a
                 # per-event Faust agent doing the same work).
-                baseline = functools.partial(run_child, "domain", timeout=900, bootstrap=bootstrap,
-                                             domain=args["domain"], index=args.get("index", 0))
+                baseline = functools.partial(
+                    run_child,
+                    "domain",
+                    timeout=900,
+                    bootstrap=bootstrap,
+                    domain=args["domain"],
+                    index=args.get("index", 0),
+                )
                 runs, ceilings = [res], []
                 for i in range(pairs):
                     if i:
-                        runs.append(run_child("domain", timeout=900, bootstrap=bootstrap, domain_path=path, **args))
+                        runs.append(
+                            run_child("domain", timeout=900, bootstrap=bootstrap, domain_path=path, **args)
+                        )
                     ceilings.append(baseline(domain_path="raw_sources"))
                 res = processor_pairs(runs, ceilings)
                 naive = baseline(domain_path="naive_processor")
@@ -139,8 +176,11 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                 # A traffic record is a chunk of one controller's hi-res events: say what that is in events.
                 events = ingest["hires_records"] * ingest["events_per_record"]
                 results[key]["hires_events_per_s"] = round(events / res["seconds"])
-                results[key]["cpu_s_per_million_hires_events"] = round(
-                    res["cpu_s_per_million"] * res["events"] / events, 2) if res.get("cpu_s_per_million") else None
+                results[key]["cpu_s_per_million_hires_events"] = (
+                    round(res["cpu_s_per_million"] * res["events"] / events, 2)
+                    if res.get("cpu_s_per_million")
+                    else None
+                )
         # The whole pipeline last: every service and processor as subprocesses, driven at a target rate.
         from bench.domain_pipeline import LABEL as PIPELINE_LABEL
 
@@ -151,8 +191,16 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
         seconds = float(os.environ.get("IOC_BENCH_PIPELINE_SECONDS") or (15 if n <= 50_000 else 60))
         rate = int(os.environ.get("IOC_BENCH_PIPELINE_RATE") or 20_000)
         meters = int(os.environ.get("IOC_BENCH_PIPELINE_METERS") or 20_000)
-        res = run_child("domain", timeout=max(900, seconds + 600), bootstrap=bootstrap, domain_path="pipeline",
-                        database_url=db, seconds=seconds, rate=rate, meters=meters)
+        res = run_child(
+            "domain",
+            timeout=max(900, seconds + 600),
+            bootstrap=bootstrap,
+            domain_path="pipeline",
+            database_url=db,
+            seconds=seconds,
+            rate=rate,
+            meters=meters,
+        )
         results["pipeline"] = {"label": PIPELINE_LABEL, **res}
     finally:
         pg.stop()

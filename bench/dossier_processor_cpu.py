@@ -33,13 +33,16 @@ def fetched_batches(n: int) -> dict[TopicPartition, list]:
     from shared.contracts.cloudevents import encode_many
     from shared.contracts.dossier import LIFECYCLE_TOPIC, DossierStatusChanged
 
-    events = encode_many(event_type_of(DossierStatusChanged), dossier_lifecycle_payloads(n, prefix="cpu"),
-                         source="/ioc/bench")
+    events = encode_many(
+        event_type_of(DossierStatusChanged), dossier_lifecycle_payloads(n, prefix="cpu"), source="/ioc/bench"
+    )
     by_partition: list[list] = [[] for _ in range(PARTITIONS)]
     for ev in events:
         by_partition[zlib.crc32(ev.key) % PARTITIONS].append(ev)
-    return {TopicPartition(LIFECYCLE_TOPIC.name, p): unpack(BareRecords, record_batch(evs))
-            for p, evs in enumerate(by_partition)}
+    return {
+        TopicPartition(LIFECYCLE_TOPIC.name, p): unpack(BareRecords, record_batch(evs))
+        for p, evs in enumerate(by_partition)
+    }
 
 
 def run_once(batches: dict[TopicPartition, list], batch: int, emit_every: int) -> dict[str, float]:
@@ -55,7 +58,7 @@ def run_once(batches: dict[TopicPartition, list], batch: int, emit_every: int) -
         state = State(tp.partition)
         for i, start in enumerate(range(0, len(records), batch)):
             t0 = clock()
-            events, failed = decode_batch(records[start:start + batch], tp)
+            events, failed = decode_batch(records[start : start + batch], tp)
             t1 = clock()
             proc.apply_batch(events, state)
             t2 = clock()
@@ -86,7 +89,9 @@ def main() -> None:
             best[step] = min(best.get(step, float("inf")), seconds / events * 1e6)
     for step, us in best.items():
         print(f"{step:20s} {us:6.2f} µs CPU per event")
-    print(f"{'total':20s} {sum(best.values()):6.2f} µs CPU per event ({events:,} events, batches of {batch:,})")
+    print(
+        f"{'total':20s} {sum(best.values()):6.2f} µs CPU per event ({events:,} events, batches of {batch:,})"
+    )
 
 
 if __name__ == "__main__":

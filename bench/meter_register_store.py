@@ -30,8 +30,9 @@ OBIS = "1-0:1.8.0"
 WARM_UP = 5
 
 
-async def _flushes(pg: EmbeddedPostgres, schema: str, fillfactor: int | None, registers: int, flushes: int
-                   ) -> dict:
+async def _flushes(
+    pg: EmbeddedPostgres, schema: str, fillfactor: int | None, registers: int, flushes: int
+) -> dict:
     pool = await create_pool(DatabaseSettings(url=pg.url("perf")), schema=schema)
     try:
         await apply_migrations(pool, schema, MIGRATIONS)
@@ -49,12 +50,16 @@ async def _flushes(pg: EmbeddedPostgres, schema: str, fillfactor: int | None, re
         cpu, wall = _postgres_cpu(pg._proc.pid) - cpu0, time.perf_counter() - wall0
         hot = await pool.fetchval(
             "SELECT n_tup_hot_upd::float8 / nullif(n_tup_upd, 0) FROM pg_stat_user_tables "
-            "WHERE relid = 'register_state'::regclass")
+            "WHERE relid = 'register_state'::regclass"
+        )
         n = registers * (flushes - WARM_UP)
-        return {"table": f"register_state {fill or ['fillfactor=100']}", "registers_written": n,
-                "postgres_cpu_us_per_register": round(cpu / n * 1e6, 2),
-                "statement_wall_us_per_register": round(wall / n * 1e6, 2),
-                "hot_update_share": None if hot is None else round(hot, 2)}
+        return {
+            "table": f"register_state {fill or ['fillfactor=100']}",
+            "registers_written": n,
+            "postgres_cpu_us_per_register": round(cpu / n * 1e6, 2),
+            "statement_wall_us_per_register": round(wall / n * 1e6, 2),
+            "hot_update_share": None if hot is None else round(hot, 2),
+        }
     finally:
         await pool.close()
 

@@ -43,10 +43,25 @@ class ActionCounts(StreamProcessor):
         for key, _ in state.items("changed:"):
             action = key.split(":", 1)[1]
             n = float(state.get(action, 0))
-            out.append(encode(BENCH_KPI, {
-                "kpi": f"bench.{action}", "scope_level": "city", "scope_code": "HN",
-                "window_start": "2026-11-01T00:00:00Z", "window_seconds": 86400, "value": n, "numerator": n,
-                "denominator": None, "unit": "count", "partition": state.partition,
-                "observed_at": now.isoformat(), "key": f"bench.{action}|city|HN"}, source="/ioc/bench"))
+            out.append(
+                encode(
+                    BENCH_KPI,
+                    {
+                        "kpi": f"bench.{action}",
+                        "scope_level": "city",
+                        "scope_code": "HN",
+                        "window_start": "2026-11-01T00:00:00Z",
+                        "window_seconds": 86400,
+                        "value": n,
+                        "numerator": n,
+                        "denominator": None,
+                        "unit": "count",
+                        "partition": state.partition,
+                        "observed_at": now.isoformat(),
+                        "key": f"bench.{action}|city|HN",
+                    },
+                    source="/ioc/bench",
+                )
+            )
             state.pop(key)
         return out

@@ -28,11 +28,19 @@ TP = TopicPartition("ioc.meter.readings", 0)
 
 def record_batch(events: Iterable[EncodedEvent]) -> bytes:
     """``events`` as one uncompressed v2 record batch from offset 0, the bytes a fetch answer holds."""
-    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
-                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 30)
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=0,
+        is_transactional=0,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 30,
+    )
     for i, event in enumerate(events):
-        builder.append(i, timestamp=1_795_000_000_000 + i, key=event.key, value=event.value,
-                       headers=list(event.headers))
+        builder.append(
+            i, timestamp=1_795_000_000_000 + i, key=event.key, value=event.value, headers=list(event.headers)
+        )
     return bytes(builder.build())
 
 
@@ -43,9 +51,13 @@ def fetched_bytes(n: int) -> bytes:
 
     etype = event_type_of(MeterReadingRecorded)
     return record_batch(
-        encode(etype, {**etype.examples[0], "meter_id": f"MTR-{i % 20_000:06d}", "value": 12345.678 + i},
-               source="/ioc/meter")
-        for i in range(n))
+        encode(
+            etype,
+            {**etype.examples[0], "meter_id": f"MTR-{i % 20_000:06d}", "value": 12345.678 + i},
+            source="/ioc/meter",
+        )
+        for i in range(n)
+    )
 
 
 def unpack(cls: type, data: bytes) -> list:

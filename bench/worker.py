@@ -1,6 +1,6 @@
 """One benchmark path, run in its own process so its CPU time and peak memory are its own.
 
-    python -m bench.worker PATH JSON_ARGS   → prints one JSON result line
+python -m bench.worker PATH JSON_ARGS   → prints one JSON result line
 """
 
 from __future__ import annotations
@@ -49,12 +49,21 @@ class Meter:
     def result(self, events: int, **extra) -> dict:
         wall = (self.t1 or time.perf_counter()) - (self.t0 or time.perf_counter())
         cpu = (self.c1 or time.process_time()) - (self.c0 or time.process_time())
-        out = {"events": events, "seconds": round(wall, 3), "events_per_s": round(events / wall) if wall else None,
-               "cpu_s_per_million": round(cpu / events * 1e6, 2) if events else None, "peak_rss_mib": round(_rss_mib(), 1)}
+        out = {
+            "events": events,
+            "seconds": round(wall, 3),
+            "events_per_s": round(events / wall) if wall else None,
+            "cpu_s_per_million": round(cpu / events * 1e6, 2) if events else None,
+            "peak_rss_mib": round(_rss_mib(), 1),
+        }
         if self.latencies:
             lat = sorted(self.latencies)
-            out.update({f"latency_p{p}_ms": round(lat[min(len(lat) - 1, int(len(lat) * p / 100))] * 1000, 1)
-                        for p in (50, 95, 99)})
+            out.update(
+                {
+                    f"latency_p{p}_ms": round(lat[min(len(lat) - 1, int(len(lat) * p / 100))] * 1000, 1)
+                    for p in (50, 95, 99)
+                }
+            )
         out.update(extra)
         return out
 
@@ -63,10 +72,17 @@ async def raw_aiokafka(kafka: KafkaSettings, topic: str, n: int) -> dict:
     """The ceiling: aiokafka getmany + orjson decode + dict aggregation."""
     from aiokafka import AIOKafkaConsumer
 
-    c = AIOKafkaConsumer(topic, **kafka.client_kwargs(), group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
-                         auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
-                         max_partition_fetch_bytes=8 * 1024 * 1024, session_timeout_ms=10000,
-                         heartbeat_interval_ms=3000)
+    c = AIOKafkaConsumer(
+        topic,
+        **kafka.client_kwargs(),
+        group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        session_timeout_ms=10000,
+        heartbeat_interval_ms=3000,
+    )
     await c.start()
     m, got, agg = Meter(), 0, {}
     try:
@@ -92,11 +108,19 @@ def naive_app(kafka: KafkaSettings, name: str):
     the caller's to remove."""
     import faust
 
-    return faust.App(f"{name}-{uuid.uuid4().hex[:6]}", broker=f"kafka://{kafka.bootstrap_servers}",
-                     broker_session_timeout=10, broker_heartbeat_interval=3, broker_rebalance_timeout=10,
-                     consumer_auto_offset_reset="earliest", web_enabled=False, store="memory://",
-                     datadir=tempfile.mkdtemp(prefix="ioc-bench-naive-"), topic_disable_leader=True,
-                     producer_linger=0.05)
+    return faust.App(
+        f"{name}-{uuid.uuid4().hex[:6]}",
+        broker=f"kafka://{kafka.bootstrap_servers}",
+        broker_session_timeout=10,
+        broker_heartbeat_interval=3,
+        broker_rebalance_timeout=10,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        store="memory://",
+        datadir=tempfile.mkdtemp(prefix="ioc-bench-naive-"),
+        topic_disable_leader=True,
+        producer_linger=0.05,
+    )
 
 
 async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float = 25.0) -> dict:
@@ -186,9 +210,16 @@ async def ioc_stream_until_idle(kafka: KafkaSettings, topic: str, group: str) ->
     return m.result(rt.core.processed, partitions=sorted(rt.core.partitions))
 
 
-PATHS = {"ioc_stream_until_idle": ioc_stream_until_idle, "raw_aiokafka": raw_aiokafka, "naive_faust": naive_faust, "ioc_stream": ioc_stream,
-         # Per-domain paths (bench/domains.py dispatches on args["path"]).
-         "domain": lambda kafka, **args: __import__("bench.domains", fromlist=["run_path"]).run_path(kafka, **args)}
+PATHS = {
+    "ioc_stream_until_idle": ioc_stream_until_idle,
+    "raw_aiokafka": raw_aiokafka,
+    "naive_faust": naive_faust,
+    "ioc_stream": ioc_stream,
+    # Per-domain paths (bench/domains.py dispatches on args["path"]).
+    "domain": lambda kafka, **args: __import__("bench.domains", fromlist=["run_path"]).run_path(
+        kafka, **args
+    ),
+}
 
 
 def main() -> None:

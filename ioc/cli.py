@@ -1,16 +1,16 @@
 """``ioc``: run and inspect the Intelligent Operations Center.
 
-    ioc up                      the whole center on this machine (embedded broker + PostgreSQL unless
-                                IOC_KAFKA_BOOTSTRAP_SERVERS / IOC_DATABASE_URL point elsewhere)
-    ioc topics                  the topic catalogue
-    ioc tail TOPIC [--grep X]   decoded events, live
-    ioc produce TYPE JSON       publish one event (validated)
-    ioc keys issue|revoke|list  API keys of principals
-    ioc serve SERVICE           one HTTP service
-    ioc process NAME            one stream-processor worker
-    ioc simulate DOMAIN         one domain's simulator
-    ioc contracts export|check  JSON Schemas + AsyncAPI under contracts/
-    ioc replay FILE             feed a traffic hi-res log through the traffic service
+ioc up                      the whole center on this machine (embedded broker + PostgreSQL unless
+                            IOC_KAFKA_BOOTSTRAP_SERVERS / IOC_DATABASE_URL point elsewhere)
+ioc topics                  the topic catalogue
+ioc tail TOPIC [--grep X]   decoded events, live
+ioc produce TYPE JSON       publish one event (validated)
+ioc keys issue|revoke|list  API keys of principals
+ioc serve SERVICE           one HTTP service
+ioc process NAME            one stream-processor worker
+ioc simulate DOMAIN         one domain's simulator
+ioc contracts export|check  JSON Schemas + AsyncAPI under contracts/
+ioc replay FILE             feed a traffic hi-res log through the traffic service
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ from rich.table import Table
 
 from ioc import registry
 
-app = typer.Typer(help="IOC: the event platform of Hanoi's Intelligent Operations Center.", no_args_is_help=True,
-                  add_completion=False)
+app = typer.Typer(
+    help="IOC: the event platform of Hanoi's Intelligent Operations Center.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 keys_app = typer.Typer(help="Principals and their API keys.", no_args_is_help=True)
 contracts_app = typer.Typer(help="Exported event contracts (JSON Schema, AsyncAPI).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -63,9 +66,22 @@ def topics(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     rows = []
     for t in sorted(TOPICS.values(), key=lambda t: t.name):
         types = sorted(et.type for et in EVENT_TYPES.values() if et.topic == t.name)
-        retention = "compacted" if t.compacted else (f"{t.retention_ms // 86_400_000} d" if t.retention_ms else "forever")
-        rows.append({"topic": t.name, "partitions": t.partitions, "key": t.key, "retention": retention,
-                     "owner": t.owner, "types": types, "description": t.description})
+        retention = (
+            "compacted"
+            if t.compacted
+            else (f"{t.retention_ms // 86_400_000} d" if t.retention_ms else "forever")
+        )
+        rows.append(
+            {
+                "topic": t.name,
+                "partitions": t.partitions,
+                "key": t.key,
+                "retention": retention,
+                "owner": t.owner,
+                "types": types,
+                "description": t.description,
+            }
+        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -73,7 +89,9 @@ def topics(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     for col in ("topic", "partitions", "key", "retention", "owner", "event types"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["topic"], str(r["partitions"]), r["key"], r["retention"], r["owner"], "\n".join(r["types"]))
+        table.add_row(
+            r["topic"], str(r["partitions"]), r["key"], r["retention"], r["owner"], "\n".join(r["types"])
+        )
     Console().print(table)
 
 
@@ -95,8 +113,9 @@ async def _tail(topic: str, grep: str, from_beginning: bool, count: int, as_json
     from shared.contracts.cloudevents import EventDecodeError, decode
 
     out = Console()
-    consumer = AIOKafkaConsumer(**_kafka().client_kwargs(), group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(
+        **_kafka().client_kwargs(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
     await consumer.start()
     seen = 0
     try:
@@ -119,19 +138,32 @@ async def _tail(topic: str, grep: str, from_beginning: bool, count: int, as_json
                 for r in recs:
                     try:
                         ev = decode(r)
-                        doc = {"type": ev.type, "time": ev.time, "key": ev.key, "source": ev.source, "data": ev.data}
+                        doc = {
+                            "type": ev.type,
+                            "time": ev.time,
+                            "key": ev.key,
+                            "source": ev.source,
+                            "data": ev.data,
+                        }
                     except EventDecodeError as exc:
-                        doc = {"undecodable": exc.reason, "key": (r.key or b"").decode(errors="replace"),
-                               "partition": r.partition, "offset": r.offset}
+                        doc = {
+                            "undecodable": exc.reason,
+                            "key": (r.key or b"").decode(errors="replace"),
+                            "partition": r.partition,
+                            "offset": r.offset,
+                        }
                     line = json.dumps(doc, ensure_ascii=False, default=str)
                     if grep and grep not in line:
                         continue
                     if as_json:
                         print(line, flush=True)
                     else:
-                        out.print(f"[dim]{doc.get('time', '')}[/dim] [cyan]{doc.get('type', 'undecodable')}[/cyan] "
-                                  f"[bold]{doc.get('key')}[/bold] {json.dumps(doc.get('data', doc), ensure_ascii=False, default=str)}",
-                                  highlight=False, soft_wrap=True)
+                        out.print(
+                            f"[dim]{doc.get('time', '')}[/dim] [cyan]{doc.get('type', 'undecodable')}[/cyan] "
+                            f"[bold]{doc.get('key')}[/bold] {json.dumps(doc.get('data', doc), ensure_ascii=False, default=str)}",
+                            highlight=False,
+                            soft_wrap=True,
+                        )
                     seen += 1
                     if count and seen >= count:
                         return
@@ -140,8 +172,11 @@ async def _tail(topic: str, grep: str, from_beginning: bool, count: int, as_json
 
 
 @app.command()
-def produce(event_type: str, payload: str = typer.Argument(..., help="JSON payload, or @file.json"),
-            source: str = typer.Option("/ioc/cli", help="CloudEvents source")) -> None:
+def produce(
+    event_type: str,
+    payload: str = typer.Argument(..., help="JSON payload, or @file.json"),
+    source: str = typer.Option("/ioc/cli", help="CloudEvents source"),
+) -> None:
     """Validate and publish one event of EVENT_TYPE (e.g. for testing a subscriber)."""
     from shared.contracts import EVENT_TYPES
     from shared.contracts.cloudevents import encode
@@ -172,6 +207,7 @@ def _actor() -> str:
 
     return f"cli:{os.environ.get('IOC_ACTOR') or os.environ.get('SUDO_USER') or getpass.getuser()}"
 
+
 async def _keystore():
     from shared.auth import PLATFORM_SCHEMA, KeyStore
     from shared.db import apply_migrations, create_pool
@@ -189,7 +225,9 @@ def keys_issue(
     principal: str,
     scopes: str = typer.Option(..., help="comma-separated scopes, e.g. meter:ingest or '*'"),
     kind: str = typer.Option("gateway", help="admin, agency, gateway, operator, service"),
-    attributes: str = typer.Option("{}", help='JSON attributes, e.g. {"agency": "SOTP"} or {"kiosks": ["K1"]}'),
+    attributes: str = typer.Option(
+        "{}", help='JSON attributes, e.g. {"agency": "SOTP"} or {"kiosks": ["K1"]}'
+    ),
     name: str = typer.Option("", help="display name"),
 ) -> None:
     """Create (or update) a principal and print a new API key for it (shown once)."""
@@ -197,13 +235,24 @@ def keys_issue(
     async def go():
         pool, store = await _keystore()
         try:
-            await store.upsert_principal(principal, kind, name or principal,
-                                         [s.strip() for s in scopes.split(",") if s.strip()], json.loads(attributes))
+            await store.upsert_principal(
+                principal,
+                kind,
+                name or principal,
+                [s.strip() for s in scopes.split(",") if s.strip()],
+                json.loads(attributes),
+            )
             key = await store.issue_key(principal)
             from shared.auth import record_audit
 
-            await record_audit(pool, principal=_actor(), service="cli", action="key.issued", target=principal,
-                               detail={"scopes": scopes, "kind": kind})
+            await record_audit(
+                pool,
+                principal=_actor(),
+                service="cli",
+                action="key.issued",
+                target=principal,
+                detail={"scopes": scopes, "kind": kind},
+            )
             return key
         finally:
             await pool.close()
@@ -212,7 +261,9 @@ def keys_issue(
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: str = typer.Argument(..., help="the key id (the part after ioc_ and before the next _)")) -> None:
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="the key id (the part after ioc_ and before the next _)"),
+) -> None:
     """Revoke an API key: it answers 401 from then on."""
 
     async def go():
@@ -222,7 +273,9 @@ def keys_revoke(key_id: str = typer.Argument(..., help="the key id (the part aft
             if ok:
                 from shared.auth import record_audit
 
-                await record_audit(pool, principal=_actor(), service="cli", action="key.revoked", target=key_id)
+                await record_audit(
+                    pool, principal=_actor(), service="cli", action="key.revoked", target=key_id
+                )
             return ok
         finally:
             await pool.close()
@@ -242,7 +295,8 @@ def keys_list() -> None:
         try:
             return await pool.fetch(
                 "SELECT p.id, p.kind, p.scopes, k.key_id, k.created_at, k.revoked_at FROM platform.principals p "
-                "LEFT JOIN platform.api_keys k ON k.principal_id = p.id ORDER BY p.id, k.created_at")
+                "LEFT JOIN platform.api_keys k ON k.principal_id = p.id ORDER BY p.id, k.created_at"
+            )
         finally:
             await pool.close()
 
@@ -250,15 +304,24 @@ def keys_list() -> None:
     for col in ("principal", "kind", "scopes", "key id", "created", "revoked"):
         table.add_column(col)
     for r in asyncio.run(go()):
-        table.add_row(r["id"], r["kind"], ",".join(r["scopes"]), r["key_id"] or "", str(r["created_at"] or ""),
-                      str(r["revoked_at"] or ""))
+        table.add_row(
+            r["id"],
+            r["kind"],
+            ",".join(r["scopes"]),
+            r["key_id"] or "",
+            str(r["created_at"] or ""),
+            str(r["revoked_at"] or ""),
+        )
     Console().print(table)
 
 
 # Running pieces --------------------------------------------------------------------------------------------
 @app.command()
-def serve(service: str, port: int = typer.Option(0, help="port (default: the service's settings)"),
-          host: str = typer.Option("", help="address (default: the service's settings, 127.0.0.1)")) -> None:
+def serve(
+    service: str,
+    port: int = typer.Option(0, help="port (default: the service's settings)"),
+    host: str = typer.Option("", help="address (default: the service's settings, 127.0.0.1)"),
+) -> None:
     """Run one HTTP service."""
     import uvicorn
 
@@ -267,8 +330,15 @@ def serve(service: str, port: int = typer.Option(0, help="port (default: the ser
     settings.port = port or settings.port or entry.port
     settings.host = host or settings.host
     application = registry.load(entry.app_factory)(settings)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                loop="uvloop", lifespan="on")
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        lifespan="on",
+    )
 
 
 def _processor_factories() -> dict[str, tuple[registry.ServiceEntry, object]]:
@@ -284,9 +354,13 @@ def _processor_factories() -> dict[str, tuple[registry.ServiceEntry, object]]:
 
 
 @app.command()
-def process(name: str, driver: str = typer.Option("faust", help="faust or aiokafka"),
-            metrics_port: int = typer.Option(int(os.environ.get("IOC_METRICS_PORT", "0")),
-                                             help="serve /metrics on this port (0: none)")) -> None:
+def process(
+    name: str,
+    driver: str = typer.Option("faust", help="faust or aiokafka"),
+    metrics_port: int = typer.Option(
+        int(os.environ.get("IOC_METRICS_PORT", "0")), help="serve /metrics on this port (0: none)"
+    ),
+) -> None:
     """Run one stream-processor worker (consumer group = NAME; run several to scale out)."""
     from shared.logging import configure_logging
     from shared.stream.runtime import ProcessorRuntime
@@ -300,7 +374,9 @@ def process(name: str, driver: str = typer.Option("faust", help="faust or aiokaf
     if metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="127.0.0.1" if os.environ.get("IOC_METRICS_LOCAL", "1") == "1" else "0.0.0.0")
+        start_http_server(
+            metrics_port, addr="127.0.0.1" if os.environ.get("IOC_METRICS_LOCAL", "1") == "1" else "0.0.0.0"
+        )
     processor = factory(registry.load(entry.settings)())
 
     async def go():
@@ -315,9 +391,12 @@ def process(name: str, driver: str = typer.Option("faust", help="faust or aiokaf
 
 
 @app.command()
-def simulate(domain: str, url: str = typer.Option("", help="service base URL (default: local)"),
-             key: str = typer.Option("", envvar="IOC_API_KEY", help="API key (default: the dev admin key)"),
-             scale: float = typer.Option(1.0, help="fleet size multiplier")) -> None:
+def simulate(
+    domain: str,
+    url: str = typer.Option("", help="service base URL (default: local)"),
+    key: str = typer.Option("", envvar="IOC_API_KEY", help="API key (default: the dev admin key)"),
+    scale: float = typer.Option(1.0, help="fleet size multiplier"),
+) -> None:
     """Run one domain's simulator against its service's HTTP API."""
     entry = registry.service(domain)
     if not registry.available(entry.simulator):
@@ -337,10 +416,14 @@ def simulate(domain: str, url: str = typer.Option("", help="service base URL (de
 
 
 @app.command()
-def replay(path: Path, url: str = typer.Option("http://127.0.0.1:8102", help="traffic service URL"),
-           key: str = typer.Option("", envvar="IOC_API_KEY", help="API key (default: the dev admin key)"),
-           speed: float = typer.Option(0.0, help="1 = recorded speed, 10 = ten times faster, 0 = as fast as possible")
-           ) -> None:
+def replay(
+    path: Path,
+    url: str = typer.Option("http://127.0.0.1:8102", help="traffic service URL"),
+    key: str = typer.Option("", envvar="IOC_API_KEY", help="API key (default: the dev admin key)"),
+    speed: float = typer.Option(
+        0.0, help="1 = recorded speed, 10 = ten times faster, 0 = as fast as possible"
+    ),
+) -> None:
     """Feed a signal controller hi-res log (ATSPM CSV layouts) through the traffic service's ingest path."""
     if not registry.available("services.traffic.replay:replay_file"):
         console.print("[red]the traffic service is not installed[/red]")

@@ -9,8 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def generator_main(outputs: Callable[[], dict[Path, str]], script: str, description: str,
-                   argv: list[str] | None = None) -> int:
+def generator_main(
+    outputs: Callable[[], dict[Path, str]], script: str, description: str, argv: list[str] | None = None
+) -> int:
     """``script [--check]``: write the files ``outputs()`` renders, or with ``--check`` exit 1 if any committed
     file differs from what the code would generate (so the two can never drift)."""
     parser = argparse.ArgumentParser(description=description)

@@ -21,16 +21,46 @@ class ServiceEntry:
 
 
 SERVICES: tuple[ServiceEntry, ...] = (
-    ServiceEntry("city", 8100, "services.city.app:create_app", "services.city.settings:CitySettings",
-                 "services.city.processors:PROCESSORS", None),
-    ServiceEntry("meter", 8101, "services.meter.app:create_app", "services.meter.settings:MeterSettings",
-                 "services.meter.processors:PROCESSORS", "services.meter.simulator:run"),
-    ServiceEntry("traffic", 8102, "services.traffic.app:create_app", "services.traffic.settings:TrafficSettings",
-                 "services.traffic.processors:PROCESSORS", "services.traffic.simulator:run"),
-    ServiceEntry("kiosk", 8103, "services.kiosk.app:create_app", "services.kiosk.settings:KioskSettings",
-                 "services.kiosk.processors:PROCESSORS", "services.kiosk.simulator:run"),
-    ServiceEntry("dossier", 8104, "services.dossier.app:create_app", "services.dossier.settings:DossierSettings",
-                 "services.dossier.processors:PROCESSORS", "services.dossier.simulator:run"),
+    ServiceEntry(
+        "city",
+        8100,
+        "services.city.app:create_app",
+        "services.city.settings:CitySettings",
+        "services.city.processors:PROCESSORS",
+        None,
+    ),
+    ServiceEntry(
+        "meter",
+        8101,
+        "services.meter.app:create_app",
+        "services.meter.settings:MeterSettings",
+        "services.meter.processors:PROCESSORS",
+        "services.meter.simulator:run",
+    ),
+    ServiceEntry(
+        "traffic",
+        8102,
+        "services.traffic.app:create_app",
+        "services.traffic.settings:TrafficSettings",
+        "services.traffic.processors:PROCESSORS",
+        "services.traffic.simulator:run",
+    ),
+    ServiceEntry(
+        "kiosk",
+        8103,
+        "services.kiosk.app:create_app",
+        "services.kiosk.settings:KioskSettings",
+        "services.kiosk.processors:PROCESSORS",
+        "services.kiosk.simulator:run",
+    ),
+    ServiceEntry(
+        "dossier",
+        8104,
+        "services.dossier.app:create_app",
+        "services.dossier.settings:DossierSettings",
+        "services.dossier.processors:PROCESSORS",
+        "services.dossier.simulator:run",
+    ),
 )
 
 

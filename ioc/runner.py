@@ -37,8 +37,14 @@ class Child:
     def start(self) -> None:
         out = open(self.log, "ab")
         # Own process group: the terminal's Ctrl-C reaches only `ioc up`, which stops children in order.
-        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **self.env}, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
         self.started_at = time.monotonic()
 
     def alive(self) -> bool:
@@ -85,9 +91,13 @@ class Center:
             self.broker = EmbeddedBroker(port=port, log_file=logs / "broker.log").start()
             os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap_servers
             os.environ.setdefault("IOC_KAFKA_IDEMPOTENCE", "false")
-            self.console.print(f"[green]●[/green] embedded Kafka-protocol broker (Tansu) on {self.broker.bootstrap_servers}")
+            self.console.print(
+                f"[green]●[/green] embedded Kafka-protocol broker (Tansu) on {self.broker.bootstrap_servers}"
+            )
         else:
-            self.console.print(f"[green]●[/green] external Kafka at {os.environ['IOC_KAFKA_BOOTSTRAP_SERVERS']}")
+            self.console.print(
+                f"[green]●[/green] external Kafka at {os.environ['IOC_KAFKA_BOOTSTRAP_SERVERS']}"
+            )
         if not os.environ.get("IOC_DATABASE_URL"):
             data = self.state_dir / "pgdata"
             if self.fresh and data.exists():
@@ -98,7 +108,9 @@ class Center:
             self.postgres = EmbeddedPostgres(data, port=port).start()
             self.postgres.create_database("ioc")
             os.environ["IOC_DATABASE_URL"] = self.postgres.url("ioc")
-            self.console.print(f"[green]●[/green] embedded PostgreSQL 18 on 127.0.0.1:{self.postgres.port} (data in {data})")
+            self.console.print(
+                f"[green]●[/green] embedded PostgreSQL 18 on 127.0.0.1:{self.postgres.port} (data in {data})"
+            )
         else:
             self.console.print("[green]●[/green] external PostgreSQL (IOC_DATABASE_URL)")
         _ = free_port
@@ -119,8 +131,9 @@ class Center:
             key_file = self.state_dir / "dev-admin.key"
             if key_file.exists() and await store.authenticate(key_file.read_text().strip()):
                 return key_file.read_text().strip()
-            await store.upsert_principal("dev-admin", "admin", "Development administrator", ["*"],
-                                         {"role": "administrator"})
+            await store.upsert_principal(
+                "dev-admin", "admin", "Development administrator", ["*"], {"role": "administrator"}
+            )
             key = await store.issue_key("dev-admin")
             key_file.write_text(key + "\n")
             key_file.chmod(0o600)
@@ -130,8 +143,9 @@ class Center:
 
     # Children ----------------------------------------------------------------------------------------------
     def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> Child:
-        child = Child(name, [sys.executable, "-m", "ioc", *args], self.state_dir / "logs" / f"{name}.log",
-                      env=env or {})
+        child = Child(
+            name, [sys.executable, "-m", "ioc", *args], self.state_dir / "logs" / f"{name}.log", env=env or {}
+        )
         child.start()
         self.children.append(child)
         return child
@@ -158,8 +172,16 @@ class Center:
         if self.simulators:
             for entry in services:
                 if registry.available(entry.simulator):
-                    self._spawn(f"simulator-{entry.name}", "simulate", entry.name, "--scale", str(self.scale),
-                                "--url", f"http://127.0.0.1:{_port(entry)}", env={"IOC_API_KEY": key})
+                    self._spawn(
+                        f"simulator-{entry.name}",
+                        "simulate",
+                        entry.name,
+                        "--scale",
+                        str(self.scale),
+                        "--url",
+                        f"http://127.0.0.1:{_port(entry)}",
+                        env={"IOC_API_KEY": key},
+                    )
         self._print_urls(services, key)
 
     def _wait_ready(self, services: list[registry.ServiceEntry], timeout: float = 90) -> None:
@@ -191,9 +213,13 @@ class Center:
         table.add_row("Kafka bootstrap", os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"])
         table.add_row("logs", str(self.state_dir / "logs"))
         self.console.print(table)
-        self.console.print(f"development admin key (also in {self.state_dir / 'dev-admin.key'}):\n  [bold]{key}[/bold]")
-        self.console.print("try:  .venv/bin/ioc topics   ·   .venv/bin/ioc tail ioc.meter.kpis   ·   "
-                           f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8100/v1/kpis")
+        self.console.print(
+            f"development admin key (also in {self.state_dir / 'dev-admin.key'}):\n  [bold]{key}[/bold]"
+        )
+        self.console.print(
+            "try:  .venv/bin/ioc topics   ·   .venv/bin/ioc tail ioc.meter.kpis   ·   "
+            f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8100/v1/kpis"
+        )
         self.console.print("[dim]Ctrl-C stops everything.[/dim]")
 
     def wait(self) -> None:
@@ -206,8 +232,9 @@ class Center:
                     if time.monotonic() - child.started_at < 5:
                         time.sleep(2)  # crash loop: back off
                     child.restarts += 1
-                    self.console.print(f"[yellow]●[/yellow] {child.name} exited ({code}); restarting "
-                                       f"(see {child.log})")
+                    self.console.print(
+                        f"[yellow]●[/yellow] {child.name} exited ({code}); restarting (see {child.log})"
+                    )
                     child.start()
 
     def stop(self) -> None:

@@ -46,8 +46,14 @@ class Principal:
 class ApiError(Exception):
     """An error answered as ``{"error": {"code", "message", "details"}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str, details: list | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
@@ -56,8 +62,9 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def refuse_unowned(items: Iterable[tuple[int, str]], may_report: Callable[[str], bool], *, field: str,
-                   noun: str) -> None:
+def refuse_unowned(
+    items: Iterable[tuple[int, str]], may_report: Callable[[str], bool], *, field: str, noun: str
+) -> None:
     """Entity ownership at ingest: a 403 naming every item whose entity the reporting principal may not report
     for, and then nothing of the batch is accepted. ``items``: (index in the batch, entity id) pairs of
     well-formed ids (see :func:`shared.contracts.base.is_entity_id`; a malformed id names no entity and is left
@@ -69,8 +76,14 @@ def refuse_unowned(items: Iterable[tuple[int, str]], may_report: Callable[[str],
         if ok is None:
             ok = decided[entity] = may_report(entity)
         if not ok:
-            denied.append({"item": i, "id": entity, "field": field,
-                           "reason": f"this principal may not report for this {noun}"})
+            denied.append(
+                {
+                    "item": i,
+                    "id": entity,
+                    "field": field,
+                    "reason": f"this principal may not report for this {noun}",
+                }
+            )
     if denied:
         names = ", ".join(sorted({d["id"] for d in denied})[:10])
         raise ApiError(403, "forbidden", f"not your {noun}(s): {names}; nothing was accepted", denied)
@@ -83,7 +96,7 @@ def _hash(secret: str) -> bytes:
 def split_key(token: str) -> tuple[str, str] | None:
     if not token.startswith(KEY_PREFIX):
         return None
-    rest = token[len(KEY_PREFIX):]
+    rest = token[len(KEY_PREFIX) :]
     key_id, sep, secret = rest.partition("_")
     if not sep or not key_id or not secret or len(token) > 200:
         return None
@@ -98,12 +111,22 @@ class KeyStore:
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
 
-    async def upsert_principal(self, pid: str, kind: str, display_name: str, scopes: list[str],
-                               attributes: dict[str, Any] | None = None) -> None:
+    async def upsert_principal(
+        self,
+        pid: str,
+        kind: str,
+        display_name: str,
+        scopes: list[str],
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
         await self.pool.execute(
             "INSERT INTO platform.principals(id, kind, display_name, scopes, attributes) VALUES ($1,$2,$3,$4,$5) "
             "ON CONFLICT (id) DO UPDATE SET kind=$2, display_name=$3, scopes=$4, attributes=$5, disabled_at=NULL",
-            pid, kind, display_name, scopes, attributes or {},
+            pid,
+            kind,
+            display_name,
+            scopes,
+            attributes or {},
         )
 
     async def issue_key(self, principal_id: str) -> str:
@@ -112,7 +135,9 @@ class KeyStore:
         secret = secrets.token_urlsafe(32)
         await self.pool.execute(
             "INSERT INTO platform.api_keys(key_id, principal_id, secret_hash) VALUES ($1, $2, $3)",
-            key_id, principal_id, _hash(secret),
+            key_id,
+            principal_id,
+            _hash(secret),
         )
         return f"{KEY_PREFIX}{key_id}_{secret}"
 
@@ -139,7 +164,9 @@ class KeyStore:
                 key_id,
             )
             if row is not None and hmac.compare_digest(bytes(row["secret_hash"]), _hash(secret)):
-                principal = Principal(row["id"], row["kind"], frozenset(row["scopes"]), dict(row["attributes"]))
+                principal = Principal(
+                    row["id"], row["kind"], frozenset(row["scopes"]), dict(row["attributes"])
+                )
         if self.cache_seconds > 0:
             if len(self._cache) > 10000:
                 self._cache.clear()
@@ -158,8 +185,12 @@ class RateLimiter:
         if not await self.limiter.hit(self.item, principal_id):
             stats = await self.limiter.get_window_stats(self.item, principal_id)
             retry = max(1, int(stats.reset_time - time.time()) + 1)
-            raise ApiError(429, "rate_limited", f"rate limit {self.item} exceeded for this principal",
-                           headers={"Retry-After": str(retry)})
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"rate limit {self.item} exceeded for this principal",
+                headers={"Retry-After": str(retry)},
+            )
 
 
 def bearer_token(request: Request) -> str | None:
@@ -180,13 +211,21 @@ def require_scope(scope: str):
     async def dependency(request: Request) -> Principal:
         token = bearer_token(request)
         if not token:
-            raise ApiError(401, "unauthenticated", "an API key is required (Authorization: Bearer <key>)",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "an API key is required (Authorization: Bearer <key>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         store: KeyStore = request.app.state.ctx.keys
         principal = await store.authenticate(token)
         if principal is None:
-            raise ApiError(401, "unauthenticated", "the API key is unknown or revoked",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "the API key is unknown or revoked",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if not principal.has_scope(scope):
             raise ApiError(403, "forbidden", f"this principal lacks the scope {scope!r}")
         limiter: RateLimiter | None = getattr(request.app.state.ctx, "rate_limiter", None)
@@ -199,10 +238,21 @@ def require_scope(scope: str):
     return dependency
 
 
-async def record_audit(pool: asyncpg.Pool | asyncpg.Connection, *, principal: str, service: str, action: str,
-                       target: str, detail: dict | None = None) -> None:
+async def record_audit(
+    pool: asyncpg.Pool | asyncpg.Connection,
+    *,
+    principal: str,
+    service: str,
+    action: str,
+    target: str,
+    detail: dict | None = None,
+) -> None:
     """Append to the audit trail (who did what to which dossier, alarm or credential, and when)."""
     await pool.execute(
         "INSERT INTO platform.audit_log(principal, service, action, target, detail) VALUES ($1,$2,$3,$4,$5)",
-        principal, service, action, target, detail or {},
+        principal,
+        service,
+        action,
+        target,
+        detail or {},
     )

@@ -13,7 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 def _common(name: str, default, description: str, **kw):
     # Common settings are read from IOC_<NAME> whatever the service's own prefix is.
-    return Field(default, validation_alias=AliasChoices(f"IOC_{name}", name.lower()), description=description, **kw)
+    return Field(
+        default, validation_alias=AliasChoices(f"IOC_{name}", name.lower()), description=description, **kw
+    )
 
 
 class KafkaSettings(BaseSettings):
@@ -25,24 +27,38 @@ class KafkaSettings(BaseSettings):
     # The embedded Tansu broker answers InitProducerId with an error, so idempotence is off by
     # default there; ``ioc up`` against an external cluster should set it to true.
     enable_idempotence: bool = _common("KAFKA_IDEMPOTENCE", False, "idempotent producer (needs a real Kafka)")
-    security_protocol: str = _common("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL")
+    security_protocol: str = _common(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SASL_PLAINTEXT, SASL_SSL, SSL"
+    )
     sasl_mechanism: str | None = _common("KAFKA_SASL_MECHANISM", None, "SCRAM-SHA-256 or SCRAM-SHA-512")
     sasl_username: str | None = _common("KAFKA_SASL_USERNAME", None, "the service principal's Kafka user")
     sasl_password: str | None = _common("KAFKA_SASL_PASSWORD", None, "its password", repr=False)
     ssl_cafile: str | None = _common("KAFKA_SSL_CAFILE", None, "CA bundle for TLS")
-    replication_factor: int = _common("KAFKA_REPLICATION_FACTOR", 1, "replication factor for topics IOC creates")
-    partitions_override: int | None = _common("KAFKA_PARTITIONS", None, "force every topic's partition count (tests)")
+    replication_factor: int = _common(
+        "KAFKA_REPLICATION_FACTOR", 1, "replication factor for topics IOC creates"
+    )
+    partitions_override: int | None = _common(
+        "KAFKA_PARTITIONS", None, "force every topic's partition count (tests)"
+    )
     linger_ms: int = _common("KAFKA_LINGER_MS", 5, "producer linger")
-    publish_timeout_s: float = _common("KAFKA_PUBLISH_TIMEOUT_SECONDS", 10.0,
-                                       "how long a write waits for the broker's acknowledgement before 503")
+    publish_timeout_s: float = _common(
+        "KAFKA_PUBLISH_TIMEOUT_SECONDS",
+        10.0,
+        "how long a write waits for the broker's acknowledgement before 503",
+    )
 
     @model_validator(mode="after")
     def _sasl_needs_a_sasl_protocol(self):
         # Credentials with PLAINTEXT/SSL would be silently ignored: the client would connect unauthenticated.
-        if (self.sasl_mechanism or self.sasl_username) and self.security_protocol not in ("SASL_PLAINTEXT", "SASL_SSL"):
+        if (self.sasl_mechanism or self.sasl_username) and self.security_protocol not in (
+            "SASL_PLAINTEXT",
+            "SASL_SSL",
+        ):
             raise ValueError("SASL credentials need IOC_KAFKA_SECURITY_PROTOCOL=SASL_SSL (or SASL_PLAINTEXT)")
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
-            raise ValueError("IOC_KAFKA_SASL_MECHANISM needs IOC_KAFKA_SASL_USERNAME and IOC_KAFKA_SASL_PASSWORD")
+            raise ValueError(
+                "IOC_KAFKA_SASL_MECHANISM needs IOC_KAFKA_SASL_USERNAME and IOC_KAFKA_SASL_PASSWORD"
+            )
         return self
 
     def client_kwargs(self) -> dict:
@@ -81,7 +97,9 @@ class ServiceSettings(BaseSettings):
     port: int = 8000
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    max_body_bytes: int = _common("MAX_BODY_BYTES", 8 * 1024 * 1024, "largest request body accepted (413 above)")
+    max_body_bytes: int = _common(
+        "MAX_BODY_BYTES", 8 * 1024 * 1024, "largest request body accepted (413 above)"
+    )
     rate_limit: str = _common("RATE_LIMIT", "600/second", "per-principal request rate limit (limits syntax)")
     max_inflight_requests: int = _common("MAX_INFLIGHT_REQUESTS", 64, "concurrent write requests before 503")
     log_level: str = _common("LOG_LEVEL", "INFO", "log level")

@@ -29,7 +29,11 @@ async def create_pool(db: DatabaseSettings, *, schema: str | None = None) -> asy
     settings = {"search_path": f"{schema},public"} if schema else {}
     settings["application_name"] = f"ioc-{schema or 'shared'}"
     return await asyncpg.create_pool(
-        db.url, min_size=db.pool_min, max_size=db.pool_max, init=_init_connection, server_settings=settings,
+        db.url,
+        min_size=db.pool_min,
+        max_size=db.pool_max,
+        init=_init_connection,
+        server_settings=settings,
         command_timeout=30,
     )
 
@@ -41,7 +45,11 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
     schema, taken first, keeps processes starting together (the services of ``ioc up``, replicas) from racing:
     ``CREATE ... IF NOT EXISTS`` run concurrently can still fail on PostgreSQL's catalogue unique indexes.
     """
-    files = sorted(p for p in Path(directory).iterdir() if _MIGRATION.match(p.name)) if Path(directory).is_dir() else []
+    files = (
+        sorted(p for p in Path(directory).iterdir() if _MIGRATION.match(p.name))
+        if Path(directory).is_dir()
+        else []
+    )
     applied: list[str] = []
     async with pool.acquire() as conn:
         lock_id = zlib.crc32(schema.encode()) & 0x7FFFFFFF
@@ -52,14 +60,18 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
                 f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
                 "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
-            done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
+            done = {
+                r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')
+            }
             for path in files:
                 if path.name in done:
                     continue
                 async with conn.transaction():
                     await conn.execute(f'SET LOCAL search_path = "{schema}", public')
                     await conn.execute(path.read_text())
-                    await conn.execute(f'INSERT INTO "{schema}".schema_migrations(version) VALUES ($1)', path.name)
+                    await conn.execute(
+                        f'INSERT INTO "{schema}".schema_migrations(version) VALUES ($1)', path.name
+                    )
                 applied.append(path.name)
                 log.info("migration applied", extra={"schema": schema, "migration": path.name})
         finally:

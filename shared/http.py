@@ -93,13 +93,15 @@ def _validation_details(errors: Sequence[dict]) -> list[dict]:
         loc = list(err.get("loc", ()))
         item = next((p for p in loc if isinstance(p, int)), None)
         fields = [p for p in loc if isinstance(p, str) and p != "body"]
-        details.append({
-            "loc": loc,
-            "item": item,
-            "field": fields[-1] if fields else None,
-            "reason": err.get("msg", "invalid"),
-            "type": err.get("type"),
-        })
+        details.append(
+            {
+                "loc": loc,
+                "item": item,
+                "field": fields[-1] if fields else None,
+                "reason": err.get("msg", "invalid"),
+                "type": err.get("type"),
+            }
+        )
     return details
 
 
@@ -112,10 +114,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return ORJSONResponse(error_body("malformed_json", "the request body is not valid JSON",
-                                             _validation_details(errors)), 400)
-        return ORJSONResponse(error_body("invalid_request", "the request does not match the schema",
-                                         _validation_details(errors)), 422)
+            return ORJSONResponse(
+                error_body(
+                    "malformed_json", "the request body is not valid JSON", _validation_details(errors)
+                ),
+                400,
+            )
+        return ORJSONResponse(
+            error_body(
+                "invalid_request", "the request does not match the schema", _validation_details(errors)
+            ),
+            422,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException):
@@ -124,18 +134,35 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker(_: Request, exc: BrokerUnavailable):
-        return ORJSONResponse(error_body("broker_unavailable", "events could not be made durable; nothing was "
-                                         "accepted, retry later"), 503, headers={"Retry-After": "5"})
+        return ORJSONResponse(
+            error_body(
+                "broker_unavailable", "events could not be made durable; nothing was accepted, retry later"
+            ),
+            503,
+            headers={"Retry-After": "5"},
+        )
 
     async def _db_down(_: Request, exc: Exception):
         log.warning("database unavailable: %s", type(exc).__name__)
-        return ORJSONResponse(error_body("database_unavailable", "the database is unavailable; nothing was "
-                                         "accepted, retry later"), 503, headers={"Retry-After": "5"})
+        return ORJSONResponse(
+            error_body(
+                "database_unavailable", "the database is unavailable; nothing was accepted, retry later"
+            ),
+            503,
+            headers={"Retry-After": "5"},
+        )
 
     # InternalClientError: asyncpg's protocol state breaks when the server dies in the middle of an operation
     # ("cannot switch to state 11; another operation is in progress", seen in the PostgreSQL-kill test).
-    for exc_type in (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, ConnectionError, OSError,
-                     asyncpg.CannotConnectNowError, TimeoutError, asyncpg.InternalClientError):
+    for exc_type in (
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        ConnectionError,
+        OSError,
+        asyncpg.CannotConnectNowError,
+        TimeoutError,
+        asyncpg.InternalClientError,
+    ):
         app.add_exception_handler(exc_type, _db_down)
 
     @app.exception_handler(asyncpg.DataError)
@@ -143,8 +170,9 @@ def install_error_handlers(app: FastAPI) -> None:
         # A value the database cannot hold (out of range, NUL in text...) that validation let through:
         # the caller's input, not a server fault. The message is generic: it could echo personal data.
         log.warning("database refused a value: %s", type(exc).__name__)
-        return ORJSONResponse(error_body("invalid_value", "a value is out of the range the service can store"),
-                              422)
+        return ORJSONResponse(
+            error_body("invalid_value", "a value is out of the range the service can store"), 422
+        )
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception):
@@ -209,8 +237,12 @@ class ConcurrencyLimitMiddleware:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         if self.inflight >= self.limit:
-            return await _send_json(send, 503, error_body("overloaded", "too many requests in flight; retry"),
-                                    {"retry-after": "1"})
+            return await _send_json(
+                send,
+                503,
+                error_body("overloaded", "too many requests in flight; retry"),
+                {"retry-after": "1"},
+            )
         self.inflight += 1
         try:
             await self.app(scope, receive, send)
@@ -255,9 +287,13 @@ def create_service_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(name, settings.log_level)
-        ctx = ServiceContext(name=name, settings=settings,
-                             publisher=EventPublisher(settings.kafka, client_id=f"ioc-{name}",
-                                                      timeout_s=settings.kafka.publish_timeout_s))
+        ctx = ServiceContext(
+            name=name,
+            settings=settings,
+            publisher=EventPublisher(
+                settings.kafka, client_id=f"ioc-{name}", timeout_s=settings.kafka.publish_timeout_s
+            ),
+        )
         app.state.ctx = ctx
         ctx.pool = await _connect_pool(settings, name)
         await apply_migrations(ctx.pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
@@ -295,8 +331,13 @@ def create_service_app(
                 log.error("database pool did not close within 10 s; terminating its connections")
                 ctx.pool.terminate()
 
-    app = FastAPI(title=title, description=description, version="1.0.0", lifespan=lifespan,
-                  default_response_class=ORJSONResponse)
+    app = FastAPI(
+        title=title,
+        description=description,
+        version="1.0.0",
+        lifespan=lifespan,
+        default_response_class=ORJSONResponse,
+    )
     install_error_handlers(app)
     for router in routers:
         app.include_router(router)
@@ -310,7 +351,11 @@ def create_service_app(
         ctx: ServiceContext = request.app.state.ctx
         db_ok = ctx.pool is not None and await ping(ctx.pool)
         broker_ok = await ctx.publisher.ping()
-        body = {"status": "ok" if db_ok and broker_ok else "unavailable", "database": db_ok, "broker": broker_ok}
+        body = {
+            "status": "ok" if db_ok and broker_ok else "unavailable",
+            "database": db_ok,
+            "broker": broker_ok,
+        }
         return JSONResponse(body, 200 if db_ok and broker_ok else 503)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
@@ -354,46 +399,70 @@ async def idempotent(
     inserted = await ctx.pool.fetchval(
         "INSERT INTO platform.idempotency_keys(principal_id, scope, key, request_hash) VALUES ($1,$2,$3,$4) "
         "ON CONFLICT DO NOTHING RETURNING 1",
-        principal.id, scope, key, digest,
+        principal.id,
+        scope,
+        key,
+        digest,
     )
     if not inserted:
         row = await ctx.pool.fetchrow(
             "SELECT request_hash, status_code, response FROM platform.idempotency_keys "
             "WHERE principal_id=$1 AND scope=$2 AND key=$3",
-            principal.id, scope, key,
+            principal.id,
+            scope,
+            key,
         )
         if row is not None and bytes(row["request_hash"]) != digest:
-            raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+            raise ApiError(
+                422, "idempotency_key_reused", "this Idempotency-Key was used with a different body"
+            )
         if row is not None and row["status_code"] is not None:
-            return ORJSONResponse(row["response"], row["status_code"], headers={"Idempotent-Replayed": "true"})
+            return ORJSONResponse(
+                row["response"], row["status_code"], headers={"Idempotent-Replayed": "true"}
+            )
         # Still "in progress": a live request, or one that died before recording its answer (e.g. the
         # database went away after the publish). After a minute the key is taken over and the request rerun;
         # deterministic event ids let consumers drop whatever the first attempt had published.
         taken = await ctx.pool.fetchval(
             "UPDATE platform.idempotency_keys SET created_at = now() WHERE principal_id=$1 AND scope=$2 AND key=$3 "
             "AND status_code IS NULL AND created_at < now() - make_interval(secs => $4) RETURNING 1",
-            principal.id, scope, key, STALE_IDEMPOTENCY_SECONDS,
+            principal.id,
+            scope,
+            key,
+            STALE_IDEMPOTENCY_SECONDS,
         )
         if not taken:
-            raise ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still running",
-                           headers={"Retry-After": "1"})
+            raise ApiError(
+                409,
+                "request_in_progress",
+                "a request with this Idempotency-Key is still running",
+                headers={"Retry-After": "1"},
+            )
     try:
         status, body = await compute()
     except BaseException:
         await ctx.pool.execute(
             "DELETE FROM platform.idempotency_keys WHERE principal_id=$1 AND scope=$2 AND key=$3",
-            principal.id, scope, key,
+            principal.id,
+            scope,
+            key,
         )
         raise
     if 200 <= status < 300:
         await ctx.pool.execute(
             "UPDATE platform.idempotency_keys SET status_code=$4, response=$5 "
             "WHERE principal_id=$1 AND scope=$2 AND key=$3",
-            principal.id, scope, key, status, body,
+            principal.id,
+            scope,
+            key,
+            status,
+            body,
         )
     else:
         await ctx.pool.execute(
             "DELETE FROM platform.idempotency_keys WHERE principal_id=$1 AND scope=$2 AND key=$3",
-            principal.id, scope, key,
+            principal.id,
+            scope,
+            key,
         )
     return ORJSONResponse(body, status)

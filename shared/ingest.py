@@ -69,8 +69,9 @@ def named_entities(items: Sequence[Any], id_field: str) -> Iterator[tuple[int, s
             yield i, entity
 
 
-def validate_items(model: type[M], items: Sequence[Any], *, id_field: str | None = None
-                   ) -> tuple[list[tuple[int, M]], list[ItemError]]:
+def validate_items(
+    model: type[M], items: Sequence[Any], *, id_field: str | None = None
+) -> tuple[list[tuple[int, M]], list[ItemError]]:
     """Validate ``items`` against ``model``. Returns ``(valid (index, model) pairs, errors)``."""
     try:
         parsed = _adapter(model).validate_python(items)
@@ -86,13 +87,21 @@ def validate_items(model: type[M], items: Sequence[Any], *, id_field: str | None
             err = exc.errors(include_input=False, include_url=False)[0]
             fields = [str(p) for p in err["loc"] if not isinstance(p, int)]
             ident = raw.get(id_field) if id_field and isinstance(raw, dict) else None
-            errors.append(ItemError(i, ident if isinstance(ident, str) else None,
-                                    ".".join(fields) or None, err["msg"], "invalid"))
+            errors.append(
+                ItemError(
+                    i,
+                    ident if isinstance(ident, str) else None,
+                    ".".join(fields) or None,
+                    err["msg"],
+                    "invalid",
+                )
+            )
     return valid, errors
 
 
-def batch_result(service: str, kind: str, accepted: int, errors: Sequence[ItemError], duplicates: int = 0
-                 ) -> tuple[int, dict]:
+def batch_result(
+    service: str, kind: str, accepted: int, errors: Sequence[ItemError], duplicates: int = 0
+) -> tuple[int, dict]:
     """HTTP status and body for a batch: 200 when something was accepted (or all were duplicates), else 422."""
     EVENTS_ACCEPTED.labels(service, kind).inc(accepted)
     for e in errors:
@@ -103,8 +112,12 @@ def batch_result(service: str, kind: str, accepted: int, errors: Sequence[ItemEr
         status_word, status = "partial", 200
     else:
         status_word, status = "accepted", 200
-    body = {"status": status_word, "accepted": accepted, "duplicates": duplicates,
-            "rejected": [e.as_dict() for e in errors]}
+    body = {
+        "status": status_word,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "rejected": [e.as_dict() for e in errors],
+    }
     return status, body
 
 

@@ -14,7 +14,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 HTTP_REQUESTS = Counter(
-    "ioc_http_requests_total", "HTTP requests by route template and status", ["service", "method", "route", "status"]
+    "ioc_http_requests_total",
+    "HTTP requests by route template and status",
+    ["service", "method", "route", "status"],
 )
 HTTP_LATENCY = Histogram(
     "ioc_http_request_duration_seconds",
@@ -23,7 +25,9 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 EVENTS_PRODUCED = Counter("ioc_events_produced_total", "Events acknowledged by the broker", ["topic", "type"])
-EVENTS_CONSUMED = Counter("ioc_events_consumed_total", "Events consumed and processed", ["consumer", "topic", "type"])
+EVENTS_CONSUMED = Counter(
+    "ioc_events_consumed_total", "Events consumed and processed", ["consumer", "topic", "type"]
+)
 EVENTS_DEAD_LETTERED = Counter(
     "ioc_events_dead_lettered_total", "Records sent to the dead-letter topic", ["consumer", "topic"]
 )
@@ -33,7 +37,8 @@ EVENTS_REJECTED = Counter(
 EVENTS_ACCEPTED = Counter("ioc_ingest_accepted_total", "Items accepted at ingest", ["service", "kind"])
 LATE_INPUTS_IGNORED = Counter(
     "ioc_late_inputs_ignored_total",
-    "Inputs for windows a processor no longer keeps (older than late data may revise), ignored", ["consumer"],
+    "Inputs for windows a processor no longer keeps (older than late data may revise), ignored",
+    ["consumer"],
 )
 CONSUMER_LAG = Gauge("ioc_consumer_lag_records", "Records behind the high watermark", ["consumer", "topic"])
 PROCESSING_LATENCY = Histogram(
@@ -43,11 +48,14 @@ PROCESSING_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 PUBLISH_SECONDS = Histogram(
-    "ioc_publish_duration_seconds", "Time to have a publish acknowledged",
+    "ioc_publish_duration_seconds",
+    "Time to have a publish acknowledged",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
 )
 LAST_PROCESSED = Gauge(
-    "ioc_processor_last_processed_timestamp_seconds", "Unix time a processor last finished a batch", ["consumer"]
+    "ioc_processor_last_processed_timestamp_seconds",
+    "Unix time a processor last finished a batch",
+    ["consumer"],
 )
 STATE_KEYS = Gauge(
     "ioc_processor_state_keys",

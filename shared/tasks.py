@@ -30,8 +30,9 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return event.is_set()
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Task], *, timeout: float = 10.0, every: float = 0.25
-                     ) -> set[asyncio.Task]:
+async def stop_tasks(
+    tasks: Iterable[asyncio.Task], *, timeout: float = 10.0, every: float = 0.25
+) -> set[asyncio.Task]:
     """Cancel ``tasks`` and wait until they have ended, cancelling again every ``every`` seconds those still
     running (a cancellation can be swallowed, see the module), for ``timeout`` seconds at the most.
 
@@ -55,5 +56,7 @@ async def stop_tasks(tasks: Iterable[asyncio.Task], *, timeout: float = 10.0, ev
         if t.done() and not t.cancelled():
             t.exception()  # retrieved: an exception at shutdown is not news
     if pending:
-        log.error("tasks did not stop within %.1f s: %s", timeout, ", ".join(sorted(t.get_name() for t in pending)))
+        log.error(
+            "tasks did not stop within %.1f s: %s", timeout, ", ".join(sorted(t.get_name() for t in pending))
+        )
     return pending

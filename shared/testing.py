@@ -87,8 +87,13 @@ async def read_topic(
     With ``expect``, keep polling until that many matched (or ``timeout``). With ``raw``, return the
     ``ConsumerRecord``s (matching ``where`` is skipped) instead of decoded events.
     """
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+    )
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic)
@@ -137,8 +142,14 @@ async def read_topic(
         await consumer.stop()
 
 
-async def issue_test_key(pool, scopes: list[str], *, kind: str = "gateway", attributes: dict | None = None,
-                         principal_id: str | None = None) -> tuple[str, str]:
+async def issue_test_key(
+    pool,
+    scopes: list[str],
+    *,
+    kind: str = "gateway",
+    attributes: dict | None = None,
+    principal_id: str | None = None,
+) -> tuple[str, str]:
     """Create a principal with ``scopes`` and return ``(principal_id, api_key)``."""
     from shared.auth import KeyStore
 
@@ -152,8 +163,16 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def received(etype_or_model, payload, *, partition: int = 0, offset: int = 0, time_: str | None = None,
-             id: str | None = None, source: str = "/ioc/test") -> ReceivedEvent:
+def received(
+    etype_or_model,
+    payload,
+    *,
+    partition: int = 0,
+    offset: int = 0,
+    time_: str | None = None,
+    id: str | None = None,
+    source: str = "/ioc/test",
+) -> ReceivedEvent:
     """Build a :class:`ReceivedEvent` as a consumer would see it (for processor unit tests).
 
     ``etype_or_model`` is an :class:`EventType` or a registered payload model; ``payload`` a model or dict.
@@ -164,7 +183,15 @@ def received(etype_or_model, payload, *, partition: int = 0, offset: int = 0, ti
     etype = etype_or_model if isinstance(etype_or_model, EventType) else event_type_of(etype_or_model)
     data = payload.model_dump(mode="json") if isinstance(payload, EventModel) else dict(payload)
     return ReceivedEvent(
-        type=etype.type, id=id or uuid.uuid4().hex, source=source, time=time_ or now_rfc3339(),
-        subject=None, key=str(data[etype.key_field]), data=data, topic=etype.topic,
-        partition=partition, offset=offset, timestamp_ms=int(time.time() * 1000),
+        type=etype.type,
+        id=id or uuid.uuid4().hex,
+        source=source,
+        time=time_ or now_rfc3339(),
+        subject=None,
+        key=str(data[etype.key_field]),
+        data=data,
+        topic=etype.topic,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=int(time.time() * 1000),
     )

@@ -20,9 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @functools.cache
 def production_topics() -> dict[str, TopicSpec]:
-    code = ("import json; from dataclasses import asdict; from shared.contracts import TOPICS; "
-            "print(json.dumps({k: asdict(v) for k, v in TOPICS.items()}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    code = (
+        "import json; from dataclasses import asdict; from shared.contracts import TOPICS; "
+        "print(json.dumps({k: asdict(v) for k, v in TOPICS.items()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     return {k: TopicSpec(**v) for k, v in json.loads(out).items()}
 
 

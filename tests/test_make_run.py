@@ -23,14 +23,26 @@ SERVICES = ("city", "meter", "traffic", "kiosk", "dossier")
 
 def test_ioc_up_runs_the_whole_center_and_ctrl_c_leaves_no_orphan(tmp_path):
     ports = {s: free_port() for s in SERVICES}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOC_")}  # embedded servers, not the tests'
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("IOC_")
+    }  # embedded servers, not the tests'
     env.update({f"IOC_{s.upper()}_PORT": str(p) for s, p in ports.items()})
-    env.update(IOC_STATE_DIR=str(tmp_path / "var"), IOC_EMBEDDED_KAFKA_PORT=str(free_port()),
-               IOC_EMBEDDED_PG_PORT=str(free_port()), IOC_PROCESSOR_METRICS_BASE_PORT=str(free_port()),
-               COLUMNS="200")
+    env.update(
+        IOC_STATE_DIR=str(tmp_path / "var"),
+        IOC_EMBEDDED_KAFKA_PORT=str(free_port()),
+        IOC_EMBEDDED_PG_PORT=str(free_port()),
+        IOC_PROCESSOR_METRICS_BASE_PORT=str(free_port()),
+        COLUMNS="200",
+    )
     log = open(tmp_path / "ioc-up.log", "w")
-    up = subprocess.Popen([sys.executable, "-m", "ioc", "up", "--scale", "0.05"], cwd=ROOT, env=env, stdout=log,
-                          stderr=subprocess.STDOUT, start_new_session=True)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "ioc", "up", "--scale", "0.05"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     descendants: set[int] = set()
     try:
         key_file = tmp_path / "var" / "dev-admin.key"
@@ -45,8 +57,11 @@ def test_ioc_up_runs_the_whole_center_and_ctrl_c_leaves_no_orphan(tmp_path):
             if not key_file.exists():
                 continue
             try:
-                r = httpx.get(f"http://127.0.0.1:{ports['city']}/v1/kpis",
-                              headers={"Authorization": f"Bearer {key_file.read_text().strip()}"}, timeout=5)
+                r = httpx.get(
+                    f"http://127.0.0.1:{ports['city']}/v1/kpis",
+                    headers={"Authorization": f"Bearer {key_file.read_text().strip()}"},
+                    timeout=5,
+                )
             except httpx.HTTPError:
                 continue
             if r.status_code == 200:
@@ -70,6 +85,8 @@ def test_ioc_up_runs_the_whole_center_and_ctrl_c_leaves_no_orphan(tmp_path):
             pytest.fail("ioc up did not stop within 60 s of Ctrl-C")
         log.close()
     time.sleep(1)
-    alive = [p for p in descendants if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        p for p in descendants if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert alive == [], f"orphans after Ctrl-C: {[psutil.Process(p).cmdline()[:4] for p in alive]}"
     assert "stopped" in (tmp_path / "ioc-up.log").read_text()

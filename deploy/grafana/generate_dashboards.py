@@ -39,8 +39,16 @@ class Layout:
 
     def row(self, title: str) -> None:
         self._newline()
-        self.panels.append({"type": "row", "title": title, "collapsed": False, "panels": [],
-                            "id": len(self.panels) + 1, "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y}})
+        self.panels.append(
+            {
+                "type": "row",
+                "title": title,
+                "collapsed": False,
+                "panels": [],
+                "id": len(self.panels) + 1,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self.y},
+            }
+        )
         self.y += 1
 
     def add(self, panel: dict, w: int = 8, h: int = 8) -> None:
@@ -59,170 +67,427 @@ class Layout:
 
 
 def targets(queries: list[tuple[str, str]], instant: bool = False) -> list[dict]:
-    return [{"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend,
-             **({"instant": True, "range": False, "format": "table"} if instant else {})}
-            for i, (expr, legend) in enumerate(queries)]
+    return [
+        {
+            "refId": chr(ord("A") + i),
+            "datasource": DATASOURCE,
+            "expr": expr,
+            "legendFormat": legend,
+            **({"instant": True, "range": False, "format": "table"} if instant else {}),
+        }
+        for i, (expr, legend) in enumerate(queries)
+    ]
 
 
-def timeseries(title: str, queries: list[tuple[str, str]], unit: str = "short", description: str = "") -> dict:
-    return {"type": "timeseries", "title": title, "description": description, "datasource": DATASOURCE,
-            "targets": targets(queries),
-            "fieldConfig": {"defaults": {"unit": unit, "custom": {"lineWidth": 1, "fillOpacity": 10}},
-                            "overrides": []},
-            "options": {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}}}
+def timeseries(
+    title: str, queries: list[tuple[str, str]], unit: str = "short", description: str = ""
+) -> dict:
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets(queries),
+        "fieldConfig": {
+            "defaults": {"unit": unit, "custom": {"lineWidth": 1, "fillOpacity": 10}},
+            "overrides": [],
+        },
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}, "tooltip": {"mode": "multi"}},
+    }
 
 
-def stat(title: str, expr: str, unit: str = "short", description: str = "", thresholds: list | None = None) -> dict:
+def stat(
+    title: str, expr: str, unit: str = "short", description: str = "", thresholds: list | None = None
+) -> dict:
     steps = thresholds or [{"color": "green", "value": None}]
-    return {"type": "stat", "title": title, "description": description, "datasource": DATASOURCE,
-            "targets": targets([(expr, "")]),
-            "fieldConfig": {"defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}},
-                            "overrides": []},
-            "options": {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"}}
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets([(expr, "")]),
+        "fieldConfig": {
+            "defaults": {"unit": unit, "thresholds": {"mode": "absolute", "steps": steps}},
+            "overrides": [],
+        },
+        "options": {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "value"},
+    }
 
 
 def table(title: str, expr: str, description: str = "") -> dict:
-    return {"type": "table", "title": title, "description": description, "datasource": DATASOURCE,
-            "targets": targets([(expr, "")], instant=True),
-            "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
-            "fieldConfig": {"defaults": {}, "overrides": []}, "options": {"showHeader": True}}
+    return {
+        "type": "table",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "targets": targets([(expr, "")], instant=True),
+        "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        "fieldConfig": {"defaults": {}, "overrides": []},
+        "options": {"showHeader": True},
+    }
 
 
 def dashboard(uid: str, title: str, description: str, layout: Layout, variables: list[dict]) -> dict:
     return {
-        "uid": uid, "title": title, "description": description, "tags": ["ioc"], "editable": False,
-        "timezone": "Asia/Ho_Chi_Minh", "refresh": "30s", "schemaVersion": 39, "version": 1,
-        "time": {"from": "now-6h", "to": "now"}, "graphTooltip": 1,
-        "templating": {"list": variables}, "annotations": {"list": []}, "links": [],
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["ioc"],
+        "editable": False,
+        "timezone": "Asia/Ho_Chi_Minh",
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-6h", "to": "now"},
+        "graphTooltip": 1,
+        "templating": {"list": variables},
+        "annotations": {"list": []},
+        "links": [],
         "panels": layout.panels,
     }
 
 
 def query_variable(name: str, label: str, query: str, multi: bool = False) -> dict:
-    return {"name": name, "label": label, "type": "query", "datasource": DATASOURCE,
-            "query": {"query": query, "refId": f"{name}-var"}, "definition": query, "refresh": 2,
-            "includeAll": multi, "multi": multi, "sort": 1}
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": f"{name}-var"},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": multi,
+        "multi": multi,
+        "sort": 1,
+    }
 
 
 def domain_dashboard(domain: str, title: str) -> dict:
     """KPIs of the domain (city value and per district), its ingest, its events and its processor."""
-    kpi_re = f'{domain}\\\\..*'  # PromQL regex `meter\..*` inside a JSON/PromQL string
+    kpi_re = f"{domain}\\\\..*"  # PromQL regex `meter\..*` inside a JSON/PromQL string
     names = sorted(p.name for p in processors() if p.domain == domain)
     consumers = "|".join(names) or f"{domain}-kpi"
     lay = Layout()
     lay.row("KPIs")
-    lay.add(timeseries("City-wide KPIs", [(f'max by (kpi) (ioc_kpi_value{{kpi=~"{kpi_re}", scope_level="city"}})',
-                                            "{{kpi}}")],
-                       description="Latest value of each KPI for the whole city, as the city layer publishes it."),
-            w=12)
-    lay.add(timeseries("$kpi by district",
-                       [('max by (scope_code) (ioc_kpi_value{kpi="$kpi", scope_level="district"})',
-                         "{{scope_code}}")]), w=12)
-    lay.add(table("Latest $kpi per area",
-                  'max by (scope_level, scope_code) (ioc_kpi_value{kpi="$kpi"})'), w=24, h=8)
+    lay.add(
+        timeseries(
+            "City-wide KPIs",
+            [(f'max by (kpi) (ioc_kpi_value{{kpi=~"{kpi_re}", scope_level="city"}})', "{{kpi}}")],
+            description="Latest value of each KPI for the whole city, as the city layer publishes it.",
+        ),
+        w=12,
+    )
+    lay.add(
+        timeseries(
+            "$kpi by district",
+            [('max by (scope_code) (ioc_kpi_value{kpi="$kpi", scope_level="district"})', "{{scope_code}}")],
+        ),
+        w=12,
+    )
+    lay.add(
+        table("Latest $kpi per area", 'max by (scope_level, scope_code) (ioc_kpi_value{kpi="$kpi"})'),
+        w=24,
+        h=8,
+    )
     if domain != "city":
         lay.row("Ingest")
-        lay.add(timeseries("Items accepted /s by kind",
-                           [(f'sum by (kind) (rate(ioc_ingest_accepted_total{{service="{domain}"}}{RATE}))',
-                             "{{kind}}")], unit="ops"))
-        lay.add(timeseries("Items rejected /s by reason",
-                           [(f'sum by (kind, reason) (rate(ioc_ingest_rejected_total{{service="{domain}"}}{RATE}))',
-                             "{{kind}} {{reason}}")], unit="ops",
-                           description="Validation refusals: a field system sending bad data shows up here."))
-        lay.add(stat("Outbox backlog", f'max(ioc_outbox_backlog_events{{service="{domain}"}})',
-                     thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 100},
-                                 {"color": "red", "value": 1000}]))
+        lay.add(
+            timeseries(
+                "Items accepted /s by kind",
+                [
+                    (
+                        f'sum by (kind) (rate(ioc_ingest_accepted_total{{service="{domain}"}}{RATE}))',
+                        "{{kind}}",
+                    )
+                ],
+                unit="ops",
+            )
+        )
+        lay.add(
+            timeseries(
+                "Items rejected /s by reason",
+                [
+                    (
+                        f'sum by (kind, reason) (rate(ioc_ingest_rejected_total{{service="{domain}"}}{RATE}))',
+                        "{{kind}} {{reason}}",
+                    )
+                ],
+                unit="ops",
+                description="Validation refusals: a field system sending bad data shows up here.",
+            )
+        )
+        lay.add(
+            stat(
+                "Outbox backlog",
+                f'max(ioc_outbox_backlog_events{{service="{domain}"}})',
+                thresholds=[
+                    {"color": "green", "value": None},
+                    {"color": "orange", "value": 100},
+                    {"color": "red", "value": 1000},
+                ],
+            )
+        )
     lay.row("HTTP")
-    lay.add(timeseries("Requests /s by status",
-                       [(f'sum by (status) (rate(ioc_http_requests_total{{service="{domain}"}}{RATE}))',
-                         "{{status}}")], unit="reqps"), w=12)
-    lay.add(timeseries("Latency p95 by route",
-                       [(f'histogram_quantile(0.95, sum by (route, le) (rate(ioc_http_request_duration_seconds_bucket'
-                         f'{{service="{domain}"}}{RATE})))', "{{route}}")], unit="s"), w=12)
+    lay.add(
+        timeseries(
+            "Requests /s by status",
+            [(f'sum by (status) (rate(ioc_http_requests_total{{service="{domain}"}}{RATE}))', "{{status}}")],
+            unit="reqps",
+        ),
+        w=12,
+    )
+    lay.add(
+        timeseries(
+            "Latency p95 by route",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (route, le) (rate(ioc_http_request_duration_seconds_bucket"
+                    f'{{service="{domain}"}}{RATE})))',
+                    "{{route}}",
+                )
+            ],
+            unit="s",
+        ),
+        w=12,
+    )
     lay.row("Events and processor")
-    lay.add(timeseries("Events produced /s",
-                       [(f'sum by (topic) (rate(ioc_events_produced_total{{topic=~"ioc\\\\.{domain}\\\\..*"}}{RATE}))',
-                         "{{topic}}")], unit="ops"))
+    lay.add(
+        timeseries(
+            "Events produced /s",
+            [
+                (
+                    f'sum by (topic) (rate(ioc_events_produced_total{{topic=~"ioc\\\\.{domain}\\\\..*"}}{RATE}))',
+                    "{{topic}}",
+                )
+            ],
+            unit="ops",
+        )
+    )
     sel = f'{{consumer=~"{consumers}"}}'
-    lay.add(timeseries("Events consumed /s by processor",
-                       [(f"sum by (consumer, type) (rate(ioc_events_consumed_total{sel}{RATE}))",
-                         "{{consumer}} {{type}}")], unit="ops"))
-    lay.add(timeseries("Processor lag", [(f"sum by (consumer, topic) (ioc_consumer_lag_records{sel})",
-                                          "{{consumer}} {{topic}}")],
-                       description="Records behind the end of each source topic."))
-    lay.add(timeseries("Event age p95 by processor",
-                       [(f"histogram_quantile(0.95, sum by (consumer, le) (rate(ioc_event_processing_latency_seconds_bucket"
-                         f"{sel}{RATE})))", "{{consumer}}")], unit="s",
-                       description="From the event's own time to the end of its processing."))
-    lay.add(timeseries("Seconds since last batch",
-                       [(f"time() - max by (consumer) (ioc_processor_last_processed_timestamp_seconds{sel})",
-                         "{{consumer}}")], unit="s"))
-    lay.add(timeseries("Dead letters /s", [(f"sum by (consumer, topic) (rate(ioc_events_dead_lettered_total"
-                                            f"{sel}{RATE}))", "{{consumer}} {{topic}}")], unit="ops"))
-    lay.add(timeseries("Late inputs ignored /s", [(f"sum by (consumer) (rate(ioc_late_inputs_ignored_total"
-                                                   f"{sel}{RATE}))", "{{consumer}}")], unit="ops",
-                       description="Inputs for windows older than the processor keeps (their source may no longer "
-                                   "revise them), ignored."))
+    lay.add(
+        timeseries(
+            "Events consumed /s by processor",
+            [
+                (
+                    f"sum by (consumer, type) (rate(ioc_events_consumed_total{sel}{RATE}))",
+                    "{{consumer}} {{type}}",
+                )
+            ],
+            unit="ops",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Processor lag",
+            [(f"sum by (consumer, topic) (ioc_consumer_lag_records{sel})", "{{consumer}} {{topic}}")],
+            description="Records behind the end of each source topic.",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Event age p95 by processor",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (consumer, le) (rate(ioc_event_processing_latency_seconds_bucket"
+                    f"{sel}{RATE})))",
+                    "{{consumer}}",
+                )
+            ],
+            unit="s",
+            description="From the event's own time to the end of its processing.",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Seconds since last batch",
+            [
+                (
+                    f"time() - max by (consumer) (ioc_processor_last_processed_timestamp_seconds{sel})",
+                    "{{consumer}}",
+                )
+            ],
+            unit="s",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Dead letters /s",
+            [
+                (
+                    f"sum by (consumer, topic) (rate(ioc_events_dead_lettered_total{sel}{RATE}))",
+                    "{{consumer}} {{topic}}",
+                )
+            ],
+            unit="ops",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Late inputs ignored /s",
+            [(f"sum by (consumer) (rate(ioc_late_inputs_ignored_total{sel}{RATE}))", "{{consumer}}")],
+            unit="ops",
+            description="Inputs for windows older than the processor keeps (their source may no longer "
+            "revise them), ignored.",
+        )
+    )
     variables = [query_variable("kpi", "KPI", f'label_values(ioc_kpi_value{{kpi=~"{kpi_re}"}}, kpi)')]
-    return dashboard(f"ioc-{domain}", f"IOC · {title}",
-                     f"The {domain} domain: KPIs, ingest, HTTP, events and its processors ({', '.join(names)}).", lay, variables)
+    return dashboard(
+        f"ioc-{domain}",
+        f"IOC · {title}",
+        f"The {domain} domain: KPIs, ingest, HTTP, events and its processors ({', '.join(names)}).",
+        lay,
+        variables,
+    )
 
 
 def platform_dashboard() -> dict:
     """Throughput, lag, latency, errors and dead letters across every service and processor."""
     lay = Layout()
     lay.row("Health")
-    lay.add(timeseries("Targets up", [('sum by (app) (up{job=~"ioc-service|ioc-processor"})', "{{app}}")],
-                       description="Replicas answering scrapes, per service and processor."), w=12)
+    lay.add(
+        timeseries(
+            "Targets up",
+            [('sum by (app) (up{job=~"ioc-service|ioc-processor"})', "{{app}}")],
+            description="Replicas answering scrapes, per service and processor.",
+        ),
+        w=12,
+    )
     lay.add(table("Build", "max by (service, version) (ioc_build_info)"), w=12)
     lay.row("Throughput")
-    lay.add(timeseries("Items accepted /s by service",
-                       [(f"sum by (service) (rate(ioc_ingest_accepted_total{RATE}))", "{{service}}")], unit="ops"))
-    lay.add(timeseries("Events produced /s by topic",
-                       [(f"sum by (topic) (rate(ioc_events_produced_total{RATE}))", "{{topic}}")], unit="ops"))
-    lay.add(timeseries("Events consumed /s by consumer",
-                       [(f"sum by (consumer) (rate(ioc_events_consumed_total{RATE}))", "{{consumer}}")], unit="ops"))
+    lay.add(
+        timeseries(
+            "Items accepted /s by service",
+            [(f"sum by (service) (rate(ioc_ingest_accepted_total{RATE}))", "{{service}}")],
+            unit="ops",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Events produced /s by topic",
+            [(f"sum by (topic) (rate(ioc_events_produced_total{RATE}))", "{{topic}}")],
+            unit="ops",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Events consumed /s by consumer",
+            [(f"sum by (consumer) (rate(ioc_events_consumed_total{RATE}))", "{{consumer}}")],
+            unit="ops",
+        )
+    )
     lay.row("Lag and freshness")
     lay.add(timeseries("Consumer lag", [("sum by (consumer) (ioc_consumer_lag_records)", "{{consumer}}")]))
-    lay.add(timeseries("Event age p95 by consumer",
-                       [(f"histogram_quantile(0.95, sum by (consumer, le) "
-                         f"(rate(ioc_event_processing_latency_seconds_bucket{RATE})))", "{{consumer}}")], unit="s"))
-    lay.add(timeseries("Seconds since last batch",
-                       [("time() - max by (consumer) (ioc_processor_last_processed_timestamp_seconds)",
-                         "{{consumer}}")], unit="s"))
-    lay.add(timeseries("Processor state keys", [("sum by (consumer) (ioc_processor_state_keys)", "{{consumer}}")],
-                       description="Keys each processor holds in memory (windows, entities), over its workers. "
-                                   "It levels off once windows reach their retention; memory growing while this "
-                                   "is flat is not state.", unit="short"))
+    lay.add(
+        timeseries(
+            "Event age p95 by consumer",
+            [
+                (
+                    f"histogram_quantile(0.95, sum by (consumer, le) "
+                    f"(rate(ioc_event_processing_latency_seconds_bucket{RATE})))",
+                    "{{consumer}}",
+                )
+            ],
+            unit="s",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Seconds since last batch",
+            [("time() - max by (consumer) (ioc_processor_last_processed_timestamp_seconds)", "{{consumer}}")],
+            unit="s",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Processor state keys",
+            [("sum by (consumer) (ioc_processor_state_keys)", "{{consumer}}")],
+            description="Keys each processor holds in memory (windows, entities), over its workers. "
+            "It levels off once windows reach their retention; memory growing while this "
+            "is flat is not state.",
+            unit="short",
+        )
+    )
     lay.row("Latency")
-    lay.add(timeseries("HTTP p99 by service",
-                       [(f'histogram_quantile(0.99, sum by (service, le) (rate(ioc_http_request_duration_seconds_bucket'
-                         f'{{route!~"/metrics|/healthz|/readyz"}}{RATE})))', "{{service}}")], unit="s"), w=12)
-    lay.add(timeseries("Publish acknowledgement p99",
-                       [(f"histogram_quantile(0.99, sum by (le) (rate(ioc_publish_duration_seconds_bucket{RATE})))",
-                         "p99")], unit="s", description="Time for the brokers to acknowledge a publish (acks=all)."),
-            w=12)
+    lay.add(
+        timeseries(
+            "HTTP p99 by service",
+            [
+                (
+                    f"histogram_quantile(0.99, sum by (service, le) (rate(ioc_http_request_duration_seconds_bucket"
+                    f'{{route!~"/metrics|/healthz|/readyz"}}{RATE})))',
+                    "{{service}}",
+                )
+            ],
+            unit="s",
+        ),
+        w=12,
+    )
+    lay.add(
+        timeseries(
+            "Publish acknowledgement p99",
+            [
+                (
+                    f"histogram_quantile(0.99, sum by (le) (rate(ioc_publish_duration_seconds_bucket{RATE})))",
+                    "p99",
+                )
+            ],
+            unit="s",
+            description="Time for the brokers to acknowledge a publish (acks=all).",
+        ),
+        w=12,
+    )
     lay.row("Errors")
-    lay.add(timeseries("HTTP 5xx ratio by service",
-                       [(f'sum by (service) (rate(ioc_http_requests_total{{status=~"5.."}}{RATE})) '
-                         f"/ sum by (service) (rate(ioc_http_requests_total{RATE}))", "{{service}}")],
-                       unit="percentunit"))
-    lay.add(timeseries("Items rejected /s by service and reason",
-                       [(f"sum by (service, reason) (rate(ioc_ingest_rejected_total{RATE}))",
-                         "{{service}} {{reason}}")], unit="ops"))
-    lay.add(timeseries("Dead letters /s", [(f"sum by (consumer, topic) (rate(ioc_events_dead_lettered_total{RATE}))",
-                                            "{{consumer}} {{topic}}")], unit="ops"))
-    lay.add(timeseries("Outbox backlog", [("max by (service) (ioc_outbox_backlog_events)", "{{service}}")]), w=24)
-    return dashboard("ioc-platform", "IOC · Platform",
-                     "Throughput, lag, latency, errors and dead letters of every IOC service and processor.",
-                     lay, [])
+    lay.add(
+        timeseries(
+            "HTTP 5xx ratio by service",
+            [
+                (
+                    f'sum by (service) (rate(ioc_http_requests_total{{status=~"5.."}}{RATE})) '
+                    f"/ sum by (service) (rate(ioc_http_requests_total{RATE}))",
+                    "{{service}}",
+                )
+            ],
+            unit="percentunit",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Items rejected /s by service and reason",
+            [(f"sum by (service, reason) (rate(ioc_ingest_rejected_total{RATE}))", "{{service}} {{reason}}")],
+            unit="ops",
+        )
+    )
+    lay.add(
+        timeseries(
+            "Dead letters /s",
+            [
+                (
+                    f"sum by (consumer, topic) (rate(ioc_events_dead_lettered_total{RATE}))",
+                    "{{consumer}} {{topic}}",
+                )
+            ],
+            unit="ops",
+        )
+    )
+    lay.add(
+        timeseries("Outbox backlog", [("max by (service) (ioc_outbox_backlog_events)", "{{service}}")]), w=24
+    )
+    return dashboard(
+        "ioc-platform",
+        "IOC · Platform",
+        "Throughput, lag, latency, errors and dead letters of every IOC service and processor.",
+        lay,
+        [],
+    )
 
 
 def outputs() -> dict[Path, str]:
     boards = {"platform": platform_dashboard()}
     boards.update({d: domain_dashboard(d, t) for d, t in DOMAINS.items()})
-    return {OUT / f"{name}.json": json.dumps(board, indent=2, ensure_ascii=False) + "\n"
-            for name, board in boards.items()}
+    return {
+        OUT / f"{name}.json": json.dumps(board, indent=2, ensure_ascii=False) + "\n"
+        for name, board in boards.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

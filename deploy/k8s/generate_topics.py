@@ -107,9 +107,16 @@ def changelog(name: str) -> TopicSpec:
     """The processor's state changelog, as ``shared.stream.core.changelog_topic`` lays it out: one partition
     per source partition (sources are co-partitioned)."""
     partitions = max((t.partitions for t in processor_inputs(name)), default=1)
-    return TopicSpec(name=f"ioc.internal.{name}.changelog", partitions=partitions, key="state key",
-                     owner=name, description=f"State changelog of the {name} processor (internal)",
-                     retention_ms=None, compacted=True, internal=True)
+    return TopicSpec(
+        name=f"ioc.internal.{name}.changelog",
+        partitions=partitions,
+        key="state key",
+        owner=name,
+        description=f"State changelog of the {name} processor (internal)",
+        retention_ms=None,
+        compacted=True,
+        internal=True,
+    )
 
 
 def max_replicas(name: str) -> int:
@@ -124,16 +131,27 @@ def kafka_topic(spec: TopicSpec) -> dict:
         "kind": "KafkaTopic",
         "metadata": {
             "name": resource_name(spec.name),
-            "labels": {"strimzi.io/cluster": KAFKA_CLUSTER, "app.kubernetes.io/part-of": "ioc",
-                       "ioc.hanoi.gov.vn/owner": spec.owner},
+            "labels": {
+                "strimzi.io/cluster": KAFKA_CLUSTER,
+                "app.kubernetes.io/part-of": "ioc",
+                "ioc.hanoi.gov.vn/owner": spec.owner,
+            },
         },
-        "spec": {"topicName": spec.name, "partitions": spec.partitions, "replicas": REPLICAS, "config": config},
+        "spec": {
+            "topicName": spec.name,
+            "partitions": spec.partitions,
+            "replicas": REPLICAS,
+            "config": config,
+        },
     }
 
 
 def _acl(kind: str, name: str, operations: list[str], pattern: str = "literal") -> dict:
-    return {"resource": {"type": kind, "name": name, "patternType": pattern}, "operations": operations,
-            "host": "*"}
+    return {
+        "resource": {"type": kind, "name": name, "patternType": pattern},
+        "operations": operations,
+        "host": "*",
+    }
 
 
 def service_acls(service: str) -> list[dict]:
@@ -169,7 +187,9 @@ def processor_acls(name: str) -> list[dict]:
     acls = [_acl("topic", t.name, ["Describe", "Read"] + (["Write"] if t in outputs else [])) for t in inputs]
     acls += [_acl("topic", t.name, ["Describe", "Write"]) for t in outputs if t not in inputs]
     acls.append(_acl("topic", DEAD_LETTER_TOPIC.name, ["Describe", "Write"]))
-    acls.append(_acl("topic", changelog(name).name, ["Create", "Describe", "DescribeConfigs", "Read", "Write"]))
+    acls.append(
+        _acl("topic", changelog(name).name, ["Create", "Describe", "DescribeConfigs", "Read", "Write"])
+    )
     acls.append(_acl("group", name, ["Describe", "Read"]))
     return acls
 
@@ -187,10 +207,16 @@ def kafka_user(principal: str, acls: list[dict], component: str) -> dict:
         "kind": "KafkaUser",
         "metadata": {
             "name": user_name(principal),
-            "labels": {"strimzi.io/cluster": KAFKA_CLUSTER, "app.kubernetes.io/part-of": "ioc",
-                       "app.kubernetes.io/component": component},
+            "labels": {
+                "strimzi.io/cluster": KAFKA_CLUSTER,
+                "app.kubernetes.io/part-of": "ioc",
+                "app.kubernetes.io/component": component,
+            },
         },
-        "spec": {"authentication": {"type": "scram-sha-512"}, "authorization": {"type": "simple", "acls": acls}},
+        "spec": {
+            "authentication": {"type": "scram-sha-512"},
+            "authorization": {"type": "simple", "acls": acls},
+        },
     }
 
 

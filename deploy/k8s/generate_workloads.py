@@ -46,8 +46,11 @@ SERVICE_REPLICAS = 2
 
 
 def labels(name: str, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "ioc",
-            "app.kubernetes.io/component": component}
+    return {
+        "app.kubernetes.io/name": name,
+        "app.kubernetes.io/part-of": "ioc",
+        "app.kubernetes.io/component": component,
+    }
 
 
 def selector(name: str) -> dict[str, str]:
@@ -58,14 +61,17 @@ def common_env(principal: str) -> list[dict]:
     """Credentials: the principal's SCRAM password (Secret of its KafkaUser) and the database URI."""
     return [
         {"name": "IOC_KAFKA_SASL_USERNAME", "value": user_name(principal)},
-        {"name": "IOC_KAFKA_SASL_PASSWORD",
-         "valueFrom": {"secretKeyRef": {"name": user_name(principal), "key": "password"}}},
+        {
+            "name": "IOC_KAFKA_SASL_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": user_name(principal), "key": "password"}},
+        },
         {"name": "IOC_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": DATABASE_SECRET, "key": "uri"}}},
     ]
 
 
-def pod_spec(name: str, args: list[str], port_name: str, port: int, env: list[dict], probes: dict,
-             resources: dict) -> dict:
+def pod_spec(
+    name: str, args: list[str], port_name: str, port: int, env: list[dict], probes: dict, resources: dict
+) -> dict:
     container = {
         "name": name,
         "image": IMAGE,
@@ -75,25 +81,41 @@ def pod_spec(name: str, args: list[str], port_name: str, port: int, env: list[di
         "env": env,
         **probes,
         "resources": resources,
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "kafka-ca", "mountPath": "/etc/ioc/kafka-ca", "readOnly": True},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "kafka-ca", "mountPath": "/etc/ioc/kafka-ca", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
     }
     return {
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 30,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "topologySpreadConstraints": [
-            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-             "labelSelector": {"matchLabels": selector(name)}}
+            {
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector(name)},
+            }
             for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
         ],
         "containers": [container],
         "volumes": [
-            {"name": "kafka-ca", "secret": {"secretName": KAFKA_CA_SECRET, "items": [{"key": "ca.crt",
-                                                                                     "path": "ca.crt"}]}},
+            {
+                "name": "kafka-ca",
+                "secret": {"secretName": KAFKA_CA_SECRET, "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+            },
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
@@ -103,61 +125,108 @@ def deployment(name: str, component: str, spec: dict, port: int, replicas: int |
     dep_spec: dict = {}
     if replicas is not None:
         dep_spec["replicas"] = replicas
-    dep_spec.update({
-        "revisionHistoryLimit": 5,
-        "selector": {"matchLabels": selector(name)},
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "template": {
-            "metadata": {
-                "labels": labels(name, component),
-                "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
-                                "prometheus.io/path": "/metrics"},
+    dep_spec.update(
+        {
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": selector(name)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": labels(name, component),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": spec,
             },
-            "spec": spec,
-        },
-    })
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "labels": labels(name, component)}, "spec": dep_spec}
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels(name, component)},
+        "spec": dep_spec,
+    }
 
 
 def pdb(name: str, component: str) -> dict:
     # maxUnavailable (not minAvailable) so a single-replica processor never blocks a node drain.
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": {"name": name, "labels": labels(name, component)},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}}
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": labels(name, component)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}},
+    }
 
 
 def service_manifests(name: str, port: int) -> list[dict]:
     env = common_env(name)
     probes = {
         # Migrations run at start-up: give them a minute before liveness counts.
-        "startupProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2,
-                         "failureThreshold": 30},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10,
-                          "timeoutSeconds": 2, "failureThreshold": 3},
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 30,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
         # /readyz checks PostgreSQL and Kafka: an instance that cannot make events durable takes no traffic.
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 5,
-                           "timeoutSeconds": 3, "failureThreshold": 2},
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 2,
+        },
     }
     # `ioc serve` binds --host (default loopback) and --port, whatever the settings say.
-    spec = pod_spec(name, ["serve", name, "--host", "0.0.0.0", "--port", str(port)], "http", port, env, probes,
-                    SERVICE_RESOURCES)
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "labels": labels(name, "service")},
-           "spec": {"selector": selector(name), "ports": [{"name": "http", "port": port, "targetPort": "http",
-                                                           "protocol": "TCP"}]}}
+    spec = pod_spec(
+        name,
+        ["serve", name, "--host", "0.0.0.0", "--port", str(port)],
+        "http",
+        port,
+        env,
+        probes,
+        SERVICE_RESOURCES,
+    )
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": labels(name, "service")},
+        "spec": {
+            "selector": selector(name),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
     return [deployment(name, "service", spec, port, SERVICE_REPLICAS), svc, pdb(name, "service")]
 
 
 def processor_manifests(name: str) -> list[dict]:
     # IOC_METRICS_LOCAL=0: `ioc process` serves metrics on loopback only unless told otherwise; probes and
     # Prometheus come from outside the pod.
-    env = [{"name": "IOC_METRICS_PORT", "value": str(METRICS_PORT)}, {"name": "IOC_METRICS_LOCAL", "value": "0"},
-           *common_env(name)]
+    env = [
+        {"name": "IOC_METRICS_PORT", "value": str(METRICS_PORT)},
+        {"name": "IOC_METRICS_LOCAL", "value": "0"},
+        *common_env(name),
+    ]
     probes = {
-        "livenessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "initialDelaySeconds": 10,
-                          "periodSeconds": 15, "timeoutSeconds": 5, "failureThreshold": 4},
-        "readinessProbe": {"httpGet": {"path": "/metrics", "port": "metrics"}, "periodSeconds": 10,
-                           "timeoutSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/metrics", "port": "metrics"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 15,
+            "timeoutSeconds": 5,
+            "failureThreshold": 4,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/metrics", "port": "metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+        },
     }
     spec = pod_spec(name, ["process", name], "metrics", METRICS_PORT, env, probes, PROCESSOR_RESOURCES)
     # The root filesystem is read-only: the stream runtime (Faust) may create its data directory in the
@@ -173,19 +242,21 @@ def processor_manifests(name: str) -> list[dict]:
             "maxReplicaCount": max_replicas(name),
             "pollingInterval": 30,
             "cooldownPeriod": 300,
-            "triggers": [{
-                "type": "kafka",
-                "metadata": {
-                    "bootstrapServers": KAFKA_BOOTSTRAP,
-                    "consumerGroup": name,
-                    "lagThreshold": LAG_THRESHOLD,
-                    "offsetResetPolicy": "earliest",
-                    "allowIdleConsumers": "false",
-                    "sasl": "scram_sha512",
-                    "tls": "enable",
-                },
-                "authenticationRef": {"name": KEDA_AUTH},
-            }],
+            "triggers": [
+                {
+                    "type": "kafka",
+                    "metadata": {
+                        "bootstrapServers": KAFKA_BOOTSTRAP,
+                        "consumerGroup": name,
+                        "lagThreshold": LAG_THRESHOLD,
+                        "offsetResetPolicy": "earliest",
+                        "allowIdleConsumers": "false",
+                        "sasl": "scram_sha512",
+                        "tls": "enable",
+                    },
+                    "authenticationRef": {"name": KEDA_AUTH},
+                }
+            ],
         },
     }
     return [deployment(name, "processor", spec, METRICS_PORT, None), pdb(name, "processor"), scaled]

@@ -55,18 +55,29 @@ def city_principal(scope: str, roles: frozenset[str] | None = None, *, allow_que
         if not token and allow_query_token:
             token = request.query_params.get("access_token")
         if not token:
-            raise ApiError(401, "unauthenticated", "an API key is required (Authorization: Bearer <key>)",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "an API key is required (Authorization: Bearer <key>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         keys: KeyStore = _ctx(request).keys
         principal = await keys.authenticate(token)
         if principal is None:
-            raise ApiError(401, "unauthenticated", "the API key is unknown or revoked",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthenticated",
+                "the API key is unknown or revoked",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         if not principal.has_scope(scope):
             raise ApiError(403, "forbidden", f"this principal lacks the scope {scope!r}")
         if roles is not None and principal.role not in roles:
-            raise ApiError(403, "forbidden", f"the role {principal.role!r} may not do this; "
-                                             f"roles allowed: {', '.join(sorted(roles))}")
+            raise ApiError(
+                403,
+                "forbidden",
+                f"the role {principal.role!r} may not do this; roles allowed: {', '.join(sorted(roles))}",
+            )
         limiter: RateLimiter | None = _ctx(request).rate_limiter
         if limiter is not None:
             await limiter.check(principal.id)
@@ -110,7 +121,9 @@ def _with_definition(row: dict[str, Any], defs: dict[str, KpiDefinition]) -> dic
 # KPIs ------------------------------------------------------------------------------------------------------
 @router.get("/kpis/definitions", summary="Every KPI definition (names, unit, windows, thresholds, formula)")
 async def kpi_definitions(request: Request, principal: Principal = READ) -> dict:
-    return {"items": [_definition_body(d) for d in sorted(_definitions(request).values(), key=lambda d: d.id)]}
+    return {
+        "items": [_definition_body(d) for d in sorted(_definitions(request).values(), key=lambda d: d.id)]
+    }
 
 
 @router.get("/kpis", summary="Current KPI values, filtered by domain, district or scope")
@@ -126,8 +139,14 @@ async def current_kpis(
     scope_code = district
     if district is not None:
         scope_level = "district"
-    rows = await repo.current_kpis(_ctx(request).pool, domain=domain, scope_level=scope_level,
-                                   scope_code=scope_code, kpi=kpi, trend_points=trend)
+    rows = await repo.current_kpis(
+        _ctx(request).pool,
+        domain=domain,
+        scope_level=scope_level,
+        scope_code=scope_code,
+        kpi=kpi,
+        trend_points=trend,
+    )
     defs = _definitions(request)
     return {"items": [_with_definition(r, defs) for r in rows]}
 
@@ -141,14 +160,20 @@ async def kpi_history(
     start: datetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
     end: datetime | None = Query(None, alias="to", description="default: now"),
     step: Literal["auto", "raw", "minute", "hour", "day"] = "auto",
-    window_seconds: int | None = Query(None, gt=0, le=400 * 86400, description="default: the KPI's primary window"),
+    window_seconds: int | None = Query(
+        None, gt=0, le=400 * 86400, description="default: the KPI's primary window"
+    ),
     principal: Principal = READ,
 ) -> dict:
     end = _aware(end) if end is not None else datetime.now(UTC)
     start = _aware(start) if start is not None else end - timedelta(hours=24)
     if start >= end:
-        raise ApiError(422, "invalid_request", "`from` must be before `to`",
-                       [{"field": "from", "reason": "not before `to`"}])
+        raise ApiError(
+            422,
+            "invalid_request",
+            "`from` must be before `to`",
+            [{"field": "from", "reason": "not before `to`"}],
+        )
     pool = _ctx(request).pool
     definition = _definitions(request).get(kpi)
     if window_seconds is None:
@@ -158,14 +183,34 @@ async def kpi_history(
         elif windows:
             window_seconds = windows[0]
         else:
-            raise ApiError(404, "not_found", "no values for this KPI and scope",
-                           [{"kpi": kpi, "scope_level": scope_level, "scope_code": scope_code}])
+            raise ApiError(
+                404,
+                "not_found",
+                "no values for this KPI and scope",
+                [{"kpi": kpi, "scope_level": scope_level, "scope_code": scope_code}],
+            )
     chosen = choose_step(start, end) if step == "auto" else step
-    points = await repo.kpi_history(pool, kpi=kpi, scope_level=scope_level, scope_code=scope_code,
-                                    window_seconds=window_seconds, start=start, end=end, step=chosen)
-    return {"kpi": kpi, "scope_level": scope_level, "scope_code": scope_code, "window_seconds": window_seconds,
-            "step": chosen, "from": start, "to": end, "unit": definition.unit if definition else None,
-            "points": points}
+    points = await repo.kpi_history(
+        pool,
+        kpi=kpi,
+        scope_level=scope_level,
+        scope_code=scope_code,
+        window_seconds=window_seconds,
+        start=start,
+        end=end,
+        step=chosen,
+    )
+    return {
+        "kpi": kpi,
+        "scope_level": scope_level,
+        "scope_code": scope_code,
+        "window_seconds": window_seconds,
+        "step": chosen,
+        "from": start,
+        "to": end,
+        "unit": definition.unit if definition else None,
+        "points": points,
+    }
 
 
 def _aware(t: datetime) -> datetime:
@@ -179,35 +224,55 @@ async def districts(request: Request, principal: Principal = READ) -> dict:
     items = []
     for a in sorted(hanoi().districts, key=lambda a: a.code):
         s = statuses.get(a.code, {"statuses": [], "severities": []})
-        items.append({"code": a.code, "name": a.name, "kind": a.kind,
-                      "status": worst_status(s["statuses"], s["severities"]),
-                      "open_alarms": len(s["severities"]),
-                      "kpis_warning": s["statuses"].count("warning"),
-                      "kpis_critical": s["statuses"].count("critical")})
+        items.append(
+            {
+                "code": a.code,
+                "name": a.name,
+                "kind": a.kind,
+                "status": worst_status(s["statuses"], s["severities"]),
+                "open_alarms": len(s["severities"]),
+                "kpis_warning": s["statuses"].count("warning"),
+                "kpis_critical": s["statuses"].count("critical"),
+            }
+        )
     return {"items": items}
 
 
 @router.get("/districts/{code}", summary="One district: its KPIs, the assets in alarm, open incidents")
-async def district_detail(request: Request, code: str = Path(max_length=32), principal: Principal = READ
-                          ) -> dict:
+async def district_detail(
+    request: Request, code: str = Path(max_length=32), principal: Principal = READ
+) -> dict:
     area = hanoi().areas.get(code)
     if area is None or area.level != "district":
         raise ApiError(404, "not_found", "no such district", [{"district": code}])
     pool = _ctx(request).pool
     defs = _definitions(request)
-    kpis = [_with_definition(r, defs) for r in await repo.current_kpis(pool, scope_level="district",
-                                                                       scope_code=code, trend_points=12)]
+    kpis = [
+        _with_definition(r, defs)
+        for r in await repo.current_kpis(pool, scope_level="district", scope_code=code, trend_points=12)
+    ]
     alarms = await repo.list_alarms(pool, states=("active", "acknowledged"), district=code)
     incidents = await repo.list_incidents(pool, state="open", district=code)
-    return {"code": area.code, "name": area.name, "kind": area.kind,
-            "status": worst_status([k["status"] for k in kpis], [a["severity"] for a in alarms]),
-            "kpis": kpis, "alarms": alarms, "incidents": incidents}
+    return {
+        "code": area.code,
+        "name": area.name,
+        "kind": area.kind,
+        "status": worst_status([k["status"] for k in kpis], [a["severity"] for a in alarms]),
+        "kpis": kpis,
+        "alarms": alarms,
+        "incidents": incidents,
+    }
 
 
 # Alarms and incidents --------------------------------------------------------------------------------------
 AlarmFilter = Literal["open", "active", "acknowledged", "cleared", "all"]
-_STATES = {"open": ("active", "acknowledged"), "active": ("active",), "acknowledged": ("acknowledged",),
-           "cleared": ("cleared",), "all": ("active", "acknowledged", "cleared")}
+_STATES = {
+    "open": ("active", "acknowledged"),
+    "active": ("active",),
+    "acknowledged": ("acknowledged",),
+    "cleared": ("cleared",),
+    "all": ("active", "acknowledged", "cleared"),
+}
 
 
 @router.get("/alarms", summary="Alarms of every domain (one model), most severe first")
@@ -220,8 +285,14 @@ async def alarms(
     limit: int = Query(200, ge=1, le=1000),
     principal: Principal = READ,
 ) -> dict:
-    items = await repo.list_alarms(_ctx(request).pool, states=_STATES[state], district=district, domain=domain,
-                                   incident_id=incident_id, limit=limit)
+    items = await repo.list_alarms(
+        _ctx(request).pool,
+        states=_STATES[state],
+        district=district,
+        domain=domain,
+        incident_id=incident_id,
+        limit=limit,
+    )
     return {"items": items}
 
 
@@ -237,7 +308,9 @@ async def clear_alarm(request: Request, alarm_id: str, principal: Principal = CL
     return done[0]
 
 
-@router.get("/incidents", summary="Correlated incidents: alarms of one district close in time, across domains")
+@router.get(
+    "/incidents", summary="Correlated incidents: alarms of one district close in time, across domains"
+)
 async def incidents(
     request: Request,
     state: Literal["open", "closed", "all"] = "open",
@@ -246,11 +319,13 @@ async def incidents(
     principal: Principal = READ,
 ) -> dict:
     pool = _ctx(request).pool
-    items = await repo.list_incidents(pool, state=None if state == "all" else state, district=district,
-                                      limit=limit)
+    items = await repo.list_incidents(
+        pool, state=None if state == "all" else state, district=district, limit=limit
+    )
     for inc in items:
-        inc["alarms"] = await repo.list_alarms(pool, states=_STATES["all"], incident_id=inc["incident_id"],
-                                               limit=50)
+        inc["alarms"] = await repo.list_alarms(
+            pool, states=_STATES["all"], incident_id=inc["incident_id"], limit=50
+        )
     return {"items": items}
 
 
@@ -268,14 +343,16 @@ async def _operate_incident(request: Request, incident_id: str, action: str, pri
 
 
 @router.post("/incidents/{incident_id}/acknowledge", summary="Acknowledge every active alarm of an incident")
-async def acknowledge_incident(request: Request, incident_id: str = Path(max_length=100),
-                               principal: Principal = ACK) -> dict:
+async def acknowledge_incident(
+    request: Request, incident_id: str = Path(max_length=100), principal: Principal = ACK
+) -> dict:
     return await _operate_incident(request, incident_id, "acknowledge", principal)
 
 
 @router.post("/incidents/{incident_id}/clear", summary="Clear every open alarm of an incident")
-async def clear_incident(request: Request, incident_id: str = Path(max_length=100),
-                         principal: Principal = CLEAR) -> dict:
+async def clear_incident(
+    request: Request, incident_id: str = Path(max_length=100), principal: Principal = CLEAR
+) -> dict:
     return await _operate_incident(request, incident_id, "clear", principal)
 
 
@@ -285,8 +362,11 @@ def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
     return f"{head}event: {event}\ndata: ".encode() + orjson.dumps(data, default=str) + b"\n\n"
 
 
-@router.get("/stream", summary="Server-Sent Events of KPI updates, alarms and incidents (resumable)",
-            response_class=StreamingResponse)
+@router.get(
+    "/stream",
+    summary="Server-Sent Events of KPI updates, alarms and incidents (resumable)",
+    response_class=StreamingResponse,
+)
 async def stream(
     request: Request,
     kinds: str = Query(",".join(STREAM_KINDS), description="comma-separated: kpi, alarm, incident"),
@@ -300,8 +380,9 @@ async def stream(
     after = last_event_id
     if after is None and last_event_header and last_event_header.strip().isdigit():
         after = int(last_event_header.strip())
-    return StreamingResponse(_stream_items(request, after, wanted), media_type="text/event-stream",
-                             headers=SSE_HEADERS)
+    return StreamingResponse(
+        _stream_items(request, after, wanted), media_type="text/event-stream", headers=SSE_HEADERS
+    )
 
 
 async def _stream_items(request: Request, after: int | None, kinds: list[str]) -> AsyncIterator[bytes]:
@@ -337,28 +418,45 @@ async def _stream_items(request: Request, after: int | None, kinds: list[str]) -
 
 @router.get("/topics", summary="Topics of the event catalogue (for the live tail)")
 async def topics(principal: Principal = READ) -> dict:
-    return {"items": [{"name": t.name, "owner": t.owner, "description": t.description}
-                      for t in sorted(TOPICS.values(), key=lambda t: t.name)]}
+    return {
+        "items": [
+            {"name": t.name, "owner": t.owner, "description": t.description}
+            for t in sorted(TOPICS.values(), key=lambda t: t.name)
+        ]
+    }
 
 
-@router.get("/tail", summary="Server-Sent Events: a topic's new records, decoded, with a text filter",
-            response_class=StreamingResponse)
+@router.get(
+    "/tail",
+    summary="Server-Sent Events: a topic's new records, decoded, with a text filter",
+    response_class=StreamingResponse,
+)
 async def tail(
     request: Request,
     topic: str = Query(max_length=120),
-    filter: str | None = Query(None, max_length=200, description="case-insensitive text the record must contain"),
+    filter: str | None = Query(
+        None, max_length=200, description="case-insensitive text the record must contain"
+    ),
     principal: Principal = READ_SSE,
 ) -> StreamingResponse:
     if topic not in TOPICS:
         raise ApiError(404, "not_found", "no such topic in the catalogue", [{"topic": topic}])
-    return StreamingResponse(_tail_records(request, topic, (filter or "").lower()),
-                             media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(
+        _tail_records(request, topic, (filter or "").lower()),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+    )
 
 
 async def _tail_records(request: Request, topic: str, needle: str) -> AsyncIterator[bytes]:
     settings = _settings(request)
-    consumer = AIOKafkaConsumer(**settings.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="latest", fetch_max_wait_ms=200)
+    consumer = AIOKafkaConsumer(
+        **settings.kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=200,
+    )
     started_ms = int(time.time() * 1000)
     try:
         await consumer.start()
@@ -400,11 +498,23 @@ async def _tail_records(request: Request, topic: str, needle: str) -> AsyncItera
 
 
 def _tail_item(record: Any) -> dict[str, Any]:
-    base = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-            "timestamp": record.timestamp}
+    base = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+    }
     try:
         ev = decode(record)
     except EventDecodeError as exc:
         return {**base, "error": exc.reason}
-    return {**base, "type": ev.type, "source": ev.source, "id": ev.id, "time": ev.time, "subject": ev.subject,
-            "key": ev.key, "data": ev.data}
+    return {
+        **base,
+        "type": ev.type,
+        "source": ev.source,
+        "id": ev.id,
+        "time": ev.time,
+        "subject": ev.subject,
+        "key": ev.key,
+        "data": ev.data,
+    }

@@ -58,9 +58,13 @@ async def _maintenance(ctx: ServiceContext, settings: CitySettings, store: CityS
             if loop.time() - last_retention >= settings.retention_interval_seconds:
                 last_retention = loop.time()
                 deleted = await repo.delete_expired(
-                    ctx.pool, datetime.now(UTC), raw_days=settings.raw_retention_days,
-                    minute_days=settings.minute_retention_days, hour_days=settings.hour_retention_days,
-                    stream_hours=settings.stream_retention_hours)
+                    ctx.pool,
+                    datetime.now(UTC),
+                    raw_days=settings.raw_retention_days,
+                    minute_days=settings.minute_retention_days,
+                    hour_days=settings.hour_retention_days,
+                    stream_hours=settings.stream_retention_hours,
+                )
                 log.info("retention applied", extra={"deleted": deleted})
         except asyncio.CancelledError:
             raise
@@ -76,10 +80,16 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
 
     async def on_start(ctx: ServiceContext) -> None:
         assert ctx.pool is not None
-        store = CityStore(ctx.pool, correlation_window=timedelta(minutes=settings.correlation_minutes),
-                          hub=StreamHub())
-        consumer = EventConsumer(settings.kafka, group_id=settings.consumer_group, topics=store_topics(),
-                                 handler=store.handle, publisher=ctx.publisher)
+        store = CityStore(
+            ctx.pool, correlation_window=timedelta(minutes=settings.correlation_minutes), hub=StreamHub()
+        )
+        consumer = EventConsumer(
+            settings.kafka,
+            group_id=settings.consumer_group,
+            topics=store_topics(),
+            handler=store.handle,
+            publisher=ctx.publisher,
+        )
         ctx.extras.update(store=store, definitions=definitions, consumer=consumer, consumer_started=False)
         ctx.spawn(_start_consumer(ctx, consumer), "city-consumer-start")
         ctx.spawn(_maintenance(ctx, settings, store), "city-maintenance")
@@ -93,7 +103,7 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
         name="city",
         title="IOC city layer",
         description="City KPIs per district and city-wide, their history, alarms and incidents across domains, "
-                    "live streams, and the operations console at `/`.",
+        "live streams, and the operations console at `/`.",
         routers=[api_router, console],
         migrations=MIGRATIONS,
         on_start=on_start,

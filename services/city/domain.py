@@ -73,8 +73,11 @@ def merge_partials(parts: Mapping[Any, Mapping[str, Any]], definition: KpiDefini
     whole = parts.get(-1, parts.get("-1"))
     if whole is not None:
         parts = {-1: whole}
-    combine = definition.combine if definition is not None else (
-        "ratio" if any(p.get("d") is not None for p in parts.values()) else "sum")
+    combine = (
+        definition.combine
+        if definition is not None
+        else ("ratio" if any(p.get("d") is not None for p in parts.values()) else "sum")
+    )
     scale = definition.scale if definition is not None else 1.0
     # One pass; the same arithmetic as sum()/max() over the parts in order (so results are bit-identical).
     numerator: float | None = None
@@ -181,14 +184,27 @@ def apply_source_change(current: Alarm | None, change: Mapping[str, Any], at: da
     if change["state"] == "raised":
         if current is None or current.state == "cleared":
             return Alarm(
-                alarm_id=change["alarm_id"], domain=change["domain"], alarm_type=change["alarm_type"],
-                severity=change["severity"], source_id=change["source_id"], district=change.get("district"),
-                commune=change.get("commune"), message=change["message"], state="active", raised_at=at,
-                changed_at=at, occurrences=(current.occurrences + 1) if current is not None else 1,
+                alarm_id=change["alarm_id"],
+                domain=change["domain"],
+                alarm_type=change["alarm_type"],
+                severity=change["severity"],
+                source_id=change["source_id"],
+                district=change.get("district"),
+                commune=change.get("commune"),
+                message=change["message"],
+                state="active",
+                raised_at=at,
+                changed_at=at,
+                occurrences=(current.occurrences + 1) if current is not None else 1,
             )
-        return replace(current, severity=change["severity"], message=change["message"], changed_at=at,
-                       district=change.get("district") or current.district,
-                       commune=change.get("commune") or current.commune)
+        return replace(
+            current,
+            severity=change["severity"],
+            message=change["message"],
+            changed_at=at,
+            district=change.get("district") or current.district,
+            commune=change.get("commune") or current.commune,
+        )
     if current is None or current.state == "cleared":
         return None
     return replace(current, state="cleared", cleared_by="source", cleared_at=at, changed_at=at)
@@ -206,7 +222,9 @@ def clear(alarm: Alarm, who: str, at: datetime) -> Alarm:
     if alarm.state == "cleared":
         raise LifecycleError("alarm is already cleared")
     # changed_at moves too, so a replayed (older) raise notice cannot reopen what an operator cleared
-    return replace(alarm, state="cleared", cleared_by=who, cleared_at=at, changed_at=max(alarm.changed_at, at))
+    return replace(
+        alarm, state="cleared", cleared_by=who, cleared_at=at, changed_at=max(alarm.changed_at, at)
+    )
 
 
 # Correlation -------------------------------------------------------------------------------------------------
@@ -222,8 +240,9 @@ class Incident:
     alarm_count: int = 0
 
 
-def correlate(district: str | None, at: datetime, open_incidents: Iterable[Incident], window: timedelta
-              ) -> Incident | None:
+def correlate(
+    district: str | None, at: datetime, open_incidents: Iterable[Incident], window: timedelta
+) -> Incident | None:
     """The open incident an alarm raised in ``district`` at ``at`` joins, or ``None`` (it opens a new one).
 
     An alarm joins an incident of the same district whose latest alarm is at most ``window`` before it
@@ -236,7 +255,8 @@ def correlate(district: str | None, at: datetime, open_incidents: Iterable[Incid
         if inc.district != district:
             continue
         if inc.last_alarm_at - window <= at <= inc.last_alarm_at + window and (
-                best is None or inc.last_alarm_at > best.last_alarm_at):
+            best is None or inc.last_alarm_at > best.last_alarm_at
+        ):
             best = inc
     return best
 
@@ -244,15 +264,25 @@ def correlate(district: str | None, at: datetime, open_incidents: Iterable[Incid
 def open_incident(district: str, alarm: Alarm) -> Incident:
     """A new incident opened by ``alarm``."""
     stamp = alarm.raised_at.strftime("%Y%m%dT%H%M%S")
-    return Incident(f"INC-{district}-{stamp}-{zlib.crc32(alarm.alarm_id.encode()) % 10000:04d}", district,
-                    alarm.raised_at, alarm.raised_at, (alarm.domain,), 1)
+    return Incident(
+        f"INC-{district}-{stamp}-{zlib.crc32(alarm.alarm_id.encode()) % 10000:04d}",
+        district,
+        alarm.raised_at,
+        alarm.raised_at,
+        (alarm.domain,),
+        1,
+    )
 
 
 def join_incident(incident: Incident, alarm: Alarm) -> Incident:
     """``incident`` with ``alarm`` added."""
     domains = incident.domains if alarm.domain in incident.domains else (*incident.domains, alarm.domain)
-    return replace(incident, last_alarm_at=max(incident.last_alarm_at, alarm.raised_at), domains=domains,
-                   alarm_count=incident.alarm_count + 1)
+    return replace(
+        incident,
+        last_alarm_at=max(incident.last_alarm_at, alarm.raised_at),
+        domains=domains,
+        alarm_count=incident.alarm_count + 1,
+    )
 
 
 # History -----------------------------------------------------------------------------------------------------

@@ -105,9 +105,14 @@ class CityKpiProcessor(StreamProcessor):
     # partition and grew the worker's memory during its first minutes).
     dedup_window = 0
 
-    def __init__(self, definitions: dict[str, KpiDefinition], *, topics: Iterable[str] | None = None,
-                 district_silence: timedelta = timedelta(minutes=30),
-                 domain_silence: timedelta = timedelta(minutes=15)):
+    def __init__(
+        self,
+        definitions: dict[str, KpiDefinition],
+        *,
+        topics: Iterable[str] | None = None,
+        district_silence: timedelta = timedelta(minutes=30),
+        domain_silence: timedelta = timedelta(minutes=15),
+    ):
         self.definitions = definitions
         self.topics = tuple(topics) if topics is not None else domain_kpi_topics()
         self.district_silence = district_silence
@@ -153,8 +158,13 @@ class CityKpiProcessor(StreamProcessor):
         old = parts.get(pkey)
         if old is not None and _parse(old["o"]) > at:
             return  # an older observation arriving late
-        parts[pkey] = new = {"n": d.get("numerator", 0.0), "d": d.get("denominator"), "v": d.get("value"),
-                             "o": intern(observed), "u": intern(d.get("unit", ""))}
+        parts[pkey] = new = {
+            "n": d.get("numerator", 0.0),
+            "d": d.get("denominator"),
+            "v": d.get("value"),
+            "o": intern(observed),
+            "u": intern(d.get("unit", "")),
+        }
         state.put(f"g:{group}", parts)
         if old is None or any(old[k] != new[k] for k in ("n", "d", "v", "u")):
             self._changed_groups(state)[group] = None
@@ -182,8 +192,10 @@ class CityKpiProcessor(StreamProcessor):
                     seen[reporter] = (at, observed)
             if about[1] is None:
                 continue  # an area the city does not publish (commune, agency): it only counts as a signal
-            ident = (f"{about[1]}{d['window_seconds']}|{window_start(d['window_start'])}",
-                     intern(str(d.get("partition", -1))))
+            ident = (
+                f"{about[1]}{d['window_seconds']}|{window_start(d['window_start'])}",
+                intern(str(d.get("partition", -1))),
+            )
             prev = newest.get(ident)
             if prev is None or prev[0] <= at:
                 newest[ident] = (at, d)
@@ -194,8 +206,13 @@ class CityKpiProcessor(StreamProcessor):
             parts = state.get(gkey)
             # Interned: every window holds these few strings (partition, emit time, unit) once per partition;
             # shared they cost nothing, copied they were over a quarter of the memory of the windows kept.
-            entry = {"n": d.get("numerator", 0.0), "d": d.get("denominator"), "v": d.get("value"),
-                     "o": intern(d["observed_at"]), "u": intern(d.get("unit", ""))}
+            entry = {
+                "n": d.get("numerator", 0.0),
+                "d": d.get("denominator"),
+                "v": d.get("value"),
+                "o": intern(d["observed_at"]),
+                "u": intern(d.get("unit", "")),
+            }
             if parts is None:
                 if self._too_late(state, group):
                     continue
@@ -205,8 +222,12 @@ class CityKpiProcessor(StreamProcessor):
                 if old is not None:
                     if time_of(old["o"]) > at:
                         continue  # an older observation arriving late
-                    if old["n"] == entry["n"] and old["d"] == entry["d"] and old["v"] == entry["v"] \
-                            and old["u"] == entry["u"]:
+                    if (
+                        old["n"] == entry["n"]
+                        and old["d"] == entry["d"]
+                        and old["v"] == entry["v"]
+                        and old["u"] == entry["u"]
+                    ):
                         # Same figures: nothing to publish, but its time moves on (late ones are judged by it).
                         old["o"] = entry["o"]
                         state.put(gkey, parts)
@@ -220,7 +241,7 @@ class CityKpiProcessor(StreamProcessor):
         kept = self._kept.get(series)
         if kept is None:
             kpi = series[: series.find("|")]
-            seconds = int(series[series.rfind("|") + 1:])
+            seconds = int(series[series.rfind("|") + 1 :])
             definition = self.definitions.get(kpi)
             revisable = definition.revisable_for(seconds) if definition is not None else seconds
             kept = self._kept[series] = timedelta(seconds=seconds + revisable) + SKEW_MARGIN
@@ -240,7 +261,7 @@ class CityKpiProcessor(StreamProcessor):
         latest = state.get("latest:" + series)
         if floor is None and latest is None:
             return False
-        start = _time(group[cut + 1:])
+        start = _time(group[cut + 1 :])
         if (floor is not None and start <= _time(floor)) or self._past_horizon(series, start, latest):
             self.ignored_late()
             return True
@@ -252,8 +273,11 @@ class CityKpiProcessor(StreamProcessor):
             self._areas.clear()
         kpi, level, code = area
         domain = self._domain(kpi)
-        reporters = (f"{domain}|{CITY_SCOPE}", f"{domain}|{code}") if level == "district" else (
-            f"{domain}|{CITY_SCOPE}",)
+        reporters = (
+            (f"{domain}|{CITY_SCOPE}", f"{domain}|{code}")
+            if level == "district"
+            else (f"{domain}|{CITY_SCOPE}",)
+        )
         about = self._areas[area] = (reporters, f"{kpi}|{level}|{code}|" if level in SCOPE_LEVELS else None)
         return about
 
@@ -292,24 +316,44 @@ class CityKpiProcessor(StreamProcessor):
             state.put(PRUNED_AT_KEY, now.isoformat())
         return publishing.kpis_updated(kpis, now) + alarms if kpis else alarms
 
-    def _publish_group(self, state: State, group: str, parts: dict, now: datetime, updated_at: str,
-                       kpis: list[dict[str, Any]], alarms: list[EncodedEvent]) -> None:
+    def _publish_group(
+        self,
+        state: State,
+        group: str,
+        parts: dict,
+        now: datetime,
+        updated_at: str,
+        kpis: list[dict[str, Any]],
+        alarms: list[EncodedEvent],
+    ) -> None:
         kpi, level, code, wsec, wstart = group.split("|")
         definition = self.definitions.get(kpi)
         merged = merge_partials(parts, definition)
-        if not self.changed_since_emitted(state.partition, group, (merged.value, merged.numerator,
-                                                                   merged.denominator, merged.partitions)):
+        if not self.changed_since_emitted(
+            state.partition, group, (merged.value, merged.numerator, merged.denominator, merged.partitions)
+        ):
             # Same figures as last published from here, so the alarm decision taken then still holds.
             return
         status = kpi_status(definition, merged.value)
         unit = definition.unit if definition is not None else next(iter(parts.values())).get("u", "")
-        kpis.append(publishing.kpi_payload(
-            kpi=kpi, domain=self._domain(kpi), scope_level=level, scope_code=code, window_start=wstart,
-            window_seconds=int(wsec), value=merged.value, numerator=merged.numerator,
-            denominator=merged.denominator, unit=unit[:24], status=status,
-            target=definition.target if definition is not None else None, partitions=merged.partitions,
-            updated_at=updated_at,
-        ))
+        kpis.append(
+            publishing.kpi_payload(
+                kpi=kpi,
+                domain=self._domain(kpi),
+                scope_level=level,
+                scope_code=code,
+                window_start=wstart,
+                window_seconds=int(wsec),
+                value=merged.value,
+                numerator=merged.numerator,
+                denominator=merged.denominator,
+                unit=unit[:24],
+                status=status,
+                target=definition.target if definition is not None else None,
+                partitions=merged.partitions,
+                updated_at=updated_at,
+            )
+        )
         series = f"latest:{kpi}|{level}|{code}|{wsec}"
         latest = state.get(series)
         if latest is not None and latest != wstart:
@@ -327,20 +371,36 @@ class CityKpiProcessor(StreamProcessor):
         district = code if level == "district" else None
         if severity is not None and severity != current:
             state.put(f"alarm:{alarm_id}", severity)
-            threshold = definition.thresholds.critical if status == "critical" else definition.thresholds.warning
-            alarms.append(publishing.alarm_changed(
-                alarm_id=alarm_id, alarm_type="kpi_breach", state="raised", severity=severity,
-                source_id=f"{kpi}:{code}", district=district, now=now,
-                message=f"{definition.name.en} ({code}) = {merged.value:.4g} {definition.unit}: "
-                        f"{status} (threshold {threshold:g})",
-            ))
+            threshold = (
+                definition.thresholds.critical if status == "critical" else definition.thresholds.warning
+            )
+            alarms.append(
+                publishing.alarm_changed(
+                    alarm_id=alarm_id,
+                    alarm_type="kpi_breach",
+                    state="raised",
+                    severity=severity,
+                    source_id=f"{kpi}:{code}",
+                    district=district,
+                    now=now,
+                    message=f"{definition.name.en} ({code}) = {merged.value:.4g} {definition.unit}: "
+                    f"{status} (threshold {threshold:g})",
+                )
+            )
         elif severity is None and current is not None and status != "unknown":
             state.pop(f"alarm:{alarm_id}")
-            alarms.append(publishing.alarm_changed(
-                alarm_id=alarm_id, alarm_type="kpi_breach", state="cleared", severity=current,
-                source_id=f"{kpi}:{code}", district=district, now=now,
-                message=f"{definition.name.en} ({code}) back within thresholds",
-            ))
+            alarms.append(
+                publishing.alarm_changed(
+                    alarm_id=alarm_id,
+                    alarm_type="kpi_breach",
+                    state="cleared",
+                    severity=current,
+                    source_id=f"{kpi}:{code}",
+                    district=district,
+                    now=now,
+                    message=f"{definition.name.en} ({code}) back within thresholds",
+                )
+            )
 
     def _silence(self, state: State, now: datetime, out: list[EncodedEvent]) -> None:
         seen = state.get(SEEN_KEY)
@@ -359,18 +419,32 @@ class CityKpiProcessor(StreamProcessor):
             where = "the whole city" if whole_domain else f"district {code}"
             if silent:
                 state.put(f"alarm:{alarm_id}", severity)
-                out.append(publishing.alarm_changed(
-                    alarm_id=alarm_id, alarm_type="no_signal", state="raised", severity=severity,
-                    source_id=f"{domain}:{code}", district=None if whole_domain else code, now=now,
-                    message=f"no {domain} KPIs from {where} since {last}",
-                ))
+                out.append(
+                    publishing.alarm_changed(
+                        alarm_id=alarm_id,
+                        alarm_type="no_signal",
+                        state="raised",
+                        severity=severity,
+                        source_id=f"{domain}:{code}",
+                        district=None if whole_domain else code,
+                        now=now,
+                        message=f"no {domain} KPIs from {where} since {last}",
+                    )
+                )
             else:
                 state.pop(f"alarm:{alarm_id}")
-                out.append(publishing.alarm_changed(
-                    alarm_id=alarm_id, alarm_type="no_signal", state="cleared", severity=raised,
-                    source_id=f"{domain}:{code}", district=None if whole_domain else code, now=now,
-                    message=f"{domain} KPIs from {where} are arriving again",
-                ))
+                out.append(
+                    publishing.alarm_changed(
+                        alarm_id=alarm_id,
+                        alarm_type="no_signal",
+                        state="cleared",
+                        severity=raised,
+                        source_id=f"{domain}:{code}",
+                        district=None if whole_domain else code,
+                        now=now,
+                        message=f"{domain} KPIs from {where} are arriving again",
+                    )
+                )
 
     def _prune(self, state: State, now: datetime) -> None:
         """Forget windows older than their series keeps, and series that stopped (see the module docstring)."""
@@ -381,7 +455,7 @@ class CityKpiProcessor(StreamProcessor):
             group = key[2:]
             cut = group.rfind("|")
             series = group[:cut]
-            start = _time(group[cut + 1:])
+            start = _time(group[cut + 1 :])
             if self._past_horizon(series, start, state.get("latest:" + series)):
                 state.pop(key)
                 changed.pop(group, None)

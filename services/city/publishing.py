@@ -20,17 +20,40 @@ def iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def kpi_payload(*, kpi: str, domain: str, scope_level: str, scope_code: str, window_start: str,
-                window_seconds: int, value: float | None, numerator: float, denominator: float | None, unit: str,
-                status: str, target: float | None, partitions: int, updated_at: str) -> dict[str, Any]:
+def kpi_payload(
+    *,
+    kpi: str,
+    domain: str,
+    scope_level: str,
+    scope_code: str,
+    window_start: str,
+    window_seconds: int,
+    value: float | None,
+    numerator: float,
+    denominator: float | None,
+    unit: str,
+    status: str,
+    target: float | None,
+    partitions: int,
+    updated_at: str,
+) -> dict[str, Any]:
     """The payload of a ``CityKpiUpdated`` event, built from trusted, already-validated parts."""
     return {
-        "kpi": kpi, "domain": domain, "scope_level": scope_level, "scope_code": scope_code,
-        "window_start": window_start, "window_seconds": int(window_seconds),
-        "value": None if value is None else float(value), "numerator": float(numerator),
-        "denominator": None if denominator is None else float(denominator), "unit": unit, "status": status,
-        "target": None if target is None else float(target), "partitions": max(1, int(partitions)),
-        "updated_at": updated_at, "key": kpi_key(kpi, scope_level, scope_code),
+        "kpi": kpi,
+        "domain": domain,
+        "scope_level": scope_level,
+        "scope_code": scope_code,
+        "window_start": window_start,
+        "window_seconds": int(window_seconds),
+        "value": None if value is None else float(value),
+        "numerator": float(numerator),
+        "denominator": None if denominator is None else float(denominator),
+        "unit": unit,
+        "status": status,
+        "target": None if target is None else float(target),
+        "partitions": max(1, int(partitions)),
+        "updated_at": updated_at,
+        "key": kpi_key(kpi, scope_level, scope_code),
     }
 
 
@@ -44,10 +67,27 @@ def kpis_updated(payloads: Sequence[dict[str, Any]], now: datetime) -> list[Enco
     return encode_many(_KPI, payloads, source=SOURCE, time=iso(now))
 
 
-def alarm_changed(*, alarm_id: str, alarm_type: str, state: str, severity: str, source_id: str,
-                  district: str | None, message: str, now: datetime) -> EncodedEvent:
+def alarm_changed(
+    *,
+    alarm_id: str,
+    alarm_type: str,
+    state: str,
+    severity: str,
+    source_id: str,
+    district: str | None,
+    message: str,
+    now: datetime,
+) -> EncodedEvent:
     """A city-layer alarm raised or cleared."""
-    payload = CityAlarmChanged(alarm_id=alarm_id, domain="city", alarm_type=alarm_type, state=state,
-                               severity=severity, source_id=source_id, district=district, at=now,
-                               message=message[:500])
+    payload = CityAlarmChanged(
+        alarm_id=alarm_id,
+        domain="city",
+        alarm_type=alarm_type,
+        state=state,
+        severity=severity,
+        source_id=source_id,
+        district=district,
+        at=now,
+        message=message[:500],
+    )
     return encode(_ALARM, payload, source=SOURCE, time=iso(now))

@@ -94,8 +94,9 @@ _STORE_CURRENT = """
 """
 
 
-async def store_kpi_updates(pool: asyncpg.Pool, updates: Sequence[dict[str, Any]]
-                            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def store_kpi_updates(
+    pool: asyncpg.Pool, updates: Sequence[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Store a batch of ``CityKpiUpdated`` payloads: raw window values, current values, roll-ups and stream
     items, in one transaction (replaying a batch changes nothing).
 
@@ -113,10 +114,42 @@ async def store_kpi_updates(pool: asyncpg.Pool, updates: Sequence[dict[str, Any]
         prev = latest_per_series.get(k[:4])
         if prev is None or prev[0][4] < k[4]:
             latest_per_series[k[:4]] = (k, at, u)
-    values = [[k[0], k[1], k[2], k[3], k[4], u["value"], u["status"], at, u.get("domain"), u.get("window_start"),
-               u.get("updated_at"), u.get("unit"), u.get("target")] for k, (at, u) in latest_per_window.items()]
-    current = [[k[0], u["domain"], k[1], k[2], k[3], k[4], u["value"], u.get("numerator"), u.get("denominator"),
-                u["unit"], u["status"], u.get("target"), at] for k, at, u in latest_per_series.values()]
+    values = [
+        [
+            k[0],
+            k[1],
+            k[2],
+            k[3],
+            k[4],
+            u["value"],
+            u["status"],
+            at,
+            u.get("domain"),
+            u.get("window_start"),
+            u.get("updated_at"),
+            u.get("unit"),
+            u.get("target"),
+        ]
+        for k, (at, u) in latest_per_window.items()
+    ]
+    current = [
+        [
+            k[0],
+            u["domain"],
+            k[1],
+            k[2],
+            k[3],
+            k[4],
+            u["value"],
+            u.get("numerator"),
+            u.get("denominator"),
+            u["unit"],
+            u["status"],
+            u.get("target"),
+            at,
+        ]
+        for k, at, u in latest_per_series.values()
+    ]
     async with pool.acquire() as conn, conn.transaction():
         items = await conn.fetch(_STORE_VALUES, values)
         changed = await conn.fetch(_STORE_CURRENT, current)
@@ -138,12 +171,16 @@ async def _rollup(conn: asyncpg.Connection, step: str, keys: Sequence[tuple]) ->
     table = _ROLLUP_TABLES[step]
     length = _BUCKET_LENGTH[step]
     if step == "minute":
-        source = "SELECT kpi, scope_level, scope_code, window_seconds, window_start AS t, value AS sum, " \
-                 "1 AS count, value AS min, value AS max, value AS last FROM kpi_values WHERE value IS NOT NULL"
+        source = (
+            "SELECT kpi, scope_level, scope_code, window_seconds, window_start AS t, value AS sum, "
+            "1 AS count, value AS min, value AS max, value AS last FROM kpi_values WHERE value IS NOT NULL"
+        )
     else:
         finer = "kpi_minute" if step == "hour" else "kpi_hour"
-        source = f"SELECT kpi, scope_level, scope_code, window_seconds, bucket AS t, sum, count, min, max, last " \
-                 f"FROM {finer}"
+        source = (
+            f"SELECT kpi, scope_level, scope_code, window_seconds, bucket AS t, sum, count, min, max, last "
+            f"FROM {finer}"
+        )
     await conn.execute(
         f"""
         INSERT INTO {table} (kpi, scope_level, scope_code, window_seconds, bucket, sum, count, min, max, last)
@@ -163,22 +200,44 @@ async def _rollup(conn: asyncpg.Connection, step: str, keys: Sequence[tuple]) ->
     )
 
 
-async def kpi_history(pool: asyncpg.Pool, *, kpi: str, scope_level: str, scope_code: str, window_seconds: int,
-                      start: datetime, end: datetime, step: str, limit: int = 5000) -> list[dict[str, Any]]:
+async def kpi_history(
+    pool: asyncpg.Pool,
+    *,
+    kpi: str,
+    scope_level: str,
+    scope_code: str,
+    window_seconds: int,
+    start: datetime,
+    end: datetime,
+    step: str,
+    limit: int = 5000,
+) -> list[dict[str, Any]]:
     """Points of one series between ``start`` and ``end`` from the raw table or a roll-up."""
     if step == "raw":
         rows = await pool.fetch(
             "SELECT window_start AS t, value, value AS min, value AS max FROM kpi_values "
             "WHERE kpi=$1 AND scope_level=$2 AND scope_code=$3 AND window_seconds=$4 "
             "AND window_start >= $5 AND window_start < $6 ORDER BY window_start LIMIT $7",
-            kpi, scope_level, scope_code, window_seconds, start, end, limit,
+            kpi,
+            scope_level,
+            scope_code,
+            window_seconds,
+            start,
+            end,
+            limit,
         )
     else:
         rows = await pool.fetch(
             f"SELECT bucket AS t, sum / NULLIF(count, 0) AS value, min, max FROM {_ROLLUP_TABLES[step]} "
             "WHERE kpi=$1 AND scope_level=$2 AND scope_code=$3 AND window_seconds=$4 "
             "AND bucket >= $5 AND bucket < $6 ORDER BY bucket LIMIT $7",
-            kpi, scope_level, scope_code, window_seconds, bucket_of(start, step), end, limit,
+            kpi,
+            scope_level,
+            scope_code,
+            window_seconds,
+            bucket_of(start, step),
+            end,
+            limit,
         )
     return [dict(r) for r in rows]
 
@@ -187,13 +246,23 @@ async def series_windows(pool: asyncpg.Pool, kpi: str, scope_level: str, scope_c
     """Window lengths a series has current values for (smallest first)."""
     rows = await pool.fetch(
         "SELECT window_seconds FROM kpi_current WHERE kpi=$1 AND scope_level=$2 AND scope_code=$3 "
-        "ORDER BY window_seconds", kpi, scope_level, scope_code)
+        "ORDER BY window_seconds",
+        kpi,
+        scope_level,
+        scope_code,
+    )
     return [r["window_seconds"] for r in rows]
 
 
-async def current_kpis(pool: asyncpg.Pool, *, domain: str | None = None, scope_level: str | None = None,
-                       scope_code: str | None = None, kpi: str | None = None, trend_points: int = 0
-                       ) -> list[dict[str, Any]]:
+async def current_kpis(
+    pool: asyncpg.Pool,
+    *,
+    domain: str | None = None,
+    scope_level: str | None = None,
+    scope_code: str | None = None,
+    kpi: str | None = None,
+    trend_points: int = 0,
+) -> list[dict[str, Any]]:
     """Current value of every series matching the filters, with the last ``trend_points`` raw values."""
     rows = await pool.fetch(
         "SELECT kpi, domain, scope_level, scope_code, window_seconds, window_start, value, numerator, "
@@ -201,7 +270,10 @@ async def current_kpis(pool: asyncpg.Pool, *, domain: str | None = None, scope_l
         "WHERE ($1::text IS NULL OR domain=$1) AND ($2::text IS NULL OR scope_level=$2) "
         "AND ($3::text IS NULL OR scope_code=$3) AND ($4::text IS NULL OR kpi=$4) "
         "ORDER BY kpi, scope_level, scope_code, window_seconds",
-        domain, scope_level, scope_code, kpi,
+        domain,
+        scope_level,
+        scope_code,
+        kpi,
     )
     out = [dict(r) for r in rows]
     if trend_points > 0 and out:
@@ -215,13 +287,17 @@ async def current_kpis(pool: asyncpg.Pool, *, domain: str | None = None, scope_l
                 ON v.kpi = k.kpi AND v.scope_level = k.lvl AND v.scope_code = k.code AND v.window_seconds = k.wsec
             ) x WHERE rn <= $5 ORDER BY window_start
             """,
-            [r["kpi"] for r in out], [r["scope_level"] for r in out], [r["scope_code"] for r in out],
-            [r["window_seconds"] for r in out], trend_points,
+            [r["kpi"] for r in out],
+            [r["scope_level"] for r in out],
+            [r["scope_code"] for r in out],
+            [r["window_seconds"] for r in out],
+            trend_points,
         )
         trends: dict[tuple, list] = {}
         for r in trend_rows:
             trends.setdefault((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]), []).append(
-                [r["window_start"].isoformat(), r["value"]])
+                [r["window_start"].isoformat(), r["value"]]
+            )
         for r in out:
             r["trend"] = trends.get((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]), [])
     return out
@@ -231,28 +307,49 @@ async def district_statuses(pool: asyncpg.Pool) -> dict[str, dict[str, Any]]:
     """Per district: the KPI statuses of its newest windows and its open alarms' severities."""
     kpis = await pool.fetch(
         "SELECT scope_code, array_agg(status) AS statuses FROM kpi_current WHERE scope_level='district' "
-        "GROUP BY scope_code")
+        "GROUP BY scope_code"
+    )
     alarms = await pool.fetch(
         "SELECT district, array_agg(severity) AS severities FROM alarms WHERE state <> 'cleared' "
-        "AND district IS NOT NULL GROUP BY district")
+        "AND district IS NOT NULL GROUP BY district"
+    )
     out: dict[str, dict[str, Any]] = {}
     for r in kpis:
         out.setdefault(r["scope_code"], {"statuses": [], "severities": []})["statuses"] = list(r["statuses"])
     for r in alarms:
-        out.setdefault(r["district"], {"statuses": [], "severities": []})["severities"] = list(r["severities"])
+        out.setdefault(r["district"], {"statuses": [], "severities": []})["severities"] = list(
+            r["severities"]
+        )
     return out
 
 
 # Alarms and incidents --------------------------------------------------------------------------------------
-_ALARM_COLUMNS = ("alarm_id", "domain", "alarm_type", "severity", "source_id", "district", "commune", "message",
-                  "state", "raised_at", "changed_at", "acknowledged_by", "acknowledged_at", "cleared_by",
-                  "cleared_at", "incident_id", "occurrences")
+_ALARM_COLUMNS = (
+    "alarm_id",
+    "domain",
+    "alarm_type",
+    "severity",
+    "source_id",
+    "district",
+    "commune",
+    "message",
+    "state",
+    "raised_at",
+    "changed_at",
+    "acknowledged_by",
+    "acknowledged_at",
+    "cleared_by",
+    "cleared_at",
+    "incident_id",
+    "occurrences",
+)
 
 
 async def alarm_for_update(conn: asyncpg.Connection, alarm_id: str) -> Alarm | None:
     """The alarm, locked for the rest of the transaction."""
-    row = await conn.fetchrow(f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms WHERE alarm_id=$1 FOR UPDATE",
-                              alarm_id)
+    row = await conn.fetchrow(
+        f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms WHERE alarm_id=$1 FOR UPDATE", alarm_id
+    )
     return Alarm(**dict(row)) if row is not None else None
 
 
@@ -263,16 +360,29 @@ async def save_alarm(conn: asyncpg.Connection, alarm: Alarm) -> None:
     await conn.execute(
         f"INSERT INTO alarms ({', '.join(_ALARM_COLUMNS)}) VALUES "
         f"({', '.join(f'${i + 1}' for i in range(len(_ALARM_COLUMNS)))}) "
-        f"ON CONFLICT (alarm_id) DO UPDATE SET {sets}", *values)
+        f"ON CONFLICT (alarm_id) DO UPDATE SET {sets}",
+        *values,
+    )
 
 
 async def open_incidents(conn: asyncpg.Connection, district: str) -> list[Incident]:
     """The district's open incidents, locked."""
     rows = await conn.fetch(
         "SELECT incident_id, district, opened_at, last_alarm_at, domains, alarm_count FROM incidents "
-        "WHERE district=$1 AND state='open' FOR UPDATE", district)
-    return [Incident(r["incident_id"], r["district"], r["opened_at"], r["last_alarm_at"], tuple(r["domains"]),
-                     r["alarm_count"]) for r in rows]
+        "WHERE district=$1 AND state='open' FOR UPDATE",
+        district,
+    )
+    return [
+        Incident(
+            r["incident_id"],
+            r["district"],
+            r["opened_at"],
+            r["last_alarm_at"],
+            tuple(r["domains"]),
+            r["alarm_count"],
+        )
+        for r in rows
+    ]
 
 
 async def save_incident(conn: asyncpg.Connection, incident: Incident) -> None:
@@ -280,33 +390,53 @@ async def save_incident(conn: asyncpg.Connection, incident: Incident) -> None:
         "INSERT INTO incidents (incident_id, district, state, opened_at, last_alarm_at, domains, alarm_count) "
         "VALUES ($1, $2, 'open', $3, $4, $5, $6) ON CONFLICT (incident_id) DO UPDATE "
         "SET last_alarm_at=EXCLUDED.last_alarm_at, domains=EXCLUDED.domains, alarm_count=EXCLUDED.alarm_count",
-        incident.incident_id, incident.district, incident.opened_at, incident.last_alarm_at,
-        list(incident.domains), incident.alarm_count)
+        incident.incident_id,
+        incident.district,
+        incident.opened_at,
+        incident.last_alarm_at,
+        list(incident.domains),
+        incident.alarm_count,
+    )
 
 
 async def close_incident_if_done(conn: asyncpg.Connection, incident_id: str, at: datetime) -> bool:
     """Close the incident when none of its alarms is still open."""
     r = await conn.execute(
         "UPDATE incidents SET state='closed', closed_at=$2 WHERE incident_id=$1 AND state='open' "
-        "AND NOT EXISTS (SELECT 1 FROM alarms WHERE incident_id=$1 AND state <> 'cleared')", incident_id, at)
+        "AND NOT EXISTS (SELECT 1 FROM alarms WHERE incident_id=$1 AND state <> 'cleared')",
+        incident_id,
+        at,
+    )
     return r.endswith("1")
 
 
-async def list_alarms(pool: asyncpg.Pool, *, states: Sequence[str], district: str | None = None,
-                      domain: str | None = None, incident_id: str | None = None, limit: int = 200
-                      ) -> list[dict[str, Any]]:
+async def list_alarms(
+    pool: asyncpg.Pool,
+    *,
+    states: Sequence[str],
+    district: str | None = None,
+    domain: str | None = None,
+    incident_id: str | None = None,
+    limit: int = 200,
+) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms WHERE state = ANY($1::text[]) "
         "AND ($2::text IS NULL OR district=$2) AND ($3::text IS NULL OR domain=$3) "
         "AND ($4::text IS NULL OR incident_id=$4) "
         "ORDER BY (state='cleared'), CASE severity WHEN 'critical' THEN 0 WHEN 'major' THEN 1 "
         "WHEN 'minor' THEN 2 ELSE 3 END, changed_at DESC LIMIT $5",
-        list(states), district, domain, incident_id, limit)
+        list(states),
+        district,
+        domain,
+        incident_id,
+        limit,
+    )
     return [dict(r) for r in rows]
 
 
-async def list_incidents(pool: asyncpg.Pool, *, state: str | None, district: str | None = None,
-                         limit: int = 100) -> list[dict[str, Any]]:
+async def list_incidents(
+    pool: asyncpg.Pool, *, state: str | None, district: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         """
         SELECT i.*, coalesce((SELECT min(CASE a.severity WHEN 'critical' THEN 0 WHEN 'major' THEN 1
@@ -316,7 +446,11 @@ async def list_incidents(pool: asyncpg.Pool, *, state: str | None, district: str
                  AS open_alarms
         FROM incidents i WHERE ($1::text IS NULL OR i.state=$1) AND ($2::text IS NULL OR i.district=$2)
         ORDER BY i.state, rank, i.last_alarm_at DESC LIMIT $3
-        """, state, district, limit)
+        """,
+        state,
+        district,
+        limit,
+    )
     sev = {0: "critical", 1: "major", 2: "minor", 3: "warning", 4: None}
     out = []
     for r in rows:
@@ -331,14 +465,18 @@ async def incident_alarm_ids(conn: asyncpg.Connection, incident_id: str) -> list
     exists = await conn.fetchval("SELECT 1 FROM incidents WHERE incident_id=$1", incident_id)
     if not exists:
         return None
-    rows = await conn.fetch("SELECT alarm_id FROM alarms WHERE incident_id=$1 AND state <> 'cleared' "
-                            "ORDER BY alarm_id", incident_id)
+    rows = await conn.fetch(
+        "SELECT alarm_id FROM alarms WHERE incident_id=$1 AND state <> 'cleared' ORDER BY alarm_id",
+        incident_id,
+    )
     return [r["alarm_id"] for r in rows]
 
 
 async def open_alarm_counts(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
-    rows = await pool.fetch("SELECT domain, severity, count(*) AS n FROM alarms WHERE state <> 'cleared' "
-                            "GROUP BY domain, severity")
+    rows = await pool.fetch(
+        "SELECT domain, severity, count(*) AS n FROM alarms WHERE state <> 'cleared' "
+        "GROUP BY domain, severity"
+    )
     return {(r["domain"], r["severity"]): r["n"] for r in rows}
 
 
@@ -349,35 +487,46 @@ def alarm_item(alarm: Alarm) -> dict[str, Any]:
 
 
 # The console stream ----------------------------------------------------------------------------------------
-async def insert_stream_items(conn: asyncpg.Connection, items: Sequence[tuple[str, dict[str, Any]]]
-                              ) -> list[dict[str, Any]]:
+async def insert_stream_items(
+    conn: asyncpg.Connection, items: Sequence[tuple[str, dict[str, Any]]]
+) -> list[dict[str, Any]]:
     """Number and store stream items; returns them with their ``seq``."""
     if not items:
         return []
     rows = await conn.fetch(
         "INSERT INTO stream_items (kind, payload) SELECT k, p::jsonb FROM unnest($1::text[], $2::text[]) "
         "WITH ORDINALITY AS t(k, p, n) ORDER BY n RETURNING seq, kind, payload",
-        [k for k, _ in items], [orjson.dumps(p, default=str).decode() for _, p in items])
+        [k for k, _ in items],
+        [orjson.dumps(p, default=str).decode() for _, p in items],
+    )
     return sorted((dict(r) for r in rows), key=lambda r: r["seq"])
 
 
-async def stream_after(pool: asyncpg.Pool, after: int, kinds: Sequence[str], limit: int = 500
-                       ) -> list[dict[str, Any]]:
+async def stream_after(
+    pool: asyncpg.Pool, after: int, kinds: Sequence[str], limit: int = 500
+) -> list[dict[str, Any]]:
     rows = await pool.fetch(
         "SELECT seq, kind, payload FROM stream_items WHERE seq > $1 AND kind = ANY($2::text[]) "
-        "ORDER BY seq LIMIT $3", after, list(kinds), limit)
+        "ORDER BY seq LIMIT $3",
+        after,
+        list(kinds),
+        limit,
+    )
     return [dict(r) for r in rows]
 
 
 async def stream_bounds(pool: asyncpg.Pool) -> tuple[int, int]:
     """(oldest kept seq, newest seq); (0, 0) when empty."""
-    row = await pool.fetchrow("SELECT coalesce(min(seq), 0) AS lo, coalesce(max(seq), 0) AS hi FROM stream_items")
+    row = await pool.fetchrow(
+        "SELECT coalesce(min(seq), 0) AS lo, coalesce(max(seq), 0) AS hi FROM stream_items"
+    )
     return row["lo"], row["hi"]
 
 
 # Retention -------------------------------------------------------------------------------------------------
-async def delete_expired(pool: asyncpg.Pool, now: datetime, *, raw_days: int, minute_days: int, hour_days: int,
-                         stream_hours: int) -> dict[str, int]:
+async def delete_expired(
+    pool: asyncpg.Pool, now: datetime, *, raw_days: int, minute_days: int, hour_days: int, stream_hours: int
+) -> dict[str, int]:
     """Delete raw values, minute and hour roll-ups and stream items past their retention (days are kept)."""
     counts = {}
     async with pool.acquire() as conn:

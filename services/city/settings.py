@@ -15,7 +15,9 @@ class CitySettings(ServiceSettings):
     service_name: str = "city"
     port: int = 8100
     kpi_definitions_path: str | None = None  # extra KPI YAML (file or directory) beside shared/kpis
-    kpi_domains: list[str] | None = None  # domains whose ioc.<d>.kpis the processor reads; None = all registered
+    kpi_domains: list[str] | None = (
+        None  # domains whose ioc.<d>.kpis the processor reads; None = all registered
+    )
     consumer_group: str = "city-store"
     # Alarms in one district within this many minutes of each other form one incident.
     correlation_minutes: float = 15.0

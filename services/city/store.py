@@ -38,8 +38,11 @@ from shared.metrics import KPI_VALUE
 
 log = logging.getLogger(__name__)
 
-ALARMS_OPEN = Gauge("ioc_city_alarms_open", "Open (active or acknowledged) alarms by domain and severity",
-                    ["domain", "severity"])
+ALARMS_OPEN = Gauge(
+    "ioc_city_alarms_open",
+    "Open (active or acknowledged) alarms by domain and severity",
+    ["domain", "severity"],
+)
 KPI_UPDATED_TYPE = "ioc.city.kpi.updated.v1"
 ALARM_SUFFIX = ".alarm.changed.v1"
 
@@ -110,29 +113,52 @@ class CityStore:
                 stream += await self._save(conn, current, updated)
             return await repo.insert_stream_items(conn, stream)
 
-    async def _save(self, conn: asyncpg.Connection, before: Alarm | None, alarm: Alarm
-                    ) -> list[tuple[str, dict]]:
+    async def _save(
+        self, conn: asyncpg.Connection, before: Alarm | None, alarm: Alarm
+    ) -> list[tuple[str, dict]]:
         items: list[tuple[str, dict]] = []
         newly_open = alarm.is_open and (before is None or not before.is_open)
         if newly_open and alarm.district is not None:
             candidates = await repo.open_incidents(conn, alarm.district)
             incident = correlate(alarm.district, alarm.raised_at, candidates, self.correlation_window)
-            incident = join_incident(incident, alarm) if incident is not None else open_incident(alarm.district,
-                                                                                                 alarm)
+            incident = (
+                join_incident(incident, alarm)
+                if incident is not None
+                else open_incident(alarm.district, alarm)
+            )
             await repo.save_incident(conn, incident)
             alarm = replace(alarm, incident_id=incident.incident_id)
-            items.append(("incident", {"incident_id": incident.incident_id, "district": incident.district,
-                                       "state": "open", "domains": list(incident.domains),
-                                       "alarm_count": incident.alarm_count}))
+            items.append(
+                (
+                    "incident",
+                    {
+                        "incident_id": incident.incident_id,
+                        "district": incident.district,
+                        "state": "open",
+                        "domains": list(incident.domains),
+                        "alarm_count": incident.alarm_count,
+                    },
+                )
+            )
         await repo.save_alarm(conn, alarm)
-        if not alarm.is_open and alarm.incident_id is not None and await repo.close_incident_if_done(
-                conn, alarm.incident_id, alarm.cleared_at or alarm.changed_at):
-            items.append(("incident", {"incident_id": alarm.incident_id, "district": alarm.district,
-                                       "state": "closed"}))
+        if (
+            not alarm.is_open
+            and alarm.incident_id is not None
+            and await repo.close_incident_if_done(
+                conn, alarm.incident_id, alarm.cleared_at or alarm.changed_at
+            )
+        ):
+            items.append(
+                (
+                    "incident",
+                    {"incident_id": alarm.incident_id, "district": alarm.district, "state": "closed"},
+                )
+            )
         return [("alarm", repo.alarm_item(alarm)), *items]
 
-    async def operate(self, alarm_ids: Sequence[str], action: str, principal: str, *, target: str | None = None
-                      ) -> list[dict[str, Any]]:
+    async def operate(
+        self, alarm_ids: Sequence[str], action: str, principal: str, *, target: str | None = None
+    ) -> list[dict[str, Any]]:
         """Acknowledge or clear alarms as ``principal``: lifecycle check, audit, stream, one transaction.
 
         404 for an unknown alarm, 409 when the lifecycle does not allow the action.
@@ -149,12 +175,18 @@ class CityStore:
                 try:
                     updated = step(current, principal, now)
                 except LifecycleError as exc:
-                    raise ApiError(409, "invalid_transition", str(exc), [{"alarm_id": alarm_id,
-                                                                          "state": current.state}]) from None
+                    raise ApiError(
+                        409, "invalid_transition", str(exc), [{"alarm_id": alarm_id, "state": current.state}]
+                    ) from None
                 stream += await self._save(conn, current, updated)
-                await record_audit(conn, principal=principal, service="city", action=f"alarm.{action}",
-                                   target=target or alarm_id, detail={"alarm_id": alarm_id,
-                                                                      "from": current.state, "to": updated.state})
+                await record_audit(
+                    conn,
+                    principal=principal,
+                    service="city",
+                    action=f"alarm.{action}",
+                    target=target or alarm_id,
+                    detail={"alarm_id": alarm_id, "from": current.state, "to": updated.state},
+                )
                 done.append(repo.alarm_item(updated))
             items = await repo.insert_stream_items(conn, stream)
         if items:

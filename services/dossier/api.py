@@ -124,11 +124,19 @@ def _event_time(at: datetime | None, field_name: str = "at") -> datetime:
     if at is None:
         return now
     if at.tzinfo is None:
-        raise ApiError(422, "invalid_request", f"{field_name} must carry a UTC offset",
-                       [{"field": field_name, "reason": "naive datetime"}])
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{field_name} must carry a UTC offset",
+            [{"field": field_name, "reason": "naive datetime"}],
+        )
     if at > now + MAX_CLOCK_SKEW:
-        raise ApiError(422, "invalid_request", f"{field_name} is in the future",
-                       [{"field": field_name, "reason": "in the future"}])
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{field_name} is in the future",
+            [{"field": field_name, "reason": "in the future"}],
+        )
     return at
 
 
@@ -143,13 +151,26 @@ def _not_found(code: str) -> ApiError:
 def dossier_view(d: Dossier, today: date) -> dict[str, Any]:
     """The public view of a dossier (no applicant data)."""
     view: dict[str, Any] = {
-        "code": d.code, "procedure_code": d.procedure_code, "agency_code": d.agency_code,
-        "admin_unit": d.admin_unit, "district": d.district, "channel": d.channel,
-        "channel_code": CHANNEL_CODES[d.channel], "status": d.status, "status_name": d.status_name,
-        "step": d.step, "submitted_at": d.submitted_at, "received_at": d.received_at, "due_date": d.due_date,
-        "promised_date": d.promised_date, "clock_paused": d.paused_at is not None, "resolved_at": d.resolved_at,
-        "closed_at": d.closed_at, "fees_paid_online": d.fees_paid_online,
-        "allowed_actions": allowed_actions(d.status), "overdue": is_overdue(d, today),
+        "code": d.code,
+        "procedure_code": d.procedure_code,
+        "agency_code": d.agency_code,
+        "admin_unit": d.admin_unit,
+        "district": d.district,
+        "channel": d.channel,
+        "channel_code": CHANNEL_CODES[d.channel],
+        "status": d.status,
+        "status_name": d.status_name,
+        "step": d.step,
+        "submitted_at": d.submitted_at,
+        "received_at": d.received_at,
+        "due_date": d.due_date,
+        "promised_date": d.promised_date,
+        "clock_paused": d.paused_at is not None,
+        "resolved_at": d.resolved_at,
+        "closed_at": d.closed_at,
+        "fees_paid_online": d.fees_paid_online,
+        "allowed_actions": allowed_actions(d.status),
+        "overdue": is_overdue(d, today),
         "timeliness": timeliness(d.resolved_at, d.due_date) if d.resolved_at and d.due_date else None,
     }
     return view
@@ -162,12 +183,16 @@ class ProcedureIn(RequestModel):
     code: EntityId
     name: DisplayText = Field(min_length=1, max_length=300)
     online_level: Literal["fully_online", "partly_online", "offline"] = Field(
-        description="Decree 42/2022: fully online, partly online; offline for counter-only procedures")
-    service_level: StrictInt | None = Field(None, ge=1, le=4,
-                                            description="pre-2022 level (3: online forms, 4: + payment)")
+        description="Decree 42/2022: fully online, partly online; offline for counter-only procedures"
+    )
+    service_level: StrictInt | None = Field(
+        None, ge=1, le=4, description="pre-2022 level (3: online forms, 4: + payment)"
+    )
     processing_days: StrictInt = Field(ge=0, le=365, description="legal processing time in working days")
     has_fees: StrictBool
-    pauses_clock: StrictBool = Field(description="the legal clock pauses while additional documents are requested")
+    pauses_clock: StrictBool = Field(
+        description="the legal clock pauses while additional documents are requested"
+    )
 
 
 class ProceduresIn(RequestModel):
@@ -186,16 +211,27 @@ class AgenciesIn(RequestModel):
 
 
 @router.put("/procedures", summary="Create or update procedures of the catalogue")
-async def put_procedures(body: ProceduresIn, request: Request,
-                         principal: Principal = Depends(require_scope("dossier:admin"))) -> dict:
+async def put_procedures(
+    body: ProceduresIn, request: Request, principal: Principal = Depends(require_scope("dossier:admin"))
+) -> dict:
     ctx = _ctx(request)
     assert ctx.pool is not None
-    procs = [Procedure(p.code, p.name, p.online_level, p.processing_days, p.has_fees, p.pauses_clock,
-                       p.service_level) for p in body.items]
+    procs = [
+        Procedure(
+            p.code, p.name, p.online_level, p.processing_days, p.has_fees, p.pauses_clock, p.service_level
+        )
+        for p in body.items
+    ]
     async with ctx.pool.acquire() as conn, conn.transaction():
         await repository.upsert_procedures(conn, procs)
-        await record_audit(conn, principal=principal.id, service=SERVICE, action="procedures.upsert",
-                           target="procedures", detail={"count": len(procs)})
+        await record_audit(
+            conn,
+            principal=principal.id,
+            service=SERVICE,
+            action="procedures.upsert",
+            target="procedures",
+            detail={"count": len(procs)},
+        )
     await _rt(request).refresh(ctx)
     return {"status": "accepted", "accepted": len(procs)}
 
@@ -208,21 +244,32 @@ async def get_procedures(request: Request, _: Principal = Depends(require_scope(
 
 
 @router.put("/agencies", summary="Create or update agencies (each attached to an administrative unit)")
-async def put_agencies(body: AgenciesIn, request: Request,
-                       principal: Principal = Depends(require_scope("dossier:admin"))) -> dict:
+async def put_agencies(
+    body: AgenciesIn, request: Request, principal: Principal = Depends(require_scope("dossier:admin"))
+) -> dict:
     ctx = _ctx(request)
     rt = _rt(request)
     assert ctx.pool is not None
-    errors = [{"item": i, "id": a.code, "field": "admin_unit", "reason": "unknown administrative unit"}
-              for i, a in enumerate(body.items) if a.admin_unit not in rt.hierarchy.areas]
+    errors = [
+        {"item": i, "id": a.code, "field": "admin_unit", "reason": "unknown administrative unit"}
+        for i, a in enumerate(body.items)
+        if a.admin_unit not in rt.hierarchy.areas
+    ]
     if errors:
-        raise ApiError(422, "unknown_entity", "some agencies name an administrative unit not in the hierarchy",
-                       errors)
+        raise ApiError(
+            422, "unknown_entity", "some agencies name an administrative unit not in the hierarchy", errors
+        )
     agencies = [Agency(a.code, a.name, a.level, a.admin_unit) for a in body.items]
     async with ctx.pool.acquire() as conn, conn.transaction():
         await repository.upsert_agencies(conn, agencies)
-        await record_audit(conn, principal=principal.id, service=SERVICE, action="agencies.upsert",
-                           target="agencies", detail={"count": len(agencies)})
+        await record_audit(
+            conn,
+            principal=principal.id,
+            service=SERVICE,
+            action="agencies.upsert",
+            target="agencies",
+            detail={"count": len(agencies)},
+        )
     await rt.refresh(ctx)
     return {"status": "accepted", "accepted": len(agencies)}
 
@@ -231,8 +278,12 @@ async def put_agencies(body: AgenciesIn, request: Request,
 async def get_agencies(request: Request, _: Principal = Depends(require_scope("dossier:read"))) -> dict:
     rt = _rt(request)
     await rt.refresh(_ctx(request))
-    return {"items": [{**vars(a), "district": rt.district_of(a.admin_unit)}
-                      for a in sorted(rt.agencies.values(), key=lambda a: a.code)]}
+    return {
+        "items": [
+            {**vars(a), "district": rt.district_of(a.admin_unit)}
+            for a in sorted(rt.agencies.values(), key=lambda a: a.code)
+        ]
+    }
 
 
 # Dossiers --------------------------------------------------------------------------------------------------
@@ -260,7 +311,9 @@ class DossierIn(RequestModel):
 class TransitionIn(RequestModel):
     action: Literal[ACTIONS]  # type: ignore[valid-type]
     at: datetime | None = Field(None, description="when it happened (default: now)")
-    paid_online: bool | None = Field(None, description="pay_fees only: paid through the online payment platform")
+    paid_online: bool | None = Field(
+        None, description="pay_fees only: paid through the online payment platform"
+    )
 
 
 class HandoverIn(RequestModel):
@@ -269,33 +322,60 @@ class HandoverIn(RequestModel):
 
 
 class ApologyIn(RequestModel):
-    new_due_date: date = Field(description="the date promised to the applicant in the apology letter (form 04)")
+    new_due_date: date = Field(
+        description="the date promised to the applicant in the apology letter (form 04)"
+    )
     at: datetime | None = None
 
 
-async def _commit(request: Request, principal: Principal, conn, before: Dossier | None, after: Dossier,
-                  action: str, events: list[EncodedEvent], detail: dict | None = None) -> None:
+async def _commit(
+    request: Request,
+    principal: Principal,
+    conn,
+    before: Dossier | None,
+    after: Dossier,
+    action: str,
+    events: list[EncodedEvent],
+    detail: dict | None = None,
+) -> None:
     """Write the new state, its history line, its events (outbox) and the audit record (same transaction)."""
     if before is not None:  # a new dossier was inserted by the caller
         await repository.update_dossier(conn, after)
-    await repository.insert_history(conn, after.code, at=after.last_change_at, action=action,
-                                    from_status=before.status if before else None, to_status=after.status,
-                                    principal=principal.id, detail=detail)
+    await repository.insert_history(
+        conn,
+        after.code,
+        at=after.last_change_at,
+        action=action,
+        from_status=before.status if before else None,
+        to_status=after.status,
+        principal=principal.id,
+        detail=detail,
+    )
     await repository.insert_outbox(conn, [publishing.to_row(e) for e in events])
-    await record_audit(conn, principal=principal.id, service=SERVICE, action=f"dossier.{action}",
-                       target=after.code, detail={"from": before.status if before else None, "to": after.status,
-                                                  **(detail or {})})
+    await record_audit(
+        conn,
+        principal=principal.id,
+        service=SERVICE,
+        action=f"dossier.{action}",
+        target=after.code,
+        detail={"from": before.status if before else None, "to": after.status, **(detail or {})},
+    )
 
 
 @router.post("/dossiers", status_code=201, summary="Submit or receive a new dossier")
-async def create_dossier(body: DossierIn, request: Request,
-                         principal: Principal = Depends(require_scope("dossier:write"))):
+async def create_dossier(
+    body: DossierIn, request: Request, principal: Principal = Depends(require_scope("dossier:write"))
+):
     ctx = _ctx(request)
     rt = _rt(request)
     own = _own_agency(principal)
     if own is not None and body.agency_code != own:
-        raise ApiError(403, "forbidden", "an agency can only record dossiers for itself",
-                       [{"field": "agency_code", "reason": "not this principal's agency"}])
+        raise ApiError(
+            403,
+            "forbidden",
+            "an agency can only record dossiers for itself",
+            [{"field": "agency_code", "reason": "not this principal's agency"}],
+        )
     at = _event_time(body.at)
 
     async def compute() -> tuple[int, dict]:
@@ -303,19 +383,34 @@ async def create_dossier(body: DossierIn, request: Request,
         agency = await rt.agency(ctx, body.agency_code)
         missing = [f for f, v in (("procedure_code", procedure), ("agency_code", agency)) if v is None]
         if missing:
-            raise ApiError(422, "unknown_entity", "unknown " + " and ".join(missing),
-                           [{"field": f, "reason": "not in the reference data"} for f in missing])
+            raise ApiError(
+                422,
+                "unknown_entity",
+                "unknown " + " and ".join(missing),
+                [{"field": f, "reason": "not in the reference data"} for f in missing],
+            )
         assert procedure is not None and agency is not None
-        d = new_dossier(code=body.code, procedure=procedure, agency=agency,
-                        district=rt.district_of(agency.admin_unit), channel=body.channel, at=at,
-                        calendar=rt.calendar, received=body.received)
+        d = new_dossier(
+            code=body.code,
+            procedure=procedure,
+            agency=agency,
+            district=rt.district_of(agency.admin_unit),
+            channel=body.channel,
+            at=at,
+            calendar=rt.calendar,
+            received=body.received,
+        )
         action = "receive" if body.received else "submit"
         event = publishing.status_changed(d, procedure, action=action, previous=None, at=at)
         assert ctx.pool is not None
         async with ctx.pool.acquire() as conn, conn.transaction():
             if not await repository.insert_dossier(conn, d, body.applicant.model_dump()):
-                raise ApiError(409, "duplicate", f"dossier {body.code!r} exists already",
-                               [{"field": "code", "reason": "duplicate"}])
+                raise ApiError(
+                    409,
+                    "duplicate",
+                    f"dossier {body.code!r} exists already",
+                    [{"field": "code", "reason": "duplicate"}],
+                )
             await _commit(request, principal, conn, None, d, action, [event], {"channel": d.channel})
         rt.relay.notify()
         EVENTS_ACCEPTED.labels(SERVICE, "dossier").inc()
@@ -346,15 +441,25 @@ async def _change(request: Request, principal: Principal, code: str, action: str
 
 
 @router.post("/dossiers/{code}/transitions", summary="Apply a lifecycle transition (national status 1-10)")
-async def post_transition(code: str, body: TransitionIn, request: Request,
-                          principal: Principal = Depends(require_scope("dossier:write"))):
+async def post_transition(
+    code: str,
+    body: TransitionIn,
+    request: Request,
+    principal: Principal = Depends(require_scope("dossier:write")),
+):
     at = _event_time(body.at)
     rt = _rt(request)
 
     def mutate(d: Dossier, procedure: Procedure):
         new = transition(d, body.action, at, procedure, rt.calendar, paid_online=body.paid_online)
-        ev = publishing.status_changed(new, procedure, action=body.action, previous=d.status, at=at,
-                                       paid_online=body.paid_online if body.action == "pay_fees" else None)
+        ev = publishing.status_changed(
+            new,
+            procedure,
+            action=body.action,
+            previous=d.status,
+            at=at,
+            paid_online=body.paid_online if body.action == "pay_fees" else None,
+        )
         return new, [ev], {}
 
     async def compute() -> tuple[int, dict]:
@@ -364,8 +469,12 @@ async def post_transition(code: str, body: TransitionIn, request: Request,
 
 
 @router.post("/dossiers/{code}/handovers", summary="Hand the dossier over to the next step (control slip)")
-async def post_handover(code: str, body: HandoverIn, request: Request,
-                        principal: Principal = Depends(require_scope("dossier:write"))):
+async def post_handover(
+    code: str,
+    body: HandoverIn,
+    request: Request,
+    principal: Principal = Depends(require_scope("dossier:write")),
+):
     at = _event_time(body.at)
 
     def mutate(d: Dossier, procedure: Procedure):
@@ -379,13 +488,21 @@ async def post_handover(code: str, body: HandoverIn, request: Request,
 
 
 @router.post("/dossiers/{code}/apologies", summary="Apologise for a late dossier with a new date (form 04)")
-async def post_apology(code: str, body: ApologyIn, request: Request,
-                       principal: Principal = Depends(require_scope("dossier:write"))):
+async def post_apology(
+    code: str,
+    body: ApologyIn,
+    request: Request,
+    principal: Principal = Depends(require_scope("dossier:write")),
+):
     at = _event_time(body.at)
 
     def mutate(d: Dossier, procedure: Procedure):
         new = apologize(d, body.new_due_date, at)
-        return new, [publishing.apologized(new, procedure, at)], {"promised_date": body.new_due_date.isoformat()}
+        return (
+            new,
+            [publishing.apologized(new, procedure, at)],
+            {"promised_date": body.new_due_date.isoformat()},
+        )
 
     async def compute() -> tuple[int, dict]:
         return 200, await _change(request, principal, code, "apologize", mutate)
@@ -394,8 +511,9 @@ async def post_apology(code: str, body: ApologyIn, request: Request,
 
 
 @router.get("/dossiers/{code}", summary="A dossier with its applicant and history (owning agency only)")
-async def get_dossier(code: str, request: Request,
-                      principal: Principal = Depends(require_scope("dossier:read"))) -> dict:
+async def get_dossier(
+    code: str, request: Request, principal: Principal = Depends(require_scope("dossier:read"))
+) -> dict:
     ctx = _ctx(request)
     own = _own_agency(principal)
     assert ctx.pool is not None
@@ -421,10 +539,16 @@ async def list_dossiers(
     ctx = _ctx(request)
     own = _own_agency(principal)
     if own is not None and agency not in (None, own):
-        raise ApiError(403, "forbidden", "an agency can only list its own dossiers",
-                       [{"field": "agency", "reason": "not this principal's agency"}])
+        raise ApiError(
+            403,
+            "forbidden",
+            "an agency can only list its own dossiers",
+            [{"field": "agency", "reason": "not this principal's agency"}],
+        )
     assert ctx.pool is not None
-    rows = await repository.list_dossiers(ctx.pool, agency=own or agency, status=status, limit=limit, after=after)
+    rows = await repository.list_dossiers(
+        ctx.pool, agency=own or agency, status=status, limit=limit, after=after
+    )
     today = local_date(datetime.now(UTC))
     items = [dossier_view(d, today) for d in rows]
     return {"items": items, "next_after": items[-1]["code"] if len(items) == limit else None}

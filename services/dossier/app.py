@@ -24,16 +24,26 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
     settings = settings or DossierSettings()
 
     async def on_start(ctx: ServiceContext) -> None:
-        relay = OutboxRelay(ctx, batch_size=settings.outbox_batch_size, poll_seconds=settings.outbox_poll_seconds,
-                            max_backoff_seconds=settings.outbox_max_backoff_seconds,
-                            retention_seconds=settings.outbox_retention_seconds)
-        calendar = calendar_from_csv(Path(settings.holidays_csv)) if settings.holidays_csv else calendar_from_csv()
-        rt = DossierRuntime(calendar=calendar, hierarchy=load_hierarchy_file(settings.hierarchy_csv), relay=relay)
+        relay = OutboxRelay(
+            ctx,
+            batch_size=settings.outbox_batch_size,
+            poll_seconds=settings.outbox_poll_seconds,
+            max_backoff_seconds=settings.outbox_max_backoff_seconds,
+            retention_seconds=settings.outbox_retention_seconds,
+        )
+        calendar = (
+            calendar_from_csv(Path(settings.holidays_csv)) if settings.holidays_csv else calendar_from_csv()
+        )
+        rt = DossierRuntime(
+            calendar=calendar, hierarchy=load_hierarchy_file(settings.hierarchy_csv), relay=relay
+        )
         await rt.refresh(ctx)
         ctx.extras["dossier"] = rt
         ctx.spawn(relay.run(), "dossier-outbox-relay")
-        ctx.spawn(watcher.run(ctx, rt, settings.deadline_warning_days, settings.deadline_scan_seconds),
-                  "dossier-deadline-watcher")
+        ctx.spawn(
+            watcher.run(ctx, rt, settings.deadline_warning_days, settings.deadline_scan_seconds),
+            "dossier-deadline-watcher",
+        )
 
     async def on_stop(ctx: ServiceContext) -> None:
         rt = ctx.extras.get("dossier")

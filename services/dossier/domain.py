@@ -105,7 +105,9 @@ def _fixed_holidays(years: Iterable[int], holidays: set[date]) -> set[date]:
     return out
 
 
-def load_calendar(rows: Iterable[dict[str, str]], years: Iterable[int] = range(2019, 2031)) -> WorkingCalendar:
+def load_calendar(
+    rows: Iterable[dict[str, str]], years: Iterable[int] = range(2019, 2031)
+) -> WorkingCalendar:
     """Build the calendar from fixed-date holidays plus ``date,kind,name`` rows (kind holiday/working_day)."""
     table_holidays: set[date] = set()
     extra: set[date] = set()
@@ -215,16 +217,35 @@ class Dossier:
         return self.status in OPEN_STATUSES
 
 
-def new_dossier(*, code: str, procedure: Procedure, agency: Agency, district: str | None, channel: str,
-                at: datetime, calendar: WorkingCalendar, received: bool) -> Dossier:
+def new_dossier(
+    *,
+    code: str,
+    procedure: Procedure,
+    agency: Agency,
+    district: str | None,
+    channel: str,
+    at: datetime,
+    calendar: WorkingCalendar,
+    received: bool,
+) -> Dossier:
     """A new dossier: status 1 (submitted, awaiting acceptance) or directly 2 (received at the counter)."""
     if channel not in CHANNELS:
         raise DossierRuleError(f"unknown channel {channel!r}", {"field": "channel"})
-    d = Dossier(code=code, procedure_code=procedure.code, agency_code=agency.code, admin_unit=agency.admin_unit,
-                district=district, channel=channel, status=SUBMITTED, submitted_at=at, last_change_at=at)
+    d = Dossier(
+        code=code,
+        procedure_code=procedure.code,
+        agency_code=agency.code,
+        admin_unit=agency.admin_unit,
+        district=district,
+        channel=channel,
+        status=SUBMITTED,
+        submitted_at=at,
+        last_change_at=at,
+    )
     if received:
-        d = replace(d, status=RECEIVED, received_at=at,
-                    due_date=due_date_for(at, procedure.processing_days, calendar))
+        d = replace(
+            d, status=RECEIVED, received_at=at, due_date=due_date_for(at, procedure.processing_days, calendar)
+        )
     return d
 
 
@@ -238,8 +259,15 @@ def allowed_actions(status: int) -> list[str]:
     return [a for a, (sources, _) in TRANSITIONS.items() if status in sources]
 
 
-def transition(d: Dossier, action: str, at: datetime, procedure: Procedure, calendar: WorkingCalendar, *,
-               paid_online: bool | None = None) -> Dossier:
+def transition(
+    d: Dossier,
+    action: str,
+    at: datetime,
+    procedure: Procedure,
+    calendar: WorkingCalendar,
+    *,
+    paid_online: bool | None = None,
+) -> Dossier:
     """Apply ``action`` at ``at``; the new dossier state. Raises :class:`IllegalTransition` and friends."""
     if action not in TRANSITIONS:
         raise DossierRuleError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", {"field": "action"})
@@ -249,12 +277,19 @@ def transition(d: Dossier, action: str, at: datetime, procedure: Procedure, cale
         raise IllegalTransition(
             f"cannot {action} a dossier in status {d.status} ({d.status_name}); it needs status "
             f"{' or '.join(f'{s} ({STATUS_NAMES[s]})' for s in allowed)}",
-            {"from_status": d.status, "from": d.status_name, "to_status": target, "to": STATUS_NAMES[target],
-             "action": action, "allowed_from": allowed},
+            {
+                "from_status": d.status,
+                "from": d.status_name,
+                "to_status": target,
+                "to": STATUS_NAMES[target],
+                "action": action,
+                "allowed_from": allowed,
+            },
         )
     if at < d.last_change_at:
-        raise InvalidTime("the time of a change cannot be before the dossier's previous change",
-                          {"field": "at"})
+        raise InvalidTime(
+            "the time of a change cannot be before the dossier's previous change", {"field": "at"}
+        )
     changes: dict = {"status": target, "last_change_at": at}
     if action == "receive":
         changes.update(received_at=at, due_date=due_date_for(at, procedure.processing_days, calendar))
@@ -302,13 +337,18 @@ def apologize(d: Dossier, promised: date, at: datetime) -> Dossier:
     if not d.is_open or d.due_date is None or today <= d.due_date:
         raise NotLate(
             "an apology is only for an open dossier past its due date",
-            {"status": d.status, "due_date": d.due_date.isoformat() if d.due_date else None,
-             "today": today.isoformat()},
+            {
+                "status": d.status,
+                "due_date": d.due_date.isoformat() if d.due_date else None,
+                "today": today.isoformat(),
+            },
         )
     if promised <= today:
         raise DossierRuleError("the new date must be after today", {"field": "new_due_date"})
     if at < d.last_change_at:
-        raise InvalidTime("the time of a change cannot be before the dossier's previous change", {"field": "at"})
+        raise InvalidTime(
+            "the time of a change cannot be before the dossier's previous change", {"field": "at"}
+        )
     return replace(d, promised_date=promised, last_change_at=at)
 
 
@@ -317,15 +357,23 @@ def hand_over(d: Dossier, at: datetime) -> Dossier:
     if not d.is_open:
         raise IllegalTransition(
             f"cannot hand over a dossier in status {d.status} ({d.status_name}); it must be open",
-            {"from_status": d.status, "from": d.status_name, "action": "hand_over",
-             "allowed_from": sorted(OPEN_STATUSES)},
+            {
+                "from_status": d.status,
+                "from": d.status_name,
+                "action": "hand_over",
+                "allowed_from": sorted(OPEN_STATUSES),
+            },
         )
     if at < d.last_change_at:
-        raise InvalidTime("the time of a change cannot be before the dossier's previous change", {"field": "at"})
+        raise InvalidTime(
+            "the time of a change cannot be before the dossier's previous change", {"field": "at"}
+        )
     return replace(d, step=d.step + 1, last_change_at=at)
 
 
-def deadline_notice(d: Dossier, today: date, calendar: WorkingCalendar, warn_days: int) -> tuple[str, int] | None:
+def deadline_notice(
+    d: Dossier, today: date, calendar: WorkingCalendar, warn_days: int
+) -> tuple[str, int] | None:
     """What the deadline watcher should say about an open dossier today.
 
     ``("overdue", calendar days late)``, ``("approaching", working days left)`` when due within

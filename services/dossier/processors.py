@@ -54,10 +54,14 @@ COUNTER_KPIS: dict[str, tuple[tuple[str, bool, float, str], ...]] = {
     "early": (("dossier.early_ratio", True, 1.0, "ratio"),),
     "late": (("dossier.late_ratio", True, 1.0, "ratio"),),
     "online": (("dossier.online_ratio", True, 1.0, "ratio"),),
-    "fully_online": (("dossier.fully_online_ratio", True, 1.0, "ratio"),
-                     ("dossier.fully_online_points", True, 12.0, "points")),
-    "online_payment": (("dossier.online_payment_ratio", True, 1.0, "ratio"),
-                       ("dossier.online_payment_points", True, 10.0, "points")),
+    "fully_online": (
+        ("dossier.fully_online_ratio", True, 1.0, "ratio"),
+        ("dossier.fully_online_points", True, 12.0, "points"),
+    ),
+    "online_payment": (
+        ("dossier.online_payment_ratio", True, 1.0, "ratio"),
+        ("dossier.online_payment_points", True, 10.0, "points"),
+    ),
 }
 PROGRESS_POINTS = 20.0
 #: state key: counter keys changed since the last emit
@@ -67,12 +71,24 @@ PENDING_KEY = "pending_alarms"
 WINDOW_KINDS = ("d", "m")
 #: the kind of counted event → what one of it adds to which counters: (counter, numerator, denominator)
 COUNTS_OF_KIND: dict[str, tuple[tuple[str, float, float], ...]] = {
-    **{f"received{'_online' * online}{'_fully' * fully}": (
-        ("received", 1.0, 0.0), ("online", float(online), 1.0), *((("fully_online", float(online), 1.0),) * fully))
-       for online in (False, True) for fully in (False, True)},
-    **{t: (("resolved", 1.0, 0.0), ("on_time", float(t in ("early", "on_time")), 1.0),
-           ("early", float(t == "early"), 1.0), ("late", float(t == "late"), 1.0))
-       for t in ("early", "on_time", "late")},  # the resolved ones, by timeliness (domain.day_timeliness)
+    **{
+        f"received{'_online' * online}{'_fully' * fully}": (
+            ("received", 1.0, 0.0),
+            ("online", float(online), 1.0),
+            *((("fully_online", float(online), 1.0),) * fully),
+        )
+        for online in (False, True)
+        for fully in (False, True)
+    },
+    **{
+        t: (
+            ("resolved", 1.0, 0.0),
+            ("on_time", float(t in ("early", "on_time")), 1.0),
+            ("early", float(t == "early"), 1.0),
+            ("late", float(t == "late"), 1.0),
+        )
+        for t in ("early", "on_time", "late")
+    },  # the resolved ones, by timeliness (domain.day_timeliness)
     "returned": (("returned", 1.0, 0.0),),
     "paid_online": (("online_payment", 1.0, 1.0),),
     "paid_offline": (("online_payment", 0.0, 1.0),),
@@ -80,8 +96,11 @@ COUNTS_OF_KIND: dict[str, tuple[tuple[str, float, float], ...]] = {
     "apology": (("apologies", 1.0, 0.0),),
 }
 #: (online channel, fully-online procedure) → kind of a received dossier
-RECEIVED_KINDS = {(online, fully): f"received{'_online' * online}{'_fully' * fully}"
-                  for online in (False, True) for fully in (False, True)}
+RECEIVED_KINDS = {
+    (online, fully): f"received{'_online' * online}{'_fully' * fully}"
+    for online in (False, True)
+    for fully in (False, True)
+}
 
 
 def scopes_of(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -233,7 +252,9 @@ class DossierKpiProcessor(StreamProcessor):
                 self._scopes.clear()
                 self._scope_lists.clear()
             scopes = self._scopes[ident] = tuple(scopes_of(data))
-            self._scope_lists[scopes] = [list(sc) for sc in scopes]  # as stored in ``o|`` (shared, never mutated)
+            self._scope_lists[scopes] = [
+                list(sc) for sc in scopes
+            ]  # as stored in ``o|`` (shared, never mutated)
         return scopes
 
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -258,9 +279,14 @@ class DossierKpiProcessor(StreamProcessor):
                 counts[key] = counts.get(key, 0) + 1
                 code = data["dossier_code"]
                 if f"o|{code}" in state and f"a|{code}" not in state:
-                    self._alarm(state, data, "raised", parse_time(data["at"]),
-                                f"dossier overdue by {data['days_overdue']} day(s): procedure "
-                                f"{data['procedure_code']}, agency {data['agency_code']}")
+                    self._alarm(
+                        state,
+                        data,
+                        "raised",
+                        parse_time(data["at"]),
+                        f"dossier overdue by {data['days_overdue']} day(s): procedure "
+                        f"{data['procedure_code']}, agency {data['agency_code']}",
+                    )
             elif etype == APOLOGY_TYPE:
                 key = ("apology", self._scopes_of(data), self._local_day(data["at"]))
                 counts[key] = counts.get(key, 0) + 1
@@ -336,13 +362,20 @@ class DossierKpiProcessor(StreamProcessor):
                 key = (scopes, None if paused else due)
                 opens[key] = opens.get(key, 0) + 1
             if f"a|{code}" in state and (paused or day.isoformat() <= due):
-                self._alarm(state, data, "cleared", parse_time(data["at"]),
-                            "dossier no longer overdue (due date extended or paused)")
+                self._alarm(
+                    state,
+                    data,
+                    "cleared",
+                    parse_time(data["at"]),
+                    "dossier no longer overdue (due date extended or paused)",
+                )
         elif old is not None:
             state.pop(open_key)
             self._open_change(opens, old, scopes, -1)
             if f"a|{code}" in state:
-                self._alarm(state, data, "cleared", parse_time(data["at"]), f"dossier closed with status {status}")
+                self._alarm(
+                    state, data, "cleared", parse_time(data["at"]), f"dossier closed with status {status}"
+                )
         touched.add(scopes)
 
     def _open_change(self, opens: dict, o: dict, scopes: tuple[tuple[str, str], ...], sign: int) -> None:
@@ -364,10 +397,16 @@ class DossierKpiProcessor(StreamProcessor):
         district = data.get("district")
         unit = data["admin_unit"]
         alarm = {
-            "alarm_id": f"dossier:overdue:{code}", "domain": "dossier", "alarm_type": "dossier_overdue",
-            "state": what, "severity": "minor", "source_id": code, "district": district,
+            "alarm_id": f"dossier:overdue:{code}",
+            "domain": "dossier",
+            "alarm_type": "dossier_overdue",
+            "state": what,
+            "severity": "minor",
+            "source_id": code,
+            "district": district,
             "commune": unit if unit not in (district, CITY_CODE) else None,
-            "at": at.isoformat(), "message": message,
+            "at": at.isoformat(),
+            "message": message,
         }
         # Pending alarms keep their order (a raise and a clear in one batch are both published).
         pending = state.get(PENDING_KEY) or []
@@ -376,8 +415,19 @@ class DossierKpiProcessor(StreamProcessor):
 
     # emit -------------------------------------------------------------------------------------------------
 
-    def _payload(self, kpi: str, level: str, code: str, wid: str, num: float, den: float | None, scale: float,
-                 unit: str, partition: int, observed_at: str) -> dict[str, Any]:
+    def _payload(
+        self,
+        kpi: str,
+        level: str,
+        code: str,
+        wid: str,
+        num: float,
+        den: float | None,
+        scale: float,
+        unit: str,
+        partition: int,
+        observed_at: str,
+    ) -> dict[str, Any]:
         """A ``KpiObserved`` payload exactly as the model dumps it (encoded without building model objects)."""
         bounds = self._bounds.get(wid)
         if bounds is None:
@@ -389,8 +439,9 @@ class DossierKpiProcessor(StreamProcessor):
             value: float | None = num * scale
         else:
             value = num / den * scale if den else None
-        return kpi_observed_payload(kpi, level, code, bounds[0], bounds[1], value, num, den, unit, partition,
-                                    observed_at)
+        return kpi_observed_payload(
+            kpi, level, code, bounds[0], bounds[1], value, num, den, unit, partition, observed_at
+        )
 
     def emit(self, state: State, now: datetime) -> Iterable[EncodedEvent]:
         view = self._view(state)
@@ -405,8 +456,20 @@ class DossierKpiProcessor(StreamProcessor):
                     continue
                 _, counter, level, code, wid = ckey.split("|")
                 for kpi, is_ratio, scale, unit in COUNTER_KPIS[counter]:
-                    payloads.append(self._payload(kpi, level, code, wid, cur[0], cur[1] if is_ratio else None,
-                                                  scale, unit, p, observed_at))
+                    payloads.append(
+                        self._payload(
+                            kpi,
+                            level,
+                            code,
+                            wid,
+                            cur[0],
+                            cur[1] if is_ratio else None,
+                            scale,
+                            unit,
+                            p,
+                            observed_at,
+                        )
+                    )
         today = local_date(now)
         today_iso = today.isoformat()
         if view.dirty_scopes or view.day != today_iso:
@@ -418,11 +481,20 @@ class DossierKpiProcessor(StreamProcessor):
         out = encode_many(KPI_EVENT, payloads, source=SOURCE, time=observed_at) if payloads else []
         pending = state.pop(PENDING_KEY)
         if pending:
-            out.extend(encode(ALARM_EVENT, ALARM_EVENT.model.model_validate(a), source=SOURCE) for a in pending)
+            out.extend(
+                encode(ALARM_EVENT, ALARM_EVENT.model.model_validate(a), source=SOURCE) for a in pending
+            )
         return out
 
-    def _snapshot(self, state: State, view: _PartitionView, now: datetime, today_iso: str,
-                  payloads: list[dict[str, Any]], observed_at: str) -> None:
+    def _snapshot(
+        self,
+        state: State,
+        view: _PartitionView,
+        now: datetime,
+        today_iso: str,
+        payloads: list[dict[str, Any]],
+        observed_at: str,
+    ) -> None:
         """Open within deadline / overdue now, and the 766 progress points for today and this month, for the
         scopes that changed (every scope on a new day or after a reload); published when different."""
         day_w, month_w = window_id(now, "d"), window_id(now, "m")
@@ -447,14 +519,31 @@ class DossierKpiProcessor(StreamProcessor):
             values: dict[str, tuple[str, str, float, float | None, float, str]] = {}
             if n_open or fin_day is not None or fin_month is not None:
                 values[f"l|dossier.open_within_deadline|{level}|{code}|{day_w}"] = (
-                    "dossier.open_within_deadline", day_w, float(n_open - n_late), None, 1.0, "dossiers")
+                    "dossier.open_within_deadline",
+                    day_w,
+                    float(n_open - n_late),
+                    None,
+                    1.0,
+                    "dossiers",
+                )
                 values[f"l|dossier.overdue_open|{level}|{code}|{day_w}"] = (
-                    "dossier.overdue_open", day_w, float(n_late), None, 1.0, "dossiers")
+                    "dossier.overdue_open",
+                    day_w,
+                    float(n_late),
+                    None,
+                    1.0,
+                    "dossiers",
+                )
                 for wid, fin in ((day_w, fin_day), (month_w, fin_month)):
                     fin = fin or [0.0, 0.0]
                     values[f"l|dossier.progress_766_points|{level}|{code}|{wid}"] = (
-                        "dossier.progress_766_points", wid, fin[0] + n_open - n_late, fin[1] + n_open,
-                        PROGRESS_POINTS, "points")
+                        "dossier.progress_766_points",
+                        wid,
+                        fin[0] + n_open - n_late,
+                        fin[1] + n_open,
+                        PROGRESS_POINTS,
+                        "points",
+                    )
             published = view.published.get(sc) or set()
             # Observations published before and no longer defined get their zero (for the current windows).
             for lkey in [k for k in published if k not in values]:
@@ -463,15 +552,28 @@ class DossierKpiProcessor(StreamProcessor):
                 _, kpi, _, _, wid = lkey.split("|")
                 if wid in current and last[0] != 0:
                     is_ratio = kpi == "dossier.progress_766_points"
-                    payloads.append(self._payload(kpi, level, code, wid, 0.0, 0.0 if is_ratio else None,
-                                                  PROGRESS_POINTS if is_ratio else 1.0,
-                                                  "points" if is_ratio else "dossiers", p, observed_at))
+                    payloads.append(
+                        self._payload(
+                            kpi,
+                            level,
+                            code,
+                            wid,
+                            0.0,
+                            0.0 if is_ratio else None,
+                            PROGRESS_POINTS if is_ratio else 1.0,
+                            "points" if is_ratio else "dossiers",
+                            p,
+                            observed_at,
+                        )
+                    )
             for lkey, (kpi, wid, num, den, scale, unit) in values.items():
                 pair = [num, den]
                 if state.get(lkey) != pair:
                     state.put(lkey, pair)
                     published.add(lkey)
-                    payloads.append(self._payload(kpi, level, code, wid, num, den, scale, unit, p, observed_at))
+                    payloads.append(
+                        self._payload(kpi, level, code, wid, num, den, scale, unit, p, observed_at)
+                    )
             if published:
                 view.published[sc] = published
             else:
@@ -496,8 +598,10 @@ def kpi_processor(settings: Any = None) -> DossierKpiProcessor:
     """Factory used by the center (``PROCESSORS``)."""
     if settings is None or not hasattr(settings, "kpi_day_retention_days"):
         return DossierKpiProcessor()
-    return DossierKpiProcessor(day_retention_days=settings.kpi_day_retention_days,
-                               month_retention_days=settings.kpi_month_retention_days)
+    return DossierKpiProcessor(
+        day_retention_days=settings.kpi_day_retention_days,
+        month_retention_days=settings.kpi_month_retention_days,
+    )
 
 
 PROCESSORS = [kpi_processor]

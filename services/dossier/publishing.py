@@ -62,10 +62,23 @@ def _encode(payload: EventModel, at: datetime) -> EncodedEvent:
     return encode(event_type_of(payload), payload, source=SOURCE, time=_iso(at))
 
 
-def status_changed(d: Dossier, procedure: Procedure, *, action: str, previous: int | None, at: datetime,
-                   paid_online: bool | None = None) -> EncodedEvent:
-    payload = DossierStatusChanged(**facts(d, procedure, at), previous_status=previous, status_name=d.status_name,
-                                   action=action, clock_paused=d.paused_at is not None, paid_online=paid_online)
+def status_changed(
+    d: Dossier,
+    procedure: Procedure,
+    *,
+    action: str,
+    previous: int | None,
+    at: datetime,
+    paid_online: bool | None = None,
+) -> EncodedEvent:
+    payload = DossierStatusChanged(
+        **facts(d, procedure, at),
+        previous_status=previous,
+        status_name=d.status_name,
+        action=action,
+        clock_paused=d.paused_at is not None,
+        paid_online=paid_online,
+    )
     return _encode(payload, at)
 
 
@@ -102,8 +115,15 @@ def from_row(row: Any) -> EncodedEvent:
 class OutboxRelay:
     """Publishes the outbox to Kafka; one per app, started in ``on_start`` with ``ctx.spawn``."""
 
-    def __init__(self, ctx: ServiceContext, *, batch_size: int = 500, poll_seconds: float = 0.5,
-                 max_backoff_seconds: float = 10.0, retention_seconds: float = 86400.0):
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        batch_size: int = 500,
+        poll_seconds: float = 0.5,
+        max_backoff_seconds: float = 10.0,
+        retention_seconds: float = 86400.0,
+    ):
         self.ctx = ctx
         self.batch_size = batch_size
         self.poll_seconds = poll_seconds
@@ -131,6 +151,7 @@ class OutboxRelay:
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Best effort at shutdown: publish what is waiting (rows left over go out at the next start)."""
+
         async def drain() -> None:
             while await self.publish_once():
                 pass

@@ -26,16 +26,30 @@ async def upsert_procedures(conn: Conn, procedures: Sequence[Procedure]) -> None
         "INSERT INTO procedures(code, name, online_level, service_level, processing_days, has_fees, pauses_clock) "
         "VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT (code) DO UPDATE SET name=$2, online_level=$3, "
         "service_level=$4, processing_days=$5, has_fees=$6, pauses_clock=$7, updated_at=now()",
-        [(p.code, p.name, p.online_level, p.service_level, p.processing_days, p.has_fees, p.pauses_clock)
-         for p in procedures],
+        [
+            (p.code, p.name, p.online_level, p.service_level, p.processing_days, p.has_fees, p.pauses_clock)
+            for p in procedures
+        ],
     )
 
 
 async def load_procedures(conn: Conn) -> dict[str, Procedure]:
-    rows = await conn.fetch("SELECT code, name, online_level, service_level, processing_days, has_fees, "
-                            "pauses_clock FROM procedures")
-    return {r["code"]: Procedure(r["code"], r["name"], r["online_level"], r["processing_days"], r["has_fees"],
-                                 r["pauses_clock"], r["service_level"]) for r in rows}
+    rows = await conn.fetch(
+        "SELECT code, name, online_level, service_level, processing_days, has_fees, "
+        "pauses_clock FROM procedures"
+    )
+    return {
+        r["code"]: Procedure(
+            r["code"],
+            r["name"],
+            r["online_level"],
+            r["processing_days"],
+            r["has_fees"],
+            r["pauses_clock"],
+            r["service_level"],
+        )
+        for r in rows
+    }
 
 
 async def upsert_agencies(conn: Conn, agencies: Sequence[Agency]) -> None:
@@ -56,11 +70,22 @@ async def load_agencies(conn: Conn) -> dict[str, Agency]:
 
 def _dossier(r: Any) -> Dossier:
     return Dossier(
-        code=r["code"], procedure_code=r["procedure_code"], agency_code=r["agency_code"],
-        admin_unit=r["admin_unit"], district=r["district"], channel=r["channel"], status=r["status"],
-        submitted_at=r["submitted_at"], last_change_at=r["last_change_at"], received_at=r["received_at"],
-        due_date=r["due_date"], paused_at=r["paused_at"], promised_date=r["promised_date"],
-        resolved_at=r["resolved_at"], closed_at=r["closed_at"], fees_paid_online=r["fees_paid_online"],
+        code=r["code"],
+        procedure_code=r["procedure_code"],
+        agency_code=r["agency_code"],
+        admin_unit=r["admin_unit"],
+        district=r["district"],
+        channel=r["channel"],
+        status=r["status"],
+        submitted_at=r["submitted_at"],
+        last_change_at=r["last_change_at"],
+        received_at=r["received_at"],
+        due_date=r["due_date"],
+        paused_at=r["paused_at"],
+        promised_date=r["promised_date"],
+        resolved_at=r["resolved_at"],
+        closed_at=r["closed_at"],
+        fees_paid_online=r["fees_paid_online"],
         step=r["step"],
     )
 
@@ -71,10 +96,27 @@ async def insert_dossier(conn: asyncpg.Connection, d: Dossier, applicant: dict[s
         f"INSERT INTO dossiers({_DOSSIER_COLUMNS}, applicant_name, applicant_id_number, applicant_address, "
         "applicant_phone) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) "
         "ON CONFLICT (code) DO NOTHING RETURNING 1",
-        d.code, d.procedure_code, d.agency_code, d.admin_unit, d.district, d.channel, d.status, d.step,
-        d.submitted_at, d.last_change_at, d.received_at, d.due_date, d.paused_at, d.promised_date,
-        d.resolved_at, d.closed_at, d.fees_paid_online,
-        applicant["name"], applicant["id_number"], applicant["address"], applicant["phone"],
+        d.code,
+        d.procedure_code,
+        d.agency_code,
+        d.admin_unit,
+        d.district,
+        d.channel,
+        d.status,
+        d.step,
+        d.submitted_at,
+        d.last_change_at,
+        d.received_at,
+        d.due_date,
+        d.paused_at,
+        d.promised_date,
+        d.resolved_at,
+        d.closed_at,
+        d.fees_paid_online,
+        applicant["name"],
+        applicant["id_number"],
+        applicant["address"],
+        applicant["phone"],
     )
     return bool(inserted)
 
@@ -89,17 +131,41 @@ async def update_dossier(conn: asyncpg.Connection, d: Dossier) -> None:
     await conn.execute(
         "UPDATE dossiers SET status=$2, step=$3, last_change_at=$4, received_at=$5, due_date=$6, paused_at=$7, "
         "promised_date=$8, resolved_at=$9, closed_at=$10, fees_paid_online=$11 WHERE code=$1",
-        d.code, d.status, d.step, d.last_change_at, d.received_at, d.due_date, d.paused_at, d.promised_date,
-        d.resolved_at, d.closed_at, d.fees_paid_online,
+        d.code,
+        d.status,
+        d.step,
+        d.last_change_at,
+        d.received_at,
+        d.due_date,
+        d.paused_at,
+        d.promised_date,
+        d.resolved_at,
+        d.closed_at,
+        d.fees_paid_online,
     )
 
 
-async def insert_history(conn: asyncpg.Connection, code: str, *, at, action: str, from_status: int | None,
-                         to_status: int, principal: str, detail: dict | None = None) -> None:
+async def insert_history(
+    conn: asyncpg.Connection,
+    code: str,
+    *,
+    at,
+    action: str,
+    from_status: int | None,
+    to_status: int,
+    principal: str,
+    detail: dict | None = None,
+) -> None:
     await conn.execute(
         "INSERT INTO dossier_history(dossier_code, at, action, from_status, to_status, principal, detail) "
         "VALUES ($1,$2,$3,$4,$5,$6,$7)",
-        code, at, action, from_status, to_status, principal, detail or {},
+        code,
+        at,
+        action,
+        from_status,
+        to_status,
+        principal,
+        detail or {},
     )
 
 
@@ -107,11 +173,17 @@ async def get_dossier(conn: Conn, code: str) -> tuple[Dossier, dict[str, str]] |
     """A dossier with its applicant (for the owning agency's eyes only)."""
     r = await conn.fetchrow(
         f"SELECT {_DOSSIER_COLUMNS}, applicant_name, applicant_id_number, applicant_address, applicant_phone "
-        "FROM dossiers WHERE code=$1", code)
+        "FROM dossiers WHERE code=$1",
+        code,
+    )
     if r is None:
         return None
-    applicant = {"name": r["applicant_name"], "id_number": r["applicant_id_number"],
-                 "address": r["applicant_address"], "phone": r["applicant_phone"]}
+    applicant = {
+        "name": r["applicant_name"],
+        "id_number": r["applicant_id_number"],
+        "address": r["applicant_address"],
+        "phone": r["applicant_phone"],
+    }
     return _dossier(r), applicant
 
 
@@ -120,17 +192,24 @@ async def dossier_agency(conn: Conn, code: str) -> str | None:
 
 
 async def history(conn: Conn, code: str) -> list[dict]:
-    rows = await conn.fetch("SELECT at, action, from_status, to_status, principal, detail FROM dossier_history "
-                            "WHERE dossier_code=$1 ORDER BY id", code)
+    rows = await conn.fetch(
+        "SELECT at, action, from_status, to_status, principal, detail FROM dossier_history "
+        "WHERE dossier_code=$1 ORDER BY id",
+        code,
+    )
     return [dict(r) for r in rows]
 
 
-async def list_dossiers(conn: Conn, *, agency: str | None, status: int | None, limit: int,
-                        after: str | None) -> list[Dossier]:
+async def list_dossiers(
+    conn: Conn, *, agency: str | None, status: int | None, limit: int, after: str | None
+) -> list[Dossier]:
     rows = await conn.fetch(
         f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE ($1::text IS NULL OR agency_code=$1) "
         "AND ($2::int IS NULL OR status=$2) AND ($3::text IS NULL OR code > $3) ORDER BY code LIMIT $4",
-        agency, status, after, limit,
+        agency,
+        status,
+        after,
+        limit,
     )
     return [_dossier(r) for r in rows]
 
@@ -138,8 +217,9 @@ async def list_dossiers(conn: Conn, *, agency: str | None, status: int | None, l
 # Deadline watcher ------------------------------------------------------------------------------------------
 
 
-async def lock_open_due_by(conn: asyncpg.Connection, last_due: date, today: date, limit: int
-                           ) -> list[tuple[Dossier, date | None, date | None]]:
+async def lock_open_due_by(
+    conn: asyncpg.Connection, last_due: date, today: date, limit: int
+) -> list[tuple[Dossier, date | None, date | None]]:
     """Open dossiers (clock running) needing a notice: not yet warned for their due date and due by
     ``last_due``, or past due (before ``today``) and not yet reported overdue. With their notice marks."""
     rows = await conn.fetch(
@@ -148,7 +228,9 @@ async def lock_open_due_by(conn: asyncpg.Connection, last_due: date, today: date
         "AND (warned_due_date IS DISTINCT FROM due_date "
         "     OR (due_date < $2 AND overdue_due_date IS DISTINCT FROM due_date)) "
         "ORDER BY due_date, code LIMIT $3 FOR UPDATE SKIP LOCKED",
-        last_due, today, limit,
+        last_due,
+        today,
+        limit,
     )
     return [(_dossier(r), r["warned_due_date"], r["overdue_due_date"]) for r in rows]
 
@@ -167,13 +249,16 @@ async def mark_overdue(conn: asyncpg.Connection, items: Sequence[tuple[str, date
 
 async def insert_outbox(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
     await conn.executemany(
-        "INSERT INTO outbox(event_id, topic, key, value, headers) VALUES ($1,$2,$3,$4,$5)", rows)
+        "INSERT INTO outbox(event_id, topic, key, value, headers) VALUES ($1,$2,$3,$4,$5)", rows
+    )
 
 
 async def lock_unsent(conn: asyncpg.Connection, limit: int) -> list[Any]:
     return await conn.fetch(
         "SELECT id, event_id, topic, key, value, headers FROM outbox WHERE sent_at IS NULL ORDER BY id "
-        "LIMIT $1 FOR UPDATE SKIP LOCKED", limit)
+        "LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
 
 
 async def mark_sent(conn: asyncpg.Connection, ids: Sequence[int]) -> None:
@@ -185,12 +270,14 @@ async def count_unsent(conn: Conn) -> int:
 
 
 async def purge_sent(conn: Conn, older_than_seconds: float) -> None:
-    await conn.execute("DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)",
-                       float(older_than_seconds))
+    await conn.execute(
+        "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", float(older_than_seconds)
+    )
 
 
 async def outbox_state(conn: Conn, event_ids: Sequence[str]) -> dict[str, bool]:
     """Whether each of these events has been published (tests and operations)."""
-    rows = await conn.fetch("SELECT event_id, sent_at IS NOT NULL AS sent FROM outbox WHERE event_id = ANY($1)",
-                            list(event_ids))
+    rows = await conn.fetch(
+        "SELECT event_id, sent_at IS NOT NULL AS sent FROM outbox WHERE event_id = ANY($1)", list(event_ids)
+    )
     return {r["event_id"]: r["sent"] for r in rows}

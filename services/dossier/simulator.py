@@ -35,7 +35,11 @@ PROCEDURES = [
     ("SIM.1.000007", "Cấp phiếu lý lịch tư pháp", "fully_online", 4, 10, True, True),
     ("SIM.1.000008", "Xác nhận tình trạng hôn nhân", "offline", 2, 3, False, False),
 ]
-CITY_AGENCIES = [("SIM-SXD", "Sở Xây dựng"), ("SIM-STP", "Sở Tư pháp"), ("SIM-STNMT", "Sở Tài nguyên và Môi trường")]
+CITY_AGENCIES = [
+    ("SIM-SXD", "Sở Xây dựng"),
+    ("SIM-STP", "Sở Tư pháp"),
+    ("SIM-STNMT", "Sở Tài nguyên và Môi trường"),
+]
 DISTRICTS = ["BD", "HK", "TH", "LB", "CG", "DD"]
 
 
@@ -49,26 +53,52 @@ class SimProcedure:
 
 def applicant(n: int) -> dict[str, str]:
     """Obviously synthetic personal data."""
-    return {"name": f"Nguyễn Văn A{n}", "id_number": f"{n % 10**12:012d}", "address": f"Số {n} phố Giả Lập",
-            "phone": f"0900{n % 10**6:06d}"}
+    return {
+        "name": f"Nguyễn Văn A{n}",
+        "id_number": f"{n % 10**12:012d}",
+        "address": f"Số {n} phố Giả Lập",
+        "phone": f"0900{n % 10**6:06d}",
+    }
 
 
 async def load_reference(client: httpx.AsyncClient) -> tuple[list[SimProcedure], list[str]]:
     """Create the synthetic catalogue and agencies (idempotent upserts); returns what to use."""
-    r = await client.put("/v1/procedures", json={"items": [
-        {"code": c, "name": n, "online_level": lvl, "service_level": sl, "processing_days": d, "has_fees": f,
-         "pauses_clock": p} for c, n, lvl, sl, d, f, p in PROCEDURES]})
+    r = await client.put(
+        "/v1/procedures",
+        json={
+            "items": [
+                {
+                    "code": c,
+                    "name": n,
+                    "online_level": lvl,
+                    "service_level": sl,
+                    "processing_days": d,
+                    "has_fees": f,
+                    "pauses_clock": p,
+                }
+                for c, n, lvl, sl, d, f, p in PROCEDURES
+            ]
+        },
+    )
     r.raise_for_status()
     agencies = [{"code": c, "name": n, "level": "city", "admin_unit": "HN"} for c, n in CITY_AGENCIES]
     for d in DISTRICTS:
-        agencies.append({"code": f"SIM-UBND-{d}", "name": f"UBND quận {d}", "level": "district", "admin_unit": d})
+        agencies.append(
+            {"code": f"SIM-UBND-{d}", "name": f"UBND quận {d}", "level": "district", "admin_unit": d}
+        )
         for i in (1, 2, 3):
-            agencies.append({"code": f"SIM-UBND-{d}-{i:02d}", "name": f"UBND phường {d}-{i:02d}",
-                             "level": "commune", "admin_unit": f"{d}-{i:02d}"})
+            agencies.append(
+                {
+                    "code": f"SIM-UBND-{d}-{i:02d}",
+                    "name": f"UBND phường {d}-{i:02d}",
+                    "level": "commune",
+                    "admin_unit": f"{d}-{i:02d}",
+                }
+            )
     r = await client.put("/v1/agencies", json={"items": agencies})
     if r.status_code == 422:
         # Another hierarchy (e.g. two-tier): keep only the city-level agencies.
-        agencies = agencies[:len(CITY_AGENCIES)]
+        agencies = agencies[: len(CITY_AGENCIES)]
         r = await client.put("/v1/agencies", json={"items": agencies})
     r.raise_for_status()
     procs = [SimProcedure(c, lvl, d, f) for c, _, lvl, _, d, f, _ in PROCEDURES]
@@ -99,8 +129,15 @@ def plan(rng: random.Random, proc: SimProcedure, channel: str) -> list[tuple[str
     return steps
 
 
-async def one_dossier(client: httpx.AsyncClient, rng: random.Random, n: int, run_id: str,
-                      procs: list[SimProcedure], agencies: list[str], now: datetime) -> None:
+async def one_dossier(
+    client: httpx.AsyncClient,
+    rng: random.Random,
+    n: int,
+    run_id: str,
+    procs: list[SimProcedure],
+    agencies: list[str],
+    now: datetime,
+) -> None:
     proc = rng.choice(procs)
     if proc.online_level == "offline":
         channel = "in_person"
@@ -108,9 +145,18 @@ async def one_dossier(client: httpx.AsyncClient, rng: random.Random, n: int, run
         channel = rng.choices(["online", "in_person", "postal"], [0.55, 0.4, 0.05])[0]
     start = now - timedelta(days=rng.uniform(0, 14))
     code = f"SIM{run_id}-{n:07d}"
-    r = await client.post("/v1/dossiers", json={
-        "code": code, "procedure_code": proc.code, "agency_code": rng.choice(agencies), "channel": channel,
-        "applicant": applicant(n), "received": channel == "in_person", "at": start.isoformat()})
+    r = await client.post(
+        "/v1/dossiers",
+        json={
+            "code": code,
+            "procedure_code": proc.code,
+            "agency_code": rng.choice(agencies),
+            "channel": channel,
+            "applicant": applicant(n),
+            "received": channel == "in_person",
+            "at": start.isoformat(),
+        },
+    )
     if r.status_code != 201:
         log.warning("simulator: dossier not created", extra={"status": r.status_code})
         return
@@ -126,13 +172,16 @@ async def one_dossier(client: httpx.AsyncClient, rng: random.Random, n: int, run
             return  # the rest of its life is in the future: it stays open
         if action == "resolve" and due is not None and local_date(at) > due:
             promised = local_date(at) + timedelta(days=2)
-            await client.post(f"/v1/dossiers/{code}/apologies",
-                              json={"new_due_date": promised.isoformat(), "at": (at - timedelta(minutes=1)).isoformat()})
+            await client.post(
+                f"/v1/dossiers/{code}/apologies",
+                json={"new_due_date": promised.isoformat(), "at": (at - timedelta(minutes=1)).isoformat()},
+            )
         if action == "hand_over":
             r = await client.post(f"/v1/dossiers/{code}/handovers", json={**extra, "at": at.isoformat()})
         else:
-            r = await client.post(f"/v1/dossiers/{code}/transitions",
-                                  json={"action": action, "at": at.isoformat(), **extra})
+            r = await client.post(
+                f"/v1/dossiers/{code}/transitions", json={"action": action, "at": at.isoformat(), **extra}
+            )
         if r.status_code != 200:
             log.warning("simulator: transition refused", extra={"action": action, "status": r.status_code})
             return

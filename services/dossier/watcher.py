@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 BATCH = 500
 
 
-async def scan_once(ctx: ServiceContext, rt: DossierRuntime, warn_days: int, now: datetime | None = None) -> int:
+async def scan_once(
+    ctx: ServiceContext, rt: DossierRuntime, warn_days: int, now: datetime | None = None
+) -> int:
     """One scan at ``now``: publish (via the outbox) every notice due; how many notices were written."""
     assert ctx.pool is not None
     now = now or datetime.now(UTC)

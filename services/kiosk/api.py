@@ -35,7 +35,9 @@ MAX_ITEMS = 5000
 class ErrorDetail(BaseModel):
     """The platform's error body (shared.http.error_body)."""
 
-    code: str = Field(description="machine-readable: unauthenticated, forbidden, not_found, rate_limited, ...")
+    code: str = Field(
+        description="machine-readable: unauthenticated, forbidden, not_found, rate_limited, ..."
+    )
     message: str
     details: list[dict[str, Any]] = Field(default_factory=list, description="which item, which field, why")
 
@@ -58,7 +60,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: _error_doc("the body is over the size limit"),
     422: _error_doc("the request does not match the schema, or the registry entry breaks a rule"),
     429: _error_doc("over the per-principal rate limit (see Retry-After)"),
-    503: _error_doc("broker, database or capacity unavailable; nothing was accepted, retry (see Retry-After)"),
+    503: _error_doc(
+        "broker, database or capacity unavailable; nothing was accepted, retry (see Retry-After)"
+    ),
 }
 router = APIRouter(prefix="/v1", responses=ERRORS)
 
@@ -72,8 +76,12 @@ class RegistryCache:
 
     async def reload(self, pool) -> None:
         rows = await repository.registry_index(pool)
-        self.kiosks = {r["kiosk_id"]: KioskInfo(r["kiosk_id"], r["district"], frozenset(r["peripherals"]),
-                                                r["active"], r["gateway_principal"]) for r in rows}
+        self.kiosks = {
+            r["kiosk_id"]: KioskInfo(
+                r["kiosk_id"], r["district"], frozenset(r["peripherals"]), r["active"], r["gateway_principal"]
+            )
+            for r in rows
+        }
 
 
 def _ctx(request: Request) -> ServiceContext:
@@ -107,7 +115,9 @@ DisplayText = Annotated[str, AfterValidator(_safe_text)]
 class KioskIn(RequestModel):
     """A kiosk's registry entry."""
 
-    building: DisplayText = Field(min_length=1, max_length=200, description="building or one-stop centre name")
+    building: DisplayText = Field(
+        min_length=1, max_length=200, description="building or one-stop centre name"
+    )
     address: DisplayText = Field(min_length=1, max_length=300)
     district: AreaCode
     commune: AreaCode | None = None
@@ -124,16 +134,26 @@ class KioskImportItem(KioskIn):
 
 
 class KioskImport(RequestModel):
-    items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_ITEMS, description="KioskImportItem objects")
+    items: list[dict[str, Any]] = Field(
+        min_length=1, max_length=MAX_ITEMS, description="KioskImportItem objects"
+    )
 
 
 def _registration_problems(kiosk_id: str, entry: KioskIn, max_skew_s: float = 300.0) -> list[tuple[str, str]]:
     now = datetime.now(UTC)
     preview = KioskRegistered(
-        kiosk_id=kiosk_id, building=entry.building, address=entry.address, district=entry.district,
-        commune=entry.commune, opening_hours=entry.opening_hours, peripherals=entry.peripherals,
-        software_version=entry.software_version, in_service_since=entry.in_service_since or now,
-        active=entry.active, version=1)
+        kiosk_id=kiosk_id,
+        building=entry.building,
+        address=entry.address,
+        district=entry.district,
+        commune=entry.commune,
+        opening_hours=entry.opening_hours,
+        peripherals=entry.peripherals,
+        software_version=entry.software_version,
+        in_service_since=entry.in_service_since or now,
+        active=entry.active,
+        version=1,
+    )
     problems = domain.check_registration(preview, hanoi())
     late = domain.check_service_start(entry.in_service_since, now, max_skew_s)
     return [*problems, ("in_service_since", late)] if late else problems
@@ -151,15 +171,22 @@ def _row_of(kiosk_id: str, entry: KioskIn) -> dict:
 
 
 @router.put("/kiosks/{kiosk_id}", tags=["registry"], summary="Register or update a kiosk")
-async def put_kiosk(request: Request, body: KioskIn,
-                    kiosk_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"),
-                    principal: Principal = Depends(require_scope("kiosk:admin"))) -> dict:
+async def put_kiosk(
+    request: Request,
+    body: KioskIn,
+    kiosk_id: str = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"),
+    principal: Principal = Depends(require_scope("kiosk:admin")),
+) -> dict:
     """Upsert one registry entry: stored in PostgreSQL, then published on ``ioc.kiosk.registry``."""
     ctx = _ctx(request)
     problems = _registration_problems(kiosk_id, body, _skew(ctx))
     if problems:
-        raise ApiError(422, "invalid_kiosk", "the registry entry is not valid",
-                       [{"item": None, "id": kiosk_id, "field": f, "reason": r} for f, r in problems])
+        raise ApiError(
+            422,
+            "invalid_kiosk",
+            "the registry entry is not valid",
+            [{"item": None, "id": kiosk_id, "field": f, "reason": r} for f, r in problems],
+        )
     assert ctx.pool is not None
     rows = await repository.upsert_kiosks(ctx.pool, [_row_of(kiosk_id, body)], principal=principal.id)
     published = await publish_registrations(ctx, rows)
@@ -167,10 +194,15 @@ async def put_kiosk(request: Request, body: KioskIn,
     return {"kiosk": repository.as_dict(rows[0]), "published": published}
 
 
-@router.post("/kiosks/import", tags=["registry"], summary="Bulk import of registry entries",
-             responses={200: {"model": BatchResult}, 422: {"model": BatchResult | ErrorBody}})
-async def import_kiosks(request: Request, body: KioskImport,
-                        principal: Principal = Depends(require_scope("kiosk:admin"))):
+@router.post(
+    "/kiosks/import",
+    tags=["registry"],
+    summary="Bulk import of registry entries",
+    responses={200: {"model": BatchResult}, 422: {"model": BatchResult | ErrorBody}},
+)
+async def import_kiosks(
+    request: Request, body: KioskImport, principal: Principal = Depends(require_scope("kiosk:admin"))
+):
     """Upsert many kiosks at once; invalid items are reported one by one and the valid ones stored."""
 
     async def compute() -> tuple[int, dict]:
@@ -183,26 +215,35 @@ async def import_kiosks(request: Request, body: KioskImport,
             if problems:
                 errors.extend(ItemError(i, item.kiosk_id, f, r) for f, r in problems)
             elif item.kiosk_id in seen:
-                errors.append(ItemError(i, item.kiosk_id, "kiosk_id", "listed twice in the batch", "duplicate"))
+                errors.append(
+                    ItemError(i, item.kiosk_id, "kiosk_id", "listed twice in the batch", "duplicate")
+                )
             else:
                 seen.add(item.kiosk_id)
                 accepted.append(_row_of(item.kiosk_id, item))
         ctx = _ctx(request)
         assert ctx.pool is not None
         if accepted:
-            rows = await repository.upsert_kiosks(ctx.pool, accepted, principal=principal.id,
-                                                  action="kiosk.imported")
+            rows = await repository.upsert_kiosks(
+                ctx.pool, accepted, principal=principal.id, action="kiosk.imported"
+            )
             await publish_registrations(ctx, rows)
             await ctx.extras["registry"].reload(ctx.pool)
-        return batch_result("kiosk", "registration", len(accepted), sorted(errors, key=lambda e: e.index), dups)
+        return batch_result(
+            "kiosk", "registration", len(accepted), sorted(errors, key=lambda e: e.index), dups
+        )
 
     return await idempotent(request, principal, "kiosk:admin:import", compute)
 
 
 @router.get("/kiosks", tags=["registry"], summary="List registered kiosks")
-async def list_kiosks(request: Request, district: str | None = Query(None, max_length=32),
-                      limit: int = Query(1000, ge=1, le=5000), offset: int = Query(0, ge=0),
-                      principal: Principal = Depends(require_scope("kiosk:admin"))) -> dict:
+async def list_kiosks(
+    request: Request,
+    district: str | None = Query(None, max_length=32),
+    limit: int = Query(1000, ge=1, le=5000),
+    offset: int = Query(0, ge=0),
+    principal: Principal = Depends(require_scope("kiosk:admin")),
+) -> dict:
     ctx = _ctx(request)
     assert ctx.pool is not None
     rows = await repository.list_kiosks(ctx.pool, district=district, limit=limit, offset=offset)
@@ -210,8 +251,9 @@ async def list_kiosks(request: Request, district: str | None = Query(None, max_l
 
 
 @router.get("/kiosks/{kiosk_id}", tags=["registry"], summary="One kiosk's registry entry")
-async def get_kiosk(request: Request, kiosk_id: str, principal: Principal = Depends(require_scope("kiosk:admin"))
-                    ) -> dict:
+async def get_kiosk(
+    request: Request, kiosk_id: str, principal: Principal = Depends(require_scope("kiosk:admin"))
+) -> dict:
     ctx = _ctx(request)
     assert ctx.pool is not None
     row = await repository.get_kiosk(ctx.pool, kiosk_id)
@@ -241,13 +283,23 @@ def authorize(principal: Principal, items: Sequence[Any], registry: dict[str, Ki
     """403 naming every kiosk of the batch this principal may not report for (nothing is accepted then)."""
     if principal.has_scope("kiosk:admin"):
         return
-    refuse_unowned(named_entities(items, "kiosk_id"),
-                   lambda kiosk: domain.may_report(principal.id, principal.attributes, False, kiosk, registry),
-                   field="kiosk_id", noun="kiosk")
+    refuse_unowned(
+        named_entities(items, "kiosk_id"),
+        lambda kiosk: domain.may_report(principal.id, principal.attributes, False, kiosk, registry),
+        field="kiosk_id",
+        noun="kiosk",
+    )
 
 
-async def _ingest(request: Request, principal: Principal, items: list, kind: str, model: type[BaseModel],
-                  check: Callable, to_events: Callable) -> Any:
+async def _ingest(
+    request: Request,
+    principal: Principal,
+    items: list,
+    kind: str,
+    model: type[BaseModel],
+    check: Callable,
+    to_events: Callable,
+) -> Any:
     ctx = _ctx(request)
     settings: KioskSettings = ctx.settings  # type: ignore[assignment]
     registry: RegistryCache = ctx.extras["registry"]
@@ -255,9 +307,13 @@ async def _ingest(request: Request, principal: Principal, items: list, kind: str
     async def compute() -> tuple[int, dict]:
         authorize(principal, items, registry.kiosks)
         valid, errors = validate_items(model, items, id_field="kiosk_id")
-        accepted, more, dups = check(valid, registry.kiosks, datetime.now(UTC),
-                                     max_skew_s=settings.max_clock_skew_seconds,
-                                     max_age_s=settings.max_event_age_seconds)
+        accepted, more, dups = check(
+            valid,
+            registry.kiosks,
+            datetime.now(UTC),
+            max_skew_s=settings.max_clock_skew_seconds,
+            max_age_s=settings.max_event_age_seconds,
+        )
         if accepted:
             await ctx.publisher.publish(to_events(accepted, ctx.source))  # acks awaited: 2xx means durable
         return batch_result("kiosk", kind, len(accepted), sorted(errors + more, key=lambda e: e.index), dups)
@@ -270,24 +326,48 @@ _BATCH_DOC = {200: {"model": BatchResult}, 422: {"model": BatchResult | ErrorBod
 
 
 @router.post("/heartbeats", tags=["ingest"], summary="Kiosk heartbeats", responses=_BATCH_DOC)
-async def post_heartbeats(request: Request, body: HeartbeatBatch,
-                          principal: Principal = Depends(require_scope("kiosk:ingest"))):
+async def post_heartbeats(
+    request: Request, body: HeartbeatBatch, principal: Principal = Depends(require_scope("kiosk:ingest"))
+):
     """Heartbeats (every 30-60 s per kiosk). Published on ``ioc.kiosk.heartbeats`` and ``ioc.kiosk.lastseen``."""
-    return await _ingest(request, principal, body.items, "heartbeat", HeartbeatReceived, domain.check_heartbeats,
-                         publishing.heartbeat_events)
+    return await _ingest(
+        request,
+        principal,
+        body.items,
+        "heartbeat",
+        HeartbeatReceived,
+        domain.check_heartbeats,
+        publishing.heartbeat_events,
+    )
 
 
 @router.post("/peripherals", tags=["ingest"], summary="Peripheral status changes", responses=_BATCH_DOC)
-async def post_peripherals(request: Request, body: PeripheralBatch,
-                           principal: Principal = Depends(require_scope("kiosk:ingest"))):
+async def post_peripherals(
+    request: Request, body: PeripheralBatch, principal: Principal = Depends(require_scope("kiosk:ingest"))
+):
     """Device state changes of fitted peripherals (and printer paper). Published on ``ioc.kiosk.peripherals``."""
-    return await _ingest(request, principal, body.items, "peripheral", PeripheralStatusChanged,
-                         domain.check_peripherals, publishing.peripheral_events)
+    return await _ingest(
+        request,
+        principal,
+        body.items,
+        "peripheral",
+        PeripheralStatusChanged,
+        domain.check_peripherals,
+        publishing.peripheral_events,
+    )
 
 
 @router.post("/sessions", tags=["ingest"], summary="Finished kiosk sessions", responses=_BATCH_DOC)
-async def post_sessions(request: Request, body: SessionBatch,
-                        principal: Principal = Depends(require_scope("kiosk:ingest"))):
+async def post_sessions(
+    request: Request, body: SessionBatch, principal: Principal = Depends(require_scope("kiosk:ingest"))
+):
     """Sessions (journey, start, end, outcome, optional dossier code and rating; never personal data)."""
-    return await _ingest(request, principal, body.items, "session", SessionEnded, domain.check_sessions,
-                         publishing.session_events)
+    return await _ingest(
+        request,
+        principal,
+        body.items,
+        "session",
+        SessionEnded,
+        domain.check_sessions,
+        publishing.session_events,
+    )

@@ -41,8 +41,14 @@ JOURNEY_NEEDS: dict[str, tuple[str, ...]] = {
     "rate_service": ("touchscreen",),
 }
 
-FAULT_TYPES: tuple[str, ...] = ("kiosk_offline", "device_offline", "hardware_error", "paper_out", "paper_jam",
-                                "fraud_attempt")
+FAULT_TYPES: tuple[str, ...] = (
+    "kiosk_offline",
+    "device_offline",
+    "hardware_error",
+    "paper_out",
+    "paper_jam",
+    "fraud_attempt",
+)
 # Alarm severity per fault type (alarm_type = fault type).
 ALARM_SEVERITY: dict[str, str] = {
     "kiosk_offline": "major",
@@ -127,13 +133,16 @@ def opening_intervals(hours: Sequence[Mapping], start: float, end: float) -> lis
     """Scheduled service time within ``[start, end)``, from weekly periods ``{days, open, close}`` (local time)."""
     if end <= start or not hours:
         return []
-    return list(_opening_intervals(tuple((tuple(p["days"]), p["open"], p["close"]) for p in hours), start, end))
+    return list(
+        _opening_intervals(tuple((tuple(p["days"]), p["open"], p["close"]) for p in hours), start, end)
+    )
 
 
 # Kiosks share a few schedules, and a KPI pass asks for every kiosk's over the same windows: computed once each.
 @functools.lru_cache(maxsize=4096)
-def _opening_intervals(hours: tuple[tuple[tuple[int, ...], str, str], ...], start: float, end: float
-                       ) -> tuple[Interval, ...]:
+def _opening_intervals(
+    hours: tuple[tuple[tuple[int, ...], str, str], ...], start: float, end: float
+) -> tuple[Interval, ...]:
     first = math.floor((start + HANOI_OFFSET_S) / DAY)
     last = math.floor((end + HANOI_OFFSET_S) / DAY)
     out: list[Interval] = []
@@ -151,8 +160,9 @@ def is_open(hours: Sequence[Mapping], t: float) -> bool:
 
 
 # Online time ------------------------------------------------------------------------------------------------------
-def fold_heartbeat(segments: list[list[float]], last: float | None, t: float, timeout: float
-                   ) -> tuple[list[list[float]], float | None]:
+def fold_heartbeat(
+    segments: list[list[float]], last: float | None, t: float, timeout: float
+) -> tuple[list[list[float]], float | None]:
     """Fold a heartbeat at ``t`` into the kiosk's online segments; returns (segments, last heartbeat).
 
     Two heartbeats at most ``timeout`` apart mean the kiosk was online in between; a longer gap was offline.
@@ -171,8 +181,9 @@ def is_online(last: float | None, now: float, timeout: float) -> bool:
     return last is not None and now - last <= timeout
 
 
-def online_intervals(segments: Sequence[Sequence[float]], last: float | None, now: float, timeout: float
-                     ) -> list[Interval]:
+def online_intervals(
+    segments: Sequence[Sequence[float]], last: float | None, now: float, timeout: float
+) -> list[Interval]:
     """Online time: the heartbeat segments plus, while heartbeats are still fresh, the time since the last one."""
     out: list[Sequence[float]] = list(segments)
     if last is not None and is_online(last, now, timeout):
@@ -194,8 +205,13 @@ def offered_journeys(peripherals: tuple[str, ...]) -> tuple[tuple[str, tuple[str
     return tuple((journey, needs) for journey, needs in JOURNEY_NEEDS.items() if fitted.issuperset(needs))
 
 
-def kiosk_availability(kiosk: Mapping, online: Sequence[Interval], down: Mapping[str, Sequence[Interval]],
-                       start: float, end: float) -> Availability:
+def kiosk_availability(
+    kiosk: Mapping,
+    online: Sequence[Interval],
+    down: Mapping[str, Sequence[Interval]],
+    start: float,
+    end: float,
+) -> Availability:
     """Technical and per-journey functional availability of one kiosk within ``[start, end)``.
 
     ``kiosk`` has ``hours``, ``since`` (in service since, Unix s) and ``peripherals`` (fitted); ``down`` maps a
@@ -247,8 +263,9 @@ class KioskInfo:
     gateway: str | None = None
 
 
-def may_report(principal_id: str, attributes: Mapping, privileged: bool, kiosk_id: str,
-               registry: Mapping[str, KioskInfo]) -> bool:
+def may_report(
+    principal_id: str, attributes: Mapping, privileged: bool, kiosk_id: str, registry: Mapping[str, KioskInfo]
+) -> bool:
     """Whether a principal may report for ``kiosk_id``: privileged, listed in its attributes, or its gateway."""
     if privileged:
         return True
@@ -277,9 +294,14 @@ def _kiosk_error(index: int, kiosk_id: str, registry: Mapping[str, KioskInfo]) -
     return None
 
 
-def check_heartbeats(items: Sequence[tuple[int, HeartbeatReceived]], registry: Mapping[str, KioskInfo],
-                     now: datetime, *, max_skew_s: float, max_age_s: float
-                     ) -> tuple[list[HeartbeatReceived], list[ItemError], int]:
+def check_heartbeats(
+    items: Sequence[tuple[int, HeartbeatReceived]],
+    registry: Mapping[str, KioskInfo],
+    now: datetime,
+    *,
+    max_skew_s: float,
+    max_age_s: float,
+) -> tuple[list[HeartbeatReceived], list[ItemError], int]:
     """Domain checks on valid heartbeats: known, active kiosk; plausible time; duplicates in the batch skipped."""
     accepted: list[HeartbeatReceived] = []
     errors: list[ItemError] = []
@@ -302,9 +324,14 @@ def check_heartbeats(items: Sequence[tuple[int, HeartbeatReceived]], registry: M
     return accepted, errors, dups
 
 
-def check_peripherals(items: Sequence[tuple[int, PeripheralStatusChanged]], registry: Mapping[str, KioskInfo],
-                      now: datetime, *, max_skew_s: float, max_age_s: float
-                      ) -> tuple[list[PeripheralStatusChanged], list[ItemError], int]:
+def check_peripherals(
+    items: Sequence[tuple[int, PeripheralStatusChanged]],
+    registry: Mapping[str, KioskInfo],
+    now: datetime,
+    *,
+    max_skew_s: float,
+    max_age_s: float,
+) -> tuple[list[PeripheralStatusChanged], list[ItemError], int]:
     """Domain checks on peripheral status changes: the peripheral must be fitted on that kiosk."""
     accepted: list[PeripheralStatusChanged] = []
     errors: list[ItemError] = []
@@ -313,8 +340,13 @@ def check_peripherals(items: Sequence[tuple[int, PeripheralStatusChanged]], regi
     for i, ev in items:
         err = _kiosk_error(i, ev.kiosk_id, registry)
         if err is None and ev.peripheral not in registry[ev.kiosk_id].peripherals:
-            err = ItemError(i, ev.kiosk_id, "peripheral", "this peripheral is not fitted on the kiosk "
-                            "(update the registry)", "not_fitted")
+            err = ItemError(
+                i,
+                ev.kiosk_id,
+                "peripheral",
+                "this peripheral is not fitted on the kiosk (update the registry)",
+                "not_fitted",
+            )
         if err is None and (reason := _time_error(ev.at, now, max_skew_s, max_age_s)):
             err = ItemError(i, ev.kiosk_id, "at", reason, "invalid_time")
         if err is not None:
@@ -327,9 +359,14 @@ def check_peripherals(items: Sequence[tuple[int, PeripheralStatusChanged]], regi
     return accepted, errors, dups
 
 
-def check_sessions(items: Sequence[tuple[int, SessionEnded]], registry: Mapping[str, KioskInfo],
-                   now: datetime, *, max_skew_s: float, max_age_s: float
-                   ) -> tuple[list[SessionEnded], list[ItemError], int]:
+def check_sessions(
+    items: Sequence[tuple[int, SessionEnded]],
+    registry: Mapping[str, KioskInfo],
+    now: datetime,
+    *,
+    max_skew_s: float,
+    max_age_s: float,
+) -> tuple[list[SessionEnded], list[ItemError], int]:
     """Domain checks on sessions: known kiosk, plausible times and duration, session ids unique in the batch."""
     accepted: list[SessionEnded] = []
     errors: list[ItemError] = []
@@ -340,8 +377,13 @@ def check_sessions(items: Sequence[tuple[int, SessionEnded]], registry: Mapping[
         if err is None and (reason := _time_error(s.ended_at, now, max_skew_s, max_age_s)):
             err = ItemError(i, s.session_id, "ended_at", reason, "invalid_time")
         if err is None and (s.ended_at - s.started_at).total_seconds() > MAX_SESSION_SECONDS:
-            err = ItemError(i, s.session_id, "ended_at", f"a session lasts at most {MAX_SESSION_SECONDS} s",
-                            "invalid_time")
+            err = ItemError(
+                i,
+                s.session_id,
+                "ended_at",
+                f"a session lasts at most {MAX_SESSION_SECONDS} s",
+                "invalid_time",
+            )
         if err is not None:
             errors.append(err)
         elif (s.kiosk_id, s.session_id) in seen:

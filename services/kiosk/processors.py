@@ -107,8 +107,15 @@ class KioskKpiProcessor(StreamProcessor):
     # ``tests/kiosk/test_processors.py::test_events_delivered_again_change_nothing``.
     dedup_window = 0
 
-    def __init__(self, *, heartbeat_timeout_s: float = 180.0, kpi_interval_s: float = 30.0,
-                 tick_seconds: float = 1.0, name: str | None = None, source: str = "/ioc/kiosk/kpi"):
+    def __init__(
+        self,
+        *,
+        heartbeat_timeout_s: float = 180.0,
+        kpi_interval_s: float = 30.0,
+        tick_seconds: float = 1.0,
+        name: str | None = None,
+        source: str = "/ioc/kiosk/kpi",
+    ):
         self.timeout = heartbeat_timeout_s
         self.kpi_interval = kpi_interval_s
         self.tick_seconds = tick_seconds  # type: ignore[misc]
@@ -142,11 +149,18 @@ class KioskKpiProcessor(StreamProcessor):
                 key = f"k:{d['kiosk_id']}"
                 old = state.get(key)
                 if old is None or d["version"] >= old["version"]:
-                    state.put(key, {
-                        "district": d["district"], "commune": d.get("commune"), "hours": d["opening_hours"],
-                        "peripherals": d["peripherals"], "since": _ts(d["in_service_since"]),
-                        "active": d.get("active", True), "version": d["version"],
-                    })
+                    state.put(
+                        key,
+                        {
+                            "district": d["district"],
+                            "commune": d.get("commune"),
+                            "hours": d["opening_hours"],
+                            "peripherals": d["peripherals"],
+                            "since": _ts(d["in_service_since"]),
+                            "active": d.get("active", True),
+                            "version": d["version"],
+                        },
+                    )
                     dirty.add(d["kiosk_id"])
 
     def _heartbeat(self, state: State, kiosk: str, t: float, heard: set[str]) -> None:
@@ -171,8 +185,14 @@ class KioskKpiProcessor(StreamProcessor):
         state.put(seen_key, seen)
         for w in WINDOWS:
             key = f"s:{w}:{int(window_start(started, w))}:{d['kiosk_id']}"
-            c = state.get(key) or {"n": 0, "completed": 0, "abandoned": 0, "failed": 0, "rating_sum": 0,
-                                   "rating_n": 0}
+            c = state.get(key) or {
+                "n": 0,
+                "completed": 0,
+                "abandoned": 0,
+                "failed": 0,
+                "rating_sum": 0,
+                "rating_n": 0,
+            }
             c["n"] += 1
             c[d["outcome"]] += 1
             if d.get("rating") is not None:
@@ -184,8 +204,14 @@ class KioskKpiProcessor(StreamProcessor):
         kiosk, per, t = d["kiosk_id"], d["peripheral"], _ts(d["at"])
         key = f"d:{kiosk}"
         dev = state.get(key) or {}
-        p = dev.get(per) or {"state": "online", "paper": None, "fault": None, "since": None, "at": None,
-                             "down": []}
+        p = dev.get(per) or {
+            "state": "online",
+            "paper": None,
+            "fault": None,
+            "since": None,
+            "at": None,
+            "down": [],
+        }
         if p["at"] is not None and t < p["at"]:
             return  # older than what we know: the device has moved on since
         if t == p["at"]:
@@ -317,10 +343,13 @@ class KioskKpiProcessor(StreamProcessor):
         state.put(f"h:{kiosk}", h)
         # The payload as ``KioskStateChanged`` dumps it (built directly: thousands at once after an outage).
         payload = {
-            "kiosk_id": kiosk, "state": status, "at": _iso(t if status == "offline" else h["last"]),
+            "kiosk_id": kiosk,
+            "state": status,
+            "at": _iso(t if status == "offline" else h["last"]),
             "reason": "heartbeat_timeout" if status == "offline" else "heartbeats_resumed",
             "last_heartbeat_at": _iso(h["last"]),
-            "district": info["district"] if info else None, "commune": info.get("commune") if info else None,
+            "district": info["district"] if info else None,
+            "commune": info.get("commune") if info else None,
         }
         return [self._encode(STATE_EVENT, payload)]
 
@@ -332,7 +361,9 @@ class KioskKpiProcessor(StreamProcessor):
         wanted: dict[str, tuple[str, float, str | None]] = {}
         if h is not None and h["status"] == "offline":
             # Kiosks switched off after hours are not an incident; one still dark at opening time is.
-            if "kiosk_offline" in raised or (info is not None and info["active"] and is_open(info["hours"], t)):
+            if "kiosk_offline" in raised or (
+                info is not None and info["active"] and is_open(info["hours"], t)
+            ):
                 wanted["kiosk_offline"] = ("kiosk_offline", t, None)
         for per, p in dev.items():
             if p["fault"] is not None:
@@ -364,8 +395,9 @@ class KioskKpiProcessor(StreamProcessor):
                 state.pop(f"a:{kiosk}")
         return out
 
-    def _alarm(self, kiosk: str, info: dict | None, ftype: str, peripheral: str | None, status: str,
-               at: float) -> EncodedEvent:
+    def _alarm(
+        self, kiosk: str, info: dict | None, ftype: str, peripheral: str | None, status: str, at: float
+    ) -> EncodedEvent:
         what = {
             "kiosk_offline": "offline: heartbeats missing",
             "device_offline": "peripheral offline or powered off",
@@ -379,10 +411,16 @@ class KioskKpiProcessor(StreamProcessor):
         if status == "cleared":
             msg += " (resolved)"
         payload = {  # as ``AlarmChanged`` dumps it
-            "alarm_id": f"kiosk:{ftype}:{kiosk}{suffix}", "domain": "kiosk", "alarm_type": ftype, "state": status,
-            "severity": ALARM_SEVERITY[ftype], "source_id": kiosk,
-            "district": info["district"] if info else None, "commune": info.get("commune") if info else None,
-            "at": _iso(at), "message": msg,
+            "alarm_id": f"kiosk:{ftype}:{kiosk}{suffix}",
+            "domain": "kiosk",
+            "alarm_type": ftype,
+            "state": status,
+            "severity": ALARM_SEVERITY[ftype],
+            "source_id": kiosk,
+            "district": info["district"] if info else None,
+            "commune": info.get("commune") if info else None,
+            "at": _iso(at),
+            "message": msg,
         }
         return self._encode(ALARM_EVENT, payload)
 
@@ -391,8 +429,9 @@ class KioskKpiProcessor(StreamProcessor):
         self._sent += 1
         return encode(etype, payload, source=self.source, id=f"{self._id_prefix}-{self._sent}")
 
-    def _kpis(self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, float]], t: float
-              ) -> list[EncodedEvent]:
+    def _kpis(
+        self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, float]], t: float
+    ) -> list[EncodedEvent]:
         out: list[EncodedEvent] = []
         payloads: list[dict] = []
         partition = state.partition
@@ -408,7 +447,9 @@ class KioskKpiProcessor(StreamProcessor):
                 offline_now[info["district"]] += 1
             online = online_intervals(h["segs"], h["last"], t, self.timeout) if h else []
             dev = state.get(f"d:{kiosk}") or {}
-            down = {per: merge((s, e if e is not None else t) for s, e in p["down"]) for per, p in dev.items()}
+            down = {
+                per: merge((s, e if e is not None else t) for s, e in p["down"]) for per, p in dev.items()
+            }
             active.append((info, online, down))
         observed_at = _iso(t)  # also the observations' CloudEvents time (as the other processors publish it)
         for w, ws in windows:
@@ -454,8 +495,17 @@ class KioskKpiProcessor(StreamProcessor):
         out.extend(encode_many(KPI_EVENT, payloads, source=self.source, time=observed_at) if payloads else ())
         return out
 
-    def _observations(self, level: str, code: str, a: dict[str, float], offline: float | None, w: int,
-                      ws: float, observed_at: str, partition: int) -> list[dict]:
+    def _observations(
+        self,
+        level: str,
+        code: str,
+        a: dict[str, float],
+        offline: float | None,
+        w: int,
+        ws: float,
+        observed_at: str,
+        partition: int,
+    ) -> list[dict]:
         """``KpiObserved`` payloads of one area and window that changed since this partition last published
         them (availability of a closed window, or of the night, and session KPIs without new sessions do not)."""
         out: list[dict] = []
@@ -468,14 +518,22 @@ class KioskKpiProcessor(StreamProcessor):
             if not changed(partition, (kpi, level, code, w, ws), (num, den)):
                 return
             value = num * scale if den is None else ratio(num, den, scale)
-            out.append(kpi_observed_payload(kpi, level, code, window_iso, w, value, num, den, unit, partition,
-                                            observed_at))
+            out.append(
+                kpi_observed_payload(
+                    kpi, level, code, window_iso, w, value, num, den, unit, partition, observed_at
+                )
+            )
 
         sessions = a["n"]
         obs("kiosk.technical_availability", a["online"], a["scheduled"], "%", 100.0)
         for journey in JOURNEYS:
-            obs(f"kiosk.functional_availability.{journey}", a[f"fa_up:{journey}"], a[f"fa_sched:{journey}"],
-                "%", 100.0)
+            obs(
+                f"kiosk.functional_availability.{journey}",
+                a[f"fa_up:{journey}"],
+                a[f"fa_sched:{journey}"],
+                "%",
+                100.0,
+            )
         if offline is not None:
             obs("kiosk.kiosks_offline", offline, None, "kiosks")
         if sessions:

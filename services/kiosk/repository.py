@@ -7,8 +7,10 @@ from datetime import datetime
 
 import asyncpg
 
-_COLUMNS = ("kiosk_id, building, address, district, commune, opening_hours, peripherals, software_version, "
-            "gateway_principal, in_service_since, active, version, published_version, updated_at")
+_COLUMNS = (
+    "kiosk_id, building, address, district, commune, opening_hours, peripherals, software_version, "
+    "gateway_principal, in_service_since, active, version, published_version, updated_at"
+)
 
 _UPSERT = f"""
 INSERT INTO kiosks (kiosk_id, building, address, district, commune, opening_hours, peripherals,
@@ -23,8 +25,13 @@ RETURNING {_COLUMNS}
 """
 
 
-async def upsert_kiosks(pool: asyncpg.Pool, entries: Sequence[dict], *, principal: str | None = None,
-                        action: str = "kiosk.registered") -> list[asyncpg.Record]:
+async def upsert_kiosks(
+    pool: asyncpg.Pool,
+    entries: Sequence[dict],
+    *,
+    principal: str | None = None,
+    action: str = "kiosk.registered",
+) -> list[asyncpg.Record]:
     """Insert or update registry entries in one transaction; returns the stored rows (with new versions).
 
     With ``principal``, the same transaction appends one audit row per kiosk (who changed it, version, and the
@@ -33,17 +40,36 @@ async def upsert_kiosks(pool: asyncpg.Pool, entries: Sequence[dict], *, principa
     rows: list[asyncpg.Record] = []
     async with pool.acquire() as conn, conn.transaction():
         for e in entries:
-            rows.append(await conn.fetchrow(
-                _UPSERT, e["kiosk_id"], e["building"], e["address"], e["district"], e.get("commune"),
-                e["opening_hours"], list(e["peripherals"]), e["software_version"], e.get("gateway"),
-                e.get("in_service_since"), e.get("active", True),
-            ))
+            rows.append(
+                await conn.fetchrow(
+                    _UPSERT,
+                    e["kiosk_id"],
+                    e["building"],
+                    e["address"],
+                    e["district"],
+                    e.get("commune"),
+                    e["opening_hours"],
+                    list(e["peripherals"]),
+                    e["software_version"],
+                    e.get("gateway"),
+                    e.get("in_service_since"),
+                    e.get("active", True),
+                )
+            )
         if principal is not None:
             await conn.executemany(
                 "INSERT INTO platform.audit_log(principal, service, action, target, detail) "
                 "VALUES ($1, 'kiosk', $2, $3, $4)",
-                [(principal, action, r["kiosk_id"], {"version": r["version"], "gateway": r["gateway_principal"],
-                                                     "active": r["active"]}) for r in rows])
+                [
+                    (
+                        principal,
+                        action,
+                        r["kiosk_id"],
+                        {"version": r["version"], "gateway": r["gateway_principal"], "active": r["active"]},
+                    )
+                    for r in rows
+                ],
+            )
     return rows
 
 
@@ -51,11 +77,16 @@ async def get_kiosk(pool: asyncpg.Pool, kiosk_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow(f"SELECT {_COLUMNS} FROM kiosks WHERE kiosk_id = $1", kiosk_id)
 
 
-async def list_kiosks(pool: asyncpg.Pool, *, district: str | None = None, limit: int = 1000, offset: int = 0
-                      ) -> list[asyncpg.Record]:
+async def list_kiosks(
+    pool: asyncpg.Pool, *, district: str | None = None, limit: int = 1000, offset: int = 0
+) -> list[asyncpg.Record]:
     return await pool.fetch(
         f"SELECT {_COLUMNS} FROM kiosks WHERE ($1::text IS NULL OR district = $1) "
-        "ORDER BY kiosk_id LIMIT $2 OFFSET $3", district, limit, offset)
+        "ORDER BY kiosk_id LIMIT $2 OFFSET $3",
+        district,
+        limit,
+        offset,
+    )
 
 
 async def registry_index(pool: asyncpg.Pool) -> list[asyncpg.Record]:
@@ -65,7 +96,8 @@ async def registry_index(pool: asyncpg.Pool) -> list[asyncpg.Record]:
 
 async def unpublished(pool: asyncpg.Pool, limit: int = 500) -> list[asyncpg.Record]:
     return await pool.fetch(
-        f"SELECT {_COLUMNS} FROM kiosks WHERE published_version < version ORDER BY updated_at LIMIT $1", limit)
+        f"SELECT {_COLUMNS} FROM kiosks WHERE published_version < version ORDER BY updated_at LIMIT $1", limit
+    )
 
 
 async def mark_published(pool: asyncpg.Pool, versions: Sequence[tuple[str, int]]) -> None:
@@ -73,7 +105,8 @@ async def mark_published(pool: asyncpg.Pool, versions: Sequence[tuple[str, int]]
     if versions:
         await pool.executemany(
             "UPDATE kiosks SET published_version = GREATEST(published_version, $2) WHERE kiosk_id = $1",
-            list(versions))
+            list(versions),
+        )
 
 
 def as_dict(row: asyncpg.Record) -> dict:

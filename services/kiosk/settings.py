@@ -16,12 +16,16 @@ class KioskSettings(ServiceSettings):
     service_name: str = "kiosk"
     port: int = 8103
     heartbeat_timeout_seconds: float = Field(
-        180.0, gt=0, description="silence after which a kiosk is offline (several missed 30-60 s heartbeats)")
+        180.0, gt=0, description="silence after which a kiosk is offline (several missed 30-60 s heartbeats)"
+    )
     kpi_interval_seconds: float = Field(30.0, gt=0, description="how often the processor publishes KPIs")
     tick_seconds: float = Field(1.0, gt=0, description="processor tick (offline detection resolution)")
     registry_refresh_seconds: float = Field(10.0, gt=0, description="reload of the in-memory kiosk registry")
     registry_republish_seconds: float = Field(
-        5.0, gt=0, description="retry period for registry entries not yet on the registry topic")
+        5.0, gt=0, description="retry period for registry entries not yet on the registry topic"
+    )
     max_batch_items: int = Field(5000, gt=0, description="largest ingest batch")
-    max_clock_skew_seconds: float = Field(300.0, ge=0, description="how far in the future an event time may be")
+    max_clock_skew_seconds: float = Field(
+        300.0, ge=0, description="how far in the future an event time may be"
+    )
     max_event_age_seconds: float = Field(7 * 24 * 3600.0, gt=0, description="oldest event time accepted")

@@ -24,14 +24,47 @@ from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
 
-OFFICE_HOURS = [{"days": [1, 2, 3, 4, 5], "open": "07:30", "close": "17:00"},
-                {"days": [6], "open": "07:30", "close": "11:30"}]
+OFFICE_HOURS = [
+    {"days": [1, 2, 3, 4, 5], "open": "07:30", "close": "17:00"},
+    {"days": [6], "open": "07:30", "close": "11:30"},
+]
 ALWAYS_OPEN = [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "24:00"}]
 # Share of a day's sessions per local hour (peaks mid-morning and mid-afternoon, next to nothing at night).
-HOURLY_SHAPE = [0.1, 0.05, 0.05, 0.05, 0.1, 0.3, 0.8, 2.0, 4.0, 6.0, 6.0, 4.5, 2.5, 3.0, 5.0, 5.5, 4.5, 3.0,
-                2.0, 1.5, 1.0, 0.6, 0.3, 0.2]
-JOURNEY_WEIGHTS = {"lookup_procedure": 30, "check_status": 25, "submit_dossier": 12, "pay_fee": 10,
-                   "print_result": 10, "queue_ticket": 10, "rate_service": 3}
+HOURLY_SHAPE = [
+    0.1,
+    0.05,
+    0.05,
+    0.05,
+    0.1,
+    0.3,
+    0.8,
+    2.0,
+    4.0,
+    6.0,
+    6.0,
+    4.5,
+    2.5,
+    3.0,
+    5.0,
+    5.5,
+    4.5,
+    3.0,
+    2.0,
+    1.5,
+    1.0,
+    0.6,
+    0.3,
+    0.2,
+]
+JOURNEY_WEIGHTS = {
+    "lookup_procedure": 30,
+    "check_status": 25,
+    "submit_dossier": 12,
+    "pay_fee": 10,
+    "print_result": 10,
+    "queue_ticket": 10,
+    "rate_service": 3,
+}
 PAPER_SHEETS = 400
 SESSIONS_PER_KIOSK_DAY = 40.0
 NETWORK_DROPS_PER_S = 2 / 86400  # about two drops a kiosk a day
@@ -76,8 +109,13 @@ def build_fleet(n: int, rng: random.Random, now: datetime) -> list[SimKiosk]:
             peripherals.append("payment_terminal")
         if rng.random() < 0.5:
             peripherals += ["card_reader", "camera"]
-        k = SimKiosk(f"KS-{run}-{i:04d}", district, rng.choice(communes) if communes else None,
-                     ALWAYS_OPEN if tall_building else OFFICE_HOURS, peripherals)
+        k = SimKiosk(
+            f"KS-{run}-{i:04d}",
+            district,
+            rng.choice(communes) if communes else None,
+            ALWAYS_OPEN if tall_building else OFFICE_HOURS,
+            peripherals,
+        )
         k.paper = rng.randint(PAPER_SHEETS // 4, PAPER_SHEETS)
         if rng.random() < 0.02:
             k.dark_at = now + timedelta(seconds=rng.uniform(60, 1800))
@@ -87,9 +125,16 @@ def build_fleet(n: int, rng: random.Random, now: datetime) -> list[SimKiosk]:
 
 def _registry_item(k: SimKiosk) -> dict:
     kind = "Tòa nhà" if k.hours is ALWAYS_OPEN else "Bộ phận một cửa"
-    return {"kiosk_id": k.kiosk_id, "building": f"{kind} {k.kiosk_id[-4:]}", "address": f"Số {k.kiosk_id[-3:]}, "
-            f"{k.district}", "district": k.district, "commune": k.commune, "opening_hours": k.hours,
-            "peripherals": k.peripherals, "software_version": "3.2.1"}
+    return {
+        "kiosk_id": k.kiosk_id,
+        "building": f"{kind} {k.kiosk_id[-4:]}",
+        "address": f"Số {k.kiosk_id[-3:]}, {k.district}",
+        "district": k.district,
+        "commune": k.commune,
+        "opening_hours": k.hours,
+        "peripherals": k.peripherals,
+        "software_version": "3.2.1",
+    }
 
 
 def _local_hour(now: datetime) -> int:
@@ -116,9 +161,15 @@ class FleetStep:
                 k.offline_until = now + timedelta(seconds=self.rng.uniform(240, 900))
                 continue
             if k.next_heartbeat is None or now >= k.next_heartbeat:
-                heartbeats.append({"kiosk_id": k.kiosk_id, "at": now.isoformat(), "app_version": "3.2.1",
-                                   "uptime_seconds": int((now - k.started).total_seconds()),
-                                   "network": "wired" if k.hours is ALWAYS_OPEN else "wifi"})
+                heartbeats.append(
+                    {
+                        "kiosk_id": k.kiosk_id,
+                        "at": now.isoformat(),
+                        "app_version": "3.2.1",
+                        "uptime_seconds": int((now - k.started).total_seconds()),
+                        "network": "wired" if k.hours is ALWAYS_OPEN else "wifi",
+                    }
+                )
                 # The first beat comes at start-up; spreading the next one staggers the fleet.
                 spread = self.rng.uniform(0.1, 1.0) if k.next_heartbeat is None else 1.0
                 k.next_heartbeat = now + timedelta(seconds=self.heartbeat_seconds * spread)
@@ -140,7 +191,9 @@ class FleetStep:
                 return k
             k += 1
 
-    def _status(self, k: SimKiosk, peripheral: str, state: str, now: datetime, paper: str | None = None) -> dict:
+    def _status(
+        self, k: SimKiosk, peripheral: str, state: str, now: datetime, paper: str | None = None
+    ) -> dict:
         # Several changes in one tick get distinct times (ingest treats a repeated kiosk+peripheral+time as a retry).
         self._seq = (self._seq + 1) % 1000
         at = now + timedelta(microseconds=self._seq)
@@ -162,7 +215,9 @@ class FleetStep:
             per = self.rng.choice([p for p in k.peripherals if p != "touchscreen"])
             if per not in k.broken:
                 k.broken[per] = now + timedelta(seconds=self.rng.uniform(900, 5400))
-                state = "fraud_attempt" if per == "card_reader" and self.rng.random() < 0.2 else "hardware_error"
+                state = (
+                    "fraud_attempt" if per == "card_reader" and self.rng.random() < 0.2 else "hardware_error"
+                )
                 out.append(self._status(k, per, state, now))
         return out
 
@@ -170,23 +225,32 @@ class FleetStep:
         offered = [j for j, _ in offered_journeys(tuple(k.peripherals))]
         journey = self.rng.choices(offered, weights=[JOURNEY_WEIGHTS[j] for j in offered])[0]
         duration = self.rng.uniform(30, 400)
-        item: dict = {"session_id": uuid.uuid4().hex[:16], "kiosk_id": k.kiosk_id, "journey": journey,
-                      "started_at": (now - timedelta(seconds=duration)).isoformat(), "ended_at": now.isoformat()}
+        item: dict = {
+            "session_id": uuid.uuid4().hex[:16],
+            "kiosk_id": k.kiosk_id,
+            "journey": journey,
+            "started_at": (now - timedelta(seconds=duration)).isoformat(),
+            "ended_at": now.isoformat(),
+        }
         blocked = any(p in k.broken for p in JOURNEY_NEEDS[journey]) or (
-            "printer" in JOURNEY_NEEDS[journey] and k.paper_state == "out")
+            "printer" in JOURNEY_NEEDS[journey] and k.paper_state == "out"
+        )
         r = self.rng.random()
         if blocked:
             item.update(outcome="failed", failure_reason="device_fault")
         elif r < 0.08:
             item.update(outcome="abandoned", failure_reason=self.rng.choice(["timeout", "user_cancelled"]))
         elif r < 0.11:
-            item.update(outcome="failed", failure_reason=self.rng.choice(["network_error", "service_unavailable",
-                                                                           "payment_declined"]))
+            item.update(
+                outcome="failed",
+                failure_reason=self.rng.choice(["network_error", "service_unavailable", "payment_declined"]),
+            )
         else:
             item["outcome"] = "completed"
             if journey in ("submit_dossier", "check_status", "print_result", "pay_fee"):
-                item["dossier_code"] = f"000.00.{self.rng.randint(1, 30):02d}.H26-{now:%y%m%d}-" \
-                                       f"{self.rng.randint(1, 9999):04d}"
+                item["dossier_code"] = (
+                    f"000.00.{self.rng.randint(1, 30):02d}.H26-{now:%y%m%d}-{self.rng.randint(1, 9999):04d}"
+                )
             if "printer" in JOURNEY_NEEDS[journey]:
                 peripherals += self._print(k, now, self.rng.randint(1, 5))
         if self.rng.random() < 0.3 or journey == "rate_service":
@@ -207,7 +271,7 @@ class FleetStep:
 async def _post(client: httpx.AsyncClient, path: str, items: list[dict], stop: asyncio.Event) -> None:
     """Post in chunks; retry a chunk on 429/503 and network errors (with the same Idempotency-Key)."""
     for i in range(0, len(items), 1000):
-        chunk = items[i:i + 1000]
+        chunk = items[i : i + 1000]
         headers = {"Idempotency-Key": uuid.uuid4().hex}
         for attempt in range(5):
             try:
@@ -221,12 +285,20 @@ async def _post(client: httpx.AsyncClient, path: str, items: list[dict], stop: a
                     break
             if stop.is_set():
                 return
-            await asyncio.sleep(min(5.0, 0.5 * 2 ** attempt))
+            await asyncio.sleep(min(5.0, 0.5 * 2**attempt))
 
 
-async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float = 1.0, tick_seconds: float = 5.0,
-              heartbeat_seconds: float = 60.0, seed: int | None = None,
-              transport: httpx.AsyncBaseTransport | None = None) -> None:
+async def run(
+    base_url: str,
+    api_key: str,
+    *,
+    stop: asyncio.Event,
+    scale: float = 1.0,
+    tick_seconds: float = 5.0,
+    heartbeat_seconds: float = 60.0,
+    seed: int | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> None:
     """Simulate ``300 × scale`` kiosks against the kiosk service at ``base_url`` until ``stop`` is set.
 
     ``api_key`` needs ``kiosk:admin`` (to register the fleet) and ``kiosk:ingest``.
@@ -234,23 +306,41 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
     rng = random.Random(seed)
     fleet = build_fleet(max(3, int(300 * scale)), rng, datetime.now(UTC))
     step = FleetStep(rng, heartbeat_seconds)
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30,
-                                 transport=transport) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30, transport=transport
+    ) as client:
         await _post(client, "/v1/kiosks/import", [_registry_item(k) for k in fleet], stop)
         # Every peripheral starts online (and printers report their paper).
         now = datetime.now(UTC)
-        await _post(client, "/v1/peripherals", [
-            {"kiosk_id": k.kiosk_id, "peripheral": p, "state": "online", "at": now.isoformat(),
-             **({"paper": "low" if k.paper < 40 else "full"} if p == "printer" else {})}
-            for k in fleet for p in k.peripherals], stop)
+        await _post(
+            client,
+            "/v1/peripherals",
+            [
+                {
+                    "kiosk_id": k.kiosk_id,
+                    "peripheral": p,
+                    "state": "online",
+                    "at": now.isoformat(),
+                    **({"paper": "low" if k.paper < 40 else "full"} if p == "printer" else {}),
+                }
+                for k in fleet
+                for p in k.peripherals
+            ],
+            stop,
+        )
         last = datetime.now(UTC)
         while not stop.is_set():
             now = datetime.now(UTC)
-            heartbeats, peripherals, sessions = step.step(fleet, now, max(0.001, (now - last).total_seconds()))
+            heartbeats, peripherals, sessions = step.step(
+                fleet, now, max(0.001, (now - last).total_seconds())
+            )
             last = now
             # Peripheral changes before sessions, heartbeats first: the order a real kiosk would report in.
-            for path, items in (("/v1/heartbeats", heartbeats), ("/v1/peripherals", peripherals),
-                                ("/v1/sessions", sessions)):
+            for path, items in (
+                ("/v1/heartbeats", heartbeats),
+                ("/v1/peripherals", peripherals),
+                ("/v1/sessions", sessions),
+            ):
                 if items:
                     await _post(client, path, items, stop)
             await wait_event(stop, tick_seconds)

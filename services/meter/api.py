@@ -64,17 +64,33 @@ def _reporter(principal: Principal) -> str | None:
 
 
 @router.post("/meters", response_model=BatchResult, summary="Create or update registry entries")
-async def register_meters(body: MetersBatch, request: Request,
-                          principal: Principal = Depends(require_scope("meter:admin"))):
-    return await idempotent(request, principal, "meter:admin",
-                            lambda: _service(request).register_meters(body.items))
+async def register_meters(
+    body: MetersBatch, request: Request, principal: Principal = Depends(require_scope("meter:admin"))
+):
+    return await idempotent(
+        request, principal, "meter:admin", lambda: _service(request).register_meters(body.items)
+    )
 
 
-@router.post("/meters/import", response_model=BatchResult, summary="Bulk registry import (text/csv)",
-             openapi_extra={"requestBody": {"required": True, "content": {"text/csv": {"schema": {
-                 "type": "string",
-                 "description": "header: meter_id,customers,district,commune,feeder,transformer,installed_on,"
-                                "interval_seconds,gateway (gateway optional)"}}}}})
+@router.post(
+    "/meters/import",
+    response_model=BatchResult,
+    summary="Bulk registry import (text/csv)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {
+                        "type": "string",
+                        "description": "header: meter_id,customers,district,commune,feeder,transformer,installed_on,"
+                        "interval_seconds,gateway (gateway optional)",
+                    }
+                }
+            },
+        }
+    },
+)
 async def import_meters(request: Request, principal: Principal = Depends(require_scope("meter:admin"))):
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("text/csv"):
@@ -92,34 +108,67 @@ async def get_meter(meter_id: str, request: Request, _: Principal = Depends(requ
     m = _service(request).registry.get(meter_id)
     if m is None:
         raise ApiError(404, "not_found", "no such meter")
-    return {"meter_id": m.meter_id, "customers": m.customers, "district": m.district, "commune": m.commune,
-            "feeder": m.feeder, "transformer": m.transformer, "installed_on": m.installed_on.isoformat(),
-            "interval_seconds": m.interval_seconds, "gateway": m.gateway}
+    return {
+        "meter_id": m.meter_id,
+        "customers": m.customers,
+        "district": m.district,
+        "commune": m.commune,
+        "feeder": m.feeder,
+        "transformer": m.transformer,
+        "installed_on": m.installed_on.isoformat(),
+        "interval_seconds": m.interval_seconds,
+        "gateway": m.gateway,
+    }
 
 
-@router.post("/readings", response_model=BatchResult,
-             summary="Ingest a batch of interval readings (up to 10,000)",
-             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                 "schema": READINGS_SCHEMA}}}},
-             responses={400: {"description": "the body is not JSON"},
-                        403: {"description": "a meter of the batch reports through another gateway; nothing "
-                                             "accepted (details name the items)"},
-                        422: {"description": "not a batch, or every reading was rejected (details per reading)"},
-                        503: {"description": "not durable; nothing accepted, retry"}})
+@router.post(
+    "/readings",
+    response_model=BatchResult,
+    summary="Ingest a batch of interval readings (up to 10,000)",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": READINGS_SCHEMA}}}
+    },
+    responses={
+        400: {"description": "the body is not JSON"},
+        403: {
+            "description": "a meter of the batch reports through another gateway; nothing "
+            "accepted (details name the items)"
+        },
+        422: {"description": "not a batch, or every reading was rejected (details per reading)"},
+        503: {"description": "not durable; nothing accepted, retry"},
+    },
+)
 async def ingest_readings(request: Request, principal: Principal = Depends(require_scope("meter:ingest"))):
     # The body is validated by the service from the raw bytes in one pass (ReadingsBody), not by FastAPI.
     _require_json(request)
     raw = await request.body()
-    return await idempotent(request, principal, "meter:ingest",
-                            lambda: _service(request).ingest_readings(raw, _reporter(principal)))
+    return await idempotent(
+        request,
+        principal,
+        "meter:ingest",
+        lambda: _service(request).ingest_readings(raw, _reporter(principal)),
+    )
 
 
-@router.post("/events", response_model=BatchResult, summary="Ingest a batch of meter events",
-             responses={403: {"description": "a meter of the batch reports through another gateway; nothing "
-                                             "accepted (details name the items)"},
-                        422: {"description": "every event was rejected (details per event)"},
-                        503: {"description": "not durable; nothing accepted, retry"}})
-async def ingest_events(body: EventsBatch, request: Request,
-                        principal: Principal = Depends(require_scope("meter:ingest"))):
-    return await idempotent(request, principal, "meter:ingest",
-                            lambda: _service(request).ingest_events(body.items, _reporter(principal)))
+@router.post(
+    "/events",
+    response_model=BatchResult,
+    summary="Ingest a batch of meter events",
+    responses={
+        403: {
+            "description": "a meter of the batch reports through another gateway; nothing "
+            "accepted (details name the items)"
+        },
+        422: {"description": "every event was rejected (details per event)"},
+        503: {"description": "not durable; nothing accepted, retry"},
+    },
+)
+async def ingest_events(
+    body: EventsBatch, request: Request, principal: Principal = Depends(require_scope("meter:ingest"))
+):
+    return await idempotent(
+        request,
+        principal,
+        "meter:ingest",
+        lambda: _service(request).ingest_events(body.items, _reporter(principal)),
+    )

@@ -24,7 +24,9 @@ async def _start(ctx: ServiceContext) -> None:
     await service.load()
     ctx.extras["meter"] = service
     ctx.spawn(service.refresh_forever(), "meter-registry-refresh")
-    ctx.spawn(service.register_writer.run_forever(ctx.settings.register_flush_seconds), "meter-register-writer")
+    ctx.spawn(
+        service.register_writer.run_forever(ctx.settings.register_flush_seconds), "meter-register-writer"
+    )
 
 
 async def _stop(ctx: ServiceContext) -> None:

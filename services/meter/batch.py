@@ -46,8 +46,12 @@ class BatchParser:
         try:
             items = self.envelope.validate_python(data)["items"]
         except ValidationError as exc:
-            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])}
-                                          for e in exc.errors(include_input=False, include_url=False)]) from None
+            raise RequestValidationError(
+                [
+                    {**e, "loc": ("body", *e["loc"])}
+                    for e in exc.errors(include_input=False, include_url=False)
+                ]
+            ) from None
         valid: list[tuple[int, dict[str, Any]]] = []
         errors: list[ItemError] = []
         validate = self.item.validate_python
@@ -58,8 +62,15 @@ class BatchParser:
                 err = exc.errors(include_input=False, include_url=False)[0]
                 fields = [str(p) for p in err["loc"] if not isinstance(p, int)]
                 ident = raw_item.get(self.id_field) if isinstance(raw_item, dict) else None
-                errors.append(ItemError(i, ident if isinstance(ident, str) else None, ".".join(fields) or None,
-                                        err["msg"], "invalid"))
+                errors.append(
+                    ItemError(
+                        i,
+                        ident if isinstance(ident, str) else None,
+                        ".".join(fields) or None,
+                        err["msg"],
+                        "invalid",
+                    )
+                )
         return valid, errors
 
 

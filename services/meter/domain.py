@@ -46,22 +46,27 @@ def _energy(code: str, quantity: str, unit: str) -> ObisSpec:
     return ObisSpec(code, quantity, unit, {unit: 1.0, unit.replace("k", "", 1): 0.001}, cumulative=True)
 
 
-OBIS: dict[str, ObisSpec] = {s.code: s for s in (
-    _energy("1-0:1.8.0", "active energy import", "kWh"),
-    _energy("1-0:2.8.0", "active energy export", "kWh"),
-    _energy("1-0:3.8.0", "reactive energy import", "kvarh"),
-    _energy("1-0:4.8.0", "reactive energy export", "kvarh"),
-    ObisSpec("1-0:1.7.0", "active power import", "W", {"W": 1.0, "kW": 1000.0}, maximum=2_000_000.0),
-    ObisSpec("1-0:2.7.0", "active power export", "W", {"W": 1.0, "kW": 1000.0}, maximum=2_000_000.0),
-    ObisSpec("1-0:32.7.0", "voltage L1", "V", {"V": 1.0}, maximum=500.0),
-    ObisSpec("1-0:52.7.0", "voltage L2", "V", {"V": 1.0}, maximum=500.0),
-    ObisSpec("1-0:72.7.0", "voltage L3", "V", {"V": 1.0}, maximum=500.0),
-    ObisSpec("1-0:31.7.0", "current L1", "A", {"A": 1.0}, maximum=2000.0),
-    ObisSpec("1-0:51.7.0", "current L2", "A", {"A": 1.0}, maximum=2000.0),
-    ObisSpec("1-0:71.7.0", "current L3", "A", {"A": 1.0}, maximum=2000.0),
-    # Load-profile channel value: the interval's consumption (kWh), not a register.
-    ObisSpec("1-0:99.1.0", "load profile interval energy", "kWh", {"kWh": 1.0, "Wh": 0.001}, maximum=None),
-)}
+OBIS: dict[str, ObisSpec] = {
+    s.code: s
+    for s in (
+        _energy("1-0:1.8.0", "active energy import", "kWh"),
+        _energy("1-0:2.8.0", "active energy export", "kWh"),
+        _energy("1-0:3.8.0", "reactive energy import", "kvarh"),
+        _energy("1-0:4.8.0", "reactive energy export", "kvarh"),
+        ObisSpec("1-0:1.7.0", "active power import", "W", {"W": 1.0, "kW": 1000.0}, maximum=2_000_000.0),
+        ObisSpec("1-0:2.7.0", "active power export", "W", {"W": 1.0, "kW": 1000.0}, maximum=2_000_000.0),
+        ObisSpec("1-0:32.7.0", "voltage L1", "V", {"V": 1.0}, maximum=500.0),
+        ObisSpec("1-0:52.7.0", "voltage L2", "V", {"V": 1.0}, maximum=500.0),
+        ObisSpec("1-0:72.7.0", "voltage L3", "V", {"V": 1.0}, maximum=500.0),
+        ObisSpec("1-0:31.7.0", "current L1", "A", {"A": 1.0}, maximum=2000.0),
+        ObisSpec("1-0:51.7.0", "current L2", "A", {"A": 1.0}, maximum=2000.0),
+        ObisSpec("1-0:71.7.0", "current L3", "A", {"A": 1.0}, maximum=2000.0),
+        # Load-profile channel value: the interval's consumption (kWh), not a register.
+        ObisSpec(
+            "1-0:99.1.0", "load profile interval energy", "kWh", {"kWh": 1.0, "Wh": 0.001}, maximum=None
+        ),
+    )
+}
 ENERGY_IMPORT = "1-0:1.8.0"
 
 
@@ -78,28 +83,46 @@ def _ev(event: str, category: str) -> CanonicalEvent:
 
 # DLMS/COSEM standard event log codes (IEC 62056 / IDIS), domain notes §2.
 DLMS_EVENTS: dict[int, CanonicalEvent] = {
-    1: _ev("power_down", "power"), 2: _ev("power_up", "power"),
-    4: _ev("clock_adjusted", "clock"), 5: _ev("clock_adjusted", "clock"), 6: _ev("clock_invalid", "clock"),
-    7: _ev("battery_low", "battery"), 8: _ev("battery_low", "battery"),
+    1: _ev("power_down", "power"),
+    2: _ev("power_up", "power"),
+    4: _ev("clock_adjusted", "clock"),
+    5: _ev("clock_adjusted", "clock"),
+    6: _ev("clock_invalid", "clock"),
+    7: _ev("battery_low", "battery"),
+    8: _ev("battery_low", "battery"),
     **{c: _ev("hardware_error", "hardware") for c in range(12, 17)},
-    40: _ev("terminal_cover_opened", "tamper"), 41: _ev("terminal_cover_closed", "tamper"),
-    42: _ev("magnetic_field_detected", "tamper"), 43: _ev("magnetic_field_cleared", "tamper"),
-    44: _ev("meter_cover_opened", "tamper"), 45: _ev("meter_cover_closed", "tamper"),
-    46: _ev("login_failed", "security"), 47: _ev("configuration_changed", "configuration"),
-    60: _ev("disconnected", "disconnector"), 61: _ev("connected", "disconnector"),
-    62: _ev("disconnected", "disconnector"), 63: _ev("connected", "disconnector"),
+    40: _ev("terminal_cover_opened", "tamper"),
+    41: _ev("terminal_cover_closed", "tamper"),
+    42: _ev("magnetic_field_detected", "tamper"),
+    43: _ev("magnetic_field_cleared", "tamper"),
+    44: _ev("meter_cover_opened", "tamper"),
+    45: _ev("meter_cover_closed", "tamper"),
+    46: _ev("login_failed", "security"),
+    47: _ev("configuration_changed", "configuration"),
+    60: _ev("disconnected", "disconnector"),
+    61: _ev("connected", "disconnector"),
+    62: _ev("disconnected", "disconnector"),
+    63: _ev("connected", "disconnector"),
 }
 # Vendor-specific codes seen from Hanoi's HES vendors (normalised: upper case, '-' and ' ' → '_').
 # Reverse energy has no standard code, so it only arrives this way. Unverified beyond the common spellings.
 VENDOR_EVENTS: dict[str, CanonicalEvent] = {
-    **{k: _ev("power_down", "power") for k in ("LAST_GASP", "LASTGASP", "PWR_FAIL", "POWER_FAIL", "POWER_DOWN",
-                                                 "POWER_OFF")},
-    **{k: _ev("power_up", "power") for k in ("PWR_RESTORE", "POWER_RESTORE", "POWER_RESTORED", "POWER_UP",
-                                               "POWER_ON", "FIRST_BREATH")},
-    **{k: _ev("reverse_energy_detected", "tamper") for k in ("REV_ENERGY", "REVERSE_ENERGY", "REVERSE_FLOW",
-                                                               "RE_ON", "REV_ENERGY_START")},
-    **{k: _ev("reverse_energy_cleared", "tamper") for k in ("REV_ENERGY_END", "REVERSE_ENERGY_END", "RE_OFF",
-                                                              "REVERSE_FLOW_END")},
+    **{
+        k: _ev("power_down", "power")
+        for k in ("LAST_GASP", "LASTGASP", "PWR_FAIL", "POWER_FAIL", "POWER_DOWN", "POWER_OFF")
+    },
+    **{
+        k: _ev("power_up", "power")
+        for k in ("PWR_RESTORE", "POWER_RESTORE", "POWER_RESTORED", "POWER_UP", "POWER_ON", "FIRST_BREATH")
+    },
+    **{
+        k: _ev("reverse_energy_detected", "tamper")
+        for k in ("REV_ENERGY", "REVERSE_ENERGY", "REVERSE_FLOW", "RE_ON", "REV_ENERGY_START")
+    },
+    **{
+        k: _ev("reverse_energy_cleared", "tamper")
+        for k in ("REV_ENERGY_END", "REVERSE_ENERGY_END", "RE_OFF", "REVERSE_FLOW_END")
+    },
     **{k: _ev("magnetic_field_detected", "tamper") for k in ("MAG_TAMPER", "MAGNETIC_TAMPER", "MAGNET_ON")},
     **{k: _ev("magnetic_field_cleared", "tamper") for k in ("MAG_TAMPER_END", "MAGNET_OFF")},
     **{k: _ev("meter_cover_opened", "tamper") for k in ("COVER_OPEN", "METER_COVER_OPEN")},
@@ -152,8 +175,10 @@ class MeterIn(_Input):
     installed_on: date
     interval_seconds: IntervalSeconds = 900
     gateway: EntityId | None = Field(
-        None, description="principal id of the head-end system that reports for this meter; without one, only a "
-        "meter:admin principal may report for it")
+        None,
+        description="principal id of the head-end system that reports for this meter; without one, only a "
+        "meter:admin principal may report for it",
+    )
 
 
 # Readings are schema-checked in one pydantic-core call per batch (TypedDicts: no model per reading); the
@@ -168,8 +193,17 @@ class ReadingItem(TypedDict):
     meter_id: EntityId
     obis: Annotated[str, Field(max_length=24)]
     # Parsed by validate_readings (once per distinct value in a batch: a batch shares few interval ends).
-    interval_end: Annotated[str, Field(max_length=40), WithJsonSchema(
-        {"type": "string", "format": "date-time", "description": "RFC 3339 with offset, e.g. 2024-05-01T10:15:00Z"})]
+    interval_end: Annotated[
+        str,
+        Field(max_length=40),
+        WithJsonSchema(
+            {
+                "type": "string",
+                "format": "date-time",
+                "description": "RFC 3339 with offset, e.g. 2024-05-01T10:15:00Z",
+            }
+        ),
+    ]
     value: StrictFloat | None
     unit: Annotated[str, Field(max_length=8)]
     quality: NotRequired[ReadingQuality]
@@ -209,8 +243,11 @@ class MeterInfo:
     installed_epoch: int = 0
 
     def __post_init__(self):
-        self.installed_epoch = int(datetime(self.installed_on.year, self.installed_on.month,
-                                            self.installed_on.day, tzinfo=UTC).timestamp())
+        self.installed_epoch = int(
+            datetime(
+                self.installed_on.year, self.installed_on.month, self.installed_on.day, tzinfo=UTC
+            ).timestamp()
+        )
 
 
 def may_report(reporter: str, meter_id: str, registry: Mapping[str, MeterInfo]) -> bool:
@@ -231,8 +268,9 @@ def check_meter_areas(items: Iterable[tuple[int, MeterIn]], areas: Hierarchy) ->
             continue
         c = areas.areas.get(m.commune)
         if c is None or c.parent != m.district:
-            errors.append(ItemError(i, m.meter_id, "commune", "commune is not in the given district",
-                                    "unknown_area"))
+            errors.append(
+                ItemError(i, m.meter_id, "commune", "commune is not in the given district", "unknown_area")
+            )
     return errors
 
 
@@ -270,7 +308,8 @@ def iso_utc(epoch: int) -> str:
 _AWARE_DATETIME = TypeAdapter(AwareDatetime)
 # (OBIS code, unit) → (spec, factor to the canonical unit): one lookup per reading on the hot path.
 _OBIS_UNITS: dict[tuple[str, str], tuple[ObisSpec, float]] = {
-    (code, unit): (spec, factor) for code, spec in OBIS.items() for unit, factor in spec.units.items()}
+    (code, unit): (spec, factor) for code, spec in OBIS.items() for unit, factor in spec.units.items()
+}
 
 
 def parse_interval_end(text: str) -> int | float | str:
@@ -325,11 +364,19 @@ def validate_readings(
         if spec_factor is None:
             spec = obis_table.get(r["obis"])
             if spec is None:
-                errors.append(ItemError(i, mid, "obis", "OBIS code is not one the service accepts",
-                                        "unknown_obis"))
+                errors.append(
+                    ItemError(i, mid, "obis", "OBIS code is not one the service accepts", "unknown_obis")
+                )
             else:
-                errors.append(ItemError(i, mid, "unit", f"unit must be one of {sorted(spec.units)} for "
-                                        f"{spec.code}", "invalid_unit"))
+                errors.append(
+                    ItemError(
+                        i,
+                        mid,
+                        "unit",
+                        f"unit must be one of {sorted(spec.units)} for {spec.code}",
+                        "invalid_unit",
+                    )
+                )
             continue
         spec, factor = spec_factor
         raw_end = r["interval_end"]
@@ -344,25 +391,49 @@ def validate_readings(
             errors.append(ItemError(i, mid, "interval_end", "interval end is in the future", "future"))
             continue
         if end <= meter.installed_epoch:
-            errors.append(ItemError(i, mid, "interval_end", "interval end is before the meter's installation",
-                                    "before_installation"))
+            errors.append(
+                ItemError(
+                    i,
+                    mid,
+                    "interval_end",
+                    "interval end is before the meter's installation",
+                    "before_installation",
+                )
+            )
             continue
         if end % step:
-            errors.append(ItemError(i, mid, "interval_end",
-                                    f"interval end is not on the meter's {step // 60}-minute grid", "misaligned"))
+            errors.append(
+                ItemError(
+                    i,
+                    mid,
+                    "interval_end",
+                    f"interval end is not on the meter's {step // 60}-minute grid",
+                    "misaligned",
+                )
+            )
             continue
         quality = r.get("quality", "measured")
         value = r["value"]
         if value is None:
             if quality != "missing":
-                errors.append(ItemError(i, mid, "value", "value is required unless quality is 'missing'",
-                                        "invalid"))
+                errors.append(
+                    ItemError(i, mid, "value", "value is required unless quality is 'missing'", "invalid")
+                )
                 continue
         else:
             value = value * factor
-        if value is not None and (value < spec.minimum or (spec.maximum is not None and value > spec.maximum)):
-            errors.append(ItemError(i, mid, "value", f"value outside the plausible range of {spec.quantity}",
-                                    "implausible_value"))
+        if value is not None and (
+            value < spec.minimum or (spec.maximum is not None and value > spec.maximum)
+        ):
+            errors.append(
+                ItemError(
+                    i,
+                    mid,
+                    "value",
+                    f"value outside the plausible range of {spec.quantity}",
+                    "implausible_value",
+                )
+            )
             continue
         key = (mid, spec.code)
         st = get_register(key)
@@ -379,21 +450,54 @@ def validate_readings(
             if end <= last_end:
                 k = (last_end - end) // step
                 if k > DEDUP_HORIZON_INTERVALS:
-                    errors.append(ItemError(i, mid, "interval_end", "reading is older than the de-duplication "
-                                            f"horizon ({DEDUP_HORIZON_INTERVALS} intervals)", "too_late"))
+                    errors.append(
+                        ItemError(
+                            i,
+                            mid,
+                            "interval_end",
+                            "reading is older than the de-duplication "
+                            f"horizon ({DEDUP_HORIZON_INTERVALS} intervals)",
+                            "too_late",
+                        )
+                    )
                     continue
                 if mask >> k & 1:
-                    if k == 0 and value is not None and last_value is not None and value_end == end \
-                            and abs(value - last_value) > 1e-9:
-                        errors.append(ItemError(i, mid, "value", "a different value was already accepted for "
-                                                "this meter, OBIS code and interval", "conflict"))
+                    if (
+                        k == 0
+                        and value is not None
+                        and last_value is not None
+                        and value_end == end
+                        and abs(value - last_value) > 1e-9
+                    ):
+                        errors.append(
+                            ItemError(
+                                i,
+                                mid,
+                                "value",
+                                "a different value was already accepted for "
+                                "this meter, OBIS code and interval",
+                                "conflict",
+                            )
+                        )
                         continue
                     out.duplicates += 1
                     continue
-                if spec.cumulative and value is not None and last_value is not None and value > last_value \
-                        and value - last_value < modulus / 2:
-                    errors.append(ItemError(i, mid, "value", "late register value is above a later accepted "
-                                            "one (register going backwards)", "register_backwards"))
+                if (
+                    spec.cumulative
+                    and value is not None
+                    and last_value is not None
+                    and value > last_value
+                    and value - last_value < modulus / 2
+                ):
+                    errors.append(
+                        ItemError(
+                            i,
+                            mid,
+                            "value",
+                            "late register value is above a later accepted one (register going backwards)",
+                            "register_backwards",
+                        )
+                    )
                     continue
                 new = (last_end, mask | (1 << k), last_value, value_end)
                 flags.append("late")
@@ -412,14 +516,28 @@ def validate_readings(
                                 d = wrapped
                                 flags.append("rollover")
                             else:
-                                errors.append(ItemError(i, mid, "value", "cumulative register went backwards "
-                                                        "(not a rollover; register a meter replacement first)",
-                                                        "register_backwards"))
+                                errors.append(
+                                    ItemError(
+                                        i,
+                                        mid,
+                                        "value",
+                                        "cumulative register went backwards "
+                                        "(not a rollover; register a meter replacement first)",
+                                        "register_backwards",
+                                    )
+                                )
                                 continue
                         elif d > limit:
-                            errors.append(ItemError(
-                                i, mid, "value", f"implausible jump: more than {limits.max_demand_kw:g} kW "
-                                "average demand since the previous reading", "implausible_jump"))
+                            errors.append(
+                                ItemError(
+                                    i,
+                                    mid,
+                                    "value",
+                                    f"implausible jump: more than {limits.max_demand_kw:g} kW "
+                                    "average demand since the previous reading",
+                                    "implausible_jump",
+                                )
+                            )
                             continue
                         delta = d
                     new = (end, mask, value, end)
@@ -429,18 +547,34 @@ def validate_readings(
         iso_end = iso_ends.get(end)
         if iso_end is None:
             iso_end = iso_ends[end] = iso_utc(end)
-        accept((i, {
-            "meter_id": mid, "obis": spec.code, "interval_end": iso_end, "interval_seconds": step,
-            "value": value, "unit": spec.unit, "quality": quality, "flags": flags, "delta": delta,
-            "district": meter.district, "commune": meter.commune, "feeder": meter.feeder,
-            "customers": meter.customers,
-        }))
+        accept(
+            (
+                i,
+                {
+                    "meter_id": mid,
+                    "obis": spec.code,
+                    "interval_end": iso_end,
+                    "interval_seconds": step,
+                    "value": value,
+                    "unit": spec.unit,
+                    "quality": quality,
+                    "flags": flags,
+                    "delta": delta,
+                    "district": meter.district,
+                    "commune": meter.commune,
+                    "feeder": meter.feeder,
+                    "customers": meter.customers,
+                },
+            )
+        )
     return out
 
 
-def undo_registers(registers: dict[tuple[str, str], RegisterState],
-                   previous: Mapping[tuple[str, str], RegisterState | None],
-                   applied: Mapping[tuple[str, str], RegisterState]) -> None:
+def undo_registers(
+    registers: dict[tuple[str, str], RegisterState],
+    previous: Mapping[tuple[str, str], RegisterState | None],
+    applied: Mapping[tuple[str, str], RegisterState],
+) -> None:
     """Restore register states after a failed publish, unless another batch has moved them on since."""
     for key, before in previous.items():
         if registers.get(key) is not applied.get(key):
@@ -494,7 +628,9 @@ def validate_events(
     for i, e in ordered:
         meter = registry.get(e.meter_id)
         if meter is None:
-            out.errors.append(ItemError(i, e.meter_id, "meter_id", "meter is not registered", "unknown_entity"))
+            out.errors.append(
+                ItemError(i, e.meter_id, "meter_id", "meter is not registered", "unknown_entity")
+            )
             continue
         at_ms = int(e.at.timestamp() * 1000)
         if at_ms // 1000 > horizon_limit:
@@ -502,9 +638,15 @@ def validate_events(
             continue
         canon = normalise_event(e.code, e.raw_code)
         if canon is None:
-            out.errors.append(ItemError(i, e.meter_id, "code" if e.code is not None else "raw_code",
-                                        "event code is neither a DLMS standard code nor a known vendor code",
-                                        "unknown_code"))
+            out.errors.append(
+                ItemError(
+                    i,
+                    e.meter_id,
+                    "code" if e.code is not None else "raw_code",
+                    "event code is neither a DLMS standard code nor a known vendor code",
+                    "unknown_code",
+                )
+            )
             continue
         dedup = (e.meter_id, at_ms, e.raw_code)
         if dedup in seen or dedup in batch_seen:
@@ -512,13 +654,28 @@ def validate_events(
             continue
         batch_seen.add(dedup)
         out.seen.append(dedup)
-        at_iso = iso_utc(at_ms // 1000) if at_ms % 1000 == 0 else \
-            e.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        accepted.append((i, {
-            "meter_id": e.meter_id, "at": at_iso, "event": canon.event, "category": canon.category,
-            "code": e.code, "raw_code": e.raw_code, "district": meter.district, "commune": meter.commune,
-            "feeder": meter.feeder, "customers": meter.customers,
-        }))
+        at_iso = (
+            iso_utc(at_ms // 1000)
+            if at_ms % 1000 == 0
+            else e.at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        )
+        accepted.append(
+            (
+                i,
+                {
+                    "meter_id": e.meter_id,
+                    "at": at_iso,
+                    "event": canon.event,
+                    "category": canon.category,
+                    "code": e.code,
+                    "raw_code": e.raw_code,
+                    "district": meter.district,
+                    "commune": meter.commune,
+                    "feeder": meter.feeder,
+                    "customers": meter.customers,
+                },
+            )
+        )
         if canon.event not in ("power_down", "power_up"):
             continue
         down_ms = out.outages[e.meter_id] if e.meter_id in out.outages else open_outages.get(e.meter_id)
@@ -530,12 +687,19 @@ def validate_events(
             duration = (at_ms - down_ms) / 1000.0
             out.outages[e.meter_id] = None
             supply.append((at_ms, _supply(meter, "restored", at_iso, feeder_sizes)))
-            out.interruptions.append({
-                "meter_id": e.meter_id, "started_at": _iso_ms(down_ms), "ended_at": at_iso,
-                "duration_seconds": duration, "kind": classify_interruption(duration),
-                "customers": meter.customers, "district": meter.district, "commune": meter.commune,
-                "feeder": meter.feeder,
-            })
+            out.interruptions.append(
+                {
+                    "meter_id": e.meter_id,
+                    "started_at": _iso_ms(down_ms),
+                    "ended_at": at_iso,
+                    "duration_seconds": duration,
+                    "kind": classify_interruption(duration),
+                    "customers": meter.customers,
+                    "district": meter.district,
+                    "commune": meter.commune,
+                    "feeder": meter.feeder,
+                }
+            )
     out.accepted = sorted(accepted, key=lambda p: p[0])
     # A feeder's consumer needs its meters' supply changes in time order, not grouped by meter.
     out.supply_changes = [s for _, s in sorted(supply, key=lambda p: p[0])]
@@ -550,8 +714,14 @@ def _iso_ms(ms: int) -> str:
 
 
 def _supply(meter: MeterInfo, supply: str, at_iso: str, feeder_sizes: Mapping[str, int]) -> dict[str, Any]:
-    return {"feeder": meter.feeder, "meter_id": meter.meter_id, "supply": supply, "at": at_iso,
-            "district": meter.district, "feeder_meters": feeder_sizes.get(meter.feeder, 0)}
+    return {
+        "feeder": meter.feeder,
+        "meter_id": meter.meter_id,
+        "supply": supply,
+        "at": at_iso,
+        "district": meter.district,
+        "feeder_meters": feeder_sizes.get(meter.feeder, 0),
+    }
 
 
 # ------------------------------------------------------------------------------------------ KPI formulas
@@ -564,7 +734,9 @@ def window_start(epoch: int, window_seconds: int) -> int:
     return local - local % window_seconds - offset
 
 
-def expected_intervals(window_seconds: int, window_start_epoch: int, meters_by_interval: Mapping[int, int]) -> int:
+def expected_intervals(
+    window_seconds: int, window_start_epoch: int, meters_by_interval: Mapping[int, int]
+) -> int:
     """Intervals expected in a window from meters grouped by reading interval (an interval belongs to the
     window its start falls in)."""
     total = 0
@@ -596,6 +768,8 @@ def maifi(momentary_customer_interruptions: float, customers_served: float) -> f
     return momentary_customer_interruptions / customers_served if customers_served else None
 
 
-def feeder_in_outage(meters_down: int, feeder_meters: int, *, fraction: float = 0.5, minimum: int = 3) -> bool:
+def feeder_in_outage(
+    meters_down: int, feeder_meters: int, *, fraction: float = 0.5, minimum: int = 3
+) -> bool:
     """A feeder is out when at least ``minimum`` meters and ``fraction`` of its meters have no supply."""
     return meters_down >= minimum and meters_down >= fraction * max(feeder_meters, 1)

@@ -99,14 +99,31 @@ def _percent(numerator: float, denominator: float) -> float | None:
     return numerator / denominator * 100.0 if denominator else None
 
 
-def _obs(kpi: str, level: str, code: str, ws: int, seconds: int, numerator: float, denominator: float | None,
-         unit: str, value: float | None, partition: int, now_iso: str) -> EncodedEvent:
+def _obs(
+    kpi: str,
+    level: str,
+    code: str,
+    ws: int,
+    seconds: int,
+    numerator: float,
+    denominator: float | None,
+    unit: str,
+    value: float | None,
+    partition: int,
+    now_iso: str,
+) -> EncodedEvent:
     """One KpiObserved; ``value`` is the KPI over this partition alone (None when undefined)."""
-    payload = kpi_observed_payload(kpi, level, code, iso_utc(ws), seconds, value, numerator, denominator, unit,
-                                   partition, now_iso)
+    payload = kpi_observed_payload(
+        kpi, level, code, iso_utc(ws), seconds, value, numerator, denominator, unit, partition, now_iso
+    )
     # ce_time is when it was observed (the emit's now), not read from the clock again for every observation
-    return encode(KPI_EVENT, payload, source="/ioc/meter/processor",
-                  id=f"{payload['key']}|{ws}|{seconds}|{partition}|{now_iso}", time=now_iso)
+    return encode(
+        KPI_EVENT,
+        payload,
+        source="/ioc/meter/processor",
+        id=f"{payload['key']}|{ws}|{seconds}|{partition}|{now_iso}",
+        time=now_iso,
+    )
 
 
 class MeterKpiProcessor(StreamProcessor):
@@ -325,12 +342,20 @@ class MeterKpiProcessor(StreamProcessor):
     def _alarm(self, state: State, d: dict, tamper: str, change: str) -> None:
         what = tamper.replace("_", " ")
         pending = state.get("out") or []
-        pending.append({
-            "alarm_id": f"meter:tamper_{tamper}:{d['meter_id']}", "domain": "meter",
-            "alarm_type": f"tamper_{tamper}", "state": change, "severity": "major", "source_id": d["meter_id"],
-            "district": d["district"], "commune": d["commune"], "at": d["at"],
-            "message": f"meter tamper: {what} {'detected' if change == 'raised' else 'ended'}",
-        })
+        pending.append(
+            {
+                "alarm_id": f"meter:tamper_{tamper}:{d['meter_id']}",
+                "domain": "meter",
+                "alarm_type": f"tamper_{tamper}",
+                "state": change,
+                "severity": "major",
+                "source_id": d["meter_id"],
+                "district": d["district"],
+                "commune": d["commune"],
+                "at": d["at"],
+                "message": f"meter tamper: {what} {'detected' if change == 'raised' else 'ended'}",
+            }
+        )
         state["out"] = pending
 
     def _interruption(self, d: dict, state: State) -> None:
@@ -417,16 +442,38 @@ class MeterKpiProcessor(StreamProcessor):
                 meters_read = agg["meters"] if seconds == DAY else agg["valid"]
                 expected_meters = reg["meters"] if seconds == DAY else expected
                 if key in dirty:
-                    out += self._kpis("district", district, ws, seconds, agg, meters_read, expected_meters,
-                                      expected, reg["customers"], p, now_iso)
+                    out += self._kpis(
+                        "district",
+                        district,
+                        ws,
+                        seconds,
+                        agg,
+                        meters_read,
+                        expected_meters,
+                        expected,
+                        reg["customers"],
+                        p,
+                        now_iso,
+                    )
                 city["n_meters"] += expected_meters
                 city["n_customers"] += reg["customers"]
                 city["expected"] += expected
                 city["meters"] += meters_read
                 for f in ("kwh", "valid", "tamper", "ci", "cmi", "mi"):
                     city[f] += agg[f]
-            out += self._kpis("city", CITY_CODE, ws, seconds, city, city["meters"], city["n_meters"],
-                              city["expected"], city["n_customers"], p, now_iso)
+            out += self._kpis(
+                "city",
+                CITY_CODE,
+                ws,
+                seconds,
+                city,
+                city["meters"],
+                city["n_meters"],
+                city["expected"],
+                city["n_customers"],
+                p,
+                now_iso,
+            )
         if "dirty" in state:
             state.pop("dirty")
         if state.get("supply_dirty"):
@@ -434,26 +481,59 @@ class MeterKpiProcessor(StreamProcessor):
             state.pop("supply_dirty")
         pending = state.get("out")
         if pending:
-            out += [encode(ALARM_EVENT, a, source="/ioc/meter/processor", id=f"{a['alarm_id']}|{a['state']}|{a['at']}")
-                    for a in pending]
+            out += [
+                encode(
+                    ALARM_EVENT,
+                    a,
+                    source="/ioc/meter/processor",
+                    id=f"{a['alarm_id']}|{a['state']}|{a['at']}",
+                )
+                for a in pending
+            ]
             state.pop("out")
         self._prune(state)
         return out
 
-    def _kpis(self, level: str, code: str, ws: int, seconds: int, agg: dict, meters_read: int,
-              expected_meters: int, expected: int, customers: int, p: int, now_iso: str) -> list[EncodedEvent]:
+    def _kpis(
+        self,
+        level: str,
+        code: str,
+        ws: int,
+        seconds: int,
+        agg: dict,
+        meters_read: int,
+        expected_meters: int,
+        expected: int,
+        customers: int,
+        p: int,
+        now_iso: str,
+    ) -> list[EncodedEvent]:
         out: list[EncodedEvent] = []
         changed = self.changed_since_emitted
 
-        def obs(kpi: str, num: float, den: float | None, unit: str, value: Callable[[], float | None]) -> None:
+        def obs(
+            kpi: str, num: float, den: float | None, unit: str, value: Callable[[], float | None]
+        ) -> None:
             # Checked before encoding (the costly part); ``value`` is computed only for what is published.
             if changed(p, (kpi, level, code, ws, seconds), (num, den)):
                 out.append(_obs(kpi, level, code, ws, seconds, num, den, unit, value(), p, now_iso))
 
-        kwh, ci, cmi, mi, valid, tamper = agg["kwh"], agg["ci"], agg["cmi"], agg["mi"], agg["valid"], agg["tamper"]
+        kwh, ci, cmi, mi, valid, tamper = (
+            agg["kwh"],
+            agg["ci"],
+            agg["cmi"],
+            agg["mi"],
+            agg["valid"],
+            agg["tamper"],
+        )
         obs("meter.energy_kwh", kwh, None, "kWh", lambda: kwh)
-        obs("meter.read_success_rate", meters_read, expected_meters, "%",
-            lambda: _percent(meters_read, expected_meters))
+        obs(
+            "meter.read_success_rate",
+            meters_read,
+            expected_meters,
+            "%",
+            lambda: _percent(meters_read, expected_meters),
+        )
         obs("meter.interval_completeness", valid, expected, "%", lambda: _percent(valid, expected))
         obs("meter.tamper_alarms", tamper, None, "count", lambda: tamper)
         obs("meter.saifi", ci, customers, "int/cust", lambda: saifi(ci, customers))
@@ -477,8 +557,11 @@ class MeterKpiProcessor(StreamProcessor):
         changed = self.changed_since_emitted
         scopes = [("district", dist, n) for dist, n in sorted(counts.items())]
         scopes.append(("city", CITY_CODE, sum(counts.values())))
-        return [_obs(kpi, level, code, ws, QUARTER, n, None, "meters", n, p, now_iso) for level, code, n in scopes
-                if changed(p, (kpi, level, code, ws, QUARTER), (n, None))]
+        return [
+            _obs(kpi, level, code, ws, QUARTER, n, None, "meters", n, p, now_iso)
+            for level, code, n in scopes
+            if changed(p, (kpi, level, code, ws, QUARTER), (n, None))
+        ]
 
     def _prune(self, state: State) -> None:
         wm = state.get("wm", 0)
@@ -520,13 +603,24 @@ class FeederOutageProcessor(StreamProcessor):
             f["raised"] = out
             pending = state.get("out") or []
             n = len(f["down"])
-            pending.append({
-                "alarm_id": f"meter:feeder_outage:{d['feeder']}", "domain": "meter", "alarm_type": "feeder_outage",
-                "state": "raised" if out else "cleared", "severity": "critical", "source_id": d["feeder"],
-                "district": f["district"], "commune": None, "at": d["at"],
-                "message": (f"feeder outage: {n} of {f['meters']} meters without supply" if out
-                            else f"feeder supply restored ({n} of {f['meters']} meters still without supply)"),
-            })
+            pending.append(
+                {
+                    "alarm_id": f"meter:feeder_outage:{d['feeder']}",
+                    "domain": "meter",
+                    "alarm_type": "feeder_outage",
+                    "state": "raised" if out else "cleared",
+                    "severity": "critical",
+                    "source_id": d["feeder"],
+                    "district": f["district"],
+                    "commune": None,
+                    "at": d["at"],
+                    "message": (
+                        f"feeder outage: {n} of {f['meters']} meters without supply"
+                        if out
+                        else f"feeder supply restored ({n} of {f['meters']} meters still without supply)"
+                    ),
+                }
+            )
             state["out"] = pending
         if f["down"] or f["raised"]:
             state[key] = f
@@ -538,11 +632,17 @@ class FeederOutageProcessor(StreamProcessor):
         if not pending:
             return []
         state.pop("out")
-        return [encode(ALARM_EVENT, a, source="/ioc/meter/processor", id=f"{a['alarm_id']}|{a['state']}|{a['at']}")
-                for a in pending]
+        return [
+            encode(
+                ALARM_EVENT, a, source="/ioc/meter/processor", id=f"{a['alarm_id']}|{a['state']}|{a['at']}"
+            )
+            for a in pending
+        ]
 
 
 PROCESSORS: list[Callable[[MeterSettings], StreamProcessor]] = [
     lambda settings: MeterKpiProcessor(),
-    lambda settings: FeederOutageProcessor(settings.feeder_outage_fraction, settings.feeder_outage_min_meters),
+    lambda settings: FeederOutageProcessor(
+        settings.feeder_outage_fraction, settings.feeder_outage_min_meters
+    ),
 ]

@@ -35,8 +35,13 @@ def reading_events(payloads: Iterable[dict[str, Any]], source: str) -> list[Enco
     headers every reading shares built once per batch and the per-reading ones (id, time, subject) cached by
     value (a batch has few distinct interval ends and OBIS codes).
     """
-    common = [("ce_specversion", SPEC_VERSION), ("ce_source", source.encode()), ("ce_type", READING.type.encode()),
-              ("ce_dataschema", READING.schema_id.encode()), ("content-type", CONTENT_TYPE)]
+    common = [
+        ("ce_specversion", SPEC_VERSION),
+        ("ce_source", source.encode()),
+        ("ce_type", READING.type.encode()),
+        ("ce_dataschema", READING.schema_id.encode()),
+        ("content-type", CONTENT_TYPE),
+    ]
     topic, tname, dumps = READING.topic, READING.type, orjson.dumps
     # (OBIS, interval end) → (event id suffix, ce_time header, ce_subject header)
     shared: dict[tuple[str, str], tuple[str, tuple[str, bytes], tuple[str, bytes]]] = {}
@@ -47,26 +52,44 @@ def reading_events(payloads: Iterable[dict[str, Any]], source: str) -> list[Enco
         s = shared.get((p["obis"], p["interval_end"]))
         if s is None:
             obis, end = p["obis"], p["interval_end"]
-            s = shared[(obis, end)] = (f":{obis}:{end}", ("ce_time", end.encode()), ("ce_subject", obis.encode()))
+            s = shared[(obis, end)] = (
+                f":{obis}:{end}",
+                ("ce_time", end.encode()),
+                ("ce_subject", obis.encode()),
+            )
         event_id = "r:" + mid + s[0]
-        append(EncodedEvent(topic, mid.encode(), dumps(p), [("ce_id", event_id.encode()), s[1], s[2], *common],
-                            event_id, tname))
+        append(
+            EncodedEvent(
+                topic,
+                mid.encode(),
+                dumps(p),
+                [("ce_id", event_id.encode()), s[1], s[2], *common],
+                event_id,
+                tname,
+            )
+        )
     return out
 
 
 def meter_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:
-    return [encode(EVENT, p, source=source, id=f"e:{p['meter_id']}:{p['at']}:{p['raw_code']}", time=p["at"])
-            for p in payloads]
+    return [
+        encode(EVENT, p, source=source, id=f"e:{p['meter_id']}:{p['at']}:{p['raw_code']}", time=p["at"])
+        for p in payloads
+    ]
 
 
 def interruption_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:
-    return [encode(INTERRUPTION, p, source=source, id=f"i:{p['meter_id']}:{p['started_at']}", time=p["ended_at"])
-            for p in payloads]
+    return [
+        encode(INTERRUPTION, p, source=source, id=f"i:{p['meter_id']}:{p['started_at']}", time=p["ended_at"])
+        for p in payloads
+    ]
 
 
 def supply_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:
-    return [encode(SUPPLY, p, source=source, id=f"s:{p['meter_id']}:{p['supply']}:{p['at']}", time=p["at"])
-            for p in payloads]
+    return [
+        encode(SUPPLY, p, source=source, id=f"s:{p['meter_id']}:{p['supply']}:{p['at']}", time=p["at"])
+        for p in payloads
+    ]
 
 
 def registry_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:

@@ -13,15 +13,26 @@ _METER_COLUMNS = "meter_id, customers, district, commune, feeder, transformer, i
 
 
 def _info(row: asyncpg.Record) -> MeterInfo:
-    return MeterInfo(row["meter_id"], row["customers"], row["district"], row["commune"], row["feeder"],
-                     row["transformer"], row["installed_on"], row["interval_seconds"], row["gateway_principal"])
+    return MeterInfo(
+        row["meter_id"],
+        row["customers"],
+        row["district"],
+        row["commune"],
+        row["feeder"],
+        row["transformer"],
+        row["installed_on"],
+        row["interval_seconds"],
+        row["gateway_principal"],
+    )
 
 
 async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[str, MeterInfo | None]:
     """Insert or update registry entries in one statement; returns each meter's entry *before* the write."""
     async with pool.acquire() as conn, conn.transaction():
-        before = await conn.fetch(f"SELECT {_METER_COLUMNS} FROM meters WHERE meter_id = ANY($1::text[])",
-                                  [m.meter_id for m in meters])
+        before = await conn.fetch(
+            f"SELECT {_METER_COLUMNS} FROM meters WHERE meter_id = ANY($1::text[])",
+            [m.meter_id for m in meters],
+        )
         await conn.execute(
             f"INSERT INTO meters ({_METER_COLUMNS}) "
             "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], "
@@ -31,21 +42,31 @@ async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[s
             "installed_on = excluded.installed_on, interval_seconds = excluded.interval_seconds, "
             "gateway_principal = excluded.gateway_principal, "
             "updated_at = clock_timestamp()",
-            [m.meter_id for m in meters], [m.customers for m in meters], [m.district for m in meters],
-            [m.commune for m in meters], [m.feeder for m in meters], [m.transformer for m in meters],
-            [m.installed_on for m in meters], [m.interval_seconds for m in meters], [m.gateway for m in meters],
+            [m.meter_id for m in meters],
+            [m.customers for m in meters],
+            [m.district for m in meters],
+            [m.commune for m in meters],
+            [m.feeder for m in meters],
+            [m.transformer for m in meters],
+            [m.installed_on for m in meters],
+            [m.interval_seconds for m in meters],
+            [m.gateway for m in meters],
         )
     old: dict[str, MeterInfo | None] = {m.meter_id: None for m in meters}
     old.update({r["meter_id"]: _info(r) for r in before})
     return old
 
 
-async def load_meters(pool: asyncpg.Pool, since: datetime | None = None) -> tuple[list[MeterInfo], datetime | None]:
+async def load_meters(
+    pool: asyncpg.Pool, since: datetime | None = None
+) -> tuple[list[MeterInfo], datetime | None]:
     """Registry entries changed after ``since`` (all when ``None``), and the newest change time seen."""
     if since is None:
         rows = await pool.fetch(f"SELECT {_METER_COLUMNS}, updated_at FROM meters")
     else:
-        rows = await pool.fetch(f"SELECT {_METER_COLUMNS}, updated_at FROM meters WHERE updated_at > $1", since)
+        rows = await pool.fetch(
+            f"SELECT {_METER_COLUMNS}, updated_at FROM meters WHERE updated_at > $1", since
+        )
     newest = max((r["updated_at"] for r in rows), default=since)
     return [_info(r) for r in rows], newest
 
@@ -56,7 +77,9 @@ async def get_meter(pool: asyncpg.Pool, meter_id: str) -> MeterInfo | None:
 
 
 async def load_registers(pool: asyncpg.Pool) -> dict[tuple[str, str], RegisterState]:
-    rows = await pool.fetch("SELECT meter_id, obis, last_end, seen_mask, last_value, value_end FROM register_state")
+    rows = await pool.fetch(
+        "SELECT meter_id, obis, last_end, seen_mask, last_value, value_end FROM register_state"
+    )
     return {(r[0], r[1]): (r[2], r[3], r[4], r[5]) for r in rows}
 
 
@@ -86,7 +109,9 @@ async def reset_registers(pool: asyncpg.Pool, meter_ids: Sequence[str]) -> None:
 
 
 async def load_open_outages(pool: asyncpg.Pool) -> dict[str, int]:
-    return {r["meter_id"]: r["down_ms"] for r in await pool.fetch("SELECT meter_id, down_ms FROM open_outages")}
+    return {
+        r["meter_id"]: r["down_ms"] for r in await pool.fetch("SELECT meter_id, down_ms FROM open_outages")
+    }
 
 
 async def save_outages(pool: asyncpg.Pool, changes: dict[str, int | None]) -> None:
@@ -100,5 +125,6 @@ async def save_outages(pool: asyncpg.Pool, changes: dict[str, int | None]) -> No
             await conn.execute(
                 "INSERT INTO open_outages (meter_id, down_ms) SELECT * FROM unnest($1::text[], $2::bigint[]) "
                 "ON CONFLICT (meter_id) DO UPDATE SET down_ms = excluded.down_ms",
-                [m for m, _ in opened], [t for _, t in opened],
+                [m for m, _ in opened],
+                [t for _, t in opened],
             )

@@ -115,8 +115,9 @@ class MeterService:
         self.pool = pool
         self.publisher = publisher
         self.source = source
-        self.limits = Limits(settings.max_demand_kw, settings.register_modulus_kwh,
-                             settings.future_tolerance_seconds)
+        self.limits = Limits(
+            settings.max_demand_kw, settings.register_modulus_kwh, settings.future_tolerance_seconds
+        )
         self.registry: dict[str, MeterInfo] = {}
         self.feeder_sizes: dict[str, int] = {}
         self.registers: dict[tuple[str, str], RegisterState] = {}
@@ -134,14 +135,18 @@ class MeterService:
         self._apply_registry(meters)
         self.registers = await repository.load_registers(self.pool)
         self.open_outages = await repository.load_open_outages(self.pool)
-        log.info("meter caches loaded", extra={"meters": len(self.registry), "registers": len(self.registers)})
+        log.info(
+            "meter caches loaded", extra={"meters": len(self.registry), "registers": len(self.registers)}
+        )
 
     async def refresh_forever(self) -> None:
         """Pick up registry changes written by other replicas."""
         while True:
             await asyncio.sleep(self.settings.registry_refresh_seconds)
             try:
-                meters, self._registry_version = await repository.load_meters(self.pool, self._registry_version)
+                meters, self._registry_version = await repository.load_meters(
+                    self.pool, self._registry_version
+                )
                 self._apply_registry(meters)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("registry refresh failed: %s", type(exc).__name__)
@@ -169,18 +174,37 @@ class MeterService:
         meters = list(latest.values())
         if meters:
             before = await repository.upsert_meters(self.pool, meters)
-            replaced = [m.meter_id for m in meters
-                        if before[m.meter_id] is not None and m.installed_on > before[m.meter_id].installed_on]
+            replaced = [
+                m.meter_id
+                for m in meters
+                if before[m.meter_id] is not None and m.installed_on > before[m.meter_id].installed_on
+            ]
             await self.register_writer.forget(replaced)
             for mid in replaced:
                 for key in [k for k in self.registers if k[0] == mid]:
                     del self.registers[key]
-            self._apply_registry([MeterInfo(m.meter_id, m.customers, m.district, m.commune, m.feeder,
-                                            m.transformer, m.installed_on, m.interval_seconds, m.gateway)
-                                  for m in meters])
+            self._apply_registry(
+                [
+                    MeterInfo(
+                        m.meter_id,
+                        m.customers,
+                        m.district,
+                        m.commune,
+                        m.feeder,
+                        m.transformer,
+                        m.installed_on,
+                        m.interval_seconds,
+                        m.gateway,
+                    )
+                    for m in meters
+                ]
+            )
             # Who may report for a meter is access control, not registry data for subscribers.
-            await self.publisher.publish(publishing.registry_events(
-                (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source))
+            await self.publisher.publish(
+                publishing.registry_events(
+                    (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source
+                )
+            )
         accepted = sum(1 for i, _ in valid if i not in bad)
         return batch_result(SERVICE, "meter", accepted, sorted(errors, key=lambda e: e.index))
 
@@ -189,13 +213,17 @@ class MeterService:
         reader = csv.DictReader(io.StringIO(text))
         items: list[Any] = []
         for row in reader:
-            item: dict[str, Any] = {k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()}
+            item: dict[str, Any] = {
+                k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()
+            }
             for int_field in ("customers", "interval_seconds"):
                 if int_field in item and item[int_field].lstrip("-").isdigit():
                     item[int_field] = int(item[int_field])
             items.append(item)
         if len(items) > self.settings.max_batch_meters:
-            raise ApiError(413, "batch_too_large", f"at most {self.settings.max_batch_meters} rows per import")
+            raise ApiError(
+                413, "batch_too_large", f"at most {self.settings.max_batch_meters} rows per import"
+            )
         return await self.register_meters(items)
 
     # ----------------------------------------------------------------------------------------- readings
@@ -205,7 +233,9 @@ class MeterService:
         if reporter is None:
             return
         registry = self.registry
-        refuse_unowned(meter_ids, lambda mid: may_report(reporter, mid, registry), field="meter_id", noun="meter")
+        refuse_unowned(
+            meter_ids, lambda mid: may_report(reporter, mid, registry), field="meter_id", noun="meter"
+        )
 
     async def ingest_readings(self, raw: bytes, reporter: str | None = None) -> tuple[int, dict]:
         """Validate a batch of readings (the raw JSON body), publish the accepted ones (acks awaited).
@@ -224,7 +254,9 @@ class MeterService:
         registers = self.registers
         applied = dict(zip(outcome.previous, map(registers.__getitem__, outcome.previous), strict=True))
         try:
-            await self.publisher.publish(publishing.reading_events([p for _, p in outcome.accepted], self.source))
+            await self.publisher.publish(
+                publishing.reading_events([p for _, p in outcome.accepted], self.source)
+            )
         except BaseException:
             undo_registers(registers, outcome.previous, applied)
             raise
@@ -243,8 +275,15 @@ class MeterService:
         self.authorize(((i, e.meter_id) for i, e in valid), reporter)
         # Outage pairing reads and writes shared state across awaits: one event batch at a time.
         async with self._events_lock:
-            outcome = validate_events(valid, self.registry, self.open_outages, self.seen_events,
-                                      self.feeder_sizes, datetime.now(UTC), self.limits)
+            outcome = validate_events(
+                valid,
+                self.registry,
+                self.open_outages,
+                self.seen_events,
+                self.feeder_sizes,
+                datetime.now(UTC),
+                self.limits,
+            )
             encoded = publishing.meter_events((p for _, p in outcome.accepted), self.source)
             encoded += publishing.interruption_events(outcome.interruptions, self.source)
             encoded += publishing.supply_events(outcome.supply_changes, self.source)
@@ -264,4 +303,3 @@ class MeterService:
         errors.extend(outcome.errors)
         errors.sort(key=lambda e: e.index)
         return batch_result(SERVICE, "meter_event", len(outcome.accepted), errors, outcome.duplicates)
-

@@ -38,7 +38,9 @@ def load_shape(hour: float) -> float:
 class Fleet:
     """The simulated meters and what each one's register says."""
 
-    def __init__(self, n: int, rng: random.Random, districts: Sequence[str] | None = None, prefix: str = "MTR-"):
+    def __init__(
+        self, n: int, rng: random.Random, districts: Sequence[str] | None = None, prefix: str = "MTR-"
+    ):
         areas = hanoi()
         districts = [d for d in areas.districts if districts is None or d.code in districts]
         self.meters: list[dict] = []
@@ -52,15 +54,20 @@ class Fleet:
             feeder_no = (i // len(districts)) // per_feeder
             mid = f"{prefix}{i:07d}"
             bulk = rng.random() < 0.02  # apartment building bulk meter
-            self.meters.append({
-                "meter_id": mid, "customers": rng.randint(10, 60) if bulk else 1, "district": d.code,
-                "commune": communes[(i // len(districts)) % len(communes)].code,
-                "feeder": f"F-{d.code}-{feeder_no:03d}", "transformer": f"T-{d.code}-{feeder_no:03d}-{i % 8}",
-                "installed_on": (date(2019, 1, 1) + timedelta(days=i % 1500)).isoformat(),
-                "interval_seconds": 3600 if rng.random() < 0.03 else 900,
-            })
+            self.meters.append(
+                {
+                    "meter_id": mid,
+                    "customers": rng.randint(10, 60) if bulk else 1,
+                    "district": d.code,
+                    "commune": communes[(i // len(districts)) % len(communes)].code,
+                    "feeder": f"F-{d.code}-{feeder_no:03d}",
+                    "transformer": f"T-{d.code}-{feeder_no:03d}-{i % 8}",
+                    "installed_on": (date(2019, 1, 1) + timedelta(days=i % 1500)).isoformat(),
+                    "interval_seconds": 3600 if rng.random() < 0.03 else 900,
+                }
+            )
             self.register[mid] = rng.uniform(1_000, 60_000)
-            self.kw[mid] = (rng.uniform(8, 40) if bulk else rng.uniform(0.3, 2.0))
+            self.kw[mid] = rng.uniform(8, 40) if bulk else rng.uniform(0.3, 2.0)
         for m in rng.sample(self.meters, max(1, n // 2000)):
             self.broken.add(m["meter_id"])
         self.feeders: dict[str, list[str]] = {}
@@ -87,9 +94,18 @@ async def _post(client: httpx.AsyncClient, path: str, body: dict, stop: asyncio.
     return None
 
 
-async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float = 1.0,
-              step_seconds: float = 3.0, seed: int | None = None, districts: Sequence[str] | None = None,
-              prefix: str = "MTR-", transport: httpx.AsyncBaseTransport | None = None) -> None:
+async def run(
+    base_url: str,
+    api_key: str,
+    *,
+    stop: asyncio.Event,
+    scale: float = 1.0,
+    step_seconds: float = 3.0,
+    seed: int | None = None,
+    districts: Sequence[str] | None = None,
+    prefix: str = "MTR-",
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> None:
     """Register the fleet, then post readings and events until ``stop`` is set.
 
     ``districts`` limits the fleet to some districts, ``prefix`` names its meters, ``transport`` lets tests
@@ -98,9 +114,11 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
     rng = random.Random(seed)
     fleet = Fleet(max(10, int(20_000 * scale)), rng, districts, prefix)
     headers = {"Authorization": f"Bearer {api_key}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60, transport=transport) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=60, transport=transport
+    ) as client:
         for i in range(0, len(fleet.meters), 5000):
-            await _post(client, "/v1/meters", {"items": fleet.meters[i:i + 5000]}, stop)
+            await _post(client, "/v1/meters", {"items": fleet.meters[i : i + 5000]}, stop)
         log.info("simulator fleet registered", extra={"meters": len(fleet.meters)})
         now = datetime.now(UTC)
         start = int((now - timedelta(days=1)).timestamp())
@@ -115,15 +133,21 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
                 continue
             readings, events = _interval(fleet, rng, sim, end, late, outages)
             for i in range(0, len(readings), BATCH):
-                await _post(client, "/v1/readings", {"items": readings[i:i + BATCH]}, stop)
+                await _post(client, "/v1/readings", {"items": readings[i : i + BATCH]}, stop)
             if events:
                 await _post(client, "/v1/events", {"items": events}, stop)
             sim = end
             await wait_event(stop, step_seconds)
 
 
-def _interval(fleet: Fleet, rng: random.Random, start: datetime, end: datetime, late: list[dict],
-              outages: dict[str, datetime]) -> tuple[list[dict], list[dict]]:
+def _interval(
+    fleet: Fleet,
+    rng: random.Random,
+    start: datetime,
+    end: datetime,
+    late: list[dict],
+    outages: dict[str, datetime],
+) -> tuple[list[dict], list[dict]]:
     """Readings and events of one quarter hour (plus late readings held back from the previous one)."""
     hour = start.hour + start.minute / 60 + 7  # Hanoi is UTC+7
     shape = load_shape(hour % 24)
@@ -141,16 +165,25 @@ def _interval(fleet: Fleet, rng: random.Random, start: datetime, end: datetime, 
             minutes = rng.choice([1, 2, 3]) if rng.random() < 0.4 else rng.randint(10, 90)
             outages[feeder] = down + timedelta(minutes=minutes)
             for mid in fleet.feeders[feeder]:
-                events.append({"meter_id": mid, "at": _iso(down + timedelta(seconds=rng.randint(0, 20))),
-                               "raw_code": "LAST_GASP"})
+                events.append(
+                    {
+                        "meter_id": mid,
+                        "at": _iso(down + timedelta(seconds=rng.randint(0, 20))),
+                        "raw_code": "LAST_GASP",
+                    }
+                )
     down_meters = {m for f in outages for m in fleet.feeders[f]}
     # Tamper: a cover opened and closed again, a magnet, reverse energy (vendor code).
     for _ in range(rng.randint(0, 3)):
         m = rng.choice(fleet.meters)["meter_id"]
         t = start + timedelta(seconds=rng.randint(0, QUARTER - 120))
-        kind = rng.choice([(44, "44", 45, "45"), (42, "42", 43, "43"), (None, "REV_ENERGY", None, "REV_ENERGY_END")])
+        kind = rng.choice(
+            [(44, "44", 45, "45"), (42, "42", 43, "43"), (None, "REV_ENERGY", None, "REV_ENERGY_END")]
+        )
         events.append({"meter_id": m, "at": _iso(t), "code": kind[0], "raw_code": kind[1]})
-        events.append({"meter_id": m, "at": _iso(t + timedelta(seconds=90)), "code": kind[2], "raw_code": kind[3]})
+        events.append(
+            {"meter_id": m, "at": _iso(t + timedelta(seconds=90)), "code": kind[2], "raw_code": kind[3]}
+        )
     readings: list[dict] = list(late)
     late.clear()
     end_iso = _iso(end)
@@ -167,8 +200,14 @@ def _interval(fleet: Fleet, rng: random.Random, start: datetime, end: datetime, 
         r = rng.random()
         if r < 0.005:
             continue  # lost on the way (a gap)
-        reading = {"meter_id": mid, "obis": "1-0:1.8.0", "interval_end": end_iso, "value": value, "unit": "kWh",
-                   "quality": "estimated" if r > 0.997 else "measured"}
+        reading = {
+            "meter_id": mid,
+            "obis": "1-0:1.8.0",
+            "interval_end": end_iso,
+            "value": value,
+            "unit": "kWh",
+            "quality": "estimated" if r > 0.997 else "measured",
+        }
         if r < 0.015:
             late.append(reading)  # delivered with the next interval
             continue

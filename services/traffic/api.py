@@ -79,9 +79,12 @@ class IntersectionIn(BaseModel):
     controller_id: EntityId
     phases: list[Annotated[int, Field(ge=1, le=40)]] = Field(default_factory=list, max_length=40)
     detectors: list[DetectorIn] = Field(default_factory=list, max_length=256)
-    gateway: EntityId | None = Field(None, description="principal id of the gateway / signal-control system that "
-                                     "reports for this controller (none: only traffic:admin principals may); "
-                                     "access control only, not published on the registry topic")
+    gateway: EntityId | None = Field(
+        None,
+        description="principal id of the gateway / signal-control system that "
+        "reports for this controller (none: only traffic:admin principals may); "
+        "access control only, not published on the registry topic",
+    )
 
 
 class IntersectionBatch(RequestModel):
@@ -113,10 +116,19 @@ async def _register(ctx: ServiceContext, raw_items: list[dict[str, Any]]) -> tup
     ok: list[tuple[int, IntersectionIn]] = []
     for i, m in valid:
         if m.district not in districts:
-            errors.append(ItemError(i, m.intersection_id, "district", "unknown district code", "unknown_area"))
+            errors.append(
+                ItemError(i, m.intersection_id, "district", "unknown district code", "unknown_area")
+            )
         elif m.intersection_id in seen_ids or m.controller_id in seen_cids:
-            errors.append(ItemError(i, m.intersection_id, "intersection_id", "intersection or controller "
-                                    "appears twice in the batch", "duplicate"))
+            errors.append(
+                ItemError(
+                    i,
+                    m.intersection_id,
+                    "intersection_id",
+                    "intersection or controller appears twice in the batch",
+                    "duplicate",
+                )
+            )
         elif len({d.channel for d in m.detectors}) != len(m.detectors):
             errors.append(ItemError(i, m.intersection_id, "detectors", "a detector channel is listed twice"))
         else:
@@ -128,11 +140,19 @@ async def _register(ctx: ServiceContext, raw_items: list[dict[str, Any]]) -> tup
     if ok:
         async with ctx.pool.acquire() as conn, conn.transaction():
             taken = await repository.controllers_owned_elsewhere(
-                conn, [(m.intersection_id, m.controller_id) for _, m in ok])
+                conn, [(m.intersection_id, m.controller_id) for _, m in ok]
+            )
             for i, m in ok:
                 if m.controller_id in taken:
-                    errors.append(ItemError(i, m.intersection_id, "controller_id", "controller already belongs "
-                                            "to another intersection", "conflict"))
+                    errors.append(
+                        ItemError(
+                            i,
+                            m.intersection_id,
+                            "controller_id",
+                            "controller already belongs to another intersection",
+                            "conflict",
+                        )
+                    )
             items = [m.model_dump(mode="json") for _, m in ok if m.controller_id not in taken]
             if items:
                 rows = await repository.upsert_intersections(conn, items)
@@ -157,19 +177,25 @@ def _parse_csv(body: bytes) -> list[dict[str, str]]:
 
 # --- registry endpoints ---------------------------------------------------------------------------------------
 @router.post("/intersections", response_model=BatchResult, summary="Register or update intersections")
-async def register_intersections(body: IntersectionBatch, request: Request,
-                                 principal: Principal = Depends(require_scope("traffic:admin"))):
+async def register_intersections(
+    body: IntersectionBatch, request: Request, principal: Principal = Depends(require_scope("traffic:admin"))
+):
     ctx = _ctx(request)
     return await idempotent(request, principal, "traffic:admin", lambda: _register(ctx, body.items))
 
 
-@router.post("/intersections/import", response_model=BatchResult,
-             summary="Bulk import intersections from CSV",
-             description="Columns: intersection_id, name, district, lat, lon, controller_id, phases "
-                         "(phase numbers separated by ';' or spaces), optional gateway (principal id of the "
-                         "gateway that reports for the controller; an empty cell: none). Detectors come from "
-                         "/v1/detectors/import; without a gateway column, a controller keeps its gateway.")
-async def import_intersections(request: Request, principal: Principal = Depends(require_scope("traffic:admin"))):
+@router.post(
+    "/intersections/import",
+    response_model=BatchResult,
+    summary="Bulk import intersections from CSV",
+    description="Columns: intersection_id, name, district, lat, lon, controller_id, phases "
+    "(phase numbers separated by ';' or spaces), optional gateway (principal id of the "
+    "gateway that reports for the controller; an empty cell: none). Detectors come from "
+    "/v1/detectors/import; without a gateway column, a controller keeps its gateway.",
+)
+async def import_intersections(
+    request: Request, principal: Principal = Depends(require_scope("traffic:admin"))
+):
     ctx = _ctx(request)
     rows = _parse_csv(await request.body())
     items: list[dict[str, Any]] = []
@@ -195,10 +221,14 @@ async def import_intersections(request: Request, principal: Principal = Depends(
     return await idempotent(request, principal, "traffic:admin", lambda: _register(ctx, items))
 
 
-@router.post("/detectors/import", response_model=BatchResult, summary="Import detector configuration (CSV)",
-             description="ATSPM layout: DeviceId, Phase, Parameter (detector channel), Function (Advance, "
-                         "Presence, stop bar, Count), optional Distance (m) and Speed (km/h). Replaces the "
-                         "detectors of every controller present in the file.")
+@router.post(
+    "/detectors/import",
+    response_model=BatchResult,
+    summary="Import detector configuration (CSV)",
+    description="ATSPM layout: DeviceId, Phase, Parameter (detector channel), Function (Advance, "
+    "Presence, stop bar, Count), optional Distance (m) and Speed (km/h). Replaces the "
+    "detectors of every controller present in the file.",
+)
 async def import_detectors(request: Request, principal: Principal = Depends(require_scope("traffic:admin"))):
     ctx = _ctx(request)
     rows = _parse_csv(await request.body())
@@ -210,14 +240,27 @@ async def import_detectors(request: Request, principal: Principal = Depends(requ
         channels: dict[str, set[int]] = {}
         for i, cid, det in parsed:
             if cid not in registry:
-                errors.append(ItemError(i, cid, "DeviceId", "unknown controller: register the intersection "
-                                        "first", "unknown_entity"))
+                errors.append(
+                    ItemError(
+                        i,
+                        cid,
+                        "DeviceId",
+                        "unknown controller: register the intersection first",
+                        "unknown_entity",
+                    )
+                )
                 continue
             try:
                 DetectorIn.model_validate(det)
             except ValueError:
-                errors.append(ItemError(i, cid, "Parameter", "channel 1-256, phase 1-40, distance 0-1000 m and "
-                                        "speed up to 130 km/h"))
+                errors.append(
+                    ItemError(
+                        i,
+                        cid,
+                        "Parameter",
+                        "channel 1-256, phase 1-40, distance 0-1000 m and speed up to 130 km/h",
+                    )
+                )
                 continue
             if det["channel"] in channels.setdefault(cid, set()):
                 errors.append(ItemError(i, cid, "Parameter", "detector channel listed twice", "duplicate"))
@@ -239,8 +282,9 @@ async def import_detectors(request: Request, principal: Principal = Depends(requ
 
 
 @router.get("/intersections", summary="List intersections")
-async def list_intersections(request: Request, district: str | None = None,
-                             _: Principal = Depends(require_scope("traffic:read"))):
+async def list_intersections(
+    request: Request, district: str | None = None, _: Principal = Depends(require_scope("traffic:read"))
+):
     rows = list(_ctx(request).extras["registry"].values())
     if district:
         rows = [r for r in rows if r["district"] == district]
@@ -248,8 +292,9 @@ async def list_intersections(request: Request, district: str | None = None,
 
 
 @router.get("/intersections/{intersection_id}", summary="One intersection")
-async def get_intersection(intersection_id: str, request: Request,
-                           _: Principal = Depends(require_scope("traffic:read"))):
+async def get_intersection(
+    intersection_id: str, request: Request, _: Principal = Depends(require_scope("traffic:read"))
+):
     ctx = _ctx(request)
     assert ctx.pool is not None
     row = await repository.get_intersection(ctx.pool, intersection_id)
@@ -264,26 +309,34 @@ def authorize(principal: Principal, raw_items: list[Any], registry: dict[str, di
     then). Unregistered controllers pass: ingest rejects them item by item."""
     if principal.has_scope("traffic:admin"):
         return
-    refuse_unowned(named_entities(raw_items, "controller_id"),
-                   lambda cid: may_report(principal.id, False, cid, registry), field="controller_id",
-                   noun="controller")
+    refuse_unowned(
+        named_entities(raw_items, "controller_id"),
+        lambda cid: may_report(principal.id, False, cid, registry),
+        field="controller_id",
+        noun="controller",
+    )
 
 
-async def _ingest(ctx: ServiceContext, principal: Principal, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:
+async def _ingest(
+    ctx: ServiceContext, principal: Principal, raw_items: list[dict[str, Any]]
+) -> tuple[int, dict]:
     settings: TrafficSettings = ctx.settings  # type: ignore[assignment]
     if len(raw_items) > settings.max_batch_events:
         raise ApiError(413, "batch_too_large", f"at most {settings.max_batch_events} events per request")
     errors: list[ItemError]
     try:
-        items = [(i, d["controller_id"], to_ms(d["timestamp"]), d["event_code"], d["parameter"])
-                 for i, d in enumerate(HIRES_ITEMS.validate_python(raw_items))]
+        items = [
+            (i, d["controller_id"], to_ms(d["timestamp"]), d["event_code"], d["parameter"])
+            for i, d in enumerate(HIRES_ITEMS.validate_python(raw_items))
+        ]
         errors = []
     except ValidationError:
         valid, errors = validate_items(HiResEventIn, raw_items, id_field="controller_id")
         items = [(i, m.controller_id, to_ms(m.timestamp), m.event_code, m.parameter) for i, m in valid]
     registry: dict[str, dict] = ctx.extras["registry"]
-    if time.monotonic() - ctx.extras.get("registry_loaded", 0) > 1.0 and \
-            any(item[1] not in registry for item in items):
+    if time.monotonic() - ctx.extras.get("registry_loaded", 0) > 1.0 and any(
+        item[1] not in registry for item in items
+    ):
         await refresh_registry(ctx)  # another replica may have registered it
         registry = ctx.extras["registry"]
     authorize(principal, raw_items, registry)  # on the registry the batch is screened against
@@ -302,25 +355,53 @@ async def _ingest(ctx: ServiceContext, principal: Principal, raw_items: list[dic
     return batch_result("traffic", "hires_event", accepted, errors, screened.duplicates)
 
 
-@router.post("/events", response_model=BatchResult, summary="Ingest hi-res controller events",
-             description="A batch of (timestamp, controller_id, event_code, parameter). Answers 200 with the "
-                         "accepted count and every rejected item (index, field, reason), 422 when nothing was "
-                         "accepted; accepted events are on the broker before the answer. Without traffic:admin, "
-                         "a principal reports only for the registered controllers whose gateway it is: any other "
-                         "registered controller in the batch is a 403 naming the items, and nothing is accepted.")
-async def ingest_events(body: HiResBatch, request: Request,
-                        principal: Principal = Depends(require_scope("traffic:ingest"))):
+@router.post(
+    "/events",
+    response_model=BatchResult,
+    summary="Ingest hi-res controller events",
+    description="A batch of (timestamp, controller_id, event_code, parameter). Answers 200 with the "
+    "accepted count and every rejected item (index, field, reason), 422 when nothing was "
+    "accepted; accepted events are on the broker before the answer. Without traffic:admin, "
+    "a principal reports only for the registered controllers whose gateway it is: any other "
+    "registered controller in the batch is a 403 naming the items, and nothing is accepted.",
+)
+async def ingest_events(
+    body: HiResBatch, request: Request, principal: Principal = Depends(require_scope("traffic:ingest"))
+):
     ctx = _ctx(request)
     return await idempotent(request, principal, "traffic:ingest", lambda: _ingest(ctx, principal, body.items))
 
 
 # --- measures export ------------------------------------------------------------------------------------------
 MEASURE_COLUMNS = (
-    "intersection_id", "phase", "bin_start", "bin_seconds", "volume", "gap_outs", "max_outs", "force_offs",
-    "cycles", "green_seconds", "cycle_seconds", "arrivals", "arrivals_on_green", "arrivals_on_yellow",
-    "arrivals_on_red", "total_delay_seconds", "pct_arrivals_on_green", "pct_green", "platoon_ratio",
-    "approach_delay_seconds", "split_failure_cycles", "split_failures", "ped_samples",
-    "ped_delay_seconds_total", "ped_delay_seconds_avg", "detector_faults", "events", "data_completeness",
+    "intersection_id",
+    "phase",
+    "bin_start",
+    "bin_seconds",
+    "volume",
+    "gap_outs",
+    "max_outs",
+    "force_offs",
+    "cycles",
+    "green_seconds",
+    "cycle_seconds",
+    "arrivals",
+    "arrivals_on_green",
+    "arrivals_on_yellow",
+    "arrivals_on_red",
+    "total_delay_seconds",
+    "pct_arrivals_on_green",
+    "pct_green",
+    "platoon_ratio",
+    "approach_delay_seconds",
+    "split_failure_cycles",
+    "split_failures",
+    "ped_samples",
+    "ped_delay_seconds_total",
+    "ped_delay_seconds_avg",
+    "detector_faults",
+    "events",
+    "data_completeness",
     "detector_volumes",
 )
 
@@ -341,11 +422,15 @@ def measures_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-@router.get("/intersections/{intersection_id}/measures", summary="15-minute signal performance measures",
-            description="Measures per phase and bin with from <= bin_start < to (default: the last 24 hours), "
-                        "as JSON or CSV.")
+@router.get(
+    "/intersections/{intersection_id}/measures",
+    summary="15-minute signal performance measures",
+    description="Measures per phase and bin with from <= bin_start < to (default: the last 24 hours), "
+    "as JSON or CSV.",
+)
 async def export_measures(
-    intersection_id: str, request: Request,
+    intersection_id: str,
+    request: Request,
     from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     to: AwareDatetime | None = None,
     format: Literal["json", "csv"] = "json",
@@ -364,7 +449,16 @@ async def export_measures(
             raise ApiError(404, "not_found", "no such intersection")
     rows = await repository.fetch_measures(ctx.pool, intersection_id, start, end, limit=93 * 96 * 16)
     if format == "csv":
-        return Response(measures_csv(rows), media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition": 'attachment; filename="traffic-measures.csv"'})
-    return ORJSONResponse({"intersection_id": intersection_id, "from": start.isoformat(), "to": end.isoformat(),
-                           "measures": rows})
+        return Response(
+            measures_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="traffic-measures.csv"'},
+        )
+    return ORJSONResponse(
+        {
+            "intersection_id": intersection_id,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "measures": rows,
+        }
+    )

@@ -31,8 +31,17 @@ def measure_rows(events: list[ReceivedEvent]) -> list[tuple]:
         if ev.type != MEASURES_TYPE:
             continue
         m = ev.data
-        rows.append((m["intersection_id"], m["phase"], parse_time(m["bin_start"]), m["bin_seconds"],
-                     m.get("district"), m, parse_time(m["computed_at"])))
+        rows.append(
+            (
+                m["intersection_id"],
+                m["phase"],
+                parse_time(m["bin_start"]),
+                m["bin_seconds"],
+                m.get("district"),
+                m,
+                parse_time(m["computed_at"]),
+            )
+        )
     return rows
 
 
@@ -41,9 +50,11 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
     settings = settings or TrafficSettings()
 
     async def on_start(ctx: ServiceContext) -> None:
-        ctx.extras["screen"] = IngestScreen(future_tolerance_s=settings.future_tolerance_seconds,
-                                            out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
-                                            max_age_s=settings.max_event_age_seconds)
+        ctx.extras["screen"] = IngestScreen(
+            future_tolerance_s=settings.future_tolerance_seconds,
+            out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
+            max_age_s=settings.max_event_age_seconds,
+        )
         await refresh_registry(ctx)
 
         async def refresh_forever() -> None:
@@ -64,8 +75,13 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
                 if rows:
                     await repository.upsert_measures(pool, rows)
 
-            consumer = EventConsumer(settings.kafka, group_id=settings.measures_store_group,
-                                     topics=[MEASURES_TOPIC.name], handler=store, publisher=ctx.publisher)
+            consumer = EventConsumer(
+                settings.kafka,
+                group_id=settings.measures_store_group,
+                topics=[MEASURES_TOPIC.name],
+                handler=store,
+                publisher=ctx.publisher,
+            )
             try:
                 await consumer.start()
                 ctx.extras["measures_consumer"] = consumer
@@ -91,8 +107,14 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
 
     topics = [t for t in TOPICS.values() if t.owner == "traffic"] + [DEAD_LETTER_TOPIC]
     return create_service_app(
-        settings, name="traffic", title="IOC traffic signals",
+        settings,
+        name="traffic",
+        title="IOC traffic signals",
         description="Signal controller hi-res event logs in; live signal state, alarms and ATSPM signal "
-                    "performance measures out.",
-        routers=[router], migrations=Path(__file__).parent / "migrations", on_start=on_start, on_stop=on_stop,
-        topics=topics)
+        "performance measures out.",
+        routers=[router],
+        migrations=Path(__file__).parent / "migrations",
+        on_start=on_start,
+        on_stop=on_stop,
+        topics=topics,
+    )

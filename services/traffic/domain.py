@@ -28,8 +28,15 @@ POWER_FAILURE, POWER_RESTORED = 182, 184
 # Codes defined by the Indiana enumerations (2012) as used by ATSPM; reserved codes are rejected at ingest.
 # The exact upper ranges (cabinet/system events past 185) are unverified: 200-203 are accepted as well.
 KNOWN_CODES = frozenset(
-    [*range(0, 34), *range(41, 50), *range(61, 69), *range(81, 93), *range(101, 153), *range(171, 186),
-     *range(200, 204)]
+    [
+        *range(0, 34),
+        *range(41, 50),
+        *range(61, 69),
+        *range(81, 93),
+        *range(101, 153),
+        *range(171, 186),
+        *range(200, 204),
+    ]
 )
 # NTCIP 1202 unitFlashStatus: 2 = notFlash. Any other value of a 173 event means the unit is flashing
 # (unverified which values a given controller logs: choose the conservative reading).
@@ -89,15 +96,20 @@ class IngestScreen:
     ``rollback`` with the result when publishing failed.
     """
 
-    def __init__(self, *, future_tolerance_s: float, out_of_order_tolerance_s: float,
-                 max_age_s: float = 30 * 86400):
+    def __init__(
+        self, *, future_tolerance_s: float, out_of_order_tolerance_s: float, max_age_s: float = 30 * 86400
+    ):
         self.future_ms = int(future_tolerance_s * 1000)
         self.max_age_ms = int(max_age_s * 1000)
         self.ooo_ms = int(out_of_order_tolerance_s * 1000)
         self.controllers: dict[str, ControllerWatermark] = {}
 
-    def screen(self, items: Sequence[tuple[int, str, int, int, int]], known_controllers: Iterable[str] | dict,
-               now: datetime) -> Screened:
+    def screen(
+        self,
+        items: Sequence[tuple[int, str, int, int, int]],
+        known_controllers: Iterable[str] | dict,
+        now: datetime,
+    ) -> Screened:
         """Screen ``(index, controller_id, t_ms, code, param)`` items already valid in shape."""
         now_ms = to_ms(now)
         errors: list[ItemError] = []
@@ -113,21 +125,49 @@ class IngestScreen:
             if cid != last_cid:
                 last_cid = None
                 if cid not in known:
-                    errors.append(ItemError(index, cid, "controller_id", "unknown controller: register the "
-                                            "intersection first", "unknown_entity"))
+                    errors.append(
+                        ItemError(
+                            index,
+                            cid,
+                            "controller_id",
+                            "unknown controller: register the intersection first",
+                            "unknown_entity",
+                        )
+                    )
                     continue
             if code not in KNOWN_CODES:
-                errors.append(ItemError(index, cid, "event_code", f"event code {code} is not an Indiana "
-                                        "hi-res enumeration", "unknown_code"))
+                errors.append(
+                    ItemError(
+                        index,
+                        cid,
+                        "event_code",
+                        f"event code {code} is not an Indiana hi-res enumeration",
+                        "unknown_code",
+                    )
+                )
                 continue
             if t > latest_ok:
-                errors.append(ItemError(index, cid, "timestamp", f"timestamp is more than "
-                                        f"{self.future_ms / 1000:g} s in the future", "future_timestamp"))
+                errors.append(
+                    ItemError(
+                        index,
+                        cid,
+                        "timestamp",
+                        f"timestamp is more than {self.future_ms / 1000:g} s in the future",
+                        "future_timestamp",
+                    )
+                )
                 continue
             if t < oldest_ok:
                 # A controller clock reset (1970) or a log far older than a replay should bring.
-                errors.append(ItemError(index, cid, "timestamp", f"timestamp is more than "
-                                        f"{self.max_age_ms / 86_400_000:g} days old", "too_old"))
+                errors.append(
+                    ItemError(
+                        index,
+                        cid,
+                        "timestamp",
+                        f"timestamp is more than {self.max_age_ms / 86_400_000:g} days old",
+                        "too_old",
+                    )
+                )
                 continue
             if cid != last_cid:
                 wm = controllers.get(cid)
@@ -144,9 +184,16 @@ class IngestScreen:
                 continue
             # Out of order relative to everything accepted before it (earlier requests and earlier items).
             if t < wm.high_ms - ooo_ms:
-                errors.append(ItemError(index, cid, "timestamp", f"out of order: more than "
-                                        f"{ooo_ms / 1000:g} s older than this controller's latest event",
-                                        "out_of_order"))
+                errors.append(
+                    ItemError(
+                        index,
+                        cid,
+                        "timestamp",
+                        f"out of order: more than "
+                        f"{ooo_ms / 1000:g} s older than this controller's latest event",
+                        "out_of_order",
+                    )
+                )
                 continue
             recent.add(key)
             if t > wm.high_ms:
@@ -174,8 +221,9 @@ class IngestScreen:
 
 
 # --- Entity ownership -----------------------------------------------------------------------------------------
-def may_report(principal_id: str, privileged: bool, controller_id: str,
-               registry: Mapping[str, Mapping[str, Any]]) -> bool:
+def may_report(
+    principal_id: str, privileged: bool, controller_id: str, registry: Mapping[str, Mapping[str, Any]]
+) -> bool:
     """Whether a principal may report hi-res events for ``controller_id`` (registry: controller id → row).
 
     Privileged (``traffic:admin``): any controller. Otherwise a registered controller only when its ``gateway``
@@ -194,9 +242,17 @@ def may_report(principal_id: str, privileged: bool, controller_id: str,
 # --- Registry imports ---------------------------------------------------------------------------------------
 # ATSPM detection types and their IOC function (advance = upstream with distance and speed; presence = stop bar).
 DETECTOR_FUNCTIONS = {
-    "advance": "advance", "advance count": "advance", "advance speed": "advance", "advance presence": "advance",
-    "presence": "presence", "stop bar": "presence", "stopbar": "presence", "stop bar presence": "presence",
-    "lane-by-lane presence": "presence", "count": "count", "lane-by-lane count": "count",
+    "advance": "advance",
+    "advance count": "advance",
+    "advance speed": "advance",
+    "advance presence": "advance",
+    "presence": "presence",
+    "stop bar": "presence",
+    "stopbar": "presence",
+    "stop bar presence": "presence",
+    "lane-by-lane presence": "presence",
+    "count": "count",
+    "lane-by-lane count": "count",
 }
 
 
@@ -212,8 +268,9 @@ def _pick(row: dict[str, str], *names: str) -> str | None:
     return None
 
 
-def parse_detector_rows(rows: Iterable[dict[str, str]]
-                        ) -> tuple[list[tuple[int, str, dict[str, Any]]], list[ItemError]]:
+def parse_detector_rows(
+    rows: Iterable[dict[str, str]],
+) -> tuple[list[tuple[int, str, dict[str, Any]]], list[ItemError]]:
     """ATSPM-style detector rows (``DeviceId, Phase, Parameter, Function`` [, ``Distance``, ``Speed``]) →
     ``(index, controller_id, detector dict)``; the parameter is the detector channel."""
     out: list[tuple[int, str, dict[str, Any]]] = []
@@ -226,13 +283,20 @@ def parse_detector_rows(rows: Iterable[dict[str, str]]
         fn_raw = (_pick(row, "Function", "DetectionType") or "").lower()
         function = DETECTOR_FUNCTIONS.get(fn_raw)
         if function is None:
-            errors.append(ItemError(i, cid, "Function", "function must be advance, presence, stop bar or count"))
+            errors.append(
+                ItemError(i, cid, "Function", "function must be advance, presence, stop bar or count")
+            )
             continue
         try:
-            det = {"channel": int(_pick(row, "Parameter", "DetChannel", "channel") or ""),
-                   "phase": int(_pick(row, "Phase") or ""), "function": function}
+            det = {
+                "channel": int(_pick(row, "Parameter", "DetChannel", "channel") or ""),
+                "phase": int(_pick(row, "Phase") or ""),
+                "function": function,
+            }
         except ValueError:
-            errors.append(ItemError(i, cid, "Parameter", "detector channel (Parameter) and Phase must be integers"))
+            errors.append(
+                ItemError(i, cid, "Parameter", "detector channel (Parameter) and Phase must be integers")
+            )
             continue
         try:
             dist = _pick(row, "Distance", "DistanceFromStopBar", "distance_m")
@@ -262,8 +326,9 @@ class CycleArrivals:
     delay_s: float
 
 
-def classify_arrivals(arrivals_ms: Iterable[int], green_ms: int, yellow_ms: int, red_end_ms: int
-                      ) -> CycleArrivals:
+def classify_arrivals(
+    arrivals_ms: Iterable[int], green_ms: int, yellow_ms: int, red_end_ms: int
+) -> CycleArrivals:
     """Arrivals of one red-to-red cycle: before green → on red (delay = green − arrival); green to yellow → on
     green; yellow to the next red → on yellow. Arrivals at or after ``red_end_ms`` belong to the next cycle."""
     red = green = yellow = 0
@@ -300,8 +365,9 @@ SPLIT_FAILURE_THRESHOLD = 0.80
 ROR_WINDOW_MS = 5000
 
 
-def split_failure_ratios(intervals: Iterable[Sequence[int]], green_ms: int, yellow_ms: int, red_ms: int
-                         ) -> tuple[float, float]:
+def split_failure_ratios(
+    intervals: Iterable[Sequence[int]], green_ms: int, yellow_ms: int, red_ms: int
+) -> tuple[float, float]:
     """``(GOR, ROR5)``: occupancy ratio over the green and over the first 5 s of red."""
     intervals = list(intervals)
     green_len = yellow_ms - green_ms
@@ -328,17 +394,36 @@ class MeasureParams:
 
 
 def _new_bin_phase() -> dict[str, Any]:
-    return {"vol": 0, "dv": {}, "gap": 0, "max": 0, "force": 0, "cyc": 0, "green": 0, "cycle": 0,
-            "arr": 0, "aog": 0, "aoy": 0, "aor": 0, "delay": 0.0, "sfc": 0, "sf": 0, "pedn": 0, "pedd": 0.0,
-            "faults": 0}
+    return {
+        "vol": 0,
+        "dv": {},
+        "gap": 0,
+        "max": 0,
+        "force": 0,
+        "cyc": 0,
+        "green": 0,
+        "cycle": 0,
+        "arr": 0,
+        "aog": 0,
+        "aoy": 0,
+        "aor": 0,
+        "delay": 0.0,
+        "sfc": 0,
+        "sf": 0,
+        "pedn": 0,
+        "pedd": 0.0,
+        "faults": 0,
+    }
 
 
 def config_from_registry(reg: dict[str, Any]) -> dict[str, Any]:
     """The processor's compact view of an ``IntersectionConfigured`` payload."""
     return {
         "phases": list(reg.get("phases") or []),
-        "dets": {str(d["channel"]): [d["phase"], d["function"], d.get("distance_m"), d.get("speed_kmh")]
-                 for d in reg.get("detectors") or []},
+        "dets": {
+            str(d["channel"]): [d["phase"], d["function"], d.get("distance_m"), d.get("speed_kmh")]
+            for d in reg.get("detectors") or []
+        },
     }
 
 
@@ -355,22 +440,42 @@ class MeasuresEngine:
         self.cfg = cfg or {"phases": [], "dets": {}}
         self.p = params
         if "stuck_check" not in data:  # a new controller (every key is set at once)
-            for k, v in (("ph", {}), ("bins", {}), ("det_on", {}), ("closed", []), ("alarms", []),
-                         ("active", {}), ("wm", 0), ("closed_through", 0), ("late", 0), ("stuck_check", 0)):
+            for k, v in (
+                ("ph", {}),
+                ("bins", {}),
+                ("det_on", {}),
+                ("closed", []),
+                ("alarms", []),
+                ("active", {}),
+                ("wm", 0),
+                ("closed_through", 0),
+                ("late", 0),
+                ("stuck_check", 0),
+            ):
                 data.setdefault(k, v)
         # Per-event shortcuts, rebuilt for every engine (never stored): the bin events are going to and the
         # earliest time a split-failure evaluation is due.
         self._bin_start: int | None = None
         self._bin_data: dict[str, Any] | None = None
-        self._sf_due = min((ph["sf"][0][2] + ROR_WINDOW_MS for ph in data["ph"].values() if ph["sf"]),
-                           default=None)
+        self._sf_due = min(
+            (ph["sf"][0][2] + ROR_WINDOW_MS for ph in data["ph"].values() if ph["sf"]), default=None
+        )
 
     # -- helpers
     def _phase(self, phase: int) -> dict[str, Any]:
         ph = self.d["ph"].get(str(phase))
         if ph is None:
-            ph = self.d["ph"][str(phase)] = {"red": None, "green": None, "yellow": None, "arr": [], "sf": [],
-                                             "occ": [], "open": {}, "run": 0, "ped": None}
+            ph = self.d["ph"][str(phase)] = {
+                "red": None,
+                "green": None,
+                "yellow": None,
+                "arr": [],
+                "sf": [],
+                "occ": [],
+                "open": {},
+                "run": 0,
+                "ped": None,
+            }
         return ph
 
     def _bin(self, t_ms: int) -> dict[str, Any] | None:
@@ -405,8 +510,16 @@ class MeasuresEngine:
             self.d["active"][key] = t_ms
         else:
             self.d["active"].pop(key, None)
-        self.d["alarms"].append({"key": key, "type": alarm_type, "state": state, "severity": severity,
-                                 "at": t_ms, "message": message})
+        self.d["alarms"].append(
+            {
+                "key": key,
+                "type": alarm_type,
+                "state": state,
+                "severity": severity,
+                "at": t_ms,
+                "message": message,
+            }
+        )
 
     # -- folding
     def process(self, t: int, code: int, param: int) -> None:
@@ -447,12 +560,24 @@ class MeasuresEngine:
             bp = self._bin_phase(t, det[0]) if det else None
             if bp is not None:
                 bp["faults"] += 1
-            self.alarm("raised", "detector_fault", str(param), t, "minor",
-                        f"detector channel {param} fault ({FAULT_NAMES[code]})")
+            self.alarm(
+                "raised",
+                "detector_fault",
+                str(param),
+                t,
+                "minor",
+                f"detector channel {param} fault ({FAULT_NAMES[code]})",
+            )
         elif code == UNIT_FLASH:
             flashing = param not in FLASH_CLEARED_PARAMS
-            self.alarm("raised" if flashing else "cleared", "controller_flash", "", t, "major",
-                        "controller in flash" if flashing else "controller left flash")
+            self.alarm(
+                "raised" if flashing else "cleared",
+                "controller_flash",
+                "",
+                t,
+                "major",
+                "controller in flash" if flashing else "controller left flash",
+            )
         elif code == POWER_FAILURE:
             self.alarm("raised", "power_failure", "", t, "critical", "controller power failure")
         elif code == POWER_RESTORED:
@@ -477,11 +602,15 @@ class MeasuresEngine:
             elif function == "presence":
                 ph["open"][str(ch)] = t
             if self.d["active"]:  # clearing needs an active alarm: skip building the message otherwise
-                self.alarm("cleared", "detector_fault", str(ch), t, "minor", f"detector channel {ch} working again")
+                self.alarm(
+                    "cleared", "detector_fault", str(ch), t, "minor", f"detector channel {ch} working again"
+                )
         else:
             self.d["det_on"].pop(str(ch), None)
             if self.d["active"]:
-                self.alarm("cleared", "stuck_detector", str(ch), t, "minor", f"detector channel {ch} released")
+                self.alarm(
+                    "cleared", "stuck_detector", str(ch), t, "minor", f"detector channel {ch} released"
+                )
             if det is not None and det[1] == "presence":
                 ph = self._phase(det[0])
                 on = ph["open"].pop(str(ch), None)
@@ -496,14 +625,26 @@ class MeasuresEngine:
         if code == MAX_OUT:
             ph["run"] += 1
             if ph["run"] >= self.p.max_out_run:
-                self.alarm("raised", "consecutive_max_outs", str(phase), t, "warning",
-                            f"phase {phase} maxed out {ph['run']} times in a row (detector failure or "
-                            "under-timed phase)")
+                self.alarm(
+                    "raised",
+                    "consecutive_max_outs",
+                    str(phase),
+                    t,
+                    "warning",
+                    f"phase {phase} maxed out {ph['run']} times in a row (detector failure or "
+                    "under-timed phase)",
+                )
         else:
             ph["run"] = 0
             if self.d["active"]:
-                self.alarm("cleared", "consecutive_max_outs", str(phase), t, "warning",
-                            f"phase {phase} terminated normally")
+                self.alarm(
+                    "cleared",
+                    "consecutive_max_outs",
+                    str(phase),
+                    t,
+                    "warning",
+                    f"phase {phase} terminated normally",
+                )
 
     def _red_start(self, t: int, phase: int) -> None:
         ph = self._phase(phase)
@@ -547,8 +688,14 @@ class MeasuresEngine:
             self.d["stuck_check"] = t
             for ch, on in self.d["det_on"].items():
                 if t - on >= self.p.stuck_on_ms:
-                    self.alarm("raised", "stuck_detector", ch, t, "minor",
-                                f"detector channel {ch} on for more than {self.p.stuck_on_ms // 1000} s")
+                    self.alarm(
+                        "raised",
+                        "stuck_detector",
+                        ch,
+                        t,
+                        "minor",
+                        f"detector channel {ch} on for more than {self.p.stuck_on_ms // 1000} s",
+                    )
 
     def _split_failures_due(self, t: int) -> None:
         for key, ph in self.d["ph"].items():
@@ -564,8 +711,9 @@ class MeasuresEngine:
                     bp["sf"] += int(is_split_failure(gor, ror5))
             keep_from = min([s[0] for s in ph["sf"]] + ([ph["green"]] if ph["green"] is not None else [t]))
             ph["occ"] = [iv for iv in ph["occ"] if iv[1] > keep_from]
-        self._sf_due = min((ph["sf"][0][2] + ROR_WINDOW_MS for ph in self.d["ph"].values() if ph["sf"]),
-                           default=None)
+        self._sf_due = min(
+            (ph["sf"][0][2] + ROR_WINDOW_MS for ph in self.d["ph"].values() if ph["sf"]), default=None
+        )
 
     # -- closing
     def close_bins(self, through_ms: int | None = None) -> None:
@@ -590,19 +738,34 @@ class MeasuresEngine:
             m = b["phases"].get(str(phase)) or _new_bin_phase()
             pct_aog = ratio(m["aog"], m["arr"])
             pct_green = ratio(m["green"], m["cycle"])
-            out.append({
-                "phase": phase, "volume": m["vol"], "detector_volumes": m["dv"], "gap_outs": m["gap"],
-                "max_outs": m["max"], "force_offs": m["force"], "cycles": m["cyc"],
-                "green_seconds": round(m["green"], 3), "cycle_seconds": round(m["cycle"], 3),
-                "arrivals": m["arr"], "arrivals_on_green": m["aog"], "arrivals_on_yellow": m["aoy"],
-                "arrivals_on_red": m["aor"], "total_delay_seconds": round(m["delay"], 3),
-                "pct_arrivals_on_green": pct_aog, "pct_green": pct_green,
-                "platoon_ratio": (pct_aog / pct_green) if pct_aog is not None and pct_green else None,
-                "approach_delay_seconds": ratio(m["delay"], m["arr"]),
-                "split_failure_cycles": m["sfc"], "split_failures": m["sf"],
-                "ped_samples": m["pedn"], "ped_delay_seconds_total": round(m["pedd"], 3),
-                "ped_delay_seconds_avg": ratio(m["pedd"], m["pedn"]), "detector_faults": m["faults"],
-            })
+            out.append(
+                {
+                    "phase": phase,
+                    "volume": m["vol"],
+                    "detector_volumes": m["dv"],
+                    "gap_outs": m["gap"],
+                    "max_outs": m["max"],
+                    "force_offs": m["force"],
+                    "cycles": m["cyc"],
+                    "green_seconds": round(m["green"], 3),
+                    "cycle_seconds": round(m["cycle"], 3),
+                    "arrivals": m["arr"],
+                    "arrivals_on_green": m["aog"],
+                    "arrivals_on_yellow": m["aoy"],
+                    "arrivals_on_red": m["aor"],
+                    "total_delay_seconds": round(m["delay"], 3),
+                    "pct_arrivals_on_green": pct_aog,
+                    "pct_green": pct_green,
+                    "platoon_ratio": (pct_aog / pct_green) if pct_aog is not None and pct_green else None,
+                    "approach_delay_seconds": ratio(m["delay"], m["arr"]),
+                    "split_failure_cycles": m["sfc"],
+                    "split_failures": m["sf"],
+                    "ped_samples": m["pedn"],
+                    "ped_delay_seconds_total": round(m["pedd"], 3),
+                    "ped_delay_seconds_avg": ratio(m["pedd"], m["pedn"]),
+                    "detector_faults": m["faults"],
+                }
+            )
         return {"bin_start": start, "events": b["events"], "data_completeness": completeness, "phases": out}
 
     def open_bin_measures(self, start: int, b: dict[str, Any], through_ms: int) -> dict[str, Any]:
@@ -621,15 +784,32 @@ class MeasuresEngine:
 # SAE J2735 MovementPhaseState: 1 dark, 2 flashing red (stop-then-proceed), 3 red (stop-and-remain),
 # 6 protected green, 8 protected clearance (yellow). Protected/permissive is not in the event log: protected.
 MOVEMENT_STATE = {"dark": 1, "flashing": 2, "red": 3, "green": 6, "yellow": 8}
-_COLOR_OF = {BEGIN_GREEN: "green", BEGIN_YELLOW: "yellow", END_YELLOW: "red", BEGIN_RED_CLEARANCE: "red",
-             END_RED_CLEARANCE: "red", PHASE_INACTIVE: "red"}
-_PED_OF = {PED_BEGIN_WALK: "walk", PED_BEGIN_CLEARANCE: "flashing_dont_walk", PED_BEGIN_DONT_WALK: "dont_walk",
-           PED_DARK: "dark"}
+_COLOR_OF = {
+    BEGIN_GREEN: "green",
+    BEGIN_YELLOW: "yellow",
+    END_YELLOW: "red",
+    BEGIN_RED_CLEARANCE: "red",
+    END_RED_CLEARANCE: "red",
+    PHASE_INACTIVE: "red",
+}
+_PED_OF = {
+    PED_BEGIN_WALK: "walk",
+    PED_BEGIN_CLEARANCE: "flashing_dont_walk",
+    PED_BEGIN_DONT_WALK: "dont_walk",
+    PED_DARK: "dark",
+}
 
 
 def new_signal_state(phases: Iterable[int] = ()) -> dict[str, Any]:
-    return {"rev": 0, "at": 0, "flash": False, "power": False, "preempt": False, "dirty": False,
-            "phases": {str(p): {"color": "red", "ped": "dont_walk", "since": None} for p in phases}}
+    return {
+        "rev": 0,
+        "at": 0,
+        "flash": False,
+        "power": False,
+        "preempt": False,
+        "dirty": False,
+        "phases": {str(p): {"color": "red", "ped": "dont_walk", "since": None} for p in phases},
+    }
 
 
 def fold_signal_state(s: dict[str, Any], t: int, code: int, param: int) -> bool:
@@ -676,6 +856,13 @@ def signal_state_phases(s: dict[str, Any]) -> list[dict[str, Any]]:
         ph = s["phases"][key]
         color = "dark" if s["power"] else "flashing" if s["flash"] else ph["color"]
         ped = "dark" if s["power"] or s["flash"] else ph["ped"]
-        out.append({"phase": int(key), "color": color, "movement_state": MOVEMENT_STATE[color], "ped": ped,
-                    "since": iso_ms(ph["since"]) if ph["since"] is not None else None})
+        out.append(
+            {
+                "phase": int(key),
+                "color": color,
+                "movement_state": MOVEMENT_STATE[color],
+                "ped": ped,
+                "since": iso_ms(ph["since"]) if ph["since"] is not None else None,
+            }
+        )
     return out

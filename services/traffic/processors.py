@@ -66,15 +66,36 @@ BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
 }
 SIGNAL_STATE_EVENT = event_type_of(SignalStateChanged)
 MEASURES_EVENT = event_type_of(PhaseMeasuresComputed)
-_MEASURE_FLOATS = frozenset({"green_seconds", "cycle_seconds", "total_delay_seconds", "pct_arrivals_on_green",
-                             "pct_green", "platoon_ratio", "approach_delay_seconds", "ped_delay_seconds_total",
-                             "ped_delay_seconds_avg"})
+_MEASURE_FLOATS = frozenset(
+    {
+        "green_seconds",
+        "cycle_seconds",
+        "total_delay_seconds",
+        "pct_arrivals_on_green",
+        "pct_green",
+        "platoon_ratio",
+        "approach_delay_seconds",
+        "ped_delay_seconds_total",
+        "ped_delay_seconds_avg",
+    }
+)
 # PhaseMeasuresComputed fields taken from a bin's phase measures, in the contract's order: (name, StrictFloat)
 _MEASURE_FIELDS = tuple(
     (name, name in _MEASURE_FLOATS)
     for name in PhaseMeasuresComputed.model_fields
-    if name not in ("intersection_id", "controller_id", "district", "phase", "bin_start", "bin_seconds", "events",
-                    "data_completeness", "computed_at"))
+    if name
+    not in (
+        "intersection_id",
+        "controller_id",
+        "district",
+        "phase",
+        "bin_start",
+        "bin_seconds",
+        "events",
+        "data_completeness",
+        "computed_at",
+    )
+)
 _ACC_FIELDS = ("vol", "aog", "arr", "sf", "sfc", "delay", "pedd", "pedn", "reporting", "complete", "bins")
 
 
@@ -90,7 +111,9 @@ def _ms(value: str) -> int:
         if minute is None:
             if len(_MINUTE_MS) >= 10_000:
                 _MINUTE_MS.clear()
-            minute = _MINUTE_MS[value[:16]] = round(datetime.fromisoformat(value[:16] + "+00:00").timestamp()) * 1000
+            minute = _MINUTE_MS[value[:16]] = (
+                round(datetime.fromisoformat(value[:16] + "+00:00").timestamp()) * 1000
+            )
         if n == 20:
             return minute + int(value[17:19]) * 1000
         micro = int(value[20:26])
@@ -108,8 +131,11 @@ class TrafficSignalProcessor(StreamProcessor):
 
     def __init__(self, settings: TrafficSettings | None = None):
         s = settings or TrafficSettings()
-        self.params = MeasureParams(bin_ms=s.bin_seconds * 1000, grace_ms=s.grace_seconds * 1000,
-                                    stuck_on_ms=s.stuck_detector_seconds * 1000)
+        self.params = MeasureParams(
+            bin_ms=s.bin_seconds * 1000,
+            grace_ms=s.grace_seconds * 1000,
+            stuck_on_ms=s.stuck_detector_seconds * 1000,
+        )
         self.reorder_ms = int(s.out_of_order_tolerance_seconds * 1000)
         self.comm_loss_ms = int(s.comm_loss_seconds * 1000)
         self.idle_flush_ms = int(s.idle_flush_seconds * 1000)
@@ -152,12 +178,14 @@ class TrafficSignalProcessor(StreamProcessor):
         cs["max_t"] = max_t
         if "comm_loss" in cs["eng"].get("active", {}):
             MeasuresEngine(cs["eng"], None, self.params).alarm(
-                "cleared", "comm_loss", "", cs["max_t"], "major", "controller reporting again")
+                "cleared", "comm_loss", "", cs["max_t"], "major", "controller reporting again"
+            )
         self._drain(cid, cs, state)
         state.put(f"c:{cid}", cs)
 
-    def _drain(self, cid: str, cs: dict[str, Any], state: State, *, force: bool = False,
-               final: bool = False) -> None:
+    def _drain(
+        self, cid: str, cs: dict[str, Any], state: State, *, force: bool = False, final: bool = False
+    ) -> None:
         """Fold buffered events older than the reorder hold into the measures engine, then close bins.
 
         ``force`` measures even without the controller's configuration; ``final`` folds everything buffered
@@ -205,8 +233,13 @@ class TrafficSignalProcessor(StreamProcessor):
             eng_data = cs["eng"]
             if silence > self.comm_loss_ms and "comm_loss" not in eng_data.get("active", {}):
                 MeasuresEngine(eng_data, None, self.params).alarm(
-                    "raised", "comm_loss", "", now_ms, "major",
-                    f"no controller events for more than {self.comm_loss_ms // 1000} s")
+                    "raised",
+                    "comm_loss",
+                    "",
+                    now_ms,
+                    "major",
+                    f"no controller events for more than {self.comm_loss_ms // 1000} s",
+                )
                 changed = True
             # A controller silent this long closes its open bins (completeness shows the gap); data for those
             # bins arriving later counts as late.
@@ -223,8 +256,9 @@ class TrafficSignalProcessor(StreamProcessor):
             for closed in eng_data.get("closed", ()):
                 out.extend(self._measures(cid, cs, closed, now_iso))
                 window = str(closed["bin_start"])
-                acc = kpis.setdefault(window, {}).setdefault(cs["district"] or "unknown",
-                                                             dict.fromkeys(_ACC_FIELDS, 0))
+                acc = kpis.setdefault(window, {}).setdefault(
+                    cs["district"] or "unknown", dict.fromkeys(_ACC_FIELDS, 0)
+                )
                 _accumulate(acc, closed)
                 dirty_windows.add(window)
                 changed = True
@@ -260,8 +294,9 @@ class TrafficSignalProcessor(StreamProcessor):
         out.extend(self._fault_kpis(faults, state, now_ms, now_iso))
         return out
 
-    def _live_due(self, state: State, open_bins: dict[str, list[str]], closing: set[str], event_time: int,
-                  now_ms: int) -> set[str]:
+    def _live_due(
+        self, state: State, open_bins: dict[str, list[str]], closing: set[str], event_time: int, now_ms: int
+    ) -> set[str]:
         """Open windows whose provisional KPIs are due: ``live_kpi_seconds`` of event time since the window
         started or was last published, and as much processing time (bounds a fast replay's volume).
 
@@ -278,15 +313,18 @@ class TrafficSignalProcessor(StreamProcessor):
             last_event, last_now = kept.get(window, (int(window), None))
             if window in closing:
                 kept[window] = [event_time, now_ms]
-            elif event_time - last_event >= self.live_ms and (last_now is None or now_ms - last_now >= self.live_ms):
+            elif event_time - last_event >= self.live_ms and (
+                last_now is None or now_ms - last_now >= self.live_ms
+            ):
                 due.add(window)
                 kept[window] = [event_time, now_ms]
         if kept != live:
             state.put("kpi_live", kept)
         return due
 
-    def _open_partials(self, state: State, window: str, open_bins: dict[str, list[str]], event_time: int
-                       ) -> dict[str, dict[str, float]]:
+    def _open_partials(
+        self, state: State, window: str, open_bins: dict[str, list[str]], event_time: int
+    ) -> dict[str, dict[str, float]]:
         """Per district, what the still-open bins of ``window`` hold so far (complete cycles only)."""
         out: dict[str, dict[str, float]] = {}
         for cid in open_bins.get(window, ()):
@@ -300,27 +338,46 @@ class TrafficSignalProcessor(StreamProcessor):
     # contract model would give them (tests check it): building models costs more than everything else emit does.
     def _signal_state(self, cid: str, cs: dict[str, Any]) -> EncodedEvent:
         sig = cs["sig"]
-        payload = {"intersection_id": cs["iid"], "controller_id": cid, "district": cs["district"],
-                   "revision": sig["rev"], "at": iso_ms(sig["at"]), "flash": sig["flash"],
-                   "power_failure": sig["power"], "preempt_active": sig["preempt"],
-                   "phases": signal_state_phases(sig)}
-        return encode(SIGNAL_STATE_EVENT, payload, source=SOURCE, id=f"state:{cs['iid']}:{sig['rev']}:{sig['at']}")
+        payload = {
+            "intersection_id": cs["iid"],
+            "controller_id": cid,
+            "district": cs["district"],
+            "revision": sig["rev"],
+            "at": iso_ms(sig["at"]),
+            "flash": sig["flash"],
+            "power_failure": sig["power"],
+            "preempt_active": sig["preempt"],
+            "phases": signal_state_phases(sig),
+        }
+        return encode(
+            SIGNAL_STATE_EVENT, payload, source=SOURCE, id=f"state:{cs['iid']}:{sig['rev']}:{sig['at']}"
+        )
 
-    def _measures(self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str
-                  ) -> list[EncodedEvent]:
+    def _measures(
+        self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str
+    ) -> list[EncodedEvent]:
         out = []
         head = {"intersection_id": cs["iid"], "controller_id": cid, "district": cs["district"]}
         bin_start, bin_seconds = iso_ms(closed["bin_start"]), self.params.bin_ms // 1000
-        tail = {"events": closed["events"], "data_completeness": float(closed["data_completeness"]),
-                "computed_at": now_iso}
+        tail = {
+            "events": closed["events"],
+            "data_completeness": float(closed["data_completeness"]),
+            "computed_at": now_iso,
+        }
         for m in closed["phases"]:
             payload = {**head, "phase": m["phase"], "bin_start": bin_start, "bin_seconds": bin_seconds}
             for field, is_float in _MEASURE_FIELDS:
                 v = m[field]
                 payload[field] = float(v) if is_float and v is not None else v
             payload.update(tail)
-            out.append(encode(MEASURES_EVENT, payload, source=SOURCE,
-                              id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}"))
+            out.append(
+                encode(
+                    MEASURES_EVENT,
+                    payload,
+                    source=SOURCE,
+                    id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}",
+                )
+            )
         return out
 
     def _alarm(self, cs: dict[str, Any], alarm: dict[str, Any]) -> EncodedEvent:
@@ -328,24 +385,47 @@ class TrafficSignalProcessor(StreamProcessor):
         suffix = alarm["key"].partition(":")[2]
         if suffix:
             alarm_id += f":{suffix}"
-        payload = {"alarm_id": alarm_id, "domain": "traffic", "alarm_type": alarm["type"], "state": alarm["state"],
-                   "severity": alarm["severity"], "source_id": cs["iid"], "district": cs["district"],
-                   "commune": None, "at": iso_ms(alarm["at"]), "message": alarm["message"]}
+        payload = {
+            "alarm_id": alarm_id,
+            "domain": "traffic",
+            "alarm_type": alarm["type"],
+            "state": alarm["state"],
+            "severity": alarm["severity"],
+            "source_id": cs["iid"],
+            "district": cs["district"],
+            "commune": None,
+            "at": iso_ms(alarm["at"]),
+            "message": alarm["message"],
+        }
         return encode(ALARM_EVENT, payload, source=SOURCE, id=f"{alarm_id}:{alarm['state']}:{alarm['at']}")
 
-    def _kpi(self, kpi: str, level: str, code: str, window_ms: int, num: float, den: float | None,
-             scale: float, unit: str, partition: int, now_iso: str, window_seconds: int) -> EncodedEvent | None:
+    def _kpi(
+        self,
+        kpi: str,
+        level: str,
+        code: str,
+        window_ms: int,
+        num: float,
+        den: float | None,
+        scale: float,
+        unit: str,
+        partition: int,
+        now_iso: str,
+        window_seconds: int,
+    ) -> EncodedEvent | None:
         """The observation, or None when this partition already published the same one (numerator and
         denominator unchanged): consumers keep the latest per (kpi, scope, window, partition) anyway."""
         if not self.changed_since_emitted(partition, (kpi, level, code, window_ms), (num, den)):
             return None
         value = (num / den * scale if den else None) if den is not None else num * scale
-        payload = kpi_observed_payload(kpi, level, code, iso_ms(window_ms), window_seconds, value, num, den, unit,
-                                       partition, now_iso)
+        payload = kpi_observed_payload(
+            kpi, level, code, iso_ms(window_ms), window_seconds, value, num, den, unit, partition, now_iso
+        )
         return encode(KPI_EVENT, payload, source=SOURCE, time=now_iso)  # observed at the emit's now
 
-    def _bin_kpis(self, window_ms: int, by_district: dict[str, dict[str, float]], partition: int,
-                  now_iso: str) -> list[EncodedEvent]:
+    def _bin_kpis(
+        self, window_ms: int, by_district: dict[str, dict[str, float]], partition: int, now_iso: str
+    ) -> list[EncodedEvent]:
         out = []
         city = dict.fromkeys(_ACC_FIELDS, 0.0)
         scopes: list[tuple[str, str, dict[str, float]]] = []
@@ -358,13 +438,26 @@ class TrafficSignalProcessor(StreamProcessor):
         seconds = self.params.bin_ms // 1000
         for level, code, acc in scopes:
             for kpi, (num, den, scale, unit) in BIN_KPIS.items():
-                ev = self._kpi(kpi, level, code, window_ms, acc[num], acc[den] if den else None, scale, unit,
-                               partition, now_iso, seconds)
+                ev = self._kpi(
+                    kpi,
+                    level,
+                    code,
+                    window_ms,
+                    acc[num],
+                    acc[den] if den else None,
+                    scale,
+                    unit,
+                    partition,
+                    now_iso,
+                    seconds,
+                )
                 if ev is not None:
                     out.append(ev)
         return out
 
-    def _fault_kpis(self, faults: dict[str, int], state: State, now_ms: int, now_iso: str) -> list[EncodedEvent]:
+    def _fault_kpis(
+        self, faults: dict[str, int], state: State, now_ms: int, now_iso: str
+    ) -> list[EncodedEvent]:
         """``traffic.signals_in_fault`` now, per district and city, re-published when it changes."""
         window = now_ms - now_ms % self.params.bin_ms
         last = state.get("faults_last") or {}
@@ -375,8 +468,22 @@ class TrafficSignalProcessor(StreamProcessor):
         seconds = self.params.bin_ms // 1000
         scopes = [("district", d, n) for d, n in sorted(faults.items()) if d != "unknown"]
         scopes.append(("city", CITY_CODE, sum(faults.values())))
-        out = [self._kpi("traffic.signals_in_fault", level, code, window, float(n), None, 1.0, "signals",
-                         state.partition, now_iso, seconds) for level, code, n in scopes]
+        out = [
+            self._kpi(
+                "traffic.signals_in_fault",
+                level,
+                code,
+                window,
+                float(n),
+                None,
+                1.0,
+                "signals",
+                state.partition,
+                now_iso,
+                seconds,
+            )
+            for level, code, n in scopes
+        ]
         return [ev for ev in out if ev is not None]
 
 
@@ -396,8 +503,9 @@ def _accumulate(acc: dict[str, float], closed: dict[str, Any]) -> None:
     acc["bins"] += 1
 
 
-def _with_open_bins(closed: dict[str, dict[str, float]], partials: dict[str, dict[str, float]]
-                    ) -> dict[str, dict[str, float]]:
+def _with_open_bins(
+    closed: dict[str, dict[str, float]], partials: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
     """Closed-bin accumulators of a window plus the open bins' partials, per district (inputs unchanged)."""
     out = {d: dict(acc) for d, acc in closed.items()}
     for district, part in partials.items():

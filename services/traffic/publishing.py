@@ -15,8 +15,9 @@ HIRES = HiResEventsLogged.__ioc_event_type__  # type: ignore[attr-defined]
 CONFIGURED = IntersectionConfigured.__ioc_event_type__  # type: ignore[attr-defined]
 
 
-def hires_chunks(source: str, intersection: dict[str, Any], events: Sequence[tuple[int, int, int]],
-                 chunk_size: int) -> list[EncodedEvent]:
+def hires_chunks(
+    source: str, intersection: dict[str, Any], events: Sequence[tuple[int, int, int]], chunk_size: int
+) -> list[EncodedEvent]:
     """Time-ordered ``(t_ms, code, param)`` events of one controller as chunk records.
 
     The CloudEvents id is a digest of the chunk's content, so a chunk published twice (a retried request)
@@ -25,9 +26,10 @@ def hires_chunks(source: str, intersection: dict[str, Any], events: Sequence[tup
     out = []
     cid = intersection["controller_id"]
     for i in range(0, len(events), chunk_size):
-        part = events[i:i + chunk_size]
+        part = events[i : i + chunk_size]
         payload = {
-            "controller_id": cid, "intersection_id": intersection["intersection_id"],
+            "controller_id": cid,
+            "intersection_id": intersection["intersection_id"],
             "district": intersection["district"],
             "events": [{"t": iso_ms(t), "code": code, "param": param} for t, code, param in part],
         }
@@ -39,7 +41,14 @@ def hires_chunks(source: str, intersection: dict[str, Any], events: Sequence[tup
 def intersection_configured(source: str, row: dict[str, Any]) -> EncodedEvent:
     """The registry record of an intersection (full configuration, compacted by controller id)."""
     payload = IntersectionConfigured(
-        intersection_id=row["intersection_id"], controller_id=row["controller_id"], name=row["name"],
-        district=row["district"], lat=float(row["lat"]), lon=float(row["lon"]), phases=list(row["phases"]),
-        detectors=row["detectors"], revision=row["revision"])
+        intersection_id=row["intersection_id"],
+        controller_id=row["controller_id"],
+        name=row["name"],
+        district=row["district"],
+        lat=float(row["lat"]),
+        lon=float(row["lon"]),
+        phases=list(row["phases"]),
+        detectors=row["detectors"],
+        revision=row["revision"],
+    )
     return encode(CONFIGURED, payload, source=source)

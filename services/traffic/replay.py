@@ -44,7 +44,12 @@ def parse_timestamp(value: str, tz: ZoneInfo) -> datetime:
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
-        for fmt in ("%m/%d/%Y %H:%M:%S.%f", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y %I:%M:%S.%f %p", "%m/%d/%Y %I:%M:%S %p"):
+        for fmt in (
+            "%m/%d/%Y %H:%M:%S.%f",
+            "%m/%d/%Y %H:%M:%S",
+            "%m/%d/%Y %I:%M:%S.%f %p",
+            "%m/%d/%Y %I:%M:%S %p",
+        ):
             try:
                 t = datetime.strptime(value, fmt)
                 break
@@ -61,7 +66,9 @@ def read_hires_csv(path: str | Path, tz: str = "Asia/Ho_Chi_Minh") -> list[tuple
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
-        ti, di, ci, pi = (_column(header, c) for c in (TIME_COLUMNS, DEVICE_COLUMNS, CODE_COLUMNS, PARAM_COLUMNS))
+        ti, di, ci, pi = (
+            _column(header, c) for c in (TIME_COLUMNS, DEVICE_COLUMNS, CODE_COLUMNS, PARAM_COLUMNS)
+        )
         rows = []
         for line_no, row in enumerate(reader, start=2):
             if not row or not any(row):
@@ -86,13 +93,16 @@ class ReplayReport:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def _batches(rows: list[tuple[datetime, str, int, int]], batch_size: int, span_s: float | None
-             ) -> Iterator[list[tuple[datetime, str, int, int]]]:
+def _batches(
+    rows: list[tuple[datetime, str, int, int]], batch_size: int, span_s: float | None
+) -> Iterator[list[tuple[datetime, str, int, int]]]:
     """Consecutive rows, at most ``batch_size`` per batch and (paced replay) at most ``span_s`` of log time."""
     batch: list[tuple[datetime, str, int, int]] = []
     for row in rows:
-        if batch and (len(batch) >= batch_size or
-                      (span_s is not None and (row[0] - batch[0][0]).total_seconds() >= span_s)):
+        if batch and (
+            len(batch) >= batch_size
+            or (span_s is not None and (row[0] - batch[0][0]).total_seconds() >= span_s)
+        ):
             yield batch
             batch = []
         batch.append(row)
@@ -100,9 +110,16 @@ def _batches(rows: list[tuple[datetime, str, int, int]], batch_size: int, span_s
         yield batch
 
 
-async def replay_file(path: str | Path, base_url: str, api_key: str, speed: float | None = None, *,
-                      tz: str = "Asia/Ho_Chi_Minh", batch_size: int = 5000,
-                      client: httpx.AsyncClient | None = None) -> ReplayReport:
+async def replay_file(
+    path: str | Path,
+    base_url: str,
+    api_key: str,
+    speed: float | None = None,
+    *,
+    tz: str = "Asia/Ho_Chi_Minh",
+    batch_size: int = 5000,
+    client: httpx.AsyncClient | None = None,
+) -> ReplayReport:
     """Feed a hi-res log CSV through ``POST /v1/events``, paced by ``speed`` (None: as fast as possible).
 
     Retries 429/503 answers after their ``Retry-After``; returns a :class:`ReplayReport`.
@@ -126,8 +143,10 @@ async def replay_file(path: str | Path, base_url: str, api_key: str, speed: floa
                 wait = started + due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            items = [{"timestamp": t.isoformat(), "controller_id": cid, "event_code": code, "parameter": param}
-                     for t, cid, code, param in batch]
+            items = [
+                {"timestamp": t.isoformat(), "controller_id": cid, "event_code": code, "parameter": param}
+                for t, cid, code, param in batch
+            ]
             body = await _post(http, headers, items)
             report.requests += 1
             report.sent += len(items)

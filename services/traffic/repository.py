@@ -15,8 +15,18 @@ import orjson
 
 # The registry row as the service uses it; ``gateway`` is the column ``gateway_principal`` (the principal that may
 # report for the controller: access control only, never published on the registry topic).
-_COLUMNS = ("intersection_id", "controller_id", "name", "district", "lat", "lon", "phases", "detectors",
-            "gateway_principal AS gateway", "revision")
+_COLUMNS = (
+    "intersection_id",
+    "controller_id",
+    "name",
+    "district",
+    "lat",
+    "lon",
+    "phases",
+    "detectors",
+    "gateway_principal AS gateway",
+    "revision",
+)
 _INTERSECTION_COLS = ", ".join(_COLUMNS)
 _RETURNING_I = ", ".join(f"i.{c}" for c in _COLUMNS)
 
@@ -28,8 +38,9 @@ async def load_intersections(pool: asyncpg.Pool) -> list[dict[str, Any]]:
 
 
 async def get_intersection(pool: asyncpg.Pool, intersection_id: str) -> dict[str, Any] | None:
-    row = await pool.fetchrow(f"SELECT {_INTERSECTION_COLS} FROM intersections WHERE intersection_id = $1",
-                              intersection_id)
+    row = await pool.fetchrow(
+        f"SELECT {_INTERSECTION_COLS} FROM intersections WHERE intersection_id = $1", intersection_id
+    )
     return dict(row) if row else None
 
 
@@ -38,11 +49,15 @@ async def controllers_owned_elsewhere(conn: asyncpg.Connection, pairs: Sequence[
     rows = await conn.fetch(
         "SELECT i.controller_id FROM intersections i JOIN unnest($1::text[], $2::text[]) AS p(iid, cid) "
         "ON i.controller_id = p.cid AND i.intersection_id <> p.iid",
-        [p[0] for p in pairs], [p[1] for p in pairs])
+        [p[0] for p in pairs],
+        [p[1] for p in pairs],
+    )
     return {r["controller_id"] for r in rows}
 
 
-async def upsert_intersections(conn: asyncpg.Connection, items: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+async def upsert_intersections(
+    conn: asyncpg.Connection, items: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Insert or replace intersections (all fields, ``gateway`` included: absent means none); returns the stored
     rows with their new revision."""
     rows = await conn.fetch(
@@ -59,21 +74,30 @@ async def upsert_intersections(conn: asyncpg.Connection, items: Sequence[dict[st
                 gateway_principal = EXCLUDED.gateway_principal,
                 revision = intersections.revision + 1, updated_at = now()
             RETURNING {_INTERSECTION_COLS}""",
-        [i["intersection_id"] for i in items], [i["controller_id"] for i in items], [i["name"] for i in items],
-        [i["district"] for i in items], [i["lat"] for i in items], [i["lon"] for i in items],
+        [i["intersection_id"] for i in items],
+        [i["controller_id"] for i in items],
+        [i["name"] for i in items],
+        [i["district"] for i in items],
+        [i["lat"] for i in items],
+        [i["lon"] for i in items],
         [",".join(str(p) for p in i["phases"]) for i in items],
-        [orjson.dumps(i["detectors"]).decode() for i in items], [i.get("gateway") for i in items])
+        [orjson.dumps(i["detectors"]).decode() for i in items],
+        [i.get("gateway") for i in items],
+    )
     return [dict(r) for r in rows]
 
 
-async def set_detectors(conn: asyncpg.Connection, detectors_by_controller: dict[str, list[dict]]
-                        ) -> list[dict[str, Any]]:
+async def set_detectors(
+    conn: asyncpg.Connection, detectors_by_controller: dict[str, list[dict]]
+) -> list[dict[str, Any]]:
     """Replace the detector configuration of controllers; returns the updated intersections."""
     rows = await conn.fetch(
         f"""UPDATE intersections i SET detectors = t.detectors::jsonb, revision = i.revision + 1, updated_at = now()
             FROM unnest($1::text[], $2::text[]) AS t(cid, detectors)
             WHERE i.controller_id = t.cid RETURNING {_RETURNING_I}""",
-        list(detectors_by_controller), [orjson.dumps(v).decode() for v in detectors_by_controller.values()])
+        list(detectors_by_controller),
+        [orjson.dumps(v).decode() for v in detectors_by_controller.values()],
+    )
     return [dict(r) for r in rows]
 
 
@@ -84,13 +108,20 @@ async def upsert_measures(pool: asyncpg.Pool, rows: Sequence[tuple]) -> None:
                                        computed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (intersection_id, bin_start, phase) DO UPDATE SET bin_seconds = EXCLUDED.bin_seconds,
                district = EXCLUDED.district, measures = EXCLUDED.measures, computed_at = EXCLUDED.computed_at""",
-        rows)
+        rows,
+    )
 
 
-async def fetch_measures(pool: asyncpg.Pool, intersection_id: str, start: datetime, end: datetime,
-                         limit: int) -> list[dict[str, Any]]:
+async def fetch_measures(
+    pool: asyncpg.Pool, intersection_id: str, start: datetime, end: datetime, limit: int
+) -> list[dict[str, Any]]:
     """Measures of an intersection with ``start <= bin_start < end``, oldest first, then by phase."""
     rows = await pool.fetch(
         "SELECT measures FROM phase_measures WHERE intersection_id = $1 AND bin_start >= $2 AND bin_start < $3 "
-        "ORDER BY bin_start, phase LIMIT $4", intersection_id, start, end, limit)
+        "ORDER BY bin_start, phase LIMIT $4",
+        intersection_id,
+        start,
+        end,
+        limit,
+    )
     return [r["measures"] for r in rows]

@@ -33,8 +33,10 @@ BACKFILL_SECONDS = 120.0
 
 
 def detectors() -> list[dict]:
-    dets = [{"channel": ch, "phase": p, "function": "advance", "distance_m": 110.0, "speed_kmh": 40.0}
-            for p, ch in ADVANCE.items()]
+    dets = [
+        {"channel": ch, "phase": p, "function": "advance", "distance_m": 110.0, "speed_kmh": 40.0}
+        for p, ch in ADVANCE.items()
+    ]
     dets += [{"channel": ch, "phase": p, "function": "presence"} for p, ch in STOP_BAR.items()]
     return dets
 
@@ -78,7 +80,13 @@ class SimController:
             self.next_cycle = s + dur + 1
             return ev
         if roll < 0.003:
-            ev.append((s + rng.uniform(0, self.cycle), rng.choice([84, 86, 87]), rng.choice(list(STOP_BAR.values()))))
+            ev.append(
+                (
+                    s + rng.uniform(0, self.cycle),
+                    rng.choice([84, 86, 87]),
+                    rng.choice(list(STOP_BAR.values())),
+                )
+            )
         g1 = self.main_green
         side_start = g1 + YELLOW + RED_CLEAR
         side_end = self.cycle - YELLOW - RED_CLEAR
@@ -88,9 +96,15 @@ class SimController:
                 term = 5 if max_out else (4 if p in (4, 8) else 6)
                 if self.ped_waiting.pop(p, False):
                     ev += [(s + g0, 21, p), (s + g0 + 7, 22, p), (s + g0 + 19, 23, p)]
-                ev += [(s + g0, 1, p), (s + g_end, term, p), (s + g_end, 7, p), (s + g_end, 8, p),
-                       (s + g_end + YELLOW, 9, p), (s + g_end + YELLOW, 10, p),
-                       (s + g_end + YELLOW + RED_CLEAR, 11, p)]
+                ev += [
+                    (s + g0, 1, p),
+                    (s + g_end, term, p),
+                    (s + g_end, 7, p),
+                    (s + g_end, 8, p),
+                    (s + g_end + YELLOW, 9, p),
+                    (s + g_end + YELLOW, 10, p),
+                    (s + g_end + YELLOW + RED_CLEAR, 11, p),
+                ]
                 # stop-bar queue discharging at green; a queue that outlasts the green is a split failure
                 queue = rng.uniform(4, 12) if rng.random() > 0.05 else (g_end - g0) + 6
                 ch = STOP_BAR[p]
@@ -110,7 +124,9 @@ class SimController:
         return ev
 
 
-def build_intersections(scale: float, rng: random.Random, now: float) -> tuple[list[dict], list[SimController]]:
+def build_intersections(
+    scale: float, rng: random.Random, now: float
+) -> tuple[list[dict], list[SimController]]:
     """Registry items and their controllers, spread round-robin over the districts."""
     districts = sorted(hanoi().districts, key=lambda a: a.code)
     n = max(1, round(BASE_INTERSECTIONS * scale))
@@ -118,16 +134,33 @@ def build_intersections(scale: float, rng: random.Random, now: float) -> tuple[l
     for i in range(n):
         d = districts[i % len(districts)]
         iid, cid = f"SIM-{d.code}-{i:04d}", f"SIMC-{i:04d}"
-        items.append({"intersection_id": iid, "name": f"{d.name} nút {i // len(districts) + 1}", "district": d.code,
-                      "lat": round(21.03 + rng.uniform(-0.12, 0.12), 6),
-                      "lon": round(105.83 + rng.uniform(-0.15, 0.15), 6), "controller_id": cid,
-                      "phases": [2, 4, 6, 8], "detectors": detectors()})
+        items.append(
+            {
+                "intersection_id": iid,
+                "name": f"{d.name} nút {i // len(districts) + 1}",
+                "district": d.code,
+                "lat": round(21.03 + rng.uniform(-0.12, 0.12), 6),
+                "lon": round(105.83 + rng.uniform(-0.15, 0.15), 6),
+                "controller_id": cid,
+                "phases": [2, 4, 6, 8],
+                "detectors": detectors(),
+            }
+        )
         cycle = rng.choice([90.0, 100.0, 120.0])
         main = round(cycle * rng.uniform(0.45, 0.6))
         good = rng.random() < 0.6  # well-timed corridors: platoons reach the stop bar during green
         offset = rng.uniform(3, main - 3) if good else rng.uniform(main + 8, cycle - 2)
-        sims.append(SimController(cid, random.Random(rng.random()), cycle, main, offset, rng.uniform(3, 10),
-                                  now + rng.uniform(0, cycle)))
+        sims.append(
+            SimController(
+                cid,
+                random.Random(rng.random()),
+                cycle,
+                main,
+                offset,
+                rng.uniform(3, 10),
+                now + rng.uniform(0, cycle),
+            )
+        )
     return items, sims
 
 
@@ -145,7 +178,7 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
         # the first cycle's advance actuations just before it started (travel time) are not logged
         origin = {sim.controller_id: sim.next_cycle for sim in sims}
         for i in range(0, len(items), 500):
-            r = await http.post("/v1/intersections", json={"items": items[i:i + 500]}, headers=headers)
+            r = await http.post("/v1/intersections", json={"items": items[i : i + 500]}, headers=headers)
             if r.status_code != 200:
                 log.warning("simulator: registering intersections answered %s", r.status_code)
         while not stop.is_set():
@@ -158,11 +191,17 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
                 for t, code, param in sim.events_until(now):
                     if t < first:
                         continue
-                    batch.append({"timestamp": datetime.fromtimestamp(t, UTC).isoformat(),
-                                  "controller_id": sim.controller_id, "event_code": code, "parameter": param})
+                    batch.append(
+                        {
+                            "timestamp": datetime.fromtimestamp(t, UTC).isoformat(),
+                            "controller_id": sim.controller_id,
+                            "event_code": code,
+                            "parameter": param,
+                        }
+                    )
             for i in range(0, len(batch), 20000):
                 try:
-                    r = await http.post("/v1/events", json={"items": batch[i:i + 20000]}, headers=headers)
+                    r = await http.post("/v1/events", json={"items": batch[i : i + 20000]}, headers=headers)
                     if r.status_code >= 500:
                         log.warning("simulator: ingest answered %s", r.status_code)
                 except httpx.HTTPError as exc:

@@ -31,6 +31,8 @@ _ENTITY_ID = re.compile(ENTITY_ID_PATTERN[1:-1])
 def is_entity_id(value: object) -> bool:
     """Whether ``value`` is a well-formed :data:`EntityId` (for screening raw input before it is validated)."""
     return isinstance(value, str) and len(value) <= 64 and _ENTITY_ID.fullmatch(value) is not None
+
+
 AreaCode = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._\-]+$")]
 
 

@@ -51,14 +51,30 @@ KpiStatus = Literal["ok", "warning", "critical", "unknown"]
 
 
 @event_type(
-    "ioc.city.kpi.updated.v1", topic=CITY_KPI_TOPIC, key="key", subject="scope_code",
+    "ioc.city.kpi.updated.v1",
+    topic=CITY_KPI_TOPIC,
+    key="key",
+    subject="scope_code",
     description="The merged value of a KPI for a district or the whole city in one window, with its status.",
-    examples=({
-        "kpi": "meter.read_success_rate", "domain": "meter", "scope_level": "district", "scope_code": "D01",
-        "window_start": "2024-05-01T10:00:00Z", "window_seconds": 900, "value": 0.97, "numerator": 970.0,
-        "denominator": 1000.0, "unit": "ratio", "status": "ok", "target": 0.98, "partitions": 3,
-        "updated_at": "2024-05-01T10:14:00Z", "key": "meter.read_success_rate|district|D01",
-    },),
+    examples=(
+        {
+            "kpi": "meter.read_success_rate",
+            "domain": "meter",
+            "scope_level": "district",
+            "scope_code": "D01",
+            "window_start": "2024-05-01T10:00:00Z",
+            "window_seconds": 900,
+            "value": 0.97,
+            "numerator": 970.0,
+            "denominator": 1000.0,
+            "unit": "ratio",
+            "status": "ok",
+            "target": 0.98,
+            "partitions": 3,
+            "updated_at": "2024-05-01T10:14:00Z",
+            "key": "meter.read_success_rate|district|D01",
+        },
+    ),
 )
 class CityKpiUpdated(EventModel):
     """A KPI for one district (or the city) and window, merged over every source partition."""
@@ -69,7 +85,9 @@ class CityKpiUpdated(EventModel):
     scope_code: AreaCode = Field(description="district code, or 'HN' for the city")
     window_start: datetime
     window_seconds: StrictInt = Field(gt=0)
-    value: StrictFloat | None = Field(description="the merged KPI value; null when undefined (no denominator)")
+    value: StrictFloat | None = Field(
+        description="the merged KPI value; null when undefined (no denominator)"
+    )
     numerator: StrictFloat = 0.0
     denominator: StrictFloat | None = None
     unit: str = Field(max_length=24)
@@ -81,7 +99,10 @@ class CityKpiUpdated(EventModel):
 
 
 @event_type(
-    "ioc.city.alarm.changed.v1", topic=CITY_ALARM_TOPIC, key="alarm_id", subject="source_id",
+    "ioc.city.alarm.changed.v1",
+    topic=CITY_ALARM_TOPIC,
+    key="alarm_id",
+    subject="source_id",
     description="A city-layer alarm (KPI threshold breach, no signal) raised or cleared.",
 )
 class CityAlarmChanged(AlarmChanged):

@@ -183,8 +183,10 @@ def decode(record: Any) -> ReceivedEvent:
 # required for ``AwareDatetime`` ones.
 _YEAR = r"(?:\d{3}[1-9]|\d{2}[1-9]\d|\d[1-9]\d{2}|[1-9]\d{3})"
 _LEAP_YEAR = r"(?:\d{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
-_MONTH_DAY = (r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
-              r"|02-(?:0[1-9]|1\d|2[0-8]))")
+_MONTH_DAY = (
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
+    r"|02-(?:0[1-9]|1\d|2[0-8]))"
+)
 _DATE = rf"(?:{_YEAR}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)"
 _TIME = r"[T ](?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,9})?"
 _OFFSET = r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
@@ -204,9 +206,13 @@ def _json_shaped(annotation: Any) -> Any:
         from pydantic import AwareDatetime, StringConstraints
 
         date_p, datetime_p, aware_p = _TEXT_PATTERNS
-        _TEXT_TYPES.update({date: Annotated[str, StringConstraints(pattern=date_p)],
-                            datetime: Annotated[str, StringConstraints(pattern=datetime_p)],
-                            AwareDatetime: Annotated[str, StringConstraints(pattern=aware_p)]})
+        _TEXT_TYPES.update(
+            {
+                date: Annotated[str, StringConstraints(pattern=date_p)],
+                datetime: Annotated[str, StringConstraints(pattern=datetime_p)],
+                AwareDatetime: Annotated[str, StringConstraints(pattern=aware_p)],
+            }
+        )
     if annotation in _TEXT_TYPES:
         return _TEXT_TYPES[annotation]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -248,7 +254,9 @@ def _payload_type(model: type[BaseModel]) -> Any:
         if model.__pydantic_decorators__.model_validators:
             rules = getattr(model, "payload_rules", None)
             if rules is None or rules is EventModel.payload_rules:
-                raise TypeError(f"{model.__name__} has a model validator: state its rules in payload_rules too")
+                raise TypeError(
+                    f"{model.__name__} has a model validator: state its rules in payload_rules too"
+                )
 
             def cross_field_rules(payload: dict[str, Any], rules=rules) -> dict[str, Any]:
                 rules(payload)
@@ -290,8 +298,9 @@ def fast_payload_decoder(etype: EventType):
     except KeyError:
         from shared.contracts.fast_payloads import fast_payloads
 
-        fast = _fast_payloads[etype.type] = fast_payloads(payload_validator(etype)[1].core_schema,
-                                                           f"{etype.model.__name__}Payload")
+        fast = _fast_payloads[etype.type] = fast_payloads(
+            payload_validator(etype)[1].core_schema, f"{etype.model.__name__}Payload"
+        )
         return fast
 
 
@@ -321,8 +330,16 @@ def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedE
         n = len(hs) if hs else 0
         # IOC's own layout is read by position (see _IOC_LAYOUT); any other takes the general path.
         if n == 8:
-            (k0, event_id), (k1, spec), (k2, source), (k3, tname), (k4, ce_time), (k5, _), (k6, _), (k7, subject) \
-                = hs
+            (
+                (k0, event_id),
+                (k1, spec),
+                (k2, source),
+                (k3, tname),
+                (k4, ce_time),
+                (k5, _),
+                (k6, _),
+                (k7, subject),
+            ) = hs
             layout = k7 == "ce_subject"
         elif n == 7:
             (k0, event_id), (k1, spec), (k2, source), (k3, tname), (k4, ce_time), (k5, _), (k6, _) = hs
@@ -332,8 +349,12 @@ def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedE
             layout = False
         if not (layout and (k0, k1, k2, k3, k4, k5, k6) == _IOC_LAYOUT):
             h = dict(hs) if hs else {}  # a header given twice: the last one counts
-            spec, tname, event_id, source = (h.get("ce_specversion"), h.get("ce_type"), h.get("ce_id"),
-                                             h.get("ce_source"))
+            spec, tname, event_id, source = (
+                h.get("ce_specversion"),
+                h.get("ce_type"),
+                h.get("ce_id"),
+                h.get("ce_source"),
+            )
             ce_time, subject = h.get("ce_time"), h.get("ce_subject")
         if spec != SPEC_VERSION:
             failed.append((r, "missing or unsupported ce_specversion header"))
@@ -356,12 +377,17 @@ def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedE
                 failed.append((r, "record has no value"))
                 continue
             ev = ReceivedEvent(
-                group[0].type, event_id.decode(),
+                group[0].type,
+                event_id.decode(),
                 text.get(source) or text.setdefault(source, source.decode()),
                 text.get(ce_time) or text.setdefault(ce_time, ce_time.decode()),
                 None if not subject else text.get(subject) or text.setdefault(subject, subject.decode()),
-                r.key.decode() if r.key else None, None,  # type: ignore[arg-type]
-                topic or r.topic, r.partition if partition is None else partition, r.offset, r.timestamp,
+                r.key.decode() if r.key else None,
+                None,  # type: ignore[arg-type]
+                topic or r.topic,
+                r.partition if partition is None else partition,
+                r.offset,
+                r.timestamp,
             )
         except UnicodeDecodeError:
             failed.append((r, "headers are not UTF-8"))
@@ -381,7 +407,9 @@ def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedE
                 continue
         many, one = payload_validator(etype)
         try:
-            for ev, data in zip(group_events, many.validate_json(b"[" + b",".join(values) + b"]"), strict=True):
+            for ev, data in zip(
+                group_events, many.validate_json(b"[" + b",".join(values) + b"]"), strict=True
+            ):
                 ev.data = data
             continue
         except (ValidationError, ValueError):

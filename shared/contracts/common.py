@@ -47,12 +47,16 @@ Severity = Literal["critical", "major", "minor", "warning"]
 class KpiObserved(EventModel):
     """A KPI value for one area (or agency) and window, as one worker saw it on one source partition."""
 
-    kpi: str = Field(min_length=1, max_length=80, pattern=r"^[a-z0-9_.]+$", description="KPI id, e.g. meter.energy_kwh")
+    kpi: str = Field(
+        min_length=1, max_length=80, pattern=r"^[a-z0-9_.]+$", description="KPI id, e.g. meter.energy_kwh"
+    )
     scope_level: ScopeLevel
     scope_code: AreaCode = Field(description="district code, commune code, agency code, or 'HN' for the city")
     window_start: datetime
     window_seconds: StrictInt = Field(gt=0)
-    value: StrictFloat | None = Field(description="the KPI over what this observation covers; null when undefined")
+    value: StrictFloat | None = Field(
+        description="the KPI over what this observation covers; null when undefined"
+    )
     numerator: StrictFloat = 0.0
     denominator: StrictFloat | None = None
     unit: str = Field(max_length=24)
@@ -69,7 +73,9 @@ class AlarmChanged(EventModel):
     alarm_type: str = Field(max_length=64, pattern=r"^[a-z0-9_]+$")
     state: Literal["raised", "cleared"]
     severity: Severity
-    source_id: EntityId = Field(description="the asset or entity id (intersection, meter, kiosk, dossier code)")
+    source_id: EntityId = Field(
+        description="the asset or entity id (intersection, meter, kiosk, dossier code)"
+    )
     district: AreaCode | None = None
     commune: AreaCode | None = None
     at: datetime
@@ -80,16 +86,35 @@ def kpi_key(kpi: str, scope_level: str, scope_code: str) -> str:
     return f"{kpi}|{scope_level}|{scope_code}"
 
 
-def kpi_observed_payload(kpi: str, scope_level: str, scope_code: str, window_start: str, window_seconds: int,
-                         value: float | None, numerator: float, denominator: float | None, unit: str,
-                         partition: int, observed_at: str) -> dict:
+def kpi_observed_payload(
+    kpi: str,
+    scope_level: str,
+    scope_code: str,
+    window_start: str,
+    window_seconds: int,
+    value: float | None,
+    numerator: float,
+    denominator: float | None,
+    unit: str,
+    partition: int,
+    observed_at: str,
+) -> dict:
     """A :class:`KpiObserved` payload exactly as the model dumps it (field order and float types included),
     built without a model object: processors emit many per second. Times are RFC 3339 strings already."""
-    return {"kpi": kpi, "scope_level": scope_level, "scope_code": scope_code, "window_start": window_start,
-            "window_seconds": window_seconds, "value": None if value is None else float(value),
-            "numerator": float(numerator), "denominator": None if denominator is None else float(denominator),
-            "unit": unit, "partition": partition, "observed_at": observed_at,
-            "key": kpi_key(kpi, scope_level, scope_code)}
+    return {
+        "kpi": kpi,
+        "scope_level": scope_level,
+        "scope_code": scope_code,
+        "window_start": window_start,
+        "window_seconds": window_seconds,
+        "value": None if value is None else float(value),
+        "numerator": float(numerator),
+        "denominator": None if denominator is None else float(denominator),
+        "unit": unit,
+        "partition": partition,
+        "observed_at": observed_at,
+        "key": kpi_key(kpi, scope_level, scope_code),
+    }
 
 
 def domain_topics(domain: str, owner: str, partitions: int = 3) -> tuple[EventType, EventType]:
@@ -118,11 +143,17 @@ def domain_topics(domain: str, owner: str, partitions: int = 3) -> tuple[EventTy
     )
     cap = domain.capitalize()
     kpi_model = event_type(
-        f"ioc.{domain}.kpi.observed.v1", topic=kpis, key="key", subject="scope_code",
+        f"ioc.{domain}.kpi.observed.v1",
+        topic=kpis,
+        key="key",
+        subject="scope_code",
         description=f"A {domain} KPI observed for an area and window.",
     )(type(f"{cap}KpiObserved", (KpiObserved,), {"__module__": __name__}))
     alarm_model = event_type(
-        f"ioc.{domain}.alarm.changed.v1", topic=alarms, key="alarm_id", subject="source_id",
+        f"ioc.{domain}.alarm.changed.v1",
+        topic=alarms,
+        key="alarm_id",
+        subject="source_id",
         description=f"A {domain} alarm raised or cleared.",
     )(type(f"{cap}AlarmChanged", (AlarmChanged,), {"__module__": __name__}))
     return event_type_of(kpi_model), event_type_of(alarm_model)

@@ -59,8 +59,9 @@ def _accepts(new_types: set[str], old_types: set[str]) -> list[str]:
     return missing
 
 
-def check_backward(old: dict, new: dict, path: str = "", old_root: dict | None = None,
-                   new_root: dict | None = None) -> list[str]:
+def check_backward(
+    old: dict, new: dict, path: str = "", old_root: dict | None = None, new_root: dict | None = None
+) -> list[str]:
     """Problems that would make ``new`` reject documents valid under ``old`` (empty list: compatible)."""
     old_root = old_root or old
     new_root = new_root or new

@@ -68,7 +68,9 @@ class DossierFacts(EventModel):
     procedure_code: EntityId
     agency_code: EntityId
     admin_unit: AreaCode = Field(description="the administrative unit of the handling agency")
-    district: AreaCode | None = Field(None, description="district of the admin unit; null in a two-tier hierarchy")
+    district: AreaCode | None = Field(
+        None, description="district of the admin unit; null in a two-tier hierarchy"
+    )
     channel: Channel
     online_level: OnlineLevel = Field(description="the procedure's online service level")
     has_fees: StrictBool
@@ -79,13 +81,32 @@ class DossierFacts(EventModel):
 
 
 @event_type(
-    "ioc.dossier.status.changed.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    "ioc.dossier.status.changed.v1",
+    topic=LIFECYCLE_TOPIC,
+    key="dossier_code",
+    subject="dossier_code",
     description="A dossier moved from one national status to another (or was created).",
-    examples=({"dossier_code": "H26.01-250102-0001", "procedure_code": "1.001234", "agency_code": "UBND-BD",
-               "admin_unit": "BD", "district": "BD", "channel": "online", "online_level": "fully_online",
-               "has_fees": False, "status": 2, "received_at": "2025-01-02T02:00:00Z", "due_date": "2025-01-07",
-               "at": "2025-01-02T02:00:00Z", "previous_status": None, "action": "receive",
-               "status_name": "received", "clock_paused": False, "paid_online": None},),
+    examples=(
+        {
+            "dossier_code": "H26.01-250102-0001",
+            "procedure_code": "1.001234",
+            "agency_code": "UBND-BD",
+            "admin_unit": "BD",
+            "district": "BD",
+            "channel": "online",
+            "online_level": "fully_online",
+            "has_fees": False,
+            "status": 2,
+            "received_at": "2025-01-02T02:00:00Z",
+            "due_date": "2025-01-07",
+            "at": "2025-01-02T02:00:00Z",
+            "previous_status": None,
+            "action": "receive",
+            "status_name": "received",
+            "clock_paused": False,
+            "paid_online": None,
+        },
+    ),
 )
 class DossierStatusChanged(DossierFacts):
     previous_status: StatusCode | None = Field(None, ge=1, le=10)
@@ -96,7 +117,10 @@ class DossierStatusChanged(DossierFacts):
 
 
 @event_type(
-    "ioc.dossier.deadline.approached.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    "ioc.dossier.deadline.approached.v1",
+    topic=LIFECYCLE_TOPIC,
+    key="dossier_code",
+    subject="dossier_code",
     description="An open dossier is due within the warning horizon (working days).",
 )
 class DossierDeadlineApproached(DossierFacts):
@@ -104,7 +128,10 @@ class DossierDeadlineApproached(DossierFacts):
 
 
 @event_type(
-    "ioc.dossier.deadline.missed.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    "ioc.dossier.deadline.missed.v1",
+    topic=LIFECYCLE_TOPIC,
+    key="dossier_code",
+    subject="dossier_code",
     description="An open dossier passed its due date without being resolved (overdue).",
 )
 class DossierOverdue(DossierFacts):
@@ -112,7 +139,10 @@ class DossierOverdue(DossierFacts):
 
 
 @event_type(
-    "ioc.dossier.apology.issued.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    "ioc.dossier.apology.issued.v1",
+    topic=LIFECYCLE_TOPIC,
+    key="dossier_code",
+    subject="dossier_code",
     description="The agency apologised for a late dossier and promised a new date (form 04, Circular 01/2018).",
 )
 class DossierApologized(DossierFacts):
@@ -120,7 +150,10 @@ class DossierApologized(DossierFacts):
 
 
 @event_type(
-    "ioc.dossier.step.handed_over.v1", topic=LIFECYCLE_TOPIC, key="dossier_code", subject="dossier_code",
+    "ioc.dossier.step.handed_over.v1",
+    topic=LIFECYCLE_TOPIC,
+    key="dossier_code",
+    subject="dossier_code",
     description="A processing step was handed over to the next officer (form 05 control slip).",
 )
 class DossierStepHandedOver(DossierFacts):

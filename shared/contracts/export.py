@@ -40,19 +40,34 @@ def asyncapi() -> dict[str, Any]:
         channels[ch_id] = {
             "address": topic.name,
             "description": topic.description,
-            "messages": {et.type.replace(".", "_"): {"$ref": f"#/components/messages/{et.type.replace('.', '_')}"}
-                         for et in types},
-            "bindings": {"kafka": {"topic": topic.name, "partitions": topic.partitions,
-                                   "topicConfiguration": {"cleanup.policy": ["compact" if topic.compacted else "delete"],
-                                                          **({"retention.ms": topic.retention_ms}
-                                                             if topic.retention_ms and not topic.compacted else {})},
-                                   "bindingVersion": "0.5.0"}},
+            "messages": {
+                et.type.replace(".", "_"): {"$ref": f"#/components/messages/{et.type.replace('.', '_')}"}
+                for et in types
+            },
+            "bindings": {
+                "kafka": {
+                    "topic": topic.name,
+                    "partitions": topic.partitions,
+                    "topicConfiguration": {
+                        "cleanup.policy": ["compact" if topic.compacted else "delete"],
+                        **(
+                            {"retention.ms": topic.retention_ms}
+                            if topic.retention_ms and not topic.compacted
+                            else {}
+                        ),
+                    },
+                    "bindingVersion": "0.5.0",
+                }
+            },
             "x-ioc-owner": topic.owner,
             "x-ioc-key": topic.key,
         }
         if types:
-            operations[f"receive_{ch_id}"] = {"action": "receive", "channel": {"$ref": f"#/channels/{ch_id}"},
-                                              "summary": f"Subscribe to {topic.name}"}
+            operations[f"receive_{ch_id}"] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{ch_id}"},
+                "summary": f"Subscribe to {topic.name}",
+            }
         for et in types:
             messages[et.type.replace(".", "_")] = {
                 "name": et.type,
@@ -60,21 +75,35 @@ def asyncapi() -> dict[str, Any]:
                 "summary": et.description,
                 "contentType": "application/json",
                 "payload": {"$ref": f"schemas/{et.type}.json"},
-                "bindings": {"kafka": {"key": {"type": "string", "description": f"the {et.key_field}"},
-                                       "bindingVersion": "0.5.0"}},
-                "headers": {"type": "object", "required": ["ce_specversion", "ce_id", "ce_source", "ce_type"],
-                            "properties": {
-                                "ce_specversion": {"const": "1.0"}, "ce_id": {"type": "string"},
-                                "ce_source": {"type": "string"}, "ce_type": {"const": et.type},
-                                "ce_time": {"type": "string", "format": "date-time"},
-                                "ce_subject": {"type": "string"}, "ce_dataschema": {"const": et.schema_id},
-                                "content-type": {"const": "application/json"}}},
+                "bindings": {
+                    "kafka": {
+                        "key": {"type": "string", "description": f"the {et.key_field}"},
+                        "bindingVersion": "0.5.0",
+                    }
+                },
+                "headers": {
+                    "type": "object",
+                    "required": ["ce_specversion", "ce_id", "ce_source", "ce_type"],
+                    "properties": {
+                        "ce_specversion": {"const": "1.0"},
+                        "ce_id": {"type": "string"},
+                        "ce_source": {"type": "string"},
+                        "ce_type": {"const": et.type},
+                        "ce_time": {"type": "string", "format": "date-time"},
+                        "ce_subject": {"type": "string"},
+                        "ce_dataschema": {"const": et.schema_id},
+                        "content-type": {"const": "application/json"},
+                    },
+                },
             }
     return {
         "asyncapi": "3.0.0",
-        "info": {"title": "IOC events", "version": "1.0.0",
-                 "description": "Events of Hanoi's Intelligent Operations Center. CloudEvents 1.0, Kafka protocol "
-                                "binding, binary content mode: JSON value, ce_* headers, key = entity id."},
+        "info": {
+            "title": "IOC events",
+            "version": "1.0.0",
+            "description": "Events of Hanoi's Intelligent Operations Center. CloudEvents 1.0, Kafka protocol "
+            "binding, binary content mode: JSON value, ce_* headers, key = entity id.",
+        },
         "defaultContentType": "application/json",
         "channels": channels,
         "operations": operations,
@@ -86,8 +115,12 @@ def render_all() -> dict[str, bytes]:
     """Relative path → file content for every exported artefact."""
     files: dict[str, bytes] = {}
     for et in sorted(EVENT_TYPES.values(), key=lambda e: e.type):
-        files[f"schemas/{et.type}.json"] = orjson.dumps(json_schema(et), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
-    files["asyncapi.yaml"] = yaml.safe_dump(asyncapi(), sort_keys=False, allow_unicode=True, width=120).encode()
+        files[f"schemas/{et.type}.json"] = (
+            orjson.dumps(json_schema(et), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+        )
+    files["asyncapi.yaml"] = yaml.safe_dump(
+        asyncapi(), sort_keys=False, allow_unicode=True, width=120
+    ).encode()
     return files
 
 

@@ -55,8 +55,12 @@ class FastPayloads:
 
     __slots__ = ("_checks", "_decoder", "_rules")
 
-    def __init__(self, decoder: msgspec.json.Decoder, checks: list[Callable[[list], bool]],
-                 rules: Callable[[dict], Any] | None):
+    def __init__(
+        self,
+        decoder: msgspec.json.Decoder,
+        checks: list[Callable[[list], bool]],
+        rules: Callable[[dict], Any] | None,
+    ):
         self._decoder = decoder
         self._checks = checks
         self._rules = rules
@@ -99,7 +103,16 @@ def _build(schema: dict[str, Any], name: str) -> FastPayloads:
         rules, schema = fn["function"], schema["schema"]
     if schema["type"] != "typed-dict":
         raise Unsupported(schema["type"])
-    if set(schema) - {"type", "fields", "cls", "computed_fields", "config", "extra_behavior", "ref", "metadata"}:
+    if set(schema) - {
+        "type",
+        "fields",
+        "cls",
+        "computed_fields",
+        "config",
+        "extra_behavior",
+        "ref",
+        "metadata",
+    }:
         raise Unsupported("typed-dict options")
     if schema.get("extra_behavior") != "forbid" or schema.get("computed_fields"):
         raise Unsupported("open object")
@@ -164,6 +177,7 @@ def _constrained(ann: Any, schema: dict[str, Any]) -> Any:
 
 
 # patterns ---------------------------------------------------------------------------------------------------
+
 
 def _pattern_check(pattern: str, names: list[str]) -> Callable[[list], bool]:
     """A check that every value of the ``names`` fields in a batch matches ``pattern``. Absent and null values

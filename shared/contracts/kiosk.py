@@ -29,16 +29,32 @@ from shared.contracts.common import domain_topics
 PARTITIONS = 3  # all kiosk source topics share it: the KPI processor needs them co-partitioned
 _DAY_MS = 24 * 3600 * 1000
 
-Peripheral = Literal["printer", "card_reader", "id_scanner", "barcode_reader", "camera", "payment_terminal",
-                     "touchscreen"]
-DeviceState = Literal["online", "offline", "power_off", "no_device", "hardware_error", "user_error", "busy",
-                      "fraud_attempt"]
+Peripheral = Literal[
+    "printer", "card_reader", "id_scanner", "barcode_reader", "camera", "payment_terminal", "touchscreen"
+]
+DeviceState = Literal[
+    "online", "offline", "power_off", "no_device", "hardware_error", "user_error", "busy", "fraud_attempt"
+]
 PaperState = Literal["full", "low", "out", "jammed", "unknown"]
-Journey = Literal["lookup_procedure", "submit_dossier", "check_status", "pay_fee", "print_result",
-                  "queue_ticket", "rate_service"]
+Journey = Literal[
+    "lookup_procedure",
+    "submit_dossier",
+    "check_status",
+    "pay_fee",
+    "print_result",
+    "queue_ticket",
+    "rate_service",
+]
 Outcome = Literal["completed", "abandoned", "failed"]
-FailureReason = Literal["device_fault", "network_error", "payment_declined", "service_unavailable", "timeout",
-                        "user_cancelled", "other"]
+FailureReason = Literal[
+    "device_fault",
+    "network_error",
+    "payment_declined",
+    "service_unavailable",
+    "timeout",
+    "user_cancelled",
+    "other",
+]
 Network = Literal["wired", "wifi", "cellular"]
 KioskStatus = Literal["online", "offline"]
 
@@ -48,41 +64,92 @@ PAPER_STATES: tuple[str, ...] = PaperState.__args__  # type: ignore[attr-defined
 JOURNEYS: tuple[str, ...] = Journey.__args__  # type: ignore[attr-defined]
 OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
 
-TimeOfDay = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local time HH:MM (UTC+7)")]
-ClosingTime = Annotated[str, Field(pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$",
-                                   description="local time HH:MM (UTC+7), 24:00 for midnight")]
+TimeOfDay = Annotated[
+    str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local time HH:MM (UTC+7)")
+]
+ClosingTime = Annotated[
+    str,
+    Field(
+        pattern=r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$",
+        description="local time HH:MM (UTC+7), 24:00 for midnight",
+    ),
+]
 IsoWeekday = Annotated[StrictInt, Field(ge=1, le=7, description="ISO weekday, 1 = Monday ... 7 = Sunday")]
-DossierCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$",
-                                   description="a dossier's reference code (never personal data)")]
+DossierCode = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/\-]*$",
+        description="a dossier's reference code (never personal data)",
+    ),
+]
 ShortText = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")]
 
 
 # Topics --------------------------------------------------------------------------------------------------------
-REGISTRY_TOPIC = register_topic(TopicSpec(
-    name="ioc.kiosk.registry", partitions=PARTITIONS, key="kiosk_id", owner="kiosk", compacted=True,
-    retention_ms=None,
-    description="The kiosk registry, latest entry per kiosk (location, opening hours, peripherals fitted).",
-))
-HEARTBEATS_TOPIC = register_topic(TopicSpec(
-    name="ioc.kiosk.heartbeats", partitions=PARTITIONS, key="kiosk_id", owner="kiosk",
-    retention_ms=7 * _DAY_MS, description="Kiosk heartbeats (every 30-60 s: app version, uptime, network).",
-))
-LAST_SEEN_TOPIC = register_topic(TopicSpec(
-    name="ioc.kiosk.lastseen", partitions=PARTITIONS, key="kiosk_id", owner="kiosk", compacted=True,
-    retention_ms=None, description="The last heartbeat of each kiosk (compacted).",
-))
-PERIPHERALS_TOPIC = register_topic(TopicSpec(
-    name="ioc.kiosk.peripherals", partitions=PARTITIONS, key="kiosk_id", owner="kiosk",
-    retention_ms=30 * _DAY_MS, description="Peripheral device status changes (CEN/XFS-like states, paper).",
-))
-SESSIONS_TOPIC = register_topic(TopicSpec(
-    name="ioc.kiosk.sessions", partitions=PARTITIONS, key="kiosk_id", owner="kiosk",
-    retention_ms=30 * _DAY_MS, description="Finished kiosk sessions: journey, times, outcome, rating.",
-))
-STATE_TOPIC = register_topic(TopicSpec(
-    name="ioc.kiosk.state", partitions=PARTITIONS, key="kiosk_id", owner="kiosk",
-    retention_ms=30 * _DAY_MS, description="Kiosk online/offline changes detected by the KPI processor.",
-))
+REGISTRY_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.kiosk.registry",
+        partitions=PARTITIONS,
+        key="kiosk_id",
+        owner="kiosk",
+        compacted=True,
+        retention_ms=None,
+        description="The kiosk registry, latest entry per kiosk (location, opening hours, peripherals fitted).",
+    )
+)
+HEARTBEATS_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.kiosk.heartbeats",
+        partitions=PARTITIONS,
+        key="kiosk_id",
+        owner="kiosk",
+        retention_ms=7 * _DAY_MS,
+        description="Kiosk heartbeats (every 30-60 s: app version, uptime, network).",
+    )
+)
+LAST_SEEN_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.kiosk.lastseen",
+        partitions=PARTITIONS,
+        key="kiosk_id",
+        owner="kiosk",
+        compacted=True,
+        retention_ms=None,
+        description="The last heartbeat of each kiosk (compacted).",
+    )
+)
+PERIPHERALS_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.kiosk.peripherals",
+        partitions=PARTITIONS,
+        key="kiosk_id",
+        owner="kiosk",
+        retention_ms=30 * _DAY_MS,
+        description="Peripheral device status changes (CEN/XFS-like states, paper).",
+    )
+)
+SESSIONS_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.kiosk.sessions",
+        partitions=PARTITIONS,
+        key="kiosk_id",
+        owner="kiosk",
+        retention_ms=30 * _DAY_MS,
+        description="Finished kiosk sessions: journey, times, outcome, rating.",
+    )
+)
+STATE_TOPIC = register_topic(
+    TopicSpec(
+        name="ioc.kiosk.state",
+        partitions=PARTITIONS,
+        key="kiosk_id",
+        owner="kiosk",
+        retention_ms=30 * _DAY_MS,
+        description="Kiosk online/offline changes detected by the KPI processor.",
+    )
+)
 KPI_EVENT, ALARM_EVENT = domain_topics("kiosk", owner="kiosk", partitions=PARTITIONS)
 KPIS_TOPIC_NAME = KPI_EVENT.topic
 ALARMS_TOPIC_NAME = ALARM_EVENT.topic
@@ -107,8 +174,13 @@ class OpeningPeriod(EventModel):
         return self
 
 
-@event_type("ioc.kiosk.registration.updated.v1", topic=REGISTRY_TOPIC, key="kiosk_id", subject="kiosk_id",
-            description="A kiosk was registered or its registry entry changed (latest wins, compacted).")
+@event_type(
+    "ioc.kiosk.registration.updated.v1",
+    topic=REGISTRY_TOPIC,
+    key="kiosk_id",
+    subject="kiosk_id",
+    description="A kiosk was registered or its registry entry changed (latest wins, compacted).",
+)
 class KioskRegistered(EventModel):
     kiosk_id: EntityId
     building: str = Field(min_length=1, max_length=200, description="building or one-stop centre name")
@@ -123,8 +195,13 @@ class KioskRegistered(EventModel):
     version: StrictInt = Field(ge=1, description="registry version of this entry (increases on every change)")
 
 
-@event_type("ioc.kiosk.heartbeat.received.v1", topic=HEARTBEATS_TOPIC, key="kiosk_id", subject="kiosk_id",
-            description="A kiosk said it is alive.")
+@event_type(
+    "ioc.kiosk.heartbeat.received.v1",
+    topic=HEARTBEATS_TOPIC,
+    key="kiosk_id",
+    subject="kiosk_id",
+    description="A kiosk said it is alive.",
+)
 class HeartbeatReceived(EventModel):
     kiosk_id: EntityId
     at: AwareDatetime
@@ -133,16 +210,26 @@ class HeartbeatReceived(EventModel):
     network: Network | None = None
 
 
-@event_type("ioc.kiosk.lastseen.updated.v1", topic=LAST_SEEN_TOPIC, key="kiosk_id", subject="kiosk_id",
-            description="The last heartbeat of a kiosk (compacted: latest per kiosk).")
+@event_type(
+    "ioc.kiosk.lastseen.updated.v1",
+    topic=LAST_SEEN_TOPIC,
+    key="kiosk_id",
+    subject="kiosk_id",
+    description="The last heartbeat of a kiosk (compacted: latest per kiosk).",
+)
 class KioskLastSeen(EventModel):
     kiosk_id: EntityId
     at: AwareDatetime
     app_version: ShortText
 
 
-@event_type("ioc.kiosk.peripheral.changed.v1", topic=PERIPHERALS_TOPIC, key="kiosk_id", subject="kiosk_id",
-            description="A kiosk peripheral's device state (and, for printers, paper state) changed.")
+@event_type(
+    "ioc.kiosk.peripheral.changed.v1",
+    topic=PERIPHERALS_TOPIC,
+    key="kiosk_id",
+    subject="kiosk_id",
+    description="A kiosk peripheral's device state (and, for printers, paper state) changed.",
+)
 class PeripheralStatusChanged(EventModel):
     kiosk_id: EntityId
     peripheral: Peripheral
@@ -162,8 +249,13 @@ class PeripheralStatusChanged(EventModel):
         return self
 
 
-@event_type("ioc.kiosk.session.ended.v1", topic=SESSIONS_TOPIC, key="kiosk_id", subject="kiosk_id",
-            description="A kiosk session (one citizen journey) ended. Carries no personal data.")
+@event_type(
+    "ioc.kiosk.session.ended.v1",
+    topic=SESSIONS_TOPIC,
+    key="kiosk_id",
+    subject="kiosk_id",
+    description="A kiosk session (one citizen journey) ended. Carries no personal data.",
+)
 class SessionEnded(EventModel):
     session_id: EntityId
     kiosk_id: EntityId
@@ -191,8 +283,13 @@ class SessionEnded(EventModel):
         return self
 
 
-@event_type("ioc.kiosk.state.changed.v1", topic=STATE_TOPIC, key="kiosk_id", subject="kiosk_id",
-            description="A kiosk went offline (missed heartbeats) or came back online.")
+@event_type(
+    "ioc.kiosk.state.changed.v1",
+    topic=STATE_TOPIC,
+    key="kiosk_id",
+    subject="kiosk_id",
+    description="A kiosk went offline (missed heartbeats) or came back online.",
+)
 class KioskStateChanged(EventModel):
     kiosk_id: EntityId
     state: KioskStatus

@@ -111,22 +111,37 @@ MeterEventKind = Literal[
     "disconnected",
     "connected",
 ]
-MeterEventCategory = Literal["power", "clock", "battery", "hardware", "tamper", "security", "configuration",
-                             "disconnector"]
+MeterEventCategory = Literal[
+    "power", "clock", "battery", "hardware", "tamper", "security", "configuration", "disconnector"
+]
 
 
 @event_type(
-    "ioc.meter.registry.changed.v1", topic=REGISTRY_TOPIC, key="meter_id", subject="meter_id",
+    "ioc.meter.registry.changed.v1",
+    topic=REGISTRY_TOPIC,
+    key="meter_id",
+    subject="meter_id",
     description="A meter was registered or its registry entry changed (latest state; compacted topic).",
-    examples=({"meter_id": "MTR-000001", "customers": 1, "district": "HN-BD", "commune": "HN-BD-01",
-               "feeder": "F-BD-001", "transformer": "T-BD-001-03", "installed_on": "2023-04-01",
-               "interval_seconds": 900},),
+    examples=(
+        {
+            "meter_id": "MTR-000001",
+            "customers": 1,
+            "district": "HN-BD",
+            "commune": "HN-BD-01",
+            "feeder": "F-BD-001",
+            "transformer": "T-BD-001-03",
+            "installed_on": "2023-04-01",
+            "interval_seconds": 900,
+        },
+    ),
 )
 class MeterRegistered(EventModel):
     """A meter of the registry: what the city needs to know about it (no customer identity)."""
 
     meter_id: EntityId
-    customers: StrictInt = Field(ge=0, le=10000, description="customers served through this meter (usually 1)")
+    customers: StrictInt = Field(
+        ge=0, le=10000, description="customers served through this meter (usually 1)"
+    )
     district: AreaCode
     commune: AreaCode
     feeder: EntityId = Field(description="medium-voltage feeder the meter is supplied from")
@@ -136,12 +151,28 @@ class MeterRegistered(EventModel):
 
 
 @event_type(
-    "ioc.meter.reading.recorded.v1", topic=READINGS_TOPIC, key="meter_id", subject="obis",
+    "ioc.meter.reading.recorded.v1",
+    topic=READINGS_TOPIC,
+    key="meter_id",
+    subject="obis",
     description="A validated meter reading for one OBIS code and interval end, with quality flags.",
-    examples=({"meter_id": "MTR-000001", "obis": "1-0:1.8.0", "interval_end": "2024-05-01T10:15:00Z",
-               "interval_seconds": 900, "value": 12345.678, "unit": "kWh", "quality": "measured",
-               "flags": [], "delta": 0.412, "district": "HN-BD", "commune": "HN-BD-01", "feeder": "F-BD-001",
-               "customers": 1},),
+    examples=(
+        {
+            "meter_id": "MTR-000001",
+            "obis": "1-0:1.8.0",
+            "interval_end": "2024-05-01T10:15:00Z",
+            "interval_seconds": 900,
+            "value": 12345.678,
+            "unit": "kWh",
+            "quality": "measured",
+            "flags": [],
+            "delta": 0.412,
+            "district": "HN-BD",
+            "commune": "HN-BD-01",
+            "feeder": "F-BD-001",
+            "customers": 1,
+        },
+    ),
 )
 class MeterReadingRecorded(EventModel):
     """A reading that passed validation (VEE). ``value`` is in the OBIS code's canonical unit."""
@@ -153,11 +184,16 @@ class MeterReadingRecorded(EventModel):
     value: StrictFloat | None = Field(description="null only when quality is 'missing'")
     unit: str = Field(max_length=8)
     quality: ReadingQuality
-    flags: list[str] = Field(default_factory=list, max_length=8,
-                             description="validation notes: first_read, rollover, late, register_reset")
+    flags: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="validation notes: first_read, rollover, late, register_reset",
+    )
     delta: StrictFloat | None = Field(
-        None, description="cumulative registers: increase since the previous accepted reading (rollover "
-        "corrected); null for the first or a late reading and for non-cumulative quantities")
+        None,
+        description="cumulative registers: increase since the previous accepted reading (rollover "
+        "corrected); null for the first or a late reading and for non-cumulative quantities",
+    )
     district: AreaCode
     commune: AreaCode
     feeder: EntityId
@@ -165,11 +201,25 @@ class MeterReadingRecorded(EventModel):
 
 
 @event_type(
-    "ioc.meter.event.recorded.v1", topic=EVENTS_TOPIC, key="meter_id", subject="event",
+    "ioc.meter.event.recorded.v1",
+    topic=EVENTS_TOPIC,
+    key="meter_id",
+    subject="event",
     description="A meter event in the canonical taxonomy (vendor code kept in raw_code).",
-    examples=({"meter_id": "MTR-000001", "at": "2024-05-01T10:03:12Z", "event": "power_down",
-               "category": "power", "code": 1, "raw_code": "1", "district": "HN-BD", "commune": "HN-BD-01",
-               "feeder": "F-BD-001", "customers": 1},),
+    examples=(
+        {
+            "meter_id": "MTR-000001",
+            "at": "2024-05-01T10:03:12Z",
+            "event": "power_down",
+            "category": "power",
+            "code": 1,
+            "raw_code": "1",
+            "district": "HN-BD",
+            "commune": "HN-BD-01",
+            "feeder": "F-BD-001",
+            "customers": 1,
+        },
+    ),
 )
 class MeterEventRecorded(EventModel):
     meter_id: EntityId
@@ -185,11 +235,24 @@ class MeterEventRecorded(EventModel):
 
 
 @event_type(
-    "ioc.meter.interruption.recorded.v1", topic=INTERRUPTIONS_TOPIC, key="meter_id", subject="kind",
+    "ioc.meter.interruption.recorded.v1",
+    topic=INTERRUPTIONS_TOPIC,
+    key="meter_id",
+    subject="kind",
     description="A supply interruption at a meter: power-down paired with power-up (IEEE 1366 input).",
-    examples=({"meter_id": "MTR-000001", "started_at": "2024-05-01T10:03:12Z",
-               "ended_at": "2024-05-01T10:45:00Z", "duration_seconds": 2508.0, "kind": "sustained",
-               "customers": 1, "district": "HN-BD", "commune": "HN-BD-01", "feeder": "F-BD-001"},),
+    examples=(
+        {
+            "meter_id": "MTR-000001",
+            "started_at": "2024-05-01T10:03:12Z",
+            "ended_at": "2024-05-01T10:45:00Z",
+            "duration_seconds": 2508.0,
+            "kind": "sustained",
+            "customers": 1,
+            "district": "HN-BD",
+            "commune": "HN-BD-01",
+            "feeder": "F-BD-001",
+        },
+    ),
 )
 class InterruptionRecorded(EventModel):
     meter_id: EntityId
@@ -204,10 +267,21 @@ class InterruptionRecorded(EventModel):
 
 
 @event_type(
-    "ioc.meter.feeder_supply.changed.v1", topic=FEEDER_SUPPLY_TOPIC, key="feeder", subject="feeder",
+    "ioc.meter.feeder_supply.changed.v1",
+    topic=FEEDER_SUPPLY_TOPIC,
+    key="feeder",
+    subject="feeder",
     description="A meter of a feeder lost or regained supply (keyed by feeder for outage detection).",
-    examples=({"feeder": "F-BD-001", "meter_id": "MTR-000001", "supply": "lost", "at": "2024-05-01T10:03:12Z",
-               "district": "HN-BD", "feeder_meters": 200},),
+    examples=(
+        {
+            "feeder": "F-BD-001",
+            "meter_id": "MTR-000001",
+            "supply": "lost",
+            "at": "2024-05-01T10:03:12Z",
+            "district": "HN-BD",
+            "feeder_meters": 200,
+        },
+    ),
 )
 class FeederSupplyChanged(EventModel):
     feeder: EntityId

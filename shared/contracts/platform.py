@@ -20,8 +20,13 @@ AUDIT_TOPIC = register_topic(
 )
 
 
-@event_type("ioc.platform.audit.recorded.v1", topic=AUDIT_TOPIC, key="principal", subject="target",
-            description="A principal did something to a dossier, an alarm or a credential.")
+@event_type(
+    "ioc.platform.audit.recorded.v1",
+    topic=AUDIT_TOPIC,
+    key="principal",
+    subject="target",
+    description="A principal did something to a dossier, an alarm or a credential.",
+)
 class AuditRecorded(EventModel):
     principal: str = Field(max_length=64)
     action: str = Field(max_length=64)

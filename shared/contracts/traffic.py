@@ -83,8 +83,13 @@ class HiResEvent(EventModel):
     param: StrictInt = Field(ge=0, le=65535, description="phase, detector channel, overlap or pattern number")
 
 
-@event_type("ioc.traffic.hires.logged.v1", topic=HIRES_TOPIC, key="controller_id", subject="intersection_id",
-            description="A time-ordered chunk of one controller's high-resolution events.")
+@event_type(
+    "ioc.traffic.hires.logged.v1",
+    topic=HIRES_TOPIC,
+    key="controller_id",
+    subject="intersection_id",
+    description="A time-ordered chunk of one controller's high-resolution events.",
+)
 class HiResEventsLogged(EventModel):
     controller_id: EntityId
     intersection_id: EntityId
@@ -102,9 +107,13 @@ class DetectorConfig(EventModel):
     speed_kmh: StrictFloat | None = Field(None, gt=0, le=130, description="advance detectors: approach speed")
 
 
-@event_type("ioc.traffic.intersection.configured.v1", topic=REGISTRY_TOPIC, key="controller_id",
-            subject="intersection_id",
-            description="An intersection was registered or its configuration changed (full configuration).")
+@event_type(
+    "ioc.traffic.intersection.configured.v1",
+    topic=REGISTRY_TOPIC,
+    key="controller_id",
+    subject="intersection_id",
+    description="An intersection was registered or its configuration changed (full configuration).",
+)
 class IntersectionConfigured(EventModel):
     intersection_id: EntityId
     controller_id: EntityId
@@ -126,14 +135,20 @@ class PhaseState(EventModel):
 
     phase: StrictInt = Field(ge=1, le=40)
     color: PhaseColor
-    movement_state: StrictInt = Field(ge=0, le=9, description="J2735 MovementPhaseState (0 unavailable ... 9)")
+    movement_state: StrictInt = Field(
+        ge=0, le=9, description="J2735 MovementPhaseState (0 unavailable ... 9)"
+    )
     ped: PedIndication
     since: datetime | None = Field(description="event time the colour began")
 
 
-@event_type("ioc.traffic.signal_state.changed.v1", topic=SIGNAL_STATE_TOPIC, key="intersection_id",
-            subject="intersection_id",
-            description="The live state of an intersection's signals changed (SPaT-like).")
+@event_type(
+    "ioc.traffic.signal_state.changed.v1",
+    topic=SIGNAL_STATE_TOPIC,
+    key="intersection_id",
+    subject="intersection_id",
+    description="The live state of an intersection's signals changed (SPaT-like).",
+)
 class SignalStateChanged(EventModel):
     intersection_id: EntityId
     controller_id: EntityId
@@ -146,9 +161,13 @@ class SignalStateChanged(EventModel):
     phases: list[PhaseState]
 
 
-@event_type("ioc.traffic.phase_measures.computed.v1", topic=MEASURES_TOPIC, key="intersection_id",
-            subject="intersection_id",
-            description="ATSPM measures of one intersection phase over one bin (15 minutes by default).")
+@event_type(
+    "ioc.traffic.phase_measures.computed.v1",
+    topic=MEASURES_TOPIC,
+    key="intersection_id",
+    subject="intersection_id",
+    description="ATSPM measures of one intersection phase over one bin (15 minutes by default).",
+)
 class PhaseMeasuresComputed(EventModel):
     intersection_id: EntityId
     controller_id: EntityId
@@ -156,7 +175,9 @@ class PhaseMeasuresComputed(EventModel):
     phase: StrictInt = Field(ge=1, le=40)
     bin_start: datetime
     bin_seconds: StrictInt = Field(gt=0)
-    volume: StrictInt = Field(ge=0, description="detector-on events of the phase's advance and count detectors")
+    volume: StrictInt = Field(
+        ge=0, description="detector-on events of the phase's advance and count detectors"
+    )
     detector_volumes: dict[str, StrictInt] = Field(description="detector-on events per detector channel")
     gap_outs: StrictInt = Field(ge=0)
     max_outs: StrictInt = Field(ge=0)

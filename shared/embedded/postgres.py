@@ -87,19 +87,48 @@ class EmbeddedPostgres(ChildServer):
             pw = pwd.getpwnam(self._user)
             os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
         subprocess.run(
-            [str(_bin_dir() / "initdb"), "-D", str(self.data_dir), "--auth=trust", "-U", "postgres",
-             "--encoding=UTF8", "--no-sync"],
-            check=True, capture_output=True, **self._run_as(),
+            [
+                str(_bin_dir() / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            **self._run_as(),
         )
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
         self.init()
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
         self._proc = subprocess.Popen(
-            [str(_bin_dir() / "postgres"), "-D", str(self.data_dir), "-h", self.host, "-p", str(self.port),
-             "-k", str(self.data_dir), "-c", "fsync=off", "-c", "synchronous_commit=on",
-             "-c", "max_connections=300", "-c", "shared_buffers=128MB"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                str(_bin_dir() / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.data_dir),
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=on",
+                "-c",
+                "max_connections=300",
+                "-c",
+                "shared_buffers=128MB",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             **self._run_as(),
         )
         _wait_port(self.host, self.port, timeout, self._proc)
@@ -117,14 +146,26 @@ class EmbeddedPostgres(ChildServer):
 
     def create_database(self, name: str) -> None:
         r = subprocess.run(
-            [str(_bin_dir() / "psql"), "-h", self.host, "-p", str(self.port), "-U", "postgres", "-tAc",
-             f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],
-            capture_output=True, text=True, check=True,
+            [
+                str(_bin_dir() / "psql"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-tAc",
+                f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         if r.stdout.strip() != "1":
             subprocess.run(
                 [str(_bin_dir() / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "postgres", name],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
 
     def destroy(self) -> None:

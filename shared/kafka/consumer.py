@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 BatchHandler = Callable[[list[ReceivedEvent]], Awaitable[None]]
 
 
-def dead_letter(record: ConsumerRecord, error: str, consumer: str, tp: TopicPartition | None = None) -> EncodedEvent:
+def dead_letter(
+    record: ConsumerRecord, error: str, consumer: str, tp: TopicPartition | None = None
+) -> EncodedEvent:
     """The dead-letter record for ``record``: its original key, value and headers plus what went wrong.
 
     ``tp``: where the record was read, for records that do not carry it (bare records,
@@ -157,7 +159,9 @@ class EventConsumer:
                 EVENTS_CONSUMED.labels(self.name, topic, etype).inc(n)
             last = good[-1]
             try:
-                PROCESSING_LATENCY.labels(self.name).observe(max(0.0, now - parse_time(last.time).timestamp()))
+                PROCESSING_LATENCY.labels(self.name).observe(
+                    max(0.0, now - parse_time(last.time).timestamp())
+                )
             except ValueError:
                 pass
         LAST_PROCESSED.labels(self.name).set(time.time())

@@ -148,7 +148,10 @@ class EventPublisher:
                     if batch.append(key=ev.key, value=ev.value, timestamp=None, headers=ev.headers) is None:
                         futures.append(await producer.send_batch(batch, topic, partition=partition))
                         batch = producer.create_batch()
-                        if batch.append(key=ev.key, value=ev.value, timestamp=None, headers=ev.headers) is None:
+                        if (
+                            batch.append(key=ev.key, value=ev.value, timestamp=None, headers=ev.headers)
+                            is None
+                        ):
                             raise ValueError("event larger than the maximum batch size")
                 futures.append(await producer.send_batch(batch, topic, partition=partition))
         except (KafkaError, OSError, TimeoutError) as exc:

@@ -64,8 +64,13 @@ _aiokafka_partition_records = _fetcher.PartitionRecords
 def _partition_records(*args: Any, **kwargs: Any) -> Any:
     # aiokafka 0.14 calls PartitionRecords(tp, records, aborted_transactions, fetch_offset, key_deserializer,
     # value_deserializer, check_crcs, isolation_level); any other call shape goes to aiokafka's own class.
-    if (len(args) == 8 and not kwargs and args[4] is bare_records and args[5] is None
-            and args[7] == _fetcher.READ_UNCOMMITTED):
+    if (
+        len(args) == 8
+        and not kwargs
+        and args[4] is bare_records
+        and args[5] is None
+        and args[7] == _fetcher.READ_UNCOMMITTED
+    ):
         tp, records, aborted, fetch_offset, _, _, check_crcs, isolation_level = args
         return BareRecords(tp, records, aborted, fetch_offset, None, None, check_crcs, isolation_level)
     return _aiokafka_partition_records(*args, **kwargs)

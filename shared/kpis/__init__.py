@@ -51,9 +51,10 @@ class KpiDefinition(BaseModel):
     revisable_seconds: dict[int, int] = Field(
         default_factory=dict,
         description="per window length: how long after the window's end, in its source's event time, the source "
-                    "may still publish a revised partial of it (late data). The city keeps a window while its "
-                    "end plus this (and a margin for lagging partitions) has not fallen behind its series' newest "
-                    "window, and ignores partials of windows older than that. A length not listed: one window.")
+        "may still publish a revised partial of it (late data). The city keeps a window while its "
+        "end plus this (and a margin for lagging partitions) has not fallen behind its series' newest "
+        "window, and ignores partials of windows older than that. A length not listed: one window.",
+    )
 
     @model_validator(mode="after")
     def _revisions_of_published_windows(self):
@@ -73,9 +74,13 @@ class KpiDefinition(BaseModel):
         w, c = self.thresholds.warning, self.thresholds.critical
         if w is not None and c is not None and self.direction != "none":
             if self.direction == "higher" and c > w:
-                raise ValueError(f"{self.id}: for higher-is-better the critical threshold must be below warning")
+                raise ValueError(
+                    f"{self.id}: for higher-is-better the critical threshold must be below warning"
+                )
             if self.direction == "lower" and c < w:
-                raise ValueError(f"{self.id}: for lower-is-better the critical threshold must be above warning")
+                raise ValueError(
+                    f"{self.id}: for lower-is-better the critical threshold must be above warning"
+                )
         return self
 
     def combine_values(self, numerator: float, denominator: float | None) -> float | None:

@@ -109,8 +109,13 @@ class PartitionRuntime:
 class ProcessorCore:
     """State, batch processing and durability for one processor in one worker process."""
 
-    def __init__(self, processor: StreamProcessor, kafka: KafkaSettings, publisher: EventPublisher,
-                 changelog: TopicSpec):
+    def __init__(
+        self,
+        processor: StreamProcessor,
+        kafka: KafkaSettings,
+        publisher: EventPublisher,
+        changelog: TopicSpec,
+    ):
         self.processor = processor
         self.kafka = kafka
         self.publisher = publisher
@@ -133,8 +138,13 @@ class ProcessorCore:
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
-            **self.kafka.client_kwargs(), acks="all", linger_ms=0, enable_idempotence=self.kafka.enable_idempotence,
-            max_batch_size=1024 * 1024, max_request_size=8 * 1024 * 1024, client_id=f"{self.processor.name}-state",
+            **self.kafka.client_kwargs(),
+            acks="all",
+            linger_ms=0,
+            enable_idempotence=self.kafka.enable_idempotence,
+            max_batch_size=1024 * 1024,
+            max_request_size=8 * 1024 * 1024,
+            client_id=f"{self.processor.name}-state",
         )
         await self._producer.start()
         await self.publisher.start()
@@ -159,9 +169,14 @@ class ProcessorCore:
             return
         self.processor.forget_emitted(todo)
         started = time.perf_counter()
-        consumer = AIOKafkaConsumer(**self.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=50,
-                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        consumer = AIOKafkaConsumer(
+            **self.kafka.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
         await consumer.start()
         try:
             tps = [TopicPartition(self.changelog.name, p) for p in todo]
@@ -191,7 +206,9 @@ class ProcessorCore:
                     hw = consumer.highwater(tp)
                     end = hw if hw is not None else listed.get(tp, 0)
                     # without a fetch answer, trust the listed end only after 200 ms without any data
-                    if await consumer.position(tp) >= end and (hw is not None or time.monotonic() - last_data >= 0.2):
+                    if await consumer.position(tp) >= end and (
+                        hw is not None or time.monotonic() - last_data >= 0.2
+                    ):
                         remaining.discard(tp)
                 if got:
                     last_data = time.monotonic()
@@ -204,12 +221,23 @@ class ProcessorCore:
                 for k, (seq, v) in raw[p].items()
                 if v is not None and seq <= marker["seq"]
             }
-            self.partitions[p] = PartitionRuntime(State(p, data), seq=marker["seq"], applied=dict(marker["offsets"]),
-                                                  marked=dict(marker["offsets"]), window=self.processor.dedup_window)
+            self.partitions[p] = PartitionRuntime(
+                State(p, data),
+                seq=marker["seq"],
+                applied=dict(marker["offsets"]),
+                marked=dict(marker["offsets"]),
+                window=self.processor.dedup_window,
+            )
         await self._refill_dedup_windows(todo)
         self._count_state()
-        log.info("state recovered", extra={"processor": self.processor.name, "partitions": todo,
-                                           "seconds": round(time.perf_counter() - started, 3)})
+        log.info(
+            "state recovered",
+            extra={
+                "processor": self.processor.name,
+                "partitions": todo,
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
 
     async def _refill_dedup_windows(self, partitions: list[int]) -> None:
         """Refill each recovered partition's window of recent CloudEvents ids from the source records just below
@@ -226,8 +254,13 @@ class ProcessorCore:
                     ranges[TopicPartition(topic, p)] = (max(0, applied - per_topic), applied)
         if not ranges:
             return
-        consumer = AIOKafkaConsumer(**self.kafka.client_kwargs(), group_id=None, enable_auto_commit=False,
-                                    fetch_max_wait_ms=50, max_partition_fetch_bytes=8 * 1024 * 1024)
+        consumer = AIOKafkaConsumer(
+            **self.kafka.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
         await consumer.start()
         try:
             consumer.assign(list(ranges))
@@ -275,8 +308,9 @@ class ProcessorCore:
         return None if pr is None else pr.applied.get(topic)
 
     # Processing ----------------------------------------------------------------------------------------------
-    async def process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]],
-                      owned: Iterable[int] = ()) -> dict[TopicPartition, int]:
+    async def process(
+        self, records: dict[TopicPartition, Sequence[ConsumerRecord]], owned: Iterable[int] = ()
+    ) -> dict[TopicPartition, int]:
         """Process one fetched batch; returns the committable next offset per topic-partition.
 
         ``owned``: the source partitions this worker is assigned. Those not loaded yet are recovered together
@@ -292,8 +326,9 @@ class ProcessorCore:
                 self.drop(list(self.partitions))
                 raise
 
-    async def _process(self, records: dict[TopicPartition, Sequence[ConsumerRecord]],
-                       owned: Iterable[int]) -> dict[TopicPartition, int]:
+    async def _process(
+        self, records: dict[TopicPartition, Sequence[ConsumerRecord]], owned: Iterable[int]
+    ) -> dict[TopicPartition, int]:
         await self.recover({tp.partition for tp in records}.union(owned))
         dead: list[EncodedEvent] = []
         committable: dict[TopicPartition, int] = {}
@@ -341,7 +376,9 @@ class ProcessorCore:
         LAST_PROCESSED.labels(self.processor.name).set(now)
         if latest_time:
             try:
-                PROCESSING_LATENCY.labels(self.processor.name).observe(max(0.0, now - parse_time(latest_time).timestamp()))
+                PROCESSING_LATENCY.labels(self.processor.name).observe(
+                    max(0.0, now - parse_time(latest_time).timestamp())
+                )
             except ValueError:
                 pass
         return committable
@@ -393,8 +430,9 @@ class ProcessorCore:
         if pending is not None:
             await self.publisher.wait(pending)
 
-    async def _make_durable(self, partitions: Iterable[int], outputs: list[EncodedEvent], *,
-                            pipelined: bool = False) -> None:
+    async def _make_durable(
+        self, partitions: Iterable[int], outputs: list[EncodedEvent], *, pipelined: bool = False
+    ) -> None:
         """Send outputs, then each partition's changed keys and its commit marker.
 
         At most one batch is in flight: the previous batch must be acknowledged before this one is sent, so a

@@ -61,8 +61,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
     def _filter_tps_with_pending_acks(self, topics=None):
         pending = set(super()._filter_tps_with_pending_acks(topics))
         durable = self.app.ioc_driver.core.durable_offsets
-        pending.update(tp for tp in self.assignment() if (tp.topic, tp.partition) in durable
-                       and (topics is None or tp in topics or tp.topic in topics))
+        pending.update(
+            tp
+            for tp in self.assignment()
+            if (tp.topic, tp.partition) in durable and (topics is None or tp in topics or tp.topic in topics)
+        )
         return iter(pending)
 
     def _new_offset(self, tp):
@@ -71,7 +74,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
             return offset
         return super()._new_offset(tp)
 
-    async def _drain_messages(self, fetcher) -> None:  # pragma: no cover - exercised through the runtime tests
+    async def _drain_messages(
+        self, fetcher
+    ) -> None:  # pragma: no cover - exercised through the runtime tests
         driver: FaustDriver = self.app.ioc_driver
         core = driver.core
         consumer_should_stop = self._stopped.is_set
@@ -84,8 +89,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                 if not records or self.should_stop:
                     continue
                 generation = self.app.consumer_generation_id
-                batch = {tp: recs for tp, recs in records.items()
-                         if recs and (active is None or tp in active)}
+                batch = {
+                    tp: recs for tp, recs in records.items() if recs and (active is None or tp in active)
+                }
                 if not batch:
                     continue
                 driver.busy = True
@@ -169,16 +175,19 @@ class FaustDriver:
             self.app.topics.add(self.app.topic(topic, key_serializer="raw", value_serializer="raw"))
         self.app.timer(processor.tick_seconds, name=f"{processor.name}.tick")(self._logged(core.tick, "tick"))
         self.app.timer(processor.emit_interval_seconds / 4, name=f"{processor.name}.emit")(
-            self._logged(core.emit_pending, "emit"))
+            self._logged(core.emit_pending, "emit")
+        )
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
     def _logged(self, action, what: str):
         """``action`` for a Faust timer: a failure is logged; the core flags a rewind, which the drain loop runs."""
+
         async def run() -> None:
             try:
                 await action()
             except Exception:
                 log.exception("%s: %s failed", self.core.processor.name, what)
+
         return run
 
     async def _on_revoked(self, app, revoked, **_: Any) -> None:
@@ -240,8 +249,12 @@ def _credentials(kafka: KafkaSettings):
 
         ssl_context = create_ssl_context(cafile=kafka.ssl_cafile)
     if kafka.sasl_mechanism:
-        return faust.SASLCredentials(username=kafka.sasl_username, password=kafka.sasl_password,
-                                     mechanism=kafka.sasl_mechanism, ssl_context=ssl_context)
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=ssl_context,
+        )
     if ssl_context is not None:
         return faust.SSLCredentials(ssl_context)
     return None

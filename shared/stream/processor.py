@@ -212,8 +212,9 @@ class StreamProcessor(ABC):
                     memory.pop(p, None)
 
 
-def run_in_memory(processor: StreamProcessor, events: Iterable[ReceivedEvent], now: datetime,
-                  partitions: int | None = None) -> tuple[dict[int, State], list[EncodedEvent]]:
+def run_in_memory(
+    processor: StreamProcessor, events: Iterable[ReceivedEvent], now: datetime, partitions: int | None = None
+) -> tuple[dict[int, State], list[EncodedEvent]]:
     """Reference semantics (tests): apply events per partition in order, then emit once per partition."""
     states: dict[int, State] = {}
     for ev in events:

@@ -75,19 +75,28 @@ class AiokafkaDriver:
     async def start(self) -> None:
         p = self.core.processor
         self.consumer = AIOKafkaConsumer(
-            **self.kafka.client_kwargs(), group_id=p.name, enable_auto_commit=False,
-            auto_offset_reset="earliest", session_timeout_ms=10000, heartbeat_interval_ms=3000,
-            rebalance_timeout_ms=10000, fetch_max_wait_ms=self.fetch_wait_ms,
-            max_partition_fetch_bytes=8 * 1024 * 1024, client_id=f"{p.name}-worker",
+            **self.kafka.client_kwargs(),
+            group_id=p.name,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=3000,
+            rebalance_timeout_ms=10000,
+            fetch_max_wait_ms=self.fetch_wait_ms,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            client_id=f"{p.name}-worker",
             key_deserializer=bare_records,  # the core reads records per TopicPartition (shared.kafka.records)
         )
         self.consumer.subscribe(list(p.topics), listener=_Rebalance(self))
         await self.consumer.start()
-        self._tasks = [asyncio.create_task(self._loop(), name=f"{p.name}:loop"),
-                       asyncio.create_task(self._every(p.tick_seconds, self.core.tick, "tick"),
-                                           name=f"{p.name}:tick"),
-                       asyncio.create_task(self._every(p.emit_interval_seconds / 4, self.core.emit_pending, "emit"),
-                                           name=f"{p.name}:emit")]
+        self._tasks = [
+            asyncio.create_task(self._loop(), name=f"{p.name}:loop"),
+            asyncio.create_task(self._every(p.tick_seconds, self.core.tick, "tick"), name=f"{p.name}:tick"),
+            asyncio.create_task(
+                self._every(p.emit_interval_seconds / 4, self.core.emit_pending, "emit"),
+                name=f"{p.name}:emit",
+            ),
+        ]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -114,9 +123,12 @@ class AiokafkaDriver:
         if self.consumer is None:
             return
         assigned = self.consumer.assignment()
-        offsets = {tp: o for tp in assigned
-                   if (o := self.core.durable_offsets.get((tp.topic, tp.partition))) is not None
-                   and o > self._committed.get(tp, -1)}
+        offsets = {
+            tp: o
+            for tp in assigned
+            if (o := self.core.durable_offsets.get((tp.topic, tp.partition))) is not None
+            and o > self._committed.get(tp, -1)
+        }
         if offsets:
             await self.consumer.commit(offsets)
             self._committed.update(offsets)
@@ -137,7 +149,9 @@ class AiokafkaDriver:
                     for tp, recs in batch.items():
                         hw = consumer.highwater(tp)
                         if hw is not None and recs:
-                            CONSUMER_LAG.labels(self.core.processor.name, tp.topic).set(max(0, hw - recs[-1].offset - 1))
+                            CONSUMER_LAG.labels(self.core.processor.name, tp.topic).set(
+                                max(0, hw - recs[-1].offset - 1)
+                            )
                 if time.monotonic() - last_commit > 0.5:
                     await self.commit()
                     last_commit = time.monotonic()
@@ -181,8 +195,16 @@ class AiokafkaDriver:
 class ProcessorRuntime:
     """Host one processor in this process. ``driver`` is ``"faust"`` (default) or ``"aiokafka"``."""
 
-    def __init__(self, processor: StreamProcessor, kafka: KafkaSettings, *, publisher: EventPublisher | None = None,
-                 driver: str = "faust", max_records: int = 20000, fetch_wait_ms: int = 100):
+    def __init__(
+        self,
+        processor: StreamProcessor,
+        kafka: KafkaSettings,
+        *,
+        publisher: EventPublisher | None = None,
+        driver: str = "faust",
+        max_records: int = 20000,
+        fetch_wait_ms: int = 100,
+    ):
         self.processor = processor
         self.kafka = kafka
         self.publisher = publisher or EventPublisher(kafka, client_id=f"ioc-{processor.name}")
@@ -197,16 +219,20 @@ class ProcessorRuntime:
     async def start(self) -> None:
         tune_gc()
         install_bare_records()
-        await ensure_topics(self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog])
+        await ensure_topics(
+            self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog]
+        )
         await self.core.start()
         if self.driver_name == "faust":
             from shared.stream.faust_driver import FaustDriver
 
-            self.driver = FaustDriver(self.core, self.kafka, max_records=self.max_records,
-                                      fetch_wait_ms=self.fetch_wait_ms)
+            self.driver = FaustDriver(
+                self.core, self.kafka, max_records=self.max_records, fetch_wait_ms=self.fetch_wait_ms
+            )
         else:
-            self.driver = AiokafkaDriver(self.core, self.kafka, max_records=self.max_records,
-                                         fetch_wait_ms=self.fetch_wait_ms)
+            self.driver = AiokafkaDriver(
+                self.core, self.kafka, max_records=self.max_records, fetch_wait_ms=self.fetch_wait_ms
+            )
         await self.driver.start()
 
     async def stop(self) -> None:

@@ -16,7 +16,19 @@ def test_memory_that_levels_off_is_a_plateau_even_when_it_grew_early_in_the_run(
     s = summary([100 + min(t, 60) for t in range(101)])
     assert not s["memory_flat"]  # end 160 > 1.2 × the 25% mark (125)
     assert s["memory_plateau"]
-    assert s["rss_series_mib"] == [100.0, 110.0, 120.0, 130.0, 140.0, 150.0, 160.0, 160.0, 160.0, 160.0, 160.0]
+    assert s["rss_series_mib"] == [
+        100.0,
+        110.0,
+        120.0,
+        130.0,
+        140.0,
+        150.0,
+        160.0,
+        160.0,
+        160.0,
+        160.0,
+        160.0,
+    ]
     assert (s["rss_at_25pct_mib"], s["rss_at_75pct_mib"]) == (125.0, 160.0)
 
 

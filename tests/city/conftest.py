@@ -41,8 +41,9 @@ def definitions() -> dict[str, KpiDefinition]:
 @asynccontextmanager
 async def serve(app, port: int) -> AsyncIterator[str]:
     """Run ``app`` under a real uvicorn server on ``port`` in this event loop; yield its base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=1
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

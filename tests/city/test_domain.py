@@ -42,14 +42,31 @@ def test_fixture_and_shared_definitions_load_and_merge():
 
 def test_thresholds_must_be_ordered_by_direction():
     with pytest.raises(ValueError, match="critical threshold must be below warning"):
-        KpiDefinition(id="x.y", name={"vi": "a", "en": "a"}, unit="ratio", domain="x", windows=[900],
-                      combine="ratio", direction="higher", thresholds={"warning": 0.9, "critical": 0.95},
-                      source="ioc.x.kpis", formula="f")
+        KpiDefinition(
+            id="x.y",
+            name={"vi": "a", "en": "a"},
+            unit="ratio",
+            domain="x",
+            windows=[900],
+            combine="ratio",
+            direction="higher",
+            thresholds={"warning": 0.9, "critical": 0.95},
+            source="ioc.x.kpis",
+            formula="f",
+        )
 
 
 def test_revisions_are_declared_per_published_window_and_default_to_one_window():
-    base = dict(id="x.y", name={"vi": "a", "en": "a"}, unit="kWh", domain="x", windows=[900, 86400],
-                combine="sum", source="t", formula="f")
+    base = dict(
+        id="x.y",
+        name={"vi": "a", "en": "a"},
+        unit="kWh",
+        domain="x",
+        windows=[900, 86400],
+        combine="sum",
+        source="t",
+        formula="f",
+    )
     d = KpiDefinition(**base, revisable_seconds={900: 7200})
     assert (d.revisable_for(900), d.revisable_for(86400)) == (7200, 86400)
     with pytest.raises(ValueError, match="does not publish: \\[3600\\]"):
@@ -84,11 +101,13 @@ def test_ratio_merges_sum_of_numerators_over_sum_of_denominators(definitions):
 
 
 def test_sum_and_max_with_scale(definitions):
-    energy = merge_partials({"0": {"n": 12.5, "d": None}, "2": {"n": 7.5, "d": None}},
-                            definitions["citytest.energy_kwh"])
+    energy = merge_partials(
+        {"0": {"n": 12.5, "d": None}, "2": {"n": 7.5, "d": None}}, definitions["citytest.energy_kwh"]
+    )
     assert energy.value == 20.0
-    peak = merge_partials({"0": {"n": 450.0, "d": None}, "1": {"n": 620.0, "d": None}},
-                          definitions["citytest.peak_mw"])
+    peak = merge_partials(
+        {"0": {"n": 450.0, "d": None}, "1": {"n": 620.0, "d": None}}, definitions["citytest.peak_mw"]
+    )
     assert peak.value == pytest.approx(0.62)  # max(450, 620) kW × 0.001
 
 
@@ -114,17 +133,29 @@ def test_worst_status_of_a_district():
 
 # Alarm lifecycle -------------------------------------------------------------------------------------------
 def _change(state="raised", severity="major", at=T0, district="D01", domain="meter", source="F-12"):
-    return {"alarm_id": f"{domain}:feeder_outage:{source}", "domain": domain, "alarm_type": "feeder_outage",
-            "state": state, "severity": severity, "source_id": source, "district": district, "commune": None,
-            "at": at.isoformat(), "message": "feeder down"}
+    return {
+        "alarm_id": f"{domain}:feeder_outage:{source}",
+        "domain": domain,
+        "alarm_type": "feeder_outage",
+        "state": state,
+        "severity": severity,
+        "source_id": source,
+        "district": district,
+        "commune": None,
+        "at": at.isoformat(),
+        "message": "feeder down",
+    }
 
 
 def test_lifecycle_active_acknowledged_cleared_with_who_and_when():
     a = apply_source_change(None, _change(), T0)
     assert a.state == "active" and a.raised_at == T0 and a.occurrences == 1
     acked = acknowledge(a, "op-1", T0 + timedelta(minutes=2))
-    assert (acked.state, acked.acknowledged_by, acked.acknowledged_at) == ("acknowledged", "op-1",
-                                                                          T0 + timedelta(minutes=2))
+    assert (acked.state, acked.acknowledged_by, acked.acknowledged_at) == (
+        "acknowledged",
+        "op-1",
+        T0 + timedelta(minutes=2),
+    )
     with pytest.raises(LifecycleError):
         acknowledge(acked, "op-2", T0 + timedelta(minutes=3))
     cleared = clear(acked, "sup-1", T0 + timedelta(minutes=5))
@@ -185,7 +216,9 @@ def test_power_failure_cascade_in_one_district_is_one_incident():
 def test_correlation_prefers_the_most_recent_incident():
     old = Incident("INC-a", "D01", T0, T0 + timedelta(minutes=1))
     new = Incident("INC-b", "D01", T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
-    assert correlate("D01", T0 + timedelta(minutes=8), [old, new], timedelta(minutes=15)).incident_id == "INC-b"
+    assert (
+        correlate("D01", T0 + timedelta(minutes=8), [old, new], timedelta(minutes=15)).incident_id == "INC-b"
+    )
 
 
 # History ---------------------------------------------------------------------------------------------------

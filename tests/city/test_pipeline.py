@@ -23,38 +23,61 @@ from .conftest import KPI_FILE
 pytestmark = pytest.mark.integration
 
 
-async def test_partials_merge_into_city_kpis_stored_and_served(test_domain, definitions, kafka_settings,
-                                                               db_settings, topics_ready):
+async def test_partials_merge_into_city_kpis_stored_and_served(
+    test_domain, definitions, kafka_settings, db_settings, topics_ready
+):
     kpi_et, _ = test_domain
     now = datetime.now(UTC)
     window = now.replace(minute=now.minute // 15 * 15, second=0, microsecond=0)
 
     def partial(kpi, level, code, n, d, partition):
-        return encode(kpi_et, {
-            "kpi": kpi, "scope_level": level, "scope_code": code, "window_start": window.isoformat(),
-            "window_seconds": 900, "value": n / d if d else n, "numerator": n, "denominator": d,
-            "unit": "x", "partition": partition, "observed_at": (now - timedelta(seconds=5 - partition)).isoformat(),
-            "key": kpi_key(kpi, level, code)}, source="/ioc/citytest")
+        return encode(
+            kpi_et,
+            {
+                "kpi": kpi,
+                "scope_level": level,
+                "scope_code": code,
+                "window_start": window.isoformat(),
+                "window_seconds": 900,
+                "value": n / d if d else n,
+                "numerator": n,
+                "denominator": d,
+                "unit": "x",
+                "partition": partition,
+                "observed_at": (now - timedelta(seconds=5 - partition)).isoformat(),
+                "key": kpi_key(kpi, level, code),
+            },
+            source="/ioc/citytest",
+        )
 
     pub = EventPublisher(kafka_settings, client_id="city-pipeline-test")
-    await pub.publish([
-        partial("citytest.availability", "district", "DD", 45.0, 50.0, 0),
-        partial("citytest.availability", "district", "DD", 40.0, 50.0, 1),
-        partial("citytest.energy_kwh", "city", "HN", 120.0, None, 0),
-        partial("citytest.energy_kwh", "city", "HN", 80.5, None, 2),
-    ])
+    await pub.publish(
+        [
+            partial("citytest.availability", "district", "DD", 45.0, 50.0, 0),
+            partial("citytest.availability", "district", "DD", 40.0, 50.0, 1),
+            partial("citytest.energy_kwh", "city", "HN", 120.0, None, 0),
+            partial("citytest.energy_kwh", "city", "HN", 80.5, None, 2),
+        ]
+    )
     processor = CityKpiProcessor(definitions, topics=[kpi_et.topic])
     processor.name = f"city-kpi-test-{uuid.uuid4().hex[:6]}"
-    settings = CitySettings(kafka=kafka_settings, database=db_settings, kpi_definitions_path=str(KPI_FILE),
-                            consumer_group=f"city-pipe-{uuid.uuid4().hex[:8]}")
+    settings = CitySettings(
+        kafka=kafka_settings,
+        database=db_settings,
+        kpi_definitions_path=str(KPI_FILE),
+        consumer_group=f"city-pipe-{uuid.uuid4().hex[:8]}",
+    )
     app = create_app(settings)
     async with running_app(app) as client, ProcessorRuntime(processor, kafka_settings).running() as rt:
         await rt.drain(timeout=40)
         ws = window.isoformat()
 
         def mine(e):
-            return e.data["window_start"].replace("Z", "+00:00") == ws and e.data["scope_code"] in ("DD", "HN") \
+            return (
+                e.data["window_start"].replace("Z", "+00:00") == ws
+                and e.data["scope_code"] in ("DD", "HN")
                 and e.data["kpi"] in ("citytest.availability", "citytest.energy_kwh")
+            )
 
         out = await read_topic(kafka_settings, "ioc.city.kpis", where=mine, expect=2)
         latest = {(e.data["kpi"], e.data["scope_code"]): e.data for e in out}
@@ -64,23 +87,33 @@ async def test_partials_merge_into_city_kpis_stored_and_served(test_domain, defi
         assert latest[("citytest.energy_kwh", "HN")]["value"] == pytest.approx(200.5)
 
         breach_id = "city:kpi_breach:citytest.availability:district:DD"
-        alarms = await read_topic(kafka_settings, "ioc.city.alarms",
-                                  where=lambda e: e.data["alarm_id"] == breach_id, expect=1)
+        alarms = await read_topic(
+            kafka_settings, "ioc.city.alarms", where=lambda e: e.data["alarm_id"] == breach_id, expect=1
+        )
         assert alarms[-1].data["state"] == "raised" and alarms[-1].data["severity"] == "critical"
 
-        _, key = await issue_test_key(app.state.ctx.pool, ["city:read"], kind="operator",
-                                      attributes={"role": "supervisor"})
+        _, key = await issue_test_key(
+            app.state.ctx.pool, ["city:read"], kind="operator", attributes={"role": "supervisor"}
+        )
         for _ in range(100):
-            r = await client.get("/v1/kpis", params={"kpi": "citytest.availability", "district": "DD"},
-                                 headers=auth(key))
+            r = await client.get(
+                "/v1/kpis", params={"kpi": "citytest.availability", "district": "DD"}, headers=auth(key)
+            )
             items = r.json()["items"]
             if items and items[0]["window_start"].startswith(window.isoformat()[:16]):
                 break
             await asyncio.sleep(0.2)
         assert items[0]["value"] == pytest.approx(0.85) and items[0]["status"] == "critical"
-        hist = (await client.get("/v1/kpis/citytest.energy_kwh/history", headers=auth(key),
-                                 params={"from": (window - timedelta(hours=1)).isoformat(),
-                                         "to": (window + timedelta(hours=1)).isoformat()})).json()
+        hist = (
+            await client.get(
+                "/v1/kpis/citytest.energy_kwh/history",
+                headers=auth(key),
+                params={
+                    "from": (window - timedelta(hours=1)).isoformat(),
+                    "to": (window + timedelta(hours=1)).isoformat(),
+                },
+            )
+        ).json()
         assert hist["step"] == "raw" and hist["window_seconds"] == 900
         assert [p["value"] for p in hist["points"]][-1] == pytest.approx(200.5)
         for _ in range(100):

@@ -19,12 +19,35 @@ NOW = datetime(2024, 5, 1, 10, 14, tzinfo=UTC)
 W0 = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
 
 
-def obs(kpi_et, kpi, code, n, d=None, *, partition=0, level="district", window=W0, seconds=900,
-        observed=NOW - timedelta(minutes=1), kafka_partition=0):
+def obs(
+    kpi_et,
+    kpi,
+    code,
+    n,
+    d=None,
+    *,
+    partition=0,
+    level="district",
+    window=W0,
+    seconds=900,
+    observed=NOW - timedelta(minutes=1),
+    kafka_partition=0,
+):
     value = (n / d if d else None) if d is not None else n
-    payload = {"kpi": kpi, "scope_level": level, "scope_code": code, "window_start": window.isoformat(),
-               "window_seconds": seconds, "value": value, "numerator": n, "denominator": d, "unit": "x",
-               "partition": partition, "observed_at": observed.isoformat(), "key": kpi_key(kpi, level, code)}
+    payload = {
+        "kpi": kpi,
+        "scope_level": level,
+        "scope_code": code,
+        "window_start": window.isoformat(),
+        "window_seconds": seconds,
+        "value": value,
+        "numerator": n,
+        "denominator": d,
+        "unit": "x",
+        "partition": partition,
+        "observed_at": observed.isoformat(),
+        "key": kpi_key(kpi, level, code),
+    }
     return received(kpi_et, payload, partition=kafka_partition)
 
 
@@ -39,8 +62,12 @@ def decoded(events, model):
 
 @pytest.fixture
 def processor(test_domain, definitions):
-    return CityKpiProcessor(definitions, topics=domain_kpi_topics(["citytest"]),
-                            district_silence=timedelta(minutes=30), domain_silence=timedelta(minutes=15))
+    return CityKpiProcessor(
+        definitions,
+        topics=domain_kpi_topics(["citytest"]),
+        district_silence=timedelta(minutes=30),
+        domain_silence=timedelta(minutes=15),
+    )
 
 
 def test_reads_only_the_requested_domain_topics(processor):
@@ -50,19 +77,47 @@ def test_reads_only_the_requested_domain_topics(processor):
 def test_partials_of_every_source_partition_merge_and_latest_per_partition_wins(processor, test_domain):
     kpi_et, _ = test_domain
     events = [
-        obs(kpi_et, "citytest.availability", "D01", 90.0, 100.0, partition=0, observed=NOW - timedelta(minutes=5)),
+        obs(
+            kpi_et,
+            "citytest.availability",
+            "D01",
+            90.0,
+            100.0,
+            partition=0,
+            observed=NOW - timedelta(minutes=5),
+        ),
         obs(kpi_et, "citytest.availability", "D01", 299.0, 300.0, partition=1),
         # a newer observation of partition 0 replaces its older one...
-        obs(kpi_et, "citytest.availability", "D01", 95.0, 100.0, partition=0, observed=NOW - timedelta(minutes=2)),
+        obs(
+            kpi_et,
+            "citytest.availability",
+            "D01",
+            95.0,
+            100.0,
+            partition=0,
+            observed=NOW - timedelta(minutes=2),
+        ),
         # ...and an older one arriving late does not
-        obs(kpi_et, "citytest.availability", "D01", 10.0, 100.0, partition=0, observed=NOW - timedelta(minutes=9)),
+        obs(
+            kpi_et,
+            "citytest.availability",
+            "D01",
+            10.0,
+            100.0,
+            partition=0,
+            observed=NOW - timedelta(minutes=9),
+        ),
     ]
     _, out = run_in_memory(processor, events, NOW)
     kpis = decoded(out, CityKpiUpdated)
     assert len(kpis) == 1
     k = kpis[0]
-    assert (k.kpi, k.scope_level, k.scope_code, k.window_seconds) == ("citytest.availability", "district", "D01",
-                                                                      900)
+    assert (k.kpi, k.scope_level, k.scope_code, k.window_seconds) == (
+        "citytest.availability",
+        "district",
+        "D01",
+        900,
+    )
     assert k.value == pytest.approx((95 + 299) / 400)  # 0.985
     assert (k.numerator, k.denominator, k.partitions) == (394.0, 400.0, 2)
     assert k.status == "ok" and k.target == 0.98 and k.domain == "citytest" and k.unit == "ratio"
@@ -91,17 +146,33 @@ def test_threshold_breach_raises_then_clears_on_the_newest_window(processor, tes
     assert k.status == "critical"
     (alarm,) = decoded(out, CityAlarmChanged)
     assert alarm.alarm_id == "city:kpi_breach:citytest.availability:district:D05"
-    assert (alarm.state, alarm.severity, alarm.district, alarm.domain) == ("raised", "critical", "D05", "city")
+    assert (alarm.state, alarm.severity, alarm.district, alarm.domain) == (
+        "raised",
+        "critical",
+        "D05",
+        "city",
+    )
     # still critical: no duplicate alarm
     processor.apply(obs(kpi_et, "citytest.availability", "D05", 89.0, 100.0, observed=NOW), state)
     assert decoded(processor.emit(state, NOW + timedelta(seconds=5)), CityAlarmChanged) == []
     # a late update of an OLDER window being fine must not clear the alarm of the newest one
-    processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, window=W0 - timedelta(minutes=15)),
-                    state)
+    processor.apply(
+        obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, window=W0 - timedelta(minutes=15)), state
+    )
     assert decoded(processor.emit(state, NOW + timedelta(seconds=6)), CityAlarmChanged) == []
     # the next window is fine: cleared
-    processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, window=W0 + timedelta(minutes=15),
-                        observed=NOW + timedelta(minutes=15)), state)
+    processor.apply(
+        obs(
+            kpi_et,
+            "citytest.availability",
+            "D05",
+            99.0,
+            100.0,
+            window=W0 + timedelta(minutes=15),
+            observed=NOW + timedelta(minutes=15),
+        ),
+        state,
+    )
     (cleared,) = decoded(processor.emit(state, NOW + timedelta(minutes=15)), CityAlarmChanged)
     assert (cleared.alarm_id, cleared.state) == (alarm.alarm_id, "cleared")
 
@@ -120,33 +191,53 @@ def test_no_signal_for_a_district_and_for_a_whole_domain(processor, test_domain)
     state = State(0)
     last = NOW
     processor.apply(obs(kpi_et, "citytest.energy_kwh", "D07", 1.0, observed=last), state)
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D08", 1.0, observed=last + timedelta(minutes=20)), state)
+    processor.apply(
+        obs(kpi_et, "citytest.energy_kwh", "D08", 1.0, observed=last + timedelta(minutes=20)), state
+    )
     assert decoded(processor.emit(state, last + timedelta(minutes=20)), CityAlarmChanged) == []
     # 31 minutes after D07's last KPI: D07 is silent (district rule: 30 min); the domain is not (D08 at +20)
     alarms = decoded(processor.emit(state, last + timedelta(minutes=31)), CityAlarmChanged)
     assert [(a.alarm_id, a.state, a.severity, a.district) for a in alarms] == [
-        ("city:no_signal:citytest:D07", "raised", "major", "D07")]
+        ("city:no_signal:citytest:D07", "raised", "major", "D07")
+    ]
     assert decoded(processor.emit(state, last + timedelta(minutes=32)), CityAlarmChanged) == []  # once
     # nothing at all for 15 minutes after the last KPI: the whole domain is silent
     alarms = decoded(processor.emit(state, last + timedelta(minutes=36)), CityAlarmChanged)
-    assert [(a.alarm_id, a.severity, a.district) for a in alarms] == [("city:no_signal:citytest:HN", "critical",
-                                                                     None)]
+    assert [(a.alarm_id, a.severity, a.district) for a in alarms] == [
+        ("city:no_signal:citytest:HN", "critical", None)
+    ]
     # D07 reports again: both alarms clear
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D07", 1.0, observed=last + timedelta(minutes=37),
-                        window=W0 + timedelta(minutes=30)), state)
+    processor.apply(
+        obs(
+            kpi_et,
+            "citytest.energy_kwh",
+            "D07",
+            1.0,
+            observed=last + timedelta(minutes=37),
+            window=W0 + timedelta(minutes=30),
+        ),
+        state,
+    )
     alarms = decoded(processor.emit(state, last + timedelta(minutes=37)), CityAlarmChanged)
-    assert sorted((a.alarm_id, a.state) for a in alarms) == [("city:no_signal:citytest:D07", "cleared"),
-                                                            ("city:no_signal:citytest:HN", "cleared")]
+    assert sorted((a.alarm_id, a.state) for a in alarms) == [
+        ("city:no_signal:citytest:D07", "cleared"),
+        ("city:no_signal:citytest:HN", "cleared"),
+    ]
 
 
 def test_commune_observations_count_as_signal_but_are_not_published(processor, test_domain):
     kpi_et, _ = test_domain
-    _, out = run_in_memory(processor, [obs(kpi_et, "citytest.energy_kwh", "D01-01", 1.0, level="commune")], NOW)
+    _, out = run_in_memory(
+        processor, [obs(kpi_et, "citytest.energy_kwh", "D01-01", 1.0, level="commune")], NOW
+    )
     assert out == []
 
 
 def _windows(state: State, code: str = "D01") -> list[datetime]:
-    return sorted(datetime.fromisoformat(k.rsplit("|", 1)[1]) for k in state.keys(f"g:citytest.energy_kwh|district|{code}|"))
+    return sorted(
+        datetime.fromisoformat(k.rsplit("|", 1)[1])
+        for k in state.keys(f"g:citytest.energy_kwh|district|{code}|")
+    )
 
 
 def test_windows_are_kept_as_long_as_late_data_may_revise_them_judged_in_event_time(processor, test_domain):
@@ -167,18 +258,24 @@ def test_windows_are_kept_as_long_as_late_data_may_revise_them_judged_in_event_t
     assert _windows(state) == [newest, newer]
     ignored = processor.late_ignored
     late = NOW + timedelta(days=6, minutes=3)
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 11.0, partition=1, window=W0, observed=late), state)
+    processor.apply(
+        obs(kpi_et, "citytest.energy_kwh", "D01", 11.0, partition=1, window=W0, observed=late), state
+    )
     assert decoded(processor.emit(state, late), CityKpiUpdated) == []
     # A window the city never held, but older than a series keeps: its other partials could be forgotten before
     # they arrive, so it is ignored too (D02 has nothing forgotten, only a newest window).
-    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D02", 10.0, window=newer, observed=late)], state)
+    processor.apply_batch(
+        [obs(kpi_et, "citytest.energy_kwh", "D02", 10.0, window=newer, observed=late)], state
+    )
     assert len(decoded(processor.emit(state, late), CityKpiUpdated)) == 1
     processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D02", 10.0, window=W0, observed=late)], state)
     assert decoded(processor.emit(state, late), CityKpiUpdated) == []
     assert processor.late_ignored == ignored + 2
     # within the horizon, a window never held is taken (late data of a quarter nobody reported before)
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D02", 4.0, window=W0 + timedelta(minutes=15),
-                        observed=late), state)
+    processor.apply(
+        obs(kpi_et, "citytest.energy_kwh", "D02", 4.0, window=W0 + timedelta(minutes=15), observed=late),
+        state,
+    )
     (update,) = decoded(processor.emit(state, late), CityKpiUpdated)
     assert (update.window_start, update.value) == (W0 + timedelta(minutes=15), 4.0)
 
@@ -196,8 +293,18 @@ def test_a_late_partial_of_an_older_window_is_merged_with_the_others(processor, 
     processor.emit(state, NOW)
     later = NOW + timedelta(hours=2)
     processor.emit(state, later)  # prunes, but by event time W0 is one quarter behind the newest
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D01", 11.0, partition=0, window=W0,
-                        observed=later - timedelta(seconds=1)), state)
+    processor.apply(
+        obs(
+            kpi_et,
+            "citytest.energy_kwh",
+            "D01",
+            11.0,
+            partition=0,
+            window=W0,
+            observed=later - timedelta(seconds=1),
+        ),
+        state,
+    )
     (update,) = decoded(processor.emit(state, later + timedelta(seconds=1)), CityKpiUpdated)
     assert (update.window_start, update.value, update.partitions) == (W0, 21.0, 2)
 
@@ -214,10 +321,14 @@ def test_a_series_silent_for_a_week_is_forgotten_and_takes_only_newer_windows(pr
     week = NOW + timedelta(days=7)
     processor.emit(state, week)
     assert _windows(state, "D03") == []
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D03", 1.0, partition=1, window=w1, observed=week), state)
+    processor.apply(
+        obs(kpi_et, "citytest.energy_kwh", "D03", 1.0, partition=1, window=w1, observed=week), state
+    )
     assert decoded(processor.emit(state, week), CityKpiUpdated) == []
     w2 = w1 + timedelta(minutes=15)
-    processor.apply(obs(kpi_et, "citytest.energy_kwh", "D03", 1.0, partition=1, window=w2, observed=week), state)
+    processor.apply(
+        obs(kpi_et, "citytest.energy_kwh", "D03", 1.0, partition=1, window=w2, observed=week), state
+    )
     (update,) = decoded(processor.emit(state, week), CityKpiUpdated)
     assert (update.window_start, update.value) == (w2, 1.0)
 
@@ -278,8 +389,16 @@ def _published(emitted):
             d = orjson.loads(e.value)
             if e.topic == "ioc.city.kpis":
                 n += 1
-                last[(d["kpi"], d["scope_level"], d["scope_code"], d["window_seconds"], d["window_start"])] = (
-                    d["value"], d["numerator"], d["denominator"], d["status"], d["partitions"], d["updated_at"])
+                last[
+                    (d["kpi"], d["scope_level"], d["scope_code"], d["window_seconds"], d["window_start"])
+                ] = (
+                    d["value"],
+                    d["numerator"],
+                    d["denominator"],
+                    d["status"],
+                    d["partitions"],
+                    d["updated_at"],
+                )
             else:
                 alarms.setdefault(d["alarm_id"], []).append((d["state"], d["severity"], d["at"]))
     return last, alarms, n
@@ -315,16 +434,28 @@ def test_same_figures_again_are_not_republished_but_count_as_signal(processor, t
     # 31 minutes after the first partial, but 11 after the repeated one: D07 is not silent
     assert processor.emit(state, NOW + timedelta(minutes=31)) == []
     alarms = decoded(processor.emit(state, later + timedelta(minutes=31)), CityAlarmChanged)
-    assert sorted((a.alarm_id, a.state) for a in alarms) == [("city:no_signal:citytest:D07", "raised"),
-                                                             ("city:no_signal:citytest:HN", "raised")]
+    assert sorted((a.alarm_id, a.state) for a in alarms) == [
+        ("city:no_signal:citytest:D07", "raised"),
+        ("city:no_signal:citytest:HN", "raised"),
+    ]
     # a partial that changes a part whose merged figures end where they were publishes nothing either
-    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D07", 2.0, observed=later, partition=1),
-                           obs(kpi_et, "citytest.energy_kwh", "D07", 3.0, observed=later, partition=0)], state)
+    processor.apply_batch(
+        [
+            obs(kpi_et, "citytest.energy_kwh", "D07", 2.0, observed=later, partition=1),
+            obs(kpi_et, "citytest.energy_kwh", "D07", 3.0, observed=later, partition=0),
+        ],
+        state,
+    )
     (k,) = decoded(processor.emit(state, later), CityKpiUpdated)
     assert (k.value, k.partitions) == (5.0, 2)
     later += timedelta(seconds=1)
-    processor.apply_batch([obs(kpi_et, "citytest.energy_kwh", "D07", 3.0, observed=later, partition=1),
-                           obs(kpi_et, "citytest.energy_kwh", "D07", 2.0, observed=later, partition=0)], state)
+    processor.apply_batch(
+        [
+            obs(kpi_et, "citytest.energy_kwh", "D07", 3.0, observed=later, partition=1),
+            obs(kpi_et, "citytest.energy_kwh", "D07", 2.0, observed=later, partition=0),
+        ],
+        state,
+    )
     assert decoded(processor.emit(state, later), CityKpiUpdated) == []
 
 
@@ -337,7 +468,10 @@ def test_a_reloaded_state_publishes_every_group_once_again(processor, test_domai
     # what the runtime does on a restart or rebalance: a new State from the changelog, memory forgotten
     reloaded = State(0, state.snapshot())
     processor.forget_emitted([0])
-    assert sorted(k.scope_code for k in decoded(processor.emit(reloaded, NOW), CityKpiUpdated)) == ["D01", "D02"]
+    assert sorted(k.scope_code for k in decoded(processor.emit(reloaded, NOW), CityKpiUpdated)) == [
+        "D01",
+        "D02",
+    ]
     assert processor.emit(reloaded, NOW) == []
 
 
@@ -345,14 +479,18 @@ def test_a_state_of_the_earlier_layout_is_converted(processor, test_domain):
     kpi_et, _ = test_domain
     group = f"citytest.availability|district|D05|900|{W0.isoformat()}"
     observed = (NOW - timedelta(minutes=1)).isoformat()
-    legacy = State(0, {
-        f"g|{group}": {"0": {"n": 88.0, "d": 100.0, "v": 0.88, "o": observed, "u": "x"}},
-        f"dirty|{group}": 1,
-        "latest|citytest.availability|district|D05|900": W0.isoformat(),
-        "seen|citytest|HN": observed, "seen|citytest|D05": observed,
-        "alarm|city:kpi_breach:citytest.availability:district:D05": "critical",
-        "meta|pruned_at": NOW.isoformat(),
-    })
+    legacy = State(
+        0,
+        {
+            f"g|{group}": {"0": {"n": 88.0, "d": 100.0, "v": 0.88, "o": observed, "u": "x"}},
+            f"dirty|{group}": 1,
+            "latest|citytest.availability|district|D05|900": W0.isoformat(),
+            "seen|citytest|HN": observed,
+            "seen|citytest|D05": observed,
+            "alarm|city:kpi_breach:citytest.availability:district:D05": "critical",
+            "meta|pruned_at": NOW.isoformat(),
+        },
+    )
     out = processor.emit(legacy, NOW)
     (k,) = decoded(out, CityKpiUpdated)
     assert (k.value, k.status) == (0.88, "critical")
@@ -360,7 +498,10 @@ def test_a_state_of_the_earlier_layout_is_converted(processor, test_domain):
     assert not [key for key in legacy.keys() if "|" in key.split(":", 1)[0]]
     processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, observed=NOW), legacy)
     (cleared,) = decoded(processor.emit(legacy, NOW), CityAlarmChanged)
-    assert (cleared.alarm_id, cleared.state) == ("city:kpi_breach:citytest.availability:district:D05", "cleared")
+    assert (cleared.alarm_id, cleared.state) == (
+        "city:kpi_breach:citytest.availability:district:D05",
+        "cleared",
+    )
     assert legacy.get("seen:all") == {"citytest|HN": NOW.isoformat(), "citytest|D05": NOW.isoformat()}
 
 

@@ -29,24 +29,43 @@ _BASE = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta
 
 def _update(kpi: str, minutes: int):
     w = _BASE + timedelta(minutes=15 * minutes)
-    return publishing.kpi_updated(kpi=kpi, domain="citytest", scope_level="city", scope_code="HN",
-                                  window_start=w.isoformat(), window_seconds=900, value=float(minutes),
-                                  numerator=float(minutes), denominator=None, unit="kWh", status="ok",
-                                  target=None, partitions=1, now=datetime.now(UTC))
+    return publishing.kpi_updated(
+        kpi=kpi,
+        domain="citytest",
+        scope_level="city",
+        scope_code="HN",
+        window_start=w.isoformat(),
+        window_seconds=900,
+        value=float(minutes),
+        numerator=float(minutes),
+        denominator=None,
+        unit="kWh",
+        status="ok",
+        target=None,
+        partitions=1,
+        now=datetime.now(UTC),
+    )
 
 
-async def test_sse_resumes_after_a_server_restart_with_last_event_id(test_domain, kafka_settings, db_settings,
-                                                                    topics_ready):
-    settings = CitySettings(kafka=kafka_settings, database=db_settings, kpi_definitions_path=str(KPI_FILE),
-                            consumer_group=f"city-sse-{uuid.uuid4().hex[:8]}", sse_heartbeat_seconds=1)
+async def test_sse_resumes_after_a_server_restart_with_last_event_id(
+    test_domain, kafka_settings, db_settings, topics_ready
+):
+    settings = CitySettings(
+        kafka=kafka_settings,
+        database=db_settings,
+        kpi_definitions_path=str(KPI_FILE),
+        consumer_group=f"city-sse-{uuid.uuid4().hex[:8]}",
+        sse_heartbeat_seconds=1,
+    )
     kpi = f"citytest.s{uuid.uuid4().hex[:8]}"
     mine = lambda ev: ev.get("event") == "kpi" and ev["data"]["kpi"] == kpi  # noqa: E731
     pub = EventPublisher(kafka_settings, client_id="city-sse-test")
     port = free_port()
     app = create_app(settings)
     async with serve(app, port) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
-        _, key = await issue_test_key(app.state.ctx.pool, ["city:read"], kind="operator",
-                                      attributes={"role": "leader"})
+        _, key = await issue_test_key(
+            app.state.ctx.pool, ["city:read"], kind="operator", attributes={"role": "leader"}
+        )
         assert (await http.get("/v1/stream")).status_code == 401
         async with http.stream("GET", "/v1/stream", params={"access_token": key, "kinds": "kpi"}) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -65,16 +84,21 @@ async def test_sse_resumes_after_a_server_restart_with_last_event_id(test_domain
     app = create_app(settings.model_copy(update={"consumer_group": settings.consumer_group + "-2"}))
     async with serve(app, port) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
         headers = {"Last-Event-ID": second["id"]}
-        async with http.stream("GET", "/v1/stream", params={"access_token": key, "kinds": "kpi"},
-                               headers=headers) as r:
+        async with http.stream(
+            "GET", "/v1/stream", params={"access_token": key, "kinds": "kpi"}, headers=headers
+        ) as r:
             sse = SseReader(r)
             resumed = [await sse.until(mine), await sse.until(mine)]
-        assert [e["data"]["value"] for e in resumed] == [2.0, 3.0], (second, resumed)  # nothing lost, nothing repeated
+        assert [e["data"]["value"] for e in resumed] == [2.0, 3.0], (
+            second,
+            resumed,
+        )  # nothing lost, nothing repeated
         assert int(resumed[0]["id"]) > int(second["id"])
 
         # the live tail: only new records of the topic that contain the filter text
-        async with http.stream("GET", "/v1/tail", params={"access_token": key, "topic": "ioc.city.kpis",
-                                                          "filter": kpi.upper()}) as r:
+        async with http.stream(
+            "GET", "/v1/tail", params={"access_token": key, "topic": "ioc.city.kpis", "filter": kpi.upper()}
+        ) as r:
             sse = SseReader(r)
             await sse.until(lambda ev: ev.get("event") == "hello")
             await asyncio.sleep(0.5)

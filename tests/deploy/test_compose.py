@@ -25,14 +25,28 @@ def compose() -> dict:
 def test_docker_compose_accepts_the_file():
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.skip("docker-compose not installed (apt-get install -y docker-compose): file not validated by it")
-    ok = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60,
-                        env={**os.environ, **ENV}, cwd=COMPOSE.parent)
+        pytest.skip(
+            "docker-compose not installed (apt-get install -y docker-compose): file not validated by it"
+        )
+    ok = subprocess.run(
+        [exe, "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **ENV},
+        cwd=COMPOSE.parent,
+    )
     assert ok.returncode == 0, ok.stderr
     # The secrets are required, not defaulted: without them the file is refused.
     env = {k: v for k, v in os.environ.items() if k not in ENV}
-    refused = subprocess.run([exe, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
-                             timeout=60, env=env, cwd=COMPOSE.parent)
+    refused = subprocess.run(
+        [exe, "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=COMPOSE.parent,
+    )
     assert refused.returncode != 0 and "IOC_POSTGRES_PASSWORD" in refused.stderr
 
 
@@ -104,7 +118,9 @@ def test_observability_and_networks(compose):
         assert svcs[name]["networks"] == ["backend"] and "ports" not in svcs[name]
     # Prometheus scrapes every service and processor the compose file runs.
     prom_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    scraped = {n for job in prom_cfg["scrape_configs"] for sd in job.get("dns_sd_configs", ()) for n in sd["names"]}
+    scraped = {
+        n for job in prom_cfg["scrape_configs"] for sd in job.get("dns_sd_configs", ()) for n in sd["names"]
+    }
     assert scraped == set(_ioc_services(compose))
 
 

@@ -22,11 +22,14 @@ workloads_gen = load_script(K8S / "generate_workloads.py")
 dashboards_gen = load_script(DEPLOY / "grafana" / "generate_dashboards.py")
 
 
-@pytest.mark.parametrize("generator", [topics_gen, workloads_gen, dashboards_gen],
-                         ids=["topics+users", "workloads", "dashboards"])
+@pytest.mark.parametrize(
+    "generator", [topics_gen, workloads_gen, dashboards_gen], ids=["topics+users", "workloads", "dashboards"]
+)
 def test_committed_files_equal_generator_output(generator):
     # In a fresh interpreter: test modules may have registered private test topics in this one.
-    r = subprocess.run([sys.executable, generator.__file__, "--check"], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, generator.__file__, "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert r.returncode == 0, f"stale: run python {generator.__file__}\n{r.stdout}{r.stderr}"
 
 
@@ -113,8 +116,10 @@ def test_real_processors_are_covered_by_their_acls_and_changelog_partitions():
     if not processors:
         pytest.skip("no service processors written yet")
     users = by_kind(yaml_docs(K8S / "base" / "kafka" / "users.yaml"), "KafkaUser")
-    changelogs = {d["spec"]["topicName"]: d["spec"]["partitions"]
-                  for d in yaml_docs(K8S / "base" / "kafka" / "topics.yaml")}
+    changelogs = {
+        d["spec"]["topicName"]: d["spec"]["partitions"]
+        for d in yaml_docs(K8S / "base" / "kafka" / "topics.yaml")
+    }
     for proc in processors:
         assert proc.name in topics_gen.processor_names(), f"{proc.name}: no Deployment runs it"
         acls = _acls(users[f"ioc-{proc.name}"])

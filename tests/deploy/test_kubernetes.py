@@ -13,8 +13,15 @@ from tests.deploy.conftest import K8S, base_documents, by_kind, kustomize_build,
 from tests.deploy.crd_schemas import SCHEMAS
 
 topics_gen = load_script(K8S / "generate_topics.py")
-CORE_KINDS = {"Namespace", "ConfigMap", "Secret", "Deployment", "Service", "PodDisruptionBudget",
-              "NetworkPolicy"}
+CORE_KINDS = {
+    "Namespace",
+    "ConfigMap",
+    "Secret",
+    "Deployment",
+    "Service",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+}
 OVERLAYS = ["staging", "production"]
 
 
@@ -34,8 +41,18 @@ def test_every_manifest_validates_against_its_schema(docs):
             schema = SCHEMAS.get((doc["apiVersion"], doc["kind"]))
             assert schema is not None, f"no schema for {doc['apiVersion']} {doc['kind']}"
             jsonschema.validate(doc, schema)
-    assert {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ScaledObject", "Cluster",
-            "NetworkPolicy", "PodDisruptionBudget", "Deployment", "Service"} <= kinds
+    assert {
+        "Kafka",
+        "KafkaNodePool",
+        "KafkaTopic",
+        "KafkaUser",
+        "ScaledObject",
+        "Cluster",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Deployment",
+        "Service",
+    } <= kinds
 
 
 def test_a_typo_in_a_custom_resource_is_caught(docs):
@@ -72,7 +89,10 @@ def test_kafka_cluster_is_kraft_rf3_min_isr2_with_scram_only(docs):
     listeners = kafka["spec"]["kafka"]["listeners"]
     assert all(lst["tls"] and lst["authentication"]["type"] == "scram-sha-512" for lst in listeners)
     pools = by_kind(docs, "KafkaNodePool")
-    assert pools["controllers"]["spec"]["roles"] == ["controller"] and pools["controllers"]["spec"]["replicas"] == 3
+    assert (
+        pools["controllers"]["spec"]["roles"] == ["controller"]
+        and pools["controllers"]["spec"]["replicas"] == 3
+    )
     assert pools["brokers"]["spec"]["roles"] == ["broker"] and pools["brokers"]["spec"]["replicas"] >= 3
 
 
@@ -131,7 +151,9 @@ def test_every_referenced_secret_and_configmap_is_provided(docs):
         for ref in auth["spec"]["secretTargetRef"]:
             assert ref["name"] in provided
     for scaled in by_kind(docs, "ScaledObject").values():
-        assert scaled["spec"]["triggers"][0]["authenticationRef"]["name"] in by_kind(docs, "TriggerAuthentication")
+        assert scaled["spec"]["triggers"][0]["authenticationRef"]["name"] in by_kind(
+            docs, "TriggerAuthentication"
+        )
         assert scaled["spec"]["scaleTargetRef"]["name"] in by_kind(docs, "Deployment")
 
 
@@ -147,11 +169,16 @@ def test_config_points_every_process_at_the_secured_cluster(docs):
 def test_network_policies_deny_by_default_and_open_only_what_is_needed(docs):
     policies = by_kind(docs, "NetworkPolicy")
     deny = policies["ioc-default-deny"]["spec"]
-    assert set(deny["policyTypes"]) == {"Ingress", "Egress"} and "ingress" not in deny and "egress" not in deny
-    egress_ports = {p["port"] for rule in policies["ioc-workloads-egress"]["spec"]["egress"] for p in rule["ports"]}
+    assert (
+        set(deny["policyTypes"]) == {"Ingress", "Egress"} and "ingress" not in deny and "egress" not in deny
+    )
+    egress_ports = {
+        p["port"] for rule in policies["ioc-workloads-egress"]["spec"]["egress"] for p in rule["ports"]
+    }
     assert egress_ports == {53, 9093, 5432}
-    assert policies["ioc-processors-metrics"]["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP",
-                                                                                  "port": "metrics"}]
+    assert policies["ioc-processors-metrics"]["spec"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": "metrics"}
+    ]
     # The named ports the policies open exist on the pods they select.
     for dep in by_kind(docs, "Deployment").values():
         port_names = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}

@@ -28,8 +28,11 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
 def _rule_groups() -> list[dict]:
-    return [g for f in ("recording.yml", "alerts.yml")
-            for g in yaml.safe_load((DEPLOY / "prometheus" / "rules" / f).read_text())["groups"]]
+    return [
+        g
+        for f in ("recording.yml", "alerts.yml")
+        for g in yaml.safe_load((DEPLOY / "prometheus" / "rules" / f).read_text())["groups"]
+    ]
 
 
 def _queries() -> dict[str, str]:
@@ -71,9 +74,12 @@ async def test_every_queried_metric_is_exported_by_a_running_service(kafka_setti
         return {"ok": True}
 
     name = f"deploycheck_{uuid.uuid4().hex[:6]}"
-    settings = ServiceSettings(service_name=name, kafka=kafka_settings, database=db_settings, create_topics=False)
-    app = create_service_app(settings, name=name, title="deploy check", description="metrics families",
-                             routers=[router])
+    settings = ServiceSettings(
+        service_name=name, kafka=kafka_settings, database=db_settings, create_topics=False
+    )
+    app = create_service_app(
+        settings, name=name, title="deploy check", description="metrics families", routers=[router]
+    )
     async with running_app(app) as client:
         assert (await client.get("/v1/ping")).status_code == 200
         scraped = await client.get("/metrics")

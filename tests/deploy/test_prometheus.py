@@ -53,10 +53,20 @@ def test_rule_unit_tests_pass():
 
 
 def test_every_alert_the_issue_asks_for_exists_and_is_unit_tested():
-    alerts = {r["alert"]: r for g in yaml.safe_load((PROM / "rules" / "alerts.yml").read_text())["groups"]
-              for r in g["rules"]}
-    assert {"IocServiceDown", "IocHighErrorRate", "IocConsumerLagGrowing", "IocDeadLetters",
-            "IocKpiProcessorStalled", "IocEventAgeHigh", "IocOutboxBacklog"} <= set(alerts)
+    alerts = {
+        r["alert"]: r
+        for g in yaml.safe_load((PROM / "rules" / "alerts.yml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    assert {
+        "IocServiceDown",
+        "IocHighErrorRate",
+        "IocConsumerLagGrowing",
+        "IocDeadLetters",
+        "IocKpiProcessorStalled",
+        "IocEventAgeHigh",
+        "IocOutboxBacklog",
+    } <= set(alerts)
     tests = yaml.safe_load((PROM / "tests" / "rules_test.yml").read_text())["tests"]
     fired = {t["alertname"] for group in tests for t in group.get("alert_rule_test", ()) if t["exp_alerts"]}
     assert fired == set(alerts), f"alerts without a firing test: {set(alerts) - fired}"

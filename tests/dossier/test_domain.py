@@ -38,11 +38,20 @@ def t(s: str) -> datetime:
 
 
 def dossier(status: int = 2, proc: Procedure = PROC, at: str = "2025-03-03T09:00"):
-    d = new_dossier(code="D1", procedure=proc, agency=AGENCY, district="BD", channel="online", at=t(at),
-                    calendar=CAL, received=status != 1)
+    d = new_dossier(
+        code="D1",
+        procedure=proc,
+        agency=AGENCY,
+        district="BD",
+        channel="online",
+        at=t(at),
+        calendar=CAL,
+        received=status != 1,
+    )
     if status in (1, 2):
         return d
     from dataclasses import replace
+
     return replace(d, status=status)
 
 
@@ -171,7 +180,10 @@ def test_pay_fees_needs_to_know_whether_online_and_unknown_actions_are_refused()
     with pytest.raises(DossierRuleError) as exc:
         transition(d, "pay_fees", t("2025-03-04T11:00"), PROC, CAL)
     assert exc.value.status == 422 and exc.value.details["field"] == "paid_online"
-    assert transition(d, "pay_fees", t("2025-03-04T11:00"), PROC, CAL, paid_online=False).fees_paid_online is False
+    assert (
+        transition(d, "pay_fees", t("2025-03-04T11:00"), PROC, CAL, paid_online=False).fees_paid_online
+        is False
+    )
     with pytest.raises(DossierRuleError):
         transition(d, "teleport", t("2025-03-04T11:00"), PROC, CAL)
 

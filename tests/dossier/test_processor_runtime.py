@@ -21,9 +21,22 @@ pytestmark = pytest.mark.integration
 
 def _status(code, agency, status, at, *, prev=None, action="receive", channel="online", due):
     return DossierStatusChanged(
-        dossier_code=code, procedure_code="P1", agency_code=agency, admin_unit="HK-02", district="HK",
-        channel=channel, online_level="fully_online", has_fees=False, status=status, received_at=at,
-        due_date=due, at=at, previous_status=prev, status_name="x", action=action)
+        dossier_code=code,
+        procedure_code="P1",
+        agency_code=agency,
+        admin_unit="HK-02",
+        district="HK",
+        channel=channel,
+        online_level="fully_online",
+        has_fees=False,
+        status=status,
+        received_at=at,
+        due_date=due,
+        at=at,
+        previous_status=prev,
+        status_name="x",
+        action=action,
+    )
 
 
 async def test_kpis_and_alarms_from_the_lifecycle_topic(kafka_settings, topics_ready):
@@ -36,12 +49,28 @@ async def test_kpis_and_alarms_from_the_lifecycle_topic(kafka_settings, topics_r
     for i, channel in enumerate(("online", "online", "in_person")):
         code = f"{agency}-{i}"
         due = today + timedelta(days=5) if i < 2 else today - timedelta(days=1)
-        events.append(encode(et, _status(code, agency, 2, now, channel=channel, due=due), source="/ioc/dossier"))
-    events.append(encode(et, _status(f"{agency}-0", agency, 9, now, prev=2, action="resolve",
-                                     due=today + timedelta(days=5)), source="/ioc/dossier"))
-    overdue = DossierOverdue(**{k: v for k, v in _status(f"{agency}-2", agency, 2, now, channel="in_person",
-                                                            due=today - timedelta(days=1)).model_dump().items()
-                                if k in DossierOverdue.model_fields}, days_overdue=1)
+        events.append(
+            encode(et, _status(code, agency, 2, now, channel=channel, due=due), source="/ioc/dossier")
+        )
+    events.append(
+        encode(
+            et,
+            _status(f"{agency}-0", agency, 9, now, prev=2, action="resolve", due=today + timedelta(days=5)),
+            source="/ioc/dossier",
+        )
+    )
+    overdue = DossierOverdue(
+        **{
+            k: v
+            for k, v in _status(
+                f"{agency}-2", agency, 2, now, channel="in_person", due=today - timedelta(days=1)
+            )
+            .model_dump()
+            .items()
+            if k in DossierOverdue.model_fields
+        },
+        days_overdue=1,
+    )
     events.append(encode(event_type_of(DossierOverdue), overdue, source="/ioc/dossier"))
     pub = EventPublisher(kafka_settings, client_id="test-dossier")
     await pub.publish(events)
@@ -66,6 +95,7 @@ async def test_kpis_and_alarms_from_the_lifecycle_topic(kafka_settings, topics_r
     assert total("dossier.open_within_deadline", day=True) == (1, 0)
     # progress: (1 on time + 1 open within) / (1 finished + 2 open)
     assert total("dossier.progress_766_points") == (2, 3)
-    alarms = await read_topic(kafka_settings, ALARM_TOPIC_NAME, where=lambda e: e.data["source_id"] == f"{agency}-2",
-                              expect=1)
+    alarms = await read_topic(
+        kafka_settings, ALARM_TOPIC_NAME, where=lambda e: e.data["source_id"] == f"{agency}-2", expect=1
+    )
     assert alarms[0].data["state"] == "raised" and alarms[0].data["alarm_type"] == "dossier_overdue"

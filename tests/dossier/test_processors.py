@@ -24,12 +24,36 @@ def t(s: str) -> str:
 BASE = {"agency_code": "UBND-BD-01", "admin_unit": "BD-01", "district": "BD", "has_fees": True}
 
 
-def status(code, st, at, *, prev=None, action="receive", channel="in_person", level="partly_online",
-           due="2025-03-10", paused=False, paid_online=None, partition=0):
-    payload = {**BASE, "dossier_code": code, "procedure_code": "P", "channel": channel, "online_level": level,
-               "status": st, "received_at": t("2025-03-03T09:00"), "due_date": due, "at": t(at),
-               "previous_status": prev, "status_name": "x", "action": action, "clock_paused": paused,
-               "paid_online": paid_online}
+def status(
+    code,
+    st,
+    at,
+    *,
+    prev=None,
+    action="receive",
+    channel="in_person",
+    level="partly_online",
+    due="2025-03-10",
+    paused=False,
+    paid_online=None,
+    partition=0,
+):
+    payload = {
+        **BASE,
+        "dossier_code": code,
+        "procedure_code": "P",
+        "channel": channel,
+        "online_level": level,
+        "status": st,
+        "received_at": t("2025-03-03T09:00"),
+        "due_date": due,
+        "at": t(at),
+        "previous_status": prev,
+        "status_name": "x",
+        "action": action,
+        "clock_paused": paused,
+        "paid_online": paid_online,
+    }
     return received(DossierStatusChanged, payload, partition=partition)
 
 
@@ -39,26 +63,71 @@ def life(partition_of=lambda code: 0):
     return [
         # D1: online, fully-online procedure, resolved Fri 7 Mar before its due day (10 Mar) → early
         status("D1", 2, "2025-03-03T09:00", channel="online", level="fully_online", partition=p("D1")),
-        status("D1", 9, "2025-03-07T15:00", prev=2, action="resolve", channel="online", level="fully_online",
-               partition=p("D1")),
+        status(
+            "D1",
+            9,
+            "2025-03-07T15:00",
+            prev=2,
+            action="resolve",
+            channel="online",
+            level="fully_online",
+            partition=p("D1"),
+        ),
         # D2: in person, fully-online procedure, resolved on its due day → on time
         status("D2", 2, "2025-03-03T09:00", level="fully_online", partition=p("D2")),
-        status("D2", 9, "2025-03-10T08:00", prev=2, action="resolve", level="fully_online", partition=p("D2")),
+        status(
+            "D2", 9, "2025-03-10T08:00", prev=2, action="resolve", level="fully_online", partition=p("D2")
+        ),
         # D3: postal, due 5 Mar, resolved 6 Mar → late
         status("D3", 2, "2025-03-03T09:00", channel="postal", due="2025-03-05", partition=p("D3")),
-        status("D3", 9, "2025-03-06T09:00", prev=2, action="resolve", channel="postal", due="2025-03-05",
-               partition=p("D3")),
+        status(
+            "D3",
+            9,
+            "2025-03-06T09:00",
+            prev=2,
+            action="resolve",
+            channel="postal",
+            due="2025-03-05",
+            partition=p("D3"),
+        ),
         # D4: online, open, due 20 Mar, fees paid online → open within deadline
         status("D4", 2, "2025-03-03T09:00", channel="online", due="2025-03-20", partition=p("D4")),
-        status("D4", 6, "2025-03-04T09:00", prev=2, action="request_fees", channel="online", due="2025-03-20",
-               partition=p("D4")),
-        status("D4", 4, "2025-03-04T10:00", prev=6, action="pay_fees", channel="online", due="2025-03-20",
-               paid_online=True, partition=p("D4")),
+        status(
+            "D4",
+            6,
+            "2025-03-04T09:00",
+            prev=2,
+            action="request_fees",
+            channel="online",
+            due="2025-03-20",
+            partition=p("D4"),
+        ),
+        status(
+            "D4",
+            4,
+            "2025-03-04T10:00",
+            prev=6,
+            action="pay_fees",
+            channel="online",
+            due="2025-03-20",
+            paid_online=True,
+            partition=p("D4"),
+        ),
         # D5: in person, open, due 5 Mar, fees paid at the counter → overdue on 10 Mar
         status("D5", 2, "2025-03-03T09:00", due="2025-03-05", partition=p("D5")),
-        status("D5", 6, "2025-03-04T09:00", prev=2, action="request_fees", due="2025-03-05", partition=p("D5")),
-        status("D5", 4, "2025-03-04T10:00", prev=6, action="pay_fees", due="2025-03-05", paid_online=False,
-               partition=p("D5")),
+        status(
+            "D5", 6, "2025-03-04T09:00", prev=2, action="request_fees", due="2025-03-05", partition=p("D5")
+        ),
+        status(
+            "D5",
+            4,
+            "2025-03-04T10:00",
+            prev=6,
+            action="pay_fees",
+            due="2025-03-05",
+            paid_online=False,
+            partition=p("D5"),
+        ),
     ]
 
 
@@ -72,7 +141,9 @@ def kpis(out: list[EncodedEvent]) -> dict[tuple, dict]:
         latest[(d["kpi"], d["scope_level"], d["scope_code"], d["window_start"], d["partition"])] = d
     merged: dict[tuple, dict] = {}
     for (kpi, level, code, ws, _), d in latest.items():
-        m = merged.setdefault((kpi, level, code, ws), {"num": 0.0, "den": None, "seconds": d["window_seconds"]})
+        m = merged.setdefault(
+            (kpi, level, code, ws), {"num": 0.0, "den": None, "seconds": d["window_seconds"]}
+        )
         m["num"] += d["numerator"]
         if d["denominator"] is not None:
             m["den"] = (m["den"] or 0.0) + d["denominator"]
@@ -156,9 +227,17 @@ def test_two_tier_hierarchy_has_no_district_scope():
 
 
 def test_overdue_raises_an_alarm_and_resolution_clears_it():
-    facts = {**BASE, "dossier_code": "D9", "procedure_code": "P", "channel": "online",
-             "online_level": "partly_online", "status": 4, "received_at": t("2025-03-03T09:00"),
-             "due_date": "2025-03-05", "at": t("2025-03-06T00:05")}
+    facts = {
+        **BASE,
+        "dossier_code": "D9",
+        "procedure_code": "P",
+        "channel": "online",
+        "online_level": "partly_online",
+        "status": 4,
+        "received_at": t("2025-03-03T09:00"),
+        "due_date": "2025-03-05",
+        "at": t("2025-03-06T00:05"),
+    }
     events = [
         status("D9", 2, "2025-03-03T09:00", due="2025-03-05"),
         received(DossierOverdue, {**facts, "days_overdue": 1}),
@@ -169,7 +248,8 @@ def test_overdue_raises_an_alarm_and_resolution_clears_it():
     _, out = run_in_memory(proc, events[:3], NOW)
     alarms = [orjson.loads(e.value) for e in out if e.topic == "ioc.dossier.alarms"]
     assert [(a["state"], a["alarm_id"], a["district"], a["commune"]) for a in alarms] == [
-        ("raised", "dossier:overdue:D9", "BD", "BD-01")]
+        ("raised", "dossier:overdue:D9", "BD", "BD-01")
+    ]
     k = kpis(out)
     assert k[("dossier.apologies", "agency", "UBND-BD-01", MONTH)]["num"] == 1
     assert k[("dossier.overdue_notices", "city", "HN", MONTH)]["num"] == 1
@@ -212,8 +292,13 @@ def _random_lifecycles(seed: int, dossiers: int = 120) -> list:
     import random
 
     rnd = random.Random(seed)
-    units = [("UBND-BD-01", "BD-01", "BD"), ("UBND-BD", "BD", "BD"), ("UBND-HK-02", "HK-02", "HK"),
-             ("SO-TP", "HN", None), ("UBND-X-01", "X-01", None)]
+    units = [
+        ("UBND-BD-01", "BD-01", "BD"),
+        ("UBND-BD", "BD", "BD"),
+        ("UBND-HK-02", "HK-02", "HK"),
+        ("SO-TP", "HN", None),
+        ("UBND-X-01", "X-01", None),
+    ]
     events = []
     for i in range(dossiers):
         code, part = f"R{seed}-{i}", i % 4
@@ -223,13 +308,31 @@ def _random_lifecycles(seed: int, dossiers: int = 120) -> list:
         channel = rnd.choice(("online", "in_person", "postal"))
         level = rnd.choice(("fully_online", "partly_online", "offline"))
 
-        facts = {**BASE, "agency_code": agency, "admin_unit": unit, "district": district, "dossier_code": code,
-                 "procedure_code": "P", "channel": channel, "online_level": level, "received_at": start.isoformat(),
-                 "due_date": due}
+        facts = {
+            **BASE,
+            "agency_code": agency,
+            "admin_unit": unit,
+            "district": district,
+            "dossier_code": code,
+            "procedure_code": "P",
+            "channel": channel,
+            "online_level": level,
+            "received_at": start.isoformat(),
+            "due_date": due,
+        }
 
         def ev(st, at, prev, action, facts=facts, part=part, **kw):
-            payload = {**facts, "status": st, "at": at.isoformat(), "previous_status": prev, "status_name": "x",
-                       "action": action, "clock_paused": False, "paid_online": None, **kw}
+            payload = {
+                **facts,
+                "status": st,
+                "at": at.isoformat(),
+                "previous_status": prev,
+                "status_name": "x",
+                "action": action,
+                "clock_paused": False,
+                "paid_online": None,
+                **kw,
+            }
             return received(DossierStatusChanged, payload, partition=part)
 
         at = start
@@ -244,7 +347,9 @@ def _random_lifecycles(seed: int, dossiers: int = 120) -> list:
         if at.date().isoformat() > due and rnd.random() < 0.7:
             events.append(received(DossierOverdue, {**notice, "days_overdue": 1}, partition=part))
             if rnd.random() < 0.5:
-                events.append(received(DossierApologized, {**notice, "promised_date": "2025-03-30"}, partition=part))
+                events.append(
+                    received(DossierApologized, {**notice, "promised_date": "2025-03-30"}, partition=part)
+                )
         fate = rnd.random()
         if fate < 0.6:
             events.append(ev(9, at, 4, "resolve"))
@@ -265,7 +370,10 @@ def _latest(out: list[EncodedEvent]) -> tuple[dict, dict]:
             alarms.setdefault(d["alarm_id"], []).append(d["state"])
             continue
         latest[(d["kpi"], d["scope_level"], d["scope_code"], d["window_start"], d["partition"])] = (
-            d["value"], d["numerator"], d["denominator"])
+            d["value"],
+            d["numerator"],
+            d["denominator"],
+        )
     return {k: v for k, v in latest.items() if v[1] or v[2]}, alarms
 
 
@@ -288,7 +396,7 @@ def test_batches_emits_and_restarts_give_the_per_event_reference_results():
         while i < len(mine):
             n = rnd.randrange(1, 25)
             st = states.setdefault(p, State(p))
-            proc.apply_batch(mine[i:i + n], st)
+            proc.apply_batch(mine[i : i + n], st)
             i += n
             if rnd.random() < 0.5:
                 out.extend(proc.emit(st, NOW - timedelta(days=rnd.choice((0, 0, 3)))))
@@ -299,8 +407,9 @@ def test_batches_emits_and_restarts_give_the_per_event_reference_results():
         out.extend(proc.emit(states[p], NOW))
     facts = ("c|", "o|", "a|")
     for p, ref in ref_states.items():
-        assert ({k: v for k, v in orjson.loads(orjson.dumps(states[p].snapshot())).items() if k.startswith(facts)}
-                == {k: v for k, v in orjson.loads(orjson.dumps(ref.snapshot())).items() if k.startswith(facts)})
+        assert {
+            k: v for k, v in orjson.loads(orjson.dumps(states[p].snapshot())).items() if k.startswith(facts)
+        } == {k: v for k, v in orjson.loads(orjson.dumps(ref.snapshot())).items() if k.startswith(facts)}
     got_kpis, got_alarms = _latest(out)
     ref_kpis, ref_alarms = _latest(ref_out)
     # Snapshots emitted at an earlier ``now`` are of that day; compare those of ``NOW``'s windows.
@@ -320,9 +429,18 @@ def test_state_of_the_previous_layout_is_taken_over():
     data = dict(states[0].snapshot())
     data.pop("dirty", None)
     data["x|c|received|agency|UBND-BD-01|m:2025-03"] = 1
-    data["pa|000000000001"] = {"alarm_id": "dossier:overdue:D5", "domain": "dossier", "alarm_type": "dossier_overdue",
-                               "state": "raised", "severity": "minor", "source_id": "D5", "district": "BD",
-                               "commune": "BD-01", "at": t("2025-03-06T00:05"), "message": "overdue"}
+    data["pa|000000000001"] = {
+        "alarm_id": "dossier:overdue:D5",
+        "domain": "dossier",
+        "alarm_type": "dossier_overdue",
+        "state": "raised",
+        "severity": "minor",
+        "source_id": "D5",
+        "district": "BD",
+        "commune": "BD-01",
+        "at": t("2025-03-06T00:05"),
+        "message": "overdue",
+    }
     data["snap_dirty"] = 1
     out = list(DossierKpiProcessor().emit(State(0, data), NOW))
     got = [(orjson.loads(e.value).get("kpi"), orjson.loads(e.value).get("state")) for e in out]

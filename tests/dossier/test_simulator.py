@@ -16,10 +16,16 @@ from shared.embedded.tansu import free_port
 pytestmark = pytest.mark.integration
 
 
-async def test_simulator_creates_dossiers_through_the_api(kafka_settings, db_settings, topics_ready, make_key):
+async def test_simulator_creates_dossiers_through_the_api(
+    kafka_settings, db_settings, topics_ready, make_key
+):
     port = free_port()
-    app = create_app(DossierSettings(kafka=kafka_settings, database=db_settings, deadline_scan_seconds=3600.0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    app = create_app(
+        DossierSettings(kafka=kafka_settings, database=db_settings, deadline_scan_seconds=3600.0)
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
     serving = asyncio.create_task(server.serve())
     try:
         for _ in range(100):
@@ -32,12 +38,17 @@ async def test_simulator_creates_dossiers_through_the_api(kafka_settings, db_set
         await asyncio.sleep(3)
         stop.set()
         await asyncio.wait_for(sim, 10)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
-                                     headers={"Authorization": f"Bearer {key}"}) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}
+        ) as client:
             items = []
             after = None
             while True:
-                page = (await client.get("/v1/dossiers", params={"limit": 1000, **({"after": after} if after else {})})).json()
+                page = (
+                    await client.get(
+                        "/v1/dossiers", params={"limit": 1000, **({"after": after} if after else {})}
+                    )
+                ).json()
                 items += [d for d in page["items"] if d["code"].startswith("SIM")]
                 after = page["next_after"]
                 if not after:

@@ -29,9 +29,15 @@ def now_iso(delta_s: float = 0) -> str:
 
 
 def entry(**kw) -> dict:
-    body = {"building": "Tòa nhà Keangnam", "address": "Phạm Hùng, Nam Từ Liêm", "district": "BD",
-            "commune": "BD-03", "opening_hours": HOURS, "peripherals": ["touchscreen", "printer", "id_scanner"],
-            "software_version": "3.2.1"}
+    body = {
+        "building": "Tòa nhà Keangnam",
+        "address": "Phạm Hùng, Nam Từ Liêm",
+        "district": "BD",
+        "commune": "BD-03",
+        "opening_hours": HOURS,
+        "peripherals": ["touchscreen", "printer", "id_scanner"],
+        "software_version": "3.2.1",
+    }
     body.update(kw)
     return body
 
@@ -83,8 +89,9 @@ async def test_registry_change_stored_but_not_published_is_republished(client, d
     finally:
         await pool.close()
     assert rows[0]["published_version"] == 0
-    events = await read_topic(kafka_settings, "ioc.kiosk.registry", where=lambda e: e.key == k, expect=1,
-                              timeout=10)
+    events = await read_topic(
+        kafka_settings, "ioc.kiosk.registry", where=lambda e: e.key == k, expect=1, timeout=10
+    )
     assert [e.data["version"] for e in events] == [1]
 
 
@@ -99,15 +106,23 @@ async def test_registry_rejects_unknown_areas_and_needs_admin(client, admin, mak
 
 async def test_bulk_import_reports_each_bad_item(client, admin):
     good, bad = kid(), kid()
-    r = await client.post("/v1/kiosks/import", headers=admin, json={"items": [
-        {"kiosk_id": good, **entry()},
-        {"kiosk_id": bad, **entry(peripherals=["printer", "fax"])},
-        {"kiosk_id": good, **entry()},
-    ]})
+    r = await client.post(
+        "/v1/kiosks/import",
+        headers=admin,
+        json={
+            "items": [
+                {"kiosk_id": good, **entry()},
+                {"kiosk_id": bad, **entry(peripherals=["printer", "fax"])},
+                {"kiosk_id": good, **entry()},
+            ]
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and body["status"] == "partial" and body["accepted"] == 1
     assert [(e["index"], e["id"], e["field"], e["code"]) for e in body["rejected"]] == [
-        (1, bad, "peripherals", "invalid"), (2, good, "kiosk_id", "duplicate")]
+        (1, bad, "peripherals", "invalid"),
+        (2, good, "kiosk_id", "duplicate"),
+    ]
 
 
 async def test_ingest_without_a_key_is_401(client):
@@ -125,23 +140,48 @@ async def test_kiosk_principal_may_only_report_for_its_own_kiosks(client, admin,
     pid, key = await make_key(["kiosk:ingest"], kind="gateway", attributes={"kiosks": [mine]})
     await register(client, admin, via_registry, gateway=pid)  # the registry names this principal its gateway
 
-    r = await client.post("/v1/heartbeats", headers=auth(key), json={"items": [
-        {"kiosk_id": mine, "at": now_iso(), "app_version": "3.2.1"},
-        {"kiosk_id": other, "at": now_iso(), "app_version": "3.2.1"},
-    ]})
+    r = await client.post(
+        "/v1/heartbeats",
+        headers=auth(key),
+        json={
+            "items": [
+                {"kiosk_id": mine, "at": now_iso(), "app_version": "3.2.1"},
+                {"kiosk_id": other, "at": now_iso(), "app_version": "3.2.1"},
+            ]
+        },
+    )
     assert r.status_code == 403
     err = r.json()["error"]
     assert other in err["message"] and mine not in err["message"]
-    assert err["details"] == [{"item": 1, "id": other, "field": "kiosk_id",
-                               "reason": "this principal may not report for this kiosk"}]
+    assert err["details"] == [
+        {
+            "item": 1,
+            "id": other,
+            "field": "kiosk_id",
+            "reason": "this principal may not report for this kiosk",
+        }
+    ]
 
-    r = await client.post("/v1/heartbeats", headers=auth(key), json={"items": [
-        {"kiosk_id": mine, "at": now_iso(), "app_version": "3.2.1", "network": "wired", "uptime_seconds": 3600},
-        {"kiosk_id": via_registry, "at": now_iso(), "app_version": "3.2.1"},
-    ]})
+    r = await client.post(
+        "/v1/heartbeats",
+        headers=auth(key),
+        json={
+            "items": [
+                {
+                    "kiosk_id": mine,
+                    "at": now_iso(),
+                    "app_version": "3.2.1",
+                    "network": "wired",
+                    "uptime_seconds": 3600,
+                },
+                {"kiosk_id": via_registry, "at": now_iso(), "app_version": "3.2.1"},
+            ]
+        },
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
-    events = await read_topic(kafka_settings, "ioc.kiosk.heartbeats",
-                              where=lambda e: e.key in (mine, other, via_registry), expect=2)
+    events = await read_topic(
+        kafka_settings, "ioc.kiosk.heartbeats", where=lambda e: e.key in (mine, other, via_registry), expect=2
+    )
     assert sorted(e.key for e in events) == sorted([mine, via_registry])  # nothing of the refused batch
     seen = await read_topic(kafka_settings, "ioc.kiosk.lastseen", where=lambda e: e.key == mine, expect=1)
     assert seen[0].data["app_version"] == "3.2.1"
@@ -150,19 +190,29 @@ async def test_kiosk_principal_may_only_report_for_its_own_kiosks(client, admin,
 async def test_bad_telemetry_items_are_named_and_the_rest_accepted(client, admin, kafka_settings):
     k = kid()
     await register(client, admin, k)
-    r = await client.post("/v1/peripherals", headers=admin, json={"items": [
-        {"kiosk_id": k, "peripheral": "printer", "state": "online", "paper": "out", "at": now_iso()},
-        {"kiosk_id": k, "peripheral": "printer", "state": "melted", "at": now_iso()},
-        {"kiosk_id": k, "peripheral": "payment_terminal", "state": "online", "at": now_iso()},
-        {"kiosk_id": k, "peripheral": "camera", "state": "online", "paper": "low", "at": now_iso()},
-        {"kiosk_id": "KT-unknown-kiosk", "peripheral": "printer", "state": "online", "at": now_iso()},
-        {"kiosk_id": k, "peripheral": "printer", "state": "online", "at": now_iso(3600)},
-    ]})
+    r = await client.post(
+        "/v1/peripherals",
+        headers=admin,
+        json={
+            "items": [
+                {"kiosk_id": k, "peripheral": "printer", "state": "online", "paper": "out", "at": now_iso()},
+                {"kiosk_id": k, "peripheral": "printer", "state": "melted", "at": now_iso()},
+                {"kiosk_id": k, "peripheral": "payment_terminal", "state": "online", "at": now_iso()},
+                {"kiosk_id": k, "peripheral": "camera", "state": "online", "paper": "low", "at": now_iso()},
+                {"kiosk_id": "KT-unknown-kiosk", "peripheral": "printer", "state": "online", "at": now_iso()},
+                {"kiosk_id": k, "peripheral": "printer", "state": "online", "at": now_iso(3600)},
+            ]
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and body["accepted"] == 1
     assert [(e["index"], e["field"], e["code"]) for e in body["rejected"]] == [
-        (1, "state", "invalid"), (2, "peripheral", "not_fitted"), (3, None, "invalid"),
-        (4, "kiosk_id", "unknown_entity"), (5, "at", "invalid_time")]
+        (1, "state", "invalid"),
+        (2, "peripheral", "not_fitted"),
+        (3, None, "invalid"),
+        (4, "kiosk_id", "unknown_entity"),
+        (5, "at", "invalid_time"),
+    ]
     events = await read_topic(kafka_settings, "ioc.kiosk.peripherals", where=lambda e: e.key == k, expect=1)
     assert events[0].data["paper"] == "out"
 
@@ -172,14 +222,27 @@ async def test_sessions_are_published_without_personal_data(client, admin, kafka
     await register(client, admin, k)
     base = {"kiosk_id": k, "journey": "submit_dossier", "started_at": now_iso(-300), "ended_at": now_iso(-10)}
     headers = {**admin, "Idempotency-Key": uuid.uuid4().hex}
-    r = await client.post("/v1/sessions", headers=headers, json=(batch := {"items": [
-        {**base, "session_id": "s-1", "outcome": "completed", "dossier_code": "000.00.01.H26-240506-0001",
-         "rating": 5},
-        {**base, "session_id": "s-2", "outcome": "failed"},
-        {**base, "session_id": "s-3", "outcome": "abandoned", "rating": 6},
-        {**base, "session_id": "s-4", "outcome": "completed", "citizen_name": "Nguyễn Văn A"},
-        {**base, "session_id": "s-5", "outcome": "abandoned", "failure_reason": "timeout"},
-    ]}))
+    r = await client.post(
+        "/v1/sessions",
+        headers=headers,
+        json=(
+            batch := {
+                "items": [
+                    {
+                        **base,
+                        "session_id": "s-1",
+                        "outcome": "completed",
+                        "dossier_code": "000.00.01.H26-240506-0001",
+                        "rating": 5,
+                    },
+                    {**base, "session_id": "s-2", "outcome": "failed"},
+                    {**base, "session_id": "s-3", "outcome": "abandoned", "rating": 6},
+                    {**base, "session_id": "s-4", "outcome": "completed", "citizen_name": "Nguyễn Văn A"},
+                    {**base, "session_id": "s-5", "outcome": "abandoned", "failure_reason": "timeout"},
+                ]
+            }
+        ),
+    )
     body = r.json()
     assert r.status_code == 200 and body["accepted"] == 2
     rejected = {e["index"]: e for e in body["rejected"]}

@@ -107,8 +107,9 @@ def test_availability_of_a_kiosk_offline_across_a_window_boundary():
     assert (ten.scheduled_s, ten.online_s) == (3600, 2400)
     # The current hour counts only up to now: at 11:30 with heartbeats to 11:30, 30 of 30 minutes.
     segs2, last2 = fold(beats(MON + 11 * H, MON + 11 * H + 30 * 60))
-    cur = kiosk_availability(k, online_intervals(segs2, last2, MON + 11.5 * H, 180), {}, MON + 11 * H,
-                             MON + 11.5 * H)
+    cur = kiosk_availability(
+        k, online_intervals(segs2, last2, MON + 11.5 * H, 180), {}, MON + 11 * H, MON + 11.5 * H
+    )
     assert (cur.scheduled_s, cur.online_s) == (1800, 1800)
 
 
@@ -121,7 +122,9 @@ def test_availability_counts_only_opening_hours():
     assert av.scheduled_s == 9 * H
     assert av.online_s == 1800  # 09:30-10:00 UTC; the two hours after closing do not count
     # Put in service at 05:00 UTC: scheduled time starts there.
-    late = kiosk_availability(_kiosk(WEEKDAYS_8_17, since=MON + 5 * H), online, {}, day_start, day_start + 24 * H)
+    late = kiosk_availability(
+        _kiosk(WEEKDAYS_8_17, since=MON + 5 * H), online, {}, day_start, day_start + 24 * H
+    )
     assert late.scheduled_s == 5 * H
 
 
@@ -140,16 +143,19 @@ def test_functional_availability_per_journey():
     assert day.journeys["print_result"] == (9 * H - 5400, 9 * H)
 
 
-@pytest.mark.parametrize(("peripheral", "state", "paper", "expected"), [
-    ("printer", "online", "out", "paper_out"),
-    ("printer", "online", "jammed", "paper_jam"),
-    ("printer", "online", "low", None),
-    ("printer", "hardware_error", "full", "hardware_error"),
-    ("card_reader", "fraud_attempt", None, "fraud_attempt"),
-    ("camera", "power_off", None, "device_offline"),
-    ("touchscreen", "user_error", None, None),
-    ("payment_terminal", "busy", None, None),
-])
+@pytest.mark.parametrize(
+    ("peripheral", "state", "paper", "expected"),
+    [
+        ("printer", "online", "out", "paper_out"),
+        ("printer", "online", "jammed", "paper_jam"),
+        ("printer", "online", "low", None),
+        ("printer", "hardware_error", "full", "hardware_error"),
+        ("card_reader", "fraud_attempt", None, "fraud_attempt"),
+        ("camera", "power_off", None, "device_offline"),
+        ("touchscreen", "user_error", None, None),
+        ("payment_terminal", "busy", None, None),
+    ],
+)
 def test_fault_types(peripheral, state, paper, expected):
     assert fault_type(peripheral, state, paper) == expected
 
@@ -159,8 +165,10 @@ def test_ratio():
     assert domain.ratio(1, 0) is None
 
 
-REG = {"K1": KioskInfo("K1", "BD", frozenset({"touchscreen", "printer"}), True, gateway="gw-1"),
-       "K2": KioskInfo("K2", "HK", frozenset({"touchscreen"}), False)}
+REG = {
+    "K1": KioskInfo("K1", "BD", frozenset({"touchscreen", "printer"}), True, gateway="gw-1"),
+    "K2": KioskInfo("K2", "HK", frozenset({"touchscreen"}), False),
+}
 NOW = datetime(2024, 5, 6, 3, 0, tzinfo=UTC)
 LIMITS = {"max_skew_s": 300, "max_age_s": 7 * 86400}
 
@@ -176,17 +184,27 @@ def test_heartbeat_checks_name_the_item_field_and_reason():
     ok, errors, dups = domain.check_heartbeats(items, REG, NOW, **LIMITS)
     assert [h.kiosk_id for h in ok] == ["K1"] and dups == 1
     assert [(e.index, e.field, e.code) for e in errors] == [
-        (1, "kiosk_id", "unknown_entity"), (2, "kiosk_id", "inactive"), (3, "at", "invalid_time")]
+        (1, "kiosk_id", "unknown_entity"),
+        (2, "kiosk_id", "inactive"),
+        (3, "at", "invalid_time"),
+    ]
 
 
 def test_session_checks():
     def s(i, **kw):
-        base = {"session_id": f"s{i}", "kiosk_id": "K1", "journey": "pay_fee", "started_at": NOW - timedelta(minutes=5),
-                "ended_at": NOW, "outcome": "completed"}
+        base = {
+            "session_id": f"s{i}",
+            "kiosk_id": "K1",
+            "journey": "pay_fee",
+            "started_at": NOW - timedelta(minutes=5),
+            "ended_at": NOW,
+            "outcome": "completed",
+        }
         return (i, SessionEnded(**{**base, **kw}))
 
     ok, errors, dups = domain.check_sessions(
-        [s(0), s(1, started_at=NOW - timedelta(hours=5)), s(0)], REG, NOW, **LIMITS)
+        [s(0), s(1, started_at=NOW - timedelta(hours=5)), s(0)], REG, NOW, **LIMITS
+    )
     assert len(ok) == 1 and dups == 1
     assert (errors[0].index, errors[0].field, errors[0].id) == (1, "ended_at", "s1")
     with pytest.raises(ValueError, match="failure_reason"):
@@ -201,8 +219,19 @@ def test_principal_may_report_only_for_its_kiosks():
 
 
 def test_registration_checks_areas_and_peripherals():
-    entry = KioskRegistered(kiosk_id="K1", building="Tòa nhà A", address="1 Phố X", district="BD", commune="HK-01",
-                            opening_hours=WEEKDAYS_8_17, peripherals=["printer", "printer"], software_version="1.0",
-                            in_service_since=NOW, version=1)
+    entry = KioskRegistered(
+        kiosk_id="K1",
+        building="Tòa nhà A",
+        address="1 Phố X",
+        district="BD",
+        commune="HK-01",
+        opening_hours=WEEKDAYS_8_17,
+        peripherals=["printer", "printer"],
+        software_version="1.0",
+        in_service_since=NOW,
+        version=1,
+    )
     assert domain.check_registration(entry, hanoi()) == [
-        ("commune", "the commune is not in that district"), ("peripherals", "a peripheral is listed twice")]
+        ("commune", "the commune is not in that district"),
+        ("peripherals", "a peripheral is listed twice"),
+    ]

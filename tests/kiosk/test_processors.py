@@ -27,31 +27,62 @@ def iso(t: float) -> str:
 
 
 def reg(kiosk, district, partition, hours=ALL_DAY):
-    return received(KioskRegistered, {
-        "kiosk_id": kiosk, "building": "Tòa nhà", "address": "1 Phố", "district": district, "commune": None,
-        "opening_hours": hours, "peripherals": ["touchscreen", "printer"], "software_version": "2.1",
-        "in_service_since": iso(MON - 30 * 24 * H), "active": True, "version": 1}, partition=partition)
+    return received(
+        KioskRegistered,
+        {
+            "kiosk_id": kiosk,
+            "building": "Tòa nhà",
+            "address": "1 Phố",
+            "district": district,
+            "commune": None,
+            "opening_hours": hours,
+            "peripherals": ["touchscreen", "printer"],
+            "software_version": "2.1",
+            "in_service_since": iso(MON - 30 * 24 * H),
+            "active": True,
+            "version": 1,
+        },
+        partition=partition,
+    )
 
 
 def hbs(kiosk, start, end, partition):
     out, t = [], start
     while t <= end:
-        out.append(received(HeartbeatReceived, {"kiosk_id": kiosk, "at": iso(t), "app_version": "2.1"},
-                            partition=partition))
+        out.append(
+            received(
+                HeartbeatReceived,
+                {"kiosk_id": kiosk, "at": iso(t), "app_version": "2.1"},
+                partition=partition,
+            )
+        )
         t += 60
     return out
 
 
 def session(kiosk, i, start, outcome, rating=None, partition=0):
-    return received(SessionEnded, {
-        "session_id": f"s{i}", "kiosk_id": kiosk, "journey": "print_result", "started_at": iso(start),
-        "ended_at": iso(start + 90), "outcome": outcome, "rating": rating,
-        "failure_reason": "device_fault" if outcome == "failed" else None}, partition=partition)
+    return received(
+        SessionEnded,
+        {
+            "session_id": f"s{i}",
+            "kiosk_id": kiosk,
+            "journey": "print_result",
+            "started_at": iso(start),
+            "ended_at": iso(start + 90),
+            "outcome": outcome,
+            "rating": rating,
+            "failure_reason": "device_fault" if outcome == "failed" else None,
+        },
+        partition=partition,
+    )
 
 
 def printer(kiosk, t, paper, partition=0):
-    return received(PeripheralStatusChanged, {"kiosk_id": kiosk, "peripheral": "printer", "state": "online",
-                                              "paper": paper, "at": iso(t)}, partition=partition)
+    return received(
+        PeripheralStatusChanged,
+        {"kiosk_id": kiosk, "peripheral": "printer", "state": "online", "paper": paper, "at": iso(t)},
+        partition=partition,
+    )
 
 
 def payloads(events, topic):
@@ -61,9 +92,14 @@ def payloads(events, topic):
 def kpi(events, kpi_id, code, window_seconds=H, window_start=MON + H):
     """The one observation of a KPI for an area and window (the hour 01:00 UTC by default)."""
     start = iso(window_start).replace("+00:00", "Z")
-    found = [p for p in payloads(events, "ioc.kiosk.kpis")
-             if p["kpi"] == kpi_id and p["scope_code"] == code and p["window_seconds"] == window_seconds
-             and p["window_start"] == start]
+    found = [
+        p
+        for p in payloads(events, "ioc.kiosk.kpis")
+        if p["kpi"] == kpi_id
+        and p["scope_code"] == code
+        and p["window_seconds"] == window_seconds
+        and p["window_start"] == start
+    ]
     assert len(found) == 1, (kpi_id, code, found)
     return found[0]
 
@@ -76,7 +112,10 @@ def scenario():
     events += hbs("K-A", MON + H, now, 0) + hbs("K-B", MON + H, MON + 1.5 * H, 1)
     outcomes = ["completed"] * 7 + ["abandoned"] * 2 + ["failed"]
     ratings = [5, 4, 3] + [None] * 7
-    events += [session("K-A", i, MON + H + i * 60, o, r) for i, (o, r) in enumerate(zip(outcomes, ratings, strict=True))]
+    events += [
+        session("K-A", i, MON + H + i * 60, o, r)
+        for i, (o, r) in enumerate(zip(outcomes, ratings, strict=True))
+    ]
     events += [printer("K-A", MON + 1.25 * H, "out"), printer("K-A", MON + 1.75 * H, "full")]
     proc = KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=30)
     states, out = run_in_memory(proc, events, datetime.fromtimestamp(now, UTC))
@@ -98,21 +137,35 @@ def test_kpis_per_district_and_partition(scenario):
     spk = kpi(out, "kiosk.sessions_per_kiosk_hour", "BD")
     assert spk["value"] == pytest.approx(10 / (3540 / 3600))
     # No paper for 30 of the 59 minutes: printing unavailable then; looking up procedures was fine.
-    assert kpi(out, "kiosk.functional_availability.print_result", "BD")["value"] == pytest.approx(1740 / 3540 * 100)
+    assert kpi(out, "kiosk.functional_availability.print_result", "BD")["value"] == pytest.approx(
+        1740 / 3540 * 100
+    )
     assert kpi(out, "kiosk.functional_availability.lookup_procedure", "BD")["value"] == 100.0
     # City observations are per partition, marked with it, and mergeable by sum of parts.
-    cities = [p for p in payloads(out, "ioc.kiosk.kpis")
-              if p["kpi"] == "kiosk.technical_availability" and p["scope_level"] == "city" and p["window_seconds"] == H]
+    cities = [
+        p
+        for p in payloads(out, "ioc.kiosk.kpis")
+        if p["kpi"] == "kiosk.technical_availability"
+        and p["scope_level"] == "city"
+        and p["window_seconds"] == H
+    ]
     # The hour before (closed on this first emit) is published too: in service, scheduled, never heard from.
-    assert sorted((p["window_start"][11:16], p["partition"], p["numerator"], p["denominator"]) for p in cities) == [
-        ("00:00", 0, 0.0, 3600.0), ("00:00", 1, 0.0, 3600.0), ("01:00", 0, 3540.0, 3540.0), ("01:00", 1, 1800.0, 3540.0)]
+    assert sorted(
+        (p["window_start"][11:16], p["partition"], p["numerator"], p["denominator"]) for p in cities
+    ) == [
+        ("00:00", 0, 0.0, 3600.0),
+        ("00:00", 1, 0.0, 3600.0),
+        ("01:00", 0, 3540.0, 3540.0),
+        ("01:00", 1, 1800.0, 3540.0),
+    ]
     assert kpi(out, "kiosk.kiosks_offline", "HK")["value"] == 1.0
     assert kpi(out, "kiosk.kiosks_offline", "BD")["value"] == 0.0
     # Monday's Hanoi day started at 17:00 UTC on Sunday.
     assert kpi(out, "kiosk.sessions", "BD", 86400, MON - 7 * H)["numerator"] == 10.0
     # No kiosk id anywhere in KPI observations.
-    assert not any("K-A" in e.value.decode() or "K-B" in e.value.decode()
-                   for e in out if e.topic == "ioc.kiosk.kpis")
+    assert not any(
+        "K-A" in e.value.decode() or "K-B" in e.value.decode() for e in out if e.topic == "ioc.kiosk.kpis"
+    )
 
 
 def test_silence_declares_offline_and_heartbeats_bring_it_back(scenario):
@@ -121,7 +174,8 @@ def test_silence_declares_offline_and_heartbeats_bring_it_back(scenario):
     assert changes == {"K-A": "online", "K-B": "offline"}
     alarms = payloads(out, "ioc.kiosk.alarms")
     assert [(a["alarm_type"], a["state"], a["source_id"], a["severity"]) for a in alarms] == [
-        ("kiosk_offline", "raised", "K-B", "major")]
+        ("kiosk_offline", "raised", "K-B", "major")
+    ]
     # Nothing new while it stays silent.
     st = states[1]
     assert payloads(proc.emit(st, datetime.fromtimestamp(now + 5, UTC)), "ioc.kiosk.alarms") == []
@@ -131,9 +185,16 @@ def test_silence_declares_offline_and_heartbeats_bring_it_back(scenario):
         proc.apply(ev, st)
     out2 = proc.emit(st, datetime.fromtimestamp(back + 1, UTC))
     assert [p["state"] for p in payloads(out2, "ioc.kiosk.state")] == ["online"]
-    assert [(a["alarm_type"], a["state"]) for a in payloads(out2, "ioc.kiosk.alarms")] == [("kiosk_offline", "cleared")]
-    mttr = [p for p in payloads(out2, "ioc.kiosk.kpis") if p["kpi"] == "kiosk.mttr_seconds.kiosk_offline"
-            and p["scope_code"] == "HK" and p["window_seconds"] == H]
+    assert [(a["alarm_type"], a["state"]) for a in payloads(out2, "ioc.kiosk.alarms")] == [
+        ("kiosk_offline", "cleared")
+    ]
+    mttr = [
+        p
+        for p in payloads(out2, "ioc.kiosk.kpis")
+        if p["kpi"] == "kiosk.mttr_seconds.kiosk_offline"
+        and p["scope_code"] == "HK"
+        and p["window_seconds"] == H
+    ]
     assert [(p["numerator"], p["denominator"]) for p in mttr] == [(600.0, 1.0)]
 
 
@@ -147,7 +208,9 @@ def test_offline_after_hours_raises_no_alarm_until_opening():
     assert payloads(out, "ioc.kiosk.alarms") == []
     tuesday_open = MON + 25 * H + 60
     later = proc.emit(states[0], datetime.fromtimestamp(tuesday_open, UTC))
-    assert [(a["alarm_type"], a["state"]) for a in payloads(later, "ioc.kiosk.alarms")] == [("kiosk_offline", "raised")]
+    assert [(a["alarm_type"], a["state"]) for a in payloads(later, "ioc.kiosk.alarms")] == [
+        ("kiosk_offline", "raised")
+    ]
 
 
 def test_peripheral_faults_raise_and_clear_alarms():
@@ -155,11 +218,14 @@ def test_peripheral_faults_raise_and_clear_alarms():
     st_events = [reg("K-D", "BD", 0), printer("K-D", MON + H, "out")]
     states, out = run_in_memory(proc, st_events, datetime.fromtimestamp(MON + H + 10, UTC))
     assert [(a["alarm_id"], a["state"], a["severity"]) for a in payloads(out, "ioc.kiosk.alarms")] == [
-        ("kiosk:paper_out:K-D:printer", "raised", "minor")]
+        ("kiosk:paper_out:K-D:printer", "raised", "minor")
+    ]
     proc.apply(printer("K-D", MON + H + 900, "full"), states[0])
     out2 = proc.emit(states[0], datetime.fromtimestamp(MON + H + 920, UTC))
     cleared = payloads(out2, "ioc.kiosk.alarms")
-    assert [(a["state"], a["at"]) for a in cleared] == [("cleared", iso(MON + H + 900).replace("+00:00", "Z"))]
+    assert [(a["state"], a["at"]) for a in cleared] == [
+        ("cleared", iso(MON + H + 900).replace("+00:00", "Z"))
+    ]
     assert "a:K-D" not in states[0]
 
 
@@ -208,13 +274,26 @@ def _day_of_kiosks(seed: int):
                 up[k] = not up[k]
             if up[k]:
                 lag = 400 if i == 5 and step % 300 < 30 else 0  # a gateway catching up with old heartbeats
-                events.append(received(HeartbeatReceived, {"kiosk_id": k, "at": iso(t - lag), "app_version": "2.1"},
-                                       partition=p))
+                events.append(
+                    received(
+                        HeartbeatReceived,
+                        {"kiosk_id": k, "at": iso(t - lag), "app_version": "2.1"},
+                        partition=p,
+                    )
+                )
             if rnd.random() < 0.01:
                 events.append(printer(k, t - 5, rnd.choice(("out", "jammed", "full", "full")), partition=p))
             if up[k] and rnd.random() < 0.05:
-                events.append(session(k, f"{step}-{i}", t - 120, rnd.choice(("completed", "abandoned", "failed")),
-                                      rnd.choice((None, 3, 5)), partition=p))
+                events.append(
+                    session(
+                        k,
+                        f"{step}-{i}",
+                        t - 120,
+                        rnd.choice(("completed", "abandoned", "failed")),
+                        rnd.choice((None, 3, 5)),
+                        partition=p,
+                    )
+                )
         if step == 600:
             events.append(reg("K1", "HK", kiosks["K1"][0], ALL_DAY))
             events[-1].data["version"] = 2
@@ -230,8 +309,10 @@ def test_incremental_emit_gives_the_full_evaluation_results():
     from shared.stream import State
 
     rnd = random.Random(3)
-    fast, ref = KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=300), EveryKioskEveryEmit(
-        heartbeat_timeout_s=180, kpi_interval_s=300)
+    fast, ref = (
+        KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=300),
+        EveryKioskEveryEmit(heartbeat_timeout_s=180, kpi_interval_s=300),
+    )
     fast_states = {p: State(p) for p in (0, 1)}
     ref_states = {p: State(p) for p in (0, 1)}
     fast_kpis: dict = {}
@@ -256,7 +337,8 @@ def test_incremental_emit_gives_the_full_evaluation_results():
     assert transitions > 20
     for p in (0, 1):
         assert orjson.loads(orjson.dumps(fast_states[p].snapshot())) == orjson.loads(
-            orjson.dumps(ref_states[p].snapshot()))
+            orjson.dumps(ref_states[p].snapshot())
+        )
 
 
 def _day_with_same_instant_changes(seed: int):
@@ -291,8 +373,10 @@ def test_events_delivered_again_change_nothing():
     import random
 
     assert KioskKpiProcessor.dedup_window == 0
-    workload = [(t, {p: [e for e in events if e.partition == p] for p in (0, 1)})
-                for t, events in _day_with_same_instant_changes(11)]
+    workload = [
+        (t, {p: [e for e in events if e.partition == p] for p in (0, 1)})
+        for t, events in _day_with_same_instant_changes(11)
+    ]
     rng = random.Random(7)
     delivered: dict[int, list] = {0: [], 1: []}
     again = []

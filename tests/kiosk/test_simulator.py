@@ -14,8 +14,11 @@ from services.kiosk import simulator
 from services.kiosk.api import KioskImportItem, _registration_problems
 from shared.contracts.kiosk import HeartbeatReceived, PeripheralStatusChanged, SessionEnded
 
-MODELS = {"/v1/heartbeats": HeartbeatReceived, "/v1/peripherals": PeripheralStatusChanged,
-          "/v1/sessions": SessionEnded}
+MODELS = {
+    "/v1/heartbeats": HeartbeatReceived,
+    "/v1/peripherals": PeripheralStatusChanged,
+    "/v1/sessions": SessionEnded,
+}
 
 
 async def test_simulator_registers_the_fleet_and_reports_over_http():
@@ -35,9 +38,18 @@ async def test_simulator_registers_the_fleet_and_reports_over_http():
         return httpx.Response(200, json={"status": "accepted", "accepted": len(items), "rejected": []})
 
     stop = asyncio.Event()
-    task = asyncio.create_task(simulator.run("http://kiosk.test", "ioc_test_key", stop=stop, scale=0.05,
-                                             tick_seconds=0.02, heartbeat_seconds=0.05, seed=7,
-                                             transport=httpx.MockTransport(handler)))
+    task = asyncio.create_task(
+        simulator.run(
+            "http://kiosk.test",
+            "ioc_test_key",
+            stop=stop,
+            scale=0.05,
+            tick_seconds=0.02,
+            heartbeat_seconds=0.05,
+            seed=7,
+            transport=httpx.MockTransport(handler),
+        )
+    )
     await asyncio.sleep(0.6)
     stop.set()
     await asyncio.wait_for(task, 5)
@@ -71,6 +83,8 @@ def test_fleet_step_usage_paper_and_dark_kiosks():
     assert not any(s["kiosk_id"] == dark.kiosk_id for s in sessions)
     for p in peripherals:
         PeripheralStatusChanged.model_validate(p)
-    if any(s["kiosk_id"] == printer_kiosk.kiosk_id and s["journey"] in ("print_result", "queue_ticket")
-           for s in sessions):
+    if any(
+        s["kiosk_id"] == printer_kiosk.kiosk_id and s["journey"] in ("print_result", "queue_ticket")
+        for s in sessions
+    ):
         assert any(p["kiosk_id"] == printer_kiosk.kiosk_id and p.get("paper") == "out" for p in peripherals)

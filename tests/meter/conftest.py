@@ -53,8 +53,9 @@ def gateway() -> str:
 @pytest.fixture(scope="module")
 async def keys(app, client, gateway):
     """API keys by role, and ``gateway``: the principal id behind ``ingest``."""
-    return {"gateway": gateway, "admin": await issue_key(app, ["meter:admin", "meter:read"]),
-            "ingest": await issue_key(app, ["meter:ingest"], pid=gateway),
-            "other": await issue_key(app, ["traffic:ingest"])}
-
-
+    return {
+        "gateway": gateway,
+        "admin": await issue_key(app, ["meter:admin", "meter:read"]),
+        "ingest": await issue_key(app, ["meter:ingest"], pid=gateway),
+        "other": await issue_key(app, ["traffic:ingest"]),
+    }

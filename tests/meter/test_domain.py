@@ -39,8 +39,14 @@ def iso(t: datetime) -> str:
 
 def reading(meter="M1", minutes=0, value=100.0, obis="1-0:1.8.0", unit="kWh", quality="measured", end=None):
     """A schema-valid reading as the batch parser gives it (a ReadingItem dict)."""
-    return {"meter_id": meter, "obis": obis, "interval_end": end or iso(T0 + timedelta(minutes=minutes)),
-            "value": value, "unit": unit, "quality": quality}
+    return {
+        "meter_id": meter,
+        "obis": obis,
+        "interval_end": end or iso(T0 + timedelta(minutes=minutes)),
+        "value": value,
+        "unit": unit,
+        "quality": quality,
+    }
 
 
 def run(readings, registers=None, limits=Limits()):
@@ -54,15 +60,27 @@ def codes(out):
 
 
 def test_register_deltas_and_enrichment():
-    out, regs = run([reading(value=100.0), reading(minutes=15, value=100.75), reading(minutes=30, value=101.0)])
+    out, regs = run(
+        [reading(value=100.0), reading(minutes=15, value=100.75), reading(minutes=30, value=101.0)]
+    )
     assert out.errors == [] and out.duplicates == 0
     payloads = [p for _, p in out.accepted]
     assert [p["delta"] for p in payloads] == [None, 0.75, 0.25]
     assert payloads[0]["flags"] == ["first_read"]
     assert payloads[1] == {
-        "meter_id": "M1", "obis": "1-0:1.8.0", "interval_end": "2024-05-01T10:15:00Z", "interval_seconds": 900,
-        "value": 100.75, "unit": "kWh", "quality": "measured", "flags": [], "delta": 0.75, "district": "BD",
-        "commune": "BD-01", "feeder": "F1", "customers": 1,
+        "meter_id": "M1",
+        "obis": "1-0:1.8.0",
+        "interval_end": "2024-05-01T10:15:00Z",
+        "interval_seconds": 900,
+        "value": 100.75,
+        "unit": "kWh",
+        "quality": "measured",
+        "flags": [],
+        "delta": 0.75,
+        "district": "BD",
+        "commune": "BD-01",
+        "feeder": "F1",
+        "customers": 1,
     }
     end = int((T0 + timedelta(minutes=30)).timestamp())
     # bits: 30 min (bit 0), 15 min (bit 1), 0 min (bit 2) all seen
@@ -86,8 +104,14 @@ def test_register_going_backwards_is_rejected():
 
 def test_implausible_jump_uses_max_demand_over_elapsed_time():
     # 250 kW for 15 minutes = 62.5 kWh; 30 minutes = 125 kWh.
-    out, _ = run([reading(value=100.0), reading(minutes=15, value=162.6), reading(minutes=15, value=162.4),
-                  reading(minutes=45, value=162.4 + 125.1)])
+    out, _ = run(
+        [
+            reading(value=100.0),
+            reading(minutes=15, value=162.6),
+            reading(minutes=15, value=162.4),
+            reading(minutes=45, value=162.4 + 125.1),
+        ]
+    )
     assert codes(out) == [(1, "implausible_jump", "value"), (3, "implausible_jump", "value")]
     assert out.accepted[1][1]["delta"] == pytest.approx(62.4)
 
@@ -102,8 +126,10 @@ def test_duplicate_same_value_counts_conflicting_value_rejected():
 def test_late_reading_accepted_once_then_duplicate_and_too_late():
     regs: dict = {}
     run([reading(value=10.0), reading(minutes=45, value=13.0)], regs)
-    out, _ = run([reading(minutes=15, value=11.0), reading(minutes=15, value=11.0), reading(minutes=30, value=14.0)],
-                 regs)
+    out, _ = run(
+        [reading(minutes=15, value=11.0), reading(minutes=15, value=11.0), reading(minutes=30, value=14.0)],
+        regs,
+    )
     assert len(out.accepted) == 1 and out.accepted[0][1]["flags"] == ["late"]
     assert out.accepted[0][1]["delta"] is None
     assert out.duplicates == 1
@@ -115,35 +141,51 @@ def test_late_reading_accepted_once_then_duplicate_and_too_late():
 
 
 def test_item_level_rejections_say_which_field_and_why():
-    out, _ = run([
-        reading(meter="NOPE"),
-        reading(obis="1-0:9.9.9"),
-        reading(unit="MWh"),
-        reading(end=iso(NOW + timedelta(hours=1)), value=1.0),
-        reading(end="2023-12-31T00:00:00Z", value=1.0),
-        reading(minutes=7),
-        reading(meter="H1", minutes=15),  # hourly meter: 10:15 is off its grid
-        reading(obis="1-0:32.7.0", unit="V", value=900.0),
-    ])
+    out, _ = run(
+        [
+            reading(meter="NOPE"),
+            reading(obis="1-0:9.9.9"),
+            reading(unit="MWh"),
+            reading(end=iso(NOW + timedelta(hours=1)), value=1.0),
+            reading(end="2023-12-31T00:00:00Z", value=1.0),
+            reading(minutes=7),
+            reading(meter="H1", minutes=15),  # hourly meter: 10:15 is off its grid
+            reading(obis="1-0:32.7.0", unit="V", value=900.0),
+        ]
+    )
     assert codes(out) == [
-        (0, "unknown_entity", "meter_id"), (1, "unknown_obis", "obis"), (2, "invalid_unit", "unit"),
-        (3, "future", "interval_end"), (4, "before_installation", "interval_end"), (5, "misaligned", "interval_end"),
-        (6, "misaligned", "interval_end"), (7, "implausible_value", "value"),
+        (0, "unknown_entity", "meter_id"),
+        (1, "unknown_obis", "obis"),
+        (2, "invalid_unit", "unit"),
+        (3, "future", "interval_end"),
+        (4, "before_installation", "interval_end"),
+        (5, "misaligned", "interval_end"),
+        (6, "misaligned", "interval_end"),
+        (7, "implausible_value", "value"),
     ]
     assert all(e.reason for e in out.errors) and out.accepted == []
 
 
 def test_wh_converted_to_kwh_and_quality_flag_kept():
-    out, _ = run([reading(value=100_000.0, unit="Wh"), reading(minutes=15, value=100_500.0, unit="Wh",
-                                                                 quality="estimated")])
+    out, _ = run(
+        [
+            reading(value=100_000.0, unit="Wh"),
+            reading(minutes=15, value=100_500.0, unit="Wh", quality="estimated"),
+        ]
+    )
     assert out.accepted[1][1]["value"] == pytest.approx(100.5)
     assert out.accepted[1][1]["delta"] == pytest.approx(0.5)
     assert out.accepted[1][1]["flags"] == ["estimated"]
 
 
 def test_missing_interval_is_published_without_value_and_deduplicated():
-    out, _ = run([reading(value=10.0), reading(minutes=15, value=None, quality="missing"),
-                     reading(minutes=30, value=10.5)])
+    out, _ = run(
+        [
+            reading(value=10.0),
+            reading(minutes=15, value=None, quality="missing"),
+            reading(minutes=30, value=10.5),
+        ]
+    )
     assert out.errors == []
     assert out.accepted[1][1]["value"] is None
     # the 30-minute delta spans the missing interval
@@ -151,19 +193,33 @@ def test_missing_interval_is_published_without_value_and_deduplicated():
 
 
 def test_value_required_unless_missing():
-    out, _ = run([reading(value=None), reading(value=None, quality="estimated"),
-                  reading(value=None, quality="missing")])
+    out, _ = run(
+        [
+            reading(value=None),
+            reading(value=None, quality="estimated"),
+            reading(value=None, quality="missing"),
+        ]
+    )
     assert codes(out) == [(0, "invalid", "value"), (1, "invalid", "value")]
     assert len(out.accepted) == 1 and out.accepted[0][1]["value"] is None
 
 
 def test_interval_end_must_be_a_time_with_offset_on_the_grid():
     # 10:15 in UTC+07:00 is 03:15Z (on the grid); no offset, not a time, and a fraction of a second are errors.
-    out, _ = run([reading(end="2024-05-01T10:15:00+07:00"), reading(end="2024-05-01T10:30:00"),
-                  reading(end="yesterday"), reading(end="2024-05-01T10:45:00.5Z")])
+    out, _ = run(
+        [
+            reading(end="2024-05-01T10:15:00+07:00"),
+            reading(end="2024-05-01T10:30:00"),
+            reading(end="yesterday"),
+            reading(end="2024-05-01T10:45:00.5Z"),
+        ]
+    )
     assert out.accepted[0][1]["interval_end"] == "2024-05-01T03:15:00Z"
-    assert codes(out) == [(1, "invalid", "interval_end"), (2, "invalid", "interval_end"),
-                          (3, "misaligned", "interval_end")]
+    assert codes(out) == [
+        (1, "invalid", "interval_end"),
+        (2, "invalid", "interval_end"),
+        (3, "misaligned", "interval_end"),
+    ]
     assert "timezone" in out.errors[0].reason
 
 
@@ -194,8 +250,12 @@ def ev(meter, seconds, code=None, raw="1"):
 
 
 def test_power_down_up_pairing_momentary_vs_sustained():
-    items = [ev("M1", 299, 2, "2"), ev("M1", 0, 1, "1"),  # out of order in the batch
-             ev("M2", 0, None, "LAST_GASP"), ev("M2", 300, None, "POWER_RESTORED")]
+    items = [
+        ev("M1", 299, 2, "2"),
+        ev("M1", 0, 1, "1"),  # out of order in the batch
+        ev("M2", 0, None, "LAST_GASP"),
+        ev("M2", 300, None, "POWER_RESTORED"),
+    ]
     out = validate_events(list(enumerate(items)), REGISTRY, {}, {}, {"F1": 200}, NOW)
     assert out.errors == []
     assert [p["event"] for _, p in out.accepted] == ["power_up", "power_down", "power_down", "power_up"]
@@ -203,15 +263,24 @@ def test_power_down_up_pairing_momentary_vs_sustained():
     assert kinds == {"M1": ("momentary", 299.0, 1), "M2": ("sustained", 300.0, 4)}
     assert out.outages == {"M1": None, "M2": None}
     assert [(s["meter_id"], s["supply"]) for s in out.supply_changes] == [
-        ("M1", "lost"), ("M2", "lost"), ("M1", "restored"), ("M2", "restored")]
+        ("M1", "lost"),
+        ("M2", "lost"),
+        ("M1", "restored"),
+        ("M2", "restored"),
+    ]
     assert out.supply_changes[0]["feeder_meters"] == 200
 
 
 def test_power_up_closes_outage_opened_in_an_earlier_batch_and_duplicates_dropped():
     down_ms = int(T0.timestamp() * 1000)
     seen = {("M1", down_ms, "1"): None}
-    items = [ev("M1", 0, 1, "1"), ev("M1", 3600, 2, "2"), ev("M1", 3600, 2, "2"), ev("M9", 1, 1, "1"),
-             ev("M1", 10, 250, "NOPE")]
+    items = [
+        ev("M1", 0, 1, "1"),
+        ev("M1", 3600, 2, "2"),
+        ev("M1", 3600, 2, "2"),
+        ev("M9", 1, 1, "1"),
+        ev("M1", 10, 250, "NOPE"),
+    ]
     out = validate_events(list(enumerate(items)), REGISTRY, {"M1": down_ms}, seen, {}, NOW)
     assert out.duplicates == 2
     assert [(e.index, e.code) for e in out.errors] == [(3, "unknown_entity"), (4, "unknown_code")]

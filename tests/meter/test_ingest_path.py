@@ -12,24 +12,41 @@ from services.meter.service import READINGS, RegisterWriter
 from shared.auth import ApiError
 from shared.contracts.cloudevents import encode
 
-GOOD = {"meter_id": "M1", "obis": "1-0:1.8.0", "interval_end": "2024-05-01T10:15:00Z", "value": 1.5, "unit": "kWh"}
+GOOD = {
+    "meter_id": "M1",
+    "obis": "1-0:1.8.0",
+    "interval_end": "2024-05-01T10:15:00Z",
+    "value": 1.5,
+    "unit": "kWh",
+}
 
 
 def test_valid_batch_parses_in_one_pass_to_dicts():
-    valid, errors = READINGS.parse(orjson.dumps({"items": [GOOD, {**GOOD, "meter_id": "M2", "quality": "missing",
-                                                                  "value": None}]}))
+    valid, errors = READINGS.parse(
+        orjson.dumps({"items": [GOOD, {**GOOD, "meter_id": "M2", "quality": "missing", "value": None}]})
+    )
     assert errors == []
     assert [(i, d["meter_id"], d.get("quality")) for i, d in valid] == [(0, "M1", None), (1, "M2", "missing")]
 
 
 def test_bad_items_are_reported_one_by_one_and_the_rest_kept():
-    items = [GOOD, {**GOOD, "value": "7"}, {**GOOD, "extra": 1}, {**GOOD, "meter_id": "bad id!"}, "x",
-             {k: v for k, v in GOOD.items() if k != "unit"}]
+    items = [
+        GOOD,
+        {**GOOD, "value": "7"},
+        {**GOOD, "extra": 1},
+        {**GOOD, "meter_id": "bad id!"},
+        "x",
+        {k: v for k, v in GOOD.items() if k != "unit"},
+    ]
     valid, errors = READINGS.parse(orjson.dumps({"items": items}))
     assert [i for i, _ in valid] == [0]
     assert [(e.index, e.id, e.field, e.code) for e in errors] == [
-        (1, "M1", "value", "invalid"), (2, "M1", "extra", "invalid"), (3, "bad id!", "meter_id", "invalid"),
-        (4, None, None, "invalid"), (5, "M1", "unit", "invalid")]
+        (1, "M1", "value", "invalid"),
+        (2, "M1", "extra", "invalid"),
+        (3, "bad id!", "meter_id", "invalid"),
+        (4, None, None, "invalid"),
+        (5, "M1", "unit", "invalid"),
+    ]
     # reasons never echo the offending value
     assert all("7" not in e.reason and e.reason for e in errors)
 
@@ -45,13 +62,37 @@ def test_not_json_is_400_and_not_a_batch_is_422():
 
 
 def test_fast_encoder_gives_the_platform_encoders_records():
-    payload = {"meter_id": "M1", "obis": "1-0:1.8.0", "interval_end": "2024-05-01T10:15:00Z", "interval_seconds": 900,
-               "value": 1.5, "unit": "kWh", "quality": "measured", "flags": [], "delta": 0.5, "district": "BD",
-               "commune": "BD-01", "feeder": "F1", "customers": 1}
+    payload = {
+        "meter_id": "M1",
+        "obis": "1-0:1.8.0",
+        "interval_end": "2024-05-01T10:15:00Z",
+        "interval_seconds": 900,
+        "value": 1.5,
+        "unit": "kWh",
+        "quality": "measured",
+        "flags": [],
+        "delta": 0.5,
+        "district": "BD",
+        "commune": "BD-01",
+        "feeder": "F1",
+        "customers": 1,
+    }
     [fast] = reading_events([payload], "/ioc/meter")
-    ref = encode(READING, payload, source="/ioc/meter", id="r:M1:1-0:1.8.0:2024-05-01T10:15:00Z",
-                 time="2024-05-01T10:15:00Z", subject="1-0:1.8.0")
-    assert (fast.topic, fast.key, fast.value, fast.id, fast.type) == (ref.topic, ref.key, ref.value, ref.id, ref.type)
+    ref = encode(
+        READING,
+        payload,
+        source="/ioc/meter",
+        id="r:M1:1-0:1.8.0:2024-05-01T10:15:00Z",
+        time="2024-05-01T10:15:00Z",
+        subject="1-0:1.8.0",
+    )
+    assert (fast.topic, fast.key, fast.value, fast.id, fast.type) == (
+        ref.topic,
+        ref.key,
+        ref.value,
+        ref.id,
+        ref.type,
+    )
     assert sorted(fast.headers) == sorted(ref.headers)
 
 

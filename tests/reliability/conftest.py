@@ -62,8 +62,9 @@ def database(postgres) -> DatabaseSettings:
 @pytest.fixture
 def kiosk_settings(kafka, database) -> KioskSettings:
     """Kiosk service settings on this test's servers; registry retries fast so recovery is quick to see."""
-    return KioskSettings(kafka=kafka, database=database, registry_republish_seconds=0.5,
-                         registry_refresh_seconds=1.0)
+    return KioskSettings(
+        kafka=kafka, database=database, registry_republish_seconds=0.5, registry_refresh_seconds=1.0
+    )
 
 
 @pytest.fixture

@@ -60,9 +60,18 @@ class Ledger:
         return set(self.accepted)
 
 
-async def post_until_accepted(client: httpx.AsyncClient, url: str, body: dict, headers: dict, ledger: Ledger,
-                              item_ids: list[str], *, idempotency_key: str | None = None,
-                              deadline_s: float = 60.0, max_wait_s: float = 0.5) -> httpx.Response:
+async def post_until_accepted(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict,
+    headers: dict,
+    ledger: Ledger,
+    item_ids: list[str],
+    *,
+    idempotency_key: str | None = None,
+    deadline_s: float = 60.0,
+    max_wait_s: float = 0.5,
+) -> httpx.Response:
     """Behave like a field gateway: retry 409/429/503 (and transport errors) with the same Idempotency-Key
     until a final answer, waiting what Retry-After says (capped at ``max_wait_s`` to keep tests short)."""
     hdrs = dict(headers)
@@ -86,10 +95,15 @@ async def post_until_accepted(client: httpx.AsyncClient, url: str, body: dict, h
 # Kiosk data ---------------------------------------------------------------------------------------------------
 def kiosk_entry(district: str) -> dict:
     """A registry entry open 24/7 (so every session counts), in service since yesterday."""
-    return {"building": "Trung tâm phục vụ hành chính công", "address": "Số 1 phố Thử nghiệm", "district": district,
-            "opening_hours": [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "24:00"}],
-            "peripherals": ["touchscreen", "printer"], "software_version": "3.2.1",
-            "in_service_since": (datetime.now(UTC) - timedelta(days=1)).isoformat()}
+    return {
+        "building": "Trung tâm phục vụ hành chính công",
+        "address": "Số 1 phố Thử nghiệm",
+        "district": district,
+        "opening_hours": [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "24:00"}],
+        "peripherals": ["touchscreen", "printer"],
+        "software_version": "3.2.1",
+        "in_service_since": (datetime.now(UTC) - timedelta(days=1)).isoformat(),
+    }
 
 
 def session_items(kiosks: list[str], n: int, prefix: str | None = None) -> list[dict]:
@@ -97,9 +111,17 @@ def session_items(kiosks: list[str], n: int, prefix: str | None = None) -> list[
     prefix = prefix or uid()
     end = datetime.now(UTC) - timedelta(seconds=60)
     start = end - timedelta(seconds=45)
-    return [{"session_id": f"s-{prefix}-{i}", "kiosk_id": kiosks[i % len(kiosks)], "journey": "check_status",
-             "started_at": start.isoformat(), "ended_at": end.isoformat(), "outcome": "completed"}
-            for i in range(n)]
+    return [
+        {
+            "session_id": f"s-{prefix}-{i}",
+            "kiosk_id": kiosks[i % len(kiosks)],
+            "journey": "check_status",
+            "started_at": start.isoformat(),
+            "ended_at": end.isoformat(),
+            "outcome": "completed",
+        }
+        for i in range(n)
+    ]
 
 
 def session_event_id(item: dict) -> str:
@@ -117,12 +139,18 @@ async def register_kiosks(client: httpx.AsyncClient, admin_key: str, district: s
     return ids
 
 
-async def session_ids_on_topic(kafka: KafkaSettings, session_ids: set[str], *, expect: int | None = None,
-                               timeout: float = 20.0) -> Counter:
+async def session_ids_on_topic(
+    kafka: KafkaSettings, session_ids: set[str], *, expect: int | None = None, timeout: float = 20.0
+) -> Counter:
     """How many times each of ``session_ids`` is on the sessions topic (by CloudEvents id: a re-publish of the
     same event counts twice here; consumers are the ones who deduplicate)."""
-    events = await read_topic(kafka, SESSIONS_TOPIC.name, where=lambda e: e.data.get("session_id") in session_ids,
-                              expect=expect, timeout=timeout)
+    events = await read_topic(
+        kafka,
+        SESSIONS_TOPIC.name,
+        where=lambda e: e.data.get("session_id") in session_ids,
+        expect=expect,
+        timeout=timeout,
+    )
     return Counter(e.data["session_id"] for e in events)
 
 
@@ -133,14 +161,26 @@ def sessions_total(observations: list, source: str, district: str) -> float:
     latest: dict[tuple[int, str], float] = {}
     for e in observations:
         d = e.data
-        if (e.source == source and d["kpi"] == "kiosk.sessions" and d["scope_level"] == "district"
-                and d["scope_code"] == district and d["window_seconds"] == 86400):
+        if (
+            e.source == source
+            and d["kpi"] == "kiosk.sessions"
+            and d["scope_level"] == "district"
+            and d["scope_code"] == district
+            and d["window_seconds"] == 86400
+        ):
             latest[(d["partition"], d["window_start"])] = d["numerator"]
     return sum(latest.values())
 
 
-async def wait_for_sessions_total(kafka: KafkaSettings, source: str, district: str, expected: float, *,
-                                  timeout: float = 60.0, settle_s: float = 1.5) -> float:
+async def wait_for_sessions_total(
+    kafka: KafkaSettings,
+    source: str,
+    district: str,
+    expected: float,
+    *,
+    timeout: float = 60.0,
+    settle_s: float = 1.5,
+) -> float:
     """Poll the KPI topic until the total equals ``expected`` and stays there for ``settle_s`` (a later
     observation that overshoots would fail the test); returns the last total seen."""
     deadline = time.monotonic() + timeout
@@ -162,18 +202,45 @@ async def wait_for_sessions_total(kafka: KafkaSettings, source: str, district: s
 class Worker:
     """``tests/reliability/worker.py`` as a child process: the kiosk KPI processor in a ProcessorRuntime."""
 
-    def __init__(self, bootstrap: str, name: str, source: str, *, pause_s: float = 0.0, max_records: int = 20000,
-                 log_path: Path | None = None):
-        self.args = [PYTHON, WORKER_SCRIPT, "--bootstrap", bootstrap, "--name", name, "--source", source,
-                     "--pause", str(pause_s), "--max-records", str(max_records)]
+    def __init__(
+        self,
+        bootstrap: str,
+        name: str,
+        source: str,
+        *,
+        pause_s: float = 0.0,
+        max_records: int = 20000,
+        log_path: Path | None = None,
+    ):
+        self.args = [
+            PYTHON,
+            WORKER_SCRIPT,
+            "--bootstrap",
+            bootstrap,
+            "--name",
+            name,
+            "--source",
+            source,
+            "--pause",
+            str(pause_s),
+            "--max-records",
+            str(max_records),
+        ]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Worker:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         env = {**os.environ, "IOC_KAFKA_BOOTSTRAP_SERVERS": self.args[3], "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return self
 
     def kill9(self) -> None:

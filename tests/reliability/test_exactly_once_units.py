@@ -14,15 +14,29 @@ NOW = datetime(2026, 3, 10, 5, 0, tzinfo=UTC)  # 12:00 in Hanoi
 
 
 def _registration(kiosk: str) -> KioskRegistered:
-    return KioskRegistered(kiosk_id=kiosk, building="b", address="a", district="HK",
-                           opening_hours=[{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "24:00"}],
-                           peripherals=["touchscreen"], software_version="1", in_service_since=NOW - timedelta(days=2),
-                           active=True, version=1)
+    return KioskRegistered(
+        kiosk_id=kiosk,
+        building="b",
+        address="a",
+        district="HK",
+        opening_hours=[{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "24:00"}],
+        peripherals=["touchscreen"],
+        software_version="1",
+        in_service_since=NOW - timedelta(days=2),
+        active=True,
+        version=1,
+    )
 
 
 def _session(kiosk: str, sid: str) -> SessionEnded:
-    return SessionEnded(session_id=sid, kiosk_id=kiosk, journey="check_status", started_at=NOW - timedelta(minutes=9),
-                        ended_at=NOW - timedelta(minutes=8), outcome="completed")
+    return SessionEnded(
+        session_id=sid,
+        kiosk_id=kiosk,
+        journey="check_status",
+        started_at=NOW - timedelta(minutes=9),
+        ended_at=NOW - timedelta(minutes=8),
+        outcome="completed",
+    )
 
 
 def test_a_session_redelivered_under_a_new_event_id_is_counted_once():
@@ -34,8 +48,13 @@ def test_a_session_redelivered_under_a_new_event_id_is_counted_once():
     for sid in ("s1", "s1", "s2", "s1"):
         processor.apply(received(SessionEnded, _session("K1", sid)), state)
     out = processor.emit(state, NOW)
-    daily = [e for e in out if b'"kiosk.sessions"' in e.value and b'"window_seconds":86400' in e.value
-             and b'"scope_level":"district"' in e.value]
+    daily = [
+        e
+        for e in out
+        if b'"kiosk.sessions"' in e.value
+        and b'"window_seconds":86400' in e.value
+        and b'"scope_level":"district"' in e.value
+    ]
     assert len(daily) == 1 and b'"numerator":2.0' in daily[0].value
 
 
@@ -56,13 +75,27 @@ class _Obs:
 
 def test_kpi_total_is_the_latest_observation_per_partition_and_window_summed():
     def obs(partition, window_start, n, kpi="kiosk.sessions", source="/p", code="HK", window=86400):
-        return _Obs(source, kpi=kpi, scope_level="district", scope_code=code, window_seconds=window,
-                    partition=partition, window_start=window_start, numerator=n)
+        return _Obs(
+            source,
+            kpi=kpi,
+            scope_level="district",
+            scope_code=code,
+            window_seconds=window,
+            partition=partition,
+            window_start=window_start,
+            numerator=n,
+        )
 
-    observations = [obs(0, "d1", 5), obs(1, "d1", 7), obs(0, "d1", 9),  # partition 0 grew from 5 to 9
-                    obs(0, "d2", 1),  # the next day
-                    obs(2, "d1", 100, source="/other"), obs(2, "d1", 100, code="BD"),
-                    obs(2, "d1", 100, window=3600), obs(2, "d1", 100, kpi="kiosk.session_success_rate")]
+    observations = [
+        obs(0, "d1", 5),
+        obs(1, "d1", 7),
+        obs(0, "d1", 9),  # partition 0 grew from 5 to 9
+        obs(0, "d2", 1),  # the next day
+        obs(2, "d1", 100, source="/other"),
+        obs(2, "d1", 100, code="BD"),
+        obs(2, "d1", 100, window=3600),
+        obs(2, "d1", 100, kpi="kiosk.session_success_rate"),
+    ]
     assert sessions_total(observations, "/p", "HK") == 9 + 7 + 1
 
 

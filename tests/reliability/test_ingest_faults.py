@@ -47,16 +47,24 @@ async def short_publish_timeout(app, kafka) -> None:
     ctx.publisher = EventPublisher(kafka, client_id="ioc-kiosk", timeout_s=3.0)
 
 
-async def test_broker_killed_during_ingest_gets_503_and_ingest_resumes_by_itself(broker, kafka, kiosk_settings,
-                                                                                 admin_key):
+async def test_broker_killed_during_ingest_gets_503_and_ingest_resumes_by_itself(
+    broker, kafka, kiosk_settings, admin_key
+):
     ledger = Ledger()
     app = create_app(kiosk_settings)
     async with running_app(app) as client:
         await short_publish_timeout(app, kafka)
         kiosks = await register_kiosks(client, admin_key, "LB", 3)
         before = session_items(kiosks, 300)
-        r = await post_until_accepted(client, "/v1/sessions", {"items": before}, auth(admin_key), ledger,
-                                      ids_of(before), idempotency_key=uid())
+        r = await post_until_accepted(
+            client,
+            "/v1/sessions",
+            {"items": before},
+            auth(admin_key),
+            ledger,
+            ids_of(before),
+            idempotency_key=uid(),
+        )
         assert r.status_code == 200
 
         broker.kill()  # kill -9: in-flight and buffered data of the broker is gone
@@ -64,8 +72,9 @@ async def test_broker_killed_during_ingest_gets_503_and_ingest_resumes_by_itself
         key = uid()
         outage = Ledger()
         for _ in range(2):
-            r = await client.post("/v1/sessions", json={"items": during},
-                                  headers={**auth(admin_key), "Idempotency-Key": key})
+            r = await client.post(
+                "/v1/sessions", json={"items": during}, headers={**auth(admin_key), "Idempotency-Key": key}
+            )
             outage.record(r, ids_of(during))
         assert outage.statuses == {503: 2}, outage.statuses  # never a 2xx for what could not be made durable
         assert all(after and int(after) > 0 for _, after in outage.refusals)
@@ -74,12 +83,27 @@ async def test_broker_killed_during_ingest_gets_503_and_ingest_resumes_by_itself
 
         broker.start()  # same address, empty (memory storage): topics must come back by themselves
         # The gateway retries the very same request: accepted once the broker is back; no service restart.
-        r = await post_until_accepted(client, "/v1/sessions", {"items": during}, auth(admin_key), ledger,
-                                      ids_of(during), idempotency_key=key, deadline_s=60)
+        r = await post_until_accepted(
+            client,
+            "/v1/sessions",
+            {"items": during},
+            auth(admin_key),
+            ledger,
+            ids_of(during),
+            idempotency_key=key,
+            deadline_s=60,
+        )
         assert r.status_code == 200 and r.json()["accepted"] == len(during), r.text
         after = session_items(kiosks, 300)
-        r = await post_until_accepted(client, "/v1/sessions", {"items": after}, auth(admin_key), ledger,
-                                      ids_of(after), idempotency_key=uid())
+        r = await post_until_accepted(
+            client,
+            "/v1/sessions",
+            {"items": after},
+            auth(admin_key),
+            ledger,
+            ids_of(after),
+            idempotency_key=uid(),
+        )
         assert r.status_code == 200
         await wait_until(lambda: _ready(client), 20, "readiness after the broker came back")
 
@@ -108,8 +132,9 @@ def crash_postgres(pg) -> None:
     pg._proc = None
 
 
-async def test_postgres_killed_no_2xx_for_uncommitted_writes_and_recovery_without_restart(postgres, kafka,
-                                                                                         kiosk_settings, admin_key):
+async def test_postgres_killed_no_2xx_for_uncommitted_writes_and_recovery_without_restart(
+    postgres, kafka, kiosk_settings, admin_key
+):
     ledger = Ledger()
     app = create_app(kiosk_settings)
     async with running_app(app) as client:
@@ -126,8 +151,9 @@ async def test_postgres_killed_no_2xx_for_uncommitted_writes_and_recovery_withou
             key = uid()
             outage = Ledger()
             for _ in range(3):
-                r = await client.post("/v1/sessions", json={"items": items},
-                                      headers={**auth(admin_key), "Idempotency-Key": key})
+                r = await client.post(
+                    "/v1/sessions", json={"items": items}, headers={**auth(admin_key), "Idempotency-Key": key}
+                )
                 outage.record(r, ids_of(items))
                 await asyncio.sleep(1.2)  # past the 2 s key cache too: authentication needs the DB as well
             assert outage.statuses == {503: 3}, outage.statuses
@@ -136,11 +162,20 @@ async def test_postgres_killed_no_2xx_for_uncommitted_writes_and_recovery_withou
         finally:
             postgres.start()
         # Same app, same pool object: the retried requests go through once the database is back.
-        r = await post_until_accepted(client, "/v1/sessions", {"items": items}, auth(admin_key), ledger,
-                                      ids_of(items), idempotency_key=key, deadline_s=60)
+        r = await post_until_accepted(
+            client,
+            "/v1/sessions",
+            {"items": items},
+            auth(admin_key),
+            ledger,
+            ids_of(items),
+            idempotency_key=key,
+            deadline_s=60,
+        )
         assert r.status_code == 200 and r.json()["accepted"] == len(items), r.text
-        replay = await client.post("/v1/sessions", json={"items": items},
-                                   headers={**auth(admin_key), "Idempotency-Key": key})
+        replay = await client.post(
+            "/v1/sessions", json={"items": items}, headers={**auth(admin_key), "Idempotency-Key": key}
+        )
         assert replay.headers.get("idempotent-replayed") == "true"
         r = await client.put(f"/v1/kiosks/{new_kiosk}", headers=auth(admin_key), json=kiosk_entry("CM"))
         assert r.status_code == 200 and r.json()["published"] is True, r.text
@@ -155,23 +190,49 @@ async def test_postgres_killed_no_2xx_for_uncommitted_writes_and_recovery_withou
 def start_kiosk_server(env: dict, port: int, log_path):
     """The kiosk service as a real uvicorn process (its memory is what the flood test measures)."""
     log = open(log_path, "ab")  # closed by the caller, with the server
-    server = subprocess.Popen([PYTHON, "-m", "uvicorn", "--factory", "services.kiosk.app:create_app", "--host",
-                               "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "services.kiosk.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return server, log
 
 
 async def test_flood_gets_429_or_503_with_retry_after_memory_stays_bounded_and_every_2xx_is_delivered(
-        broker, kafka, database, admin_key, tmp_path):
+    broker, kafka, database, admin_key, tmp_path
+):
     port = free_port()
-    env = {**os.environ, "IOC_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "IOC_DATABASE_URL": database.url,
-           "IOC_MAX_INFLIGHT_REQUESTS": "4", "IOC_RATE_LIMIT": "20/second", "IOC_LOG_LEVEL": "WARNING",
-           "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "IOC_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "IOC_DATABASE_URL": database.url,
+        "IOC_MAX_INFLIGHT_REQUESTS": "4",
+        "IOC_RATE_LIMIT": "20/second",
+        "IOC_LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(REPO),
+    }
     server, log = start_kiosk_server(env, port, tmp_path / "kiosk.log")
     ledger = Ledger()
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                                     limits=httpx.Limits(max_connections=200)) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_connections=200)
+        ) as client:
             await wait_until(lambda: _ready(client), 30, "the kiosk service to start")
             kiosks = await register_kiosks(client, admin_key, "SS", 3)
             rss_before = psutil.Process(server.pid).memory_info().rss
@@ -200,8 +261,16 @@ async def test_flood_gets_429_or_503_with_retry_after_memory_stays_bounded_and_e
 
             async def retry(items):
                 async with sem:
-                    return await post_until_accepted(client, "/v1/sessions", {"items": items}, auth(admin_key),
-                                                     ledger, ids_of(items), idempotency_key=uid(), deadline_s=90)
+                    return await post_until_accepted(
+                        client,
+                        "/v1/sessions",
+                        {"items": items},
+                        auth(admin_key),
+                        ledger,
+                        ids_of(items),
+                        idempotency_key=uid(),
+                        deadline_s=90,
+                    )
 
             final = await asyncio.gather(*(retry(b) for b in refused))
             assert {r.status_code for r in final} == {200}
@@ -218,15 +287,21 @@ async def test_flood_gets_429_or_503_with_retry_after_memory_stays_bounded_and_e
     assert set(on_topic) == every and set(on_topic.values()) == {1}, f"flood took {flood_s:.1f}s"
 
 
-async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_exactly_once(broker, kafka,
-                                                                                             database, admin_key):
+async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_exactly_once(
+    broker, kafka, database, admin_key
+):
     from services.dossier.app import create_app as create_dossier_app
     from services.dossier.settings import DossierSettings
     from shared.contracts.dossier import LIFECYCLE_TOPIC
     from shared.testing import read_topic
 
-    settings = DossierSettings(kafka=kafka, database=database, deadline_scan_seconds=3600.0,
-                               outbox_poll_seconds=0.1, outbox_max_backoff_seconds=0.5)
+    settings = DossierSettings(
+        kafka=kafka,
+        database=database,
+        deadline_scan_seconds=3600.0,
+        outbox_poll_seconds=0.1,
+        outbox_max_backoff_seconds=0.5,
+    )
     app = create_dossier_app(settings)
     s = uid()
     proc, agency = f"P{s}", f"AG{s}"
@@ -234,20 +309,49 @@ async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_
 
     async def create(client, code: str) -> httpx.Response:
         # Synthetic applicant: stored for the agency, never published (the test checks the events below).
-        body = {"code": code, "procedure_code": proc, "agency_code": agency, "channel": "online",
-                "applicant": {"name": "Nguyễn Văn Thử", "id_number": "001099000001", "address": "Số 1 phố Thử",
-                              "phone": "0900000001"}}
-        return await post_until_accepted(client, "/v1/dossiers", body, auth(admin_key), ledger, [code],
-                                         idempotency_key=f"create-{code}")
+        body = {
+            "code": code,
+            "procedure_code": proc,
+            "agency_code": agency,
+            "channel": "online",
+            "applicant": {
+                "name": "Nguyễn Văn Thử",
+                "id_number": "001099000001",
+                "address": "Số 1 phố Thử",
+                "phone": "0900000001",
+            },
+        }
+        return await post_until_accepted(
+            client, "/v1/dossiers", body, auth(admin_key), ledger, [code], idempotency_key=f"create-{code}"
+        )
 
     async with running_app(app) as client:
         await short_publish_timeout(app, kafka)
-        r = await client.put("/v1/procedures", headers=auth(admin_key), json={"items": [
-            {"code": proc, "name": "Cấp giấy phép xây dựng", "online_level": "fully_online", "service_level": 4,
-             "processing_days": 5, "has_fees": True, "pauses_clock": True}]})
+        r = await client.put(
+            "/v1/procedures",
+            headers=auth(admin_key),
+            json={
+                "items": [
+                    {
+                        "code": proc,
+                        "name": "Cấp giấy phép xây dựng",
+                        "online_level": "fully_online",
+                        "service_level": 4,
+                        "processing_days": 5,
+                        "has_fees": True,
+                        "pauses_clock": True,
+                    }
+                ]
+            },
+        )
         assert r.status_code == 200, r.text
-        r = await client.put("/v1/agencies", headers=auth(admin_key), json={"items": [
-            {"code": agency, "name": "UBND phường", "level": "commune", "admin_unit": "BD-01"}]})
+        r = await client.put(
+            "/v1/agencies",
+            headers=auth(admin_key),
+            json={
+                "items": [{"code": agency, "name": "UBND phường", "level": "commune", "admin_unit": "BD-01"}]
+            },
+        )
         assert r.status_code == 200, r.text
 
         broker.kill()
@@ -268,11 +372,14 @@ async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_
             return await pool.fetchval("SELECT count(*) FROM dossier.outbox WHERE sent_at IS NULL") == 0
 
         await wait_until(outbox_drained, 40, "the outbox relay to publish the backlog")
-        stored = await pool.fetchval("SELECT count(*) FROM dossier.dossiers WHERE code = ANY($1)", during + after)
+        stored = await pool.fetchval(
+            "SELECT count(*) FROM dossier.dossiers WHERE code = ANY($1)", during + after
+        )
 
     codes = set(during + after)
     assert stored == len(codes) == len(ledger.accepted_set)
-    events = await read_topic(kafka, LIFECYCLE_TOPIC.name, where=lambda e: e.data.get("dossier_code") in codes,
-                              expect=len(codes))
+    events = await read_topic(
+        kafka, LIFECYCLE_TOPIC.name, where=lambda e: e.data.get("dossier_code") in codes, expect=len(codes)
+    )
     assert sorted(e.data["dossier_code"] for e in events) == sorted(codes)  # each exactly once
     assert all("Nguyễn" not in str(e.data) and "001099000001" not in str(e.data) for e in events)

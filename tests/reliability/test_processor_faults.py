@@ -36,15 +36,22 @@ from tests.reliability.worker import PacedKioskProcessor
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-async def ingest_sessions(client, key: str, kiosks: list[str], n: int, ledger: Ledger, *, batch: int = 5000,
-                          idempotent: bool = True) -> list[dict]:
+async def ingest_sessions(
+    client, key: str, kiosks: list[str], n: int, ledger: Ledger, *, batch: int = 5000, idempotent: bool = True
+) -> list[dict]:
     """Post ``n`` fresh sessions in batches as a gateway would; every 2xx lands in ``ledger``."""
     items = session_items(kiosks, n)
     for i in range(0, n, batch):
-        chunk = items[i:i + batch]
-        r = await post_until_accepted(client, "/v1/sessions", {"items": chunk}, auth(key), ledger,
-                                      [s["session_id"] for s in chunk],
-                                      idempotency_key=uid() if idempotent else None)
+        chunk = items[i : i + batch]
+        r = await post_until_accepted(
+            client,
+            "/v1/sessions",
+            {"items": chunk},
+            auth(key),
+            ledger,
+            [s["session_id"] for s in chunk],
+            idempotency_key=uid() if idempotent else None,
+        )
         assert r.status_code == 200 and r.json()["accepted"] == len(chunk), r.text
     return items
 
@@ -55,8 +62,9 @@ def names() -> tuple[str, str]:
     return name, f"/ioc/kiosk/kpi/{name}"
 
 
-async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(kafka, kiosk_settings, admin_key,
-                                                                               tmp_path):
+async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(
+    kafka, kiosk_settings, admin_key, tmp_path
+):
     district, total = "HK", 12000
     ledger = Ledger()
     name, source = names()
@@ -66,7 +74,9 @@ async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(ka
         # Small paced batches: a stream of ~60 batches of at least 0.5 s each (30 s or more), so each kill lands
         # in the middle of it even on a fast machine (progress is observed on the KPI topic, which takes a moment
         # to read, and a restarted worker takes the stream over within a few seconds).
-        return Worker(kafka.bootstrap_servers, name, source, pause_s=0.5, max_records=200, log_path=log).start()
+        return Worker(
+            kafka.bootstrap_servers, name, source, pause_s=0.5, max_records=200, log_path=log
+        ).start()
 
     w, seen_at_kill = None, []
     try:
@@ -78,7 +88,9 @@ async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(ka
         assert len(ledger.accepted_set) == total
         for _ in range(2):
             # Wait until this worker made progress of its own into the stream, then kill it with no warning.
-            progress = await _wait_progress(kafka, source, district, above=max([primed, *seen_at_kill]), timeout=40)
+            progress = await _wait_progress(
+                kafka, source, district, above=max([primed, *seen_at_kill]), timeout=40
+            )
             w.kill9()
             seen_at_kill.append(progress)
             assert progress < total, "the stream finished before the kill; the scenario did not happen"
@@ -90,7 +102,9 @@ async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(ka
     assert final == total, f"KPI total {final} != {total} accepted (totals seen at the kills: {seen_at_kill})"
 
 
-async def prime(client, key: str, kiosks: list[str], ledger: Ledger, kafka, source: str, district: str) -> int:
+async def prime(
+    client, key: str, kiosks: list[str], ledger: Ledger, kafka, source: str, district: str
+) -> int:
     """Post one session per kiosk and wait until the (started) worker counted them all; returns how many.
 
     A session counts once its kiosk's registry entry is in the worker's state. aiokafka hands out a fetched
@@ -113,14 +127,18 @@ async def _wait_progress(kafka, source: str, district: str, *, above: float, tim
     raise AssertionError(f"no progress above {above} within {timeout}s")
 
 
-async def test_second_worker_joining_mid_stream_keeps_totals_exact(kafka, kiosk_settings, admin_key, tmp_path):
+async def test_second_worker_joining_mid_stream_keeps_totals_exact(
+    kafka, kiosk_settings, admin_key, tmp_path
+):
     district, half = "DD", 6000
     ledger = Ledger()
     name, source = names()
-    first = Worker(kafka.bootstrap_servers, name, source, pause_s=0.1, max_records=300,
-                   log_path=tmp_path / "first.log")
-    second = Worker(kafka.bootstrap_servers, name, source, pause_s=0.1, max_records=300,
-                    log_path=tmp_path / "second.log")
+    first = Worker(
+        kafka.bootstrap_servers, name, source, pause_s=0.1, max_records=300, log_path=tmp_path / "first.log"
+    )
+    second = Worker(
+        kafka.bootstrap_servers, name, source, pause_s=0.1, max_records=300, log_path=tmp_path / "second.log"
+    )
     try:
         async with running_app(create_app(kiosk_settings)) as client:
             kiosks = await register_kiosks(client, admin_key, district, 9)
@@ -139,7 +157,8 @@ async def test_second_worker_joining_mid_stream_keeps_totals_exact(kafka, kiosk_
                     after_takeover -= 1
                 assert asyncio.get_running_loop().time() < deadline, (
                     "the second worker never took partitions over; its log ends:\n"
-                    + (tmp_path / "second.log").read_bytes()[-3000:].decode(errors="replace"))
+                    + (tmp_path / "second.log").read_bytes()[-3000:].decode(errors="replace")
+                )
         total = len(ledger.accepted_set)
         final = await wait_for_sessions_total(kafka, source, district, total, timeout=90)
         assert first.alive and second.alive
@@ -153,8 +172,9 @@ async def test_slow_consumer_lags_then_catches_up_exactly(kafka, kiosk_settings,
     district, total = "BD", 4000
     ledger = Ledger()
     name, source = names()
-    slow = PacedKioskProcessor(0.2, heartbeat_timeout_s=3600, kpi_interval_s=0.3, tick_seconds=0.2, name=name,
-                               source=source)
+    slow = PacedKioskProcessor(
+        0.2, heartbeat_timeout_s=3600, kpi_interval_s=0.3, tick_seconds=0.2, name=name, source=source
+    )
     async with running_app(create_app(kiosk_settings)) as client:
         kiosks = await register_kiosks(client, admin_key, district, 3)
         async with ProcessorRuntime(slow, kafka, max_records=250).running() as rt:
@@ -172,8 +192,9 @@ async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafk
     name, source = names()
 
     def processor():
-        return PacedKioskProcessor(0, heartbeat_timeout_s=3600, kpi_interval_s=0.3, tick_seconds=0.2, name=name,
-                                   source=source)
+        return PacedKioskProcessor(
+            0, heartbeat_timeout_s=3600, kpi_interval_s=0.3, tick_seconds=0.2, name=name, source=source
+        )
 
     async with running_app(create_app(kiosk_settings)) as client:
         kiosks = await register_kiosks(client, admin_key, district, 3)
@@ -182,8 +203,12 @@ async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafk
         ids = [s["session_id"] for s in items]
         # A gateway retry with the same Idempotency-Key is answered from the store: nothing published twice.
         key = uid()
-        r1 = await post_until_accepted(client, "/v1/sessions", body, auth(admin_key), ledger, ids, idempotency_key=key)
-        r2 = await post_until_accepted(client, "/v1/sessions", body, auth(admin_key), ledger, ids, idempotency_key=key)
+        r1 = await post_until_accepted(
+            client, "/v1/sessions", body, auth(admin_key), ledger, ids, idempotency_key=key
+        )
+        r2 = await post_until_accepted(
+            client, "/v1/sessions", body, auth(admin_key), ledger, ids, idempotency_key=key
+        )
         assert r1.status_code == r2.status_code == 200 and r2.headers.get("idempotent-replayed") == "true"
         assert set((await session_ids_on_topic(kafka, set(ids), expect=n)).values()) == {1}
         # A retry without the key publishes the same events (same CloudEvents ids) at new offsets.
@@ -200,14 +225,22 @@ async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafk
         assert r4.status_code == 200
         # ... and once more by another producer entirely (a replay tool, a mirrored cluster).
         raw = await read_topic(kafka, SESSIONS_TOPIC.name, raw=True)
-        mine = [r for r in raw if any(h == ("ce_id", f"ses:{items[0]['kiosk_id']}:{ids[0]}".encode())
-                                      for h in r.headers)]
+        mine = [
+            r
+            for r in raw
+            if any(h == ("ce_id", f"ses:{items[0]['kiosk_id']}:{ids[0]}".encode()) for h in r.headers)
+        ]
         assert mine
         producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
         await producer.start()
         try:
-            await producer.send_and_wait(SESSIONS_TOPIC.name, mine[0].value, key=mine[0].key,
-                                         headers=list(mine[0].headers), partition=mine[0].partition)
+            await producer.send_and_wait(
+                SESSIONS_TOPIC.name,
+                mine[0].value,
+                key=mine[0].key,
+                headers=list(mine[0].headers),
+                partition=mine[0].partition,
+            )
         finally:
             await producer.stop()
         async with ProcessorRuntime(processor(), kafka).running() as rt:
@@ -216,12 +249,15 @@ async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafk
     assert final == n == len(ledger.accepted_set)
 
 
-async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(kafka, kiosk_settings, admin_key):
+async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(
+    kafka, kiosk_settings, admin_key
+):
     district, n = "CG", 300
     ledger = Ledger()
     name, source = names()
-    processor = PacedKioskProcessor(0, heartbeat_timeout_s=3600, kpi_interval_s=0.3, tick_seconds=0.2, name=name,
-                                    source=source)
+    processor = PacedKioskProcessor(
+        0, heartbeat_timeout_s=3600, kpi_interval_s=0.3, tick_seconds=0.2, name=name, source=source
+    )
     marker = uuid.uuid4().hex
     async with running_app(create_app(kiosk_settings)) as client:
         kiosks = await register_kiosks(client, admin_key, district, 1)  # one kiosk: one partition, in order
@@ -238,16 +274,42 @@ async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(
         valid = encode(event_type_of(SessionEnded), good, source="/ioc/kiosk")
         headers = [(k, v if k != "ce_id" else f"poison-{marker}".encode()) for k, v in valid.headers]
         bad_json = EncodedEvent(valid.topic, valid.key, b"{not json", headers, "x")
-        broken = EncodedEvent(valid.topic, valid.key, b'{"session_id": "x", "outcome": "exploded"}',
-                              [(k, v if k != "ce_id" else f"poison2-{marker}".encode()) for k, v in valid.headers],
-                              "y")
-        unknown = EncodedEvent(valid.topic, valid.key, valid.value,
-                               [(k, (b"ioc.kiosk.nonsense.v9" if k == "ce_type" else
-                                     f"poison3-{marker}".encode() if k == "ce_id" else v))
-                                for k, v in valid.headers], "z")
-        null_time = EncodedEvent(valid.topic, valid.key, b'{"session_id": "x"}',
-                                 [(k, (None if k == "ce_time" else f"poison4-{marker}".encode() if k == "ce_id" else v))
-                                  for k, v in valid.headers], "n")
+        broken = EncodedEvent(
+            valid.topic,
+            valid.key,
+            b'{"session_id": "x", "outcome": "exploded"}',
+            [(k, v if k != "ce_id" else f"poison2-{marker}".encode()) for k, v in valid.headers],
+            "y",
+        )
+        unknown = EncodedEvent(
+            valid.topic,
+            valid.key,
+            valid.value,
+            [
+                (
+                    k,
+                    (
+                        b"ioc.kiosk.nonsense.v9"
+                        if k == "ce_type"
+                        else f"poison3-{marker}".encode()
+                        if k == "ce_id"
+                        else v
+                    ),
+                )
+                for k, v in valid.headers
+            ],
+            "z",
+        )
+        null_time = EncodedEvent(
+            valid.topic,
+            valid.key,
+            b'{"session_id": "x"}',
+            [
+                (k, (None if k == "ce_time" else f"poison4-{marker}".encode() if k == "ce_id" else v))
+                for k, v in valid.headers
+            ],
+            "n",
+        )
         await publisher.publish([bad_json, broken, unknown, null_time])
         await publisher.stop()
         await ingest_sessions(client, admin_key, kiosks, n, ledger)  # valid events after the poison

@@ -32,8 +32,14 @@ class PacedKioskProcessor(KioskKpiProcessor):
 
 
 async def main(args: argparse.Namespace) -> None:
-    processor = PacedKioskProcessor(args.pause, heartbeat_timeout_s=3600, kpi_interval_s=0.3, tick_seconds=0.2,
-                                    name=args.name, source=args.source)
+    processor = PacedKioskProcessor(
+        args.pause,
+        heartbeat_timeout_s=3600,
+        kpi_interval_s=0.3,
+        tick_seconds=0.2,
+        name=args.name,
+        source=args.source,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -117,8 +117,8 @@ def _required_scope(dependant) -> str | None:
     # shared.auth.require_scope (and the city's variant) name their dependency require_<domain>_<action>.
     for dep in dependant.dependencies:
         name = getattr(dep.call, "__name__", "")
-        if name.startswith("require_") and "_" in name[len("require_"):]:
-            domain, _, action = name[len("require_"):].partition("_")
+        if name.startswith("require_") and "_" in name[len("require_") :]:
+            domain, _, action = name[len("require_") :].partition("_")
             return f"{domain}:{action.replace('any', '*')}"
         found = _required_scope(dep)
         if found:
@@ -144,5 +144,10 @@ def endpoints(app: FastAPI) -> Iterator[Endpoint]:
 
 def documented_operations(app: FastAPI) -> set[tuple[str, str]]:
     """(METHOD, path) of every operation in the app's OpenAPI document."""
-    return {(m.upper(), path) for path, item in app.openapi()["paths"].items() if path not in OPS_PATHS for m in item
-            if m in ("get", "post", "put", "patch", "delete")}
+    return {
+        (m.upper(), path)
+        for path, item in app.openapi()["paths"].items()
+        if path not in OPS_PATHS
+        for m in item
+        if m in ("get", "post", "put", "patch", "delete")
+    }

@@ -40,7 +40,9 @@ async def test_every_endpoint_requires_a_scope(service, farm):
     svc = await farm.get(service)
     eps = list(endpoints(svc.app))
     assert eps, f"{service} exposes no endpoint"
-    public = [f"{e.method} {e.path}" for e in eps if e.scope is None and (service, e.method, e.path) not in PUBLIC]
+    public = [
+        f"{e.method} {e.path}" for e in eps if e.scope is None and (service, e.method, e.path) not in PUBLIC
+    ]
     assert public == [], f"{service}: endpoints without an auth dependency: {public}"
     # The route walk sees everything the OpenAPI document offers (so nothing escapes these tests).
     seen = {(e.method, e.path.replace(":path}", "}")) for e in eps}
@@ -137,9 +139,14 @@ async def test_disabled_principal_is_401(farm, issue, key_pool):
 
 
 # Entity ownership -------------------------------------------------------------------------------------------
-KIOSK_ENTRY = {"building": "UBND phường", "address": "1 Tràng Tiền", "district": "HK",
-               "opening_hours": [{"days": [1, 2, 3, 4, 5], "open": "08:00", "close": "17:00"}],
-               "peripherals": ["touchscreen", "printer"], "software_version": "1.0.0"}
+KIOSK_ENTRY = {
+    "building": "UBND phường",
+    "address": "1 Tràng Tiền",
+    "district": "HK",
+    "opening_hours": [{"days": [1, 2, 3, 4, 5], "open": "08:00", "close": "17:00"}],
+    "peripherals": ["touchscreen", "printer"],
+    "software_version": "1.0.0",
+}
 
 
 @pytest.mark.skipif("kiosk" not in SERVICES, reason="kiosk service absent")
@@ -150,33 +157,55 @@ async def test_a_gateway_cannot_report_for_another_gateways_kiosk(farm, issue):
     gw_b, _ = await issue(["kiosk:ingest"])
     kiosk_a, kiosk_b = f"SEC-{uuid.uuid4().hex[:8]}", f"SEC-{uuid.uuid4().hex[:8]}"
     for kiosk, gw in ((kiosk_a, gw_a), (kiosk_b, gw_b)):
-        r = await svc.client.put(f"/v1/kiosks/{kiosk}", json={**KIOSK_ENTRY, "gateway": gw}, headers=auth(admin))
+        r = await svc.client.put(
+            f"/v1/kiosks/{kiosk}", json={**KIOSK_ENTRY, "gateway": gw}, headers=auth(admin)
+        )
         assert r.status_code == 200, r.text
     now = datetime.now(UTC).isoformat()
     beat = {"at": now, "app_version": "1.0.0", "uptime_seconds": 60, "network": "wired"}
 
-    mine = await svc.client.post("/v1/heartbeats", json={"items": [{**beat, "kiosk_id": kiosk_a}]},
-                                 headers=auth(key_a))
+    mine = await svc.client.post(
+        "/v1/heartbeats", json={"items": [{**beat, "kiosk_id": kiosk_a}]}, headers=auth(key_a)
+    )
     assert mine.status_code == 200 and mine.json()["accepted"] == 1, mine.text
     # One foreign kiosk in the batch: 403 naming it, and nothing of the batch is accepted.
-    mixed = await svc.client.post("/v1/heartbeats", json={"items": [{**beat, "kiosk_id": kiosk_a},
-                                                                    {**beat, "kiosk_id": kiosk_b}]},
-                                  headers=auth(key_a))
+    mixed = await svc.client.post(
+        "/v1/heartbeats",
+        json={"items": [{**beat, "kiosk_id": kiosk_a}, {**beat, "kiosk_id": kiosk_b}]},
+        headers=auth(key_a),
+    )
     assert mixed.status_code == 403, mixed.text
     err = mixed.json()["error"]
     assert err["code"] == "forbidden" and kiosk_b in err["message"]
-    assert err["details"] == [{"item": 1, "id": kiosk_b, "field": "kiosk_id",
-                               "reason": "this principal may not report for this kiosk"}]
+    assert err["details"] == [
+        {
+            "item": 1,
+            "id": kiosk_b,
+            "field": "kiosk_id",
+            "reason": "this principal may not report for this kiosk",
+        }
+    ]
     # Sessions and peripherals are guarded the same way.
-    for path, item in (("/v1/sessions", {"session_id": uuid.uuid4().hex, "kiosk_id": kiosk_b,
-                                         "journey": "lookup_procedure", "started_at": now, "ended_at": now,
-                                         "outcome": "completed"}),
-                       ("/v1/peripherals", {"kiosk_id": kiosk_b, "peripheral": "printer", "state": "online",
-                                            "at": now})):
+    for path, item in (
+        (
+            "/v1/sessions",
+            {
+                "session_id": uuid.uuid4().hex,
+                "kiosk_id": kiosk_b,
+                "journey": "lookup_procedure",
+                "started_at": now,
+                "ended_at": now,
+                "outcome": "completed",
+            },
+        ),
+        ("/v1/peripherals", {"kiosk_id": kiosk_b, "peripheral": "printer", "state": "online", "at": now}),
+    ):
         r = await svc.client.post(path, json={"items": [item]}, headers=auth(key_a))
         assert r.status_code == 403, (path, r.text)
     # The registry is admin-only: a gateway cannot re-assign a kiosk to itself.
-    r = await svc.client.put(f"/v1/kiosks/{kiosk_b}", json={**KIOSK_ENTRY, "gateway": gw_a}, headers=auth(key_a))
+    r = await svc.client.put(
+        f"/v1/kiosks/{kiosk_b}", json={**KIOSK_ENTRY, "gateway": gw_a}, headers=auth(key_a)
+    )
     assert r.status_code == 403
 
 
@@ -195,9 +224,11 @@ async def test_an_agency_cannot_see_or_change_another_agencys_dossier(farm, issu
     # Another agency: the dossier does not exist for it (404, not 403, so codes cannot be probed).
     r = await svc.client.get(f"/v1/dossiers/{code}", headers=auth(key_b))
     assert r.status_code == 404, r.text
-    for path, body in ((f"/v1/dossiers/{code}/transitions", {"action": "start_processing"}),
-                       (f"/v1/dossiers/{code}/handovers", {"step_name": "thẩm định"}),
-                       (f"/v1/dossiers/{code}/apologies", {"new_due_date": "2030-01-01"})):
+    for path, body in (
+        (f"/v1/dossiers/{code}/transitions", {"action": "start_processing"}),
+        (f"/v1/dossiers/{code}/handovers", {"step_name": "thẩm định"}),
+        (f"/v1/dossiers/{code}/apologies", {"new_due_date": "2030-01-01"}),
+    ):
         r = await svc.client.post(path, json=body, headers=auth(key_b))
         assert r.status_code == 404, (path, r.text)
     listed = await svc.client.get("/v1/dossiers", params={"agency": agency_a}, headers=auth(key_b))
@@ -205,13 +236,27 @@ async def test_an_agency_cannot_see_or_change_another_agencys_dossier(farm, issu
     own = await svc.client.get("/v1/dossiers", headers=auth(key_b))
     assert own.status_code == 200 and code not in [d["code"] for d in own.json()["items"]]
     # Recording a dossier in another agency's name is refused outright.
-    r = await svc.client.post("/v1/dossiers", json={
-        "code": f"SEC-{uuid.uuid4().hex[:10]}", "procedure_code": proc, "agency_code": agency_a,
-        "channel": "online", "applicant": {"name": "Nguyễn Văn A", "id_number": "001099000001",
-                                           "address": "Hà Nội", "phone": "0900000001"}}, headers=auth(key_b))
+    r = await svc.client.post(
+        "/v1/dossiers",
+        json={
+            "code": f"SEC-{uuid.uuid4().hex[:10]}",
+            "procedure_code": proc,
+            "agency_code": agency_a,
+            "channel": "online",
+            "applicant": {
+                "name": "Nguyễn Văn A",
+                "id_number": "001099000001",
+                "address": "Hà Nội",
+                "phone": "0900000001",
+            },
+        },
+        headers=auth(key_b),
+    )
     assert r.status_code == 403
     # The owner still can change it (the 404s above were not a broken endpoint).
-    r = await svc.client.post(f"/v1/dossiers/{code}/handovers", json={"step_name": "thẩm định"}, headers=auth(key_a))
+    r = await svc.client.post(
+        f"/v1/dossiers/{code}/handovers", json={"step_name": "thẩm định"}, headers=auth(key_a)
+    )
     assert r.status_code == 200, r.text
 
 

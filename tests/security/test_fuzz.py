@@ -43,8 +43,13 @@ async def admin_key(key_pool) -> str:
 def request_kwargs(case, headers: dict[str, str]) -> dict:
     """schemathesis's (requests-style) serialisation of ``case`` as httpx.Client.request arguments."""
     kw = case.as_transport_kwargs(base_url="http://testserver", headers=headers)
-    out = {"method": kw["method"], "url": kw["url"], "headers": kw.get("headers"), "params": kw.get("params"),
-           "cookies": kw.get("cookies")}
+    out = {
+        "method": kw["method"],
+        "url": kw["url"],
+        "headers": kw.get("headers"),
+        "params": kw.get("params"),
+        "cookies": kw.get("cookies"),
+    }
     if "json" in kw:
         out["json"] = kw["json"]
     elif kw.get("data") is not None:
@@ -57,8 +62,14 @@ def fuzz_operation(op, client: TestClient, headers: dict[str, str], checks: list
     """Send ``MAX_EXAMPLES`` generated requests for one operation; raise on the first failed check."""
 
     @seed(SEED)
-    @settings(max_examples=MAX_EXAMPLES, phases=[Phase.explicit, Phase.generate], deadline=None, database=None,
-              suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        phases=[Phase.explicit, Phase.generate],
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+    )
     @given(case=op.as_strategy())
     def exercise(case):
         response = client.request(**request_kwargs(case, headers))
@@ -68,8 +79,9 @@ def fuzz_operation(op, client: TestClient, headers: dict[str, str], checks: list
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_fuzz_openapi_no_5xx_and_responses_match_the_schema(service, kafka_settings, db_settings, topics_ready,
-                                                             admin_key):
+def test_fuzz_openapi_no_5xx_and_responses_match_the_schema(
+    service, kafka_settings, db_settings, topics_ready, admin_key
+):
     app = build_app(service, kafka_settings, db_settings)
     streaming = {e.path.replace(":path}", "}") for e in endpoints(app) if e.streaming}
     checks = [not_a_server_error, response_schema_conformance, content_type_conformance]

@@ -65,7 +65,7 @@ async def test_oversized_streamed_bodies_are_413(service, farm, issue):
     async def chunks() -> AsyncIterator[bytes]:
         # No Content-Length (chunked upload): the limit must hold while the body streams in.
         for i in range(0, len(OVERSIZED), 16 * 1024):
-            yield OVERSIZED[i:i + 16 * 1024]
+            yield OVERSIZED[i : i + 16 * 1024]
 
     eps = json_body_endpoints(svc.app)
     if not eps:
@@ -95,7 +95,9 @@ async def test_malformed_json_and_wrong_shapes_get_clear_4xx(service, farm, issu
             if r.status_code not in (400, 422) or "error" not in r.json():
                 failures.append(f"{ep.method} {ep.path} body {raw!r} → {r.status_code}")
         # Unknown top-level fields are an error, named in the answer (not silently dropped).
-        r = await svc.client.request(ep.method, path, json={"items": [], "sneaky_extra": 1}, headers=auth(key))
+        r = await svc.client.request(
+            ep.method, path, json={"items": [], "sneaky_extra": 1}, headers=auth(key)
+        )
         fields = [d.get("field") for d in r.json().get("error", {}).get("details", [])]
         if r.status_code != 422 or "sneaky_extra" not in fields:
             failures.append(f"{ep.method} {ep.path} unknown field → {r.status_code} fields={fields}")
@@ -103,9 +105,14 @@ async def test_malformed_json_and_wrong_shapes_get_clear_4xx(service, farm, issu
 
 
 # Kiosk: item-level abuse ----------------------------------------------------------------------------------------
-ENTRY = {"building": "Trung tâm phục vụ hành chính công", "address": "258 Võ Chí Công, Tây Hồ", "district": "TH",
-         "opening_hours": [{"days": [1, 2, 3, 4, 5], "open": "08:00", "close": "17:00"}],
-         "peripherals": ["touchscreen", "printer"], "software_version": "2.0.0"}
+ENTRY = {
+    "building": "Trung tâm phục vụ hành chính công",
+    "address": "258 Võ Chí Công, Tây Hồ",
+    "district": "TH",
+    "opening_hours": [{"days": [1, 2, 3, 4, 5], "open": "08:00", "close": "17:00"}],
+    "peripherals": ["touchscreen", "printer"],
+    "software_version": "2.0.0",
+}
 
 
 def iso(delta: timedelta = timedelta(0)) -> str:
@@ -127,28 +134,34 @@ async def kiosk(farm, issue):
 
 
 def beat(kiosk_id: str, **kw) -> dict:
-    return {"kiosk_id": kiosk_id, "at": iso(), "app_version": "2.0.0", "uptime_seconds": 60, "network": "wired",
-            **kw}
+    return {
+        "kiosk_id": kiosk_id,
+        "at": iso(),
+        "app_version": "2.0.0",
+        "uptime_seconds": 60,
+        "network": "wired",
+        **kw,
+    }
 
 
 async def test_kiosk_items_with_bad_types_fields_or_times_are_rejected_one_by_one(kiosk, kafka_settings):
     svc, _, gateway, k = kiosk
     bad = [
-        ("uptime_seconds", beat(k, uptime_seconds=False)),       # a boolean is not a number
-        ("uptime_seconds", beat(k, uptime_seconds="60")),        # nor is a numeric string
-        ("uptime_seconds", beat(k, uptime_seconds=60.5)),        # nor a float for an integer
+        ("uptime_seconds", beat(k, uptime_seconds=False)),  # a boolean is not a number
+        ("uptime_seconds", beat(k, uptime_seconds="60")),  # nor is a numeric string
+        ("uptime_seconds", beat(k, uptime_seconds=60.5)),  # nor a float for an integer
         ("uptime_seconds", beat(k, uptime_seconds=-1)),
         ("uptime_seconds", beat(k, uptime_seconds=2**70)),
-        ("surprise", {**beat(k), "surprise": "x"}),              # unknown field
-        ("at", beat(k, at="9999-12-31T23:59:59+00:00")),         # far future
-        ("at", beat(k, at=iso(timedelta(hours=1)))),             # beyond the allowed clock skew
-        ("at", beat(k, at="1970-01-01T00:00:00+00:00")),         # far past
-        ("at", beat(k, at="2026-01-01T00:00:00")),               # no UTC offset
+        ("surprise", {**beat(k), "surprise": "x"}),  # unknown field
+        ("at", beat(k, at="9999-12-31T23:59:59+00:00")),  # far future
+        ("at", beat(k, at=iso(timedelta(hours=1)))),  # beyond the allowed clock skew
+        ("at", beat(k, at="1970-01-01T00:00:00+00:00")),  # far past
+        ("at", beat(k, at="2026-01-01T00:00:00")),  # no UTC offset
         ("at", beat(k, at="not a time")),
-        ("kiosk_id", beat(k + "\x00")),                          # NUL
-        ("kiosk_id", beat("\u202e" + k)),                        # RTL override
-        ("kiosk_id", beat(k + "😀")),                            # 4-byte emoji
-        ("kiosk_id", beat("K" * 10_000)),                        # very long
+        ("kiosk_id", beat(k + "\x00")),  # NUL
+        ("kiosk_id", beat("\u202e" + k)),  # RTL override
+        ("kiosk_id", beat(k + "😀")),  # 4-byte emoji
+        ("kiosk_id", beat("K" * 10_000)),  # very long
         ("app_version", beat(k, app_version="2.0.0\x00")),
         ("app_version", beat(k, app_version="v" * 100_000)),
         ("network", beat(k, network="wired\u202e")),
@@ -165,7 +178,9 @@ async def test_kiosk_items_with_bad_types_fields_or_times_are_rejected_one_by_on
         assert e["field"] == field and e["reason"], (i, e)
         # Reasons never echo the (possibly hostile) input back.
         assert "\x00" not in e["reason"] and "\u202e" not in e["reason"] and "v" * 100 not in e["reason"]
-    published = await read_topic(kafka_settings, "ioc.kiosk.heartbeats", where=lambda ev: ev.key == k, expect=1)
+    published = await read_topic(
+        kafka_settings, "ioc.kiosk.heartbeats", where=lambda ev: ev.key == k, expect=1
+    )
     # Only the one good heartbeat reached the broker.
     assert [ev.data["kiosk_id"] for ev in published] == [k]
 
@@ -182,16 +197,19 @@ async def test_kiosk_huge_batches_are_refused_with_the_limit_named(kiosk):
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "items"
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("building", "Tòa nhà\x00 A"),                  # PostgreSQL text cannot hold NUL
-    ("address", "Số 1\x07 Tràng Tiền"),             # other C0 control characters
-    ("building", "Nhà \u202egnirts"),               # RTL override: spoofs what operators read
-    ("address", "Phố \u2066Hàng Bài\u2069"),        # bidi isolates
-    ("building", "B" * 201),                        # over the field limit
-    ("software_version", "3.0\x00"),
-    ("district", "TH\x00"),
-    ("in_service_since", "9999-12-31T00:00:00+00:00"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("building", "Tòa nhà\x00 A"),  # PostgreSQL text cannot hold NUL
+        ("address", "Số 1\x07 Tràng Tiền"),  # other C0 control characters
+        ("building", "Nhà \u202egnirts"),  # RTL override: spoofs what operators read
+        ("address", "Phố \u2066Hàng Bài\u2069"),  # bidi isolates
+        ("building", "B" * 201),  # over the field limit
+        ("software_version", "3.0\x00"),
+        ("district", "TH\x00"),
+        ("in_service_since", "9999-12-31T00:00:00+00:00"),
+    ],
+)
 async def test_kiosk_registry_refuses_control_characters_and_over_long_text(kiosk, field, value):
     svc, admin, _, _ = kiosk
     kiosk_id = f"SEC-{uuid.uuid4().hex[:8]}"
@@ -199,8 +217,9 @@ async def test_kiosk_registry_refuses_control_characters_and_over_long_text(kios
     assert r.status_code == 422, r.text
     assert field in [d.get("field") for d in r.json()["error"]["details"]]
     # The bulk import says which item and which field.
-    r = await svc.client.post("/v1/kiosks/import", json={"items": [{**ENTRY, "kiosk_id": kiosk_id, field: value}]},
-                              headers=admin)
+    r = await svc.client.post(
+        "/v1/kiosks/import", json={"items": [{**ENTRY, "kiosk_id": kiosk_id, field: value}]}, headers=admin
+    )
     assert r.status_code == 422, r.text
     assert r.json()["rejected"][0]["index"] == 0 and r.json()["rejected"][0]["field"] == field
     assert (await svc.client.get(f"/v1/kiosks/{kiosk_id}", headers=admin)).status_code == 404

@@ -29,13 +29,29 @@ def uid() -> str:
 
 
 def reading(**kw) -> dict:
-    return {"meter_id": uid(), "obis": "1-0:1.8.0", "interval_end": now_iso().replace("+00:00", "Z"),
-            "value": 12.5, "unit": "kWh", "quality": "measured", **kw}
+    return {
+        "meter_id": uid(),
+        "obis": "1-0:1.8.0",
+        "interval_end": now_iso().replace("+00:00", "Z"),
+        "value": 12.5,
+        "unit": "kWh",
+        "quality": "measured",
+        **kw,
+    }
 
 
 def meter_entry(**kw) -> dict:
-    return {"meter_id": uid(), "customers": 1, "district": "HK", "commune": "HK-01", "feeder": "F-1",
-            "transformer": "T-1", "installed_on": "2020-01-01", "interval_seconds": 900, **kw}
+    return {
+        "meter_id": uid(),
+        "customers": 1,
+        "district": "HK",
+        "commune": "HK-01",
+        "feeder": "F-1",
+        "transformer": "T-1",
+        "installed_on": "2020-01-01",
+        "interval_seconds": 900,
+        **kw,
+    }
 
 
 def hires(**kw) -> dict:
@@ -43,13 +59,30 @@ def hires(**kw) -> dict:
 
 
 def intersection(**kw) -> dict:
-    return {"intersection_id": uid(), "name": "Ngã tư Láng Hạ", "district": "DD", "lat": 21.01, "lon": 105.81,
-            "controller_id": uid(), "phases": [2, 4], "detectors": [], **kw}
+    return {
+        "intersection_id": uid(),
+        "name": "Ngã tư Láng Hạ",
+        "district": "DD",
+        "lat": 21.01,
+        "lon": 105.81,
+        "controller_id": uid(),
+        "phases": [2, 4],
+        "detectors": [],
+        **kw,
+    }
 
 
 def procedure(**kw) -> dict:
-    return {"code": uid(), "name": "Cấp giấy phép", "online_level": "fully_online", "service_level": 4,
-            "processing_days": 5, "has_fees": True, "pauses_clock": True, **kw}
+    return {
+        "code": uid(),
+        "name": "Cấp giấy phép",
+        "online_level": "fully_online",
+        "service_level": 4,
+        "processing_days": 5,
+        "has_fees": True,
+        "pauses_clock": True,
+        **kw,
+    }
 
 
 def agency(**kw) -> dict:
@@ -103,11 +136,15 @@ async def register_entities(client, headers: dict[str, str], path: str, body: di
     """Register the meter / controller a reading or controller event names, so only the bad field is wrong."""
     item = body["items"][0]
     if path == "/v1/readings" and str(item.get("meter_id", "")).startswith("SEC-"):
-        r = await client.post("/v1/meters", json={"items": [meter_entry(meter_id=item["meter_id"])]},
-                              headers=headers)
+        r = await client.post(
+            "/v1/meters", json={"items": [meter_entry(meter_id=item["meter_id"])]}, headers=headers
+        )
     elif path == "/v1/events" and str(item.get("controller_id", "")).startswith("SEC-"):
-        r = await client.post("/v1/intersections", json={"items": [intersection(controller_id=item["controller_id"])]},
-                              headers=headers)
+        r = await client.post(
+            "/v1/intersections",
+            json={"items": [intersection(controller_id=item["controller_id"])]},
+            headers=headers,
+        )
     else:
         return
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text

@@ -38,9 +38,13 @@ async def test_scram_over_tls_from_the_environment_gives_aiokafka_the_right_argu
         monkeypatch.setenv(k, v)
     kw = KafkaSettings().client_kwargs()
     ctx = kw.pop("ssl_context")
-    assert kw == {"bootstrap_servers": SCRAM_ENV["IOC_KAFKA_BOOTSTRAP_SERVERS"], "security_protocol": "SASL_SSL",
-                  "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "svc-kiosk",
-                  "sasl_plain_password": "kiosk-Very-Secret-9"}
+    assert kw == {
+        "bootstrap_servers": SCRAM_ENV["IOC_KAFKA_BOOTSTRAP_SERVERS"],
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc-kiosk",
+        "sasl_plain_password": "kiosk-Very-Secret-9",
+    }
     # TLS verifies the broker: certificate and host name.
     assert isinstance(ctx, ssl.SSLContext)
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
@@ -71,8 +75,12 @@ def test_the_kafka_password_never_appears_in_settings_reprs_or_dumps(monkeypatch
 
 def test_sasl_credentials_with_a_plaintext_protocol_are_refused():
     with pytest.raises(ValueError):
-        KafkaSettings(security_protocol="PLAINTEXT", sasl_mechanism="SCRAM-SHA-512", sasl_username="svc",
-                      sasl_password="pw")
+        KafkaSettings(
+            security_protocol="PLAINTEXT",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="svc",
+            sasl_password="pw",
+        )
 
 
 # A broker that requires authentication -------------------------------------------------------------------------
@@ -83,10 +91,23 @@ def auth_broker(tmp_path_factory) -> str:
     url = f"tcp://127.0.0.1:{port}"
     log = open(tmp_path_factory.mktemp("tansu-auth") / "tansu.log", "wb")
     proc = subprocess.Popen(
-        [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/", "--authentication"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "RUST_LOG": "warn"})
+        [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            "--authentication",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
     try:
         import socket
         import time
@@ -129,21 +150,32 @@ async def _connects(**kw) -> bool:
 async def test_broker_requiring_authentication_refuses_anonymous_and_wrong_credentials(auth_broker):
     assert not await _connects(bootstrap_servers=auth_broker)
     for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
-        assert not await _connects(bootstrap_servers=auth_broker, security_protocol="SASL_PLAINTEXT",
-                                   sasl_mechanism=mechanism, sasl_plain_username="svc-kiosk",
-                                   sasl_plain_password="wrong")
+        assert not await _connects(
+            bootstrap_servers=auth_broker,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=mechanism,
+            sasl_plain_username="svc-kiosk",
+            sasl_plain_password="wrong",
+        )
 
 
 async def test_publisher_without_credentials_reports_broker_unavailable(auth_broker):
-    publisher = EventPublisher(KafkaSettings(bootstrap_servers=auth_broker), client_id="sec-anon", timeout_s=5)
+    publisher = EventPublisher(
+        KafkaSettings(bootstrap_servers=auth_broker), client_id="sec-anon", timeout_s=5
+    )
     with pytest.raises(BrokerUnavailable):
         await publisher.start()
     assert not publisher.started
 
 
 async def test_publisher_with_wrong_scram_credentials_reports_broker_unavailable(auth_broker):
-    settings = KafkaSettings(bootstrap_servers=auth_broker, security_protocol="SASL_PLAINTEXT",
-                             sasl_mechanism="SCRAM-SHA-512", sasl_username="svc-kiosk", sasl_password="wrong")
+    settings = KafkaSettings(
+        bootstrap_servers=auth_broker,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc-kiosk",
+        sasl_password="wrong",
+    )
     publisher = EventPublisher(settings, client_id="sec-wrong", timeout_s=5)
     with pytest.raises(BrokerUnavailable):
         await publisher.start()

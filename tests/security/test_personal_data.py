@@ -18,15 +18,21 @@ from shared.logging import JsonFormatter
 from shared.testing import auth, read_topic
 from tests.security.conftest import present_service_names
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif("dossier" not in present_service_names(), reason="dossier service absent")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif("dossier" not in present_service_names(), reason="dossier service absent"),
+]
 
 
 def synthetic_applicant() -> dict[str, str]:
     tag = uuid.uuid4().hex[:6].upper()
     digits = str(uuid.uuid4().int)[:6]
-    return {"name": f"Quách Thị Zyxwiq {tag}", "id_number": f"907{digits}123",
-            "address": f"Ngõ 99 phố Kỳlạ {tag}, phường Qwzx", "phone": f"+84 97{digits}"}
+    return {
+        "name": f"Quách Thị Zyxwiq {tag}",
+        "id_number": f"907{digits}123",
+        "address": f"Ngõ 99 phố Kỳlạ {tag}, phường Qwzx",
+        "phone": f"+84 97{digits}",
+    }
 
 
 def needles(applicant: dict[str, str]) -> dict[str, bytes]:
@@ -71,16 +77,35 @@ async def test_applicant_data_never_leaves_the_dossier_tables(farm, issue, kafka
         code = await create_dossier(svc.client, auth(key), proc, agency, applicant=person)
         answers: list[bytes] = []
         for action in ("start_processing", "request_fees"):
-            r = await svc.client.post(f"/v1/dossiers/{code}/transitions", json={"action": action}, headers=auth(key))
+            r = await svc.client.post(
+                f"/v1/dossiers/{code}/transitions", json={"action": action}, headers=auth(key)
+            )
             assert r.status_code == 200, r.text
             answers.append(r.content)
         # Refused requests carrying the data: a duplicate code and a malformed applicant.
-        dup = await svc.client.post("/v1/dossiers", headers=auth(key), json={
-            "code": code, "procedure_code": proc, "agency_code": agency, "channel": "online", "applicant": person})
+        dup = await svc.client.post(
+            "/v1/dossiers",
+            headers=auth(key),
+            json={
+                "code": code,
+                "procedure_code": proc,
+                "agency_code": agency,
+                "channel": "online",
+                "applicant": person,
+            },
+        )
         assert dup.status_code == 409
-        bad = await svc.client.post("/v1/dossiers", headers=auth(key), json={
-            "code": f"HS-SEC-{uuid.uuid4().hex[:8]}", "procedure_code": proc, "agency_code": agency,
-            "channel": "online", "applicant": {**person, "phone": person["name"], "id_number": person["address"]}})
+        bad = await svc.client.post(
+            "/v1/dossiers",
+            headers=auth(key),
+            json={
+                "code": f"HS-SEC-{uuid.uuid4().hex[:8]}",
+                "procedure_code": proc,
+                "agency_code": agency,
+                "channel": "online",
+                "applicant": {**person, "phone": person["name"], "id_number": person["address"]},
+            },
+        )
         assert bad.status_code == 422
         answers += [dup.content, bad.content]
         listed = await svc.client.get("/v1/dossiers", headers=auth(key))
@@ -91,7 +116,9 @@ async def test_applicant_data_never_leaves_the_dossier_tables(farm, issue, kafka
         assert len(leaks(own.content, "the owner's view", pii)) >= 4  # and the search does find it
 
         # The outbox relay publishes shortly after the commit: wait for ours, then read the whole topic.
-        ours = await read_topic(kafka_settings, "ioc.dossier.lifecycle", where=lambda e: e.key == code, expect=3)
+        ours = await read_topic(
+            kafka_settings, "ioc.dossier.lifecycle", where=lambda e: e.key == code, expect=3
+        )
         lifecycle = await read_topic(kafka_settings, "ioc.dossier.lifecycle", raw=True)
         metrics = (await svc.client.get("/metrics")).content
     finally:
@@ -101,16 +128,27 @@ async def test_applicant_data_never_leaves_the_dossier_tables(farm, issue, kafka
     assert len(ours) == 3, "the dossier's events were not published (nothing to search)"
     found: list[str] = []
     for topic in ("ioc.dossier.lifecycle", DEAD_LETTER_TOPIC.name, AUDIT_TOPIC.name):
-        records = lifecycle if topic == "ioc.dossier.lifecycle" else await read_topic(kafka_settings, topic, raw=True)
+        records = (
+            lifecycle
+            if topic == "ioc.dossier.lifecycle"
+            else await read_topic(kafka_settings, topic, raw=True)
+        )
         for rec in records:
-            blob = (rec.key or b"") + (rec.value or b"") + b"".join(k.encode() + (v or b"") for k, v in rec.headers)
+            blob = (
+                (rec.key or b"")
+                + (rec.value or b"")
+                + b"".join(k.encode() + (v or b"") for k, v in rec.headers)
+            )
             found += leaks(blob, f"{topic} record {rec.partition}/{rec.offset}", pii)
     found += leaks("\n".join(capture.lines).encode(), "logs", pii)
     found += leaks(metrics, "/metrics", pii)
     for i, body in enumerate(answers):
         found += leaks(body, f"answer {i}", pii)
-    audit = await key_pool.fetch("SELECT principal || action || target || detail::text AS row FROM platform.audit_log "
-                                 "WHERE target = $1", code)
+    audit = await key_pool.fetch(
+        "SELECT principal || action || target || detail::text AS row FROM platform.audit_log "
+        "WHERE target = $1",
+        code,
+    )
     assert audit, "no audit rows to search"
     found += leaks("\n".join(r["row"] for r in audit).encode(), "audit_log", pii)
     assert found == []

@@ -24,8 +24,10 @@ async def test_over_the_limit_a_principal_gets_429_with_retry_after_and_others_d
         _, noisy = await issue([ep.scope], kind="operator", attributes={"role": "operator"})
         _, quiet = await issue([ep.scope], kind="operator", attributes={"role": "operator"})
         body = {} if ep.writes else None
-        statuses = [(await svc.client.request(ep.method, ep.concrete_path(), json=body, headers=auth(noisy)))
-                    for _ in range(LIMIT + 2)]
+        statuses = [
+            (await svc.client.request(ep.method, ep.concrete_path(), json=body, headers=auth(noisy)))
+            for _ in range(LIMIT + 2)
+        ]
         assert all(r.status_code != 429 for r in statuses[:LIMIT]), [r.status_code for r in statuses]
         for r in statuses[LIMIT:]:
             assert r.status_code == 429, r.text

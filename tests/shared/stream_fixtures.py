@@ -33,12 +33,26 @@ class ActionCounter(StreamProcessor):
         for key, _ in state.items("dirty:"):
             action = key.split(":", 1)[1]
             n = state.get(f"count:{action}", 0)
-            out.append(encode(KPI_TYPE, {
-                "kpi": f"streamtest.{action}", "scope_level": "city", "scope_code": "HN",
-                "window_start": "2026-01-01T00:00:00Z", "window_seconds": 86400, "value": float(n),
-                "numerator": float(n), "denominator": None, "unit": "count", "partition": state.partition,
-                "observed_at": now.isoformat(), "key": f"streamtest.{action}|city|HN",
-            }, source="/ioc/test"))
+            out.append(
+                encode(
+                    KPI_TYPE,
+                    {
+                        "kpi": f"streamtest.{action}",
+                        "scope_level": "city",
+                        "scope_code": "HN",
+                        "window_start": "2026-01-01T00:00:00Z",
+                        "window_seconds": 86400,
+                        "value": float(n),
+                        "numerator": float(n),
+                        "denominator": None,
+                        "unit": "count",
+                        "partition": state.partition,
+                        "observed_at": now.isoformat(),
+                        "key": f"streamtest.{action}|city|HN",
+                    },
+                    source="/ioc/test",
+                )
+            )
             state.pop(key)
         return out
 

@@ -31,7 +31,9 @@ HEARTBEAT = EVENT_TYPES["ioc.kiosk.heartbeat.received.v1"]
 
 def _record(etype, payload: dict, offset: int) -> ConsumerRecord:
     ev = encode(etype, payload, source="/ioc/test", id=f"e{offset}")
-    return ConsumerRecord(etype.topic, 0, offset, 0, 0, ev.key, ev.value, None, len(ev.key), len(ev.value), ev.headers)
+    return ConsumerRecord(
+        etype.topic, 0, offset, 0, 0, ev.key, ev.value, None, len(ev.key), len(ev.value), ev.headers
+    )
 
 
 def test_decoded_payload_is_the_json_sent_for_every_example():
@@ -61,10 +63,15 @@ def test_date_patterns_accept_exactly_the_calendar():
                 assert bool(date_re.match(text)) is valid, text
                 assert bool(datetime_re.match(f"{text}T00:00:00Z")) is valid, text
     for text, naive_ok, aware_ok in [
-        ("2024-05-01T10:15:00Z", True, True), ("2024-05-01T10:15:00.123456+07:00", True, True),
-        ("2024-05-01 10:15:00", True, False), ("2024-05-01T10:15:00", True, False),
-        ("2024-05-01T24:00:00Z", False, False), ("2024-05-01T10:60:00Z", False, False),
-        ("2024-05-01T10:15:00+7", False, False), ("2024-05-01", False, False), ("1714558500", False, False),
+        ("2024-05-01T10:15:00Z", True, True),
+        ("2024-05-01T10:15:00.123456+07:00", True, True),
+        ("2024-05-01 10:15:00", True, False),
+        ("2024-05-01T10:15:00", True, False),
+        ("2024-05-01T24:00:00Z", False, False),
+        ("2024-05-01T10:60:00Z", False, False),
+        ("2024-05-01T10:15:00+7", False, False),
+        ("2024-05-01", False, False),
+        ("1714558500", False, False),
     ]:
         assert bool(datetime_re.match(text)) is naive_ok, text
         assert bool(aware_re.match(text)) is aware_ok, text
@@ -74,10 +81,15 @@ def test_date_patterns_accept_exactly_the_calendar():
 
 def test_bad_times_are_rejected_one_by_one_and_good_ones_keep_their_text():
     example = READING.examples[0]
-    good = [dict(example, meter_id="MTR-1"), dict(example, meter_id="MTR-2", interval_end="2024-02-29T23:45:00+07:00")]
-    bad = [dict(example, meter_id="MTR-3", interval_end="2023-02-29T00:00:00Z"),
-           dict(example, meter_id="MTR-4", interval_end=1714558500),
-           dict(example, meter_id="MTR-5", interval_end="yesterday")]
+    good = [
+        dict(example, meter_id="MTR-1"),
+        dict(example, meter_id="MTR-2", interval_end="2024-02-29T23:45:00+07:00"),
+    ]
+    bad = [
+        dict(example, meter_id="MTR-3", interval_end="2023-02-29T00:00:00Z"),
+        dict(example, meter_id="MTR-4", interval_end=1714558500),
+        dict(example, meter_id="MTR-5", interval_end="yesterday"),
+    ]
     beat = {"kiosk_id": "K-1", "at": "2024-05-01T10:15:00", "app_version": "1.0"}
     records = [_record(READING, p, i) for i, p in enumerate([good[0], bad[0], bad[1], good[1], bad[2]])]
     records.append(_record(HEARTBEAT, beat, 5))
@@ -107,23 +119,54 @@ def test_nested_objects_stay_json_and_cross_field_rules_still_hold():
     hires = EVENT_TYPES["ioc.traffic.hires.logged.v1"]
     registration = EVENT_TYPES["ioc.kiosk.registration.updated.v1"]
     session = EVENT_TYPES["ioc.kiosk.session.ended.v1"]
-    kiosk = {"kiosk_id": "K-1", "building": "Tower A", "address": "1 Pho Hue", "district": "HN-HK",
-             "opening_hours": [{"days": [1, 2, 3], "open": "08:00", "close": "17:30"}], "peripherals": ["printer"],
-             "software_version": "2.1", "in_service_since": "2024-01-01T00:00:00+07:00", "version": 1}
-    visit = {"session_id": "S-1", "kiosk_id": "K-1", "journey": "lookup_procedure", "outcome": "completed",
-             "started_at": "2024-05-01T10:00:00Z", "ended_at": "2024-05-01T10:04:00+00:00"}
+    kiosk = {
+        "kiosk_id": "K-1",
+        "building": "Tower A",
+        "address": "1 Pho Hue",
+        "district": "HN-HK",
+        "opening_hours": [{"days": [1, 2, 3], "open": "08:00", "close": "17:30"}],
+        "peripherals": ["printer"],
+        "software_version": "2.1",
+        "in_service_since": "2024-01-01T00:00:00+07:00",
+        "version": 1,
+    }
+    visit = {
+        "session_id": "S-1",
+        "kiosk_id": "K-1",
+        "journey": "lookup_procedure",
+        "outcome": "completed",
+        "started_at": "2024-05-01T10:00:00Z",
+        "ended_at": "2024-05-01T10:04:00+00:00",
+    }
     good = [
-        (hires, {"controller_id": "C-1", "intersection_id": "I-1",
-                 "events": [{"t": "2024-05-01T10:00:00.1Z", "code": 1, "param": 2},
-                            {"t": "2024-05-01T17:00:00.2+07:00", "code": 82, "param": 5}]}),
+        (
+            hires,
+            {
+                "controller_id": "C-1",
+                "intersection_id": "I-1",
+                "events": [
+                    {"t": "2024-05-01T10:00:00.1Z", "code": 1, "param": 2},
+                    {"t": "2024-05-01T17:00:00.2+07:00", "code": 82, "param": 5},
+                ],
+            },
+        ),
         (registration, kiosk),
         (session, visit),
     ]
     bad = [
-        (hires, {"controller_id": "C-1", "intersection_id": "I-1", "events": [{"t": "2024-13-01T00:00:00Z",
-                                                                               "code": 1, "param": 2}]}),
+        (
+            hires,
+            {
+                "controller_id": "C-1",
+                "intersection_id": "I-1",
+                "events": [{"t": "2024-13-01T00:00:00Z", "code": 1, "param": 2}],
+            },
+        ),
         (registration, {**kiosk, "opening_hours": [{"days": [1], "open": "17:00", "close": "08:00"}]}),
-        (registration, {**kiosk, "opening_hours": [{"days": [1], "open": "08:00", "close": "17:00", "x": 1}]}),
+        (
+            registration,
+            {**kiosk, "opening_hours": [{"days": [1], "open": "08:00", "close": "17:00", "x": 1}]},
+        ),
         (session, {**visit, "ended_at": "2024-05-01T09:00:00Z"}),
     ]
     records = [_record(etype, payload, i) for i, (etype, payload) in enumerate(good + bad)]
@@ -139,7 +182,10 @@ def test_nested_objects_stay_json_and_cross_field_rules_still_hold():
 
 def test_the_encoders_write_the_header_layout_decode_batch_reads_by_position():
     payload = READING.examples[0]
-    for ev in (encode(READING, payload, source="/ioc/test"), encode_many(READING, [payload], source="/ioc/test")[0]):
+    for ev in (
+        encode(READING, payload, source="/ioc/test"),
+        encode_many(READING, [payload], source="/ioc/test")[0],
+    ):
         assert tuple(k for k, _ in ev.headers) == (*_IOC_LAYOUT, "ce_subject")
 
 
@@ -147,7 +193,9 @@ def _valid_headers(offset: int) -> list[tuple[str, bytes]]:
     return _record(READING, READING.examples[0], offset).headers
 
 
-@pytest.mark.parametrize("header", ["ce_id", "ce_specversion", "ce_source", "ce_type", "ce_time", "ce_subject"])
+@pytest.mark.parametrize(
+    "header", ["ce_id", "ce_specversion", "ce_source", "ce_type", "ce_time", "ce_subject"]
+)
 @pytest.mark.parametrize("order", ["as IOC writes them", "reversed"])
 def test_a_header_present_with_a_null_value_is_a_missing_header_not_a_crash(header, order):
     valid = _valid_headers(1)
@@ -172,10 +220,34 @@ def test_a_header_present_with_a_null_value_is_a_missing_header_not_a_crash(head
             decode(record)
 
 
-_HEADER_KEYS = st.sampled_from(["ce_id", "ce_specversion", "ce_source", "ce_type", "ce_time", "ce_dataschema",
-                                "content-type", "ce_subject", "traceparent"])
-_HEADER_VALUES = st.one_of(st.none(), st.binary(max_size=12), st.sampled_from(
-    [b"1.0", b"0.3", READING.type.encode(), b"ioc.unknown.v1", b"\xff\xfe", b"/ioc/test", b"2024-05-01T10:15:00Z"]))
+_HEADER_KEYS = st.sampled_from(
+    [
+        "ce_id",
+        "ce_specversion",
+        "ce_source",
+        "ce_type",
+        "ce_time",
+        "ce_dataschema",
+        "content-type",
+        "ce_subject",
+        "traceparent",
+    ]
+)
+_HEADER_VALUES = st.one_of(
+    st.none(),
+    st.binary(max_size=12),
+    st.sampled_from(
+        [
+            b"1.0",
+            b"0.3",
+            READING.type.encode(),
+            b"ioc.unknown.v1",
+            b"\xff\xfe",
+            b"/ioc/test",
+            b"2024-05-01T10:15:00Z",
+        ]
+    ),
+)
 
 
 @given(
@@ -221,9 +293,22 @@ def test_an_encoded_event_holds_about_its_own_size_not_the_encoders_buffer():
     # event, so a catch-up emit of 10,000 city KPIs held ~80 MiB until produced, and a 10,000-reading ingest
     # request ~40 MiB. pyproject.toml keeps orjson below 3.12; this fails if an upgrade brings it back.
     kpi = EVENT_TYPES["ioc.meter.kpi.observed.v1"]
-    payloads = [kpi_observed_payload("meter.energy_kwh", "district", f"D{i % 30:02d}", "2026-11-20T00:00:00Z", 900,
-                                     4.0, 4.0, None, "kWh", i % 4, "2026-11-24T14:22:42.271309Z")
-                for i in range(2_000)]
+    payloads = [
+        kpi_observed_payload(
+            "meter.energy_kwh",
+            "district",
+            f"D{i % 30:02d}",
+            "2026-11-20T00:00:00Z",
+            900,
+            4.0,
+            4.0,
+            None,
+            "kWh",
+            i % 4,
+            "2026-11-24T14:22:42.271309Z",
+        )
+        for i in range(2_000)
+    ]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -233,4 +318,6 @@ def test_an_encoded_event_holds_about_its_own_size_not_the_encoders_buffer():
         tracemalloc.stop()
     value_bytes = sum(len(e.value) for e in events) / len(events)
     # The value, its key, id and header list; orjson < 3.12 starts from a 1 KiB buffer.
-    assert held / len(events) < 3 * 1024, f"{held / len(events):.0f} bytes held per {value_bytes:.0f}-byte event"
+    assert held / len(events) < 3 * 1024, (
+        f"{held / len(events):.0f} bytes held per {value_bytes:.0f}-byte event"
+    )

@@ -21,14 +21,32 @@ from shared.contracts.export import asyncapi
 def render_all() -> dict[str, bytes]:
     """The artefacts as a fresh interpreter renders them: test modules may register private test domains
     (stream fixtures, city tests) in this process, which must not leak into the published contracts."""
-    code = ("import base64, json; from shared.contracts.export import render_all; "
-            "print(json.dumps({k: base64.b64encode(v).decode() for k, v in render_all().items()}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    code = (
+        "import base64, json; from shared.contracts.export import render_all; "
+        "print(json.dumps({k: base64.b64encode(v).decode() for k, v in render_all().items()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     return {k: base64.b64decode(v) for k, v in json.loads(out).items()}
+
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = ROOT / "contracts"
-IRREGULAR_PAST = {"sent", "begun", "done", "set", "lost", "seen", "taken", "given", "made", "paid", "shown", "left"}
+IRREGULAR_PAST = {
+    "sent",
+    "begun",
+    "done",
+    "set",
+    "lost",
+    "seen",
+    "taken",
+    "given",
+    "made",
+    "paid",
+    "shown",
+    "left",
+}
 
 
 def _is_past_tense(type_name: str) -> bool:
@@ -62,20 +80,33 @@ def test_asyncapi_document_covers_every_topic_and_type():
 
 
 def test_committed_contracts_are_fresh():
-    stale = [rel for rel, content in render_all().items()
-             if not (CONTRACTS / rel).exists() or (CONTRACTS / rel).read_bytes() != content]
+    stale = [
+        rel
+        for rel, content in render_all().items()
+        if not (CONTRACTS / rel).exists() or (CONTRACTS / rel).read_bytes() != content
+    ]
     assert not stale, f"run `make contracts` and commit: {stale}"
 
 
 def _first_published(rel: str) -> dict | None:
     """The schema as first committed (the published baseline), from git history."""
     try:
-        sha = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", f"contracts/{rel}"],
-                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+        sha = subprocess.run(
+            ["git", "log", "--diff-filter=A", "--format=%H", "--", f"contracts/{rel}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         if not sha:
             return None
-        text = subprocess.run(["git", "show", f"{sha[-1]}:contracts/{rel}"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout
+        text = subprocess.run(
+            ["git", "show", f"{sha[-1]}:contracts/{rel}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return json.loads(text)
     except (subprocess.CalledProcessError, FileNotFoundError):
         return None
@@ -84,14 +115,21 @@ def _first_published(rel: str) -> dict | None:
 @pytest.mark.parametrize("rel", sorted(r for r in render_all() if r.endswith(".json")))
 def test_schema_is_backward_compatible_with_committed_and_first_published_versions(rel):
     new = json.loads(render_all()[rel])
-    for old in (json.loads((CONTRACTS / rel).read_text()) if (CONTRACTS / rel).exists() else None,
-                _first_published(rel)):
+    for old in (
+        json.loads((CONTRACTS / rel).read_text()) if (CONTRACTS / rel).exists() else None,
+        _first_published(rel),
+    ):
         if old is not None:
             assert check_backward(old, new) == [], rel
 
 
 def _obj(props, required=(), closed=True):
-    return {"type": "object", "properties": props, "required": list(required), "additionalProperties": not closed}
+    return {
+        "type": "object",
+        "properties": props,
+        "required": list(required),
+        "additionalProperties": not closed,
+    }
 
 
 def test_compat_rules_follow_confluent_backward():
@@ -103,11 +141,19 @@ def test_compat_rules_follow_confluent_backward():
     # removing a field from a closed schema: not compatible
     assert check_backward(base, _obj({"a": {"type": "string"}}, ["a"]))
     # widening integer → number: compatible; number → integer: not
-    assert check_backward(base, _obj({"a": {"type": "string"}, "n": {"type": "number", "maximum": 10}}, ["a"])) == []
+    assert (
+        check_backward(base, _obj({"a": {"type": "string"}, "n": {"type": "number", "maximum": 10}}, ["a"]))
+        == []
+    )
     assert check_backward(_obj({"x": {"type": "number"}}), _obj({"x": {"type": "integer"}}))
     # tightening a bound: not compatible; relaxing: compatible
-    assert check_backward(base, _obj({"a": {"type": "string"}, "n": {"type": "integer", "maximum": 5}}, ["a"]))
-    assert check_backward(base, _obj({"a": {"type": "string"}, "n": {"type": "integer", "maximum": 50}}, ["a"])) == []
+    assert check_backward(
+        base, _obj({"a": {"type": "string"}, "n": {"type": "integer", "maximum": 5}}, ["a"])
+    )
+    assert (
+        check_backward(base, _obj({"a": {"type": "string"}, "n": {"type": "integer", "maximum": 50}}, ["a"]))
+        == []
+    )
     # narrowing an enum: not compatible
     assert check_backward(_obj({"s": {"enum": ["x", "y"]}}), _obj({"s": {"enum": ["x"]}}))
     # making a field nullable: compatible; dropping null: not

@@ -19,8 +19,10 @@ async def test_processes_starting_together_apply_each_migration_once(db_settings
         for _ in range(3):  # the race is timing-dependent: several fresh schemas
             schema = f"migrate_{uuid.uuid4().hex[:8]}"
             results = await asyncio.gather(*(apply_migrations(p, schema, tmp_path) for p in pools))
-            assert sorted(name for applied in results for name in applied) == ["001_readings.sql",
-                                                                                "002_counts.sql"]
+            assert sorted(name for applied in results for name in applied) == [
+                "001_readings.sql",
+                "002_counts.sql",
+            ]
             async with pools[0].acquire() as conn:
                 assert await conn.fetchval(f'SELECT count(*) FROM "{schema}".schema_migrations') == 2
                 await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')

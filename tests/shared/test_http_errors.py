@@ -10,10 +10,14 @@ from fastapi import FastAPI
 from shared.http import install_error_handlers
 
 OUTAGES = {
-    "connection_lost": asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+    "connection_lost": asyncpg.ConnectionDoesNotExistError(
+        "connection was closed in the middle of operation"
+    ),
     "cannot_connect_now": asyncpg.CannotConnectNowError("the database system is starting up"),
     "refused": ConnectionRefusedError(111, "Connect call failed"),
-    "protocol_broken": asyncpg.InternalClientError("cannot switch to state 11; another operation (2) is in progress"),
+    "protocol_broken": asyncpg.InternalClientError(
+        "cannot switch to state 11; another operation (2) is in progress"
+    ),
     "timeout": TimeoutError(),
 }
 

@@ -24,8 +24,19 @@ RECORDS = 300
 async def _topic_with_records(kafka_settings) -> str:
     """One partition holding RECORDS records in gzip batches of 50 (so a fetch can start inside a batch)."""
     name = f"ioc.test.bare-{uuid.uuid4().hex[:8]}"
-    await ensure_topics(kafka_settings, [TopicSpec(name=name, partitions=1, key="n", owner="test",
-                                                   description="bare records test", retention_ms=None)])
+    await ensure_topics(
+        kafka_settings,
+        [
+            TopicSpec(
+                name=name,
+                partitions=1,
+                key="n",
+                owner="test",
+                description="bare records test",
+                retention_ms=None,
+            )
+        ],
+    )
     producer = AIOKafkaProducer(**kafka_settings.client_kwargs(), compression_type="gzip", linger_ms=0)
     await producer.start()
     try:
@@ -33,9 +44,15 @@ async def _topic_with_records(kafka_settings) -> str:
             batch = producer.create_batch()
             for n in range(start, start + 50):
                 headers = [("ce_id", str(n).encode()), ("ce_type", b"t")] if n % 3 else []
-                assert batch.append(key=None if n % 7 == 0 else f"k{n}".encode(),
-                                    value=None if n % 11 == 0 else f"v{n}".encode(),
-                                    timestamp=1_700_000_000_000 + n, headers=headers) is not None
+                assert (
+                    batch.append(
+                        key=None if n % 7 == 0 else f"k{n}".encode(),
+                        value=None if n % 11 == 0 else f"v{n}".encode(),
+                        timestamp=1_700_000_000_000 + n,
+                        headers=headers,
+                    )
+                    is not None
+                )
             await (await producer.send_batch(batch, name, partition=0))
     finally:
         await producer.stop()
@@ -43,8 +60,13 @@ async def _topic_with_records(kafka_settings) -> str:
 
 
 async def _read(kafka_settings, topic: str, *, bare: bool, start: int = 0, max_records: int = 7) -> list:
-    consumer = AIOKafkaConsumer(**kafka_settings.client_kwargs(), group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=50, key_deserializer=bare_records if bare else None)
+    consumer = AIOKafkaConsumer(
+        **kafka_settings.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+        key_deserializer=bare_records if bare else None,
+    )
     await consumer.start()
     tp = TopicPartition(topic, 0)
     try:
@@ -66,7 +88,9 @@ def _fields(records) -> list[tuple]:
     return [(r.offset, r.timestamp, r.key, r.value, list(r.headers)) for r in records]
 
 
-async def test_bare_records_are_the_records_aiokafka_gives_and_only_opted_in_consumers_get_them(kafka_settings):
+async def test_bare_records_are_the_records_aiokafka_gives_and_only_opted_in_consumers_get_them(
+    kafka_settings,
+):
     install()
     install()  # idempotent
     assert installed()
@@ -87,7 +111,8 @@ async def test_bare_records_are_the_records_aiokafka_gives_and_only_opted_in_con
 
 @pytest.mark.parametrize("driver", ["aiokafka", "faust"])
 async def test_processor_workers_read_bare_records_and_events_keep_their_topic_and_partition(
-        kafka_settings, topics_ready, driver):
+    kafka_settings, topics_ready, driver
+):
     tag = uuid.uuid4().hex[:6]
     pub = EventPublisher(kafka_settings, client_id="t")
     await pub.publish([encode(AUDIT, audit(f"b{tag}", f"x{n}"), source="/ioc/test") for n in range(200)])
@@ -101,12 +126,17 @@ async def test_processor_workers_read_bare_records_and_events_keep_their_topic_a
         async def process_spy(records, **kwargs):
             for tp, recs in records.items():
                 record_types.update(type(r) for r in recs)
-                mismatched.extend((tp, ev.topic, ev.partition, ev.offset) for ev in decode_batch(recs, tp)[0]
-                                  if (ev.topic, ev.partition) != (tp.topic, tp.partition))
+                mismatched.extend(
+                    (tp, ev.topic, ev.partition, ev.offset)
+                    for ev in decode_batch(recs, tp)[0]
+                    if (ev.topic, ev.partition) != (tp.topic, tp.partition)
+                )
             return await process(records, **kwargs)
 
         def apply_spy(events, state):
-            mismatched.extend(e for e in events if e.topic != AUDIT_TOPIC.name or e.partition != state.partition)
+            mismatched.extend(
+                e for e in events if e.topic != AUDIT_TOPIC.name or e.partition != state.partition
+            )
             apply_batch(events, state)
 
         rt.core.process, rt.processor.apply_batch = process_spy, apply_spy

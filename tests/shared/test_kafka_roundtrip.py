@@ -39,8 +39,14 @@ async def test_published_events_are_cloudevents_readable_by_outside_clients(kafk
     from confluent_kafka import Consumer, TopicPartition
 
     def consume_with_confluent():
-        c = Consumer({"bootstrap.servers": kafka_settings.bootstrap_servers, "group.id": f"g-{uuid.uuid4().hex}",
-                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        c = Consumer(
+            {
+                "bootstrap.servers": kafka_settings.bootstrap_servers,
+                "group.id": f"g-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
         md = c.list_topics(AUDIT_TOPIC.name, timeout=10)
         parts = md.topics[AUDIT_TOPIC.name].partitions
         c.assign([TopicPartition(AUDIT_TOPIC.name, p, 0) for p in parts])
@@ -74,8 +80,11 @@ async def test_consumer_dead_letters_poison_and_moves_on(kafka_settings, topics_
     target = f"poison-{uuid.uuid4().hex[:8]}"
     et = event_type_of(AuditRecorded)
     good = encode(et, _audit(target), source="/ioc/test")
-    bad_value = encode(et, {"principal": "p1", "action": "x", "target": target, "at": "not a time",
-                            "service": "t"}, source="/ioc/test")
+    bad_value = encode(
+        et,
+        {"principal": "p1", "action": "x", "target": target, "at": "not a time", "service": "t"},
+        source="/ioc/test",
+    )
     from shared.contracts.cloudevents import EncodedEvent
 
     not_json = EncodedEvent(good.topic, good.key, b"{oops", good.headers, "x")
@@ -87,8 +96,9 @@ async def test_consumer_dead_letters_poison_and_moves_on(kafka_settings, topics_
         seen.extend(e for e in events if e.data.get("target") == target)
 
     group = f"g-{uuid.uuid4().hex[:8]}"
-    consumer = EventConsumer(kafka_settings, group_id=group, topics=[AUDIT_TOPIC.name], handler=handler,
-                             publisher=pub)
+    consumer = EventConsumer(
+        kafka_settings, group_id=group, topics=[AUDIT_TOPIC.name], handler=handler, publisher=pub
+    )
     await consumer.start()
     try:
         for _ in range(200):

@@ -20,9 +20,23 @@ pytestmark = pytest.mark.integration
 def _records(topic: str, offsets: range, tag: str, partition: int = 0) -> list[ConsumerRecord]:
     out = []
     for o in offsets:
-        ev = encode(AUDIT, {"principal": "p", "action": tag, "target": "t", "at": datetime.now(UTC).isoformat(),
-                            "service": "s"}, source="/ioc/test", id=f"{tag}-{o}")
-        out.append(ConsumerRecord(topic, partition, o, 0, 0, ev.key, ev.value, None, len(ev.key), len(ev.value), ev.headers))
+        ev = encode(
+            AUDIT,
+            {
+                "principal": "p",
+                "action": tag,
+                "target": "t",
+                "at": datetime.now(UTC).isoformat(),
+                "service": "s",
+            },
+            source="/ioc/test",
+            id=f"{tag}-{o}",
+        )
+        out.append(
+            ConsumerRecord(
+                topic, partition, o, 0, 0, ev.key, ev.value, None, len(ev.key), len(ev.value), ev.headers
+            )
+        )
     return out
 
 
@@ -35,7 +49,9 @@ async def _core(kafka_settings, name: str, partitions: int = 1) -> ProcessorCore
     return core
 
 
-async def test_redelivered_records_after_restart_neither_double_count_nor_lower_the_floor(kafka_settings, topics_ready):
+async def test_redelivered_records_after_restart_neither_double_count_nor_lower_the_floor(
+    kafka_settings, topics_ready
+):
     tag = f"c{uuid.uuid4().hex[:6]}"
     name = f"test-core-{tag}"
     tp = TopicPartition(AUDIT.topic, 0)
@@ -59,7 +75,9 @@ async def test_the_same_event_at_another_offset_counts_once(kafka_settings, topi
     tp = TopicPartition(AUDIT.topic, 0)
     core = await _core(kafka_settings, f"test-core-{tag}")
     first = _records(AUDIT.topic, range(0, 10), tag)
-    again = [ConsumerRecord(r.topic, 0, r.offset + 10, 0, 0, r.key, r.value, None, 0, 0, r.headers) for r in first]
+    again = [
+        ConsumerRecord(r.topic, 0, r.offset + 10, 0, 0, r.key, r.value, None, 0, 0, r.headers) for r in first
+    ]
     await core.process({tp: first + again})
     await core.flush()
     assert core.partitions[0].state.get(f"count:{tag}") == 10
@@ -78,7 +96,9 @@ async def test_a_processor_without_dedup_window_keeps_no_event_ids(kafka_setting
     await core.start()
     tp = TopicPartition(AUDIT.topic, 0)
     first = _records(AUDIT.topic, range(0, 10), tag)
-    again = [ConsumerRecord(r.topic, 0, r.offset + 10, 0, 0, r.key, r.value, None, 0, 0, r.headers) for r in first]
+    again = [
+        ConsumerRecord(r.topic, 0, r.offset + 10, 0, 0, r.key, r.value, None, 0, 0, r.headers) for r in first
+    ]
     await core.process({tp: first + again})
     await core.flush()
     assert core.partitions[0].state.get(f"count:{tag}") == 20
@@ -94,8 +114,12 @@ async def test_the_first_batch_recovers_every_owned_partition_at_once(kafka_sett
     name = f"test-core-{tag}"
     tp0, tp1 = TopicPartition(AUDIT.topic, 0), TopicPartition(AUDIT.topic, 1)
     core = await _core(kafka_settings, name, partitions=2)
-    await core.process({tp0: _records(AUDIT.topic, range(0, 5), tag, 0),
-                        tp1: _records(AUDIT.topic, range(0, 7), tag + "x", 1)})
+    await core.process(
+        {
+            tp0: _records(AUDIT.topic, range(0, 5), tag, 0),
+            tp1: _records(AUDIT.topic, range(0, 7), tag + "x", 1),
+        }
+    )
     await core.flush()
     await core.stop()
 
@@ -122,7 +146,9 @@ async def test_the_first_batch_recovers_every_owned_partition_at_once(kafka_sett
     await core.stop()
 
 
-async def test_a_recovery_running_beside_a_batch_never_loads_its_partition_twice(kafka_settings, topics_ready, caplog):
+async def test_a_recovery_running_beside_a_batch_never_loads_its_partition_twice(
+    kafka_settings, topics_ready, caplog
+):
     """A rebalance listener or a rewind recovers outside the batch lock. When a batch arrives meanwhile, the
     partition is loaded once: a second load would replace the state the batch was applied to with the durable
     one, losing the batch and its applied offset (the aiokafka driver then never caught up: CI, 2026-11-24)."""
@@ -155,8 +181,12 @@ async def test_state_keys_held_are_exported_after_emits_recovery_and_revocation(
 
     tp0, tp1 = TopicPartition(AUDIT.topic, 0), TopicPartition(AUDIT.topic, 1)
     core = await _core(kafka_settings, name, partitions=2)
-    await core.process({tp0: _records(AUDIT.topic, range(0, 5), tag, 0),
-                        tp1: _records(AUDIT.topic, range(0, 7), tag + "x", 1)})
+    await core.process(
+        {
+            tp0: _records(AUDIT.topic, range(0, 5), tag, 0),
+            tp1: _records(AUDIT.topic, range(0, 7), tag + "x", 1),
+        }
+    )
     await core.tick()
     held = sum(len(pr.state) for pr in core.partitions.values())
     assert held >= 2 and exported() == held

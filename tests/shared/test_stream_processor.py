@@ -47,7 +47,9 @@ def test_memory_keeps_what_is_still_emitted_and_forgets_what_is_not(monkeypatch)
     sizes = [len(g) for g in p._emitted[0]]
     assert sum(sizes) <= 6, sizes  # two generations of 3, not 101 idents
     assert not p.changed_since_emitted(0, "live", 0.0), "an ident asked about every round is never forgotten"
-    assert p.changed_since_emitted(0, ("energy", 0), 1.0), "a long-pruned window is forgotten: published again"
+    assert p.changed_since_emitted(0, ("energy", 0), 1.0), (
+        "a long-pruned window is forgotten: published again"
+    )
 
 
 def test_an_ident_of_the_previous_generation_is_still_known(monkeypatch):
@@ -57,9 +59,13 @@ def test_an_ident_of_the_previous_generation_is_still_known(monkeypatch):
     p = Echo()
     p.changed_since_emitted(0, "a", 1)
     p.changed_since_emitted(0, "b", 1)
-    p.changed_since_emitted(0, "c", 1)  # the current generation was full: "a" and "b" are now the previous one
+    p.changed_since_emitted(
+        0, "c", 1
+    )  # the current generation was full: "a" and "b" are now the previous one
     assert not p.changed_since_emitted(0, "a", 1)
-    assert p.changed_since_emitted(0, "b", 2), "a changed fingerprint is published whichever generation held it"
+    assert p.changed_since_emitted(0, "b", 2), (
+        "a changed fingerprint is published whichever generation held it"
+    )
     assert not p.changed_since_emitted(0, "b", 2)
 
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 
 
 async def _latest_counts(kafka_settings, action_prefix: str) -> dict[str, float]:
-    events = await read_topic(kafka_settings, KPI_TYPE.topic, where=lambda e: e.data["kpi"].startswith(action_prefix))
+    events = await read_topic(
+        kafka_settings, KPI_TYPE.topic, where=lambda e: e.data["kpi"].startswith(action_prefix)
+    )
     latest: dict[tuple[str, int], float] = {}
     for e in events:  # keep the latest per (kpi, partition), then merge partitions
         latest[(e.data["kpi"], e.data["partition"])] = e.data["numerator"]
@@ -31,7 +33,9 @@ async def _latest_counts(kafka_settings, action_prefix: str) -> dict[str, float]
 async def test_counts_survive_restart_without_double_counting(kafka_settings, topics_ready, driver):
     tag = uuid.uuid4().hex[:6]
     pub = EventPublisher(kafka_settings, client_id="t")
-    first = [encode(AUDIT, audit(f"a{tag}{i % 3}", f"x{n}"), source="/ioc/test") for n, i in enumerate(range(300))]
+    first = [
+        encode(AUDIT, audit(f"a{tag}{i % 3}", f"x{n}"), source="/ioc/test") for n, i in enumerate(range(300))
+    ]
     await pub.publish(first)
     # the same events delivered again (same source+id): must not count twice
     await pub.publish(first[:50])
@@ -55,7 +59,9 @@ async def test_copies_of_applied_events_after_a_restart_are_dropped(kafka_settin
     offset after the worker restarted is not applied again."""
     tag = uuid.uuid4().hex[:6]
     pub = EventPublisher(kafka_settings, client_id="t")
-    events = [encode(AUDIT, audit(f"r{tag}", f"x{i}"), source="/ioc/test", id=f"{tag}-{i}") for i in range(30)]
+    events = [
+        encode(AUDIT, audit(f"r{tag}", f"x{i}"), source="/ioc/test", id=f"{tag}-{i}") for i in range(30)
+    ]
     await pub.publish(events)
     name = f"test-refill-{tag}"
     async with ProcessorRuntime(ActionCounter(name), kafka_settings, driver="aiokafka").running() as rt:
@@ -78,12 +84,14 @@ class _SlowTickCounter(ActionCounter):
 
 @pytest.mark.parametrize("driver", ["aiokafka", "faust"])
 async def test_a_batch_after_an_emit_is_published_within_the_emit_interval_when_the_stream_pauses(
-        kafka_settings, topics_ready, driver):
+    kafka_settings, topics_ready, driver
+):
     """The last batch before a pause is emitted once the emit interval has passed, not at the next tick."""
     tag = uuid.uuid4().hex[:6]
     pub = EventPublisher(kafka_settings, client_id="t")
-    async with ProcessorRuntime(_SlowTickCounter(f"test-pending-{driver}-{tag}"), kafka_settings,
-                                driver=driver).running() as rt:
+    async with ProcessorRuntime(
+        _SlowTickCounter(f"test-pending-{driver}-{tag}"), kafka_settings, driver=driver
+    ).running() as rt:
         # not rt.drain(): it ticks at the end, which would emit what is pending and hide a missing emit
         async def applied(n: int) -> None:
             async with asyncio.timeout(40):

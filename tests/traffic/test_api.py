@@ -25,8 +25,9 @@ def uid(prefix: str) -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def client(kafka_settings, db_settings, topics_ready):
-    settings = TrafficSettings(kafka=kafka_settings, database=db_settings,
-                               measures_store_group=uid("traffic-store"))
+    settings = TrafficSettings(
+        kafka=kafka_settings, database=db_settings, measures_store_group=uid("traffic-store")
+    )
     app = create_app(settings)
     async with running_app(app) as c:
         c.app = app
@@ -46,18 +47,31 @@ async def keys(client):
 
 
 def intersection(iid: str, cid: str, **kw) -> dict:
-    return {"intersection_id": iid, "name": "Kim Mã - Giảng Võ", "district": "BD", "lat": 21.031,
-            "lon": 105.821, "controller_id": cid, "phases": [2, 4, 6, 8], **kw}
+    return {
+        "intersection_id": iid,
+        "name": "Kim Mã - Giảng Võ",
+        "district": "BD",
+        "lat": 21.031,
+        "lon": 105.821,
+        "controller_id": cid,
+        "phases": [2, 4, 6, 8],
+        **kw,
+    }
 
 
 async def register(client, keys, iid: str, cid: str, gateway: str | None = "") -> None:
     """Register an intersection with detectors; reported for by the ``ingest`` key unless ``gateway`` is given."""
     gateway = keys["gateway"] if gateway == "" else gateway
-    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid, gateway=gateway)]},
-                          headers=auth(keys["admin"]))
+    r = await client.post(
+        "/v1/intersections",
+        json={"items": [intersection(iid, cid, gateway=gateway)]},
+        headers=auth(keys["admin"]),
+    )
     assert r.status_code == 200, r.text
-    csv_body = ("DeviceId,Phase,Parameter,Function,Distance,Speed\n"
-                f"{cid},2,1,Advance,50,36\n{cid},2,2,stop bar,,\n{cid},2,3,Presence,,\n{cid},4,9,Count,,\n")
+    csv_body = (
+        "DeviceId,Phase,Parameter,Function,Distance,Speed\n"
+        f"{cid},2,1,Advance,50,36\n{cid},2,2,stop bar,,\n{cid},2,3,Presence,,\n{cid},4,9,Count,,\n"
+    )
     r = await client.post("/v1/detectors/import", content=csv_body, headers=auth(keys["admin"]))
     assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
 
@@ -70,8 +84,9 @@ async def test_auth_missing_key_401_and_missing_scope_403(client, keys):
     assert r.status_code == 401
     r = await client.post("/v1/events", json=body, headers=auth(keys["read"]))
     assert r.status_code == 403 and "traffic:ingest" in r.json()["error"]["message"]
-    r = await client.post("/v1/intersections", json={"items": [intersection(uid("I"), uid("C"))]},
-                          headers=auth(keys["ingest"]))
+    r = await client.post(
+        "/v1/intersections", json={"items": [intersection(uid("I"), uid("C"))]}, headers=auth(keys["ingest"])
+    )
     assert r.status_code == 403
     r = await client.get("/v1/intersections/x/measures")
     assert r.status_code == 401
@@ -79,22 +94,33 @@ async def test_auth_missing_key_401_and_missing_scope_403(client, keys):
 
 async def test_registry_write_publishes_config_and_rejects_bad_rows(client, keys, kafka_settings):
     iid, cid, other = uid("I"), uid("C"), uid("I")
-    r = await client.post("/v1/intersections", headers=auth(keys["admin"]), json={"items": [
-        intersection(iid, cid),
-        intersection(other, cid),  # same controller twice
-        intersection(uid("I"), uid("C"), district="XX"),
-        {**intersection(uid("I"), uid("C")), "lat": "north"},
-    ]})
+    r = await client.post(
+        "/v1/intersections",
+        headers=auth(keys["admin"]),
+        json={
+            "items": [
+                intersection(iid, cid),
+                intersection(other, cid),  # same controller twice
+                intersection(uid("I"), uid("C"), district="XX"),
+                {**intersection(uid("I"), uid("C")), "lat": "north"},
+            ]
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and body["status"] == "partial" and body["accepted"] == 1
     assert [(e["index"], e["field"], e["code"]) for e in body["rejected"]] == [
-        (1, "intersection_id", "duplicate"), (2, "district", "unknown_area"), (3, "lat", "invalid")]
+        (1, "intersection_id", "duplicate"),
+        (2, "district", "unknown_area"),
+        (3, "lat", "invalid"),
+    ]
     got = await read_topic(kafka_settings, REGISTRY_TOPIC.name, where=lambda e: e.key == cid, expect=1)
     assert got[0].data["intersection_id"] == iid and got[0].data["district"] == "BD"
     # bulk CSV import keeps the registry in one place; a controller owned elsewhere is a conflict
-    csv_body = ("intersection_id,name,district,lat,lon,controller_id,phases\n"
-                f"{other},Cầu Giấy,CG,21.03,105.79,{uid('C')},2;4;6;8\n"
-                f"{uid('I')},Láng,DD,21.02,105.81,{cid},2 4\n")
+    csv_body = (
+        "intersection_id,name,district,lat,lon,controller_id,phases\n"
+        f"{other},Cầu Giấy,CG,21.03,105.79,{uid('C')},2;4;6;8\n"
+        f"{uid('I')},Láng,DD,21.02,105.81,{cid},2 4\n"
+    )
     r = await client.post("/v1/intersections/import", content=csv_body, headers=auth(keys["admin"]))
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == 1 and r.json()["rejected"][0]["code"] == "conflict"
@@ -108,23 +134,39 @@ async def test_ingest_publishes_events_and_answers_each_rejection(client, keys, 
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
     def ev(sec, code, param, controller=cid):
-        return {"timestamp": (t0 + timedelta(seconds=sec)).isoformat(), "controller_id": controller,
-                "event_code": code, "parameter": param}
+        return {
+            "timestamp": (t0 + timedelta(seconds=sec)).isoformat(),
+            "controller_id": controller,
+            "event_code": code,
+            "parameter": param,
+        }
 
-    items = [ev(0, 1, 2), ev(0.1, 82, 1), ev(30, 8, 2), ev(34, 9, 2),
-             ev(1, 1, 2, controller=uid("C")),  # unknown controller
-             ev(2, 77, 2),  # reserved code
-             {**ev(3, 1, 2), "event_code": "1"},  # wrong type
-             {"timestamp": (datetime.now(UTC) + timedelta(hours=1)).isoformat(), "controller_id": cid,
-              "event_code": 1, "parameter": 2},  # far in the future
-             ev(0.1, 82, 1)]  # duplicate
+    items = [
+        ev(0, 1, 2),
+        ev(0.1, 82, 1),
+        ev(30, 8, 2),
+        ev(34, 9, 2),
+        ev(1, 1, 2, controller=uid("C")),  # unknown controller
+        ev(2, 77, 2),  # reserved code
+        {**ev(3, 1, 2), "event_code": "1"},  # wrong type
+        {
+            "timestamp": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+            "controller_id": cid,
+            "event_code": 1,
+            "parameter": 2,
+        },  # far in the future
+        ev(0.1, 82, 1),
+    ]  # duplicate
     r = await client.post("/v1/events", json={"items": items}, headers=auth(keys["ingest"]))
     body = r.json()
     assert r.status_code == 200, body
     assert body["status"] == "partial" and body["accepted"] == 4 and body["duplicates"] == 1
     assert [(e["index"], e["field"], e["code"]) for e in body["rejected"]] == [
-        (4, "controller_id", "unknown_entity"), (5, "event_code", "unknown_code"), (6, "event_code", "invalid"),
-        (7, "timestamp", "future_timestamp")]
+        (4, "controller_id", "unknown_entity"),
+        (5, "event_code", "unknown_code"),
+        (6, "event_code", "invalid"),
+        (7, "timestamp", "future_timestamp"),
+    ]
     assert all(e["reason"] for e in body["rejected"])
     # older than the controller's latest accepted event by more than the tolerance: out of order
     r = await client.post("/v1/events", json={"items": [ev(10, 43, 4)]}, headers=auth(keys["ingest"]))
@@ -136,11 +178,13 @@ async def test_ingest_publishes_events_and_answers_each_rejection(client, keys, 
 
 
 async def test_malformed_body_is_a_clear_400(client, keys):
-    r = await client.post("/v1/events", content=b"{nope", headers={**auth(keys["ingest"]),
-                                                                  "content-type": "application/json"})
+    r = await client.post(
+        "/v1/events", content=b"{nope", headers={**auth(keys["ingest"]), "content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_json"
-    r = await client.post("/v1/detectors/import", content=b"DeviceId,Phase,Parameter,Function\n",
-                          headers=auth(keys["admin"]))
+    r = await client.post(
+        "/v1/detectors/import", content=b"DeviceId,Phase,Parameter,Function\n", headers=auth(keys["admin"])
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_csv"
 
 
@@ -155,24 +199,38 @@ async def test_events_to_measures_through_processor_and_csv_export(client, keys,
     iid, cid = uid("I"), uid("C")
     # One registry record with the detectors: the processor reads the registry and event topics in no fixed
     # order, so a configuration changed just before the events could apply after them.
-    dets = [{"channel": 1, "phase": 2, "function": "advance", "distance_m": 50.0, "speed_kmh": 36.0},
-            {"channel": 2, "phase": 2, "function": "presence"}, {"channel": 3, "phase": 2, "function": "presence"},
-            {"channel": 9, "phase": 4, "function": "count"}]
-    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid, detectors=dets,
-                                                                            gateway=keys["gateway"])]},
-                          headers=auth(keys["admin"]))
+    dets = [
+        {"channel": 1, "phase": 2, "function": "advance", "distance_m": 50.0, "speed_kmh": 36.0},
+        {"channel": 2, "phase": 2, "function": "presence"},
+        {"channel": 3, "phase": 2, "function": "presence"},
+        {"channel": 9, "phase": 4, "function": "count"},
+    ]
+    r = await client.post(
+        "/v1/intersections",
+        json={"items": [intersection(iid, cid, detectors=dets, gateway=keys["gateway"])]},
+        headers=auth(keys["admin"]),
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     now = datetime.now(UTC)
     t0 = now - timedelta(hours=2)
     t0 = t0.replace(minute=t0.minute - t0.minute % 15, second=0, microsecond=0)
     shift = round(t0.timestamp() * 1000) - BASE
     events = [*two_cycles(), (BASE + 1_200_000, 43, 4), (BASE + 1_206_000, 43, 4)]
-    items = [{"timestamp": datetime.fromtimestamp((t + shift) / 1000, UTC).isoformat(), "controller_id": cid,
-              "event_code": code, "parameter": param} for t, code, param in events]
+    items = [
+        {
+            "timestamp": datetime.fromtimestamp((t + shift) / 1000, UTC).isoformat(),
+            "controller_id": cid,
+            "event_code": code,
+            "parameter": param,
+        }
+        for t, code, param in events
+    ]
     r = await client.post("/v1/events", json={"items": items}, headers=auth(keys["ingest"]))
     assert r.status_code == 200 and r.json()["accepted"] == len(items), r.text
 
-    processor_cls = type("TrafficProcessorUnderTest", (TrafficSignalProcessor,), {"name": uid("traffic-test")})
+    processor_cls = type(
+        "TrafficProcessorUnderTest", (TrafficSignalProcessor,), {"name": uid("traffic-test")}
+    )
     async with ProcessorRuntime(processor_cls(), kafka_settings).running() as rt:
         await rt.drain(timeout=30)
 
@@ -190,16 +248,20 @@ async def test_events_to_measures_through_processor_and_csv_export(client, keys,
     params = {"from": t0.isoformat(), "to": (t0 + timedelta(hours=1)).isoformat()}
     body = None
     for _ in range(100):
-        r = await client.get(f"/v1/intersections/{iid}/measures", params={**params, "format": "json"},
-                             headers=auth(keys["read"]))
+        r = await client.get(
+            f"/v1/intersections/{iid}/measures",
+            params={**params, "format": "json"},
+            headers=auth(keys["read"]),
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         if len(body["measures"]) == 4:
             break
         await asyncio.sleep(0.2)
     assert [m["phase"] for m in body["measures"]] == [2, 4, 6, 8]
-    r = await client.get(f"/v1/intersections/{iid}/measures", params={**params, "format": "csv"},
-                         headers=auth(keys["read"]))
+    r = await client.get(
+        f"/v1/intersections/{iid}/measures", params={**params, "format": "csv"}, headers=auth(keys["read"])
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(r.text)))
     assert len(rows) == 4
@@ -209,8 +271,11 @@ async def test_events_to_measures_through_processor_and_csv_export(client, keys,
     assert float(row2["approach_delay_seconds"]) == pytest.approx(47 / 7)
     r = await client.get(f"/v1/intersections/{uid('I')}/measures", headers=auth(keys["read"]))
     assert r.status_code == 404
-    r = await client.get(f"/v1/intersections/{iid}/measures", params={"from": params["to"], "to": params["from"]},
-                         headers=auth(keys["read"]))
+    r = await client.get(
+        f"/v1/intersections/{iid}/measures",
+        params={"from": params["to"], "to": params["from"]},
+        headers=auth(keys["read"]),
+    )
     assert r.status_code == 422
 
 
@@ -226,8 +291,9 @@ async def test_replay_feeds_a_udot_log_through_the_api(client, keys, tmp_path, k
     lines.append(f"{t0.isoformat(sep=' ')},{cid},999,1")  # not an Indiana code
     path = tmp_path / "log.csv"
     path.write_text("\n".join(lines) + "\n")
-    report = await replay_file(path, "http://ioc.test", keys["ingest"], speed=None, tz="UTC", batch_size=10,
-                               client=client)
+    report = await replay_file(
+        path, "http://ioc.test", keys["ingest"], speed=None, tz="UTC", batch_size=10, client=client
+    )
     assert (report.sent, report.accepted, report.rejected) == (31, 30, 1)
     assert report.reasons == {"invalid": 1}  # 999 is outside the 0-255 range of the schema
     got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=4)
@@ -236,8 +302,12 @@ async def test_replay_feeds_a_udot_log_through_the_api(client, keys, tmp_path, k
 
 # --- entity ownership: a gateway reports for the controllers registered with it as their gateway ---------------
 def hires(cid: str, t0: datetime, sec: float, code: int = 82, param: int = 1) -> dict:
-    return {"timestamp": (t0 + timedelta(seconds=sec)).isoformat(), "controller_id": cid, "event_code": code,
-            "parameter": param}
+    return {
+        "timestamp": (t0 + timedelta(seconds=sec)).isoformat(),
+        "controller_id": cid,
+        "event_code": code,
+        "parameter": param,
+    }
 
 
 def recent() -> datetime:
@@ -258,7 +328,8 @@ async def test_a_gateway_reports_for_its_own_controller(client, keys, kafka_sett
     assert r.status_code == 200, body
     # an unregistered controller is not an ownership matter: it stays a per-item unknown_entity
     assert body["accepted"] == 2 and [(e["index"], e["field"], e["code"]) for e in body["rejected"]] == [
-        (2, "controller_id", "unknown_entity")]
+        (2, "controller_id", "unknown_entity")
+    ]
     got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=1)
     assert [(e["code"], e["param"]) for e in got[0].data["events"]] == [(82, 1), (81, 1)]
 
@@ -269,15 +340,22 @@ async def test_a_batch_naming_another_gateways_controller_is_refused_whole(clien
     await register(client, keys, uid("I"), mine)
     await register(client, keys, uid("I"), theirs, gateway=other_gw)
     t0 = recent()
-    items = [hires(mine, t0, 0), hires(theirs, t0, 1), hires(mine, t0, 2),
-             hires("<b>C\u202e", t0, 3), hires(theirs, t0, 4)]
+    items = [
+        hires(mine, t0, 0),
+        hires(theirs, t0, 1),
+        hires(mine, t0, 2),
+        hires("<b>C\u202e", t0, 3),
+        hires(theirs, t0, 4),
+    ]
     r = await client.post("/v1/events", json={"items": items}, headers=auth(keys["ingest"]))
     assert r.status_code == 403, r.text
     err = r.json()["error"]
     assert err["code"] == "forbidden"
     assert err["message"] == f"not your controller(s): {theirs}; nothing was accepted"
     assert [(d["item"], d["id"], d["field"]) for d in err["details"]] == [
-        (1, theirs, "controller_id"), (4, theirs, "controller_id")]
+        (1, theirs, "controller_id"),
+        (4, theirs, "controller_id"),
+    ]
     assert all(d["reason"] == "this principal may not report for this controller" for d in err["details"])
     assert "<b>" not in r.text  # a malformed id names no controller and is never echoed
     # nothing of the batch was published, not even the own controller's events ...
@@ -290,7 +368,9 @@ async def test_a_batch_naming_another_gateways_controller_is_refused_whole(clien
     assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
     r = await client.post("/v1/events", json={"items": [hires(mine, t0, 5)]}, headers=auth(other_key))
     assert r.status_code == 403 and r.json()["error"]["details"][0]["id"] == mine, r.text
-    got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key in (mine, theirs), expect=2)
+    got = await read_topic(
+        kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key in (mine, theirs), expect=2
+    )
     assert sorted((e.key, len(e.data["events"])) for e in got) == sorted([(mine, 2), (theirs, 2)])
 
 
@@ -312,8 +392,9 @@ async def test_registry_shows_the_gateway_and_never_publishes_it(client, keys, k
     from shared.contracts.traffic import IntersectionConfigured
 
     iid, cid, gw = uid("I"), uid("C"), keys["gateway"]
-    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid, gateway=gw)]},
-                          headers=auth(keys["admin"]))
+    r = await client.post(
+        "/v1/intersections", json={"items": [intersection(iid, cid, gateway=gw)]}, headers=auth(keys["admin"])
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     r = await client.get(f"/v1/intersections/{iid}", headers=auth(keys["read"]))
     assert r.status_code == 200 and r.json()["gateway"] == gw
@@ -323,23 +404,31 @@ async def test_registry_shows_the_gateway_and_never_publishes_it(client, keys, k
     assert "gateway" not in got[0].data and gw not in str(got[0].data)
     IntersectionConfigured.model_validate(got[0].data)  # the closed contract (additionalProperties false)
     # an update says the whole entry: without a gateway the controller has none (as in the kiosk registry)
-    r = await client.post("/v1/intersections", json={"items": [intersection(iid, cid)]},
-                          headers=auth(keys["admin"]))
+    r = await client.post(
+        "/v1/intersections", json={"items": [intersection(iid, cid)]}, headers=auth(keys["admin"])
+    )
     assert r.status_code == 200, r.text
     r = await client.get(f"/v1/intersections/{iid}", headers=auth(keys["read"]))
     assert r.json()["gateway"] is None and r.json()["revision"] == 2
-    r = await client.post("/v1/events", json={"items": [hires(cid, recent(), 0)]}, headers=auth(keys["ingest"]))
+    r = await client.post(
+        "/v1/events", json={"items": [hires(cid, recent(), 0)]}, headers=auth(keys["ingest"])
+    )
     assert r.status_code == 403, r.text
     # a malformed gateway id is refused for its item
-    r = await client.post("/v1/intersections", json={"items": [intersection(uid("I"), uid("C"), gateway="gw one")]},
-                          headers=auth(keys["admin"]))
+    r = await client.post(
+        "/v1/intersections",
+        json={"items": [intersection(uid("I"), uid("C"), gateway="gw one")]},
+        headers=auth(keys["admin"]),
+    )
     assert r.status_code == 422 and [e["field"] for e in r.json()["rejected"]] == ["gateway"], r.text
 
 
 async def test_csv_import_sets_keeps_and_clears_the_gateway(client, keys):
     a, b, ca, cb, gw = uid("I"), uid("I"), uid("C"), uid("C"), keys["gateway"]
     header = "intersection_id,name,district,lat,lon,controller_id,phases"
-    body = f"{header},gateway\n{a},Láng,DD,21.02,105.81,{ca},2;4,{gw}\n{b},Hào Nam,DD,21.02,105.82,{cb},2 4,\n"
+    body = (
+        f"{header},gateway\n{a},Láng,DD,21.02,105.81,{ca},2;4,{gw}\n{b},Hào Nam,DD,21.02,105.82,{cb},2 4,\n"
+    )
     r = await client.post("/v1/intersections/import", content=body, headers=auth(keys["admin"]))
     assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
     r = await client.get(f"/v1/intersections/{a}", headers=auth(keys["read"]))
@@ -347,17 +436,24 @@ async def test_csv_import_sets_keeps_and_clears_the_gateway(client, keys):
     r = await client.get(f"/v1/intersections/{b}", headers=auth(keys["read"]))
     assert r.json()["gateway"] is None  # an empty cell: no gateway
     # a file without the column keeps the gateway (as it keeps the detectors it cannot express)
-    r = await client.post("/v1/intersections/import", content=f"{header}\n{a},Láng 2,DD,21.02,105.81,{ca},2;4\n",
-                          headers=auth(keys["admin"]))
+    r = await client.post(
+        "/v1/intersections/import",
+        content=f"{header}\n{a},Láng 2,DD,21.02,105.81,{ca},2;4\n",
+        headers=auth(keys["admin"]),
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     r = await client.get(f"/v1/intersections/{a}", headers=auth(keys["read"]))
     assert (r.json()["name"], r.json()["gateway"]) == ("Láng 2", gw)
     t0 = recent()
-    r = await client.post("/v1/events", json={"items": [hires(ca, t0, 0), hires(cb, t0, 1)]},
-                          headers=auth(keys["ingest"]))
+    r = await client.post(
+        "/v1/events", json={"items": [hires(ca, t0, 0), hires(cb, t0, 1)]}, headers=auth(keys["ingest"])
+    )
     assert r.status_code == 403 and [(d["item"], d["id"]) for d in r.json()["error"]["details"]] == [(1, cb)]
-    r = await client.post("/v1/intersections/import", content=f"{header},gateway\n{b},X,DD,21.0,105.8,{cb},2,a b\n",
-                          headers=auth(keys["admin"]))
+    r = await client.post(
+        "/v1/intersections/import",
+        content=f"{header},gateway\n{b},X,DD,21.0,105.8,{cb},2,a b\n",
+        headers=auth(keys["admin"]),
+    )
     assert r.status_code == 422 and r.json()["rejected"][0]["field"] == "gateway", r.text
 
 
@@ -367,9 +463,12 @@ async def test_a_controller_registered_by_another_replica_is_judged_on_fresh_dat
     iid, cid = uid("I"), uid("C")
     ctx = client.app.state.ctx
     async with ctx.pool.acquire() as conn:  # as another replica would: this one's cache does not know it yet
-        await repository.upsert_intersections(conn, [{**intersection(iid, cid), "detectors": [],
-                                                      "gateway": "another-gateway"}])
+        await repository.upsert_intersections(
+            conn, [{**intersection(iid, cid), "detectors": [], "gateway": "another-gateway"}]
+        )
     assert cid not in ctx.extras["registry"]
     await asyncio.sleep(1.1)  # ingest reloads the registry for an unknown controller at most once a second
-    r = await client.post("/v1/events", json={"items": [hires(cid, recent(), 0)]}, headers=auth(keys["ingest"]))
+    r = await client.post(
+        "/v1/events", json={"items": [hires(cid, recent(), 0)]}, headers=auth(keys["ingest"])
+    )
     assert r.status_code == 403 and r.json()["error"]["details"][0]["id"] == cid, r.text

@@ -89,24 +89,50 @@ def two_cycles() -> list[tuple[int, int, int]]:
     is not. Advance actuations at 10, 20, 30, 50, 56, 62, 100 s reach the stop bar 5 s later.
     """
     ev = [
-        (0, 9, 2), (0, 10, 2),
-        (10, 82, 1), (10.3, 81, 1), (20, 82, 1), (20.3, 81, 1),
+        (0, 9, 2),
+        (0, 10, 2),
+        (10, 82, 1),
+        (10.3, 81, 1),
+        (20, 82, 1),
+        (20.3, 81, 1),
         (25, 82, 2),  # queue at the stop bar
-        (30, 1, 2), (30, 82, 1), (30.3, 81, 1),
-        (40, 82, 3), (50, 81, 3),  # second stop-bar detector, overlapping: adds nothing
-        (50, 82, 1), (50.3, 81, 1), (56, 82, 1), (56.3, 81, 1),
+        (30, 1, 2),
+        (30, 82, 1),
+        (30.3, 81, 1),
+        (40, 82, 3),
+        (50, 81, 3),  # second stop-bar detector, overlapping: adds nothing
+        (50, 82, 1),
+        (50.3, 81, 1),
+        (56, 82, 1),
+        (56.3, 81, 1),
         (58, 81, 2),
-        (60, 4, 2), (60, 7, 2), (60, 8, 2),
-        (62, 82, 1), (62.3, 81, 1), (62, 82, 2),
-        (64, 9, 2), (64, 10, 2),
+        (60, 4, 2),
+        (60, 7, 2),
+        (60, 8, 2),
+        (62, 82, 1),
+        (62.3, 81, 1),
+        (62, 82, 2),
+        (64, 9, 2),
+        (64, 10, 2),
         (70, 81, 2),
-        (70, 90, 2), (80, 90, 2),  # ped button pressed twice: the first press counts
-        (94, 1, 2), (94, 21, 2),
-        (95, 82, 2), (100, 82, 1), (100, 81, 2), (100.3, 81, 1),
-        (101, 22, 2), (110, 23, 2),
-        (124, 5, 2), (124, 7, 2), (124, 8, 2),
-        (128, 9, 2), (128, 82, 2), (129, 81, 2),
-        (135, 82, 9), (135.5, 81, 9),
+        (70, 90, 2),
+        (80, 90, 2),  # ped button pressed twice: the first press counts
+        (94, 1, 2),
+        (94, 21, 2),
+        (95, 82, 2),
+        (100, 82, 1),
+        (100, 81, 2),
+        (100.3, 81, 1),
+        (101, 22, 2),
+        (110, 23, 2),
+        (124, 5, 2),
+        (124, 7, 2),
+        (124, 8, 2),
+        (128, 9, 2),
+        (128, 82, 2),
+        (129, 81, 2),
+        (135, 82, 9),
+        (135.5, 81, 9),
     ]
     return [(s(t), code, param) for t, code, param in ev]
 
@@ -136,7 +162,12 @@ def test_measures_of_two_cycles_match_hand_computation():
     assert p2["green_seconds"] == pytest.approx(60)
     assert p2["cycle_seconds"] == pytest.approx(128)
     # cycle 1: red 15, 25 (delay 15 + 5); green 35, 55; yellow 61. cycle 2: red 67 (delay 27); green 105
-    assert (p2["arrivals"], p2["arrivals_on_green"], p2["arrivals_on_yellow"], p2["arrivals_on_red"]) == (7, 3, 1, 3)
+    assert (p2["arrivals"], p2["arrivals_on_green"], p2["arrivals_on_yellow"], p2["arrivals_on_red"]) == (
+        7,
+        3,
+        1,
+        3,
+    )
     assert p2["total_delay_seconds"] == pytest.approx(47)
     assert p2["approach_delay_seconds"] == pytest.approx(47 / 7)
     assert p2["pct_arrivals_on_green"] == pytest.approx(3 / 7)
@@ -178,8 +209,16 @@ def test_open_bin_measures_hold_the_complete_cycles_and_the_elapsed_minutes():
 
 def test_partial_first_cycle_is_not_counted():
     # green before any red: the cycle has no start, so its arrivals are not classified
-    ev = [(s(0), 1, 2), (s(5), 82, 1), (s(20), 8, 2), (s(24), 9, 2), (s(30), 82, 1), (s(50), 1, 2),
-          (s(80), 8, 2), (s(84), 9, 2)]
+    ev = [
+        (s(0), 1, 2),
+        (s(5), 82, 1),
+        (s(20), 8, 2),
+        (s(24), 9, 2),
+        (s(30), 82, 1),
+        (s(50), 1, 2),
+        (s(80), 8, 2),
+        (s(84), 9, 2),
+    ]
     engine, data = run_engine(ev)
     engine.close_bins(through_ms=2**62)
     p2 = next(m for m in data["closed"][0]["phases"] if m["phase"] == 2)
@@ -190,8 +229,20 @@ def test_partial_first_cycle_is_not_counted():
 
 
 def test_alarms_fault_flash_power_and_consecutive_max_outs():
-    ev = [(s(1), 87, 2), (s(2), 87, 2), (s(3), 173, 5), (s(4), 182, 0), (s(5), 184, 0), (s(6), 173, 2),
-          (s(10), 5, 4), (s(20), 5, 4), (s(30), 5, 4), (s(40), 5, 4), (s(50), 4, 4), (s(60), 82, 2)]
+    ev = [
+        (s(1), 87, 2),
+        (s(2), 87, 2),
+        (s(3), 173, 5),
+        (s(4), 182, 0),
+        (s(5), 184, 0),
+        (s(6), 173, 2),
+        (s(10), 5, 4),
+        (s(20), 5, 4),
+        (s(30), 5, 4),
+        (s(40), 5, 4),
+        (s(50), 4, 4),
+        (s(60), 82, 2),
+    ]
     _, data = run_engine(ev)
     got = [(a["type"], a["key"], a["state"]) for a in data["alarms"]]
     assert got == [
@@ -209,8 +260,10 @@ def test_alarms_fault_flash_power_and_consecutive_max_outs():
 def test_stuck_detector_raises_after_threshold():
     params = MeasureParams(stuck_on_ms=60_000)
     _, data = run_engine([(s(0), 82, 9), (s(30), 43, 4), (s(61), 43, 4), (s(70), 81, 9)], params)
-    assert [(a["type"], a["state"]) for a in data["alarms"]] == [("stuck_detector", "raised"),
-                                                                ("stuck_detector", "cleared")]
+    assert [(a["type"], a["state"]) for a in data["alarms"]] == [
+        ("stuck_detector", "raised"),
+        ("stuck_detector", "cleared"),
+    ]
 
 
 # --- live signal state ---------------------------------------------------------------------------------------
@@ -246,8 +299,11 @@ def test_screen_rejects_unknown_future_out_of_order_and_counts_duplicates():
     ]
     res = screen.screen(items, {"C1"}, now)
     assert [(e.index, e.code, e.field) for e in res.errors] == [
-        (1, "unknown_entity", "controller_id"), (2, "unknown_code", "event_code"),
-        (3, "future_timestamp", "timestamp"), (6, "out_of_order", "timestamp")]
+        (1, "unknown_entity", "controller_id"),
+        (2, "unknown_code", "event_code"),
+        (3, "future_timestamp", "timestamp"),
+        (6, "out_of_order", "timestamp"),
+    ]
     assert res.duplicates == 1
     assert res.accepted == {"C1": [(s(97), 8, 2), (s(100), 1, 2)]}  # time-ordered
     # resending the same events later is a duplicate, not an error
@@ -261,24 +317,36 @@ def test_screen_rejects_unknown_future_out_of_order_and_counts_duplicates():
 
 def test_detector_rows_accept_atspm_names():
     rows = [
-        {"DeviceId": "C1", "Phase": "2", "Parameter": "1", "Function": "Advance", "Distance": "120",
-         "Speed": "40"},
+        {
+            "DeviceId": "C1",
+            "Phase": "2",
+            "Parameter": "1",
+            "Function": "Advance",
+            "Distance": "120",
+            "Speed": "40",
+        },
         {"DeviceId": "C1", "Phase": "2", "Parameter": "2", "Function": "stop bar"},
         {"DeviceId": "C1", "Phase": "4", "Parameter": "9", "Function": "Count"},
         {"DeviceId": "C1", "Phase": "x", "Parameter": "9", "Function": "Count"},
         {"DeviceId": "C1", "Phase": "4", "Parameter": "9", "Function": "radar"},
     ]
     ok, errors = parse_detector_rows(rows)
-    assert [(i, d["channel"], d["function"]) for i, _, d in ok] == [(0, 1, "advance"), (1, 2, "presence"),
-                                                                    (2, 9, "count")]
+    assert [(i, d["channel"], d["function"]) for i, _, d in ok] == [
+        (0, 1, "advance"),
+        (1, 2, "presence"),
+        (2, 9, "count"),
+    ]
     assert ok[0][2]["distance_m"] == 120.0 and ok[0][2]["speed_kmh"] == 40.0
     assert [(e.index, e.field) for e in errors] == [(3, "Parameter"), (4, "Function")]
 
 
 # --- entity ownership --------------------------------------------------------------------------------------
 def test_may_report_only_for_controllers_whose_gateway_it_is():
-    registry = {"C-1": {"controller_id": "C-1", "gateway": "gw-a"}, "C-2": {"controller_id": "C-2", "gateway": "gw-b"},
-                "C-3": {"controller_id": "C-3", "gateway": None}}
+    registry = {
+        "C-1": {"controller_id": "C-1", "gateway": "gw-a"},
+        "C-2": {"controller_id": "C-2", "gateway": "gw-b"},
+        "C-3": {"controller_id": "C-3", "gateway": None},
+    }
     assert may_report("gw-a", False, "C-1", registry)
     assert not may_report("gw-a", False, "C-2", registry)  # another gateway's
     assert not may_report("gw-a", False, "C-3", registry)  # no gateway: privileged principals only
@@ -291,15 +359,24 @@ def test_authorize_names_each_foreign_item_and_never_echoes_a_malformed_id():
     from shared.auth import ApiError, Principal
 
     registry = {"C-1": {"gateway": "gw-a"}, "C-2": {"gateway": "gw-b"}}
-    items = [{"controller_id": "C-1"}, {"controller_id": "C-2"}, {"controller_id": "<x>\u202e"}, "junk",
-             {"controller_id": ["C-2"]}, {"controller_id": "C-9"}, {"controller_id": "C-2"}]
+    items = [
+        {"controller_id": "C-1"},
+        {"controller_id": "C-2"},
+        {"controller_id": "<x>\u202e"},
+        "junk",
+        {"controller_id": ["C-2"]},
+        {"controller_id": "C-9"},
+        {"controller_id": "C-2"},
+    ]
     gateway = Principal("gw-a", "gateway", frozenset({"traffic:ingest"}))
     with pytest.raises(ApiError) as caught:
         authorize(gateway, items, registry)
     err = caught.value
     assert err.status == 403 and err.code == "forbidden"
-    assert [(d["item"], d["id"], d["field"]) for d in err.details] == [(1, "C-2", "controller_id"),
-                                                                       (6, "C-2", "controller_id")]
+    assert [(d["item"], d["id"], d["field"]) for d in err.details] == [
+        (1, "C-2", "controller_id"),
+        (6, "C-2", "controller_id"),
+    ]
     assert "C-2" in err.message and "<x>" not in err.message
     authorize(gateway, items[:1] + items[2:6], registry)  # own, malformed and unknown ids only: allowed
     authorize(Principal("ops", "admin", frozenset({"traffic:ingest", "traffic:admin"})), items, registry)

@@ -23,16 +23,35 @@ def proc() -> TrafficSignalProcessor:
 
 
 def registry_event(cid="C1", iid="I1", district="BD"):
-    return received(IntersectionConfigured, {
-        "intersection_id": iid, "controller_id": cid, "name": "Kim Mã - Giảng Võ", "district": district,
-        "lat": 21.03, "lon": 105.82, "revision": 1, **REGISTRY})
+    return received(
+        IntersectionConfigured,
+        {
+            "intersection_id": iid,
+            "controller_id": cid,
+            "name": "Kim Mã - Giảng Võ",
+            "district": district,
+            "lat": 21.03,
+            "lon": 105.82,
+            "revision": 1,
+            **REGISTRY,
+        },
+    )
 
 
 def hires(events, cid="C1", iid="I1", district="BD", offset=0):
-    return received(HiResEventsLogged, {
-        "controller_id": cid, "intersection_id": iid, "district": district,
-        "events": [{"t": datetime.fromtimestamp(t / 1000, UTC).isoformat(), "code": c, "param": p}
-                   for t, c, p in events]}, offset=offset)
+    return received(
+        HiResEventsLogged,
+        {
+            "controller_id": cid,
+            "intersection_id": iid,
+            "district": district,
+            "events": [
+                {"t": datetime.fromtimestamp(t / 1000, UTC).isoformat(), "code": c, "param": p}
+                for t, c, p in events
+            ],
+        },
+        offset=offset,
+    )
 
 
 def payloads(out, type_suffix):
@@ -46,25 +65,39 @@ def payloads(out, type_suffix):
 
 def end_of_bin_event():
     # event time 1206 s: past the bin end + 300 s grace + 5 s reorder hold
-    return [(round((T0 + timedelta(seconds=1200)).timestamp() * 1000), 43, 4),
-            (round((T0 + timedelta(seconds=1206)).timestamp() * 1000), 43, 4)]
+    return [
+        (round((T0 + timedelta(seconds=1200)).timestamp() * 1000), 43, 4),
+        (round((T0 + timedelta(seconds=1206)).timestamp() * 1000), 43, 4),
+    ]
 
 
 def test_measures_and_kpis_from_chunks_split_across_records(proc):
     events = two_cycles()
     half = len(events) // 2
-    evs = [registry_event(), hires(events[:half], offset=1), hires(events[half:], offset=2),
-           hires(end_of_bin_event(), offset=3)]
+    evs = [
+        registry_event(),
+        hires(events[:half], offset=1),
+        hires(events[half:], offset=2),
+        hires(end_of_bin_event(), offset=3),
+    ]
     _, out = run_in_memory(proc, evs, now=T0 + timedelta(seconds=1210))
     measures = payloads(out, "phase_measures.computed.v1")
     p2 = next(m for m in measures if m["phase"] == 2)
     assert p2["intersection_id"] == "I1" and p2["district"] == "BD"
     assert p2["bin_start"].startswith("2024-05-01T08:00:00")
-    assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (7, 3, 1, 2)
+    assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (
+        7,
+        3,
+        1,
+        2,
+    )
     assert p2["ped_delay_seconds_avg"] == pytest.approx(24)
     # the 08:00 bin's observations (the 08:15 bin, opened by the end-of-bin events, is live as well)
-    kpis = {(k["kpi"], k["scope_level"], k["scope_code"]): k for k in payloads(out, "kpi.observed.v1")
-            if k["kpi"] == "traffic.signals_in_fault" or k["window_start"].startswith("2024-05-01T08:00:00")}
+    kpis = {
+        (k["kpi"], k["scope_level"], k["scope_code"]): k
+        for k in payloads(out, "kpi.observed.v1")
+        if k["kpi"] == "traffic.signals_in_fault" or k["window_start"].startswith("2024-05-01T08:00:00")
+    }
     aog = kpis[("traffic.arrivals_on_green_ratio", "district", "BD")]
     assert (aog["numerator"], aog["denominator"]) == (3.0, 7.0)
     assert aog["value"] == pytest.approx(300 / 7)
@@ -109,10 +142,14 @@ def test_alarms_and_signals_in_fault(proc):
     alarms = payloads(out, "alarm.changed.v1")
     assert {(a["alarm_id"], a["state"], a["severity"]) for a in alarms} == {
         ("traffic:controller_flash:I1", "raised", "major"),
-        ("traffic:detector_fault:I1:2", "raised", "minor")}
+        ("traffic:detector_fault:I1:2", "raised", "minor"),
+    }
     assert all(a["source_id"] == "I1" and a["district"] == "BD" for a in alarms)
-    faults = {(k["scope_level"], k["scope_code"]): k["numerator"] for k in payloads(out, "kpi.observed.v1")
-              if k["kpi"] == "traffic.signals_in_fault"}
+    faults = {
+        (k["scope_level"], k["scope_code"]): k["numerator"]
+        for k in payloads(out, "kpi.observed.v1")
+        if k["kpi"] == "traffic.signals_in_fault"
+    }
     assert faults == {("district", "BD"): 1.0, ("city", "HN"): 1.0}
     state = payloads(out, "signal_state.changed.v1")[-1]
     assert state["flash"] is True and {p["color"] for p in state["phases"]} == {"flashing"}
@@ -162,8 +199,11 @@ def ms(seconds: float) -> int:
 
 def bin_kpis(out, window="2024-05-01T08:00:00"):
     """District/city roll-ups of one window, by (kpi, level, code) (the latest of each, as consumers keep)."""
-    return {(k["kpi"], k["scope_level"], k["scope_code"]): k for k in payloads(out, "kpi.observed.v1")
-            if k["kpi"] != "traffic.signals_in_fault" and k["window_start"].startswith(window)}
+    return {
+        (k["kpi"], k["scope_level"], k["scope_code"]): k
+        for k in payloads(out, "kpi.observed.v1")
+        if k["kpi"] != "traffic.signals_in_fault" and k["window_start"].startswith(window)
+    }
 
 
 def feed(proc, state, events, offset):
@@ -175,7 +215,9 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     events = two_cycles()
     first = [e for e in events if e[0] <= ms(80)]  # through cycle 1 (red at 64 s) and its split-failure check
     rest = [e for e in events if e[0] > ms(80)]
-    states, out = run_in_memory(proc, [registry_event(), hires(first, offset=1)], now=T0 + timedelta(seconds=81))
+    states, out = run_in_memory(
+        proc, [registry_event(), hires(first, offset=1)], now=T0 + timedelta(seconds=81)
+    )
     st = states[0]
     published = list(out)  # everything published, in order: consumers keep the latest per key
     assert payloads(out, "phase_measures.computed.v1") == []  # measures stay final-only
@@ -219,8 +261,11 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     feed(proc, st, end_of_bin_event(), 4)
     out = list(proc.emit(st, T0 + timedelta(seconds=1210)))
     # only what changed since the last provisional observations is published again
-    assert set(bin_kpis(out)) == {(k, level, code) for k in ("traffic.data_completeness_ratio",)
-                                  for level, code in (("district", "BD"), ("city", "HN"))}
+    assert set(bin_kpis(out)) == {
+        (k, level, code)
+        for k in ("traffic.data_completeness_ratio",)
+        for level, code in (("district", "BD"), ("city", "HN"))
+    }
     published += out
     final = bin_kpis(published)
     aog = final[("traffic.arrivals_on_green_ratio", "district", "BD")]
@@ -230,14 +275,25 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     # the final completeness covers all 15 minutes: data in minutes 0, 1, 2 only
     assert final[("traffic.data_completeness_ratio", "city", "HN")]["value"] == pytest.approx(300 / 15)
     p2 = next(m for m in payloads(out, "phase_measures.computed.v1") if m["phase"] == 2)
-    assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (7, 3, 1, 2)
+    assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (
+        7,
+        3,
+        1,
+        2,
+    )
     # the next bin (opened by the end-of-bin events) is live in its own window
     assert bin_kpis(out, "2024-05-01T08:15:00")
 
 
-BIN_KPI_IDS = ("traffic.volume_vehicles", "traffic.arrivals_on_green_ratio", "traffic.split_failure_ratio",
-               "traffic.approach_delay_seconds", "traffic.ped_delay_seconds", "traffic.intersections_reporting",
-               "traffic.data_completeness_ratio")
+BIN_KPI_IDS = (
+    "traffic.volume_vehicles",
+    "traffic.arrivals_on_green_ratio",
+    "traffic.split_failure_ratio",
+    "traffic.approach_delay_seconds",
+    "traffic.ped_delay_seconds",
+    "traffic.intersections_reporting",
+    "traffic.data_completeness_ratio",
+)
 
 
 def test_final_measures_and_kpis_are_the_same_with_and_without_live_kpis():
@@ -258,11 +314,17 @@ def test_final_measures_and_kpis_are_the_same_with_and_without_live_kpis():
     live_outs, live_final = run(30.0)
     off_outs, off_final = run(0)
     assert bin_kpis(off_outs) == {} and bin_kpis(live_outs)  # provisional KPIs only when live
-    assert payloads(live_outs, "phase_measures.computed.v1") == payloads(off_outs, "phase_measures.computed.v1") == []
+    assert (
+        payloads(live_outs, "phase_measures.computed.v1")
+        == payloads(off_outs, "phase_measures.computed.v1")
+        == []
+    )
 
     def measures(out):
-        return sorted((m["phase"], {k: v for k, v in m.items() if k != "computed_at"})
-                      for m in payloads(out, "phase_measures.computed.v1"))
+        return sorted(
+            (m["phase"], {k: v for k, v in m.items() if k != "computed_at"})
+            for m in payloads(out, "phase_measures.computed.v1")
+        )
 
     assert measures(live_final) == measures(off_final) and len(measures(live_final)) == 2
 
@@ -272,7 +334,11 @@ def test_final_measures_and_kpis_are_the_same_with_and_without_live_kpis():
     # what consumers hold (the latest per key) is the same; with live KPIs the final emit re-publishes only the
     # observations the closed bin changed
     assert values([*live_outs, *live_final]) == values([*off_outs, *off_final]) == values(off_final)
-    assert values(off_final)[("traffic.arrivals_on_green_ratio", "city", "HN")] == (3.0, 7.0, pytest.approx(300 / 7))
+    assert values(off_final)[("traffic.arrivals_on_green_ratio", "city", "HN")] == (
+        3.0,
+        7.0,
+        pytest.approx(300 / 7),
+    )
     assert len(bin_kpis(live_final)) < len(bin_kpis(off_final))
 
 
@@ -280,8 +346,12 @@ def test_window_value_keeps_other_open_bins_when_one_intersection_closes_first()
     proc = TrafficSignalProcessor(TrafficSettings())
     a = two_cycles()
     b = [(t + 5_000, c, p) for t, c, p in two_cycles()]  # I2 in another district, 5 s later
-    evs = [registry_event(), registry_event("C2", "I2", "HK"), hires(a, offset=1),
-           hires(b, "C2", "I2", "HK", offset=2)]
+    evs = [
+        registry_event(),
+        registry_event("C2", "I2", "HK"),
+        hires(a, offset=1),
+        hires(b, "C2", "I2", "HK", offset=2),
+    ]
     states, published = run_in_memory(proc, evs, now=T0 + timedelta(seconds=200))
     st = states[0]
     # I1's bin closes (its event time passes 08:15 + grace); I2's does not yet
@@ -290,8 +360,10 @@ def test_window_value_keeps_other_open_bins_when_one_intersection_closes_first()
     assert {m["intersection_id"] for m in payloads(out, "phase_measures.computed.v1")} == {"I1"}
     published += out
     k = bin_kpis(published)
-    assert (k[("traffic.arrivals_on_green_ratio", "district", "BD")]["numerator"],
-            k[("traffic.arrivals_on_green_ratio", "district", "BD")]["denominator"]) == (3.0, 7.0)
+    assert (
+        k[("traffic.arrivals_on_green_ratio", "district", "BD")]["numerator"],
+        k[("traffic.arrivals_on_green_ratio", "district", "BD")]["denominator"],
+    ) == (3.0, 7.0)
     # I2's open bin counts with its complete cycles: the city value does not dip to I1 alone
     city = k[("traffic.arrivals_on_green_ratio", "city", "HN")]
     assert (city["numerator"], city["denominator"]) == (6.0, 14.0)
@@ -316,20 +388,32 @@ def simulated_log(minutes: int = 40):
     regs = [received(IntersectionConfigured, {**item, "revision": 1}) for item in items]
     logs = {}
     for item, sim in zip(items, sims, strict=True):
-        logs[item["controller_id"]] = (item, sorted({(round(t * 1000), code, param)
-                                                     for t, code, param in sim.events_until(start + minutes * 60)}))
+        logs[item["controller_id"]] = (
+            item,
+            sorted(
+                {(round(t * 1000), code, param) for t, code, param in sim.events_until(start + minutes * 60)}
+            ),
+        )
     return regs, logs
 
 
 def hires_of(item, events, offset):
-    return hires(events, cid=item["controller_id"], iid=item["intersection_id"], district=item["district"],
-                 offset=offset)
+    return hires(
+        events,
+        cid=item["controller_id"],
+        iid=item["intersection_id"],
+        district=item["district"],
+        offset=offset,
+    )
 
 
 def latest_kpis(out):
     """What a consumer holds: the latest observation per (kpi, scope, window), without its observation time."""
-    return {(k["key"], k["window_start"]): {f: v for f, v in k.items() if f != "observed_at"}
-            for k in payloads(out, "kpi.observed.v1") if k["kpi"] != "traffic.signals_in_fault"}
+    return {
+        (k["key"], k["window_start"]): {f: v for f, v in k.items() if f != "observed_at"}
+        for k in payloads(out, "kpi.observed.v1")
+        if k["kpi"] != "traffic.signals_in_fault"
+    }
 
 
 def test_batched_records_give_the_same_results_as_one_event_per_record():
@@ -353,15 +437,19 @@ def test_batched_records_give_the_same_results_as_one_event_per_record():
     records = [hires_of(logs[cid][0], chunk, i) for i, ((_, cid), chunk) in enumerate(sorted(chunks.items()))]
     out = []
     for i in range(0, len(records), 7):
-        proc.apply_batch(records[i:i + 7], state)
+        proc.apply_batch(records[i : i + 7], state)
         out += proc.emit(state, T0 + timedelta(seconds=i))
     out += proc.emit(state, later)
 
     def measures(o):
-        return sorted(orjson.dumps({k: v for k, v in m.items() if k != "computed_at"}, option=orjson.OPT_SORT_KEYS)
-                      for m in payloads(o, "phase_measures.computed.v1"))
+        return sorted(
+            orjson.dumps({k: v for k, v in m.items() if k != "computed_at"}, option=orjson.OPT_SORT_KEYS)
+            for m in payloads(o, "phase_measures.computed.v1")
+        )
 
-    assert measures(out) == measures(ref) and len(measures(ref)) >= 3 * 4 * 3  # 3 controllers × 4 phases × 3 bins
+    assert (
+        measures(out) == measures(ref) and len(measures(ref)) >= 3 * 4 * 3
+    )  # 3 controllers × 4 phases × 3 bins
     assert latest_kpis(out) == latest_kpis(ref)
 
     def by_source(o, type_suffix):  # controllers are emitted in the order the partition first saw them
@@ -370,7 +458,8 @@ def test_batched_records_give_the_same_results_as_one_event_per_record():
     assert by_source(out, "alarm.changed.v1") == by_source(ref, "alarm.changed.v1")
     last_state = {s["intersection_id"]: s for s in payloads(out, "signal_state.changed.v1")}
     assert by_source(ref, "signal_state.changed.v1") == sorted(
-        orjson.dumps(s, option=orjson.OPT_SORT_KEYS) for s in last_state.values())
+        orjson.dumps(s, option=orjson.OPT_SORT_KEYS) for s in last_state.values()
+    )
 
 
 def test_every_output_is_exactly_its_contract_models_dump():
@@ -392,8 +481,11 @@ def test_every_output_is_exactly_its_contract_models_dump():
 
 
 def test_unchanged_kpis_are_not_published_again_until_the_partition_is_reloaded(proc):
-    states, out = run_in_memory(proc, [registry_event(), hires([*two_cycles(), (ms(145), 43, 4)], offset=1)],
-                                now=T0 + timedelta(seconds=150))
+    states, out = run_in_memory(
+        proc,
+        [registry_event(), hires([*two_cycles(), (ms(145), 43, 4)], offset=1)],
+        now=T0 + timedelta(seconds=150),
+    )
     st = states[0]
     first = bin_kpis(out)
     assert len(first) == 2 * len(BIN_KPI_IDS)  # district BD and the city
@@ -404,8 +496,9 @@ def test_unchanged_kpis_are_not_published_again_until_the_partition_is_reloaded(
     proc.forget_emitted([0])
     feed(proc, st, [(ms(220), 43, 4)], 3)
     again = bin_kpis(proc.emit(st, T0 + timedelta(seconds=260)))
-    assert {k: (v["numerator"], v["denominator"]) for k, v in again.items()} == \
-        {k: (v["numerator"], v["denominator"]) for k, v in first.items()}
+    assert {k: (v["numerator"], v["denominator"]) for k, v in again.items()} == {
+        k: (v["numerator"], v["denominator"]) for k, v in first.items()
+    }
 
 
 def test_fast_time_text_paths_match_the_datetime_library():
@@ -416,7 +509,9 @@ def test_fast_time_text_paths_match_the_datetime_library():
 
     rnd = random.Random(11)
     for _ in range(20_000):
-        t = rnd.randrange(1_500_000_000_000, 2_100_000_000_000) // rnd.choice((1, 1000)) * 1  # ms and whole seconds
+        t = (
+            rnd.randrange(1_500_000_000_000, 2_100_000_000_000) // rnd.choice((1, 1000)) * 1
+        )  # ms and whole seconds
         t = t if t > 10**12 else t * 1000
         text = iso_ms(t)
         assert text == from_ms(t).isoformat().replace("+00:00", "Z")

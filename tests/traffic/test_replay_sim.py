@@ -12,8 +12,9 @@ from services.traffic.simulator import build_intersections
 
 def test_reads_atspm_and_udot_layouts_local_time_sorted(tmp_path):
     atspm = tmp_path / "atspm.csv"
-    atspm.write_text("TimeStamp,DeviceId,EventId,Parameter\n"
-                     "2024-05-01 08:00:01.5,C1,82,3\n2024-05-01 08:00:00.0,C1,1,2\n")
+    atspm.write_text(
+        "TimeStamp,DeviceId,EventId,Parameter\n2024-05-01 08:00:01.5,C1,82,3\n2024-05-01 08:00:00.0,C1,1,2\n"
+    )
     udot = tmp_path / "udot.csv"
     udot.write_text("Timestamp,SignalID,EventCode,EventParam\n5/1/2024 8:00:00.1,7115,1,2\n")
     rows = read_hires_csv(atspm)
@@ -38,7 +39,8 @@ def test_simulated_controller_logs_ordered_known_events_with_measures():
         engine.process(round(t * 1000), code, param)
     engine.close_bins(through_ms=2**62)
     closed = engine.d["closed"]
-    assert closed and closed[0]["bin_start"] == round((datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
-                                                        + timedelta(0)).timestamp() * 1000)
+    assert closed and closed[0]["bin_start"] == round(
+        (datetime(2024, 5, 1, 8, 0, tzinfo=UTC) + timedelta(0)).timestamp() * 1000
+    )
     p2 = next(m for m in closed[0]["phases"] if m["phase"] == 2)
     assert p2["cycles"] > 0 and p2["arrivals"] > 0 and 0 < p2["pct_green"] < 1
