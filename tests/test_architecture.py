@@ -22,7 +22,9 @@ def test_ruff_is_clean():
 
 
 def test_the_formatter_has_nothing_to_change():
-    r = subprocess.run([str(BIN / "ruff"), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [str(BIN / "ruff"), "format", "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
