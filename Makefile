@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint contracts bench soak system-deps clean
+.PHONY: install run test test-fast lint contracts bench performance-doc soak system-deps clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ contracts: install
 
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench.report
+
+# docs/performance.md from the last bench-results/bench.json
+performance-doc: install
+	$(PY) -m bench.report
 
 # The whole pipeline for 12 minutes at 8,000 items/s with 5,000 meters: ~10 days of meter event time, past the
 # meter processor's 3-day retention, to show whether memory levels off (bench-results/bench-pipeline.json).

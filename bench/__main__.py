@@ -154,6 +154,38 @@ def main() -> None:
     report(results, n, only)
 
 
+def run_metadata(n: int, only: tuple[str, ...]) -> dict:
+    """Which machine, commit and command the figures come from (docs/performance.md shows it)."""
+    import platform
+
+    import psutil
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit + (" (uncommitted changes)" if dirty.strip() else ""),
+        "machine": f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()}",
+        "command": "python -m bench" + (f" --only {','.join(only)}" if only else ""),
+        "workload": f"{n:,} events of ~100 bytes on 4 partitions, embedded broker",
+    }
+
+
 def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
     raw = results.get("raw_aiokafka", {}).get("events_per_s") or 0
     naive = results.get("naive_faust", {}).get("events_per_s") or 0
@@ -172,6 +204,8 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
     ):
         table.add_column(col, justify="right" if col != "path" else "left")
     for key, r in results.items():
+        if key.startswith("_"):  # the run's metadata (bench.report)
+            continue
         eps = r.get("events_per_s")
         same = str(r.get("x_raw_same_topics", ""))
         if len(r.get("x_raw_same_topics_runs", ())) > 1:  # median of the pairs, and their range
@@ -191,6 +225,7 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
     console.print(table)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
+    results = {"_run": run_metadata(n, only), **results}
     name = "bench.json" if not only else f"bench-{'-'.join(only)}.json"
     (out / name).write_text(json.dumps(results, indent=2))
     console.print(f"written {out / name}")
