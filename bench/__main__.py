@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -100,7 +101,7 @@ def main() -> None:
         events = small_events(n)
         results["produce_batched"] = {"events": n, "events_per_s": round(asyncio.run(produce(bs, events)))}
         topic = AUDIT.topic
-        steps = [
+        steps: list[tuple[str, str, dict[str, Any]]] = [
             ("raw_aiokafka", "baseline: raw aiokafka getmany + orjson + dict", dict(topic=topic, n=n)),
             # The same loop with the collector settings IOC's processes run with (shared.gc_tuning): the ceiling
             # the "× raw" figures would have if the plain consumer were tuned too.

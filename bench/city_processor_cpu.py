@@ -75,16 +75,16 @@ def generate(
                 ident = (kpi, level, code, w, ws, part)
                 prev = last.get(ident)
                 if prev is not None and rnd.random() < repeat:
-                    n, d = prev
+                    n, den = prev
                 else:
                     n = (prev[0] if prev else 0.0) + rnd.randint(1, 50)
-                    d = (
+                    den = (
                         ((prev[1] or 0.0) if prev else 0.0) + rnd.randint(50, 60)
                         if combine == "ratio"
                         else None
                     )
-                    last[ident] = (n, d)
-                value = (n / d if d else None) if combine == "ratio" else n
+                    last[ident] = (n, den)
+                value = (n / den if den else None) if combine == "ratio" else n
                 payload = {
                     "kpi": kpi,
                     "scope_level": level,
@@ -93,7 +93,7 @@ def generate(
                     "window_seconds": w,
                     "value": value,
                     "numerator": n,
-                    "denominator": d,
+                    "denominator": den,
                     "unit": "x",
                     "partition": part,
                     "observed_at": observed,
@@ -131,6 +131,7 @@ def run(module: str, workload, digest: dict | None = None) -> dict:
             if digest is not None:
                 published.extend(out)
     for e in published:
+        assert digest is not None  # published is only filled when a digest is asked for
         data = orjson.loads(e.value)
         if e.topic == "ioc.city.kpis":
             digest[

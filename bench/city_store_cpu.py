@@ -84,8 +84,8 @@ async def run(batches: list[list[ConsumerRecord]], profile: str | None, batch_de
             group_id=None,
             topics=[],
             handler=store.handle,
-            publisher=None,
-        )  # type: ignore[arg-type]
+            publisher=None,  # type: ignore[arg-type]  # nothing is dead-lettered in this bench
+        )
         if (
             batch_decode
         ):  # what a decode_batch-based EventConsumer.process_records would cost (see the report)
@@ -94,15 +94,16 @@ async def run(batches: list[list[ConsumerRecord]], profile: str | None, batch_de
                 good, _ = decode_batch(records)
                 await store.handle(good)
 
-            consumer.process_records = process_records
+            consumer.process_records = process_records  # type: ignore[method-assign]
         await consumer.process_records(batches[0])  # warm-up: prepared statements, first rows
         prof = cProfile.Profile() if profile else None
+        assert pg._proc is not None
         pg0, cpu0 = _postgres_cpu(pg._proc.pid), time.process_time()
         if prof:
             prof.enable()
         for records in batches[1:]:
             await consumer.process_records(records)
-        if prof:
+        if prof and profile:
             prof.disable()
             prof.dump_stats(profile)
         cpu, pg_cpu = time.process_time() - cpu0, _postgres_cpu(pg._proc.pid) - pg0
@@ -110,8 +111,9 @@ async def run(batches: list[list[ConsumerRecord]], profile: str | None, batch_de
         stream_items = await pool.fetchval("SELECT count(*) FROM stream_items")
         await pool.close()
     finally:
-        pg._proc.terminate()
-        pg._proc.wait(10)
+        if pg._proc is not None:
+            pg._proc.terminate()
+            pg._proc.wait(10)
     return {
         "kpi_updates": n,
         "batches": len(batches) - 1,

@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 import psutil
@@ -201,12 +202,12 @@ async def post_all(
     ``bodies`` as a list of lists: one lane per list, each posting its bodies in order (per-entity ordering).
     """
     lanes = bodies if bodies and isinstance(bodies[0], list) else None
-    queue = list(reversed(bodies)) if lanes is None else None
+    queue = cast("list[bytes]", list(reversed(bodies))) if lanes is None else []
     latencies: list[float] = []
     responses: list[httpx.Response] = []
 
     async def lane(mine: list[bytes] | None) -> None:
-        source = list(reversed(mine)) if mine is not None else queue
+        source: list[bytes] = list(reversed(mine)) if mine is not None else queue
         while source:
             body = source.pop()
             t = time.perf_counter()

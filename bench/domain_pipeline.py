@@ -547,7 +547,7 @@ def _processor_topics() -> dict[str, list[str]]:
 
     out = {}
     for entry in registry.present_services():
-        if registry.available(entry.processors):
+        if entry.processors and registry.available(entry.processors):
             for factory in registry.load(entry.processors):
                 proc = factory(registry.load(entry.settings)())
                 if proc.name in PROCESSORS:
@@ -729,7 +729,7 @@ async def pipeline(
         from bench.domain_traffic import intersections as intersection_registry
 
         limits = httpx.Limits(max_connections=16)
-        clients = {
+        clients: dict[str, httpx.AsyncClient] = {
             name: httpx.AsyncClient(base_url=url, timeout=60, limits=limits) for name, url in svc.items()
         }
         posters = {name: Poster(url) for name, url in svc.items()}  # the measured run's requests
@@ -1008,8 +1008,10 @@ async def pipeline(
             while any(p.seen is None for p in tail.probes) and time.perf_counter() - wait_t < 15:
                 await asyncio.sleep(0.1)
         finally:
-            for c in (*clients.values(), *posters.values()):
-                await c.aclose()
+            for client in clients.values():
+                await client.aclose()
+            for poster in posters.values():
+                await poster.aclose()
 
         # --- the row ---------------------------------------------------------------------------------------
         run_s = run_end - t0

@@ -21,6 +21,7 @@ def build_processor(domain: str, index: int, kafka: KafkaSettings):
     from ioc import registry
 
     entry = registry.service(domain)
+    assert entry.processors is not None, f"{domain} has no processors"
     settings = registry.load(entry.settings)(kafka=kafka)
     proc = registry.load(entry.processors)[index](settings)
     proc.name = f"{proc.name}-bench-{uuid.uuid4().hex[:6]}"
@@ -47,7 +48,7 @@ async def processor(
         m.first()
         return await process(records, **kwargs)
 
-    rt.core.process = timed_process
+    rt.core.process = timed_process  # type: ignore[method-assign,assignment]  # timing wrapper
     started = time.perf_counter()
     try:
         last, idle_since = 0, time.perf_counter()
@@ -145,7 +146,7 @@ async def naive_processor(
         await app.stop()
         shutil.rmtree(app.conf.datadir, ignore_errors=True)
     return m.result(
-        seen["n"], dead_lettered=seen["bad"], note="time-boxed" if now - seen["at"] <= idle_s else ""
+        int(seen["n"]), dead_lettered=seen["bad"], note="time-boxed" if now - seen["at"] <= idle_s else ""
     )
 
 
@@ -171,7 +172,7 @@ async def raw_sources(
         heartbeat_interval_ms=3000,
     )
     await c.start()
-    m, got, agg = Meter(), 0, {}
+    m, got, agg = Meter(), 0, dict[str, int]()
     started = time.perf_counter()
     try:
         idle_since = time.perf_counter()

@@ -13,6 +13,7 @@ import os
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from shared.config import KafkaSettings
 
@@ -87,7 +88,7 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
         pg.create_database("ioc_bench")
         db = pg.url("ioc_bench")
         ingest_n = max(n, 100_000)
-        steps = [
+        steps: list[tuple[str, str, dict[str, Any]]] = [
             # Ingest first: what the services publish is the processors' workload below.
             (
                 "meter_ingest",

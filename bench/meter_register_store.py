@@ -41,6 +41,7 @@ async def _flushes(
         fill = await pool.fetchval("SELECT reloptions FROM pg_class WHERE oid = 'register_state'::regclass")
         end = 1_700_000_100
         cpu0 = wall0 = 0.0
+        assert pg._proc is not None
         for i in range(flushes):
             end += 900
             if i == WARM_UP:
@@ -74,8 +75,9 @@ async def run(registers: int, flushes: int) -> list[dict]:
             out.append(await _flushes(pg, f"meter_baseline_{rnd}", 100, registers, flushes))
         return out
     finally:
-        pg._proc.terminate()
-        pg._proc.wait(10)
+        if pg._proc is not None:
+            pg._proc.terminate()
+            pg._proc.wait(10)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ class ActionCounts(StreamProcessor):
 
     def __init__(self, name: str | None = None):
         if name:
-            self.name = name
+            self.name = name  # type: ignore[misc]  # a bench copy under another name
 
     def apply(self, event, state: State) -> None:
         action = event.data["action"]

@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
 
@@ -84,7 +86,7 @@ async def raw_aiokafka(kafka: KafkaSettings, topic: str, n: int) -> dict:
         heartbeat_interval_ms=3000,
     )
     await c.start()
-    m, got, agg = Meter(), 0, {}
+    m, got, agg = Meter(), 0, dict[str, int]()
     try:
         while got < n:
             batch = await c.getmany(timeout_ms=500, max_records=20000)
@@ -192,7 +194,7 @@ async def ioc_stream_until_idle(kafka: KafkaSettings, topic: str, group: str) ->
     await rt.start()
     started = time.perf_counter()
     try:
-        last, idle_since = 0, None
+        last, idle_since = 0, started
         while True:
             await asyncio.sleep(0.01)
             p = rt.core.processed
@@ -210,7 +212,7 @@ async def ioc_stream_until_idle(kafka: KafkaSettings, topic: str, group: str) ->
     return m.result(rt.core.processed, partitions=sorted(rt.core.partitions))
 
 
-PATHS = {
+PATHS: dict[str, Callable[..., Coroutine[Any, Any, dict]]] = {
     "ioc_stream_until_idle": ioc_stream_until_idle,
     "raw_aiokafka": raw_aiokafka,
     "naive_faust": naive_faust,

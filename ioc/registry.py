@@ -7,6 +7,7 @@ does not exist yet are skipped, so the center runs with whatever subset of domai
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -25,14 +26,17 @@ from fastapi import FastAPI
 from shared.config import DatabaseSettings, KafkaSettings
 from shared.contracts.cloudevents import EventDecodeError, ReceivedEvent, decode
 
+if TYPE_CHECKING:
+    from shared.embedded import EmbeddedBroker, EmbeddedPostgres
+
 
 class Infrastructure:
     """Broker + PostgreSQL for tests: embedded unless ``IOC_TEST_EXTERNAL=1`` (then the IOC_* env is used)."""
 
     def __init__(self, workdir: Path | None = None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ioc-test-"))
-        self.broker = None
-        self.postgres = None
+        self.broker: EmbeddedBroker | None = None
+        self.postgres: EmbeddedPostgres | None = None
         self.kafka_bootstrap = os.environ.get("IOC_KAFKA_BOOTSTRAP_SERVERS", "")
         self.database_url = os.environ.get("IOC_DATABASE_URL", "")
 
@@ -41,11 +45,11 @@ class Infrastructure:
             return self
         from shared.embedded import EmbeddedBroker, EmbeddedPostgres
 
-        self.broker = EmbeddedBroker(log_file=self.workdir / "tansu.log").start()
-        self.postgres = EmbeddedPostgres(self.workdir / "pgdata").start()
-        self.postgres.create_database("ioc_test")
-        self.kafka_bootstrap = self.broker.bootstrap_servers
-        self.database_url = self.postgres.url("ioc_test")
+        broker = self.broker = EmbeddedBroker(log_file=self.workdir / "tansu.log").start()
+        postgres = self.postgres = EmbeddedPostgres(self.workdir / "pgdata").start()
+        postgres.create_database("ioc_test")
+        self.kafka_bootstrap = broker.bootstrap_servers
+        self.database_url = postgres.url("ioc_test")
         os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"] = self.kafka_bootstrap
         os.environ["IOC_DATABASE_URL"] = self.database_url
         os.environ.setdefault("IOC_KAFKA_IDEMPOTENCE", "false")

@@ -9,6 +9,7 @@ outside subscribers (``make contracts``).
 
 from __future__ import annotations
 
+import builtins
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -107,7 +108,7 @@ class EventType:
     """One versioned event type: its schema model, topic and key field."""
 
     type: str
-    model: type[EventModel]
+    model: builtins.type[EventModel]  # builtins: the field `type` shadows the builtin in the class body
     topic: str
     key_field: str
     version: int

@@ -141,7 +141,7 @@ def _build(schema: dict[str, Any], name: str) -> FastPayloads:
     try:
         # gc=False: the structs live only until to_builtins and hold no containers that could point back at them
         struct = msgspec.defstruct(name, fields, kw_only=True, forbid_unknown_fields=True, gc=False)
-        decoder = msgspec.json.Decoder(list[struct])
+        decoder = msgspec.json.Decoder(list[struct])  # type: ignore[valid-type]  # a struct made at run time
     except (TypeError, ValueError) as exc:  # a field name or type msgspec does not take
         raise Unsupported(str(exc)) from exc
     checks = [_pattern_check(pattern, names) for pattern, names in patterns.items()]
@@ -157,7 +157,7 @@ def _scalar_type(schema: dict[str, Any]) -> Any:
         expected = schema["expected"]
         if not expected or not all(type(v) in (str, int) for v in expected):  # not bools, None...
             raise Unsupported("literal of other than strings and integers")
-        return Literal[tuple(expected)]
+        return Literal[tuple(expected)]  # type: ignore[misc]  # the values are data, known at run time
     return _constrained({"str": str, "int": int, "float": float, "bool": bool}[kind], schema)
 
 
@@ -167,7 +167,7 @@ def _list_type(schema: dict[str, Any]) -> Any:
     items = schema.get("items_schema")
     if items is None or items["type"] == "list" or items.get("pattern") is not None:
         raise Unsupported("list items")
-    return _constrained(list[_scalar_type(items)], schema)
+    return _constrained(list[_scalar_type(items)], schema)  # type: ignore[misc]  # the item type is data
 
 
 def _constrained(ann: Any, schema: dict[str, Any]) -> Any:
