@@ -25,10 +25,13 @@ DOMAIN_PATHS = {
     "dossier_ingest": "bench.domain_dossier:ingest",
     "processor": "bench.domain_processors:processor",
     "raw_sources": "bench.domain_processors:raw_sources",
+    "librdkafka_sources": "bench.peers:librdkafka_sources",
+    "meter_quix_peer": "bench.peers:quix_meter",
     "naive_processor": "bench.domain_processors:naive_processor",
     "dossier_events": "bench.domain_processors:produce_dossier_events",
     "meter_feeder_events": "bench.domain_processors:produce_feeder_supply_events",
     "pipeline": "bench.domain_pipeline:pipeline",
+    "burst": "bench.domain_burst:burst",
 }
 
 
@@ -75,6 +78,31 @@ def processor_pairs(runs: list[dict], ceilings: list[dict]) -> dict:
     return row
 
 
+def peer_ratio(peer: dict, ioc: dict) -> dict:
+    """A peer's CPU per event and rate against IOC's processor on the same topics, measured in the same run."""
+    if not (peer.get("cpu_s_per_million") and ioc.get("cpu_s_per_million")):
+        return {}
+    return {
+        "x_ioc_cpu": round(peer["cpu_s_per_million"] / ioc["cpu_s_per_million"], 2),
+        "x_ioc_events_per_s": round(peer["events_per_s"] / ioc["events_per_s"], 2)
+        if ioc.get("events_per_s")
+        else None,
+    }
+
+
+def librdkafka_ratio(row: dict, librdkafka: dict) -> dict:
+    """The processor's CPU per event against a plain librdkafka loop's over the same topics (a target of the
+    performance issue: at most 2.5 times)."""
+    cpu, ceiling = row.get("cpu_s_per_million"), librdkafka.get("cpu_s_per_million")
+    if not (cpu and ceiling):
+        return {"librdkafka_error": str(librdkafka.get("error", ""))[-500:]}
+    return {
+        "librdkafka_events_per_s": librdkafka.get("events_per_s"),
+        "librdkafka_cpu_s_per_million": ceiling,
+        "x_librdkafka_cpu": round(cpu / ceiling, 2),
+    }
+
+
 def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: int = 3) -> dict[str, dict]:
     """Every per-domain path against ``bootstrap`` and a fresh embedded PostgreSQL; result rows by key.
 
@@ -112,6 +140,11 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
             ),
             ("dossier_events", "dossier: generated lifecycle events for the processor", dict(n=n)),
             ("meter_processor", "meter-kpi processor (Faust driver)", dict(path="processor", domain="meter")),
+            (
+                "meter_quix_peer",
+                "peer: the meter aggregation in Quix Streams (group_by district, 15 min + day windows)",
+                dict(),
+            ),
             (
                 "meter_feeder_events",
                 "meter: generated feeder supply changes (outages) for the feeder processor",
@@ -164,6 +197,7 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                         )
                     ceilings.append(baseline(domain_path="raw_sources"))
                 res = processor_pairs(runs, ceilings)
+                res.update(librdkafka_ratio(res, baseline(domain_path="librdkafka_sources")))
                 naive = baseline(domain_path="naive_processor")
                 if naive.get("events_per_s") and res.get("events_per_s"):
                     res["naive_same_work_events_per_s"] = naive["events_per_s"]
@@ -171,6 +205,8 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                     res["x_naive_same_work"] = round(res["events_per_s"] / naive["events_per_s"], 1)
                 elif naive.get("error"):
                     res["naive_same_work_error"] = naive["error"][-500:]
+            if key == "meter_quix_peer":
+                res.update(peer_ratio(res, results.get("meter_processor", {})))
             results[key] = {"label": label, **res}
             ingest = results.get("traffic_ingest", {})
             if key == "traffic_processor" and res.get("seconds") and ingest.get("hires_records"):
@@ -182,6 +218,22 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                     if res.get("cpu_s_per_million")
                     else None
                 )
+        if not only or "burst".startswith(only):
+            from bench.domain_burst import LABEL as BURST_LABEL
+
+            console.print(f"… {BURST_LABEL}")
+            readings = int(
+                os.environ.get("IOC_BENCH_BURST_READINGS") or (100_000 if n <= 50_000 else 300_000)
+            )
+            res = run_child(
+                "domain",
+                timeout=1200,
+                bootstrap=bootstrap,
+                domain_path="burst",
+                database_url=db,
+                readings=readings,
+            )
+            results["burst"] = {"label": BURST_LABEL, **res}
         # The whole pipeline last: every service and processor as subprocesses, driven at a target rate.
         from bench.domain_pipeline import LABEL as PIPELINE_LABEL
 

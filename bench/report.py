@@ -20,6 +20,8 @@ COLUMNS = (
     ("× raw", None),
     ("× raw, same topics (pair range)", "x_raw_same_topics"),
     ("× naive, same work", "x_naive_same_work"),
+    ("× librdkafka CPU", "x_librdkafka_cpu"),
+    ("peer CPU × IOC", "x_ioc_cpu"),
     ("CPU s / M events", "cpu_s_per_million"),
     ("peak RSS MiB", "peak_rss_mib"),
     ("p50 ms", "latency_p50_ms"),
