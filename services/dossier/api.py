@@ -12,6 +12,7 @@ import csv
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as TimeOfDay
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,8 @@ from shared.metrics import EVENTS_ACCEPTED
 from . import publishing, repository
 from .domain import (
     ACTIONS,
+    DEFAULT_OFFICE_CLOSE,
+    DEFAULT_OFFICE_OPEN,
     Agency,
     Dossier,
     DossierRuleError,
@@ -81,6 +84,12 @@ class DossierRuntime:
             self.procedures = await repository.load_procedures(ctx.pool)
             self.agencies = await repository.load_agencies(ctx.pool)
             self.loaded_at = time.monotonic()
+
+    async def refresh_if_stale(self, ctx: ServiceContext, max_age_s: float = 60.0) -> None:
+        """Reload the reference data when older than ``max_age_s`` (another replica may have changed office
+        hours)."""
+        if time.monotonic() - self.loaded_at > max_age_s:
+            await self.refresh(ctx)
 
     async def procedure(self, ctx: ServiceContext, code: str) -> Procedure | None:
         # Another replica may have added it: one reload on a miss, rate-limited.
@@ -204,6 +213,12 @@ class AgencyIn(RequestModel):
     name: DisplayText = Field(min_length=1, max_length=300)
     level: Literal["city", "district", "commune"]
     admin_unit: AreaCode = Field(description="code of its administrative unit in the hierarchy")
+    office_open: TimeOfDay = Field(DEFAULT_OFFICE_OPEN, description="opening time (Vietnam local time)")
+    office_close: TimeOfDay = Field(
+        DEFAULT_OFFICE_CLOSE,
+        description="closing time (Vietnam local time): a dossier received at or after it counts as received "
+        "on the next working day",
+    )
 
 
 class AgenciesIn(RequestModel):
@@ -259,7 +274,16 @@ async def put_agencies(
         raise ApiError(
             422, "unknown_entity", "some agencies name an administrative unit not in the hierarchy", errors
         )
-    agencies = [Agency(a.code, a.name, a.level, a.admin_unit) for a in body.items]
+    errors = [
+        {"item": i, "id": a.code, "field": "office_close", "reason": "must be after office_open"}
+        for i, a in enumerate(body.items)
+        if a.office_close <= a.office_open
+    ]
+    if errors:
+        raise ApiError(422, "invalid_request", "office hours must close after they open", errors)
+    agencies = [
+        Agency(a.code, a.name, a.level, a.admin_unit, a.office_open, a.office_close) for a in body.items
+    ]
     async with ctx.pool.acquire() as conn, conn.transaction():
         await repository.upsert_agencies(conn, agencies)
         await record_audit(
@@ -280,7 +304,12 @@ async def get_agencies(request: Request, _: Principal = Depends(require_scope("d
     await rt.refresh(_ctx(request))
     return {
         "items": [
-            {**vars(a), "district": rt.district_of(a.admin_unit)}
+            {
+                **vars(a),
+                "office_open": a.office_open.isoformat(timespec="minutes"),
+                "office_close": a.office_close.isoformat(timespec="minutes"),
+                "district": rt.district_of(a.admin_unit),
+            }
             for a in sorted(rt.agencies.values(), key=lambda a: a.code)
         ]
     }
@@ -451,7 +480,11 @@ async def post_transition(
     rt = _rt(request)
 
     def mutate(d: Dossier, procedure: Procedure):
-        new = transition(d, body.action, at, procedure, rt.calendar, paid_online=body.paid_online)
+        agency = rt.agencies.get(d.agency_code)
+        close = agency.office_close if agency is not None else DEFAULT_OFFICE_CLOSE
+        new = transition(
+            d, body.action, at, procedure, rt.calendar, paid_online=body.paid_online, office_close=close
+        )
         ev = publishing.status_changed(
             new,
             procedure,
@@ -463,6 +496,7 @@ async def post_transition(
         return new, [ev], {}
 
     async def compute() -> tuple[int, dict]:
+        await _rt(request).refresh_if_stale(_ctx(request))
         return 200, await _change(request, principal, code, body.action, mutate)
 
     return await idempotent(request, principal, "dossier:write", compute)

@@ -17,6 +17,7 @@ from typing import Any
 from shared.contracts.base import EventModel, event_type_of
 from shared.contracts.cloudevents import EncodedEvent, encode
 from shared.contracts.dossier import (
+    ALARM_EVENT,
     DossierApologized,
     DossierDeadlineApproached,
     DossierOverdue,
@@ -80,6 +81,31 @@ def status_changed(
         paid_online=paid_online,
     )
     return _encode(payload, at)
+
+
+def calendar_alarm(
+    state: str, at: datetime, confirmed_through: str | None, horizon_days: int
+) -> EncodedEvent:
+    """The calendar alarm: raised while the working calendar is not confirmed ``horizon_days`` ahead (e.g. next
+    year's Tết days not yet decided: due dates beyond the confirmed date rest on the library's estimate)."""
+    if state == "raised":
+        message = (
+            f"working calendar confirmed only through {confirmed_through or 'no date'}: add the government's "
+            f"decisions for the next {horizon_days} days (shared/data/calendar_vn_decisions.csv)"
+        )
+    else:
+        message = f"working calendar confirmed through {confirmed_through}"
+    payload = ALARM_EVENT.model(
+        alarm_id="dossier:calendar_unconfirmed:city",
+        domain="dossier",
+        alarm_type="calendar_unconfirmed",
+        state=state,
+        severity="warning",
+        source_id="working-calendar",
+        at=at,
+        message=message,
+    )
+    return encode(ALARM_EVENT, payload, source=SOURCE, time=_iso(at))
 
 
 def apologized(d: Dossier, procedure: Procedure, at: datetime) -> EncodedEvent:

@@ -54,15 +54,21 @@ async def load_procedures(conn: Conn) -> dict[str, Procedure]:
 
 async def upsert_agencies(conn: Conn, agencies: Sequence[Agency]) -> None:
     await conn.executemany(
-        "INSERT INTO agencies(code, name, level, admin_unit) VALUES ($1,$2,$3,$4) "
-        "ON CONFLICT (code) DO UPDATE SET name=$2, level=$3, admin_unit=$4, updated_at=now()",
-        [(a.code, a.name, a.level, a.admin_unit) for a in agencies],
+        "INSERT INTO agencies(code, name, level, admin_unit, office_open, office_close) "
+        "VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (code) DO UPDATE SET name=$2, level=$3, admin_unit=$4, "
+        "office_open=$5, office_close=$6, updated_at=now()",
+        [(a.code, a.name, a.level, a.admin_unit, a.office_open, a.office_close) for a in agencies],
     )
 
 
 async def load_agencies(conn: Conn) -> dict[str, Agency]:
-    rows = await conn.fetch("SELECT code, name, level, admin_unit FROM agencies")
-    return {r["code"]: Agency(r["code"], r["name"], r["level"], r["admin_unit"]) for r in rows}
+    rows = await conn.fetch("SELECT code, name, level, admin_unit, office_open, office_close FROM agencies")
+    return {
+        r["code"]: Agency(
+            r["code"], r["name"], r["level"], r["admin_unit"], r["office_open"], r["office_close"]
+        )
+        for r in rows
+    }
 
 
 # Dossiers --------------------------------------------------------------------------------------------------
@@ -242,6 +248,34 @@ async def mark_warned(conn: asyncpg.Connection, items: Sequence[tuple[str, date]
 async def mark_overdue(conn: asyncpg.Connection, items: Sequence[tuple[str, date]]) -> None:
     # An overdue dossier has been warned about too: never warn after the overdue notice.
     await conn.executemany("UPDATE dossiers SET overdue_due_date=$2, warned_due_date=$2 WHERE code=$1", items)
+
+
+# Calendar changes ------------------------------------------------------------------------------------------
+
+
+async def applied_calendar(conn: Conn) -> tuple[set[date], set[date]] | None:
+    """The days off and worked weekend days the open dossiers' due dates were computed with (None: never)."""
+    r = await conn.fetchrow("SELECT days_off, worked FROM calendar_applied WHERE id=1")
+    return (set(r["days_off"]), set(r["worked"])) if r is not None else None
+
+
+async def store_applied_calendar(conn: asyncpg.Connection, days_off: set[date], worked: set[date]) -> None:
+    await conn.execute(
+        "INSERT INTO calendar_applied(id, days_off, worked) VALUES (1,$1,$2) "
+        "ON CONFLICT (id) DO UPDATE SET days_off=$1, worked=$2, applied_at=now()",
+        sorted(days_off),
+        sorted(worked),
+    )
+
+
+async def lock_open_due_from(conn: asyncpg.Connection, first: date) -> list[Dossier]:
+    """Open dossiers due on or after ``first``, row-locked (a calendar change may move their due dates)."""
+    rows = await conn.fetch(
+        f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE status IN (2,4,5,6) AND due_date >= $1 "
+        "ORDER BY code FOR UPDATE",
+        first,
+    )
+    return [_dossier(r) for r in rows]
 
 
 # Outbox ----------------------------------------------------------------------------------------------------

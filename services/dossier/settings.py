@@ -17,8 +17,10 @@ class DossierSettings(ServiceSettings):
     #: administrative hierarchy file: the seed district CSV format or a generic code,name,level,parent_code CSV;
     #: empty for the built-in Hanoi seed
     hierarchy_csv: str = ""
-    #: holiday table (date,kind,name); empty for the one shipped with the service
-    holidays_csv: str = ""
+    #: the government's calendar decisions (shared/calendar.py format); empty for shared/data's table
+    calendar_csv: str = ""
+    #: raise the calendar alarm when the calendar is not confirmed this many days ahead
+    calendar_horizon_days: int = 90
     #: warn when an open dossier is due within this many working days
     deadline_warning_days: int = 2
     #: how often the deadline watcher scans open dossiers
