@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from services.dossier import repository, watcher
 from services.dossier.app import create_app
-from services.dossier.domain import calendar_from_csv, due_date_for, local_date
+from services.dossier.domain import calendar_from_csv, due_date_for
 from services.dossier.settings import DossierSettings
 from shared.config import KafkaSettings
 from shared.contracts.dossier import LIFECYCLE_TOPIC
