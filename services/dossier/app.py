@@ -39,6 +39,7 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
         )
         await rt.refresh(ctx)
         ctx.extras["dossier"] = rt
+        ctx.extras["dossier_portal_sync_max_delay_s"] = settings.portal_sync_max_delay_seconds
         # A calendar that changed since the open dossiers' due dates were computed reschedules them first.
         await watcher.apply_calendar_change(ctx, rt)
         ctx.spawn(relay.run(), "dossier-outbox-relay")

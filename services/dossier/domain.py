@@ -149,6 +149,13 @@ class Dossier:
     closed_at: datetime | None = None
     fees_paid_online: bool | None = None
     step: int = 1
+    # Decision 766 facts
+    digitised: bool = False
+    result_esigned: bool = False
+    rating: str | None = None  # very_satisfied, satisfied, unsatisfied
+    complained: bool = False
+    portal_syncs: int = 0
+    portal_late_syncs: int = 0
 
     @property
     def status_name(self) -> str:
@@ -220,6 +227,8 @@ def transition(
     *,
     paid_online: bool | None = None,
     office_close: time = DEFAULT_OFFICE_CLOSE,
+    digitised: bool | None = None,
+    result_esigned: bool | None = None,
 ) -> Dossier:
     """Apply ``action`` at ``at``; the new dossier state. Raises :class:`IllegalTransition` and friends.
 
@@ -265,6 +274,16 @@ def transition(
         changes["fees_paid_online"] = paid_online
     elif action == "resolve":
         changes["resolved_at"] = at
+    if digitised is not None:
+        if action != "receive":
+            raise DossierRuleError("digitised is only recorded on receive", {"field": "digitised"})
+        changes["digitised"] = digitised
+    if result_esigned is not None:
+        if action not in ("resolve", "return_result"):
+            raise DossierRuleError(
+                "result_esigned is only recorded on resolve or return_result", {"field": "result_esigned"}
+            )
+        changes["result_esigned"] = result_esigned
     if target in TERMINAL_STATUSES:
         changes["closed_at"] = at
     if action in ("withdraw", "stop"):
@@ -381,6 +400,70 @@ def replace_due_date(d: Dossier, due: date, at: datetime) -> Dossier:
     """The dossier with a due date moved by a calendar change at ``at`` (the time of the change, never earlier
     than its last change)."""
     return replace(d, due_date=due, last_change_at=max(at, d.last_change_at))
+
+
+RATINGS = ("very_satisfied", "satisfied", "unsatisfied")
+
+
+def record_feedback(d: Dossier, rating: str | None, complained: bool) -> Dossier:
+    """The applicant's rating and/or complaint about a received dossier (766 satisfaction)."""
+    if d.received_at is None:
+        raise IllegalTransition(
+            "feedback is about a received dossier; this one was never received",
+            {"from_status": d.status, "action": "feedback"},
+        )
+    if rating is not None and rating not in RATINGS:
+        raise DossierRuleError(f"rating must be one of {', '.join(RATINGS)}", {"field": "rating"})
+    if rating is None and not complained:
+        raise DossierRuleError("feedback needs a rating or a complaint", {"field": "rating"})
+    return replace(
+        d,
+        rating=rating if rating is not None else d.rating,
+        complained=d.complained or complained,
+    )  # not a lifecycle change: last_change_at stays (later transitions may still be recorded back-dated)
+
+
+def record_portal_sync(
+    d: Dossier, status_at: datetime, synced_at: datetime, max_delay_s: float
+) -> tuple[Dossier, bool]:
+    """A status synchronised to the national portal: (the dossier, whether on time = within ``max_delay_s``)."""
+    if synced_at < status_at:
+        raise InvalidTime("synced_at cannot be before the status it synchronised", {"field": "synced_at"})
+    on_time = (synced_at - status_at).total_seconds() <= max_delay_s
+    return (
+        replace(
+            d,
+            portal_syncs=d.portal_syncs + 1,
+            portal_late_syncs=d.portal_late_syncs + (not on_time),
+        ),
+        on_time,
+    )
+
+
+def for_index766(d: Dossier, procedure: Procedure):
+    """The facts Decision 766 needs of a dossier (``index766.Dossier766``)."""
+    from .index766 import Dossier766
+
+    return Dossier766(
+        code=d.code,
+        agency_code=d.agency_code,
+        admin_unit=d.admin_unit,
+        district=d.district,
+        received_on=local_date(d.received_at) if d.received_at else None,
+        channel=d.channel,
+        fully_online_procedure=procedure.online_level == "fully_online",
+        has_fees=procedure.has_fees,
+        paid_online=d.fees_paid_online is True,
+        due_date=d.due_date,
+        finished_on=local_date(d.resolved_at) if d.resolved_at else None,
+        closed_without_result=d.status in (REJECTED, WITHDRAWN, STOPPED),
+        paused_since=local_date(d.paused_at) if d.paused_at else None,
+        digitised=d.digitised,
+        result_esigned=d.result_esigned,
+        synced_on_time=d.portal_syncs > 0 and d.portal_late_syncs == 0,
+        rated_unsatisfied=d.rating == "unsatisfied",
+        complained=d.complained,
+    )
 
 
 def utc(at: datetime) -> datetime:

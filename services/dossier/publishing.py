@@ -20,7 +20,9 @@ from shared.contracts.dossier import (
     ALARM_EVENT,
     DossierApologized,
     DossierDeadlineApproached,
+    DossierFeedbackRecorded,
     DossierOverdue,
+    DossierPortalSynced,
     DossierStatusChanged,
     DossierStepHandedOver,
 )
@@ -79,8 +81,36 @@ def status_changed(
         action=action,
         clock_paused=d.paused_at is not None,
         paid_online=paid_online,
+        digitised=d.digitised if action == "receive" else None,
+        result_esigned=d.result_esigned if action in ("resolve", "return_result") else None,
     )
     return _encode(payload, at)
+
+
+def feedback_recorded(
+    d: Dossier, procedure: Procedure, at: datetime, rating: str | None, complained: bool
+) -> EncodedEvent:
+    payload = DossierFeedbackRecorded(**facts(d, procedure, at), rating=rating, complained=complained)
+    return _encode(payload, at)
+
+
+def portal_synced(
+    d: Dossier,
+    procedure: Procedure,
+    *,
+    synced_status: int,
+    status_at: datetime,
+    synced_at: datetime,
+    on_time: bool,
+) -> EncodedEvent:
+    payload = DossierPortalSynced(
+        **facts(d, procedure, synced_at),
+        synced_status=synced_status,
+        status_at=status_at,
+        synced_at=synced_at,
+        on_time=on_time,
+    )
+    return _encode(payload, synced_at)
 
 
 def calendar_alarm(

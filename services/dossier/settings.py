@@ -19,6 +19,9 @@ class DossierSettings(ServiceSettings):
     hierarchy_csv: str = ""
     #: the government's calendar decisions (shared/calendar.py format); empty for shared/data's table
     calendar_csv: str = ""
+    #: a status reaching the national portal later than this after it happened is not "on time" (766); IOC's
+    #: choice, the Decision's exact deadline was not read (docs/dossier-766.md)
+    portal_sync_max_delay_seconds: float = 86400.0
     #: raise the calendar alarm when the calendar is not confirmed this many days ahead
     calendar_horizon_days: int = 90
     #: warn when an open dossier is due within this many working days
