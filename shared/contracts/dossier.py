@@ -154,7 +154,9 @@ class DossierPortalSynced(DossierFacts):
     synced_status: StatusCode = Field(ge=1, le=10, description="the national status that was synchronised")
     status_at: datetime = Field(description="when that status was reached")
     synced_at: datetime = Field(description="when the portal acknowledged it")
-    on_time: StrictBool = Field(description="synchronised within the service's deadline (docs/dossier-766.md)")
+    on_time: StrictBool = Field(
+        description="synchronised within the service's deadline (docs/dossier-766.md)"
+    )
 
 
 @event_type(
