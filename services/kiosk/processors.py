@@ -607,10 +607,17 @@ class KioskKpiProcessor(StreamProcessor):
 
 def kiosk_kpi_processor(settings) -> KioskKpiProcessor:
     """The KPI processor configured from :class:`services.kiosk.settings.KioskSettings`."""
+    from pathlib import Path
+
+    from shared.calendar import city_calendar
+
+    path = getattr(settings, "calendar_csv", "")
+    calendar = city_calendar(Path(path)) if path else city_calendar()
     return KioskKpiProcessor(
         heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
         kpi_interval_s=settings.kpi_interval_seconds,
         tick_seconds=settings.tick_seconds,
+        closed_days=closed_days_of(calendar.days_off),
     )
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.dossier import watcher
 from services.dossier.app import create_app
 from services.dossier.domain import calendar_from_csv, local_date
 from shared.calendar import DECISIONS_CSV
-from shared.testing import auth, running_app
+from shared.testing import auth, read_topic, running_app
 from tests.dossier.test_api import applicant, keys, reference, settings, uid
 
 pytestmark = pytest.mark.integration
@@ -134,6 +135,19 @@ async def test_calendar_alarm_follows_the_confirmed_horizon(kafka_settings, db_s
         await watcher.check_calendar(ctx, rt, 90, now=datetime(2026, 12, 7, 3, tzinfo=UTC))
         assert await watcher.check_calendar(ctx, rt, 90, now=datetime(2026, 9, 1, 3, tzinfo=UTC)) == "cleared"
         assert await watcher.check_calendar(ctx, rt, 90, now=datetime(2026, 12, 7, 3, tzinfo=UTC)) == "raised"
+        alarms = await read_topic(
+            kafka_settings,
+            "ioc.dossier.alarms",
+            where=lambda e: (
+                e.data["alarm_id"] == "dossier:calendar_unconfirmed:city"
+                and e.data["at"].startswith("2026-09-01")
+            ),
+            expect=1,
+        )
+        assert alarms[-1].data["state"] == "cleared"
+        assert REGISTRY.get_sample_value("ioc_calendar_unconfirmed", {"service": "dossier"}) == 1.0
+        ahead = REGISTRY.get_sample_value("ioc_calendar_confirmed_ahead_seconds", {"service": "dossier"})
+        assert ahead == 24 * 86400.0  # 31 Dec - 7 Dec 2026
 
 
 async def test_a_newly_decided_day_off_moves_open_due_dates_with_history(
