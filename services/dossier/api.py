@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as TimeOfDay
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,8 @@ from shared.metrics import EVENTS_ACCEPTED
 from . import publishing, repository
 from .domain import (
     ACTIONS,
+    DEFAULT_OFFICE_CLOSE,
+    DEFAULT_OFFICE_OPEN,
     Agency,
     Dossier,
     DossierRuleError,
@@ -36,13 +39,17 @@ from .domain import (
     WorkingCalendar,
     allowed_actions,
     apologize,
+    for_index766,
     hand_over,
     is_overdue,
     local_date,
     new_dossier,
+    record_feedback,
+    record_portal_sync,
     timeliness,
     transition,
 )
+from .index766 import INPUT_INDICATORS, period_bounds, scorecards
 
 SERVICE = "dossier"
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -81,6 +88,12 @@ class DossierRuntime:
             self.procedures = await repository.load_procedures(ctx.pool)
             self.agencies = await repository.load_agencies(ctx.pool)
             self.loaded_at = time.monotonic()
+
+    async def refresh_if_stale(self, ctx: ServiceContext, max_age_s: float = 60.0) -> None:
+        """Reload the reference data when older than ``max_age_s`` (another replica may have changed office
+        hours)."""
+        if time.monotonic() - self.loaded_at > max_age_s:
+            await self.refresh(ctx)
 
     async def procedure(self, ctx: ServiceContext, code: str) -> Procedure | None:
         # Another replica may have added it: one reload on a miss, rate-limited.
@@ -169,6 +182,10 @@ def dossier_view(d: Dossier, today: date) -> dict[str, Any]:
         "resolved_at": d.resolved_at,
         "closed_at": d.closed_at,
         "fees_paid_online": d.fees_paid_online,
+        "digitised": d.digitised,
+        "result_esigned": d.result_esigned,
+        "rating": d.rating,
+        "complained": d.complained,
         "allowed_actions": allowed_actions(d.status),
         "overdue": is_overdue(d, today),
         "timeliness": timeliness(d.resolved_at, d.due_date) if d.resolved_at and d.due_date else None,
@@ -204,6 +221,12 @@ class AgencyIn(RequestModel):
     name: DisplayText = Field(min_length=1, max_length=300)
     level: Literal["city", "district", "commune"]
     admin_unit: AreaCode = Field(description="code of its administrative unit in the hierarchy")
+    office_open: TimeOfDay = Field(DEFAULT_OFFICE_OPEN, description="opening time (Vietnam local time)")
+    office_close: TimeOfDay = Field(
+        DEFAULT_OFFICE_CLOSE,
+        description="closing time (Vietnam local time): a dossier received at or after it counts as received "
+        "on the next working day",
+    )
 
 
 class AgenciesIn(RequestModel):
@@ -259,7 +282,16 @@ async def put_agencies(
         raise ApiError(
             422, "unknown_entity", "some agencies name an administrative unit not in the hierarchy", errors
         )
-    agencies = [Agency(a.code, a.name, a.level, a.admin_unit) for a in body.items]
+    errors = [
+        {"item": i, "id": a.code, "field": "office_close", "reason": "must be after office_open"}
+        for i, a in enumerate(body.items)
+        if a.office_close <= a.office_open
+    ]
+    if errors:
+        raise ApiError(422, "invalid_request", "office hours must close after they open", errors)
+    agencies = [
+        Agency(a.code, a.name, a.level, a.admin_unit, a.office_open, a.office_close) for a in body.items
+    ]
     async with ctx.pool.acquire() as conn, conn.transaction():
         await repository.upsert_agencies(conn, agencies)
         await record_audit(
@@ -280,7 +312,12 @@ async def get_agencies(request: Request, _: Principal = Depends(require_scope("d
     await rt.refresh(_ctx(request))
     return {
         "items": [
-            {**vars(a), "district": rt.district_of(a.admin_unit)}
+            {
+                **vars(a),
+                "office_open": a.office_open.isoformat(timespec="minutes"),
+                "office_close": a.office_close.isoformat(timespec="minutes"),
+                "district": rt.district_of(a.admin_unit),
+            }
             for a in sorted(rt.agencies.values(), key=lambda a: a.code)
         ]
     }
@@ -305,6 +342,7 @@ class DossierIn(RequestModel):
     channel: Literal["in_person", "online", "postal"]
     applicant: ApplicantIn
     received: bool = Field(True, description="accepted on the spot (status 2); false: submitted (status 1)")
+    digitised: bool = Field(False, description="received with its documents digitised (766)")
     at: datetime | None = Field(None, description="when it was submitted/received (default: now)")
 
 
@@ -314,6 +352,42 @@ class TransitionIn(RequestModel):
     paid_online: bool | None = Field(
         None, description="pay_fees only: paid through the online payment platform"
     )
+    digitised: bool | None = Field(None, description="receive only: documents digitised at receipt (766)")
+    result_esigned: bool | None = Field(
+        None, description="resolve / return_result only: a legally valid electronic (e-signed) result (766)"
+    )
+
+
+class FeedbackIn(RequestModel):
+    """The applicant's rating and/or complaint. No text and nothing about the person is taken."""
+
+    rating: Literal["very_satisfied", "satisfied", "unsatisfied"] | None = None
+    complained: bool = False
+    at: datetime | None = None
+
+
+class PortalSyncIn(RequestModel):
+    synced_status: StrictInt = Field(ge=1, le=10, description="the national status synchronised")
+    status_at: datetime = Field(description="when the dossier reached that status")
+    synced_at: datetime | None = Field(None, description="when the portal acknowledged it (default: now)")
+
+
+class IndexInputIn(RequestModel):
+    scope_level: Literal["agency", "commune", "district", "city"]
+    scope_code: EntityId
+    period: str = Field(
+        pattern=r"^[0-9]{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$", description="YYYY, YYYY-Qn or YYYY-MM"
+    )
+    indicator: str = Field(max_length=64, description="an indicator whose data comes from another system")
+    numerator: float = Field(ge=0)
+    denominator: float = Field(gt=0)
+    source: DisplayText = Field(
+        min_length=1, max_length=300, description="the system or report it comes from"
+    )
+
+
+class IndexInputsIn(RequestModel):
+    items: list[IndexInputIn] = Field(min_length=1, max_length=5000)
 
 
 class HandoverIn(RequestModel):
@@ -337,14 +411,16 @@ async def _commit(
     action: str,
     events: list[EncodedEvent],
     detail: dict | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """Write the new state, its history line, its events (outbox) and the audit record (same transaction)."""
+    """Write the new state, its history line, its events (outbox) and the audit record (same transaction).
+    ``at``: when it happened, if not the dossier's last lifecycle change (feedback, portal synchronisation)."""
     if before is not None:  # a new dossier was inserted by the caller
         await repository.update_dossier(conn, after)
     await repository.insert_history(
         conn,
         after.code,
-        at=after.last_change_at,
+        at=at or after.last_change_at,
         action=action,
         from_status=before.status if before else None,
         to_status=after.status,
@@ -400,6 +476,15 @@ async def create_dossier(
             calendar=rt.calendar,
             received=body.received,
         )
+        if body.digitised:
+            if not body.received:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    "digitised is recorded when the dossier is received",
+                    [{"field": "digitised", "reason": "only with received=true"}],
+                )
+            d = replace(d, digitised=True)
         action = "receive" if body.received else "submit"
         event = publishing.status_changed(d, procedure, action=action, previous=None, at=at)
         assert ctx.pool is not None
@@ -419,7 +504,9 @@ async def create_dossier(
     return await idempotent(request, principal, "dossier:write", compute)
 
 
-async def _change(request: Request, principal: Principal, code: str, action: str, mutate) -> dict:
+async def _change(
+    request: Request, principal: Principal, code: str, action: str, mutate, at: datetime | None = None
+) -> dict:
     """Lock the dossier, check who may touch it, apply ``mutate(dossier, procedure)`` and commit it all."""
     ctx = _ctx(request)
     rt = _rt(request)
@@ -435,7 +522,7 @@ async def _change(request: Request, principal: Principal, code: str, action: str
             new, events, detail = mutate(d, procedure)
         except DossierRuleError as exc:
             raise _rule_error(exc) from None
-        await _commit(request, principal, conn, d, new, action, events, detail)
+        await _commit(request, principal, conn, d, new, action, events, detail, at)
     rt.relay.notify()
     return dossier_view(new, local_date(datetime.now(UTC)))
 
@@ -451,7 +538,19 @@ async def post_transition(
     rt = _rt(request)
 
     def mutate(d: Dossier, procedure: Procedure):
-        new = transition(d, body.action, at, procedure, rt.calendar, paid_online=body.paid_online)
+        agency = rt.agencies.get(d.agency_code)
+        close = agency.office_close if agency is not None else DEFAULT_OFFICE_CLOSE
+        new = transition(
+            d,
+            body.action,
+            at,
+            procedure,
+            rt.calendar,
+            paid_online=body.paid_online,
+            office_close=close,
+            digitised=body.digitised,
+            result_esigned=body.result_esigned,
+        )
         ev = publishing.status_changed(
             new,
             procedure,
@@ -463,6 +562,7 @@ async def post_transition(
         return new, [ev], {}
 
     async def compute() -> tuple[int, dict]:
+        await _rt(request).refresh_if_stale(_ctx(request))
         return 200, await _change(request, principal, code, body.action, mutate)
 
     return await idempotent(request, principal, "dossier:write", compute)
@@ -552,3 +652,136 @@ async def list_dossiers(
     today = local_date(datetime.now(UTC))
     items = [dossier_view(d, today) for d in rows]
     return {"items": items, "next_after": items[-1]["code"] if len(items) == limit else None}
+
+
+@router.post("/dossiers/{code}/feedback", summary="Record the applicant's rating and/or complaint (766)")
+async def post_feedback(
+    code: str,
+    body: FeedbackIn,
+    request: Request,
+    principal: Principal = Depends(require_scope("dossier:write")),
+):
+    at = _event_time(body.at)
+
+    def mutate(d: Dossier, procedure: Procedure):
+        new = record_feedback(d, body.rating, body.complained)
+        event = publishing.feedback_recorded(new, procedure, at, body.rating, body.complained)
+        return new, [event], {"rating": body.rating, "complained": body.complained}
+
+    async def compute() -> tuple[int, dict]:
+        return 200, await _change(request, principal, code, "feedback", mutate, at)
+
+    return await idempotent(request, principal, "dossier:write", compute)
+
+
+@router.post(
+    "/dossiers/{code}/portal-syncs", summary="Record a status synchronised to the national portal (766)"
+)
+async def post_portal_sync(
+    code: str,
+    body: PortalSyncIn,
+    request: Request,
+    principal: Principal = Depends(require_scope("dossier:write")),
+):
+    synced_at = _event_time(body.synced_at, "synced_at")
+    status_at = _event_time(body.status_at, "status_at")
+    max_delay = request.app.state.ctx.extras.get("dossier_portal_sync_max_delay_s", 86400.0)
+
+    def mutate(d: Dossier, procedure: Procedure):
+        new, on_time = record_portal_sync(d, status_at, synced_at, max_delay)
+        event = publishing.portal_synced(
+            new, procedure, synced_status=body.synced_status, status_at=status_at, synced_at=synced_at,
+            on_time=on_time,
+        )  # fmt: skip
+        return new, [event], {"synced_status": body.synced_status, "on_time": on_time}
+
+    async def compute() -> tuple[int, dict]:
+        return 200, await _change(request, principal, code, "portal_sync", mutate, synced_at)
+
+    return await idempotent(request, principal, "dossier:write", compute)
+
+
+@router.put("/index766/inputs", summary="Decision 766 indicators whose data comes from other systems")
+async def put_index_inputs(
+    body: IndexInputsIn, request: Request, principal: Principal = Depends(require_scope("dossier:admin"))
+) -> dict:
+    ctx = _ctx(request)
+    assert ctx.pool is not None
+    errors = []
+    for i, item in enumerate(body.items):
+        if item.indicator not in INPUT_INDICATORS:
+            errors.append(
+                {
+                    "item": i,
+                    "field": "indicator",
+                    "reason": f"not an outside-data indicator; one of {', '.join(INPUT_INDICATORS)}",
+                }
+            )
+        elif item.numerator > item.denominator:
+            errors.append({"item": i, "field": "numerator", "reason": "must not exceed the denominator"})
+    if errors:
+        raise ApiError(422, "invalid_request", "some inputs are not valid", errors)
+    rows = [
+        (
+            x.scope_level,
+            x.scope_code,
+            x.period,
+            x.indicator,
+            x.numerator,
+            x.denominator,
+            x.source,
+            principal.id,
+        )
+        for x in body.items
+    ]
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await repository.upsert_index_inputs(conn, rows)
+        await record_audit(
+            conn,
+            principal=principal.id,
+            service=SERVICE,
+            action="index766.inputs",
+            target="index766",
+            detail={"count": len(rows)},
+        )
+    return {"status": "accepted", "accepted": len(rows)}
+
+
+@router.get("/index766", summary="Decision 766 scorecards per scope for a month, quarter or year")
+async def get_index766(
+    request: Request,
+    period: Annotated[str, Query(pattern=r"^[0-9]{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$")],
+    principal: Principal = Depends(require_scope("dossier:read")),
+    scope_level: Annotated[str | None, Query(max_length=16)] = None,
+    scope_code: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict:
+    ctx = _ctx(request)
+    rt = _rt(request)
+    own = _own_agency(principal)
+    assert ctx.pool is not None
+    start, end = period_bounds(period)
+    await rt.refresh_if_stale(ctx)
+    rows = await repository.dossiers_for_period(ctx.pool, start, end)
+    facts = [
+        for_index766(d, rt.procedures[d.procedure_code]) for d in rows if d.procedure_code in rt.procedures
+    ]
+    if own is not None:  # an agency sees its own scorecard only
+        facts = [f for f in facts if f.agency_code == own]
+        scope_level, scope_code = "agency", own
+    inputs = await repository.index_inputs(ctx.pool, period)
+    cards = scorecards(facts, period, local_date(datetime.now(UTC)), inputs)
+    items = [
+        {
+            "scope_level": level,
+            "scope_code": code,
+            "period": period,
+            "total": c.total,
+            "covered_points": c.covered_points,
+            "groups": c.groups,
+            "indicators": c.indicators,
+            "missing": list(c.missing),
+        }
+        for (level, code), c in cards.items()
+        if (scope_level is None or level == scope_level) and (scope_code is None or code == scope_code)
+    ]
+    return {"period": period, "items": items}

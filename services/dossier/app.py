@@ -32,16 +32,25 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
             retention_seconds=settings.outbox_retention_seconds,
         )
         calendar = (
-            calendar_from_csv(Path(settings.holidays_csv)) if settings.holidays_csv else calendar_from_csv()
+            calendar_from_csv(Path(settings.calendar_csv)) if settings.calendar_csv else calendar_from_csv()
         )
         rt = DossierRuntime(
             calendar=calendar, hierarchy=load_hierarchy_file(settings.hierarchy_csv), relay=relay
         )
         await rt.refresh(ctx)
         ctx.extras["dossier"] = rt
+        ctx.extras["dossier_portal_sync_max_delay_s"] = settings.portal_sync_max_delay_seconds
+        # A calendar that changed since the open dossiers' due dates were computed reschedules them first.
+        await watcher.apply_calendar_change(ctx, rt)
         ctx.spawn(relay.run(), "dossier-outbox-relay")
         ctx.spawn(
-            watcher.run(ctx, rt, settings.deadline_warning_days, settings.deadline_scan_seconds),
+            watcher.run(
+                ctx,
+                rt,
+                settings.deadline_warning_days,
+                settings.deadline_scan_seconds,
+                calendar_horizon_days=settings.calendar_horizon_days,
+            ),
             "dossier-deadline-watcher",
         )
 

@@ -6,21 +6,13 @@ local dates in Vietnam (UTC+7, no daylight saving).
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 from shared.areas import HANOI_TZ
+from shared.calendar import WorkingCalendar, city_calendar
 from shared.contracts.dossier import STATUS_NAMES
-
-DATA = Path(__file__).parent / "data"
-
-# Fixed-date public holidays (Labour Code 2019, art. 112): New Year, Reunification, Labour Day, National Day.
-# Lunar ones (Tết, Hùng Kings), the second National Day day and government swaps come from the data table.
-FIXED_HOLIDAYS: tuple[tuple[int, int], ...] = ((1, 1), (4, 30), (5, 1), (9, 2))
 
 SUBMITTED, RECEIVED, REJECTED, PROCESSING, DOCS_REQUESTED, FEES_REQUESTED = 1, 2, 3, 4, 5, 6
 WITHDRAWN, STOPPED, RESOLVED, RETURNED = 7, 8, 9, 10
@@ -57,78 +49,26 @@ def local_date(at: datetime) -> date:
 # Calendar -------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class WorkingCalendar:
-    """Working days of public administration: Monday–Friday minus public holidays plus make-up Saturdays."""
-
-    holidays: frozenset[date]
-    extra_working_days: frozenset[date] = frozenset()
-
-    def is_working_day(self, d: date) -> bool:
-        if d in self.extra_working_days:
-            return True
-        return d.weekday() < 5 and d not in self.holidays
-
-    def add_working_days(self, start: date, days: int) -> date:
-        """The ``days``-th working day after ``start`` (``start`` itself is not counted; 0 → ``start``)."""
-        d = start
-        left = days
-        while left > 0:
-            d += timedelta(days=1)
-            if self.is_working_day(d):
-                left -= 1
-        return d
-
-    def working_days_between(self, after: date, until: date) -> int:
-        """How many working days ``d`` satisfy ``after < d <= until`` (0 when ``until <= after``)."""
-        n = 0
-        d = after
-        while d < until:
-            d += timedelta(days=1)
-            if self.is_working_day(d):
-                n += 1
-        return n
+def calendar_from_csv(path: Path | None = None) -> WorkingCalendar:
+    """The city working calendar (``shared.calendar``): statutory holidays plus the decisions table at ``path``
+    (the shipped ``shared/data/calendar_vn_decisions.csv`` by default)."""
+    return city_calendar(path) if path is not None else city_calendar()
 
 
-def _fixed_holidays(years: Iterable[int], holidays: set[date]) -> set[date]:
-    out: set[date] = set()
-    for y in years:
-        for m, d in FIXED_HOLIDAYS:
-            day = date(y, m, d)
-            out.add(day)
-            if day.weekday() >= 5:
-                # A holiday on a weekend gives a compensatory day off on the next working day (art. 112(3)).
-                nxt = day + timedelta(days=1)
-                while nxt.weekday() >= 5 or nxt in holidays or nxt in out:
-                    nxt += timedelta(days=1)
-                out.add(nxt)
-    return out
+#: office hours of an agency when its reference data gives none (Hanoi's public administration: 8:00-17:00)
+DEFAULT_OFFICE_OPEN, DEFAULT_OFFICE_CLOSE = time(8, 0), time(17, 0)
 
 
-def load_calendar(
-    rows: Iterable[dict[str, str]], years: Iterable[int] = range(2019, 2031)
-) -> WorkingCalendar:
-    """Build the calendar from fixed-date holidays plus ``date,kind,name`` rows (kind holiday/working_day)."""
-    table_holidays: set[date] = set()
-    extra: set[date] = set()
-    for row in rows:
-        d = date.fromisoformat(row["date"].strip())
-        kind = row["kind"].strip()
-        if kind == "holiday":
-            table_holidays.add(d)
-        elif kind == "working_day":
-            extra.add(d)
-        else:
-            raise ValueError(f"unknown calendar row kind {kind!r} (holiday or working_day)")
-    holidays = table_holidays | _fixed_holidays(years, table_holidays)
-    return WorkingCalendar(frozenset(holidays), frozenset(extra))
-
-
-@lru_cache(maxsize=4)
-def calendar_from_csv(path: Path = DATA / "holidays_vn.csv") -> WorkingCalendar:
-    """The calendar from a holiday table file (the default one ships with the service)."""
-    with open(path, encoding="utf-8") as f:
-        return load_calendar(list(csv.DictReader(f)))
+def receipt_day(at: datetime, calendar: WorkingCalendar, office_close: time = DEFAULT_OFFICE_CLOSE) -> date:
+    """The legal day of receipt: the local day of ``at``, or the next working day when ``at`` is on a day off or
+    at/after the agency's closing time (a dossier received out of office hours counts as received on the next
+    working day; domain notes §3, e-procedure rules). Before opening time on a working day counts for that day
+    (the whole working day lies ahead)."""
+    local = at.astimezone(HANOI_TZ)
+    d = local.date()
+    if not calendar.is_working_day(d) or local.time() >= office_close:
+        return calendar.next_working_day(d)
+    return d
 
 
 # Reference data --------------------------------------------------------------------------------------------
@@ -155,6 +95,8 @@ class Agency:
     name: str
     level: str  # city, district, commune
     admin_unit: str
+    office_open: time = DEFAULT_OFFICE_OPEN
+    office_close: time = DEFAULT_OFFICE_CLOSE
 
 
 # Dossier state machine -------------------------------------------------------------------------------------
@@ -207,6 +149,13 @@ class Dossier:
     closed_at: datetime | None = None
     fees_paid_online: bool | None = None
     step: int = 1
+    # Decision 766 facts
+    digitised: bool = False
+    result_esigned: bool = False
+    rating: str | None = None  # very_satisfied, satisfied, unsatisfied
+    complained: bool = False
+    portal_syncs: int = 0
+    portal_late_syncs: int = 0
 
     @property
     def status_name(self) -> str:
@@ -244,14 +193,24 @@ def new_dossier(
     )
     if received:
         d = replace(
-            d, status=RECEIVED, received_at=at, due_date=due_date_for(at, procedure.processing_days, calendar)
+            d,
+            status=RECEIVED,
+            received_at=at,
+            due_date=due_date_for(at, procedure.processing_days, calendar, agency.office_close),
         )
     return d
 
 
-def due_date_for(received_at: datetime, processing_days: int, calendar: WorkingCalendar) -> date:
-    """Legal due date: ``processing_days`` working days after the (local) day of receipt."""
-    return calendar.add_working_days(local_date(received_at), processing_days)
+def due_date_for(
+    received_at: datetime,
+    processing_days: int,
+    calendar: WorkingCalendar,
+    office_close: time = DEFAULT_OFFICE_CLOSE,
+) -> date:
+    """Legal due date: ``processing_days`` working days counted from the working day after the legal day of
+    receipt (:func:`receipt_day`; Civil Code 2015 art. 147: a period starts the day after the event). Received
+    Monday 17:30 (after hours, so on Tuesday) with 1 working day: due Wednesday."""
+    return calendar.add_working_days(receipt_day(received_at, calendar, office_close), processing_days)
 
 
 def allowed_actions(status: int) -> list[str]:
@@ -267,8 +226,13 @@ def transition(
     calendar: WorkingCalendar,
     *,
     paid_online: bool | None = None,
+    office_close: time = DEFAULT_OFFICE_CLOSE,
+    digitised: bool | None = None,
+    result_esigned: bool | None = None,
 ) -> Dossier:
-    """Apply ``action`` at ``at``; the new dossier state. Raises :class:`IllegalTransition` and friends."""
+    """Apply ``action`` at ``at``; the new dossier state. Raises :class:`IllegalTransition` and friends.
+
+    ``office_close``: the handling agency's closing time (a receipt after it counts for the next working day)."""
     if action not in TRANSITIONS:
         raise DossierRuleError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", {"field": "action"})
     sources, target = TRANSITIONS[action]
@@ -292,9 +256,14 @@ def transition(
         )
     changes: dict = {"status": target, "last_change_at": at}
     if action == "receive":
-        changes.update(received_at=at, due_date=due_date_for(at, procedure.processing_days, calendar))
+        changes.update(
+            received_at=at, due_date=due_date_for(at, procedure.processing_days, calendar, office_close)
+        )
     elif action == "request_documents" and procedure.pauses_clock:
-        changes["paused_at"] = at
+        # The clock stops only for a dossier still within its deadline: a request for documents made after
+        # the due date cannot give back time already overrun (the dossier stays overdue, its alarm stays).
+        if d.due_date is None or local_date(at) <= d.due_date:
+            changes["paused_at"] = at
     elif action == "supply_documents" and d.paused_at is not None:
         assert d.due_date is not None
         paused = calendar.working_days_between(local_date(d.paused_at), local_date(at))
@@ -305,6 +274,16 @@ def transition(
         changes["fees_paid_online"] = paid_online
     elif action == "resolve":
         changes["resolved_at"] = at
+    if digitised is not None:
+        if action != "receive":
+            raise DossierRuleError("digitised is only recorded on receive", {"field": "digitised"})
+        changes["digitised"] = digitised
+    if result_esigned is not None:
+        if action not in ("resolve", "return_result"):
+            raise DossierRuleError(
+                "result_esigned is only recorded on resolve or return_result", {"field": "result_esigned"}
+            )
+        changes["result_esigned"] = result_esigned
     if target in TERMINAL_STATUSES:
         changes["closed_at"] = at
     if action in ("withdraw", "stop"):
@@ -387,6 +366,104 @@ def deadline_notice(
     if left <= warn_days:
         return "approaching", left
     return None
+
+
+def reschedule(d: Dossier, old: WorkingCalendar, new: WorkingCalendar) -> date | None:
+    """The due date of an open dossier after a calendar change (e.g. a newly decided day off), or ``None`` when
+    it does not change.
+
+    The decision IOC takes (docs/calendar.md): the dossier keeps the number of working days it had left, counted
+    in the new calendar from the day before the first changed day up to its due date, so a new day off on or
+    before the due date moves it one working day later. A due date never moves earlier (a newly worked
+    Saturday does not shorten the date promised on the receipt, form 01); a due date already past is not touched
+    (the change cannot undo a delay); closed dossiers keep theirs (timeliness is judged on the date in force).
+    """
+    if not d.is_open or d.due_date is None:
+        return None
+    changed = sorted(
+        day
+        for day in (old.days_off ^ new.days_off) | (old.working_weekend_days ^ new.working_weekend_days)
+        if old.is_working_day(day) != new.is_working_day(day)
+    )
+    changed = [day for day in changed if day <= d.due_date]
+    if not changed:
+        return None
+    pivot = date.fromordinal(changed[0].toordinal() - 1)
+    if d.received_at is not None and pivot < local_date(d.received_at):
+        pivot = local_date(d.received_at)
+    left = old.working_days_between(pivot, d.due_date)
+    moved = new.add_working_days(pivot, left)
+    return moved if moved > d.due_date else None
+
+
+def replace_due_date(d: Dossier, due: date, at: datetime) -> Dossier:
+    """The dossier with a due date moved by a calendar change at ``at`` (the time of the change, never earlier
+    than its last change)."""
+    return replace(d, due_date=due, last_change_at=max(at, d.last_change_at))
+
+
+RATINGS = ("very_satisfied", "satisfied", "unsatisfied")
+
+
+def record_feedback(d: Dossier, rating: str | None, complained: bool) -> Dossier:
+    """The applicant's rating and/or complaint about a received dossier (766 satisfaction)."""
+    if d.received_at is None:
+        raise IllegalTransition(
+            "feedback is about a received dossier; this one was never received",
+            {"from_status": d.status, "action": "feedback"},
+        )
+    if rating is not None and rating not in RATINGS:
+        raise DossierRuleError(f"rating must be one of {', '.join(RATINGS)}", {"field": "rating"})
+    if rating is None and not complained:
+        raise DossierRuleError("feedback needs a rating or a complaint", {"field": "rating"})
+    return replace(
+        d,
+        rating=rating if rating is not None else d.rating,
+        complained=d.complained or complained,
+    )  # not a lifecycle change: last_change_at stays (later transitions may still be recorded back-dated)
+
+
+def record_portal_sync(
+    d: Dossier, status_at: datetime, synced_at: datetime, max_delay_s: float
+) -> tuple[Dossier, bool]:
+    """A status synchronised to the national portal: (the dossier, whether on time = within ``max_delay_s``)."""
+    if synced_at < status_at:
+        raise InvalidTime("synced_at cannot be before the status it synchronised", {"field": "synced_at"})
+    on_time = (synced_at - status_at).total_seconds() <= max_delay_s
+    return (
+        replace(
+            d,
+            portal_syncs=d.portal_syncs + 1,
+            portal_late_syncs=d.portal_late_syncs + (not on_time),
+        ),
+        on_time,
+    )
+
+
+def for_index766(d: Dossier, procedure: Procedure):
+    """The facts Decision 766 needs of a dossier (``index766.Dossier766``)."""
+    from .index766 import Dossier766
+
+    return Dossier766(
+        code=d.code,
+        agency_code=d.agency_code,
+        admin_unit=d.admin_unit,
+        district=d.district,
+        received_on=local_date(d.received_at) if d.received_at else None,
+        channel=d.channel,
+        fully_online_procedure=procedure.online_level == "fully_online",
+        has_fees=procedure.has_fees,
+        paid_online=d.fees_paid_online is True,
+        due_date=d.due_date,
+        finished_on=local_date(d.resolved_at) if d.resolved_at else None,
+        closed_without_result=d.status in (REJECTED, WITHDRAWN, STOPPED),
+        paused_since=local_date(d.paused_at) if d.paused_at else None,
+        digitised=d.digitised,
+        result_esigned=d.result_esigned,
+        synced_on_time=d.portal_syncs > 0 and d.portal_late_syncs == 0,
+        rated_unsatisfied=d.rating == "unsatisfied",
+        complained=d.complained,
+    )
 
 
 def utc(at: datetime) -> datetime:

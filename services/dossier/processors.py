@@ -6,13 +6,13 @@ city, by local day and month (Vietnam time):
 - counters by event time: dossiers received / resolved / returned, apologies, overdue notices;
 - ratios by event time: early / on-time (early + on time) / late shares of resolved dossiers, online share of
   received dossiers, fully-online share of received dossiers of fully-online procedures (766: 12 points),
-  online-payment share of fee payments (766: 10 points);
+  online payment: fees paid online / dossiers of fee-bearing procedures received (766: 10 points; docs/dossier-766.md);
 - a live snapshot at ``now``: open dossiers within deadline and overdue (a paused clock is never overdue), and
   the 766 progress indicator ``(finished early or on time in the period + open within deadline) /
   (finished in the period + open)`` worth 20 points, for the current day and month.
 
 Alarms: a dossier overdue notice raises ``dossier:overdue:<code>``; it clears when the dossier is finished,
-closed, or no longer past its (paused or extended) due date.
+closed, or no longer past its (extended) due date; a documents request never clears it (issue #37).
 Every observation carries additive numerator / denominator so the city layer can merge partitions.
 """
 
@@ -90,8 +90,8 @@ COUNTS_OF_KIND: dict[str, tuple[tuple[str, float, float], ...]] = {
         for t in ("early", "on_time", "late")
     },  # the resolved ones, by timeliness (domain.day_timeliness)
     "returned": (("returned", 1.0, 0.0),),
-    "paid_online": (("online_payment", 1.0, 1.0),),
-    "paid_offline": (("online_payment", 0.0, 1.0),),
+    "fee_bearing": (("online_payment", 0.0, 1.0),),
+    "paid_online": (("online_payment", 1.0, 0.0),),
     "overdue": (("overdue_notices", 1.0, 0.0),),
     "apology": (("apologies", 1.0, 0.0),),
 }
@@ -337,6 +337,11 @@ class DossierKpiProcessor(StreamProcessor):
         if status == RECEIVED:
             if data.get("previous_status") in (None, 1):
                 kind = RECEIVED_KINDS[data["channel"] == "online", data["online_level"] == "fully_online"]
+                if data.get("has_fees"):
+                    # 766 online payment: the denominator is every dossier of a fee-bearing procedure received,
+                    # whether its fees were later paid online, at the counter, at intake or not yet.
+                    key = ("fee_bearing", scopes, day)
+                    counts[key] = counts.get(key, 0) + 1
         elif status == RESOLVED:
             if due:
                 kind = day_timeliness(day, date.fromisoformat(due))
@@ -345,8 +350,8 @@ class DossierKpiProcessor(StreamProcessor):
         if kind is not None:
             key = (kind, scopes, day)
             counts[key] = counts.get(key, 0) + 1
-        if data.get("action") == "pay_fees" and data.get("paid_online") is not None:
-            key = ("paid_online" if data["paid_online"] else "paid_offline", scopes, day)
+        if data.get("action") == "pay_fees" and data.get("paid_online") and data.get("has_fees"):
+            key = ("paid_online", scopes, day)
             counts[key] = counts.get(key, 0) + 1
 
         code = data["dossier_code"]
@@ -354,6 +359,10 @@ class DossierKpiProcessor(StreamProcessor):
         old = state.get(open_key)
         if status in OPEN_STATUSES and due:
             paused = bool(data.get("clock_paused"))
+            if paused and not (old is not None and old["p"]) and day.isoformat() > due:
+                # A pause requested after the due date stops nothing: the dossier stays overdue (events of the
+                # service before issue #37 could carry such a pause).
+                paused = False
             new = {"s": self._scope_lists[scopes], "due": due, "p": paused}
             if old != new:  # e.g. start_processing keeps scopes, due date and clock: nothing to write
                 if old is not None:
@@ -361,13 +370,13 @@ class DossierKpiProcessor(StreamProcessor):
                 state.put(open_key, new)
                 key = (scopes, None if paused else due)
                 opens[key] = opens.get(key, 0) + 1
-            if f"a|{code}" in state and (paused or day.isoformat() <= due):
+            if f"a|{code}" in state and day.isoformat() <= due:
                 self._alarm(
                     state,
                     data,
                     "cleared",
                     parse_time(data["at"]),
-                    "dossier no longer overdue (due date extended or paused)",
+                    "dossier no longer overdue (due date extended)",
                 )
         elif old is not None:
             state.pop(open_key)

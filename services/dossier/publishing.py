@@ -17,9 +17,12 @@ from typing import Any
 from shared.contracts.base import EventModel, event_type_of
 from shared.contracts.cloudevents import EncodedEvent, encode
 from shared.contracts.dossier import (
+    ALARM_EVENT,
     DossierApologized,
     DossierDeadlineApproached,
+    DossierFeedbackRecorded,
     DossierOverdue,
+    DossierPortalSynced,
     DossierStatusChanged,
     DossierStepHandedOver,
 )
@@ -78,8 +81,61 @@ def status_changed(
         action=action,
         clock_paused=d.paused_at is not None,
         paid_online=paid_online,
+        digitised=d.digitised if action == "receive" else None,
+        result_esigned=d.result_esigned if action in ("resolve", "return_result") else None,
     )
     return _encode(payload, at)
+
+
+def feedback_recorded(
+    d: Dossier, procedure: Procedure, at: datetime, rating: str | None, complained: bool
+) -> EncodedEvent:
+    payload = DossierFeedbackRecorded(**facts(d, procedure, at), rating=rating, complained=complained)
+    return _encode(payload, at)
+
+
+def portal_synced(
+    d: Dossier,
+    procedure: Procedure,
+    *,
+    synced_status: int,
+    status_at: datetime,
+    synced_at: datetime,
+    on_time: bool,
+) -> EncodedEvent:
+    payload = DossierPortalSynced(
+        **facts(d, procedure, synced_at),
+        synced_status=synced_status,
+        status_at=status_at,
+        synced_at=synced_at,
+        on_time=on_time,
+    )
+    return _encode(payload, synced_at)
+
+
+def calendar_alarm(
+    state: str, at: datetime, confirmed_through: str | None, horizon_days: int
+) -> EncodedEvent:
+    """The calendar alarm: raised while the working calendar is not confirmed ``horizon_days`` ahead (e.g. next
+    year's Tết days not yet decided: due dates beyond the confirmed date rest on the library's estimate)."""
+    if state == "raised":
+        message = (
+            f"working calendar confirmed only through {confirmed_through or 'no date'}: add the government's "
+            f"decisions for the next {horizon_days} days (shared/data/calendar_vn_decisions.csv)"
+        )
+    else:
+        message = f"working calendar confirmed through {confirmed_through}"
+    payload = ALARM_EVENT.model(
+        alarm_id="dossier:calendar_unconfirmed:city",
+        domain="dossier",
+        alarm_type="calendar_unconfirmed",
+        state=state,
+        severity="warning",
+        source_id="working-calendar",
+        at=at,
+        message=message,
+    )
+    return encode(ALARM_EVENT, payload, source=SOURCE, time=_iso(at))
 
 
 def apologized(d: Dossier, procedure: Procedure, at: datetime) -> EncodedEvent:

@@ -14,7 +14,8 @@ Conn = asyncpg.Connection | asyncpg.Pool
 
 _DOSSIER_COLUMNS = (
     "code, procedure_code, agency_code, admin_unit, district, channel, status, step, submitted_at, "
-    "last_change_at, received_at, due_date, paused_at, promised_date, resolved_at, closed_at, fees_paid_online"
+    "last_change_at, received_at, due_date, paused_at, promised_date, resolved_at, closed_at, fees_paid_online, "
+    "digitised, result_esigned, rating, complained, portal_syncs, portal_late_syncs"
 )
 
 
@@ -54,15 +55,21 @@ async def load_procedures(conn: Conn) -> dict[str, Procedure]:
 
 async def upsert_agencies(conn: Conn, agencies: Sequence[Agency]) -> None:
     await conn.executemany(
-        "INSERT INTO agencies(code, name, level, admin_unit) VALUES ($1,$2,$3,$4) "
-        "ON CONFLICT (code) DO UPDATE SET name=$2, level=$3, admin_unit=$4, updated_at=now()",
-        [(a.code, a.name, a.level, a.admin_unit) for a in agencies],
+        "INSERT INTO agencies(code, name, level, admin_unit, office_open, office_close) "
+        "VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (code) DO UPDATE SET name=$2, level=$3, admin_unit=$4, "
+        "office_open=$5, office_close=$6, updated_at=now()",
+        [(a.code, a.name, a.level, a.admin_unit, a.office_open, a.office_close) for a in agencies],
     )
 
 
 async def load_agencies(conn: Conn) -> dict[str, Agency]:
-    rows = await conn.fetch("SELECT code, name, level, admin_unit FROM agencies")
-    return {r["code"]: Agency(r["code"], r["name"], r["level"], r["admin_unit"]) for r in rows}
+    rows = await conn.fetch("SELECT code, name, level, admin_unit, office_open, office_close FROM agencies")
+    return {
+        r["code"]: Agency(
+            r["code"], r["name"], r["level"], r["admin_unit"], r["office_open"], r["office_close"]
+        )
+        for r in rows
+    }
 
 
 # Dossiers --------------------------------------------------------------------------------------------------
@@ -87,6 +94,12 @@ def _dossier(r: Any) -> Dossier:
         closed_at=r["closed_at"],
         fees_paid_online=r["fees_paid_online"],
         step=r["step"],
+        digitised=r["digitised"],
+        result_esigned=r["result_esigned"],
+        rating=r["rating"],
+        complained=r["complained"],
+        portal_syncs=r["portal_syncs"],
+        portal_late_syncs=r["portal_late_syncs"],
     )
 
 
@@ -94,7 +107,8 @@ async def insert_dossier(conn: asyncpg.Connection, d: Dossier, applicant: dict[s
     """Insert a new dossier; False when the code exists already."""
     inserted = await conn.fetchval(
         f"INSERT INTO dossiers({_DOSSIER_COLUMNS}, applicant_name, applicant_id_number, applicant_address, "
-        "applicant_phone) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21) "
+        "applicant_phone) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,"
+        "$22,$23,$24,$25,$26,$27) "
         "ON CONFLICT (code) DO NOTHING RETURNING 1",
         d.code,
         d.procedure_code,
@@ -113,6 +127,12 @@ async def insert_dossier(conn: asyncpg.Connection, d: Dossier, applicant: dict[s
         d.resolved_at,
         d.closed_at,
         d.fees_paid_online,
+        d.digitised,
+        d.result_esigned,
+        d.rating,
+        d.complained,
+        d.portal_syncs,
+        d.portal_late_syncs,
         applicant["name"],
         applicant["id_number"],
         applicant["address"],
@@ -130,7 +150,8 @@ async def lock_dossier(conn: asyncpg.Connection, code: str) -> Dossier | None:
 async def update_dossier(conn: asyncpg.Connection, d: Dossier) -> None:
     await conn.execute(
         "UPDATE dossiers SET status=$2, step=$3, last_change_at=$4, received_at=$5, due_date=$6, paused_at=$7, "
-        "promised_date=$8, resolved_at=$9, closed_at=$10, fees_paid_online=$11 WHERE code=$1",
+        "promised_date=$8, resolved_at=$9, closed_at=$10, fees_paid_online=$11, digitised=$12, result_esigned=$13, "
+        "rating=$14, complained=$15, portal_syncs=$16, portal_late_syncs=$17 WHERE code=$1",
         d.code,
         d.status,
         d.step,
@@ -142,6 +163,12 @@ async def update_dossier(conn: asyncpg.Connection, d: Dossier) -> None:
         d.resolved_at,
         d.closed_at,
         d.fees_paid_online,
+        d.digitised,
+        d.result_esigned,
+        d.rating,
+        d.complained,
+        d.portal_syncs,
+        d.portal_late_syncs,
     )
 
 
@@ -242,6 +269,73 @@ async def mark_warned(conn: asyncpg.Connection, items: Sequence[tuple[str, date]
 async def mark_overdue(conn: asyncpg.Connection, items: Sequence[tuple[str, date]]) -> None:
     # An overdue dossier has been warned about too: never warn after the overdue notice.
     await conn.executemany("UPDATE dossiers SET overdue_due_date=$2, warned_due_date=$2 WHERE code=$1", items)
+
+
+# Calendar changes ------------------------------------------------------------------------------------------
+
+
+async def applied_calendar(conn: Conn) -> tuple[set[date], set[date]] | None:
+    """The days off and worked weekend days the open dossiers' due dates were computed with (None: never)."""
+    r = await conn.fetchrow("SELECT days_off, worked FROM calendar_applied WHERE id=1")
+    return (set(r["days_off"]), set(r["worked"])) if r is not None else None
+
+
+async def store_applied_calendar(conn: asyncpg.Connection, days_off: set[date], worked: set[date]) -> None:
+    await conn.execute(
+        "INSERT INTO calendar_applied(id, days_off, worked) VALUES (1,$1,$2) "
+        "ON CONFLICT (id) DO UPDATE SET days_off=$1, worked=$2, applied_at=now()",
+        sorted(days_off),
+        sorted(worked),
+    )
+
+
+async def lock_open_due_from(conn: asyncpg.Connection, first: date) -> list[Dossier]:
+    """Open dossiers due on or after ``first``, row-locked (a calendar change may move their due dates)."""
+    rows = await conn.fetch(
+        f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE status IN (2,4,5,6) AND due_date >= $1 "
+        "ORDER BY code FOR UPDATE",
+        first,
+    )
+    return [_dossier(r) for r in rows]
+
+
+# Decision 766 ----------------------------------------------------------------------------------------------
+
+
+async def dossiers_for_period(conn: Conn, start: date, end: date) -> list[Dossier]:
+    """Dossiers a 766 period can count: received by its end and not finished or closed before its start."""
+    rows = await conn.fetch(
+        f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE received_at IS NOT NULL "
+        "AND ((received_at AT TIME ZONE 'UTC') + interval '7 hours')::date <= $2 "
+        "AND (closed_at IS NULL OR ((closed_at AT TIME ZONE 'UTC') + interval '7 hours')::date >= $1) "
+        "AND (resolved_at IS NULL OR ((resolved_at AT TIME ZONE 'UTC') + interval '7 hours')::date >= $1)",
+        start,
+        end,
+    )
+    return [_dossier(r) for r in rows]
+
+
+async def upsert_index_inputs(conn: asyncpg.Connection, rows: Sequence[tuple]) -> None:
+    await conn.executemany(
+        "INSERT INTO index766_inputs(scope_level, scope_code, period, indicator, numerator, denominator, source, "
+        "principal) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT (scope_level, scope_code, period, indicator) "
+        "DO UPDATE SET numerator=$5, denominator=$6, source=$7, principal=$8, updated_at=now()",
+        rows,
+    )
+
+
+async def index_inputs(conn: Conn, period: str) -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
+    rows = await conn.fetch(
+        "SELECT scope_level, scope_code, indicator, numerator, denominator FROM index766_inputs WHERE period=$1",
+        period,
+    )
+    out: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+    for r in rows:
+        out.setdefault((r["scope_level"], r["scope_code"]), {})[r["indicator"]] = (
+            r["numerator"],
+            r["denominator"],
+        )
+    return out
 
 
 # Outbox ----------------------------------------------------------------------------------------------------

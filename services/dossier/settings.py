@@ -17,8 +17,13 @@ class DossierSettings(ServiceSettings):
     #: administrative hierarchy file: the seed district CSV format or a generic code,name,level,parent_code CSV;
     #: empty for the built-in Hanoi seed
     hierarchy_csv: str = ""
-    #: holiday table (date,kind,name); empty for the one shipped with the service
-    holidays_csv: str = ""
+    #: the government's calendar decisions (shared/calendar.py format); empty for shared/data's table
+    calendar_csv: str = ""
+    #: a status reaching the national portal later than this after it happened is not "on time" (766); IOC's
+    #: choice, the Decision's exact deadline was not read (docs/dossier-766.md)
+    portal_sync_max_delay_seconds: float = 86400.0
+    #: raise the calendar alarm when the calendar is not confirmed this many days ahead
+    calendar_horizon_days: int = 90
     #: warn when an open dossier is due within this many working days
     deadline_warning_days: int = 2
     #: how often the deadline watcher scans open dossiers

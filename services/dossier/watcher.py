@@ -11,11 +11,13 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+from shared.calendar import WorkingCalendar
+from shared.calendar_metrics import CALENDAR_CONFIRMED_AHEAD, CALENDAR_UNCONFIRMED
 from shared.http import ServiceContext
 
 from . import publishing, repository
 from .api import DossierRuntime
-from .domain import deadline_notice, local_date
+from .domain import deadline_notice, local_date, replace_due_date, reschedule
 
 log = logging.getLogger(__name__)
 BATCH = 500
@@ -58,10 +60,93 @@ async def scan_once(
     return written
 
 
-async def run(ctx: ServiceContext, rt: DossierRuntime, warn_days: int, interval_s: float) -> None:
+async def check_calendar(
+    ctx: ServiceContext, rt: DossierRuntime, horizon_days: int, now: datetime | None = None
+) -> str | None:
+    """Set the calendar gauges; raise or clear the calendar alarm when its state changed. The alarm's last state
+    lives in memory: after a restart the current state is published again (alarms are level-triggered)."""
+    assert ctx.pool is not None
+    now = now or datetime.now(UTC)
+    today = local_date(now)
+    cal = rt.calendar
+    CALENDAR_CONFIRMED_AHEAD.labels("dossier").set(cal.confirmed_days_ahead(today) * 86400.0)
+    unconfirmed = cal.unconfirmed_ahead(today, horizon_days)
+    CALENDAR_UNCONFIRMED.labels("dossier").set(1.0 if unconfirmed else 0.0)
+    state = "raised" if unconfirmed else "cleared"
+    previous = ctx.extras.get("dossier_calendar_alarm")
+    if state == previous or (previous is None and state == "cleared"):
+        return None
+    through = cal.confirmed_through.isoformat() if cal.confirmed_through else None
+    event = publishing.calendar_alarm(state, now, through, horizon_days)
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        await repository.insert_outbox(conn, [publishing.to_row(event)])
+    ctx.extras["dossier_calendar_alarm"] = state
+    rt.relay.notify()
+    return state
+
+
+async def apply_calendar_change(ctx: ServiceContext, rt: DossierRuntime, now: datetime | None = None) -> int:
+    """Reschedule open dossiers when the working calendar differs from the one their due dates were computed with
+    (a newly decided day off): each moved due date is written with a history line and a status event
+    (action ``reschedule``, same status). Returns how many due dates moved."""
+    assert ctx.pool is not None
+    now = now or datetime.now(UTC)
+    new = rt.calendar
+    moved = 0
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        applied = await repository.applied_calendar(conn)
+        days_off, worked = set(new.days_off), set(new.working_weekend_days)
+        if applied is not None and applied != (days_off, worked):
+            old = WorkingCalendar(frozenset(applied[0]), frozenset(applied[1]))
+            changed = (old.days_off ^ new.days_off) | (old.working_weekend_days ^ new.working_weekend_days)
+            first = min(changed)
+            for d in await repository.lock_open_due_from(conn, first):
+                due = reschedule(d, old, new)
+                procedure = await rt.procedure(ctx, d.procedure_code)
+                if due is None or procedure is None:
+                    continue
+                after = replace_due_date(d, due, now)
+                await repository.update_dossier(conn, after)
+                detail = {
+                    "old_due_date": d.due_date.isoformat() if d.due_date else None,
+                    "new_due_date": due.isoformat(),
+                    "reason": "working calendar changed",
+                }
+                await repository.insert_history(
+                    conn,
+                    d.code,
+                    at=now,
+                    action="reschedule",
+                    from_status=d.status,
+                    to_status=d.status,
+                    principal="system:calendar",
+                    detail=detail,
+                )
+                event = publishing.status_changed(
+                    after, procedure, action="reschedule", previous=d.status, at=now
+                )
+                await repository.insert_outbox(conn, [publishing.to_row(event)])
+                moved += 1
+        if applied != (days_off, worked):
+            await repository.store_applied_calendar(conn, days_off, worked)
+    if moved:
+        log.info("due dates moved by a calendar change", extra={"count": moved})
+        rt.relay.notify()
+    return moved
+
+
+async def run(
+    ctx: ServiceContext,
+    rt: DossierRuntime,
+    warn_days: int,
+    interval_s: float,
+    *,
+    calendar_horizon_days: int = 90,
+) -> None:
     """Scan forever every ``interval_s`` seconds; a failed scan is retried at the next one."""
     while True:
         try:
+            await check_calendar(ctx, rt, calendar_horizon_days)
             n = await scan_once(ctx, rt, warn_days)
             if n:
                 log.info("deadline notices written", extra={"count": n})

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from shared.areas import HANOI_OFFSET_S, Hierarchy
 from shared.contracts.kiosk import (
@@ -48,6 +48,7 @@ FAULT_TYPES: tuple[str, ...] = (
     "paper_out",
     "paper_jam",
     "fraud_attempt",
+    "user_error",
 )
 # Alarm severity per fault type (alarm_type = fault type).
 ALARM_SEVERITY: dict[str, str] = {
@@ -57,6 +58,23 @@ ALARM_SEVERITY: dict[str, str] = {
     "paper_out": "minor",
     "paper_jam": "minor",
     "device_offline": "minor",
+    "user_error": "warning",
+}
+
+# CEN/XFS device states (CWA 16926 / XFS 3.x ``fwDevice``: WFS_STAT_DEVONLINE, DEVOFFLINE, DEVPOWEROFF,
+# DEVNODEVICE, DEVHWERROR, DEVUSERERROR, DEVBUSY, DEVFRAUDATTEMPT) → usable or not by a citizen. "Busy" is a
+# device online and working on a command, so usable; "user error" is "present but a person is preventing proper
+# device operation" (e.g. a card left in the reader, a blocked shutter): not usable until it clears.
+# docs/calendar.md (kiosk section) keeps this table for operators.
+XFS_USABLE: dict[str, bool] = {
+    "online": True,
+    "busy": True,
+    "offline": False,
+    "power_off": False,
+    "no_device": False,
+    "hardware_error": False,
+    "user_error": False,
+    "fraud_attempt": False,
 }
 
 
@@ -129,24 +147,43 @@ def _minutes(hhmm: str) -> int:
     return int(h) * 60 + int(m)
 
 
-def opening_intervals(hours: Sequence[Mapping], start: float, end: float) -> list[Interval]:
-    """Scheduled service time within ``[start, end)``, from weekly periods ``{days, open, close}`` (local time)."""
+def closed_days_of(days_off: Iterable[date]) -> frozenset[int]:
+    """Days off of the city calendar (``shared.calendar``) as local day numbers since 1970-01-01, the form
+    :func:`opening_intervals` takes: public buildings, and the kiosks in them, are closed those days."""
+    return frozenset(d.toordinal() - _EPOCH_ORDINAL for d in days_off)
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+def opening_intervals(
+    hours: Sequence[Mapping], start: float, end: float, closed_days: frozenset[int] = frozenset()
+) -> list[Interval]:
+    """Scheduled service time within ``[start, end)``, from weekly periods ``{days, open, close}`` (local time),
+    less the ``closed_days`` (:func:`closed_days_of`: the city calendar's public holidays and days off)."""
     if end <= start or not hours:
         return []
     return list(
-        _opening_intervals(tuple((tuple(p["days"]), p["open"], p["close"]) for p in hours), start, end)
+        _opening_intervals(
+            tuple((tuple(p["days"]), p["open"], p["close"]) for p in hours), start, end, closed_days
+        )
     )
 
 
 # Kiosks share a few schedules, and a KPI pass asks for every kiosk's over the same windows: computed once each.
 @functools.lru_cache(maxsize=4096)
 def _opening_intervals(
-    hours: tuple[tuple[tuple[int, ...], str, str], ...], start: float, end: float
+    hours: tuple[tuple[tuple[int, ...], str, str], ...],
+    start: float,
+    end: float,
+    closed_days: frozenset[int] = frozenset(),
 ) -> tuple[Interval, ...]:
     first = math.floor((start + HANOI_OFFSET_S) / DAY)
     last = math.floor((end + HANOI_OFFSET_S) / DAY)
     out: list[Interval] = []
     for day in range(first, last + 1):
+        if day in closed_days:
+            continue
         weekday = (day + 3) % 7 + 1  # day 0 (1970-01-01) was a Thursday, ISO weekday 4
         midnight = day * DAY - HANOI_OFFSET_S
         for days, opens, closes in hours:
@@ -155,8 +192,39 @@ def _opening_intervals(
     return tuple(clip(merge(out), start, end))
 
 
-def is_open(hours: Sequence[Mapping], t: float) -> bool:
-    return bool(opening_intervals(hours, t, t + 1))
+def is_open(hours: Sequence[Mapping], t: float, closed_days: frozenset[int] = frozenset()) -> bool:
+    return bool(opening_intervals(hours, t, t + 1, closed_days))
+
+
+def never_reported_offline(
+    kiosk: Mapping, t: float, timeout: float, closed_days: frozenset[int] = frozenset()
+) -> bool:
+    """A registered, active kiosk that never sent a heartbeat is offline once it has been scheduled to serve
+    for longer than the heartbeat timeout since it entered service (the rule of a kiosk that went silent: a
+    kiosk silent for ``timeout`` of its service time). Looks back at most 8 days (enough for any weekly
+    schedule plus a holiday week)."""
+    if not kiosk["active"]:
+        return False
+    start = max(float(kiosk["since"]), t - 8 * DAY)
+    return total(opening_intervals(kiosk["hours"], start, t, closed_days)) > timeout
+
+
+def never_reported_due(
+    kiosk: Mapping, t: float, timeout: float, closed_days: frozenset[int] = frozenset()
+) -> float | None:
+    """When a kiosk that never reported becomes offline by :func:`never_reported_offline` (None: not within the
+    next 8 days, or already)."""
+    if not kiosk["active"]:
+        return None
+    start = max(float(kiosk["since"]), t - 8 * DAY)
+    left = timeout - total(opening_intervals(kiosk["hours"], start, t, closed_days))
+    if left < 0:
+        return None
+    for s, e in opening_intervals(kiosk["hours"], max(t, float(kiosk["since"])), t + 8 * DAY, closed_days):
+        if e - s > left:
+            return s + left + 1e-3  # just past the timeout of scheduled time
+        left -= e - s
+    return None
 
 
 # Online time ------------------------------------------------------------------------------------------------------
@@ -211,13 +279,14 @@ def kiosk_availability(
     down: Mapping[str, Sequence[Interval]],
     start: float,
     end: float,
+    closed_days: frozenset[int] = frozenset(),
 ) -> Availability:
     """Technical and per-journey functional availability of one kiosk within ``[start, end)``.
 
     ``kiosk`` has ``hours``, ``since`` (in service since, Unix s) and ``peripherals`` (fitted); ``down`` maps a
     peripheral to the merged intervals it was unusable. Only scheduled (opening) time counts.
     """
-    scheduled = opening_intervals(kiosk["hours"], max(start, float(kiosk["since"])), end)
+    scheduled = opening_intervals(kiosk["hours"], max(start, float(kiosk["since"])), end, closed_days)
     up = intersect(scheduled, online)
     sched_s, up_s = total(scheduled), total(up)
     journeys: dict[str, tuple[float, float]] = {}
@@ -231,13 +300,16 @@ def kiosk_availability(
 
 # Faults -----------------------------------------------------------------------------------------------------------
 def fault_type(peripheral: str, state: str, paper: str | None) -> str | None:
-    """The fault a peripheral status amounts to, or None when the device is usable (busy and user errors are)."""
+    """The fault a peripheral status amounts to, or None when the device is usable (:data:`XFS_USABLE`: online or
+    busy, with paper for a printer)."""
     if state == "fraud_attempt":
         return "fraud_attempt"
     if state == "hardware_error":
         return "hardware_error"
     if state in ("offline", "power_off", "no_device"):
         return "device_offline"
+    if state == "user_error":
+        return "user_error"
     if peripheral == "printer" and paper == "out":
         return "paper_out"
     if peripheral == "printer" and paper == "jammed":

@@ -29,6 +29,7 @@ from services.kiosk.domain import (
     FAULT_TYPES,
     HOUR,
     WINDOWS,
+    closed_days_of,
     fault_type,
     fold_heartbeat,
     from_epoch,
@@ -36,6 +37,8 @@ from services.kiosk.domain import (
     is_open,
     kiosk_availability,
     merge,
+    never_reported_due,
+    never_reported_offline,
     online_intervals,
     opening_intervals,
     ratio,
@@ -115,7 +118,14 @@ class KioskKpiProcessor(StreamProcessor):
         tick_seconds: float = 1.0,
         name: str | None = None,
         source: str = "/ioc/kiosk/kpi",
+        closed_days: frozenset[int] | None = None,
     ):
+        if closed_days is None:
+            from shared.calendar import city_calendar  # read when the processor is built, not at import
+
+            closed_days = closed_days_of(city_calendar().days_off)
+        #: days public buildings are closed (city calendar): no scheduled service time, so no offline
+        self.closed = closed_days
         self.timeout = heartbeat_timeout_s
         self.kpi_interval = kpi_interval_s
         self.tick_seconds = tick_seconds  # type: ignore[misc]
@@ -292,7 +302,7 @@ class KioskKpiProcessor(StreamProcessor):
             view.openings.clear()
             view.opening_at.clear()
             ids = {k[2:] for k in state.keys("h:")} | {k[2:] for k in state.keys("d:")}
-            ids |= {k[2:] for k in state.keys("a:")}
+            ids |= {k[2:] for k in state.keys("a:")} | {k[2:] for k in state.keys("k:")}
             return sorted(ids)
         ids, view.dirty = view.dirty, set()
         for kiosk in view.heard:
@@ -313,13 +323,22 @@ class KioskKpiProcessor(StreamProcessor):
             if view.opening_at.get(kiosk) == at:
                 del view.opening_at[kiosk]
                 ids.add(kiosk)
-        return sorted(k for k in ids if f"h:{k}" in state or f"d:{k}" in state or f"a:{k}" in state)
+        return sorted(
+            k for k in ids if f"h:{k}" in state or f"d:{k}" in state or f"a:{k}" in state or f"k:{k}" in state
+        )
 
     def _watch(self, state: State, kiosk: str, info: dict | None, t: float) -> None:
         """After evaluating a kiosk: when it must be looked at again without anything new about it."""
         view = self._view(state)
         h = state.get(f"h:{kiosk}")
         if h is None:
+            if info is not None and info["active"] and "kiosk_offline" not in (state.get(f"a:{kiosk}") or {}):
+                # Never reported: look again when a timeout of scheduled time can have passed.
+                when = never_reported_due(info, t, self.timeout, self.closed)
+                if when is not None:
+                    if view.opening_at.get(kiosk) != when:
+                        view.opening_at[kiosk] = when
+                        heapq.heappush(view.openings, (when, kiosk))
             return
         if h["status"] == "online":
             if kiosk not in view.watched:
@@ -327,7 +346,7 @@ class KioskKpiProcessor(StreamProcessor):
                 heapq.heappush(view.silence, (h["last"] + self.timeout, kiosk))
         elif info is not None and info["active"] and "kiosk_offline" not in (state.get(f"a:{kiosk}") or {}):
             # Dark after hours: its offline alarm is due at the next opening time.
-            ahead = opening_intervals(info["hours"], t, t + 8 * DAY)
+            ahead = opening_intervals(info["hours"], t, t + 8 * DAY, self.closed)
             if ahead and view.opening_at.get(kiosk) != ahead[0][0]:
                 view.opening_at[kiosk] = ahead[0][0]
                 heapq.heappush(view.openings, (ahead[0][0], kiosk))
@@ -359,10 +378,14 @@ class KioskKpiProcessor(StreamProcessor):
         h = state.get(f"h:{kiosk}")
         dev = state.get(f"d:{kiosk}") or {}
         wanted: dict[str, tuple[str, float, str | None]] = {}
-        if h is not None and h["status"] == "offline":
-            # Kiosks switched off after hours are not an incident; one still dark at opening time is.
+        silent = h is not None and h["status"] == "offline"
+        if h is None and info is not None:
+            silent = never_reported_offline(info, t, self.timeout, self.closed)
+        if silent:
+            # Kiosks switched off after hours or on a public holiday are not an incident; one still dark at
+            # opening time is.
             if "kiosk_offline" in raised or (
-                info is not None and info["active"] and is_open(info["hours"], t)
+                info is not None and info["active"] and is_open(info["hours"], t, self.closed)
             ):
                 wanted["kiosk_offline"] = ("kiosk_offline", t, None)
         for per, p in dev.items():
@@ -405,6 +428,7 @@ class KioskKpiProcessor(StreamProcessor):
             "paper_out": "printer out of paper",
             "paper_jam": "printer paper jammed",
             "fraud_attempt": "fraud attempt detected on a peripheral",
+            "user_error": "a person is preventing proper device operation (not usable)",
         }[ftype]
         suffix = f":{peripheral}" if peripheral else ""
         msg = f"kiosk {kiosk}{f' {peripheral}' if peripheral else ''}: {what}"
@@ -443,7 +467,14 @@ class KioskKpiProcessor(StreamProcessor):
             if not info["active"]:
                 continue
             h = state.get(f"h:{kiosk}")
-            if h is not None and h["status"] == "offline":
+            # Offline counts only kiosks scheduled to serve now (closed for the night or a holiday is not
+            # offline); a kiosk that never reported counts once a timeout of its service time has passed.
+            silent = (
+                h["status"] == "offline"
+                if h is not None
+                else never_reported_offline(info, t, self.timeout, self.closed)
+            )
+            if silent and is_open(info["hours"], t, self.closed):
                 offline_now[info["district"]] += 1
             online = online_intervals(h["segs"], h["last"], t, self.timeout) if h else []
             dev = state.get(f"d:{kiosk}") or {}
@@ -456,7 +487,7 @@ class KioskKpiProcessor(StreamProcessor):
             end = min(ws + w, t)
             agg: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
             for info, online, down in active:
-                av = kiosk_availability(info, online, down, ws, end)
+                av = kiosk_availability(info, online, down, ws, end, self.closed)
                 a = agg[info["district"]]
                 a["scheduled"] += av.scheduled_s
                 a["online"] += av.online_s
@@ -576,10 +607,17 @@ class KioskKpiProcessor(StreamProcessor):
 
 def kiosk_kpi_processor(settings) -> KioskKpiProcessor:
     """The KPI processor configured from :class:`services.kiosk.settings.KioskSettings`."""
+    from pathlib import Path
+
+    from shared.calendar import city_calendar
+
+    path = getattr(settings, "calendar_csv", "")
+    calendar = city_calendar(Path(path)) if path else city_calendar()
     return KioskKpiProcessor(
         heartbeat_timeout_s=settings.heartbeat_timeout_seconds,
         kpi_interval_s=settings.kpi_interval_seconds,
         tick_seconds=settings.tick_seconds,
+        closed_days=closed_days_of(calendar.days_off),
     )
 
 

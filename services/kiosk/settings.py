@@ -29,3 +29,8 @@ class KioskSettings(ServiceSettings):
         300.0, ge=0, description="how far in the future an event time may be"
     )
     max_event_age_seconds: float = Field(7 * 24 * 3600.0, gt=0, description="oldest event time accepted")
+    calendar_csv: str = Field(
+        "",
+        description="the government's calendar decisions (shared/calendar.py format) for opening hours; empty for "
+        "shared/data/calendar_vn_decisions.csv",
+    )

@@ -114,6 +114,49 @@ class DossierStatusChanged(DossierFacts):
     action: str = Field(max_length=32, pattern=r"^[a-z_]+$", description="the transition that was applied")
     clock_paused: StrictBool = Field(False, description="the legal clock is paused (documents requested)")
     paid_online: StrictBool | None = Field(None, description="for fees paid: whether online")
+    # Decision 766 facts (optional, so events without them still validate: compatible within v1)
+    digitised: StrictBool | None = Field(
+        None, description="receive: the dossier's documents were digitised at receipt (766 digitisation)"
+    )
+    result_esigned: StrictBool | None = Field(
+        None,
+        description="resolve / return_result: the result is a legally valid electronic document (digitally "
+        "signed; 766 digitisation)",
+    )
+
+
+Rating = Literal["very_satisfied", "satisfied", "unsatisfied"]
+
+
+@event_type(
+    "ioc.dossier.feedback.recorded.v1",
+    topic=LIFECYCLE_TOPIC,
+    key="dossier_code",
+    subject="dossier_code",
+    description="The applicant rated the handling of the dossier and/or complained about it (766 satisfaction). "
+    "Only the rating and whether there was a complaint: no text, no person.",
+)
+class DossierFeedbackRecorded(DossierFacts):
+    rating: Rating | None = Field(None, description="the applicant's rating of the handling, if given")
+    complained: StrictBool = Field(
+        False, description="a complaint or petition (phản ánh, kiến nghị) about this dossier's handling"
+    )
+
+
+@event_type(
+    "ioc.dossier.portal.synced.v1",
+    topic=LIFECYCLE_TOPIC,
+    key="dossier_code",
+    subject="dossier_code",
+    description="A status of the dossier reached the National Public Service Portal (766 transparency).",
+)
+class DossierPortalSynced(DossierFacts):
+    synced_status: StatusCode = Field(ge=1, le=10, description="the national status that was synchronised")
+    status_at: datetime = Field(description="when that status was reached")
+    synced_at: datetime = Field(description="when the portal acknowledged it")
+    on_time: StrictBool = Field(
+        description="synchronised within the service's deadline (docs/dossier-766.md)"
+    )
 
 
 @event_type(
@@ -172,7 +215,9 @@ __all__ = [
     "DossierApologized",
     "DossierDeadlineApproached",
     "DossierFacts",
+    "DossierFeedbackRecorded",
     "DossierOverdue",
+    "DossierPortalSynced",
     "DossierStatusChanged",
     "DossierStepHandedOver",
 ]

@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from services.dossier import repository, watcher
 from services.dossier.app import create_app
-from services.dossier.domain import calendar_from_csv, local_date
+from services.dossier.domain import calendar_from_csv, due_date_for
 from services.dossier.settings import DossierSettings
 from shared.config import KafkaSettings
 from shared.contracts.dossier import LIFECYCLE_TOPIC
@@ -143,7 +143,8 @@ async def test_whole_life_through_the_api_with_events_history_and_audit(
             statuses.append(r.json()["status"])
         assert statuses == [2, 4, 5, 4, 6, 4, 9, 10]
         body = r.json()
-        expected_due = calendar_from_csv().add_working_days(local_date(start + timedelta(minutes=5)), 5)
+        # 5 working days from the legal day of receipt (after hours or on a day off: the next working day).
+        expected_due = due_date_for(start + timedelta(minutes=5), 5, calendar_from_csv())
         assert body["due_date"] == expected_due.isoformat() and body["timeliness"] in ("early", "on_time")
         assert body["allowed_actions"] == []
 

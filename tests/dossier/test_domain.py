@@ -19,7 +19,6 @@ from services.dossier.domain import (
     due_date_for,
     hand_over,
     is_overdue,
-    load_calendar,
     new_dossier,
     timeliness,
     transition,
@@ -86,13 +85,19 @@ def test_fixed_holidays_and_weekend_compensation():
 
 
 def test_calendar_table_rejects_unknown_kinds():
-    with pytest.raises(ValueError):
-        load_calendar([{"date": "2025-01-01", "kind": "party", "name": "x"}])
+    from shared.calendar import read_decisions
+
+    with pytest.raises(ValueError, match="row 2: unknown kind 'party'"):
+        read_decisions(
+            [{"date": "2025-01-01", "kind": "party", "name": "x", "source": "s", "verified": "no"}]
+        )
 
 
 def test_due_date_uses_the_local_date_of_receipt():
-    # 20:00 UTC on Friday 24 Jan 2025 is Saturday 25 Jan in Hanoi → first working day after is Mon 3 Feb.
-    assert due_date_for(datetime(2025, 1, 24, 20, tzinfo=UTC), 1, CAL) == date(2025, 2, 3)
+    # 20:00 UTC on Friday 24 Jan 2025 is Saturday 25 Jan 03:00 in Hanoi: a day off, so the dossier counts as
+    # received on the next working day, Mon 3 Feb (Tết 27-31 Jan), and 1 working day counts from the day after:
+    # Tue 4 Feb. (The old expectation, Mon 3 Feb, counted from the Saturday itself: legally wrong, issue #37.)
+    assert due_date_for(datetime(2025, 1, 24, 20, tzinfo=UTC), 1, CAL) == date(2025, 2, 4)
     assert due_date_for(t("2025-03-03T09:00"), 5, CAL) == date(2025, 3, 10)
 
 

@@ -167,7 +167,9 @@ def check_agency_month(k, level="agency", code="UBND-BD-01"):
     assert (get("dossier.on_time_ratio")["num"], get("dossier.on_time_ratio")["den"]) == (2, 3)  # D1, D2
     assert (get("dossier.early_ratio")["num"], get("dossier.early_ratio")["den"]) == (1, 3)
     assert (get("dossier.late_ratio")["num"], get("dossier.late_ratio")["den"]) == (1, 3)
-    assert (get("dossier.online_payment_ratio")["num"], get("dossier.online_payment_ratio")["den"]) == (1, 2)
+    # 766 online payment: fees paid online (D4) / dossiers of fee-bearing procedures received (all 5 have fees).
+    # The old expectation (1, 2) divided by fee payments recorded: legally wrong (issue #37).
+    assert (get("dossier.online_payment_ratio")["num"], get("dossier.online_payment_ratio")["den"]) == (1, 5)
     assert get("dossier.open_within_deadline", DAY_10)["num"] == 1  # D4
     assert get("dossier.overdue_open", DAY_10)["num"] == 1  # D5
     # 766 progress, month: (2 finished early/on time + 1 open within) / (3 finished + 2 open) = 3/5
@@ -194,7 +196,7 @@ def test_values_and_points_of_one_observation():
         if d.get("scope_level") == "agency" and d.get("window_start") == MONTH:
             values[d["kpi"]] = d["value"]
     assert values["dossier.fully_online_points"] == 6.0  # 12 × 1/2
-    assert values["dossier.online_payment_points"] == 5.0  # 10 × 1/2
+    assert values["dossier.online_payment_points"] == 2.0  # 10 × 1/5 (was 10 × 1/2: wrong denominator)
     assert values["dossier.progress_766_points"] == 12.0  # 20 × 3/5
     assert abs(values["dossier.on_time_ratio"] - 2 / 3) < 1e-12
 

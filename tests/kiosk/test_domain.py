@@ -152,7 +152,9 @@ def test_functional_availability_per_journey():
         ("printer", "hardware_error", "full", "hardware_error"),
         ("card_reader", "fraud_attempt", None, "fraud_attempt"),
         ("camera", "power_off", None, "device_offline"),
-        ("touchscreen", "user_error", None, None),
+        # CEN/XFS WFS_STAT_DEVUSERERROR: "a person is preventing proper device operation": not usable. (The old
+        # expectation, None = usable, was wrong: issue #37.)
+        ("touchscreen", "user_error", None, "user_error"),
         ("payment_terminal", "busy", None, None),
     ],
 )

@@ -215,11 +215,14 @@ def test_offline_after_hours_raises_no_alarm_until_opening():
 
 def test_peripheral_faults_raise_and_clear_alarms():
     proc = KioskKpiProcessor(heartbeat_timeout_s=180, kpi_interval_s=30)
-    st_events = [reg("K-D", "BD", 0), printer("K-D", MON + H, "out")]
+    # The kiosk reports (heartbeats): a registered kiosk that never reported would be offline too (issue #37).
+    st_events = [reg("K-D", "BD", 0), *hbs("K-D", MON + H - 120, MON + H, 0), printer("K-D", MON + H, "out")]
     states, out = run_in_memory(proc, st_events, datetime.fromtimestamp(MON + H + 10, UTC))
     assert [(a["alarm_id"], a["state"], a["severity"]) for a in payloads(out, "ioc.kiosk.alarms")] == [
         ("kiosk:paper_out:K-D:printer", "raised", "minor")
     ]
+    for hb in hbs("K-D", MON + H + 60, MON + H + 900, 0):
+        proc.apply(hb, states[0])
     proc.apply(printer("K-D", MON + H + 900, "full"), states[0])
     out2 = proc.emit(states[0], datetime.fromtimestamp(MON + H + 920, UTC))
     cleared = payloads(out2, "ioc.kiosk.alarms")
