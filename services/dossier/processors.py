@@ -322,10 +322,10 @@ class DossierKpiProcessor(StreamProcessor):
         for (counter, scopes, day), (num, den) in sums.items():
             for wid in self._window_ids(day):
                 for level, code in scopes:
-                    key = f"c|{counter}|{level}|{code}|{wid}"
-                    cur = get(key) or [0.0, 0.0]
-                    put(key, [cur[0] + num, cur[1] + den])
-                    dirty[key] = 1
+                    counter_key = f"c|{counter}|{level}|{code}|{wid}"
+                    cur = get(counter_key) or [0.0, 0.0]
+                    put(counter_key, [cur[0] + num, cur[1] + den])
+                    dirty[counter_key] = 1
         state.put(DIRTY_KEY, dirty)  # counters changed since the last emit (state: survives a restart)
 
     def _status(self, data: dict[str, Any], state: State, counts: dict, opens: dict, touched: set) -> None:
@@ -368,8 +368,8 @@ class DossierKpiProcessor(StreamProcessor):
                 if old is not None:
                     self._open_change(opens, old, scopes, -1)
                 state.put(open_key, new)
-                key = (scopes, None if paused else due)
-                opens[key] = opens.get(key, 0) + 1
+                open_key_now = (scopes, None if paused else due)
+                opens[open_key_now] = opens.get(open_key_now, 0) + 1
             if f"a|{code}" in state and day.isoformat() <= due:
                 self._alarm(
                     state,

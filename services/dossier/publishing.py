@@ -125,15 +125,17 @@ def calendar_alarm(
         )
     else:
         message = f"working calendar confirmed through {confirmed_through}"
-    payload = ALARM_EVENT.model(
-        alarm_id="dossier:calendar_unconfirmed:city",
-        domain="dossier",
-        alarm_type="calendar_unconfirmed",
-        state=state,
-        severity="warning",
-        source_id="working-calendar",
-        at=at,
-        message=message,
+    payload = ALARM_EVENT.model.model_validate(
+        dict(
+            alarm_id="dossier:calendar_unconfirmed:city",
+            domain="dossier",
+            alarm_type="calendar_unconfirmed",
+            state=state,
+            severity="warning",
+            source_id="working-calendar",
+            at=at,
+            message=message,
+        )
     )
     return encode(ALARM_EVENT, payload, source=SOURCE, time=_iso(at))
 

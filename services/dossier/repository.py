@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 from .domain import Agency, Dossier, Procedure
 
-Conn = asyncpg.Connection | asyncpg.Pool
+# a connection (inside a transaction) or the pool: every statement here runs on either
+Conn: TypeAlias = "asyncpg.Connection | asyncpg.Pool"
 
 _DOSSIER_COLUMNS = (
     "code, procedure_code, agency_code, admin_unit, district, channel, status, step, submitted_at, "

@@ -322,7 +322,10 @@ async def _ingest(
 
 
 # 422: every item rejected (BatchResult), or a request that does not match the schema at all (ErrorBody).
-_BATCH_DOC = {200: {"model": BatchResult}, 422: {"model": BatchResult | ErrorBody}}
+_BATCH_DOC: dict[int | str, dict[str, Any]] = {
+    200: {"model": BatchResult},
+    422: {"model": BatchResult | ErrorBody},
+}
 
 
 @router.post("/heartbeats", tags=["ingest"], summary="Kiosk heartbeats", responses=_BATCH_DOC)

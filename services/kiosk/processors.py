@@ -496,17 +496,17 @@ class KioskKpiProcessor(StreamProcessor):
                     a[up_key] += up
                     a[sched_key] += sched
             for key, c in state.items(f"s:{w}:{int(ws)}:"):
-                info = kiosks.get(key.split(":", 3)[3])
-                if info is None:
+                entry = kiosks.get(key.split(":", 3)[3])
+                if entry is None:
                     continue  # registry entry not seen yet; counted once it is (same state)
-                a = agg[info["district"]]
+                a = agg[entry["district"]]
                 for field in ("n", "completed", "abandoned", "failed", "rating_sum", "rating_n"):
                     a[field] += c[field]
             for key, f in state.items(f"f:{w}:{int(ws)}:"):
-                info = kiosks.get(key.split(":", 3)[3])
-                if info is None:
+                entry = kiosks.get(key.split(":", 3)[3])
+                if entry is None:
                     continue
-                a = agg[info["district"]]
+                a = agg[entry["district"]]
                 a["faults"] += f["n"]
                 for ftype, (secs, n) in f["repairs"].items():
                     a[f"repair_s:{ftype}"] += secs

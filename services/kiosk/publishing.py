@@ -55,7 +55,7 @@ def _dump(model: type, items: list) -> list[dict]:
     """``model_dump(mode="json")`` of many validated models in one pydantic-core call (the ingest hot path)."""
     adapter = _ADAPTERS.get(model)
     if adapter is None:
-        adapter = _ADAPTERS[model] = TypeAdapter(list[model])
+        adapter = _ADAPTERS[model] = TypeAdapter(list[model])  # type: ignore[valid-type]  # the model is data
     return adapter.dump_python(items, mode="json")
 
 
