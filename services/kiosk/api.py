@@ -29,7 +29,7 @@ from shared.ingest import BatchResult, ItemError, batch_result, named_entities, 
 from shared.kafka.producer import BrokerUnavailable
 
 log = logging.getLogger(__name__)
-MAX_ITEMS = 5000
+MAX_ITEMS = 5000  # largest ingest batch (the request schema says so; not a setting: OpenAPI shows it)
 
 
 class ErrorDetail(BaseModel):

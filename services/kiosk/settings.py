@@ -24,7 +24,6 @@ class KioskSettings(ServiceSettings):
     registry_republish_seconds: float = Field(
         5.0, gt=0, description="retry period for registry entries not yet on the registry topic"
     )
-    max_batch_items: int = Field(5000, gt=0, description="largest ingest batch")
     max_clock_skew_seconds: float = Field(
         300.0, ge=0, description="how far in the future an event time may be"
     )
