@@ -36,7 +36,6 @@ TRANSITIONS: dict[str, tuple[frozenset[int], int]] = {
 }
 ACTIONS = tuple(TRANSITIONS)
 CHANNELS = ("in_person", "online", "postal")
-ONLINE_LEVELS = ("fully_online", "partly_online", "offline")
 
 
 def local_date(at: datetime) -> date:

@@ -68,7 +68,6 @@ PROGRESS_POINTS = 20.0
 DIRTY_KEY = "dirty"
 #: state key: alarms raised or cleared since the last emit, in order
 PENDING_KEY = "pending_alarms"
-WINDOW_KINDS = ("d", "m")
 #: the kind of counted event → what one of it adds to which counters: (counter, numerator, denominator)
 COUNTS_OF_KIND: dict[str, tuple[tuple[str, float, float], ...]] = {
     **{

@@ -215,10 +215,6 @@ async def get_dossier(conn: Conn, code: str) -> tuple[Dossier, dict[str, str]] |
     return _dossier(r), applicant
 
 
-async def dossier_agency(conn: Conn, code: str) -> str | None:
-    return await conn.fetchval("SELECT agency_code FROM dossiers WHERE code=$1", code)
-
-
 async def history(conn: Conn, code: str) -> list[dict]:
     rows = await conn.fetch(
         "SELECT at, action, from_status, to_status, principal, detail FROM dossier_history "

@@ -22,7 +22,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 # Strict scalar types: JSON `false` is not a number, "12" is not an int.
 StrictFloat = Annotated[float, Strict()]
 StrictInt = Annotated[int, Strict()]
-StrictStr = Annotated[str, Strict()]
 StrictBool = Annotated[bool, Strict()]
 ENTITY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 EntityId = Annotated[str, Field(min_length=1, max_length=64, pattern=ENTITY_ID_PATTERN)]
@@ -121,11 +120,6 @@ class EventType:
         """The ``ce_dataschema`` URI of this type (a committed file under ``contracts/schemas``)."""
         return f"urn:ioc:schema:{self.type}"
 
-    def key_of(self, payload: EventModel | dict) -> str:
-        if isinstance(payload, dict):
-            return str(payload[self.key_field])
-        return str(getattr(payload, self.key_field))
-
 
 TOPICS: dict[str, TopicSpec] = {}
 EVENT_TYPES: dict[str, EventType] = {}
@@ -175,10 +169,3 @@ def event_type_of(model: type[EventModel] | EventModel) -> EventType:
         return cls.__ioc_event_type__  # type: ignore[attr-defined]
     except AttributeError:
         raise LookupError(f"{cls.__name__} is not a registered event type") from None
-
-
-class Window(EventModel):
-    """A time window: its start (inclusive) and length."""
-
-    start: datetime
-    seconds: StrictInt = Field(gt=0)

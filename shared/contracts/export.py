@@ -26,10 +26,6 @@ def json_schema(et: EventType) -> dict[str, Any]:
     return schema
 
 
-def schema_path(root: Path, et: EventType) -> Path:
-    return root / "schemas" / f"{et.type}.json"
-
-
 def asyncapi() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}

@@ -83,14 +83,6 @@ class KpiDefinition(BaseModel):
                 )
         return self
 
-    def combine_values(self, numerator: float, denominator: float | None) -> float | None:
-        """The KPI value from merged parts."""
-        if self.combine == "ratio":
-            if not denominator:
-                return None
-            return numerator / denominator * self.scale
-        return numerator * self.scale
-
     def status(self, value: float | None) -> str:
         """ok, warning, critical or unknown."""
         if value is None:
