@@ -429,7 +429,8 @@ class MeasuresEngine:
             if b is not None:
                 b["tsp"].setdefault(str(param), [0, 0, 0, 0])[_TSP_FIELD[code]] += 1
         elif code == COORD_PATTERN_CHANGE:
-            if param != self.d["pattern"] and b is not None:
+            # the first pattern logged is the one in force, not a change
+            if self.d["pattern"] is not None and param != self.d["pattern"] and b is not None:
                 b["patchg"] += 1
             self.d["pattern"] = param
         elif code == CYCLE_LENGTH_CHANGE:
