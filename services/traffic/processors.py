@@ -165,11 +165,12 @@ class TrafficSignalProcessor(StreamProcessor):
     def _apply_registry(self, data: dict[str, Any], state: State) -> None:
         cid = data["controller_id"]
         state.put(f"reg:{cid}", config_from_registry(data))
-        cs = state.get(f"c:{cid}")
-        if cs is not None:
-            cs["iid"], cs["district"] = data["intersection_id"], data["district"]
-            self._drain(cid, cs, state)
-            state.put(f"c:{cid}", cs)
+        for key in (f"c:{cid}", f"b:{cid}"):
+            cs = state.get(key)
+            if cs is not None:
+                cs["iid"], cs["district"] = data["intersection_id"], data["district"]
+                self._drain(cid, cs, state, final=cs.get("final", False))
+                state.put(key, cs)
 
     def _apply_hires(self, event: ReceivedEvent, state: State) -> None:
         data = event.data
@@ -194,7 +195,9 @@ class TrafficSignalProcessor(StreamProcessor):
                 max_t = t
         cs["max_t"] = max_t
         if backfill:
-            self._drain(cid, cs, state, final=data.get("final", False))
+            if data.get("final"):
+                cs["final"] = True
+            self._drain(cid, cs, state, final=cs.get("final", False))
             state.put(key, cs)
             return
         if "comm_loss" in cs["eng"].get("active", {}):
@@ -213,9 +216,9 @@ class TrafficSignalProcessor(StreamProcessor):
         completes what the data allows and closes every bin (the log ended, or the controller went silent)."""
         cfg = state.get(f"reg:{cid}")
         buf = cs["buf"]
-        if not buf and not final:
+        if (not buf and not final) or cs.get("done"):
             return
-        if cfg is None and not (force or final):
+        if cfg is None and not force:
             # Registry and events topics are read in no particular order: wait (by arrival time, see emit)
             # for the controller's configuration rather than measure without its detectors.
             cs.setdefault("held_since", cs["seen"])
@@ -234,7 +237,8 @@ class TrafficSignalProcessor(StreamProcessor):
         if final:
             engine.finish()
             engine.close_bins(through_ms=2**62)
-            cs["done"] = True
+            if cs.get("final"):  # a backfill that ended: its state goes once its bins are published
+                cs["done"] = True
         else:
             engine.close_bins()
 
@@ -327,10 +331,11 @@ class TrafficSignalProcessor(StreamProcessor):
             eng_data = cs["eng"]
             changed = False
             if now_ms - cs["seen"] > self.idle_flush_ms and not cs.get("done"):
-                self._drain(cid, cs, state, final=True)  # its final chunk never came
+                cs["final"] = True  # its final chunk never came
+                self._drain(cid, cs, state, final=True, force=True)
                 changed = True
             if "held_since" in cs and now_ms - cs["held_since"] > self.hold_ms:
-                self._drain(cid, cs, state, force=True)
+                self._drain(cid, cs, state, force=True, final=cs.get("final", False))
                 changed = True
             for closed in eng_data.get("closed", ()):
                 out.extend(self._measures(cid, cs, closed, now_iso))

@@ -19,6 +19,7 @@ hand in test_measure_rules.py.
 from __future__ import annotations
 
 import csv
+import itertools
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -391,7 +392,7 @@ def test_the_generated_log_holds_the_messy_cases():
             by_channel[param].append((t, code))
     repeated_on_near = repeated_on_far = repeated_off = 0
     for seq in by_channel.values():
-        for (t0, c0), (t1, c1) in zip(seq, seq[1:]):
+        for (t0, c0), (t1, c1) in itertools.pairwise(seq):
             if c0 == c1 == 82:
                 if t1 - t0 <= 2000:
                     repeated_on_near += 1
@@ -402,7 +403,7 @@ def test_the_generated_log_holds_the_messy_cases():
     assert repeated_on_near > 10 and repeated_on_far > 10 and repeated_off > 10
     assert by_channel[6][0][1] == 81  # a stop bar whose state is unknown until its first event, an "off"
     codes = defaultdict(int)
-    for _, code, param in events:
+    for _, code, _ in events:
         codes[code] += 1
     greens = codes[1]
     assert greens - codes[8] > 5 and greens - codes[10] > 3  # cycles missing begin yellow / red clearance
