@@ -111,6 +111,11 @@ def generate(seed: int = 35) -> list[tuple[int, int, int]]:
         pair = ring[k % 2]
         other = ring[(k + 1) % 2]
         green = round(rnd.uniform(15, 40), 1)
+        # a phase 8 cycle at exactly the thresholds (GOR = ROR5 = 0.80), crafted below: with "> 0.80" instead of
+        # ">= 0.80" IOC would disagree with atspm in its bin (checked by hand: 1 disagreement)
+        exact = k == 21
+        if exact:
+            green = 30.0
         yellow_at = t + green
         red_at = yellow_at + 4.0
         next_green = red_at + 2.0
@@ -120,10 +125,10 @@ def generate(seed: int = 35) -> list[tuple[int, int, int]]:
             if yellow_at >= 0:
                 log.add(yellow_at, rnd.choice((4, 4, 5, 6)), phase)
                 log.add(yellow_at, 7, phase)
-                if rnd.random() > 0.08:  # now and then the begin yellow is missing
+                if exact or rnd.random() > 0.08:  # now and then the begin yellow is missing
                     log.add(yellow_at, 8, phase)
                 log.add(red_at, 9, phase)
-                if rnd.random() > 0.05:  # and now and then the begin red clearance
+                if exact or rnd.random() > 0.05:  # and now and then the begin red clearance
                     log.add(red_at, 10, phase)
                 log.add(next_green, 11, phase)
                 log.add(next_green, 12, phase)
@@ -138,6 +143,12 @@ def generate(seed: int = 35) -> list[tuple[int, int, int]]:
             # stop bar: the queue standing since red holds it into the green (sometimes the whole green: a
             # split failure), then vehicles pass one by one
             bars = [2] if phase == 2 else [4, 14] if phase == 4 else [6] if phase == 6 else [8]
+            if exact and phase == 8:
+                # occupied 24 s of the 30 s green (6 -> 30 s) and 4 s of the 5 s red window (+1 -> +5 s)
+                for at, code in ((t + 6, 82), (t + 30, 81), (red_at + 1, 82), (red_at + 5, 81)):
+                    log.add(at, code, 8)
+                log.last[8] = ds(red_at + 5)
+                bars = []
             for bar in bars:
                 clear = t + (green + rnd.uniform(0, 4) if rnd.random() < 0.3 else rnd.uniform(2, green * 0.8))
                 if t >= 0:
