@@ -113,8 +113,8 @@ def test_detector_state_unknown_at_green_leaves_the_cycle_out():
 def test_thresholds_are_inclusive_at_exactly_080():
     # GOR: on 16 -> off 40 = 24 s of a 30 s green = 0.80; ROR5: on 45 -> off 49 = 4 s of 5 = 0.80 -> a failure
     m = phase2(run(with_stop_bar((16, 82), (40, 81), (45, 82), (49, 81))))
+    assert (m["split_failure_cycles"], m["split_failures"]) == (1, 1)
     assert (m["green_occupancy_avg"], m["red_occupancy_avg"]) == (0.80, 0.80)
-    assert m["split_failures"] == 1
     # 0.1 s less occupancy in the red window: ROR5 = 3.9 / 5 = 0.78 -> not a failure
     m = phase2(run(with_stop_bar((16, 82), (40, 81), (45.1, 82), (49, 81))))
     assert m["red_occupancy_avg"] == pytest.approx(0.78) and m["split_failures"] == 0
@@ -124,6 +124,7 @@ def test_red_window_starts_at_begin_red_clearance_not_end_of_yellow():
     # end yellow (9) at 43, begin red clearance (10) at 44. Occupied 10 -> 47.5 s.
     # From code 10: [44, 49) holds 3.5 s -> ROR5 = 0.70 (no failure); from code 9 it would be 4.5 / 5 = 0.90.
     m = phase2(run(with_stop_bar((10, 82), (47.5, 81))))
+    assert (m["split_failure_cycles"], m["split_failures"]) == (1, 0)
     assert m["green_occupancy_avg"] == pytest.approx(1.0)
     assert m["red_occupancy_avg"] == pytest.approx(0.70)
     assert m["split_failures"] == 0
