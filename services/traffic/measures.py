@@ -519,7 +519,10 @@ class MeasuresEngine:
                 bp["vol"] += 1
         if "advance" in fns:
             det = self.cfg["dets"][ch]
-            ph["arr"].append(stop_bar_time_ms(t, det[2], det[3]))
+            arr = ph["arr"]
+            arr.append(stop_bar_time_ms(t, det[2], det[3]))
+            if len(arr) > 5000:  # no begin red clearance for a long while: no cycle can use the oldest
+                del arr[:1000]
             if bp is not None:  # by actuation time, at the detector (atspm arrival_on_green)
                 bp["act"] += 1
                 if ph["ts"] == "G":

@@ -87,6 +87,16 @@ async def test_a_log_older_than_the_age_limit_is_backfilled_and_its_last_bin_pub
     path = tmp_path / "old.csv"
     path.write_text("\n".join(lines) + "\n")
 
+    # final ends a backfill: alone it is a clear 422
+    r = await client.post(
+        "/v1/events",
+        params={"final": "true"},
+        json={
+            "items": [{"timestamp": t0.isoformat(), "controller_id": cid, "event_code": 1, "parameter": 2}]
+        },
+        headers=auth(admin),
+    )
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_parameter", r.text
     # live ingest refuses history older than the limit, and says why
     live = await replay_file(path, "http://ioc.test", admin, tz="Asia/Tokyo", client=client)
     assert (live.accepted, live.reasons) == (0, {"too_old": len(events)})

@@ -537,3 +537,38 @@ def test_kpi_definitions_declare_how_long_late_bins_revise_a_window():
     for d in traffic:
         for w in d.windows:
             assert d.revisable_for(w) * 1000 >= KPI_WINDOW_RETENTION_MS, (d.id, w)
+
+
+def test_a_backfill_is_measured_apart_and_completed_by_its_final_chunk(proc):
+    """History (backfill chunks) gets its own engine: no live signal state or alarms from it, the live
+    controller's bins are not disturbed, and its final chunk publishes every bin without any wait."""
+    t0 = round(T0.timestamp() * 1000)
+    live = hires([(t0 + 3 * 3600_000, 1, 2)], offset=1)  # the controller is live three hours later
+    history = [*two_cycles(), (t0 + 30_000, 173, 1)]  # a flash in the history raises no alarm now
+
+    def backfill(events, final, offset):
+        ev = hires(events, offset=offset)
+        ev.data["backfill"], ev.data["final"] = True, final
+        return ev
+
+    states, out = run_in_memory(
+        proc,
+        [registry_event(), live, backfill(history[:20], False, 2), backfill(history[20:], True, 3)],
+        now=T0 + timedelta(hours=3, seconds=1),
+    )
+    measures = payloads(out, "phase_measures.computed.v1")
+    p2 = next(m for m in measures if m["phase"] == 2)
+    assert p2["bin_start"].startswith("2024-05-01T08:00:00")
+    assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (
+        7,
+        3,
+        1,
+        2,
+    )
+    assert payloads(out, "alarm.changed.v1") == []
+    # the signal state published is the live one (green at 11:00), untouched by the history
+    (state,) = payloads(out, "signal_state.changed.v1")
+    assert state["flash"] is False and state["at"].startswith("2024-05-01T11:00:00")
+    assert [k for k in states[0].keys("b:")] == []  # the finished backfill's state is gone
+    live_state = states[0].get("c:C1")  # the live controller holds only its own event (in the reorder hold)
+    assert [e[0] for e in live_state["buf"]] == [t0 + 3 * 3600_000] and not live_state["eng"].get("bins")
