@@ -844,11 +844,12 @@ class MeasuresEngine:
             status = "ok"
             if stuck:
                 status = "stuck_on"
-            elif cfg is not None and count == 0 and cfg[0] in b.get("greens", ()):
+            elif final and cfg is not None and count == 0 and cfg[0] in b.get("greens", ()):
                 status = "stuck_off"  # its phase was served in the bin, yet the detector never actuated
             elif chatter >= self.p.chatter_limit:
                 status = "chattering"
-            elif usual is not None and usual[0] >= self.p.usual_after_bins:
+            elif final and usual is not None and usual[0] >= self.p.usual_after_bins:
+                # (judged on the whole bin only: a bin still open has not its full count yet)
                 mean = usual[1]
                 if abs(count - mean) > 4 * mean**0.5 + 5:
                     status = "unusual"
