@@ -329,16 +329,6 @@ class MeasuresEngine:
             bp = b["phases"][str(phase)] = _new_bin_phase()
         return bp
 
-    def _bin_channel(self, t_ms: int, ch: str) -> list | None:
-        """[actuations, chatter, longest on (ms), stuck on] of a channel in the bin of ``t_ms``."""
-        b = self._bin(t_ms)
-        if b is None:
-            return None
-        c = b["ch"].get(ch)
-        if c is None:
-            c = b["ch"][ch] = [0, 0, 0, False]
-        return c
-
     def alarm(self, state: str, alarm_type: str, suffix: str, t_ms: int, severity: str, message: str) -> None:
         """Raise or clear an alarm once (repeats are ignored); transitions queue in ``data["alarms"]``."""
         key = f"{alarm_type}:{suffix}" if suffix else alarm_type
@@ -372,7 +362,7 @@ class MeasuresEngine:
         if t > self.d["wm"]:
             self.d["wm"] = t
         if code == DETECTOR_ON or code == DETECTOR_OFF:
-            self._detector(t, code, param)
+            self._detector(t, code, param, b)
         elif code == BEGIN_GREEN:
             self._green(t, param)
         elif code == BEGIN_YELLOW:
@@ -451,7 +441,7 @@ class MeasuresEngine:
             self.alarm("cleared", "power_failure", "", t, "critical", "controller power restored")
         self._check_pending(t)
 
-    def _detector(self, t: int, code: int, ch_num: int) -> None:
+    def _detector(self, t: int, code: int, ch_num: int, b: dict[str, Any] | None) -> None:
         """Detector on/off with the atspm imputation rules: two "on" within 2 s without an "off": occupied
         throughout; farther apart: an "off" halfway; two "off" in a row: an "on" halfway; a first event that is an
         "off": an "on" 1 ms before it (the detector's state is unknown before its first event)."""
@@ -459,7 +449,11 @@ class MeasuresEngine:
         det_cfg = self.channel_fns.get(ch)
         presence = det_cfg is not None and "presence" in det_cfg[1]
         st = self.d["det"].get(ch)
-        c = self._bin_channel(t, ch)
+        c = None  # [actuations, chatter, longest on (ms), stuck on] of the channel in the event's bin ``b``
+        if b is not None:
+            c = b["ch"].get(ch)
+            if c is None:
+                c = b["ch"][ch] = [0, 0, 0, False]
         closed: list[int] | None = None  # the on interval this event closes
         if code == DETECTOR_ON:
             if c is not None:
@@ -511,7 +505,11 @@ class MeasuresEngine:
             self._try_split_failures(phase, t)
         if code != DETECTOR_ON:
             return
-        bp = self._bin_phase(t, phase)
+        bp = None
+        if b is not None:
+            bp = b["phases"].get(str(phase))
+            if bp is None:
+                bp = b["phases"][str(phase)] = _new_bin_phase()
         ph = self._phase(phase)
         if bp is not None:
             bp["dv"][ch] = bp["dv"].get(ch, 0) + 1
