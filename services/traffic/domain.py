@@ -1,7 +1,9 @@
-"""Traffic-signal domain logic: event codes, ingest screening, ATSPM measures and live signal state.
+"""Traffic-signal domain logic: event codes, ingest screening, detector imports and live signal state; the ATSPM
+measures engine is in measures.py (re-exported here).
 
 Pure: no I/O, no clock (callers pass ``now``). Times inside the engines are integer epoch milliseconds so the
-state stays JSON-serialisable for the stream processor's changelog. Formulas follow domain-notes §1 (ATSPM).
+state stays JSON-serialisable for the stream processor's changelog. Measures, conventions and sources:
+docs/traffic-measures.md.
 """
 
 from __future__ import annotations
