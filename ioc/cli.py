@@ -423,17 +423,26 @@ def replay(
     speed: float = typer.Option(
         0.0, help="1 = recorded speed, 10 = ten times faster, 0 = as fast as possible"
     ),
+    tz: str = typer.Option("Asia/Ho_Chi_Minh", help="time zone of timestamps without a UTC offset"),
+    backfill: bool = typer.Option(
+        None, "--backfill/--live", help="send as history (default unless --speed is given)"
+    ),
 ) -> None:
-    """Feed a signal controller hi-res log (ATSPM CSV layouts) through the traffic service's ingest path."""
+    """Feed a signal controller hi-res log (ATSPM CSV layouts) through the traffic service's ingest path.
+
+    Prints the accepted and refused counts by reason; exits 1 when nothing was accepted."""
     if not registry.available("services.traffic.replay:replay_file"):
         console.print("[red]the traffic service is not installed[/red]")
         raise typer.Exit(2)
     replay_file = registry.load("services.traffic.replay:replay_file")
     api_key = key or (DEV_KEY_FILE.read_text().strip() if DEV_KEY_FILE.exists() else "")
-    result = replay_file(path, url, api_key, speed=speed or None)
+    as_history = (not speed) if backfill is None else backfill
+    result = replay_file(path, url, api_key, speed=speed or None, tz=tz, backfill=as_history)
     if asyncio.iscoroutine(result):
         result = asyncio.run(result)
-    console.print(f"[green]replayed[/green] {result}")
+    console.print(f"[{'green' if result.accepted else 'red'}]replayed[/] {result.summary()}")
+    if not result.accepted:
+        raise typer.Exit(1)
 
 
 # Contracts -------------------------------------------------------------------------------------------------

@@ -36,7 +36,12 @@ class HiResEventIn(BaseModel):
 
     timestamp: AwareDatetime = Field(description="event time with its UTC offset (0.1 s resolution)")
     controller_id: EntityId
-    event_code: StrictInt = Field(ge=0, le=255, description="Indiana hi-res event code")
+    event_code: StrictInt = Field(
+        ge=0,
+        le=65535,
+        description="Indiana hi-res event code (0-255) or a vendor code above; every code is accepted and "
+        "carried, the measures use the codes docs/traffic-measures.md lists",
+    )
     parameter: StrictInt = Field(ge=0, le=65535, description="phase, detector channel, overlap, pattern...")
 
 
@@ -61,7 +66,10 @@ class DetectorIn(BaseModel):
 
     channel: StrictInt = Field(ge=1, le=256)
     phase: StrictInt = Field(ge=1, le=40)
-    function: Literal["advance", "presence", "count"]
+    function: Literal["advance", "presence", "count", "yellow_red"]
+    additional_functions: list[Literal["advance", "presence", "count", "yellow_red"]] = Field(
+        default_factory=list, max_length=3
+    )
     distance_m: StrictFloat | None = Field(None, ge=0, le=1000)
     speed_kmh: StrictFloat | None = Field(None, gt=0, le=130)
 
@@ -225,9 +233,13 @@ async def import_intersections(
     "/detectors/import",
     response_model=BatchResult,
     summary="Import detector configuration (CSV)",
-    description="ATSPM layout: DeviceId, Phase, Parameter (detector channel), Function (Advance, "
-    "Presence, stop bar, Count), optional Distance (m) and Speed (km/h). Replaces the "
-    "detectors of every controller present in the file.",
+    description="ATSPM layouts: DeviceId (or SignalID), Phase, Parameter (or DetChannel: the detector "
+    "channel), Function (or DetectionTypes: atspm's Advance, Presence, Yellow_Red; UDOT's Advanced Count, "
+    "Advanced Speed, Lane-by-lane Count, Lane-by-lane with Speed Restriction, Stop Bar Presence, Advanced "
+    "Presence ...; several types separated by commas), optional Distance (m) or DistanceFromStopBar (ft), "
+    "Speed (km/h) or MPH. Replaces the detectors of every controller present in the file. All or nothing: "
+    "when any row is refused, nothing is applied and the answer is 422 with every refused row (index, CSV "
+    "line, field, reason).",
 )
 async def import_detectors(request: Request, principal: Principal = Depends(require_scope("traffic:admin"))):
     ctx = _ctx(request)
@@ -245,7 +257,7 @@ async def import_detectors(request: Request, principal: Principal = Depends(requ
                         i,
                         cid,
                         "DeviceId",
-                        "unknown controller: register the intersection first",
+                        f"line {i + 2}: unknown controller: register the intersection first",
                         "unknown_entity",
                     )
                 )
@@ -258,17 +270,24 @@ async def import_detectors(request: Request, principal: Principal = Depends(requ
                         i,
                         cid,
                         "Parameter",
-                        "channel 1-256, phase 1-40, distance 0-1000 m and speed up to 130 km/h",
+                        f"line {i + 2}: channel 1-256, phase 1-40, distance 0-1000 m and speed up to "
+                        "130 km/h",
                     )
                 )
                 continue
             if det["channel"] in channels.setdefault(cid, set()):
-                errors.append(ItemError(i, cid, "Parameter", "detector channel listed twice", "duplicate"))
+                errors.append(
+                    ItemError(
+                        i, cid, "Parameter", f"line {i + 2}: detector channel listed twice", "duplicate"
+                    )
+                )
                 continue
             channels[cid].add(det["channel"])
             by_controller.setdefault(cid, []).append(det)
         accepted = 0
-        if by_controller:
+        # All or nothing: a file replaces each controller's detectors, so applying part of it would leave a
+        # controller without the refused channels; a script notices the 422.
+        if by_controller and not errors:
             assert ctx.pool is not None
             async with ctx.pool.acquire() as conn, conn.transaction():
                 updated = await repository.set_detectors(conn, by_controller)
@@ -318,7 +337,11 @@ def authorize(principal: Principal, raw_items: list[Any], registry: dict[str, di
 
 
 async def _ingest(
-    ctx: ServiceContext, principal: Principal, raw_items: list[dict[str, Any]]
+    ctx: ServiceContext,
+    principal: Principal,
+    raw_items: list[dict[str, Any]],
+    backfill: bool = False,
+    final: bool = False,
 ) -> tuple[int, dict]:
     settings: TrafficSettings = ctx.settings  # type: ignore[assignment]
     if len(raw_items) > settings.max_batch_events:
@@ -340,16 +363,25 @@ async def _ingest(
         await refresh_registry(ctx)  # another replica may have registered it
         registry = ctx.extras["registry"]
     authorize(principal, raw_items, registry)  # on the registry the batch is screened against
-    screen: IngestScreen = ctx.extras["screen"]
+    if final and not backfill:
+        raise ApiError(422, "invalid_parameter", "final=true ends a backfill: send it with backfill=true")
+    # History has its own screen: its age is not judged against now and its order not against live events.
+    screen: IngestScreen = ctx.extras["backfill_screen" if backfill else "screen"]
     screened = screen.screen(items, registry, datetime.now(UTC))
     encoded = []
     for cid, events in screened.accepted.items():
-        encoded.extend(hires_chunks(ctx.source, registry[cid], events, settings.chunk_events))
+        encoded.extend(
+            hires_chunks(
+                ctx.source, registry[cid], events, settings.chunk_events, backfill=backfill, final=final
+            )
+        )
     try:
         await ctx.publisher.publish(encoded)
     except BaseException:
         screen.rollback(screened)
         raise
+    if final:
+        screen.forget(screened.accepted)  # the next backfill of these controllers may be older
     errors = sorted([*errors, *screened.errors], key=lambda e: e.index)
     accepted = sum(len(v) for v in screened.accepted.values())
     return batch_result("traffic", "hires_event", accepted, errors, screened.duplicates)
@@ -363,13 +395,25 @@ async def _ingest(
     "accepted count and every rejected item (index, field, reason), 422 when nothing was "
     "accepted; accepted events are on the broker before the answer. Without traffic:admin, "
     "a principal reports only for the registered controllers whose gateway it is: any other "
-    "registered controller in the batch is a 403 naming the items, and nothing is accepted.",
+    "registered controller in the batch is a 403 naming the items, and nothing is accepted. "
+    "backfill=true sends history (a replayed log): any age since 2000 is accepted, in order per "
+    "controller within the backfill, and measured apart from the live stream; final=true on the "
+    "last request of a backfill completes its measures at once.",
 )
 async def ingest_events(
-    body: HiResBatch, request: Request, principal: Principal = Depends(require_scope("traffic:ingest"))
+    body: HiResBatch,
+    request: Request,
+    backfill: bool = False,
+    final: bool = False,
+    principal: Principal = Depends(require_scope("traffic:ingest")),
 ):
     ctx = _ctx(request)
-    return await idempotent(request, principal, "traffic:ingest", lambda: _ingest(ctx, principal, body.items))
+    return await idempotent(
+        request,
+        principal,
+        "traffic:ingest",
+        lambda: _ingest(ctx, principal, body.items, backfill=backfill, final=final),
+    )
 
 
 # --- measures export ------------------------------------------------------------------------------------------
@@ -402,31 +446,103 @@ MEASURE_COLUMNS = (
     "detector_faults",
     "events",
     "data_completeness",
+    "actuations",
+    "actuations_on_green",
+    "pct_actuations_on_green",
+    "green_occupancy_avg",
+    "red_occupancy_avg",
+    "split_failure_green_seconds_avg",
+    "yellow_actuations",
+    "red_actuations",
+    "splits",
+    "split_seconds_avg",
+    "split_seconds_max",
+    "ped_actuations",
+    "unique_ped_actuations",
+    "ped_services",
+    "phase_wait_samples",
+    "phase_wait_seconds_avg",
+    "phase_wait_seconds_max",
     "detector_volumes",
+)
+DETECTOR_COLUMNS = (
+    "intersection_id",
+    "bin_start",
+    "bin_seconds",
+    "channel",
+    "phase",
+    "functions",
+    "actuations",
+    "repeated_events",
+    "longest_on_seconds",
+    "usual_actuations",
+    "status",
+)
+INTERSECTION_COLUMNS = (
+    "intersection_id",
+    "bin_start",
+    "bin_seconds",
+    "events",
+    "unused_events",
+    "data_completeness",
+    "detectors_unhealthy",
+    "pattern_changes",
+    "pattern",
+    "cycle_length_seconds",
+    "preempts",
+    "transit_priority",
 )
 
 
-def measures_csv(rows: list[dict[str, Any]]) -> str:
-    """CSV of measures; detector volumes as ``channel:count`` pairs separated by ``;``."""
+def _cell(col: str, v: Any) -> Any:
+    if v is None:
+        return ""
+    if col == "detector_volumes":
+        return ";".join(f"{k}:{n}" for k, n in sorted(v.items(), key=lambda kv: int(kv[0])))
+    if col == "functions":
+        return ";".join(v)
+    if col == "preempts":
+        return ";".join(f"{p['number']}:{p['calls']}/{p['entries']}/{p['seconds']:g}" for p in v)
+    if col == "transit_priority":
+        return ";".join(
+            f"{p['number']}:{p['check_ins']}/{p['early_greens']}/{p['extended_greens']}/{p['check_outs']}"
+            for p in v
+        )
+    return v
+
+
+def measures_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] = MEASURE_COLUMNS) -> str:
+    """CSV of measures; detector volumes as ``channel:count`` pairs separated by ``;``, preemption as
+    ``number:calls/entries/seconds`` and transit priority as ``number:check-ins/early/extended/check-outs``."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(MEASURE_COLUMNS)
+    w.writerow(columns)
     for m in rows:
-        line = []
-        for col in MEASURE_COLUMNS:
-            v = m.get(col)
-            if col == "detector_volumes":
-                v = ";".join(f"{k}:{n}" for k, n in sorted((v or {}).items(), key=lambda kv: int(kv[0])))
-            line.append("" if v is None else v)
-        w.writerow(line)
+        w.writerow([_cell(col, m.get(col)) for col in columns])
     return buf.getvalue()
+
+
+def detector_rows(intersection_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per intersection bin and detector channel."""
+    return [
+        {
+            "intersection_id": m["intersection_id"],
+            "bin_start": m["bin_start"],
+            "bin_seconds": m["bin_seconds"],
+            **d,
+        }
+        for m in intersection_rows
+        for d in m["detectors"]
+    ]
 
 
 @router.get(
     "/intersections/{intersection_id}/measures",
     summary="15-minute signal performance measures",
-    description="Measures per phase and bin with from <= bin_start < to (default: the last 24 hours), "
-    "as JSON or CSV.",
+    description="Measures per bin with from <= bin_start < to (default: the last 24 hours), as JSON (phase "
+    "measures, and the intersection's detectors, preemption, transit priority and coordination) or CSV "
+    "(kind=phases: one row per phase and bin; kind=detectors: per detector channel and bin; "
+    "kind=intersection: per bin). Formulas and conventions: docs/traffic-measures.md.",
 )
 async def export_measures(
     intersection_id: str,
@@ -434,6 +550,7 @@ async def export_measures(
     from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
     to: AwareDatetime | None = None,
     format: Literal["json", "csv"] = "json",
+    kind: Literal["phases", "detectors", "intersection"] = "phases",
     _: Principal = Depends(require_scope("traffic:read")),
 ):
     ctx = _ctx(request)
@@ -448,11 +565,20 @@ async def export_measures(
         if await repository.get_intersection(ctx.pool, intersection_id) is None:
             raise ApiError(404, "not_found", "no such intersection")
     rows = await repository.fetch_measures(ctx.pool, intersection_id, start, end, limit=93 * 96 * 16)
+    ix_rows = await repository.fetch_intersection_measures(
+        ctx.pool, intersection_id, start, end, limit=93 * 96
+    )
     if format == "csv":
+        if kind == "detectors":
+            text = measures_csv(detector_rows(ix_rows), DETECTOR_COLUMNS)
+        elif kind == "intersection":
+            text = measures_csv(ix_rows, INTERSECTION_COLUMNS)
+        else:
+            text = measures_csv(rows)
         return Response(
-            measures_csv(rows),
+            text,
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="traffic-measures.csv"'},
+            headers={"Content-Disposition": f'attachment; filename="traffic-{kind}.csv"'},
         )
     return ORJSONResponse(
         {
@@ -460,5 +586,6 @@ async def export_measures(
             "from": start.isoformat(),
             "to": end.isoformat(),
             "measures": rows,
+            "intersection_measures": ix_rows,
         }
     )

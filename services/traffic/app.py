@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from shared.contracts import TOPICS
 from shared.contracts.cloudevents import ReceivedEvent, parse_time
 from shared.contracts.common import DEAD_LETTER_TOPIC
-from shared.contracts.traffic import MEASURES_TOPIC, PhaseMeasuresComputed
+from shared.contracts.traffic import MEASURES_TOPIC, IntersectionMeasuresComputed, PhaseMeasuresComputed
 from shared.http import ServiceContext, create_service_app
 from shared.kafka import EventConsumer
 
@@ -22,6 +22,7 @@ from .settings import TrafficSettings
 
 log = logging.getLogger(__name__)
 MEASURES_TYPE = PhaseMeasuresComputed.__ioc_event_type__.type  # type: ignore[attr-defined]
+INTERSECTION_MEASURES_TYPE = IntersectionMeasuresComputed.__ioc_event_type__.type  # type: ignore[attr-defined]
 
 
 def measure_rows(events: list[ReceivedEvent]) -> list[tuple]:
@@ -45,6 +46,22 @@ def measure_rows(events: list[ReceivedEvent]) -> list[tuple]:
     return rows
 
 
+def intersection_measure_rows(events: list[ReceivedEvent]) -> list[tuple]:
+    """Rows for ``intersection_measures`` from intersection measure events (the payload stored whole)."""
+    return [
+        (
+            ev.data["intersection_id"],
+            parse_time(ev.data["bin_start"]),
+            ev.data["bin_seconds"],
+            ev.data.get("district"),
+            ev.data,
+            parse_time(ev.data["computed_at"]),
+        )
+        for ev in events
+        if ev.type == INTERSECTION_MEASURES_TYPE
+    ]
+
+
 def create_app(settings: TrafficSettings | None = None) -> FastAPI:
     """Build the traffic service (nothing connects until the lifespan starts)."""
     settings = settings or TrafficSettings()
@@ -54,6 +71,11 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
             future_tolerance_s=settings.future_tolerance_seconds,
             out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
             max_age_s=settings.max_event_age_seconds,
+        )
+        ctx.extras["backfill_screen"] = IngestScreen(
+            future_tolerance_s=settings.future_tolerance_seconds,
+            out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
+            max_age_s=None,
         )
         await refresh_registry(ctx)
 
@@ -74,6 +96,9 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
                 rows = measure_rows(events)
                 if rows:
                     await repository.upsert_measures(pool, rows)
+                rows = intersection_measure_rows(events)
+                if rows:
+                    await repository.upsert_intersection_measures(pool, rows)
 
             consumer = EventConsumer(
                 settings.kafka,

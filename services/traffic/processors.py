@@ -31,6 +31,7 @@ from shared.contracts.traffic import (
     REGISTRY_TOPIC,
     HiResEventsLogged,
     IntersectionConfigured,
+    IntersectionMeasuresComputed,
     PhaseMeasuresComputed,
     SignalStateChanged,
 )
@@ -63,23 +64,19 @@ BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
     "traffic.ped_delay_seconds": ("pedd", "pedn", 1.0, "s"),
     "traffic.intersections_reporting": ("reporting", None, 1.0, "intersections"),
     "traffic.data_completeness_ratio": ("complete", "bins", 100.0, "%"),
+    "traffic.red_light_running_actuations": ("redrun", None, 1.0, "actuations"),
+    "traffic.ped_actuations": ("peda", None, 1.0, "actuations"),
+    "traffic.detectors_unhealthy": ("unhealthy", None, 1.0, "detectors"),
 }
 SIGNAL_STATE_EVENT = event_type_of(SignalStateChanged)
 MEASURES_EVENT = event_type_of(PhaseMeasuresComputed)
+INTERSECTION_MEASURES_EVENT = event_type_of(IntersectionMeasuresComputed)
 _MEASURE_FLOATS = frozenset(
-    {
-        "green_seconds",
-        "cycle_seconds",
-        "total_delay_seconds",
-        "pct_arrivals_on_green",
-        "pct_green",
-        "platoon_ratio",
-        "approach_delay_seconds",
-        "ped_delay_seconds_total",
-        "ped_delay_seconds_avg",
-    }
+    name
+    for name, f in PhaseMeasuresComputed.model_fields.items()
+    if "float" in repr(f.annotation).lower() and name != "data_completeness"
 )
-# PhaseMeasuresComputed fields taken from a bin's phase measures, in the contract's order: (name, StrictFloat)
+# PhaseMeasuresComputed fields taken from a bin's phase measures, in the contract's order: (name, is a float)
 _MEASURE_FIELDS = tuple(
     (name, name in _MEASURE_FLOATS)
     for name in PhaseMeasuresComputed.model_fields
@@ -96,7 +93,22 @@ _MEASURE_FIELDS = tuple(
         "computed_at",
     )
 )
-_ACC_FIELDS = ("vol", "aog", "arr", "sf", "sfc", "delay", "pedd", "pedn", "reporting", "complete", "bins")
+_ACC_FIELDS = (
+    "vol",
+    "aog",
+    "arr",
+    "sf",
+    "sfc",
+    "delay",
+    "pedd",
+    "pedn",
+    "reporting",
+    "complete",
+    "bins",
+    "redrun",
+    "peda",
+    "unhealthy",
+)
 
 
 _MINUTE_MS: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM" → epoch ms of that minute (UTC)
@@ -153,16 +165,21 @@ class TrafficSignalProcessor(StreamProcessor):
     def _apply_registry(self, data: dict[str, Any], state: State) -> None:
         cid = data["controller_id"]
         state.put(f"reg:{cid}", config_from_registry(data))
-        cs = state.get(f"c:{cid}")
-        if cs is not None:
-            cs["iid"], cs["district"] = data["intersection_id"], data["district"]
-            self._drain(cid, cs, state)
-            state.put(f"c:{cid}", cs)
+        for key in (f"c:{cid}", f"b:{cid}"):
+            cs = state.get(key)
+            if cs is not None:
+                cs["iid"], cs["district"] = data["intersection_id"], data["district"]
+                self._drain(cid, cs, state, final=cs.get("final", False))
+                state.put(key, cs)
 
     def _apply_hires(self, event: ReceivedEvent, state: State) -> None:
         data = event.data
         cid = data["controller_id"]
-        cs = state.get(f"c:{cid}")
+        backfill = data.get("backfill", False)
+        # History replayed after the fact is measured by its own engine, apart from the live stream (whose bins
+        # may be past it already), and feeds no live signal state or alarms.
+        key = f"b:{cid}" if backfill else f"c:{cid}"
+        cs = state.get(key)
         if cs is None:
             cfg = state.get(f"reg:{cid}") or {}
             cs = {"buf": [], "max_t": 0, "seen": 0, "eng": {}, "sig": new_signal_state(cfg.get("phases", ()))}
@@ -171,30 +188,37 @@ class TrafficSignalProcessor(StreamProcessor):
         sig, buf, max_t = cs["sig"], cs["buf"], cs["max_t"]
         for e in data["events"]:
             t, code, param = _ms(e["t"]), e["code"], e["param"]
-            fold_signal_state(sig, t, code, param)
+            if not backfill:
+                fold_signal_state(sig, t, code, param)
             buf.append([t, code, param])
             if t > max_t:
                 max_t = t
         cs["max_t"] = max_t
+        if backfill:
+            if data.get("final"):
+                cs["final"] = True
+            self._drain(cid, cs, state, final=cs.get("final", False))
+            state.put(key, cs)
+            return
         if "comm_loss" in cs["eng"].get("active", {}):
             MeasuresEngine(cs["eng"], None, self.params).alarm(
                 "cleared", "comm_loss", "", cs["max_t"], "major", "controller reporting again"
             )
         self._drain(cid, cs, state)
-        state.put(f"c:{cid}", cs)
+        state.put(key, cs)
 
     def _drain(
         self, cid: str, cs: dict[str, Any], state: State, *, force: bool = False, final: bool = False
     ) -> None:
         """Fold buffered events older than the reorder hold into the measures engine, then close bins.
 
-        ``force`` measures even without the controller's configuration; ``final`` folds everything buffered
-        and closes every bin (the controller went silent)."""
+        ``force`` measures even without the controller's configuration; ``final`` folds everything buffered,
+        completes what the data allows and closes every bin (the log ended, or the controller went silent)."""
         cfg = state.get(f"reg:{cid}")
         buf = cs["buf"]
-        if not buf:
+        if (not buf and not final) or cs.get("done"):
             return
-        if cfg is None and not (force or final):
+        if cfg is None and not force:
             # Registry and events topics are read in no particular order: wait (by arrival time, see emit)
             # for the controller's configuration rather than measure without its detectors.
             cs.setdefault("held_since", cs["seen"])
@@ -211,7 +235,10 @@ class TrafficSignalProcessor(StreamProcessor):
             n += 1
         cs["buf"] = buf[n:]
         if final:
+            engine.finish()
             engine.close_bins(through_ms=2**62)
+            if cs.get("final"):  # a backfill that ended: its state goes once its bins are published
+                cs["done"] = True
         else:
             engine.close_bins()
 
@@ -225,6 +252,7 @@ class TrafficSignalProcessor(StreamProcessor):
         faults: dict[str, int] = {}
         open_bins: dict[str, list[str]] = {}  # window → controllers with that bin still open
         event_time = 0  # the partition's event time: the latest event folded into any measures engine
+        out.extend(self._backfills(state, now_ms, now_iso))
         for key in state.keys("c:"):
             cs = state[key]
             cid = key[2:]
@@ -292,6 +320,32 @@ class TrafficSignalProcessor(StreamProcessor):
                     del kpis[w]
             state.put("kpi", kpis)
         out.extend(self._fault_kpis(faults, state, now_ms, now_iso))
+        return out
+
+    def _backfills(self, state: State, now_ms: int, now_iso: str) -> list[EncodedEvent]:
+        """Measures of replayed history, published as its bins close; a backfill's state goes once it ended."""
+        out: list[EncodedEvent] = []
+        for key in list(state.keys("b:")):
+            cs = state[key]
+            cid = key[2:]
+            eng_data = cs["eng"]
+            changed = False
+            if now_ms - cs["seen"] > self.idle_flush_ms and not cs.get("done"):
+                cs["final"] = True  # its final chunk never came
+                self._drain(cid, cs, state, final=True, force=True)
+                changed = True
+            if "held_since" in cs and now_ms - cs["held_since"] > self.hold_ms:
+                self._drain(cid, cs, state, force=True, final=cs.get("final", False))
+                changed = True
+            for closed in eng_data.get("closed", ()):
+                out.extend(self._measures(cid, cs, closed, now_iso))
+                changed = True
+            if eng_data.get("closed") or eng_data.get("alarms"):
+                eng_data["closed"], eng_data["alarms"] = [], []
+            if cs.get("done") and not cs["buf"]:
+                state.pop(key)
+            elif changed:
+                state.put(key, cs)
         return out
 
     def _live_due(
@@ -365,17 +419,52 @@ class TrafficSignalProcessor(StreamProcessor):
             "computed_at": now_iso,
         }
         for m in closed["phases"]:
-            payload = {**head, "phase": m["phase"], "bin_start": bin_start, "bin_seconds": bin_seconds}
+            values = {**head, "phase": m["phase"], "bin_start": bin_start, "bin_seconds": bin_seconds, **tail}
             for field, is_float in _MEASURE_FIELDS:
                 v = m[field]
-                payload[field] = float(v) if is_float and v is not None else v
-            payload.update(tail)
+                values[field] = float(v) if is_float and v is not None else v
+            payload = {name: values[name] for name in PhaseMeasuresComputed.model_fields}
             out.append(
                 encode(
                     MEASURES_EVENT,
                     payload,
                     source=SOURCE,
                     id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}",
+                )
+            )
+        ix = closed.get("intersection")
+        if ix is not None:
+            payload = {
+                **head,
+                "bin_start": bin_start,
+                "bin_seconds": bin_seconds,
+                "events": closed["events"],
+                "unused_events": ix["unused_events"],
+                "data_completeness": float(closed["data_completeness"]),
+                "detectors": [
+                    {
+                        **d,
+                        "longest_on_seconds": float(d["longest_on_seconds"]),
+                        "usual_actuations": None
+                        if d["usual_actuations"] is None
+                        else float(d["usual_actuations"]),
+                    }
+                    for d in ix["detectors"]
+                ],
+                "detectors_unhealthy": ix["detectors_unhealthy"],
+                "preempts": [{**p, "seconds": float(p["seconds"])} for p in ix["preempts"]],
+                "transit_priority": ix["transit_priority"],
+                "pattern_changes": ix["pattern_changes"],
+                "pattern": ix["pattern"],
+                "cycle_length_seconds": ix["cycle_length_seconds"],
+                "computed_at": now_iso,
+            }
+            out.append(
+                encode(
+                    INTERSECTION_MEASURES_EVENT,
+                    payload,
+                    source=SOURCE,
+                    id=f"intersection-measures:{cs['iid']}:{closed['bin_start']}",
                 )
             )
         return out
@@ -498,6 +587,10 @@ def _accumulate(acc: dict[str, float], closed: dict[str, Any]) -> None:
         acc["delay"] += m["total_delay_seconds"]
         acc["pedd"] += m["ped_delay_seconds_total"]
         acc["pedn"] += m["ped_samples"]
+        acc["redrun"] += m["red_actuations"]
+        acc["peda"] += m["ped_actuations"]
+    ix = closed.get("intersection")
+    acc["unhealthy"] += ix["detectors_unhealthy"] if ix else 0
     acc["reporting"] += 1 if closed["events"] else 0
     acc["complete"] += closed["data_completeness"]
     acc["bins"] += 1

@@ -16,9 +16,16 @@ CONFIGURED = IntersectionConfigured.__ioc_event_type__  # type: ignore[attr-defi
 
 
 def hires_chunks(
-    source: str, intersection: dict[str, Any], events: Sequence[tuple[int, int, int]], chunk_size: int
+    source: str,
+    intersection: dict[str, Any],
+    events: Sequence[tuple[int, int, int]],
+    chunk_size: int,
+    *,
+    backfill: bool = False,
+    final: bool = False,
 ) -> list[EncodedEvent]:
-    """Time-ordered ``(t_ms, code, param)`` events of one controller as chunk records.
+    """Time-ordered ``(t_ms, code, param)`` events of one controller as chunk records (``backfill``: history;
+    ``final``: the last chunk of the backfill is marked so that its measures are completed).
 
     The CloudEvents id is a digest of the chunk's content, so a chunk published twice (a retried request)
     is dropped by consumers that deduplicate on source + id.
@@ -33,7 +40,13 @@ def hires_chunks(
             "district": intersection["district"],
             "events": [{"t": iso_ms(t), "code": code, "param": param} for t, code, param in part],
         }
-        digest = hashlib.blake2b(repr((cid, part)).encode(), digest_size=16).hexdigest()
+        last = i + chunk_size >= len(events)
+        if backfill:
+            payload["backfill"] = True
+            payload["final"] = final and last
+        digest = hashlib.blake2b(
+            repr((cid, part, backfill, final and last)).encode(), digest_size=16
+        ).hexdigest()
         out.append(encode(HIRES, payload, source=source, id=f"hires-{digest}", time=iso_ms(part[-1][0])))
     return out
 

@@ -5,6 +5,10 @@ Accepts the ATSPM layouts ``TimeStamp, DeviceId, EventId, Parameter`` and UDOT's
 one or many controllers per file. Timestamps without a UTC offset are controller local time
 (``Asia/Ho_Chi_Minh`` unless told otherwise). ``speed=None`` sends as fast as the API accepts; ``speed=1.0``
 keeps the recorded pace, ``10.0`` ten times faster.
+
+``backfill=True`` sends the log as history (``POST /v1/events?backfill=true``): any age is accepted, it is
+measured apart from the live stream, and each controller's last request says ``final=true`` so its last bin is
+published at once instead of after the idle flush.
 """
 
 from __future__ import annotations
@@ -92,16 +96,29 @@ class ReplayReport:
     requests: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        """One line for a person: sent, accepted, duplicates and refused by reason."""
+        refused = ", ".join(f"{code} {n}" for code, n in sorted(self.reasons.items())) or "none"
+        return (
+            f"sent {self.sent}, accepted {self.accepted}, duplicates {self.duplicates}, "
+            f"refused {self.rejected} ({refused}) in {self.requests} requests"
+        )
+
 
 def _batches(
-    rows: list[tuple[datetime, str, int, int]], batch_size: int, span_s: float | None
+    rows: list[tuple[datetime, str, int, int]],
+    batch_size: int,
+    span_s: float | None,
+    per_controller: bool = False,
 ) -> Iterator[list[tuple[datetime, str, int, int]]]:
-    """Consecutive rows, at most ``batch_size`` per batch and (paced replay) at most ``span_s`` of log time."""
+    """Consecutive rows, at most ``batch_size`` per batch, (paced replay) at most ``span_s`` of log time and
+    (``per_controller``) one controller per batch."""
     batch: list[tuple[datetime, str, int, int]] = []
     for row in rows:
         if batch and (
             len(batch) >= batch_size
             or (span_s is not None and (row[0] - batch[0][0]).total_seconds() >= span_s)
+            or (per_controller and row[1] != batch[0][1])
         ):
             yield batch
             batch = []
@@ -119,11 +136,15 @@ async def replay_file(
     tz: str = "Asia/Ho_Chi_Minh",
     batch_size: int = 5000,
     client: httpx.AsyncClient | None = None,
+    backfill: bool = False,
 ) -> ReplayReport:
-    """Feed a hi-res log CSV through ``POST /v1/events``, paced by ``speed`` (None: as fast as possible).
+    """Feed a hi-res log CSV through ``POST /v1/events``, paced by ``speed`` (None: as fast as possible), as
+    history when ``backfill`` (then one controller after the other, each ending with ``final=true``).
 
     Retries 429/503 answers after their ``Retry-After``; returns a :class:`ReplayReport`.
     """
+    if backfill and speed:
+        raise ValueError("a backfill is sent as fast as possible: no speed")
     if speed is not None and speed <= 0:
         raise ValueError("speed must be positive (or None for as fast as possible)")
     rows = read_hires_csv(path, tz)
@@ -136,7 +157,10 @@ async def replay_file(
             return report
         first = rows[0][0]
         started = time.monotonic()
-        for batch in _batches(rows, batch_size, 1.0 if speed else None):
+        if backfill:
+            rows.sort(key=lambda r: r[1])  # stable: each controller's rows stay in time order
+        batches = list(_batches(rows, batch_size, 1.0 if speed else None, per_controller=backfill))
+        for n, batch in enumerate(batches):
             if speed:
                 # Send a batch once its last event is due at the recorded pace.
                 due = (batch[-1][0] - first).total_seconds() / speed
@@ -147,7 +171,11 @@ async def replay_file(
                 {"timestamp": t.isoformat(), "controller_id": cid, "event_code": code, "parameter": param}
                 for t, cid, code, param in batch
             ]
-            body = await _post(http, headers, items)
+            params = None
+            if backfill:
+                last_of_controller = n + 1 == len(batches) or batches[n + 1][0][1] != batch[0][1]
+                params = {"backfill": "true", "final": "true" if last_of_controller else "false"}
+            body = await _post(http, headers, items, params)
             report.requests += 1
             report.sent += len(items)
             report.accepted += body.get("accepted", 0)
@@ -161,9 +189,14 @@ async def replay_file(
     return report
 
 
-async def _post(http: httpx.AsyncClient, headers: dict[str, str], items: list[dict[str, Any]]) -> dict:
+async def _post(
+    http: httpx.AsyncClient,
+    headers: dict[str, str],
+    items: list[dict[str, Any]],
+    params: dict[str, str] | None = None,
+) -> dict:
     for _ in range(30):
-        r = await http.post("/v1/events", json={"items": items}, headers=headers)
+        r = await http.post("/v1/events", json={"items": items}, headers=headers, params=params)
         if r.status_code in (429, 503):
             await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
             continue

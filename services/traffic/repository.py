@@ -125,3 +125,29 @@ async def fetch_measures(
         limit,
     )
     return [r["measures"] for r in rows]
+
+
+async def upsert_intersection_measures(pool: asyncpg.Pool, rows: Sequence[tuple]) -> None:
+    """Store intersection measures; a re-delivered bin replaces the stored one (idempotent)."""
+    await pool.executemany(
+        """INSERT INTO intersection_measures (intersection_id, bin_start, bin_seconds, district, measures,
+                                              computed_at) VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (intersection_id, bin_start) DO UPDATE SET bin_seconds = EXCLUDED.bin_seconds,
+               district = EXCLUDED.district, measures = EXCLUDED.measures, computed_at = EXCLUDED.computed_at""",
+        rows,
+    )
+
+
+async def fetch_intersection_measures(
+    pool: asyncpg.Pool, intersection_id: str, start: datetime, end: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Intersection measures with ``start <= bin_start < end``, oldest first."""
+    rows = await pool.fetch(
+        "SELECT measures FROM intersection_measures WHERE intersection_id = $1 AND bin_start >= $2 "
+        "AND bin_start < $3 ORDER BY bin_start LIMIT $4",
+        intersection_id,
+        start,
+        end,
+        limit,
+    )
+    return [r["measures"] for r in rows]

@@ -16,7 +16,7 @@ class TrafficSettings(ServiceSettings):
     port: int = 8102
     max_batch_events: int = 50_000
     future_tolerance_seconds: float = 60.0
-    # Oldest accepted event: replays of older logs need this raised (IOC_TRAFFIC_MAX_EVENT_AGE_SECONDS).
+    # Oldest event accepted live; older logs are sent as a backfill (POST /v1/events?backfill=true, ioc replay).
     max_event_age_seconds: float = 30 * 86400
     out_of_order_tolerance_seconds: float = 5.0
     chunk_events: int = 5000

@@ -72,14 +72,16 @@ MEASURES_TOPIC = register_topic(
 )
 KPI_EVENT, ALARM_EVENT = domain_topics("traffic", owner="traffic")
 
-DetectorFunction = Literal["advance", "presence", "count"]
+DetectorFunction = Literal["advance", "presence", "count", "yellow_red"]
 
 
 class HiResEvent(EventModel):
     """One controller log entry."""
 
     t: datetime = Field(description="event time (controller clock, 0.1 s resolution)")
-    code: StrictInt = Field(ge=0, le=255, description="Indiana event code")
+    code: StrictInt = Field(
+        ge=0, le=65535, description="Indiana event code (0-255) or a vendor code above (carried as logged)"
+    )
     param: StrictInt = Field(ge=0, le=65535, description="phase, detector channel, overlap or pattern number")
 
 
@@ -95,6 +97,14 @@ class HiResEventsLogged(EventModel):
     intersection_id: EntityId
     district: AreaCode | None = None
     events: list[HiResEvent] = Field(min_length=1, max_length=10000)
+    backfill: bool = Field(
+        False,
+        description="history replayed after the fact (measured apart from the live stream; no live state or "
+        "alarms)",
+    )
+    final: bool = Field(
+        False, description="the last chunk of a backfill of this controller: its measures are completed now"
+    )
 
 
 class DetectorConfig(EventModel):
@@ -103,6 +113,9 @@ class DetectorConfig(EventModel):
     channel: StrictInt = Field(ge=1, le=256)
     phase: StrictInt = Field(ge=1, le=40)
     function: DetectorFunction
+    additional_functions: list[DetectorFunction] = Field(
+        default_factory=list, max_length=3, description="other functions of the same channel"
+    )
     distance_m: StrictFloat | None = Field(None, ge=0, le=1000, description="advance detectors: to stop bar")
     speed_kmh: StrictFloat | None = Field(None, gt=0, le=130, description="advance detectors: approach speed")
 
@@ -203,6 +216,96 @@ class PhaseMeasuresComputed(EventModel):
     events: StrictInt = Field(ge=0, description="controller events of the intersection in the bin")
     data_completeness: StrictFloat = Field(ge=0, le=1, description="share of the bin's minutes with data")
     computed_at: datetime
+    # Added measures (docs/traffic-measures.md), optional so that v1 stays backward compatible.
+    actuations: StrictInt = Field(
+        0, ge=0, description="advance-detector actuations in the bin, by their own time (atspm convention)"
+    )
+    actuations_on_green: StrictInt = Field(0, ge=0, description="of them, during the phase's green")
+    pct_actuations_on_green: StrictFloat | None = None
+    green_occupancy_avg: StrictFloat | None = Field(
+        None, description="mean GOR of the cycles evaluated for split failure"
+    )
+    red_occupancy_avg: StrictFloat | None = Field(
+        None, description="mean ROR5 (first 5 s after begin red clearance)"
+    )
+    split_failure_green_seconds_avg: StrictFloat | None = None
+    yellow_actuations: StrictInt = Field(0, ge=0, description="yellow/red detector actuations during yellow")
+    red_actuations: StrictInt = Field(
+        0, ge=0, description="yellow/red detector actuations during red (red-light running)"
+    )
+    splits: StrictInt = Field(0, ge=0, description="complete splits (begin green to end red clearance)")
+    split_seconds_avg: StrictFloat | None = None
+    split_seconds_max: StrictFloat | None = None
+    ped_actuations: StrictInt = Field(0, ge=0, description="pedestrian detector actuations (code 90)")
+    unique_ped_actuations: StrictInt = Field(
+        0, ge=0, description="ped actuations more than 15 s after the previous one"
+    )
+    ped_services: StrictInt = Field(0, ge=0, description="walks served (code 21)")
+    phase_wait_samples: StrictInt = Field(0, ge=0)
+    phase_wait_seconds_avg: StrictFloat | None = Field(
+        None, description="phase call registered (43) to begin green"
+    )
+    phase_wait_seconds_max: StrictFloat | None = None
+
+
+DetectorStatus = Literal["ok", "stuck_on", "stuck_off", "chattering", "unusual"]
+
+
+class DetectorBinMeasures(EventModel):
+    """One detector channel seen or configured at the intersection, over one bin."""
+
+    channel: StrictInt = Field(ge=0, le=65535)
+    phase: StrictInt | None = Field(description="the configured phase; none for an unconfigured channel")
+    functions: list[DetectorFunction]
+    actuations: StrictInt = Field(ge=0, description="detector-on events (code 82)")
+    repeated_events: StrictInt = Field(
+        ge=0, description="an on after an on, or an off after an off (chatter)"
+    )
+    longest_on_seconds: StrictFloat = Field(ge=0)
+    usual_actuations: StrictFloat | None = Field(description="the channel's usual count per bin, once known")
+    status: DetectorStatus
+
+
+class PreemptBinMeasures(EventModel):
+    number: StrictInt = Field(ge=0, le=65535)
+    calls: StrictInt = Field(ge=0, description="preempt call input on (102)")
+    entries: StrictInt = Field(ge=0, description="preempt entry started (105)")
+    seconds: StrictFloat = Field(ge=0, description="call durations (102 to 104) ending in the bin")
+
+
+class PriorityBinMeasures(EventModel):
+    number: StrictInt = Field(ge=0, le=65535)
+    check_ins: StrictInt = Field(ge=0, description="TSP check in (112)")
+    early_greens: StrictInt = Field(ge=0, description="TSP adjustment to early green (113)")
+    extended_greens: StrictInt = Field(ge=0, description="TSP adjustment to extend green (114)")
+    check_outs: StrictInt = Field(ge=0, description="TSP check out (115)")
+
+
+@event_type(
+    "ioc.traffic.intersection_measures.computed.v1",
+    topic=MEASURES_TOPIC,
+    key="intersection_id",
+    subject="intersection_id",
+    description="Measures of one intersection over one bin that belong to no phase: every detector channel's "
+    "counts and health, preemption, transit priority and coordination.",
+)
+class IntersectionMeasuresComputed(EventModel):
+    intersection_id: EntityId
+    controller_id: EntityId
+    district: AreaCode | None = None
+    bin_start: datetime
+    bin_seconds: StrictInt = Field(gt=0)
+    events: StrictInt = Field(ge=0)
+    unused_events: StrictInt = Field(ge=0, description="events of codes the measures do not use (carried)")
+    data_completeness: StrictFloat = Field(ge=0, le=1)
+    detectors: list[DetectorBinMeasures] = Field(max_length=1000)
+    detectors_unhealthy: StrictInt = Field(ge=0)
+    preempts: list[PreemptBinMeasures] = Field(max_length=1000)
+    transit_priority: list[PriorityBinMeasures] = Field(max_length=1000)
+    pattern_changes: StrictInt = Field(ge=0, description="coordination pattern changes (131) in the bin")
+    pattern: StrictInt | None = Field(description="the coordination pattern in force at the bin's end")
+    cycle_length_seconds: StrictInt | None = Field(description="the last cycle length logged (132)")
+    computed_at: datetime
 
 
 __all__ = [
@@ -216,6 +319,7 @@ __all__ = [
     "HiResEvent",
     "HiResEventsLogged",
     "IntersectionConfigured",
+    "IntersectionMeasuresComputed",
     "PhaseMeasuresComputed",
     "PhaseState",
     "SignalStateChanged",

@@ -147,7 +147,7 @@ async def test_ingest_publishes_events_and_answers_each_rejection(client, keys, 
         ev(30, 8, 2),
         ev(34, 9, 2),
         ev(1, 1, 2, controller=uid("C")),  # unknown controller
-        ev(2, 77, 2),  # reserved code
+        ev(33, 400, 2),  # a vendor code: accepted and carried (issue #35; was refused as unknown_code)
         {**ev(3, 1, 2), "event_code": "1"},  # wrong type
         {
             "timestamp": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
@@ -160,10 +160,9 @@ async def test_ingest_publishes_events_and_answers_each_rejection(client, keys, 
     r = await client.post("/v1/events", json={"items": items}, headers=auth(keys["ingest"]))
     body = r.json()
     assert r.status_code == 200, body
-    assert body["status"] == "partial" and body["accepted"] == 4 and body["duplicates"] == 1
+    assert body["status"] == "partial" and body["accepted"] == 5 and body["duplicates"] == 1
     assert [(e["index"], e["field"], e["code"]) for e in body["rejected"]] == [
         (4, "controller_id", "unknown_entity"),
-        (5, "event_code", "unknown_code"),
         (6, "event_code", "invalid"),
         (7, "timestamp", "future_timestamp"),
     ]
@@ -174,7 +173,13 @@ async def test_ingest_publishes_events_and_answers_each_rejection(client, keys, 
 
     got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=1)
     assert len(got) == 1 and got[0].subject == iid and got[0].data["district"] == "BD"
-    assert [(e["code"], e["param"]) for e in got[0].data["events"]] == [(1, 2), (82, 1), (8, 2), (9, 2)]
+    assert [(e["code"], e["param"]) for e in got[0].data["events"]] == [
+        (1, 2),
+        (82, 1),
+        (8, 2),
+        (400, 2),
+        (9, 2),
+    ]
 
 
 async def test_malformed_body_is_a_clear_400(client, keys):
@@ -234,7 +239,13 @@ async def test_events_to_measures_through_processor_and_csv_export(client, keys,
     async with ProcessorRuntime(processor_cls(), kafka_settings).running() as rt:
         await rt.drain(timeout=30)
 
-    measures = await read_topic(kafka_settings, MEASURES_TOPIC.name, where=lambda e: e.key == iid, expect=4)
+    # the measures topic also carries the intersection's measures (a second event type since issue #35)
+    measures = await read_topic(
+        kafka_settings,
+        MEASURES_TOPIC.name,
+        where=lambda e: e.key == iid and e.type == "ioc.traffic.phase_measures.computed.v1",
+        expect=4,
+    )
     by_phase = {e.data["phase"]: e.data for e in measures}
     assert sorted(by_phase) == [2, 4, 6, 8]
     p2 = by_phase[2]
@@ -288,16 +299,17 @@ async def test_replay_feeds_a_udot_log_through_the_api(client, keys, tmp_path, k
     lines = ["Timestamp,SignalID,EventCode,EventParam"]
     for k in range(30):
         lines.append(f"{(t0 + timedelta(seconds=k * 0.5)).isoformat(sep=' ')},{cid},{82 if k % 2 else 81},1")
-    lines.append(f"{t0.isoformat(sep=' ')},{cid},999,1")  # not an Indiana code
+    lines.append(f"{t0.isoformat(sep=' ')},{cid},70000,1")  # outside 0-65535 (999 is a vendor code since #35)
     path = tmp_path / "log.csv"
     path.write_text("\n".join(lines) + "\n")
     report = await replay_file(
         path, "http://ioc.test", keys["ingest"], speed=None, tz="UTC", batch_size=10, client=client
     )
     assert (report.sent, report.accepted, report.rejected) == (31, 30, 1)
-    assert report.reasons == {"invalid": 1}  # 999 is outside the 0-255 range of the schema
+    assert report.reasons == {"invalid": 1}  # 70000 is outside the 0-65535 range of the schema
     got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=4)
     assert sum(len(e.data["events"]) for e in got) == 30
+    assert report.summary() == "sent 31, accepted 30, duplicates 0, refused 1 (invalid 1) in 4 requests"
 
 
 # --- entity ownership: a gateway reports for the controllers registered with it as their gateway ---------------

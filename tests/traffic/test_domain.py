@@ -67,7 +67,9 @@ def test_split_failure_needs_both_ratios_over_080():
     gor, ror5 = split_failure_ratios([[s(25), s(58)], [s(64), s(65)]], s(30), s(60), s(64))
     assert ror5 == pytest.approx(0.2)
     assert not is_split_failure(gor, ror5)
-    assert not is_split_failure(0.81, 0.80)  # strictly greater than 0.80
+    # the published thresholds are inclusive: GOR >= 0.80 and ROR5 >= 0.80 (was "> 0.80" before issue #35)
+    assert is_split_failure(0.81, 0.80) and is_split_failure(0.80, 0.80)
+    assert not is_split_failure(0.81, 0.79) and not is_split_failure(0.79, 1.0)
 
 
 # --- the measures engine on a hand-built sequence ------------------------------------------------------------
@@ -83,7 +85,7 @@ REGISTRY = {
 
 
 def two_cycles() -> list[tuple[int, int, int]]:
-    """Phase 2: red at 0 s, two cycles (green 30-60 / red 64, green 94-124 / red 128).
+    """Phase 2: red at 0 s, two cycles (green 30-60 / red 64, green 94-124 / red 128), then green again at 150 s.
 
     Cycle 1 is a split failure (queue occupies the stop bar through green and the first 5 s of red); cycle 2
     is not. Advance actuations at 10, 20, 30, 50, 56, 62, 100 s reach the stop bar 5 s later.
@@ -129,10 +131,12 @@ def two_cycles() -> list[tuple[int, int, int]]:
         (124, 7, 2),
         (124, 8, 2),
         (128, 9, 2),
+        (128, 10, 2),  # begin red clearance: the cycle's red start (issue #35; code 9 no longer counts)
         (128, 82, 2),
         (129, 81, 2),
         (135, 82, 9),
         (135.5, 81, 9),
+        (150, 1, 2),  # the next green closes cycle 2 for its split-failure evaluation (green-to-green cycle)
     ]
     return [(s(t), code, param) for t, code, param in ev]
 
@@ -195,7 +199,9 @@ def test_open_bin_measures_hold_the_complete_cycles_and_the_elapsed_minutes():
     m = engine.open_bin_measures(BASE, b, s(70))
     p2 = next(p for p in m["phases"] if p["phase"] == 2)
     assert (p2["cycles"], p2["arrivals"], p2["arrivals_on_green"], p2["arrivals_on_red"]) == (1, 5, 2, 2)
-    assert (p2["split_failure_cycles"], p2["split_failures"]) == (1, 1)  # evaluated at 69 s (red + 5 s)
+    # A split-failure cycle runs green to green (atspm): cycle 1 is evaluated once the green at 94 s closes it
+    # (before issue #35 it was evaluated at red + 5 s = 69 s).
+    assert (p2["split_failure_cycles"], p2["split_failures"]) == (0, 0)
     assert m["data_completeness"] == pytest.approx(1.0)  # minute 0 over, with data
     # at 4 min 30 s event time, minutes 0-3 are over and 0, 1 and 2 had data
     for e in events:
@@ -213,11 +219,11 @@ def test_partial_first_cycle_is_not_counted():
         (s(0), 1, 2),
         (s(5), 82, 1),
         (s(20), 8, 2),
-        (s(24), 9, 2),
+        (s(24), 10, 2),  # begin red clearance starts the red (code 10, as atspm; issue #35)
         (s(30), 82, 1),
         (s(50), 1, 2),
         (s(80), 8, 2),
-        (s(84), 9, 2),
+        (s(84), 10, 2),
     ]
     engine, data = run_engine(ev)
     engine.close_bins(through_ms=2**62)
@@ -291,7 +297,7 @@ def test_screen_rejects_unknown_future_out_of_order_and_counts_duplicates():
     items = [
         (0, "C1", s(100), 1, 2),
         (1, "C9", s(100), 1, 2),  # unknown controller
-        (2, "C1", s(101), 77, 2),  # reserved code
+        (2, "C1", s(101), 400, 2),  # a vendor code: accepted and carried (issue #35)
         (3, "C1", to_ms(now) + 61_000, 1, 2),  # 61 s in the future
         (4, "C1", s(100), 1, 2),  # duplicate inside the batch
         (5, "C1", s(97), 8, 2),  # 3 s older than the batch's latest: inside the tolerance
@@ -300,12 +306,11 @@ def test_screen_rejects_unknown_future_out_of_order_and_counts_duplicates():
     res = screen.screen(items, {"C1"}, now)
     assert [(e.index, e.code, e.field) for e in res.errors] == [
         (1, "unknown_entity", "controller_id"),
-        (2, "unknown_code", "event_code"),
         (3, "future_timestamp", "timestamp"),
         (6, "out_of_order", "timestamp"),
     ]
     assert res.duplicates == 1
-    assert res.accepted == {"C1": [(s(97), 8, 2), (s(100), 1, 2)]}  # time-ordered
+    assert res.accepted == {"C1": [(s(97), 8, 2), (s(100), 1, 2), (s(101), 400, 2)]}  # time-ordered
     # resending the same events later is a duplicate, not an error
     again = screen.screen([(0, "C1", s(100), 1, 2), (1, "C1", s(102), 1, 4)], {"C1"}, now)
     assert again.duplicates == 1 and again.accepted == {"C1": [(s(102), 1, 4)]}

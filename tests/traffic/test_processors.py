@@ -226,8 +226,9 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     aog = live[("traffic.arrivals_on_green_ratio", "district", "BD")]
     assert (aog["numerator"], aog["denominator"]) == (2.0, 5.0)
     assert aog["value"] == pytest.approx(40.0) and aog["window_seconds"] == 900 and aog["partition"] == 0
+    # no split-failure cycle yet: cycle 1 is evaluated when the next green (94 s) closes it (issue #35)
     sf = live[("traffic.split_failure_ratio", "city", "HN")]
-    assert (sf["numerator"], sf["denominator"], sf["value"]) == (1.0, 1.0, 100.0)
+    assert (sf["numerator"], sf["denominator"], sf["value"]) == (0.0, 0.0, None)
     assert live[("traffic.volume_vehicles", "district", "BD")]["numerator"] == 6.0  # advance 10..62 s
     assert live[("traffic.approach_delay_seconds", "city", "HN")]["value"] == pytest.approx(20 / 5)
     assert live[("traffic.ped_delay_seconds", "city", "HN")]["value"] is None  # no walk served yet
@@ -249,8 +250,9 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     aog = live[("traffic.arrivals_on_green_ratio", "city", "HN")]
     assert (aog["numerator"], aog["denominator"]) == (3.0, 7.0)  # cycle 2 adds 67 s (red), 105 s (green)
     assert aog["value"] == pytest.approx(300 / 7)
+    # cycle 1 evaluated at the green of 94 s; cycle 2 waits for the green of 150 s, beyond the reorder hold
     sf = live[("traffic.split_failure_ratio", "district", "BD")]
-    assert (sf["numerator"], sf["denominator"], sf["value"]) == (1.0, 2.0, 50.0)
+    assert (sf["numerator"], sf["denominator"], sf["value"]) == (1.0, 1.0, 100.0)
     assert live[("traffic.volume_vehicles", "city", "HN")]["numerator"] == 8.0
     assert live[("traffic.approach_delay_seconds", "city", "HN")]["value"] == pytest.approx((20 + 27) / 7)
     assert live[("traffic.ped_delay_seconds", "city", "HN")]["value"] == pytest.approx(24)
@@ -260,10 +262,11 @@ def test_provisional_kpis_follow_the_cycles_complete_in_the_open_bin_then_the_fi
     # bin end + grace passed: the full-bin measures and the final roll-up (same window) are published
     feed(proc, st, end_of_bin_event(), 4)
     out = list(proc.emit(st, T0 + timedelta(seconds=1210)))
-    # only what changed since the last provisional observations is published again
+    # only what changed since the last provisional observations is published again (the split failures too:
+    # cycle 2 was evaluated after the last provisional roll-up)
     assert set(bin_kpis(out)) == {
         (k, level, code)
-        for k in ("traffic.data_completeness_ratio",)
+        for k in ("traffic.data_completeness_ratio", "traffic.split_failure_ratio")
         for level, code in (("district", "BD"), ("city", "HN"))
     }
     published += out
@@ -293,6 +296,9 @@ BIN_KPI_IDS = (
     "traffic.ped_delay_seconds",
     "traffic.intersections_reporting",
     "traffic.data_completeness_ratio",
+    "traffic.red_light_running_actuations",
+    "traffic.ped_actuations",
+    "traffic.detectors_unhealthy",
 )
 
 
@@ -531,3 +537,38 @@ def test_kpi_definitions_declare_how_long_late_bins_revise_a_window():
     for d in traffic:
         for w in d.windows:
             assert d.revisable_for(w) * 1000 >= KPI_WINDOW_RETENTION_MS, (d.id, w)
+
+
+def test_a_backfill_is_measured_apart_and_completed_by_its_final_chunk(proc):
+    """History (backfill chunks) gets its own engine: no live signal state or alarms from it, the live
+    controller's bins are not disturbed, and its final chunk publishes every bin without any wait."""
+    t0 = round(T0.timestamp() * 1000)
+    live = hires([(t0 + 3 * 3600_000, 1, 2)], offset=1)  # the controller is live three hours later
+    history = [*two_cycles(), (t0 + 30_000, 173, 1)]  # a flash in the history raises no alarm now
+
+    def backfill(events, final, offset):
+        ev = hires(events, offset=offset)
+        ev.data["backfill"], ev.data["final"] = True, final
+        return ev
+
+    states, out = run_in_memory(
+        proc,
+        [registry_event(), live, backfill(history[:20], False, 2), backfill(history[20:], True, 3)],
+        now=T0 + timedelta(hours=3, seconds=1),
+    )
+    measures = payloads(out, "phase_measures.computed.v1")
+    p2 = next(m for m in measures if m["phase"] == 2)
+    assert p2["bin_start"].startswith("2024-05-01T08:00:00")
+    assert (p2["arrivals"], p2["arrivals_on_green"], p2["split_failures"], p2["split_failure_cycles"]) == (
+        7,
+        3,
+        1,
+        2,
+    )
+    assert payloads(out, "alarm.changed.v1") == []
+    # the signal state published is the live one (green at 11:00), untouched by the history
+    (state,) = payloads(out, "signal_state.changed.v1")
+    assert state["flash"] is False and state["at"].startswith("2024-05-01T11:00:00")
+    assert [k for k in states[0].keys("b:")] == []  # the finished backfill's state is gone
+    live_state = states[0].get("c:C1")  # the live controller holds only its own event (in the reorder hold)
+    assert [e[0] for e in live_state["buf"]] == [t0 + 3 * 3600_000] and not live_state["eng"].get("bins")
