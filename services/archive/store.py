@@ -146,9 +146,11 @@ class ArchiveStore:
             if self.fs.exists(path):
                 self.fs.rm(path)
         if self.fs.exists(self.root):
-            for tmp in self.fs.glob(f"{self.root}/topic=*/date=*/.*.tmp"):
-                if tmp not in pending:
-                    self.fs.rm(tmp)
+            # (fsspec's glob skips hidden names: list the files)
+            for path in self.fs.find(self.root):
+                base = posixpath.basename(path)
+                if base.startswith(".") and base.endswith(".tmp") and path not in pending:
+                    self.fs.rm(path)
         if state.get("renames") or state.get("deletes"):
             state["renames"], state["deletes"] = [], []
             self._write_atomically(self.state_path(name), orjson.dumps(state))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import fnmatch
 import logging
 import time
@@ -120,6 +121,7 @@ class Archiver:
         self._stopping = False
         self._positions: dict[TopicPartition, int] = {}
         self._last_maintenance = 0.0
+        self._committing: asyncio.Future | None = None
 
     # Life ------------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -161,6 +163,9 @@ class Archiver:
     async def stop(self) -> None:
         self._stopping = True
         await stop_tasks(self._tasks, timeout=30)
+        if self._committing is not None and not self._committing.done():
+            with contextlib.suppress(Exception):
+                await self._committing
         with contextlib.suppress(Exception):
             await self.flush()
         if self.consumer is not None:
@@ -234,13 +239,15 @@ class Archiver:
             return 0
         taken = [(t, *b.take()) for t, b in pending]
         self.buffered = 0
-        rows = await asyncio.to_thread(self._commit, taken)
+        # Shielded: a stop cancelling the loop must not leave a commit running behind a second one.
+        self._committing = asyncio.ensure_future(asyncio.to_thread(self._commit, taken))
+        rows = await asyncio.shield(self._committing)
         self.archived += rows
         self.commits += 1
         return rows
 
     def _commit(self, taken: list[tuple[str, pa.Table, dict[int, list[int]]]]) -> int:
-        state = self.state
+        state = copy.deepcopy(self.state)  # becomes the archiver's state once published
         seq = int(state.get("seq", 0)) + 1
         commit = Commit()
         offsets = state.setdefault("offsets", {}).setdefault(self.epoch, {})
@@ -260,6 +267,7 @@ class Archiver:
         state["epochs"] = state.get("epochs", [])[-10:]
         state["offsets"] = {e: o for e, o in state["offsets"].items() if e in state["epochs"]}
         self.store.publish(self.settings.name, state, commit)
+        self.state = state
         return commit.rows
 
     # Maintenance -----------------------------------------------------------------------------------------
