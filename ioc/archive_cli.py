@@ -76,12 +76,13 @@ def query(
     store = _store(_settings())
     con = connect(store)
     try:
-        result = con.execute(sql)
+        table = con.sql(sql).to_arrow_table()
     except Exception as exc:  # duckdb's errors say what is wrong with the SQL
         views = ", ".join(view_name(t) for t in store.topics()) or "none yet"
         console.print(f"[red]{type(exc).__name__}: {exc}[/red]\nviews: {views}")
         raise typer.Exit(1) from None
-    table = result.fetch_arrow_table()
+    finally:
+        con.close()
     if output == "csv":
         import sys
 

@@ -112,7 +112,7 @@ def extract(store: ArchiveStore, req: ExtractRequest, *, max_rows: int, max_days
             f"SELECT {select} FROM {source_sql(store, req.topic)} WHERE {' AND '.join(where)} "
             f"ORDER BY ce_time, kafka_partition, kafka_offset LIMIT {max_rows + 1}"
         )
-        table = con.execute(sql, params).fetch_arrow_table()
+        table = con.sql(sql, params=params).to_arrow_table()
     finally:
         con.close()
     if table.num_rows > max_rows:

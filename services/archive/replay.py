@@ -100,7 +100,7 @@ def archived_rows(
     sql = f"SELECT * EXCLUDE (epoch_began) FROM ({base}) ORDER BY kafka_partition, epoch_began, broker_epoch, kafka_offset"
     con = connect(store, [])
     try:
-        table = con.execute(sql, params).fetch_arrow_table()
+        table = con.sql(sql, params=params).to_arrow_table()
     finally:
         con.close()
     _ = names

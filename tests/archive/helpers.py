@@ -61,7 +61,11 @@ async def topic_ends(kafka: KafkaSettings, topics: list[str]) -> dict[TopicParti
     consumer = AIOKafkaConsumer(**kafka.client_kwargs(), enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in range(kafka.partitions_override or TOPICS[t].partitions)]
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in range(kafka.partitions_override or TOPICS[t].partitions)
+        ]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         for tp in tps:  # the high watermark of a fetch from the last listed batch is the real end
@@ -86,7 +90,9 @@ async def replay_marked_offsets(kafka: KafkaSettings, topic: str) -> set[tuple[i
     from shared.testing import read_topic
 
     records = await read_topic(kafka, topic, raw=True)
-    return {(r.partition, r.offset) for r in records if any(k == "ioc_archive_replay" for k, _ in r.headers or ())}
+    return {
+        (r.partition, r.offset) for r in records if any(k == "ioc_archive_replay" for k, _ in r.headers or ())
+    }
 
 
 def archive_counts(root, topic: str, epoch: str) -> Counter:

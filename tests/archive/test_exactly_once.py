@@ -154,7 +154,7 @@ async def test_kill_9_of_the_archiver_process_mid_write_and_restart(kafka_settin
     state = tmp_path / "_state" / "archiver.json"
     rng = random.Random(39)
     for round_ in range(3):
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: ASYNC220 (the test owns it)
             [sys.executable, "-m", "ioc", "archive", "run"],
             cwd=ROOT,
             env=env,
