@@ -53,6 +53,26 @@ def archive_run() -> None:
     asyncio.run(go())
 
 
+@archive_app.command("serve")
+def archive_serve(port: int = typer.Option(0, help="port (default: IOC_ARCHIVE_PORT, 8105)")) -> None:
+    """Run the archive's extracts API (authenticated, bounded CSV/Parquet extracts)."""
+    import uvicorn
+
+    from services.archive.app import create_app
+
+    settings = _settings()
+    settings.port = port or settings.port
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        lifespan="on",
+    )
+
+
 @archive_app.command("maintain")
 def archive_maintain() -> None:
     """Compact small files and expire dates past retention once (the archiver also does it periodically;
@@ -127,3 +147,33 @@ def register(app: typer.Typer) -> None:
     app.add_typer(archive_app, name="archive")
     app.command("query")(query)
     app.command("replay-archive")(replay_archive)
+
+
+# ``ioc up`` ------------------------------------------------------------------------------------------------
+def archive_enabled() -> bool:
+    return _settings().enabled
+
+
+def restore_before_processors(out: Console) -> None:
+    """Replay the day from the archive into the (empty) embedded broker, before any processor starts, so the
+    processors compute the day's windows again instead of starting them from nothing."""
+    from ioc import registry
+    from services.archive.replay import restore
+
+    settings = _settings()
+    if not settings.enabled:
+        return
+    topics: set[str] = set()
+    for entry in registry.present_services():
+        if registry.available(entry.processors):
+            for factory in registry.load(entry.processors):
+                topics.update(factory(registry.load(entry.settings)()).topics)
+    try:
+        counts = asyncio.run(restore(settings, settings.kafka, sorted(topics), datetime.now(UTC)))
+    except Exception as exc:  # a center without its history still runs
+        out.print(
+            f"[yellow]●[/yellow] archive restore failed ({type(exc).__name__}: {exc}); starting without it"
+        )
+        return
+    total = sum(counts.values())
+    out.print(f"[green]●[/green] restored {total} event(s) of today from the archive ({settings.root})")

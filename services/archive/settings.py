@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -15,8 +17,11 @@ class ArchiveSettings(ServiceSettings):
 
     service_name: str = "archive"
     port: int = 8105
-    #: where the archive lives: a directory, or an fsspec URL such as ``s3://ioc-archive/events``
-    root: str = "var/archive"
+    #: where the archive lives: a directory (default ``$IOC_STATE_DIR/archive``, ``var/archive``), or an fsspec
+    #: URL such as ``s3://ioc-archive/events``
+    root: str = Field(default_factory=lambda: os.path.join(os.environ.get("IOC_STATE_DIR", "var"), "archive"))
+    #: ``ioc up`` runs an archiver and restores the day from the archive after starting an empty broker
+    enabled: bool = True
     #: fsspec options of ``root`` (JSON), e.g. {"endpoint_url": "http://minio:9000"}; credentials come from
     #: the store's own environment variables (AWS_ACCESS_KEY_ID ...), never from here
     storage_options: dict = Field(default_factory=dict)
