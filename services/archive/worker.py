@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.archive.settings import ArchiveSettings
-from services.archive.store import ArchiveStore, Commit
+from services.archive.store import KEPT_EPOCHS, ArchiveStore, Commit
 from services.archive.tables import REPLAY_HEADER, TopicBuffer, event_dates
 from shared.config import KafkaSettings
 from shared.contracts import TOPICS
@@ -247,28 +247,8 @@ class Archiver:
         return rows
 
     def _commit(self, taken: list[tuple[str, pa.Table, dict[int, list[int]]]]) -> int:
-        state = copy.deepcopy(self.state)  # becomes the archiver's state once published
-        seq = int(state.get("seq", 0)) + 1
-        commit = Commit()
-        offsets = state.setdefault("offsets", {}).setdefault(self.epoch, {})
-        for topic, table, ranges in taken:
-            if table.num_rows:
-                dates = event_dates(table)
-                for day in pc.unique(dates).to_pylist():
-                    if day is None:  # neither an event time nor a Kafka timestamp
-                        part, day = table.filter(pc.is_null(dates)), date(1970, 1, 1)
-                    else:
-                        part = table.filter(pc.equal(dates, pa.scalar(day, pa.date32())))
-                    self.store.stage(commit, topic, day, f"part-{self.epoch[:8]}-{seq:010d}", part)
-            topic_offsets = offsets.setdefault(topic, {})
-            for p, (_, end) in ranges.items():
-                topic_offsets[str(p)] = max(end, topic_offsets.get(str(p), 0))
-        state["seq"] = seq
-        state["epochs"] = state.get("epochs", [])[-10:]
-        state["offsets"] = {e: o for e, o in state["offsets"].items() if e in state["epochs"]}
-        self.store.publish(self.settings.name, state, commit)
-        self.state = state
-        return commit.rows
+        self.state, rows = commit_tables(self.store, self.settings.name, self.state, self.epoch, taken)
+        return rows
 
     # Maintenance -----------------------------------------------------------------------------------------
     def maintain(self, today: date) -> dict[str, int]:
@@ -292,6 +272,55 @@ class Archiver:
     def caught_up(self, ends: dict[TopicPartition, int]) -> bool:
         done = self.state.get("offsets", {}).get(self.epoch, {})
         return all(done.get(tp.topic, {}).get(str(tp.partition), 0) >= end for tp, end in ends.items())
+
+
+def commit_tables(
+    store: ArchiveStore,
+    name: str,
+    state: dict[str, Any],
+    epoch: str,
+    taken: list[tuple[str, pa.Table, dict[int, list[int]]]],
+) -> tuple[dict[str, Any], int]:
+    """Write the tables of one commit (one file per topic and event date) and publish them with the offsets
+    they cover; returns the new state (``state`` itself is left as it was) and the rows written."""
+    state = copy.deepcopy(state)
+    seq = int(state.get("seq", 0)) + 1
+    commit = Commit()
+    offsets = state.setdefault("offsets", {}).setdefault(epoch, {})
+    for topic, table, ranges in taken:
+        if table.num_rows:
+            dates = event_dates(table)
+            for day in pc.unique(dates).to_pylist():
+                if day is None:  # neither an event time nor a Kafka timestamp
+                    part, day = table.filter(pc.is_null(dates)), date(1970, 1, 1)
+                else:
+                    part = table.filter(pc.equal(dates, pa.scalar(day, pa.date32())))
+                store.stage(commit, topic, day, f"part-{epoch[:8]}-{seq:010d}", part)
+        topic_offsets = offsets.setdefault(topic, {})
+        for p, (_, end) in ranges.items():
+            topic_offsets[str(p)] = max(end, topic_offsets.get(str(p), 0))
+    state["seq"] = seq
+    epochs = state.setdefault("epochs", [])
+    if epoch not in epochs:
+        epochs.append(epoch)
+    state["epochs"] = epochs[-KEPT_EPOCHS:]
+    state["offsets"] = {e: o for e, o in state["offsets"].items() if e in state["epochs"]}
+    store.publish(name, state, commit)
+    return state, commit.rows
+
+
+def write_records(store: ArchiveStore, name: str, epoch: str, records) -> int:
+    """Archive ``records`` — (topic, partition, offset, key, value, timestamp_ms, headers) tuples read some
+    other way than from the broker (benchmarks, imports) — in one commit; returns the rows written."""
+    buffers: dict[str, TopicBuffer] = {}
+    for topic, partition, offset, key, value, ts_ms, headers in records:
+        buf = buffers.get(topic)
+        if buf is None:
+            buf = buffers[topic] = TopicBuffer(topic, epoch)
+        buf.add(partition, offset, key, value, ts_ms, headers)
+    state = store.recover(name)
+    _, rows = commit_tables(store, name, state, epoch, [(t, *b.take()) for t, b in buffers.items()])
+    return rows
 
 
 async def run(settings: ArchiveSettings, stop: asyncio.Event) -> None:

@@ -108,3 +108,18 @@ async def raw_producer(kafka: KafkaSettings) -> AIOKafkaProducer:
     p = AIOKafkaProducer(**kafka.client_kwargs(), acks="all")
     await p.start()
     return p
+
+
+def as_records(events: list[EncodedEvent], offsets: dict | None = None) -> list[tuple]:
+    """Encoded events as the Kafka records a broker would have given the archiver (keyed partitions, offsets
+    counting up per partition), for archiving without a broker."""
+    from shared.kafka.producer import partition_for
+
+    offsets = {} if offsets is None else offsets
+    out = []
+    for ev in events:
+        p = partition_for(ev.key, TOPICS[ev.topic].partitions)
+        o = offsets.get((ev.topic, p), 0)
+        offsets[(ev.topic, p)] = o + 1
+        out.append((ev.topic, p, o, ev.key, ev.value, 1_700_000_000_000, ev.headers))
+    return out
