@@ -16,8 +16,10 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 
 from services.archive.schema import ENVELOPE, RAW_COLUMN, TIMESTAMP, payload_columns, topic_schema
+from shared.contracts import EVENT_TYPES
 
 #: a record header that marks a record written by a replay from the archive: it is in the archive already
 REPLAY_HEADER = "ioc_archive_replay"
@@ -87,13 +89,26 @@ class TopicBuffer:
         self.schema = topic_schema(topic)
         self.text_schema = pa.schema([pa.field(f.name, _as_text(f.type)) for f in self.schema])
         self.envelope: dict[str, list] = {name: [] for name in ENVELOPE.names}
-        self.payloads: list[Any] = []
+        self.values: list[bytes | None] = []  # the raw JSON payloads
         self.types: list[str | None] = []
+        # Arrow's JSON reader: the payload columns as text (date-times are cast after), for the event types
+        # whose fields are all columns of their own name; none for a table with a map column
+        payload_fields = [
+            f for f in self.text_schema if f.name not in ENVELOPE.names and f.name != RAW_COLUMN.name
+        ]
+        self._arrow_schema = (
+            None if any(_has_map(f.type) for f in payload_fields) else pa.schema(payload_fields)
+        )
+        self._plain_types = {
+            t
+            for t, et in EVENT_TYPES.items()
+            if et.topic == topic and all(k == v for k, v in payload_columns(topic, t).items())
+        }
         #: partition → [first offset, next offset] of the buffered records (skipped ones included)
         self.ranges: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
-        return len(self.payloads)
+        return len(self.values)
 
     def skip(self, partition: int, offset: int) -> None:
         """A record consumed but not archived (a replay's copy): its offset still counts as done."""
@@ -116,11 +131,7 @@ class TopicBuffer:
         env["kafka_offset"].append(offset)
         env["kafka_timestamp"].append(ts_ms * 1000 if ts_ms is not None and ts_ms >= 0 else None)
         env["broker_epoch"].append(self.epoch)
-        try:
-            payload = orjson.loads(value) if value is not None else None
-        except orjson.JSONDecodeError:
-            payload = value.decode(errors="replace")  # kept as text in data_json
-        self.payloads.append(payload)
+        self.values.append(value)
         self.types.append(env["ce_type"][-1])
         self.skip(partition, offset)
 
@@ -129,7 +140,7 @@ class TopicBuffer:
         table = self._build()
         ranges = self.ranges
         self.envelope = {name: [] for name in ENVELOPE.names}
-        self.payloads, self.types, self.ranges = [], [], {}
+        self.values, self.types, self.ranges = [], [], {}
         return table, ranges
 
     # Building --------------------------------------------------------------------------------------------
@@ -147,18 +158,54 @@ class TopicBuffer:
 
     def _build(self) -> pa.Table:
         env_arrays = self._envelope_arrays()
-        n = len(self.payloads)
-        try:
-            columns = self._payload_columns_fast(n)
-        except (pa.ArrowException, TypeError, ValueError, KeyError):
-            columns = self._payload_columns_slow(n)
+        n = len(self.values)
+        columns = self._payload_columns_arrow()
+        if columns is None:
+            payloads = [_parsed(v) for v in self.values]
+            try:
+                columns = self._payload_columns_fast(n, payloads)
+            except (pa.ArrowException, TypeError, ValueError, KeyError):
+                columns = self._payload_columns_slow(n, payloads)
         return pa.Table.from_arrays([*env_arrays, *columns], schema=self.schema)
 
-    def _payload_columns_fast(self, n: int) -> list[pa.Array]:
+    def _payload_columns_arrow(self) -> list[pa.Array] | None:
+        """All payloads parsed by Arrow's JSON reader at once (no Python per field), when every record is of a
+        known type whose fields are their own columns and the table has no map column (the reader has none);
+        None when it does not apply or a payload does not fit: the Python paths decide then."""
+        if self._arrow_schema is None or not self.values:
+            return None
+        types = set(self.types)
+        # (a payload spread over several lines fails the reader or the row count below: never misaligned rows)
+        if not types <= self._plain_types or None in self.values:
+            return None
+        try:
+            table = pajson.read_json(
+                pa.py_buffer(b"\n".join(self.values)),
+                read_options=pajson.ReadOptions(block_size=1 << 26, use_threads=False),
+                parse_options=pajson.ParseOptions(
+                    explicit_schema=self._arrow_schema, unexpected_field_behavior="error"
+                ),
+            )
+            if table.num_rows != len(self.values):
+                return None
+            out = []
+            for f in self.schema:
+                if f.name in ENVELOPE.names:
+                    continue
+                if f.name == RAW_COLUMN.name:
+                    out.append(pa.nulls(table.num_rows, pa.string()))
+                    continue
+                arr = table.column(f.name).combine_chunks()
+                out.append(arr if arr.type.equals(f.type) else arr.cast(f.type))
+            return out
+        except (pa.ArrowException, ValueError, TypeError):
+            return None
+
+    def _payload_columns_fast(self, n: int, payloads: list) -> list[pa.Array]:
         topic = self.topic
         mapping_of: dict[str | None, dict[str, str]] = {}
         values: dict[str, list] = {f.name: [None] * n for f in self.schema if f.name not in ENVELOPE.names}
-        for i, (etype, payload) in enumerate(zip(self.types, self.payloads, strict=True)):
+        for i, (etype, payload) in enumerate(zip(self.types, payloads, strict=True)):
             mapping = mapping_of.get(etype)
             if mapping is None:
                 mapping = mapping_of[etype] = payload_columns(topic, etype) if etype else {}
@@ -174,12 +221,12 @@ class TopicBuffer:
             out.append(arr if tf.type.equals(f.type) else arr.cast(f.type))
         return out
 
-    def _payload_columns_slow(self, n: int) -> list[pa.Array]:
+    def _payload_columns_slow(self, n: int, payloads: list) -> list[pa.Array]:
         fields = [f for f in self.schema if f.name not in ENVELOPE.names]
         values: dict[str, list] = {f.name: [None] * n for f in fields}
         types = {f.name: f.type for f in fields}
         raw = values[RAW_COLUMN.name]
-        for i, (etype, payload) in enumerate(zip(self.types, self.payloads, strict=True)):
+        for i, (etype, payload) in enumerate(zip(self.types, payloads, strict=True)):
             mapping = payload_columns(self.topic, etype) if etype else {}
             try:
                 if not mapping or not isinstance(payload, dict):
@@ -193,6 +240,23 @@ class TopicBuffer:
             for col, v in row.items():
                 values[col][i] = v
         return [pa.array(values[f.name], f.type) for f in fields]
+
+
+def _parsed(value: bytes | None) -> Any:
+    try:
+        return orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return value.decode(errors="replace")  # kept as text in data_json
+
+
+def _has_map(t: pa.DataType) -> bool:
+    if pa.types.is_map(t):
+        return True
+    if pa.types.is_list(t):
+        return _has_map(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_has_map(f.type) for f in t)
+    return False
 
 
 def _times(texts: list[str | None]) -> pa.Array:
