@@ -36,12 +36,21 @@ def _instant(text: str, option: str) -> datetime:
 
 
 @archive_app.command("run")
-def archive_run() -> None:
+def archive_run(
+    metrics_port: int = typer.Option(
+        int(os.environ.get("IOC_METRICS_PORT", "0")), help="serve /metrics on this port (0: none)"
+    ),
+) -> None:
     """Run the archiver: every archived topic into Parquet, exactly once, until SIGTERM."""
     from services.archive.worker import run
     from shared.logging import configure_logging
 
     configure_logging("archiver", os.environ.get("IOC_LOG_LEVEL", "INFO"))
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        local = os.environ.get("IOC_METRICS_LOCAL", "1") == "1"
+        start_http_server(metrics_port, addr="127.0.0.1" if local else "0.0.0.0")
 
     async def go():
         stop = asyncio.Event()

@@ -27,6 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services.archive.metrics import (
+    ARCHIVED,
+    BYTES_WRITTEN,
+    COMMIT_SECONDS,
+    COMMITS,
+    LAG,
+    LAST_COMMIT,
+    SKIPPED,
+)
 from services.archive.settings import ArchiveSettings
 from services.archive.store import KEPT_EPOCHS, ArchiveStore, Commit
 from services.archive.tables import REPLAY_HEADER, TopicBuffer, event_dates
@@ -186,8 +195,14 @@ class Archiver:
         while not self._stopping:
             try:
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=50_000)
+                lag: dict[str, int] = {}
                 for tp, records in batch.items():
                     self._buffer(tp, records)
+                    hw = self.consumer.highwater(tp)
+                    if hw is not None and records:
+                        lag[tp.topic] = lag.get(tp.topic, 0) + max(0, hw - records[-1].offset - 1)
+                for topic, n in lag.items():
+                    LAG.labels(topic).set(n)
                 if self.buffered and (
                     self.buffered >= self.settings.flush_records
                     or time.monotonic() - self.oldest_buffered >= self.settings.flush_seconds
@@ -212,6 +227,7 @@ class Archiver:
             if r.headers and any(k == REPLAY_HEADER for k, _ in r.headers):
                 buf.skip(p, r.offset)
                 self.skipped += 1
+                SKIPPED.labels(tp.topic).inc()
                 continue
             buf.add(p, r.offset, r.key, r.value, r.timestamp, r.headers)
             self.buffered += 1
@@ -237,6 +253,7 @@ class Archiver:
         pending = [(t, b) for t, b in self.buffers.items() if b.ranges]
         if not pending:
             return 0
+        started = time.perf_counter()
         taken = [(t, *b.take()) for t, b in pending]
         self.buffered = 0
         # Shielded: a stop cancelling the loop must not leave a commit running behind a second one.
@@ -244,6 +261,11 @@ class Archiver:
         rows = await asyncio.shield(self._committing)
         self.archived += rows
         self.commits += 1
+        COMMITS.inc()
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        LAST_COMMIT.set(time.time())
+        for topic, table, _ in taken:
+            ARCHIVED.labels(topic).inc(table.num_rows)
         return rows
 
     def _commit(self, taken: list[tuple[str, pa.Table, dict[int, list[int]]]]) -> int:
@@ -306,6 +328,7 @@ def commit_tables(
     state["epochs"] = epochs[-KEPT_EPOCHS:]
     state["offsets"] = {e: o for e, o in state["offsets"].items() if e in state["epochs"]}
     store.publish(name, state, commit)
+    BYTES_WRITTEN.inc(commit.bytes)
     return state, commit.rows
 
 

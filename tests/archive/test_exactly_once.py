@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.archive.settings import ArchiveSettings
 from services.archive.worker import Archiver, broker_epoch
@@ -134,7 +135,10 @@ async def test_a_crash_in_the_middle_of_the_renames_loses_and_duplicates_nothing
     await archiver.consumer.stop()
     archiver.store.fs.mv = real_mv
     assert len(moved) == 1 and list(tmp_path.rglob(".*.parquet.tmp"))  # half-published
+    commits_before = REGISTRY.get_sample_value("ioc_archive_commits_total") or 0
     await archive_until_caught_up(settings, kafka_settings)
+    assert REGISTRY.get_sample_value("ioc_archive_commits_total") > commits_before
+    assert REGISTRY.get_sample_value("ioc_archive_events_total", {"topic": TOPIC}) > 0
     assert not list(tmp_path.rglob("*.tmp"))
     await assert_exactly_once(tmp_path, kafka_settings)
 
