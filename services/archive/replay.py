@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,7 @@ import pyarrow as pa
 from aiokafka import AIOKafkaProducer
 
 from services.archive.query import connect, source_sql
-from services.archive.schema import ENVELOPE, RAW_COLUMN, payload_columns
+from services.archive.schema import RAW_COLUMN, payload_columns
 from services.archive.settings import ArchiveSettings
 from services.archive.store import ArchiveStore
 from services.archive.tables import REPLAY_HEADER
@@ -41,11 +41,13 @@ def _time_text(value: datetime) -> bytes:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z").encode()
 
 
-def records_of(table: pa.Table, topic: str) -> Iterable[tuple[int, bytes | None, bytes, list]]:
-    """(partition, key, value, headers) of archived rows, in the table's order."""
-    map_columns = {f.name for f in table.schema if pa.types.is_map(f.type)}
+def records_of(
+    batch: pa.RecordBatch | pa.Table, topic: str
+) -> Iterable[tuple[int, bytes | None, bytes, list]]:
+    """(partition, key, value, headers) of archived rows, in their order."""
+    map_columns = {f.name for f in batch.schema if pa.types.is_map(f.type)}
     inverse: dict[str, dict[str, str]] = {}
-    for row in table.to_pylist():
+    for row in batch.to_pylist():
         etype = row["ce_type"]
         if row.get(RAW_COLUMN.name) is not None:
             value = row[RAW_COLUMN.name].encode()
@@ -73,13 +75,17 @@ def records_of(table: pa.Table, topic: str) -> Iterable[tuple[int, bytes | None,
         yield row["kafka_partition"], key, value, headers
 
 
+#: rows per batch read back from the archive during a replay (memory stays bounded whatever the range)
+REPLAY_BATCH_ROWS = 50_000
+
+
 def archived_rows(
     store: ArchiveStore, topic: str, start: datetime | None, end: datetime | None, *, latest_per_key: bool
-) -> pa.Table:
+) -> Iterator[pa.RecordBatch]:
     """Archived rows of ``topic`` in ``[start, end)`` by event time, in their original order per partition
-    (broker lives in the order they began, then offsets); ``latest_per_key``: only each key's last one."""
+    (broker lives in the order they began, then offsets), in batches; ``latest_per_key``: each key's last one."""
     if not store.data_files(topic):
-        return pa.table({})
+        return
     where, params = ["TRUE"], []
     if start is not None:
         where += ["date >= CAST(? AS DATE)", "ce_time >= ?"]
@@ -87,7 +93,6 @@ def archived_rows(
     if end is not None:
         where += ["date <= CAST(? AS DATE)", "ce_time < ?"]
         params += [end.date(), end]
-    names = ", ".join(f'"{n}"' for n in ENVELOPE.names)
     base = (
         f"SELECT * EXCLUDE (date), min(kafka_timestamp) OVER (PARTITION BY broker_epoch) AS epoch_began "
         f"FROM {source_sql(store, topic)} WHERE {' AND '.join(where)}"
@@ -97,14 +102,15 @@ def archived_rows(
             f"SELECT * FROM ({base}) QUALIFY row_number() OVER (PARTITION BY kafka_key "
             "ORDER BY epoch_began DESC, broker_epoch DESC, kafka_offset DESC) = 1"
         )
-    sql = f"SELECT * EXCLUDE (epoch_began) FROM ({base}) ORDER BY kafka_partition, epoch_began, broker_epoch, kafka_offset"
+    sql = (
+        f"SELECT * EXCLUDE (epoch_began) FROM ({base}) "
+        "ORDER BY kafka_partition, epoch_began, broker_epoch, kafka_offset"
+    )
     con = connect(store, [])
     try:
-        table = con.sql(sql, params=params).to_arrow_table()
+        yield from con.sql(sql, params=params).to_arrow_reader(REPLAY_BATCH_ROWS)
     finally:
         con.close()
-    _ = names
-    return table
 
 
 async def replay(
@@ -121,8 +127,7 @@ async def replay(
     spec = TOPICS.get(topic)
     if latest_per_key is None:
         latest_per_key = bool(spec and spec.compacted)
-    table = archived_rows(store, topic, start, end, latest_per_key=latest_per_key)
-    if not table.num_rows:
+    if not store.data_files(topic):
         return 0
     if spec is not None:
         await ensure_topics(kafka, [spec])
@@ -140,17 +145,22 @@ async def replay(
         partitions = len(await producer.partitions_for(topic))
         batches: dict[int, object] = {}
         futures = []
-        for p, key, value, headers in records_of(table, topic):
-            if not 0 <= p < partitions:
-                p = partition_for(key or b"", partitions)
-            batch = batches.get(p)
-            if batch is None:
-                batch = batches[p] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
-                futures.append(await producer.send_batch(batch, topic, partition=p))
-                batch = batches[p] = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None, headers=headers)
-            sent += 1
+        for rows in archived_rows(store, topic, start, end, latest_per_key=latest_per_key):
+            for p, key, value, headers in records_of(rows, topic):
+                if not 0 <= p < partitions:
+                    p = partition_for(key or b"", partitions)
+                batch = batches.get(p)
+                if batch is None:
+                    batch = batches[p] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    futures.append(await producer.send_batch(batch, topic, partition=p))
+                    batch = batches[p] = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
+                sent += 1
+            # acknowledgements of what was sent so far: the producer's memory stays bounded too
+            for f in futures:
+                await f
+            futures = []
         for p, batch in batches.items():
             if batch.record_count():
                 futures.append(await producer.send_batch(batch, topic, partition=p))
