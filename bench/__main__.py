@@ -146,6 +146,10 @@ def main() -> None:
                 ),
                 "workers": both,
             }
+        if not only or "archive".startswith(only):
+            from bench import archive
+
+            results.update(archive.run(bs, console, n=n))
         if not opts.skip_domains:
             from bench import domains
 

@@ -501,6 +501,12 @@ def up(
         center.stop()
 
 
+# The event archive (ioc archive, ioc query, ioc replay-archive): commands in their own module.
+from ioc.archive_cli import register as _register_archive  # noqa: E402
+
+_register_archive(app)
+
+
 def main() -> None:
     app()
 

@@ -162,6 +162,13 @@ class Center:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         self._start_infrastructure()
         key = asyncio.run(self._prepare())
+        from ioc import archive_cli
+
+        if self.broker is not None:  # an embedded broker starts empty: the day comes back from the archive
+            archive_cli.restore_before_processors(self.console)
+        if archive_cli.archive_enabled():  # the archiver and its extracts API (port 8105)
+            self._spawn("archiver", "archive", "run")
+            self._spawn("service-archive", "archive", "serve")
         services = registry.present_services()
         for entry in services:
             self._spawn(f"service-{entry.name}", "serve", entry.name)

@@ -18,7 +18,7 @@ from shared.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-SERVICES = ("city", "meter", "traffic", "kiosk", "dossier")
+SERVICES = ("city", "meter", "traffic", "kiosk", "dossier", "archive")
 
 
 def test_ioc_up_runs_the_whole_center_and_ctrl_c_leaves_no_orphan(tmp_path):

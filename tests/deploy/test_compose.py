@@ -14,7 +14,12 @@ from tests.deploy.conftest import DEPLOY, load_script
 
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
 topics_gen = load_script(DEPLOY / "k8s" / "generate_topics.py")
-ENV = {"IOC_POSTGRES_PASSWORD": "test-password", "GRAFANA_ADMIN_PASSWORD": "test-password"}
+ENV = {
+    "IOC_POSTGRES_PASSWORD": "test-password",
+    "GRAFANA_ADMIN_PASSWORD": "test-password",
+    "IOC_MINIO_ROOT_USER": "ioc-archive",
+    "IOC_MINIO_ROOT_PASSWORD": "test-password",
+}
 
 
 @pytest.fixture(scope="module")
