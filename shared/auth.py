@@ -129,6 +129,23 @@ class KeyStore:
             attributes or {},
         )
 
+    async def get_principal(self, pid: str) -> dict[str, Any] | None:
+        """A principal as stored (kind, display name, scopes, attributes, disabled), or ``None``."""
+        row = await self.pool.fetchrow(
+            "SELECT id, kind, display_name, scopes, attributes, disabled_at FROM platform.principals WHERE id = $1",
+            pid,
+        )
+        if row is None:
+            return None
+        return {
+            "id": row["id"],
+            "kind": row["kind"],
+            "display_name": row["display_name"],
+            "scopes": sorted(row["scopes"]),
+            "attributes": dict(row["attributes"]),
+            "disabled": row["disabled_at"] is not None,
+        }
+
     async def issue_key(self, principal_id: str) -> str:
         """Create a key for a principal and return it (shown once, never stored in clear)."""
         key_id = secrets.token_hex(6)

@@ -41,6 +41,13 @@ class KafkaSettings(BaseSettings):
         "KAFKA_PARTITIONS", None, "force every topic's partition count (tests)"
     )
     linger_ms: int = _common("KAFKA_LINGER_MS", 5, "producer linger")
+    # Authenticated event sources (shared/contracts/provenance.py): with keys, events are signed and checked.
+    event_keys: str | None = _common(
+        "EVENT_KEYS", None, "event signing keys: key_id=base64[,key_id=base64]", repr=False
+    )
+    event_keys_file: str | None = _common(
+        "EVENT_KEYS_FILE", None, "JSON file {key_id: base64} of event signing keys (mode 0600)"
+    )
     publish_timeout_s: float = _common(
         "KAFKA_PUBLISH_TIMEOUT_SECONDS",
         10.0,

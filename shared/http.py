@@ -225,6 +225,53 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+# The console loads only its own scripts and styles (inline style attributes allowed: the charts set them);
+# the OpenAPI pages load Swagger UI / ReDoc from FastAPI's default CDN with an inline bootstrap script.
+# Nothing may frame any page (clickjacking of the console's buttons).
+CONSOLE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src 'self' https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
+    "https://cdn.redoc.ly; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+_COMMON_SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityHeadersMiddleware:
+    """Browser hardening headers on every HTTP answer (unless the app set them itself)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self._console = [(b"content-security-policy", CONSOLE_CSP.encode()), *_COMMON_SECURITY_HEADERS]
+        self._docs = [(b"content-security-policy", DOCS_CSP.encode()), *_COMMON_SECURITY_HEADERS]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = self._docs if scope.get("path") in DOCS_PATHS else self._console
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {k.lower() for k, _ in headers}
+                headers += [h for h in extra if h[0] not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class ConcurrencyLimitMiddleware:
     """Backpressure: beyond ``limit`` writes in flight, answer 503 with Retry-After instead of queueing."""
 
@@ -312,6 +359,7 @@ def create_service_app(
             log.warning("broker not reachable at start-up; will retry on first publish")
         if on_start is not None:
             await on_start(ctx)
+        ctx.spawn(_purge_idempotency_keys_forever(ctx.pool), "idempotency-purge")
         tune_gc()  # after start-up, so what it loaded (registries, caches) is frozen out of the collector's way
         BUILD_INFO.labels(name, "0.1.0").set(1)
         log.info("service started", extra={"port": settings.port})
@@ -365,14 +413,57 @@ def create_service_app(
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_inflight_requests)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, service=name)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: also on 413/503 answers of the limits
     return app
 
 
 STALE_IDEMPOTENCY_SECONDS = 60.0
+#: How long a stored answer is replayed for an Idempotency-Key; older rows are purged and the key is free again.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
+IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600.0
 
 
-def request_hash(body: bytes) -> bytes:
-    return hashlib.sha256(body).digest()
+def request_hash(method: str, target: str, body: bytes) -> bytes:
+    """Digest of what an Idempotency-Key is bound to: method, path with query string, and body (the principal
+    is part of the row's key)."""
+    h = hashlib.sha256()
+    h.update(method.upper().encode())
+    h.update(b"\n")
+    h.update(target.encode())
+    h.update(b"\n")
+    h.update(body)
+    return h.digest()
+
+
+def _request_target(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+async def purge_idempotency_keys(pool: asyncpg.Pool, ttl_seconds: float = IDEMPOTENCY_TTL_SECONDS) -> int:
+    """Delete expired idempotency rows (in batches, so a large backlog never holds a long transaction)."""
+    purged = 0
+    while True:
+        n = await pool.fetchval(
+            "WITH gone AS (DELETE FROM platform.idempotency_keys WHERE ctid IN (SELECT ctid FROM "
+            "platform.idempotency_keys WHERE created_at < now() - make_interval(secs => $1) LIMIT 5000) "
+            "RETURNING 1) SELECT count(*) FROM gone",
+            ttl_seconds,
+        )
+        purged += n
+        if n < 5000:
+            return purged
+
+
+async def _purge_idempotency_keys_forever(pool: asyncpg.Pool) -> None:
+    while True:
+        try:
+            n = await purge_idempotency_keys(pool)
+            if n:
+                log.info("expired idempotency keys purged", extra={"rows": n})
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("idempotency purge failed: %s", type(exc).__name__)
+        await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_SECONDS)
 
 
 async def idempotent(
@@ -383,7 +474,10 @@ async def idempotent(
 ) -> JSONResponse:
     """Run ``compute`` once per ``Idempotency-Key`` header value and principal; replay its answer on retries.
 
-    A retry with the same key and a different body is a 422; one arriving while the first is still running
+    The key is bound to the request's method, path (with query string) and body: reusing it for a different
+    request is a 422 (IETF Idempotency-Key draft), never the other request's answer. Rows expire after
+    :data:`IDEMPOTENCY_TTL_SECONDS` and are purged by every service. A retry with the same key and a different
+    request is a 422; one arriving while the first is still running
     gets 409. Without the header, ``compute`` simply runs. Only successful (2xx) answers are remembered, so a
     retry after a 503 really retries.
     """
@@ -395,7 +489,16 @@ async def idempotent(
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key is longer than 200 characters")
     ctx: ServiceContext = request.app.state.ctx
     assert ctx.pool is not None
-    digest = request_hash(await request.body())
+    digest = request_hash(request.method, _request_target(request), await request.body())
+    # An expired row no longer binds the key (the purge may not have run yet).
+    await ctx.pool.execute(
+        "DELETE FROM platform.idempotency_keys WHERE principal_id=$1 AND scope=$2 AND key=$3 "
+        "AND created_at < now() - make_interval(secs => $4)",
+        principal.id,
+        scope,
+        key,
+        IDEMPOTENCY_TTL_SECONDS,
+    )
     inserted = await ctx.pool.fetchval(
         "INSERT INTO platform.idempotency_keys(principal_id, scope, key, request_hash) VALUES ($1,$2,$3,$4) "
         "ON CONFLICT DO NOTHING RETURNING 1",
@@ -414,7 +517,9 @@ async def idempotent(
         )
         if row is not None and bytes(row["request_hash"]) != digest:
             raise ApiError(
-                422, "idempotency_key_reused", "this Idempotency-Key was used with a different body"
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request (method, path or body)",
             )
         if row is not None and row["status_code"] is not None:
             return ORJSONResponse(

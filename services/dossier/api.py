@@ -110,10 +110,15 @@ def _rt(request: Request) -> DossierRuntime:
 
 
 def _own_agency(principal: Principal) -> str | None:
-    """The agency an agency principal is confined to; ``None`` for principals that see every agency."""
-    if principal.kind != "agency" or "*" in principal.scopes:
-        return None
+    """The agency an agency principal is confined to; ``None`` for principals that see every agency.
+
+    A principal carrying an ``agency`` attribute is confined to it whatever its kind: a kind changed by
+    mistake must never widen what it sees (only an admin holding ``*`` sees every agency)."""
     agency = principal.attributes.get("agency")
+    if principal.kind != "agency" and agency is None:
+        return None
+    if "*" in principal.scopes and principal.kind == "admin":
+        return None
     if not isinstance(agency, str) or not agency:
         raise ApiError(403, "forbidden", "this agency principal has no agency attribute")
     return agency
