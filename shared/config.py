@@ -108,6 +108,9 @@ class ServiceSettings(BaseSettings):
         "MAX_BODY_BYTES", 8 * 1024 * 1024, "largest request body accepted (413 above)"
     )
     rate_limit: str = _common("RATE_LIMIT", "600/second", "per-principal request rate limit (limits syntax)")
+    auth_failure_limit: str = _common(
+        "AUTH_FAILURE_LIMIT", "60/minute", "failed authentications per source address before 429 ('' = off)"
+    )
     max_inflight_requests: int = _common("MAX_INFLIGHT_REQUESTS", 64, "concurrent write requests before 503")
     log_level: str = _common("LOG_LEVEL", "INFO", "log level")
     create_topics: bool = _common("CREATE_TOPICS", True, "create missing topics at start-up")

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.auth import PLATFORM_SCHEMA, ApiError, KeyStore, Principal, RateLimiter
+from shared.auth import PLATFORM_SCHEMA, ApiError, FailedAuthThrottle, KeyStore, Principal, RateLimiter
 from shared.config import ServiceSettings
 from shared.db import apply_migrations, create_pool, ping
 from shared.gc_tuning import tune_gc
@@ -64,6 +64,7 @@ class ServiceContext:
     pool: asyncpg.Pool | None = None
     keys: KeyStore | None = None
     rate_limiter: RateLimiter | None = None
+    auth_throttle: FailedAuthThrottle | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -348,6 +349,8 @@ def create_service_app(
             await apply_migrations(ctx.pool, name, migrations)
         ctx.keys = KeyStore(ctx.pool, cache_seconds=float(getattr(settings, "auth_cache_seconds", 2.0)))
         ctx.rate_limiter = RateLimiter(settings.rate_limit)
+        if settings.auth_failure_limit:
+            ctx.auth_throttle = FailedAuthThrottle(settings.auth_failure_limit)
         if settings.create_topics:
             try:
                 await ensure_topics(settings.kafka, topics)
