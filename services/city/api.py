@@ -37,6 +37,7 @@ from shared.auth import ApiError, Principal, issue_stream_ticket, require_scope
 from shared.contracts import TOPICS, TopicSpec
 from shared.contracts.cloudevents import EventDecodeError, decode
 from shared.http import ServiceContext
+from shared.ingest import SaneDatetime
 from shared.kpis import KpiDefinition
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,8 @@ async def kpi_history(
     kpi: str = Path(max_length=80, pattern=r"^[a-z0-9_.]+$"),
     scope_level: Literal["city", "district"] = "city",
     scope_code: str = Query(CITY_SCOPE, max_length=32),
-    start: datetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
-    end: datetime | None = Query(None, alias="to", description="default: now"),
+    start: SaneDatetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
+    end: SaneDatetime | None = Query(None, alias="to", description="default: now"),
     step: Literal["auto", "raw", "minute", "hour", "day"] = "auto",
     window_seconds: int | None = Query(
         None, gt=0, le=400 * 86400, description="default: the KPI's primary window"

@@ -24,6 +24,7 @@ from shared.contracts.base import AreaCode, DisplayText, EntityId, StrictBool, S
 from shared.contracts.cloudevents import EncodedEvent
 from shared.contracts.dossier import CHANNEL_CODES
 from shared.http import RequestModel, ServiceContext, idempotent
+from shared.ingest import SaneDate, SaneDatetime
 from shared.metrics import EVENTS_ACCEPTED
 
 from . import publishing, repository
@@ -309,28 +310,30 @@ class DossierIn(RequestModel):
     agency_code: EntityId
     channel: Literal["in_person", "online", "postal"]
     applicant: ApplicantIn
-    received: bool = Field(True, description="accepted on the spot (status 2); false: submitted (status 1)")
-    at: datetime | None = Field(None, description="when it was submitted/received (default: now)")
+    received: StrictBool = Field(
+        True, description="accepted on the spot (status 2); false: submitted (status 1)"
+    )
+    at: SaneDatetime | None = Field(None, description="when it was submitted/received (default: now)")
 
 
 class TransitionIn(RequestModel):
     action: Literal[ACTIONS]  # type: ignore[valid-type]
-    at: datetime | None = Field(None, description="when it happened (default: now)")
-    paid_online: bool | None = Field(
+    at: SaneDatetime | None = Field(None, description="when it happened (default: now)")
+    paid_online: StrictBool | None = Field(
         None, description="pay_fees only: paid through the online payment platform"
     )
 
 
 class HandoverIn(RequestModel):
     step_name: DisplayText = Field(min_length=1, max_length=100, description="the step the dossier moves to")
-    at: datetime | None = None
+    at: SaneDatetime | None = None
 
 
 class ApologyIn(RequestModel):
-    new_due_date: date = Field(
+    new_due_date: SaneDate = Field(
         description="the date promised to the applicant in the apology letter (form 04)"
     )
-    at: datetime | None = None
+    at: SaneDatetime | None = None
 
 
 async def _commit(
