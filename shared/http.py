@@ -129,9 +129,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # The router names only the first route matching the path; several routes may share it.
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker(_: Request, exc: BrokerUnavailable):
@@ -179,6 +183,20 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _internal(_: Request, exc: Exception):
         log.exception("unhandled error")
         return ORJSONResponse(error_body("internal", "internal error"), 500)
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    from fastapi.routing import iter_route_contexts
+    from starlette.routing import compile_path
+
+    path = request.url.path
+    allowed: set[str] = set()
+    for rc in iter_route_contexts(request.app.routes):
+        if rc.methods and compile_path(rc.path)[0].match(path):
+            allowed |= set(rc.methods)
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return allowed or {"GET"}
 
 
 class BodyLimitMiddleware:
