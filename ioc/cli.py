@@ -380,6 +380,8 @@ def serve(
     settings.port = port or settings.port or entry.port
     settings.host = host or settings.host
     application = registry.load(entry.app_factory)(settings)
+    from shared.server import uvicorn_options
+
     uvicorn.run(
         application,
         host=settings.host,
@@ -388,6 +390,7 @@ def serve(
         access_log=False,
         loop="uvloop",
         lifespan="on",
+        **uvicorn_options(),  # header/body/keep-alive/shutdown timeouts (shared/server.py)
     )
 
 

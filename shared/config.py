@@ -111,6 +111,9 @@ class ServiceSettings(BaseSettings):
     auth_failure_limit: str = _common(
         "AUTH_FAILURE_LIMIT", "60/minute", "failed authentications per source address before 429 ('' = off)"
     )
+    body_timeout_seconds: float = _common(
+        "BODY_TIMEOUT_SECONDS", 30.0, "how long a request body may take to arrive before 408"
+    )
     max_inflight_requests: int = _common("MAX_INFLIGHT_REQUESTS", 64, "concurrent write requests before 503")
     log_level: str = _common("LOG_LEVEL", "INFO", "log level")
     create_topics: bool = _common("CREATE_TOPICS", True, "create missing topics at start-up")

@@ -206,9 +206,10 @@ class BodyLimitMiddleware:
     app's ``receive`` would be turned into a 400 by the framework, so the limit is enforced before it runs.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -221,17 +222,27 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         chunks: list[bytes] = []
         size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return  # client went away
-            body = msg.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                return await _send_json(send, 413, too_large)
-            chunks.append(body)
-            if not msg.get("more_body", False):
-                break
+        try:
+            # A body trickled in slowly would hold a connection and a concurrency slot: it has a deadline.
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    msg = await receive()
+                    if msg["type"] != "http.request":
+                        return  # client went away
+                    body = msg.get("body", b"")
+                    size += len(body)
+                    if size > self.max_bytes:
+                        return await _send_json(send, 413, too_large)
+                    chunks.append(body)
+                    if not msg.get("more_body", False):
+                        break
+        except TimeoutError:
+            return await _send_json(
+                send,
+                408,
+                error_body("request_timeout", f"the request body did not arrive within {self.timeout_s:g} s"),
+                {"connection": "close"},
+            )
         replayed = False
 
         async def replay():
@@ -432,7 +443,11 @@ def create_service_app(
         return metrics_response()
 
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_inflight_requests)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=float(getattr(settings, "body_timeout_seconds", 30.0)),
+    )
     app.add_middleware(MetricsMiddleware, service=name)
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: also on 413/503 answers of the limits
     return app
