@@ -23,7 +23,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,6 +31,7 @@ from shared.auth import PLATFORM_SCHEMA, ApiError, FailedAuthThrottle, KeyStore,
 from shared.config import ServiceSettings
 from shared.db import apply_migrations, create_pool, ping
 from shared.gc_tuning import tune_gc
+from shared.ingest import BatchResult
 from shared.kafka.admin import ensure_topics
 from shared.kafka.producer import BrokerUnavailable, EventPublisher
 from shared.logging import configure_logging
@@ -52,6 +53,46 @@ class RequestModel(BaseModel):
     """Base of request bodies: unknown fields are an error, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="machine-readable: unauthenticated, forbidden, invalid_request, not_found, ..."
+    )
+    message: str = Field(description="what went wrong, for people")
+    details: list[Any] = Field(default_factory=list, description="which item, which field, why")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of every IOC service."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: The errors any operation of an IOC service may answer (documented on every operation, so a client and the
+#: fuzz test know the complete set; ``Retry-After`` comes with 408, 429 and 503).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Malformed JSON or Idempotency-Key"),
+    401: _error("No, unknown or revoked credential (WWW-Authenticate: Bearer)"),
+    403: _error("The principal lacks the scope, role or ownership"),
+    404: _error("No such resource visible to this principal"),
+    408: _error("The request body did not arrive in time"),
+    409: _error("Conflict: the resource exists, or a request with this Idempotency-Key is still running"),
+    413: _error("Request body over the size limit"),
+    422: {
+        # A batch whose every item was refused answers its per-item result (shared.ingest.batch_result).
+        "model": ErrorBody | BatchResult,
+        "description": "The request does not match the schema or the domain's rules (items and fields named)",
+    },
+    429: _error("Rate limit, live-stream limit, or too many failed authentications from this address"),
+    503: _error(
+        "Broker or database unavailable, or overloaded: nothing was accepted; retry after Retry-After"
+    ),
+}
 
 
 @dataclass
@@ -420,13 +461,18 @@ def create_service_app(
     )
     install_error_handlers(app)
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict:
         return {"status": "ok", "service": name}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database and broker reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: database and broker reachable",
+        responses={503: {"description": "database or broker unreachable (same body)"}},
+    )
     async def readyz(request: Request):
         ctx: ServiceContext = request.app.state.ctx
         db_ok = ctx.pool is not None and await ping(ctx.pool)
