@@ -146,6 +146,8 @@ class EventSigner:
 class EventVerifier:
     """Checks each consumed record's producer against its topic's owner (``verify``)."""
 
+    checks = True
+
     def __init__(self, keys: dict[str, bytes]):
         self._keys = {key_id.encode(): (principal_of(key_id), secret) for key_id, secret in keys.items()}
         self._topics: dict[str, tuple[bytes, str | None]] = {}
@@ -230,6 +232,8 @@ class EventVerifier:
 
 class NoVerification:
     """What consumers use when no event keys are configured: every record passes (development only)."""
+
+    checks = False
 
     @staticmethod
     def verify(records: Sequence[Any], topic: str, consumer: str) -> tuple[Sequence[Any], list]:
