@@ -71,3 +71,36 @@ async def test_a_request_body_trickled_slowly_gets_408(server):
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_timeout" in answer
     writer.close()
+
+
+@pytest.mark.skipif("city" not in SERVICES, reason="city service absent")
+async def test_a_stop_is_not_held_by_open_live_streams(
+    kafka_settings, db_settings, topics_ready, make_key, monkeypatch
+):
+    """Fair shutdown: streams in flight get the graceful period, then they are cancelled and the server stops
+    (a live stream otherwise lasts ``sse_max_seconds``, ten minutes)."""
+    import httpx
+
+    from shared.server import uvicorn_options
+    from shared.testing import auth
+    from tests.city.conftest import SseReader
+
+    monkeypatch.setenv("IOC_GRACEFUL_SHUTDOWN_SECONDS", "1")
+    app = build_app("city", kafka_settings, db_settings)
+    port = free_port()
+    srv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **uvicorn_options())
+    )
+    task = asyncio.create_task(srv.serve())
+    while not srv.started:
+        assert not task.done()
+        await asyncio.sleep(0.05)
+    _, key = await make_key(["city:read"], kind="operator", attributes={"role": "leader"})
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as http:
+        async with http.stream("GET", "/v1/stream", params={"kinds": "kpi"}, headers=auth(key)) as r:
+            assert r.status_code == 200
+            reader = SseReader(r)  # kept: a collected reader would close the stream itself
+            await reader.until(lambda ev: ev.get("event") == "hello")
+            srv.should_exit = True
+            async with asyncio.timeout(30):  # the graceful period plus the lifespan's own stop
+                await task
