@@ -223,35 +223,85 @@ async def _keystore():
 @keys_app.command("issue")
 def keys_issue(
     principal: str,
-    scopes: str = typer.Option(..., help="comma-separated scopes, e.g. meter:ingest or '*'"),
-    kind: str = typer.Option("gateway", help="admin, agency, gateway, operator, service"),
-    attributes: str = typer.Option(
-        "{}", help='JSON attributes, e.g. {"agency": "SOTP"} or {"kiosks": ["K1"]}'
+    scopes: str | None = typer.Option(
+        None, help="comma-separated scopes, e.g. meter:ingest or '*' (required for a new principal)"
+    ),
+    kind: str | None = typer.Option(
+        None, help="admin, agency, gateway, operator, service (a new principal: gateway by default)"
+    ),
+    attributes: str | None = typer.Option(
+        None, help='JSON attributes, e.g. {"agency": "SOTP"} or {"kiosks": ["K1"]}'
     ),
     name: str = typer.Option("", help="display name"),
+    change_principal: bool = typer.Option(
+        False,
+        "--change-principal",
+        help="allow changing an existing principal's kind, scopes or attributes (audited with before/after)",
+    ),
 ) -> None:
-    """Create (or update) a principal and print a new API key for it (shown once)."""
+    """Print a new API key for a principal (shown once), creating the principal if it does not exist.
+
+    An existing principal keeps its kind, scopes and attributes: options that would change them are refused
+    unless --change-principal is given, and then the change is audited (``principal.changed``)."""
 
     async def go():
         pool, store = await _keystore()
         try:
-            await store.upsert_principal(
-                principal,
-                kind,
-                name or principal,
-                [s.strip() for s in scopes.split(",") if s.strip()],
-                json.loads(attributes),
-            )
-            key = await store.issue_key(principal)
             from shared.auth import record_audit
 
+            existing = await store.get_principal(principal)
+            wanted_scopes = (
+                None if scopes is None else sorted({s.strip() for s in scopes.split(",") if s.strip()})
+            )
+            wanted_attrs = None if attributes is None else json.loads(attributes)
+            if existing is None:
+                if not wanted_scopes:
+                    console.print("[red]a new principal needs --scopes[/red]")
+                    raise typer.Exit(2)
+                new_kind = kind or "gateway"
+                await store.upsert_principal(
+                    principal, new_kind, name or principal, wanted_scopes, wanted_attrs
+                )
+                detail = {"scopes": wanted_scopes, "kind": new_kind, "created": True}
+            else:
+                after = {
+                    "kind": kind if kind is not None else existing["kind"],
+                    "scopes": wanted_scopes if wanted_scopes is not None else existing["scopes"],
+                    "attributes": wanted_attrs if wanted_attrs is not None else existing["attributes"],
+                    "disabled": False,
+                }
+                before = {k: existing[k] for k in after}
+                changed = sorted(k for k in after if after[k] != before[k])
+                if changed and not change_principal:
+                    console.print(
+                        f"[red]{principal} exists as a {existing['kind']} with scopes "
+                        f"{','.join(existing['scopes'])}; this would change its {', '.join(changed)}. "
+                        "Issue without those options to keep it, or add --change-principal.[/red]"
+                    )
+                    raise typer.Exit(2)
+                if changed:
+                    await store.upsert_principal(
+                        principal,
+                        after["kind"],
+                        name or existing["display_name"],
+                        after["scopes"],
+                        after["attributes"],
+                    )
+                    await record_audit(
+                        pool,
+                        principal=_actor(),
+                        service="cli",
+                        action="principal.changed",
+                        target=principal,
+                        detail={
+                            "before": {k: before[k] for k in changed},
+                            "after": {k: after[k] for k in changed},
+                        },
+                    )
+                detail = {"scopes": after["scopes"], "kind": after["kind"], "created": False}
+            key = await store.issue_key(principal)
             await record_audit(
-                pool,
-                principal=_actor(),
-                service="cli",
-                action="key.issued",
-                target=principal,
-                detail={"scopes": scopes, "kind": kind},
+                pool, principal=_actor(), service="cli", action="key.issued", target=principal, detail=detail
             )
             return key
         finally:
@@ -330,6 +380,8 @@ def serve(
     settings.port = port or settings.port or entry.port
     settings.host = host or settings.host
     application = registry.load(entry.app_factory)(settings)
+    from shared.server import uvicorn_options
+
     uvicorn.run(
         application,
         host=settings.host,
@@ -338,6 +390,7 @@ def serve(
         access_log=False,
         loop="uvloop",
         lifespan="on",
+        **uvicorn_options(),  # header/body/keep-alive/shutdown timeouts (shared/server.py)
     )
 
 

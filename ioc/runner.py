@@ -113,7 +113,35 @@ class Center:
             )
         else:
             self.console.print("[green]●[/green] external PostgreSQL (IOC_DATABASE_URL)")
+        self._event_keys()
         _ = free_port
+
+    def _event_keys(self) -> None:
+        """Authenticated event sources: every child signs and checks events with the keys of this center
+        (generated once, mode 0600), unless keys are configured already."""
+        if os.environ.get("IOC_EVENT_KEYS") or os.environ.get("IOC_EVENT_KEYS_FILE"):
+            return
+        import json
+
+        from shared.contracts import TOPICS  # noqa: F401 - fills the catalogue
+        from shared.contracts.provenance import generate_keys, producing_principals
+
+        path = self.state_dir / "event-keys.json"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(generate_keys(producing_principals()), f)
+        os.environ["IOC_EVENT_KEYS_FILE"] = str(path)
+
+    def supervise_infrastructure(self) -> None:
+        """Restart the embedded PostgreSQL if it died (its start handles the stale lock a kill leaves)."""
+        if self._stopping or self.postgres is None or self.postgres.running:
+            return
+        self.console.print("[yellow]●[/yellow] embedded PostgreSQL exited; restarting")
+        try:
+            self.postgres.start()
+        except Exception as exc:  # retried at the next supervision round
+            self.console.print(f"[red]●[/red] embedded PostgreSQL did not restart: {exc}")
 
     async def _prepare(self) -> str:
         """Topics, and the development admin principal with a key (reused while it is valid)."""
@@ -233,6 +261,7 @@ class Center:
         """Supervise: restart a child that exits (with a pause), until interrupted."""
         while True:
             time.sleep(1)
+            self.supervise_infrastructure()
             for child in self.children:
                 if not child.alive() and not self._stopping:
                     code = child.proc.returncode if child.proc else None

@@ -129,6 +129,23 @@ class KeyStore:
             attributes or {},
         )
 
+    async def get_principal(self, pid: str) -> dict[str, Any] | None:
+        """A principal as stored (kind, display name, scopes, attributes, disabled), or ``None``."""
+        row = await self.pool.fetchrow(
+            "SELECT id, kind, display_name, scopes, attributes, disabled_at FROM platform.principals WHERE id = $1",
+            pid,
+        )
+        if row is None:
+            return None
+        return {
+            "id": row["id"],
+            "kind": row["kind"],
+            "display_name": row["display_name"],
+            "scopes": sorted(row["scopes"]),
+            "attributes": dict(row["attributes"]),
+            "disabled": row["disabled_at"] is not None,
+        }
+
     async def issue_key(self, principal_id: str) -> str:
         """Create a key for a principal and return it (shown once, never stored in clear)."""
         key_id = secrets.token_hex(6)
@@ -194,6 +211,7 @@ class RateLimiter:
 
 
 def bearer_token(request: Request) -> str | None:
+    """The caller's key, from ``Authorization: Bearer`` or ``X-API-Key`` (never from the URL)."""
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
@@ -202,33 +220,121 @@ def bearer_token(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def require_scope(scope: str):
-    """FastAPI dependency: the calling :class:`Principal`, which must hold ``scope``.
+class FailedAuthThrottle:
+    """Failed authentications per source address (moving window, in memory per process): once over the
+    limit, every request from that address gets 429 with Retry-After, good key or not, until the window
+    has moved on. Guessing keys is thereby bounded; legitimate callers elsewhere are unaffected."""
 
-    401 without a valid key, 403 without the scope, 429 over the rate limit.
+    def __init__(self, rate: str):
+        self.item = parse(rate)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    async def check(self, address: str) -> None:
+        if not await self.limiter.test(self.item, address):
+            stats = await self.limiter.get_window_stats(self.item, address)
+            retry = max(1, int(stats.reset_time - time.time()) + 1)
+            raise ApiError(
+                429,
+                "too_many_failed_authentications",
+                f"too many failed authentications from this address ({self.item}); retry later",
+                headers={"Retry-After": str(retry)},
+            )
+
+    async def failed(self, address: str) -> None:
+        await self.limiter.hit(self.item, address)
+
+
+STREAM_TICKET_SECONDS = 30
+TICKET_QUERY = "ticket"
+
+
+def _ticket_hash(ticket: str) -> bytes:
+    return hashlib.sha256(ticket.encode()).digest()
+
+
+async def issue_stream_ticket(pool: asyncpg.Pool, principal: Principal) -> str:
+    """A single-use ticket, valid :data:`STREAM_TICKET_SECONDS`, standing for ``principal`` on one
+    Server-Sent Events request (a browser's EventSource cannot send headers). Only its hash is stored."""
+    ticket = "iot_" + secrets.token_urlsafe(24)
+    await pool.execute(
+        "DELETE FROM platform.stream_tickets WHERE expires_at < now() - interval '1 minute'"
+    )  # keeps the table at the tickets of the last minute
+    await pool.execute(
+        "INSERT INTO platform.stream_tickets(ticket_hash, principal_id, expires_at) "
+        "VALUES ($1, $2, now() + make_interval(secs => $3))",
+        _ticket_hash(ticket),
+        principal.id,
+        float(STREAM_TICKET_SECONDS),
+    )
+    return ticket
+
+
+async def redeem_stream_ticket(pool: asyncpg.Pool, ticket: str) -> Principal | None:
+    """The principal of an unexpired, unused ticket (and the ticket is used up), else ``None``."""
+    if not ticket.startswith("iot_") or len(ticket) > 100:
+        return None
+    row = await pool.fetchrow(
+        "WITH used AS (DELETE FROM platform.stream_tickets WHERE ticket_hash = $1 AND expires_at > now() "
+        "RETURNING principal_id) SELECT p.id, p.kind, p.scopes, p.attributes FROM used "
+        "JOIN platform.principals p ON p.id = used.principal_id WHERE p.disabled_at IS NULL",
+        _ticket_hash(ticket),
+    )
+    if row is None:
+        return None
+    return Principal(row["id"], row["kind"], frozenset(row["scopes"]), dict(row["attributes"]))
+
+
+def _source_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_ticket: bool = False):
+    """FastAPI dependency: the calling :class:`Principal`, which must hold ``scope`` (and, when ``roles`` is
+    given, have one of those roles: ``attributes.role``, else its kind).
+
+    401 without a valid key, 403 without the scope or role, 429 over the rate limit or after too many failed
+    authentications from the caller's address. ``allow_ticket``: a Server-Sent Events route, which also
+    accepts a single-use ``?ticket=`` from :func:`issue_stream_ticket` (never a key in the URL).
     """
 
     async def dependency(request: Request) -> Principal:
+        ctx = request.app.state.ctx
+        throttle: FailedAuthThrottle | None = getattr(ctx, "auth_throttle", None)
+        address = _source_address(request)
+        if throttle is not None:
+            await throttle.check(address)
         token = bearer_token(request)
-        if not token:
+        ticket = request.query_params.get(TICKET_QUERY) if allow_ticket and not token else None
+        if not token and not ticket:
             raise ApiError(
                 401,
                 "unauthenticated",
                 "an API key is required (Authorization: Bearer <key>)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        store: KeyStore = request.app.state.ctx.keys
-        principal = await store.authenticate(token)
+        if token:
+            store: KeyStore = ctx.keys
+            principal = await store.authenticate(token)
+        else:
+            principal = await redeem_stream_ticket(ctx.pool, ticket)
         if principal is None:
+            if throttle is not None:
+                await throttle.failed(address)
             raise ApiError(
                 401,
                 "unauthenticated",
-                "the API key is unknown or revoked",
+                "the API key is unknown or revoked" if token else "the ticket is unknown, used or expired",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         if not principal.has_scope(scope):
             raise ApiError(403, "forbidden", f"this principal lacks the scope {scope!r}")
-        limiter: RateLimiter | None = getattr(request.app.state.ctx, "rate_limiter", None)
+        if roles is not None and principal.role not in roles:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"the role {principal.role!r} may not do this; roles allowed: {', '.join(sorted(roles))}",
+            )
+        limiter: RateLimiter | None = getattr(ctx, "rate_limiter", None)
         if limiter is not None:
             await limiter.check(principal.id)
         request.state.principal = principal

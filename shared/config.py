@@ -41,6 +41,13 @@ class KafkaSettings(BaseSettings):
         "KAFKA_PARTITIONS", None, "force every topic's partition count (tests)"
     )
     linger_ms: int = _common("KAFKA_LINGER_MS", 5, "producer linger")
+    # Authenticated event sources (shared/contracts/provenance.py): with keys, events are signed and checked.
+    event_keys: str | None = _common(
+        "EVENT_KEYS", None, "event signing keys: key_id=base64[,key_id=base64]", repr=False
+    )
+    event_keys_file: str | None = _common(
+        "EVENT_KEYS_FILE", None, "JSON file {key_id: base64} of event signing keys (mode 0600)"
+    )
     publish_timeout_s: float = _common(
         "KAFKA_PUBLISH_TIMEOUT_SECONDS",
         10.0,
@@ -101,6 +108,12 @@ class ServiceSettings(BaseSettings):
         "MAX_BODY_BYTES", 8 * 1024 * 1024, "largest request body accepted (413 above)"
     )
     rate_limit: str = _common("RATE_LIMIT", "600/second", "per-principal request rate limit (limits syntax)")
+    auth_failure_limit: str = _common(
+        "AUTH_FAILURE_LIMIT", "60/minute", "failed authentications per source address before 429 ('' = off)"
+    )
+    body_timeout_seconds: float = _common(
+        "BODY_TIMEOUT_SECONDS", 30.0, "how long a request body may take to arrive before 408"
+    )
     max_inflight_requests: int = _common("MAX_INFLIGHT_REQUESTS", 64, "concurrent write requests before 503")
     log_level: str = _common("LOG_LEVEL", "INFO", "log level")
     create_topics: bool = _common("CREATE_TOPICS", True, "create missing topics at start-up")

@@ -23,14 +23,15 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.auth import PLATFORM_SCHEMA, ApiError, KeyStore, Principal, RateLimiter
+from shared.auth import PLATFORM_SCHEMA, ApiError, FailedAuthThrottle, KeyStore, Principal, RateLimiter
 from shared.config import ServiceSettings
 from shared.db import apply_migrations, create_pool, ping
 from shared.gc_tuning import tune_gc
+from shared.ingest import BatchResult
 from shared.kafka.admin import ensure_topics
 from shared.kafka.producer import BrokerUnavailable, EventPublisher
 from shared.logging import configure_logging
@@ -54,6 +55,46 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="machine-readable: unauthenticated, forbidden, invalid_request, not_found, ..."
+    )
+    message: str = Field(description="what went wrong, for people")
+    details: list[Any] = Field(default_factory=list, description="which item, which field, why")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of every IOC service."""
+
+    error: ErrorDetail
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+#: The errors any operation of an IOC service may answer (documented on every operation, so a client and the
+#: fuzz test know the complete set; ``Retry-After`` comes with 408, 429 and 503).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Malformed JSON or Idempotency-Key"),
+    401: _error("No, unknown or revoked credential (WWW-Authenticate: Bearer)"),
+    403: _error("The principal lacks the scope, role or ownership"),
+    404: _error("No such resource visible to this principal"),
+    408: _error("The request body did not arrive in time"),
+    409: _error("Conflict: the resource exists, or a request with this Idempotency-Key is still running"),
+    413: _error("Request body over the size limit"),
+    422: {
+        # A batch whose every item was refused answers its per-item result (shared.ingest.batch_result).
+        "model": ErrorBody | BatchResult,
+        "description": "The request does not match the schema or the domain's rules (items and fields named)",
+    },
+    429: _error("Rate limit, live-stream limit, or too many failed authentications from this address"),
+    503: _error(
+        "Broker or database unavailable, or overloaded: nothing was accepted; retry after Retry-After"
+    ),
+}
+
+
 @dataclass
 class ServiceContext:
     """What a running service holds: settings, the DB pool, the publisher, auth, and its own objects."""
@@ -64,6 +105,7 @@ class ServiceContext:
     pool: asyncpg.Pool | None = None
     keys: KeyStore | None = None
     rate_limiter: RateLimiter | None = None
+    auth_throttle: FailedAuthThrottle | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -128,9 +170,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # The router names only the first route matching the path; several routes may share it.
+            headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
+        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=headers)
 
     @app.exception_handler(BrokerUnavailable)
     async def _broker(_: Request, exc: BrokerUnavailable):
@@ -180,6 +226,20 @@ def install_error_handlers(app: FastAPI) -> None:
         return ORJSONResponse(error_body("internal", "internal error"), 500)
 
 
+def _allowed_methods(request: Request) -> set[str]:
+    from fastapi.routing import iter_route_contexts
+    from starlette.routing import compile_path
+
+    path = request.url.path
+    allowed: set[str] = set()
+    for rc in iter_route_contexts(request.app.routes):
+        if rc.methods and compile_path(rc.path)[0].match(path):
+            allowed |= set(rc.methods)
+    if "GET" in allowed:
+        allowed.add("HEAD")
+    return allowed or {"GET"}
+
+
 class BodyLimitMiddleware:
     """413 for bodies over ``max_bytes``, declared (Content-Length) or streamed (chunked).
 
@@ -187,9 +247,10 @@ class BodyLimitMiddleware:
     app's ``receive`` would be turned into a 400 by the framework, so the limit is enforced before it runs.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 30.0):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -202,17 +263,27 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         chunks: list[bytes] = []
         size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                return  # client went away
-            body = msg.get("body", b"")
-            size += len(body)
-            if size > self.max_bytes:
-                return await _send_json(send, 413, too_large)
-            chunks.append(body)
-            if not msg.get("more_body", False):
-                break
+        try:
+            # A body trickled in slowly would hold a connection and a concurrency slot: it has a deadline.
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    msg = await receive()
+                    if msg["type"] != "http.request":
+                        return  # client went away
+                    body = msg.get("body", b"")
+                    size += len(body)
+                    if size > self.max_bytes:
+                        return await _send_json(send, 413, too_large)
+                    chunks.append(body)
+                    if not msg.get("more_body", False):
+                        break
+        except TimeoutError:
+            return await _send_json(
+                send,
+                408,
+                error_body("request_timeout", f"the request body did not arrive within {self.timeout_s:g} s"),
+                {"connection": "close"},
+            )
         replayed = False
 
         async def replay():
@@ -223,6 +294,53 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+# The console loads only its own scripts and styles (inline style attributes allowed: the charts set them);
+# the OpenAPI pages load Swagger UI / ReDoc from FastAPI's default CDN with an inline bootstrap script.
+# Nothing may frame any page (clickjacking of the console's buttons).
+CONSOLE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src 'self' https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
+    "https://cdn.redoc.ly; worker-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+_COMMON_SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
+
+
+class SecurityHeadersMiddleware:
+    """Browser hardening headers on every HTTP answer (unless the app set them itself)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self._console = [(b"content-security-policy", CONSOLE_CSP.encode()), *_COMMON_SECURITY_HEADERS]
+        self._docs = [(b"content-security-policy", DOCS_CSP.encode()), *_COMMON_SECURITY_HEADERS]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        extra = self._docs if scope.get("path") in DOCS_PATHS else self._console
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                present = {k.lower() for k, _ in headers}
+                headers += [h for h in extra if h[0] not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class ConcurrencyLimitMiddleware:
@@ -301,6 +419,8 @@ def create_service_app(
             await apply_migrations(ctx.pool, name, migrations)
         ctx.keys = KeyStore(ctx.pool, cache_seconds=float(getattr(settings, "auth_cache_seconds", 2.0)))
         ctx.rate_limiter = RateLimiter(settings.rate_limit)
+        if settings.auth_failure_limit:
+            ctx.auth_throttle = FailedAuthThrottle(settings.auth_failure_limit)
         if settings.create_topics:
             try:
                 await ensure_topics(settings.kafka, topics)
@@ -312,6 +432,7 @@ def create_service_app(
             log.warning("broker not reachable at start-up; will retry on first publish")
         if on_start is not None:
             await on_start(ctx)
+        ctx.spawn(_purge_idempotency_keys_forever(ctx.pool), "idempotency-purge")
         tune_gc()  # after start-up, so what it loaded (registries, caches) is frozen out of the collector's way
         BUILD_INFO.labels(name, "0.1.0").set(1)
         log.info("service started", extra={"port": settings.port})
@@ -340,13 +461,18 @@ def create_service_app(
     )
     install_error_handlers(app)
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, responses=ERROR_RESPONSES)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> dict:
         return {"status": "ok", "service": name}
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database and broker reachable")
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness: database and broker reachable",
+        responses={503: {"description": "database or broker unreachable (same body)"}},
+    )
     async def readyz(request: Request):
         ctx: ServiceContext = request.app.state.ctx
         db_ok = ctx.pool is not None and await ping(ctx.pool)
@@ -363,16 +489,63 @@ def create_service_app(
         return metrics_response()
 
     app.add_middleware(ConcurrencyLimitMiddleware, limit=settings.max_inflight_requests)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout_s=float(getattr(settings, "body_timeout_seconds", 30.0)),
+    )
     app.add_middleware(MetricsMiddleware, service=name)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: also on 413/503 answers of the limits
     return app
 
 
 STALE_IDEMPOTENCY_SECONDS = 60.0
+#: How long a stored answer is replayed for an Idempotency-Key; older rows are purged and the key is free again.
+IDEMPOTENCY_TTL_SECONDS = 24 * 3600.0
+IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 600.0
 
 
-def request_hash(body: bytes) -> bytes:
-    return hashlib.sha256(body).digest()
+def request_hash(method: str, target: str, body: bytes) -> bytes:
+    """Digest of what an Idempotency-Key is bound to: method, path with query string, and body (the principal
+    is part of the row's key)."""
+    h = hashlib.sha256()
+    h.update(method.upper().encode())
+    h.update(b"\n")
+    h.update(target.encode())
+    h.update(b"\n")
+    h.update(body)
+    return h.digest()
+
+
+def _request_target(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+async def purge_idempotency_keys(pool: asyncpg.Pool, ttl_seconds: float = IDEMPOTENCY_TTL_SECONDS) -> int:
+    """Delete expired idempotency rows (in batches, so a large backlog never holds a long transaction)."""
+    purged = 0
+    while True:
+        n = await pool.fetchval(
+            "WITH gone AS (DELETE FROM platform.idempotency_keys WHERE ctid IN (SELECT ctid FROM "
+            "platform.idempotency_keys WHERE created_at < now() - make_interval(secs => $1) LIMIT 5000) "
+            "RETURNING 1) SELECT count(*) FROM gone",
+            ttl_seconds,
+        )
+        purged += n
+        if n < 5000:
+            return purged
+
+
+async def _purge_idempotency_keys_forever(pool: asyncpg.Pool) -> None:
+    while True:
+        try:
+            n = await purge_idempotency_keys(pool)
+            if n:
+                log.info("expired idempotency keys purged", extra={"rows": n})
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("idempotency purge failed: %s", type(exc).__name__)
+        await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_SECONDS)
 
 
 async def idempotent(
@@ -383,7 +556,10 @@ async def idempotent(
 ) -> JSONResponse:
     """Run ``compute`` once per ``Idempotency-Key`` header value and principal; replay its answer on retries.
 
-    A retry with the same key and a different body is a 422; one arriving while the first is still running
+    The key is bound to the request's method, path (with query string) and body: reusing it for a different
+    request is a 422 (IETF Idempotency-Key draft), never the other request's answer. Rows expire after
+    :data:`IDEMPOTENCY_TTL_SECONDS` and are purged by every service. A retry with the same key and a different
+    request is a 422; one arriving while the first is still running
     gets 409. Without the header, ``compute`` simply runs. Only successful (2xx) answers are remembered, so a
     retry after a 503 really retries.
     """
@@ -395,7 +571,16 @@ async def idempotent(
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key is longer than 200 characters")
     ctx: ServiceContext = request.app.state.ctx
     assert ctx.pool is not None
-    digest = request_hash(await request.body())
+    digest = request_hash(request.method, _request_target(request), await request.body())
+    # An expired row no longer binds the key (the purge may not have run yet).
+    await ctx.pool.execute(
+        "DELETE FROM platform.idempotency_keys WHERE principal_id=$1 AND scope=$2 AND key=$3 "
+        "AND created_at < now() - make_interval(secs => $4)",
+        principal.id,
+        scope,
+        key,
+        IDEMPOTENCY_TTL_SECONDS,
+    )
     inserted = await ctx.pool.fetchval(
         "INSERT INTO platform.idempotency_keys(principal_id, scope, key, request_hash) VALUES ($1,$2,$3,$4) "
         "ON CONFLICT DO NOTHING RETURNING 1",
@@ -414,7 +599,9 @@ async def idempotent(
         )
         if row is not None and bytes(row["request_hash"]) != digest:
             raise ApiError(
-                422, "idempotency_key_reused", "this Idempotency-Key was used with a different body"
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request (method, path or body)",
             )
         if row is not None and row["status_code"] is not None:
             return ORJSONResponse(

@@ -8,14 +8,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, TypeVar
+from datetime import date, datetime
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
 from shared.contracts.base import is_entity_id
 from shared.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Dates and times IOC accepts anywhere (bodies and query parameters): years [SANE_MIN_YEAR, SANE_MAX_YEAR).
+#: Outside, a value is a typo or a probe (year 0001 overflowed date arithmetic into a 500, raised alarms).
+SANE_MIN_YEAR = 2000
+SANE_MAX_YEAR = 2100
+
+
+def _sane_year(value: date) -> date:
+    # The year alone: comparing aware date-times near year 1 can itself overflow.
+    if not SANE_MIN_YEAR <= value.year < SANE_MAX_YEAR:
+        raise ValueError(f"must be between {SANE_MIN_YEAR}-01-01 and {SANE_MAX_YEAR - 1}-12-31")
+    return value
+
+
+SaneDatetime = Annotated[datetime, AfterValidator(_sane_year)]
+SaneAwareDatetime = Annotated[AwareDatetime, AfterValidator(_sane_year)]
+SaneDate = Annotated[date, AfterValidator(_sane_year)]
 
 
 @dataclass(frozen=True, slots=True)

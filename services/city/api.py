@@ -1,8 +1,10 @@
 """HTTP API of the city layer: current KPIs, history, districts, alarms and incidents, live streams.
 
 Reads need the scope ``city:read``; acknowledging and clearing need ``city:operate`` and an operating role
-(``attributes.role``: operator, supervisor or administrator; a leader only watches). Server-Sent Events
-routes also accept ``?access_token=<key>`` because a browser's EventSource cannot set headers.
+(``attributes.role``: operator, supervisor or administrator; a leader only watches). A browser's EventSource
+cannot set headers, so Server-Sent Events routes also accept a single-use ``?ticket=`` from
+``POST /v1/stream-tickets`` (never a key in a URL). The live tail serves a topic only to principals whose
+scopes cover it (:func:`tail_scope`), and each principal may hold a few streams at once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -18,6 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from services.city import repository as repo
 from services.city.domain import (
@@ -30,10 +33,11 @@ from services.city.domain import (
 from services.city.settings import CitySettings
 from services.city.store import CityStore
 from shared.areas import hanoi
-from shared.auth import ApiError, KeyStore, Principal, RateLimiter, bearer_token
-from shared.contracts import TOPICS
+from shared.auth import ApiError, Principal, issue_stream_ticket, require_scope
+from shared.contracts import TOPICS, TopicSpec
 from shared.contracts.cloudevents import EventDecodeError, decode
 from shared.http import ServiceContext
+from shared.ingest import SaneDatetime
 from shared.kpis import KpiDefinition
 
 log = logging.getLogger(__name__)
@@ -47,50 +51,10 @@ def _ctx(request: Request) -> ServiceContext:
     return request.app.state.ctx
 
 
-def city_principal(scope: str, roles: frozenset[str] | None = None, *, allow_query_token: bool = False):
-    """Dependency: the caller, holding ``scope`` (and one of ``roles`` when given). 401 / 403 / 429."""
-
-    async def dependency(request: Request) -> Principal:
-        token = bearer_token(request)
-        if not token and allow_query_token:
-            token = request.query_params.get("access_token")
-        if not token:
-            raise ApiError(
-                401,
-                "unauthenticated",
-                "an API key is required (Authorization: Bearer <key>)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        keys: KeyStore = _ctx(request).keys
-        principal = await keys.authenticate(token)
-        if principal is None:
-            raise ApiError(
-                401,
-                "unauthenticated",
-                "the API key is unknown or revoked",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if not principal.has_scope(scope):
-            raise ApiError(403, "forbidden", f"this principal lacks the scope {scope!r}")
-        if roles is not None and principal.role not in roles:
-            raise ApiError(
-                403,
-                "forbidden",
-                f"the role {principal.role!r} may not do this; roles allowed: {', '.join(sorted(roles))}",
-            )
-        limiter: RateLimiter | None = _ctx(request).rate_limiter
-        if limiter is not None:
-            await limiter.check(principal.id)
-        return principal
-
-    dependency.__name__ = f"require_{scope.replace(':', '_')}"
-    return dependency
-
-
-READ = Depends(city_principal("city:read"))
-READ_SSE = Depends(city_principal("city:read", allow_query_token=True))
-ACK = Depends(city_principal("city:operate", ACK_ROLES))
-CLEAR = Depends(city_principal("city:operate", CLEAR_ROLES))
+READ = Depends(require_scope("city:read"))
+READ_SSE = Depends(require_scope("city:read", allow_ticket=True))
+ACK = Depends(require_scope("city:operate", ACK_ROLES))
+CLEAR = Depends(require_scope("city:operate", CLEAR_ROLES))
 
 
 def _definitions(request: Request) -> dict[str, KpiDefinition]:
@@ -157,8 +121,8 @@ async def kpi_history(
     kpi: str = Path(max_length=80, pattern=r"^[a-z0-9_.]+$"),
     scope_level: Literal["city", "district"] = "city",
     scope_code: str = Query(CITY_SCOPE, max_length=32),
-    start: datetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
-    end: datetime | None = Query(None, alias="to", description="default: now"),
+    start: SaneDatetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
+    end: SaneDatetime | None = Query(None, alias="to", description="default: now"),
     step: Literal["auto", "raw", "minute", "hour", "day"] = "auto",
     window_seconds: int | None = Query(
         None, gt=0, le=400 * 86400, description="default: the KPI's primary window"
@@ -357,6 +321,79 @@ async def clear_incident(
 
 
 # Live stream (SSE) -----------------------------------------------------------------------------------------
+@router.post(
+    "/stream-tickets",
+    summary="A single-use ticket (valid 30 s) for one Server-Sent Events request (EventSource sends no headers)",
+)
+async def stream_ticket(request: Request, principal: Principal = READ) -> dict:
+    from shared.auth import STREAM_TICKET_SECONDS
+
+    ticket = await issue_stream_ticket(_ctx(request).pool, principal)
+    return {"ticket": ticket, "expires_in": STREAM_TICKET_SECONDS}
+
+
+class StreamSlots:
+    """Concurrent Server-Sent Events streams (stream and tail) per principal and in all: a principal over its
+    share gets 429, the service over its total 503, both with Retry-After, so no caller can hold them all."""
+
+    def __init__(self, per_principal: int, total: int):
+        self.per_principal = per_principal
+        self.total = total
+        self.held: dict[str, int] = {}
+
+    def acquire(self, principal_id: str) -> Callable[[], None]:
+        if sum(self.held.values()) >= self.total:
+            raise ApiError(
+                503,
+                "too_many_streams",
+                "the service holds its maximum of live streams; retry later",
+                headers={"Retry-After": "5"},
+            )
+        if self.held.get(principal_id, 0) >= self.per_principal:
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"this principal already holds {self.per_principal} live streams; close one first",
+                headers={"Retry-After": "5"},
+            )
+        self.held[principal_id] = self.held.get(principal_id, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                left = self.held.get(principal_id, 1) - 1
+                if left > 0:
+                    self.held[principal_id] = left
+                else:
+                    self.held.pop(principal_id, None)
+
+        return release
+
+
+def _slots(request: Request) -> StreamSlots:
+    extras = _ctx(request).extras
+    slots = extras.get("stream_slots")
+    if slots is None:
+        settings = _settings(request)
+        slots = extras["stream_slots"] = StreamSlots(
+            getattr(settings, "sse_max_streams_per_principal", 4), getattr(settings, "sse_max_streams", 64)
+        )
+    return slots
+
+
+def _held_stream(items: AsyncIterator[bytes], release: Callable[[], None]) -> AsyncIterator[bytes]:
+    async def run() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in items:
+                yield chunk
+        finally:
+            release()
+
+    return run()
+
+
 def _sse(event: str, data: Any, event_id: int | None = None) -> bytes:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {event}\ndata: ".encode() + orjson.dumps(data, default=str) + b"\n\n"
@@ -380,8 +417,12 @@ async def stream(
     after = last_event_id
     if after is None and last_event_header and last_event_header.strip().isdigit():
         after = int(last_event_header.strip())
+    release = _slots(request).acquire(principal.id)
     return StreamingResponse(
-        _stream_items(request, after, wanted), media_type="text/event-stream", headers=SSE_HEADERS
+        _held_stream(_stream_items(request, after, wanted), release),
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        background=BackgroundTask(release),  # also when the stream never started
     )
 
 
@@ -416,12 +457,30 @@ async def _stream_items(request: Request, after: int | None, kinds: list[str]) -
         await store.hub.wait(max(after, head_before), settings.sse_poll_seconds)
 
 
-@router.get("/topics", summary="Topics of the event catalogue (for the live tail)")
+def tail_scope(topic: TopicSpec) -> str:
+    """The scope a principal needs to tail ``topic``: the city's figures (every domain's KPIs and alarms, the
+    city's own topics) are ``city:read``; a domain's entity streams need that domain's ``<owner>:read``; the
+    platform's (audit trail, dead letters of every topic) ``platform:read``."""
+    if topic.owner == "city" or topic.name.endswith((".kpis", ".alarms")):
+        return "city:read"
+    return f"{topic.owner}:read"
+
+
+def may_tail(principal: Principal, topic: TopicSpec) -> bool:
+    if topic.internal or not principal.has_scope(tail_scope(topic)):
+        return False
+    # A principal confined to one agency never sees other agencies' dossier events.
+    confined = principal.kind == "agency" or principal.attributes.get("agency") is not None
+    return not (confined and topic.owner == "dossier" and tail_scope(topic) != "city:read")
+
+
+@router.get("/topics", summary="Topics of the event catalogue this principal may tail (for the live tail)")
 async def topics(principal: Principal = READ) -> dict:
     return {
         "items": [
-            {"name": t.name, "owner": t.owner, "description": t.description}
+            {"name": t.name, "owner": t.owner, "description": t.description, "scope": tail_scope(t)}
             for t in sorted(TOPICS.values(), key=lambda t: t.name)
+            if may_tail(principal, t)
         ]
     }
 
@@ -439,12 +498,22 @@ async def tail(
     ),
     principal: Principal = READ_SSE,
 ) -> StreamingResponse:
-    if topic not in TOPICS:
+    spec = TOPICS.get(topic)
+    if spec is None:
         raise ApiError(404, "not_found", "no such topic in the catalogue", [{"topic": topic}])
+    if not may_tail(principal, spec):
+        raise ApiError(
+            403,
+            "forbidden",
+            f"tailing {topic} needs the scope {tail_scope(spec)!r} (and no agency confinement for dossier events)",
+            [{"field": "topic", "reason": "not readable by this principal"}],
+        )
+    release = _slots(request).acquire(principal.id)
     return StreamingResponse(
-        _tail_records(request, topic, (filter or "").lower()),
+        _held_stream(_tail_records(request, topic, (filter or "").lower()), release),
         media_type="text/event-stream",
         headers=SSE_HEADERS,
+        background=BackgroundTask(release),  # also when the stream never started
     )
 
 

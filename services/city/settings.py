@@ -35,3 +35,6 @@ class CitySettings(ServiceSettings):
     sse_heartbeat_seconds: float = 15.0
     sse_max_seconds: float = 600.0
     sse_poll_seconds: float = 1.0
+    # Live streams (stream + tail) held at once per principal and by the whole process (429 / 503 beyond).
+    sse_max_streams_per_principal: int = 4
+    sse_max_streams: int = 64

@@ -25,6 +25,7 @@ from shared.contracts.base import AreaCode, DisplayText, EntityId, StrictBool, S
 from shared.contracts.cloudevents import EncodedEvent
 from shared.contracts.dossier import CHANNEL_CODES
 from shared.http import RequestModel, ServiceContext, idempotent
+from shared.ingest import SaneDate, SaneDatetime
 from shared.metrics import EVENTS_ACCEPTED
 
 from . import publishing, repository
@@ -123,10 +124,15 @@ def _rt(request: Request) -> DossierRuntime:
 
 
 def _own_agency(principal: Principal) -> str | None:
-    """The agency an agency principal is confined to; ``None`` for principals that see every agency."""
-    if principal.kind != "agency" or "*" in principal.scopes:
-        return None
+    """The agency an agency principal is confined to; ``None`` for principals that see every agency.
+
+    A principal carrying an ``agency`` attribute is confined to it whatever its kind: a kind changed by
+    mistake must never widen what it sees (only an admin holding ``*`` sees every agency)."""
     agency = principal.attributes.get("agency")
+    if principal.kind != "agency" and agency is None:
+        return None
+    if "*" in principal.scopes and principal.kind == "admin":
+        return None
     if not isinstance(agency, str) or not agency:
         raise ApiError(403, "forbidden", "this agency principal has no agency attribute")
     return agency
@@ -341,19 +347,23 @@ class DossierIn(RequestModel):
     agency_code: EntityId
     channel: Literal["in_person", "online", "postal"]
     applicant: ApplicantIn
-    received: bool = Field(True, description="accepted on the spot (status 2); false: submitted (status 1)")
-    digitised: bool = Field(False, description="received with its documents digitised (766)")
-    at: datetime | None = Field(None, description="when it was submitted/received (default: now)")
+    received: StrictBool = Field(
+        True, description="accepted on the spot (status 2); false: submitted (status 1)"
+    )
+    digitised: StrictBool = Field(False, description="received with its documents digitised (766)")
+    at: SaneDatetime | None = Field(None, description="when it was submitted/received (default: now)")
 
 
 class TransitionIn(RequestModel):
     action: Literal[ACTIONS]  # type: ignore[valid-type]
-    at: datetime | None = Field(None, description="when it happened (default: now)")
-    paid_online: bool | None = Field(
+    at: SaneDatetime | None = Field(None, description="when it happened (default: now)")
+    paid_online: StrictBool | None = Field(
         None, description="pay_fees only: paid through the online payment platform"
     )
-    digitised: bool | None = Field(None, description="receive only: documents digitised at receipt (766)")
-    result_esigned: bool | None = Field(
+    digitised: StrictBool | None = Field(
+        None, description="receive only: documents digitised at receipt (766)"
+    )
+    result_esigned: StrictBool | None = Field(
         None, description="resolve / return_result only: a legally valid electronic (e-signed) result (766)"
     )
 
@@ -362,14 +372,14 @@ class FeedbackIn(RequestModel):
     """The applicant's rating and/or complaint. No text and nothing about the person is taken."""
 
     rating: Literal["very_satisfied", "satisfied", "unsatisfied"] | None = None
-    complained: bool = False
-    at: datetime | None = None
+    complained: StrictBool = False
+    at: SaneDatetime | None = None
 
 
 class PortalSyncIn(RequestModel):
     synced_status: StrictInt = Field(ge=1, le=10, description="the national status synchronised")
-    status_at: datetime = Field(description="when the dossier reached that status")
-    synced_at: datetime | None = Field(None, description="when the portal acknowledged it (default: now)")
+    status_at: SaneDatetime = Field(description="when the dossier reached that status")
+    synced_at: SaneDatetime | None = Field(None, description="when the portal acknowledged it (default: now)")
 
 
 class IndexInputIn(RequestModel):
@@ -392,14 +402,14 @@ class IndexInputsIn(RequestModel):
 
 class HandoverIn(RequestModel):
     step_name: DisplayText = Field(min_length=1, max_length=100, description="the step the dossier moves to")
-    at: datetime | None = None
+    at: SaneDatetime | None = None
 
 
 class ApologyIn(RequestModel):
-    new_due_date: date = Field(
+    new_due_date: SaneDate = Field(
         description="the date promised to the applicant in the apology letter (form 04)"
     )
-    at: datetime | None = None
+    at: SaneDatetime | None = None
 
 
 async def _commit(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from services.kiosk import domain, publishing, repository
 from services.kiosk.domain import KioskInfo
@@ -25,7 +25,14 @@ from shared.contracts.kiosk import (
     SessionEnded,
 )
 from shared.http import RequestModel, ServiceContext, idempotent
-from shared.ingest import BatchResult, ItemError, batch_result, named_entities, validate_items
+from shared.ingest import (
+    BatchResult,
+    ItemError,
+    SaneAwareDatetime,
+    batch_result,
+    named_entities,
+    validate_items,
+)
 from shared.kafka.producer import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -124,7 +131,7 @@ class KioskIn(RequestModel):
     opening_hours: list[OpeningPeriod] = Field(max_length=14, description="scheduled service time, local")
     peripherals: list[Peripheral] = Field(max_length=7, description="peripherals fitted")
     software_version: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+\-]*$")
-    in_service_since: AwareDatetime | None = Field(None, description="default: now (first registration)")
+    in_service_since: SaneAwareDatetime | None = Field(None, description="default: now (first registration)")
     active: StrictBool = True
     gateway: EntityId | None = Field(None, description="principal id of the gateway that reports for it")
 

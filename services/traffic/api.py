@@ -17,7 +17,14 @@ from shared.areas import hanoi
 from shared.auth import ApiError, Principal, refuse_unowned, require_scope
 from shared.contracts.base import AreaCode, DisplayText, EntityId, StrictFloat, StrictInt
 from shared.http import ORJSONResponse, RequestModel, ServiceContext, idempotent
-from shared.ingest import BatchResult, ItemError, batch_result, named_entities, validate_items
+from shared.ingest import (
+    BatchResult,
+    ItemError,
+    SaneAwareDatetime,
+    batch_result,
+    named_entities,
+    validate_items,
+)
 
 from . import repository
 from .domain import IngestScreen, may_report, parse_detector_rows, to_ms
@@ -547,8 +554,8 @@ def detector_rows(intersection_rows: list[dict[str, Any]]) -> list[dict[str, Any
 async def export_measures(
     intersection_id: str,
     request: Request,
-    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    to: AwareDatetime | None = None,
+    from_: Annotated[SaneAwareDatetime | None, Query(alias="from")] = None,
+    to: SaneAwareDatetime | None = None,
     format: Literal["json", "csv"] = "json",
     kind: Literal["phases", "detectors", "intersection"] = "phases",
     _: Principal = Depends(require_scope("traffic:read")),

@@ -328,6 +328,9 @@ def decode_batch(records: Sequence[Any], tp: Any = None) -> tuple[list[ReceivedE
     for r in records:
         hs = r.headers
         n = len(hs) if hs else 0
+        if n > 8 and hs[-1][0] == "ioc_mac":  # provenance headers come last (shared.contracts.provenance)
+            hs = hs[:-2]
+            n -= 2
         # IOC's own layout is read by position (see _IOC_LAYOUT); any other takes the general path.
         if n == 8:
             (

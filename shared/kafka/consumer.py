@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from shared.config import KafkaSettings
 from shared.contracts.cloudevents import EncodedEvent, EventDecodeError, ReceivedEvent, decode, parse_time
 from shared.contracts.common import DEAD_LETTER_TOPIC
+from shared.contracts.provenance import verifier_for
 from shared.kafka.producer import EventPublisher
 from shared.metrics import (
     CONSUMER_LAG,
@@ -79,6 +80,7 @@ class EventConsumer:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
+        self._verifier = verifier_for(kafka)
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
@@ -137,10 +139,28 @@ class EventConsumer:
                     except Exception:
                         log.exception("re-seek failed")
 
+    def _refuse_unauthenticated(self, records: Sequence[ConsumerRecord], dead: list[EncodedEvent]) -> list:
+        """Records whose producer is authenticated (:mod:`shared.contracts.provenance`); the others are added
+        to ``dead`` with the reason."""
+        if not self._verifier.checks:
+            return list(records)
+        kept: list = []
+        by_topic: dict[str, list] = {}
+        for r in records:
+            by_topic.setdefault(r.topic, []).append(r)
+        for topic, recs in by_topic.items():
+            good, refused = self._verifier.verify(recs, topic, self.name)
+            kept.extend(good)
+            for r, reason in refused:
+                dead.append(dead_letter(r, reason, self.name))
+                EVENTS_DEAD_LETTERED.labels(self.name, topic).inc()
+        return kept
+
     async def process_records(self, records: Sequence[ConsumerRecord]) -> None:
         """Decode, dead-letter the invalid ones, hand the rest to the handler."""
         good: list[ReceivedEvent] = []
         dead: list[EncodedEvent] = []
+        records = self._refuse_unauthenticated(records, dead)
         for r in records:
             try:
                 good.append(decode(r))

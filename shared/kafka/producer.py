@@ -21,6 +21,7 @@ from aiokafka.partitioner import murmur2
 
 from shared.config import KafkaSettings
 from shared.contracts.cloudevents import EncodedEvent
+from shared.contracts.provenance import signer_for
 from shared.metrics import EVENTS_PRODUCED, PUBLISH_SECONDS
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class EventPublisher:
         self._partitions: dict[str, int] = {}
         self._key_partition: dict[tuple[bytes, int], int] = {}  # murmur2 is pure Python; keys repeat
         self._start_lock = asyncio.Lock()
+        self._signer = signer_for(kafka)  # authenticated event sources; None without event keys
 
     @property
     def started(self) -> bool:
@@ -124,6 +126,8 @@ class EventPublisher:
         Pair with :meth:`wait`, which maps broker failures to :class:`BrokerUnavailable`.
         """
         events = list(events)
+        if self._signer is not None:
+            self._signer.sign(events)
         if self._producer is None:
             await self.start()
         producer = self._producer

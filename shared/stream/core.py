@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from shared.config import KafkaSettings
 from shared.contracts.base import TopicSpec
 from shared.contracts.cloudevents import EncodedEvent, decode_batch, parse_time
+from shared.contracts.provenance import verifier_for
 from shared.kafka.consumer import dead_letter
 from shared.kafka.producer import EventPublisher
 from shared.metrics import (
@@ -120,6 +121,7 @@ class ProcessorCore:
         self.kafka = kafka
         self.publisher = publisher
         self.changelog = changelog
+        self.provenance = verifier_for(kafka)  # who may produce on each source topic
         self.partitions: dict[int, PartitionRuntime] = {}
         self.lock = asyncio.Lock()
         self._recovering = asyncio.Lock()  # one recovery at a time (see ``recover``)
@@ -343,7 +345,9 @@ class ProcessorCore:
             floor = pr.applied.get(tp.topic, -1)
             # older ones are in the recovered state
             fresh = recs if recs[0].offset >= floor else [r for r in recs if r.offset >= floor]
+            fresh, unauthenticated = self.provenance.verify(fresh, tp.topic, self.processor.name)
             decoded, failed = decode_batch(fresh, tp)
+            failed += unauthenticated
             for r, reason in failed:
                 dead.append(dead_letter(r, reason, self.processor.name, tp))
                 EVENTS_DEAD_LETTERED.labels(self.processor.name, tp.topic).inc()

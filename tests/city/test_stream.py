@@ -1,5 +1,5 @@
 """The live stream over a real HTTP server: Server-Sent Events resumable with Last-Event-ID across a server
-restart, ?access_token auth, and the live tail of a topic with a text filter."""
+restart, header auth (no key in the URL), and the live tail of a topic with a text filter."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from services.city.app import create_app
 from services.city.settings import CitySettings
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
-from shared.testing import issue_test_key
+from shared.testing import auth, issue_test_key
 
 from .conftest import KPI_FILE, SseReader, serve
 
@@ -67,7 +67,7 @@ async def test_sse_resumes_after_a_server_restart_with_last_event_id(
             app.state.ctx.pool, ["city:read"], kind="operator", attributes={"role": "leader"}
         )
         assert (await http.get("/v1/stream")).status_code == 401
-        async with http.stream("GET", "/v1/stream", params={"access_token": key, "kinds": "kpi"}) as r:
+        async with http.stream("GET", "/v1/stream", params={"kinds": "kpi"}, headers=auth(key)) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             sse = SseReader(r)
             await sse.until(lambda ev: ev.get("event") == "hello")
@@ -83,10 +83,8 @@ async def test_sse_resumes_after_a_server_restart_with_last_event_id(
     # the new group replays the topic from the start, which must not stream anything twice)
     app = create_app(settings.model_copy(update={"consumer_group": settings.consumer_group + "-2"}))
     async with serve(app, port) as base, httpx.AsyncClient(base_url=base, timeout=30) as http:
-        headers = {"Last-Event-ID": second["id"]}
-        async with http.stream(
-            "GET", "/v1/stream", params={"access_token": key, "kinds": "kpi"}, headers=headers
-        ) as r:
+        headers = {"Last-Event-ID": second["id"], **auth(key)}
+        async with http.stream("GET", "/v1/stream", params={"kinds": "kpi"}, headers=headers) as r:
             sse = SseReader(r)
             resumed = [await sse.until(mine), await sse.until(mine)]
         assert [e["data"]["value"] for e in resumed] == [2.0, 3.0], (
@@ -97,7 +95,7 @@ async def test_sse_resumes_after_a_server_restart_with_last_event_id(
 
         # the live tail: only new records of the topic that contain the filter text
         async with http.stream(
-            "GET", "/v1/tail", params={"access_token": key, "topic": "ioc.city.kpis", "filter": kpi.upper()}
+            "GET", "/v1/tail", params={"topic": "ioc.city.kpis", "filter": kpi.upper()}, headers=auth(key)
         ) as r:
             sse = SseReader(r)
             await sse.until(lambda ev: ev.get("event") == "hello")
@@ -105,5 +103,5 @@ async def test_sse_resumes_after_a_server_restart_with_last_event_id(
             await pub.publish([_update(f"citytest.other{uuid.uuid4().hex[:6]}", 9), _update(kpi, 4)])
             rec = await sse.until(lambda ev: ev.get("event") == "record")
         assert rec["data"]["type"] == "ioc.city.kpi.updated.v1" and rec["data"]["data"]["value"] == 4.0
-        assert (await http.get("/v1/tail", params={"access_token": key, "topic": "nope"})).status_code == 404
+        assert (await http.get("/v1/tail", params={"topic": "nope"}, headers=auth(key))).status_code == 404
     await pub.stop()

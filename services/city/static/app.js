@@ -263,10 +263,18 @@ function setConn(state) {
   c.textContent = t({on: "live", off: "offline", wait: "reconnecting"}[state]);
 }
 
-function connect() {
+async function streamTicket() {
+  // A single-use ticket stands for the key on one EventSource request: a key never travels in a URL.
+  return (await api("/v1/stream-tickets", {method: "POST"}).catch(() => ({}))).ticket;
+}
+
+async function connect() {
   if (S.source) S.source.close();
   if (!S.key) return;
-  const params = new URLSearchParams({access_token: S.key});
+  const ticket = await streamTicket();
+  if (!ticket) { setConn("off"); setTimeout(connect, 2000); return; }
+  if (S.source) S.source.close();
+  const params = new URLSearchParams({ticket});
   if (S.lastEventId) params.set("last_event_id", S.lastEventId);
   const es = new EventSource(`/v1/stream?${params}`);
   S.source = es;
@@ -330,14 +338,14 @@ async function loadTopics() {
   sel.value = cur || "ioc.city.alarms";
 }
 
-function toggleTail() {
+async function toggleTail() {
   if (S.tail) {
     S.tail.close();
     S.tail = null;
     $("tail-toggle").textContent = t("start");
     return;
   }
-  const params = new URLSearchParams({access_token: S.key, topic: $("tail-topic").value});
+  const params = new URLSearchParams({ticket: await streamTicket(), topic: $("tail-topic").value});
   if ($("tail-filter").value) params.set("filter", $("tail-filter").value);
   const es = new EventSource(`/v1/tail?${params}`);
   S.tail = es;
