@@ -386,7 +386,7 @@ class IndexInputIn(RequestModel):
     scope_level: Literal["agency", "commune", "district", "city"]
     scope_code: EntityId
     period: str = Field(
-        pattern=r"^[0-9]{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$", description="YYYY, YYYY-Qn or YYYY-MM"
+        pattern=r"^20[0-9]{2}(-Q[1-4]|-(0[1-9]|1[0-2]))?$", description="YYYY, YYYY-Qn or YYYY-MM"
     )
     indicator: str = Field(max_length=64, description="an indicator whose data comes from another system")
     numerator: float = Field(ge=0)
@@ -760,7 +760,7 @@ async def put_index_inputs(
 @router.get("/index766", summary="Decision 766 scorecards per scope for a month, quarter or year")
 async def get_index766(
     request: Request,
-    period: Annotated[str, Query(pattern=r"^[0-9]{4}(-Q[1-4]|-(0[1-9]|1[0-2]))?$")],
+    period: Annotated[str, Query(pattern=r"^20[0-9]{2}(-Q[1-4]|-(0[1-9]|1[0-2]))?$")],
     principal: Principal = Depends(require_scope("dossier:read")),
     scope_level: Annotated[str | None, Query(max_length=16)] = None,
     scope_code: Annotated[str | None, Query(max_length=64)] = None,
