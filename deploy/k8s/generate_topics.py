@@ -231,12 +231,17 @@ def render_topics() -> str:
     return _dump(docs)
 
 
-def render_users() -> str:
-    """The KafkaUser manifests: services, then processors, then the autoscaler's read-only user."""
+def kafka_users() -> list[dict]:
+    """The KafkaUser resources: services, then processors, then the autoscaler's read-only user."""
     docs = [kafka_user(s.name, service_acls(s.name), "service") for s in SERVICES]
     docs += [kafka_user(p, processor_acls(p), "processor") for p in processor_names()]
     docs.append(kafka_user("keda", keda_acls(), "autoscaler"))
-    return _dump(docs)
+    return docs
+
+
+def render_users() -> str:
+    """The KafkaUser manifests."""
+    return _dump(kafka_users())
 
 
 def outputs() -> dict[Path, str]:
