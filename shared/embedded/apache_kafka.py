@@ -39,15 +39,27 @@ class KafkaUnavailable(RuntimeError):
 def java_binary() -> str | None:
     explicit = os.environ.get("IOC_KAFKA_JAVA")
     if explicit:
-        return explicit
+        return explicit if Path(explicit).is_file() else None
     home = os.environ.get("JAVA_HOME")
     if home and (Path(home) / "bin" / "java").is_file():
         return str(Path(home) / "bin" / "java")
     return shutil.which("java")
 
 
+def unavailable_reason() -> str | None:
+    """Why the Apache Kafka tier cannot run here (no java, or neither a fetched classpath nor mvn); None if it can.
+    Cheap: runs nothing."""
+    if not java_binary():
+        return "no java on PATH (Apache Kafka 4 needs Java 17+)"
+    if os.environ.get("IOC_KAFKA_CLASSPATH") or CLASSPATH_FILE.is_file() or shutil.which("mvn"):
+        return None
+    return "no mvn on PATH to fetch Apache Kafka from Maven Central"
+
+
 def kafka_classpath(*, fetch: bool = True) -> str:
     """The broker's classpath (jars in the local Maven cache); runs Maven once when it is not known yet."""
+    if not java_binary():
+        raise KafkaUnavailable("no java on PATH (Apache Kafka 4 needs Java 17+)")
     explicit = os.environ.get("IOC_KAFKA_CLASSPATH")
     if explicit:
         return explicit
@@ -55,8 +67,6 @@ def kafka_classpath(*, fetch: bool = True) -> str:
         cp = CLASSPATH_FILE.read_text().strip()
         if cp and all(Path(p).is_file() for p in cp.split(os.pathsep)):
             return cp
-    if not java_binary():
-        raise KafkaUnavailable("no java on PATH (Apache Kafka 4 needs Java 17+)")
     mvn = shutil.which("mvn")
     if not mvn or not fetch:
         raise KafkaUnavailable("no mvn on PATH to fetch Apache Kafka from Maven Central")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded.apache_kafka import KafkaCluster, KafkaUnavailable, kafka_classpath
+from shared.embedded.apache_kafka import KafkaCluster, KafkaUnavailable, kafka_classpath, unavailable_reason
 
 HERE = Path(__file__).resolve().parent
 _outcomes: dict[str, int] = {}
@@ -42,10 +42,23 @@ def service_principals() -> list[str]:
     return [u["metadata"]["name"] for u in strimzi_generator().kafka_users()]
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.apache_kafka)
+_unavailable: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    mine = [item for item in items if HERE in Path(str(item.fspath)).parents]
+    if not mine:
+        return
+    reason = unavailable_reason()
+    if reason:
+        # One line for the whole tier (terminal summary below), not one skip per test.
+        _unavailable.append(reason)
+        config.hook.pytest_deselected(items=mine)
+        ids = {id(item) for item in mine}
+        items[:] = [item for item in items if id(item) not in ids]
+        return
+    for item in mine:
+        item.add_marker(pytest.mark.apache_kafka)
 
 
 def pytest_runtest_logreport(report):
@@ -55,6 +68,8 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _unavailable:
+        terminalreporter.write_line(f"Apache Kafka tier (tests/kafka) SKIPPED: {_unavailable[0]}")
     if _outcomes:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(_outcomes.items()))
         terminalreporter.write_line(
