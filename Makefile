@@ -37,7 +37,7 @@ system-deps:
 kafka-classpath:
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then \
 	  mkdir -p var && mvn -q -B -f deploy/kafka/pom.xml dependency:build-classpath \
-	    -Dmdep.outputFile=$(CURDIR)/var/apache-kafka.classpath >/dev/null \
+	    -Dmdep.outputFile=$(CURDIR)/var/apache-kafka.classpath >/dev/null 2>&1 \
 	    || echo "warning: mvn could not fetch Apache Kafka (tests/kafka will try again, then skip)"; \
 	fi
 
