@@ -8,7 +8,8 @@ Interface other test modules may rely on (keep it stable):
 - ``kafka_cluster`` (session): a :class:`shared.embedded.apache_kafka.KafkaCluster` with
   ``bootstrap_servers`` (PLAINTEXT, super user), ``sasl_bootstrap_servers`` (SCRAM-SHA-512),
   ``kafka_settings(**overrides)`` (RF 3, idempotent acks=all), ``sasl_settings(user)``, ``scram_users``
-  (user → password, every service principal of deploy/k8s plus ``ioc-outsider``), ``kill(node_id)``,
+  (user → password, every service principal of deploy/k8s plus ``ioc-outsider``), ``add_scram_user(name,
+  password)``, ``admin()`` (a confluent-kafka AdminClient, super user), ``kill(node_id)``,
   ``stop_node(id)``, ``start_node(id)``, ``restart(id)``, ``running_nodes()``, ``leader_of(topic, p)``,
   ``isr_of(topic, p)``, ``wait_until_brokers(n)``; node ids are 1, 2, 3.
 - ``apache_kafka_settings`` (session): ``kafka_cluster.kafka_settings()``.
