@@ -8,7 +8,7 @@ import asyncio
 import uuid
 
 # The bench's readings: what the meter service publishes, for 20,000 meters.
-from bench.producer_compression import retopic, readings, topic_bytes
+from bench.producer_compression import readings, retopic, topic_bytes
 from shared.contracts.base import TopicSpec
 from shared.kafka import EventPublisher
 from shared.kafka.admin import ensure_topics
