@@ -180,6 +180,9 @@ class MeterKpiProcessor(StreamProcessor):
 
     def __init__(self, momentary_limit_seconds: float = MOMENTARY_LIMIT_SECONDS):
         self.momentary_limit_seconds = momentary_limit_seconds
+        # The newest event time of every partition this worker folds (memory only): the clock that opens the
+        # windows of a partition whose own meters are silent (see emit).
+        self.worker_watermark = 0
 
     # ------------------------------------------------------------------------------------------- apply
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -198,6 +201,8 @@ class MeterKpiProcessor(StreamProcessor):
         if epoch > state.get("wm", 0):
             old = state.get("wm", 0)
             state["wm"] = epoch
+            if epoch > self.worker_watermark:
+                self.worker_watermark = epoch
             if window_start(epoch, QUARTER) != window_start(old, QUARTER):
                 state["supply_dirty"] = True
 
@@ -359,6 +364,8 @@ class MeterKpiProcessor(StreamProcessor):
 
     def _set_wm(self, state: State, wm: int) -> None:
         state["wm"] = wm
+        if wm > self.worker_watermark:
+            self.worker_watermark = wm
 
     def _meter_event(self, d: dict, state: State) -> None:
         at = _epoch(d["at"])
@@ -554,9 +561,12 @@ class MeterKpiProcessor(StreamProcessor):
         live outage figures, alarms.
 
         Every district with customers served in a window gets its observations, whether or not its meters
-        reported: N_T (the denominators) must reach the city from every partition. The partition's clock (its
-        watermark, or ``now`` when later) opens each new quarter hour and day for every district, so a
-        partition whose meters are all silent still publishes its customers served.
+        reported: N_T (the denominators) must reach the city from every partition. The partition's clock opens
+        each quarter hour that has ended and each day that has begun for every district, so a partition whose
+        meters are all silent still publishes its customers served. The clock is event time: the partition's
+        watermark or, when later, the newest event time of any partition this worker folds (a partition of
+        silent meters has no event time of its own); never the wall clock, so replayed data opens the same
+        windows. The live outage figures accrue minutes up to the later of that clock and ``now``.
 
         Only observations whose numerator or denominator differ from what this worker last published for the
         partition are encoded (``changed_since_emitted``). After a restart or rebalance everything of a dirty
@@ -567,7 +577,7 @@ class MeterKpiProcessor(StreamProcessor):
         p = state.partition
         self._upgrade_registry(state)
         wm = state.get("wm", 0)
-        clock = max(wm, int(now.timestamp()))
+        clock = max(wm, self.worker_watermark)
         windows: set[tuple[int, int]] = {
             (int(a), int(b)) for a, b in (k.split(":")[1:3] for k in state.get("dirty") or {})
         }
@@ -634,7 +644,7 @@ class MeterKpiProcessor(StreamProcessor):
         if "dirty" in state:
             state.pop("dirty")
         if state.get("supply_dirty") or opened or state.keys("down:"):
-            out += self._supply(state, p, now_iso, clock)
+            out += self._supply(state, p, now_iso, max(clock, int(now.timestamp())))
             state.pop("supply_dirty")
         pending = state.get("out")
         if pending:
@@ -657,8 +667,13 @@ class MeterKpiProcessor(StreamProcessor):
         last = state.get("clock") or {}
         opened: set[tuple[int, int]] = set()
         moved = False
+        if not clock:
+            return opened
         for seconds in WINDOWS:
-            current = window_start(clock, seconds)
+            # The quarter hours ended by the clock (a reading ending at the clock belongs to the quarter hour
+            # before it; one not ended yet would show reads missing that are only not delivered yet), the day
+            # it is in (today's indices accrue during the day).
+            current = window_start(clock - (QUARTER if seconds == QUARTER else 1), seconds)
             prev = last.get(str(seconds))
             if prev is not None and prev >= current:
                 continue

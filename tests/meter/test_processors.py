@@ -350,9 +350,8 @@ def test_unchanged_kpis_are_not_published_again_until_the_memory_is_forgotten():
         [registry("A"), registry("B"), reading("A", DAY.replace(hour=10, minute=15), 1.0, 0.5)], st
     )
     first = kpis(proc.emit(st, NOW))
-    # quarter (10 KPIs) + day (9), district + city; live supply figures (3), district + city; and the quarter
-    # hour of the partition's clock (NOW, 12:00), opened for every district served (10, district + city).
-    assert len(first) == 2 * (10 + 9) + 2 * 3 + 2 * 10
+    # quarter (10 KPIs) + day (9), district + city; live supply figures (3), district + city
+    assert len(first) == 2 * (10 + 9) + 2 * 3
     # One more reading in the same quarter: energy, reads, completeness and demand move; reliability does not.
     proc.apply_batch([reading("B", DAY.replace(hour=10, minute=15), 2.0, 0.25)], st)
     second = kpis(proc.emit(st, NOW))
