@@ -31,7 +31,7 @@ Events (in arrival batches, see ``BATCHES``):
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -290,8 +290,8 @@ def test_the_90_hour_outage_revises_its_closed_day_when_restored():
 
 
 def test_live_figures_while_the_outage_is_in_progress():
-    meter_out, merged = run_scenario(BATCHES[:1])
-    now, out = meter_out[-1]
+    meter_out, _ = run_scenario(BATCHES[:1])
+    _, out = meter_out[-1]
     live = {}
     for e in out:
         d = orjson.loads(e.value)
