@@ -677,7 +677,12 @@ class MeterKpiProcessor(StreamProcessor):
             prev = last.get(str(seconds))
             if prev is not None and prev >= current:
                 continue
-            first = current if prev is None else max(prev + seconds, current - KEPT[seconds])
+            if prev is None:
+                # A fresh state (first deployment, new partition): the days still kept are opened too, so the
+                # indices of days the clock passed before this worker ran get every partition's N_T.
+                first = current - KEPT[seconds] if seconds == DAY else current
+            else:
+                first = max(prev + seconds, current - KEPT[seconds])
             ws = current
             while ws >= first:
                 opened.add((seconds, ws))

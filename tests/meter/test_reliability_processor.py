@@ -85,7 +85,7 @@ def test_customers_served_follow_the_registry_dates():
         st,
     )
     out = list(proc.emit(st, DAY))
-    # day 9 is not kept here (nothing opened it); day 10: BD = A 2 (B removed, C not yet, M moved away)
+    # day 10: BD = A 2 (B removed, C not yet, M moved away)
     bd = day_obs(out, "meter.saifi", "BD", DAY)
     assert (bd["numerator"], bd["denominator"]) == (2.0, 2.0)
     hk = day_obs(out, "meter.saifi", "HK", DAY)
