@@ -764,15 +764,23 @@ class MeterKpiProcessor(StreamProcessor):
         scopes = [("district", dist, c) for dist, c in sorted(districts.items())]
         scopes.append(("city", CITY_CODE, [sum(c[i] for c in districts.values()) for i in range(3)]))
         out = []
+        # Customers interrupted now and their minutes: the city always, a district while it has an outage and
+        # once more when it ends (a sum over partitions: a district without a partial adds nothing).
+        was_live = set(state.get("live") or ())
+        live = {code for level, code, c in scopes if level == "district" and c[0]}
         for kpi, i, unit in (
             ("meter.meters_without_supply", 0, "meters"),
             ("meter.customers_interrupted_now", 1, "customers"),
             ("meter.customer_minutes_in_progress", 2, "min"),
         ):
             for level, code, c in scopes:
+                if i and level == "district" and code not in live and code not in was_live:
+                    continue
                 n = c[i]
                 if changed(p, (kpi, level, code, ws, QUARTER), (n, None)):
                     out.append(_obs(kpi, level, code, ws, QUARTER, n, None, unit, n, p, now_iso))
+        if live != was_live:
+            state["live"] = sorted(live)
         return out
 
     def _prune(self, state: State) -> None:

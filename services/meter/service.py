@@ -21,6 +21,7 @@ import asyncpg
 from services.meter import publishing, repository
 from services.meter.batch import BatchParser
 from services.meter.domain import (
+    EventOutcome,
     Limits,
     MeterEventIn,
     MeterIn,
@@ -130,6 +131,7 @@ class MeterService:
         # meter → its power events not paired yet and its recent interruptions (domain.PowerTimeline)
         self.timelines: dict[str, dict] = {}
         self.unpaired_power_ups = 0
+        self._expired_at: datetime | None = None
         self.seen_events: OrderedDict[tuple[str, int, str], None] = OrderedDict()
         self._registry_version: datetime | None = None
         self._events_lock = asyncio.Lock()
@@ -321,8 +323,12 @@ class MeterService:
             for mid in [m for m, t in outcome.timelines.items() if t is None]:
                 timelines.pop(mid, None)
             # What the pairing horizon ends (power-ups that waited for their power-down in vain, old
-            # interruptions) goes out with this batch.
-            expired = expire_power_timelines(timelines, self.registry, self.registers, now, self.limits)
+            # interruptions) goes out with a batch, looked for at most once a minute (it walks every timeline).
+            if self._expired_at is None or (now - self._expired_at).total_seconds() >= 60:
+                self._expired_at = now
+                expired = expire_power_timelines(timelines, self.registry, self.registers, now, self.limits)
+            else:
+                expired = EventOutcome()
             changes = {**outcome.timelines, **expired.timelines}
             encoded = publishing.meter_events((p for _, p in outcome.accepted), self.source)
             encoded += publishing.interruption_events(
