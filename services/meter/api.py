@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field, TypeAdapter
@@ -46,17 +46,19 @@ class DayFigures(RequestModel):
     """One day of an area's additive reliability figures (the city view's numerators and denominators)."""
 
     day: date
-    customers_interrupted: float = Field(ge=0, description="Σ N_i, sustained interruptions")
-    customer_minutes: float = Field(ge=0, description="Σ r_i N_i, minutes")
-    momentary: float = Field(0.0, ge=0, description="Σ IM_i N_mi")
-    customers_served: float = Field(ge=0, description="N_T")
+    customers_interrupted: float = Field(ge=0, le=1e12, description="Σ N_i, sustained interruptions")
+    customer_minutes: float = Field(ge=0, le=1e12, description="Σ r_i N_i, minutes")
+    momentary: float = Field(0.0, ge=0, le=1e12, description="Σ IM_i N_mi")
+    customers_served: int = Field(ge=0, le=1_000_000_000, description="N_T")
 
 
 class ReliabilityReportIn(RequestModel):
     """The days to report, and the daily SAIDI history (minutes, the five years before) T_MED comes from."""
 
     days: list[DayFigures] = Field(min_length=1, max_length=3660)
-    history_saidi: list[float] = Field(max_length=5 * 366 + 1)
+    history_saidi: list[Annotated[float, Field(ge=0, le=1e6)]] = Field(
+        max_length=5 * 366 + 1, description="daily SAIDI, minutes"
+    )
 
 
 class MeterOut(RequestModel):

@@ -1023,7 +1023,10 @@ def major_event_threshold(daily_saidi: Iterable[float]) -> float | None:
         return None
     alpha = sum(logs) / len(logs)
     beta = math.sqrt(sum((x - alpha) ** 2 for x in logs) / (len(logs) - 1))
-    return math.exp(alpha + 2.5 * beta)
+    try:
+        return math.exp(alpha + 2.5 * beta)
+    except OverflowError:  # a history so spread that no day can exceed it
+        return math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -1058,7 +1061,7 @@ def reliability_with_and_without_meds(
         return {"saifi": f, "saidi_minutes": dur, "caidi_minutes": dur / f if f else None, "maifi": m}
 
     return {
-        "t_med_minutes": t_med,
+        "t_med_minutes": t_med if t_med is None or math.isfinite(t_med) else None,
         "major_event_days": [d.isoformat() for d in meds],
         "all_days": indices(days),
         "without_major_event_days": indices([d for d in days if d.day not in meds]),
