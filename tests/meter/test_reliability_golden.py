@@ -24,7 +24,7 @@ Events (in arrival batches, see ``BATCHES``):
      → momentary × 1
   B3 down 14:00:00 up 14:00:30, down 14:03:00 up 14:03:20 → two momentary interruptions × 3 customers, one
      momentary event (the second begins within 5 min of the first)
-  B4 down 02:00 on D, up 90 hours later (D+3 20:00) → sustained 5400 min × 1, accrued to D
+  B4 down 08:00 on D, up 90 hours later (D+4 02:00) → sustained 5400 min × 1, accrued to D
   H1 down 12:00:00 up 12:05:00: exactly 5 minutes → momentary × 1
   H2 down 23:30 on D, up 00:45 on D+1 (crosses midnight) → sustained 75 min × 4, accrued to D
 """
@@ -113,7 +113,7 @@ BATCHES = [
             ("B1", t(0, 8, 0), DOWN),
             ("B1", t(0, 8, 0, 40), (None, "LAST_GASP")),  # duplicate last gasp
             ("B1", t(0, 8, 30), UP),
-            ("B4", t(0, 2, 0), DOWN),
+            ("B4", t(0, 8, 0), DOWN),
             ("B2", t(0, 10, 20), UP),  # its power-down arrives in the next batch
         ],
     ),
@@ -139,7 +139,7 @@ BATCHES = [
             ("B1", t(0, 8, 10), (None, "PWR_FAIL")),  # a repeated last gasp inside B1's closed interruption
         ],
     ),
-    (t(3, 20, 5), [("B4", t(3, 20, 0), UP)]),  # 90 hours after its power-down
+    (t(4, 2, 5), [("B4", t(4, 2, 0), UP)]),  # 90 hours after its power-down
 ]
 
 
@@ -285,7 +285,7 @@ def test_the_90_hour_outage_revises_its_closed_day_when_restored():
                 return d["numerator"]
         return None
 
-    # The last emit (D+3 20:05) re-publishes day D of partition 1 with B4's 5400 customer-minutes.
+    # The last emit (D+4 02:05) re-publishes day D of partition 1 with B4's 5400 customer-minutes.
     assert bd_saidi(meter_out[-1][1]) == 5400.0
 
 
@@ -297,9 +297,9 @@ def test_live_figures_while_the_outage_is_in_progress():
         d = orjson.loads(e.value)
         if d.get("kpi") in ("meter.customers_interrupted_now", "meter.customer_minutes_in_progress"):
             live[(d["kpi"], d["scope_code"], d["partition"])] = d["value"]
-    # B4 (1 customer, partition 1) is out since 02:00; at 10:25 that is 8 h 25 min = 505 customer-minutes.
+    # B4 (1 customer, partition 1) is out since 08:00; at 10:25 that is 2 h 25 min = 145 customer-minutes.
     # B2's power-up arrived without its power-down: nothing is open for it.
     assert live[("meter.customers_interrupted_now", "BD", 1)] == 1.0
-    assert live[("meter.customer_minutes_in_progress", "BD", 1)] == pytest.approx(505.0)
+    assert live[("meter.customer_minutes_in_progress", "BD", 1)] == pytest.approx(145.0)
     assert live[("meter.customers_interrupted_now", "HN", 1)] == 1.0
     assert live[("meter.customers_interrupted_now", "HN", 0)] == 0.0
