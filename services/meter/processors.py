@@ -465,7 +465,6 @@ class MeterKpiProcessor(StreamProcessor):
 
     def _past_horizon_alarm(self, state: State, d: dict, started: int) -> None:
         """Tell the operator an interruption came too late for its day's indices (never dropped silently)."""
-        self.past_horizon = getattr(self, "past_horizon", 0) + 1
         day = datetime.fromtimestamp(window_start(started, DAY) + 7 * 3600, UTC).date().isoformat()
         minutes = d["duration_seconds"] / 60.0
         pending = state.get("out") or []
@@ -752,6 +751,7 @@ class MeterKpiProcessor(StreamProcessor):
         last published): meters without supply, customers interrupted now, and the customer-minutes of the
         outages in progress so far (at the partition's clock)."""
         districts = {k.split(":", 1)[1]: [0, 0, 0.0] for k in state.keys("nt:")}
+        clock -= clock % 60  # minutes accrue (and are re-published) once a minute, not on every emit
         for _, down in state.items("down:"):
             district, at = down[0], down[1]
             customers = down[2] if len(down) > 2 else 1
