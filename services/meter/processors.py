@@ -183,6 +183,8 @@ class MeterKpiProcessor(StreamProcessor):
         # The newest event time of every partition this worker folds (memory only): the clock that opens the
         # windows of a partition whose own meters are silent (see emit).
         self.worker_watermark = 0
+        # The oldest event time this worker folded (memory only): how far back a fresh state opens its days.
+        self.worker_first = 0
 
     # ------------------------------------------------------------------------------------------- apply
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -198,6 +200,8 @@ class MeterKpiProcessor(StreamProcessor):
             self._registry(d, state)
 
     def _advance(self, state: State, epoch: int) -> None:
+        if epoch < self.worker_first or not self.worker_first:
+            self.worker_first = epoch
         if epoch > state.get("wm", 0):
             old = state.get("wm", 0)
             state["wm"] = epoch
@@ -296,6 +300,8 @@ class MeterKpiProcessor(StreamProcessor):
             if slot is None:
                 end = _epoch(sk[0])
                 start = end - sk[1]
+                if end < self.worker_first or not self.worker_first:
+                    self.worker_first = end  # as _advance does on the per-event path
                 if end > wm:
                     # Readings can only advance the watermark here: a later reading of the same interval end
                     # finds wm >= end.
@@ -619,6 +625,7 @@ class MeterKpiProcessor(StreamProcessor):
                     customers,
                     p,
                     now_iso,
+                    agg is empty,
                 )
                 city["n_meters"] += expected_meters
                 city["n_customers"] += customers
@@ -677,9 +684,11 @@ class MeterKpiProcessor(StreamProcessor):
             if prev is not None and prev >= current:
                 continue
             if prev is None:
-                # A fresh state (first deployment, new partition): the days still kept are opened too, so the
-                # indices of days the clock passed before this worker ran get every partition's N_T.
-                first = current - KEPT[seconds] if seconds == DAY else current
+                # A fresh state (first deployment, new partition): the days since the oldest event this worker
+                # folded (within what is kept) are opened too, so the indices of days the clock passed before
+                # this partition's first emit get every partition's N_T.
+                oldest = window_start(min(self.worker_first or clock, clock), DAY)
+                first = max(oldest, current - KEPT[DAY]) if seconds == DAY else current
             else:
                 first = max(prev + seconds, current - KEPT[seconds])
             ws = current
@@ -705,9 +714,26 @@ class MeterKpiProcessor(StreamProcessor):
         customers: int,
         p: int,
         now_iso: str,
+        silent: bool = False,
     ) -> list[EncodedEvent]:
+        """The observations of one area and window. ``silent``: nothing arrived for it in this partition, so
+        only the KPIs whose denominators (customers served, meters and intervals expected) it must contribute are
+        published; its sums (energy, tamper, demand) and CAIDI would add nothing to the city's merge."""
         out: list[EncodedEvent] = []
         changed = self.changed_since_emitted
+        if silent:
+            for kpi, num, den, unit in (
+                ("meter.read_success_rate", 0, expected_meters, "%"),
+                ("meter.interval_completeness", 0, expected, "%"),
+                ("meter.saifi", 0.0, customers, "int/cust"),
+                ("meter.saidi_minutes", 0.0, customers, "min"),
+                ("meter.maifi", 0.0, customers, "int/cust"),
+                ("meter.maifi_e", 0.0, customers, "int/cust"),
+            ):
+                if changed(p, (kpi, level, code, ws, seconds), (num, den)):
+                    value = (0.0 if den else None) if unit != "%" else _percent(num, den)
+                    out.append(_obs(kpi, level, code, ws, seconds, num, den, unit, value, p, now_iso))
+            return out
 
         def obs(
             kpi: str, num: float, den: float | None, unit: str, value: Callable[[], float | None]

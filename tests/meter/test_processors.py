@@ -351,9 +351,8 @@ def test_unchanged_kpis_are_not_published_again_until_the_memory_is_forgotten():
     )
     first = kpis(proc.emit(st, NOW))
     # quarter (10 KPIs) + day (9), district + city; meters without supply, district + city, and the two other
-    # live figures for the city (a district only while it has an outage); and the 8 days before, still kept,
-    # which a fresh state opens for every district served (9 KPIs, district + city)
-    assert len(first) == 2 * (10 + 9) + 2 + 2 + 8 * 2 * 9
+    # live figures for the city (a district only while it has an outage)
+    assert len(first) == 2 * (10 + 9) + 2 + 2
     # One more reading in the same quarter: energy, reads, completeness and demand move; reliability does not.
     proc.apply_batch([reading("B", DAY.replace(hour=10, minute=15), 2.0, 0.25)], st)
     second = kpis(proc.emit(st, NOW))

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from services.meter.processors import INTERRUPTIONS_PAST_HORIZON, MeterKpiProcessor
+from shared.contracts.common import AlarmChanged
 from shared.contracts.meter import InterruptionRecorded, MeterRegistered
 from shared.stream import State
 from shared.testing import received
@@ -114,6 +115,7 @@ def test_an_interruption_restored_after_its_day_closed_is_counted_and_alarmed():
         ("meter:interruption_past_horizon:BD", "raised", "major")
     ]
     assert "2024-05-10" in alarms[0]["message"] and "14460 min" in alarms[0]["message"]
+    AlarmChanged.model_validate(alarms[0])  # a valid alarm contract
     assert day_obs(out, "meter.saidi_minutes", "BD", DAY) == {}  # its day is not re-opened
 
 
