@@ -915,7 +915,9 @@ def expire_power_timelines(
         meter = registry.get(mid)
         for up_ms, _ in expired:
             last_read = _last_read_before(registers.get((mid, ENERGY_IMPORT)), up_ms // 1000, meter)
-            if meter is None or last_read is None:
+            # A power-up soon after an interruption closed, with no read since, repeats that restoration.
+            restored = max((e for _s, e in tl["c"] if e <= up_ms), default=None)
+            if meter is None or last_read is None or (restored is not None and last_read * 1000 < restored):
                 out.unpaired_power_ups += 1
                 continue
             out.interruptions.append(_interruption(meter, last_read * 1000, up_ms, limits, inferred=True))

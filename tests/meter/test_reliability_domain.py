@@ -113,6 +113,18 @@ def test_a_power_up_whose_power_down_never_comes_is_inferred_from_missing_reads(
     assert out.interruptions == [] and out.unpaired_power_ups == 1
 
 
+def test_a_repeated_power_up_after_a_closed_interruption_is_not_inferred_again():
+    # down 10:20, up 10:59 and a repeated power-up 11:00 with another vendor code: one interruption; the
+    # repeat waits for a power-down that never comes, and no read since the restoration → nothing inferred
+    found, timelines = feed([[ev("M1", 20, 1), ev("M1", 59, 2), ev("M1", 60, None, "POWER_RESTORED")]])
+    assert spans(found) == [("M1", "2024-05-01T03:20:00Z", 39.0, "sustained", False)]
+    q = lambda m: int((T0 + timedelta(minutes=m)).timestamp())  # noqa: E731
+    registers = {("M1", "1-0:1.8.0"): (q(75), (1 << 0) | (1 << 4) | (1 << 5), 100.0, q(75), 0, ())}
+    later = T0 + timedelta(minutes=60) + timedelta(days=7, seconds=1)
+    out = expire_power_timelines(timelines, REGISTRY, registers, later)
+    assert out.interruptions == [] and out.unpaired_power_ups == 1
+
+
 # -------------------------------------------------------------------------------------------------- VEE
 def reading(minutes, value, meter="M1", quality="measured"):
     return {
