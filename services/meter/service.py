@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.meter import publishing, repository
 from services.meter.batch import BatchParser
@@ -43,6 +44,15 @@ from shared.ingest import batch_result, validate_items
 from shared.kafka.producer import EventPublisher
 
 log = logging.getLogger(__name__)
+POWER_UPS_UNPAIRED = Counter(
+    "ioc_meter_power_ups_unpaired_total",
+    "Power-ups whose power-down never arrived within the pairing horizon and no interruption could be "
+    "inferred from missing reads",
+)
+INTERRUPTIONS_INFERRED = Counter(
+    "ioc_meter_interruptions_inferred_total",
+    "Interruptions inferred from missing reads (a power-up without its power-down)",
+)
 SERVICE = "meter"
 READINGS = BatchParser(ReadingsBody, ReadingItem, id_field="meter_id", max_items=10_000)
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -345,6 +355,8 @@ class MeterService:
                 else:
                     self.timelines[mid] = tl
             self.unpaired_power_ups += expired.unpaired_power_ups
+            POWER_UPS_UNPAIRED.inc(expired.unpaired_power_ups)
+            INTERRUPTIONS_INFERRED.inc(len(expired.interruptions))
             for key in outcome.seen:
                 self.seen_events[key] = None
             while len(self.seen_events) > self.settings.event_dedup_memory:
