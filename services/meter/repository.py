@@ -7,7 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
-from services.meter.domain import MeterIn, MeterInfo, RegisterState, register_state
+from services.meter.domain import RECENT_VALUES, MeterIn, MeterInfo, RegisterState, register_state
 
 _METER_COLUMNS = (
     "meter_id, customers, district, commune, feeder, transformer, installed_on, interval_seconds, "
@@ -87,11 +87,13 @@ async def load_registers(pool: asyncpg.Pool) -> dict[tuple[str, str], RegisterSt
     rows = await pool.fetch(
         "SELECT meter_id, obis, last_end, seen_mask, last_value, value_end, zero_run, recent FROM register_state"
     )
-    return {(r[0], r[1]): (r[2], r[3], r[4], r[5], r[6], _recent(r[7])) for r in rows}
+    return {(r[0], r[1]): (r[2], r[3], r[4], r[5], r[6], *_recent(r[7])) for r in rows}
 
 
 def _recent(values: Sequence[float]) -> tuple:
-    # Interval ends are whole seconds: stored as doubles beside the values, read back as ints.
+    # Interval ends are whole seconds: stored as doubles beside the values, read back as ints (end 0: none).
+    values = list(values)[-2 * RECENT_VALUES :]
+    values = [0.0] * (2 * RECENT_VALUES - len(values)) + values
     return tuple(int(v) if j % 2 == 0 else v for j, v in enumerate(values))
 
 
@@ -100,7 +102,9 @@ async def save_registers(pool: asyncpg.Pool, states: Iterable[tuple[tuple[str, s
     rows = []
     for (m, o), st in states:
         st = register_state(st)
-        rows.append({"m": m, "o": o, "e": st[0], "s": st[1], "v": st[2], "ve": st[3], "z": st[4], "r": st[5]})
+        rows.append(
+            {"m": m, "o": o, "e": st[0], "s": st[1], "v": st[2], "ve": st[3], "z": st[4], "r": st[5:9]}
+        )
     if not rows:
         return
     # One JSON document rather than six arrays: asyncpg encodes array parameters element by element (with an

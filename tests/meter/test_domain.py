@@ -86,7 +86,7 @@ def test_register_deltas_and_enrichment():
     # bits: 30 min (bit 0), 15 min (bit 1), 0 min (bit 2) all seen
     t0, t15 = end - 1800, end - 900
     # ... no zero-consumption run, and the two values before the newest kept for the both-neighbours check
-    assert regs[("M1", "1-0:1.8.0")] == (end, 0b111, 101.0, end, 0, (t0, 100.0, t15, 100.75))
+    assert regs[("M1", "1-0:1.8.0")] == (end, 0b111, 101.0, end, 0, t0, 100.0, t15, 100.75)
 
 
 def test_rollover_is_accepted_with_the_wrapped_delta():

@@ -102,7 +102,9 @@ def test_a_power_up_whose_power_down_never_comes_is_inferred_from_missing_reads(
     # The register's seen-mask (bit k = the interval ending 15 k minutes before the last, 11:15): reads ending
     # 11:15 (bit 0), 10:15 (bit 4) and 10:00 (bit 5); 10:30, 10:45 and 11:00 are missing.
     q = lambda m: int((T0 + timedelta(minutes=m)).timestamp())  # noqa: E731
-    registers = {("M1", "1-0:1.8.0"): (q(75), (1 << 0) | (1 << 4) | (1 << 5), 100.0, q(75), 0, ())}
+    registers = {
+        ("M1", "1-0:1.8.0"): (q(75), (1 << 0) | (1 << 4) | (1 << 5), 100.0, q(75), 0, 0, 0.0, 0, 0.0)
+    }
     later = T0 + timedelta(minutes=60) + timedelta(days=7, seconds=1)  # past the 7-day pairing horizon
     out = expire_power_timelines(timelines, REGISTRY, registers, later)
     # last read before the power-up ended 10:15; 10:30 and 10:45 are missing → 10:15 → 11:00, 45 min
@@ -119,7 +121,9 @@ def test_a_repeated_power_up_after_a_closed_interruption_is_not_inferred_again()
     found, timelines = feed([[ev("M1", 20, 1), ev("M1", 59, 2), ev("M1", 60, None, "POWER_RESTORED")]])
     assert spans(found) == [("M1", "2024-05-01T03:20:00Z", 39.0, "sustained", False)]
     q = lambda m: int((T0 + timedelta(minutes=m)).timestamp())  # noqa: E731
-    registers = {("M1", "1-0:1.8.0"): (q(75), (1 << 0) | (1 << 4) | (1 << 5), 100.0, q(75), 0, ())}
+    registers = {
+        ("M1", "1-0:1.8.0"): (q(75), (1 << 0) | (1 << 4) | (1 << 5), 100.0, q(75), 0, 0, 0.0, 0, 0.0)
+    }
     later = T0 + timedelta(minutes=60) + timedelta(days=7, seconds=1)
     out = expire_power_timelines(timelines, REGISTRY, registers, later)
     assert out.interruptions == [] and out.unpaired_power_ups == 1
