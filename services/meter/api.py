@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import date
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field, TypeAdapter
 
 from services.meter.batch import inline_schema
-from services.meter.domain import ReadingsBody
+from services.meter.domain import DailyReliability, ReadingsBody, reliability_with_and_without_meds
 from services.meter.service import MeterService
 from shared.auth import ApiError, Principal, require_scope
 from shared.http import RequestModel, idempotent
@@ -35,6 +36,31 @@ class EventsBatch(RequestModel):
     items: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS)
 
 
+class DecommissionIn(RequestModel):
+    """When the meter was removed from service (a Hanoi date): it serves no customer from that day on."""
+
+    on: date
+
+
+class DayFigures(RequestModel):
+    """One day of an area's additive reliability figures (the city view's numerators and denominators)."""
+
+    day: date
+    customers_interrupted: float = Field(ge=0, le=1e12, description="Σ N_i, sustained interruptions")
+    customer_minutes: float = Field(ge=0, le=1e12, description="Σ r_i N_i, minutes")
+    momentary: float = Field(0.0, ge=0, le=1e12, description="Σ IM_i N_mi")
+    customers_served: int = Field(ge=0, le=1_000_000_000, description="N_T")
+
+
+class ReliabilityReportIn(RequestModel):
+    """The days to report, and the daily SAIDI history (minutes, the five years before) T_MED comes from."""
+
+    days: list[DayFigures] = Field(min_length=1, max_length=3660)
+    history_saidi: list[Annotated[float, Field(ge=0, le=1e6)]] = Field(
+        max_length=5 * 366 + 1, description="daily SAIDI, minutes"
+    )
+
+
 class MeterOut(RequestModel):
     meter_id: str
     customers: int
@@ -45,6 +71,7 @@ class MeterOut(RequestModel):
     installed_on: str
     interval_seconds: int
     gateway: str | None = None
+    decommissioned_on: str | None = None
 
 
 def _require_json(request: Request) -> None:
@@ -118,7 +145,43 @@ async def get_meter(meter_id: str, request: Request, _: Principal = Depends(requ
         "installed_on": m.installed_on.isoformat(),
         "interval_seconds": m.interval_seconds,
         "gateway": m.gateway,
+        "decommissioned_on": m.decommissioned_on.isoformat() if m.decommissioned_on else None,
     }
+
+
+@router.post(
+    "/meters/{meter_id}/decommission",
+    response_model=BatchResult,
+    summary="Remove a meter from service from a date (it leaves customers served from that day)",
+)
+async def decommission_meter(
+    meter_id: str,
+    body: DecommissionIn,
+    request: Request,
+    principal: Principal = Depends(require_scope("meter:admin")),
+):
+    return await idempotent(
+        request,
+        principal,
+        "meter:admin",
+        lambda: _service(request).decommission(meter_id, body.on.isoformat()),
+    )
+
+
+@router.post(
+    "/reliability/report",
+    summary="IEEE 1366 indices over days, with and without major event days (2.5 beta method)",
+)
+async def reliability_report(body: ReliabilityReportIn, _: Principal = Depends(require_scope("meter:read"))):
+    return reliability_with_and_without_meds(
+        [
+            DailyReliability(
+                d.day, d.customers_interrupted, d.customer_minutes, d.momentary, d.customers_served
+            )
+            for d in body.days
+        ],
+        body.history_saidi,
+    )
 
 
 @router.post(

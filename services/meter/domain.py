@@ -6,6 +6,7 @@ Facts and formulas: domain-notes.md §2.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -20,8 +21,19 @@ from shared.contracts.base import AreaCode, EntityId, StrictFloat, StrictInt
 from shared.contracts.meter import IntervalSeconds, ReadingQuality
 from shared.ingest import ItemError
 
-# IEEE 1366 / domain notes: interruptions shorter than 5 minutes are momentary (MAIFI), the rest sustained.
+# IEEE 1366-2012: an interruption of 5 minutes or less is momentary (MAIFI); sustained means longer than that.
 MOMENTARY_LIMIT_SECONDS = 300
+# Power-downs and power-ups are paired by event time within this horizon: an unmatched power-up waits this long
+# for its power-down (head-ends store and forward), a closed interruption is remembered this long to recognise
+# repeated last gasps inside it.
+DEFAULT_PAIRING_HORIZON_SECONDS = 7 * 86400
+# A cumulative register that has not moved for this many intervals is flagged frozen (a day of quarter hours).
+DEFAULT_FROZEN_INTERVALS = 96
+# A gap longer than this many intervals is not spread as estimates (its delta stays on the reading, flagged).
+MAX_GAP_ESTIMATES = 2 * 96
+# Per register: how many accepted (interval end, value) pairs before the newest are kept to check a late
+# reading against both its neighbours (fixed fields of the register state: a flat tuple of numbers).
+RECENT_VALUES = 2
 # Readings with an interval end up to this far ahead of the service clock are tolerated (meter clock drift).
 DEFAULT_FUTURE_TOLERANCE_SECONDS = 120
 # De-duplication memory per meter and OBIS code: the last accepted interval plus the 62 before it, as bits.
@@ -174,6 +186,14 @@ class MeterIn(_Input):
     transformer: EntityId | None = None
     installed_on: date
     interval_seconds: IntervalSeconds = 900
+    decommissioned_on: date | None = Field(
+        None, description="the day the meter was removed from service (no reading after it is accepted)"
+    )
+    effective_on: date | None = Field(
+        None,
+        description="the day this entry takes effect for customers served (a move to another district, a "
+        "change of customers); null: since installed_on",
+    )
     gateway: EntityId | None = Field(
         None,
         description="principal id of the head-end system that reports for this meter; without one, only a "
@@ -240,7 +260,10 @@ class MeterInfo:
     installed_on: date
     interval_seconds: int
     gateway: str | None = None  # the principal that may report for the meter (None: meter:admin only)
+    decommissioned_on: date | None = None
     installed_epoch: int = 0
+    # Readings whose interval ends after this are refused (the meter was removed); None: in service.
+    decommissioned_epoch: int | None = None
 
     def __post_init__(self):
         self.installed_epoch = int(
@@ -248,6 +271,14 @@ class MeterInfo:
                 self.installed_on.year, self.installed_on.month, self.installed_on.day, tzinfo=UTC
             ).timestamp()
         )
+        if self.decommissioned_on is not None:
+            self.decommissioned_epoch = hanoi_day_start(self.decommissioned_on)
+
+
+def hanoi_day_start(day: date) -> int:
+    """Unix time of Hanoi's midnight starting ``day`` (registry dates are Hanoi dates; day windows start
+    there too, so a registry change dated ``day`` takes effect exactly at a window boundary)."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) - HANOI_OFFSET_S
 
 
 def may_report(reporter: str, meter_id: str, registry: Mapping[str, MeterInfo]) -> bool:
@@ -282,12 +313,24 @@ class Limits:
     max_demand_kw: float = 250.0
     register_modulus: float = 1_000_000.0  # a 6-digit kWh register rolls over to 0 here
     future_tolerance_seconds: int = DEFAULT_FUTURE_TOLERANCE_SECONDS
+    momentary_limit_seconds: float = MOMENTARY_LIMIT_SECONDS
+    pairing_horizon_seconds: int = DEFAULT_PAIRING_HORIZON_SECONDS
+    frozen_intervals: int = DEFAULT_FROZEN_INTERVALS
 
 
 # Per (meter, OBIS): (last interval end, seen-bitmask (bit k = interval k before last end), last value,
-# interval end of that value). A tuple of numbers, replaced on every change (the old one is what undo restores):
-# the garbage collector stops tracking such tuples, so a cache of millions of registers costs no GC walks.
+# interval end of that value, intervals the register has not moved for, then the two accepted values before the
+# last one as end, value, end, value (oldest first; end 0: none)). A flat tuple of numbers, replaced on every
+# change (the old one is what undo restores): the garbage collector stops tracking such tuples, so a cache of
+# millions of registers costs no GC walks (a nested tuple would keep it tracked: measured ~0.8 µs a reading).
+# States of an older version have 4 fields: ``register_state`` completes them.
 RegisterState = tuple
+_NO_RECENT = (0, 0.0, 0, 0.0)
+
+
+def register_state(st: tuple) -> RegisterState:
+    """``st`` with every field (an older 4-field state gets no zero run and no recent values)."""
+    return st if len(st) == 9 else (*st[:4], 0, *_NO_RECENT)
 
 
 @dataclass(slots=True)
@@ -295,6 +338,8 @@ class ReadingOutcome:
     accepted: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     errors: list[ItemError] = field(default_factory=list)
     duplicates: int = 0
+    # Estimated readings of the intervals of gaps (VEE estimation), published with the accepted ones.
+    estimates: list[dict[str, Any]] = field(default_factory=list)
     # key → state before this batch (None when new): what to restore if publishing fails.
     previous: dict[tuple[str, str], RegisterState | None] = field(default_factory=dict)
 
@@ -401,6 +446,17 @@ def validate_readings(
                 )
             )
             continue
+        if meter.decommissioned_epoch is not None and end > meter.decommissioned_epoch:
+            errors.append(
+                ItemError(
+                    i,
+                    mid,
+                    "interval_end",
+                    "interval end is after the meter's decommissioning",
+                    "after_decommissioning",
+                )
+            )
+            continue
         if end % step:
             errors.append(
                 ItemError(
@@ -442,11 +498,13 @@ def validate_readings(
         if quality != "measured":
             flags.append(quality)
         if st is None:
-            new = (end, 1, value, end if value is not None else 0)
+            new = (end, 1, value, end if value is not None else 0, 0, 0, 0.0, 0, 0.0)
             if spec.cumulative and value is not None:
                 flags.append("first_read")
         else:
-            last_end, mask, last_value, value_end = st
+            if len(st) != 9:
+                st = register_state(st)
+            last_end, mask, last_value, value_end, zero_run, e1, v1, e2, v2 = st
             if end <= last_end:
                 k = (last_end - end) // step
                 if k > DEDUP_HORIZON_INTERVALS:
@@ -482,30 +540,20 @@ def validate_readings(
                         continue
                     out.duplicates += 1
                     continue
-                if (
-                    spec.cumulative
-                    and value is not None
-                    and last_value is not None
-                    and value > last_value
-                    and value - last_value < modulus / 2
-                ):
-                    errors.append(
-                        ItemError(
-                            i,
-                            mid,
-                            "value",
-                            "late register value is above a later accepted one (register going backwards)",
-                            "register_backwards",
-                        )
-                    )
-                    continue
-                new = (last_end, mask | (1 << k), last_value, value_end)
+                if spec.cumulative and value is not None:
+                    problem = _neighbour_problem(end, value, st[5:], last_value, value_end, modulus)
+                    if problem is not None:
+                        errors.append(ItemError(i, mid, "value", problem, "register_backwards"))
+                        continue
+                    if value_end > end:
+                        e1, v1, e2, v2 = _with_recent(st[5:], end, value)
+                new = (last_end, mask | (1 << k), last_value, value_end, zero_run, e1, v1, e2, v2)
                 flags.append("late")
             else:
                 shift = (end - last_end) // step
                 mask = ((mask << shift) | 1) & mask_all if shift <= 64 else 1
                 if value is None:
-                    new = (end, mask, last_value, value_end)
+                    new = (end, mask, last_value, value_end, zero_run, e1, v1, e2, v2)
                 else:
                     if spec.cumulative and last_value is not None:
                         d = value - last_value
@@ -539,8 +587,24 @@ def validate_readings(
                                 )
                             )
                             continue
+                        spanned = (end - value_end) // step
+                        zero_run = zero_run + spanned if d == 0 else 0
+                        if zero_run >= limits.frozen_intervals:
+                            flags.append("frozen_register")
+                        if spanned > 1:
+                            # VEE estimation: the consumption across the gap is spread evenly over its
+                            # intervals; the missing ones are published as estimated readings.
+                            flags.append("gap")
+                            if spanned <= MAX_GAP_ESTIMATES:
+                                d = d / spanned
+                                _estimate_gap(
+                                    out.estimates, meter, spec, step, value_end, last_value, d, spanned
+                                )
                         delta = d
-                    new = (end, mask, value, end)
+                    if value_end:
+                        new = (end, mask, value, end, zero_run, e2, v2, value_end, last_value)
+                    else:
+                        new = (end, mask, value, end, zero_run, e1, v1, e2, v2)
         if key not in previous:
             previous[key] = st
         registers[key] = new
@@ -570,6 +634,73 @@ def validate_readings(
     return out
 
 
+def _neighbour_problem(
+    end: int, value: float, recent: tuple, last_value: float | None, value_end: int, modulus: float
+) -> str | None:
+    """Why a late register value does not fit between its neighbours (the accepted values just before and just
+    after its interval end that the register state still knows), or None. A register never goes backwards: the
+    value must be at least the earlier neighbour's and at most the later one's (a rollover between them, a
+    drop of more than half the modulus, is let through)."""
+    before: float | None = None
+    after: float | None = last_value if value_end > end else None
+    for j in range(0, len(recent), 2):
+        e, v = recent[j], recent[j + 1]
+        if not e:
+            continue
+        if e < end:
+            before = v
+        elif e > end:
+            after = v
+            break
+    if after is not None and value > after and value - after < modulus / 2:
+        return "late register value is above a later accepted one (register going backwards)"
+    if before is not None and value < before and before - value < modulus / 2:
+        return "late register value is below an earlier accepted one (register going backwards)"
+    return None
+
+
+def _with_recent(recent: tuple, end: int, value: float) -> tuple:
+    """``recent`` with (end, value) inserted in time order, the oldest dropped beyond ``RECENT_VALUES``."""
+    pairs = sorted(
+        [(recent[j], recent[j + 1]) for j in range(0, len(recent), 2) if recent[j]] + [(end, value)]
+    )
+    flat = tuple(x for pair in pairs[-RECENT_VALUES:] for x in pair)
+    return _NO_RECENT[: 2 * RECENT_VALUES - len(flat)] + flat
+
+
+def _estimate_gap(
+    out: list[dict[str, Any]],
+    meter: MeterInfo,
+    spec: ObisSpec,
+    step: int,
+    value_end: int,
+    last_value: float,
+    share: float,
+    spanned: int,
+) -> None:
+    """Estimated readings for the ``spanned - 1`` missing intervals after ``value_end``: the register
+    interpolated linearly, each interval's delta ``share`` of the consumption across the gap."""
+    for j in range(1, spanned):
+        end = value_end + j * step
+        out.append(
+            {
+                "meter_id": meter.meter_id,
+                "obis": spec.code,
+                "interval_end": iso_utc(end),
+                "interval_seconds": step,
+                "value": last_value + share * j,
+                "unit": spec.unit,
+                "quality": "estimated",
+                "flags": ["gap_estimate"],
+                "delta": share,
+                "district": meter.district,
+                "commune": meter.commune,
+                "feeder": meter.feeder,
+                "customers": meter.customers,
+            }
+        )
+
+
 def undo_registers(
     registers: dict[tuple[str, str], RegisterState],
     previous: Mapping[tuple[str, str], RegisterState | None],
@@ -586,6 +717,12 @@ def undo_registers(
 
 
 # ------------------------------------------------------------------------------------- events/outages
+# A meter's power timeline (what interruption pairing remembers, JSON-serialisable): "p" the power events not
+# paired yet, [time in ms, "d" (power-down) or "u" (power-up)] in time order; "c" the interruptions closed within
+# the pairing horizon, [start ms, end ms]. No entry: nothing pending.
+PowerTimeline = dict
+
+
 @dataclass(slots=True)
 class EventOutcome:
     accepted: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -593,38 +730,78 @@ class EventOutcome:
     supply_changes: list[dict[str, Any]] = field(default_factory=list)
     errors: list[ItemError] = field(default_factory=list)
     duplicates: int = 0
-    # meter → open power-down time after this batch (None: closed), for persisting and undo.
-    outages: dict[str, int | None] = field(default_factory=dict)
+    # meter → its power timeline after this batch (None: nothing pending), for persisting and undo.
+    timelines: dict[str, PowerTimeline | None] = field(default_factory=dict)
     seen: list[tuple[str, int, str]] = field(default_factory=list)
+    # power-ups that found no power-down within the horizon and no missing reads to infer one from
+    unpaired_power_ups: int = 0
+    # power events inside an interruption already closed (a repeated last gasp or power-up)
+    repeated_power_events: int = 0
 
 
-def classify_interruption(duration_seconds: float) -> str:
-    """``momentary`` below 5 minutes, else ``sustained`` (domain notes §2)."""
-    return "momentary" if duration_seconds < MOMENTARY_LIMIT_SECONDS else "sustained"
+def classify_interruption(duration_seconds: float, limit_seconds: float = MOMENTARY_LIMIT_SECONDS) -> str:
+    """``momentary`` up to and including ``limit_seconds`` (IEEE 1366-2012: 5 minutes or less), else
+    ``sustained`` (longer than 5 minutes)."""
+    return "momentary" if duration_seconds <= limit_seconds else "sustained"
+
+
+def open_outage_ms(timeline: PowerTimeline | None) -> int | None:
+    """Start of the meter's open outage: its first pending power-down not followed by a pending power-up."""
+    if not timeline:
+        return None
+    down = None
+    for t, kind in timeline["p"]:
+        if kind == "d":
+            if down is None:
+                down = t
+        elif down is not None:
+            down = None
+    return down
+
+
+def pair_power_events(timeline: PowerTimeline) -> tuple[list[tuple[int, int]], PowerTimeline]:
+    """Pair the pending power events of one meter by event time: each power-down (the first of a run of
+    repeated last gasps) with the next power-up. Returns the interruptions closed (start, end in ms) and what
+    stays pending: power-ups with no earlier power-down (they wait for theirs), and the open outage's
+    power-downs."""
+    closed: list[tuple[int, int]] = []
+    waiting: list[list] = []
+    run: list[list] = []  # the power-downs of the outage open so far
+    for ev in sorted(timeline["p"]):
+        if ev[1] == "d":
+            run.append(ev)
+        elif run:
+            closed.append((run[0][0], ev[0]))
+            run = []
+        else:
+            waiting.append(ev)
+    return closed, {"p": waiting + run, "c": timeline["c"]}
 
 
 def validate_events(
     items: Sequence[tuple[int, MeterEventIn]],
     registry: Mapping[str, MeterInfo],
-    open_outages: Mapping[str, int],
+    timelines: Mapping[str, PowerTimeline],
     seen: Mapping[tuple[str, int, str], Any],
     feeder_sizes: Mapping[str, int],
     now: datetime,
     limits: Limits = Limits(),
 ) -> EventOutcome:
-    """Validate meter events, normalise their codes, and pair power-downs with power-ups.
+    """Validate meter events, normalise their codes, and pair power-downs with power-ups by event time.
 
-    Per meter, events are taken in time order. A power-down opens an outage (a repeated power-down while one is
-    open keeps the first); a power-up closes it as an interruption record (momentary under 5 minutes). A
-    power-up without an open outage (last gasp lost) yields no interruption. ``seen`` holds recently accepted
-    (meter, time in ms, raw code) to drop duplicate deliveries. Nothing here mutates the inputs.
+    Head-ends store and forward, so arrival order is not event order: per meter, power events wait in its
+    timeline until paired, whatever order they arrive in. A power-down followed (in event time) by a
+    power-up closes an interruption (momentary up to ``limits.momentary_limit_seconds``); repeated last gasps
+    before that power-up belong to the same interruption; a power event inside an interruption already closed is
+    a repeat and ignored. ``seen`` holds recently accepted (meter, time in ms, raw code) to drop duplicate
+    deliveries. Nothing here mutates the inputs.
     """
     out = EventOutcome()
     horizon_limit = int(now.timestamp()) + limits.future_tolerance_seconds
     batch_seen: set[tuple[str, int, str]] = set()
     ordered = sorted(items, key=lambda p: (p[1].meter_id, p[1].at))
     accepted: list[tuple[int, dict[str, Any]]] = []
-    supply: list[tuple[int, dict[str, Any]]] = []
+    power: dict[str, list[list]] = {}  # meter → its new power events of this batch
     for i, e in ordered:
         meter = registry.get(e.meter_id)
         if meter is None:
@@ -676,35 +853,100 @@ def validate_events(
                 },
             )
         )
-        if canon.event not in ("power_down", "power_up"):
-            continue
-        down_ms = out.outages[e.meter_id] if e.meter_id in out.outages else open_outages.get(e.meter_id)
-        if canon.event == "power_down":
-            if down_ms is None:
-                out.outages[e.meter_id] = at_ms
-                supply.append((at_ms, _supply(meter, "lost", at_iso, feeder_sizes)))
-        elif down_ms is not None and down_ms <= at_ms:
-            duration = (at_ms - down_ms) / 1000.0
-            out.outages[e.meter_id] = None
-            supply.append((at_ms, _supply(meter, "restored", at_iso, feeder_sizes)))
-            out.interruptions.append(
-                {
-                    "meter_id": e.meter_id,
-                    "started_at": _iso_ms(down_ms),
-                    "ended_at": at_iso,
-                    "duration_seconds": duration,
-                    "kind": classify_interruption(duration),
-                    "customers": meter.customers,
-                    "district": meter.district,
-                    "commune": meter.commune,
-                    "feeder": meter.feeder,
-                }
-            )
+        if canon.event in ("power_down", "power_up"):
+            power.setdefault(e.meter_id, []).append([at_ms, "d" if canon.event == "power_down" else "u"])
+    supply: list[tuple[int, dict[str, Any]]] = []
+    for mid, events in power.items():
+        meter = registry[mid]
+        before = timelines.get(mid) or {"p": [], "c": []}
+        pending = list(before["p"])
+        for ev in events:
+            if any(s <= ev[0] <= e for s, e in before["c"]):
+                out.repeated_power_events += 1
+            else:
+                pending.append(ev)
+        was_open = open_outage_ms(before)
+        closed, after = pair_power_events({"p": pending, "c": before["c"]})
+        for start, end in closed:
+            out.interruptions.append(_interruption(meter, start, end, limits, inferred=False))
+        after["c"] = sorted(after["c"] + [[s, e] for s, e in closed])
+        is_open = open_outage_ms(after)
+        for start, end in closed:
+            if start != was_open:  # its loss was not published yet (paired within this batch)
+                supply.append((start, _supply(meter, "lost", _iso_ms(start), feeder_sizes)))
+            supply.append((end, _supply(meter, "restored", _iso_ms(end), feeder_sizes)))
+        if is_open is not None and is_open != was_open:
+            supply.append((is_open, _supply(meter, "lost", _iso_ms(is_open), feeder_sizes)))
+        out.timelines[mid] = after if after["p"] or after["c"] else None
     out.accepted = sorted(accepted, key=lambda p: p[0])
     # A feeder's consumer needs its meters' supply changes in time order, not grouped by meter.
     out.supply_changes = [s for _, s in sorted(supply, key=lambda p: p[0])]
     out.errors.sort(key=lambda e: e.index)
     return out
+
+
+def _interruption(meter: MeterInfo, start_ms: int, end_ms: int, limits: Limits, *, inferred: bool) -> dict:
+    duration = (end_ms - start_ms) / 1000.0
+    return {
+        "meter_id": meter.meter_id,
+        "started_at": _iso_ms(start_ms),
+        "ended_at": _iso_ms(end_ms),
+        "duration_seconds": duration,
+        "kind": classify_interruption(duration, limits.momentary_limit_seconds),
+        "customers": meter.customers,
+        "district": meter.district,
+        "commune": meter.commune,
+        "feeder": meter.feeder,
+        "inferred": inferred,
+    }
+
+
+def expire_power_timelines(
+    timelines: Mapping[str, PowerTimeline],
+    registry: Mapping[str, MeterInfo],
+    registers: Mapping[tuple[str, str], RegisterState],
+    now: datetime,
+    limits: Limits = Limits(),
+) -> EventOutcome:
+    """What the pairing horizon ends: closed interruptions older than it are forgotten, and a power-up that
+    waited that long for its power-down becomes an interruption *inferred from missing reads* (started at the
+    end of the meter's last interval read before the power-up, when at least one interval after it is missing),
+    or, without such reads, is counted as unpaired. Returns interruptions and the changed timelines."""
+    out = EventOutcome()
+    cut = (int(now.timestamp()) - limits.pairing_horizon_seconds) * 1000
+    for mid, tl in timelines.items():
+        pending = tl["p"]
+        closed = [c for c in tl["c"] if c[1] >= cut]
+        expired = [ev for ev in pending if ev[1] == "u" and ev[0] < cut]
+        if not expired and len(closed) == len(tl["c"]):
+            continue
+        meter = registry.get(mid)
+        for up_ms, _ in expired:
+            last_read = _last_read_before(registers.get((mid, ENERGY_IMPORT)), up_ms // 1000, meter)
+            # A power-up soon after an interruption closed, with no read since, repeats that restoration.
+            restored = max((e for _s, e in tl["c"] if e <= up_ms), default=None)
+            if meter is None or last_read is None or (restored is not None and last_read * 1000 < restored):
+                out.unpaired_power_ups += 1
+                continue
+            out.interruptions.append(_interruption(meter, last_read * 1000, up_ms, limits, inferred=True))
+            closed.append([last_read * 1000, up_ms])
+        rest = [ev for ev in pending if not (ev[1] == "u" and ev[0] < cut)]
+        out.timelines[mid] = {"p": rest, "c": sorted(closed)} if rest or closed else None
+    return out
+
+
+def _last_read_before(st: RegisterState | None, up: int, meter: MeterInfo | None) -> int | None:
+    """End of the last interval read before ``up`` (Unix time) when the interval after it is missing, from the
+    register's seen-mask; None when the register does not reach back that far or nothing is missing."""
+    if st is None or meter is None:
+        return None
+    last_end, mask = st[0], st[1]
+    step = meter.interval_seconds
+    for k in range(DEDUP_HORIZON_INTERVALS + 1):
+        end = last_end - k * step
+        if end < up and mask >> k & 1:
+            return end if end + step < up else None
+    return None
 
 
 def _iso_ms(ms: int) -> str:
@@ -764,8 +1006,76 @@ def caidi_minutes(customer_minutes: float, customers_interrupted: float) -> floa
 
 
 def maifi(momentary_customer_interruptions: float, customers_served: float) -> float | None:
-    """MAIFI = Σ N_mi / N_T (momentary interruptions, < 5 minutes)."""
+    """IEEE 1366 MAIFI = Σ IM_i × N_mi / N_T (momentary interruptions, 5 minutes or less)."""
     return momentary_customer_interruptions / customers_served if customers_served else None
+
+
+def momentary_event_starts(
+    interruption: tuple[float, float, str], event_starts: Sequence[float], limit_seconds: float
+) -> bool:
+    """Whether a meter's interruption (start, end in Unix time, kind) opens a new *momentary interruption
+    event* (IEEE 1366-2012 MAIFI_E): a momentary interruption starts one unless it begins within
+    ``limit_seconds`` (5 min) of the first interruption of an event already counted for the meter (reclosing
+    operations within 5 minutes of the first interruption are one event). Sustained interruptions never do."""
+    start, _end, kind = interruption
+    if kind != "momentary":
+        return False
+    return not any(s <= start <= s + limit_seconds for s in event_starts)
+
+
+def major_event_threshold(daily_saidi: Iterable[float]) -> float | None:
+    """IEEE 1366-2012 T_MED = exp(α + 2.5 β), α and β the mean and standard deviation of ln(daily SAIDI) over
+    the history given (the standard: the last five years; days with SAIDI 0 are left out, ln 0 being
+    undefined). None with fewer than two usable days. β is the sample standard deviation (n − 1), as in the
+    standard's worked example (a spreadsheet's STDEV)."""
+    logs = [math.log(v) for v in daily_saidi if v is not None and v > 0]
+    if len(logs) < 2:
+        return None
+    alpha = sum(logs) / len(logs)
+    beta = math.sqrt(sum((x - alpha) ** 2 for x in logs) / (len(logs) - 1))
+    try:
+        return math.exp(alpha + 2.5 * beta)
+    except OverflowError:  # a history so spread that no day can exceed it
+        return math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class DailyReliability:
+    """One day of an area's reliability figures (additive, as the city view merges them)."""
+
+    day: date
+    customers_interrupted: float  # Σ N_i (sustained)
+    customer_minutes: float  # Σ r_i N_i
+    momentary: float  # Σ IM_i N_mi
+    customers_served: float  # N_T
+
+
+def reliability_with_and_without_meds(
+    days: Sequence[DailyReliability], history_saidi: Iterable[float]
+) -> dict[str, Any]:
+    """SAIFI, SAIDI, CAIDI, MAIFI over ``days``, with every day and without its major event days (days whose
+    SAIDI exceeds T_MED of ``history_saidi``; IEEE 1366-2012 4.5). Period indices are the sums of the daily
+    ones: each day's customer figures over that day's N_T."""
+    t_med = major_event_threshold(history_saidi)
+
+    def day_saidi(d: DailyReliability) -> float:
+        return d.customer_minutes / d.customers_served if d.customers_served else 0.0
+
+    meds = [d.day for d in days if t_med is not None and day_saidi(d) > t_med]
+
+    def indices(selected: Sequence[DailyReliability]) -> dict[str, float | None]:
+        served = [d for d in selected if d.customers_served]
+        f = sum(d.customers_interrupted / d.customers_served for d in served)
+        dur = sum(d.customer_minutes / d.customers_served for d in served)
+        m = sum(d.momentary / d.customers_served for d in served)
+        return {"saifi": f, "saidi_minutes": dur, "caidi_minutes": dur / f if f else None, "maifi": m}
+
+    return {
+        "t_med_minutes": t_med if t_med is None or math.isfinite(t_med) else None,
+        "major_event_days": [d.isoformat() for d in meds],
+        "all_days": indices(days),
+        "without_major_event_days": indices([d for d in days if d.day not in meds]),
+    }
 
 
 def feeder_in_outage(

@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
+from prometheus_client import Counter
+
 from services.meter.domain import (
     ENERGY_IMPORT,
+    MOMENTARY_LIMIT_SECONDS,
     TAMPER_CLEAR,
     TAMPER_RAISE,
     caidi_minutes,
     expected_intervals,
     feeder_in_outage,
+    hanoi_day_start,
     iso_utc,
     maifi,
+    momentary_event_starts,
     saidi_minutes,
     saifi,
     window_start,
@@ -49,10 +54,21 @@ from shared.stream import State, StreamProcessor
 QUARTER = 900
 DAY = 86400
 WINDOWS = (QUARTER, DAY)
-# Windows are kept (and late data still folded in) this long behind the watermark; older data is ignored
+# Readings (and tamper events) still fold into a window this long behind the watermark; older ones are ignored
 # rather than re-opening a pruned window with a partial value. 26 h covers the service's 62-interval
 # de-duplication horizon for late readings.
 RETENTION = {QUARTER: 26 * 3600, DAY: 3 * DAY}
+# Interruptions are accrued to the window they began in (IEEE 1366), however late their restoration: a window
+# takes them this long behind the watermark (a day window 8 days: a 90-hour outage restored is booked into the
+# day it began). Later ones are counted (ioc_meter_interruptions_past_horizon_total) and raise an alarm.
+RELIABILITY_RETENTION = {QUARTER: 26 * 3600, DAY: 8 * DAY}
+# How long a window is kept at all (the KPI definitions' revisable_seconds cover it).
+KEPT = {w: max(RETENTION[w], RELIABILITY_RETENTION[w]) for w in WINDOWS}
+INTERRUPTIONS_PAST_HORIZON = Counter(
+    "ioc_meter_interruptions_past_horizon_total",
+    "Interruptions restored after the window they began in was closed for revision (not in its indices)",
+    ["window_seconds"],
+)
 VALID_QUALITY = "measured"
 REGISTRY_BUCKETS = 64
 # The meters read in a day window live in bucket keys "dm:<day start>:<district>:<bucket>" (meter id → 1),
@@ -69,9 +85,38 @@ def _epoch(ts: str) -> int:
 
 def _new_agg() -> dict[str, Any]:
     # kwh: energy; valid: valid intervals; meters: how many distinct meters were read (day windows only; the
-    # meters themselves are in the "dm:" buckets); tamper: events; ci / cmi / mi: customers interrupted
-    # (sustained), customer-minutes, customer momentary interruptions.
-    return {"kwh": 0.0, "valid": 0, "meters": 0, "tamper": 0, "ci": 0.0, "cmi": 0.0, "mi": 0.0}
+    # meters themselves are in the "dm:" buckets); tamper: events; ci / cmi / mi / mie: customers interrupted
+    # (sustained), customer-minutes, customer momentary interruptions, customer momentary interruption events
+    # (an aggregate of an older version has no "mie": read with .get).
+    return {"kwh": 0.0, "valid": 0, "meters": 0, "tamper": 0, "ci": 0.0, "cmi": 0.0, "mi": 0.0, "mie": 0.0}
+
+
+def _day_epoch(text: str | None) -> int | None:
+    return None if text is None else hanoi_day_start(date.fromisoformat(text))
+
+
+def _segments(entry: list) -> list[list]:
+    """A meter's registry segments [district, customers, interval, from, to or None]; an entry of an older
+    state layout ([district, customers, interval]) served from the beginning."""
+    if entry and type(entry[0]) is str:
+        return [[*entry, 0, None]]
+    return entry
+
+
+def _served(nt: dict, ws: int, seconds: int) -> tuple[int, int, dict[int, int]]:
+    """(meters, customers, meters by reading interval) a district serves in the window [ws, ws + seconds): the
+    meters in service at any time of it (installed before its end, not removed by its start)."""
+    we = ws + seconds
+    meters = customers = 0
+    by: dict[int, int] = {}
+    for sign, side, inside in ((1, nt["a"], lambda t: t < we), (-1, nt["r"], lambda t: t <= ws)):
+        for key, (m, c) in side.items():
+            t, interval = key.split("|")
+            if inside(int(t)):
+                meters += sign * m
+                customers += sign * c
+                by[int(interval)] = by.get(int(interval), 0) + sign * m
+    return meters, customers, by
 
 
 def _day_bucket(meter_id: str) -> int:
@@ -133,6 +178,14 @@ class MeterKpiProcessor(StreamProcessor):
     topics = (READINGS_TOPIC.name, EVENTS_TOPIC.name, INTERRUPTIONS_TOPIC.name, REGISTRY_TOPIC.name)
     tick_seconds = 5.0
 
+    def __init__(self, momentary_limit_seconds: float = MOMENTARY_LIMIT_SECONDS):
+        self.momentary_limit_seconds = momentary_limit_seconds
+        # The newest event time of every partition this worker folds (memory only): the clock that opens the
+        # windows of a partition whose own meters are silent (see emit).
+        self.worker_watermark = 0
+        # The oldest event time this worker folded (memory only): how far back a fresh state opens its days.
+        self.worker_first = 0
+
     # ------------------------------------------------------------------------------------------- apply
     def apply(self, event: ReceivedEvent, state: State) -> None:
         d = event.data
@@ -147,16 +200,23 @@ class MeterKpiProcessor(StreamProcessor):
             self._registry(d, state)
 
     def _advance(self, state: State, epoch: int) -> None:
+        if epoch < self.worker_first or not self.worker_first:
+            self.worker_first = epoch
         if epoch > state.get("wm", 0):
             old = state.get("wm", 0)
             state["wm"] = epoch
+            if epoch > self.worker_watermark:
+                self.worker_watermark = epoch
             if window_start(epoch, QUARTER) != window_start(old, QUARTER):
                 state["supply_dirty"] = True
 
-    def _agg(self, state: State, seconds: int, epoch: int, district: str) -> tuple[str, dict] | None:
-        """The aggregate of the window holding ``epoch``; None when the window is already pruned."""
+    def _agg(
+        self, state: State, seconds: int, epoch: int, district: str, retention: dict[int, int] = RETENTION
+    ) -> tuple[str, dict] | None:
+        """The aggregate of the window holding ``epoch``; None when the window no longer takes this kind of
+        input (``retention``)."""
         ws = window_start(epoch, seconds)
-        if ws + seconds <= state.get("wm", 0) - RETENTION[seconds]:
+        if ws + seconds <= state.get("wm", 0) - retention[seconds]:
             return None
         key = f"agg:{seconds}:{ws}:{district}"
         agg = state.get(key)
@@ -240,6 +300,8 @@ class MeterKpiProcessor(StreamProcessor):
             if slot is None:
                 end = _epoch(sk[0])
                 start = end - sk[1]
+                if end < self.worker_first or not self.worker_first:
+                    self.worker_first = end  # as _advance does on the per-event path
                 if end > wm:
                     # Readings can only advance the watermark here: a later reading of the same interval end
                     # finds wm >= end.
@@ -308,6 +370,8 @@ class MeterKpiProcessor(StreamProcessor):
 
     def _set_wm(self, state: State, wm: int) -> None:
         state["wm"] = wm
+        if wm > self.worker_watermark:
+            self.worker_watermark = wm
 
     def _meter_event(self, d: dict, state: State) -> None:
         at = _epoch(d["at"])
@@ -315,14 +379,23 @@ class MeterKpiProcessor(StreamProcessor):
         kind = d["event"]
         mid = d["meter_id"]
         if kind == "power_down":
-            if f"down:{mid}" not in state:
-                state[f"down:{mid}"] = [d["district"], at]
+            # Arrival order is not event order: a power-up of a later time already seen restored this one.
+            up = state.get(f"up:{mid}")
+            if up is not None and up >= at:
+                state.pop(f"up:{mid}")
+                return
+            down = state.get(f"down:{mid}")
+            if down is None or at < down[1]:
+                state[f"down:{mid}"] = [d["district"], at, d["customers"]]
                 state["supply_dirty"] = True
         elif kind == "power_up":
             down = state.get(f"down:{mid}")
             if down is not None and down[1] <= at:
                 state.pop(f"down:{mid}")
                 state["supply_dirty"] = True
+            else:
+                # It may restore a power-down still to arrive (store and forward): remembered until then.
+                state[f"up:{mid}"] = max(at, state.get(f"up:{mid}", at))
         elif kind in TAMPER_RAISE:
             for seconds in WINDOWS:
                 found = self._agg(state, seconds, at, d["district"])
@@ -360,107 +433,207 @@ class MeterKpiProcessor(StreamProcessor):
 
     def _interruption(self, d: dict, state: State) -> None:
         started = _epoch(d["started_at"])
-        self._advance(state, _epoch(d["ended_at"]))
+        ended = _epoch(d["ended_at"])
+        self._advance(state, ended)
         customers = d["customers"]
+        mid = d["meter_id"]
+        down = state.get(f"down:{mid}")
+        if down is not None and started <= down[1] <= ended:
+            state.pop(f"down:{mid}")  # the service paired it (whatever order its power events arrived in)
+            state["supply_dirty"] = True
+        momentary = d["kind"] == "momentary"
+        new_event = False
+        if momentary:
+            # IEEE 1366 momentary interruption events: reclosings within 5 minutes of the event's first
+            # interruption are one event (per meter, from the starts of its recent events).
+            starts = state.get(f"me:{mid}") or []
+            new_event = momentary_event_starts(
+                (started, ended, "momentary"), starts, self.momentary_limit_seconds
+            )
+            if new_event:
+                state[f"me:{mid}"] = [*[s for s in starts if s > started - DAY][-7:], started]
         for seconds in WINDOWS:
-            found = self._agg(state, seconds, started, d["district"])
+            found = self._agg(state, seconds, started, d["district"], RELIABILITY_RETENTION)
             if found is None:
+                INTERRUPTIONS_PAST_HORIZON.labels(str(seconds)).inc()
+                if seconds == DAY:
+                    self._past_horizon_alarm(state, d, started)
                 continue
             key, agg = found
-            if d["kind"] == "momentary":
+            if momentary:
                 agg["mi"] += customers
+                if new_event:
+                    agg["mie"] = agg.get("mie", 0.0) + customers
             else:
                 agg["ci"] += customers
                 agg["cmi"] += customers * d["duration_seconds"] / 60.0
             self._touch(state, key, agg)
 
+    def _past_horizon_alarm(self, state: State, d: dict, started: int) -> None:
+        """Tell the operator an interruption came too late for its day's indices (never dropped silently)."""
+        day = datetime.fromtimestamp(window_start(started, DAY) + 7 * 3600, UTC).date().isoformat()
+        minutes = d["duration_seconds"] / 60.0
+        pending = state.get("out") or []
+        pending.append(
+            {
+                "alarm_id": f"meter:interruption_past_horizon:{d['district']}",
+                "domain": "meter",
+                "alarm_type": "interruption_past_horizon",
+                "state": "raised",
+                "severity": "major",
+                "source_id": d["district"],
+                "district": d["district"],
+                "commune": d["commune"],
+                "at": d["ended_at"],
+                "message": f"an interruption of {d['customers']} customer(s), {minutes:.0f} min, began on {day} "
+                "but was restored after that day's indices closed for revision: it is not in them",
+            }
+        )
+        state["out"] = pending
+
     def _registry(self, d: dict, state: State) -> None:
+        """A registry entry: the meter's segments of service (district, customers, interval, from, to) change
+        from the entry's date on; each district's customers served (N_T) is a step function of time."""
+        self._upgrade_registry(state)
         mid = d["meter_id"]
-        new = [d["district"], d["customers"], d["interval_seconds"]]
+        installed = _day_epoch(d["installed_on"])
+        removed = _day_epoch(d.get("decommissioned_on"))
+        effective = _day_epoch(d.get("effective_on"))
         # Registry entries live in a few bucket keys, not one key per meter: the state's prefix scans (emit,
         # prune) would otherwise walk every meter of the partition.
         bucket_key = f"mb:{zlib.crc32(mid.encode()) % REGISTRY_BUCKETS}"
         bucket = state.get(bucket_key) or {}
-        old = bucket.get(mid)
+        old = _segments(bucket.get(mid) or [])
+        entry = [d["district"], d["customers"], d["interval_seconds"]]
+        if effective is None or not old:
+            new = [[*entry, installed, removed]]
+        else:
+            start = max(effective, installed)
+            new = [
+                [*seg[:4], start if seg[4] is None else min(seg[4], start)] for seg in old if seg[3] < start
+            ]
+            new.append([*entry, start, removed])
+        if removed is not None:
+            new = [[*seg[:4], removed if seg[4] is None else min(seg[4], removed)] for seg in new]
+        new = [seg for seg in new if seg[4] is None or seg[4] > seg[3]]
         if old == new:
             return
-        if old is not None:
-            self._count(state, old, -1)
-        self._count(state, new, +1)
+        for seg in old:
+            self._count(state, seg, -1)
+        for seg in new:
+            self._count(state, seg, +1)
         bucket[mid] = new
         state[bucket_key] = bucket
-        # Denominators of this district (and of the one a moved meter left) changed: their retained windows are
-        # re-emitted (expanded in emit, once).
+        # Denominators of these districts changed: every window kept is re-emitted (expanded in emit, once).
         changed = state.get("reg_changed") or []
-        for district in (d["district"], old[0] if old is not None else d["district"]):
+        for district in {seg[0] for seg in old + new}:
             if district not in changed:
                 changed.append(district)
                 state["reg_changed"] = changed
         state["supply_dirty"] = True
 
-    def _count(self, state: State, entry: list, sign: int) -> None:
-        district, customers, interval = entry
-        reg = state.get(f"reg:{district}") or {"meters": 0, "customers": 0, "by_interval": {}}
-        reg["meters"] += sign
-        reg["customers"] += sign * customers
-        by = reg["by_interval"]
-        by[str(interval)] = by.get(str(interval), 0) + sign
-        state[f"reg:{district}"] = reg
+    def _count(self, state: State, seg: list, sign: int) -> None:
+        district, customers, interval, start, end = seg
+        nt = state.get(f"nt:{district}") or {"a": {}, "r": {}}
+        for side, t in (("a", start), ("r", end)):
+            if t is None:
+                continue
+            key = f"{t}|{interval}"
+            m, c = nt[side].get(key, (0, 0))
+            m, c = m + sign, c + sign * customers
+            if m == 0 and c == 0:
+                nt[side].pop(key, None)
+            else:
+                nt[side][key] = [m, c]
+        state[f"nt:{district}"] = nt
+
+    def _upgrade_registry(self, state: State) -> None:
+        """Counts of an older state layout ("reg:<district>", meters served since ever) as step functions."""
+        for key, reg in state.items("reg:"):
+            district = key.split(":", 1)[1]
+            nt = state.get(f"nt:{district}") or {"a": {}, "r": {}}
+            for interval, m in reg["by_interval"].items():
+                k = f"0|{interval}"
+                old = nt["a"].get(k, (0, 0))
+                share = reg["customers"] if interval == next(iter(reg["by_interval"])) else 0
+                nt["a"][k] = [old[0] + m, old[1] + share]
+            state[f"nt:{district}"] = nt
+            state.pop(key)
 
     # -------------------------------------------------------------------------------------------- emit
     def emit(self, state: State, now: datetime) -> Iterable[EncodedEvent]:
-        """KPIs of the windows changed since the last emit (district and city), supply, alarms.
+        """KPIs of the windows changed since the last emit (every district served, and the city), supply and
+        live outage figures, alarms.
+
+        Every district with customers served in a window gets its observations, whether or not its meters
+        reported: N_T (the denominators) must reach the city from every partition. The partition's clock opens
+        each quarter hour that has ended and each day that has begun for every district, so a partition whose
+        meters are all silent still publishes its customers served. The clock is event time: the partition's
+        watermark or, when later, the newest event time of any partition this worker folds (a partition of
+        silent meters has no event time of its own); never the wall clock, so replayed data opens the same
+        windows. The live outage figures accrue minutes up to the later of that clock and ``now``.
 
         Only observations whose numerator or denominator differ from what this worker last published for the
-        partition are encoded (``changed_since_emitted``): a batch of readings moves energy, reads and
-        completeness, not the reliability KPIs of the same window. After a restart or rebalance everything of a
-        dirty window is published again once.
+        partition are encoded (``changed_since_emitted``). After a restart or rebalance everything of a dirty
+        window is published again once.
         """
         out: list[EncodedEvent] = []
         now_iso = now.astimezone(UTC).isoformat().replace("+00:00", "Z")
         p = state.partition
-        dirty = dict(state.get("dirty") or {})
-        changed = state.pop("reg_changed")
-        if changed:
-            districts = set(changed)
-            dirty.update({k: 1 for k in state.keys("agg:") if k.rsplit(":", 1)[1] in districts})
-        windows = sorted({tuple(k.split(":")[1:3]) for k in dirty})
-        regs: dict[str, tuple[dict, dict[int, int]]] = {}
-        for seconds_s, ws_s in windows:
-            seconds, ws = int(seconds_s), int(ws_s)
+        self._upgrade_registry(state)
+        wm = state.get("wm", 0)
+        clock = max(wm, self.worker_watermark)
+        windows: set[tuple[int, int]] = {
+            (int(a), int(b)) for a, b in (k.split(":")[1:3] for k in state.get("dirty") or {})
+        }
+        known = {(int(a), int(b)) for a, b in state.get("win") or []}
+        opened = self._open_windows(state, clock)
+        windows |= opened
+        if state.pop("reg_changed"):
+            windows |= known | {(int(k.split(":")[1]), int(k.split(":")[2])) for k in state.keys("agg:")}
+        if windows - known:
+            state["win"] = sorted(known | windows)
+        nts = {k.split(":", 1)[1]: nt for k, nt in state.items("nt:")}
+        for seconds, ws in sorted(windows):
+            if ws + seconds <= wm - KEPT[seconds]:
+                continue
+            aggs = {k.rsplit(":", 1)[1]: agg for k, agg in state.items(f"agg:{seconds}:{ws}:")}
             city = {"n_meters": 0, "n_customers": 0, "expected": 0, **_new_agg()}
-            for key, agg in state.items(f"agg:{seconds}:{ws}:"):
-                if type(agg["meters"]) is dict:
-                    agg = _upgraded(state, key, agg)
-                district = key.rsplit(":", 1)[1]
-                reg_by = regs.get(district)
-                if reg_by is None:
-                    reg = state.get(f"reg:{district}") or {"meters": 0, "customers": 0, "by_interval": {}}
-                    reg_by = regs[district] = (reg, {int(k): v for k, v in reg["by_interval"].items()})
-                reg = reg_by[0]
-                expected = expected_intervals(seconds, ws, reg_by[1])
+            empty = _new_agg()
+            for district in sorted(set(aggs) | set(nts)):
+                agg = aggs.get(district)
+                if agg is None:
+                    agg = empty
+                elif type(agg["meters"]) is dict:
+                    agg = _upgraded(state, f"agg:{seconds}:{ws}:{district}", agg)
+                nt = nts.get(district)
+                served_meters, customers, by = _served(nt, ws, seconds) if nt is not None else (0, 0, {})
+                if agg is empty and not served_meters:
+                    continue
+                expected = expected_intervals(seconds, ws, by)
                 meters_read = agg["meters"] if seconds == DAY else agg["valid"]
-                expected_meters = reg["meters"] if seconds == DAY else expected
-                if key in dirty:
-                    out += self._kpis(
-                        "district",
-                        district,
-                        ws,
-                        seconds,
-                        agg,
-                        meters_read,
-                        expected_meters,
-                        expected,
-                        reg["customers"],
-                        p,
-                        now_iso,
-                    )
+                expected_meters = served_meters if seconds == DAY else expected
+                out += self._kpis(
+                    "district",
+                    district,
+                    ws,
+                    seconds,
+                    agg,
+                    meters_read,
+                    expected_meters,
+                    expected,
+                    customers,
+                    p,
+                    now_iso,
+                    agg is empty,
+                )
                 city["n_meters"] += expected_meters
-                city["n_customers"] += reg["customers"]
+                city["n_customers"] += customers
                 city["expected"] += expected
                 city["meters"] += meters_read
                 for f in ("kwh", "valid", "tamper", "ci", "cmi", "mi"):
                     city[f] += agg[f]
+                city["mie"] += agg.get("mie", 0.0)
             out += self._kpis(
                 "city",
                 CITY_CODE,
@@ -476,8 +649,8 @@ class MeterKpiProcessor(StreamProcessor):
             )
         if "dirty" in state:
             state.pop("dirty")
-        if state.get("supply_dirty"):
-            out += self._supply(state, p, now_iso)
+        if state.get("supply_dirty") or opened or state.keys("down:"):
+            out += self._supply(state, p, now_iso, max(clock, int(now.timestamp())))
             state.pop("supply_dirty")
         pending = state.get("out")
         if pending:
@@ -494,6 +667,40 @@ class MeterKpiProcessor(StreamProcessor):
         self._prune(state)
         return out
 
+    def _open_windows(self, state: State, clock: int) -> set[tuple[int, int]]:
+        """The windows the partition's clock entered since the last emit (each quarter hour and day between,
+        within what is kept), for every district to report its customers served in."""
+        last = state.get("clock") or {}
+        opened: set[tuple[int, int]] = set()
+        moved = False
+        if not clock:
+            return opened
+        for seconds in WINDOWS:
+            # The quarter hours ended by the clock (a reading ending at the clock belongs to the quarter hour
+            # before it; one not ended yet would show reads missing that are only not delivered yet), the day
+            # it is in (today's indices accrue during the day).
+            current = window_start(clock - (QUARTER if seconds == QUARTER else 1), seconds)
+            prev = last.get(str(seconds))
+            if prev is not None and prev >= current:
+                continue
+            if prev is None:
+                # A fresh state (first deployment, new partition): the days since the oldest event this worker
+                # folded (within what is kept) are opened too, so the indices of days the clock passed before
+                # this partition's first emit get every partition's N_T.
+                oldest = window_start(min(self.worker_first or clock, clock), DAY)
+                first = max(oldest, current - KEPT[DAY]) if seconds == DAY else current
+            else:
+                first = max(prev + seconds, current - KEPT[seconds])
+            ws = current
+            while ws >= first:
+                opened.add((seconds, ws))
+                ws = window_start(ws - 1, seconds)
+            last[str(seconds)] = current
+            moved = True
+        if moved:
+            state["clock"] = last
+        return opened
+
     def _kpis(
         self,
         level: str,
@@ -507,9 +714,26 @@ class MeterKpiProcessor(StreamProcessor):
         customers: int,
         p: int,
         now_iso: str,
+        silent: bool = False,
     ) -> list[EncodedEvent]:
+        """The observations of one area and window. ``silent``: nothing arrived for it in this partition, so
+        only the KPIs whose denominators (customers served, meters and intervals expected) it must contribute are
+        published; its sums (energy, tamper, demand) and CAIDI would add nothing to the city's merge."""
         out: list[EncodedEvent] = []
         changed = self.changed_since_emitted
+        if silent:
+            for kpi, num, den, unit in (
+                ("meter.read_success_rate", 0, expected_meters, "%"),
+                ("meter.interval_completeness", 0, expected, "%"),
+                ("meter.saifi", 0.0, customers, "int/cust"),
+                ("meter.saidi_minutes", 0.0, customers, "min"),
+                ("meter.maifi", 0.0, customers, "int/cust"),
+                ("meter.maifi_e", 0.0, customers, "int/cust"),
+            ):
+                if changed(p, (kpi, level, code, ws, seconds), (num, den)):
+                    value = (0.0 if den else None) if unit != "%" else _percent(num, den)
+                    out.append(_obs(kpi, level, code, ws, seconds, num, den, unit, value, p, now_iso))
+            return out
 
         def obs(
             kpi: str, num: float, den: float | None, unit: str, value: Callable[[], float | None]
@@ -540,28 +764,50 @@ class MeterKpiProcessor(StreamProcessor):
         obs("meter.saidi_minutes", cmi, customers, "min", lambda: saidi_minutes(cmi, customers))
         obs("meter.caidi_minutes", cmi, ci, "min", lambda: caidi_minutes(cmi, ci))
         obs("meter.maifi", mi, customers, "int/cust", lambda: maifi(mi, customers))
+        mie = agg.get("mie", 0.0)
+        obs("meter.maifi_e", mie, customers, "int/cust", lambda: maifi(mie, customers))
         if seconds == QUARTER:
             # Average demand over the quarter hour (kWh / 0.25 h); the day's peak is the max of these.
             demand = kwh * 3600.0 / seconds
             obs("meter.peak_demand_kw", demand, None, "kW", lambda: demand)
         return out
 
-    def _supply(self, state: State, p: int, now_iso: str) -> list[EncodedEvent]:
-        """Meters currently without supply, per district and city, in the watermark's quarter hour (those that
-        changed since last published)."""
-        counts: dict[str, int] = {k.split(":", 1)[1]: 0 for k in state.keys("reg:")}
-        for _, (district, _at) in state.items("down:"):
-            counts[district] = counts.get(district, 0) + 1
+    def _supply(self, state: State, p: int, now_iso: str, clock: int) -> list[EncodedEvent]:
+        """Live outage figures in the watermark's quarter hour, per district and city (those that changed since
+        last published): meters without supply, customers interrupted now, and the customer-minutes of the
+        outages in progress so far (at the partition's clock)."""
+        districts = {k.split(":", 1)[1]: [0, 0, 0.0] for k in state.keys("nt:")}
+        clock -= clock % 60  # minutes accrue (and are re-published) once a minute, not on every emit
+        for _, down in state.items("down:"):
+            district, at = down[0], down[1]
+            customers = down[2] if len(down) > 2 else 1
+            c = districts.setdefault(district, [0, 0, 0.0])
+            c[0] += 1
+            c[1] += customers
+            c[2] += customers * max(0, clock - at) / 60.0
         ws = window_start(state.get("wm", 0), QUARTER)
-        kpi = "meter.meters_without_supply"
         changed = self.changed_since_emitted
-        scopes = [("district", dist, n) for dist, n in sorted(counts.items())]
-        scopes.append(("city", CITY_CODE, sum(counts.values())))
-        return [
-            _obs(kpi, level, code, ws, QUARTER, n, None, "meters", n, p, now_iso)
-            for level, code, n in scopes
-            if changed(p, (kpi, level, code, ws, QUARTER), (n, None))
-        ]
+        scopes = [("district", dist, c) for dist, c in sorted(districts.items())]
+        scopes.append(("city", CITY_CODE, [sum(c[i] for c in districts.values()) for i in range(3)]))
+        out = []
+        # Customers interrupted now and their minutes: the city always, a district while it has an outage and
+        # once more when it ends (a sum over partitions: a district without a partial adds nothing).
+        was_live = set(state.get("live") or ())
+        live = {code for level, code, c in scopes if level == "district" and c[0]}
+        for kpi, i, unit in (
+            ("meter.meters_without_supply", 0, "meters"),
+            ("meter.customers_interrupted_now", 1, "customers"),
+            ("meter.customer_minutes_in_progress", 2, "min"),
+        ):
+            for level, code, c in scopes:
+                if i and level == "district" and code not in live and code not in was_live:
+                    continue
+                n = c[i]
+                if changed(p, (kpi, level, code, ws, QUARTER), (n, None)):
+                    out.append(_obs(kpi, level, code, ws, QUARTER, n, None, unit, n, p, now_iso))
+        if live != was_live:
+            state["live"] = sorted(live)
+        return out
 
     def _prune(self, state: State) -> None:
         wm = state.get("wm", 0)
@@ -570,11 +816,36 @@ class MeterKpiProcessor(StreamProcessor):
             return  # nothing can have expired since this state was last pruned
         for key in state.keys("agg:"):
             _, seconds, ws, _district = key.split(":", 3)
-            if int(ws) + int(seconds) <= wm - RETENTION[int(seconds)]:
+            if int(ws) + int(seconds) <= wm - KEPT[int(seconds)]:
                 state.pop(key)
         for key in state.keys("dm:"):
             if int(key.split(":", 2)[1]) + DAY <= wm - RETENTION[DAY]:
                 state.pop(key)
+        known = state.get("win")
+        if known:
+            kept = [w for w in known if w[1] + w[0] > wm - KEPT[w[0]]]
+            if len(kept) != len(known):
+                state["win"] = kept
+        for key, up in state.items("up:"):
+            if up <= wm - KEPT[DAY]:
+                state.pop(key)
+        for key, starts in state.items("me:"):
+            if starts[-1] <= wm - DAY:
+                state.pop(key)
+        # Registry steps older than every window kept count alike for all of them: merged into one per interval.
+        floor = wm - max(KEPT[w] + w for w in WINDOWS) - DAY
+        for key, nt in state.items("nt:"):
+            compact = {}
+            for side in ("a", "r"):
+                merged: dict[str, list[int]] = {}
+                for k, (m, c) in nt[side].items():
+                    t, interval = k.split("|")
+                    k = f"0|{interval}" if int(t) <= floor else k
+                    old = merged.get(k, [0, 0])
+                    merged[k] = [old[0] + m, old[1] + c]
+                compact[side] = {k: v for k, v in merged.items() if v != [0, 0]}
+            if compact != nt:
+                state[key] = compact
         self._pruned_at[state.partition] = (state, wm)
 
 
@@ -641,7 +912,7 @@ class FeederOutageProcessor(StreamProcessor):
 
 
 PROCESSORS: list[Callable[[MeterSettings], StreamProcessor]] = [
-    lambda settings: MeterKpiProcessor(),
+    lambda settings: MeterKpiProcessor(settings.momentary_limit_seconds),
     lambda settings: FeederOutageProcessor(
         settings.feeder_outage_fraction, settings.feeder_outage_min_meters
     ),

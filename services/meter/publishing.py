@@ -71,6 +71,22 @@ def reading_events(payloads: Iterable[dict[str, Any]], source: str) -> list[Enco
     return out
 
 
+def estimate_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:
+    """Estimated readings of a gap's intervals (VEE): their own ids, so a real reading of the same interval
+    arriving later is not taken for a copy of the estimate."""
+    return [
+        encode(
+            READING,
+            p,
+            source=source,
+            id=f"r:{p['meter_id']}:{p['obis']}:{p['interval_end']}:estimated",
+            time=p["interval_end"],
+            subject=p["obis"],
+        )
+        for p in payloads
+    ]
+
+
 def meter_events(payloads: Iterable[dict[str, Any]], source: str) -> list[EncodedEvent]:
     return [
         encode(EVENT, p, source=source, id=f"e:{p['meter_id']}:{p['at']}:{p['raw_code']}", time=p["at"])

@@ -7,9 +7,12 @@ from datetime import datetime
 
 import asyncpg
 
-from services.meter.domain import MeterIn, MeterInfo, RegisterState
+from services.meter.domain import RECENT_VALUES, MeterIn, MeterInfo, RegisterState, register_state
 
-_METER_COLUMNS = "meter_id, customers, district, commune, feeder, transformer, installed_on, interval_seconds, gateway_principal"
+_METER_COLUMNS = (
+    "meter_id, customers, district, commune, feeder, transformer, installed_on, interval_seconds, "
+    "gateway_principal, decommissioned_on, effective_on"
+)
 
 
 def _info(row: asyncpg.Record) -> MeterInfo:
@@ -23,6 +26,7 @@ def _info(row: asyncpg.Record) -> MeterInfo:
         row["installed_on"],
         row["interval_seconds"],
         row["gateway_principal"],
+        row["decommissioned_on"],
     )
 
 
@@ -36,11 +40,12 @@ async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[s
         await conn.execute(
             f"INSERT INTO meters ({_METER_COLUMNS}) "
             "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], "
-            "$7::date[], $8::int[], $9::text[]) "
+            "$7::date[], $8::int[], $9::text[], $10::date[], $11::date[]) "
             "ON CONFLICT (meter_id) DO UPDATE SET customers = excluded.customers, district = excluded.district, "
             "commune = excluded.commune, feeder = excluded.feeder, transformer = excluded.transformer, "
             "installed_on = excluded.installed_on, interval_seconds = excluded.interval_seconds, "
             "gateway_principal = excluded.gateway_principal, "
+            "decommissioned_on = excluded.decommissioned_on, effective_on = excluded.effective_on, "
             "updated_at = clock_timestamp()",
             [m.meter_id for m in meters],
             [m.customers for m in meters],
@@ -51,6 +56,8 @@ async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[s
             [m.installed_on for m in meters],
             [m.interval_seconds for m in meters],
             [m.gateway for m in meters],
+            [m.decommissioned_on for m in meters],
+            [m.effective_on for m in meters],
         )
     old: dict[str, MeterInfo | None] = {m.meter_id: None for m in meters}
     old.update({r["meter_id"]: _info(r) for r in before})
@@ -78,25 +85,39 @@ async def get_meter(pool: asyncpg.Pool, meter_id: str) -> MeterInfo | None:
 
 async def load_registers(pool: asyncpg.Pool) -> dict[tuple[str, str], RegisterState]:
     rows = await pool.fetch(
-        "SELECT meter_id, obis, last_end, seen_mask, last_value, value_end FROM register_state"
+        "SELECT meter_id, obis, last_end, seen_mask, last_value, value_end, zero_run, recent FROM register_state"
     )
-    return {(r[0], r[1]): (r[2], r[3], r[4], r[5]) for r in rows}
+    return {(r[0], r[1]): (r[2], r[3], r[4], r[5], r[6], *_recent(r[7])) for r in rows}
+
+
+def _recent(values: Sequence[float]) -> tuple:
+    # Interval ends are whole seconds: stored as doubles beside the values, read back as ints (end 0: none).
+    values = list(values)[-2 * RECENT_VALUES :]
+    values = [0.0] * (2 * RECENT_VALUES - len(values)) + values
+    return tuple(int(v) if j % 2 == 0 else v for j, v in enumerate(values))
 
 
 async def save_registers(pool: asyncpg.Pool, states: Iterable[tuple[tuple[str, str], RegisterState]]) -> None:
     """Persist register states in one statement; an older state never overwrites a newer one."""
-    rows = [{"m": m, "o": o, "e": e, "s": s, "v": v, "ve": ve} for (m, o), (e, s, v, ve) in states]
+    rows = []
+    for (m, o), st in states:
+        st = register_state(st)
+        rows.append(
+            {"m": m, "o": o, "e": st[0], "s": st[1], "v": st[2], "ve": st[3], "z": st[4], "r": st[5:9]}
+        )
     if not rows:
         return
     # One JSON document rather than six arrays: asyncpg encodes array parameters element by element (with an
     # ABC isinstance check each), ~2.1 µs of the service's CPU per register against ~0.5 µs for orjson here,
     # and the server's upsert takes no longer (measured with 10,000 registers per statement).
     await pool.execute(
-        "INSERT INTO register_state (meter_id, obis, last_end, seen_mask, last_value, value_end) "
-        "SELECT m, o, e, s, v, ve FROM json_to_recordset($1::json) "
-        "AS r(m text, o text, e bigint, s bigint, v float8, ve bigint) "
+        "INSERT INTO register_state (meter_id, obis, last_end, seen_mask, last_value, value_end, zero_run, recent) "
+        "SELECT m, o, e, s, v, ve, z, ARRAY(SELECT json_array_elements_text(r)::float8) "
+        "FROM json_to_recordset($1::json) "
+        "AS r(m text, o text, e bigint, s bigint, v float8, ve bigint, z int, r json) "
         "ON CONFLICT (meter_id, obis) DO UPDATE SET last_end = excluded.last_end, seen_mask = excluded.seen_mask, "
-        "last_value = excluded.last_value, value_end = excluded.value_end "
+        "last_value = excluded.last_value, value_end = excluded.value_end, zero_run = excluded.zero_run, "
+        "recent = excluded.recent "
         "WHERE register_state.last_end <= excluded.last_end",
         rows,  # the pool's json codec encodes it with orjson (shared.db)
     )
@@ -108,23 +129,24 @@ async def reset_registers(pool: asyncpg.Pool, meter_ids: Sequence[str]) -> None:
         await pool.execute("DELETE FROM register_state WHERE meter_id = ANY($1::text[])", list(meter_ids))
 
 
-async def load_open_outages(pool: asyncpg.Pool) -> dict[str, int]:
+async def load_power_timelines(pool: asyncpg.Pool) -> dict[str, dict]:
     return {
-        r["meter_id"]: r["down_ms"] for r in await pool.fetch("SELECT meter_id, down_ms FROM open_outages")
+        r["meter_id"]: r["timeline"]
+        for r in await pool.fetch("SELECT meter_id, timeline FROM power_timelines")
     }
 
 
-async def save_outages(pool: asyncpg.Pool, changes: dict[str, int | None]) -> None:
-    """Open (meter → power-down time) and close (meter → None) outages in one transaction."""
-    opened = [(m, t) for m, t in changes.items() if t is not None]
-    closed = [m for m, t in changes.items() if t is None]
+async def save_power_timelines(pool: asyncpg.Pool, changes: dict[str, dict | None]) -> None:
+    """Store (meter → timeline) and drop (meter → None) power timelines in one transaction."""
+    kept = [(m, t) for m, t in changes.items() if t is not None]
+    dropped = [m for m, t in changes.items() if t is None]
     async with pool.acquire() as conn, conn.transaction():
-        if closed:
-            await conn.execute("DELETE FROM open_outages WHERE meter_id = ANY($1::text[])", closed)
-        if opened:
+        if dropped:
+            await conn.execute("DELETE FROM power_timelines WHERE meter_id = ANY($1::text[])", dropped)
+        if kept:
             await conn.execute(
-                "INSERT INTO open_outages (meter_id, down_ms) SELECT * FROM unnest($1::text[], $2::bigint[]) "
-                "ON CONFLICT (meter_id) DO UPDATE SET down_ms = excluded.down_ms",
-                [m for m, _ in opened],
-                [t for _, t in opened],
+                "INSERT INTO power_timelines (meter_id, timeline) "
+                "SELECT m, t FROM jsonb_to_recordset($1::jsonb) AS r(m text, t jsonb) "
+                "ON CONFLICT (meter_id) DO UPDATE SET timeline = excluded.timeline",
+                [{"m": m, "t": t} for m, t in kept],
             )

@@ -17,10 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.meter import publishing, repository
 from services.meter.batch import BatchParser
 from services.meter.domain import (
+    EventOutcome,
     Limits,
     MeterEventIn,
     MeterIn,
@@ -29,6 +31,7 @@ from services.meter.domain import (
     ReadingsBody,
     RegisterState,
     check_meter_areas,
+    expire_power_timelines,
     may_report,
     undo_registers,
     validate_events,
@@ -41,6 +44,15 @@ from shared.ingest import batch_result, validate_items
 from shared.kafka.producer import EventPublisher
 
 log = logging.getLogger(__name__)
+POWER_UPS_UNPAIRED = Counter(
+    "ioc_meter_power_ups_unpaired_total",
+    "Power-ups whose power-down never arrived within the pairing horizon and no interruption could be "
+    "inferred from missing reads",
+)
+INTERRUPTIONS_INFERRED = Counter(
+    "ioc_meter_interruptions_inferred_total",
+    "Interruptions inferred from missing reads (a power-up without its power-down)",
+)
 SERVICE = "meter"
 READINGS = BatchParser(ReadingsBody, ReadingItem, id_field="meter_id", max_items=10_000)
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -116,12 +128,20 @@ class MeterService:
         self.publisher = publisher
         self.source = source
         self.limits = Limits(
-            settings.max_demand_kw, settings.register_modulus_kwh, settings.future_tolerance_seconds
+            settings.max_demand_kw,
+            settings.register_modulus_kwh,
+            settings.future_tolerance_seconds,
+            settings.momentary_limit_seconds,
+            settings.pairing_horizon_seconds,
+            settings.frozen_intervals,
         )
         self.registry: dict[str, MeterInfo] = {}
         self.feeder_sizes: dict[str, int] = {}
         self.registers: dict[tuple[str, str], RegisterState] = {}
-        self.open_outages: dict[str, int] = {}
+        # meter → its power events not paired yet and its recent interruptions (domain.PowerTimeline)
+        self.timelines: dict[str, dict] = {}
+        self.unpaired_power_ups = 0
+        self._expired_at: datetime | None = None
         self.seen_events: OrderedDict[tuple[str, int, str], None] = OrderedDict()
         self._registry_version: datetime | None = None
         self._events_lock = asyncio.Lock()
@@ -134,7 +154,7 @@ class MeterService:
         meters, self._registry_version = await repository.load_meters(self.pool)
         self._apply_registry(meters)
         self.registers = await repository.load_registers(self.pool)
-        self.open_outages = await repository.load_open_outages(self.pool)
+        self.timelines = await repository.load_power_timelines(self.pool)
         log.info(
             "meter caches loaded", extra={"meters": len(self.registry), "registers": len(self.registers)}
         )
@@ -195,6 +215,7 @@ class MeterService:
                         m.installed_on,
                         m.interval_seconds,
                         m.gateway,
+                        m.decommissioned_on,
                     )
                     for m in meters
                 ]
@@ -208,6 +229,28 @@ class MeterService:
         accepted = sum(1 for i, _ in valid if i not in bad)
         return batch_result(SERVICE, "meter", accepted, sorted(errors, key=lambda e: e.index))
 
+    async def decommission(self, meter_id: str, on: Any) -> tuple[int, dict]:
+        """Remove a registered meter from service from the day ``on``: it leaves customers served (N_T) from
+        that day, readings after it are refused; published as a registry change like any other."""
+        m = self.registry.get(meter_id)
+        if m is None:
+            m = await repository.get_meter(self.pool, meter_id)
+        if m is None:
+            raise ApiError(404, "not_found", "no such meter")
+        item = {
+            "meter_id": m.meter_id,
+            "customers": m.customers,
+            "district": m.district,
+            "commune": m.commune,
+            "feeder": m.feeder,
+            "transformer": m.transformer,
+            "installed_on": m.installed_on.isoformat(),
+            "interval_seconds": m.interval_seconds,
+            "gateway": m.gateway,
+            "decommissioned_on": on,
+        }
+        return await self.register_meters([item])
+
     async def import_csv(self, text: str) -> tuple[int, dict]:
         """Bulk import: a CSV with a header row of the registry fields (empty cells = default)."""
         reader = csv.DictReader(io.StringIO(text))
@@ -216,7 +259,7 @@ class MeterService:
             item: dict[str, Any] = {
                 k.strip(): v.strip() for k, v in row.items() if k and v is not None and v.strip()
             }
-            for int_field in ("customers", "interval_seconds"):
+            for int_field in ("customers", "interval_seconds"):  # dates stay text: parsed by MeterIn
                 if int_field in item and item[int_field].lstrip("-").isdigit():
                     item[int_field] = int(item[int_field])
             items.append(item)
@@ -254,9 +297,10 @@ class MeterService:
         registers = self.registers
         applied = dict(zip(outcome.previous, map(registers.__getitem__, outcome.previous), strict=True))
         try:
-            await self.publisher.publish(
-                publishing.reading_events([p for _, p in outcome.accepted], self.source)
-            )
+            encoded = publishing.reading_events([p for _, p in outcome.accepted], self.source)
+            if outcome.estimates:
+                encoded += publishing.estimate_events(outcome.estimates, self.source)
+            await self.publisher.publish(encoded)
         except BaseException:
             undo_registers(registers, outcome.previous, applied)
             raise
@@ -275,27 +319,44 @@ class MeterService:
         self.authorize(((i, e.meter_id) for i, e in valid), reporter)
         # Outage pairing reads and writes shared state across awaits: one event batch at a time.
         async with self._events_lock:
+            now = datetime.now(UTC)
             outcome = validate_events(
                 valid,
                 self.registry,
-                self.open_outages,
+                self.timelines,
                 self.seen_events,
                 self.feeder_sizes,
-                datetime.now(UTC),
+                now,
                 self.limits,
             )
+            timelines = {**self.timelines, **{m: t for m, t in outcome.timelines.items() if t is not None}}
+            for mid in [m for m, t in outcome.timelines.items() if t is None]:
+                timelines.pop(mid, None)
+            # What the pairing horizon ends (power-ups that waited for their power-down in vain, old
+            # interruptions) goes out with a batch, looked for at most once a minute (it walks every timeline).
+            if self._expired_at is None or (now - self._expired_at).total_seconds() >= 60:
+                self._expired_at = now
+                expired = expire_power_timelines(timelines, self.registry, self.registers, now, self.limits)
+            else:
+                expired = EventOutcome()
+            changes = {**outcome.timelines, **expired.timelines}
             encoded = publishing.meter_events((p for _, p in outcome.accepted), self.source)
-            encoded += publishing.interruption_events(outcome.interruptions, self.source)
+            encoded += publishing.interruption_events(
+                outcome.interruptions + expired.interruptions, self.source
+            )
             encoded += publishing.supply_events(outcome.supply_changes, self.source)
             await self.publisher.publish(encoded)
-            # Outages are persisted before the answer: a lost power-down would lose its interruption.
-            if outcome.outages:
-                await repository.save_outages(self.pool, outcome.outages)
-            for mid, down in outcome.outages.items():
-                if down is None:
-                    self.open_outages.pop(mid, None)
+            # Timelines are persisted before the answer: a lost power-down would lose its interruption.
+            if changes:
+                await repository.save_power_timelines(self.pool, changes)
+            for mid, tl in changes.items():
+                if tl is None:
+                    self.timelines.pop(mid, None)
                 else:
-                    self.open_outages[mid] = down
+                    self.timelines[mid] = tl
+            self.unpaired_power_ups += expired.unpaired_power_ups
+            POWER_UPS_UNPAIRED.inc(expired.unpaired_power_ups)
+            INTERRUPTIONS_INFERRED.inc(len(expired.interruptions))
             for key in outcome.seen:
                 self.seen_events[key] = None
             while len(self.seen_events) > self.settings.event_dedup_memory:

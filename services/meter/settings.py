@@ -24,5 +24,12 @@ class MeterSettings(ServiceSettings):
     event_dedup_memory: int = 200_000
     # Register states are written to PostgreSQL this often (coalesced), after Kafka acknowledged the readings.
     register_flush_seconds: float = 1.0
+    # IEEE 1366-2012: an interruption of this long or shorter is momentary (the standard's 5 minutes).
+    momentary_limit_seconds: float = 300.0
+    # Power-downs and power-ups are paired by event time within this horizon (an unmatched power-up waits this
+    # long for its power-down, then an interruption is inferred from missing reads, or it is counted unpaired).
+    pairing_horizon_seconds: int = 7 * 86400
+    # A cumulative register not moving for this many intervals is flagged frozen.
+    frozen_intervals: int = 96
     feeder_outage_fraction: float = 0.5
     feeder_outage_min_meters: int = 3

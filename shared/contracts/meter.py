@@ -57,8 +57,8 @@ INTERRUPTIONS_TOPIC = register_topic(
         partitions=PARTITIONS,
         key="meter_id",
         owner="meter",
-        description="Supply interruptions per meter: a power-down paired with its power-up, momentary "
-        "(< 5 min) or sustained.",
+        description="Supply interruptions per meter: a power-down paired with its power-up by event time "
+        "(or inferred from missing reads), momentary (<= 5 min, IEEE 1366) or sustained.",
         retention_ms=365 * 24 * 3600 * 1000,
     )
 )
@@ -148,6 +148,16 @@ class MeterRegistered(EventModel):
     transformer: EntityId | None = Field(None, description="distribution transformer")
     installed_on: date = Field(description="installation (or replacement) date of the physical meter")
     interval_seconds: IntervalSeconds = Field(900, description="load-profile interval")
+    decommissioned_on: date | None = Field(
+        None,
+        description="the day the meter was removed from service: it serves no customer from that day on "
+        "(N_T of windows from then on leaves it out)",
+    )
+    effective_on: date | None = Field(
+        None,
+        description="the day this entry takes effect (a meter moved to another district or changing its "
+        "customers); null: since installed_on",
+    )
 
 
 @event_type(
@@ -187,7 +197,10 @@ class MeterReadingRecorded(EventModel):
     flags: list[str] = Field(
         default_factory=list,
         max_length=8,
-        description="validation notes: first_read, rollover, late, register_reset",
+        description="validation notes: first_read, rollover, late, register_reset, gap (the delta spans "
+        "missing intervals; they were published as estimated readings), gap_estimate (an estimated "
+        "interval of a gap), frozen_register (the register has not moved for the configured number of "
+        "intervals)",
     )
     delta: StrictFloat | None = Field(
         None,
@@ -264,6 +277,11 @@ class InterruptionRecorded(EventModel):
     district: AreaCode
     commune: AreaCode
     feeder: EntityId
+    inferred: bool = Field(
+        False,
+        description="no power-down arrived for it: its start is the end of the meter's last interval read "
+        "before the power-up (inferred from missing reads)",
+    )
 
 
 @event_type(

@@ -84,7 +84,9 @@ def test_register_deltas_and_enrichment():
     }
     end = int((T0 + timedelta(minutes=30)).timestamp())
     # bits: 30 min (bit 0), 15 min (bit 1), 0 min (bit 2) all seen
-    assert regs[("M1", "1-0:1.8.0")] == (end, 0b111, 101.0, end)
+    t0, t15 = end - 1800, end - 900
+    # ... no zero-consumption run, and the two values before the newest kept for the both-neighbours check
+    assert regs[("M1", "1-0:1.8.0")] == (end, 0b111, 101.0, end, 0, t0, 100.0, t15, 100.75)
 
 
 def test_rollover_is_accepted_with_the_wrapped_delta():
@@ -188,8 +190,13 @@ def test_missing_interval_is_published_without_value_and_deduplicated():
     )
     assert out.errors == []
     assert out.accepted[1][1]["value"] is None
-    # the 30-minute delta spans the missing interval
-    assert out.accepted[2][1]["delta"] == pytest.approx(0.5)
+    # VEE: the 0.5 kWh consumed across the gap (10:00 → 10:30) is spread evenly over its two intervals; the
+    # missing 10:15 interval gets an estimated reading (register interpolated), the 10:30 reading keeps its share
+    assert out.accepted[2][1]["delta"] == pytest.approx(0.25)
+    assert out.accepted[2][1]["flags"] == ["gap"]
+    assert [(e["interval_end"], e["quality"], e["value"], e["delta"], e["flags"]) for e in out.estimates] == [
+        ("2024-05-01T10:15:00Z", "estimated", pytest.approx(10.25), pytest.approx(0.25), ["gap_estimate"])
+    ]
 
 
 def test_value_required_unless_missing():
@@ -260,8 +267,13 @@ def test_power_down_up_pairing_momentary_vs_sustained():
     assert out.errors == []
     assert [p["event"] for _, p in out.accepted] == ["power_up", "power_down", "power_down", "power_up"]
     kinds = {i["meter_id"]: (i["kind"], i["duration_seconds"], i["customers"]) for i in out.interruptions}
-    assert kinds == {"M1": ("momentary", 299.0, 1), "M2": ("sustained", 300.0, 4)}
-    assert out.outages == {"M1": None, "M2": None}
+    # IEEE 1366-2012: an interruption of 5 minutes or less is momentary, so exactly 300 s is momentary.
+    assert kinds == {"M1": ("momentary", 299.0, 1), "M2": ("momentary", 300.0, 4)}
+    t0 = int(T0.timestamp() * 1000)
+    assert out.timelines == {  # nothing pending; the interruptions remembered to recognise repeats
+        "M1": {"p": [], "c": [[t0, t0 + 299_000]]},
+        "M2": {"p": [], "c": [[t0, t0 + 300_000]]},
+    }
     assert [(s["meter_id"], s["supply"]) for s in out.supply_changes] == [
         ("M1", "lost"),
         ("M2", "lost"),
@@ -281,7 +293,8 @@ def test_power_up_closes_outage_opened_in_an_earlier_batch_and_duplicates_droppe
         ev("M9", 1, 1, "1"),
         ev("M1", 10, 250, "NOPE"),
     ]
-    out = validate_events(list(enumerate(items)), REGISTRY, {"M1": down_ms}, seen, {}, NOW)
+    timelines = {"M1": {"p": [[down_ms, "d"]], "c": []}}
+    out = validate_events(list(enumerate(items)), REGISTRY, timelines, seen, {}, NOW)
     assert out.duplicates == 2
     assert [(e.index, e.code) for e in out.errors] == [(3, "unknown_entity"), (4, "unknown_code")]
     assert out.interruptions[0]["duration_seconds"] == 3600.0
@@ -307,7 +320,11 @@ def test_ieee_1366_hand_computed():
 
 def test_momentary_boundary_is_five_minutes():
     assert classify_interruption(299.9) == "momentary"
-    assert classify_interruption(300) == "sustained"
+    # IEEE 1366-2012 (definitions, "momentary interruption" / "sustained interruption"): 5 min or less is
+    # momentary, sustained means longer than 5 min; the threshold is a setting.
+    assert classify_interruption(300) == "momentary"
+    assert classify_interruption(300.001) == "sustained"
+    assert classify_interruption(60, limit_seconds=59) == "sustained"
 
 
 def test_expected_intervals():
