@@ -174,7 +174,7 @@ def restore_before_processors(out: Console) -> None:
         return
     topics: set[str] = set()
     for entry in registry.present_services():
-        if registry.available(entry.processors):
+        if entry.processors and registry.available(entry.processors):
             for factory in registry.load(entry.processors):
                 topics.update(factory(registry.load(entry.settings)()).topics)
     try:

@@ -70,7 +70,7 @@ def refuse_unowned(
     well-formed ids (see :func:`shared.contracts.base.is_entity_id`; a malformed id names no entity and is left
     to item validation, never echoed); ``may_report`` is asked once per id."""
     decided: dict[str, bool] = {}
-    denied = []
+    denied: list[dict[str, Any]] = []
     for i, entity in items:
         ok = decided.get(entity)
         if ok is None:
@@ -85,7 +85,7 @@ def refuse_unowned(
                 }
             )
     if denied:
-        names = ", ".join(sorted({d["id"] for d in denied})[:10])
+        names = ", ".join(sorted({str(d["id"]) for d in denied})[:10])
         raise ApiError(403, "forbidden", f"not your {noun}(s): {names}; nothing was accepted", denied)
 
 
@@ -316,7 +316,7 @@ def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_tick
             store: KeyStore = ctx.keys
             principal = await store.authenticate(token)
         else:
-            principal = await redeem_stream_ticket(ctx.pool, ticket)
+            principal = await redeem_stream_ticket(ctx.pool, ticket or "")
         if principal is None:
             if throttle is not None:
                 await throttle.failed(address)

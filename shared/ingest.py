@@ -83,7 +83,7 @@ def named_entities(items: Sequence[Any], id_field: str) -> Iterator[tuple[int, s
     rejects that item, and its text is never echoed."""
     for i, item in enumerate(items):
         entity = item.get(id_field) if isinstance(item, dict) else None
-        if is_entity_id(entity):
+        if isinstance(entity, str) and is_entity_id(entity):
             yield i, entity
 
 

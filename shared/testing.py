@@ -101,9 +101,15 @@ async def read_topic(
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic)
-        if parts is None:
+        # Right after a broker restart its metadata can list the topic without partitions for a moment.
+        for _ in range(50):
+            if parts:
+                break
             await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await asyncio.sleep(0.2)
+        parts = parts or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

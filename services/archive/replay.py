@@ -16,6 +16,7 @@ import fnmatch
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -143,7 +144,7 @@ async def replay(
     sent = 0
     try:
         partitions = len(await producer.partitions_for(topic))
-        batches: dict[int, object] = {}
+        batches: dict[int, Any] = {}  # partition → aiokafka BatchBuilder
         futures = []
         for rows in archived_rows(store, topic, start, end, latest_per_key=latest_per_key):
             for p, key, value, headers in records_of(rows, topic):

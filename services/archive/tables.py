@@ -180,7 +180,7 @@ class TopicBuffer:
             return None
         try:
             table = pajson.read_json(
-                pa.py_buffer(b"\n".join(self.values)),
+                pa.py_buffer(b"\n".join(v for v in self.values if v is not None)),  # None excluded above
                 read_options=pajson.ReadOptions(block_size=1 << 26, use_threads=False),
                 parse_options=pajson.ParseOptions(
                     explicit_schema=self._arrow_schema, unexpected_field_behavior="error"
@@ -246,6 +246,7 @@ def _parsed(value: bytes | None) -> Any:
     try:
         return orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError:
+        assert value is not None
         return value.decode(errors="replace")  # kept as text in data_json
 
 

@@ -425,12 +425,13 @@ def validate_readings(
             continue
         spec, factor = spec_factor
         raw_end = r["interval_end"]
-        end = ends.get(raw_end)
-        if end is None:
-            end = ends[raw_end] = parse_interval_end(raw_end)
-        if type(end) is str:
-            errors.append(ItemError(i, mid, "interval_end", end, "invalid"))
+        parsed = ends.get(raw_end)
+        if parsed is None:
+            parsed = ends[raw_end] = parse_interval_end(raw_end)
+        if isinstance(parsed, str):
+            errors.append(ItemError(i, mid, "interval_end", parsed, "invalid"))
             continue
+        end = parsed
         step = meter.interval_seconds
         if end > horizon_limit:
             errors.append(ItemError(i, mid, "interval_end", "interval end is in the future", "future"))
@@ -635,7 +636,7 @@ def validate_readings(
 
 
 def _neighbour_problem(
-    end: int, value: float, recent: tuple, last_value: float | None, value_end: int, modulus: float
+    end: float, value: float, recent: tuple, last_value: float | None, value_end: float, modulus: float
 ) -> str | None:
     """Why a late register value does not fit between its neighbours (the accepted values just before and just
     after its interval end that the register state still knows), or None. A register never goes backwards: the
@@ -659,7 +660,7 @@ def _neighbour_problem(
     return None
 
 
-def _with_recent(recent: tuple, end: int, value: float) -> tuple:
+def _with_recent(recent: tuple, end: float, value: float) -> tuple:
     """``recent`` with (end, value) inserted in time order, the oldest dropped beyond ``RECENT_VALUES``."""
     pairs = sorted(
         [(recent[j], recent[j + 1]) for j in range(0, len(recent), 2) if recent[j]] + [(end, value)]

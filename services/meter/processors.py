@@ -185,6 +185,8 @@ class MeterKpiProcessor(StreamProcessor):
         self.worker_watermark = 0
         # The oldest event time this worker folded (memory only): how far back a fresh state opens its days.
         self.worker_first = 0
+        # Each partition's state and watermark when it was last pruned (memory only): an unchanged pair skips.
+        self._pruned_at: dict[int, tuple[State, int]] = {}
 
     # ------------------------------------------------------------------------------------------- apply
     def apply(self, event: ReceivedEvent, state: State) -> None:
@@ -496,7 +498,7 @@ class MeterKpiProcessor(StreamProcessor):
         from the entry's date on; each district's customers served (N_T) is a step function of time."""
         self._upgrade_registry(state)
         mid = d["meter_id"]
-        installed = _day_epoch(d["installed_on"])
+        installed = hanoi_day_start(date.fromisoformat(d["installed_on"]))
         removed = _day_epoch(d.get("decommissioned_on"))
         effective = _day_epoch(d.get("effective_on"))
         # Registry entries live in a few bucket keys, not one key per meter: the state's prefix scans (emit,
@@ -811,7 +813,7 @@ class MeterKpiProcessor(StreamProcessor):
 
     def _prune(self, state: State) -> None:
         wm = state.get("wm", 0)
-        last = self.__dict__.setdefault("_pruned_at", {}).get(state.partition)
+        last = self._pruned_at.get(state.partition)
         if last is not None and last[0] is state and last[1] == wm:
             return  # nothing can have expired since this state was last pruned
         for key in state.keys("agg:"):

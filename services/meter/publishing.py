@@ -45,7 +45,7 @@ def reading_events(payloads: Iterable[dict[str, Any]], source: str) -> list[Enco
     topic, tname, dumps = READING.topic, READING.type, orjson.dumps
     # (OBIS, interval end) → (event id suffix, ce_time header, ce_subject header)
     shared: dict[tuple[str, str], tuple[str, tuple[str, bytes], tuple[str, bytes]]] = {}
-    out = []
+    out: list[EncodedEvent] = []
     append = out.append
     for p in payloads:
         mid = p["meter_id"]

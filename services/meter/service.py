@@ -197,7 +197,7 @@ class MeterService:
             replaced = [
                 m.meter_id
                 for m in meters
-                if before[m.meter_id] is not None and m.installed_on > before[m.meter_id].installed_on
+                if (old := before[m.meter_id]) is not None and m.installed_on > old.installed_on
             ]
             await self.register_writer.forget(replaced)
             for mid in replaced:

@@ -56,9 +56,9 @@ def _items_validator() -> TypeAdapter:
     """HiResEventIn's rules over a list of plain dicts: an all-valid batch is checked in one call without building
     a model per event (the rare batch with errors goes through ``validate_items`` for per-item errors)."""
     fields = {name: Required[f.rebuild_annotation()] for name, f in HiResEventIn.model_fields.items()}
-    item = TypedDict("HiResEventItem", fields)  # type: ignore[operator]
+    item = TypedDict("HiResEventItem", fields)  # type: ignore[operator,misc]  # fields built from the model
     item.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
-    return TypeAdapter(list[item])
+    return TypeAdapter(list[item])  # type: ignore[valid-type]
 
 
 HIRES_ITEMS = _items_validator()

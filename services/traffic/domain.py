@@ -143,7 +143,11 @@ class IngestScreen:
         oldest_ok = OLDEST_PLAUSIBLE_MS if self.max_age_ms is None else now_ms - self.max_age_ms
         latest_ok, ooo_ms = now_ms + self.future_ms, self.ooo_ms
         # The controller of the previous item, cached: a gateway's batch holds runs of one controller.
-        last_cid = wm = recent = mine = before = None
+        # the current controller's state, carried while consecutive items share a controller
+        last_cid: str | None = None
+        wm = before = ControllerWatermark()
+        recent: set[tuple[int, int, int]] = set()
+        mine: list | None = None
         for index, cid, t, code, param in items:
             if cid != last_cid:
                 last_cid = None
@@ -185,12 +189,14 @@ class IngestScreen:
                 )
                 continue
             if cid != last_cid:
-                wm = controllers.get(cid)
-                if wm is None:
-                    wm = controllers[cid] = ControllerWatermark()
-                before = undo.get(cid)
-                if before is None:
-                    before = undo[cid] = ControllerWatermark(wm.high_ms, set())
+                current = controllers.get(cid)
+                if current is None:
+                    current = controllers[cid] = ControllerWatermark()
+                wm = current
+                saved = undo.get(cid)
+                if saved is None:
+                    saved = undo[cid] = ControllerWatermark(wm.high_ms, set())
+                before = saved
                 mine = accepted.get(cid)
                 recent, last_cid = wm.recent, cid
             key = (t, code, param)

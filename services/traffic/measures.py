@@ -113,7 +113,7 @@ def occupied_ms(intervals: Iterable[Sequence[int]], start_ms: int, end_ms: int) 
     """Time within ``[start, end)`` covered by any of the on/off ``intervals`` (overlaps merged, clipped)."""
     clipped = sorted((max(a, start_ms), min(b, end_ms)) for a, b in intervals if b > start_ms and a < end_ms)
     total = 0
-    cur_a = cur_b = None
+    cur_a, cur_b = 0, None
     for a, b in clipped:
         if cur_b is None or a > cur_b:
             if cur_b is not None:

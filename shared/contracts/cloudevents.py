@@ -249,7 +249,7 @@ def _payload_type(model: type[BaseModel]) -> Any:
             else:
                 ann = Annotated[(shaped, *f.metadata)] if f.metadata else shaped
             fields[name] = Required[ann] if f.is_required() else NotRequired[ann]
-        td = TypedDict(f"{model.__name__}Payload", fields)  # type: ignore[operator]
+        td = TypedDict(f"{model.__name__}Payload", fields)  # type: ignore[operator,misc,no-redef]
         td.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
         if model.__pydantic_decorators__.model_validators:
             rules = getattr(model, "payload_rules", None)
@@ -283,7 +283,7 @@ def payload_validator(etype: EventType):
         from pydantic import TypeAdapter
 
         td = _payload_type(etype.model)
-        v = _payload_validators[etype.type] = (TypeAdapter(list[td]), TypeAdapter(td))
+        v = _payload_validators[etype.type] = (TypeAdapter(list[td]), TypeAdapter(td))  # type: ignore[valid-type]
     return v
 
 

@@ -91,12 +91,12 @@ def parse_keys(inline: str | None = None, file: str | os.PathLike | None = None)
     keys: dict[str, bytes] = {}
     for key_id, text in raw:
         try:
-            secret = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=False)
+            key_bytes = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=False)
         except (binascii.Error, ValueError):
             raise ProvenanceError(f"event key {key_id!r} is not base64") from None
-        if len(secret) < 16:
+        if len(key_bytes) < 16:
             raise ProvenanceError(f"event key {key_id!r} is shorter than 16 bytes")
-        keys[key_id] = secret[:64]  # BLAKE2b keys are at most 64 bytes
+        keys[key_id] = key_bytes[:64]  # BLAKE2b keys are at most 64 bytes
     return keys
 
 
