@@ -164,6 +164,12 @@ class Alarm:
     cleared_at: datetime | None = None
     incident_id: str | None = None
     occurrences: int = 1
+    # Alarm management (services/city/alarming.py): latched while chattering, what the source last said, shelf.
+    chattering: bool = False
+    source_state: str | None = None
+    shelved_until: datetime | None = None
+    shelved_by: str | None = None
+    shelve_reason: str | None = None
 
     @property
     def is_open(self) -> bool:

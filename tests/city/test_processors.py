@@ -137,44 +137,64 @@ def test_unchanged_groups_are_not_republished(processor, test_domain):
     assert [(k.scope_level, k.value) for k in again] == [("city", 15.0)]
 
 
-def test_threshold_breach_raises_then_clears_on_the_newest_window(processor, test_domain):
+def test_breach_is_judged_on_complete_windows_with_on_delay_deadband_and_off_delay(processor, test_domain):
+    """citytest.availability: higher is better, warning 0.95, critical 0.90, primary window 900 s. Default
+    rule (services/city/alarming.py): deadband |0.90 - 0.95| / 10 = 0.005, on- and off-delay one window
+    (900 s), at least 20 in the denominator. Worked by hand, window by window."""
     kpi_et, _ = test_domain
     state = State(0)
-    processor.apply(obs(kpi_et, "citytest.availability", "D05", 88.0, 100.0), state)  # 0.88 < 0.90: critical
+    alarm_id = "city:kpi_breach:citytest.availability:district:D05"
+
+    def window(i, n, d=100.0):
+        start = W0 + timedelta(minutes=15 * i)
+        processor.apply(
+            obs(
+                kpi_et,
+                "citytest.availability",
+                "D05",
+                n,
+                d,
+                window=start,
+                observed=start + timedelta(minutes=14),
+            ),
+            state,
+        )
+
+    def alarms_at(t):
+        return [
+            (a.alarm_id, a.state, a.severity) for a in decoded(processor.emit(state, t), CityAlarmChanged)
+        ]
+
+    window(0, 88.0)  # W0 10:00-10:15: 0.88 < 0.90, critical, but still filling at 10:14
     out = processor.emit(state, NOW)
-    (k,) = decoded(out, CityKpiUpdated)
-    assert k.status == "critical"
-    (alarm,) = decoded(out, CityAlarmChanged)
-    assert alarm.alarm_id == "city:kpi_breach:citytest.availability:district:D05"
-    assert (alarm.state, alarm.severity, alarm.district, alarm.domain) == (
-        "raised",
-        "critical",
-        "D05",
-        "city",
-    )
-    # still critical: no duplicate alarm
-    processor.apply(obs(kpi_et, "citytest.availability", "D05", 89.0, 100.0, observed=NOW), state)
-    assert decoded(processor.emit(state, NOW + timedelta(seconds=5)), CityAlarmChanged) == []
-    # a late update of an OLDER window being fine must not clear the alarm of the newest one
-    processor.apply(
-        obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, window=W0 - timedelta(minutes=15)), state
-    )
-    assert decoded(processor.emit(state, NOW + timedelta(seconds=6)), CityAlarmChanged) == []
-    # the next window is fine: cleared
-    processor.apply(
-        obs(
-            kpi_et,
-            "citytest.availability",
-            "D05",
-            99.0,
-            100.0,
-            window=W0 + timedelta(minutes=15),
-            observed=NOW + timedelta(minutes=15),
-        ),
-        state,
-    )
-    (cleared,) = decoded(processor.emit(state, NOW + timedelta(minutes=15)), CityAlarmChanged)
-    assert (cleared.alarm_id, cleared.state) == (alarm.alarm_id, "cleared")
+    assert decoded(out, CityKpiUpdated)[0].status == "critical"  # the tile shows the value as it is...
+    assert decoded(out, CityAlarmChanged) == []  # ...but the filling window is never judged
+    # 10:16:30: W0 is complete (ended 10:15, 60 s grace): breach pending since 10:15, on-delay 900 s not over
+    assert alarms_at(W0 + timedelta(minutes=16, seconds=30)) == []
+    window(1, 89.0)  # W1 10:15-10:30: 0.89, critical again
+    window(2, 99.0)  # W2 is filling: W1 is the one judged at 10:30:10, 10:30 - 10:15 = 900 s ≥ 900 s → raise
+    assert alarms_at(W0 + timedelta(minutes=30, seconds=10)) == [(alarm_id, "raised", "critical")]
+    assert alarms_at(W0 + timedelta(minutes=30, seconds=20)) == []  # each complete window is judged once
+    # W2 0.902 ≥ 0.90 is only "warning", but 0.902 - 0.005 = 0.897 < 0.90: the deadband keeps it critical
+    window(2, 90.2)
+    window(3, 99.0)
+    assert alarms_at(W0 + timedelta(minutes=45, seconds=10)) == []
+    assert state.get("j:" + alarm_id)["lvl"] == 2
+    # W3 0.99 is normal: clear pending since 11:00; W4 0.99 too: 11:15 - 11:00 = 900 s ≥ off-delay → cleared
+    window(4, 99.0)
+    assert alarms_at(W0 + timedelta(minutes=60, seconds=10)) == []
+    window(5, 99.0)
+    assert alarms_at(W0 + timedelta(minutes=75, seconds=10)) == [(alarm_id, "cleared", "critical")]
+
+
+def test_a_window_with_too_little_data_is_not_judged(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    for i in range(4):  # 3 of 10 (0.3, critical), but 10 < the 20 a ratio needs in its denominator
+        start = W0 + timedelta(minutes=15 * i)
+        processor.apply(obs(kpi_et, "citytest.availability", "D06", 3.0, 10.0, window=start), state)
+    assert decoded(processor.emit(state, W0 + timedelta(hours=2)), CityAlarmChanged) == []
+    assert state.get("j:city:kpi_breach:citytest.availability:district:D06") is None
 
 
 def test_breach_alarms_only_on_the_primary_window(processor, test_domain):
@@ -190,6 +210,7 @@ def test_no_signal_for_a_district_and_for_a_whole_domain(processor, test_domain)
     kpi_et, _ = test_domain
     state = State(0)
     last = NOW
+    processor.emit(state, last)  # the worker watches from here (silence it did not watch does not count)
     processor.apply(obs(kpi_et, "citytest.energy_kwh", "D07", 1.0, observed=last), state)
     processor.apply(
         obs(kpi_et, "citytest.energy_kwh", "D08", 1.0, observed=last + timedelta(minutes=20)), state
@@ -497,11 +518,10 @@ def test_a_state_of_the_earlier_layout_is_converted(processor, test_domain):
     assert decoded(out, CityAlarmChanged) == []  # the alarm raised before the upgrade is still known
     assert not [key for key in legacy.keys() if "|" in key.split(":", 1)[0]]
     processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, observed=NOW), legacy)
-    (cleared,) = decoded(processor.emit(legacy, NOW), CityAlarmChanged)
-    assert (cleared.alarm_id, cleared.state) == (
-        "city:kpi_breach:citytest.availability:district:D05",
-        "cleared",
-    )
+    # W0 complete (0.99): the alarm raised before the upgrade is remembered, its clear pending (off-delay)
+    assert decoded(processor.emit(legacy, W0 + timedelta(minutes=17)), CityAlarmChanged) == []
+    memory = legacy.get("j:city:kpi_breach:citytest.availability:district:D05")
+    assert (memory["lvl"], memory["cand"]) == (2, 0)
     assert legacy.get("seen:all") == {"citytest|HN": NOW.isoformat(), "citytest|D05": NOW.isoformat()}
 
 
