@@ -18,8 +18,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.city import repository as repo
+from services.city.alarming import BUDGET_PER_10_MINUTES, MAX_SHELVE, rate_per_10_minutes
 from services.city.domain import (
     ACK_ROLES,
     CITY_SCOPE,
@@ -148,7 +150,24 @@ async def current_kpis(
         trend_points=trend,
     )
     defs = _definitions(request)
+    await _with_windows(_ctx(request).pool, rows)
     return {"items": [_with_definition(r, defs) for r in rows]}
+
+
+async def _with_windows(pool: Any, rows: list[dict[str, Any]]) -> None:
+    """Mark each current value running (its window still filling) or complete; give a running one the last
+    complete window of its series (``complete``), which is what tiles show first."""
+    now = datetime.now(UTC)
+    running = []
+    for r in rows:
+        r["running"] = r["window_start"] + timedelta(seconds=r["window_seconds"]) > now
+        r["complete"] = None if r["running"] else {k: r[k] for k in ("window_start", "value", "status")}
+        if r["running"]:
+            running.append((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]))
+    found = await repo.last_complete_values(pool, running, now)
+    for r in rows:
+        if r["running"]:
+            r["complete"] = found.get((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]))
 
 
 @router.get("/kpis/{kpi}/history", summary="A KPI's values over a time range (raw windows or roll-ups)")
@@ -247,11 +266,10 @@ async def district_detail(
         raise ApiError(404, "not_found", "no such district", [{"district": code}])
     pool = _ctx(request).pool
     defs = _definitions(request)
-    kpis = [
-        _with_definition(r, defs)
-        for r in await repo.current_kpis(pool, scope_level="district", scope_code=code, trend_points=12)
-    ]
-    alarms = await repo.list_alarms(pool, states=("active", "acknowledged"), district=code)
+    rows = await repo.current_kpis(pool, scope_level="district", scope_code=code, trend_points=12)
+    await _with_windows(pool, rows)
+    kpis = [_with_definition(r, defs) for r in rows]
+    alarms = await repo.list_alarms(pool, states=("active", "acknowledged"), district=code, shelved=False)
     incidents = await repo.list_incidents(pool, state="open", district=code)
     return {
         "code": area.code,
@@ -265,8 +283,9 @@ async def district_detail(
 
 
 # Alarms and incidents --------------------------------------------------------------------------------------
-AlarmFilter = Literal["open", "active", "acknowledged", "cleared", "all"]
+AlarmFilter = Literal["open", "active", "acknowledged", "cleared", "shelved", "all"]
 _STATES = {
+    "shelved": ("active", "acknowledged"),
     "open": ("active", "acknowledged"),
     "active": ("active",),
     "acknowledged": ("acknowledged",),
@@ -292,8 +311,53 @@ async def alarms(
         domain=domain,
         incident_id=incident_id,
         limit=limit,
+        # open/active/acknowledged leave shelved alarms out (until their shelf expires); "shelved" lists them
+        shelved=True
+        if state == "shelved"
+        else (False if state in ("open", "active", "acknowledged") else None),
     )
     return {"items": items}
+
+
+@router.get("/alarms/stats", summary="Alarm rates (EEMUA 191 budget), chattering and most frequent alarms")
+async def alarm_stats(
+    request: Request,
+    minutes: int = Query(60, ge=10, le=7 * 24 * 60, description="the period measured, ending now"),
+    principal: Principal = READ,
+) -> dict:
+    since = datetime.now(UTC) - timedelta(minutes=minutes)
+    rates = await repo.alarm_rates(_ctx(request).pool, since)
+    return {
+        "minutes": minutes,
+        "from": since,
+        **rates,
+        "per_10_minutes": rate_per_10_minutes(rates["annunciated"], minutes),
+        "budget_per_10_minutes": BUDGET_PER_10_MINUTES,
+    }
+
+
+class ShelveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    minutes: int = Field(60, ge=1, le=int(MAX_SHELVE.total_seconds() // 60))
+    reason: str = Field("", max_length=200)
+
+
+@router.post(
+    "/alarms/{alarm_id:path}/shelve", summary="Shelve an open alarm for a while (audited; it expires)"
+)
+async def shelve_alarm(
+    request: Request, alarm_id: str, body: ShelveRequest, principal: Principal = ACK
+) -> dict:
+    done = await _store(request).operate(
+        [alarm_id], "shelve", principal.id, shelf=timedelta(minutes=body.minutes), reason=body.reason
+    )
+    return done[0]
+
+
+@router.post("/alarms/{alarm_id:path}/unshelve", summary="Put a shelved alarm back in the list (audited)")
+async def unshelve_alarm(request: Request, alarm_id: str, principal: Principal = ACK) -> dict:
+    done = await _store(request).operate([alarm_id], "unshelve", principal.id)
+    return done[0]
 
 
 @router.post("/alarms/{alarm_id:path}/acknowledge", summary="Acknowledge an active alarm (audited)")

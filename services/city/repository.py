@@ -303,6 +303,39 @@ async def current_kpis(
     return out
 
 
+async def last_complete_values(
+    pool: asyncpg.Pool, series: Sequence[tuple[str, str, str, int]], now: datetime
+) -> dict[tuple, dict[str, Any]]:
+    """Per series (kpi, level, code, window_seconds): its newest window that had ended by ``now``."""
+    if not series:
+        return {}
+    rows = await pool.fetch(
+        """
+        SELECT DISTINCT ON (v.kpi, v.scope_level, v.scope_code, v.window_seconds)
+               v.kpi, v.scope_level, v.scope_code, v.window_seconds, v.window_start, v.value, v.status
+        FROM kpi_values v
+        JOIN unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS k(kpi, lvl, code, wsec)
+          ON v.kpi = k.kpi AND v.scope_level = k.lvl AND v.scope_code = k.code AND v.window_seconds = k.wsec
+        WHERE v.window_start + make_interval(secs => v.window_seconds) <= $5
+          AND v.window_start > $5 - make_interval(secs => 3 * v.window_seconds)
+        ORDER BY v.kpi, v.scope_level, v.scope_code, v.window_seconds, v.window_start DESC
+        """,
+        [s[0] for s in series],
+        [s[1] for s in series],
+        [s[2] for s in series],
+        [s[3] for s in series],
+        now,
+    )
+    return {
+        (r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]): {
+            "window_start": r["window_start"],
+            "value": r["value"],
+            "status": r["status"],
+        }
+        for r in rows
+    }
+
+
 async def district_statuses(pool: asyncpg.Pool) -> dict[str, dict[str, Any]]:
     """Per district: the KPI statuses of its newest windows and its open alarms' severities."""
     kpis = await pool.fetch(
