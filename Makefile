@@ -31,8 +31,10 @@ system-deps:
 	  fi; \
 	fi
 
+# `make run` continues where the last run stopped (database, meter registers, dossiers);
+# `make run FRESH=1` starts from an empty database (`ioc up --fresh`).
 run: install
-	$(VENV)/bin/ioc up
+	$(VENV)/bin/ioc up $(if $(FRESH),--fresh,)
 
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
