@@ -173,6 +173,12 @@ class Center:
         self._wait_ready(services)
         self._write_center_state(services)
         if self.simulators:
+            incidents = _scripted_incidents()
+            if incidents != "none":
+                self.console.print(
+                    f"[yellow]●[/yellow] scripted incident for the simulators: {incidents} (district@start/minutes: "
+                    "a feeder outage darkening its meters, kiosks and signals; IOC_SIM_INCIDENTS=none turns it off)"
+                )
             for entry in services:
                 if registry.available(entry.simulator):
                     self._spawn(
@@ -183,7 +189,7 @@ class Center:
                         str(self.scale),
                         "--url",
                         f"http://127.0.0.1:{_port(entry)}",
-                        env={"IOC_API_KEY": key},
+                        env={"IOC_API_KEY": key, "IOC_SIM_INCIDENTS": incidents},
                     )
         self._print_urls(services, key)
 
@@ -283,6 +289,17 @@ class Center:
         if self.postgres is not None:
             self.postgres.stop()
         self.console.print("[green]stopped[/green]")
+
+
+def _scripted_incidents() -> str:
+    """IOC_SIM_INCIDENTS, else one feeder outage in Hoàn Kiếm 5 minutes from now, for 15 minutes."""
+    from datetime import UTC, datetime, timedelta
+
+    spec = os.environ.get("IOC_SIM_INCIDENTS")
+    if spec:
+        return spec
+    start = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0)
+    return f"HK@{start.isoformat().replace('+00:00', 'Z')}/15"
 
 
 def _port(entry: registry.ServiceEntry) -> int:
