@@ -82,7 +82,10 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
     async def on_start(ctx: ServiceContext) -> None:
         assert ctx.pool is not None
         store = CityStore(
-            ctx.pool, correlation_window=timedelta(minutes=settings.correlation_minutes), hub=StreamHub()
+            ctx.pool,
+            correlation_window=timedelta(minutes=settings.correlation_minutes),
+            hub=StreamHub(),
+            incident_span=timedelta(minutes=settings.incident_span_minutes),
         )
         consumer = EventConsumer(
             settings.kafka,

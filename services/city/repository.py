@@ -403,11 +403,11 @@ async def save_alarm(conn: asyncpg.Connection, alarm: Alarm) -> None:
     )
 
 
-async def open_incidents(conn: asyncpg.Connection, district: str) -> list[Incident]:
-    """The district's open incidents, locked."""
+async def open_incidents(conn: asyncpg.Connection, district: str | None) -> list[Incident]:
+    """The district's open incidents (every district's with ``None``), locked."""
     rows = await conn.fetch(
         "SELECT incident_id, district, opened_at, last_alarm_at, domains, alarm_count FROM incidents "
-        "WHERE district=$1 AND state='open' FOR UPDATE",
+        "WHERE ($1::text IS NULL OR district=$1) AND state='open' ORDER BY incident_id FOR UPDATE",
         district,
     )
     return [
@@ -569,27 +569,33 @@ async def chattering_to_release(conn: asyncpg.Connection, before: datetime) -> l
     return [Alarm(**dict(r)) for r in rows]
 
 
-async def alarm_rates(pool: asyncpg.Pool, since: datetime, top: int = 10) -> dict[str, Any]:
-    """Counts of the alarm log since ``since``: annunciated raises, suppressed notices, the top raisers."""
+async def alarm_rates(
+    pool: asyncpg.Pool, since: datetime, top: int = 10, until: datetime | None = None
+) -> dict[str, Any]:
+    """Counts of the alarm log in [since, until): annunciated raises, suppressed notices, the top raisers."""
+    until = until or datetime(9999, 1, 1, tzinfo=UTC)
     totals = await pool.fetchrow(
         "SELECT count(*) FILTER (WHERE state='raised' AND annunciated) AS annunciated, "
         "count(*) FILTER (WHERE state='raised') AS raised, "
-        "count(*) FILTER (WHERE state='raised' AND NOT annunciated) AS suppressed FROM alarm_log WHERE at >= $1",
+        "count(*) FILTER (WHERE state='raised' AND NOT annunciated) AS suppressed FROM alarm_log WHERE at >= $1 AND at < $2",
         since,
+        until,
     )
     by_domain = await pool.fetch(
-        "SELECT domain, count(*) AS n FROM alarm_log WHERE at >= $1 AND state='raised' AND annunciated "
+        "SELECT domain, count(*) AS n FROM alarm_log WHERE at >= $1 AND at < $2 AND state='raised' AND annunciated "
         "GROUP BY domain ORDER BY n DESC",
         since,
+        until,
     )
     busiest = await pool.fetch(
         "SELECT l.alarm_id, l.domain, l.alarm_type, l.district, count(*) AS raises, "
         "coalesce(bool_or(a.chattering), false) AS chattering "
         "FROM alarm_log l LEFT JOIN alarms a ON a.alarm_id = l.alarm_id "
-        "WHERE l.at >= $1 AND l.state='raised' GROUP BY l.alarm_id, l.domain, l.alarm_type, l.district "
+        "WHERE l.at >= $1 AND l.at < $3 AND l.state='raised' GROUP BY l.alarm_id, l.domain, l.alarm_type, l.district "
         "ORDER BY raises DESC, l.alarm_id LIMIT $2",
         since,
         top,
+        until,
     )
     state = await pool.fetchrow(
         "SELECT count(*) FILTER (WHERE state <> 'cleared') AS open, "

@@ -29,6 +29,7 @@ from services.city.domain import (
     acknowledge,
     clear,
     correlate,
+    correlate_any,
     join_incident,
     open_incident,
 )
@@ -80,9 +81,17 @@ class StreamHub:
 class CityStore:
     """Consumer handler and operator actions on the city schema."""
 
-    def __init__(self, pool: asyncpg.Pool, *, correlation_window: timedelta, hub: StreamHub | None = None):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        correlation_window: timedelta,
+        hub: StreamHub | None = None,
+        incident_span: timedelta = timedelta(hours=2),
+    ):
         self.pool = pool
         self.correlation_window = correlation_window
+        self.incident_span = incident_span
         self.hub = hub or StreamHub()
 
     async def handle(self, events: Sequence[ReceivedEvent]) -> None:
@@ -140,8 +149,18 @@ class CityStore:
         if newly_open:
             # City-wide alarms (no district) group into the city's incidents: a flood is one incident.
             where = alarm.district or CITY_SCOPE
-            candidates = await repo.open_incidents(conn, where)
-            incident = correlate(where, alarm.raised_at, candidates, self.correlation_window)
+            if alarm.district is None:
+                # A city-wide alarm (a city KPI dragged down by one district's outage) joins the incident in
+                # progress, whichever district it is in: a flood is one incident.
+                candidates = await repo.open_incidents(conn, None)
+                incident = correlate_any(
+                    alarm.raised_at, candidates, self.correlation_window, self.incident_span
+                )
+            else:
+                candidates = await repo.open_incidents(conn, where)
+                incident = correlate(
+                    where, alarm.raised_at, candidates, self.correlation_window, self.incident_span
+                )
             incident = join_incident(incident, alarm) if incident is not None else open_incident(where, alarm)
             await repo.save_incident(conn, incident)
             alarm = replace(alarm, incident_id=incident.incident_id)

@@ -140,3 +140,19 @@ def test_rates_and_rounding():
     assert tidy(0.39999999999997726) == 0.4
     assert tidy(1195.4400000000001) == 1195.44
     assert tidy(None) is None
+
+
+def test_slower_consequences_of_an_outage_join_its_open_incident():
+    from services.city.domain import Incident, correlate
+
+    opened = T0
+    inc = Incident("INC-HK-1", "HK", opened, opened + timedelta(minutes=10), ("meter", "kiosk"), 4)
+    later = opened + timedelta(
+        minutes=40
+    )  # 30 min after its last alarm: outside the 15-minute sliding window
+    assert correlate("HK", later, [inc], timedelta(minutes=15)) is None
+    assert correlate("HK", later, [inc], timedelta(minutes=15), span=timedelta(hours=2)) is inc
+    assert (
+        correlate("HK", opened + timedelta(hours=3), [inc], timedelta(minutes=15), timedelta(hours=2)) is None
+    )
+    assert correlate("BD", later, [inc], timedelta(minutes=15), timedelta(hours=2)) is None
