@@ -247,9 +247,10 @@ class Center:
         self.console.print(
             f"development admin key (also in {self.state_dir / 'dev-admin.key'}):\n  [bold]{key}[/bold]"
         )
+        city_port = next((_port(e) for e in services if e.name == "city"), 8100)
         self.console.print(
             "try:  .venv/bin/ioc topics   ·   .venv/bin/ioc tail ioc.meter.kpis   ·   "
-            f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8100/v1/kpis"
+            f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{city_port}/v1/kpis"
         )
         self.console.print("[dim]Ctrl-C stops everything.[/dim]")
 

@@ -44,10 +44,10 @@ MAX_SHELVE = timedelta(hours=8)  # a shelf always expires (ISA-18.2 §16: shelvi
 
 
 def tidy(value: float | None) -> float | None:
-    """A published figure without float noise: 12 significant digits (0.39999999999997726 → 0.4)."""
+    """A published figure without float noise: 10 significant digits (0.39999999999997726 → 0.4)."""
     if value is None:
         return None
-    return float(f"{value:.12g}")
+    return float(f"{value:.10g}")
 
 
 @dataclass(frozen=True)

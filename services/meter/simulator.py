@@ -44,6 +44,10 @@ MAIFI_PER_YEAR = 1.5
 CAIDI_MINUTES = 77.0
 TAMPER_PER_METER_YEAR = 0.01  # assumption: one meter in a hundred opened or tampered with a year
 RESUME_BACKFILL = timedelta(hours=2)
+# Delivery quality of the head-end (assumptions, docs/simulation.md): readings lost, delivered one interval
+# late, delivered twice; one meter in BROKEN_ONE_IN with a faulty register.
+LOST_SHARE, LATE_SHARE, DUPLICATE_SHARE = 0.001, 0.003, 0.005
+BROKEN_ONE_IN = 10_000
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 HANOI_OFFSET = 7 * 3600
 
@@ -136,7 +140,7 @@ class Fleet:
             )
             self.register[mid] = rng.uniform(1_000, 60_000)  # the register's base at EPOCH
             self.kw[mid] = rng.uniform(8, 40) if bulk else rng.uniform(0.3, 2.0)
-        for m in rng.sample(self.meters, max(1, n // 2000)):
+        for m in rng.sample(self.meters, n // BROKEN_ONE_IN):
             self.broken.add(m["meter_id"])
         self.feeders: dict[str, list[str]] = {}
         self.district_feeders: dict[str, list[str]] = {}
@@ -323,7 +327,7 @@ def _interval(
         if mid in fleet.broken:
             value = round(value * rng.uniform(0.5, 0.99), 3)  # a faulty register: goes backwards
         r = rng.random()
-        if r < 0.005:
+        if r < LOST_SHARE:
             continue  # lost on the way (a gap)
         reading = {
             "meter_id": mid,
@@ -333,10 +337,10 @@ def _interval(
             "unit": "kWh",
             "quality": "estimated" if r > 0.997 else "measured",
         }
-        if r < 0.015:
+        if r < LOST_SHARE + LATE_SHARE:
             late.append(reading)  # delivered with the next interval
             continue
         readings.append(reading)
-        if r > 0.99:
+        if r > 1 - DUPLICATE_SHARE:
             readings.append(dict(reading))  # duplicate delivery
     return readings, events

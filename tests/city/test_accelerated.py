@@ -35,7 +35,7 @@ from shared.testing import issue_test_key, received
 
 from .conftest import serve
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 CHROMIUM = Path("/usr/bin/chromium")
 DOMAINS = ("meter", "traffic", "kiosk")
 T0 = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # a day no other test uses

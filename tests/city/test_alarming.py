@@ -139,6 +139,7 @@ def test_rates_and_rounding():
     assert rate_per_10_minutes(5, 0) == 0.0
     assert tidy(0.39999999999997726) == 0.4
     assert tidy(1195.4400000000001) == 1195.44
+    assert tidy(514.031999999) == 514.032  # a sum of three-decimal registers
     assert tidy(None) is None
 
 
