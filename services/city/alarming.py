@@ -1,7 +1,8 @@
 """Alarm management of the city layer, after ISA-18.2 and EEMUA 191 practice (pure: no I/O, no clock).
 
 - **Which window is judged.** A KPI breach is judged on the last *complete* window of a series (the filling
-  window is never judged: one early reading would swing it), and only when that window holds enough data
+  window is never judged: one early reading would swing it), once it has settled (``settle_seconds`` after
+  its end, for late data), and only when that window holds enough data
   (``min_denominator`` for ratios). Level KPIs (a count of things in fault *now*) are judged on the running
   window instead (``judge: running``).
 - **Deadband (hysteresis).** A raised alarm stays at its level until the value is back past the threshold by
@@ -60,6 +61,9 @@ class AlarmRule:
     off_delay_seconds: float
     min_denominator: float
     judge: Literal["complete", "running"] = "complete"
+    # A complete window is judged once it has settled this long after its end: late data (a head-end delivers
+    # a missed reading with the next interval) still revises it meanwhile.
+    settle_seconds: float = 900.0
 
 
 def default_rule(definition: KpiDefinition) -> AlarmRule | None:

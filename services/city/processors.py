@@ -64,7 +64,7 @@ SKEW_MARGIN = timedelta(hours=1)
 #: a series whose newest window got no partial for this long (wall clock) has stopped; it is forgotten whole
 STOPPED_AFTER = timedelta(days=7)
 SEEN_KEY = "seen:all"
-#: breaches are judged at most this often; a newest window is complete this long after its end
+#: breaches are judged at most this often; a window is judged at the earliest this long after its end
 JUDGE_EVERY = timedelta(seconds=5)
 JUDGE_GRACE = timedelta(seconds=60)
 PRUNED_AT_KEY = "meta:pruned_at"
@@ -386,10 +386,17 @@ class CityKpiProcessor(StreamProcessor):
             length = timedelta(seconds=int(wsec))
             if rule.judge == "running":
                 start, at = latest, now
-            elif latest + length + JUDGE_GRACE <= now:
-                start, at = latest, latest + length  # the newest window is complete and nothing newer came
             else:
-                start, at = latest - length, latest  # the newest is filling: judge the one before
+                # the newest window that is complete and settled (late data no longer expected)
+                settle = timedelta(seconds=max(rule.settle_seconds, JUDGE_GRACE.total_seconds()))
+                start = latest
+                for _ in range(3):
+                    if start + length + settle <= now:
+                        break
+                    start -= length
+                else:
+                    continue
+                at = start + length
             parts = state.get(f"g:{series}|{start.isoformat()}")
             if not parts:
                 continue

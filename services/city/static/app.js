@@ -24,7 +24,7 @@ const I18N = {
     d365: "365 ngày", step_raw: "từng cửa sổ", step_minute: "theo phút", step_hour: "theo giờ", step_day: "theo ngày",
     powerOutage: "Sự cố mất điện", multiDomain: "Sự cố nhiều lĩnh vực", noSignalFrom: "Mất tín hiệu dữ liệu",
     backWithin: "trở lại bình thường", close: "Đóng", langButton: "EN", langTitle: "Chuyển sang tiếng Anh",
-    wholeCity: "toàn thành phố", time: "Thời gian",
+    wholeCity: "toàn thành phố", time: "Thời gian", noCompleteWindow: "Chưa có cửa sổ nào đủ",
   },
   en: {
     title: "Hanoi Intelligent Operations Center", apiKey: "API key", save: "Save", headline: "City-wide headline KPIs",
@@ -46,7 +46,7 @@ const I18N = {
     d365: "365 days", step_raw: "each window", step_minute: "per minute", step_hour: "per hour", step_day: "per day",
     powerOutage: "Power outage", multiDomain: "Multi-domain incident", noSignalFrom: "No data from",
     backWithin: "back to normal", close: "Close", langButton: "VI", langTitle: "Switch to Vietnamese",
-    wholeCity: "whole city", time: "Time",
+    wholeCity: "whole city", time: "Time", noCompleteWindow: "No complete window yet",
   },
 };
 
@@ -200,6 +200,10 @@ function alarmText(a) {
 function incidentName(i) {
   const types = new Set((i.alarms || []).map((a) => (a.alarm_type.startsWith("tamper") ? "tamper" : a.alarm_type)));
   if (types.has("feeder_outage") || types.has("power_failure")) return t("powerOutage");
+  if (types.size === 1 && types.has("kpi_breach")) {
+    const kpis = [...new Set(i.alarms.map((a) => kpiName(a.source_id.split(":")[0])))];
+    return `${alarmTypeName("kpi_breach")}: ${kpis.slice(0, 2).join(", ")}${kpis.length > 2 ? "…" : ""}`;
+  }
   if (types.size === 1) return alarmTypeName([...types][0]);
   if (i.domains.length > 1) return `${t("multiDomain")}: ${i.domains.map(domainName).join(" + ")}`;
   return i.domains.map(domainName).join(" + ");
@@ -280,7 +284,8 @@ function renderTile(id) {
     el("div", {class: "name"}, kpiName(id)),
     el("div", {}, el("span", {class: "value"}, shown ? fmtNumber(shown.value, unit) : "–"),
       el("span", {class: "unit"}, shown ? unitLabel(unit, shown.value) : "")),
-    el("div", {class: "window"}, shown ? `${t("completeWindow")} ${windowName(ws)} · ${fmtWindow(shown.window_start, ws)}` : t("noData")),
+    el("div", {class: "window"}, shown ? `${t("completeWindow")} ${windowName(ws)} · ${fmtWindow(shown.window_start, ws)}`
+      : t(tile.running ? "noCompleteWindow" : "noData")),
     el("div", {class: "running"}, tile.running
       ? `${t("runningWindow")} (${fmtWindow(tile.running.window_start, ws)}): ${fmt(tile.running.value, unit)}` : "\u00a0"),
     el("div", {class: "target"}, target),
