@@ -98,6 +98,12 @@ def load_rules(
     return rules
 
 
+def level_kpis(path: Path = RULES_FILE) -> frozenset[str]:
+    """KPIs judged on their running window (level KPIs: things in fault now), from ``alarm_rules.yaml``."""
+    rules = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.exists() else {}
+    return frozenset(k for k, v in rules.items() if (v or {}).get("judge") == "running")
+
+
 def breach_level(definition: KpiDefinition, rule: AlarmRule, value: float, raised: int) -> int:
     """0 (normal), 1 (warning) or 2 (critical) for ``value``, with the deadband around an alarm raised at level
     ``raised``: the alarm keeps its level until the value is ``deadband`` past the threshold."""

@@ -21,7 +21,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.city import repository as repo
-from services.city.alarming import BUDGET_PER_10_MINUTES, MAX_SHELVE, rate_per_10_minutes
+from services.city.alarming import BUDGET_PER_10_MINUTES, MAX_SHELVE, level_kpis, rate_per_10_minutes
 from services.city.domain import (
     ACK_ROLES,
     CITY_SCOPE,
@@ -89,6 +89,7 @@ def city_principal(scope: str, roles: frozenset[str] | None = None, *, allow_que
     return dependency
 
 
+LEVEL_KPIS = level_kpis()
 READ = Depends(city_principal("city:read"))
 READ_SSE = Depends(city_principal("city:read", allow_query_token=True))
 ACK = Depends(city_principal("city:operate", ACK_ROLES))
@@ -108,7 +109,10 @@ def _settings(request: Request) -> CitySettings:
 
 
 def _definition_body(d: KpiDefinition) -> dict[str, Any]:
-    return d.model_dump(mode="json")
+    body = d.model_dump(mode="json")
+    # A level KPI (things in fault now) is shown and judged on its running window (services/city/alarm_rules.yaml)
+    body["level"] = d.id in LEVEL_KPIS
+    return body
 
 
 def _with_definition(row: dict[str, Any], defs: dict[str, KpiDefinition]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ const I18N = {
     d365: "365 ngày", step_raw: "từng cửa sổ", step_minute: "theo phút", step_hour: "theo giờ", step_day: "theo ngày",
     powerOutage: "Sự cố mất điện", multiDomain: "Sự cố nhiều lĩnh vực", noSignalFrom: "Mất tín hiệu dữ liệu",
     backWithin: "trở lại bình thường", close: "Đóng", langButton: "EN", langTitle: "Chuyển sang tiếng Anh",
-    wholeCity: "toàn thành phố", time: "Thời gian", noCompleteWindow: "Chưa có cửa sổ nào đủ",
+    wholeCity: "toàn thành phố", time: "Thời gian", noCompleteWindow: "Chưa có cửa sổ nào đủ", nowWindow: "Hiện tại, cửa sổ",
   },
   en: {
     title: "Hanoi Intelligent Operations Center", apiKey: "API key", save: "Save", headline: "City-wide headline KPIs",
@@ -46,7 +46,7 @@ const I18N = {
     d365: "365 days", step_raw: "each window", step_minute: "per minute", step_hour: "per hour", step_day: "per day",
     powerOutage: "Power outage", multiDomain: "Multi-domain incident", noSignalFrom: "No data from",
     backWithin: "back to normal", close: "Close", langButton: "VI", langTitle: "Switch to Vietnamese",
-    wholeCity: "whole city", time: "Time", noCompleteWindow: "No complete window yet",
+    wholeCity: "whole city", time: "Time", noCompleteWindow: "No complete window yet", nowWindow: "Now, window",
   },
 };
 
@@ -275,7 +275,10 @@ function renderTile(id) {
   const tile = S.tiles[id];
   const d = S.defs[id];
   const unit = tile.unit || (d && d.unit) || "";
-  const shown = tile.complete || null;
+  // A level KPI (things in fault now) shows its running window first: "now" is what it means.
+  const level = d && d.level;
+  const shown = (level ? tile.running || tile.complete : tile.complete) || null;
+  const second = level ? (tile.running ? tile.complete : null) : tile.running;
   const status = shown ? shown.status : "unknown";
   const stale = isStale(tile, id);
   const target = d && d.target !== null && d.target !== undefined ? `${t("target")}: ${fmt(d.target, unit)}` : "\u00a0";
@@ -284,10 +287,12 @@ function renderTile(id) {
     el("div", {class: "name"}, kpiName(id)),
     el("div", {}, el("span", {class: "value"}, shown ? fmtNumber(shown.value, unit) : "–"),
       el("span", {class: "unit"}, shown ? unitLabel(unit, shown.value) : "")),
-    el("div", {class: "window"}, shown ? `${t("completeWindow")} ${windowName(ws)} · ${fmtWindow(shown.window_start, ws)}`
+    el("div", {class: "window"}, shown
+      ? `${t(shown === tile.running ? "nowWindow" : "completeWindow")} ${windowName(ws)} · ${fmtWindow(shown.window_start, ws)}`
       : t(tile.running ? "noCompleteWindow" : "noData")),
-    el("div", {class: "running"}, tile.running
-      ? `${t("runningWindow")} (${fmtWindow(tile.running.window_start, ws)}): ${fmt(tile.running.value, unit)}` : "\u00a0"),
+    el("div", {class: "running"}, second
+      ? `${t(second === tile.running ? "runningWindow" : "completeWindow")} (${fmtWindow(second.window_start, ws)}): ${fmt(second.value, unit)}`
+      : "\u00a0"),
     el("div", {class: "target"}, target),
     stale ? el("div", {class: "stale-badge"}, `${t("staleSince")} ${fmtTime(tile.updatedAt || Date.now())}`) : null,
     sparkline(tile.trend.slice(-24)));
