@@ -67,6 +67,9 @@ SEEN_KEY = "seen:all"
 #: breaches are judged at most this often; a window is judged at the earliest this long after its end
 JUDGE_EVERY = timedelta(seconds=5)
 JUDGE_GRACE = timedelta(seconds=60)
+#: ...and only once its partials have not changed for this long (wall clock), looking this many windows back
+JUDGE_QUIET = timedelta(seconds=60)
+JUDGE_SEARCH_WINDOWS = 48
 PRUNED_AT_KEY = "meta:pruned_at"
 _LEGACY_HEADS = ("g|", "dirty|", "latest|", "seen|", "alarm|", "meta|")
 #: distinct timestamp strings remembered parsed (observations of one domain emit share one ``observed_at``)
@@ -387,16 +390,10 @@ class CityKpiProcessor(StreamProcessor):
             if rule.judge == "running":
                 start, at = latest, now
             else:
-                # the newest window that is complete and settled (late data no longer expected)
-                settle = timedelta(seconds=max(rule.settle_seconds, JUDGE_GRACE.total_seconds()))
-                start = latest
-                for _ in range(3):
-                    if start + length + settle <= now:
-                        break
-                    start -= length
-                else:
+                found = self._settled_window(state, series, latest, length, rule.settle_seconds, now)
+                if found is None:
                     continue
-                at = start + length
+                start, at = found, found + length
             parts = state.get(f"g:{series}|{start.isoformat()}")
             if not parts:
                 continue
@@ -442,6 +439,25 @@ class CityKpiProcessor(StreamProcessor):
                     message=message,
                 )
             )
+
+    @staticmethod
+    def _settled_window(
+        state: State, series: str, latest: datetime, length: timedelta, settle_seconds: float, now: datetime
+    ) -> datetime | None:
+        """Start of the newest window of ``series`` that ended ``settle_seconds`` ago and whose partials have not
+        changed for :data:`JUDGE_QUIET` (wall clock): its figures are final. While a source catches up through
+        past windows the newest windows are still receiving partials (other partitions, late readings)."""
+        settle = timedelta(seconds=max(settle_seconds, JUDGE_GRACE.total_seconds()))
+        start = latest
+        for _ in range(JUDGE_SEARCH_WINDOWS):
+            if start + length + settle <= now:
+                parts = state.get(f"g:{series}|{start.isoformat()}")
+                if parts is None:
+                    return None  # a gap: older windows are not judged any more
+                if max(_time(p["o"]) for p in parts.values()) + JUDGE_QUIET <= now:
+                    return start
+            start -= length
+        return None
 
     def _silence(self, state: State, now: datetime, out: list[EncodedEvent]) -> None:
         if self._watching_since is None or now < self._watching_since:

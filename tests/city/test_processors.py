@@ -565,3 +565,24 @@ def test_observations_delivered_again_change_nothing():
     for p in once:
         assert twice[p].snapshot() == once[p].snapshot()
     assert _published(twice_out)[:2] == _published(once_out)[:2]
+
+
+def test_windows_still_receiving_partials_are_not_judged(processor, test_domain):
+    """A source catching up through past windows: every window has ended, but its partials keep arriving
+    (other partitions, late readings). Nothing is judged until a window has been quiet for 60 s; then only the
+    newest quiet one, whose end is past its settle time."""
+    kpi_et, _ = test_domain
+    state = State(0)
+    now = W0 + timedelta(hours=3)
+    for i in range(6):  # W0 .. W0+75 min, all long over, all critical (0.5), just received
+        start = W0 + timedelta(minutes=15 * i)
+        processor.apply(
+            obs(kpi_et, "citytest.availability", "D09", 50.0, 100.0, window=start, observed=now), state
+        )
+    alarms = decoded(processor.emit(state, now), CityAlarmChanged)
+    assert [a for a in alarms if a.alarm_type == "kpi_breach"] == []
+    assert state.get("j:city:kpi_breach:citytest.availability:district:D09") is None  # nothing quiet yet
+    processor.emit(state, now + timedelta(seconds=61))
+    memory = state.get("j:city:kpi_breach:citytest.availability:district:D09")
+    # judged once, on the newest window (W0 + 75 min): a breach pending, not raised on one judgement
+    assert (memory["w"], memory["lvl"], memory["cand"]) == ((W0 + timedelta(minutes=75)).isoformat(), 0, 2)
