@@ -256,9 +256,9 @@ def correlate(
     """The open incident an alarm raised in ``district`` at ``at`` joins, or ``None`` (it opens a new one).
 
     An alarm joins an incident of the same district whose latest alarm is at most ``window`` before it
-    (a sliding window, so a cascade keeps growing one incident), or which is still open and was opened at most
-    ``span`` before it (the slower consequences of one outage, e.g. a KPI judged on complete windows, join the
-    incident their cause opened); the most recent such incident wins.
+    (a sliding window, so a cascade keeps growing one incident), or which was opened at most ``span`` before it
+    (the slower consequences of one outage, e.g. a KPI judged on settled windows, join the incident their cause
+    opened, reopening it if it closed meanwhile); the most recent such incident wins.
     """
     if district is None:
         return None

@@ -403,12 +403,17 @@ async def save_alarm(conn: asyncpg.Connection, alarm: Alarm) -> None:
     )
 
 
-async def open_incidents(conn: asyncpg.Connection, district: str | None) -> list[Incident]:
-    """The district's open incidents (every district's with ``None``), locked."""
+async def open_incidents(
+    conn: asyncpg.Connection, district: str | None, opened_since: datetime | None = None
+) -> list[Incident]:
+    """The district's open incidents (every district's with ``None``), and those opened since
+    ``opened_since`` even if closed meanwhile (a late consequence reopens its incident), locked."""
     rows = await conn.fetch(
         "SELECT incident_id, district, opened_at, last_alarm_at, domains, alarm_count FROM incidents "
-        "WHERE ($1::text IS NULL OR district=$1) AND state='open' ORDER BY incident_id FOR UPDATE",
+        "WHERE ($1::text IS NULL OR district=$1) "
+        "AND (state='open' OR ($2::timestamptz IS NOT NULL AND opened_at >= $2)) ORDER BY incident_id FOR UPDATE",
         district,
+        opened_since,
     )
     return [
         Incident(
@@ -427,7 +432,8 @@ async def save_incident(conn: asyncpg.Connection, incident: Incident) -> None:
     await conn.execute(
         "INSERT INTO incidents (incident_id, district, state, opened_at, last_alarm_at, domains, alarm_count) "
         "VALUES ($1, $2, 'open', $3, $4, $5, $6) ON CONFLICT (incident_id) DO UPDATE "
-        "SET last_alarm_at=EXCLUDED.last_alarm_at, domains=EXCLUDED.domains, alarm_count=EXCLUDED.alarm_count",
+        "SET last_alarm_at=EXCLUDED.last_alarm_at, domains=EXCLUDED.domains, alarm_count=EXCLUDED.alarm_count, "
+        "state='open', closed_at=NULL",
         incident.incident_id,
         incident.district,
         incident.opened_at,

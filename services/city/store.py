@@ -152,12 +152,12 @@ class CityStore:
             if alarm.district is None:
                 # A city-wide alarm (a city KPI dragged down by one district's outage) joins the incident in
                 # progress, whichever district it is in: a flood is one incident.
-                candidates = await repo.open_incidents(conn, None)
+                candidates = await repo.open_incidents(conn, None, alarm.raised_at - self.incident_span)
                 incident = correlate_any(
                     alarm.raised_at, candidates, self.correlation_window, self.incident_span
                 )
             else:
-                candidates = await repo.open_incidents(conn, where)
+                candidates = await repo.open_incidents(conn, where, alarm.raised_at - self.incident_span)
                 incident = correlate(
                     where, alarm.raised_at, candidates, self.correlation_window, self.incident_span
                 )

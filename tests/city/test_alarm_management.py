@@ -159,3 +159,44 @@ async def test_a_running_window_comes_with_the_last_complete_one(city):
     assert row["complete"]["window_start"] == (running - timedelta(minutes=15)).isoformat().replace(
         "+00:00", "Z"
     )
+
+
+async def test_a_late_consequence_reopens_the_incident_its_cause_opened(city, test_domain):
+    """An outage's alarms cleared (incident closed), then a KPI judged on settled windows breaches 40 minutes
+    after the outage began: outside the 15-minute sliding window, inside the 2-hour span: the same incident."""
+    _, _, app, _ = city
+    store = app.state.ctx.extras["store"]
+    t0 = datetime(2026, 1, 6, 3, 0, tzinfo=UTC)
+    feeder = f"F-CM-{uuid.uuid4().hex[:4]}"
+
+    def change(alarm_id, domain, kind, state, at):
+        return {
+            "alarm_id": alarm_id,
+            "domain": domain,
+            "alarm_type": kind,
+            "state": state,
+            "severity": "critical",
+            "source_id": feeder,
+            "district": "CM",
+            "commune": None,
+            "at": at.isoformat(),
+            "message": kind,
+        }
+
+    outage = f"meter:feeder_outage:{feeder}"
+    breach = f"city:kpi_breach:meter.read_success_rate:district:CM:{feeder}"
+    await store.apply_alarm_changes([change(outage, "meter", "feeder_outage", "raised", t0)])
+    await store.apply_alarm_changes(
+        [change(outage, "meter", "feeder_outage", "cleared", t0 + timedelta(minutes=10))]
+    )
+    await store.apply_alarm_changes(
+        [change(breach, "city", "kpi_breach", "raised", t0 + timedelta(minutes=40))]
+    )
+    async with app.state.ctx.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT alarm_id, incident_id FROM alarms WHERE alarm_id = ANY($1::text[])", [outage, breach]
+        )
+        incident = {r["alarm_id"]: r["incident_id"] for r in rows}
+        assert incident[outage] == incident[breach]
+        state = await conn.fetchval("SELECT state FROM incidents WHERE incident_id=$1", incident[outage])
+    assert state == "open"  # reopened by its late consequence
