@@ -241,7 +241,7 @@ def _aware(t: datetime) -> datetime:
 
 
 # Districts -------------------------------------------------------------------------------------------------
-@router.get("/districts", summary="The 30 districts with their status (worst KPI status or open alarm)")
+@router.get("/districts", summary="The 30 districts with their status (their open alarms' worst severity)")
 async def districts(request: Request, principal: Principal = READ) -> dict:
     statuses = await repo.district_statuses(_ctx(request).pool)
     items = []
@@ -252,7 +252,9 @@ async def districts(request: Request, principal: Principal = READ) -> dict:
                 "code": a.code,
                 "name": a.name,
                 "kind": a.kind,
-                "status": worst_status(s["statuses"], s["severities"]),
+                # The colour follows the open alarms (managed: judged on settled windows, with delays and
+                # deadbands), not the raw status of every filling window: ok when KPIs arrive and none is open.
+                "status": worst_status(["ok"] if s["statuses"] else [], s["severities"]),
                 "open_alarms": len(s["severities"]),
                 "kpis_warning": s["statuses"].count("warning"),
                 "kpis_critical": s["statuses"].count("critical"),
@@ -279,7 +281,7 @@ async def district_detail(
         "code": area.code,
         "name": area.name,
         "kind": area.kind,
-        "status": worst_status([k["status"] for k in kpis], [a["severity"] for a in alarms]),
+        "status": worst_status(["ok"] if kpis else [], [a["severity"] for a in alarms]),
         "kpis": kpis,
         "alarms": alarms,
         "incidents": incidents,
