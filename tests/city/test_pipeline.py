@@ -47,7 +47,8 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
                 "denominator": d,
                 "unit": "x",
                 "partition": partition,
-                "observed_at": (now - timedelta(seconds=5 - partition)).isoformat(),
+                # emitted two minutes ago: the window is quiet, so the city judges it at once
+                "observed_at": (now - timedelta(seconds=125 - partition)).isoformat(),
                 "key": kpi_key(kpi, level, code),
             },
             source="/ioc/citytest",
