@@ -41,8 +41,10 @@ kafka-classpath:
 	    || echo "warning: mvn could not fetch Apache Kafka (tests/kafka will try again, then skip)"; \
 	fi
 
+# `make run` continues where the last run stopped (database, meter registers, dossiers);
+# `make run FRESH=1` starts from an empty database (`ioc up --fresh`).
 run: install
-	$(VENV)/bin/ioc up
+	$(VENV)/bin/ioc up $(if $(FRESH),--fresh,)
 
 test: install system-deps kafka-classpath
 	$(PY) -m pytest $(PYTEST_ARGS)

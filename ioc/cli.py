@@ -11,6 +11,10 @@ ioc process NAME            one stream-processor worker
 ioc simulate DOMAIN         one domain's simulator
 ioc contracts export|check  JSON Schemas + AsyncAPI under contracts/
 ioc replay FILE             feed a traffic hi-res log through the traffic service
+ioc alarms stats            alarm rates against the EEMUA 191 budget, chattering and most frequent alarms
+
+Commands find the running center through the file `ioc up` writes (var/run/center.json); IOC_* environment
+variables override it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ keys_app = typer.Typer(help="Principals and their API keys.", no_args_is_help=Tr
 contracts_app = typer.Typer(help="Exported event contracts (JSON Schema, AsyncAPI).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(__import__("ioc.alarms_cli", fromlist=["app"]).app, name="alarms")
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("IOC_STATE_DIR", ROOT / "var"))
@@ -116,7 +121,11 @@ async def _tail(topic: str, grep: str, from_beginning: bool, count: int, as_json
     consumer = AIOKafkaConsumer(
         **_kafka().client_kwargs(), group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # (a consumer that failed to start still holds its client)
+        raise
     seen = 0
     try:
         parts = consumer.partitions_for_topic(topic)
@@ -561,7 +570,37 @@ _register_archive(app)
 
 
 def main() -> None:
-    app()
+    # Every command but `up` finds the running center by itself (environment variables still override).
+    from ioc import center_state
+
+    if sys.argv[1:2] != ["up"]:
+        center_state.apply_to_env(STATE_DIR)
+    if sys.argv[1:2] in (["tail"], ["produce"]):
+        import logging
+
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the hint below says it in one line
+    try:
+        app()
+    except Exception as exc:
+        if not _nothing_listens(exc):
+            raise
+        console.print(f"[red]{center_state.HINT}[/red] ({type(exc).__name__})", soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+def _nothing_listens(exc: BaseException) -> bool:
+    """Whether ``exc`` (or its cause) says the broker, database or a service is not there."""
+    names = {"KafkaConnectionError", "ConnectError", "CannotConnectNowError"}
+    seen: BaseException | None = exc
+    while seen is not None:
+        if (
+            type(seen).__name__ in names
+            or isinstance(seen, ConnectionError)
+            or (isinstance(seen, OSError) and "Connect call failed" in str(seen))
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 if __name__ == "__main__":

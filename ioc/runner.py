@@ -201,10 +201,19 @@ class Center:
         for entry in services:
             self._spawn(f"service-{entry.name}", "serve", entry.name)
         metrics_base = int(os.environ.get("IOC_PROCESSOR_METRICS_BASE_PORT", "9101"))
+        self.processor_metrics: dict[str, int] = {}
         for i, name in enumerate(self._processor_names()):
+            self.processor_metrics[name] = metrics_base + i
             self._spawn(f"processor-{name}", "process", name, "--metrics-port", str(metrics_base + i))
         self._wait_ready(services)
+        self._write_center_state(services)
         if self.simulators:
+            incidents = _scripted_incidents()
+            if incidents != "none":
+                self.console.print(
+                    f"[yellow]●[/yellow] scripted incident for the simulators: {incidents} (district@start/minutes: "
+                    "a feeder outage darkening its meters, kiosks and signals; IOC_SIM_INCIDENTS=none turns it off)"
+                )
             for entry in services:
                 if registry.available(entry.simulator):
                     self._spawn(
@@ -215,9 +224,27 @@ class Center:
                         str(self.scale),
                         "--url",
                         f"http://127.0.0.1:{_port(entry)}",
-                        env={"IOC_API_KEY": key},
+                        env={"IOC_API_KEY": key, "IOC_SIM_INCIDENTS": incidents},
                     )
         self._print_urls(services, key)
+
+    def _write_center_state(self, services: list[registry.ServiceEntry]) -> None:
+        """Where everything listens, for the other ``ioc`` commands (see ioc/center_state.py)."""
+        from ioc import center_state
+
+        self.state_file = center_state.write(
+            self.state_dir,
+            {
+                "kafka_bootstrap_servers": os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"],
+                "kafka_idempotence": os.environ.get("IOC_KAFKA_IDEMPOTENCE"),
+                "database_url": os.environ["IOC_DATABASE_URL"],
+                "services": {e.name: f"http://127.0.0.1:{_port(e)}" for e in services},
+                "processor_metrics": {
+                    n: f"http://127.0.0.1:{port}/metrics" for n, port in self.processor_metrics.items()
+                },
+                "state_dir": str(self.state_dir),
+            },
+        )
 
     def _wait_ready(self, services: list[registry.ServiceEntry], timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -245,15 +272,20 @@ class Center:
         for e in services:
             table.add_row(f"{e.name} API (OpenAPI docs)", f"http://127.0.0.1:{_port(e)}/docs")
             table.add_row(f"{e.name} metrics", f"http://127.0.0.1:{_port(e)}/metrics")
+        for name, port in getattr(self, "processor_metrics", {}).items():
+            table.add_row(f"{name} processor metrics", f"http://127.0.0.1:{port}/metrics")
         table.add_row("Kafka bootstrap", os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"])
+        if getattr(self, "state_file", None) is not None:
+            table.add_row("addresses for `ioc` commands", str(self.state_file))
         table.add_row("logs", str(self.state_dir / "logs"))
         self.console.print(table)
         self.console.print(
             f"development admin key (also in {self.state_dir / 'dev-admin.key'}):\n  [bold]{key}[/bold]"
         )
+        city_port = next((_port(e) for e in services if e.name == "city"), 8100)
         self.console.print(
             "try:  .venv/bin/ioc topics   ·   .venv/bin/ioc tail ioc.meter.kpis   ·   "
-            f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:8100/v1/kpis"
+            f"curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{city_port}/v1/kpis"
         )
         self.console.print("[dim]Ctrl-C stops everything.[/dim]")
 
@@ -286,11 +318,25 @@ class Center:
                 while c.alive() and time.monotonic() < deadline:
                     time.sleep(0.1)
                 c.kill()
+        from ioc import center_state
+
+        center_state.remove(self.state_dir)
         if self.broker is not None:
             self.broker.stop()
         if self.postgres is not None:
             self.postgres.stop()
         self.console.print("[green]stopped[/green]")
+
+
+def _scripted_incidents() -> str:
+    """IOC_SIM_INCIDENTS, else one feeder outage in Hoàn Kiếm 5 minutes from now, for 15 minutes."""
+    from datetime import UTC, datetime, timedelta
+
+    spec = os.environ.get("IOC_SIM_INCIDENTS")
+    if spec:
+        return spec
+    start = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0)
+    return f"HK@{start.isoformat().replace('+00:00', 'Z')}/15"
 
 
 def _port(entry: registry.ServiceEntry) -> int:

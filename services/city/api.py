@@ -20,9 +20,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from services.city import repository as repo
+from services.city.alarming import BUDGET_PER_10_MINUTES, MAX_SHELVE, level_kpis, rate_per_10_minutes
 from services.city.domain import (
     ACK_ROLES,
     CITY_SCOPE,
@@ -56,6 +58,8 @@ READ_SSE = Depends(require_scope("city:read", allow_ticket=True))
 ACK = Depends(require_scope("city:operate", ACK_ROLES))
 CLEAR = Depends(require_scope("city:operate", CLEAR_ROLES))
 
+LEVEL_KPIS = level_kpis()
+
 
 def _definitions(request: Request) -> dict[str, KpiDefinition]:
     return _ctx(request).extras["definitions"]
@@ -70,7 +74,10 @@ def _settings(request: Request) -> CitySettings:
 
 
 def _definition_body(d: KpiDefinition) -> dict[str, Any]:
-    return d.model_dump(mode="json")
+    body = d.model_dump(mode="json")
+    # A level KPI (things in fault now) is shown and judged on its running window (services/city/alarm_rules.yaml)
+    body["level"] = d.id in LEVEL_KPIS
+    return body
 
 
 def _with_definition(row: dict[str, Any], defs: dict[str, KpiDefinition]) -> dict[str, Any]:
@@ -112,7 +119,24 @@ async def current_kpis(
         trend_points=trend,
     )
     defs = _definitions(request)
+    await _with_windows(_ctx(request).pool, rows)
     return {"items": [_with_definition(r, defs) for r in rows]}
+
+
+async def _with_windows(pool: Any, rows: list[dict[str, Any]]) -> None:
+    """Mark each current value running (its window still filling) or complete; give a running one the last
+    complete window of its series (``complete``), which is what tiles show first."""
+    now = datetime.now(UTC)
+    running = []
+    for r in rows:
+        r["running"] = r["window_start"] + timedelta(seconds=r["window_seconds"]) > now
+        r["complete"] = None if r["running"] else {k: r[k] for k in ("window_start", "value", "status")}
+        if r["running"]:
+            running.append((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]))
+    found = await repo.last_complete_values(pool, running, now)
+    for r in rows:
+        if r["running"]:
+            r["complete"] = found.get((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]))
 
 
 @router.get("/kpis/{kpi}/history", summary="A KPI's values over a time range (raw windows or roll-ups)")
@@ -182,7 +206,7 @@ def _aware(t: datetime) -> datetime:
 
 
 # Districts -------------------------------------------------------------------------------------------------
-@router.get("/districts", summary="The 30 districts with their status (worst KPI status or open alarm)")
+@router.get("/districts", summary="The 30 districts with their status (their open alarms' worst severity)")
 async def districts(request: Request, principal: Principal = READ) -> dict:
     statuses = await repo.district_statuses(_ctx(request).pool)
     items = []
@@ -193,7 +217,9 @@ async def districts(request: Request, principal: Principal = READ) -> dict:
                 "code": a.code,
                 "name": a.name,
                 "kind": a.kind,
-                "status": worst_status(s["statuses"], s["severities"]),
+                # The colour follows the open alarms (managed: judged on settled windows, with delays and
+                # deadbands), not the raw status of every filling window: ok when KPIs arrive and none is open.
+                "status": worst_status(["ok"] if s["statuses"] else [], s["severities"]),
                 "open_alarms": len(s["severities"]),
                 "kpis_warning": s["statuses"].count("warning"),
                 "kpis_critical": s["statuses"].count("critical"),
@@ -211,17 +237,16 @@ async def district_detail(
         raise ApiError(404, "not_found", "no such district", [{"district": code}])
     pool = _ctx(request).pool
     defs = _definitions(request)
-    kpis = [
-        _with_definition(r, defs)
-        for r in await repo.current_kpis(pool, scope_level="district", scope_code=code, trend_points=12)
-    ]
-    alarms = await repo.list_alarms(pool, states=("active", "acknowledged"), district=code)
+    rows = await repo.current_kpis(pool, scope_level="district", scope_code=code, trend_points=12)
+    await _with_windows(pool, rows)
+    kpis = [_with_definition(r, defs) for r in rows]
+    alarms = await repo.list_alarms(pool, states=("active", "acknowledged"), district=code, shelved=False)
     incidents = await repo.list_incidents(pool, state="open", district=code)
     return {
         "code": area.code,
         "name": area.name,
         "kind": area.kind,
-        "status": worst_status([k["status"] for k in kpis], [a["severity"] for a in alarms]),
+        "status": worst_status(["ok"] if kpis else [], [a["severity"] for a in alarms]),
         "kpis": kpis,
         "alarms": alarms,
         "incidents": incidents,
@@ -229,8 +254,9 @@ async def district_detail(
 
 
 # Alarms and incidents --------------------------------------------------------------------------------------
-AlarmFilter = Literal["open", "active", "acknowledged", "cleared", "all"]
+AlarmFilter = Literal["open", "active", "acknowledged", "cleared", "shelved", "all"]
 _STATES = {
+    "shelved": ("active", "acknowledged"),
     "open": ("active", "acknowledged"),
     "active": ("active",),
     "acknowledged": ("acknowledged",),
@@ -256,8 +282,53 @@ async def alarms(
         domain=domain,
         incident_id=incident_id,
         limit=limit,
+        # open/active/acknowledged leave shelved alarms out (until their shelf expires); "shelved" lists them
+        shelved=True
+        if state == "shelved"
+        else (False if state in ("open", "active", "acknowledged") else None),
     )
     return {"items": items}
+
+
+@router.get("/alarms/stats", summary="Alarm rates (EEMUA 191 budget), chattering and most frequent alarms")
+async def alarm_stats(
+    request: Request,
+    minutes: int = Query(60, ge=10, le=7 * 24 * 60, description="the period measured, ending now"),
+    principal: Principal = READ,
+) -> dict:
+    since = datetime.now(UTC) - timedelta(minutes=minutes)
+    rates = await repo.alarm_rates(_ctx(request).pool, since)
+    return {
+        "minutes": minutes,
+        "from": since,
+        **rates,
+        "per_10_minutes": rate_per_10_minutes(rates["annunciated"], minutes),
+        "budget_per_10_minutes": BUDGET_PER_10_MINUTES,
+    }
+
+
+class ShelveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    minutes: int = Field(60, ge=1, le=int(MAX_SHELVE.total_seconds() // 60))
+    reason: str = Field("", max_length=200)
+
+
+@router.post(
+    "/alarms/{alarm_id:path}/shelve", summary="Shelve an open alarm for a while (audited; it expires)"
+)
+async def shelve_alarm(
+    request: Request, alarm_id: str, body: ShelveRequest, principal: Principal = ACK
+) -> dict:
+    done = await _store(request).operate(
+        [alarm_id], "shelve", principal.id, shelf=timedelta(minutes=body.minutes), reason=body.reason
+    )
+    return done[0]
+
+
+@router.post("/alarms/{alarm_id:path}/unshelve", summary="Put a shelved alarm back in the list (audited)")
+async def unshelve_alarm(request: Request, alarm_id: str, principal: Principal = ACK) -> dict:
+    done = await _store(request).operate([alarm_id], "unshelve", principal.id)
+    return done[0]
 
 
 @router.post("/alarms/{alarm_id:path}/acknowledge", summary="Acknowledge an active alarm (audited)")

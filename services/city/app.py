@@ -49,12 +49,13 @@ async def _start_consumer(ctx: ServiceContext, consumer: EventConsumer) -> None:
 
 
 async def _maintenance(ctx: ServiceContext, settings: CitySettings, store: CityStore) -> None:
-    """Retention of the time series and stream, and the open-alarm gauges."""
+    """Retention of the time series and stream, the open-alarm gauges, releasing chattering alarms."""
     last_retention = 0.0
     loop = asyncio.get_running_loop()
     while True:
         try:
             await store.refresh_gauges()
+            await store.release_chattering(datetime.now(UTC))
             if loop.time() - last_retention >= settings.retention_interval_seconds:
                 last_retention = loop.time()
                 deleted = await repo.delete_expired(
@@ -81,7 +82,10 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
     async def on_start(ctx: ServiceContext) -> None:
         assert ctx.pool is not None
         store = CityStore(
-            ctx.pool, correlation_window=timedelta(minutes=settings.correlation_minutes), hub=StreamHub()
+            ctx.pool,
+            correlation_window=timedelta(minutes=settings.correlation_minutes),
+            hub=StreamHub(),
+            incident_span=timedelta(minutes=settings.incident_span_minutes),
         )
         consumer = EventConsumer(
             settings.kafka,

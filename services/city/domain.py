@@ -164,6 +164,12 @@ class Alarm:
     cleared_at: datetime | None = None
     incident_id: str | None = None
     occurrences: int = 1
+    # Alarm management (services/city/alarming.py): latched while chattering, what the source last said, shelf.
+    chattering: bool = False
+    source_state: str | None = None
+    shelved_until: datetime | None = None
+    shelved_by: str | None = None
+    shelve_reason: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -241,12 +247,18 @@ class Incident:
 
 
 def correlate(
-    district: str | None, at: datetime, open_incidents: Iterable[Incident], window: timedelta
+    district: str | None,
+    at: datetime,
+    open_incidents: Iterable[Incident],
+    window: timedelta,
+    span: timedelta = timedelta(0),
 ) -> Incident | None:
     """The open incident an alarm raised in ``district`` at ``at`` joins, or ``None`` (it opens a new one).
 
     An alarm joins an incident of the same district whose latest alarm is at most ``window`` before it
-    (a sliding window, so a cascade keeps growing one incident); the most recent such incident wins.
+    (a sliding window, so a cascade keeps growing one incident), or which was opened at most ``span`` before it
+    (the slower consequences of one outage, e.g. a KPI judged on settled windows, join the incident their cause
+    opened, reopening it if it closed meanwhile); the most recent such incident wins.
     """
     if district is None:
         return None
@@ -254,10 +266,22 @@ def correlate(
     for inc in open_incidents:
         if inc.district != district:
             continue
-        if inc.last_alarm_at - window <= at <= inc.last_alarm_at + window and (
-            best is None or inc.last_alarm_at > best.last_alarm_at
-        ):
+        near = inc.last_alarm_at - window <= at <= inc.last_alarm_at + window
+        ongoing = inc.opened_at <= at <= inc.opened_at + span
+        if (near or ongoing) and (best is None or inc.last_alarm_at > best.last_alarm_at):
             best = inc
+    return best
+
+
+def correlate_any(
+    at: datetime, open_incidents: Iterable[Incident], window: timedelta, span: timedelta = timedelta(0)
+) -> Incident | None:
+    """:func:`correlate` over the incidents of every district (for city-wide alarms)."""
+    best: Incident | None = None
+    for inc in open_incidents:
+        found = correlate(inc.district, at, [inc], window, span)
+        if found is not None and (best is None or found.last_alarm_at > best.last_alarm_at):
+            best = found
     return best
 
 

@@ -12,7 +12,9 @@ State keys (one partition of the input topics; a ``:`` after the head so ``State
   it are ignored
 - ``seen:all`` → ``{"<domain>|<district or HN>": latest observed_at}`` (HN: the whole domain); one key, so a
   batch writes one changelog record for it, not one per district
-- ``alarm:<alarm_id>`` → severity of a city alarm currently raised
+- ``alarm:<alarm_id>`` → severity of a no-signal alarm currently raised
+- ``j:<alarm_id>`` → what breach judgement remembers of a KPI alarm (level raised, pending change and since
+  when, the window judged last; see ``services/city/alarming.py``)
 - ``meta:pruned_at`` → when old windows were last pruned
 
 How long windows are kept: a source may re-publish a window's partial as long as late data still changes it,
@@ -40,10 +42,10 @@ from sys import intern
 from typing import Any
 
 from services.city import publishing
+from services.city.alarming import LEVEL, AlarmRule, judge, load_rules, tidy
 from services.city.domain import (
     CITY_SCOPE,
     SCOPE_LEVELS,
-    breach_severity,
     domain_of,
     kpi_status,
     load_definitions,
@@ -62,6 +64,12 @@ SKEW_MARGIN = timedelta(hours=1)
 #: a series whose newest window got no partial for this long (wall clock) has stopped; it is forgotten whole
 STOPPED_AFTER = timedelta(days=7)
 SEEN_KEY = "seen:all"
+#: breaches are judged at most this often; a window is judged at the earliest this long after its end
+JUDGE_EVERY = timedelta(seconds=5)
+JUDGE_GRACE = timedelta(seconds=60)
+#: ...and only once its partials have not changed for this long (wall clock), looking this many windows back
+JUDGE_QUIET = timedelta(seconds=60)
+JUDGE_SEARCH_WINDOWS = 48
 PRUNED_AT_KEY = "meta:pruned_at"
 _LEGACY_HEADS = ("g|", "dirty|", "latest|", "seen|", "alarm|", "meta|")
 #: distinct timestamp strings remembered parsed (observations of one domain emit share one ``observed_at``)
@@ -112,6 +120,7 @@ class CityKpiProcessor(StreamProcessor):
         topics: Iterable[str] | None = None,
         district_silence: timedelta = timedelta(minutes=30),
         domain_silence: timedelta = timedelta(minutes=15),
+        rules: dict[str, AlarmRule] | None = None,
     ):
         self.definitions = definitions
         self.topics = tuple(topics) if topics is not None else domain_kpi_topics()
@@ -120,6 +129,9 @@ class CityKpiProcessor(StreamProcessor):
         self._domains: dict[str, str] = {}  # kpi → domain
         self._areas: dict[tuple[str, str, str], tuple[tuple[str, ...], str | None]] = {}  # see _about
         self._kept: dict[str, timedelta] = {}  # series → how long after a window's start it is kept
+        self.rules = load_rules(definitions) if rules is None else rules
+        self._judged_at: dict[int, datetime] = {}  # partition → last breach judgement (wall clock)
+        self._watching_since: datetime | None = None  # first emit: silence is only judged after watching
 
     # helpers -----------------------------------------------------------------------------------------------
     def _domain(self, kpi: str) -> str:
@@ -309,6 +321,10 @@ class CityKpiProcessor(StreamProcessor):
                 parts = state.get("g:" + group)
                 if parts:
                     self._publish_group(state, group, parts, now, updated_at, kpis, alarms)
+        judged_at = self._judged_at.get(state.partition)
+        if judged_at is None or judged_at + JUDGE_EVERY <= now or now < judged_at:
+            self._judged_at[state.partition] = now
+            self._judge_breaches(state, now, alarms)
         self._silence(state, now, alarms)
         last_prune = state.get(PRUNED_AT_KEY)
         if last_prune is None or _time(last_prune) + PRUNE_EVERY <= now:
@@ -342,11 +358,11 @@ class CityKpiProcessor(StreamProcessor):
                 domain=self._domain(kpi),
                 scope_level=level,
                 scope_code=code,
-                window_start=wstart,
+                window_start=wstart.replace("+00:00", "Z"),
                 window_seconds=int(wsec),
-                value=merged.value,
-                numerator=merged.numerator,
-                denominator=merged.denominator,
+                value=tidy(merged.value),
+                numerator=tidy(merged.numerator),
+                denominator=tidy(merged.denominator),
                 unit=unit[:24],
                 status=status,
                 target=definition.target if definition is not None else None,
@@ -356,53 +372,96 @@ class CityKpiProcessor(StreamProcessor):
         )
         series = f"latest:{kpi}|{level}|{code}|{wsec}"
         latest = state.get(series)
-        if latest is not None and latest != wstart:
-            if _time(latest) > _time(wstart):
-                return  # a late update of an older window: the alarm follows the newest window only
-            state.put(series, wstart)
-        elif latest is None:
-            state.put(series, wstart)
-        # Breach alarms on the definition's primary window only, so one KPI gives one alarm per area.
-        if definition is None or int(wsec) != definition.windows[0]:
-            return
-        alarm_id = f"city:kpi_breach:{kpi}:{level}:{code}"
-        severity = breach_severity(status)
-        current = state.get(f"alarm:{alarm_id}")
-        district = code if level == "district" else None
-        if severity is not None and severity != current:
-            state.put(f"alarm:{alarm_id}", severity)
-            threshold = (
-                definition.thresholds.critical if status == "critical" else definition.thresholds.warning
+        if latest is None or (latest != wstart and _time(latest) < _time(wstart)):
+            state.put(series, wstart)  # breaches are judged in _judge_breaches, on complete windows
+
+    def _judge_breaches(self, state: State, now: datetime, out: list[EncodedEvent]) -> None:
+        """Judge every series with an alarm rule on its primary window (see services/city/alarming.py):
+        the last complete window (once each), or the running window for level KPIs; raise/clear alarms."""
+        for key in state.keys("latest:"):
+            series = key[7:]
+            kpi, level, code, wsec = series.split("|")
+            rule = self.rules.get(kpi)
+            definition = self.definitions.get(kpi)
+            if rule is None or definition is None or int(wsec) != definition.windows[0]:
+                continue
+            latest = _time(state[key])
+            length = timedelta(seconds=int(wsec))
+            if rule.judge == "running":
+                start, at = latest, now
+            else:
+                found = self._settled_window(state, series, latest, length, rule.settle_seconds, now)
+                if found is None:
+                    continue
+                start, at = found, found + length
+            parts = state.get(f"g:{series}|{start.isoformat()}")
+            if not parts:
+                continue
+            alarm_id = f"city:kpi_breach:{kpi}:{level}:{code}"
+            memory = state.get("j:" + alarm_id)
+            if memory is None and (raised := state.pop("alarm:" + alarm_id, None)) is not None:
+                memory = {"lvl": LEVEL.get(raised, 2)}  # an alarm raised by the earlier, per-window rule
+            judged_start = start.isoformat()
+            if rule.judge == "complete" and memory is not None and memory.get("w") == judged_start:
+                continue  # each complete window is judged once
+            merged = merge_partials(parts, definition)
+            verdict = judge(
+                definition, rule, memory, value=merged.value, denominator=merged.denominator, at=at
             )
-            alarms.append(
-                publishing.alarm_changed(
-                    alarm_id=alarm_id,
-                    alarm_type="kpi_breach",
-                    state="raised",
-                    severity=severity,
-                    source_id=f"{kpi}:{code}",
-                    district=district,
-                    now=now,
-                    message=f"{definition.name.en} ({code}) = {merged.value:.4g} {definition.unit}: "
-                    f"{status} (threshold {threshold:g})",
+            if not verdict.judged:
+                continue
+            state.put("j:" + alarm_id, {**verdict.memory, "w": judged_start})
+            if verdict.action is None:
+                continue
+            district = code if level == "district" else None
+            shown = tidy(merged.value)
+            window = "running" if rule.judge == "running" else "complete"
+            if verdict.action == "raise":
+                status = "critical" if verdict.severity == "critical" else "warning"
+                threshold = getattr(definition.thresholds, status)
+                message = (
+                    f"{definition.name.en} ({code}) = {shown:.4g} {definition.unit} in the {window} window "
+                    f"from {publishing.iso(start)}: {status} (threshold {threshold:g})"
                 )
-            )
-        elif severity is None and current is not None and status != "unknown":
-            state.pop(f"alarm:{alarm_id}")
-            alarms.append(
+            else:
+                message = (
+                    f"{definition.name.en} ({code}) back within thresholds ({shown:.4g} {definition.unit})"
+                )
+            out.append(
                 publishing.alarm_changed(
                     alarm_id=alarm_id,
                     alarm_type="kpi_breach",
-                    state="cleared",
-                    severity=current,
+                    state="raised" if verdict.action == "raise" else "cleared",
+                    severity=verdict.severity,
                     source_id=f"{kpi}:{code}",
                     district=district,
                     now=now,
-                    message=f"{definition.name.en} ({code}) back within thresholds",
+                    message=message,
                 )
             )
 
+    @staticmethod
+    def _settled_window(
+        state: State, series: str, latest: datetime, length: timedelta, settle_seconds: float, now: datetime
+    ) -> datetime | None:
+        """Start of the newest window of ``series`` that ended ``settle_seconds`` ago and whose partials have not
+        changed for :data:`JUDGE_QUIET` (wall clock): its figures are final. While a source catches up through
+        past windows the newest windows are still receiving partials (other partitions, late readings)."""
+        settle = timedelta(seconds=max(settle_seconds, JUDGE_GRACE.total_seconds()))
+        start = latest
+        for _ in range(JUDGE_SEARCH_WINDOWS):
+            if start + length + settle <= now:
+                parts = state.get(f"g:{series}|{start.isoformat()}")
+                if parts is None:
+                    return None  # a gap: older windows are not judged any more
+                if max(_time(p["o"]) for p in parts.values()) + JUDGE_QUIET <= now:
+                    return start
+            start -= length
+        return None
+
     def _silence(self, state: State, now: datetime, out: list[EncodedEvent]) -> None:
+        if self._watching_since is None or now < self._watching_since:
+            self._watching_since = now
         seen = state.get(SEEN_KEY)
         if not seen:
             return
@@ -412,7 +471,8 @@ class CityKpiProcessor(StreamProcessor):
             limit = self.domain_silence if whole_domain else self.district_silence
             alarm_id = f"city:no_signal:{domain}:{code}"
             raised = state.get(f"alarm:{alarm_id}")
-            silent = now - _time(last) > limit
+            # Only what this worker watched stay silent counts: after a restart the last-seen times are old.
+            silent = now - _time(last) > limit and now - self._watching_since >= limit
             if silent == (raised is not None):
                 continue
             severity = "critical" if whole_domain else "major"

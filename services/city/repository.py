@@ -296,11 +296,44 @@ async def current_kpis(
         trends: dict[tuple, list] = {}
         for r in trend_rows:
             trends.setdefault((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]), []).append(
-                [r["window_start"].isoformat(), r["value"]]
+                [_utc_iso(r["window_start"]), r["value"]]
             )
         for r in out:
             r["trend"] = trends.get((r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]), [])
     return out
+
+
+async def last_complete_values(
+    pool: asyncpg.Pool, series: Sequence[tuple[str, str, str, int]], now: datetime
+) -> dict[tuple, dict[str, Any]]:
+    """Per series (kpi, level, code, window_seconds): its newest window that had ended by ``now``."""
+    if not series:
+        return {}
+    rows = await pool.fetch(
+        """
+        SELECT DISTINCT ON (v.kpi, v.scope_level, v.scope_code, v.window_seconds)
+               v.kpi, v.scope_level, v.scope_code, v.window_seconds, v.window_start, v.value, v.status
+        FROM kpi_values v
+        JOIN unnest($1::text[], $2::text[], $3::text[], $4::int[]) AS k(kpi, lvl, code, wsec)
+          ON v.kpi = k.kpi AND v.scope_level = k.lvl AND v.scope_code = k.code AND v.window_seconds = k.wsec
+        WHERE v.window_start + make_interval(secs => v.window_seconds) <= $5
+          AND v.window_start > $5 - make_interval(secs => 3 * v.window_seconds)
+        ORDER BY v.kpi, v.scope_level, v.scope_code, v.window_seconds, v.window_start DESC
+        """,
+        [s[0] for s in series],
+        [s[1] for s in series],
+        [s[2] for s in series],
+        [s[3] for s in series],
+        now,
+    )
+    return {
+        (r["kpi"], r["scope_level"], r["scope_code"], r["window_seconds"]): {
+            "window_start": r["window_start"],
+            "value": r["value"],
+            "status": r["status"],
+        }
+        for r in rows
+    }
 
 
 async def district_statuses(pool: asyncpg.Pool) -> dict[str, dict[str, Any]]:
@@ -311,7 +344,7 @@ async def district_statuses(pool: asyncpg.Pool) -> dict[str, dict[str, Any]]:
     )
     alarms = await pool.fetch(
         "SELECT district, array_agg(severity) AS severities FROM alarms WHERE state <> 'cleared' "
-        "AND district IS NOT NULL GROUP BY district"
+        "AND district IS NOT NULL AND (shelved_until IS NULL OR shelved_until <= now()) GROUP BY district"
     )
     out: dict[str, dict[str, Any]] = {}
     for r in kpis:
@@ -342,6 +375,11 @@ _ALARM_COLUMNS = (
     "cleared_at",
     "incident_id",
     "occurrences",
+    "chattering",
+    "source_state",
+    "shelved_until",
+    "shelved_by",
+    "shelve_reason",
 )
 
 
@@ -365,12 +403,17 @@ async def save_alarm(conn: asyncpg.Connection, alarm: Alarm) -> None:
     )
 
 
-async def open_incidents(conn: asyncpg.Connection, district: str) -> list[Incident]:
-    """The district's open incidents, locked."""
+async def open_incidents(
+    conn: asyncpg.Connection, district: str | None, opened_since: datetime | None = None
+) -> list[Incident]:
+    """The district's open incidents (every district's with ``None``), and those opened since
+    ``opened_since`` even if closed meanwhile (a late consequence reopens its incident), locked."""
     rows = await conn.fetch(
         "SELECT incident_id, district, opened_at, last_alarm_at, domains, alarm_count FROM incidents "
-        "WHERE district=$1 AND state='open' FOR UPDATE",
+        "WHERE ($1::text IS NULL OR district=$1) "
+        "AND (state='open' OR ($2::timestamptz IS NOT NULL AND opened_at >= $2)) ORDER BY incident_id FOR UPDATE",
         district,
+        opened_since,
     )
     return [
         Incident(
@@ -389,7 +432,8 @@ async def save_incident(conn: asyncpg.Connection, incident: Incident) -> None:
     await conn.execute(
         "INSERT INTO incidents (incident_id, district, state, opened_at, last_alarm_at, domains, alarm_count) "
         "VALUES ($1, $2, 'open', $3, $4, $5, $6) ON CONFLICT (incident_id) DO UPDATE "
-        "SET last_alarm_at=EXCLUDED.last_alarm_at, domains=EXCLUDED.domains, alarm_count=EXCLUDED.alarm_count",
+        "SET last_alarm_at=EXCLUDED.last_alarm_at, domains=EXCLUDED.domains, alarm_count=EXCLUDED.alarm_count, "
+        "state='open', closed_at=NULL",
         incident.incident_id,
         incident.district,
         incident.opened_at,
@@ -418,11 +462,14 @@ async def list_alarms(
     domain: str | None = None,
     incident_id: str | None = None,
     limit: int = 200,
+    shelved: bool | None = None,
 ) -> list[dict[str, Any]]:
+    """Alarms in ``states``; ``shelved``: True only shelved ones, False none of them, None both."""
     rows = await pool.fetch(
         f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms WHERE state = ANY($1::text[]) "
         "AND ($2::text IS NULL OR district=$2) AND ($3::text IS NULL OR domain=$3) "
         "AND ($4::text IS NULL OR incident_id=$4) "
+        "AND ($6::bool IS NULL OR (shelved_until IS NOT NULL AND shelved_until > now()) = $6) "
         "ORDER BY (state='cleared'), CASE severity WHEN 'critical' THEN 0 WHEN 'major' THEN 1 "
         "WHEN 'minor' THEN 2 ELSE 3 END, changed_at DESC LIMIT $5",
         list(states),
@@ -430,6 +477,7 @@ async def list_alarms(
         domain,
         incident_id,
         limit,
+        shelved,
     )
     return [dict(r) for r in rows]
 
@@ -481,9 +529,95 @@ async def open_alarm_counts(pool: asyncpg.Pool) -> dict[tuple[str, str], int]:
 
 
 def alarm_item(alarm: Alarm) -> dict[str, Any]:
-    """The stream/API form of an alarm."""
+    """The stream/API form of an alarm (times in UTC, ``...Z``, as the API gives them)."""
     d = asdict(alarm)
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in d.items()}
+    return {k: (_utc_iso(v) if isinstance(v, datetime) else v) for k, v in d.items()}
+
+
+def _utc_iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# Alarm log and rates ---------------------------------------------------------------------------------------
+async def log_alarm_notice(
+    conn: asyncpg.Connection, change: dict[str, Any], at: datetime, annunciated: bool
+) -> None:
+    await conn.execute(
+        "INSERT INTO alarm_log (alarm_id, domain, alarm_type, district, state, at, annunciated) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        change["alarm_id"],
+        change["domain"],
+        change["alarm_type"],
+        change.get("district"),
+        change["state"],
+        at,
+        annunciated,
+    )
+
+
+async def recent_raises(conn: asyncpg.Connection, alarm_id: str, since: datetime, before: datetime) -> int:
+    """Raises the source sent for ``alarm_id`` in [since, before)."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM alarm_log WHERE alarm_id=$1 AND state='raised' AND at >= $2 AND at < $3",
+        alarm_id,
+        since,
+        before,
+    )
+
+
+async def chattering_to_release(conn: asyncpg.Connection, before: datetime) -> list[Alarm]:
+    """Open chattering alarms whose source has been clear since before ``before``, locked."""
+    rows = await conn.fetch(
+        f"SELECT {', '.join(_ALARM_COLUMNS)} FROM alarms WHERE chattering AND state <> 'cleared' "
+        "AND source_state = 'cleared' AND changed_at < $1 FOR UPDATE",
+        before,
+    )
+    return [Alarm(**dict(r)) for r in rows]
+
+
+async def alarm_rates(
+    pool: asyncpg.Pool, since: datetime, top: int = 10, until: datetime | None = None
+) -> dict[str, Any]:
+    """Counts of the alarm log in [since, until): annunciated raises, suppressed notices, the top raisers."""
+    until = until or datetime(9999, 1, 1, tzinfo=UTC)
+    totals = await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE state='raised' AND annunciated) AS annunciated, "
+        "count(*) FILTER (WHERE state='raised') AS raised, "
+        "count(*) FILTER (WHERE state='raised' AND NOT annunciated) AS suppressed FROM alarm_log WHERE at >= $1 AND at < $2",
+        since,
+        until,
+    )
+    by_domain = await pool.fetch(
+        "SELECT domain, count(*) AS n FROM alarm_log WHERE at >= $1 AND at < $2 AND state='raised' AND annunciated "
+        "GROUP BY domain ORDER BY n DESC",
+        since,
+        until,
+    )
+    busiest = await pool.fetch(
+        "SELECT l.alarm_id, l.domain, l.alarm_type, l.district, count(*) AS raises, "
+        "coalesce(bool_or(a.chattering), false) AS chattering "
+        "FROM alarm_log l LEFT JOIN alarms a ON a.alarm_id = l.alarm_id "
+        "WHERE l.at >= $1 AND l.at < $3 AND l.state='raised' GROUP BY l.alarm_id, l.domain, l.alarm_type, l.district "
+        "ORDER BY raises DESC, l.alarm_id LIMIT $2",
+        since,
+        top,
+        until,
+    )
+    state = await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE state <> 'cleared') AS open, "
+        "count(*) FILTER (WHERE state <> 'cleared' AND shelved_until > now()) AS shelved, "
+        "count(*) FILTER (WHERE state <> 'cleared' AND chattering) AS chattering FROM alarms"
+    )
+    return {
+        "annunciated": totals["annunciated"],
+        "raised": totals["raised"],
+        "suppressed": totals["suppressed"],
+        "by_domain": {r["domain"]: r["n"] for r in by_domain},
+        "top": [dict(r) for r in busiest],
+        "open": state["open"],
+        "shelved": state["shelved"],
+        "chattering": state["chattering"],
+    }
 
 
 # The console stream ----------------------------------------------------------------------------------------

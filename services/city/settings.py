@@ -21,6 +21,8 @@ class CitySettings(ServiceSettings):
     consumer_group: str = "city-store"
     # Alarms in one district within this many minutes of each other form one incident.
     correlation_minutes: float = 15.0
+    # ...and an alarm of a district whose incident is still open joins it up to this long after it opened.
+    incident_span_minutes: float = 120.0
     # "No signal": a district (or a whole domain) whose KPIs stopped arriving for this long.
     district_silence_seconds: float = 1800.0
     domain_silence_seconds: float = 900.0

@@ -21,13 +21,15 @@ import asyncpg
 from prometheus_client import Gauge
 
 from services.city import repository as repo
+from services.city.alarming import CHATTER_WINDOW, fold_source_change, release_chattering, shelve, unshelve
 from services.city.domain import (
+    CITY_SCOPE,
     Alarm,
     LifecycleError,
     acknowledge,
-    apply_source_change,
     clear,
     correlate,
+    correlate_any,
     join_incident,
     open_incident,
 )
@@ -79,9 +81,17 @@ class StreamHub:
 class CityStore:
     """Consumer handler and operator actions on the city schema."""
 
-    def __init__(self, pool: asyncpg.Pool, *, correlation_window: timedelta, hub: StreamHub | None = None):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        correlation_window: timedelta,
+        hub: StreamHub | None = None,
+        incident_span: timedelta = timedelta(hours=2),
+    ):
         self.pool = pool
         self.correlation_window = correlation_window
+        self.incident_span = incident_span
         self.hub = hub or StreamHub()
 
     async def handle(self, events: Sequence[ReceivedEvent]) -> None:
@@ -107,25 +117,51 @@ class CityStore:
             for change in changes:
                 at = parse_time(change["at"]) if isinstance(change["at"], str) else change["at"]
                 current = await repo.alarm_for_update(conn, change["alarm_id"])
-                updated = apply_source_change(current, change, at)
+                raises = await repo.recent_raises(conn, change["alarm_id"], at - CHATTER_WINDOW, at)
+                updated = fold_source_change(current, change, at, raises)
+                opened = updated is not None and updated.is_open and (current is None or not current.is_open)
+                closed = (
+                    updated is not None and not updated.is_open and current is not None and current.is_open
+                )
+                await repo.log_alarm_notice(conn, change, at, opened or closed)
                 if updated is None:
                     continue
                 stream += await self._save(conn, current, updated)
             return await repo.insert_stream_items(conn, stream)
+
+    async def release_chattering(self, now: datetime) -> None:
+        """Clear latched chattering alarms whose source has been clear for the chatter window."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            stream: list[tuple[str, dict]] = []
+            for alarm in await repo.chattering_to_release(conn, now - CHATTER_WINDOW):
+                released = release_chattering(alarm, now)
+                if released is not None:
+                    stream += await self._save(conn, alarm, released)
+            items = await repo.insert_stream_items(conn, stream)
+        if items:
+            await self.hub.notify(max(i["seq"] for i in items))
 
     async def _save(
         self, conn: asyncpg.Connection, before: Alarm | None, alarm: Alarm
     ) -> list[tuple[str, dict]]:
         items: list[tuple[str, dict]] = []
         newly_open = alarm.is_open and (before is None or not before.is_open)
-        if newly_open and alarm.district is not None:
-            candidates = await repo.open_incidents(conn, alarm.district)
-            incident = correlate(alarm.district, alarm.raised_at, candidates, self.correlation_window)
-            incident = (
-                join_incident(incident, alarm)
-                if incident is not None
-                else open_incident(alarm.district, alarm)
-            )
+        if newly_open:
+            # City-wide alarms (no district) group into the city's incidents: a flood is one incident.
+            where = alarm.district or CITY_SCOPE
+            if alarm.district is None:
+                # A city-wide alarm (a city KPI dragged down by one district's outage) joins the incident in
+                # progress, whichever district it is in: a flood is one incident.
+                candidates = await repo.open_incidents(conn, None, alarm.raised_at - self.incident_span)
+                incident = correlate_any(
+                    alarm.raised_at, candidates, self.correlation_window, self.incident_span
+                )
+            else:
+                candidates = await repo.open_incidents(conn, where, alarm.raised_at - self.incident_span)
+                incident = correlate(
+                    where, alarm.raised_at, candidates, self.correlation_window, self.incident_span
+                )
+            incident = join_incident(incident, alarm) if incident is not None else open_incident(where, alarm)
             await repo.save_incident(conn, incident)
             alarm = replace(alarm, incident_id=incident.incident_id)
             items.append(
@@ -151,20 +187,44 @@ class CityStore:
             items.append(
                 (
                     "incident",
-                    {"incident_id": alarm.incident_id, "district": alarm.district, "state": "closed"},
+                    {
+                        "incident_id": alarm.incident_id,
+                        "district": alarm.district or CITY_SCOPE,
+                        "state": "closed",
+                    },
                 )
             )
         return [("alarm", repo.alarm_item(alarm)), *items]
 
     async def operate(
-        self, alarm_ids: Sequence[str], action: str, principal: str, *, target: str | None = None
+        self,
+        alarm_ids: Sequence[str],
+        action: str,
+        principal: str,
+        *,
+        target: str | None = None,
+        shelf: timedelta | None = None,
+        reason: str = "",
     ) -> list[dict[str, Any]]:
-        """Acknowledge or clear alarms as ``principal``: lifecycle check, audit, stream, one transaction.
+        """Acknowledge, clear, shelve (for ``shelf``) or unshelve alarms as ``principal``: lifecycle check,
+        audit, stream, one transaction.
 
         404 for an unknown alarm, 409 when the lifecycle does not allow the action.
         """
         now = datetime.now(UTC)
-        step = acknowledge if action == "acknowledge" else clear
+        if action == "shelve":
+            shelf = shelf or timedelta(hours=1)
+
+            def step(alarm: Alarm, who: str, at: datetime) -> Alarm:
+                return shelve(alarm, who, at, shelf, reason)
+
+        elif action == "unshelve":
+
+            def step(alarm: Alarm, who: str, at: datetime) -> Alarm:
+                return unshelve(alarm)
+
+        else:
+            step = acknowledge if action == "acknowledge" else clear
         async with self.pool.acquire() as conn, conn.transaction():
             stream: list[tuple[str, dict]] = []
             done: list[dict[str, Any]] = []

@@ -4,6 +4,12 @@ A few hundred kiosks (× ``scale``) in tall buildings (open 24/7) and one-stop c
 districts, each with a heartbeat every minute, sessions following a daily usage curve (Hanoi time), printers
 running out of paper and refilled later, peripherals failing and being repaired, network drops, and a few kiosks
 going dark for good. Sessions carry no personal data (at most a made-up dossier code).
+
+Fault rates are calibrated (docs/simulation.md): a hardware fault about once a month per kiosk (an ATM's
+MTBF of ~29 days), a network drop every ten days. The fleet is the same on every start (ids and layout from
+a fixed seed), so a restart continues the kiosks the service knows instead of abandoning them.
+Scripted incidents (``incidents`` or ``IOC_SIM_INCIDENTS="<district>@<ISO start>/<minutes>"``): the
+district's power is out, its kiosks go dark until the end.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -67,8 +74,10 @@ JOURNEY_WEIGHTS = {
 }
 PAPER_SHEETS = 400
 SESSIONS_PER_KIOSK_DAY = 40.0
-NETWORK_DROPS_PER_S = 2 / 86400  # about two drops a kiosk a day
-FAILURES_PER_S = 1 / (3 * 86400)  # a peripheral failure every three days a kiosk
+NETWORK_DROPS_PER_S = 1 / (10 * 86400)  # assumption: a network drop every ten days a kiosk
+FAILURES_PER_S = 1 / (29 * 86400)  # a peripheral failure a month a kiosk (ATM MTBF ≈ 28.7 days)
+FLEET_SEED = 2026
+DARK_SHARE = 0.005  # kiosks that go dark for good during a run (a broken power supply)
 
 
 @dataclass
@@ -94,11 +103,11 @@ class SimKiosk:
         return not self.is_dark(now) and (self.offline_until is None or now >= self.offline_until)
 
 
-def build_fleet(n: int, rng: random.Random, now: datetime) -> list[SimKiosk]:
-    """``n`` kiosks spread over the districts; about 2% of them will go dark within the first half hour."""
+def build_fleet(n: int, rng: random.Random, now: datetime, prefix: str = "SIM") -> list[SimKiosk]:
+    """``n`` kiosks spread over the districts; a few of them will go dark within the first half hour."""
     areas = hanoi()
     districts = sorted(d.code for d in areas.districts)
-    run = uuid.uuid4().hex[:4]
+    run = prefix
     fleet = []
     for i in range(n):
         district = districts[i % len(districts)]
@@ -117,7 +126,7 @@ def build_fleet(n: int, rng: random.Random, now: datetime) -> list[SimKiosk]:
             peripherals,
         )
         k.paper = rng.randint(PAPER_SHEETS // 4, PAPER_SHEETS)
-        if rng.random() < 0.02:
+        if rng.random() < DARK_SHARE:
             k.dark_at = now + timedelta(seconds=rng.uniform(60, 1800))
         fleet.append(k)
     return fleet
@@ -268,6 +277,29 @@ class FleetStep:
         return [self._status(k, "printer", "online", now, state)]
 
 
+def parse_incidents(spec: str | None) -> list[tuple[str, datetime, datetime]]:
+    """``"HK@2026-12-07T03:05:00Z/20,..."`` → [(district, start, end)]; empty or "none" → []."""
+    out = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part or part == "none":
+            continue
+        district, _, rest = part.partition("@")
+        start, _, minutes = rest.partition("/")
+        t0 = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        out.append((district, t0, t0 + timedelta(minutes=float(minutes or 20))))
+    return out
+
+
+def black_out(fleet: list[SimKiosk], incidents: list[tuple[str, datetime, datetime]], now: datetime) -> None:
+    """Kiosks of a district whose power is out (a scripted incident) are unreachable until it ends."""
+    for district, t0, t1 in incidents:
+        if t0 <= now < t1:
+            for k in fleet:
+                if k.district == district and (k.offline_until is None or k.offline_until < t1):
+                    k.offline_until = t1
+
+
 async def _post(client: httpx.AsyncClient, path: str, items: list[dict], stop: asyncio.Event) -> None:
     """Post in chunks; retry a chunk on 429/503 and network errors (with the same Idempotency-Key)."""
     for i in range(0, len(items), 1000):
@@ -298,13 +330,22 @@ async def run(
     heartbeat_seconds: float = 60.0,
     seed: int | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    incidents: list[tuple[str, datetime, datetime]] | None = None,
+    prefix: str = "SIM",
 ) -> None:
     """Simulate ``300 × scale`` kiosks against the kiosk service at ``base_url`` until ``stop`` is set.
 
     ``api_key`` needs ``kiosk:admin`` (to register the fleet) and ``kiosk:ingest``.
     """
+    fleet = build_fleet(
+        max(3, int(300 * scale)),
+        random.Random(FLEET_SEED if seed is None else seed),
+        datetime.now(UTC),
+        prefix,
+    )
     rng = random.Random(seed)
-    fleet = build_fleet(max(3, int(300 * scale)), rng, datetime.now(UTC))
+    if incidents is None:
+        incidents = parse_incidents(os.environ.get("IOC_SIM_INCIDENTS"))
     step = FleetStep(rng, heartbeat_seconds)
     async with httpx.AsyncClient(
         base_url=base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30, transport=transport
@@ -331,6 +372,7 @@ async def run(
         last = datetime.now(UTC)
         while not stop.is_set():
             now = datetime.now(UTC)
+            black_out(fleet, incidents, now)
             heartbeats, peripherals, sessions = step.step(
                 fleet, now, max(0.001, (now - last).total_seconds())
             )

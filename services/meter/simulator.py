@@ -4,7 +4,17 @@ It registers a fleet (~20,000 meters × scale over Hanoi's 30 districts, feeders
 15-minute load profiles with a daily shape, in compressed time: one simulated quarter hour every
 ``step_seconds`` starting a day in the past, until simulated time catches up with the clock (then real time).
 Along the way: feeder outages (last gasp then power-up, some momentary), tamper events, late and duplicate
-deliveries, and a few broken meters whose register runs backwards.
+deliveries, and a few broken meters whose register runs backwards. Rates are calibrated to published
+figures (docs/simulation.md): sustained interruptions ``SAIFI_PER_YEAR`` per customer, CAIDI
+``CAIDI_MINUTES``, momentary ones ``MAIFI_PER_YEAR``.
+
+Continuity: the fleet is the same on every start (a fixed seed) and each meter's register is a function of
+time (a base plus the integral of its load shape), so after a restart the registers continue from what the
+meter service stored, never backwards. When the fleet is already registered (``GET /v1/meters/<first>``
+answers 200) the simulator resumes ``RESUME_BACKFILL`` before now instead of a day back.
+
+Scripted incidents (``incidents`` or ``IOC_SIM_INCIDENTS="<district>@<ISO start>/<minutes>,..."``): every
+feeder of the district goes down at the start (last gasps) and comes back at the end (power-up).
 """
 
 from __future__ import annotations
@@ -12,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import random
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
@@ -24,6 +36,20 @@ from shared.tasks import wait_event
 log = logging.getLogger(__name__)
 QUARTER = 900
 BATCH = 10_000
+FLEET_SEED = 20_26  # the same fleet (ids, feeders, consumption) on every start
+# Calibration (sources in docs/simulation.md): EVN reported SAIFI 3.18 and MAIFI 0.83 for the first half of 2018,
+# EVNHCMC SAIFI 3.02 and SAIDI 231 min for 2017 (CAIDI = SAIDI / SAIFI ≈ 77 min).
+SAIFI_PER_YEAR = 3.0
+MAIFI_PER_YEAR = 1.5
+CAIDI_MINUTES = 77.0
+TAMPER_PER_METER_YEAR = 0.01  # assumption: one meter in a hundred opened or tampered with a year
+RESUME_BACKFILL = timedelta(hours=2)
+# Delivery quality of the head-end (assumptions, docs/simulation.md): readings lost, delivered one interval
+# late, delivered twice; one meter in BROKEN_ONE_IN with a faulty register.
+LOST_SHARE, LATE_SHARE, DUPLICATE_SHARE = 0.001, 0.003, 0.005
+BROKEN_ONE_IN = 10_000
+EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
+HANOI_OFFSET = 7 * 3600
 
 
 def _iso(dt: datetime) -> str:
@@ -33,6 +59,52 @@ def _iso(dt: datetime) -> str:
 def load_shape(hour: float) -> float:
     """Relative household demand over a day: night trough, morning and evening peaks (evening highest)."""
     return 0.35 + 0.45 * math.exp(-((hour - 7.5) ** 2) / 3) + 0.9 * math.exp(-((hour - 19.5) ** 2) / 4)
+
+
+def _shape_integral(hours: float) -> float:
+    """∫₀ʰ load_shape(x) dx (x local hours from midnight, 0 ≤ h ≤ 24): the Gaussians through erf."""
+
+    def bump(a: float, mu: float, var: float) -> float:
+        s = math.sqrt(var)
+        return a * s * math.sqrt(math.pi) / 2 * (math.erf((hours - mu) / s) - math.erf(-mu / s))
+
+    return 0.35 * hours + bump(0.45, 7.5, 3) + bump(0.9, 19.5, 4)
+
+
+DAY_SHAPE = _shape_integral(24.0)
+
+
+def cumulative_shape(t: datetime) -> float:
+    """Load-shape hours from :data:`EPOCH` to ``t`` (Hanoi days): a meter's energy is ``kw ×`` its growth."""
+    local = (t - EPOCH).total_seconds() + HANOI_OFFSET
+    days, rest = divmod(local, 86400)
+    return days * DAY_SHAPE + _shape_integral(rest / 3600)
+
+
+def _unit_noise(meter_id: str, t: datetime) -> float:
+    """A number in [0, 1) fixed by meter and time (the same after a restart)."""
+    return (zlib.crc32(f"{meter_id}|{int(t.timestamp())}".encode()) & 0xFFFF) / 65536
+
+
+def register_at(base: float, kw: float, meter_id: str, t: datetime) -> float:
+    """The register (kWh) of a meter at ``t``: its base plus ``kw`` times the load-shape integral, with a small
+    wobble that telescopes (an interval's energy stays positive: the night trough is 0.35 × 0.25 h per
+    quarter hour, the wobble at most 0.05)."""
+    return base + kw * (cumulative_shape(t) + 0.05 * _unit_noise(meter_id, t))
+
+
+def parse_incidents(spec: str | None) -> list[tuple[str, datetime, datetime]]:
+    """``"HK@2026-12-07T03:05:00Z/20,..."`` → [(district, start, end)]; empty or "none" → []."""
+    out = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part or part == "none":
+            continue
+        district, _, rest = part.partition("@")
+        start, _, minutes = rest.partition("/")
+        t0 = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        out.append((district, t0, t0 + timedelta(minutes=float(minutes or 20))))
+    return out
 
 
 class Fleet:
@@ -66,12 +138,15 @@ class Fleet:
                     "interval_seconds": 3600 if rng.random() < 0.03 else 900,
                 }
             )
-            self.register[mid] = rng.uniform(1_000, 60_000)
+            self.register[mid] = rng.uniform(1_000, 60_000)  # the register's base at EPOCH
             self.kw[mid] = rng.uniform(8, 40) if bulk else rng.uniform(0.3, 2.0)
-        for m in rng.sample(self.meters, max(1, n // 2000)):
+        for m in rng.sample(self.meters, n // BROKEN_ONE_IN):
             self.broken.add(m["meter_id"])
         self.feeders: dict[str, list[str]] = {}
+        self.district_feeders: dict[str, list[str]] = {}
         for m in self.meters:
+            if m["feeder"] not in self.feeders:
+                self.district_feeders.setdefault(m["district"], []).append(m["feeder"])
             self.feeders.setdefault(m["feeder"], []).append(m["meter_id"])
 
 
@@ -105,39 +180,88 @@ async def run(
     districts: Sequence[str] | None = None,
     prefix: str = "MTR-",
     transport: httpx.AsyncBaseTransport | None = None,
+    incidents: Sequence[tuple[str, datetime, datetime]] | None = None,
+    start: datetime | None = None,
 ) -> None:
     """Register the fleet, then post readings and events until ``stop`` is set.
 
     ``districts`` limits the fleet to some districts, ``prefix`` names its meters, ``transport`` lets tests
-    run the simulator against an in-process app.
+    run the simulator against an in-process app, ``start`` overrides where simulated time begins.
     """
+    fleet = Fleet(
+        max(10, int(20_000 * scale)), random.Random(FLEET_SEED if seed is None else seed), districts, prefix
+    )
     rng = random.Random(seed)
-    fleet = Fleet(max(10, int(20_000 * scale)), rng, districts, prefix)
+    if incidents is None:
+        incidents = parse_incidents(os.environ.get("IOC_SIM_INCIDENTS"))
     headers = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(
         base_url=base_url, headers=headers, timeout=60, transport=transport
     ) as client:
+        known = await _fleet_known(client, fleet.meters[0]["meter_id"])
         for i in range(0, len(fleet.meters), 5000):
             await _post(client, "/v1/meters", {"items": fleet.meters[i : i + 5000]}, stop)
-        log.info("simulator fleet registered", extra={"meters": len(fleet.meters)})
+        log.info("simulator fleet registered", extra={"meters": len(fleet.meters), "resumed": known})
         now = datetime.now(UTC)
-        start = int((now - timedelta(days=1)).timestamp())
-        sim = datetime.fromtimestamp(start - start % QUARTER, UTC)
+        # A fleet the service knows already: resume shortly before now (its registers continue where the
+        # service's stopped: they are a function of time), not a whole day back.
+        first = start or now - (RESUME_BACKFILL if known else timedelta(days=1))
+        begin = int(first.timestamp())
+        sim = datetime.fromtimestamp(begin - begin % QUARTER, UTC)
         late: list[dict] = []
-        outages: dict[str, datetime] = {}  # feeder → restoration time
+        outages: dict[str, datetime] = {}  # feeder → restoration time (random faults)
+        scripted: dict[str, datetime] = {}  # feeder → restoration time (scripted incidents)
+        started: set[int] = set()
         while not stop.is_set():
             end = sim + timedelta(seconds=QUARTER)
-            wait = (end - datetime.now(UTC)).total_seconds() + 5
-            if wait > 0:  # caught up with the clock: real time from now on
-                await wait_event(stop, wait)
+            clock = datetime.now(UTC)
+            events = _incident_events(fleet, incidents, scripted, started, min(end, clock))
+            if events:
+                await _post(client, "/v1/events", {"items": events}, stop)
+            wait = (end - clock).total_seconds() + 5
+            if wait > 0:  # caught up with the clock: real time from now on (incidents announced promptly)
+                await wait_event(stop, min(wait, 5.0))
                 continue
-            readings, events = _interval(fleet, rng, sim, end, late, outages)
+            readings, events = _interval(fleet, rng, sim, end, late, outages, set(scripted))
             for i in range(0, len(readings), BATCH):
                 await _post(client, "/v1/readings", {"items": readings[i : i + BATCH]}, stop)
             if events:
                 await _post(client, "/v1/events", {"items": events}, stop)
             sim = end
             await wait_event(stop, step_seconds)
+
+
+async def _fleet_known(client: httpx.AsyncClient, meter_id: str) -> bool:
+    try:
+        return (await client.get(f"/v1/meters/{meter_id}")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _incident_events(
+    fleet: Fleet,
+    incidents: Sequence[tuple[str, datetime, datetime]],
+    scripted: dict[str, datetime],
+    started: set[int],
+    upto: datetime,
+) -> list[dict]:
+    """Last gasps of every meter of an incident's district when it starts, power-ups when it ends (up to
+    ``upto``), each once."""
+    events: list[dict] = []
+    for n, (district, t0, t1) in enumerate(incidents):
+        if n not in started and t0 <= upto:
+            started.add(n)
+            for feeder in fleet.district_feeders.get(district, []):
+                scripted[feeder] = t1
+                for k, mid in enumerate(fleet.feeders[feeder]):
+                    at = t0 + timedelta(milliseconds=10 * k)
+                    events.append({"meter_id": mid, "at": _iso(at), "raw_code": "LAST_GASP"})
+    for feeder, t1 in list(scripted.items()):
+        if t1 <= upto:
+            del scripted[feeder]
+            for mid in fleet.feeders[feeder]:
+                events.append({"meter_id": mid, "at": _iso(t1), "code": 2, "raw_code": "2"})
+    return events
 
 
 def _interval(
@@ -147,34 +271,41 @@ def _interval(
     end: datetime,
     late: list[dict],
     outages: dict[str, datetime],
+    dark: set[str] = frozenset(),
 ) -> tuple[list[dict], list[dict]]:
-    """Readings and events of one quarter hour (plus late readings held back from the previous one)."""
-    hour = start.hour + start.minute / 60 + 7  # Hanoi is UTC+7
-    shape = load_shape(hour % 24)
+    """Readings and events of one quarter hour (plus late readings held back from the previous one).
+
+    ``dark``: feeders down for a scripted incident (their meters send nothing)."""
     events: list[dict] = []
-    # Feeder outages: restore due ones, maybe start a new one.
+    # Feeder outages: restore due ones, maybe start a new one. Per feeder and quarter hour, sustained
+    # interruptions happen SAIFI_PER_YEAR times a year, momentary ones MAIFI_PER_YEAR times.
     for feeder, until in list(outages.items()):
         if until <= end:
             for mid in fleet.feeders[feeder]:
                 events.append({"meter_id": mid, "at": _iso(until), "code": 2, "raw_code": "2"})
             del outages[feeder]
-    if rng.random() < 0.15:
-        feeder = rng.choice(list(fleet.feeders))
-        if feeder not in outages:
-            down = start + timedelta(seconds=rng.randint(0, QUARTER - 200))
-            minutes = rng.choice([1, 2, 3]) if rng.random() < 0.4 else rng.randint(10, 90)
-            outages[feeder] = down + timedelta(minutes=minutes)
-            for mid in fleet.feeders[feeder]:
-                events.append(
-                    {
-                        "meter_id": mid,
-                        "at": _iso(down + timedelta(seconds=rng.randint(0, 20))),
-                        "raw_code": "LAST_GASP",
-                    }
-                )
-    down_meters = {m for f in outages for m in fleet.feeders[f]}
+    per_quarter = (SAIFI_PER_YEAR + MAIFI_PER_YEAR) / (365 * 96)
+    for feeder in fleet.feeders:
+        if feeder in outages or feeder in dark or rng.random() >= per_quarter:
+            continue
+        down = start + timedelta(seconds=rng.randint(0, QUARTER - 200))
+        momentary = rng.random() < MAIFI_PER_YEAR / (SAIFI_PER_YEAR + MAIFI_PER_YEAR)
+        # sustained: exponential around CAIDI (at least 5 min, IEEE 1366's momentary limit)
+        minutes = rng.uniform(0.5, 4.5) if momentary else max(5.0, rng.expovariate(1 / CAIDI_MINUTES))
+        outages[feeder] = down + timedelta(minutes=minutes)
+        for mid in fleet.feeders[feeder]:
+            events.append(
+                {
+                    "meter_id": mid,
+                    "at": _iso(down + timedelta(seconds=rng.randint(0, 20))),
+                    "raw_code": "LAST_GASP",
+                }
+            )
+    down_meters = {m for f in (*outages, *dark) for m in fleet.feeders[f]}
     # Tamper: a cover opened and closed again, a magnet, reverse energy (vendor code).
-    for _ in range(rng.randint(0, 3)):
+    tamper_lam = TAMPER_PER_METER_YEAR * len(fleet.meters) / (365 * 96)
+    while rng.random() < tamper_lam:
+        tamper_lam /= 2  # (a second one in the same quarter hour is rarer still)
         m = rng.choice(fleet.meters)["meter_id"]
         t = start + timedelta(seconds=rng.randint(0, QUARTER - 120))
         kind = rng.choice(
@@ -192,13 +323,11 @@ def _interval(
         mid = m["meter_id"]
         if end_epoch % m["interval_seconds"] or mid in down_meters:
             continue
-        hours = m["interval_seconds"] / 3600
-        fleet.register[mid] += fleet.kw[mid] * shape * hours * rng.uniform(0.7, 1.3)
-        value = round(fleet.register[mid], 3)
+        value = round(register_at(fleet.register[mid], fleet.kw[mid], mid, end), 3)
         if mid in fleet.broken:
             value = round(value * rng.uniform(0.5, 0.99), 3)  # a faulty register: goes backwards
         r = rng.random()
-        if r < 0.005:
+        if r < LOST_SHARE:
             continue  # lost on the way (a gap)
         reading = {
             "meter_id": mid,
@@ -208,10 +337,10 @@ def _interval(
             "unit": "kWh",
             "quality": "estimated" if r > 0.997 else "measured",
         }
-        if r < 0.015:
+        if r < LOST_SHARE + LATE_SHARE:
             late.append(reading)  # delivered with the next interval
             continue
         readings.append(reading)
-        if r > 0.99:
+        if r > 1 - DUPLICATE_SHARE:
             readings.append(dict(reading))  # duplicate delivery
     return readings, events

@@ -6,12 +6,18 @@ advance-detector actuations (platoons that arrive on green at well-timed interse
 timed ones), stop-bar occupancy (sometimes a queue that does not clear: a split failure), pedestrian calls and
 walks, and now and then a detector fault, a flash period or a power failure. Everything goes through the HTTP
 API with httpx, like a field gateway.
+
+Rates are calibrated (docs/simulation.md): a detector fault about once a year per detector, a flash period
+once a year and a power failure twice a year per controller; most corridors are well timed. Scripted
+incidents (``incidents`` or ``IOC_SIM_INCIDENTS="<district>@<ISO start>/<minutes>"``): the district's
+signals lose power (event 182) at the start and get it back (184) at the end, logging nothing between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,6 +36,11 @@ YELLOW, RED_CLEAR = 3.0, 2.0
 # log first (at most this many seconds), so the first complete cycles (arrivals on green, split failures)
 # reach the processor's live KPIs within a minute instead of after two cycles.
 BACKFILL_SECONDS = 120.0
+YEAR_S = 365 * 86400.0
+DETECTOR_FAULTS_PER_YEAR = 1.0  # per detector (6 per intersection); assumption, see docs/simulation.md
+FLASHES_PER_YEAR = 1.0
+POWER_FAILURES_PER_YEAR = 2.0
+WELL_TIMED = 0.92  # share of intersections whose platoons arrive on green
 
 
 def detectors() -> list[dict]:
@@ -54,6 +65,14 @@ class SimController:
     next_cycle: float
     pending: list[tuple[float, int, int]] = field(default_factory=list)
     ped_waiting: dict[int, bool] = field(default_factory=dict)
+    dark: tuple[float, float] | None = None  # a scripted power cut (start, end)
+
+    def power_out(self, t0: float, t1: float) -> None:
+        """The controller loses power at ``t0`` until ``t1``: nothing logged between (a scripted incident)."""
+        self.pending = [e for e in self.pending if e[0] < t0] + [(t0, 182, 0), (t1, 184, 0)]
+        self.next_cycle = max(self.next_cycle, t1 + 1)
+        self.ped_waiting.clear()
+        self.dark = (t0, t1)
 
     def events_until(self, t_end: float) -> list[tuple[float, int, int]]:
         # One cycle ahead: detector actuations of a cycle start before it (travel time to the stop bar).
@@ -64,22 +83,28 @@ class SimController:
         while n < len(self.pending) and self.pending[n][0] < t_end:
             n += 1
         out, self.pending = self.pending[:n], self.pending[n:]
+        if self.dark is not None:  # the next cycle's early actuations fall before power came back
+            t0, t1 = self.dark
+            out = [e for e in out if not t0 < e[0] < t1]
         return out
 
     def _cycle(self, s: float) -> list[tuple[float, int, int]]:
         rng, ev = self.rng, []
         roll = rng.random()
-        if roll < 0.0004:  # power failure for 1-3 minutes: nothing logged meanwhile
+        p_power = POWER_FAILURES_PER_YEAR * self.cycle / YEAR_S
+        p_flash = FLASHES_PER_YEAR * self.cycle / YEAR_S
+        p_detector = 6 * DETECTOR_FAULTS_PER_YEAR * self.cycle / YEAR_S
+        if roll < p_power:  # power failure for 1-3 minutes: nothing logged meanwhile
             off = rng.uniform(60, 180)
             ev += [(s, 182, 0), (s + off, 184, 0)]
             self.next_cycle = s + off + 1
             return ev
-        if roll < 0.0008:  # flash for a few minutes (NTCIP unitFlashStatus 5 fault monitor, then 2 not flash)
+        if roll < p_power + p_flash:  # flash (NTCIP unitFlashStatus 5 fault monitor, then 2 not flash)
             dur = rng.uniform(120, 600)
             ev += [(s, 173, 5), (s + dur, 173, 2)]
             self.next_cycle = s + dur + 1
             return ev
-        if roll < 0.003:
+        if roll < p_power + p_flash + p_detector:
             ev.append(
                 (
                     s + rng.uniform(0, self.cycle),
@@ -94,7 +119,10 @@ class SimController:
             for p in phases:
                 max_out = rng.random() < 0.08
                 term = 5 if max_out else (4 if p in (4, 8) else 6)
-                if self.ped_waiting.pop(p, False):
+                if rng.random() < 0.25:
+                    # a pedestrian pushes the button during the red before this green and walks at its start
+                    t_ped = s + g0 - rng.uniform(1, max(2.0, self.cycle - (g_end - g0) - YELLOW - RED_CLEAR))
+                    ev += [(t_ped, 90, p), (t_ped + 0.3, 89, p), (t_ped + 0.1, 45, p)]
                     ev += [(s + g0, 21, p), (s + g0 + 7, 22, p), (s + g0 + 19, 23, p)]
                 ev += [
                     (s + g0, 1, p),
@@ -109,10 +137,6 @@ class SimController:
                 queue = rng.uniform(4, 12) if rng.random() > 0.05 else (g_end - g0) + 6
                 ch = STOP_BAR[p]
                 ev += [(s + g0 - 1, 82, ch), (s + g0 + queue, 81, ch)]
-                if rng.random() < 0.25:
-                    t_ped = s + rng.uniform(0, g0 if g0 > 0 else self.cycle * 0.5)
-                    ev += [(t_ped, 90, p), (t_ped + 0.3, 89, p), (t_ped + 0.1, 45, p)]
-                    self.ped_waiting[p] = True
         travel = 110 / (40 / 3.6)
         for ch in ADVANCE.values():
             arrivals = [self.platoon_offset + rng.gauss(0, 3) for _ in range(rng.randint(4, 10))]
@@ -148,7 +172,7 @@ def build_intersections(
         )
         cycle = rng.choice([90.0, 100.0, 120.0])
         main = round(cycle * rng.uniform(0.45, 0.6))
-        good = rng.random() < 0.6  # well-timed corridors: platoons reach the stop bar during green
+        good = rng.random() < WELL_TIMED  # well-timed corridors: platoons reach the stop bar during green
         offset = rng.uniform(3, main - 3) if good else rng.uniform(main + 8, cycle - 2)
         sims.append(
             SimController(
@@ -164,7 +188,47 @@ def build_intersections(
     return items, sims
 
 
-async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float = 1.0) -> None:
+def parse_incidents(spec: str | None) -> list[tuple[str, float, float]]:
+    """``"HK@2026-12-07T03:05:00Z/20,..."`` → [(district, start epoch, end epoch)]; empty or "none" → []."""
+    from datetime import datetime
+
+    out = []
+    for part in (spec or "").split(","):
+        part = part.strip()
+        if not part or part == "none":
+            continue
+        district, _, rest = part.partition("@")
+        start, _, minutes = rest.partition("/")
+        t0 = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+        out.append((district, t0, t0 + 60 * float(minutes or 20)))
+    return out
+
+
+def apply_incidents(
+    items: list[dict],
+    sims: list[SimController],
+    incidents: list[tuple[str, float, float]],
+    now: float,
+    done: set,
+) -> None:
+    """Cut the power of every controller in an incident's district once its start comes (a cycle ahead)."""
+    for n, (district, t0, t1) in enumerate(incidents):
+        if n in done or now + 150 < t0:
+            continue
+        done.add(n)
+        for item, sim in zip(items, sims, strict=True):
+            if item["district"] == district:
+                sim.power_out(t0, t1)
+
+
+async def run(
+    base_url: str,
+    api_key: str,
+    *,
+    stop: asyncio.Event,
+    scale: float = 1.0,
+    incidents: list[tuple[str, float, float]] | None = None,
+) -> None:
     """Register the intersections, then post their event logs every second until ``stop`` is set.
 
     Controllers start up to :data:`BACKFILL_SECONDS` in the past (their first upload is that buffered log),
@@ -181,10 +245,14 @@ async def run(base_url: str, api_key: str, *, stop: asyncio.Event, scale: float 
             r = await http.post("/v1/intersections", json={"items": items[i : i + 500]}, headers=headers)
             if r.status_code != 200:
                 log.warning("simulator: registering intersections answered %s", r.status_code)
+        if incidents is None:
+            incidents = parse_incidents(os.environ.get("IOC_SIM_INCIDENTS"))
+        cut: set[int] = set()
         while not stop.is_set():
             if await wait_event(stop, 1.0):
                 break
             now = time.time()
+            apply_incidents(items, sims, incidents, now, cut)
             batch = []
             for sim in sims:
                 first = origin[sim.controller_id]

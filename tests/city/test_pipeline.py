@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.city.alarming import load_rules
 from services.city.app import create_app
 from services.city.processors import CityKpiProcessor
 from services.city.settings import CitySettings
@@ -28,7 +30,8 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
 ):
     kpi_et, _ = test_domain
     now = datetime.now(UTC)
-    window = now.replace(minute=now.minute // 15 * 15, second=0, microsecond=0)
+    # a complete window that has settled (alarms judge those only; see services/city/alarming.py)
+    window = now.replace(minute=now.minute // 15 * 15, second=0, microsecond=0) - timedelta(minutes=45)
 
     def partial(kpi, level, code, n, d, partition):
         return encode(
@@ -44,7 +47,8 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
                 "denominator": d,
                 "unit": "x",
                 "partition": partition,
-                "observed_at": (now - timedelta(seconds=5 - partition)).isoformat(),
+                # emitted two minutes ago: the window is quiet, so the city judges it at once
+                "observed_at": (now - timedelta(seconds=125 - partition)).isoformat(),
                 "key": kpi_key(kpi, level, code),
             },
             source="/ioc/citytest",
@@ -59,7 +63,9 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
             partial("citytest.energy_kwh", "city", "HN", 80.5, None, 2),
         ]
     )
-    processor = CityKpiProcessor(definitions, topics=[kpi_et.topic])
+    # raise on the first bad window (the default waits for a second one: test_processors.py works that out)
+    rules = {k: replace(r, on_delay_seconds=0) for k, r in load_rules(definitions, None).items()}
+    processor = CityKpiProcessor(definitions, topics=[kpi_et.topic], rules=rules)
     processor.name = f"city-kpi-test-{uuid.uuid4().hex[:6]}"
     settings = CitySettings(
         kafka=kafka_settings,

@@ -137,44 +137,66 @@ def test_unchanged_groups_are_not_republished(processor, test_domain):
     assert [(k.scope_level, k.value) for k in again] == [("city", 15.0)]
 
 
-def test_threshold_breach_raises_then_clears_on_the_newest_window(processor, test_domain):
+def test_breach_is_judged_on_complete_windows_with_on_delay_deadband_and_off_delay(processor, test_domain):
+    """citytest.availability: higher is better, warning 0.95, critical 0.90, primary window 900 s. Default
+    rule (services/city/alarming.py): deadband |0.90 - 0.95| / 10 = 0.005, on- and off-delay one window
+    (900 s), at least 20 in the denominator, a window judged once settled 900 s after its end. Worked by hand,
+    window by window."""
     kpi_et, _ = test_domain
     state = State(0)
-    processor.apply(obs(kpi_et, "citytest.availability", "D05", 88.0, 100.0), state)  # 0.88 < 0.90: critical
+    alarm_id = "city:kpi_breach:citytest.availability:district:D05"
+
+    def window(i, n, d=100.0):
+        start = W0 + timedelta(minutes=15 * i)
+        processor.apply(
+            obs(
+                kpi_et,
+                "citytest.availability",
+                "D05",
+                n,
+                d,
+                window=start,
+                observed=start + timedelta(minutes=14),
+            ),
+            state,
+        )
+
+    def alarms_at(t):  # (breach alarms: the feed is sparse, so no-signal alarms come and go meanwhile)
+        alarms = decoded(processor.emit(state, t), CityAlarmChanged)
+        return [(a.alarm_id, a.state, a.severity) for a in alarms if a.alarm_type == "kpi_breach"]
+
+    window(0, 88.0)  # W0 10:00-10:15: 0.88 < 0.90, critical, but still filling at 10:14
     out = processor.emit(state, NOW)
-    (k,) = decoded(out, CityKpiUpdated)
-    assert k.status == "critical"
-    (alarm,) = decoded(out, CityAlarmChanged)
-    assert alarm.alarm_id == "city:kpi_breach:citytest.availability:district:D05"
-    assert (alarm.state, alarm.severity, alarm.district, alarm.domain) == (
-        "raised",
-        "critical",
-        "D05",
-        "city",
-    )
-    # still critical: no duplicate alarm
-    processor.apply(obs(kpi_et, "citytest.availability", "D05", 89.0, 100.0, observed=NOW), state)
-    assert decoded(processor.emit(state, NOW + timedelta(seconds=5)), CityAlarmChanged) == []
-    # a late update of an OLDER window being fine must not clear the alarm of the newest one
-    processor.apply(
-        obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, window=W0 - timedelta(minutes=15)), state
-    )
-    assert decoded(processor.emit(state, NOW + timedelta(seconds=6)), CityAlarmChanged) == []
-    # the next window is fine: cleared
-    processor.apply(
-        obs(
-            kpi_et,
-            "citytest.availability",
-            "D05",
-            99.0,
-            100.0,
-            window=W0 + timedelta(minutes=15),
-            observed=NOW + timedelta(minutes=15),
-        ),
-        state,
-    )
-    (cleared,) = decoded(processor.emit(state, NOW + timedelta(minutes=15)), CityAlarmChanged)
-    assert (cleared.alarm_id, cleared.state) == (alarm.alarm_id, "cleared")
+    assert decoded(out, CityKpiUpdated)[0].status == "critical"  # the tile shows the value as it is...
+    assert decoded(out, CityAlarmChanged) == []  # ...but the filling window is never judged
+    # 10:30:10: W0 is complete and settled (ended 10:15, + 900 s): breach pending since 10:15, on-delay not over
+    assert alarms_at(W0 + timedelta(minutes=30, seconds=10)) == []
+    window(1, 89.0)  # W1 10:15-10:30: 0.89, critical again
+    window(
+        2, 99.0
+    )  # at 10:45:10 W1 has settled (W2 has not): W1 ends 10:30, 10:30 - 10:15 = 900 s ≥ 900 s → raise
+    assert alarms_at(W0 + timedelta(minutes=45, seconds=10)) == [(alarm_id, "raised", "critical")]
+    assert alarms_at(W0 + timedelta(minutes=45, seconds=20)) == []  # each complete window is judged once
+    # W2 0.902 ≥ 0.90 is only "warning", but 0.902 - 0.005 = 0.897 < 0.90: the deadband keeps it critical
+    window(2, 90.2)
+    window(3, 99.0)
+    assert alarms_at(W0 + timedelta(minutes=60, seconds=10)) == []
+    assert state.get("j:" + alarm_id)["lvl"] == 2
+    # W3 0.99 is normal: clear pending since 11:00; W4 0.99 too: 11:15 - 11:00 = 900 s ≥ off-delay → cleared
+    window(4, 99.0)
+    assert alarms_at(W0 + timedelta(minutes=75, seconds=10)) == []
+    window(5, 99.0)
+    assert alarms_at(W0 + timedelta(minutes=90, seconds=10)) == [(alarm_id, "cleared", "critical")]
+
+
+def test_a_window_with_too_little_data_is_not_judged(processor, test_domain):
+    kpi_et, _ = test_domain
+    state = State(0)
+    for i in range(4):  # 3 of 10 (0.3, critical), but 10 < the 20 a ratio needs in its denominator
+        start = W0 + timedelta(minutes=15 * i)
+        processor.apply(obs(kpi_et, "citytest.availability", "D06", 3.0, 10.0, window=start), state)
+    assert decoded(processor.emit(state, W0 + timedelta(hours=2)), CityAlarmChanged) == []
+    assert state.get("j:city:kpi_breach:citytest.availability:district:D06") is None
 
 
 def test_breach_alarms_only_on_the_primary_window(processor, test_domain):
@@ -190,6 +212,7 @@ def test_no_signal_for_a_district_and_for_a_whole_domain(processor, test_domain)
     kpi_et, _ = test_domain
     state = State(0)
     last = NOW
+    processor.emit(state, last)  # the worker watches from here (silence it did not watch does not count)
     processor.apply(obs(kpi_et, "citytest.energy_kwh", "D07", 1.0, observed=last), state)
     processor.apply(
         obs(kpi_et, "citytest.energy_kwh", "D08", 1.0, observed=last + timedelta(minutes=20)), state
@@ -497,11 +520,11 @@ def test_a_state_of_the_earlier_layout_is_converted(processor, test_domain):
     assert decoded(out, CityAlarmChanged) == []  # the alarm raised before the upgrade is still known
     assert not [key for key in legacy.keys() if "|" in key.split(":", 1)[0]]
     processor.apply(obs(kpi_et, "citytest.availability", "D05", 99.0, 100.0, observed=NOW), legacy)
-    (cleared,) = decoded(processor.emit(legacy, NOW), CityAlarmChanged)
-    assert (cleared.alarm_id, cleared.state) == (
-        "city:kpi_breach:citytest.availability:district:D05",
-        "cleared",
-    )
+    # W0 complete (0.99): the alarm raised before the upgrade is remembered, its clear pending (off-delay)
+    later = decoded(processor.emit(legacy, W0 + timedelta(minutes=31)), CityAlarmChanged)
+    assert [a for a in later if a.alarm_type == "kpi_breach"] == []
+    memory = legacy.get("j:city:kpi_breach:citytest.availability:district:D05")
+    assert (memory["lvl"], memory["cand"]) == (2, 0)
     assert legacy.get("seen:all") == {"citytest|HN": NOW.isoformat(), "citytest|D05": NOW.isoformat()}
 
 
@@ -542,3 +565,24 @@ def test_observations_delivered_again_change_nothing():
     for p in once:
         assert twice[p].snapshot() == once[p].snapshot()
     assert _published(twice_out)[:2] == _published(once_out)[:2]
+
+
+def test_windows_still_receiving_partials_are_not_judged(processor, test_domain):
+    """A source catching up through past windows: every window has ended, but its partials keep arriving
+    (other partitions, late readings). Nothing is judged until a window has been quiet for 60 s; then only the
+    newest quiet one, whose end is past its settle time."""
+    kpi_et, _ = test_domain
+    state = State(0)
+    now = W0 + timedelta(hours=3)
+    for i in range(6):  # W0 .. W0+75 min, all long over, all critical (0.5), just received
+        start = W0 + timedelta(minutes=15 * i)
+        processor.apply(
+            obs(kpi_et, "citytest.availability", "D09", 50.0, 100.0, window=start, observed=now), state
+        )
+    alarms = decoded(processor.emit(state, now), CityAlarmChanged)
+    assert [a for a in alarms if a.alarm_type == "kpi_breach"] == []
+    assert state.get("j:city:kpi_breach:citytest.availability:district:D09") is None  # nothing quiet yet
+    processor.emit(state, now + timedelta(seconds=61))
+    memory = state.get("j:city:kpi_breach:citytest.availability:district:D09")
+    # judged once, on the newest window (W0 + 75 min): a breach pending, not raised on one judgement
+    assert (memory["w"], memory["lvl"], memory["cand"]) == ((W0 + timedelta(minutes=75)).isoformat(), 0, 2)

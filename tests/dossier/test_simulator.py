@@ -77,3 +77,43 @@ async def test_simulator_creates_dossiers_through_the_api(
     statuses = {d["status"] for d in items}
     assert {9, 10} & statuses and ({2, 4, 5, 6} & statuses)  # finished and still-open dossiers
     assert len({d["channel"] for d in items}) >= 2 and len({d["agency_code"] for d in items}) >= 3
+
+
+async def test_after_a_restart_open_dossiers_are_carried_on_not_abandoned():
+    """The service kept an open dossier (status 4, processing, due in 3 days): the restarted simulator lists
+    it and resolves and returns it later, when its time comes."""
+    import random
+    from datetime import UTC, date, datetime, timedelta
+
+    import orjson
+
+    posted: list[tuple[str, dict]] = []
+    due = (datetime.now(UTC) + timedelta(days=3)).date()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            status = int(request.url.params["status"])
+            items = (
+                [
+                    {"code": "SIMabc-0000001", "status": 4, "due_date": due.isoformat()},
+                    {"code": "X-1", "status": 4},
+                ]
+                if status == 4
+                else []
+            )
+            return httpx.Response(200, json={"items": items, "next_after": None})
+        posted.append((request.url.path, orjson.loads(request.content)))
+        return httpx.Response(200, json={})
+
+    pending: list = []
+    now = datetime.now(UTC)
+    async with httpx.AsyncClient(base_url="http://d.test", transport=httpx.MockTransport(handler)) as client:
+        assert await simulator.resume_open(client, random.Random(1), pending, now) == 1  # only synthetic ones
+        await simulator.advance_due(client, pending, now)
+        assert posted == []  # nothing due yet: the clock runs on
+        await simulator.advance_due(client, pending, now + timedelta(days=5))
+    assert [(p, b["action"]) for p, b in posted if p.endswith("/transitions")] == [
+        ("/v1/dossiers/SIMabc-0000001/transitions", "resolve"),
+        ("/v1/dossiers/SIMabc-0000001/transitions", "return_result"),
+    ]
+    assert isinstance(due, date)

@@ -88,3 +88,21 @@ def test_fleet_step_usage_paper_and_dark_kiosks():
         for s in sessions
     ):
         assert any(p["kiosk_id"] == printer_kiosk.kiosk_id and p.get("paper") == "out" for p in peripherals)
+
+
+def test_a_scripted_power_outage_darkens_the_districts_kiosks_and_the_fleet_is_stable():
+    now = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    fleet = simulator.build_fleet(60, random.Random(simulator.FLEET_SEED), now)
+    again = simulator.build_fleet(60, random.Random(simulator.FLEET_SEED), now)
+    assert [k.kiosk_id for k in fleet] == [k.kiosk_id for k in again]  # a restart continues the same kiosks
+    incidents = simulator.parse_incidents("HK@2026-12-07T03:05:00Z/20")
+    step = simulator.FleetStep(random.Random(1), 60.0)
+    t = now + timedelta(minutes=6)
+    simulator.black_out(fleet, incidents, t)
+    heartbeats, _, _ = step.step(fleet, t, 5.0)
+    beating = {h["kiosk_id"] for h in heartbeats}
+    hk = {k.kiosk_id for k in fleet if k.district == "HK"}
+    assert hk and not hk & beating
+    later = now + timedelta(minutes=26)  # the incident is over: they can report again
+    simulator.black_out(fleet, incidents, later)
+    assert all(k.reachable(later) for k in fleet if k.district == "HK" and k.dark_at is None)
