@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import orjson
@@ -114,6 +118,37 @@ async def _wait_city_value(
     return None
 
 
+def _profile(children: list[Child], log_dir: Path) -> list[subprocess.Popen]:
+    """With ``IOC_BENCH_PYSPY`` set (a directory), py-spy samples each service and processor of the burst (raw
+    collapsed stacks, ``<dir>/burst-<name>-<time>.txt``); py-spy is a dev tool, not installed by the project."""
+    out_dir = os.environ.get("IOC_BENCH_PYSPY")
+    if not out_dir:
+        return []
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    stamp = int(time.time())
+    return [
+        subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--rate",
+                "100",
+                "--pid",
+                str(ch.ps[0].pid),
+                "-o",
+                str(Path(out_dir) / f"burst-{ch.name}-{stamp}.txt"),
+            ],
+            stdout=open(log_dir / f"py-spy-{ch.name}.log", "wb"),  # closed with the process
+            stderr=subprocess.STDOUT,
+        )
+        for ch in children
+        if ch.ps
+    ]
+
+
 async def burst(
     kafka: KafkaSettings, database_url: str, readings: int = 300_000, timeout: float = 600.0
 ) -> dict:
@@ -200,11 +235,17 @@ async def burst(
                         ch.sample(time.perf_counter())
 
             sampler = asyncio.create_task(sample_forever())
+            profilers = _profile(children, log_dir)
             t0 = time.perf_counter()
             accepted = await _post_all(client, bodies, headers)
             t_acked = time.perf_counter()
             seen = await waiter
             sampler.cancel()
+            for prof in profilers:  # py-spy writes its profile on SIGINT
+                prof.send_signal(signal.SIGINT)
+            for prof in profilers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    prof.wait(30)
         for ch in measured:
             ch.sample(time.perf_counter())
         if seen is None:

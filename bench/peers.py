@@ -206,6 +206,7 @@ async def kstreams_meter(
                 java,
                 f"-Xmx{heap_mb}m",
                 "-XX:ActiveProcessorCount=2",
+                "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
                 "-cp",
                 cp,
                 "ioc.bench.MeterKpiStreams",

@@ -109,7 +109,9 @@ public final class MeterKpiStreams {
   }
 
   /** Event time is the reading interval's start (what IOC's processor windows by). */
-  static final class IntervalStart implements TimestampExtractor {
+  public static final class IntervalStart implements TimestampExtractor {
+    public IntervalStart() {}
+
     @Override
     public long extract(org.apache.kafka.clients.consumer.ConsumerRecord<Object, Object> rec, long partitionTime) {
       Object v = rec.value();
@@ -180,6 +182,15 @@ public final class MeterKpiStreams {
                 .withValueSerde(AGG_SERDE));
 
     KafkaStreams streams = new KafkaStreams(b.build(), p);
+    streams.setUncaughtExceptionHandler(
+        e -> {
+          e.printStackTrace();
+          System.out.println("RESULT {\"error\": \"" + e.toString().replace("\"", "'") + "\"}");
+          System.out.flush();
+          Runtime.getRuntime().halt(1);
+          return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse
+              .SHUTDOWN_CLIENT;
+        });
     streams.start();
     long started = System.nanoTime();
     while (true) {
