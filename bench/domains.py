@@ -155,6 +155,11 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                 dict(mode="group_by"),
             ),
             (
+                "meter_quix_peer_1h_grace",
+                "peer: Quix Streams group_by with 1 h grace (what it drops as late)",
+                dict(path="meter_quix_peer", mode="group_by", grace_s=3600),
+            ),
+            (
                 "meter_quix_local_peer",
                 "peer: Quix Streams, partition-local (no repartition; private _single_partition_groupby)",
                 dict(path="meter_quix_peer", mode="partition_local"),

@@ -17,7 +17,7 @@ Windows drop a reading whose window closed (grace passed); ``on_late`` counts th
 value of every 15-minute window (per partition, district and window start) is printed for the bench to check
 against the topic's content and IOC's totals.
 
-python bench/peer_quix.py BOOTSTRAP TOPIC EXPECTED STATE_DIR [group_by|partition_local] → one ``RESULT {json}``
+python bench/peer_quix.py BOOTSTRAP TOPIC EXPECTED STATE_DIR [group_by|partition_local [GRACE_S]] → ``RESULT {json}``
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main() -> None:
 
     bootstrap, topic_name, expected, state_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     mode = sys.argv[5] if len(sys.argv) > 5 else "group_by"
+    grace = timedelta(seconds=int(sys.argv[6])) if len(sys.argv) > 6 else timedelta(days=1)
     app = Application(
         broker_address=bootstrap,
         consumer_group=f"bench-quix-{uuid.uuid4().hex[:6]}",
@@ -105,12 +106,11 @@ def main() -> None:
             value["value"]["kwh"],
         ]
 
-    # Grace: the head-end forwards a day late at worst; IOC's processor keeps windows revisable that long.
-    quarter = sdf.tumbling_window(
-        timedelta(minutes=15), grace_ms=timedelta(days=1), on_late=on_late("quarter")
-    )
+    # Grace (default): the head-end forwards a day late at worst; IOC's processor keeps windows revisable that
+    # long.
+    quarter = sdf.tumbling_window(timedelta(minutes=15), grace_ms=grace, on_late=on_late("quarter"))
     quarter.reduce(add, first).current().update(keep_quarter, metadata=True)
-    day = sdf.tumbling_window(timedelta(days=1), grace_ms=timedelta(days=1), on_late=on_late("day"))
+    day = sdf.tumbling_window(timedelta(days=1), grace_ms=grace, on_late=on_late("day"))
     day.reduce(add, first).current()
     app.run(timeout=5.0)
     totals: dict[str, list] = {}
@@ -131,6 +131,7 @@ def main() -> None:
                 "peak_rss_mib": round(_peak_rss_mib(), 1),
                 "client": "quixstreams (confluent-kafka)",
                 "mode": mode,
+                "grace_s": int(grace.total_seconds()),
                 "late_dropped_quarter": late["quarter"],
                 "late_dropped_day": late["day"],
                 "quarters": totals,

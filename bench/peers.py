@@ -130,7 +130,11 @@ async def meter_truth(
 
 
 async def quix_meter(
-    kafka: KafkaSettings, topic: str = "ioc.meter.readings", expected: int = 0, mode: str = "group_by"
+    kafka: KafkaSettings,
+    topic: str = "ioc.meter.readings",
+    expected: int = 0,
+    mode: str = "group_by",
+    grace_s: int = 86400,
 ) -> dict:
     """The meter aggregation in Quix Streams (``bench/peer_quix.py``, ``mode`` group_by or partition_local) over
     the same readings topic."""
@@ -149,6 +153,7 @@ async def quix_meter(
                 str(expected),
                 state,
                 mode,
+                str(grace_s),
             ],
             capture_output=True,
             text=True,
