@@ -104,3 +104,12 @@ def test_a_scale_out_row_spans_the_group_and_checks_the_merged_totals():
     workers[1]["quarters_by_partition"]["1"]["A|0"] = [1, 1.0]  # a lost reading
     assert not combine_workers(workers, truth)["exact"]
     assert not combine_workers([*workers[:1], {"error": "boom"}], truth)["exact"]
+
+
+def test_the_marginal_memory_per_meter_is_the_rss_slope_after_the_first_registration_request():
+    from bench.domain_burst import marginal_bytes_per_meter
+
+    # 100 MiB after the first 10,000 meters (parsing buffers included), then +2 MB per 10,000: 200 B a meter
+    rss = [(10_000, 100 * 2**20), (20_000, 100 * 2**20 + 2_000_000), (30_000, 100 * 2**20 + 4_000_000)]
+    assert marginal_bytes_per_meter(rss) == 200
+    assert marginal_bytes_per_meter(rss[:1]) is None
