@@ -170,6 +170,9 @@ class MeterService:
             m.interval_seconds = shared.setdefault(m.interval_seconds, m.interval_seconds)
             old = self.registry.get(m.meter_id)
             if old is not None:
+                if old == m:  # a refresh re-reading what this replica wrote: keep the entry it has
+                    continue
+                m.meter_id = old.meter_id  # the dict keeps its key string: one copy of the id, not two
                 self.feeder_sizes[old.feeder] -= 1
             self.registry[m.meter_id] = m
             self.feeder_sizes[m.feeder] = self.feeder_sizes.get(m.feeder, 0) + 1

@@ -117,3 +117,16 @@ def test_a_registered_meter_costs_the_cache_at_most_300_bytes():
     # Before sharing the field values it was ~500 B (district, commune, feeder and gateway strings, ~57 B each,
     # plus a date and an int per meter).
     assert held / meters <= 300, f"{held / meters:.0f} bytes per registered meter"
+
+
+def test_a_refresh_re_reading_unchanged_meters_keeps_the_cached_entries_and_their_id_strings():
+    svc = service()
+    svc._apply_registry([info("M-1", "F-HK-1"), info("M-2", "F-HK-1")])
+    cached = svc.registry["M-1"]
+    key = next(k for k in svc.registry if k == "M-2")
+    # The refresh loads every meter written since its last pass, this replica's own registrations included.
+    svc._apply_registry([info(fresh("M-1"), "F-HK-1"), info(fresh("M-2"), "F-HK-2")])
+    assert svc.registry["M-1"] is cached  # unchanged: the old entry stays, the re-read copy is dropped
+    moved = svc.registry["M-2"]
+    assert moved.feeder == "F-HK-2" and moved.meter_id is key  # changed: new entry, the dict's own id string
+    assert svc.feeder_sizes == {"F-HK-1": 1, "F-HK-2": 1}
