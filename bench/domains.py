@@ -165,6 +165,11 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                 dict(path="meter_quix_peer", mode="partition_local"),
             ),
             (
+                "meter_quix_local_peer_1h_grace",
+                "peer: Quix Streams partition-local with 1 h grace (what it drops as late)",
+                dict(path="meter_quix_peer", mode="partition_local", grace_s=3600),
+            ),
+            (
                 "meter_feeder_events",
                 "meter: generated feeder supply changes (outages) for the feeder processor",
                 dict(n=n),
