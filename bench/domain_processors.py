@@ -43,8 +43,9 @@ async def processor(
 
     ``totals``: add the 15-minute totals of the meter processor's state (``bench.meter_totals``), per partition
     it owns at the end. ``group``: a fixed processor name (consumer group), for several workers of one group;
-    ``barrier`` (``{"dir": ..., "workers": n}``): once idle, a worker waits until every worker of the group is
-    idle before it reads its state and stops, so no partition moves while the totals are read."""
+    ``barrier`` (``{"dir": ..., "workers": n}``): the workers of the group start their runtimes together, and once
+    idle, a worker waits until every worker is idle before it reads its state and stops, so no partition moves
+    while the totals are read."""
     from shared.gc_tuning import tune_gc
     from shared.stream.runtime import ProcessorRuntime
 
@@ -54,6 +55,8 @@ async def processor(
         proc.name = group
     rt = ProcessorRuntime(proc, kafka, driver="faust")
     m = Meter()
+    if barrier:  # every worker of the group starts together, so they join in one generation
+        await _wait_barrier(barrier, timeout, "ready")
     await rt.start()
     # The clock and CPU start when the first fetched batch reaches the core (not after it was applied: with a
     # small workload the first batch can be most of it), so group joins and recovery are excluded.
@@ -78,7 +81,7 @@ async def processor(
             elif not p and time.perf_counter() - started > start_timeout:
                 break
         if barrier:
-            await _wait_barrier(barrier, timeout)
+            await _wait_barrier(barrier, timeout, "idle")
         extra: dict = {}
         if totals:
             from bench.meter_totals import ioc_quarters
@@ -100,15 +103,16 @@ async def processor(
     )
 
 
-async def _wait_barrier(barrier: dict, timeout: float) -> None:
-    """Marks this worker idle in ``barrier["dir"]`` and waits for ``barrier["workers"]`` marks (or ``timeout``)."""
+async def _wait_barrier(barrier: dict, timeout: float, stage: str) -> None:
+    """Marks this worker at ``stage`` in ``barrier["dir"]`` and waits for ``barrier["workers"]`` such marks (or
+    ``timeout``)."""
     import os
     from pathlib import Path
 
     d = Path(barrier["dir"])
-    (d / f"{os.getpid()}.idle").touch()
+    (d / f"{os.getpid()}.{stage}").touch()
     deadline = time.perf_counter() + timeout
-    while len(list(d.glob("*.idle"))) < barrier["workers"] and time.perf_counter() < deadline:
+    while len(list(d.glob(f"*.{stage}"))) < barrier["workers"] and time.perf_counter() < deadline:
         await asyncio.sleep(0.1)
 
 

@@ -26,6 +26,9 @@ SINGLE_NODE = {
     "offsets.topic.replication.factor": "1",
     "transaction.state.log.replication.factor": "1",
     "transaction.state.log.min.isr": "1",
+    # Kafka's default (3 s; the test launcher sets 0): a group's first assignment waits for the members starting
+    # with it, so the scale-out workers share the partitions from the start.
+    "group.initial.rebalance.delay.ms": "3000",
 }
 
 
