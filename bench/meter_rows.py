@@ -237,8 +237,9 @@ def apache_rows(
     if not (wanted("meter_kstreams_peer") or wanted("meter_scaleout_apache")):
         return out
     cluster = apache.start()
-    if cluster is None:
-        return {"meter_kstreams_peer": {"label": "peer: Kafka Streams", "error": apache.error or ""}}
+    if cluster is None:  # no Java/Maven here: each wanted row says why it is missing
+        keys = [k for k in ("meter_kstreams_peer", "meter_scaleout_apache") if wanted(k)]
+        return {k: {"label": k, "error": apache.error or "Apache Kafka unavailable"} for k in keys}
     bs = cluster.bootstrap_servers
     console.print(f"… Apache Kafka {bs}: copying {READINGS}")
     copied = copy_topic(embedded_bootstrap, bs)

@@ -113,3 +113,19 @@ def test_the_marginal_memory_per_meter_is_the_rss_slope_after_the_first_registra
     rss = [(10_000, 100 * 2**20), (20_000, 100 * 2**20 + 2_000_000), (30_000, 100 * 2**20 + 4_000_000)]
     assert marginal_bytes_per_meter(rss) == 200
     assert marginal_bytes_per_meter(rss[:1]) is None
+
+
+def test_without_java_the_apache_kafka_rows_say_why_instead_of_failing_the_run():
+    from bench.meter_rows import ApacheBroker, apache_rows
+
+    class NoKafka(ApacheBroker):
+        def start(self):
+            self.error = "Apache Kafka unavailable: no java on PATH"
+
+    rows = apache_rows("127.0.0.1:1", {}, NoKafka(), run_child=None, console=None, only=("meter_scaleout",))
+    assert rows == {
+        "meter_scaleout_apache": {
+            "label": "meter_scaleout_apache",
+            "error": "Apache Kafka unavailable: no java on PATH",
+        }
+    }
