@@ -261,6 +261,13 @@ def apache_rows(
         row["copied_records"] = copied
         out["meter_processor_apache"] = {"label": "meter-kpi processor (Faust driver), Apache Kafka", **ioc}
         out["meter_kstreams_peer"] = row
+        # IOC's state is exactly-once; Kafka Streams' counterpart is its exactly_once_v2 (transactions)
+        eos = check_totals(child(domain_path="kstreams_meter", guarantee="exactly_once_v2"), truth)
+        eos_row = {"label": "peer: Kafka Streams, exactly_once_v2, Apache Kafka", **eos}
+        if eos.get("cpu_s_per_million") and ioc.get("cpu_s_per_million"):
+            eos_row["x_ioc_cpu"] = round(eos["cpu_s_per_million"] / ioc["cpu_s_per_million"], 2)
+            eos_row["x_ioc_events_per_s"] = round(eos["events_per_s"] / ioc["events_per_s"], 2)
+        out["meter_kstreams_peer_eos"] = eos_row
     if wanted("meter_scaleout_apache"):
         console.print("… scale-out on Apache Kafka: 1, 2, 3 meter-kpi workers")
         out["meter_scaleout_apache"] = {
