@@ -155,7 +155,7 @@ class MeterService:
     def _apply_registry(self, meters: Sequence[MeterInfo]) -> None:
         # A city's meters share a few thousand districts, communes, feeders, gateways and installation dates:
         # each entry points at one shared object per value instead of its own copy parsed from the request or
-        # row (~290 of ~500 bytes a cached meter).
+        # row (most of a cached meter's memory; docs/performance-targets.md).
         shared = self._shared_values
         for m in meters:
             m.district = shared.setdefault(m.district, m.district)
