@@ -191,6 +191,16 @@ def run_metadata(n: int, only: tuple[str, ...]) -> dict:
     }
 
 
+def _exact_cell(r: dict) -> str:
+    """Whether a meter row counted exactly the readings topic's totals (scale-out: per worker count)."""
+    if isinstance(r.get("totals"), dict):
+        return "yes" if r["totals"].get("exact") else "NO"
+    by_workers = r.get("exact_by_workers")
+    if by_workers:
+        return " ".join(f"{n}:{'yes' if ok else 'NO'}" for n, ok in by_workers.items())
+    return ""
+
+
 def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
     raw = results.get("raw_aiokafka", {}).get("events_per_s") or 0
     naive = results.get("naive_faust", {}).get("events_per_s") or 0
@@ -207,6 +217,7 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
         "peak RSS MiB",
         "p50 ms",
         "p99 ms",
+        "totals exact",
     ):
         table.add_column(col, justify="right" if col != "path" else "left")
     for key, r in results.items():
@@ -228,6 +239,7 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
             str(r.get("peak_rss_mib", "")),
             str(r.get("latency_p50_ms", "")),
             str(r.get("latency_p99_ms", "")),
+            _exact_cell(r),
         )
     console.print(table)
     out = ROOT / "bench-results"

@@ -29,16 +29,34 @@ def build_processor(domain: str, index: int, kafka: KafkaSettings):
 
 
 async def processor(
-    kafka: KafkaSettings, domain: str, index: int = 0, idle_s: float = 3.0, timeout: float = 180.0
+    kafka: KafkaSettings,
+    domain: str,
+    index: int = 0,
+    idle_s: float = 3.0,
+    timeout: float = 180.0,
+    totals: bool = False,
+    group: str | None = None,
+    barrier: dict | None = None,
+    start_timeout: float = 60.0,
 ) -> dict:
-    """Process everything in the processor's source topics; events/s between the first and the last batch."""
+    """Process everything in the processor's source topics; events/s between the first and the last batch.
+
+    ``totals``: add the 15-minute totals of the meter processor's state (``bench.meter_totals``), per partition
+    it owns at the end. ``group``: a fixed processor name (consumer group), for several workers of one group;
+    ``barrier`` (``{"dir": ..., "workers": n}``): the workers of the group start their runtimes together, and once
+    idle, a worker waits until every worker is idle before it reads its state and stops, so no partition moves
+    while the totals are read."""
     from shared.gc_tuning import tune_gc
     from shared.stream.runtime import ProcessorRuntime
 
     tune_gc()
     proc = build_processor(domain, index, kafka)
+    if group:
+        proc.name = group
     rt = ProcessorRuntime(proc, kafka, driver="faust")
     m = Meter()
+    if barrier:  # every worker of the group starts together, so they join in one generation
+        await _wait_barrier(barrier, timeout, "ready")
     await rt.start()
     # The clock and CPU start when the first fetched batch reaches the core (not after it was applied: with a
     # small workload the first batch can be most of it), so group joins and recovery are excluded.
@@ -60,8 +78,19 @@ async def processor(
                 m.last()
             elif p and time.perf_counter() - idle_since > idle_s:
                 break
-            elif not p and time.perf_counter() - started > 60:
+            elif not p and time.perf_counter() - started > start_timeout:
                 break
+        if barrier:
+            await _wait_barrier(barrier, timeout, "idle")
+        extra: dict = {}
+        if totals:
+            from bench.meter_totals import ioc_quarters
+
+            extra["partitions"] = sorted(rt.core.partitions)
+            extra["t0"], extra["t1"] = m.t0, m.t1  # perf_counter is system-wide: workers' spans combine
+            extra["quarters_by_partition"] = {
+                str(p): ioc_quarters([dict(pr.state.items("agg:"))]) for p, pr in rt.core.partitions.items()
+            }
     finally:
         await rt.stop()
     return m.result(
@@ -69,7 +98,22 @@ async def processor(
         processor=proc.name.rsplit("-bench-", 1)[0],
         topics=list(proc.topics),
         dead_lettered=getattr(rt.core, "dead_lettered", None),
+        late_ignored=proc.late_ignored,
+        **extra,
     )
+
+
+async def _wait_barrier(barrier: dict, timeout: float, stage: str) -> None:
+    """Marks this worker at ``stage`` in ``barrier["dir"]`` and waits for ``barrier["workers"]`` such marks (or
+    ``timeout``)."""
+    import os
+    from pathlib import Path
+
+    d = Path(barrier["dir"])
+    (d / f"{os.getpid()}.{stage}").touch()
+    deadline = time.perf_counter() + timeout
+    while len(list(d.glob(f"*.{stage}"))) < barrier["workers"] and time.perf_counter() < deadline:
+        await asyncio.sleep(0.1)
 
 
 async def naive_processor(

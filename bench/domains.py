@@ -27,6 +27,8 @@ DOMAIN_PATHS = {
     "raw_sources": "bench.domain_processors:raw_sources",
     "librdkafka_sources": "bench.peers:librdkafka_sources",
     "meter_quix_peer": "bench.peers:quix_meter",
+    "meter_truth": "bench.peers:meter_truth",
+    "kstreams_meter": "bench.peers:kstreams_meter",
     "naive_processor": "bench.domain_processors:naive_processor",
     "dossier_events": "bench.domain_processors:produce_dossier_events",
     "meter_feeder_events": "bench.domain_processors:produce_feeder_supply_events",
@@ -111,6 +113,9 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
     from shared.embedded import EmbeddedPostgres
 
     results: dict[str, dict] = {}
+    from bench import meter_rows
+
+    apache = meter_rows.ApacheBroker()  # started by the first Apache Kafka row
     pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="ioc-bench-")) / "pgdata").start()
     try:
         pg.create_database("ioc_bench")
@@ -139,11 +144,30 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                 dict(n=1000 if n <= 50_000 else 3000, database_url=db),
             ),
             ("dossier_events", "dossier: generated lifecycle events for the processor", dict(n=n)),
-            ("meter_processor", "meter-kpi processor (Faust driver)", dict(path="processor", domain="meter")),
+            (
+                "meter_processor",
+                "meter-kpi processor (Faust driver)",
+                dict(path="processor", domain="meter", totals=True),
+            ),
             (
                 "meter_quix_peer",
                 "peer: the meter aggregation in Quix Streams (group_by district, 15 min + day windows)",
-                dict(),
+                dict(mode="group_by"),
+            ),
+            (
+                "meter_quix_peer_1h_grace",
+                "peer: Quix Streams group_by with 1 h grace (what it drops as late)",
+                dict(path="meter_quix_peer", mode="group_by", grace_s=3600),
+            ),
+            (
+                "meter_quix_local_peer",
+                "peer: Quix Streams, partition-local (no repartition; private _single_partition_groupby)",
+                dict(path="meter_quix_peer", mode="partition_local"),
+            ),
+            (
+                "meter_quix_local_peer_1h_grace",
+                "peer: Quix Streams partition-local with 1 h grace (what it drops as late)",
+                dict(path="meter_quix_peer", mode="partition_local", grace_s=3600),
             ),
             (
                 "meter_feeder_events",
@@ -169,9 +193,12 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
         ]
         if only:
             steps = [s for s in steps if s[0].startswith(only)]
+        truth: dict = {}  # the readings topic's exact meter totals (bench.meter_rows), read once when needed
         for key, label, args in steps:
             console.print(f"… {label}")
             path = args.pop("path", key)
+            if key.startswith(("meter_processor", "meter_quix")) and not truth:
+                truth = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="meter_truth")
             res = run_child("domain", timeout=900, bootstrap=bootstrap, domain_path=path, **args)
             if key.endswith("_events"):  # a workload, not a result
                 console.print(f"  {res}")
@@ -205,7 +232,9 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                     res["x_naive_same_work"] = round(res["events_per_s"] / naive["events_per_s"], 1)
                 elif naive.get("error"):
                     res["naive_same_work_error"] = naive["error"][-500:]
-            if key == "meter_quix_peer":
+            if key.startswith(("meter_processor", "meter_quix")):
+                meter_rows.check_totals(res, truth, valid_only=key == "meter_processor")
+            if key.startswith("meter_quix"):
                 res.update(peer_ratio(res, results.get("meter_processor", {})))
             results[key] = {"label": label, **res}
             ingest = results.get("traffic_ingest", {})
@@ -218,6 +247,16 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                     if res.get("cpu_s_per_million")
                     else None
                 )
+        wanted = lambda key: not only or key.startswith(only)  # noqa: E731
+        if wanted("meter_scaleout") or wanted("meter_kstreams"):
+            truth = truth or run_child("domain", timeout=900, bootstrap=bootstrap, domain_path="meter_truth")
+        if wanted("meter_scaleout_embedded"):
+            console.print("… scale-out on the embedded broker: 1, 2, 3 meter-kpi workers")
+            results["meter_scaleout_embedded"] = {
+                "label": "meter-kpi processor, 1 → 2 → 3 workers, embedded broker",
+                **meter_rows.scale_out(bootstrap, truth, "embedded"),
+            }
+        results.update(meter_rows.apache_rows(bootstrap, truth, apache, run_child, console, only))
         if not only or "burst".startswith(only):
             from bench.domain_burst import LABEL as BURST_LABEL
 
@@ -256,5 +295,6 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
         )
         results["pipeline"] = {"label": PIPELINE_LABEL, **res}
     finally:
+        apache.stop()
         pg.stop()
     return results

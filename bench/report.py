@@ -84,11 +84,58 @@ def render(results: dict[str, Any]) -> str:
             else:
                 cells.append(_cell(r.get(field)))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += exactness_lines(paths)
     notes = run.get("notes") or []
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     lines.append("")
     return "\n".join(lines)
+
+
+def exactness_lines(paths: dict[str, dict]) -> list[str]:
+    """The meter rows' totals against the readings topic's own (same readings counted, same energy per district
+    and 15-minute window), late drops, and the scale-out rows worker count by worker count."""
+    lines: list[str] = []
+    checked = {k: r for k, r in paths.items() if isinstance(r.get("totals"), dict)}
+    if checked:
+        lines += [
+            "",
+            "Same work, checked: each meter aggregation's 15-minute totals against the readings topic's "
+            "(`bench.meter_totals`; IOC counts valid intervals, the peers every import reading).",
+            "",
+            "| path | totals exact | readings counted / expected | windows wrong / missing | dropped as late |",
+            "|---|---|---|---|---|",
+        ]
+        for k, r in checked.items():
+            t = r["totals"]
+            late = [r.get(f) for f in ("late_ignored", "late_dropped_quarter", "dropped_records") if f in r]
+            lines.append(
+                f"| {_cell(r.get('label', k))} | {'yes' if t.get('exact') else 'NO'} | "
+                f"{_cell(t.get('readings_counted'))} / {_cell(t.get('readings_expected'))} | "
+                f"{_cell(t.get('windows_wrong'))} / {_cell(t.get('windows_missing'))} | "
+                f"{_cell(late[0]) if late else ''} |"
+            )
+    for k, r in paths.items():
+        scale = r.get("scale")
+        if not isinstance(scale, dict):
+            continue
+        lines += [
+            "",
+            f"{_cell(r.get('label', k))}:",
+            "",
+            "| workers | events/s | × 1 worker | CPU s / M events | events per worker | totals exact |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n, row in scale.items():
+            per = ", ".join(_cell(w.get("events")) for w in row.get("per_worker", []))
+            exact = row.get("exact")
+            why = " (partitions held by several workers)" if row.get("partition_overlap") else ""
+            lines.append(
+                f"| {n} | {_cell(row.get('events_per_s'))} | {_cell(row.get('x_one_worker'))} | "
+                f"{_cell(row.get('cpu_s_per_million'))} | {per} | "
+                f"{'yes' if exact else ('NO' + why if exact is False else '')} |"
+            )
+    return lines
 
 
 def main() -> None:

@@ -136,6 +136,7 @@ class MeterService:
             settings.frozen_intervals,
         )
         self.registry: dict[str, MeterInfo] = {}
+        self._shared_values: dict[Any, Any] = {}  # one object per distinct registry field value (see below)
         self.feeder_sizes: dict[str, int] = {}
         self.registers: dict[tuple[str, str], RegisterState] = {}
         # meter → its power events not paired yet and its recent interruptions (domain.PowerTimeline)
@@ -172,9 +173,26 @@ class MeterService:
                 log.warning("registry refresh failed: %s", type(exc).__name__)
 
     def _apply_registry(self, meters: Sequence[MeterInfo]) -> None:
+        # A city's meters share a few thousand districts, communes, feeders, gateways and installation dates:
+        # each entry points at one shared object per value instead of its own copy parsed from the request or
+        # row (most of a cached meter's memory; docs/performance-targets.md).
+        shared = self._shared_values
         for m in meters:
+            m.district = shared.setdefault(m.district, m.district)
+            m.commune = shared.setdefault(m.commune, m.commune)
+            m.feeder = shared.setdefault(m.feeder, m.feeder)
+            if m.transformer is not None:
+                m.transformer = shared.setdefault(m.transformer, m.transformer)
+            if m.gateway is not None:
+                m.gateway = shared.setdefault(m.gateway, m.gateway)
+            m.installed_on = shared.setdefault(m.installed_on, m.installed_on)
+            m.installed_epoch = shared.setdefault(m.installed_epoch, m.installed_epoch)
+            m.interval_seconds = shared.setdefault(m.interval_seconds, m.interval_seconds)
             old = self.registry.get(m.meter_id)
             if old is not None:
+                if old == m:  # a refresh re-reading what this replica wrote: keep the entry it has
+                    continue
+                m.meter_id = old.meter_id  # the dict keeps its key string: one copy of the id, not two
                 self.feeder_sizes[old.feeder] -= 1
             self.registry[m.meter_id] = m
             self.feeder_sizes[m.feeder] = self.feeder_sizes.get(m.feeder, 0) + 1

@@ -30,3 +30,42 @@ def test_the_report_names_the_run_and_shows_each_path_with_its_ratio_and_pair_ra
     assert "| baseline: raw | 200,000 |  |" in doc
     assert "Traceback: boom" in doc
     assert "_run" not in doc
+
+
+def test_the_report_says_whether_each_meter_aggregation_counted_the_same_readings_and_how_workers_scaled():
+    exact = {
+        "exact": True,
+        "readings_counted": 110,
+        "readings_expected": 110,
+        "windows_wrong": 0,
+        "windows_missing": 0,
+    }
+    results = {
+        "meter_quix_peer": {
+            "label": "Quix",
+            "events_per_s": 2000,
+            "late_dropped_quarter": 0,
+            "totals": exact,
+        },
+        "scale": {
+            "label": "meter, 1 → 2 workers",
+            "scale": {
+                "1": {
+                    "events_per_s": 100,
+                    "x_one_worker": 1.0,
+                    "per_worker": [{"events": 110}],
+                    "exact": True,
+                },
+                "2": {
+                    "events_per_s": 150,
+                    "x_one_worker": 1.5,
+                    "per_worker": [{"events": 60}, {"events": 50}],
+                    "exact": False,
+                    "partition_overlap": ["1"],
+                },
+            },
+        },
+    }
+    doc = render(results)
+    assert "| Quix | yes | 110 / 110 | 0 / 0 | 0 |" in doc
+    assert "| 2 | 150 | 1.50 |  | 60, 50 | NO (partitions held by several workers) |" in doc
