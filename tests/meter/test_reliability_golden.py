@@ -214,7 +214,9 @@ def run_scenario(batches=BATCHES):
     for e in city_out:
         if e.topic == "ioc.city.kpis":
             d = orjson.loads(e.value)
-            merged[(d["kpi"], d["scope_code"], d["window_seconds"], d["window_start"])] = d
+            # the city writes instants in UTC with Z; the key is the instant, whatever its spelling
+            start = d["window_start"].replace("Z", "+00:00")
+            merged[(d["kpi"], d["scope_code"], d["window_seconds"], start)] = d
     return meter_out, merged
 
 
