@@ -11,9 +11,10 @@ Changelog layout (topic ``ioc.internal.<processor>.changelog``, compacted, parti
   header ``ioc_seq`` = the batch sequence number;
 - then one marker record, key ``__applied__``, value ``{"seq": n, "offsets": {topic: next offset}}``.
 Recovery reads the partition to the high watermark of the fetch responses (the embedded broker's ListOffsets
-can be wrong), keeps the last marker, and ignores key records of a batch newer than that marker (a crash between
-the key records and the marker): the batch is simply applied again from the source. This gives at-least-once
-delivery with exactly-once effects on state: a worker killed mid-batch never double-counts.
+can be wrong), keeps the last marker, and sets aside key records newer than that marker (a crash between the
+key records and the marker, even when they spanned several record batches) without losing the values earlier
+markers made durable (:class:`_ChangelogReplay`): the batch is simply applied again from the source. This gives
+at-least-once delivery with exactly-once effects on state: a worker killed mid-batch never double-counts.
 """
 
 from __future__ import annotations
@@ -106,6 +107,56 @@ class PartitionRuntime:
         return fresh
 
 
+class _ChangelogReplay:
+    """One changelog partition read in log order: the state as of its last commit marker.
+
+    Key records carry their batch's sequence number ``ioc_seq``; a marker of sequence *s* makes every key record
+    read so far with a sequence up to *s* durable, in log order (a tombstone deletes). Key records after the last
+    marker (a batch cut short by a crash, however many record batches it spanned) are set aside without touching
+    the values earlier markers made durable: :attr:`cut_short` names their keys, which the next batch writes again
+    with their durable value, so that a compacted log (where older markers are gone and "up to *s*" is all one can
+    tell) never lets a later marker adopt them. Sequence numbers are never reused after a cut-short batch.
+    Only the records after the last marker are buffered, not the whole log.
+    """
+
+    __slots__ = ("_durable", "_open", "cut_short", "marker", "max_seq")
+
+    def __init__(self) -> None:
+        self._durable: dict[bytes, bytes] = {}
+        self._open: dict[int, dict[bytes, bytes | None]] = {}  # seq → key records after the last marker
+        self.marker: dict = {"seq": 0, "offsets": {}}
+        self.max_seq = 0
+        self.cut_short: set[str] = set()
+
+    def add(self, record) -> None:
+        if record.key == MARKER_KEY:
+            marker = orjson.loads(record.value)
+            seq = marker["seq"]
+            for open_seq in sorted(s for s in self._open if s <= seq):
+                for key, value in self._open.pop(open_seq).items():
+                    if value is None:
+                        self._durable.pop(key, None)
+                    else:
+                        self._durable[key] = value
+            self.marker = marker
+            self.max_seq = max(self.max_seq, seq)
+            return
+        seq = 0
+        for name, value in record.headers or ():
+            if name == SEQ_HEADER:
+                seq = int(value)
+                break
+        self.max_seq = max(self.max_seq, seq)
+        self._open.setdefault(seq, {})[record.key] = record.value
+
+    def state(self) -> dict:
+        """The durable state (call once, at the end of the partition)."""
+        for recs in self._open.values():
+            self.cut_short.update(k.decode() for k in recs)
+        self._open = {}
+        return {k.decode(): orjson.loads(v) for k, v in self._durable.items()}
+
+
 class ProcessorCore:
     """State, batch processing and durability for one processor in one worker process."""
 
@@ -184,8 +235,7 @@ class ProcessorCore:
             await consumer.seek_to_beginning(*tps)
             # End from ListOffsets is only a lower bound on the embedded broker; fetch high watermarks win.
             listed = await consumer.end_offsets(tps)
-            raw: dict[int, dict[bytes, tuple[int, bytes | None]]] = {p: {} for p in todo}
-            markers: dict[int, dict] = {}
+            logs = {p: _ChangelogReplay() for p in todo}
             remaining = set(tps)
             last_data = time.monotonic()
             while remaining:
@@ -195,13 +245,9 @@ class ProcessorCore:
                 got = 0
                 for tp, recs in batch.items():
                     got += len(recs)
-                    table = raw[tp.partition]
+                    replay = logs[tp.partition]
                     for r in recs:
-                        if r.key == MARKER_KEY:
-                            markers[tp.partition] = orjson.loads(r.value)
-                            continue
-                        seq = int(dict(r.headers).get(SEQ_HEADER, b"0"))
-                        table[r.key] = (seq, r.value)
+                        replay.add(r)
                 for tp in list(remaining):
                     hw = consumer.highwater(tp)
                     end = hw if hw is not None else listed.get(tp, 0)
@@ -215,15 +261,20 @@ class ProcessorCore:
         finally:
             await consumer.stop()
         for p in todo:
-            marker = markers.get(p, {"seq": 0, "offsets": {}})
-            data = {
-                k.decode(): orjson.loads(v)
-                for k, (seq, v) in raw[p].items()
-                if v is not None and seq <= marker["seq"]
-            }
+            replay = logs[p]
+            marker = replay.marker
+            state = State(p, replay.state())
+            if replay.cut_short:
+                log.warning(
+                    "changelog tail without commit marker ignored (a batch cut short by a crash)",
+                    extra={"processor": self.processor.name, "partition": p, "keys": len(replay.cut_short)},
+                )
+                for key in replay.cut_short:
+                    state.mark_changed(key)  # the next batch writes its durable value (or a tombstone) again
             self.partitions[p] = PartitionRuntime(
-                State(p, data),
-                seq=marker["seq"],
+                state,
+                # never reuse the sequence number of a batch cut short: its records must stay unclosed
+                seq=max(marker["seq"], replay.max_seq),
                 applied=dict(marker["offsets"]),
                 marked=dict(marker["offsets"]),
                 window=self.processor.dedup_window,
