@@ -13,6 +13,7 @@ changelog partition.
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 
 import orjson
 import pytest
@@ -61,7 +62,12 @@ async def test_kiosk_kpi_scaled_from_one_to_three_workers_keeps_one_owner_per_pa
     partitions = SESSIONS_TOPIC.partitions
     workers = [
         Worker(
-            kafka.bootstrap_servers, name, source, pause_s=0.05, max_records=300, log_path=tmp_path / f"w{i}.log"
+            kafka.bootstrap_servers,
+            name,
+            source,
+            pause_s=0.05,
+            max_records=300,
+            log_path=tmp_path / f"w{i}.log",
         )
         for i in range(3)
     ]
@@ -85,7 +91,7 @@ async def test_kiosk_kpi_scaled_from_one_to_three_workers_keeps_one_owner_per_pa
     assert sorted(markers) == list(range(partitions))
     for p, ms in markers.items():
         seqs = [m["seq"] for m in ms]
-        assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False)), (
+        assert all(a < b for a, b in pairwise(seqs)), (
             f"changelog partition {p} was written by two workers at once: batch numbers {seqs[:50]}..."
         )
     writers = {m["writer"] for ms in markers.values() for m in ms}
