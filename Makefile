@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint contracts bench soak system-deps clean
+.PHONY: install run test test-fast lint contracts bench soak system-deps kafka-classpath clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,25 @@ system-deps:
 	  fi; \
 	fi
 
+# The Apache Kafka test tier (tests/kafka): the broker's jars from Maven Central into the local Maven cache
+# (~/.m2), their classpath into var/. Without java or mvn the tier skips, and this says so once.
+kafka-classpath:
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then \
+	  mkdir -p var && mvn -q -B -f deploy/kafka/pom.xml dependency:build-classpath \
+	    -Dmdep.outputFile=$(CURDIR)/var/apache-kafka.classpath \
+	    || echo "warning: mvn could not fetch Apache Kafka; the Apache Kafka tier (tests/kafka) will skip"; \
+	else \
+	  echo "Apache Kafka tier (tests/kafka) SKIPPED: needs java 17+ and mvn on PATH"; \
+	fi
+
 run: install
 	$(VENV)/bin/ioc up
 
-test: install system-deps
+test: install system-deps kafka-classpath
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not browser and not apache_kafka" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

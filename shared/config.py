@@ -7,6 +7,8 @@ variables by every service, so one environment configures the whole center.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,6 +43,44 @@ class KafkaSettings(BaseSettings):
         "KAFKA_PARTITIONS", None, "force every topic's partition count (tests)"
     )
     linger_ms: int = _common("KAFKA_LINGER_MS", 5, "producer linger")
+    # Measured on meter readings (bench/producer_compression.py, docs/operations.md "Disk"): zstd stores a
+    # reading in a fraction of its raw size for a few µs of producer CPU. Tansu and Apache Kafka both accept it.
+    compression_type: Literal["zstd", "lz4", "gzip", "snappy", "none"] = _common(
+        "KAFKA_COMPRESSION", "zstd", "producer compression codec of every IOC producer"
+    )
+    min_insync_replicas: int | None = _common(
+        "KAFKA_MIN_INSYNC_REPLICAS",
+        None,
+        "min.insync.replicas of topics IOC creates (default: 2 when replicated 3 or more times, else 1)",
+    )
+    metadata_max_age_ms: int = _common(
+        "KAFKA_METADATA_MAX_AGE_MS",
+        30_000,
+        "how old producer metadata (partition counts) may get before it is read again",
+    )
+    # Compacted topics (processor changelogs, registries): the active segment is never compacted, so without a
+    # bound on its age a changelog's dirty tail (and a recovery's read) grows for the broker default of 7 days.
+    compacted_segment_ms: int = _common(
+        "KAFKA_COMPACTED_SEGMENT_MS", 3_600_000, "segment.ms of compacted topics IOC creates"
+    )
+    compacted_segment_bytes: int = _common(
+        "KAFKA_COMPACTED_SEGMENT_BYTES", 64 * 1024 * 1024, "segment.bytes of compacted topics IOC creates"
+    )
+    compacted_min_cleanable_dirty_ratio: float = _common(
+        "KAFKA_COMPACTED_MIN_CLEANABLE_DIRTY_RATIO",
+        0.1,
+        "min.cleanable.dirty.ratio of compacted topics IOC creates",
+    )
+    compacted_max_compaction_lag_ms: int = _common(
+        "KAFKA_COMPACTED_MAX_COMPACTION_LAG_MS",
+        6 * 3_600_000,
+        "max.compaction.lag.ms of compacted topics IOC creates (a record is compacted within this)",
+    )
+    compacted_delete_retention_ms: int = _common(
+        "KAFKA_COMPACTED_DELETE_RETENTION_MS",
+        86_400_000,
+        "delete.retention.ms (tombstone life) of compacted topics IOC creates",
+    )
     publish_timeout_s: float = _common(
         "KAFKA_PUBLISH_TIMEOUT_SECONDS",
         10.0,
@@ -60,6 +100,27 @@ class KafkaSettings(BaseSettings):
                 "IOC_KAFKA_SASL_MECHANISM needs IOC_KAFKA_SASL_USERNAME and IOC_KAFKA_SASL_PASSWORD"
             )
         return self
+
+    @property
+    def producer_compression(self) -> str | None:
+        """The codec as aiokafka's ``compression_type`` takes it."""
+        return None if self.compression_type == "none" else self.compression_type
+
+    def topic_config(self, spec) -> dict[str, str]:
+        """Topic-level configuration IOC creates ``spec`` with (shared.contracts.TopicSpec): the catalogue's own,
+        the replication floor, and segment/compaction settings for compacted topics."""
+        cfg = dict(spec.config())
+        isr = self.min_insync_replicas
+        if isr is None:
+            isr = 2 if self.replication_factor >= 3 else 1
+        cfg["min.insync.replicas"] = str(isr)
+        if spec.compacted:
+            cfg.setdefault("segment.ms", str(self.compacted_segment_ms))
+            cfg.setdefault("segment.bytes", str(self.compacted_segment_bytes))
+            cfg.setdefault("min.cleanable.dirty.ratio", str(self.compacted_min_cleanable_dirty_ratio))
+            cfg.setdefault("max.compaction.lag.ms", str(self.compacted_max_compaction_lag_ms))
+            cfg.setdefault("delete.retention.ms", str(self.compacted_delete_retention_ms))
+        return cfg
 
     def client_kwargs(self) -> dict:
         """Keyword arguments common to aiokafka producers, consumers and admin clients."""

@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from ioc.registry import SERVICES, available, load  # noqa: E402
+from shared.config import KafkaSettings  # noqa: E402
 from shared.contracts import DEAD_LETTER_TOPIC, TOPICS, TopicSpec  # noqa: E402
 from shared.contracts.platform import AUDIT_TOPIC  # noqa: E402
 
@@ -125,9 +126,15 @@ def max_replicas(name: str) -> int:
 
 
 def kafka_topic(spec: TopicSpec) -> dict:
-    config = {**spec.config(), "min.insync.replicas": str(MIN_INSYNC_REPLICAS)}
+    # The same topic configuration services create topics with (shared.config.KafkaSettings.topic_config):
+    # retention or compaction, min ISR, and segment/compaction settings of compacted topics.
+    # model_construct: the defaults, whatever IOC_KAFKA_* the environment of the generator holds.
+    settings = KafkaSettings.model_construct(
+        replication_factor=REPLICAS, min_insync_replicas=MIN_INSYNC_REPLICAS
+    )
+    config = settings.topic_config(spec)
     return {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaTopic",
         "metadata": {
             "name": resource_name(spec.name),
@@ -203,7 +210,7 @@ def keda_acls() -> list[dict]:
 
 def kafka_user(principal: str, acls: list[dict], component: str) -> dict:
     return {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "apiVersion": "kafka.strimzi.io/v1",
         "kind": "KafkaUser",
         "metadata": {
             "name": user_name(principal),
@@ -231,12 +238,17 @@ def render_topics() -> str:
     return _dump(docs)
 
 
-def render_users() -> str:
-    """The KafkaUser manifests: services, then processors, then the autoscaler's read-only user."""
+def kafka_users() -> list[dict]:
+    """The KafkaUser resources: services, then processors, then the autoscaler's read-only user."""
     docs = [kafka_user(s.name, service_acls(s.name), "service") for s in SERVICES]
     docs += [kafka_user(p, processor_acls(p), "processor") for p in processor_names()]
     docs.append(kafka_user("keda", keda_acls(), "autoscaler"))
-    return _dump(docs)
+    return docs
+
+
+def render_users() -> str:
+    """The KafkaUser manifests."""
+    return _dump(kafka_users())
 
 
 def outputs() -> dict[Path, str]:

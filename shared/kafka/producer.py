@@ -44,6 +44,9 @@ class EventPublisher:
         self._timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
+        # Partition counts are read again from the producer's metadata (itself refreshed every
+        # ``metadata_max_age_ms``) this often, so a partition increase is seen without a restart.
+        self._partitions_read_at = time.monotonic()
         self._key_partition: dict[tuple[bytes, int], int] = {}  # murmur2 is pure Python; keys repeat
         self._start_lock = asyncio.Lock()
 
@@ -62,10 +65,11 @@ class EventPublisher:
                 acks="all",
                 enable_idempotence=self._kafka.enable_idempotence,
                 linger_ms=self._kafka.linger_ms,
+                metadata_max_age_ms=self._kafka.metadata_max_age_ms,
                 max_batch_size=1024 * 1024,
                 max_request_size=8 * 1024 * 1024,
                 request_timeout_ms=int(self._timeout_s * 1000),
-                compression_type=None,
+                compression_type=self._kafka.producer_compression,
             )
             try:
                 async with asyncio.timeout(self._timeout_s):
@@ -129,6 +133,9 @@ class EventPublisher:
         producer = self._producer
         assert producer is not None
         started = time.perf_counter()
+        if time.monotonic() - self._partitions_read_at > self._kafka.metadata_max_age_ms / 1000:
+            self._partitions.clear()
+            self._partitions_read_at = time.monotonic()
         try:
             by_tp: dict[tuple[str, int], list[EncodedEvent]] = defaultdict(list)
             cache = self._key_partition

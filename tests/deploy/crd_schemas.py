@@ -1,7 +1,19 @@
-"""Minimal JSON schemas of the custom resources IOC uses (Strimzi, KEDA, CloudNativePG): the fields we set,
-their types, and no unknown fields where a typo would silently be ignored by the operator."""
+"""JSON schemas of the custom resources IOC uses.
+
+Strimzi (Kafka, KafkaNodePool, KafkaTopic, KafkaUser, API ``kafka.strimzi.io/v1``): the operator's real CRD
+schemas (tests/deploy/data/strimzi, from Strimzi 1.2.0), made strict as the API server's strict field validation
+is (an unknown field is an error unless the CRD preserves unknown fields). KEDA and CloudNativePG: minimal
+hand-written schemas of the fields we set, their types, and no unknown fields where a typo would silently be
+ignored by the operator."""
 
 from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+STRIMZI_DATA = Path(__file__).resolve().parent / "data" / "strimzi"
+STRIMZI_API = "kafka.strimzi.io/v1"
 
 STR = {"type": "string"}
 INT = {"type": "integer"}
@@ -30,140 +42,7 @@ def obj(required: list[str], props: dict, strict: bool = True) -> dict:
     return {"type": "object", "required": required, "properties": props, "additionalProperties": not strict}
 
 
-ACL = obj(
-    ["resource", "operations"],
-    {
-        "resource": obj(
-            ["type", "name", "patternType"],
-            {
-                "type": {"enum": ["topic", "group", "cluster", "transactionalId"]},
-                "name": STR,
-                "patternType": {"enum": ["literal", "prefix"]},
-            },
-        ),
-        "operations": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "enum": [
-                    "Read",
-                    "Write",
-                    "Create",
-                    "Delete",
-                    "Alter",
-                    "Describe",
-                    "ClusterAction",
-                    "AlterConfigs",
-                    "DescribeConfigs",
-                    "IdempotentWrite",
-                    "All",
-                ]
-            },
-        },
-        "host": STR,
-    },
-)
-
-VOLUME = obj(
-    ["id", "type", "size"],
-    {
-        "id": INT,
-        "type": {"enum": ["persistent-claim", "ephemeral"]},
-        "size": STR,
-        "deleteClaim": {"type": "boolean"},
-        "kraftMetadata": {"enum": ["shared"]},
-    },
-)
-
 SCHEMAS: dict[tuple[str, str], dict] = {
-    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): resource(
-        "kafka.strimzi.io/v1beta2",
-        "KafkaTopic",
-        obj(
-            ["topicName", "partitions", "replicas"],
-            {
-                "topicName": STR,
-                "partitions": {"type": "integer", "minimum": 1},
-                "replicas": {"type": "integer", "minimum": 1},
-                "config": {"type": "object", "additionalProperties": STR},
-            },
-        ),
-    ),
-    ("kafka.strimzi.io/v1beta2", "KafkaUser"): resource(
-        "kafka.strimzi.io/v1beta2",
-        "KafkaUser",
-        obj(
-            ["authentication", "authorization"],
-            {
-                "authentication": obj(["type"], {"type": {"enum": ["scram-sha-512", "tls"]}}),
-                "authorization": obj(
-                    ["type", "acls"], {"type": {"const": "simple"}, "acls": {"type": "array", "items": ACL}}
-                ),
-            },
-        ),
-    ),
-    ("kafka.strimzi.io/v1beta2", "Kafka"): resource(
-        "kafka.strimzi.io/v1beta2",
-        "Kafka",
-        obj(
-            ["kafka", "entityOperator"],
-            {
-                "kafka": obj(
-                    ["listeners"],
-                    {
-                        "version": STR,
-                        "metadataVersion": STR,
-                        "listeners": {
-                            "type": "array",
-                            "minItems": 1,
-                            "items": obj(
-                                ["name", "port", "type", "tls"],
-                                {
-                                    "name": STR,
-                                    "port": INT,
-                                    "type": {
-                                        "enum": [
-                                            "internal",
-                                            "route",
-                                            "loadbalancer",
-                                            "nodeport",
-                                            "ingress",
-                                            "cluster-ip",
-                                        ]
-                                    },
-                                    "tls": {"type": "boolean"},
-                                    "authentication": obj(["type"], {"type": STR}),
-                                    "networkPolicyPeers": {"type": "array"},
-                                },
-                            ),
-                        },
-                        "authorization": obj(["type"], {"type": {"const": "simple"}}),
-                        "config": {"type": "object"},
-                        "rack": obj(["topologyKey"], {"topologyKey": STR}),
-                    },
-                ),
-                "entityOperator": obj(
-                    [], {"topicOperator": {"type": "object"}, "userOperator": {"type": "object"}}
-                ),
-            },
-        ),
-    ),
-    ("kafka.strimzi.io/v1beta2", "KafkaNodePool"): resource(
-        "kafka.strimzi.io/v1beta2",
-        "KafkaNodePool",
-        obj(
-            ["replicas", "roles", "storage"],
-            {
-                "replicas": INT,
-                "roles": {"type": "array", "items": {"enum": ["broker", "controller"]}},
-                "storage": obj(
-                    ["type", "volumes"],
-                    {"type": {"const": "jbod"}, "volumes": {"type": "array", "items": VOLUME}},
-                ),
-                "resources": RESOURCES,
-            },
-        ),
-    ),
     ("keda.sh/v1alpha1", "ScaledObject"): resource(
         "keda.sh/v1alpha1",
         "ScaledObject",
@@ -236,3 +115,38 @@ SCHEMAS: dict[tuple[str, str], dict] = {
         ),
     ),
 }
+
+
+def strict(schema: dict) -> dict:
+    """A CRD's structural schema with unknown fields refused wherever the CRD does not preserve them."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+def strimzi_schema(kind: str) -> dict:
+    crd = strict(json.loads((STRIMZI_DATA / f"{kind}.v1.json").read_text()))
+    crd["properties"]["apiVersion"] = {"const": STRIMZI_API}
+    crd["properties"]["kind"] = {"const": kind}
+    crd["properties"]["metadata"] = META
+    crd["required"] = sorted({*crd.get("required", []), "apiVersion", "kind", "metadata", "spec"})
+    return crd
+
+
+for _kind in ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"):
+    SCHEMAS[(STRIMZI_API, _kind)] = strimzi_schema(_kind)

@@ -59,7 +59,7 @@ def test_a_typo_in_a_custom_resource_is_caught(docs):
     topic = dict(next(d for d in docs if d["kind"] == "KafkaTopic"))
     topic["spec"] = {**topic["spec"], "partition": 3}
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(topic, SCHEMAS[("kafka.strimzi.io/v1beta2", "KafkaTopic")])
+        jsonschema.validate(topic, SCHEMAS[("kafka.strimzi.io/v1", "KafkaTopic")])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -82,7 +82,14 @@ def test_overlays_build_and_stay_valid(overlay):
 
 def test_kafka_cluster_is_kraft_rf3_min_isr2_with_scram_only(docs):
     kafka = by_kind(docs, "Kafka")["ioc-kafka"]
-    assert kafka["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
+    # Strimzi's v1 API is KRaft with node pools only; its Kafka is the one the Apache Kafka test tier runs.
+    assert kafka["apiVersion"] == "kafka.strimzi.io/v1"
+    from shared.embedded.apache_kafka import KAFKA_VERSION
+
+    assert kafka["spec"]["kafka"]["version"] == KAFKA_VERSION
+    assert kafka["spec"]["kafka"]["metadataVersion"].startswith(
+        ".".join(KAFKA_VERSION.split(".")[:2]) + "-IV"
+    )
     config = kafka["spec"]["kafka"]["config"]
     assert config["default.replication.factor"] == 3 and config["min.insync.replicas"] == 2
     assert config["auto.create.topics.enable"] is False

@@ -211,6 +211,7 @@ class Worker:
         pause_s: float = 0.0,
         max_records: int = 20000,
         log_path: Path | None = None,
+        processor: str = "kiosk",
     ):
         self.args = [
             PYTHON,
@@ -225,6 +226,8 @@ class Worker:
             str(pause_s),
             "--max-records",
             str(max_records),
+            "--processor",
+            processor,
         ]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None

@@ -1,4 +1,4 @@
-"""A stream worker for the kill -9 scenarios: the kiosk KPI processor in a ProcessorRuntime, until killed.
+"""A stream worker for the kill -9 scenarios: the kiosk (or meter) KPI processor in a ProcessorRuntime, until killed.
 
 Run as a child process by ``tests/reliability/harness.py`` (``Worker``). ``--pause`` slows each batch down so
 that a kill lands in the middle of the stream rather than after it.
@@ -12,6 +12,7 @@ import signal
 import time
 
 from services.kiosk.processors import KioskKpiProcessor
+from services.meter.processors import MeterKpiProcessor
 from shared.config import KafkaSettings
 from shared.logging import configure_logging
 from shared.stream.runtime import ProcessorRuntime
@@ -31,20 +32,41 @@ class PacedKioskProcessor(KioskKpiProcessor):
             time.sleep(self.pause_s)  # blocking on purpose: a CPU-bound batch blocks the loop the same way
 
 
+class PacedMeterProcessor(MeterKpiProcessor):
+    """The real meter KPI processor under a name of its own (consumer group, changelog), stalling after each
+    batch."""
+
+    tick_seconds = 0.2
+    emit_interval_seconds = 0.2
+
+    def __init__(self, pause_s: float, name: str):
+        super().__init__()
+        self.name = name
+        self.pause_s = pause_s
+
+    def apply_batch(self, events, state) -> None:
+        super().apply_batch(events, state)
+        if self.pause_s:
+            time.sleep(self.pause_s)
+
+
 async def main(args: argparse.Namespace) -> None:
-    processor = PacedKioskProcessor(
-        args.pause,
-        heartbeat_timeout_s=3600,
-        kpi_interval_s=0.3,
-        tick_seconds=0.2,
-        name=args.name,
-        source=args.source,
-    )
+    if args.processor == "meter":
+        processor = PacedMeterProcessor(args.pause, args.name)
+    else:
+        processor = PacedKioskProcessor(
+            args.pause,
+            heartbeat_timeout_s=3600,
+            kpi_interval_s=0.3,
+            tick_seconds=0.2,
+            name=args.name,
+            source=args.source,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    kafka = KafkaSettings(bootstrap_servers=args.bootstrap)
+    kafka = KafkaSettings(bootstrap_servers=args.bootstrap)  # other IOC_KAFKA_* settings from the environment
     async with ProcessorRuntime(processor, kafka, driver=args.driver, max_records=args.max_records).running():
         print("worker running", flush=True)
         await stop.wait()
@@ -58,5 +80,6 @@ if __name__ == "__main__":
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--max-records", type=int, default=20000)
     parser.add_argument("--driver", default="faust")
+    parser.add_argument("--processor", choices=("kiosk", "meter"), default="kiosk")
     configure_logging("reliability-worker", "INFO")
     asyncio.run(main(parser.parse_args()))
