@@ -730,8 +730,8 @@ class ProcessorCore:
             by_tp: dict[tuple[str, int], list[EncodedEvent]] = {}
             for ev in outputs:
                 n = self._output_partitions.get(ev.topic)
-                if n is None:
-                    n = self._output_partitions[ev.topic] = len(await producer.partitions_for(ev.topic))
+                if n is None:  # the publisher's count (it creates a catalogued topic that is missing)
+                    n = self._output_partitions[ev.topic] = await self.publisher._partition_count(ev.topic)
                 by_tp.setdefault((ev.topic, partition_for(ev.key, n)), []).append(ev)
             for (topic, part), evs in by_tp.items():
                 batch = producer.create_batch()
