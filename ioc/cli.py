@@ -371,10 +371,10 @@ def process(
         raise typer.Exit(2)
     entry, factory = factories[name]
     configure_logging(name, os.environ.get("IOC_LOG_LEVEL", "INFO"))
-    if metrics_port:
-        from prometheus_client import start_http_server
+    if metrics_port:  # /metrics, and /livez from the event loop's heartbeat (shared.stream.health)
+        from shared.stream.health import start_worker_http_server
 
-        start_http_server(
+        start_worker_http_server(
             metrics_port, addr="127.0.0.1" if os.environ.get("IOC_METRICS_LOCAL", "1") == "1" else "0.0.0.0"
         )
     processor = factory(registry.load(entry.settings)())

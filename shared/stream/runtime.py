@@ -31,6 +31,7 @@ from shared.kafka.records import install as install_bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.assignor import CoPartitionedAssignor
 from shared.stream.core import DURABILITY_MODES, ProcessorCore, changelog_topic, whole_partitions
+from shared.stream.health import HEARTBEAT
 from shared.stream.processor import StreamProcessor
 from shared.tasks import stop_tasks
 
@@ -252,6 +253,7 @@ class ProcessorRuntime:
     async def start(self) -> None:
         tune_gc()
         install_bare_records()
+        HEARTBEAT.start()  # /livez of `ioc process` fails when this loop stops beating (shared.stream.health)
         await ensure_topics(
             self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog]
         )
@@ -273,6 +275,7 @@ class ProcessorRuntime:
             await self.driver.stop()
         await self.core.stop()
         await self.publisher.stop()
+        await HEARTBEAT.stop()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ProcessorRuntime]:
