@@ -39,6 +39,7 @@ keys_app = typer.Typer(help="Principals and their API keys.", no_args_is_help=Tr
 contracts_app = typer.Typer(help="Exported event contracts (JSON Schema, AsyncAPI).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(contracts_app, name="contracts")
+app.command("lag")(__import__("ioc.lag", fromlist=["lag"]).lag)  # `ioc lag`: per-partition lag (ioc/lag.py)
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("IOC_STATE_DIR", ROOT / "var"))
