@@ -236,10 +236,14 @@ class ProcessorCore:
         )
         await self._producer.start()
         await self.publisher.start()
-        if self.durability == "transactions":
-            self.transactional = True
-        elif self.durability == "auto":
+        if self.durability != "markers":
             self.transactional = await self._broker_grants_transactions()
+            if self.durability == "transactions" and not self.transactional:
+                raise RuntimeError(
+                    f"{self.processor.name}: IOC_STREAM_DURABILITY=transactions but the broker refuses a "
+                    "transactional producer (the embedded broker has no transactions; on Kafka, check the "
+                    f"principal's TransactionalId ACL for ioc-{self.processor.name}-*)"
+                )
         log.info(
             "stream durability",
             extra={"processor": self.processor.name, "transactions": self.transactional},
