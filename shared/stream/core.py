@@ -67,6 +67,8 @@ def _itself(x):
 #: Kafka transaction per partition and batch: outputs, changelog and source offsets; needs a broker with
 #: transactions), ``auto`` (transactions when the broker grants a transactional producer, else markers)
 DURABILITY_MODES = ("auto", "markers", "transactions")
+#: longest a partition's transaction may take to commit (or abort) before the batch fails and is retried
+TRANSACTION_TIMEOUT_S = 30.0
 
 
 def whole_partitions(assignment: Iterable[TopicPartition], topics: Iterable[str]) -> set[int]:
@@ -701,9 +703,13 @@ class ProcessorCore:
     async def _commit_transactions(
         self, partitions: list[int], outputs: dict[int, list[EncodedEvent]]
     ) -> None:
-        """One transaction per partition: its outputs, changed keys, marker and source offsets commit together
-        or not at all (read_committed readers never see an aborted batch), all partitions at once. Offsets go to
-        the consumer group through the transaction, so :attr:`durable_offsets` only mirrors them."""
+        """One transaction per partition: its outputs, changed keys and marker (which holds the source offsets the
+        state reflects) commit together or not at all (read_committed readers never see an aborted batch), all
+        partitions at once. The source offsets are not sent to the consumer group inside the transaction: the
+        marker is what recovery and the drivers resume from (records below it are skipped), and a TxnOffsetCommit
+        (aiokafka's carries no group generation) in every transaction involved the group coordinator in the
+        middle of rebalances; the group commit after the transaction, as with markers, is only where a consumer
+        starts reading."""
         results = await asyncio.gather(
             *(self._commit_transaction(p, outputs.get(p, [])) for p in partitions), return_exceptions=True
         )
@@ -747,16 +753,16 @@ class ProcessorCore:
                 futures.append(await producer.send_batch(batch, topic, partition=part))
             for batch in self._changelog_batches(producer, pr, changes):
                 futures.append(await producer.send_batch(batch, self.changelog.name, partition=p))
-            offsets = {TopicPartition(topic, p): off for topic, off in pr.applied.items()}
-            if offsets:
-                await producer.send_offsets_to_transaction(offsets, self.processor.name)
-            await asyncio.gather(*futures)
-            await producer.commit_transaction()
+            # A stuck broker must not hold the batch lock (and with it a rebalance) for ever.
+            async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
+                await asyncio.gather(*futures)
+                await producer.commit_transaction()
         except ProducerFenced:
             raise
         except (KafkaError, OSError, TimeoutError):
             try:
-                await producer.abort_transaction()
+                async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
+                    await producer.abort_transaction()
             except Exception:
                 pass
             raise

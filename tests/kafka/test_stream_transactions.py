@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from shared.contracts.cloudevents import encode
@@ -74,16 +74,7 @@ async def kafka(apache_kafka_settings):
     return apache_kafka_settings
 
 
-async def _committed(kafka, group: str, tp: TopicPartition) -> int | None:
-    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return await consumer.committed(tp)
-    finally:
-        await consumer.stop()
-
-
-async def test_auto_mode_uses_transactions_and_commits_state_outputs_and_offsets_together(kafka):
+async def test_auto_mode_uses_transactions_and_recovers_what_they_committed(kafka):
     tag = f"t{uuid.uuid4().hex[:6]}"
     name = f"txn-core-{tag}"
     tp = TopicPartition(AUDIT.topic, 0)
@@ -92,8 +83,8 @@ async def test_auto_mode_uses_transactions_and_commits_state_outputs_and_offsets
         assert core.transactional, "Apache Kafka grants transactional producers: auto mode must use them"
         await core.process({tp: _records(range(0, 100), tag)}, owned={0})
         await core.tick()
-        # the source offset went to the consumer group inside the transaction
-        assert await _committed(kafka, name, tp) == 100
+        # committed with the transaction: the marker's source offset is what the drivers may commit to the group
+        assert core.durable_offsets[(AUDIT.topic, 0)] == 100
     finally:
         await core.stop()
     core = await _core(kafka, name)
