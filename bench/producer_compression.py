@@ -69,7 +69,7 @@ async def run_codec(kafka, codec: str, events: list, topic: str) -> dict:
     settings = kafka.model_copy(update={"compression_type": codec})
     spec = TopicSpec(topic, PARTITIONS, "meter_id", "bench", "compression bench", retention_ms=None)
     await ensure_topics(settings, [spec])
-    events = [_retopic(e, topic) for e in events]
+    events = [retopic(e, topic) for e in events]
     publisher = EventPublisher(settings, client_id=f"bench-{codec}")
     await publisher.start()
     cpu = time.process_time()
@@ -102,7 +102,7 @@ async def run_codec(kafka, codec: str, events: list, topic: str) -> dict:
     }
 
 
-def _retopic(event, topic: str):
+def retopic(event, topic: str):
     from shared.contracts.cloudevents import EncodedEvent
 
     return EncodedEvent(topic, event.key, event.value, event.headers, event.id, event.type)

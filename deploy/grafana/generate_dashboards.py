@@ -1,5 +1,6 @@
 """Generate IOC's Grafana dashboards (``deploy/grafana/dashboards/*.json``): one per domain and one for the
-platform, using only the metrics every IOC process exports (``shared/metrics.py``).
+platform, using only the metrics every IOC process exports (``shared/metrics.py``), and one for the data stores
+(Kafka and PostgreSQL, from their exporters: deploy/prometheus, docs/operations.md "Monitoring").
 
 The dashboards share their layout, so they are built here rather than edited by hand in six JSON files;
 ``tests/deploy`` checks the committed files equal this output and that every metric they query is exported.
@@ -481,8 +482,130 @@ def platform_dashboard() -> dict:
     )
 
 
+KAFKA_PVC = 'persistentvolumeclaim=~"data(-[0-9]+)?-ioc-kafka-.+"'
+DB_PVC = 'persistentvolumeclaim=~"ioc-db-[0-9]+"'
+
+
+def data_stores_dashboard() -> dict:
+    """Kafka (replication, ISR, offline partitions, disk, group lag per partition) and PostgreSQL (up,
+    connections, disk): what the ioc-kafka and ioc-postgresql alerts watch."""
+    lay = Layout()
+    lay.row("Kafka replication")
+    lay.add(
+        timeseries(
+            "Under-replicated partitions",
+            [
+                ("sum by (pod) (kafka_server_replicamanager_underreplicatedpartitions)", "{{pod}}"),
+                ("sum (kafka_topic_partition_under_replicated_partition)", "kafka-exporter"),
+            ],
+        )
+    )
+    lay.add(
+        timeseries(
+            "Partitions under min ISR / offline",
+            [
+                (
+                    "sum by (pod) (kafka_server_replicamanager_underminisrpartitioncount)",
+                    "under min ISR {{pod}}",
+                ),
+                ("sum (kafka_controller_kafkacontroller_offlinepartitionscount)", "offline"),
+            ],
+            description="Above 0: acks=all writes to those partitions fail and ingest answers 503.",
+        )
+    )
+    lay.add(
+        timeseries(
+            "ISR shrinks and expands /s",
+            [
+                (
+                    f"sum by (pod) (rate(kafka_server_replicamanager_isrshrinks_total{RATE}))",
+                    "shrinks {{pod}}",
+                ),
+                (
+                    f"sum by (pod) (rate(kafka_server_replicamanager_isrexpands_total{RATE}))",
+                    "expands {{pod}}",
+                ),
+            ],
+            unit="ops",
+        )
+    )
+    lay.row("Kafka disk and lag")
+    lay.add(
+        timeseries(
+            "Kafka volume used",
+            [
+                (
+                    f"1 - kubelet_volume_stats_available_bytes{{{KAFKA_PVC}}}"
+                    f" / kubelet_volume_stats_capacity_bytes{{{KAFKA_PVC}}}",
+                    "{{persistentvolumeclaim}}",
+                )
+            ],
+            unit="percentunit",
+        ),
+        w=12,
+    )
+    lay.add(
+        timeseries(
+            "Consumer group lag by partition",
+            [
+                (
+                    "sum by (consumergroup, partition) (kafka_consumergroup_lag)",
+                    "{{consumergroup}} p{{partition}}",
+                )
+            ],
+            description="Kafka Exporter's view of every group's lag, partition by partition.",
+        ),
+        w=12,
+    )
+    lay.row("PostgreSQL")
+    lay.add(
+        timeseries(
+            "PostgreSQL up",
+            [("max by (pod) (cnpg_collector_up)", "{{pod}}"), ("max by (instance) (pg_up)", "{{instance}}")],
+        )
+    )
+    lay.add(
+        timeseries(
+            "Connections / max_connections",
+            [
+                (
+                    "sum by (pod) (cnpg_backends_total)"
+                    ' / max by (pod) (cnpg_pg_settings_setting{name="max_connections"})',
+                    "{{pod}}",
+                ),
+                (
+                    "sum by (instance) (pg_stat_activity_count) / max by (instance) (pg_settings_max_connections)",
+                    "{{instance}}",
+                ),
+            ],
+            unit="percentunit",
+        )
+    )
+    lay.add(
+        timeseries(
+            "PostgreSQL volume used",
+            [
+                (
+                    f"1 - kubelet_volume_stats_available_bytes{{{DB_PVC}}}"
+                    f" / kubelet_volume_stats_capacity_bytes{{{DB_PVC}}}",
+                    "{{persistentvolumeclaim}}",
+                )
+            ],
+            unit="percentunit",
+        )
+    )
+    return dashboard(
+        "ioc-data-stores",
+        "IOC · Kafka and PostgreSQL",
+        "Replication, ISR, offline partitions, disk and group lag of Kafka; availability, connections and disk "
+        "of PostgreSQL.",
+        lay,
+        [],
+    )
+
+
 def outputs() -> dict[Path, str]:
-    boards = {"platform": platform_dashboard()}
+    boards = {"platform": platform_dashboard(), "data-stores": data_stores_dashboard()}
     boards.update({d: domain_dashboard(d, t) for d, t in DOMAINS.items()})
     return {
         OUT / f"{name}.json": json.dumps(board, indent=2, ensure_ascii=False) + "\n"

@@ -39,15 +39,27 @@ class KafkaUnavailable(RuntimeError):
 def java_binary() -> str | None:
     explicit = os.environ.get("IOC_KAFKA_JAVA")
     if explicit:
-        return explicit
+        return explicit if Path(explicit).is_file() else None
     home = os.environ.get("JAVA_HOME")
     if home and (Path(home) / "bin" / "java").is_file():
         return str(Path(home) / "bin" / "java")
     return shutil.which("java")
 
 
+def unavailable_reason() -> str | None:
+    """Why the Apache Kafka tier cannot run here (no java, or neither a fetched classpath nor mvn); None if it can.
+    Cheap: runs nothing."""
+    if not java_binary():
+        return "no java on PATH (Apache Kafka 4 needs Java 17+)"
+    if os.environ.get("IOC_KAFKA_CLASSPATH") or CLASSPATH_FILE.is_file() or shutil.which("mvn"):
+        return None
+    return "no mvn on PATH to fetch Apache Kafka from Maven Central"
+
+
 def kafka_classpath(*, fetch: bool = True) -> str:
     """The broker's classpath (jars in the local Maven cache); runs Maven once when it is not known yet."""
+    if not java_binary():
+        raise KafkaUnavailable("no java on PATH (Apache Kafka 4 needs Java 17+)")
     explicit = os.environ.get("IOC_KAFKA_CLASSPATH")
     if explicit:
         return explicit
@@ -55,8 +67,6 @@ def kafka_classpath(*, fetch: bool = True) -> str:
         cp = CLASSPATH_FILE.read_text().strip()
         if cp and all(Path(p).is_file() for p in cp.split(os.pathsep)):
             return cp
-    if not java_binary():
-        raise KafkaUnavailable("no java on PATH (Apache Kafka 4 needs Java 17+)")
     mvn = shutil.which("mvn")
     if not mvn or not fetch:
         raise KafkaUnavailable("no mvn on PATH to fetch Apache Kafka from Maven Central")
@@ -209,7 +219,8 @@ class KafkaNode(ChildServer):
         if done.returncode != 0:
             raise RuntimeError(f"kafka-storage format failed: {(done.stdout + done.stderr)[-1500:]}")
 
-    def start(self, classpath: str, timeout: float = 90.0) -> KafkaNode:
+    def start(self, classpath: str, timeout: float = 90.0, *, wait: bool = True) -> KafkaNode:
+        """Start the JVM; with ``wait``, return once its PLAINTEXT listener accepts connections."""
         out = open(self.directory / "stdout.log", "ab")
         self._proc = subprocess.Popen(
             self._java("kafka.Kafka", str(self.properties_file), classpath=classpath),
@@ -219,7 +230,8 @@ class KafkaNode(ChildServer):
             start_new_session=True,
         )
         out.close()
-        _wait_port("127.0.0.1", self.plaintext_port, timeout, self._proc)
+        if wait:
+            _wait_port("127.0.0.1", self.plaintext_port, timeout, self._proc)
         return self
 
 
@@ -300,12 +312,10 @@ class KafkaCluster:
         for node in self.nodes.values():
             node.format(self.cluster_id, self.scram_users, self.classpath)
         try:
-            procs = []
             for node in self.nodes.values():  # all at once: each waits for the quorum of the others
-                procs.append(node)
-                _start_async(node, self.classpath)
+                node.start(self.classpath, wait=False)
             deadline = time.monotonic() + timeout
-            for node in procs:
+            for node in self.nodes.values():
                 _wait_port("127.0.0.1", node.plaintext_port, deadline - time.monotonic(), node._proc)
             self.wait_until_brokers(len(self.nodes), timeout=max(5.0, deadline - time.monotonic()))
         except BaseException:
@@ -359,6 +369,18 @@ class KafkaCluster:
             time.sleep(0.3)
         raise TimeoutError(f"the cluster did not show {count} brokers within {timeout}s ({last})")
 
+    def add_scram_user(self, name: str, password: str) -> None:
+        """Create (or change) a SCRAM-SHA-512 user after start, as ``kafka-configs --add-config`` does."""
+        from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+        admin = self.admin()
+        upsert = UserScramCredentialUpsertion(
+            name, ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096), password.encode()
+        )
+        for future in admin.alter_user_scram_credentials([upsert]).values():
+            future.result(timeout=30)
+        self.scram_users[name] = password
+
     def leader_of(self, topic: str, partition: int = 0) -> int:
         md = self.admin().list_topics(topic, timeout=10)
         return md.topics[topic].partitions[partition].leader
@@ -366,18 +388,6 @@ class KafkaCluster:
     def isr_of(self, topic: str, partition: int = 0) -> list[int]:
         md = self.admin().list_topics(topic, timeout=10)
         return list(md.topics[topic].partitions[partition].isrs)
-
-
-def _start_async(node: KafkaNode, classpath: str) -> None:
-    out = open(node.directory / "stdout.log", "ab")
-    node._proc = subprocess.Popen(
-        node._java("kafka.Kafka", str(node.properties_file), classpath=classpath),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    out.close()
 
 
 def _cluster_id() -> str:

@@ -27,18 +27,33 @@ def test_compose_scrape_config_is_valid():
 
 
 def test_kubernetes_scrape_config_is_valid(tmp_path):
-    out = promtool("check", "config", "prometheus-kubernetes.yml")
+    # --syntax-only: the kubelet job's service-account token and CA exist only inside the cluster.
+    out = promtool("check", "config", "--syntax-only", "prometheus-kubernetes.yml")
     if out.returncode != 0 and "field kubernetes_sd_configs not found" in out.stdout + out.stderr:
         # Debian builds Prometheus without Kubernetes discovery: check everything else (relabelling, rules)
         # with the discovery swapped for a static target.
         cfg = yaml.safe_load((PROM / "prometheus-kubernetes.yml").read_text())
         for job in cfg["scrape_configs"]:
-            assert job.pop("kubernetes_sd_configs")[0]["role"] == "pod"
+            assert job.pop("kubernetes_sd_configs")[0]["role"] in ("pod", "node")
             job["static_configs"] = [{"targets": ["10.0.0.1:9100"]}]
         cfg["rule_files"] = [str(PROM / f) for f in cfg["rule_files"]]
         (tmp_path / "k8s.yml").write_text(yaml.safe_dump(cfg))
-        out = promtool("check", "config", str(tmp_path / "k8s.yml"))
+        out = promtool("check", "config", "--syntax-only", str(tmp_path / "k8s.yml"))
     assert out.returncode == 0, out.stdout + out.stderr
+    out = promtool("check", "rules", "rules/recording.yml", "rules/alerts.yml")  # what --syntax-only skips
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_staging_and_production_and_the_data_stores_are_scraped():
+    cfg = yaml.safe_load((PROM / "prometheus-kubernetes.yml").read_text())
+    jobs = {job["job_name"]: job for job in cfg["scrape_configs"]}
+    assert {"ioc-service", "ioc-processor", "kafka", "kafka-exporter", "postgres", "kubelet"} <= set(jobs)
+    for name, job in jobs.items():
+        for sd in job.get("kubernetes_sd_configs", ()):
+            if sd["role"] == "pod":
+                assert set(sd["namespaces"]["names"]) == {"ioc", "ioc-staging"}, name
+    compose = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    assert {"kafka-exporter", "postgres-exporter"} <= {job["job_name"] for job in compose["scrape_configs"]}
 
 
 def test_rules_are_valid():

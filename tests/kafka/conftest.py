@@ -5,13 +5,14 @@ Every test in ``tests/kafka`` is marked ``apache_kafka`` (select with ``-m apach
 
 Interface other test modules may rely on (keep it stable):
 
-- ``kafka_cluster`` (session): a :class:`shared.embedded.apache_kafka.KafkaCluster` with
+- ``kafka_cluster`` (package ``tests/kafka``: put Apache Kafka tests there): a :class:`shared.embedded.apache_kafka.KafkaCluster` with
   ``bootstrap_servers`` (PLAINTEXT, super user), ``sasl_bootstrap_servers`` (SCRAM-SHA-512),
   ``kafka_settings(**overrides)`` (RF 3, idempotent acks=all), ``sasl_settings(user)``, ``scram_users``
-  (user → password, every service principal of deploy/k8s plus ``ioc-outsider``), ``kill(node_id)``,
+  (user → password, every service principal of deploy/k8s plus ``ioc-outsider``), ``add_scram_user(name,
+  password)``, ``admin()`` (a confluent-kafka AdminClient, super user), ``kill(node_id)``,
   ``stop_node(id)``, ``start_node(id)``, ``restart(id)``, ``running_nodes()``, ``leader_of(topic, p)``,
   ``isr_of(topic, p)``, ``wait_until_brokers(n)``; node ids are 1, 2, 3.
-- ``apache_kafka_settings`` (session): ``kafka_cluster.kafka_settings()``.
+- ``apache_kafka_settings`` (package): ``kafka_cluster.kafka_settings()``.
 - ``all_brokers_up`` (function): after the test, every killed/stopped node is started again and the cluster
   is back to 3 brokers with a full ISR on the test's topics. Use it in every test that kills brokers.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded.apache_kafka import KafkaCluster, KafkaUnavailable, kafka_classpath
+from shared.embedded.apache_kafka import KafkaCluster, KafkaUnavailable, kafka_classpath, unavailable_reason
 
 HERE = Path(__file__).resolve().parent
 _outcomes: dict[str, int] = {}
@@ -42,10 +43,23 @@ def service_principals() -> list[str]:
     return [u["metadata"]["name"] for u in strimzi_generator().kafka_users()]
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.apache_kafka)
+_unavailable: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    mine = [item for item in items if HERE in Path(str(item.fspath)).parents]
+    if not mine:
+        return
+    reason = unavailable_reason()
+    if reason:
+        # One line for the whole tier (terminal summary below), not one skip per test.
+        _unavailable.append(reason)
+        config.hook.pytest_deselected(items=mine)
+        ids = {id(item) for item in mine}
+        items[:] = [item for item in items if id(item) not in ids]
+        return
+    for item in mine:
+        item.add_marker(pytest.mark.apache_kafka)
 
 
 def pytest_runtest_logreport(report):
@@ -55,6 +69,8 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if _unavailable:
+        terminalreporter.write_line(f"Apache Kafka tier (tests/kafka) SKIPPED: {_unavailable[0]}")
     if _outcomes:
         counts = ", ".join(f"{n} {k}" for k, n in sorted(_outcomes.items()))
         terminalreporter.write_line(
@@ -62,7 +78,8 @@ def pytest_terminal_summary(terminalreporter):
         )
 
 
-@pytest.fixture(scope="session")
+# Package scope: the three JVMs stop when tests/kafka is done, not at the end of the whole suite.
+@pytest.fixture(scope="package")
 def kafka_cluster(tmp_path_factory):
     try:
         kafka_classpath()
@@ -75,7 +92,7 @@ def kafka_cluster(tmp_path_factory):
     cluster.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def apache_kafka_settings(kafka_cluster):
     return kafka_cluster.kafka_settings()
 

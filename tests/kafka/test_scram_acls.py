@@ -222,3 +222,23 @@ async def test_a_wrong_password_does_not_log_in(kafka_cluster, acls_applied):
     publisher = EventPublisher(settings, client_id="acl-wrong", timeout_s=5)
     with pytest.raises(BrokerUnavailable):
         await publisher.start()
+
+
+async def test_a_user_added_after_start_logs_in(kafka_cluster, acls_applied):
+    kafka_cluster.add_scram_user("ioc-late-user", "late-Very-Secret-1")
+    deadline = time.monotonic() + 20
+    while True:  # credentials reach every broker through the metadata log
+        publisher = EventPublisher(
+            # Not idempotent: InitProducerId needs a Write ACL on some topic, and this user has no ACL at all.
+            kafka_cluster.sasl_settings("ioc-late-user", enable_idempotence=False),
+            client_id="late",
+            timeout_s=5,
+        )
+        try:
+            await publisher.start()
+            break
+        except BrokerUnavailable:
+            assert time.monotonic() < deadline, "the new SCRAM user never logged in"
+            await asyncio.sleep(0.5)
+        finally:
+            await publisher.stop()
