@@ -84,6 +84,12 @@ def main() -> None:
         "'kiosk,dossier' (the raw aiokafka ceiling always runs; a processor's workload is what its "
         "domain's ingest published, so keep the domain's prefix whole)",
     )
+    ap.add_argument(
+        "--broker",
+        choices=("embedded", "apache-kafka"),
+        default="embedded",
+        help="the embedded Tansu broker, or a 3-node Apache Kafka cluster started for the run",
+    )
     opts = ap.parse_args()
     n = 50_000 if opts.quick else opts.events
     os.environ["IOC_KAFKA_PARTITIONS"] = "4"
@@ -91,12 +97,20 @@ def main() -> None:
     from bench.workload import AUDIT, small_events
     from shared.embedded import EmbeddedBroker
 
-    broker = EmbeddedBroker().start()
+    if opts.broker == "apache-kafka":  # the 3-node KRaft cluster of tests/kafka (needs java 17+ and mvn)
+        import tempfile
+
+        from shared.embedded.apache_kafka import KafkaCluster
+
+        broker = KafkaCluster(Path(tempfile.mkdtemp(prefix="ioc-bench-kafka-")))
+        broker.start()
+    else:
+        broker = EmbeddedBroker().start()
     bs = broker.bootstrap_servers
     results: dict[str, dict] = {}
     try:
         console.print(
-            f"[bold]IOC benchmark[/bold]: {n:,} events of ~100 bytes on 4 partitions, embedded broker {bs}"
+            f"[bold]IOC benchmark[/bold]: {n:,} events of ~100 bytes on 4 partitions, {opts.broker} broker {bs}"
         )
         events = small_events(n)
         results["produce_batched"] = {"events": n, "events_per_s": round(asyncio.run(produce(bs, events)))}
@@ -120,6 +134,18 @@ def main() -> None:
                 "ioc_stream_aiokafka",
                 "IOC stream base (aiokafka driver)",
                 dict(topic=topic, n=n, driver="aiokafka"),
+            ),
+            # Durability modes side by side (docs/stream-design.md): commit markers, and one Kafka transaction
+            # per partition and batch (the embedded broker refuses transactions: that row says so).
+            (
+                "ioc_stream_markers",
+                "IOC stream base, commit markers",
+                dict(topic=topic, n=n, driver="faust", durability="markers"),
+            ),
+            (
+                "ioc_stream_transactions",
+                "IOC stream base, Kafka transactions",
+                dict(topic=topic, n=n, driver="faust", durability="transactions"),
             ),
         ]
         only = tuple(x.strip() for x in opts.only.split(",") if x.strip())

@@ -156,13 +156,16 @@ async def naive_faust(kafka: KafkaSettings, topic: str, n: int, limit_s: float =
     return m.result(state["n"], note="time-boxed" if state["n"] < n else "")
 
 
-async def ioc_stream(kafka: KafkaSettings, topic: str, n: int, driver: str = "faust") -> dict:
-    """IOC's stream base: ProcessorRuntime with the same aggregation, batch drain, state changelog."""
+async def ioc_stream(
+    kafka: KafkaSettings, topic: str, n: int, driver: str = "faust", durability: str | None = None
+) -> dict:
+    """IOC's stream base: ProcessorRuntime with the same aggregation, batch drain, state changelog.
+    ``durability``: ``markers`` or ``transactions`` (default: the runtime's, ``auto``)."""
     from bench.processors import ActionCounts
     from shared.stream.runtime import ProcessorRuntime
 
     proc = ActionCounts(f"bench-ioc-{driver}-{uuid.uuid4().hex[:6]}")
-    rt = ProcessorRuntime(proc, kafka, driver=driver)
+    rt = ProcessorRuntime(proc, kafka, driver=driver, durability=durability)
     m = Meter()
     await rt.start()
     deadline = time.perf_counter() + 180  # a stuck group join must not hang the whole benchmark
@@ -181,7 +184,9 @@ async def ioc_stream(kafka: KafkaSettings, topic: str, n: int, driver: str = "fa
         for k, v in st.items():
             if not k.startswith("changed:"):
                 counts[k] = counts.get(k, 0) + v
-    return m.result(rt.core.processed, checksum=sum(counts.values()), counts=counts)
+    return m.result(
+        rt.core.processed, checksum=sum(counts.values()), counts=counts, transactions=rt.core.transactional
+    )
 
 
 async def ioc_stream_until_idle(kafka: KafkaSettings, topic: str, group: str) -> dict:

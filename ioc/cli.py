@@ -44,6 +44,7 @@ contracts_app = typer.Typer(help="Exported event contracts (JSON Schema, AsyncAP
 app.add_typer(keys_app, name="keys")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(__import__("ioc.alarms_cli", fromlist=["app"]).app, name="alarms")
+app.command("lag")(__import__("ioc.lag", fromlist=["lag"]).lag)  # `ioc lag`: per-partition lag (ioc/lag.py)
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("IOC_STATE_DIR", ROOT / "var"))
@@ -433,10 +434,10 @@ def process(
         raise typer.Exit(2)
     entry, factory = factories[name]
     configure_logging(name, os.environ.get("IOC_LOG_LEVEL", "INFO"))
-    if metrics_port:
-        from prometheus_client import start_http_server
+    if metrics_port:  # /metrics, and /livez from the event loop's heartbeat (shared.stream.health)
+        from shared.stream.health import start_worker_http_server
 
-        start_http_server(
+        start_worker_http_server(
             metrics_port, addr="127.0.0.1" if os.environ.get("IOC_METRICS_LOCAL", "1") == "1" else "0.0.0.0"
         )
     processor = factory(registry.load(entry.settings)())

@@ -40,7 +40,19 @@ LATE_INPUTS_IGNORED = Counter(
     "Inputs for windows a processor no longer keeps (older than late data may revise), ignored",
     ["consumer"],
 )
-CONSUMER_LAG = Gauge("ioc_consumer_lag_records", "Records behind the high watermark", ["consumer", "topic"])
+CONSUMER_LAG = Gauge(
+    "ioc_consumer_lag_records", "Records behind the high watermark", ["consumer", "topic", "partition"]
+)
+STREAM_RECORDS_REFUSED = Counter(
+    "ioc_stream_records_refused_total",
+    "Records a stream worker refused to fold: their partition is not owned whole (every source topic) by it",
+    ["consumer"],
+)
+STREAM_WRITES_FENCED = Counter(
+    "ioc_stream_writes_fenced_total",
+    "Batches of a partition a stream worker no longer owned when it came to write them: dropped, not written",
+    ["consumer"],
+)
 PROCESSING_LATENCY = Histogram(
     "ioc_event_processing_latency_seconds",
     "From the event's ce_time to the end of its processing",

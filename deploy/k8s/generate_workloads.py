@@ -215,8 +215,10 @@ def processor_manifests(name: str) -> list[dict]:
         *common_env(name),
     ]
     probes = {
+        # /livez fails when the worker's event loop stops beating (a stuck fold): /metrics answers from a
+        # thread whatever the loop does
         "livenessProbe": {
-            "httpGet": {"path": "/metrics", "port": "metrics"},
+            "httpGet": {"path": "/livez", "port": "metrics"},
             "initialDelaySeconds": 10,
             "periodSeconds": 15,
             "timeoutSeconds": 5,

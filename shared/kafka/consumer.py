@@ -121,7 +121,9 @@ class EventConsumer:
                 for tp, recs in batches.items():
                     hw = consumer.highwater(tp)
                     if hw is not None and recs:
-                        CONSUMER_LAG.labels(self.name, tp.topic).set(max(0, hw - recs[-1].offset - 1))
+                        CONSUMER_LAG.labels(self.name, tp.topic, str(tp.partition)).set(
+                            max(0, hw - recs[-1].offset - 1)
+                        )
             except asyncio.CancelledError:
                 raise
             except Exception:

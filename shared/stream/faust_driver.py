@@ -33,7 +33,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from shared.config import KafkaSettings
 from shared.kafka.records import bare_records
 from shared.metrics import CONSUMER_LAG
-from shared.stream.core import ProcessorCore
+from shared.stream.assignor import CoPartitionedAssignor
+from shared.stream.core import ProcessorCore, whole_partitions
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         # The core reads records per TopicPartition: skip aiokafka's per-record ConsumerRecord
         # (shared.kafka.records; read by the Fetcher that start() creates).
         consumer._key_deserializer = bare_records
+        # Faust uses its co-partitioning assignor only for apps with tables and round robin otherwise, which
+        # split one state partition's topics over workers: ours co-partitions (shared.stream.assignor).
+        driver = self.app.ioc_driver
+        consumer._partition_assignment_strategy = [driver.assignor]
+        if driver.core.transactional:
+            consumer._isolation_level = "read_committed"  # never fold a batch another worker aborted
         return consumer
 
 
@@ -96,7 +103,9 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     continue
                 driver.busy = True
                 try:
-                    await core.process(batch, owned={tp.partition for tp in self.assignment()})
+                    await core.process(
+                        batch, owned=whole_partitions(self.assignment(), core.processor.topics)
+                    )
                 finally:
                     driver.busy = False
                 if generation != self.app.consumer_generation_id:
@@ -105,8 +114,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     offset = recs[-1].offset + 1
                     self._read_offset[tp] = offset - 1
                     hw = self.highwater(tp)
-                    if hw is not None:
-                        CONSUMER_LAG.labels(core.processor.name, tp.topic).set(max(0, hw - offset))
+                    if hw is not None and tp.partition in core.partitions:
+                        CONSUMER_LAG.labels(core.processor.name, tp.topic, str(tp.partition)).set(
+                            max(0, hw - offset)
+                        )
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -138,7 +149,9 @@ class FaustDriver:
         self.core = core
         self.kafka = kafka
         self.busy = False
+        self.assignor = CoPartitionedAssignor()
         processor = core.processor
+        core.owner_check = self.owns
         # State lives in memory and the core's changelog, but Faust still makes a data directory (default:
         # ``<app>-data`` in the working directory); keep it out of the checkout and remove it on stop.
         self._datadir = tempfile.mkdtemp(prefix=f"ioc-faust-{processor.name}-")
@@ -178,6 +191,23 @@ class FaustDriver:
             self._logged(core.emit_pending, "emit")
         )
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+
+    def owns(self, partition: int) -> bool:
+        """Checked by the core right before it writes a partition: the consumer is still in the generation it
+        was assigned in (a heartbeat that found it evicted resets the generation) and holds the partition
+        whole."""
+        try:
+            consumer = self.app.consumer
+            coordinator = consumer._thread._ensure_consumer()._coordinator
+            if coordinator is None or coordinator.generation != self.app.consumer_generation_id:
+                return False
+            return partition in whole_partitions(consumer.assignment(), self.core.processor.topics)
+        except Exception:
+            return False
+
+    async def _on_assigned(self, app, assigned, **_: Any) -> None:
+        self.core.fenced.clear()  # a new generation: partitions fenced in the last one may be ours again
 
     def _logged(self, action, what: str):
         """``action`` for a Faust timer: a failure is logged; the core flags a rewind, which the drain loop runs."""

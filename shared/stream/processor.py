@@ -92,6 +92,10 @@ class State:
         return self._matching(prefix)
 
     # Runtime side -----------------------------------------------------------------------------------------
+    def mark_changed(self, key: str) -> None:
+        """Have the next batch write ``key`` (its value, or a tombstone when absent) to the changelog."""
+        self._dirty.add(key)
+
     def take_changes(self) -> dict[str, Any]:
         """Changed keys since the last call: value, or ``None`` for a deleted key."""
         data = self._data

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -28,7 +29,9 @@ from shared.kafka.producer import EventPublisher
 from shared.kafka.records import bare_records
 from shared.kafka.records import install as install_bare_records
 from shared.metrics import CONSUMER_LAG
-from shared.stream.core import ProcessorCore, changelog_topic
+from shared.stream.assignor import CoPartitionedAssignor
+from shared.stream.core import DURABILITY_MODES, ProcessorCore, changelog_topic, whole_partitions
+from shared.stream.health import HEARTBEAT
 from shared.stream.processor import StreamProcessor
 from shared.tasks import stop_tasks
 
@@ -40,6 +43,15 @@ def source_partitions(processor: StreamProcessor, kafka: KafkaSettings) -> int:
     if len(counts) > 1:
         raise ValueError(f"{processor.name}: source topics are not co-partitioned: {counts}")
     return counts.pop() if counts else 1
+
+
+def durability_mode() -> str:
+    """``IOC_STREAM_DURABILITY``: ``auto`` (default: Kafka transactions where the broker grants them, else commit
+    markers), ``transactions`` or ``markers`` (see :data:`shared.stream.core.DURABILITY_MODES`)."""
+    mode = os.environ.get("IOC_STREAM_DURABILITY", "auto").strip().lower() or "auto"
+    if mode not in DURABILITY_MODES:
+        raise ValueError(f"IOC_STREAM_DURABILITY must be one of {', '.join(DURABILITY_MODES)}, not {mode!r}")
+    return mode
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -55,7 +67,10 @@ class _Rebalance(ConsumerRebalanceListener):
             self.runtime.core.drop({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned):
-        await self.runtime.seek_to_applied(assigned)
+        runtime = self.runtime
+        runtime.generation = runtime.consumer._coordinator.generation
+        runtime.core.fenced.clear()
+        await runtime.seek_to_applied(assigned)
 
 
 class AiokafkaDriver:
@@ -71,6 +86,8 @@ class AiokafkaDriver:
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self.busy = False
+        self.generation = -1  # the consumer group generation of the current assignment
+        core.owner_check = self.owns
 
     async def start(self) -> None:
         p = self.core.processor
@@ -86,6 +103,10 @@ class AiokafkaDriver:
             max_partition_fetch_bytes=8 * 1024 * 1024,
             client_id=f"{p.name}-worker",
             key_deserializer=bare_records,  # the core reads records per TopicPartition (shared.kafka.records)
+            partition_assignment_strategy=(CoPartitionedAssignor(),),
+            # with transactions, never fold what another worker's aborted batch wrote (a processor's sources
+            # may be another one's outputs)
+            isolation_level="read_committed" if self.core.transactional else "read_uncommitted",
         )
         self.consumer.subscribe(list(p.topics), listener=_Rebalance(self))
         await self.consumer.start()
@@ -109,6 +130,15 @@ class AiokafkaDriver:
             await self.consumer.stop()
         if pending:
             await stop_tasks(pending, timeout=5)
+
+    def owns(self, partition: int) -> bool:
+        """Checked by the core right before it writes a partition: still in the generation of the assignment
+        (a heartbeat that found this member evicted resets it) and holding the partition whole."""
+        consumer = self.consumer
+        coordinator = consumer._coordinator if consumer is not None else None
+        if coordinator is None or coordinator.generation != self.generation:
+            return False
+        return partition in whole_partitions(consumer.assignment(), self.core.processor.topics)
 
     async def seek_to_applied(self, tps) -> None:
         assert self.consumer is not None
@@ -143,13 +173,14 @@ class AiokafkaDriver:
                 if batch:
                     self.busy = True
                     try:
-                        await self.core.process(batch)
+                        owned = whole_partitions(consumer.assignment(), self.core.processor.topics)
+                        await self.core.process(batch, owned=owned)
                     finally:
                         self.busy = False
                     for tp, recs in batch.items():
                         hw = consumer.highwater(tp)
-                        if hw is not None and recs:
-                            CONSUMER_LAG.labels(self.core.processor.name, tp.topic).set(
+                        if hw is not None and recs and tp.partition in self.core.partitions:
+                            CONSUMER_LAG.labels(self.core.processor.name, tp.topic, str(tp.partition)).set(
                                 max(0, hw - recs[-1].offset - 1)
                             )
                 if time.monotonic() - last_commit > 0.5:
@@ -204,13 +235,16 @@ class ProcessorRuntime:
         driver: str = "faust",
         max_records: int = 20000,
         fetch_wait_ms: int = 100,
+        durability: str | None = None,
     ):
         self.processor = processor
         self.kafka = kafka
         self.publisher = publisher or EventPublisher(kafka, client_id=f"ioc-{processor.name}")
         self.partitions = source_partitions(processor, kafka)
         self.changelog = changelog_topic(processor, self.partitions)
-        self.core = ProcessorCore(processor, kafka, self.publisher, self.changelog)
+        self.core = ProcessorCore(
+            processor, kafka, self.publisher, self.changelog, durability=durability or durability_mode()
+        )
         self.driver_name = driver
         self.max_records = max_records
         self.fetch_wait_ms = fetch_wait_ms
@@ -219,6 +253,7 @@ class ProcessorRuntime:
     async def start(self) -> None:
         tune_gc()
         install_bare_records()
+        HEARTBEAT.start()  # /livez of `ioc process` fails when this loop stops beating (shared.stream.health)
         await ensure_topics(
             self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog]
         )
@@ -240,6 +275,7 @@ class ProcessorRuntime:
             await self.driver.stop()
         await self.core.stop()
         await self.publisher.stop()
+        await HEARTBEAT.stop()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[ProcessorRuntime]:

@@ -212,6 +212,7 @@ class Worker:
         max_records: int = 20000,
         log_path: Path | None = None,
         processor: str = "kiosk",
+        driver: str = "faust",
     ):
         self.args = [
             PYTHON,
@@ -228,6 +229,8 @@ class Worker:
             str(max_records),
             "--processor",
             processor,
+            "--driver",
+            driver,
         ]
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None

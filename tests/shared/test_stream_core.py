@@ -6,12 +6,12 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from shared.contracts.cloudevents import encode
 from shared.kafka import EventPublisher, ensure_topics
-from shared.stream.core import ProcessorCore, changelog_topic
+from shared.stream.core import SEQ_HEADER, ProcessorCore, changelog_topic
 from tests.shared.stream_fixtures import AUDIT, ActionCounter
 
 pytestmark = pytest.mark.integration
@@ -199,3 +199,79 @@ async def test_state_keys_held_are_exported_after_emits_recovery_and_revocation(
     core.drop([1])
     assert exported() == len(core.partitions[0].state) < held
     await core.stop()
+
+
+async def test_a_batch_cut_short_after_some_of_its_records_keeps_the_durable_value(
+    kafka_settings, topics_ready
+):
+    """100 events durable, then a key record of the next batch reaches the changelog without its commit marker
+    (the worker died between the record batches of one changelog write): the key recovers to its durable value,
+    100, and 30 more events make 130. Recovery used to keep only the last record of each key and drop it when it
+    was newer than the marker, so the key came back empty and the total read 30."""
+    tag = f"k{uuid.uuid4().hex[:6]}"
+    name = f"test-core-{tag}"
+    tp = TopicPartition(AUDIT.topic, 0)
+    core = await _core(kafka_settings, name)
+    await core.process({tp: _records(AUDIT.topic, range(0, 100), tag)})
+    await core.flush()
+    marker_seq = core.partitions[0].seq
+    await core.stop()
+
+    producer = AIOKafkaProducer(**kafka_settings.client_kwargs())
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            core.changelog.name,
+            b"77",
+            key=f"count:{tag}".encode(),
+            partition=0,
+            headers=[(SEQ_HEADER, str(marker_seq + 1).encode())],
+        )
+    finally:
+        await producer.stop()
+
+    core = await _core(kafka_settings, name)
+    await core.recover([0])
+    assert core.partitions[0].state.get(f"count:{tag}") == 100
+    await core.process({tp: _records(AUDIT.topic, range(100, 130), tag)})
+    await core.flush()
+    assert core.partitions[0].state.get(f"count:{tag}") == 130
+    await core.stop()
+
+    core = await _core(kafka_settings, name)  # and the cut-short record never comes back
+    await core.recover([0])
+    assert core.partitions[0].state.get(f"count:{tag}") == 130
+    await core.stop()
+
+
+async def test_a_key_only_a_cut_short_batch_wrote_is_absent_after_recovery_and_stays_so(
+    kafka_settings, topics_ready
+):
+    tag = f"n{uuid.uuid4().hex[:6]}"
+    name = f"test-core-{tag}"
+    tp = TopicPartition(AUDIT.topic, 0)
+    core = await _core(kafka_settings, name)
+    await core.process({tp: _records(AUDIT.topic, range(0, 10), tag)})
+    await core.flush()
+    marker_seq = core.partitions[0].seq
+    await core.stop()
+    producer = AIOKafkaProducer(**kafka_settings.client_kwargs())
+    await producer.start()
+    try:
+        for key in (f"count:{tag}", f"ghost:{tag}"):
+            await producer.send_and_wait(
+                core.changelog.name,
+                b"5",
+                key=key.encode(),
+                partition=0,
+                headers=[(SEQ_HEADER, str(marker_seq + 1).encode())],
+            )
+    finally:
+        await producer.stop()
+    for _ in range(2):  # the second recovery reads the first one's batch, which closed sequence numbers above
+        core = await _core(kafka_settings, name)
+        await core.recover([0])
+        state = core.partitions[0].state
+        assert f"ghost:{tag}" not in state and state.get(f"count:{tag}") == 10
+        await core.tick()
+        await core.stop()

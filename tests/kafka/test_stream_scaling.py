@@ -1,0 +1,184 @@
+"""Stream workers scaled out and evicted on Apache Kafka (transactions on: ``auto`` picks them here).
+
+- ``meter-kpi`` (four co-partitioned source topics, six partitions) scaled from one to two to three worker
+  processes while readings keep arriving: the day's completeness numerator equals the ledger, and every state
+  partition's committed changelog carries strictly increasing batch numbers (two writers at once cannot).
+- A worker stopped with SIGSTOP past its session timeout while the stream goes on, then resumed: the group has
+  given its partitions away and the new owner initialised their transactional ids, so whatever the resumed
+  worker tries to write is fenced (logged, counted, dropped); totals stay exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from itertools import pairwise
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.stream.core import MARKER_KEY
+from shared.testing import running_app
+from tests.kafka.meter_support import QUARTERS, issue_keys, meter_app, register_fleet
+from tests.kafka.test_meter_processor_faults import ingest, wait_for_total
+from tests.reliability.harness import Ledger, Worker, uid
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def worker_env(monkeypatch):
+    monkeypatch.setenv("IOC_KAFKA_IDEMPOTENCE", "true")
+    monkeypatch.setenv("IOC_KAFKA_REPLICATION_FACTOR", "3")
+
+
+async def committed_markers(kafka, processor: str) -> dict[int, list[dict]]:
+    """The commit markers of each changelog partition, as a read_committed reader (recovery) sees them."""
+    topic = f"ioc.internal.{processor}.changelog"
+    consumer = AIOKafkaConsumer(
+        **kafka.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert tps, f"no changelog {topic}"
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: dict[int, list[dict]] = {tp.partition: [] for tp in tps}
+        idle = 0
+        async with asyncio.timeout(60):
+            while idle < 10:  # (the end of a transactional log is a control record: read until nothing comes)
+                batch = await consumer.getmany(timeout_ms=200)
+                idle = 0 if batch else idle + 1
+                for tp, recs in batch.items():
+                    out[tp.partition] += [orjson.loads(r.value) for r in recs if r.key == MARKER_KEY]
+        return out
+    finally:
+        await consumer.stop()
+
+
+def assert_one_writer_at_a_time(markers: dict[int, list[dict]]) -> None:
+    for p, ms in markers.items():
+        seqs = [m["seq"] for m in ms]
+        assert all(a < b for a, b in pairwise(seqs)), f"partition {p} written by two workers at once: {seqs}"
+
+
+def tails(workers: list[Worker]) -> str:
+    return "\n".join(
+        f"--- {w.log_path.name}\n" + w.log_path.read_bytes()[-3000:].decode(errors="replace")
+        for w in workers
+        if w.log_path.exists()
+    )
+
+
+def meter_worker(kafka, name: str, log_path, pause_s: float, driver: str = "faust") -> Worker:
+    return Worker(
+        kafka.bootstrap_servers,
+        name,
+        "/ioc/meter/processor",
+        pause_s=pause_s,
+        max_records=100,
+        log_path=log_path,
+        processor="meter",
+        driver=driver,
+    )
+
+
+async def test_meter_kpi_scaled_one_two_three_workers_under_load_keeps_exact_totals_and_one_writer(
+    kafka_cluster, db_settings, worker_env, tmp_path
+):
+    # The aiokafka driver: with the Faust driver on this cluster, the rebalance for the third worker stalled
+    # (no member rejoined within minutes, markers or transactions alike), while the same scenario passes on
+    # the embedded broker (tests/reliability/test_scaling.py); an open finding of issue #33.
+    driver = "aiokafka"
+    kafka = kafka_cluster.kafka_settings()
+    district, name, ledger = "TX", f"kaf-scale-{uid()}", Ledger()
+    workers = [
+        meter_worker(kafka, name, tmp_path / f"w{i}.log", pause_s=0.05, driver=driver) for i in range(3)
+    ]
+    app = meter_app(kafka, db_settings)
+    try:
+        async with running_app(app) as client:
+            keys = await issue_keys(app)
+            meters = await register_fleet(client, keys, district, 120)
+            workers[0].start()
+            await ingest(client, keys, meters, range(1, 5), ledger)
+            quarter = 5
+            for w in workers[1:]:
+                w.start()
+                deadline = time.monotonic() + 180
+                rounds_after = 4
+                while rounds_after:  # keep readings flowing through the join and the partitions' move
+                    if quarter <= QUARTERS:  # (the quarters of one past day: none in the future)
+                        await ingest(client, keys, meters, [quarter], ledger)
+                        quarter += 1
+                    await asyncio.sleep(0.5)
+                    if b"state recovered" in w.log_path.read_bytes():
+                        rounds_after -= 1
+                    assert time.monotonic() < deadline, "a new worker never took partitions over:\n" + tails(
+                        workers
+                    )
+        total = len(ledger.accepted_set)
+        final = await wait_for_total(kafka, district, total, timeout=120)
+        assert all(w.alive for w in workers)
+        markers = await committed_markers(kafka, name)
+    finally:
+        for w in workers:
+            w.stop()
+    assert final == total
+    assert_one_writer_at_a_time(markers)
+    last_writers = {ms[-1]["writer"] for ms in markers.values() if ms}
+    assert len(last_writers) == 3, "three workers should share six partitions after the last rebalance"
+
+
+async def test_a_worker_paused_past_its_session_timeout_is_fenced_when_it_resumes(
+    kafka_cluster, db_settings, worker_env, tmp_path
+):
+    kafka = kafka_cluster.kafka_settings()
+    district, name, ledger = "UH", f"kaf-pause-{uid()}", Ledger()
+    paused = meter_worker(kafka, name, tmp_path / "paused.log", pause_s=0.4)
+    other = meter_worker(kafka, name, tmp_path / "other.log", pause_s=0.05)
+    app = meter_app(kafka, db_settings)
+    try:
+        async with running_app(app) as client:
+            keys = await issue_keys(app)
+            meters = await register_fleet(client, keys, district, 120)
+            paused.start()
+            other.start()
+            await ingest(client, keys, meters, range(1, 4), ledger)
+            deadline = time.monotonic() + 60
+            while paused.log_path.read_bytes().count(b"state recovered") < 1:
+                assert time.monotonic() < deadline, "the first worker never started"
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(3)  # both work: the paused one is inside one of its (slow) batches
+            os.kill(paused.proc.pid, signal.SIGSTOP)
+            try:
+                # past the 10 s session timeout: the group evicts it and the other worker takes every partition
+                for q in range(4, 12):
+                    await ingest(client, keys, meters, [q], ledger)
+                    await asyncio.sleep(2)
+            finally:
+                os.kill(paused.proc.pid, signal.SIGCONT)
+            for q in range(12, 16):
+                await ingest(client, keys, meters, [q], ledger)
+                await asyncio.sleep(1)
+        total = len(ledger.accepted_set)
+        final = await wait_for_total(kafka, district, total, timeout=120)
+        markers = await committed_markers(kafka, name)
+    finally:
+        paused.stop()
+        other.stop()
+    assert final == total
+    assert_one_writer_at_a_time(markers)
+    log = paused.log_path.read_bytes()
+    assert b"writes of partitions this worker no longer owns dropped" in log or b"ProducerFenced" in log, (
+        "the resumed worker's writes were not fenced; its log ends:\n" + log[-4000:].decode(errors="replace")
+    )
