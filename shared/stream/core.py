@@ -234,6 +234,7 @@ class ProcessorCore:
             acks="all",
             linger_ms=0,
             enable_idempotence=self.kafka.enable_idempotence,
+            compression_type=self.kafka.producer_compression,  # the changelog too (docs/operations.md, Disk)
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
             client_id=f"{self.processor.name}-state",
@@ -277,6 +278,7 @@ class ProcessorCore:
             linger_ms=0,
             enable_idempotence=True,
             transactional_id=transactional_id,
+            compression_type=self.kafka.producer_compression,
             max_batch_size=1024 * 1024,
             max_request_size=8 * 1024 * 1024,
             client_id=f"{self.processor.name}-txn",
