@@ -56,6 +56,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 contracts: install
 	$(VENV)/bin/ioc contracts export

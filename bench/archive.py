@@ -23,6 +23,7 @@ import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -245,7 +246,7 @@ async def _produce(bootstrap: str, n: int) -> dict[int, int]:
     producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=0, max_batch_size=1024 * 1024)
     await producer.start()
     try:
-        batches: dict[int, object] = {}
+        batches: dict[int, Any] = {}  # aiokafka BatchBuilders (aiokafka has no type information)
         futures, ends = [], {p: 0 for p in range(4)}
         records = reading_records(2000, days=1 + n // (2000 * 96), start=datetime(2026, 11, 1, tzinfo=UTC))
         for i, (_, _, _, key, value, ts, headers) in enumerate(records):

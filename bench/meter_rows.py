@@ -206,13 +206,15 @@ def copy_topic(src_bootstrap: str, dst_bootstrap: str, topic: str = READINGS, pa
             if not batch:
                 continue
             for r in batch:
+                partition = r.partition()
+                assert partition is not None  # a consumed record without error has its partition
                 while True:
                     try:
                         p.produce(
                             topic,
                             r.value(),
                             r.key(),
-                            partition=r.partition(),
+                            partition=partition,
                             timestamp=r.timestamp()[1],
                             headers=r.headers(),
                         )

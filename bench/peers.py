@@ -118,7 +118,7 @@ async def meter_truth(
                 if time.perf_counter() - idle_since > (idle_s if payloads else 60):
                     break
                 continue
-            payloads += [orjson.loads(r.value()) for r in records if r.value()]
+            payloads += [orjson.loads(value) for r in records if (value := r.value())]
             idle_since = time.perf_counter()
     finally:
         c.close()

@@ -36,9 +36,11 @@ def _rss_mib() -> float:
 class Meter:
     """Wall and CPU time between the first and the last event of a path (excludes group joins)."""
 
-    def __init__(self):
-        self.t0 = self.c0 = None
-        self.t1 = self.c1 = None
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.c0: float | None = None
+        self.t1: float | None = None
+        self.c1: float | None = None
         self.latencies: list[float] = []
 
     def first(self):

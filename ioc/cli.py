@@ -26,13 +26,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ioc import registry
+
+if TYPE_CHECKING:
+    from shared.stream.processor import StreamProcessor
 
 app = typer.Typer(
     help="IOC: the event platform of Hanoi's Intelligent Operations Center.",
@@ -69,7 +74,7 @@ def topics(as_json: bool = typer.Option(False, "--json", help="machine-readable 
     """The topic catalogue: partitions, key, retention, owner, event types."""
     from shared.contracts import EVENT_TYPES, TOPICS
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for t in sorted(TOPICS.values(), key=lambda t: t.name):
         types = sorted(et.type for et in EVENT_TYPES.values() if et.topic == t.name)
         retention = (
@@ -404,15 +409,14 @@ def serve(
     )
 
 
-def _processor_factories() -> dict[str, tuple[registry.ServiceEntry, object]]:
+def _processor_factories() -> dict[str, tuple[registry.ServiceEntry, Callable[[Any], StreamProcessor]]]:
     found = {}
     for entry in registry.present_services():
-        if not registry.available(entry.processors):
-            continue
-        for factory in registry.load(entry.processors):
-            settings = registry.load(entry.settings)()
-            processor = factory(settings)
-            found[processor.name] = (entry, factory)
+        if registry.available(entry.processors):
+            for factory in registry.load(entry.processors):
+                settings = registry.load(entry.settings)()
+                processor = factory(settings)
+                found[processor.name] = (entry, factory)
     return found
 
 
@@ -462,10 +466,11 @@ def simulate(
 ) -> None:
     """Run one domain's simulator against its service's HTTP API."""
     entry = registry.service(domain)
-    if not registry.available(entry.simulator):
+    simulator = entry.simulator
+    if simulator is None or not registry.available(simulator):
         console.print(f"[red]no simulator for {domain}[/red]")
         raise typer.Exit(2)
-    run = registry.load(entry.simulator)
+    run = registry.load(simulator)
     api_key = key or (DEV_KEY_FILE.read_text().strip() if DEV_KEY_FILE.exists() else "")
 
     async def go():

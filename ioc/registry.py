@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from typing import TypeGuard
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def load(path: str):
     return getattr(importlib.import_module(module), attr)
 
 
-def available(path: str | None) -> bool:
+def available(path: str | None) -> TypeGuard[str]:
+    """Whether ``path`` is set and its module can be imported."""
     if not path:
         return False
     module = path.partition(":")[0]

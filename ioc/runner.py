@@ -16,12 +16,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
 from ioc import registry
+
+if TYPE_CHECKING:
+    from shared.embedded import EmbeddedBroker, EmbeddedPostgres
 
 
 @dataclass
@@ -74,8 +78,8 @@ class Center:
         self.scale = scale
         self.fresh = fresh
         self.console = console
-        self.broker = None
-        self.postgres = None
+        self.broker: EmbeddedBroker | None = None
+        self.postgres: EmbeddedPostgres | None = None
         self.children: list[Child] = []
         self._stopping = False
 
@@ -88,11 +92,11 @@ class Center:
         logs.mkdir(exist_ok=True)
         if not os.environ.get("IOC_KAFKA_BOOTSTRAP_SERVERS"):
             port = int(os.environ.get("IOC_EMBEDDED_KAFKA_PORT", "0")) or _port_or_free(9092)
-            self.broker = EmbeddedBroker(port=port, log_file=logs / "broker.log").start()
-            os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap_servers
+            broker = self.broker = EmbeddedBroker(port=port, log_file=logs / "broker.log").start()
+            os.environ["IOC_KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
             os.environ.setdefault("IOC_KAFKA_IDEMPOTENCE", "false")
             self.console.print(
-                f"[green]●[/green] embedded Kafka-protocol broker (Tansu) on {self.broker.bootstrap_servers}"
+                f"[green]●[/green] embedded Kafka-protocol broker (Tansu) on {broker.bootstrap_servers}"
             )
         else:
             self.console.print(
@@ -105,11 +109,11 @@ class Center:
 
                 shutil.rmtree(data)
             port = int(os.environ.get("IOC_EMBEDDED_PG_PORT", "0")) or _port_or_free(5433)
-            self.postgres = EmbeddedPostgres(data, port=port).start()
-            self.postgres.create_database("ioc")
-            os.environ["IOC_DATABASE_URL"] = self.postgres.url("ioc")
+            postgres = self.postgres = EmbeddedPostgres(data, port=port).start()
+            postgres.create_database("ioc")
+            os.environ["IOC_DATABASE_URL"] = postgres.url("ioc")
             self.console.print(
-                f"[green]●[/green] embedded PostgreSQL 18 on 127.0.0.1:{self.postgres.port} (data in {data})"
+                f"[green]●[/green] embedded PostgreSQL 18 on 127.0.0.1:{postgres.port} (data in {data})"
             )
         else:
             self.console.print("[green]●[/green] external PostgreSQL (IOC_DATABASE_URL)")

@@ -233,7 +233,7 @@ def _allowed_methods(request: Request) -> set[str]:
     path = request.url.path
     allowed: set[str] = set()
     for rc in iter_route_contexts(request.app.routes):
-        if rc.methods and compile_path(rc.path)[0].match(path):
+        if rc.methods and rc.path is not None and compile_path(rc.path)[0].match(path):
             allowed |= set(rc.methods)
     if "GET" in allowed:
         allowed.add("HEAD")

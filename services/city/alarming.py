@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import yaml
 
@@ -44,6 +44,12 @@ CHATTER_WINDOW = timedelta(minutes=10)
 MAX_SHELVE = timedelta(hours=8)  # a shelf always expires (ISA-18.2 §16: shelving is time-limited)
 
 
+@overload
+def tidy(value: float) -> float: ...
+@overload
+def tidy(value: None) -> None: ...
+@overload
+def tidy(value: float | None) -> float | None: ...
 def tidy(value: float | None) -> float | None:
     """A published figure without float noise: 10 significant digits (0.39999999999997726 → 0.4)."""
     if value is None:
@@ -72,7 +78,13 @@ def default_rule(definition: KpiDefinition) -> AlarmRule | None:
     if definition.direction == "none" or (w is None and c is None):
         return None
     # Deadband: a tenth of the gap between the warning and critical thresholds, else 2 % of the threshold.
-    deadband = abs(c - w) / 10 if w is not None and c is not None else abs(w if w is not None else c) * 0.02
+    if w is not None and c is not None:
+        deadband = abs(c - w) / 10
+    else:
+        threshold = w if w is not None else c
+        # At least one threshold is set (returned above otherwise).
+        assert threshold is not None
+        deadband = abs(threshold) * 0.02
     window = definition.windows[0]
     return AlarmRule(
         kpi=definition.id,

@@ -366,6 +366,7 @@ async def incidents(
 
 async def _operate_incident(request: Request, incident_id: str, action: str, principal: Principal) -> dict:
     pool = _ctx(request).pool
+    assert pool is not None  # the app connects its pool before it serves (shared/http.py lifespan)
     async with pool.acquire() as conn:
         ids = await repo.incident_alarm_ids(conn, incident_id)
     if ids is None:

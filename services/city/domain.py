@@ -81,7 +81,7 @@ def merge_partials(parts: Mapping[Any, Mapping[str, Any]], definition: KpiDefini
     scale = definition.scale if definition is not None else 1.0
     # One pass; the same arithmetic as sum()/max() over the parts in order (so results are bit-identical).
     numerator: float | None = None
-    denominator = None
+    denominator: float | None = None
     take_max = combine == "max"
     for p in parts.values():
         n = _part_numerator(p, scale)
@@ -95,6 +95,8 @@ def merge_partials(parts: Mapping[Any, Mapping[str, Any]], definition: KpiDefini
         d = p.get("d")
         if d is not None:
             denominator = 0 + d if denominator is None else denominator + d
+    # parts is not empty (returned above), so the loop set the numerator.
+    assert numerator is not None
     if combine == "ratio":
         value = numerator / denominator * scale if denominator else None
     else:

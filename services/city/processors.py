@@ -106,7 +106,8 @@ class CityKpiProcessor(StreamProcessor):
     """Merge domain KPI partials into per-district and city-wide values; raise breach and no-signal alarms."""
 
     name = "city-kpi"
-    topics: tuple[str, ...] = ()
+    # Chosen per instance (the KPI domains come from settings); StreamProcessor declares topics a ClassVar.
+    topics: tuple[str, ...] = ()  # type: ignore[misc]
     tick_seconds = 5.0
     # A partial replaces the older one of its (group, source partition) and signal times only move forward, so
     # an observation applied again changes nothing: no window of event ids to keep (it held ~10 MiB per
@@ -413,6 +414,8 @@ class CityKpiProcessor(StreamProcessor):
             state.put("j:" + alarm_id, {**verdict.memory, "w": judged_start})
             if verdict.action is None:
                 continue
+            # judge() names the severity whenever it decides an action.
+            assert verdict.severity is not None
             district = code if level == "district" else None
             shown = tidy(merged.value)
             window = "running" if rule.judge == "running" else "complete"

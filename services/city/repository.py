@@ -109,10 +109,10 @@ async def store_kpi_updates(
         prev = latest_per_window.get(k)
         if prev is None or prev[0] <= at:
             latest_per_window[k] = (at, u)
-    latest_per_series: dict[tuple, tuple] = {}
+    latest_per_series: dict[tuple, tuple[tuple, datetime, dict]] = {}
     for k, (at, u) in latest_per_window.items():
-        prev = latest_per_series.get(k[:4])
-        if prev is None or prev[0][4] < k[4]:
+        series_latest = latest_per_series.get(k[:4])
+        if series_latest is None or series_latest[0][4] < k[4]:
             latest_per_series[k[:4]] = (k, at, u)
     values = [
         [

@@ -145,7 +145,7 @@ class _PartitionView:
 
     __slots__ = ("day", "dirty_scopes", "open", "published")
 
-    def __init__(self):
+    def __init__(self) -> None:
         #: scope → [open dossiers, {due date: open dossiers whose clock runs}]
         self.open: dict[tuple[str, str], list] = {}
         #: scope → its ``l|`` keys (snapshot observations last published, kept in the state)

@@ -20,6 +20,7 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 
@@ -233,7 +234,7 @@ async def advance_due(client: httpx.AsyncClient, pending: list, now: datetime) -
 
 # What an open dossier still has to go through, by status (2 received, 4 processing, 5 documents requested,
 # 6 fees requested, 1 submitted).
-REMAINING = {
+REMAINING: dict[int, list[tuple[str, dict[str, Any]]]] = {
     1: [("receive", {}), ("start_processing", {}), ("resolve", {}), ("return_result", {})],
     2: [("start_processing", {}), ("resolve", {}), ("return_result", {})],
     4: [("resolve", {}), ("return_result", {})],

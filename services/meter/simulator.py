@@ -25,7 +25,7 @@ import math
 import os
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import httpx
@@ -114,16 +114,16 @@ class Fleet:
         self, n: int, rng: random.Random, districts: Sequence[str] | None = None, prefix: str = "MTR-"
     ):
         areas = hanoi()
-        districts = [d for d in areas.districts if districts is None or d.code in districts]
+        fleet_districts = [d for d in areas.districts if districts is None or d.code in districts]
         self.meters: list[dict] = []
         self.register: dict[str, float] = {}
         self.kw: dict[str, float] = {}
         self.broken: set[str] = set()
         per_feeder = 200
         for i in range(n):
-            d = districts[i % len(districts)]
+            d = fleet_districts[i % len(fleet_districts)]
             communes = areas.children(d.code)
-            feeder_no = (i // len(districts)) // per_feeder
+            feeder_no = (i // len(fleet_districts)) // per_feeder
             mid = f"{prefix}{i:07d}"
             bulk = rng.random() < 0.02  # apartment building bulk meter
             self.meters.append(
@@ -131,7 +131,7 @@ class Fleet:
                     "meter_id": mid,
                     "customers": rng.randint(10, 60) if bulk else 1,
                     "district": d.code,
-                    "commune": communes[(i // len(districts)) % len(communes)].code,
+                    "commune": communes[(i // len(fleet_districts)) % len(communes)].code,
                     "feeder": f"F-{d.code}-{feeder_no:03d}",
                     "transformer": f"T-{d.code}-{feeder_no:03d}-{i % 8}",
                     "installed_on": (date(2019, 1, 1) + timedelta(days=i % 1500)).isoformat(),
@@ -271,7 +271,7 @@ def _interval(
     end: datetime,
     late: list[dict],
     outages: dict[str, datetime],
-    dark: set[str] = frozenset(),
+    dark: Collection[str] = frozenset(),
 ) -> tuple[list[dict], list[dict]]:
     """Readings and events of one quarter hour (plus late readings held back from the previous one).
 

@@ -316,6 +316,7 @@ class KafkaCluster:
                 node.start(self.classpath, wait=False)
             deadline = time.monotonic() + timeout
             for node in self.nodes.values():
+                assert node._proc is not None  # every node was started just above
                 _wait_port("127.0.0.1", node.plaintext_port, deadline - time.monotonic(), node._proc)
             self.wait_until_brokers(len(self.nodes), timeout=max(5.0, deadline - time.monotonic()))
         except BaseException:

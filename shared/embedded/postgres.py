@@ -153,20 +153,20 @@ class EmbeddedPostgres(ChildServer):
             pw = pwd.getpwnam(self._user)
             os.chown(self.data_dir, pw.pw_uid, pw.pw_gid)
         password = self._new_password()
-        with tempfile.NamedTemporaryFile("w", dir=self.data_dir.parent, delete=False) as pw:
-            pw.write(password + "\n")
+        with tempfile.NamedTemporaryFile("w", dir=self.data_dir.parent, delete=False) as pwfile:
+            pwfile.write(password + "\n")
         try:
             if self._user:
                 pw_entry = pwd.getpwnam(self._user)
-                os.chown(pw.name, pw_entry.pw_uid, pw_entry.pw_gid)
-            os.chmod(pw.name, 0o600)
+                os.chown(pwfile.name, pw_entry.pw_uid, pw_entry.pw_gid)
+            os.chmod(pwfile.name, 0o600)
             subprocess.run(
                 [
                     str(_bin_dir() / "initdb"),
                     "-D",
                     str(self.data_dir),
                     "--auth=scram-sha-256",
-                    f"--pwfile={pw.name}",
+                    f"--pwfile={pwfile.name}",
                     "-U",
                     "postgres",
                     "--encoding=UTF8",
@@ -177,7 +177,7 @@ class EmbeddedPostgres(ChildServer):
                 **self._run_as(),
             )
         finally:
-            os.unlink(pw.name)
+            os.unlink(pwfile.name)
         (self.data_dir / "pg_hba.conf").write_text(HBA)
 
     def start(self, timeout: float = 30.0) -> EmbeddedPostgres:
