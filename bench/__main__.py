@@ -102,8 +102,9 @@ def main() -> None:
 
         from shared.embedded.apache_kafka import KafkaCluster
 
-        broker = KafkaCluster(Path(tempfile.mkdtemp(prefix="ioc-bench-kafka-")))
-        broker.start()
+        cluster = KafkaCluster(Path(tempfile.mkdtemp(prefix="ioc-bench-kafka-")))
+        cluster.start()
+        broker: KafkaCluster | EmbeddedBroker = cluster
     else:
         broker = EmbeddedBroker().start()
     bs = broker.bootstrap_servers

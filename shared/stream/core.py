@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -119,7 +119,7 @@ class PartitionRuntime:
         add = recent.add
         order = self.recent_order
         remember = order.append
-        fresh = []
+        fresh: list = []
         keep = fresh.append
         for item in items:
             k = key(item)
@@ -477,7 +477,7 @@ class ProcessorCore:
 
     # Processing ----------------------------------------------------------------------------------------------
     async def process(
-        self, records: dict[TopicPartition, Sequence[ConsumerRecord]], owned: Iterable[int] | None = None
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], owned: Iterable[int] | None = None
     ) -> dict[TopicPartition, int]:
         """Process one fetched batch; returns the committable next offset per topic-partition.
 
@@ -498,7 +498,7 @@ class ProcessorCore:
                 raise
 
     async def _process(
-        self, records: dict[TopicPartition, Sequence[ConsumerRecord]], owned: Iterable[int] | None
+        self, records: Mapping[TopicPartition, Sequence[ConsumerRecord]], owned: Iterable[int] | None
     ) -> dict[TopicPartition, int]:
         if owned is not None:
             owned = set(owned) - self.fenced

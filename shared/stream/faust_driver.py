@@ -25,7 +25,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -50,7 +50,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._key_deserializer = bare_records
         # Faust uses its co-partitioning assignor only for apps with tables and round robin otherwise, which
         # split one state partition's topics over workers: ours co-partitions (shared.stream.assignor).
-        driver = self.app.ioc_driver
+        driver = _driver(self.app)
         consumer._partition_assignment_strategy = [driver.assignor]
         if driver.core.transactional:
             consumer._isolation_level = "read_committed"  # never fold a batch another worker aborted
@@ -67,7 +67,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     # core reports durable (outputs and state changes acknowledged), never more.
     def _filter_tps_with_pending_acks(self, topics=None):
         pending = set(super()._filter_tps_with_pending_acks(topics))
-        durable = self.app.ioc_driver.core.durable_offsets
+        durable = _driver(self.app).core.durable_offsets
         pending.update(
             tp
             for tp in self.assignment()
@@ -76,7 +76,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
         return iter(pending)
 
     def _new_offset(self, tp):
-        offset = self.app.ioc_driver.core.durable_offsets.get((tp.topic, tp.partition))
+        offset = _driver(self.app).core.durable_offsets.get((tp.topic, tp.partition))
         if offset is not None:
             return offset
         return super()._new_offset(tp)
@@ -84,7 +84,7 @@ class BatchConsumer(faust_aiokafka.Consumer):
     async def _drain_messages(
         self, fetcher
     ) -> None:  # pragma: no cover - exercised through the runtime tests
-        driver: FaustDriver = self.app.ioc_driver
+        driver: FaustDriver = _driver(self.app)
         core = driver.core
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
@@ -126,6 +126,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+
+def _driver(app: object) -> FaustDriver:
+    """The IOC driver a :class:`BatchApp` carries (Faust types a consumer's app as its abstract AppT)."""
+    return cast(BatchApp, app).ioc_driver
 
 
 class BatchTransport(faust_aiokafka.Transport):
@@ -190,8 +195,9 @@ class FaustDriver:
         self.app.timer(processor.emit_interval_seconds / 4, name=f"{processor.name}.emit")(
             self._logged(core.emit_pending, "emit")
         )
-        self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.app.on_partitions_assigned.connect(self._on_assigned)
+        # Faust's signal types want a `signal` keyword that its senders pass through **kwargs: the handlers take it
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
 
     def owns(self, partition: int) -> bool:
         """Checked by the core right before it writes a partition: the consumer is still in the generation it
@@ -199,7 +205,7 @@ class FaustDriver:
         whole."""
         try:
             consumer = self.app.consumer
-            coordinator = consumer._thread._ensure_consumer()._coordinator
+            coordinator = consumer._thread._ensure_consumer()._coordinator  # type: ignore[attr-defined]  # Faust's aiokafka thread
             if coordinator is None or coordinator.generation != self.app.consumer_generation_id:
                 return False
             return partition in whole_partitions(consumer.assignment(), self.core.processor.topics)

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -34,6 +35,9 @@ from shared.stream.core import DURABILITY_MODES, ProcessorCore, changelog_topic,
 from shared.stream.health import HEARTBEAT
 from shared.stream.processor import StreamProcessor
 from shared.tasks import stop_tasks
+
+if TYPE_CHECKING:
+    from shared.stream.faust_driver import FaustDriver
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned):
         runtime = self.runtime
+        assert runtime.consumer is not None  # the consumer whose assignment this listener is told of
         runtime.generation = runtime.consumer._coordinator.generation
         runtime.core.fenced.clear()
         await runtime.seek_to_applied(assigned)
@@ -135,7 +140,9 @@ class AiokafkaDriver:
         """Checked by the core right before it writes a partition: still in the generation of the assignment
         (a heartbeat that found this member evicted resets it) and holding the partition whole."""
         consumer = self.consumer
-        coordinator = consumer._coordinator if consumer is not None else None
+        if consumer is None:
+            return False
+        coordinator = consumer._coordinator
         if coordinator is None or coordinator.generation != self.generation:
             return False
         return partition in whole_partitions(consumer.assignment(), self.core.processor.topics)
@@ -248,7 +255,7 @@ class ProcessorRuntime:
         self.driver_name = driver
         self.max_records = max_records
         self.fetch_wait_ms = fetch_wait_ms
-        self.driver = None
+        self.driver: FaustDriver | AiokafkaDriver | None = None
 
     async def start(self) -> None:
         tune_gc()
@@ -261,14 +268,15 @@ class ProcessorRuntime:
         if self.driver_name == "faust":
             from shared.stream.faust_driver import FaustDriver
 
-            self.driver = FaustDriver(
+            driver: FaustDriver | AiokafkaDriver = FaustDriver(
                 self.core, self.kafka, max_records=self.max_records, fetch_wait_ms=self.fetch_wait_ms
             )
         else:
-            self.driver = AiokafkaDriver(
+            driver = AiokafkaDriver(
                 self.core, self.kafka, max_records=self.max_records, fetch_wait_ms=self.fetch_wait_ms
             )
-        await self.driver.start()
+        self.driver = driver
+        await driver.start()
 
     async def stop(self) -> None:
         if self.driver is not None:
