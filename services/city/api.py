@@ -214,10 +214,18 @@ async def reliability(
     request: Request,
     scope_level: Literal["city", "district"] = "city",
     scope_code: str = Query(CITY_SCOPE, max_length=32),
-    first_day: SaneDate = Query(alias="from", description="first Hanoi day of the period"),
-    last_day: SaneDate = Query(alias="to", description="last Hanoi day of the period (included)"),
+    # Optional in the schema so that a bad date is reported by name even when the other one is missing.
+    first_day: SaneDate | None = Query(
+        None, alias="from", description="first Hanoi day of the period (required)"
+    ),
+    last_day: SaneDate | None = Query(
+        None, alias="to", description="last Hanoi day (included); default: `from`"
+    ),
     principal: Principal = READ,
 ) -> dict:
+    if first_day is None:
+        raise ApiError(422, "invalid_request", "`from` is required", [{"field": "from", "reason": "missing"}])
+    last_day = last_day or first_day
     if last_day < first_day or (last_day - first_day).days >= MAX_PERIOD_DAYS:
         raise ApiError(
             422,

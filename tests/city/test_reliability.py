@@ -176,9 +176,13 @@ async def test_city_reports_indices_with_and_without_major_event_days_from_its_d
     ):
         r = await client.get("/v1/reliability", params={**params, **bad}, headers=auth(key))
         assert r.status_code == 422, (bad, r.text)
-    r = await client.get(
-        "/v1/reliability", params={k: v for k, v in params.items() if k != "to"}, headers=auth(key)
-    )
-    assert r.status_code == 422
+    no_from = {k: v for k, v in params.items() if k != "from"}
+    r = await client.get("/v1/reliability", params=no_from, headers=auth(key))
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "from"
+    # Without `to`, the period is the single day `from` (same history, same T_MED; 90 < e^4.5: no MED).
+    one = {k: v for k, v in params.items() if k != "to"}
+    got = (await client.get("/v1/reliability", params=one, headers=auth(key))).json()
+    assert got["to"] == "2036-01-01" and got["t_med_minutes"] == pytest.approx(T_MED)
+    assert got["major_event_days"] == [] and got["all_days"]["saidi_minutes"] == pytest.approx(90.0)
     _, wrong = await issue_test_key(pool, ["meter:read"])
     assert (await client.get("/v1/reliability", params=params, headers=auth(wrong))).status_code == 403
