@@ -32,6 +32,7 @@ from services.city.domain import (
     choose_step,
     worst_status,
 )
+from services.city.reliability import MAX_PERIOD_DAYS, reliability_report
 from services.city.settings import CitySettings
 from services.city.store import CityStore
 from shared.areas import hanoi
@@ -39,7 +40,7 @@ from shared.auth import ApiError, Principal, issue_stream_ticket, require_scope
 from shared.contracts import TOPICS, TopicSpec
 from shared.contracts.cloudevents import EventDecodeError, decode
 from shared.http import ServiceContext
-from shared.ingest import SaneDatetime
+from shared.ingest import SaneDate, SaneDatetime
 from shared.kpis import KpiDefinition
 
 log = logging.getLogger(__name__)
@@ -203,6 +204,42 @@ async def kpi_history(
 
 def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+@router.get(
+    "/reliability",
+    summary="IEEE 1366 SAIFI/SAIDI/CAIDI/MAIFI over Hanoi days, with and without Major Event Days (2.5 beta)",
+)
+async def reliability(
+    request: Request,
+    scope_level: Literal["city", "district"] = "city",
+    scope_code: str = Query(CITY_SCOPE, max_length=32),
+    # Optional in the schema so that a bad date is reported by name even when the other one is missing.
+    first_day: SaneDate | None = Query(
+        None, alias="from", description="first Hanoi day of the period (required)"
+    ),
+    last_day: SaneDate | None = Query(
+        None, alias="to", description="last Hanoi day (included); default: `from`"
+    ),
+    principal: Principal = READ,
+) -> dict:
+    if first_day is None:
+        raise ApiError(422, "invalid_request", "`from` is required", [{"field": "from", "reason": "missing"}])
+    last_day = last_day or first_day
+    if last_day < first_day or (last_day - first_day).days >= MAX_PERIOD_DAYS:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"`to` must be on or after `from`, at most {MAX_PERIOD_DAYS} days (one T_MED per reporting year)",
+            [{"field": "to", "reason": "before `from` or period too long"}],
+        )
+    return await reliability_report(
+        _ctx(request).pool,
+        scope_level=scope_level,
+        scope_code=scope_code,
+        first_day=first_day,
+        last_day=last_day,
+    )
 
 
 # Districts -------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -240,6 +240,37 @@ async def kpi_history(
             limit,
         )
     return [dict(r) for r in rows]
+
+
+async def daily_kpi_values(
+    pool: asyncpg.Pool,
+    kpis: Sequence[str],
+    *,
+    scope_level: str,
+    scope_code: str,
+    first_day: date,
+    end_day: date,
+) -> dict[str, dict[date, float]]:
+    """Day-window values (``window_seconds`` 86400) of ``kpis`` for one scope and the Hanoi days
+    ``[first_day, end_day)``, from the day roll-up (kept without a limit): kpi → Hanoi day → value. A day
+    window is the only window of its Hanoi-day bucket, so its value is the bucket's ``last``."""
+    rows = await pool.fetch(
+        "SELECT kpi, bucket, last FROM kpi_day WHERE kpi = ANY($1::text[]) AND scope_level=$2 "
+        "AND scope_code=$3 AND window_seconds=86400 AND bucket >= $4 AND bucket < $5",
+        list(kpis),
+        scope_level,
+        scope_code,
+        _hanoi_midnight(first_day),
+        _hanoi_midnight(end_day),
+    )
+    out: dict[str, dict[date, float]] = {k: {} for k in kpis}
+    for r in rows:
+        out[r["kpi"]][r["bucket"].astimezone(HANOI_TZ).date()] = r["last"]
+    return out
+
+
+def _hanoi_midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=HANOI_TZ).astimezone(UTC)
 
 
 async def series_windows(pool: asyncpg.Pool, kpi: str, scope_level: str, scope_code: str) -> list[int]:

@@ -6,7 +6,6 @@ Facts and formulas: domain-notes.md §2.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -20,6 +19,7 @@ from shared.areas import HANOI_OFFSET_S, Hierarchy
 from shared.contracts.base import AreaCode, EntityId, StrictFloat, StrictInt
 from shared.contracts.meter import IntervalSeconds, ReadingQuality
 from shared.ingest import ItemError
+from shared.reliability import DayIndices, indices_with_and_without_meds
 
 # IEEE 1366-2012: an interruption of 5 minutes or less is momentary (MAIFI); sustained means longer than that.
 MOMENTARY_LIMIT_SECONDS = 300
@@ -1024,22 +1024,6 @@ def momentary_event_starts(
     return not any(s <= start <= s + limit_seconds for s in event_starts)
 
 
-def major_event_threshold(daily_saidi: Iterable[float]) -> float | None:
-    """IEEE 1366-2012 T_MED = exp(α + 2.5 β), α and β the mean and standard deviation of ln(daily SAIDI) over
-    the history given (the standard: the last five years; days with SAIDI 0 are left out, ln 0 being
-    undefined). None with fewer than two usable days. β is the sample standard deviation (n − 1), as in the
-    standard's worked example (a spreadsheet's STDEV)."""
-    logs = [math.log(v) for v in daily_saidi if v is not None and v > 0]
-    if len(logs) < 2:
-        return None
-    alpha = sum(logs) / len(logs)
-    beta = math.sqrt(sum((x - alpha) ** 2 for x in logs) / (len(logs) - 1))
-    try:
-        return math.exp(alpha + 2.5 * beta)
-    except OverflowError:  # a history so spread that no day can exceed it
-        return math.inf
-
-
 @dataclass(frozen=True, slots=True)
 class DailyReliability:
     """One day of an area's reliability figures (additive, as the city view merges them)."""
@@ -1050,33 +1034,22 @@ class DailyReliability:
     momentary: float  # Σ IM_i N_mi
     customers_served: float  # N_T
 
+    def indices(self) -> DayIndices:
+        """The day's SAIFI, SAIDI, MAIFI (0 on a day without customers served: it adds nothing)."""
+        n = self.customers_served
+        if not n:
+            return DayIndices(self.day, 0.0, 0.0, 0.0)
+        return DayIndices(
+            self.day, self.customers_interrupted / n, self.customer_minutes / n, self.momentary / n
+        )
+
 
 def reliability_with_and_without_meds(
     days: Sequence[DailyReliability], history_saidi: Iterable[float]
 ) -> dict[str, Any]:
-    """SAIFI, SAIDI, CAIDI, MAIFI over ``days``, with every day and without its major event days (days whose
-    SAIDI exceeds T_MED of ``history_saidi``; IEEE 1366-2012 4.5). Period indices are the sums of the daily
-    ones: each day's customer figures over that day's N_T."""
-    t_med = major_event_threshold(history_saidi)
-
-    def day_saidi(d: DailyReliability) -> float:
-        return d.customer_minutes / d.customers_served if d.customers_served else 0.0
-
-    meds = [d.day for d in days if t_med is not None and day_saidi(d) > t_med]
-
-    def indices(selected: Sequence[DailyReliability]) -> dict[str, float | None]:
-        served = [d for d in selected if d.customers_served]
-        f = sum(d.customers_interrupted / d.customers_served for d in served)
-        dur = sum(d.customer_minutes / d.customers_served for d in served)
-        m = sum(d.momentary / d.customers_served for d in served)
-        return {"saifi": f, "saidi_minutes": dur, "caidi_minutes": dur / f if f else None, "maifi": m}
-
-    return {
-        "t_med_minutes": t_med if t_med is None or math.isfinite(t_med) else None,
-        "major_event_days": [d.isoformat() for d in meds],
-        "all_days": indices(days),
-        "without_major_event_days": indices([d for d in days if d.day not in meds]),
-    }
+    """SAIFI, SAIDI, CAIDI, MAIFI over ``days``, with every day and without its major event days (the 2.5β
+    method of :mod:`shared.reliability`, T_MED from ``history_saidi``)."""
+    return indices_with_and_without_meds([d.indices() for d in days], history_saidi)
 
 
 def feeder_in_outage(

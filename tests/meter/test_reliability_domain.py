@@ -14,11 +14,11 @@ from services.meter.domain import (
     MeterEventIn,
     MeterInfo,
     expire_power_timelines,
-    major_event_threshold,
     reliability_with_and_without_meds,
     validate_events,
     validate_readings,
 )
+from shared.reliability import major_event_threshold
 
 T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)  # 10:00 in Hanoi
 NOW = T0 + timedelta(days=2)
