@@ -479,8 +479,14 @@ async def _commit(
         principal=principal.id,
         service=SERVICE,
         action=f"dossier.{action}",
-        target=f"{after.agency_code}:{after.code}",
-        detail={"from": before.status if before else None, "to": after.status, **(detail or {})},
+        target=after.code,
+        # codes are scoped per agency: the agency makes the target unambiguous
+        detail={
+            "agency": after.agency_code,
+            "from": before.status if before else None,
+            "to": after.status,
+            **(detail or {}),
+        },
     )
 
 

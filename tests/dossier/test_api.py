@@ -179,7 +179,9 @@ async def test_whole_life_through_the_api_with_events_history_and_audit(
     paid = [e for e in events if e.data.get("action") == "pay_fees"]
     assert paid[0].data["paid_online"] is True
     audit = await platform_pool.fetch(
-        "SELECT action FROM platform.audit_log WHERE target=$1 ORDER BY id", f"{agency}:{code}"
+        "SELECT action FROM platform.audit_log WHERE target=$1 AND detail->>'agency'=$2 ORDER BY id",
+        code,
+        agency,
     )
     assert [a["action"] for a in audit][-1] == "dossier.return_result" and len(audit) == 10
 
