@@ -247,16 +247,18 @@ async def list_dossiers(
     after: str | None,
     after_agency: str | None = None,
 ) -> list[Dossier]:
-    """Paged by (code, agency): the same code may belong to several agencies."""
+    """Paged by (code, agency): the same code may belong to several agencies. ``after`` alone (clients from
+    before codes were scoped per agency) resumes after every dossier with that code."""
     rows = await conn.fetch(
         f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE ($1::text IS NULL OR agency_code=$1) "
-        "AND ($2::int IS NULL OR status=$2) AND ($3::text IS NULL OR (code, agency_code) > ($3, $5::text)) "
+        "AND ($2::int IS NULL OR status=$2) AND ($3::text IS NULL "
+        "     OR ($5::text IS NULL AND code > $3) OR (code, agency_code) > ($3, $5::text)) "
         "ORDER BY code, agency_code LIMIT $4",
         agency,
         status,
         after,
         limit,
-        after_agency or "",
+        after_agency,
     )
     return [_dossier(r) for r in rows]
 
