@@ -259,6 +259,7 @@ def dossier_lifecycle_payloads(n: int, *, prefix: str | None = None) -> list[dic
         received = t0 + timedelta(minutes=d)
         base = {
             **template,
+            "dossier_id": f"{template['agency_code']}:B{prefix}-{d:07d}",  # the record key (issue #40)
             "dossier_code": f"B{prefix}-{d:07d}",
             "district": districts[d % len(districts)],
             "admin_unit": districts[d % len(districts)],

@@ -1,7 +1,8 @@
 """HTTP API of the dossier service: reference data (admin) and the dossier lifecycle (agencies).
 
 Agencies authenticate with a key whose principal has kind ``agency`` and attribute ``agency``; they see and
-change only their own dossiers (another agency's dossier answers 404, as if it did not exist). Scopes:
+change only their own dossiers (another agency's dossier answers 404, as if it did not exist). Dossier codes
+are scoped per agency: two agencies may use the same code, and a dossier is (agency, code). Scopes:
 ``dossier:read`` for reads, ``dossier:write`` for changes, ``dossier:admin`` for reference data; ``*`` sees all.
 """
 
@@ -136,6 +137,40 @@ def _own_agency(principal: Principal) -> str | None:
     if not isinstance(agency, str) or not agency:
         raise ApiError(403, "forbidden", "this agency principal has no agency attribute")
     return agency
+
+
+AgencyQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="the dossier's agency: codes are scoped per agency. An agency principal may omit it (its own "
+        "agency); a principal that sees every agency must give it when several agencies use the code",
+    ),
+]
+
+
+async def _dossier_agency(conn, principal: Principal, code: str, agency: str | None) -> str:
+    """The agency whose dossier ``code`` names. An agency principal only ever resolves within its own agency
+    (one lookup by (agency, code), whether or not another agency uses the code: nothing tells it they do);
+    naming another agency answers the same 404 as a code that never existed."""
+    own = _own_agency(principal)
+    if own is not None:
+        if agency not in (None, own):
+            raise _not_found(code)
+        return own
+    if agency is not None:
+        return agency
+    agencies = await repository.agencies_using(conn, code)
+    if not agencies:
+        raise _not_found(code)
+    if len(agencies) > 1:  # only principals that see every agency get here
+        raise ApiError(
+            409,
+            "ambiguous_code",
+            f"dossier code {code!r} is used by several agencies: name one with ?agency=",
+            [{"field": "agency", "reason": "required: one of " + ", ".join(agencies)}],
+        )
+    return agencies[0]
 
 
 def _event_time(at: datetime | None, field_name: str = "at") -> datetime:
@@ -429,6 +464,7 @@ async def _commit(
         await repository.update_dossier(conn, after)
     await repository.insert_history(
         conn,
+        after.agency_code,
         after.code,
         at=at or after.last_change_at,
         action=action,
@@ -444,7 +480,13 @@ async def _commit(
         service=SERVICE,
         action=f"dossier.{action}",
         target=after.code,
-        detail={"from": before.status if before else None, "to": after.status, **(detail or {})},
+        # codes are scoped per agency: the agency makes the target unambiguous
+        detail={
+            "agency": after.agency_code,
+            "from": before.status if before else None,
+            "to": after.status,
+            **(detail or {}),
+        },
     )
 
 
@@ -515,16 +557,22 @@ async def create_dossier(
 
 
 async def _change(
-    request: Request, principal: Principal, code: str, action: str, mutate, at: datetime | None = None
+    request: Request,
+    principal: Principal,
+    code: str,
+    agency: str | None,
+    action: str,
+    mutate,
+    at: datetime | None = None,
 ) -> dict:
     """Lock the dossier, check who may touch it, apply ``mutate(dossier, procedure)`` and commit it all."""
     ctx = _ctx(request)
     rt = _rt(request)
-    own = _own_agency(principal)
     assert ctx.pool is not None
     async with ctx.pool.acquire() as conn, conn.transaction():
-        d = await repository.lock_dossier(conn, code)
-        if d is None or (own is not None and d.agency_code != own):
+        owner = await _dossier_agency(conn, principal, code, agency)
+        d = await repository.lock_dossier(conn, owner, code)
+        if d is None:
             raise _not_found(code)
         procedure = await rt.procedure(ctx, d.procedure_code)
         assert procedure is not None  # a foreign key guarantees it
@@ -542,6 +590,7 @@ async def post_transition(
     code: str,
     body: TransitionIn,
     request: Request,
+    agency: AgencyQuery = None,
     principal: Principal = Depends(require_scope("dossier:write")),
 ):
     at = _event_time(body.at)
@@ -573,7 +622,7 @@ async def post_transition(
 
     async def compute() -> tuple[int, dict]:
         await _rt(request).refresh_if_stale(_ctx(request))
-        return 200, await _change(request, principal, code, body.action, mutate)
+        return 200, await _change(request, principal, code, agency, body.action, mutate)
 
     return await idempotent(request, principal, "dossier:write", compute)
 
@@ -583,6 +632,7 @@ async def post_handover(
     code: str,
     body: HandoverIn,
     request: Request,
+    agency: AgencyQuery = None,
     principal: Principal = Depends(require_scope("dossier:write")),
 ):
     at = _event_time(body.at)
@@ -592,7 +642,7 @@ async def post_handover(
         return new, [publishing.handed_over(new, procedure, at, body.step_name)], {"step": new.step}
 
     async def compute() -> tuple[int, dict]:
-        return 200, await _change(request, principal, code, "hand_over", mutate)
+        return 200, await _change(request, principal, code, agency, "hand_over", mutate)
 
     return await idempotent(request, principal, "dossier:write", compute)
 
@@ -602,6 +652,7 @@ async def post_apology(
     code: str,
     body: ApologyIn,
     request: Request,
+    agency: AgencyQuery = None,
     principal: Principal = Depends(require_scope("dossier:write")),
 ):
     at = _event_time(body.at)
@@ -615,35 +666,44 @@ async def post_apology(
         )
 
     async def compute() -> tuple[int, dict]:
-        return 200, await _change(request, principal, code, "apologize", mutate)
+        return 200, await _change(request, principal, code, agency, "apologize", mutate)
 
     return await idempotent(request, principal, "dossier:write", compute)
 
 
 @router.get("/dossiers/{code}", summary="A dossier with its applicant and history (owning agency only)")
 async def get_dossier(
-    code: str, request: Request, principal: Principal = Depends(require_scope("dossier:read"))
+    code: str,
+    request: Request,
+    agency: AgencyQuery = None,
+    principal: Principal = Depends(require_scope("dossier:read")),
 ) -> dict:
     ctx = _ctx(request)
-    own = _own_agency(principal)
     assert ctx.pool is not None
-    found = await repository.get_dossier(ctx.pool, code)
-    if found is None or (own is not None and found[0].agency_code != own):
+    owner = await _dossier_agency(ctx.pool, principal, code, agency)
+    found = await repository.get_dossier(ctx.pool, owner, code)
+    if found is None:
         raise _not_found(code)
     d, applicant = found
     view = dossier_view(d, local_date(datetime.now(UTC)))
     view["applicant"] = applicant
-    view["history"] = await repository.history(ctx.pool, code)
+    view["history"] = await repository.history(ctx.pool, owner, code)
     return view
 
 
-@router.get("/dossiers", summary="Dossiers visible to this principal (paged by code)")
+@router.get("/dossiers", summary="Dossiers visible to this principal (paged by code, then agency)")
 async def list_dossiers(
     request: Request,
     principal: Principal = Depends(require_scope("dossier:read")),
     status: Annotated[int | None, Query(ge=1, le=10)] = None,
     agency: Annotated[str | None, Query(max_length=64)] = None,
     after: Annotated[str | None, Query(max_length=64, description="last code of the previous page")] = None,
+    after_agency: Annotated[
+        str | None,
+        Query(
+            max_length=64, description="agency of the last dossier of the previous page (next_after_agency)"
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict:
     ctx = _ctx(request)
@@ -657,11 +717,16 @@ async def list_dossiers(
         )
     assert ctx.pool is not None
     rows = await repository.list_dossiers(
-        ctx.pool, agency=own or agency, status=status, limit=limit, after=after
+        ctx.pool, agency=own or agency, status=status, limit=limit, after=after, after_agency=after_agency
     )
     today = local_date(datetime.now(UTC))
     items = [dossier_view(d, today) for d in rows]
-    return {"items": items, "next_after": items[-1]["code"] if len(items) == limit else None}
+    more = len(items) == limit
+    return {
+        "items": items,
+        "next_after": items[-1]["code"] if more else None,
+        "next_after_agency": items[-1]["agency_code"] if more else None,
+    }
 
 
 @router.post("/dossiers/{code}/feedback", summary="Record the applicant's rating and/or complaint (766)")
@@ -669,6 +734,7 @@ async def post_feedback(
     code: str,
     body: FeedbackIn,
     request: Request,
+    agency: AgencyQuery = None,
     principal: Principal = Depends(require_scope("dossier:write")),
 ):
     at = _event_time(body.at)
@@ -679,7 +745,7 @@ async def post_feedback(
         return new, [event], {"rating": body.rating, "complained": body.complained}
 
     async def compute() -> tuple[int, dict]:
-        return 200, await _change(request, principal, code, "feedback", mutate, at)
+        return 200, await _change(request, principal, code, agency, "feedback", mutate, at)
 
     return await idempotent(request, principal, "dossier:write", compute)
 
@@ -691,6 +757,7 @@ async def post_portal_sync(
     code: str,
     body: PortalSyncIn,
     request: Request,
+    agency: AgencyQuery = None,
     principal: Principal = Depends(require_scope("dossier:write")),
 ):
     synced_at = _event_time(body.synced_at, "synced_at")
@@ -706,7 +773,7 @@ async def post_portal_sync(
         return new, [event], {"synced_status": body.synced_status, "on_time": on_time}
 
     async def compute() -> tuple[int, dict]:
-        return 200, await _change(request, principal, code, "portal_sync", mutate, synced_at)
+        return 200, await _change(request, principal, code, agency, "portal_sync", mutate, synced_at)
 
     return await idempotent(request, principal, "dossier:write", compute)
 

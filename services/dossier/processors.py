@@ -11,7 +11,10 @@ city, by local day and month (Vietnam time):
   the 766 progress indicator ``(finished early or on time in the period + open within deadline) /
   (finished in the period + open)`` worth 20 points, for the current day and month.
 
-Alarms: a dossier overdue notice raises ``dossier:overdue:<code>``; it clears when the dossier is finished,
+Dossier codes are scoped per agency (issue #40): the state keeps each dossier under its city-wide id
+``<agency_code>:<dossier_code>`` (``dossier_id``), so two agencies' dossiers with the same code never merge.
+
+Alarms: a dossier overdue notice raises ``dossier:overdue:<agency_code>:<dossier_code>``; it clears when the dossier is finished,
 closed, or no longer past its (extended) due date; a documents request never clears it (issue #37).
 Every observation carries additive numerator / denominator so the city layer can merge partitions.
 """
@@ -33,6 +36,7 @@ from shared.contracts.dossier import (
     DossierApologized,
     DossierOverdue,
     DossierStatusChanged,
+    dossier_id_of,
 )
 from shared.stream import State, StreamProcessor
 
@@ -276,7 +280,7 @@ class DossierKpiProcessor(StreamProcessor):
             elif etype == OVERDUE_TYPE:
                 key = ("overdue", self._scopes_of(data), self._local_day(data["at"]))
                 counts[key] = counts.get(key, 0) + 1
-                code = data["dossier_code"]
+                code = dossier_id_of(data)
                 if f"o|{code}" in state and f"a|{code}" not in state:
                     self._alarm(
                         state,
@@ -353,7 +357,7 @@ class DossierKpiProcessor(StreamProcessor):
             key = ("paid_online", scopes, day)
             counts[key] = counts.get(key, 0) + 1
 
-        code = data["dossier_code"]
+        code = dossier_id_of(data)
         open_key = f"o|{code}"
         old = state.get(open_key)
         if status in OPEN_STATUSES and due:
@@ -397,7 +401,7 @@ class DossierKpiProcessor(StreamProcessor):
         opens[key] = opens.get(key, 0) + sign
 
     def _alarm(self, state: State, data: dict[str, Any], what: str, at: datetime, message: str) -> None:
-        code = data["dossier_code"]
+        code = dossier_id_of(data)
         if what == "raised":
             state.put(f"a|{code}", 1)
         else:
@@ -410,7 +414,8 @@ class DossierKpiProcessor(StreamProcessor):
             "alarm_type": "dossier_overdue",
             "state": what,
             "severity": "minor",
-            "source_id": code,
+            # the source id is an entity id (at most 64 characters): the agency's code if the pair is longer
+            "source_id": code if len(code) <= 64 else data["dossier_code"],
             "district": district,
             "commune": unit if unit not in (district, CITY_CODE) else None,
             "at": at.isoformat(),

@@ -25,6 +25,7 @@ from shared.contracts.dossier import (
     DossierPortalSynced,
     DossierStatusChanged,
     DossierStepHandedOver,
+    dossier_id,
 )
 from shared.http import ServiceContext
 from shared.kafka.producer import BrokerUnavailable
@@ -46,6 +47,7 @@ def _iso(at: datetime) -> str:
 def facts(d: Dossier, procedure: Procedure, at: datetime) -> dict[str, Any]:
     """The fields every dossier event carries. Only codes, statuses and times: never the applicant."""
     return {
+        "dossier_id": dossier_id(d.agency_code, d.code),
         "dossier_code": d.code,
         "procedure_code": d.procedure_code,
         "agency_code": d.agency_code,

@@ -105,12 +105,13 @@ def _dossier(r: Any) -> Dossier:
 
 
 async def insert_dossier(conn: asyncpg.Connection, d: Dossier, applicant: dict[str, str]) -> bool:
-    """Insert a new dossier; False when the code exists already."""
+    """Insert a new dossier; False when its agency uses the code already (codes are scoped per agency: another
+    agency's dossier with the same code is no conflict and is never revealed)."""
     inserted = await conn.fetchval(
         f"INSERT INTO dossiers({_DOSSIER_COLUMNS}, applicant_name, applicant_id_number, applicant_address, "
         "applicant_phone) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,"
         "$22,$23,$24,$25,$26,$27) "
-        "ON CONFLICT (code) DO NOTHING RETURNING 1",
+        "ON CONFLICT (agency_code, code) DO NOTHING RETURNING 1",
         d.code,
         d.procedure_code,
         d.agency_code,
@@ -142,9 +143,17 @@ async def insert_dossier(conn: asyncpg.Connection, d: Dossier, applicant: dict[s
     return bool(inserted)
 
 
-async def lock_dossier(conn: asyncpg.Connection, code: str) -> Dossier | None:
+async def agencies_using(conn: Conn, code: str) -> list[str]:
+    """The agencies that have a dossier with this code (for principals that see every agency)."""
+    rows = await conn.fetch("SELECT agency_code FROM dossiers WHERE code=$1 ORDER BY agency_code", code)
+    return [r["agency_code"] for r in rows]
+
+
+async def lock_dossier(conn: asyncpg.Connection, agency: str, code: str) -> Dossier | None:
     """The dossier, row-locked until the end of the transaction (changes to one dossier are serialised)."""
-    r = await conn.fetchrow(f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE code=$1 FOR UPDATE", code)
+    r = await conn.fetchrow(
+        f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE agency_code=$1 AND code=$2 FOR UPDATE", agency, code
+    )
     return _dossier(r) if r is not None else None
 
 
@@ -152,7 +161,7 @@ async def update_dossier(conn: asyncpg.Connection, d: Dossier) -> None:
     await conn.execute(
         "UPDATE dossiers SET status=$2, step=$3, last_change_at=$4, received_at=$5, due_date=$6, paused_at=$7, "
         "promised_date=$8, resolved_at=$9, closed_at=$10, fees_paid_online=$11, digitised=$12, result_esigned=$13, "
-        "rating=$14, complained=$15, portal_syncs=$16, portal_late_syncs=$17 WHERE code=$1",
+        "rating=$14, complained=$15, portal_syncs=$16, portal_late_syncs=$17 WHERE code=$1 AND agency_code=$18",
         d.code,
         d.status,
         d.step,
@@ -170,11 +179,13 @@ async def update_dossier(conn: asyncpg.Connection, d: Dossier) -> None:
         d.complained,
         d.portal_syncs,
         d.portal_late_syncs,
+        d.agency_code,
     )
 
 
 async def insert_history(
     conn: asyncpg.Connection,
+    agency: str,
     code: str,
     *,
     at,
@@ -185,8 +196,9 @@ async def insert_history(
     detail: dict | None = None,
 ) -> None:
     await conn.execute(
-        "INSERT INTO dossier_history(dossier_code, at, action, from_status, to_status, principal, detail) "
-        "VALUES ($1,$2,$3,$4,$5,$6,$7)",
+        "INSERT INTO dossier_history(agency_code, dossier_code, at, action, from_status, to_status, principal, "
+        "detail) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+        agency,
         code,
         at,
         action,
@@ -197,11 +209,12 @@ async def insert_history(
     )
 
 
-async def get_dossier(conn: Conn, code: str) -> tuple[Dossier, dict[str, str]] | None:
+async def get_dossier(conn: Conn, agency: str, code: str) -> tuple[Dossier, dict[str, str]] | None:
     """A dossier with its applicant (for the owning agency's eyes only)."""
     r = await conn.fetchrow(
         f"SELECT {_DOSSIER_COLUMNS}, applicant_name, applicant_id_number, applicant_address, applicant_phone "
-        "FROM dossiers WHERE code=$1",
+        "FROM dossiers WHERE agency_code=$1 AND code=$2",
+        agency,
         code,
     )
     if r is None:
@@ -215,25 +228,37 @@ async def get_dossier(conn: Conn, code: str) -> tuple[Dossier, dict[str, str]] |
     return _dossier(r), applicant
 
 
-async def history(conn: Conn, code: str) -> list[dict]:
+async def history(conn: Conn, agency: str, code: str) -> list[dict]:
     rows = await conn.fetch(
         "SELECT at, action, from_status, to_status, principal, detail FROM dossier_history "
-        "WHERE dossier_code=$1 ORDER BY id",
+        "WHERE agency_code=$1 AND dossier_code=$2 ORDER BY id",
+        agency,
         code,
     )
     return [dict(r) for r in rows]
 
 
 async def list_dossiers(
-    conn: Conn, *, agency: str | None, status: int | None, limit: int, after: str | None
+    conn: Conn,
+    *,
+    agency: str | None,
+    status: int | None,
+    limit: int,
+    after: str | None,
+    after_agency: str | None = None,
 ) -> list[Dossier]:
+    """Paged by (code, agency): the same code may belong to several agencies. ``after`` alone (clients from
+    before codes were scoped per agency) resumes after every dossier with that code."""
     rows = await conn.fetch(
         f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE ($1::text IS NULL OR agency_code=$1) "
-        "AND ($2::int IS NULL OR status=$2) AND ($3::text IS NULL OR code > $3) ORDER BY code LIMIT $4",
+        "AND ($2::int IS NULL OR status=$2) AND ($3::text IS NULL "
+        "     OR ($5::text IS NULL AND code > $3) OR (code, agency_code) > ($3, $5::text)) "
+        "ORDER BY code, agency_code LIMIT $4",
         agency,
         status,
         after,
         limit,
+        after_agency,
     )
     return [_dossier(r) for r in rows]
 
@@ -251,7 +276,7 @@ async def lock_open_due_by(
         "WHERE status IN (2,4,5,6) AND paused_at IS NULL AND due_date <= $1 "
         "AND (warned_due_date IS DISTINCT FROM due_date "
         "     OR (due_date < $2 AND overdue_due_date IS DISTINCT FROM due_date)) "
-        "ORDER BY due_date, code LIMIT $3 FOR UPDATE SKIP LOCKED",
+        "ORDER BY due_date, code, agency_code LIMIT $3 FOR UPDATE SKIP LOCKED",
         last_due,
         today,
         limit,
@@ -259,13 +284,16 @@ async def lock_open_due_by(
     return [(_dossier(r), r["warned_due_date"], r["overdue_due_date"]) for r in rows]
 
 
-async def mark_warned(conn: asyncpg.Connection, items: Sequence[tuple[str, date]]) -> None:
-    await conn.executemany("UPDATE dossiers SET warned_due_date=$2 WHERE code=$1", items)
+async def mark_warned(conn: asyncpg.Connection, items: Sequence[tuple[str, str, date]]) -> None:
+    """``items``: (agency, code, due date)."""
+    await conn.executemany("UPDATE dossiers SET warned_due_date=$3 WHERE agency_code=$1 AND code=$2", items)
 
 
-async def mark_overdue(conn: asyncpg.Connection, items: Sequence[tuple[str, date]]) -> None:
+async def mark_overdue(conn: asyncpg.Connection, items: Sequence[tuple[str, str, date]]) -> None:
     # An overdue dossier has been warned about too: never warn after the overdue notice.
-    await conn.executemany("UPDATE dossiers SET overdue_due_date=$2, warned_due_date=$2 WHERE code=$1", items)
+    await conn.executemany(
+        "UPDATE dossiers SET overdue_due_date=$3, warned_due_date=$3 WHERE agency_code=$1 AND code=$2", items
+    )
 
 
 # Calendar changes ------------------------------------------------------------------------------------------
@@ -290,7 +318,7 @@ async def lock_open_due_from(conn: asyncpg.Connection, first: date) -> list[Doss
     """Open dossiers due on or after ``first``, row-locked (a calendar change may move their due dates)."""
     rows = await conn.fetch(
         f"SELECT {_DOSSIER_COLUMNS} FROM dossiers WHERE status IN (2,4,5,6) AND due_date >= $1 "
-        "ORDER BY code FOR UPDATE",
+        "ORDER BY code, agency_code FOR UPDATE",
         first,
     )
     return [_dossier(r) for r in rows]

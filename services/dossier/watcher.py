@@ -45,10 +45,10 @@ async def scan_once(
                 assert d.due_date is not None
                 if kind == "overdue" and overdue_for != d.due_date:
                     events.append(publishing.overdue(d, procedure, now, n))
-                    overdue.append((d.code, d.due_date))
+                    overdue.append((d.agency_code, d.code, d.due_date))
                 elif kind == "approaching" and warned_for != d.due_date:
                     events.append(publishing.deadline_approached(d, procedure, now, n))
-                    warned.append((d.code, d.due_date))
+                    warned.append((d.agency_code, d.code, d.due_date))
             await repository.insert_outbox(conn, [publishing.to_row(e) for e in events])
             await repository.mark_warned(conn, warned)
             await repository.mark_overdue(conn, overdue)
@@ -114,6 +114,7 @@ async def apply_calendar_change(ctx: ServiceContext, rt: DossierRuntime, now: da
                 }
                 await repository.insert_history(
                     conn,
+                    d.agency_code,
                     d.code,
                     at=now,
                     action="reschedule",

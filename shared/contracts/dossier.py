@@ -1,19 +1,25 @@
 """One-stop-shop dossier contracts: the lifecycle of administrative dossiers (domain notes §3).
 
-Every event of one dossier travels on ``ioc.dossier.lifecycle`` keyed by the dossier code, so a consumer sees a
+Every event of one dossier travels on ``ioc.dossier.lifecycle`` keyed by the dossier id, so a consumer sees a
 dossier's status changes, deadline warnings, overdue notices, apologies and hand-offs in order. Events carry
 no personal data: the applicant's name, ID number, address and phone stay in the dossier service's database.
 Status codes are the national portal's 1–10; channel codes 1 in person, 2 online, 3 public postal service.
+
+Dossier codes are scoped per agency (two agencies may use the same code; issue #40), so a dossier's city-wide
+identity is ``dossier_id`` = ``<agency_code>:<dossier_code>``: the record key and the subject. It was added to v1
+as an optional field (the types stay v1: compatible), so events written before it still validate; a consumer
+derives it from the two codes when absent (:func:`dossier_id_of`).
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from shared.contracts.base import (
+    ENTITY_ID_PATTERN,
     AreaCode,
     EntityId,
     EventModel,
@@ -29,10 +35,10 @@ LIFECYCLE_TOPIC = register_topic(
     TopicSpec(
         name="ioc.dossier.lifecycle",
         partitions=3,
-        key="dossier_code",
+        key="dossier_id",
         owner="dossier",
         description="Dossier status changes (national status codes 1-10), deadline warnings, overdue notices, "
-        "apologies and step hand-offs, keyed by dossier code. No personal data.",
+        "apologies and step hand-offs, keyed by dossier id (<agency_code>:<dossier_code>). No personal data.",
         retention_ms=90 * 24 * 3600 * 1000,
     )
 )
@@ -59,12 +65,29 @@ STATUS_NAMES: dict[int, str] = {
     10: "returned",
 }
 StatusCode = StrictInt
+#: ``<agency_code>:<dossier_code>``: unique city-wide (a code alone is unique only within its agency)
+DossierId = Annotated[str, Field(min_length=3, max_length=129, pattern=ENTITY_ID_PATTERN)]
+
+
+def dossier_id(agency_code: str, dossier_code: str) -> str:
+    """The city-wide id of an agency's dossier (the lifecycle record key)."""
+    return f"{agency_code}:{dossier_code}"
+
+
+def dossier_id_of(payload: dict) -> str:
+    """The dossier id of a lifecycle payload, derived for events written before the field existed."""
+    return payload.get("dossier_id") or dossier_id(payload["agency_code"], payload["dossier_code"])
 
 
 class DossierFacts(EventModel):
     """What every dossier event says about the dossier (never who the applicant is)."""
 
-    dossier_code: EntityId
+    dossier_id: DossierId | None = Field(
+        None,
+        description="<agency_code>:<dossier_code>, unique city-wide: the record key (dossier codes are scoped "
+        "per agency). Absent from events written before it: then derive it from the two codes",
+    )
+    dossier_code: EntityId = Field(description="the code the agency assigned (unique within the agency only)")
     procedure_code: EntityId
     agency_code: EntityId
     admin_unit: AreaCode = Field(description="the administrative unit of the handling agency")
@@ -83,11 +106,12 @@ class DossierFacts(EventModel):
 @event_type(
     "ioc.dossier.status.changed.v1",
     topic=LIFECYCLE_TOPIC,
-    key="dossier_code",
-    subject="dossier_code",
+    key="dossier_id",
+    subject="dossier_id",
     description="A dossier moved from one national status to another (or was created).",
     examples=(
         {
+            "dossier_id": "UBND-BD:H26.01-250102-0001",
             "dossier_code": "H26.01-250102-0001",
             "procedure_code": "1.001234",
             "agency_code": "UBND-BD",
@@ -131,8 +155,8 @@ Rating = Literal["very_satisfied", "satisfied", "unsatisfied"]
 @event_type(
     "ioc.dossier.feedback.recorded.v1",
     topic=LIFECYCLE_TOPIC,
-    key="dossier_code",
-    subject="dossier_code",
+    key="dossier_id",
+    subject="dossier_id",
     description="The applicant rated the handling of the dossier and/or complained about it (766 satisfaction). "
     "Only the rating and whether there was a complaint: no text, no person.",
 )
@@ -146,8 +170,8 @@ class DossierFeedbackRecorded(DossierFacts):
 @event_type(
     "ioc.dossier.portal.synced.v1",
     topic=LIFECYCLE_TOPIC,
-    key="dossier_code",
-    subject="dossier_code",
+    key="dossier_id",
+    subject="dossier_id",
     description="A status of the dossier reached the National Public Service Portal (766 transparency).",
 )
 class DossierPortalSynced(DossierFacts):
@@ -162,8 +186,8 @@ class DossierPortalSynced(DossierFacts):
 @event_type(
     "ioc.dossier.deadline.approached.v1",
     topic=LIFECYCLE_TOPIC,
-    key="dossier_code",
-    subject="dossier_code",
+    key="dossier_id",
+    subject="dossier_id",
     description="An open dossier is due within the warning horizon (working days).",
 )
 class DossierDeadlineApproached(DossierFacts):
@@ -173,8 +197,8 @@ class DossierDeadlineApproached(DossierFacts):
 @event_type(
     "ioc.dossier.deadline.missed.v1",
     topic=LIFECYCLE_TOPIC,
-    key="dossier_code",
-    subject="dossier_code",
+    key="dossier_id",
+    subject="dossier_id",
     description="An open dossier passed its due date without being resolved (overdue).",
 )
 class DossierOverdue(DossierFacts):
@@ -184,8 +208,8 @@ class DossierOverdue(DossierFacts):
 @event_type(
     "ioc.dossier.apology.issued.v1",
     topic=LIFECYCLE_TOPIC,
-    key="dossier_code",
-    subject="dossier_code",
+    key="dossier_id",
+    subject="dossier_id",
     description="The agency apologised for a late dossier and promised a new date (form 04, Circular 01/2018).",
 )
 class DossierApologized(DossierFacts):
@@ -195,8 +219,8 @@ class DossierApologized(DossierFacts):
 @event_type(
     "ioc.dossier.step.handed_over.v1",
     topic=LIFECYCLE_TOPIC,
-    key="dossier_code",
-    subject="dossier_code",
+    key="dossier_id",
+    subject="dossier_id",
     description="A processing step was handed over to the next officer (form 05 control slip).",
 )
 class DossierStepHandedOver(DossierFacts):
@@ -216,8 +240,11 @@ __all__ = [
     "DossierDeadlineApproached",
     "DossierFacts",
     "DossierFeedbackRecorded",
+    "DossierId",
     "DossierOverdue",
     "DossierPortalSynced",
     "DossierStatusChanged",
     "DossierStepHandedOver",
+    "dossier_id",
+    "dossier_id_of",
 ]

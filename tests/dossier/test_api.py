@@ -169,7 +169,9 @@ async def test_whole_life_through_the_api_with_events_history_and_audit(
             "return_result",
         ]
 
-    events = await read_topic(kafka_settings, LIFECYCLE, where=lambda e: e.key == code, expect=10)
+    events = await read_topic(
+        kafka_settings, LIFECYCLE, where=lambda e: e.data["dossier_code"] == code, expect=10
+    )
     assert len(events) == 10
     assert [e.data["status"] for e in events if e.type == "ioc.dossier.status.changed.v1"] == [1, *statuses]
     assert [e.type for e in events].count("ioc.dossier.step.handed_over.v1") == 1
@@ -177,7 +179,9 @@ async def test_whole_life_through_the_api_with_events_history_and_audit(
     paid = [e for e in events if e.data.get("action") == "pay_fees"]
     assert paid[0].data["paid_online"] is True
     audit = await platform_pool.fetch(
-        "SELECT action FROM platform.audit_log WHERE target=$1 ORDER BY id", code
+        "SELECT action FROM platform.audit_log WHERE target=$1 AND detail->>'agency'=$2 ORDER BY id",
+        code,
+        agency,
     )
     assert [a["action"] for a in audit][-1] == "dossier.return_result" and len(audit) == 10
 
@@ -338,7 +342,7 @@ async def test_no_personal_data_in_any_event_or_header(kafka_settings, db_settin
         assert r.status_code == 200, r.text
         await watcher.scan_once(app.state.ctx, app.state.ctx.extras["dossier"], 2)
     records = await read_topic(kafka_settings, LIFECYCLE, raw=True)
-    mine = [r for r in records if r.key == code.encode()]
+    mine = [r for r in records if r.key.endswith(b":" + code.encode())]  # key: <agency>:<code>
     assert {dict(r.headers)["ce_type"] for r in mine} == {
         b"ioc.dossier.status.changed.v1",
         b"ioc.dossier.apology.issued.v1",
@@ -387,9 +391,9 @@ async def test_deadline_watcher_warns_and_reports_overdue_once(
         kafka_settings,
         LIFECYCLE,
         expect=2,
-        where=lambda e: e.key in (late, soon, far) and "deadline" in e.type,
+        where=lambda e: e.data["dossier_code"] in (late, soon, far) and "deadline" in e.type,
     )
-    by_code = {e.key: e for e in events}
+    by_code = {e.data["dossier_code"]: e for e in events}
     assert len(events) == 2 and far not in by_code
     assert by_code[late].type == "ioc.dossier.deadline.missed.v1" and by_code[late].data["days_overdue"] >= 13
     assert by_code[soon].type == "ioc.dossier.deadline.approached.v1"
@@ -424,7 +428,8 @@ async def test_outbox_survives_a_broker_outage_without_loss_or_duplicates(
                 )
                 assert r.status_code == 200
         rows = await platform_pool.fetch(
-            "SELECT event_id FROM dossier.outbox WHERE key = ANY($1::bytea[])", [c.encode() for c in codes]
+            "SELECT event_id FROM dossier.outbox WHERE key = ANY($1::bytea[])",
+            [f"{agency}:{c}".encode() for c in codes],  # the record key is the dossier id
         )
         ids = {r["event_id"] for r in rows}
         assert len(ids) == 9
@@ -440,10 +445,16 @@ async def test_outbox_survives_a_broker_outage_without_loss_or_duplicates(
                 break
             await asyncio.sleep(0.1)
         assert all(state.values())
-    events = await read_topic(kafka_settings, LIFECYCLE, where=lambda e: e.key in codes, expect=9)
+    events = await read_topic(
+        kafka_settings, LIFECYCLE, where=lambda e: e.data["dossier_code"] in codes, expect=9
+    )
     assert {e.id for e in events} == ids  # nothing lost; dedup on id leaves exactly one of each
     for code in codes:
-        assert [e.data["status"] for e in events if e.key == code] == [2, 4, 9]  # order kept per dossier
+        assert [e.data["status"] for e in events if e.data["dossier_code"] == code] == [
+            2,
+            4,
+            9,
+        ]  # order kept per dossier
 
 
 async def test_hierarchy_as_data_three_tier_seed_and_two_tier(

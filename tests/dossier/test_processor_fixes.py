@@ -20,6 +20,7 @@ def test_a_documents_request_on_an_overdue_dossier_keeps_it_overdue_and_alarmed(
     # The old processor cleared the alarm, counted D9 within deadline and gave 1/1 = 20 points.
     facts = {
         **BASE,
+        "dossier_id": f"{BASE['agency_code']}:D9",
         "dossier_code": "D9",
         "procedure_code": "P",
         "channel": "online",

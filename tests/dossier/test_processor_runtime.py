@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 def _status(code, agency, status, at, *, prev=None, action="receive", channel="online", due):
     return DossierStatusChanged(
+        dossier_id=f"{agency}:{code}",
         dossier_code=code,
         procedure_code="P1",
         agency_code=agency,
@@ -96,6 +97,9 @@ async def test_kpis_and_alarms_from_the_lifecycle_topic(kafka_settings, topics_r
     # progress: (1 on time + 1 open within) / (1 finished + 2 open)
     assert total("dossier.progress_766_points") == (2, 3)
     alarms = await read_topic(
-        kafka_settings, ALARM_TOPIC_NAME, where=lambda e: e.data["source_id"] == f"{agency}-2", expect=1
+        kafka_settings,
+        ALARM_TOPIC_NAME,
+        where=lambda e: e.data["source_id"] == f"{agency}:{agency}-2",
+        expect=1,
     )
     assert alarms[0].data["state"] == "raised" and alarms[0].data["alarm_type"] == "dossier_overdue"

@@ -40,6 +40,7 @@ def status(
 ):
     payload = {
         **BASE,
+        "dossier_id": f"{BASE['agency_code']}:{code}",
         "dossier_code": code,
         "procedure_code": "P",
         "channel": channel,
@@ -231,6 +232,7 @@ def test_two_tier_hierarchy_has_no_district_scope():
 def test_overdue_raises_an_alarm_and_resolution_clears_it():
     facts = {
         **BASE,
+        "dossier_id": f"{BASE['agency_code']}:D9",
         "dossier_code": "D9",
         "procedure_code": "P",
         "channel": "online",
@@ -250,7 +252,7 @@ def test_overdue_raises_an_alarm_and_resolution_clears_it():
     _, out = run_in_memory(proc, events[:3], NOW)
     alarms = [orjson.loads(e.value) for e in out if e.topic == "ioc.dossier.alarms"]
     assert [(a["state"], a["alarm_id"], a["district"], a["commune"]) for a in alarms] == [
-        ("raised", "dossier:overdue:D9", "BD", "BD-01")
+        ("raised", "dossier:overdue:UBND-BD-01:D9", "BD", "BD-01")
     ]
     k = kpis(out)
     assert k[("dossier.apologies", "agency", "UBND-BD-01", MONTH)]["num"] == 1
@@ -315,6 +317,7 @@ def _random_lifecycles(seed: int, dossiers: int = 120) -> list:
             "agency_code": agency,
             "admin_unit": unit,
             "district": district,
+            "dossier_id": f"{agency}:{code}",
             "dossier_code": code,
             "procedure_code": "P",
             "channel": channel,

@@ -117,7 +117,7 @@ async def test_applicant_data_never_leaves_the_dossier_tables(farm, issue, kafka
 
         # The outbox relay publishes shortly after the commit: wait for ours, then read the whole topic.
         ours = await read_topic(
-            kafka_settings, "ioc.dossier.lifecycle", where=lambda e: e.key == code, expect=3
+            kafka_settings, "ioc.dossier.lifecycle", where=lambda e: e.data["dossier_code"] == code, expect=3
         )
         lifecycle = await read_topic(kafka_settings, "ioc.dossier.lifecycle", raw=True)
         metrics = (await svc.client.get("/metrics")).content
