@@ -64,6 +64,22 @@ USED_CODES = frozenset(
     }
 )
 
+_TIMELINE_CODES = frozenset(
+    {
+        BEGIN_GREEN,
+        BEGIN_YELLOW,
+        END_YELLOW,
+        BEGIN_RED_CLEARANCE,
+        END_RED_CLEARANCE,
+        PED_BEGIN_WALK,
+        PED_BEGIN_CLEARANCE,
+        PED_BEGIN_DONT_WALK,
+        PED_DARK,
+        PREEMPT_CALL_ON,
+        PREEMPT_CALL_OFF,
+    }
+)
+
 # --- Published thresholds --------------------------------------------------------------------------------------
 #: split failure: GOR >= 0.80 and ROR5 >= 0.80 (Purdue; atspm ``green/red_occupancy_threshold`` 0.80, ``>=``)
 SPLIT_FAILURE_THRESHOLD = 0.80
@@ -73,6 +89,17 @@ ROR_WINDOW_MS = 5000
 CHATTER_GAP_MS = 2000
 #: a pedestrian actuation counts as a new person when the previous one on that phase is older (atspm, 15 s)
 UNIQUE_PED_GAP_MS = 15_000
+#: timeline intervals kept per bin (a 15-minute bin of 16 phases cycling every 40 s holds about 3,000); the rest are
+#: counted in ``timeline_dropped``
+TIMELINE_MAX_PER_BIN = 5000
+
+# Timeline: the interval each event opens, per kind of interval (signal, pedestrian)
+_SIGNAL_OPENS = {BEGIN_GREEN: "green", BEGIN_YELLOW: "yellow", BEGIN_RED_CLEARANCE: "red_clearance"}
+_PED_OPENS = {
+    PED_BEGIN_WALK: "walk",
+    PED_BEGIN_CLEARANCE: "flashing_dont_walk",
+    PED_BEGIN_DONT_WALK: "dont_walk",
+}
 
 
 # --- Formulas --------------------------------------------------------------------------------------------------
@@ -361,6 +388,8 @@ class MeasuresEngine:
                 b["unused"] += 1
         if t > self.d["wm"]:
             self.d["wm"] = t
+        if code in _TIMELINE_CODES:
+            self._timeline(t, code, param)
         if code == DETECTOR_ON or code == DETECTOR_OFF:
             self._detector(t, code, param, b)
         elif code == BEGIN_GREEN:
@@ -440,6 +469,45 @@ class MeasuresEngine:
         elif code == POWER_RESTORED:
             self.alarm("cleared", "power_failure", "", t, "critical", "controller power restored")
         self._check_pending(t)
+
+    def _timeline(self, t: int, code: int, param: int) -> None:
+        """The per-cycle timeline: each interval (signal, pedestrian, preemption) runs from the event that opens
+        it to the next event of its kind; it is recorded in the bin of its end, with the begin green of the phase's
+        cycle it started in."""
+        tl = self.d.setdefault("tl", {})  # open intervals: key → [kind, start, cycle start]
+        greens = self.d.setdefault("tlg", {})  # phase → its latest begin green
+        if code in (PREEMPT_CALL_ON, PREEMPT_CALL_OFF, PREEMPT_ENTRY_STARTED):
+            key = f"e{param}"
+            if code == PREEMPT_CALL_ON:
+                tl.setdefault(key, ["preempt", t, None])  # a repeated call-on continues the call
+            elif code == PREEMPT_CALL_OFF and key in tl:
+                self._timeline_interval(tl.pop(key), None, param, t)
+            return
+        ped = code in (PED_BEGIN_WALK, PED_BEGIN_CLEARANCE, PED_BEGIN_DONT_WALK, PED_DARK)
+        key = f"{'w' if ped else 'p'}{param}"
+        current = tl.get(key)
+        if code == END_YELLOW and (current is None or current[0] != "yellow"):
+            return
+        if code == END_RED_CLEARANCE and (current is None or current[0] != "red_clearance"):
+            return
+        if current is not None:
+            self._timeline_interval(tl.pop(key), param, None, t)
+        if code == BEGIN_GREEN:
+            greens[str(param)] = t
+        kind = (_PED_OPENS if ped else _SIGNAL_OPENS).get(code)
+        if code == END_RED_CLEARANCE:
+            kind = "red"
+        if kind is not None:  # 9 (end yellow) and 24 (ped dark) close without opening
+            tl[key] = [kind, t, greens.get(str(param))]
+
+    def _timeline_interval(self, iv: list, phase: int | None, preempt: int | None, end: int) -> None:
+        b = self._bin(end)
+        if b is None:
+            return
+        if len(b.setdefault("tl", [])) >= TIMELINE_MAX_PER_BIN:
+            b["tld"] = b.get("tld", 0) + 1
+            return
+        b["tl"].append([iv[0], phase, preempt, iv[1], end, iv[2]])
 
     def _detector(self, t: int, code: int, ch_num: int, b: dict[str, Any] | None) -> None:
         """Detector on/off with the atspm imputation rules: two "on" within 2 s without an "off": occupied
@@ -891,6 +959,11 @@ class MeasuresEngine:
             "pattern": self.d.get("pattern"),
             "cycle_length_seconds": self.d.get("cycle_length"),
             "unused_events": b.get("unused", 0),
+            "timeline": [
+                {"kind": k, "phase": ph, "preempt": pre, "start": a, "end": z, "cycle_start": cyc}
+                for k, ph, pre, a, z, cyc in b.get("tl", ())
+            ],
+            "timeline_dropped": b.get("tld", 0),
         }
 
     def open_bin_measures(self, start: int, b: dict[str, Any], through_ms: int) -> dict[str, Any]:

@@ -458,6 +458,16 @@ class TrafficSignalProcessor(StreamProcessor):
                 "pattern": ix["pattern"],
                 "cycle_length_seconds": ix["cycle_length_seconds"],
                 "computed_at": now_iso,
+                "timeline": [
+                    {
+                        **iv,
+                        "start": iso_ms(iv["start"]),
+                        "end": iso_ms(iv["end"]),
+                        "cycle_start": None if iv["cycle_start"] is None else iso_ms(iv["cycle_start"]),
+                    }
+                    for iv in ix["timeline"]
+                ],
+                "timeline_dropped": ix["timeline_dropped"],
             }
             out.append(
                 encode(
