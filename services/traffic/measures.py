@@ -89,6 +89,9 @@ ROR_WINDOW_MS = 5000
 CHATTER_GAP_MS = 2000
 #: a pedestrian actuation counts as a new person when the previous one on that phase is older (atspm, 15 s)
 UNIQUE_PED_GAP_MS = 15_000
+#: pedestrian volume model of atspm 2.6.1 ``full_ped.sql`` (hourly volume from the hour's unique actuations U:
+#: 0.7167·U + 0.0599·U² + 1.1063), spread over the hour's four 15-minute bins; see docs/traffic-measures.md
+PED_VOLUME_LINEAR, PED_VOLUME_SQUARED, PED_VOLUME_INTERCEPT = 0.7167, 0.0599, 1.1063
 #: timeline intervals kept per bin (a 15-minute bin of 16 phases cycling every 40 s holds about 3,000); the rest are
 #: counted in ``timeline_dropped``
 TIMELINE_MAX_PER_BIN = 5000
@@ -168,6 +171,16 @@ def split_failure_ratios(
 def is_split_failure(gor: float, ror5: float) -> bool:
     """Both occupancies at or above 0.80 (the published threshold is inclusive)."""
     return gor >= SPLIT_FAILURE_THRESHOLD and ror5 >= SPLIT_FAILURE_THRESHOLD
+
+
+def ped_volume_estimate(unique: Sequence[int]) -> float:
+    """Estimated pedestrians in a 15-minute bin from the unique actuations of that bin and the next three (the hour
+    starting with it): ``(0.7167·R + 0.0599·R²) · U / R + 1.1063 / 4`` with U = ``unique[0]``, R = ``sum(unique)``
+    (atspm 2.6.1 ``full_ped.sql``, ``return_volumes``); with R = 0 only the intercept's quarter."""
+    rolling = sum(unique)
+    hourly = PED_VOLUME_LINEAR * rolling + PED_VOLUME_SQUARED * rolling**2
+    share = unique[0] / rolling if rolling else 0.0
+    return hourly * share + PED_VOLUME_INTERCEPT / 4
 
 
 def ratio(num: float, den: float) -> float | None:
@@ -414,6 +427,7 @@ class MeasuresEngine:
         elif code == PED_DETECTOR_ON:
             self._ped_actuation(t, param)
         elif code == PED_BEGIN_WALK:
+            self._ped_phase(param)
             ph = self._phase(param)
             bp = self._bin_phase(t, param)
             if bp is not None:
@@ -686,6 +700,7 @@ class MeasuresEngine:
         ph["red"], ph["green"], ph["yellow"], ph["ng"], ph["ny"] = t, None, None, 0, 0
 
     def _ped_actuation(self, t: int, phase: int) -> None:
+        self._ped_phase(phase)
         ph = self._phase(phase)  # ped detector n serves phase n (the ATSPM default mapping)
         if ph["ped"] is None:
             ph["ped"] = t
@@ -696,6 +711,32 @@ class MeasuresEngine:
             if last is None or t - last > UNIQUE_PED_GAP_MS:
                 bp["pedu"] += 1
         self.d["pedlast"][str(phase)] = t
+
+    def _ped_phase(self, phase: int) -> None:
+        peds = self.d.setdefault("pedph", [])
+        if phase not in peds:
+            peds.append(phase)
+
+    def _ped_volumes(self) -> None:
+        """Revise the phase measures of each closed bin whose hour (it and the next three bins) has closed with
+        its pedestrian volume estimate; bins without data count zero unique actuations."""
+        pending = self.d.setdefault("pv", {})
+        peds = set(self.d.get("pedph", ()))
+        for key in sorted(pending, key=int):
+            start = int(key)
+            if start + 4 * self.p.bin_ms > self.d["closed_through"]:
+                break
+            closed = pending.pop(key)
+            later = [pending.get(str(start + k * self.p.bin_ms), {}).get("u", {}) for k in (1, 2, 3)]
+            phases = []
+            for m in closed["phases"]:
+                p = str(m["phase"])
+                if m["phase"] in peds:
+                    unique = [m["unique_ped_actuations"], *(u.get(p, 0) for u in later)]
+                    m = {**m, "ped_volume_estimate": ped_volume_estimate(unique)}
+                    phases.append(m)
+            if phases:
+                self.d.setdefault("revised", []).append({**closed, "phases": phases})
 
     def _preempt(self, t: int, code: int, number: int) -> None:
         b = self._bin(t)
@@ -827,8 +868,17 @@ class MeasuresEngine:
                 break
             b = self.d["bins"].pop(key)
             self._bin_start = self._bin_data = None
-            self.d["closed"].append(self.bin_measures(start, b, final=True))
+            m = self.bin_measures(start, b, final=True)
+            self.d["closed"].append(m)
             self.d["closed_through"] = max(self.d["closed_through"], start + self.p.bin_ms)
+            self.d.setdefault("pv", {})[key] = {
+                "bin_start": start,
+                "events": m["events"],
+                "data_completeness": m["data_completeness"],
+                "u": {str(x["phase"]): x["unique_ped_actuations"] for x in m["phases"]},
+                "phases": m["phases"],
+            }
+        self._ped_volumes()
 
     def bin_measures(self, start: int, b: dict[str, Any], final: bool = False) -> dict[str, Any]:
         """The finished measures of one bin: per phase, plus the intersection's events, completeness, detectors,
@@ -885,6 +935,8 @@ class MeasuresEngine:
                     "phase_wait_samples": m["wn"],
                     "phase_wait_seconds_avg": ratio(m["ws"], m["wn"]),
                     "phase_wait_seconds_max": m["wm"] if m["wn"] else None,
+                    # published with the revision of the bin once its hour has closed
+                    "ped_volume_estimate": None,
                 }
             )
         return {

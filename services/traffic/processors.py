@@ -293,8 +293,13 @@ class TrafficSignalProcessor(StreamProcessor):
             for alarm in eng_data.get("alarms", ()):
                 out.append(self._alarm(cs, alarm))
                 changed = True
-            if eng_data.get("closed") or eng_data.get("alarms"):
-                eng_data["closed"], eng_data["alarms"] = [], []
+            for revised in eng_data.get(
+                "revised", ()
+            ):  # no KPI: the bin's counts went with its first version
+                out.extend(self._measures(cid, cs, revised, now_iso, revision="ped-volume"))
+                changed = True
+            if eng_data.get("closed") or eng_data.get("alarms") or eng_data.get("revised"):
+                eng_data["closed"], eng_data["alarms"], eng_data["revised"] = [], [], []
             if any(a.split(":", 1)[0] in FAULT_ALARMS for a in eng_data.get("active", {})):
                 faults[cs["district"] or "unknown"] = faults.get(cs["district"] or "unknown", 0) + 1
             else:
@@ -340,8 +345,11 @@ class TrafficSignalProcessor(StreamProcessor):
             for closed in eng_data.get("closed", ()):
                 out.extend(self._measures(cid, cs, closed, now_iso))
                 changed = True
-            if eng_data.get("closed") or eng_data.get("alarms"):
-                eng_data["closed"], eng_data["alarms"] = [], []
+            for revised in eng_data.get("revised", ()):
+                out.extend(self._measures(cid, cs, revised, now_iso, revision="ped-volume"))
+                changed = True
+            if eng_data.get("closed") or eng_data.get("alarms") or eng_data.get("revised"):
+                eng_data["closed"], eng_data["alarms"], eng_data["revised"] = [], [], []
             if cs.get("done") and not cs["buf"]:
                 state.pop(key)
             elif changed:
@@ -408,8 +416,10 @@ class TrafficSignalProcessor(StreamProcessor):
         )
 
     def _measures(
-        self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str
+        self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str, revision: str = ""
     ) -> list[EncodedEvent]:
+        """The bin's phase measures and intersection measures; a ``revision`` (the phase measures again, with
+        what only a later bin completes) gets an event id of its own, the store keeps the latest per bin."""
         out = []
         head = {"intersection_id": cs["iid"], "controller_id": cid, "district": cs["district"]}
         bin_start, bin_seconds = iso_ms(closed["bin_start"]), self.params.bin_ms // 1000
@@ -429,7 +439,8 @@ class TrafficSignalProcessor(StreamProcessor):
                     MEASURES_EVENT,
                     payload,
                     source=SOURCE,
-                    id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}",
+                    id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}"
+                    + (f":{revision}" if revision else ""),
                 )
             )
         ix = closed.get("intersection")

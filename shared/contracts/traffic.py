@@ -246,6 +246,12 @@ class PhaseMeasuresComputed(EventModel):
         None, description="phase call registered (43) to begin green"
     )
     phase_wait_seconds_max: StrictFloat | None = None
+    ped_volume_estimate: StrictFloat | None = Field(
+        None,
+        ge=0,
+        description="estimated pedestrians in the bin (atspm's model from unique actuations); set in the bin's "
+        "revision once the hour starting with it has closed, for phases with pedestrian activity",
+    )
 
 
 DetectorStatus = Literal["ok", "stuck_on", "stuck_off", "chattering", "unusual"]
