@@ -90,7 +90,8 @@ CHATTER_GAP_MS = 2000
 #: a pedestrian actuation counts as a new person when the previous one on that phase is older (atspm, 15 s)
 UNIQUE_PED_GAP_MS = 15_000
 #: pedestrian volume model of atspm 2.6.1 ``full_ped.sql`` (hourly volume from the hour's unique actuations U:
-#: 0.7167·U + 0.0599·U² + 1.1063), spread over the hour's four 15-minute bins; see docs/traffic-measures.md
+#: 0.7167·U + 0.0599·U² + 1.1063; Singleton & Runa, doi:10.1177/0361198121994126), spread over the hour's four
+#: 15-minute bins; see docs/traffic-measures.md
 PED_VOLUME_LINEAR, PED_VOLUME_SQUARED, PED_VOLUME_INTERCEPT = 0.7167, 0.0599, 1.1063
 #: timeline intervals kept per bin (a 15-minute bin of 16 phases cycling every 40 s holds about 3,000); the rest are
 #: counted in ``timeline_dropped``
