@@ -293,9 +293,8 @@ class TrafficSignalProcessor(StreamProcessor):
             for alarm in eng_data.get("alarms", ()):
                 out.append(self._alarm(cs, alarm))
                 changed = True
-            for revised in eng_data.get(
-                "revised", ()
-            ):  # no KPI: the bin's counts went with its first version
+            # a revision counts no KPI: the bin's counts went with its first version
+            for revised in eng_data.get("revised", ()):
                 out.extend(self._measures(cid, cs, revised, now_iso, revision="ped-volume"))
                 changed = True
             if eng_data.get("closed") or eng_data.get("alarms") or eng_data.get("revised"):

@@ -82,3 +82,81 @@ def test_ped_volumes_agree_with_atspm(tmp_path):
     # 9 bins (07:45-09:45); the six whose hour closed (07:45-09:00) are estimated for phases 2 and 4, the first
     # (07:45, holding each phase's first press) left out
     assert sorted({p for _, p in got}) == [2, 4] and compared == 10
+
+
+def test_the_revision_goes_out_with_an_id_of_its_own_and_counts_no_kpi_twice():
+    from datetime import timedelta
+
+    import orjson
+
+    from services.traffic.processors import TrafficSignalProcessor
+    from services.traffic.settings import TrafficSettings
+    from shared.contracts.traffic import HiResEventsLogged, IntersectionConfigured
+    from shared.stream import run_in_memory
+    from shared.testing import received
+
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    base = round(start.timestamp() * 1000)
+    registry = {
+        "intersection_id": "I-PV",
+        "controller_id": "C-PV",
+        "name": "ped volume",
+        "district": "BD",
+        "lat": 21.03,
+        "lon": 105.82,
+        "phases": [2, 4],
+        "detectors": [],
+        "revision": 1,
+    }
+    # live events: presses in bins 0, 1 and 3 of phase 4, then event time reaching 5000 s (the last event is
+    # held back by the reorder tolerance) closes bins 0-4 (a bin closes when event time passes its end plus the
+    # 5-minute grace): bins 0 and 1 have their hour
+    events = [
+        (10, 90, 4),
+        (40, 90, 4),
+        (1000, 90, 4),
+        (2800, 90, 4),
+        (3700, 1, 2),
+        (5000, 1, 2),
+        (6000, 1, 2),
+    ]
+    records = [received(IntersectionConfigured, registry)]
+    for n, (sec, code, param) in enumerate(events):
+        t = datetime.fromtimestamp((base + sec * 1000) / 1000, UTC).isoformat()
+        records.append(
+            received(
+                HiResEventsLogged,
+                {
+                    "controller_id": "C-PV",
+                    "intersection_id": "I-PV",
+                    "district": "BD",
+                    "events": [{"t": t, "code": code, "param": param}],
+                },
+                offset=n + 1,
+            )
+        )
+    _, out = run_in_memory(
+        TrafficSignalProcessor(TrafficSettings()), records, now=start + timedelta(seconds=6001)
+    )
+    ids = [dict(ev.headers)["ce_id"].decode() for ev in out]
+    first, revision = f"measures:I-PV:4:{base}", f"measures:I-PV:4:{base}:ped-volume"
+    assert first in ids and revision in ids
+    by_id = {i: orjson.loads(ev.value) for i, ev in zip(ids, out, strict=True)}
+    assert by_id[first]["ped_volume_estimate"] is None
+    # bin 0: U = 2, R = 2 + 1 + 0 + 1 = 4; H = 0.7167·4 + 0.0599·16 = 2.8668 + 0.9584 = 3.8252; · 2/4 = 1.9126;
+    # + 0.276575 → 2.189175
+    assert by_id[revision]["ped_volume_estimate"] == pytest.approx(2.189175)
+    # the city's ped actuations of bin 0 count the bin once (2 presses), not again for its revision
+    kpis = [
+        orjson.loads(ev.value)
+        for ev in out
+        if dict(ev.headers)["ce_type"].decode().endswith("kpi.observed.v1")
+    ]
+    window = [
+        k
+        for k in kpis
+        if k.get("kpi") == "traffic.ped_actuations"
+        and k.get("scope_level") == "city"
+        and k.get("window_start", "").startswith(start.strftime("%Y-%m-%dT%H:%M"))
+    ]
+    assert window and window[-1]["value"] == 2
