@@ -93,9 +93,10 @@ UNIQUE_PED_GAP_MS = 15_000
 #: 0.7167·U + 0.0599·U² + 1.1063; Singleton & Runa, doi:10.1177/0361198121994126), spread over the hour's four
 #: 15-minute bins; see docs/traffic-measures.md
 PED_VOLUME_LINEAR, PED_VOLUME_SQUARED, PED_VOLUME_INTERCEPT = 0.7167, 0.0599, 1.1063
-#: timeline intervals kept per bin (a 15-minute bin of 16 phases cycling every 40 s holds about 3,000); the rest are
+#: timeline intervals kept per bin (16 phases with pedestrians cycling every 40 s make about 2,500 in 15 minutes;
+#: 4,000 of about 150 bytes keep the event well under a broker's 1 MB message limit); the rest are
 #: counted in ``timeline_dropped``
-TIMELINE_MAX_PER_BIN = 5000
+TIMELINE_MAX_PER_BIN = 4000
 
 # Timeline: the interval each event opens, per kind of interval (signal, pedestrian)
 _SIGNAL_OPENS = {BEGIN_GREEN: "green", BEGIN_YELLOW: "yellow", BEGIN_RED_CLEARANCE: "red_clearance"}

@@ -335,10 +335,10 @@ class IntersectionMeasuresComputed(EventModel):
     computed_at: datetime
     timeline: list[TimelineInterval] = Field(
         default_factory=list,
-        max_length=5000,
+        max_length=4000,
         description="intervals (signal, pedestrian, preemption) that ended in the bin, oldest first",
     )
-    timeline_dropped: StrictInt = Field(0, ge=0, description="intervals beyond the bin's 5,000 left out")
+    timeline_dropped: StrictInt = Field(0, ge=0, description="intervals beyond the bin's 4,000 left out")
 
 
 __all__ = [
