@@ -67,6 +67,8 @@ BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
     "traffic.red_light_running_actuations": ("redrun", None, 1.0, "actuations"),
     "traffic.ped_actuations": ("peda", None, 1.0, "actuations"),
     "traffic.detectors_unhealthy": ("unhealthy", None, 1.0, "detectors"),
+    # added by each bin's revision once its hour has closed (docs/traffic-measures.md)
+    "traffic.ped_volume_estimate": ("pedv", None, 1.0, "pedestrians"),
 }
 SIGNAL_STATE_EVENT = event_type_of(SignalStateChanged)
 MEASURES_EVENT = event_type_of(PhaseMeasuresComputed)
@@ -108,6 +110,7 @@ _ACC_FIELDS = (
     "redrun",
     "peda",
     "unhealthy",
+    "pedv",
 )
 
 
@@ -293,9 +296,16 @@ class TrafficSignalProcessor(StreamProcessor):
             for alarm in eng_data.get("alarms", ()):
                 out.append(self._alarm(cs, alarm))
                 changed = True
-            # a revision counts no KPI: the bin's counts went with its first version
+            # a revision adds only its ped volume estimates: the bin's counts went with its first version
             for revised in eng_data.get("revised", ()):
                 out.extend(self._measures(cid, cs, revised, now_iso, revision="ped-volume"))
+                window = str(revised["bin_start"])
+                if window in kpis:  # (a window no longer kept gets no late partial totals)
+                    acc = kpis[window].setdefault(cs["district"] or "unknown", dict.fromkeys(_ACC_FIELDS, 0))
+                    acc["pedv"] = acc.get("pedv", 0) + sum(
+                        m["ped_volume_estimate"] or 0 for m in revised["phases"]
+                    )
+                    dirty_windows.add(window)
                 changed = True
             if eng_data.get("closed") or eng_data.get("alarms") or eng_data.get("revised"):
                 eng_data["closed"], eng_data["alarms"], eng_data["revised"] = [], [], []
@@ -540,7 +550,7 @@ class TrafficSignalProcessor(StreamProcessor):
         scopes: list[tuple[str, str, dict[str, float]]] = []
         for district, acc in sorted(by_district.items()):
             for f in _ACC_FIELDS:
-                city[f] += acc[f]
+                city[f] += acc.get(f, 0)  # (accumulators kept from before a field existed lack it)
             if district != "unknown":
                 scopes.append(("district", district, acc))
         scopes.append(("city", CITY_CODE, city))
@@ -552,7 +562,7 @@ class TrafficSignalProcessor(StreamProcessor):
                     level,
                     code,
                     window_ms,
-                    acc[num],
+                    acc.get(num, 0),
                     acc[den] if den else None,
                     scale,
                     unit,
@@ -624,7 +634,7 @@ def _with_open_bins(
     for district, part in partials.items():
         acc = out.setdefault(district, dict.fromkeys(_ACC_FIELDS, 0))
         for f in _ACC_FIELDS:
-            acc[f] += part[f]
+            acc[f] = acc.get(f, 0) + part[f]
     return out
 
 

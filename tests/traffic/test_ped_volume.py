@@ -84,7 +84,7 @@ def test_ped_volumes_agree_with_atspm(tmp_path):
     assert sorted({p for _, p in got}) == [2, 4] and compared == 10
 
 
-def test_the_revision_goes_out_with_an_id_of_its_own_and_counts_no_kpi_twice():
+def test_the_revision_goes_out_with_an_id_of_its_own_and_adds_only_the_estimate_to_the_kpis():
     from datetime import timedelta
 
     import orjson
@@ -160,3 +160,12 @@ def test_the_revision_goes_out_with_an_id_of_its_own_and_counts_no_kpi_twice():
         and k.get("window_start", "").startswith(start.strftime("%Y-%m-%dT%H:%M"))
     ]
     assert window and window[-1]["value"] == 2
+    # the city's ped volume estimate of bin 0: the revision's estimate (phase 4 only: phase 2 has no pedestrians)
+    estimates = [
+        k
+        for k in kpis
+        if k.get("kpi") == "traffic.ped_volume_estimate"
+        and k.get("scope_level") == "city"
+        and k.get("window_start", "").startswith(start.strftime("%Y-%m-%dT%H:%M"))
+    ]
+    assert estimates[-1]["value"] == pytest.approx(2.189175)
