@@ -500,6 +500,18 @@ INTERSECTION_COLUMNS = (
     "transit_priority",
 )
 
+TIMELINE_COLUMNS = (
+    "intersection_id",
+    "bin_start",
+    "bin_seconds",
+    "kind",
+    "phase",
+    "preempt",
+    "start",
+    "end",
+    "cycle_start",
+)
+
 
 def _cell(col: str, v: Any) -> Any:
     if v is None:
@@ -543,13 +555,28 @@ def detector_rows(intersection_rows: list[dict[str, Any]]) -> list[dict[str, Any
     ]
 
 
+def timeline_rows(intersection_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per timeline interval (bins stored before the timeline existed have none)."""
+    return [
+        {
+            "intersection_id": m["intersection_id"],
+            "bin_start": m["bin_start"],
+            "bin_seconds": m["bin_seconds"],
+            **iv,
+        }
+        for m in intersection_rows
+        for iv in m.get("timeline") or ()
+    ]
+
+
 @router.get(
     "/intersections/{intersection_id}/measures",
     summary="15-minute signal performance measures",
     description="Measures per bin with from <= bin_start < to (default: the last 24 hours), as JSON (phase "
     "measures, and the intersection's detectors, preemption, transit priority and coordination) or CSV "
     "(kind=phases: one row per phase and bin; kind=detectors: per detector channel and bin; "
-    "kind=intersection: per bin). Formulas and conventions: docs/traffic-measures.md.",
+    "kind=intersection: per bin; kind=timeline: per signal, pedestrian and preemption interval, in the bin "
+    "where it ended). Formulas and conventions: docs/traffic-measures.md.",
 )
 async def export_measures(
     intersection_id: str,
@@ -557,7 +584,7 @@ async def export_measures(
     from_: Annotated[SaneAwareDatetime | None, Query(alias="from")] = None,
     to: SaneAwareDatetime | None = None,
     format: Literal["json", "csv"] = "json",
-    kind: Literal["phases", "detectors", "intersection"] = "phases",
+    kind: Literal["phases", "detectors", "intersection", "timeline"] = "phases",
     _: Principal = Depends(require_scope("traffic:read")),
 ):
     ctx = _ctx(request)
@@ -568,6 +595,9 @@ async def export_measures(
         raise ApiError(422, "invalid_period", "'from' must be before 'to'")
     if end - start > timedelta(days=93):
         raise ApiError(422, "invalid_period", "at most 93 days per export")
+    if kind == "timeline" and end - start > timedelta(days=1):
+        # a busy intersection's timeline holds thousands of intervals per bin
+        raise ApiError(422, "invalid_period", "at most 1 day per timeline export")
     if not any(r["intersection_id"] == intersection_id for r in ctx.extras["registry"].values()):
         if await repository.get_intersection(ctx.pool, intersection_id) is None:
             raise ApiError(404, "not_found", "no such intersection")
@@ -580,6 +610,8 @@ async def export_measures(
             text = measures_csv(detector_rows(ix_rows), DETECTOR_COLUMNS)
         elif kind == "intersection":
             text = measures_csv(ix_rows, INTERSECTION_COLUMNS)
+        elif kind == "timeline":
+            text = measures_csv(timeline_rows(ix_rows), TIMELINE_COLUMNS)
         else:
             text = measures_csv(rows)
         return Response(
@@ -587,6 +619,17 @@ async def export_measures(
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="traffic-{kind}.csv"'},
         )
+    if kind == "timeline":
+        return ORJSONResponse(
+            {
+                "intersection_id": intersection_id,
+                "from": start.isoformat(),
+                "to": end.isoformat(),
+                "timeline": timeline_rows(ix_rows),
+            }
+        )
+    # the timeline is exported on its own (kind=timeline), a day at most
+    ix_rows = [{k: v for k, v in m.items() if k != "timeline"} for m in ix_rows]
     return ORJSONResponse(
         {
             "intersection_id": intersection_id,

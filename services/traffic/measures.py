@@ -64,6 +64,22 @@ USED_CODES = frozenset(
     }
 )
 
+_TIMELINE_CODES = frozenset(
+    {
+        BEGIN_GREEN,
+        BEGIN_YELLOW,
+        END_YELLOW,
+        BEGIN_RED_CLEARANCE,
+        END_RED_CLEARANCE,
+        PED_BEGIN_WALK,
+        PED_BEGIN_CLEARANCE,
+        PED_BEGIN_DONT_WALK,
+        PED_DARK,
+        PREEMPT_CALL_ON,
+        PREEMPT_CALL_OFF,
+    }
+)
+
 # --- Published thresholds --------------------------------------------------------------------------------------
 #: split failure: GOR >= 0.80 and ROR5 >= 0.80 (Purdue; atspm ``green/red_occupancy_threshold`` 0.80, ``>=``)
 SPLIT_FAILURE_THRESHOLD = 0.80
@@ -73,6 +89,22 @@ ROR_WINDOW_MS = 5000
 CHATTER_GAP_MS = 2000
 #: a pedestrian actuation counts as a new person when the previous one on that phase is older (atspm, 15 s)
 UNIQUE_PED_GAP_MS = 15_000
+#: pedestrian volume model of atspm 2.6.1 ``full_ped.sql`` (hourly volume from the hour's unique actuations U:
+#: 0.7167·U + 0.0599·U² + 1.1063; Singleton & Runa, doi:10.1177/0361198121994126), spread over the hour's four
+#: 15-minute bins; see docs/traffic-measures.md
+PED_VOLUME_LINEAR, PED_VOLUME_SQUARED, PED_VOLUME_INTERCEPT = 0.7167, 0.0599, 1.1063
+#: timeline intervals kept per bin (16 phases with pedestrians cycling every 40 s make about 2,500 in 15 minutes;
+#: 4,000 of about 150 bytes keep the event well under a broker's 1 MB message limit); the rest are
+#: counted in ``timeline_dropped``
+TIMELINE_MAX_PER_BIN = 4000
+
+# Timeline: the interval each event opens, per kind of interval (signal, pedestrian)
+_SIGNAL_OPENS = {BEGIN_GREEN: "green", BEGIN_YELLOW: "yellow", BEGIN_RED_CLEARANCE: "red_clearance"}
+_PED_OPENS = {
+    PED_BEGIN_WALK: "walk",
+    PED_BEGIN_CLEARANCE: "flashing_dont_walk",
+    PED_BEGIN_DONT_WALK: "dont_walk",
+}
 
 
 # --- Formulas --------------------------------------------------------------------------------------------------
@@ -141,6 +173,16 @@ def split_failure_ratios(
 def is_split_failure(gor: float, ror5: float) -> bool:
     """Both occupancies at or above 0.80 (the published threshold is inclusive)."""
     return gor >= SPLIT_FAILURE_THRESHOLD and ror5 >= SPLIT_FAILURE_THRESHOLD
+
+
+def ped_volume_estimate(unique: Sequence[int]) -> float:
+    """Estimated pedestrians in a 15-minute bin from the unique actuations of that bin and the next three (the hour
+    starting with it): ``(0.7167·R + 0.0599·R²) · U / R + 1.1063 / 4`` with U = ``unique[0]``, R = ``sum(unique)``
+    (atspm 2.6.1 ``full_ped.sql``, ``return_volumes``); with R = 0 only the intercept's quarter."""
+    rolling = sum(unique)
+    hourly = PED_VOLUME_LINEAR * rolling + PED_VOLUME_SQUARED * rolling**2
+    share = unique[0] / rolling if rolling else 0.0
+    return hourly * share + PED_VOLUME_INTERCEPT / 4
 
 
 def ratio(num: float, den: float) -> float | None:
@@ -361,6 +403,8 @@ class MeasuresEngine:
                 b["unused"] += 1
         if t > self.d["wm"]:
             self.d["wm"] = t
+        if code in _TIMELINE_CODES:
+            self._timeline(t, code, param)
         if code == DETECTOR_ON or code == DETECTOR_OFF:
             self._detector(t, code, param, b)
         elif code == BEGIN_GREEN:
@@ -385,6 +429,7 @@ class MeasuresEngine:
         elif code == PED_DETECTOR_ON:
             self._ped_actuation(t, param)
         elif code == PED_BEGIN_WALK:
+            self._ped_phase(param)
             ph = self._phase(param)
             bp = self._bin_phase(t, param)
             if bp is not None:
@@ -440,6 +485,45 @@ class MeasuresEngine:
         elif code == POWER_RESTORED:
             self.alarm("cleared", "power_failure", "", t, "critical", "controller power restored")
         self._check_pending(t)
+
+    def _timeline(self, t: int, code: int, param: int) -> None:
+        """The per-cycle timeline: each interval (signal, pedestrian, preemption) runs from the event that opens
+        it to the next event of its kind; it is recorded in the bin of its end, with the begin green of the phase's
+        cycle it started in."""
+        tl = self.d.setdefault("tl", {})  # open intervals: key → [kind, start, cycle start]
+        greens = self.d.setdefault("tlg", {})  # phase → its latest begin green
+        if code in (PREEMPT_CALL_ON, PREEMPT_CALL_OFF, PREEMPT_ENTRY_STARTED):
+            key = f"e{param}"
+            if code == PREEMPT_CALL_ON:
+                tl.setdefault(key, ["preempt", t, None])  # a repeated call-on continues the call
+            elif code == PREEMPT_CALL_OFF and key in tl:
+                self._timeline_interval(tl.pop(key), None, param, t)
+            return
+        ped = code in (PED_BEGIN_WALK, PED_BEGIN_CLEARANCE, PED_BEGIN_DONT_WALK, PED_DARK)
+        key = f"{'w' if ped else 'p'}{param}"
+        current = tl.get(key)
+        if code == END_YELLOW and (current is None or current[0] != "yellow"):
+            return
+        if code == END_RED_CLEARANCE and (current is None or current[0] != "red_clearance"):
+            return
+        if current is not None:
+            self._timeline_interval(tl.pop(key), param, None, t)
+        if code == BEGIN_GREEN:
+            greens[str(param)] = t
+        kind = (_PED_OPENS if ped else _SIGNAL_OPENS).get(code)
+        if code == END_RED_CLEARANCE:
+            kind = "red"
+        if kind is not None:  # 9 (end yellow) and 24 (ped dark) close without opening
+            tl[key] = [kind, t, greens.get(str(param))]
+
+    def _timeline_interval(self, iv: list, phase: int | None, preempt: int | None, end: int) -> None:
+        b = self._bin(end)
+        if b is None:
+            return
+        if len(b.setdefault("tl", [])) >= TIMELINE_MAX_PER_BIN:
+            b["tld"] = b.get("tld", 0) + 1
+            return
+        b["tl"].append([iv[0], phase, preempt, iv[1], end, iv[2]])
 
     def _detector(self, t: int, code: int, ch_num: int, b: dict[str, Any] | None) -> None:
         """Detector on/off with the atspm imputation rules: two "on" within 2 s without an "off": occupied
@@ -618,6 +702,7 @@ class MeasuresEngine:
         ph["red"], ph["green"], ph["yellow"], ph["ng"], ph["ny"] = t, None, None, 0, 0
 
     def _ped_actuation(self, t: int, phase: int) -> None:
+        self._ped_phase(phase)
         ph = self._phase(phase)  # ped detector n serves phase n (the ATSPM default mapping)
         if ph["ped"] is None:
             ph["ped"] = t
@@ -628,6 +713,32 @@ class MeasuresEngine:
             if last is None or t - last > UNIQUE_PED_GAP_MS:
                 bp["pedu"] += 1
         self.d["pedlast"][str(phase)] = t
+
+    def _ped_phase(self, phase: int) -> None:
+        peds = self.d.setdefault("pedph", [])
+        if phase not in peds:
+            peds.append(phase)
+
+    def _ped_volumes(self) -> None:
+        """Revise the phase measures of each closed bin whose hour (it and the next three bins) has closed with
+        its pedestrian volume estimate; bins without data count zero unique actuations."""
+        pending = self.d.setdefault("pv", {})
+        peds = set(self.d.get("pedph", ()))
+        for key in sorted(pending, key=int):
+            start = int(key)
+            if start + 4 * self.p.bin_ms > self.d["closed_through"]:
+                break
+            closed = pending.pop(key)
+            later = [pending.get(str(start + k * self.p.bin_ms), {}).get("u", {}) for k in (1, 2, 3)]
+            phases = []
+            for m in closed["phases"]:
+                p = str(m["phase"])
+                if m["phase"] in peds:
+                    unique = [m["unique_ped_actuations"], *(u.get(p, 0) for u in later)]
+                    m = {**m, "ped_volume_estimate": ped_volume_estimate(unique)}
+                    phases.append(m)
+            if phases:
+                self.d.setdefault("revised", []).append({**closed, "phases": phases})
 
     def _preempt(self, t: int, code: int, number: int) -> None:
         b = self._bin(t)
@@ -759,8 +870,17 @@ class MeasuresEngine:
                 break
             b = self.d["bins"].pop(key)
             self._bin_start = self._bin_data = None
-            self.d["closed"].append(self.bin_measures(start, b, final=True))
+            m = self.bin_measures(start, b, final=True)
+            self.d["closed"].append(m)
             self.d["closed_through"] = max(self.d["closed_through"], start + self.p.bin_ms)
+            self.d.setdefault("pv", {})[key] = {
+                "bin_start": start,
+                "events": m["events"],
+                "data_completeness": m["data_completeness"],
+                "u": {str(x["phase"]): x["unique_ped_actuations"] for x in m["phases"]},
+                "phases": m["phases"],
+            }
+        self._ped_volumes()
 
     def bin_measures(self, start: int, b: dict[str, Any], final: bool = False) -> dict[str, Any]:
         """The finished measures of one bin: per phase, plus the intersection's events, completeness, detectors,
@@ -817,6 +937,8 @@ class MeasuresEngine:
                     "phase_wait_samples": m["wn"],
                     "phase_wait_seconds_avg": ratio(m["ws"], m["wn"]),
                     "phase_wait_seconds_max": m["wm"] if m["wn"] else None,
+                    # published with the revision of the bin once its hour has closed
+                    "ped_volume_estimate": None,
                 }
             )
         return {
@@ -891,6 +1013,11 @@ class MeasuresEngine:
             "pattern": self.d.get("pattern"),
             "cycle_length_seconds": self.d.get("cycle_length"),
             "unused_events": b.get("unused", 0),
+            "timeline": [
+                {"kind": k, "phase": ph, "preempt": pre, "start": a, "end": z, "cycle_start": cyc}
+                for k, ph, pre, a, z, cyc in b.get("tl", ())
+            ],
+            "timeline_dropped": b.get("tld", 0),
         }
 
     def open_bin_measures(self, start: int, b: dict[str, Any], through_ms: int) -> dict[str, Any]:

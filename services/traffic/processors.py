@@ -67,6 +67,8 @@ BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
     "traffic.red_light_running_actuations": ("redrun", None, 1.0, "actuations"),
     "traffic.ped_actuations": ("peda", None, 1.0, "actuations"),
     "traffic.detectors_unhealthy": ("unhealthy", None, 1.0, "detectors"),
+    # added by each bin's revision once its hour has closed (docs/traffic-measures.md)
+    "traffic.ped_volume_estimate": ("pedv", None, 1.0, "pedestrians"),
 }
 SIGNAL_STATE_EVENT = event_type_of(SignalStateChanged)
 MEASURES_EVENT = event_type_of(PhaseMeasuresComputed)
@@ -108,6 +110,7 @@ _ACC_FIELDS = (
     "redrun",
     "peda",
     "unhealthy",
+    "pedv",
 )
 
 
@@ -293,8 +296,19 @@ class TrafficSignalProcessor(StreamProcessor):
             for alarm in eng_data.get("alarms", ()):
                 out.append(self._alarm(cs, alarm))
                 changed = True
-            if eng_data.get("closed") or eng_data.get("alarms"):
-                eng_data["closed"], eng_data["alarms"] = [], []
+            # a revision adds only its ped volume estimates: the bin's counts went with its first version
+            for revised in eng_data.get("revised", ()):
+                out.extend(self._measures(cid, cs, revised, now_iso, revision="ped-volume"))
+                window = str(revised["bin_start"])
+                if window in kpis:  # (a window no longer kept gets no late partial totals)
+                    acc = kpis[window].setdefault(cs["district"] or "unknown", dict.fromkeys(_ACC_FIELDS, 0))
+                    acc["pedv"] = acc.get("pedv", 0) + sum(
+                        m["ped_volume_estimate"] or 0 for m in revised["phases"]
+                    )
+                    dirty_windows.add(window)
+                changed = True
+            if eng_data.get("closed") or eng_data.get("alarms") or eng_data.get("revised"):
+                eng_data["closed"], eng_data["alarms"], eng_data["revised"] = [], [], []
             if any(a.split(":", 1)[0] in FAULT_ALARMS for a in eng_data.get("active", {})):
                 faults[cs["district"] or "unknown"] = faults.get(cs["district"] or "unknown", 0) + 1
             else:
@@ -340,8 +354,11 @@ class TrafficSignalProcessor(StreamProcessor):
             for closed in eng_data.get("closed", ()):
                 out.extend(self._measures(cid, cs, closed, now_iso))
                 changed = True
-            if eng_data.get("closed") or eng_data.get("alarms"):
-                eng_data["closed"], eng_data["alarms"] = [], []
+            for revised in eng_data.get("revised", ()):
+                out.extend(self._measures(cid, cs, revised, now_iso, revision="ped-volume"))
+                changed = True
+            if eng_data.get("closed") or eng_data.get("alarms") or eng_data.get("revised"):
+                eng_data["closed"], eng_data["alarms"], eng_data["revised"] = [], [], []
             if cs.get("done") and not cs["buf"]:
                 state.pop(key)
             elif changed:
@@ -408,8 +425,10 @@ class TrafficSignalProcessor(StreamProcessor):
         )
 
     def _measures(
-        self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str
+        self, cid: str, cs: dict[str, Any], closed: dict[str, Any], now_iso: str, revision: str = ""
     ) -> list[EncodedEvent]:
+        """The bin's phase measures and intersection measures; a ``revision`` (the phase measures again, with
+        what only a later bin completes) gets an event id of its own, the store keeps the latest per bin."""
         out = []
         head = {"intersection_id": cs["iid"], "controller_id": cid, "district": cs["district"]}
         bin_start, bin_seconds = iso_ms(closed["bin_start"]), self.params.bin_ms // 1000
@@ -429,7 +448,8 @@ class TrafficSignalProcessor(StreamProcessor):
                     MEASURES_EVENT,
                     payload,
                     source=SOURCE,
-                    id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}",
+                    id=f"measures:{cs['iid']}:{m['phase']}:{closed['bin_start']}"
+                    + (f":{revision}" if revision else ""),
                 )
             )
         ix = closed.get("intersection")
@@ -458,6 +478,16 @@ class TrafficSignalProcessor(StreamProcessor):
                 "pattern": ix["pattern"],
                 "cycle_length_seconds": ix["cycle_length_seconds"],
                 "computed_at": now_iso,
+                "timeline": [
+                    {
+                        **iv,
+                        "start": iso_ms(iv["start"]),
+                        "end": iso_ms(iv["end"]),
+                        "cycle_start": None if iv["cycle_start"] is None else iso_ms(iv["cycle_start"]),
+                    }
+                    for iv in ix["timeline"]
+                ],
+                "timeline_dropped": ix["timeline_dropped"],
             }
             out.append(
                 encode(
@@ -520,7 +550,7 @@ class TrafficSignalProcessor(StreamProcessor):
         scopes: list[tuple[str, str, dict[str, float]]] = []
         for district, acc in sorted(by_district.items()):
             for f in _ACC_FIELDS:
-                city[f] += acc[f]
+                city[f] += acc.get(f, 0)  # (accumulators kept from before a field existed lack it)
             if district != "unknown":
                 scopes.append(("district", district, acc))
         scopes.append(("city", CITY_CODE, city))
@@ -532,7 +562,7 @@ class TrafficSignalProcessor(StreamProcessor):
                     level,
                     code,
                     window_ms,
-                    acc[num],
+                    acc.get(num, 0),
                     acc[den] if den else None,
                     scale,
                     unit,
@@ -604,7 +634,7 @@ def _with_open_bins(
     for district, part in partials.items():
         acc = out.setdefault(district, dict.fromkeys(_ACC_FIELDS, 0))
         for f in _ACC_FIELDS:
-            acc[f] += part[f]
+            acc[f] = acc.get(f, 0) + part[f]
     return out
 
 

@@ -246,6 +246,12 @@ class PhaseMeasuresComputed(EventModel):
         None, description="phase call registered (43) to begin green"
     )
     phase_wait_seconds_max: StrictFloat | None = None
+    ped_volume_estimate: StrictFloat | None = Field(
+        None,
+        ge=0,
+        description="estimated pedestrians in the bin (atspm's model from unique actuations); set in the bin's "
+        "revision once the hour starting with it has closed, for phases with pedestrian activity",
+    )
 
 
 DetectorStatus = Literal["ok", "stuck_on", "stuck_off", "chattering", "unusual"]
@@ -281,6 +287,27 @@ class PriorityBinMeasures(EventModel):
     check_outs: StrictInt = Field(ge=0, description="TSP check out (115)")
 
 
+TimelineKind = Literal[
+    "green", "yellow", "red_clearance", "red", "walk", "flashing_dont_walk", "dont_walk", "preempt"
+]
+
+
+class TimelineInterval(EventModel):
+    """One interval of the timing-and-actuation timeline: a phase's signal or pedestrian indication, or a
+    preemption call, from the event that began it to the event that ended it."""
+
+    kind: TimelineKind
+    phase: StrictInt | None = Field(
+        None, ge=0, le=65535, description="the phase (signal and pedestrian kinds)"
+    )
+    preempt: StrictInt | None = Field(None, ge=0, le=65535, description="the preempt number (kind preempt)")
+    start: datetime
+    end: datetime
+    cycle_start: datetime | None = Field(
+        None, description="begin green of the phase's cycle the interval started in; none before the first"
+    )
+
+
 @event_type(
     "ioc.traffic.intersection_measures.computed.v1",
     topic=MEASURES_TOPIC,
@@ -306,6 +333,12 @@ class IntersectionMeasuresComputed(EventModel):
     pattern: StrictInt | None = Field(description="the coordination pattern in force at the bin's end")
     cycle_length_seconds: StrictInt | None = Field(description="the last cycle length logged (132)")
     computed_at: datetime
+    timeline: list[TimelineInterval] = Field(
+        default_factory=list,
+        max_length=4000,
+        description="intervals (signal, pedestrian, preemption) that ended in the bin, oldest first",
+    )
+    timeline_dropped: StrictInt = Field(0, ge=0, description="intervals beyond the bin's 4,000 left out")
 
 
 __all__ = [
@@ -323,4 +356,5 @@ __all__ = [
     "PhaseMeasuresComputed",
     "PhaseState",
     "SignalStateChanged",
+    "TimelineInterval",
 ]

@@ -43,10 +43,13 @@ def atspm_python() -> Path:
     return python
 
 
-def run_atspm(raw_csv: Path, config_csv: Path, out_dir: Path) -> dict[str, list[dict[str, str]]]:
-    """atspm's measure tables for a log and a configuration: {measure name: rows}."""
+def run_atspm(
+    raw_csv: Path, config_csv: Path, out_dir: Path, mode: str = ""
+) -> dict[str, list[dict[str, str]]]:
+    """atspm's measure tables for a log and a configuration: {measure name: rows} (``mode`` see atspm_run.py)."""
+    args = [str(raw_csv), str(config_csv), str(out_dir), *([mode] if mode else [])]
     subprocess.run(
-        [str(atspm_python()), str(HERE / "atspm_run.py"), str(raw_csv), str(config_csv), str(out_dir)],
+        [str(atspm_python()), str(HERE / "atspm_run.py"), *args],
         check=True,
         timeout=300,
     )

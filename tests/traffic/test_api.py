@@ -280,6 +280,23 @@ async def test_events_to_measures_through_processor_and_csv_export(client, keys,
     assert row2["arrivals_on_green"] == "3" and row2["split_failures"] == "1"
     assert row2["detector_volumes"] == "1:7;2:4;3:1"
     assert float(row2["approach_delay_seconds"]) == pytest.approx(47 / 7)
+    # the per-cycle timeline (kind=timeline): its own export, a day at most; left out of the other kinds' JSON
+    assert all("timeline" not in m for m in body["intersection_measures"])
+    r = await client.get(
+        f"/v1/intersections/{iid}/measures",
+        params={**params, "format": "csv", "kind": "timeline"},
+        headers=auth(keys["read"]),
+    )
+    assert r.status_code == 200, r.text
+    timeline = list(csv.DictReader(io.StringIO(r.text)))
+    assert {("green", "2"), ("yellow", "2")} <= {(x["kind"], x["phase"]) for x in timeline}
+    assert all(x["start"] < x["end"] for x in timeline)
+    r = await client.get(
+        f"/v1/intersections/{iid}/measures",
+        params={"from": t0.isoformat(), "to": (t0 + timedelta(days=2)).isoformat(), "kind": "timeline"},
+        headers=auth(keys["read"]),
+    )
+    assert r.status_code == 422 and "1 day" in r.text
     r = await client.get(f"/v1/intersections/{uid('I')}/measures", headers=auth(keys["read"]))
     assert r.status_code == 404
     r = await client.get(

@@ -189,7 +189,7 @@ def generate(seed: int = 35) -> list[tuple[int, int, int]]:
     return sorted((base + tenths * 100, code, param) for tenths, code, param in log.events)
 
 
-def atspm_tables(tmp_path, events):
+def atspm_tables(tmp_path, events, mode=""):
     raw = tmp_path / "raw.csv"
     with raw.open("w", newline="") as f:
         w = csv.writer(f)
@@ -209,7 +209,7 @@ def atspm_tables(tmp_path, events):
         w.writerow(["DeviceId", "Phase", "Parameter", "Function"])
         for ch, (phase, _, function) in sorted(DETECTORS.items()):
             w.writerow([CID, phase, ch, function])
-    return run_atspm(raw, config, tmp_path / "atspm")
+    return run_atspm(raw, config, tmp_path / "atspm", mode)
 
 
 def ioc_measures(events):

@@ -299,6 +299,7 @@ BIN_KPI_IDS = (
     "traffic.red_light_running_actuations",
     "traffic.ped_actuations",
     "traffic.detectors_unhealthy",
+    "traffic.ped_volume_estimate",
 )
 
 
