@@ -50,7 +50,16 @@ class EventPublisher:
         self._partitions_read_at = time.monotonic()
         self._key_partition: dict[tuple[bytes, int], int] = {}  # murmur2 is pure Python; keys repeat
         self._start_lock = asyncio.Lock()
+        # Set when the broker failed us: the next send first makes sure its topics exist, because a broker can
+        # come back without its topics (the embedded broker keeps them in memory) while the producer's metadata
+        # still lists them, and records sent to a topic the broker does not have are never readable.
+        self._broker_lost = False
         self._signer = signer_for(kafka)  # authenticated event sources; None without event keys
+
+    @property
+    def broker_lost(self) -> bool:
+        """The broker failed the last send; the next one re-creates its topics first."""
+        return self._broker_lost
 
     @property
     def started(self) -> bool:
@@ -136,6 +145,8 @@ class EventPublisher:
             await self.start()
         producer = self._producer
         assert producer is not None
+        if self._broker_lost:
+            await self._recreate_topics({ev.topic for ev in events})
         started = time.perf_counter()
         if time.monotonic() - self._partitions_read_at > self._kafka.metadata_max_age_ms / 1000:
             self._partitions.clear()
@@ -195,7 +206,21 @@ class EventPublisher:
             await self._reset()
             raise BrokerUnavailable(f"broker did not acknowledge: {type(exc).__name__}") from exc
 
+    async def _recreate_topics(self, topics: set[str]) -> None:
+        from shared.contracts import TOPICS
+        from shared.kafka.admin import ensure_topics
+
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await ensure_topics(self._kafka, [TOPICS[t] for t in sorted(topics) if t in TOPICS])
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self._reset()
+            raise BrokerUnavailable(f"broker did not answer: {type(exc).__name__}") from exc
+        self._broker_lost = False
+        self._partitions.clear()
+
     async def _reset(self) -> None:
+        self._broker_lost = True
         producer, self._producer = self._producer, None
         self._partitions.clear()
         if producer is not None:
