@@ -47,7 +47,7 @@ SERVICE_RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {
 PROCESSOR_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
 SERVICE_REPLICAS = 2
 # Event signing keys (shared/contracts/provenance.py): one Secret, one entry per producing principal (its
-# base64 key); each workload gets only the entries event_key_owners() names (docs/operations.md).
+# base64 key); each workload gets only the entries event_key_owners() names (docs/archive.md, "Deployment").
 EVENT_KEYS_SECRET = "ioc-event-keys"
 # The archive's S3-compatible bucket: endpoint, bucket name and credentials, all from this Secret.
 ARCHIVE = "archive"

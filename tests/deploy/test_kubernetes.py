@@ -142,7 +142,7 @@ def test_every_referenced_secret_and_configmap_is_provided(docs):
     base itself; a typo in a name would leave pods stuck in CreateContainerConfigError."""
     provided = {d["metadata"]["name"] for d in docs if d["kind"] in ("KafkaUser", "Secret")}
     provided |= {"ioc-kafka-cluster-ca-cert", "ioc-db-app"}
-    # created by the operator from generated values, never committed (docs/operations.md): the event signing
+    # created by the operator from generated values, never committed (docs/archive.md, "Deployment"): the event signing
     # keys and the archive bucket's endpoint, name and credentials
     provided |= {"ioc-event-keys", "ioc-archive-bucket"}
     configmaps = set(by_kind(docs, "ConfigMap"))
