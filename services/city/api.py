@@ -693,9 +693,13 @@ async def _archive_forward(request: Request, path: str, params: dict[str, str]) 
     return Response(r.content, status_code=r.status_code, media_type=media, headers=keep)
 
 
+ARCHIVE_DOWN = {502: {"description": "The archive service did not answer (code archive_unavailable)"}}
+
+
 @router.get(
     "/exports/archive/topics",
     summary="Archived topics (forwarded to the archive service; needs archive:read too)",
+    responses=ARCHIVE_DOWN,
 )
 async def export_archive_topics(request: Request, principal: Principal = READ) -> Response:
     return await _archive_forward(request, "/v1/archive/topics", {})
@@ -704,7 +708,7 @@ async def export_archive_topics(request: Request, principal: Principal = READ) -
 @router.get(
     "/exports/archive",
     summary="An archive extract as CSV or Parquet (forwarded to the archive service; needs archive:read too)",
-    responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}},
+    responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}, **ARCHIVE_DOWN},
 )
 async def export_archive(
     request: Request,
