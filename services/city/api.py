@@ -713,13 +713,17 @@ async def export_archive_topics(request: Request, principal: Principal = READ) -
 async def export_archive(
     request: Request,
     topic: str = Query(..., max_length=120, pattern=r"^[a-z0-9][a-z0-9._\-]*$"),
-    start: SaneDatetime = Query(..., alias="from"),
-    end: SaneDatetime = Query(..., alias="to"),
+    # required, but declared optional so that a bad date is named even when the other one is missing
+    start: SaneDatetime | None = Query(None, alias="from", description="required; RFC 3339 with offset"),
+    end: SaneDatetime | None = Query(None, alias="to", description="required; exclusive"),
     area: str | None = Query(None, max_length=32, pattern=r"^[A-Za-z0-9._\-]+$"),
     entity: str | None = Query(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"),
     format: str = Query("csv", pattern="^(csv|parquet)$"),
     principal: Principal = READ,
 ) -> Response:
+    missing = [{"field": f, "message": "required"} for f, v in (("from", start), ("to", end)) if v is None]
+    if missing:
+        raise ApiError(422, "invalid_request", "from and to are required", missing)
     params = {"topic": topic, "from": start.isoformat(), "to": end.isoformat(), "format": format}
     if area:
         params["area"] = area
