@@ -20,6 +20,9 @@ class ServiceEntry:
     settings: str  # "module:Class"
     processors: str | None = None  # "module:ATTR" → list of processor factories (settings → StreamProcessor)
     simulator: str | None = None  # "module:function" (async main(base_url, api_key, settings))
+    # False: `ioc up` starts it by other means (the archive API starts with its archiver, under
+    # IOC_ARCHIVE_ENABLED), so present_services() leaves it out; deployments (deploy/) still list it.
+    started_by_up: bool = True
 
 
 SERVICES: tuple[ServiceEntry, ...] = (
@@ -63,6 +66,14 @@ SERVICES: tuple[ServiceEntry, ...] = (
         "services.dossier.processors:PROCESSORS",
         "services.dossier.simulator:run",
     ),
+    # The archive's extracts API; its archiver runs as `ioc archive run` (a worker, not a stream processor).
+    ServiceEntry(
+        "archive",
+        8105,
+        "services.archive.app:create_app",
+        "services.archive.settings:ArchiveSettings",
+        started_by_up=False,
+    ),
 )
 
 
@@ -90,4 +101,5 @@ def service(name: str) -> ServiceEntry:
 
 
 def present_services() -> list[ServiceEntry]:
-    return [s for s in SERVICES if available(s.app_factory)]
+    """The services `ioc up` starts and `ioc` commands look for, where their code is present."""
+    return [s for s in SERVICES if s.started_by_up and available(s.app_factory)]

@@ -39,12 +39,14 @@ def password_variable(principal: str) -> str:
 
 
 def principals() -> list[tuple[str, list[dict]]]:
-    """(principal, ACLs) of every service and processor, as the Kubernetes KafkaUsers have them."""
+    """(principal, ACLs) of every service and processor and the archiver, as the Kubernetes KafkaUsers have them."""
     gen = _topics_generator()
     from ioc.registry import SERVICES
 
     found = [(s.name, gen.service_acls(s.name)) for s in SERVICES]
     found += [(p, gen.processor_acls(p)) for p in gen.processor_names()]
+    if gen.archiver_topics()[1] is not None:
+        found.append((gen.ARCHIVER, gen.archiver_acls()))
     return found
 
 

@@ -67,6 +67,10 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier --operation Create --operation Describe --operation Read --operation Write --topic ioc.dossier.lifecycle --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier --operation Create --operation Describe --operation Write --topic ioc.platform.audit --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
+# ioc-archive
+"$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-archive --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_ARCHIVE:?}]"
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archive --operation Create --operation Describe --operation Write --topic ioc.platform.audit --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archive --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 # ioc-city-kpi
 "$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-city-kpi --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_CITY_KPI:?}]"
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-city-kpi --operation Describe --operation Read --topic ioc.dossier.kpis --resource-pattern-type literal
@@ -134,4 +138,34 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write --topic ioc.internal.dossier-kpi.changelog --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Describe --operation Read --group dossier-kpi --resource-pattern-type literal
+# ioc-archiver
+"$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-archiver --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_ARCHIVER:?}]"
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.city.alarms --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.city.kpis --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.dossier.alarms --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.dossier.kpis --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.dossier.lifecycle --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.alarms --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.heartbeats --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.kpis --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.lastseen --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.peripherals --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.registry --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.sessions --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.kiosk.state --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.meter.alarms --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.meter.events --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.meter.feeder_supply --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.meter.interruptions --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.meter.kpis --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.meter.readings --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.meter.registry --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.platform.audit --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.traffic.alarms --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.traffic.events --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.traffic.kpis --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.traffic.measures --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.traffic.registry --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Describe --operation Read --topic ioc.traffic.signal_state --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-archiver --operation Create --operation Describe --operation Read --operation Write --topic ioc.internal.archive.epoch --resource-pattern-type literal
 echo "IOC Kafka users and ACLs applied"

@@ -54,7 +54,9 @@ EPOCH_TOPIC = register_topic(
         key="none",
         owner="archive",
         description="One record per broker life: the id the archiver files its offsets under (internal)",
-        retention_ms=None,
+        # kept forever: were the record deleted by retention, the archiver would take the broker for a new
+        # one and read every retained record again under a new epoch
+        retention_ms=-1,
         compacted=False,
         internal=True,
     )

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
@@ -696,3 +696,75 @@ def _tail_item(record: Any) -> dict[str, Any]:
         "key": ev.key,
         "data": ev.data,
     }
+
+
+# Archive extracts for the console's export buttons -------------------------------------------------------
+# The console is served from this origin and its CSP allows only same-origin connections, so the city forwards
+# extract requests to the archive service. The caller's own Authorization header is forwarded (never a key in
+# a URL, never a service key of the city's): the archive checks ``archive:read`` for that principal and audits
+# the extract under its id. Query parameters are validated here as strictly as the archive does.
+ARCHIVE_MEDIA = (
+    "text/csv",
+    "application/vnd.apache.parquet",
+    "application/json",
+    "application/problem+json",
+)
+
+
+async def _archive_forward(request: Request, path: str, params: dict[str, str]) -> Response:
+    import httpx
+
+    authorization = request.headers.get("authorization")
+    url = _settings(request).archive_url.rstrip("/") + path
+    headers = {"Authorization": authorization} if authorization else {}
+    try:
+        async with httpx.AsyncClient(timeout=_settings(request).archive_timeout_seconds) as client:
+            r = await client.get(url, params=params, headers=headers)
+    except httpx.HTTPError as exc:
+        raise ApiError(
+            502, "archive_unavailable", f"the archive service did not answer: {type(exc).__name__}"
+        ) from None
+    media = r.headers.get("content-type", "application/octet-stream")
+    if not media.startswith(ARCHIVE_MEDIA):
+        raise ApiError(502, "archive_unavailable", "the archive service answered with an unexpected type")
+    keep = {k: r.headers[k] for k in ("content-disposition", "x-row-count", "retry-after") if k in r.headers}
+    return Response(r.content, status_code=r.status_code, media_type=media, headers=keep)
+
+
+ARCHIVE_DOWN = {502: {"description": "The archive service did not answer (code archive_unavailable)"}}
+
+
+@router.get(
+    "/exports/archive/topics",
+    summary="Archived topics (forwarded to the archive service; needs archive:read too)",
+    responses=ARCHIVE_DOWN,
+)
+async def export_archive_topics(request: Request, principal: Principal = READ) -> Response:
+    return await _archive_forward(request, "/v1/archive/topics", {})
+
+
+@router.get(
+    "/exports/archive",
+    summary="An archive extract as CSV or Parquet (forwarded to the archive service; needs archive:read too)",
+    responses={200: {"content": {"text/csv": {}, "application/vnd.apache.parquet": {}}}, **ARCHIVE_DOWN},
+)
+async def export_archive(
+    request: Request,
+    topic: str = Query(..., max_length=120, pattern=r"^[a-z0-9][a-z0-9._\-]*$"),
+    # required, but declared optional so that a bad date is named even when the other one is missing
+    start: SaneDatetime | None = Query(None, alias="from", description="required; RFC 3339 with offset"),
+    end: SaneDatetime | None = Query(None, alias="to", description="required; exclusive"),
+    area: str | None = Query(None, max_length=32, pattern=r"^[A-Za-z0-9._\-]+$"),
+    entity: str | None = Query(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"),
+    format: str = Query("csv", pattern="^(csv|parquet)$"),
+    principal: Principal = READ,
+) -> Response:
+    missing = [{"field": f, "message": "required"} for f, v in (("from", start), ("to", end)) if v is None]
+    if missing:
+        raise ApiError(422, "invalid_request", "from and to are required", missing)
+    params = {"topic": topic, "from": start.isoformat(), "to": end.isoformat(), "format": format}
+    if area:
+        params["area"] = area
+    if entity:
+        params["entity"] = entity
+    return await _archive_forward(request, "/v1/archive/extract", params)

@@ -40,3 +40,6 @@ class CitySettings(ServiceSettings):
     # Live streams (stream + tail) held at once per principal and by the whole process (429 / 503 beyond).
     sse_max_streams_per_principal: int = 4
     sse_max_streams: int = 64
+    # The archive service the console's archive extracts are forwarded to (GET /v1/exports/archive).
+    archive_url: str = "http://127.0.0.1:8105"
+    archive_timeout_seconds: float = 120.0

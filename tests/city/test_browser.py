@@ -230,3 +230,175 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
             await browser.close()
 
     await pub.stop()
+
+
+def _csv_rows(data: bytes) -> list[dict[str, str]]:
+    import csv
+    import io
+
+    text = data.decode("utf-8")
+    assert text.startswith("\ufeff") and text.endswith("\r\n")  # BOM for spreadsheets, RFC 4180 line ends
+    return list(csv.DictReader(io.StringIO(text[1:], newline="")))
+
+
+def _js_string(v) -> str:
+    """A JSON value as the console's CSV writes it (JavaScript's String(): 1.0 is "1", null is "")."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+async def test_console_exports_its_chart_as_csv_and_downloads_archive_extracts(
+    test_domain, kafka_settings, db_settings, topics_ready, tmp_path
+):
+    """The history chart's export equals the API's points; the archive extract the console downloads (through
+    the city's same-origin proxy, key in a header) equals the archive API's own answer, byte for byte; no key
+    ever appears in a URL."""
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
+    import httpx
+    from playwright.async_api import async_playwright, expect
+
+    from services.archive.app import create_app as create_archive_app
+    from services.archive.settings import ArchiveSettings
+    from services.archive.store import ArchiveStore
+    from services.archive.worker import write_records
+    from tests.archive.helpers import as_records, readings
+
+    day = datetime(2026, 10, 5, tzinfo=UTC)
+    # 4 meters x 96 quarter-hours in HN-BD and the same in HN-HK, archived as the archiver would
+    events = readings(384, day, meters=4, district="HN-BD") + readings(384, day, meters=4, district="HN-HK")
+    write_records(ArchiveStore(str(tmp_path)), "t", "e1", as_records(events))
+    archive_port, port = free_port(), free_port()
+    archive_app = create_archive_app(ArchiveSettings(root=str(tmp_path), database=db_settings))
+    settings = CitySettings(
+        kafka=kafka_settings,
+        database=db_settings,
+        kpi_definitions_path=str(KPI_FILE),
+        consumer_group=f"city-export-{uuid.uuid4().hex[:8]}",
+        archive_url=f"http://127.0.0.1:{archive_port}",
+    )
+    app = create_app(settings)
+    pub = EventPublisher(kafka_settings, client_id="city-export-test")
+    now = datetime.now(UTC)
+    later = now + timedelta(days=2)
+    history = [
+        publishing.kpi_updated(
+            kpi="citytest.availability",
+            domain="citytest",
+            scope_level="city",
+            scope_code="HN",
+            window_start=_window(now, i).isoformat(),
+            window_seconds=900,
+            value=0.9 + 0.01 * i,
+            numerator=0.9 + 0.01 * i,
+            denominator=1.0,
+            unit="ratio",
+            status="ok",
+            target=0.98,
+            partitions=3,
+            now=later + timedelta(seconds=i),
+        )
+        for i in range(1, 9)
+    ]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1300}, accept_downloads=True)
+            urls: list[str] = []
+            page.on("request", lambda r: urls.append(r.url))
+            async with serve(archive_app, archive_port) as archive_base, serve(app, port) as base:
+                _, key = await issue_test_key(
+                    app.state.ctx.pool,
+                    ["city:read", "archive:read"],
+                    kind="operator",
+                    attributes={"role": "operator"},
+                )
+                await pub.publish(history)
+                await page.goto(base + "/")
+                await page.fill("#api-key", key)
+                await page.click("#key-form button")
+                await expect(page.locator('.tile[data-kpi="citytest.availability"]')).to_be_visible(
+                    timeout=20000
+                )
+
+                # the chart's CSV is the points the API gave the chart
+                await page.select_option("#history-kpi", "citytest.availability")
+                for _ in range(40):  # until the store has the eight windows
+                    async with page.expect_response(lambda r: "/history?" in r.url) as answer:
+                        await page.click("#history-load")
+                    points = (await (await answer.value).json())["points"]
+                    if len(points) >= 8:
+                        break
+                    await page.wait_for_timeout(500)
+                assert len(points) >= 8
+                async with page.expect_download() as dl:
+                    await page.click("#export-history")
+                download = await dl.value
+                assert download.suggested_filename.startswith("ioc-history-citytest.availability-HN-")
+                rows = _csv_rows(Path(await download.path()).read_bytes())
+                assert rows == [{k: _js_string(v) for k, v in p.items()} for p in points]
+
+                # an archive extract: HN-BD's readings of 07:00-13:00 Hanoi time (00:00-06:00 UTC) as CSV
+                await expect(page.locator("#archive-topic option[value='ioc.meter.readings']")).to_have_count(
+                    1
+                )
+                await page.select_option("#archive-topic", "ioc.meter.readings")
+                await page.fill("#archive-from", "2026-10-05T07:00")
+                await page.fill("#archive-to", "2026-10-05T13:00")
+                await page.fill("#archive-area", "HN-BD")
+                async with page.expect_download() as dl:
+                    await page.click("#archive-download")
+                download = await dl.value
+                got = Path(await download.path()).read_bytes()
+                async with httpx.AsyncClient() as client:
+                    direct = await client.get(
+                        archive_base + "/v1/archive/extract",
+                        params={
+                            "topic": "ioc.meter.readings",
+                            "from": "2026-10-05T00:00:00+00:00",
+                            "to": "2026-10-05T06:00:00+00:00",
+                            "area": "HN-BD",
+                        },
+                        headers={"Authorization": f"Bearer {key}"},
+                    )
+                # the helper stamps every event at the day's start: all 384 of HN-BD, none of HN-HK
+                assert direct.status_code == 200 and direct.headers["x-row-count"] == "384"
+                assert got == direct.content
+                assert download.suggested_filename.endswith(".csv")
+                await expect(page.locator("#archive-status")).to_contain_text("384")
+
+                # a key without archive:read: the city forwards, the archive refuses, the page says why
+                _, city_only = await issue_test_key(
+                    app.state.ctx.pool, ["city:read"], kind="operator", attributes={"role": "operator"}
+                )
+                async with httpx.AsyncClient() as client:
+                    r = await client.get(
+                        base + "/v1/exports/archive",
+                        params={
+                            "topic": "ioc.meter.readings",
+                            "from": "2026-10-05T00:00:00Z",
+                            "to": "2026-10-05T06:00:00Z",
+                        },
+                        headers={"Authorization": f"Bearer {city_only}"},
+                    )
+                    assert r.status_code == 403
+                    r = await client.get(
+                        base + "/v1/exports/archive",
+                        params={
+                            "topic": "ioc.meter.readings",
+                            "from": "2026-10-05T00:00:00Z",
+                            "to": "2026-10-05T06:00:00Z",
+                        },
+                    )
+                    assert r.status_code == 401
+            assert not [u for u in urls if key in u]
+        finally:
+            await browser.close()
+    await pub.stop()

@@ -72,7 +72,9 @@ def test_overlays_build_and_stay_valid(overlay):
         else:
             jsonschema.validate(doc, SCHEMAS[(doc["apiVersion"], doc["kind"])])
     deployments = by_kind(built, "Deployment")
-    assert set(deployments) == {s.name for s in SERVICES} | set(topics_gen.processor_names())
+    assert set(deployments) == {s.name for s in SERVICES} | set(topics_gen.processor_names()) | {
+        topics_gen.ARCHIVER
+    }
     for dep in deployments.values():
         image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
         assert image.startswith("ghcr.io/hanoi-ioc/ioc:") and not image.endswith(":latest")
@@ -140,6 +142,9 @@ def test_every_referenced_secret_and_configmap_is_provided(docs):
     base itself; a typo in a name would leave pods stuck in CreateContainerConfigError."""
     provided = {d["metadata"]["name"] for d in docs if d["kind"] in ("KafkaUser", "Secret")}
     provided |= {"ioc-kafka-cluster-ca-cert", "ioc-db-app"}
+    # created by the operator from generated values, never committed (docs/archive.md, "Deployment"): the event signing
+    # keys and the archive bucket's endpoint, name and credentials
+    provided |= {"ioc-event-keys", "ioc-archive-bucket"}
     configmaps = set(by_kind(docs, "ConfigMap"))
     for name, dep in by_kind(docs, "Deployment").items():
         pod = dep["spec"]["template"]["spec"]
@@ -191,3 +196,70 @@ def test_network_policies_deny_by_default_and_open_only_what_is_needed(docs):
         port_names = {p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
         component = dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
         assert port_names == ({"http"} if component == "service" else {"metrics"})
+
+
+def _env(dep: dict) -> list[dict]:
+    return dep["spec"]["template"]["spec"]["containers"][0]["env"]
+
+
+def test_every_workload_holds_exactly_the_event_keys_it_signs_or_verifies_with(docs):
+    """Event signing is on in Kubernetes: IOC_EVENT_KEYS of each workload names the owners whose keys it
+    needs (its own domain; the domains it consumes; the city every domain) and takes each key from the
+    ioc-event-keys Secret; no key is written in a manifest. The archiver verifies nothing and holds none."""
+    deployments = by_kind(docs, "Deployment")
+    services = {s.name for s in SERVICES}
+    domains = {"city", "meter", "traffic", "kiosk", "dossier"} & services
+    for name, dep in deployments.items():
+        env = {e["name"]: e for e in _env(dep)}
+        if name in (topics_gen.ARCHIVER, "archive"):
+            assert "IOC_EVENT_KEYS" not in env, name
+            continue
+        refs = {
+            e["valueFrom"]["secretKeyRef"]["key"]: n
+            for n, e in env.items()
+            if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "ioc-event-keys"
+        }
+        pairs = dict(p.split("=", 1) for p in env["IOC_EVENT_KEYS"]["value"].split(","))
+        assert {o: v for o, v in pairs.items()} == {o: f"$({refs[o]})" for o in refs}, name
+        if name == "city":
+            expected = domains
+        elif name in services:
+            expected = {name}
+        else:
+            info = topics_gen.processor(name)
+            expected = ({info.domain} | {t.owner for t in topics_gen.processor_inputs(name)}) & domains
+        assert set(pairs) == expected, name
+        # Kubernetes composes $(VAR) only from variables defined before it
+        order = [e["name"] for e in _env(dep)]
+        assert all(order.index(r) < order.index("IOC_EVENT_KEYS") for r in refs.values()), name
+
+
+def test_the_archiver_runs_once_on_the_bucket_from_its_secret(docs):
+    deployments = by_kind(docs, "Deployment")
+    archiver = deployments[topics_gen.ARCHIVER]
+    assert archiver["spec"]["replicas"] == 1 and archiver["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = archiver["spec"]["template"]["spec"]["containers"]
+    assert container["args"] == ["archive", "run"]
+    users = by_kind(docs, "KafkaUser")
+    acls = users[f"ioc-{topics_gen.ARCHIVER}"]["spec"]["authorization"]["acls"]
+    writes = {a["resource"]["name"] for a in acls if "Write" in a["operations"]}
+    assert writes == {"ioc.internal.archive.epoch"}  # reads the topics, writes only its epoch marker
+    reads = {a["resource"]["name"] for a in acls if "Read" in a["operations"]}
+    assert {"ioc.meter.readings", "ioc.traffic.events", "ioc.dossier.lifecycle"} <= reads
+    assert not any(a["resource"]["type"] == "group" for a in acls)  # assigns partitions, no group
+    for name in (topics_gen.ARCHIVER, "archive"):
+        env = {e["name"]: e for e in _env(deployments[name])}
+        assert env["IOC_ARCHIVE_ROOT"]["value"] == "s3://$(IOC_ARCHIVE_BUCKET_NAME)/events"
+        assert (
+            env["IOC_ARCHIVE_STORAGE_OPTIONS"]["value"]
+            == '{"endpoint_url": "$(IOC_ARCHIVE_BUCKET_ENDPOINT)"}'
+        )
+        for var, key in (
+            ("IOC_ARCHIVE_BUCKET_NAME", "bucket"),
+            ("IOC_ARCHIVE_BUCKET_ENDPOINT", "endpoint"),
+            ("AWS_ACCESS_KEY_ID", "access_key_id"),
+            ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+        ):
+            assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "ioc-archive-bucket", "key": key}
+    city = {e["name"]: e.get("value") for e in _env(deployments["city"])}
+    assert city["IOC_CITY_ARCHIVE_URL"] == "http://archive:8105"

@@ -96,6 +96,8 @@ def test_fuzz_openapi_no_5xx_and_responses_match_the_schema(
             op = result.ok()
             if op.path in streaming:
                 continue
+            if op.path.startswith("/v1/exports/archive"):  # forwarded to the archive service, absent here
+                continue  # (tests/city/test_browser.py runs both)
             operations += 1
 
             try:

@@ -25,6 +25,10 @@ const I18N = {
     powerOutage: "Sự cố mất điện", multiDomain: "Sự cố nhiều lĩnh vực", noSignalFrom: "Mất tín hiệu dữ liệu",
     backWithin: "trở lại bình thường", close: "Đóng", langButton: "EN", langTitle: "Chuyển sang tiếng Anh",
     wholeCity: "toàn thành phố", time: "Thời gian", noCompleteWindow: "Chưa có cửa sổ nào đủ", nowWindow: "Hiện tại, cửa sổ",
+    exportCsv: "Tải CSV", archive: "Trích xuất dữ liệu lưu trữ", topic: "Chủ đề", from: "Từ", to: "Đến",
+    area: "Khu vực", entity: "Đối tượng", format: "Định dạng", download: "Tải về",
+    archiveHint: "Giờ Hà Nội; khoảng [từ, đến). Cần quyền archive:read.", archiveDenied: "Khóa này không có quyền archive:read.",
+    archiveDown: "Dịch vụ lưu trữ không trả lời.", rows: "dòng",
   },
   en: {
     title: "Hanoi Intelligent Operations Center", apiKey: "API key", save: "Save", headline: "City-wide headline KPIs",
@@ -47,6 +51,10 @@ const I18N = {
     powerOutage: "Power outage", multiDomain: "Multi-domain incident", noSignalFrom: "No data from",
     backWithin: "back to normal", close: "Close", langButton: "VI", langTitle: "Switch to Vietnamese",
     wholeCity: "whole city", time: "Time", noCompleteWindow: "No complete window yet", nowWindow: "Now, window",
+    exportCsv: "Export CSV", archive: "Archive extract", topic: "Topic", from: "From", to: "To",
+    area: "Area", entity: "Entity", format: "Format", download: "Download",
+    archiveHint: "Hanoi time; range [from, to). Needs archive:read.", archiveDenied: "This key lacks archive:read.",
+    archiveDown: "The archive service did not answer.", rows: "rows",
   },
 };
 
@@ -91,6 +99,7 @@ const S = {
   key: localStorage.getItem("ioc.apiKey") || "",
   defs: {}, tiles: {}, districts: [], selected: null, lastEventId: null, source: null, tail: null, chart: null,
   domainSeen: {}, lastKpiAt: 0, noSignal: new Set(), showShelved: false, rate: null,
+  exports: {},  // the API's items behind each table and chart, exported as they came (not as formatted)
 };
 window.IOC_I18N = {I18N, DOMAINS, ALARM_TYPES, UNITS};  // for the console's translation tests
 
@@ -374,6 +383,7 @@ async function openDistrict(code, scroll = true) {
   document.querySelectorAll(".district").forEach((e) => e.classList.toggle("selected", e.dataset.code === code));
   const d = await api(`/v1/districts/${encodeURIComponent(code)}`);
   $("district-name").textContent = `${d.name} · ${t(d.status)}`;
+  S.exports.district = {name: `district-${code}`, items: d.kpis};
   // One row per KPI: its primary window, the last complete value first (the running one beside it).
   const rows = d.kpis.filter((k) => k.window_seconds === (primaryWindow(k.kpi) ?? k.window_seconds));
   $("district-kpis").replaceChildren(
@@ -434,6 +444,8 @@ async function loadAlarms() {
     api(`/v1/alarms?state=${S.showShelved ? "shelved" : "open"}&limit=500`), api("/v1/incidents?state=open&limit=50")]);
   const head = el("tr", {}, ...["severity", "domain", "type", "source", "district", "state", "since", ""]
     .map((k) => el("th", {}, k ? t(k) : "")));
+  S.exports.alarms = {name: "alarms", items: alarms.items};
+  S.exports.incidents = {name: "incidents", items: incidents.items};
   const rows = alarms.items.slice(0, MAX_ALARM_ROWS).map(alarmRow);
   $("alarms").replaceChildren(head, ...(rows.length ? rows : [el("tr", {}, el("td", {class: "empty", colspan: "8"}, t("none")))]));
   $("alarms-count").textContent = alarms.items.length > MAX_ALARM_ROWS
@@ -539,6 +551,7 @@ async function loadHistory() {
   let body;
   try { body = await api(`/v1/kpis/${encodeURIComponent(kpi)}/history?${params}`); } catch (e) { return; }
   const unit = body.unit || (S.defs[kpi] && S.defs[kpi].unit) || "";
+  S.exports.history = {name: `history-${kpi}-${scope}`, items: body.points};
   const xs = body.points.map((p) => instant(p.t) / 1000);
   const data = [xs, body.points.map((p) => p.value), body.points.map((p) => p.min), body.points.map((p) => p.max)];
   const chartEl = $("chart");
@@ -560,6 +573,84 @@ async function loadHistory() {
       {label: t("maxValue"), stroke: "#94a3b8", dash: [4, 4], value: yfmt}],
   };
   S.chart = new uPlot(opts, data, chartEl);
+}
+
+// Exports ---------------------------------------------------------------------------------------------------
+// A table or chart exports the API's own items (values as the API gave them, not the formatted text): nested
+// objects become dotted columns, lists JSON. RFC 4180 quoting, CRLF, a UTF-8 byte-order mark (spreadsheets
+// then read Vietnamese names right). Text starting with = + - @ or a tab/CR is prefixed with ' so a
+// spreadsheet never runs it as a formula (OWASP "CSV injection").
+function flatten(item, prefix = "", out = {}) {
+  for (const [k, v] of Object.entries(item)) {
+    const key = prefix + k;
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) flatten(v, `${key}.`, out);
+    else out[key] = Array.isArray(v) ? JSON.stringify(v) : v;
+  }
+  return out;
+}
+function csvCell(v) {
+  if (v === null || v === undefined) return "";
+  let s = String(v);
+  if (typeof v === "string" && /^[=+\-@\t\r]/.test(s)) s = `'${s}`;
+  return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+}
+function toCsv(items) {
+  const rows = items.map((i) => flatten(i));
+  const cols = [];
+  for (const r of rows) for (const k of Object.keys(r)) if (!cols.includes(k)) cols.push(k);
+  return "\ufeff" + [cols, ...rows.map((r) => cols.map((c) => r[c]))].map((r) => r.map(csvCell).join(",")).join("\r\n") + "\r\n";
+}
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const a = el("a", {href: url, download: name});
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+function stamp() { return new Date().toISOString().replace(/[-:]/g, "").slice(0, 15); }
+function exportTable(what) {
+  const x = S.exports[what];
+  if (!x) return;
+  saveBlob(new Blob([toCsv(x.items)], {type: "text/csv;charset=utf-8"}), `ioc-${x.name}-${stamp()}.csv`);
+}
+
+// Archive extracts go through the city (same origin, so the CSP's connect-src 'self' holds) with the key in
+// the Authorization header; the archive checks archive:read for this key and audits the extract.
+async function archiveFetch(path) {
+  const r = await fetch(path, {headers: {Authorization: `Bearer ${S.key}`}});
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({}));
+    const msg = r.status === 403 ? t("archiveDenied") : r.status === 502 ? t("archiveDown")
+      : (body.error && body.error.message) || `HTTP ${r.status}`;
+    $("archive-status").textContent = msg;
+    throw new Error(`HTTP ${r.status}`);
+  }
+  return r;
+}
+async function loadArchiveTopics() {
+  const sel = $("archive-topic");
+  let body;
+  try { body = await (await archiveFetch("/v1/exports/archive/topics")).json(); } catch (e) { return; }
+  const cur = sel.value;
+  sel.replaceChildren(...body.topics.map((tp) => el("option", {value: tp.topic}, tp.topic)));
+  if (cur) sel.value = cur;
+  $("archive-status").textContent = "";
+}
+// datetime-local inputs are read as Hanoi wall time (UTC+7, no daylight saving)
+const hanoiInstant = (v) => (v ? new Date(`${v}:00+07:00`).toISOString() : "");
+async function downloadArchive(e) {
+  e.preventDefault();
+  const params = new URLSearchParams({topic: $("archive-topic").value, from: hanoiInstant($("archive-from").value),
+    to: hanoiInstant($("archive-to").value), format: $("archive-format").value});
+  for (const k of ["area", "entity"]) if ($(`archive-${k}`).value.trim()) params.set(k, $(`archive-${k}`).value.trim());
+  $("archive-status").textContent = "…";
+  let r;
+  try { r = await archiveFetch(`/v1/exports/archive?${params}`); } catch (err) { return; }
+  const disposition = r.headers.get("Content-Disposition") || "";
+  const name = (disposition.match(/filename="([^"]+)"/) || [])[1] || `ioc-archive.${params.get("format")}`;
+  saveBlob(await r.blob(), name);
+  $("archive-status").textContent = `${fmtNumber(Number(r.headers.get("X-Row-Count") || 0))} ${t("rows")}`;
 }
 
 // Live tail -----------------------------------------------------------------------------------------------
@@ -599,7 +690,7 @@ async function loadAll() {
   showMessage("");
   await loadDistricts();  // names first: tiles, alarms and incidents show district names
   await loadTiles();
-  await Promise.all([loadAlarms(), loadTopics(), loadRate()]);
+  await Promise.all([loadAlarms(), loadTopics(), loadRate(), loadArchiveTopics()]);
   fillHistorySelectors();
 }
 
@@ -627,6 +718,8 @@ function init() {
   $("toggle-shelved").addEventListener("click", () => { S.showShelved = !S.showShelved; scheduleRefresh("alarms"); });
   $("history-load").addEventListener("click", loadHistory);
   $("tail-toggle").addEventListener("click", toggleTail);
+  for (const b of document.querySelectorAll("button[data-export]")) b.addEventListener("click", () => exportTable(b.dataset.export));
+  $("archive-form").addEventListener("submit", downloadArchive);
   // Staleness and the badge move with the clock, not only with events.
   setInterval(() => {
     for (const id of Object.keys(S.tiles)) renderTile(id);
