@@ -731,7 +731,9 @@ async def _archive_forward(request: Request, path: str, params: dict[str, str]) 
     return Response(r.content, status_code=r.status_code, media_type=media, headers=keep)
 
 
-ARCHIVE_DOWN = {502: {"description": "The archive service did not answer (code archive_unavailable)"}}
+ARCHIVE_DOWN: dict[int | str, dict[str, Any]] = {
+    502: {"description": "The archive service did not answer (code archive_unavailable)"}
+}
 
 
 @router.get(
@@ -760,7 +762,7 @@ async def export_archive(
     principal: Principal = READ,
 ) -> Response:
     missing = [{"field": f, "message": "required"} for f, v in (("from", start), ("to", end)) if v is None]
-    if missing:
+    if start is None or end is None:
         raise ApiError(422, "invalid_request", "from and to are required", missing)
     params = {"topic": topic, "from": start.isoformat(), "to": end.isoformat(), "format": format}
     if area:
