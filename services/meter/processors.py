@@ -445,15 +445,28 @@ class MeterKpiProcessor(StreamProcessor):
             state["supply_dirty"] = True
         momentary = d["kind"] == "momentary"
         new_event = False
+        limit = self.momentary_limit_seconds
         if momentary:
             # IEEE 1366 momentary interruption events: reclosings within 5 minutes of the event's first
             # interruption are one event (per meter, from the starts of its recent events).
             starts = state.get(f"me:{mid}") or []
-            new_event = momentary_event_starts(
-                (started, ended, "momentary"), starts, self.momentary_limit_seconds
-            )
+            new_event = momentary_event_starts((started, ended, "momentary"), starts, limit)
             if new_event:
                 state[f"me:{mid}"] = [*[s for s in starts if s > started - DAY][-7:], started]
+                # MAIFI_E leaves out the events that end in a lockout: a sustained interruption of the meter
+                # within the event's 5 minutes is the same outage (whichever of the two arrives first).
+                if any(started <= s <= started + limit for s in state.get(f"ss:{mid}") or ()):
+                    new_event = False
+                    state[f"mex:{mid}"] = [*(state.get(f"mex:{mid}") or [])[-7:], started]
+        else:
+            sustained = state.get(f"ss:{mid}") or []
+            state[f"ss:{mid}"] = [*[s for s in sustained if s > started - DAY][-7:], started]
+            excluded = state.get(f"mex:{mid}") or []
+            for event_start in state.get(f"me:{mid}") or ():
+                if event_start <= started <= event_start + limit and event_start not in excluded:
+                    excluded = [*excluded[-7:], event_start]
+                    state[f"mex:{mid}"] = excluded
+                    self._uncount_momentary_event(state, event_start, d["district"], d["customers"])
         for seconds in WINDOWS:
             found = self._agg(state, seconds, started, d["district"], RELIABILITY_RETENTION)
             if found is None:
@@ -470,6 +483,18 @@ class MeterKpiProcessor(StreamProcessor):
                 agg["ci"] += customers
                 agg["cmi"] += customers * d["duration_seconds"] / 60.0
             self._touch(state, key, agg)
+
+    def _uncount_momentary_event(
+        self, state: State, event_start: float, district: str, customers: float
+    ) -> None:
+        """A momentary event counted before the sustained interruption that ended its reclosing sequence arrived:
+        taken out of MAIFI_E (its interruptions stay in MAIFI)."""
+        for seconds in WINDOWS:
+            found = self._agg(state, seconds, int(event_start), district, RELIABILITY_RETENTION)
+            if found is not None:
+                key, agg = found
+                agg["mie"] = agg.get("mie", 0.0) - customers
+                self._touch(state, key, agg)
 
     def _past_horizon_alarm(self, state: State, d: dict, started: int) -> None:
         """Tell the operator an interruption came too late for its day's indices (never dropped silently)."""
@@ -831,9 +856,10 @@ class MeterKpiProcessor(StreamProcessor):
         for key, up in state.items("up:"):
             if up <= wm - KEPT[DAY]:
                 state.pop(key)
-        for key, starts in state.items("me:"):
-            if starts[-1] <= wm - DAY:
-                state.pop(key)
+        for prefix in ("me:", "ss:", "mex:"):  # momentary events, sustained starts, events ended in lockout
+            for key, starts in state.items(prefix):
+                if not starts or starts[-1] <= wm - DAY:
+                    state.pop(key)
         # Registry steps older than every window kept count alike for all of them: merged into one per interval.
         floor = wm - max(KEPT[w] + w for w in WINDOWS) - DAY
         for key, nt in state.items("nt:"):

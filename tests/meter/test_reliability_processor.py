@@ -128,3 +128,31 @@ def test_an_interruption_within_the_horizon_revises_its_day():
     # 2 customers × 7 days × 1440 min / N_T 2
     assert (saidi["numerator"], saidi["denominator"]) == (2 * 7 * 1440.0, 2.0)
     assert saidi["value"] == pytest.approx(7 * 1440.0)
+
+
+@pytest.mark.parametrize("lockout_first", [False, True], ids=["in-order", "lockout-arrives-first"])
+def test_a_momentary_event_that_ends_in_a_lockout_is_not_a_maifi_e_event(lockout_first):
+    # IEEE 1366-2012, 2.26 and 3.4.x (MAIFI_E): a momentary interruption event counts every reclosing within
+    # 5 minutes of its first interruption as one event, and events immediately preceding a lockout (the
+    # reclosing sequence ending in a sustained interruption) are not counted; their interruptions stay in MAIFI.
+    proc, st = MeterKpiProcessor(), State(0)
+    nine = DAY.replace(hour=9)
+    reclosings = [
+        interruption("A", nine, 0.5, customers=2),  # 09:00:00-09:00:30, first of the sequence
+        interruption("A", nine + timedelta(minutes=1), 0.5, customers=2),  # 09:01, same event
+    ]
+    lockout = interruption("A", nine + timedelta(minutes=3), 40, customers=2)  # 09:03, sustained 40 min
+    later = interruption("B", DAY.replace(hour=15), 1, customers=3)  # 15:00, a momentary event of its own
+    events = [registry("A", customers=2), registry("B", customers=3)]
+    events += [lockout, *reclosings, later] if lockout_first else [*reclosings, lockout, later]
+    proc.apply_batch(events, st)
+    out = list(proc.emit(st, DAY + timedelta(days=1)))
+    # N_T = 2 + 3 = 5. MAIFI = Σ IM_i N_mi / N_T = (2 + 2 + 3) / 5 (every momentary interruption counts).
+    maifi = day_obs(out, "meter.maifi", "BD", DAY)
+    assert (maifi["numerator"], maifi["denominator"]) == (7.0, 5.0)
+    # MAIFI_E = Σ IM_E N_mi / N_T: A's event ended in the 09:03 lockout, so only B's event counts: 3 / 5.
+    maifi_e = day_obs(out, "meter.maifi_e", "BD", DAY)
+    assert (maifi_e["numerator"], maifi_e["denominator"]) == (3.0, 5.0)
+    # SAIFI = Σ N_i / N_T = 2 / 5 (the lockout is A's one sustained interruption).
+    saifi = day_obs(out, "meter.saifi", "BD", DAY)
+    assert (saifi["numerator"], saifi["denominator"]) == (2.0, 5.0)
