@@ -81,7 +81,9 @@ def render() -> str:
             if res["type"] == "topic" and "Write" in acl["operations"] and "Create" not in acl["operations"]:
                 # Compose has no topic operator: the owner creates its topics at start-up (IOC_CREATE_TOPICS).
                 acl = {**acl, "operations": ["Create", *acl["operations"]]}
-            flag = {"topic": "--topic", "group": "--group"}[res["type"]]
+            flag = {"topic": "--topic", "group": "--group", "transactionalId": "--transactional-id"}[
+                res["type"]
+            ]
             ops = " ".join(f"--operation {op}" for op in acl["operations"])
             lines.append(
                 f'"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal '

@@ -214,6 +214,9 @@ def processor_acls(name: str) -> list[dict]:
         _acl("topic", changelog(name).name, ["Create", "Describe", "DescribeConfigs", "Read", "Write"])
     )
     acls.append(_acl("group", name, ["Describe", "Read"]))
+    # On Apache Kafka each state partition's batch is one transaction (shared/stream/core.py): the processor's
+    # transactional ids are ioc-<processor>-<partition> (and a probe id); without them it falls back to markers.
+    acls.append(_acl("transactionalId", f"ioc-{name}-", ["Describe", "Write"], pattern="prefix"))
     return acls
 
 

@@ -80,7 +80,7 @@ async def acls_applied(kafka_cluster):
             for op in acl["operations"]:
                 bindings.append(
                     AclBinding(
-                        ResourceType[acl["resource"]["type"].upper()],
+                        ResourceType[_snake(acl["resource"]["type"])],  # transactionalId → TRANSACTIONAL_ID
                         acl["resource"]["name"],
                         ResourcePatternType[
                             {"literal": "LITERAL", "prefix": "PREFIXED"}[acl["resource"]["patternType"]]

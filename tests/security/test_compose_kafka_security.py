@@ -85,7 +85,7 @@ def test_the_acl_script_is_generated_from_the_catalogue_and_matches_the_kubernet
             res = acl["resource"]
             if res["name"].split(".")[1:2] and res["name"].split(".")[1] not in known_owners:
                 continue  # a test module's own domain
-            pattern = rf"User:{re.escape(user)} (--operation \w+ )+--(topic|group) {re.escape(res['name'])} "
+            pattern = rf"User:{re.escape(user)} (--operation \w+ )+--(topic|group|transactional-id) {re.escape(res['name'])} "
             ops = {
                 m
                 for line in script.splitlines()
