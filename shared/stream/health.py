@@ -89,13 +89,16 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def start_worker_http_server(
-    port: int, addr: str = "127.0.0.1", max_stall_seconds: float = DEFAULT_MAX_STALL_SECONDS
+    port: int,
+    addr: str = "127.0.0.1",
+    max_stall_seconds: float = DEFAULT_MAX_STALL_SECONDS,
+    heartbeat: LoopHeartbeat = HEARTBEAT,
 ) -> ThreadingWSGIServer:
     """Serve ``/metrics`` and ``/livez`` on ``addr:port`` from a daemon thread (what ``ioc process`` runs)."""
     server = make_server(
         addr,
         port,
-        liveness_app(HEARTBEAT, max_stall_seconds),
+        liveness_app(heartbeat, max_stall_seconds),
         ThreadingWSGIServer,
         handler_class=_QuietHandler,
     )

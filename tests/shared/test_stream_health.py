@@ -9,7 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
-from shared.stream.health import HEARTBEAT, start_worker_http_server
+from shared.stream.health import LoopHeartbeat, start_worker_http_server
 
 
 def _free_port() -> int:
@@ -28,11 +28,13 @@ def _get(url: str) -> tuple[int, bytes]:
 
 async def test_livez_fails_while_the_event_loop_is_blocked_and_recovers_after():
     port = _free_port()
-    server = start_worker_http_server(port, max_stall_seconds=0.5)
+    # its own heartbeat: the process-wide one may be beating for a runtime another test left running
+    heartbeat = LoopHeartbeat()
+    server = start_worker_http_server(port, max_stall_seconds=0.5, heartbeat=heartbeat)
     base = f"http://127.0.0.1:{port}"
     try:
         assert (await asyncio.to_thread(_get, f"{base}/livez"))[0] == 503  # no loop beating yet
-        HEARTBEAT.start()
+        heartbeat.start()
         try:
             await asyncio.sleep(0.05)
             assert await asyncio.to_thread(_get, f"{base}/livez") == (200, b"ok\n")
@@ -51,6 +53,6 @@ async def test_livez_fails_while_the_event_loop_is_blocked_and_recovers_after():
             await asyncio.sleep(1.1)  # the loop runs again: the next beat makes it live
             assert (await asyncio.to_thread(_get, f"{base}/livez"))[0] == 200
         finally:
-            await HEARTBEAT.stop()
+            await heartbeat.stop()
     finally:
         server.shutdown()
