@@ -213,7 +213,7 @@ def run_metadata(n: int, only: tuple[str, ...]) -> dict:
         "commit": commit + (" (uncommitted changes)" if dirty.strip() else ""),
         "machine": f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"Python {platform.python_version()}, {platform.system()}",
-        "command": "python -m bench" + (f" --only {','.join(only)}" if only else ""),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
         "workload": f"{n:,} events of ~100 bytes on 4 partitions, embedded broker",
     }
 
