@@ -27,6 +27,7 @@ import httpx
 
 from services.kiosk.domain import JOURNEY_NEEDS, offered_journeys
 from shared.areas import HANOI_OFFSET_S, hanoi
+from shared.simulation import parse_incidents
 from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -275,20 +276,6 @@ class FleetStep:
         if state == "out":  # the centre's staff notice and refill within 10-60 minutes
             k.refill_at = now + timedelta(seconds=self.rng.uniform(600, 3600))
         return [self._status(k, "printer", "online", now, state)]
-
-
-def parse_incidents(spec: str | None) -> list[tuple[str, datetime, datetime]]:
-    """``"HK@2026-12-07T03:05:00Z/20,..."`` → [(district, start, end)]; empty or "none" → []."""
-    out = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part or part == "none":
-            continue
-        district, _, rest = part.partition("@")
-        start, _, minutes = rest.partition("/")
-        t0 = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        out.append((district, t0, t0 + timedelta(minutes=float(minutes or 20))))
-    return out
 
 
 def black_out(fleet: list[SimKiosk], incidents: list[tuple[str, datetime, datetime]], now: datetime) -> None:

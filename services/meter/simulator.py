@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 
 from shared.areas import hanoi
+from shared.simulation import parse_incidents
 from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -91,20 +92,6 @@ def register_at(base: float, kw: float, meter_id: str, t: datetime) -> float:
     wobble that telescopes (an interval's energy stays positive: the night trough is 0.35 × 0.25 h per
     quarter hour, the wobble at most 0.05)."""
     return base + kw * (cumulative_shape(t) + 0.05 * _unit_noise(meter_id, t))
-
-
-def parse_incidents(spec: str | None) -> list[tuple[str, datetime, datetime]]:
-    """``"HK@2026-12-07T03:05:00Z/20,..."`` → [(district, start, end)]; empty or "none" → []."""
-    out = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part or part == "none":
-            continue
-        district, _, rest = part.partition("@")
-        start, _, minutes = rest.partition("/")
-        t0 = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        out.append((district, t0, t0 + timedelta(minutes=float(minutes or 20))))
-    return out
 
 
 class Fleet:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from shared.areas import hanoi
+from shared.simulation import parse_incidents as parse_scripted
 from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -189,19 +190,9 @@ def build_intersections(
 
 
 def parse_incidents(spec: str | None) -> list[tuple[str, float, float]]:
-    """``"HK@2026-12-07T03:05:00Z/20,..."`` → [(district, start epoch, end epoch)]; empty or "none" → []."""
-    from datetime import datetime
-
-    out = []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if not part or part == "none":
-            continue
-        district, _, rest = part.partition("@")
-        start, _, minutes = rest.partition("/")
-        t0 = datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
-        out.append((district, t0, t0 + 60 * float(minutes or 20)))
-    return out
+    """The scripted incidents (:func:`shared.simulation.parse_incidents`) in Unix time, as the signal loop
+    keeps time."""
+    return [(d, start.timestamp(), end.timestamp()) for d, start, end in parse_scripted(spec)]
 
 
 def apply_incidents(
