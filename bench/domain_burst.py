@@ -29,9 +29,8 @@ import psutil
 
 from bench.domain_common import ROOT, bearer, issue_key, service_env
 from bench.domain_meter import QUARTER, district_codes
-from bench.domain_pipeline import Child, _infra_children, _spawn, _wait_ready
+from bench.domain_pipeline import Child, _infra_children, _spawn, _spawn_service, _wait_ready
 from shared.config import KafkaSettings
-from shared.embedded import free_port
 
 LABEL = "city burst: a quarter hour of readings, first POST → city KPI reflecting all"
 CITY_METERS = 3_000_000  # Hanoi's meters: one quarter hour is one reading each
@@ -182,24 +181,19 @@ async def burst(
     bootstrap = kafka.bootstrap_servers
     children: list[Child] = []
     try:
-        for name in ("meter", "city"):
-            port = free_port()
-            env = service_env(bootstrap, database_url, **{f"IOC_{name.upper()}_PORT": str(port)})
-            if name == "meter":
-                # The registry refresh re-reads every meter written since its last pass, its own registrations
-                # included: a one-off reload of the whole new fleet, on the event loop
-                # (docs/performance-targets.md). The production interval, stated, so the bench knows when it
-                # comes and starts the burst after it.
-                env["IOC_METER_REGISTRY_REFRESH_SECONDS"] = str(REGISTRY_REFRESH_S)
-            children.append(
-                _spawn(
-                    f"service-{name}",
-                    ["serve", name, "--host", "127.0.0.1", "--port", str(port)],
-                    env,
-                    log_dir,
-                    port,
-                )
+        # The registry refresh re-reads every meter written since its last pass, its own registrations
+        # included: a one-off reload of the whole new fleet, on the event loop (docs/performance-targets.md).
+        # The production interval, stated, so the bench knows when it comes and starts the burst after it.
+        children.append(
+            _spawn_service(
+                "meter",
+                bootstrap,
+                database_url,
+                log_dir,
+                IOC_METER_REGISTRY_REFRESH_SECONDS=str(REGISTRY_REFRESH_S),
             )
+        )
+        children.append(_spawn_service("city", bootstrap, database_url, log_dir))
         async with httpx.AsyncClient(timeout=5) as c:
             await asyncio.gather(*(_wait_ready(c, ch) for ch in children))
         t_ready = time.perf_counter()

@@ -154,6 +154,14 @@ def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path, port:
     return Child(name, proc, log, port, [psutil.Process(proc.pid)])
 
 
+def _spawn_service(name: str, bootstrap: str, database_url: str, log_dir: Path, **extra_env: str) -> Child:
+    """``ioc serve <name>`` on a free port against the bench's broker and database."""
+    port = free_port()
+    env = service_env(bootstrap, database_url, **{f"IOC_{name.upper()}_PORT": str(port)}, **extra_env)
+    args = ["serve", name, "--host", "127.0.0.1", "--port", str(port)]
+    return _spawn(f"service-{name}", args, env, log_dir, port)
+
+
 def _infra_children(bootstrap: str, database_url: str) -> list[Child]:
     """The broker (Tansu) and PostgreSQL (postmaster and its backends), found by their listening port."""
     bport = bootstrap.rsplit(":", 1)[1]
@@ -615,17 +623,7 @@ async def pipeline(
     try:
         # --- start the services, then the processors -----------------------------------------------------
         for name in SERVICES:
-            port = free_port()
-            env = service_env(bootstrap, database_url, **{f"IOC_{name.upper()}_PORT": str(port)})
-            children.append(
-                _spawn(
-                    f"service-{name}",
-                    ["serve", name, "--host", "127.0.0.1", "--port", str(port)],
-                    env,
-                    log_dir,
-                    port,
-                )
-            )
+            children.append(_spawn_service(name, bootstrap, database_url, log_dir))
         async with httpx.AsyncClient(timeout=5) as c:
             await asyncio.gather(*(_wait_ready(c, ch) for ch in children))
         svc = {ch.name.removeprefix("service-"): f"http://127.0.0.1:{ch.port}" for ch in children}
