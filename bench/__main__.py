@@ -186,7 +186,7 @@ def main() -> None:
     report(results, n, only)
 
 
-def run_metadata(n: int, only: tuple[str, ...]) -> dict:
+def run_metadata(n: int) -> dict:
     """Which machine, commit and command the figures come from (docs/performance.md shows it)."""
     import platform
 
@@ -271,7 +271,7 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
     console.print(table)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
-    results = {"_run": run_metadata(n, only), **results}
+    results = {"_run": run_metadata(n), **results}
     name = "bench.json" if not only else f"bench-{'-'.join(only)}.json"
     (out / name).write_text(json.dumps(results, indent=2))
     console.print(f"written {out / name}")
