@@ -12,6 +12,7 @@ ioc simulate DOMAIN         one domain's simulator
 ioc contracts export|check  JSON Schemas + AsyncAPI under contracts/
 ioc replay FILE             feed a traffic hi-res log through the traffic service
 ioc alarms stats            alarm rates against the EEMUA 191 budget, chattering and most frequent alarms
+ioc operators add|disable|list  console accounts (sign-in and roles)
 
 Commands find the running center through the file `ioc up` writes (var/run/center.json); IOC_* environment
 variables override it.
@@ -49,6 +50,7 @@ contracts_app = typer.Typer(help="Exported event contracts (JSON Schema, AsyncAP
 app.add_typer(keys_app, name="keys")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(__import__("ioc.alarms_cli", fromlist=["app"]).app, name="alarms")
+app.add_typer(__import__("ioc.operators_cli", fromlist=["app"]).app, name="operators")  # console accounts
 app.command("lag")(__import__("ioc.lag", fromlist=["lag"]).lag)  # `ioc lag`: per-partition lag (ioc/lag.py)
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parent.parent

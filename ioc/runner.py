@@ -159,6 +159,9 @@ class Center:
         pool = await create_pool(DatabaseSettings(url=os.environ["IOC_DATABASE_URL"], pool_min=1, pool_max=2))
         try:
             await apply_migrations(pool, PLATFORM_SCHEMA, PLATFORM_MIGRATIONS)
+            from ioc.operators_cli import ensure_dev_operator  # the console's sign-in (docs/console.md)
+
+            self.console_login = await ensure_dev_operator(pool, self.state_dir)
             store = KeyStore(pool, cache_seconds=0)
             key_file = self.state_dir / "dev-admin.key"
             if key_file.exists() and await store.authenticate(key_file.read_text().strip()):
@@ -286,6 +289,11 @@ class Center:
         self.console.print(
             f"development admin key (also in {self.state_dir / 'dev-admin.key'}):\n  [bold]{key}[/bold]"
         )
+        if getattr(self, "console_login", None):
+            self.console.print(
+                f"console sign-in (password also in {self.state_dir / 'dev-console.password'}): "
+                f"[bold]{self.console_login[0]}[/bold] / [bold]{self.console_login[1]}[/bold]"
+            )
         city_port = next((_port(e) for e in services if e.name == "city"), 8100)
         self.console.print(
             "try:  .venv/bin/ioc topics   ·   .venv/bin/ioc tail ioc.meter.kpis   ·   "

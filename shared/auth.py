@@ -1,8 +1,15 @@
-"""Authentication and authorization: API keys bound to principals with scopes.
+"""Authentication and authorization: API keys and console sessions, both bound to principals with scopes.
 
 A key looks like ``ioc_<key_id>_<secret>``; only a SHA-256 of the (256-bit random) secret is stored, so a
-database leak does not leak usable keys. Every write endpoint depends on :func:`require_scope`; 401 means no
+database leak does not leak usable keys. Every endpoint depends on :func:`require_scope`; 401 means no
 or bad credential, 403 means the principal may not do this. ``ioc keys issue/revoke`` manages keys.
+
+People at the console sign in instead (``POST /v1/session`` of the city service): the browser then holds only
+an HttpOnly cookie with an opaque session id (:data:`SESSION_COOKIE`), checked by the same
+:func:`require_scope` against ``platform.sessions`` (:class:`SessionStore`), which yields the same kind of
+:class:`Principal`. A state-changing request authenticated by that cookie must carry the session's CSRF token
+in :data:`CSRF_HEADER` (synchronizer token); a request with a key in a header needs none (no ambient
+credential a foreign page could make the browser send).
 """
 
 from __future__ import annotations
@@ -284,6 +291,145 @@ async def redeem_stream_ticket(pool: asyncpg.Pool, ticket: str) -> Principal | N
     return Principal(row["id"], row["kind"], frozenset(row["scopes"]), dict(row["attributes"]))
 
 
+# Console sign-in ---------------------------------------------------------------------------------------------
+SESSION_COOKIE = "ioc_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# scrypt cost (RFC 7914): N=2^15, r=8, p=3 is one of OWASP's equivalent minimum settings (32 MiB, 3 lanes);
+# the parameters are stored with each hash, so raising them later only affects new passwords.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 3
+_SCRYPT_MAXMEM = 256 * 1024 * 1024
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    """``scrypt$n$r$p$salt$hash`` (hex) of ``password`` with a fresh 16-byte salt."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=32)
+    return f"scrypt${n}${r}${p}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """Whether ``password`` matches ``stored`` (constant-time compare); ``False`` for a malformed hash.
+    Without a stored hash a dummy one is still computed, so an unknown user takes as long as a wrong password."""
+    try:
+        scheme, n, r, p, salt, digest = (stored or "").split("$")
+        if scheme != "scrypt":
+            raise ValueError(scheme)
+        params = (int(n), int(r), int(p), bytes.fromhex(salt), bytes.fromhex(digest))
+    except ValueError:
+        hashlib.scrypt(b"x", salt=b"0" * 16, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, maxmem=_SCRYPT_MAXMEM)
+        return False
+    n_, r_, p_, salt_b, digest_b = params
+    got = hashlib.scrypt(
+        password.encode(), salt=salt_b, n=n_, r=r_, p=p_, maxmem=_SCRYPT_MAXMEM, dklen=len(digest_b)
+    )
+    return hmac.compare_digest(got, digest_b)
+
+
+def _session_hash(session_id: str) -> bytes:
+    return hashlib.sha256(session_id.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Session:
+    """A console session as the holder of its cookie sees it (the id itself is never stored)."""
+
+    principal: Principal
+    csrf_token: str
+    method: str
+    expires_at: Any
+    idle_expires_at: Any
+
+
+class SessionStore:
+    """Server-side console sessions in ``platform.sessions``: idle expiry (moved on by each request, never past
+    the absolute expiry) and absolute expiry, both checked by the database clock."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    async def create(
+        self, principal_id: str, *, method: str, idle_seconds: int, absolute_seconds: int
+    ) -> tuple[str, str]:
+        """A new session for ``principal_id``: ``(session id for the cookie, CSRF token)``."""
+        session_id = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        # keeps the table at live sessions and those ended within the day (for the audit, the log has them)
+        await self.pool.execute(
+            "DELETE FROM platform.sessions WHERE expires_at < now() - interval '1 day' "
+            "OR ended_at < now() - interval '1 day'"
+        )
+        await self.pool.execute(
+            "INSERT INTO platform.sessions(id_hash, principal_id, csrf_token, method, idle_seconds, "
+            "idle_expires_at, expires_at) VALUES ($1, $2, $3, $4, $5::int, "
+            "LEAST(now() + make_interval(secs => $5::int), now() + make_interval(secs => $6)), "
+            "now() + make_interval(secs => $6))",
+            _session_hash(session_id),
+            principal_id,
+            csrf,
+            method,
+            idle_seconds,
+            float(absolute_seconds),
+        )
+        return session_id, csrf
+
+    async def authenticate(self, session_id: str) -> Session | None:
+        """The live session of this id (its idle expiry moved on), else ``None``."""
+        if not session_id or len(session_id) > 100:
+            return None
+        row = await self.pool.fetchrow(
+            "UPDATE platform.sessions s SET last_seen_at = now(), "
+            "idle_expires_at = LEAST(now() + make_interval(secs => s.idle_seconds), s.expires_at) "
+            "FROM platform.principals p WHERE s.id_hash = $1 AND p.id = s.principal_id "
+            "AND s.ended_at IS NULL AND s.expires_at > now() AND s.idle_expires_at > now() "
+            "AND p.disabled_at IS NULL "
+            "RETURNING p.id, p.kind, p.scopes, p.attributes, s.csrf_token, s.method, s.expires_at, "
+            "s.idle_expires_at",
+            _session_hash(session_id),
+        )
+        if row is None:
+            return None
+        principal = Principal(row["id"], row["kind"], frozenset(row["scopes"]), dict(row["attributes"]))
+        return Session(principal, row["csrf_token"], row["method"], row["expires_at"], row["idle_expires_at"])
+
+    async def end(self, session_id: str) -> bool:
+        r = await self.pool.execute(
+            "UPDATE platform.sessions SET ended_at = now() WHERE id_hash = $1 AND ended_at IS NULL",
+            _session_hash(session_id),
+        )
+        return r.endswith(" 1")
+
+    async def end_all(self, principal_id: str) -> int:
+        """End every session of a principal (disabled, role changed, password reset)."""
+        r = await self.pool.execute(
+            "UPDATE platform.sessions SET ended_at = now() WHERE principal_id = $1 AND ended_at IS NULL",
+            principal_id,
+        )
+        return int(r.split()[-1])
+
+
+def check_csrf(request: Request, session: Session) -> None:
+    """403 unless a state-changing request carries the session's CSRF token in :data:`CSRF_HEADER`."""
+    if request.method in SAFE_METHODS:
+        return
+    sent = request.headers.get(CSRF_HEADER)
+    if not sent:
+        raise ApiError(
+            403,
+            "csrf_token_missing",
+            f"a state-changing request signed in by the session cookie needs the {CSRF_HEADER} header "
+            "(the csrf_token of GET /v1/session)",
+            [{"header": CSRF_HEADER, "reason": "missing"}],
+        )
+    if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+        raise ApiError(
+            403,
+            "csrf_token_invalid",
+            f"the {CSRF_HEADER} header does not match this session's token; reload the console",
+            [{"header": CSRF_HEADER, "reason": "does not match the session"}],
+        )
+
+
 def _source_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
@@ -292,8 +438,10 @@ def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_tick
     """FastAPI dependency: the calling :class:`Principal`, which must hold ``scope`` (and, when ``roles`` is
     given, have one of those roles: ``attributes.role``, else its kind).
 
-    401 without a valid key, 403 without the scope or role, 429 over the rate limit or after too many failed
-    authentications from the caller's address. ``allow_ticket``: a Server-Sent Events route, which also
+    The credential is an API key in a header, else the console's session cookie (:data:`SESSION_COOKIE`;
+    a state-changing request then needs :data:`CSRF_HEADER`, see :func:`check_csrf`). 401 without a valid
+    key or live session, 403 without the scope, role or CSRF token, 429 over the rate limit or after too many
+    failed authentications from the caller's address. ``allow_ticket``: a Server-Sent Events route, which also
     accepts a single-use ``?ticket=`` from :func:`issue_stream_ticket` (never a key in the URL).
     """
 
@@ -304,15 +452,32 @@ def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_tick
         if throttle is not None:
             await throttle.check(address)
         token = bearer_token(request)
-        ticket = request.query_params.get(TICKET_QUERY) if allow_ticket and not token else None
-        if not token and not ticket:
+        session_id = request.cookies.get(SESSION_COOKIE) if not token else None
+        ticket = (
+            request.query_params.get(TICKET_QUERY) if allow_ticket and not token and not session_id else None
+        )
+        if not token and not ticket and not session_id:
             raise ApiError(
                 401,
                 "unauthenticated",
-                "an API key is required (Authorization: Bearer <key>)",
+                "sign in, or send an API key (Authorization: Bearer <key>)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if token:
+        if session_id:
+            session = await SessionStore(ctx.pool).authenticate(session_id)
+            if session is None:
+                # not counted as a failed authentication: a 256-bit id cannot be guessed, and a console whose
+                # session expired keeps asking until it shows the sign-in form (it must not lock out the room)
+                raise ApiError(
+                    401,
+                    "session_expired",
+                    "the session has expired or ended; sign in again",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            check_csrf(request, session)
+            principal: Principal | None = session.principal
+            request.state.session = session
+        elif token:
             store: KeyStore = ctx.keys
             principal = await store.authenticate(token)
         else:

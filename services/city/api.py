@@ -1,9 +1,9 @@
 """HTTP API of the city layer: current KPIs, history, districts, alarms and incidents, live streams.
 
 Reads need the scope ``city:read``; acknowledging and clearing need ``city:operate`` and an operating role
-(``attributes.role``: operator, supervisor or administrator; a leader only watches). A browser's EventSource
-cannot set headers, so Server-Sent Events routes also accept a single-use ``?ticket=`` from
-``POST /v1/stream-tickets`` (never a key in a URL). The live tail serves a topic only to principals whose
+(``attributes.role``: operator, supervisor or administrator; a leader only watches). The console signs in
+(api_auth.py) and its EventSource sends the session cookie; a machine client's EventSource, which cannot set
+headers, may use a single-use ``?ticket=`` from ``POST /v1/stream-tickets`` (never a key in a URL). The live tail serves a topic only to principals whose
 scopes cover it (:func:`tail_scope`), and each principal may hold a few streams at once.
 """
 
@@ -36,7 +36,7 @@ from services.city.reliability import MAX_PERIOD_DAYS, reliability_report
 from services.city.settings import CitySettings
 from services.city.store import CityStore
 from shared.areas import hanoi
-from shared.auth import ApiError, Principal, issue_stream_ticket, require_scope
+from shared.auth import SESSION_COOKIE, ApiError, Principal, issue_stream_ticket, require_scope
 from shared.contracts import TOPICS, TopicSpec
 from shared.contracts.cloudevents import EventDecodeError, decode
 from shared.http import ServiceContext
@@ -717,6 +717,9 @@ async def _archive_forward(request: Request, path: str, params: dict[str, str]) 
     authorization = request.headers.get("authorization")
     url = _settings(request).archive_url.rstrip("/") + path
     headers = {"Authorization": authorization} if authorization else {}
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not authorization and session_id:  # a signed-in operator: the archive checks the same session
+        headers["Cookie"] = f"{SESSION_COOKIE}={session_id}"
     try:
         async with httpx.AsyncClient(timeout=_settings(request).archive_timeout_seconds) as client:
             r = await client.get(url, params=params, headers=headers)

@@ -43,3 +43,9 @@ class CitySettings(ServiceSettings):
     # The archive service the console's archive extracts are forwarded to (GET /v1/exports/archive).
     archive_url: str = "http://127.0.0.1:8105"
     archive_timeout_seconds: float = 120.0
+    # Console sign-in (docs/console.md, "Sign-in and roles"): a session ends after this long without a request,
+    # and after its absolute lifetime (a shift) whatever the activity. The cookie is Secure when the request
+    # came over https (behind a TLS proxy: uvicorn --proxy-headers) unless set here.
+    session_idle_seconds: int = 1800
+    session_absolute_seconds: int = 12 * 3600
+    session_cookie_secure: bool | None = None

@@ -11,7 +11,7 @@ const I18N = {
     start: "Bắt đầu", stop: "Dừng", live: "Trực tuyến", offline: "Mất kết nối", reconnecting: "Đang kết nối lại",
     quiet: "Không có dữ liệu mới", target: "Mục tiêu", ack: "Xác nhận", clear: "Xóa", severity: "Mức",
     domain: "Lĩnh vực", type: "Loại", source: "Nguồn", district: "Quận/huyện", state: "Trạng thái",
-    message: "Nội dung", since: "Từ lúc", none: "Không có", needKey: "Nhập khóa API để xem dữ liệu.",
+    message: "Nội dung", since: "Từ lúc", none: "Không có", needKey: "Đăng nhập để xem dữ liệu.",
     city: "Toàn thành phố", value: "Giá trị", status: "Tình trạng", active: "chưa xác nhận",
     acknowledged: "đã xác nhận", cleared: "đã xóa", ok: "bình thường", warning: "cảnh báo", critical: "nghiêm trọng",
     unknown: "chưa rõ", ackAll: "Xác nhận tất cả", clearAll: "Xóa tất cả", noData: "Chưa có dữ liệu",
@@ -27,7 +27,7 @@ const I18N = {
     wholeCity: "toàn thành phố", time: "Thời gian", noCompleteWindow: "Chưa có cửa sổ nào đủ", nowWindow: "Hiện tại, cửa sổ",
     exportCsv: "Tải CSV", archive: "Trích xuất dữ liệu lưu trữ", topic: "Chủ đề", from: "Từ", to: "Đến",
     area: "Khu vực", entity: "Đối tượng", format: "Định dạng", download: "Tải về",
-    archiveHint: "Giờ Hà Nội; khoảng [từ, đến). Cần quyền archive:read.", archiveDenied: "Khóa này không có quyền archive:read.",
+    archiveHint: "Giờ Hà Nội; khoảng [từ, đến). Cần quyền archive:read.", archiveDenied: "Tài khoản này không có quyền archive:read.",
     archiveDown: "Dịch vụ lưu trữ không trả lời.", rows: "dòng",
   },
   en: {
@@ -37,7 +37,7 @@ const I18N = {
     start: "Start", stop: "Stop", live: "Live", offline: "Offline", reconnecting: "Reconnecting",
     quiet: "No new data", target: "Target", ack: "Acknowledge", clear: "Clear", severity: "Severity",
     domain: "Domain", type: "Type", source: "Source", district: "District", state: "State",
-    message: "Message", since: "Since", none: "None", needKey: "Enter an API key to see the data.",
+    message: "Message", since: "Since", none: "None", needKey: "Sign in to see the data.",
     city: "Whole city", value: "Value", status: "Status", active: "unacknowledged",
     acknowledged: "acknowledged", cleared: "cleared", ok: "normal", warning: "warning", critical: "critical",
     unknown: "unknown", ackAll: "Acknowledge all", clearAll: "Clear all", noData: "No data yet",
@@ -53,7 +53,7 @@ const I18N = {
     wholeCity: "whole city", time: "Time", noCompleteWindow: "No complete window yet", nowWindow: "Now, window",
     exportCsv: "Export CSV", archive: "Archive extract", topic: "Topic", from: "From", to: "To",
     area: "Area", entity: "Entity", format: "Format", download: "Download",
-    archiveHint: "Hanoi time; range [from, to). Needs archive:read.", archiveDenied: "This key lacks archive:read.",
+    archiveHint: "Hanoi time; range [from, to). Needs archive:read.", archiveDenied: "This account lacks archive:read.",
     archiveDown: "The archive service did not answer.", rows: "rows",
   },
 };
@@ -96,7 +96,6 @@ const UNITS = {
 
 const S = {
   lang: localStorage.getItem("ioc.lang") || "vi",
-  key: localStorage.getItem("ioc.apiKey") || "",
   defs: {}, tiles: {}, districts: [], selected: null, lastEventId: null, source: null, tail: null, chart: null,
   domainSeen: {}, lastKpiAt: 0, noSignal: new Set(), showShelved: false, rate: null,
   exports: {},  // the API's items behind each table and chart, exported as they came (not as formatted)
@@ -224,11 +223,13 @@ function showMessage(text) {
   m.hidden = !text;
 }
 
+// Signed in by the session cookie (auth.js): a state-changing call carries the session's CSRF token.
 async function api(path, options = {}) {
-  const r = await fetch(path, {...options, headers: {...(options.headers || {}), Authorization: `Bearer ${S.key}`}});
+  const r = await fetch(path, {...options, headers: {...(options.headers || {}), ...IOC_AUTH.headers(options.method)}});
   if (!r.ok) {
     const body = await r.json().catch(() => ({}));
-    showMessage(r.status === 401 || r.status === 403 ? t("needKey") : (body.error && body.error.message) || `HTTP ${r.status}`);
+    if (r.status === 401) IOC_AUTH.expired();
+    showMessage(r.status === 401 ? t("needKey") : (body.error && body.error.message) || `HTTP ${r.status}`);
     throw new Error(`HTTP ${r.status}`);
   }
   return r.json();
@@ -497,20 +498,11 @@ function setConn(state) {
   c.textContent = quiet ? t("quiet") : t({on: "live", off: "offline", wait: "reconnecting"}[state]);
 }
 
-async function streamTicket() {
-  // A single-use ticket stands for the key on one EventSource request: a key never travels in a URL.
-  return (await api("/v1/stream-tickets", {method: "POST"}).catch(() => ({}))).ticket;
-}
-
 async function connect() {
   if (S.source) S.source.close();
-  if (!S.key) return;
-  const ticket = await streamTicket();
-  if (!ticket) { setConn("off"); setTimeout(connect, 2000); return; }
-  if (S.source) S.source.close();
-  const params = new URLSearchParams({ticket});
-  if (S.lastEventId) params.set("last_event_id", S.lastEventId);
-  const es = new EventSource(`/v1/stream?${params}`);
+  if (!IOC_AUTH.signedIn()) return;
+  // Same origin: EventSource sends the session cookie, so no credential travels in the URL.
+  const es = new EventSource(S.lastEventId ? `/v1/stream?last_event_id=${encodeURIComponent(S.lastEventId)}` : "/v1/stream");
   S.source = es;
   const track = (e) => { if (e.lastEventId) S.lastEventId = e.lastEventId; };
   es.addEventListener("hello", () => { if (!S.lastKpiAt) S.lastKpiAt = Date.now(); setConn("on"); scheduleRefresh("alarms"); });
@@ -521,7 +513,8 @@ async function connect() {
   es.onerror = () => {
     // The browser retries by itself (sending Last-Event-ID) unless the server answered with an error.
     setConn(es.readyState === EventSource.CLOSED ? "off" : "wait");
-    if (es.readyState === EventSource.CLOSED) setTimeout(() => { if (S.source === es) connect(); }, 2000);
+    // (an error answer may mean the session ended: ask before reconnecting)
+    if (es.readyState === EventSource.CLOSED) setTimeout(() => { if (S.source === es) IOC_AUTH.recheck().then(connect); }, 2000);
   };
 }
 
@@ -615,10 +608,10 @@ function exportTable(what) {
   saveBlob(new Blob([toCsv(x.items)], {type: "text/csv;charset=utf-8"}), `ioc-${x.name}-${stamp()}.csv`);
 }
 
-// Archive extracts go through the city (same origin, so the CSP's connect-src 'self' holds) with the key in
-// the Authorization header; the archive checks archive:read for this key and audits the extract.
+// Archive extracts go through the city (same origin, so the CSP's connect-src 'self' holds), signed in by the
+// session cookie; the archive checks archive:read for this operator and audits the extract.
 async function archiveFetch(path) {
-  const r = await fetch(path, {headers: {Authorization: `Bearer ${S.key}`}});
+  const r = await fetch(path);
   if (!r.ok) {
     const body = await r.json().catch(() => ({}));
     const msg = r.status === 403 ? t("archiveDenied") : r.status === 502 ? t("archiveDown")
@@ -669,7 +662,7 @@ async function toggleTail() {
     $("tail-toggle").textContent = t("start");
     return;
   }
-  const params = new URLSearchParams({ticket: await streamTicket(), topic: $("tail-topic").value});
+  const params = new URLSearchParams({topic: $("tail-topic").value});  // the session cookie signs it in
   if ($("tail-filter").value) params.set("filter", $("tail-filter").value);
   const es = new EventSource(`/v1/tail?${params}`);
   S.tail = es;
@@ -686,29 +679,21 @@ async function toggleTail() {
 
 // Start ---------------------------------------------------------------------------------------------------
 async function loadAll() {
-  if (!S.key) { showMessage(t("needKey")); return; }
+  if (!IOC_AUTH.signedIn()) { showMessage(t("needKey")); return; }
   showMessage("");
   await loadDistricts();  // names first: tiles, alarms and incidents show district names
   await loadTiles();
-  await Promise.all([loadAlarms(), loadTopics(), loadRate(), loadArchiveTopics()]);
+  await Promise.all([loadAlarms(), loadTopics(), loadRate(), IOC_AUTH.may("archive:read") ? loadArchiveTopics() : null]);
   fillHistorySelectors();
 }
 
 function init() {
-  $("api-key").value = S.key;
   applyLanguage();
   $("lang").addEventListener("click", () => {
     S.lang = S.lang === "vi" ? "en" : "vi";
     localStorage.setItem("ioc.lang", S.lang);
     applyLanguage();
     loadAll().catch(() => {});
-  });
-  $("key-form").addEventListener("submit", (e) => {
-    e.preventDefault();
-    S.key = $("api-key").value.trim();
-    localStorage.setItem("ioc.apiKey", S.key);
-    S.lastEventId = null;
-    loadAll().then(connect).catch(() => {});
   });
   $("close-detail").addEventListener("click", () => {
     $("district-detail").hidden = true;
@@ -725,8 +710,9 @@ function init() {
     for (const id of Object.keys(S.tiles)) renderTile(id);
     setConn(S.connState || "off");
   }, 15000);
-  setInterval(() => { if (S.key) loadRate(); }, 60000);
-  loadAll().then(connect).catch(() => {});
+  setInterval(() => { if (IOC_AUTH.signedIn()) loadRate(); }, 60000);
+  // auth.js shows the sign-in form until a session holds, then starts the console
+  IOC_AUTH.start(() => { S.lastEventId = null; return loadAll().then(connect).catch(() => {}); });
 }
 
 document.addEventListener("DOMContentLoaded", init);
