@@ -31,8 +31,9 @@ from shared.contracts import EVENT_TYPES
 from shared.contracts.common import kpi_key
 from shared.embedded import free_port
 from shared.stream import State
-from shared.testing import issue_test_key, received
+from shared.testing import received
 
+from .auth_helpers import make_operator, sign_in_page
 from .conftest import serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
@@ -219,9 +220,7 @@ async def test_a_compressed_healthy_day_gives_only_the_injected_incident_as_one_
         if CHROMIUM.exists():
             from playwright.async_api import async_playwright, expect
 
-            _, key = await issue_test_key(
-                ctx.pool, ["city:read", "city:operate"], kind="operator", attributes={"role": "operator"}
-            )
+            username, password = await make_operator(ctx.pool, "operator")
             async with async_playwright() as pw:
                 browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
                 try:
@@ -229,8 +228,7 @@ async def test_a_compressed_healthy_day_gives_only_the_injected_incident_as_one_
                     errors: list[str] = []
                     page.on("pageerror", lambda e: errors.append(str(e)))
                     await page.goto(base + "/")
-                    await page.fill("#api-key", key)
-                    await page.click("#key-form button")
+                    await sign_in_page(page, username, password)
                     rows = page.locator(f'#incidents tr[data-incident="{incident["incident_id"]}"]')
                     await expect(rows).to_have_count(1, timeout=15000)
                     await expect(rows).to_contain_text("Sự cố mất điện")

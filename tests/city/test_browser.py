@@ -18,6 +18,7 @@ from shared.embedded import free_port
 from shared.kafka import EventPublisher
 from shared.testing import issue_test_key
 
+from .auth_helpers import make_operator, sign_in_page
 from .conftest import KPI_FILE, serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -142,12 +143,7 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
                 ),
             )
             async with serve(app, port) as base:
-                _, key = await issue_test_key(
-                    app.state.ctx.pool,
-                    ["city:read", "city:operate"],
-                    kind="operator",
-                    attributes={"role": "operator"},
-                )
+                username, password = await make_operator(app.state.ctx.pool, "operator")
                 # some history for the chart: the last hours of city-wide availability
                 await pub.publish(
                     [
@@ -164,8 +160,7 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
                 )
                 await page.goto(base + "/")
                 await expect(page.locator("h1")).to_have_text("Trung tâm điều hành thông minh Hà Nội")
-                await page.fill("#api-key", key)
-                await page.click("#key-form button")
+                await sign_in_page(page, username, password)
                 tile = page.locator('.tile[data-kpi="citytest.availability"]')
                 await expect(tile).to_be_visible()
                 await expect(page.locator(".district")).to_have_count(30)
@@ -321,6 +316,8 @@ async def test_console_exports_its_chart_as_csv_and_downloads_archive_extracts(
             urls: list[str] = []
             page.on("request", lambda r: urls.append(r.url))
             async with serve(archive_app, archive_port) as archive_base, serve(app, port) as base:
+                # the page signs in as a supervisor (archive:read); the direct comparison uses a key
+                username, password = await make_operator(app.state.ctx.pool, "supervisor")
                 _, key = await issue_test_key(
                     app.state.ctx.pool,
                     ["city:read", "archive:read"],
@@ -329,8 +326,7 @@ async def test_console_exports_its_chart_as_csv_and_downloads_archive_extracts(
                 )
                 await pub.publish(history)
                 await page.goto(base + "/")
-                await page.fill("#api-key", key)
-                await page.click("#key-form button")
+                await sign_in_page(page, username, password)
                 await expect(page.locator('.tile[data-kpi="citytest.availability"]')).to_be_visible(
                     timeout=20000
                 )
