@@ -109,9 +109,11 @@ async def sign_in(
 ) -> SignedIn | None:
     """A new session if the user name and password match an enabled operator (audited either way), else
     ``None``; the check takes as long for an unknown user as for a wrong password."""
-    found = await repo.credentials(pool, username) if USERNAME.match(username) else None
+    well_formed = USERNAME.match(username) is not None
+    found = await repo.credentials(pool, username) if well_formed else None
     stored = found["password_hash"] if found is not None else None
-    ok = await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
+    # (a malformed name cannot exist: no hash to hide behind, so none is spent on it)
+    ok = well_formed and await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
     if not ok or found is None:
         await record_audit(
             pool,
