@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.city import repository_auth as repo
 from services.city import service_auth as service
+from services.city import service_oidc as oidc
 from services.city.roles import ADMIN_SCOPE, ROLE_SCOPES, ROLES
 from services.city.settings import CitySettings
 from shared.auth import (
@@ -63,9 +64,25 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https" if chosen is None else chosen
 
 
+async def _set_session_cookie(request: Request, response: Response, session_id: str) -> None:
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:  # a new id at every sign-in (no session fixation); the old session ends
+        await SessionStore(_pool(request)).end(old)
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=_settings(request).session_absolute_seconds,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+
+
 def _who(principal: Principal, session: Session | None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "principal_id": principal.id,
+        "username": principal.attributes.get("username"),
         "role": principal.role,
         "scopes": sorted(principal.scopes),
         "via": "session" if session is not None else "api_key",
@@ -103,18 +120,7 @@ async def sign_in(request: Request, body: SignInRequest, response: Response) -> 
         if throttle is not None:
             await throttle.failed(address)
         raise ApiError(401, "sign_in_failed", "unknown user name or wrong password")
-    old = request.cookies.get(SESSION_COOKIE)
-    if old:  # a new id at every sign-in (no session fixation); the old session ends
-        await SessionStore(_pool(request)).end(old)
-    response.set_cookie(
-        SESSION_COOKIE,
-        done.session_id,
-        max_age=settings.session_absolute_seconds,
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
-    )
+    await _set_session_cookie(request, response, done.session_id)
     session = await SessionStore(_pool(request)).authenticate(done.session_id)
     assert session is not None
     return _who(session.principal, session)
@@ -135,6 +141,86 @@ async def sign_out(request: Request) -> Response:
             check_csrf(request, session)
             await service.sign_out(_pool(request), session_id, session.principal)
     answer.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_secure(request))
+    return answer
+
+
+# OIDC ------------------------------------------------------------------------------------------------------
+OIDC_BINDING_COOKIE = "ioc_oidc"
+OIDC_PATH = "/v1/session/oidc"
+
+
+@router.get("/session/providers", summary="How one signs in here: password, and OIDC when configured")
+async def providers(request: Request) -> dict:
+    settings = _settings(request)
+    return {
+        "password": True,
+        "oidc": {"enabled": oidc.configured(settings), "label": settings.oidc_label, "start": OIDC_PATH},
+    }
+
+
+@router.get(
+    "/session/oidc",
+    summary="Sign in through the OIDC provider: a redirect to it (authorization code flow with PKCE)",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses={303: {"description": "to the provider's authorization endpoint"}},
+)
+async def oidc_start(request: Request) -> RedirectResponse:
+    settings = _settings(request)
+    if not oidc.configured(settings):
+        raise ApiError(404, "not_found", "no OIDC provider is configured (IOC_CITY_OIDC_ISSUER)")
+    redirect_uri = settings.oidc_redirect_url or str(request.url_for("oidc_callback"))
+    started = await oidc.start(_pool(request), settings, request.app.state.ctx.extras, redirect_uri)
+    answer = RedirectResponse(started.authorize_url, status_code=303)
+    # binds the sign-in to this browser; Lax: it must come back with the provider's top-level redirect
+    answer.set_cookie(
+        OIDC_BINDING_COOKIE,
+        started.binding,
+        max_age=int(oidc.PENDING_SECONDS),
+        path=OIDC_PATH,
+        httponly=True,
+        samesite="lax",
+        secure=_secure(request),
+    )
+    return answer
+
+
+@router.get(
+    "/session/oidc/callback",
+    name="oidc_callback",
+    summary="Where the OIDC provider sends the browser back: starts the session, then to the console",
+    status_code=303,
+    response_class=RedirectResponse,
+    responses={303: {"description": "to the console, signed in"}},
+)
+async def oidc_callback(
+    request: Request,
+    code: str | None = Query(None, max_length=4096),
+    state: str | None = Query(None, max_length=200),
+    error: str | None = Query(None, max_length=100, pattern=r"^[A-Za-z0-9_.\-]*$"),
+) -> RedirectResponse:
+    settings = _settings(request)
+    if not oidc.configured(settings):
+        raise ApiError(404, "not_found", "no OIDC provider is configured (IOC_CITY_OIDC_ISSUER)")
+    if error:
+        raise ApiError(401, "oidc_refused", f"the identity provider did not sign the user in ({error})")
+    missing = [{"field": f, "reason": "missing"} for f, v in (("code", code), ("state", state)) if not v]
+    if missing:
+        raise ApiError(422, "invalid_request", "the provider's answer lacks code or state", missing)
+    session_id = await oidc.finish(
+        _pool(request),
+        settings,
+        request.app.state.ctx.extras,
+        code=str(code),
+        state=str(state),
+        binding=request.cookies.get(OIDC_BINDING_COOKIE),
+    )
+    # to the console: the code leaves the address bar (and, with Referrer-Policy no-referrer, goes nowhere)
+    answer = RedirectResponse("/", status_code=303)
+    await _set_session_cookie(request, answer, session_id)
+    answer.delete_cookie(
+        OIDC_BINDING_COOKIE, path=OIDC_PATH, httponly=True, samesite="lax", secure=_secure(request)
+    )
     return answer
 
 

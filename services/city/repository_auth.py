@@ -26,7 +26,7 @@ async def upsert_operator(
         principal_id,
         display_name,
         scopes,
-        {"role": role},
+        {"role": role, "username": username},
     )
     await conn.execute(
         "INSERT INTO platform.operator_credentials(principal_id, username, password_hash, oidc_subject) "
@@ -79,3 +79,52 @@ async def disable_principal(conn: asyncpg.Connection | asyncpg.Pool, principal_i
         principal_id,
     )
     return r.endswith(" 1")
+
+
+async def save_oidc_login(
+    pool: asyncpg.Pool,
+    *,
+    state_hash: bytes,
+    binding_hash: bytes,
+    code_verifier: str,
+    nonce: str,
+    redirect_uri: str,
+    seconds: float,
+) -> None:
+    await pool.execute("DELETE FROM platform.oidc_logins WHERE expires_at < now()")
+    await pool.execute(
+        "INSERT INTO platform.oidc_logins(state_hash, binding_hash, code_verifier, nonce, redirect_uri, "
+        "expires_at) VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        state_hash,
+        binding_hash,
+        code_verifier,
+        nonce,
+        redirect_uri,
+        seconds,
+    )
+
+
+async def take_oidc_login(pool: asyncpg.Pool, state_hash: bytes) -> dict[str, Any] | None:
+    """The unexpired sign-in of this state, used up (a callback counts once)."""
+    row = await pool.fetchrow(
+        "DELETE FROM platform.oidc_logins WHERE state_hash = $1 AND expires_at > now() "
+        "RETURNING binding_hash, code_verifier, nonce, redirect_uri",
+        state_hash,
+    )
+    return dict(row) if row is not None else None
+
+
+async def operator_by_oidc_subject(pool: asyncpg.Pool, subject: str) -> dict[str, Any] | None:
+    row = await pool.fetchrow(
+        "SELECT c.principal_id, c.username, p.disabled_at IS NOT NULL AS disabled "
+        "FROM platform.operator_credentials c JOIN platform.principals p ON p.id = c.principal_id "
+        "WHERE c.oidc_subject = $1",
+        subject,
+    )
+    return dict(row) if row is not None else None
+
+
+async def username_taken(pool: asyncpg.Pool, username: str) -> bool:
+    return bool(
+        await pool.fetchval("SELECT 1 FROM platform.operator_credentials WHERE username = $1", username)
+    )

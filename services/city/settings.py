@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.config import ServiceSettings
@@ -49,3 +50,18 @@ class CitySettings(ServiceSettings):
     session_idle_seconds: int = 1800
     session_absolute_seconds: int = 12 * 3600
     session_cookie_secure: bool | None = None
+    # Optional OIDC sign-in (authorization code flow with PKCE), e.g. a Keycloak realm: the issuer URL (https,
+    # or http on loopback only), this client's id, its secret from IOC_CITY_OIDC_CLIENT_SECRET or a file,
+    # the ID-token claim holding the user's roles (a dotted path: Keycloak's realm roles are
+    # realm_access.roles) and how its values map to IOC roles (default: leader, operator, supervisor,
+    # administrator or ioc-<role>).
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_client_secret_file: str | None = None
+    oidc_role_claim: str = "roles"
+    oidc_role_map: dict[str, str] = {}
+    oidc_scopes: str = "openid profile"
+    oidc_label: str = "OIDC"
+    # this service's public callback URL (…/v1/session/oidc/callback); default: from the request
+    oidc_redirect_url: str | None = None

@@ -24,3 +24,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_principal ON sessions (principal_id) WHERE ended_at IS NULL;
 CREATE INDEX IF NOT EXISTS sessions_expires_at ON sessions (expires_at);
+
+-- OIDC sign-ins in progress (authorization code flow with PKCE): what the callback checks, for a few minutes.
+-- `state` finds the row, the browser's binding cookie must match, the PKCE verifier and nonce stay here.
+CREATE TABLE IF NOT EXISTS oidc_logins (
+    state_hash    bytea PRIMARY KEY,
+    binding_hash  bytea NOT NULL,
+    code_verifier text NOT NULL,
+    nonce         text NOT NULL,
+    redirect_uri  text NOT NULL,
+    expires_at    timestamptz NOT NULL
+);
