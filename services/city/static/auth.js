@@ -6,7 +6,7 @@
 "use strict";
 
 Object.assign(I18N.vi, {
-  signIn: "Đăng nhập", signOut: "Đăng xuất", username: "Tên đăng nhập", password: "Mật khẩu",
+  signIn: "Đăng nhập", signInWith: "Đăng nhập qua", signOut: "Đăng xuất", username: "Tên đăng nhập", password: "Mật khẩu",
   signInFailed: "Sai tên đăng nhập hoặc mật khẩu.", signInThrottled: "Đăng nhập sai quá nhiều lần; thử lại sau.",
   sessionEnded: "Phiên làm việc đã hết hạn; vui lòng đăng nhập lại.", operators: "Tài khoản vận hành",
   role: "Vai trò", role_leader: "Lãnh đạo", role_supervisor: "Giám sát viên", role_operator: "Điều hành viên",
@@ -14,7 +14,7 @@ Object.assign(I18N.vi, {
   disable: "Vô hiệu hóa", disabled: "Đã vô hiệu hóa", sessions: "Phiên đang mở", saved: "Đã lưu",
 });
 Object.assign(I18N.en, {
-  signIn: "Sign in", signOut: "Sign out", username: "User name", password: "Password",
+  signIn: "Sign in", signInWith: "Sign in with", signOut: "Sign out", username: "User name", password: "Password",
   signInFailed: "Unknown user name or wrong password.", signInThrottled: "Too many failed sign-ins; try again later.",
   sessionEnded: "Your session has ended; please sign in again.", operators: "Console accounts",
   role: "Role", role_leader: "Leader", role_supervisor: "Supervisor", role_operator: "Operator",
@@ -44,7 +44,7 @@ const IOC_AUTH = (() => {
     document.body.classList.toggle("signed-out", state === null);
     for (const s of SCOPES) document.body.classList.toggle(`may-${s.replace(":", "-")}`, may(s));
     if (state) {
-      $("who-name").textContent = state.principal_id.replace(/^op-/, "");
+      $("who-name").textContent = state.username || state.principal_id;
       $("who-role").dataset.i18n = `role_${state.role}`;
       $("who-role").textContent = t(`role_${state.role}`);
       $("who").title = state.scopes.join(" ");
@@ -143,6 +143,12 @@ const IOC_AUTH = (() => {
     $("lang").addEventListener("click", () => { if (who) loadOperators(); });
     who = await whoAmI().catch(() => null);
     show(who);
+    // the deployment's identity provider, when it has one (docs/console.md)
+    const ways = await fetch("/v1/session/providers").then((r) => r.json()).catch(() => null);
+    if (ways && ways.oidc.enabled) {
+      $("sign-in-oidc-label").textContent = ways.oidc.label;
+      $("sign-in-oidc").hidden = false;
+    }
     if (who) { await onStart(); loadOperators(); }
   }
 
