@@ -115,13 +115,15 @@ async def sign_in(
     # (a malformed name cannot exist: no hash to hide behind, so none is spent on it)
     ok = well_formed and await asyncio.to_thread(verify_password, password[:MAX_PASSWORD], stored)
     if not ok or found is None:
+        # an unknown name is not written down: people type their password into the wrong field
+        who = principal_id_for(username) if found is not None else "unknown-user"
         await record_audit(
             pool,
-            principal=f"console:{username[:64]}",
+            principal=f"console:{who}",
             service=SERVICE,
             action="session.refused",
-            target=principal_id_for(username[:64]),
-            detail={"reason": "unknown user or wrong password"},
+            target=who,
+            detail={"reason": "wrong password" if found is not None else "unknown user"},
         )
         return None
     pid = found["principal_id"]

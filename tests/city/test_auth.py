@@ -124,6 +124,16 @@ async def test_a_wrong_password_and_an_unknown_user_get_the_same_refusal(city):
             }
         )
         assert SESSION_COOKIE not in browser.cookies
+        # refusals are audited, but a name that is no account is not written down (it may be a password)
+        refused = await pool(city).fetch(
+            "SELECT principal, target, detail FROM platform.audit_log WHERE action = 'session.refused' "
+            "AND (target = $1 OR principal LIKE '%' || $2 || '%' OR target LIKE '%' || $2 || '%')",
+            f"op-{username}",
+            "nobody-" + username,
+        )
+        assert [(r["target"], r["detail"]["reason"]) for r in refused] == [
+            (f"op-{username}", "wrong password")
+        ]
         missing = await browser.post("/v1/session", json={"username": username})
         assert missing.status_code == 422 and missing.json()["error"]["details"][0]["field"] == "password"
 

@@ -22,8 +22,16 @@ pytestmark = pytest.mark.integration
 SERVICES = present_service_names()
 # Roles the city demands on top of the scope for operator actions.
 OPERATOR = {"role": "operator"}
-# Deliberately public: the console's HTML shell (its data comes from the authenticated API).
-PUBLIC = {("city", "GET", "/")}
+# Deliberately public: the console's HTML shell (its data comes from the authenticated API), and signing in and
+# out (tests/city/test_auth.py, test_oidc.py: they take a password or the provider's answer, never a key).
+PUBLIC = {
+    ("city", "GET", "/"),
+    ("city", "POST", "/v1/session"),
+    ("city", "DELETE", "/v1/session"),
+    ("city", "GET", "/v1/session/providers"),
+    ("city", "GET", "/v1/session/oidc"),
+    ("city", "GET", "/v1/session/oidc/callback"),
+}
 
 
 async def call(client, ep: Endpoint, headers: dict[str, str]):
