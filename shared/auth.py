@@ -408,6 +408,26 @@ class SessionStore:
         return int(r.split()[-1])
 
 
+class SessionWatch:
+    """For a long response (a live stream): whether the session that opened it still holds, asked at most every
+    ``every`` seconds, so signing out, expiry or a disabled account also ends the streams. Always true for a
+    request authenticated otherwise (a key: revoking it ends nothing already open, as before)."""
+
+    def __init__(self, request: Request, every: float):
+        self.session_id = (
+            request.cookies.get(SESSION_COOKIE) if getattr(request.state, "session", None) else None
+        )
+        self.pool = request.app.state.ctx.pool
+        self.every = every
+        self.checked = time.monotonic()
+
+    async def holds(self) -> bool:
+        if self.session_id is None or time.monotonic() - self.checked < self.every:
+            return True
+        self.checked = time.monotonic()
+        return await SessionStore(self.pool).authenticate(self.session_id) is not None
+
+
 def check_csrf(request: Request, session: Session) -> None:
     """403 unless a state-changing request carries the session's CSRF token in :data:`CSRF_HEADER`."""
     if request.method in SAFE_METHODS:

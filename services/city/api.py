@@ -36,7 +36,7 @@ from services.city.reliability import MAX_PERIOD_DAYS, reliability_report
 from services.city.settings import CitySettings
 from services.city.store import CityStore
 from shared.areas import hanoi
-from shared.auth import SESSION_COOKIE, ApiError, Principal, issue_stream_ticket, require_scope
+from shared.auth import SESSION_COOKIE, ApiError, Principal, SessionWatch, issue_stream_ticket, require_scope
 from shared.contracts import TOPICS, TopicSpec
 from shared.contracts.cloudevents import EventDecodeError, decode
 from shared.http import ServiceContext
@@ -547,6 +547,7 @@ async def _stream_items(request: Request, after: int | None, kinds: list[str]) -
         yield _sse("reset", {"reason": "items after this id were deleted by retention; reload"})
     yield _sse("hello", {"after": after})
     started = last_sent = time.monotonic()
+    signed_in = SessionWatch(request, settings.sse_session_check_seconds)
     while True:
         head_before = store.hub.head
         rows = await repo.stream_after(ctx.pool, after, kinds)
@@ -559,6 +560,8 @@ async def _stream_items(request: Request, after: int | None, kinds: list[str]) -
                 continue
         now = time.monotonic()
         if now - started > settings.sse_max_seconds or await request.is_disconnected():
+            return
+        if not await signed_in.holds():  # signed out or expired: the console shows the sign-in form
             return
         if now - last_sent > settings.sse_heartbeat_seconds:
             yield b": keep-alive\n\n"
@@ -648,6 +651,7 @@ async def _tail_records(request: Request, topic: str, needle: str) -> AsyncItera
         yield b"retry: 2000\n\n"
         yield _sse("hello", {"topic": topic, "partitions": len(tps)})
         started = last_sent = time.monotonic()
+        signed_in = SessionWatch(request, settings.sse_session_check_seconds)
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=500)
             for recs in batch.values():
@@ -662,6 +666,8 @@ async def _tail_records(request: Request, topic: str, needle: str) -> AsyncItera
                     last_sent = time.monotonic()
             now = time.monotonic()
             if now - started > settings.sse_max_seconds or await request.is_disconnected():
+                return
+            if not await signed_in.holds():
                 return
             if now - last_sent > settings.sse_heartbeat_seconds:
                 yield b": keep-alive\n\n"

@@ -50,6 +50,8 @@ class CitySettings(ServiceSettings):
     session_idle_seconds: int = 1800
     session_absolute_seconds: int = 12 * 3600
     session_cookie_secure: bool | None = None
+    # an open live stream of a signed-in operator ends within this long of its session ending
+    sse_session_check_seconds: float = 15.0
     # Optional OIDC sign-in (authorization code flow with PKCE), e.g. a Keycloak realm: the issuer URL (https,
     # or http on loopback only), this client's id, its secret from IOC_CITY_OIDC_CLIENT_SECRET or a file,
     # the ID-token claim holding the user's roles (a dotted path: Keycloak's realm roles are

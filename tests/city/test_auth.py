@@ -330,3 +330,31 @@ def test_the_documented_role_matrix_is_the_one_enforced():
         if len(cells) >= 2 and cells[0].strip("*") in ROLES:
             rows[cells[0].strip("*")] = sorted(s.strip("` ") for s in cells[1].split(",") if s.strip())
     assert rows == {r: sorted(ROLE_SCOPES[r]) for r in ROLES}
+
+
+async def test_signing_out_ends_the_open_live_stream(test_domain, kafka_settings, db_settings, topics_ready):
+    from shared.embedded import free_port
+
+    from .conftest import SseReader, serve
+
+    settings = CitySettings(
+        kafka=kafka_settings,
+        database=db_settings,
+        kpi_definitions_path=str(KPI_FILE),
+        consumer_group=f"city-auth-sse-{uuid.uuid4().hex[:8]}",
+        sse_session_check_seconds=0.5,
+        sse_heartbeat_seconds=0.5,
+    )
+    app = create_app(settings)
+    async with serve(app, free_port()) as base, httpx.AsyncClient(base_url=base, timeout=30) as browser:
+        username, password = await make_operator(app.state.ctx.pool, "leader")
+        csrf = (await signed_in(browser, username, password))["csrf_token"]
+        async with browser.stream("GET", "/v1/stream") as stream:
+            assert stream.status_code == 200  # the cookie alone opens it: no ticket, nothing in the URL
+            sse = SseReader(stream)
+            await sse.until(lambda ev: ev.get("event") == "hello")
+            assert (await browser.delete("/v1/session", headers={CSRF_HEADER: csrf})).status_code == 204
+            with pytest.raises(
+                EOFError
+            ):  # the server ends the stream (the reader's timeout would say otherwise)
+                await sse.next_event(timeout=20)
