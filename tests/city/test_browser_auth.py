@@ -186,3 +186,61 @@ async def test_sign_in_keeps_credentials_out_of_urls_and_storage_and_scopes_the_
                 await context.close()
         finally:
             await browser.close()
+
+
+async def test_oidc_sign_in_in_a_real_browser_across_sites(
+    test_domain, kafka_settings, db_settings, topics_ready
+):
+    """The provider on another site (localhost vs 127.0.0.1): the Lax binding cookie comes back with the
+    provider's redirect, the Strict session cookie then signs the console's own calls in."""
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install -y chromium)")
+    from fastapi import FastAPI
+    from playwright.async_api import async_playwright, expect
+
+    from .oidc_provider import Provider
+
+    city_port, idp_port = free_port(), free_port()
+    issuer = f"http://localhost:{idp_port}/realms/ioc"
+    secret = "s3cret-" + uuid.uuid4().hex
+    provider = Provider(
+        issuer, "ioc-console", secret, f"http://127.0.0.1:{city_port}/v1/session/oidc/callback"
+    )
+    provider.user = {"sub": uuid.uuid4().hex, "preferred_username": "lan.nguyen", "roles": ["ioc-operator"]}
+    idp = FastAPI()
+    idp.mount("/realms/ioc", provider.app())
+    app = create_app(
+        CitySettings(
+            kafka=kafka_settings,
+            database=db_settings,
+            kpi_definitions_path=str(KPI_FILE),
+            consumer_group=f"city-oidc-ui-{uuid.uuid4().hex[:8]}",
+            oidc_issuer=issuer,
+            oidc_client_id="ioc-console",
+            oidc_client_secret=secret,
+            oidc_label="Keycloak",
+        )
+    )
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu", "--no-first-run"]
+        )
+        try:
+            async with serve(idp, idp_port), serve(app, city_port) as base:  # (localhost: 127.0.0.1 here)
+                page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                urls: list[str] = []
+                page.on("request", lambda r: urls.append(r.url))
+                await page.goto(base + "/")
+                oidc = page.locator("#sign-in-oidc")
+                await expect(oidc).to_have_text("Đăng nhập qua Keycloak")
+                await oidc.click()
+                await expect(page.locator("body")).not_to_have_class("signed-out", timeout=15000)
+                assert page.url == base + "/"  # the code has left the address bar
+                await expect(page.locator("#who-name")).to_have_text("lan.nguyen")
+                await expect(page.locator("#who-role")).to_have_text("Điều hành viên")
+                await expect(page.locator("#conn")).to_have_class("conn conn-on", timeout=15000)
+                session_id = {c["name"]: c["value"] for c in await page.context.cookies()}[SESSION_COOKIE]
+                assert not [u for u in urls if secret in u or session_id in u]
+                assert any(u.startswith(issuer + "/authorize?") for u in urls)
+        finally:
+            await browser.close()
