@@ -3,8 +3,9 @@
 Reads need the scope ``city:read``; acknowledging and clearing need ``city:operate`` and an operating role
 (``attributes.role``: operator, supervisor or administrator; a leader only watches). The console signs in
 (api_auth.py) and its EventSource sends the session cookie; a machine client's EventSource, which cannot set
-headers, may use a single-use ``?ticket=`` from ``POST /v1/stream-tickets`` (never a key in a URL). The live tail serves a topic only to principals whose
-scopes cover it (:func:`tail_scope`), and each principal may hold a few streams at once.
+headers, may use a single-use ``?ticket=`` from ``POST /v1/stream-tickets`` (never a key in a URL). The live
+tail serves a topic only to principals whose scopes cover it (:func:`tail_scope`), and each principal may
+hold a few streams at once.
 """
 
 from __future__ import annotations
