@@ -112,7 +112,7 @@ def build_fleet(n: int, rng: random.Random, now: datetime, prefix: str = "SIM") 
     fleet = []
     for i in range(n):
         district = districts[i % len(districts)]
-        communes = [c.code for c in areas.children(district)]
+        communes = [c.code for c in areas.units_of(district)]  # two-tier: the area itself
         tall_building = rng.random() < 0.6
         peripherals = ["touchscreen", "printer", "id_scanner", "barcode_reader"]
         if rng.random() < 0.7:

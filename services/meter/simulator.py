@@ -109,7 +109,7 @@ class Fleet:
         per_feeder = 200
         for i in range(n):
             d = fleet_districts[i % len(fleet_districts)]
-            communes = areas.children(d.code)
+            communes = areas.units_of(d.code)  # its communes (2019), or the area itself (two-tier 2025)
             feeder_no = (i // len(fleet_districts)) // per_feeder
             mid = f"{prefix}{i:07d}"
             bulk = rng.random() < 0.02  # apartment building bulk meter
