@@ -17,6 +17,7 @@ Another hierarchy loads from a ``code,name,level,parent_code`` CSV via :func:`lo
 from __future__ import annotations
 
 import csv
+import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta, timezone
@@ -149,3 +150,14 @@ def boundaries_path(name: str) -> Path:
 def hanoi() -> Hierarchy:
     """The hierarchy the setting chooses (the 2019 seed unless ``IOC_ADMIN_HIERARCHY`` says otherwise)."""
     return load_named(hierarchy_name())
+
+
+@lru_cache(maxsize=4)
+def label_points(name: str) -> dict[str, tuple[float, float]]:
+    """``code -> (lat, lon)``: a point inside each top area of the named hierarchy (from its boundaries), where
+    simulators place their assets and the map the markers of things known only by area."""
+    doc = json.loads(boundaries_path(name).read_text(encoding="utf-8"))
+    return {
+        f["properties"]["code"]: (f["properties"]["label"][1], f["properties"]["label"][0])
+        for f in doc["features"]
+    }

@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 import shapely
-from shapely.geometry import MultiPoint, Point, box, mapping
+from shapely.geometry import MultiPoint, Point, box, mapping, shape
 from shapely.ops import unary_union
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +56,12 @@ def _geometry(parts: list) -> dict:
         geom = unary_union([g for g in geom.geoms if g.area >= biggest * 0.02])
     assert geom.is_valid and not geom.is_empty
     return dict(mapping(geom))
+
+
+def _label(geometry: dict) -> list[float]:
+    """A point inside the area (where the map puts its label and the markers of its incidents)."""
+    p = shape(geometry).representative_point()
+    return [round(p.x, DIGITS), round(p.y, DIGITS)]
 
 
 def _bounds(text: str):  # "lat1,lon1 – lat2,lon2"
@@ -124,13 +130,15 @@ def main() -> int:
             missing.append(code)
             continue
         name, kind, area = names[code]
-        features.append(
-            {
-                "type": "Feature",
-                "properties": {"code": code, "name": name, "kind": kind, "area_km2_official": area},
-                "geometry": _geometry(parts[code]),
-            }
-        )
+        geometry = _geometry(parts[code])
+        props = {
+            "code": code,
+            "name": name,
+            "kind": kind,
+            "area_km2_official": area,
+            "label": _label(geometry),
+        }
+        features.append({"type": "Feature", "properties": props, "geometry": geometry})
     _write(OUT / "hanoi_areas_2025.geojson", features)
 
     codes_2019 = {}
@@ -143,13 +151,9 @@ def main() -> int:
     features_2019 = []
     for short, cs in sorted(by_district.items()):
         code, kind = codes_2019[short]
-        features_2019.append(
-            {
-                "type": "Feature",
-                "properties": {"code": code, "name": short, "kind": kind},
-                "geometry": _geometry(cs),
-            }
-        )
+        geometry = _geometry(cs)
+        props = {"code": code, "name": short, "kind": kind, "label": _label(geometry)}
+        features_2019.append({"type": "Feature", "properties": props, "geometry": geometry})
     _write(OUT / "hanoi_areas_2019.geojson", features_2019)
     print(
         f"2025: {len(features)} units ({len(missing)} without a polygon: {missing}); 2019: {len(features_2019)}"
