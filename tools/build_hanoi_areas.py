@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 import shapely
-from shapely.geometry import MultiPoint, Point, box, mapping, shape
+from shapely.geometry import MultiPoint, Point, Polygon, box, mapping, shape
 from shapely.ops import unary_union
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +100,9 @@ def main() -> int:
 
     # Geometry ----------------------------------------------------------------------------------------------
     outline = unary_union([_bounds(b) for *_, b in old]).buffer(SMOOTH_DEG).buffer(-SMOOTH_DEG)
+    # the city has no holes: fill the gaps the bounding boxes leave between them
+    rings = outline.geoms if outline.geom_type == "MultiPolygon" else [outline]
+    outline = unary_union([Polygon(r.exterior) for r in rings])
     seeds = {f"{p}_{d}_{w}": (Point(lon, lat), short) for p, d, w, short, lat, lon, _ in old}
     cells = shapely.voronoi_polygons(MultiPoint([pt for pt, _ in seeds.values()]), extend_to=outline)
     cell_of = {}

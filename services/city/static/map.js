@@ -16,7 +16,7 @@
     mapAssets: "Assets in alarm", mapNoTiles: "Boundaries only (no base map)",
   });
   const DOMAIN_MARK = {traffic: "T", kiosk: "K", meter: "F", dossier: "D"};
-  const M = {map: null, areas: null, layers: {}, labels: {}, names: {}, level: "district", status: {},
+  const M = {map: null, legend: null, areas: null, layers: {}, labels: {}, names: {}, level: "district", status: {},
     markers: null, incidents: null, timer: null, loading: null};
 
   const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -43,14 +43,15 @@
     const section = document.querySelector("#districts-section h2");
     if (section) section.dataset.i18n = body.level === "commune" ? "communes" : "districts";
     if (section) section.textContent = t(section.dataset.i18n);
-    M.map = L.map("map", {zoomSnap: 0.25, attributionControl: true, preferCanvas: false});
+    // M.map is set last: a refresh while this runs (or after it failed) loads again instead of half a map
+    const map = L.map("map", {zoomSnap: 0.25, minZoom: 8, maxZoom: 18});
     if (body.tiles && body.tiles.url) {
-      L.tileLayer(body.tiles.url, {attribution: body.tiles.attribution || "", maxZoom: 19}).addTo(M.map);
+      L.tileLayer(body.tiles.url, {attribution: body.tiles.attribution || "", maxZoom: 18}).addTo(map);
       document.getElementById("map").dataset.tiles = "on";
     } else {
       document.getElementById("map").dataset.tiles = "off";
     }
-    M.map.attributionControl.setPrefix(false).addAttribution(body.attribution);
+    map.attributionControl.setPrefix(false).addAttribution(body.attribution);
     M.areas = L.geoJSON(body.geojson, {
       style: () => ({color: "#0b0f14", weight: 1, fillColor: colour("unknown"), fillOpacity: 0.6}),
       onEachFeature: (f, layer) => {
@@ -61,14 +62,29 @@
         layer.on("click", () => selectArea(p.code));
         layer.bindTooltip(() => tooltip(p.code), {sticky: true});
       },
-    }).addTo(M.map);
+    });
+    map.fitBounds(M.areas.getBounds(), {padding: [6, 6]});  // a map without a view adds no layer yet
+    M.areas.addTo(map);
     for (const [code, layer] of Object.entries(M.layers)) {
       const e = layer.getElement();
       if (e) { e.dataset.code = code; e.dataset.status = "unknown"; e.classList.add("map-area"); }
     }
-    M.map.fitBounds(M.areas.getBounds(), {padding: [6, 6]});
-    M.markers = L.markerClusterGroup({maxClusterRadius: 40, showCoverageOnHover: false}).addTo(M.map);
-    M.incidents = L.layerGroup().addTo(M.map);
+    M.markers = L.markerClusterGroup({maxClusterRadius: 40, showCoverageOnHover: false}).addTo(map);
+    M.incidents = L.layerGroup().addTo(map);
+    const legend = L.control({position: "bottomleft"});
+    legend.onAdd = () => { M.legend = L.DomUtil.create("div", "map-legend"); renderLegend(); return M.legend; };
+    legend.addTo(map);
+    M.map = map;
+  }
+
+  function renderLegend() {  // again on every refresh: the language may have changed
+    M.legend.replaceChildren(...["ok", "warning", "critical", "unknown"].map((s) => {
+      const swatch = document.createElement("i");
+      swatch.style.background = colour(s);
+      const item = document.createElement("span");
+      item.append(swatch, t(s));
+      return item;
+    }));
   }
 
   function tooltip(code) {
@@ -104,6 +120,7 @@
     const kpi = document.getElementById("map-kpi").value;
     const body = await api(`/v1/map/status${kpi ? `?kpi=${encodeURIComponent(kpi)}` : ""}`);
     M.status = body.areas;
+    renderLegend();
     for (const [code, layer] of Object.entries(M.layers)) {
       const s = (body.areas[code] || {status: "unknown"}).status;
       layer.setStyle({fillColor: colour(s)});
@@ -133,7 +150,7 @@
 
   function schedule() {
     if (M.timer) return;
-    M.timer = setTimeout(() => { M.timer = null; refresh().catch(() => {}); }, 300);
+    M.timer = setTimeout(() => { M.timer = null; refresh().catch((e) => console.warn("map", e)); }, 300);
   }
 
   document.addEventListener("DOMContentLoaded", () => {
