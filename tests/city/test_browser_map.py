@@ -13,6 +13,7 @@ import pytest
 
 from services.city.app import create_app
 from services.city.settings import CitySettings
+from shared.contracts.cloudevents import encode
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
 from shared.testing import issue_test_key
@@ -51,6 +52,21 @@ async def test_the_map_colours_areas_by_kpi_status_offline_and_a_click_drills_do
     done = now.replace(minute=now.minute // 15 * 15, second=0, microsecond=0) - timedelta(minutes=30)
     later = now + timedelta(days=3)
     breaching, healthy = "00097", "00103"  # Hồng Hà ward, Tây Hồ ward
+
+    _, alarm_et = test_domain
+    source = f"KS-{uuid.uuid4().hex[:6]}"
+    alarm = {
+        "alarm_id": f"kiosk:kiosk_offline:{source}",
+        "domain": "kiosk",
+        "alarm_type": "kiosk_offline",
+        "state": "raised",
+        "severity": "major",
+        "source_id": source,
+        "district": "00004",
+        "commune": "00004",
+        "at": now.isoformat(),
+        "message": "kiosk silent for 3 heartbeats",
+    }
 
     port = free_port()
     blocked: list[str] = []
@@ -116,6 +132,17 @@ async def test_the_map_colours_areas_by_kpi_status_offline_and_a_click_drills_do
                 )
                 assert await page.evaluate(AREA_FILL, breaching) == critical == "#d64545"
                 assert await page.evaluate(AREA_FILL, healthy) == "#2e9d5b"  # --ok
+
+                # an asset in alarm in another ward: a marker there, and the incident it opened
+                await pub.publish([encode(alarm_et, alarm, source="/ioc/test")])
+                # (other tests' alarms may share the database: find ours among the clustered markers)
+                await page.wait_for_function(
+                    "(s) => window.IOC_MAP.markers.getLayers().some((m) => m.options.title === s)",
+                    arg=source,
+                    timeout=20000,
+                )
+                await expect(page.locator("#map .map-asset, #map .marker-cluster").first).to_be_visible()
+                await expect(page.locator("#map .map-incident").first).to_be_visible(timeout=10000)
 
                 await page.locator("#map").scroll_into_view_if_needed()
                 await page.screenshot(path=str(artifacts_dir / "console-map-1600x1000.png"))

@@ -8,6 +8,7 @@ import json
 import random
 from collections import Counter
 from datetime import UTC, date, datetime
+from itertools import pairwise
 
 import pytest
 
@@ -22,7 +23,7 @@ def _inside(point: tuple[float, float], geometry: dict) -> bool:
     inside = False
     for polygon in polygons:
         for ring in polygon:
-            for (x1, y1), (x2, y2) in zip(ring, ring[1:], strict=False):
+            for (x1, y1), (x2, y2) in pairwise(ring):
                 if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
                     inside = not inside
     return inside

@@ -45,6 +45,10 @@
     if (section) section.textContent = t(section.dataset.i18n);
     // M.map is set last: a refresh while this runs (or after it failed) loads again instead of half a map
     const map = L.map("map", {zoomSnap: 0.25, minZoom: 8, maxZoom: 18});
+    try { buildMap(map, body); } catch (e) { map.remove(); throw e; }  // a later refresh starts afresh
+  }
+
+  function buildMap(map, body) {
     if (body.tiles && body.tiles.url) {
       L.tileLayer(body.tiles.url, {attribution: body.tiles.attribution || "", maxZoom: 18}).addTo(map);
       document.getElementById("map").dataset.tiles = "on";
