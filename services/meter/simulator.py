@@ -102,6 +102,8 @@ class Fleet:
     ):
         areas = hanoi()
         fleet_districts = [d for d in areas.districts if districts is None or d.code in districts]
+        if not fleet_districts:
+            raise ValueError(f"none of the areas {list(districts or [])} is in the loaded hierarchy")
         self.meters: list[dict] = []
         self.register: dict[str, float] = {}
         self.kw: dict[str, float] = {}
