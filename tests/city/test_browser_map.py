@@ -24,6 +24,11 @@ from .test_api import kpi_event
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 
+# the smallest valid PNG (1x1, transparent): what the test's "tile server" answers
+PNG_1X1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c63000100000500010d0a2db40000000049454e44ae426082"
+)
 AREA_FILL = "(code) => document.querySelector(`#map path[data-code='${code}']`)?.getAttribute('fill')"
 LABEL_POINT = """(code) => {
   const M = window.IOC_MAP, [lat, lon] = M.labels[code], p = M.map.latLngToContainerPoint([lat, lon]);
@@ -171,6 +176,27 @@ async def test_the_map_colours_areas_by_kpi_status_offline_and_a_click_drills_do
                 }
                 assert await page.evaluate("location.hash") == f"#area/{breaching}"
                 await page.screenshot(path=str(artifacts_dir / "console-map-drilldown-1280x800.png"))
+
+                # a deployment with a tile server: the map draws its tiles under the areas, with its credit
+                # (served here by the test itself: still nothing leaves the machine)
+                app.state.ctx.settings.map_tile_url = base + "/test-tiles/{z}/{x}/{y}.png"
+                app.state.ctx.settings.map_tile_attribution = "© test tiles"
+                tiles: list[str] = []
+
+                async def tile(route):
+                    tiles.append(route.request.url)
+                    await route.fulfill(status=200, content_type="image/png", body=PNG_1X1)
+
+                await page.route("**/test-tiles/**", tile)
+                await page.reload()
+                await expect(page.locator("#map[data-ready='true']")).to_be_visible(timeout=20000)
+                assert await page.locator("#map").get_attribute("data-tiles") == "on"
+                await expect(page.locator("#map .leaflet-tile").first).to_be_attached()
+                await expect(page.locator("#map .leaflet-control-attribution")).to_contain_text(
+                    "© test tiles"
+                )
+                await expect(page.locator("#map path.map-area")).to_have_count(126)
+                assert tiles and all("/test-tiles/" in u for u in tiles)
             assert errors == []
             assert blocked == [], "the map asked for something outside the service"
         finally:
