@@ -36,7 +36,7 @@ from services.city.domain import (
 from services.city.reliability import MAX_PERIOD_DAYS, reliability_report
 from services.city.settings import CitySettings
 from services.city.store import CityStore
-from shared.areas import hanoi
+from shared.areas import CITY_CODE, hanoi
 from shared.auth import SESSION_COOKIE, ApiError, Principal, SessionWatch, issue_stream_ticket, require_scope
 from shared.contracts import TOPICS, TopicSpec
 from shared.contracts.cloudevents import EventDecodeError, decode
@@ -244,7 +244,10 @@ async def reliability(
 
 
 # Districts -------------------------------------------------------------------------------------------------
-@router.get("/districts", summary="The 30 districts with their status (their open alarms' worst severity)")
+@router.get(
+    "/districts",
+    summary="The top areas (30 districts in 2019, 126 communes and wards in 2025) with their status",
+)
 async def districts(request: Request, principal: Principal = READ) -> dict:
     statuses = await repo.district_statuses(_ctx(request).pool)
     items = []
@@ -271,7 +274,7 @@ async def district_detail(
     request: Request, code: str = Path(max_length=32), principal: Principal = READ
 ) -> dict:
     area = hanoi().areas.get(code)
-    if area is None or area.level != "district":
+    if area is None or area.parent != CITY_CODE:  # a top area: a district (2019), a commune or ward (2025)
         raise ApiError(404, "not_found", "no such district", [{"district": code}])
     pool = _ctx(request).pool
     defs = _definitions(request)

@@ -15,6 +15,10 @@ class CitySettings(ServiceSettings):
 
     service_name: str = "city"
     port: int = 8100
+    # The console map draws the boundaries alone unless a tile server is configured (docs/console-map.md):
+    # an XYZ URL template such as https://tiles.example.vn/{z}/{x}/{y}.png (no credential in it) and its credit.
+    map_tile_url: str = ""
+    map_tile_attribution: str = ""
     kpi_definitions_path: str | None = None  # extra KPI YAML (file or directory) beside shared/kpis
     kpi_domains: list[str] | None = (
         None  # domains whose ioc.<d>.kpis the processor reads; None = all registered

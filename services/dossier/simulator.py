@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from shared.areas import hanoi
 from shared.tasks import wait_event
 
 from .domain import local_date
@@ -91,6 +92,33 @@ async def load_reference(client: httpx.AsyncClient) -> tuple[list[SimProcedure],
     )
     r.raise_for_status()
     agencies = [{"code": c, "name": n, "level": "city", "admin_unit": "HN"} for c, n in CITY_AGENCIES]
+    areas = hanoi()
+    if areas.top_level == "district":
+        agencies += _district_agencies()
+    else:  # two-tier (2025): the people's committees of a few communes and wards, named as in the hierarchy
+        for a in sorted(areas.top_areas, key=lambda a: a.code)[: 2 * len(DISTRICTS)]:
+            unit = "phường" if a.kind == "ward" else "xã"
+            agencies.append(
+                {
+                    "code": f"SIM-UBND-{a.code}",
+                    "name": f"UBND {unit} {a.name}",
+                    "level": "commune",
+                    "admin_unit": a.code,
+                }
+            )
+    r = await client.put("/v1/agencies", json={"items": agencies})
+    if r.status_code == 422:
+        # Another hierarchy (e.g. two-tier): keep only the city-level agencies.
+        agencies = agencies[: len(CITY_AGENCIES)]
+        r = await client.put("/v1/agencies", json={"items": agencies})
+    r.raise_for_status()
+    procs = [SimProcedure(c, lvl, d, f) for c, _, lvl, _, d, f, _ in PROCEDURES]
+    return procs, [a["code"] for a in agencies]
+
+
+def _district_agencies() -> list[dict[str, Any]]:
+    """2019: the people's committees of a few districts and three of each one's communes."""
+    agencies: list[dict[str, Any]] = []
     for d in DISTRICTS:
         agencies.append(
             {"code": f"SIM-UBND-{d}", "name": f"UBND quận {d}", "level": "district", "admin_unit": d}
@@ -104,14 +132,7 @@ async def load_reference(client: httpx.AsyncClient) -> tuple[list[SimProcedure],
                     "admin_unit": f"{d}-{i:02d}",
                 }
             )
-    r = await client.put("/v1/agencies", json={"items": agencies})
-    if r.status_code == 422:
-        # Another hierarchy (e.g. two-tier): keep only the city-level agencies.
-        agencies = agencies[: len(CITY_AGENCIES)]
-        r = await client.put("/v1/agencies", json={"items": agencies})
-    r.raise_for_status()
-    procs = [SimProcedure(c, lvl, d, f) for c, _, lvl, _, d, f, _ in PROCEDURES]
-    return procs, [a["code"] for a in agencies]
+    return agencies
 
 
 def plan(rng: random.Random, proc: SimProcedure, channel: str) -> list[tuple[str, dict]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from shared.areas import HANOI_OFFSET_S, Hierarchy
+from shared.areas import CITY_CODE, HANOI_OFFSET_S, Hierarchy
 from shared.contracts.kiosk import (
     HeartbeatReceived,
     KioskRegistered,
@@ -473,13 +473,13 @@ def check_registration(entry: KioskRegistered, areas: Hierarchy) -> list[tuple[s
     """
     problems: list[tuple[str, str]] = []
     district = areas.areas.get(entry.district)
-    if district is None or district.level != "district":
+    if district is None or district.parent != CITY_CODE:  # a top area: a district (2019), a commune (2025)
         problems.append(("district", "unknown district code"))
     if entry.commune is not None:
         commune = areas.areas.get(entry.commune)
         if commune is None or commune.level != "commune":
             problems.append(("commune", "unknown commune code"))
-        elif commune.parent != entry.district:
+        elif not areas.contains(entry.district, entry.commune):
             problems.append(("commune", "the commune is not in that district"))
     if len(set(entry.peripherals)) != len(entry.peripherals):
         problems.append(("peripherals", "a peripheral is listed twice"))

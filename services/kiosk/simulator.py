@@ -112,7 +112,7 @@ def build_fleet(n: int, rng: random.Random, now: datetime, prefix: str = "SIM") 
     fleet = []
     for i in range(n):
         district = districts[i % len(districts)]
-        communes = [c.code for c in areas.children(district)]
+        communes = [c.code for c in areas.units_of(district)]  # two-tier: the area itself
         tall_building = rng.random() < 0.6
         peripherals = ["touchscreen", "printer", "id_scanner", "barcode_reader"]
         if rng.random() < 0.7:
@@ -133,12 +133,17 @@ def build_fleet(n: int, rng: random.Random, now: datetime, prefix: str = "SIM") 
     return fleet
 
 
+def _area_name(code: str) -> str:
+    area = hanoi().areas.get(code)
+    return area.name if area is not None else code
+
+
 def _registry_item(k: SimKiosk) -> dict:
     kind = "Tòa nhà" if k.hours is ALWAYS_OPEN else "Bộ phận một cửa"
     return {
         "kiosk_id": k.kiosk_id,
         "building": f"{kind} {k.kiosk_id[-4:]}",
-        "address": f"Số {k.kiosk_id[-3:]}, {k.district}",
+        "address": f"Số {k.kiosk_id[-3:]}, {_area_name(k.district)}",
         "district": k.district,
         "commune": k.commune,
         "opening_hours": k.hours,

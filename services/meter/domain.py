@@ -15,7 +15,7 @@ from typing import Annotated, Any, NotRequired
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
 from typing_extensions import TypedDict
 
-from shared.areas import HANOI_OFFSET_S, Hierarchy
+from shared.areas import CITY_CODE, HANOI_OFFSET_S, Hierarchy
 from shared.contracts.base import AreaCode, EntityId, StrictFloat, StrictInt
 from shared.contracts.meter import IntervalSeconds, ReadingQuality
 from shared.ingest import ItemError
@@ -290,15 +290,15 @@ def may_report(reporter: str, meter_id: str, registry: Mapping[str, MeterInfo]) 
 
 
 def check_meter_areas(items: Iterable[tuple[int, MeterIn]], areas: Hierarchy) -> list[ItemError]:
-    """District must be a district of the hierarchy and the commune one of its communes."""
+    """District must be a top area of the hierarchy (a district in 2019, a commune or ward in the two-tier
+    structure) and the commune one of its communes (or, two-tier, the area itself)."""
     errors = []
     for i, m in items:
         d = areas.areas.get(m.district)
-        if d is None or d.level != "district":
+        if d is None or d.parent != CITY_CODE:
             errors.append(ItemError(i, m.meter_id, "district", "unknown district code", "unknown_area"))
             continue
-        c = areas.areas.get(m.commune)
-        if c is None or c.parent != m.district:
+        if not areas.contains(m.district, m.commune):
             errors.append(
                 ItemError(i, m.meter_id, "commune", "commune is not in the given district", "unknown_area")
             )

@@ -102,6 +102,8 @@ class Fleet:
     ):
         areas = hanoi()
         fleet_districts = [d for d in areas.districts if districts is None or d.code in districts]
+        if not fleet_districts:
+            raise ValueError(f"none of the areas {list(districts or [])} is in the loaded hierarchy")
         self.meters: list[dict] = []
         self.register: dict[str, float] = {}
         self.kw: dict[str, float] = {}
@@ -109,7 +111,7 @@ class Fleet:
         per_feeder = 200
         for i in range(n):
             d = fleet_districts[i % len(fleet_districts)]
-            communes = areas.children(d.code)
+            communes = areas.units_of(d.code)  # its communes (2019), or the area itself (two-tier 2025)
             feeder_no = (i // len(fleet_districts)) // per_feeder
             mid = f"{prefix}{i:07d}"
             bulk = rng.random() < 0.02  # apartment building bulk meter

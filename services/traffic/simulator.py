@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from shared.areas import hanoi
+from shared.areas import hanoi, hierarchy_name, label_points
 from shared.simulation import parse_incidents as parse_scripted
 from shared.tasks import wait_event
 
@@ -154,6 +154,9 @@ def build_intersections(
 ) -> tuple[list[dict], list[SimController]]:
     """Registry items and their controllers, spread round-robin over the districts."""
     districts = sorted(hanoi().districts, key=lambda a: a.code)
+    # intersections lie around a point inside their area (the map shows them there), within ~1-2 km of it
+    centre = label_points(hierarchy_name())
+    spread = 0.02 if len(districts) <= 30 else 0.008
     n = max(1, round(BASE_INTERSECTIONS * scale))
     items, sims = [], []
     for i in range(n):
@@ -164,8 +167,8 @@ def build_intersections(
                 "intersection_id": iid,
                 "name": f"{d.name} nút {i // len(districts) + 1}",
                 "district": d.code,
-                "lat": round(21.03 + rng.uniform(-0.12, 0.12), 6),
-                "lon": round(105.83 + rng.uniform(-0.15, 0.15), 6),
+                "lat": round(centre[d.code][0] + rng.uniform(-spread, spread), 6),
+                "lon": round(centre[d.code][1] + rng.uniform(-spread, spread), 6),
                 "controller_id": cid,
                 "phases": [2, 4, 6, 8],
                 "detectors": detectors(),

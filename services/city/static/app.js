@@ -377,6 +377,7 @@ async function loadDistricts() {
     on: {click: () => openDistrict(d.code)},
   }, el("div", {}, d.name), d.open_alarms ? el("div", {class: "count"}, `⚠ ${fmtNumber(d.open_alarms)}`) : null)));
   if (S.selected) openDistrict(S.selected, false);
+  document.dispatchEvent(new CustomEvent("ioc:areas-changed"));  // map.js follows
 }
 
 async function openDistrict(code, scroll = true) {
