@@ -16,8 +16,8 @@ from services.city.settings import CitySettings
 from shared.contracts.cloudevents import encode
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
-from shared.testing import issue_test_key
 
+from .auth_helpers import make_operator, sign_in_page
 from .conftest import KPI_FILE, serve
 from .test_api import kpi_event
 
@@ -95,9 +95,7 @@ async def test_the_map_colours_areas_by_kpi_status_offline_and_a_click_drills_do
 
             await page.route("**/*", offline)
             async with serve(app, port) as base:
-                _, key = await issue_test_key(
-                    app.state.ctx.pool, ["city:read"], kind="operator", attributes={"role": "operator"}
-                )
+                username, password = await make_operator(app.state.ctx.pool, "operator")
                 await pub.publish(
                     [
                         kpi_event(
@@ -115,8 +113,7 @@ async def test_the_map_colours_areas_by_kpi_status_offline_and_a_click_drills_do
                     ]
                 )
                 await page.goto(base + "/")
-                await page.fill("#api-key", key)
-                await page.click("#key-form button")
+                await sign_in_page(page, username, password)
                 await expect(page.locator("#map[data-ready='true']")).to_be_visible(timeout=20000)
                 await expect(page.locator("#map path.map-area")).to_have_count(126)
                 assert await page.locator("#map").get_attribute("data-tiles") == "off"
