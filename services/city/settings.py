@@ -43,3 +43,6 @@ class CitySettings(ServiceSettings):
     # The archive service the console's archive extracts are forwarded to (GET /v1/exports/archive).
     archive_url: str = "http://127.0.0.1:8105"
     archive_timeout_seconds: float = 120.0
+    # How often the incident workflow's background task escalates unacknowledged incidents and returns alarms
+    # whose shelf ran out (services/city/service_incidents.py).
+    incident_escalation_interval_seconds: float = 15.0
