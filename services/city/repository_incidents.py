@@ -270,7 +270,9 @@ async def history(pool: asyncpg.Pool, incident_id: str, limit: int = 1000) -> li
     """The audit trail of the incident and of its alarms, oldest first."""
     rows = await pool.fetch(
         "SELECT id, at, principal, action, target, detail FROM platform.audit_log "
-        "WHERE target = $1 OR target IN (SELECT alarm_id FROM alarms WHERE incident_id = $1) "
+        "WHERE target = $1 OR (target IN (SELECT alarm_id FROM alarms WHERE incident_id = $1) "
+        # an alarm id recurs (a new lifecycle may join another incident): its actions name their incident
+        "AND coalesce(detail->>'incident_id', $1) = $1) "
         "ORDER BY id LIMIT $2",
         incident_id,
         limit,

@@ -350,6 +350,7 @@ class IncidentService:
                     target=alarm_id,
                     detail={
                         "alarm_id": alarm_id,
+                        "incident_id": alarm.incident_id,
                         "shelved_by": alarm.shelved_by,
                         "shelved_until": alarm.shelved_until.isoformat() if alarm.shelved_until else None,
                     },

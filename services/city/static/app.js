@@ -480,7 +480,7 @@ function scheduleRefresh(what) {
   timers[what] = setTimeout(async () => {
     timers[what] = null;
     try {
-      if (what === "alarms") { await loadAlarms(); await loadDistricts(); await loadRate(); }
+      if (what === "alarms") { await loadAlarms(); await loadDistricts(); await loadRate(); document.dispatchEvent(new Event("ioc:alarms")); }
       if (what === "districts") await loadDistricts();
       if (what === "all") await loadAll();
     } catch (e) { /* shown */ }
@@ -692,6 +692,7 @@ async function loadAll() {
   await loadTiles();
   await Promise.all([loadAlarms(), loadTopics(), loadRate(), loadArchiveTopics()]);
   fillHistorySelectors();
+  document.dispatchEvent(new Event("ioc:loaded"));  // panels in their own files (incidents.js) load now
 }
 
 function init() {
