@@ -203,6 +203,7 @@ class Case:
     assignee: str | None = None
     escalation_level: int = 0
     done: tuple[StepDone, ...] = field(default_factory=tuple)
+    district: str | None = None
 
     @property
     def done_ids(self) -> frozenset[str]:

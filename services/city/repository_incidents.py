@@ -107,9 +107,11 @@ async def alarms_of(
 
 
 async def lock_incident(conn: asyncpg.Connection, incident_id: str) -> dict[str, Any] | None:
-    """The incident row, locked for the rest of the transaction (workflow actions on it go one at a time)."""
+    """The incident row, locked for the rest of the transaction (workflow actions on it go one at a time; NO KEY
+    so that the store's alarm writes, whose foreign key only share-locks the row, are not held up)."""
     r = await conn.fetchrow(
-        "SELECT incident_id, district, state FROM incidents WHERE incident_id=$1 FOR UPDATE", incident_id
+        "SELECT incident_id, district, state FROM incidents WHERE incident_id=$1 FOR NO KEY UPDATE",
+        incident_id,
     )
     return dict(r) if r is not None else None
 

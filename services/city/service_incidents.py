@@ -167,6 +167,7 @@ class IncidentService:
             assignee=wf.get("assignee"),
             escalation_level=wf.get("escalation_level") or 0,
             done=done,
+            district=inc["district"],
         )
 
     async def _act(
@@ -199,6 +200,7 @@ class IncidentService:
                         "incident",
                         {
                             "incident_id": incident_id,
+                            "district": case.district,
                             "state": "open" if case.is_open else "closed",
                             "workflow": action.action,
                         },

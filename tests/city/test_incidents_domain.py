@@ -125,6 +125,7 @@ def test_the_shipped_procedures_have_steps_in_both_languages_and_a_mandatory_las
 
 # Transitions -------------------------------------------------------------------------------------------------
 POWER = PLAYBOOK.get("power-outage")
+assert POWER is not None
 # power-outage: confirm-scope (M), notify-evn (M), traffic-police (optional), inform-public (optional),
 # confirm-restored (M)
 OPEN = Case("INC-1", True, POWER)
