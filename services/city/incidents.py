@@ -403,27 +403,32 @@ _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 def personal_data_kind(digits: str, international: bool) -> str | None:
     """What a run of digits (separators removed) looks like, if it looks like a person's.
 
+    - a Vietnamese phone number, written nationally with its leading 0 or with the country code 84: 10 digits
+      from 0[1-9] (mobiles since the 10-digit plan of Decision 798/QD-BTTTT, 2018: 03, 05, 07, 08, 09, and the
+      012x/014x/016x and 0672 ranges; landlines as written before 2017, e.g. 04 3825 1234 in Hanoi), or
+      11 digits from 01/02 (landlines with their 02x area code since 2017, e.g. 024 3825 1234 in Hanoi; mobiles
+      of the old 11-digit plan). A superset of what libphonenumber holds valid: a comment needs no phone number
+      at all, so a near miss is refused too;
     - 12 digits: a personal identification number, printed on the citizen identity card (Decree
       137/2015/ND-CP art. 7: twelve digits);
-    - 9 digits: the number of an old identity card (CMND);
-    - 10 digits from 03/05/07/08/09: a mobile number (the 10-digit plan of Decision 798/QD-BTTTT, 2018); with
-      the country code 84 instead of the leading 0: 11 digits;
-    - 11 digits from 02: a landline number with its area code (024 for Hanoi since 2017); 84 + 10 digits.
+    - 9 digits: the number of an old identity card (CMND).
     """
-    n = len(digits)
-    if digits.startswith("84") and (international or n in (11, 12)):
-        national = "0" + digits[2:]
-        if (len(national) == 10 and national[1] in "35789") or (len(national) == 11 and national[1] == "2"):
+    if digits.startswith("84") and (international or len(digits) in (11, 12)):
+        if _national_phone("0" + digits[2:]):
             return "phone number"
-    if n == 10 and digits[0] == "0" and digits[1] in "35789":
+    if _national_phone(digits):
         return "phone number"
-    if n == 11 and digits.startswith("02"):
-        return "phone number"
-    if n == 12:
+    if len(digits) == 12:
         return "citizen id number (12 digits)"
-    if n == 9:
+    if len(digits) == 9:
         return "identity card number (9 digits)"
     return None
+
+
+def _national_phone(digits: str) -> bool:
+    if len(digits) == 10:
+        return digits[0] == "0" and digits[1] != "0"
+    return len(digits) == 11 and digits[0] == "0" and digits[1] in "12"
 
 
 def find_personal_data(text: str) -> list[tuple[str, int]]:

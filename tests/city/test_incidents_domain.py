@@ -293,6 +293,10 @@ def test_a_shelf_expires_at_its_end():
         ("84912345678", [("phone number", 0)]),
         # a Hanoi landline: 024 + 8 digits
         ("office 024 3825 1234", [("phone number", 7)]),
+        # the same number as written before the 2017 area-code change: 04 + 8 digits
+        ("office 04 3825 1234", [("phone number", 7)]),
+        # a VoIP number (libphonenumber's VN plan: 672 + 6 digits after the 0)
+        ("call 0672 123 456", [("phone number", 5)]),
         ("mail nguyen.van.a@example.vn", [("e-mail address", 5)]),
         # operational text that is not personal data
         ("kiosk K-123456789 offline", []),
@@ -317,3 +321,82 @@ def test_refusing_personal_data_never_echoes_it():
         "looks like a phone number at character 11",
         "looks like a citizen id number (12 digits) at character 26",
     ]
+
+
+# Compared with libphonenumber (Google's numbering-plan data, an independent implementation) -------------------
+def _valid_vn_numbers(rng, count: int) -> list[str]:
+    """Random Vietnamese numbers libphonenumber holds valid for a person (mobile, fixed line, VoIP), in E.164."""
+    import phonenumbers
+
+    personal = {
+        phonenumbers.PhoneNumberType.MOBILE,
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+        phonenumbers.PhoneNumberType.VOIP,
+    }
+    out: list[str] = []
+    while len(out) < count:
+        national = str(rng.randint(1, 9)) + "".join(
+            rng.choice("0123456789") for _ in range(rng.choice((8, 9)))
+        )
+        n = phonenumbers.parse("+84" + national)
+        if phonenumbers.is_valid_number(n) and phonenumbers.number_type(n) in personal:
+            out.append(phonenumbers.format_number(n, phonenumbers.PhoneNumberFormat.E164))
+    return out
+
+
+def _messy(rng, e164: str) -> str:
+    """The number as people write it: national or international, grouped with spaces, dots or hyphens."""
+    national = "0" + e164[3:]
+    written = rng.choice([national, e164, e164[1:], national])
+    sep = rng.choice(["", " ", ".", "-"])
+    if sep:
+        head = 4 if written.startswith("0") else 3
+        rest = written[head:]
+        written = written[:head] + sep + sep.join(rest[i : i + 3] for i in range(0, len(rest), 3))
+    return written
+
+
+def test_every_number_libphonenumber_holds_valid_is_refused():
+    """Recall against libphonenumber: of 3,000 random valid Vietnamese mobile, fixed-line and VoIP numbers,
+    written in mixed formats inside operational text, every one is found (over-refusing a near miss is fine)."""
+    import random
+
+    pytest.importorskip("phonenumbers")
+    rng = random.Random(41)
+    missed = []
+    for e164 in _valid_vn_numbers(rng, 3000):
+        written = _messy(rng, e164)
+        text = f"feeder F-0012 · caller {written}, crew at 10:30"
+        if ("phone number", 23) not in find_personal_data(text):
+            missed.append(written)
+    assert missed == []
+
+
+def test_what_libphonenumber_finds_in_messy_text_is_refused_too():
+    """libphonenumber's own matcher over generated operator notes (numbers among asset ids, dates, counts and
+    kWh figures): every number it finds that is a person's, the check refuses at the same place."""
+    import random
+
+    phonenumbers = pytest.importorskip("phonenumbers")
+    rng = random.Random(7)
+    numbers = _valid_vn_numbers(rng, 300)
+    noise = [
+        "K-123456789",
+        "2026-12-07 10:30",
+        "1 234 kWh",
+        "INC-HK-20261207T100000-0042",
+        "feeder F-0012",
+        "42 meters",
+    ]
+    for i, e164 in enumerate(numbers):
+        parts = [*rng.sample(noise, 3), f"call {_messy(rng, e164)}"]
+        rng.shuffle(parts)
+        text = "; ".join(parts)
+        found = {offset for kind, offset in find_personal_data(text) if kind == "phone number"}
+        for m in phonenumbers.PhoneNumberMatcher(text, "VN"):
+            kind = phonenumbers.number_type(m.number)
+            if kind in (phonenumbers.PhoneNumberType.TOLL_FREE, phonenumbers.PhoneNumberType.PREMIUM_RATE):
+                continue
+            start = m.start + (1 if text[m.start] == "(" else 0)
+            assert start in found, (i, text, m.raw_string)
