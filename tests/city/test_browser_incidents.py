@@ -124,7 +124,7 @@ async def test_an_incident_goes_assign_comment_sop_clear_in_the_console_with_eac
                 await row.click()
                 detail = page.locator("#inc-detail")
                 await expect(detail).to_be_visible()
-                await expect(detail.locator("h4").first).to_contain_text("Mất điện lưới")
+                await expect(page.locator("#inc-procedure")).to_contain_text("Mất điện lưới")
                 await page.select_option("#inc-assign-to", op_id)
                 await page.click("#inc-assign")
                 await expect(page.locator("#inc-assignee-now")).to_contain_text(op_id)
@@ -142,6 +142,10 @@ async def test_an_incident_goes_assign_comment_sop_clear_in_the_console_with_eac
                 await page.select_option("#inc-assignee", "me")
                 await expect(row).to_be_visible()
                 await expect(page.locator("#inc-sop li")).to_have_count(5)
+                # the operator acknowledges the alarm from the incident's detail
+                alarm_row = page.locator(f'#inc-alarms tr[data-alarm="meter:feeder_outage:F-{tag}"]')
+                await alarm_row.locator("button.ack").click()
+                await expect(alarm_row).to_have_attribute("data-state", "acknowledged")
 
                 # a comment with a phone number is refused with a reason; the page keeps the text to fix
                 await page.fill("#inc-comment", "người báo tin 0912 345 678")
@@ -179,6 +183,7 @@ async def test_an_incident_goes_assign_comment_sop_clear_in_the_console_with_eac
                 )
                 assert actions == [
                     "incident.assign",
+                    "alarm.acknowledge",
                     "incident.comment",
                     "incident.sop_step",
                     "incident.sop_step",

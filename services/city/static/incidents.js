@@ -113,6 +113,22 @@ async function incidentAction(path, body) {
   return true;
 }
 
+// One alarm of the incident: acknowledge, shelve for an hour (it comes back by itself), unshelve, or clear it.
+function incidentAlarmRow(a, open) {
+  const path = `/v1/alarms/${encodeURIComponent(a.alarm_id)}`;
+  const shelved = a.shelved_until && instant(a.shelved_until) > Date.now();
+  const state = shelved ? `${t("shelved")} → ${fmtTime(instant(a.shelved_until))}` : t(a.state);
+  const act = (suffix, body) => incidentAction(`${path}/${suffix}`, body);
+  return el("tr", {data: {alarm: a.alarm_id, state: a.state, shelved: String(Boolean(shelved))}, title: a.message},
+    el("td", {}, sevBadge(a.severity)), el("td", {}, alarmTypeName(a.alarm_type)), el("td", {}, alarmText(a)),
+    el("td", {class: "state"}, state),
+    el("td", {class: "actions"}, ...(open && a.state !== "cleared" ? [
+      a.state === "active" ? el("button", {type: "button", class: "ack", on: {click: () => act("acknowledge")}}, t("ack")) : null,
+      shelved ? el("button", {type: "button", class: "unshelve", on: {click: () => act("unshelve")}}, t("unshelve"))
+        : el("button", {type: "button", class: "shelve", on: {click: () => act("shelve", {minutes: 60, reason: "console"})}}, t("shelve")),
+    ] : [])));
+}
+
 async function openIncident(id, scroll = true) {
   IS.selected = id;
   document.querySelectorAll("#inc-list tr[data-incident]").forEach((r) => r.classList.toggle("selected", r.dataset.incident === id));
@@ -146,7 +162,9 @@ async function openIncident(id, scroll = true) {
       reason,
       el("button", {id: "inc-clear", type: "button", on: {click: () => incidentAction(`${path}/clear`,
         reason.value.trim() ? {override_reason: reason.value.trim()} : null)}}, t("clearIncident"))) : null,
-    el("h4", {}, `${t("procedure")}: ${tr(d.procedure.title)}`),
+    el("h4", {}, t("alarms")),
+    el("table", {id: "inc-alarms", class: "table"}, ...d.alarms.map((a) => incidentAlarmRow(a, open))),
+    el("h4", {id: "inc-procedure"}, `${t("procedure")}: ${tr(d.procedure.title)}`),
     d.missing_mandatory_steps.length > 0 && open
       ? el("div", {class: "muted"}, `${t("missingSteps")}: ${d.missing_mandatory_steps.length}`) : null,
     el("ol", {id: "inc-sop", class: "sop"}, ...steps.map((s) => el("li", {
