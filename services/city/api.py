@@ -345,15 +345,6 @@ async def alarm_stats(
     }
 
 
-class ClearRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    override_reason: str | None = Field(
-        None,
-        max_length=500,
-        description="a supervisor's reason to clear before the procedure's mandatory steps",
-    )
-
-
 class ShelveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     minutes: int = Field(60, ge=1, le=int(MAX_SHELVE.total_seconds() // 60))
@@ -385,12 +376,10 @@ async def acknowledge_alarm(request: Request, alarm_id: str, principal: Principa
 
 
 @router.post("/alarms/{alarm_id:path}/clear", summary="Clear an active or acknowledged alarm (audited)")
-async def clear_alarm(
-    request: Request, alarm_id: str, body: ClearRequest | None = None, principal: Principal = CLEAR
-) -> dict:
+async def clear_alarm(request: Request, alarm_id: str, principal: Principal = CLEAR) -> dict:
     # Clearing the last open alarm of an incident clears the incident: its procedure gate applies.
     service = incident_service(request)
-    gate = await service.gate_alarm_clear(alarm_id, principal, body.override_reason if body else None)
+    gate = await service.gate_alarm_clear(alarm_id, principal)
     done = await _store(request).operate([alarm_id], "clear", principal.id)
     if gate is not None and done[0].get("incident_id"):
         await service.record_clear(done[0]["incident_id"], principal, gate)
@@ -444,20 +433,12 @@ async def acknowledge_incident(
 
 @router.post(
     "/incidents/{incident_id}/clear",
-    summary="Clear every open alarm of an incident (its procedure's mandatory steps done, or a supervisor's override)",
+    summary="Clear every open alarm of an incident (once its procedure's mandatory steps are done)",
 )
 async def clear_incident(
-    request: Request,
-    body: ClearRequest | None = None,
-    incident_id: str = Path(max_length=100),
-    principal: Principal = CLEAR,
+    request: Request, incident_id: str = Path(max_length=100), principal: Principal = CLEAR
 ) -> dict:
-    service = incident_service(request)
-    gate = await service.gate_clear(incident_id, principal, body.override_reason if body else None)
-    done = await _operate_incident(request, incident_id, "clear", principal)
-    if gate is not None:
-        await service.record_clear(incident_id, principal, gate)
-    return done
+    return await incident_service(request).clear(_store(request), incident_id, principal, None)
 
 
 # Live stream (SSE) -----------------------------------------------------------------------------------------

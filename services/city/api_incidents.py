@@ -2,8 +2,9 @@
 
 Reading needs ``city:read``; commenting and ticking procedure steps ``city:operate`` and an operating role
 (operator, supervisor, administrator); assigning ``city:operate`` and a supervising role (supervisor,
-administrator). Listing, acknowledging and clearing incidents stay in :mod:`services.city.api` (the list takes
-the workflow's filters, clearing passes the procedure gate). docs/console.md, "Incident workflow".
+administrator); assigning and clearing over the procedure ``city:supervise`` (supervisors, administrators).
+Listing, acknowledging and clearing incidents stay in :mod:`services.city.api` (the list takes the workflow's
+filters, clearing passes the procedure gate). docs/console.md, "Incident workflow".
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.city.incidents import MAX_COMMENT, OPERATE_ROLES, SUPERVISE_ROLES
+from services.city.incidents import MAX_COMMENT, MAX_REASON, OPERATE_ROLES, SUPERVISE_SCOPE
 from services.city.service_incidents import IncidentService
 from shared.auth import Principal, require_scope
 
@@ -21,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["incidents"])
 
 READ = Depends(require_scope("city:read"))
 WORK = Depends(require_scope("city:operate", OPERATE_ROLES))
-SUPERVISE = Depends(require_scope("city:operate", SUPERVISE_ROLES))
+SUPERVISE = Depends(require_scope(SUPERVISE_SCOPE))
 INCIDENT_ID = Path(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 
 
@@ -91,6 +92,26 @@ async def tick_incident_step(
     principal: Principal = WORK,
 ) -> dict:
     return await incident_service(request).tick(incident_id, principal, step_id)
+
+
+class OverrideRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(
+        min_length=1,
+        max_length=MAX_REASON,
+        description="why the procedure's missing steps are skipped (audited)",
+    )
+
+
+@router.post(
+    "/incidents/{incident_id}/clear-override",
+    summary="A supervisor clears an incident before its procedure's mandatory steps, with a reason (audited)",
+)
+async def clear_incident_over_procedure(
+    request: Request, body: OverrideRequest, incident_id: str = INCIDENT_ID, principal: Principal = SUPERVISE
+) -> dict:
+    store = request.app.state.ctx.extras["store"]
+    return await incident_service(request).clear(store, incident_id, principal, body.reason)
 
 
 @router.get(

@@ -2,7 +2,7 @@
 
 An incident (alarms of one district close in time, :mod:`services.city.domain`) is worked as a case:
 
-- **Assignment.** A supervisor assigns it to an operator, and may reassign it; each is a recorded action.
+- **Assignment.** A supervisor (scope ``city:supervise``) assigns it to an operator, and may reassign it.
 - **Comments.** Operators write what they see and do. Comments are operational notes and must never carry a
   citizen's personal data: :func:`check_free_text` refuses the obvious patterns (a 12-digit citizen id, a
   9-digit old identity card number, a Vietnamese phone number, an e-mail address) without echoing them.
@@ -10,7 +10,7 @@ An incident (alarms of one district close in time, :mod:`services.city.domain`) 
   ``incident_procedures.yaml``), chosen from the incident's alarms (:func:`choose_procedure`); operators tick
   steps off in order (a step waits for the mandatory steps before it; optional steps may be skipped).
 - **Clearing.** Clearing an incident needs every mandatory step done, unless a supervisor overrides with a
-  reason (:func:`check_clear`).
+  reason (:func:`check_clear`), which is audited.
 - **Escalation.** An incident with alarms still unacknowledged past the times of its severity's ladder
   (``escalation`` in the same file) rises one level per rung passed, never down (:func:`escalation_due`).
 - **Shelf expiry.** A shelved alarm whose shelf has run out comes back (:func:`shelf_expired`).
@@ -31,8 +31,8 @@ from typing import Any, Literal
 import yaml
 
 PROCEDURES_FILE = Path(__file__).with_name("incident_procedures.yaml")
-#: Roles that supervise the room: assign, override a clear (``attributes.role``, else the principal kind).
-SUPERVISE_ROLES = frozenset({"supervisor", "administrator", "admin"})
+#: The scope of supervising the room (a supervisor's or administrator's): assign, clear over the procedure.
+SUPERVISE_SCOPE = "city:supervise"
 #: Roles that work incidents: comment, tick SOP steps, acknowledge, clear.
 OPERATE_ROLES = frozenset({"operator", "supervisor", "administrator", "admin"})
 #: Who the system acts as in the audit trail.
@@ -240,11 +240,17 @@ def _need_open(case: Case, what: str) -> None:
         )
 
 
-def assign(case: Case, *, by: str, role: str, assignee: str, assignee_role: str | None) -> Action:
+def _need_supervisor(supervisor: bool, what: str) -> None:
+    if not supervisor:
+        raise WorkflowError("forbidden", f"only a supervisor (scope {SUPERVISE_SCOPE!r}) may {what}")
+
+
+def assign(case: Case, *, supervisor: bool, assignee: str, assignee_role: str | None) -> Action:
     """A supervisor assigns (or reassigns) an open incident to someone who may work it.
 
-    ``assignee_role``: the assignee's role (``None`` when no such principal, or it is disabled)."""
-    _need_role(role, SUPERVISE_ROLES, "assign incidents")
+    ``supervisor``: the acting principal supervises (holds :data:`SUPERVISE_SCOPE`); ``assignee_role``: the
+    assignee's role (``None`` when no such principal, or it is disabled)."""
+    _need_supervisor(supervisor, "assign incidents")
     _need_open(case, "assigning")
     if assignee_role is None:
         raise WorkflowError(
@@ -314,34 +320,39 @@ def tick_step(case: Case, *, role: str, step_id: str) -> Action:
     )
 
 
-def check_clear(case: Case, *, role: str, override_reason: str | None) -> Action:
+def check_clear(case: Case, *, role: str, supervisor: bool, override_reason: str | None) -> Action:
     """May this principal clear the incident now?
 
-    Every mandatory step done → yes. Otherwise only a supervisor, with a reason (which is audited): an
-    operator gets 409 naming the missing steps; a supervisor without a reason too; an operator's override 403.
+    Every mandatory step done → yes, for anyone who works incidents. Otherwise only a supervisor overriding with
+    a reason (audited): without a reason 409 naming the missing steps; an override by a non-supervisor 403.
     """
     _need_role(role, OPERATE_ROLES, "clear incidents")
     missing = case.missing_mandatory
     reason = (override_reason or "").strip()
-    if reason and len(reason) > MAX_REASON:
-        raise WorkflowError(
-            "invalid",
-            f"an override reason has at most {MAX_REASON} characters",
-            [{"field": "override_reason", "reason": "too long"}],
-        )
+    if override_reason is not None:
+        _need_supervisor(supervisor, "clear an incident over its procedure")
+        if not reason:
+            raise WorkflowError(
+                "invalid", "an override needs a reason", [{"field": "reason", "reason": "empty"}]
+            )
+        if len(reason) > MAX_REASON:
+            raise WorkflowError(
+                "invalid",
+                f"an override reason has at most {MAX_REASON} characters",
+                [{"field": "reason", "reason": "too long"}],
+            )
+        check_free_text(reason, "reason")
     if not missing:
         return Action("incident.clear", {"procedure": case.procedure.id})
     if reason:
-        _need_role(role, SUPERVISE_ROLES, "override the procedure")
-        check_free_text(reason, "override_reason")
         return Action(
             "incident.clear_override",
             {"procedure": case.procedure.id, "missing_steps": missing, "reason": reason},
         )
     hint = (
-        "give override_reason to clear anyway"
-        if role in SUPERVISE_ROLES
-        else "a supervisor may clear it with a reason"
+        "clear it with POST /v1/incidents/{id}/clear-override and a reason"
+        if supervisor
+        else "a supervisor may clear it over the procedure, with a reason"
     )
     raise WorkflowError(
         "conflict",

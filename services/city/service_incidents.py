@@ -22,6 +22,7 @@ from services.city.incidents import (
     ESCALATION_PRINCIPAL,
     OPERATE_ROLES,
     SHELF_EXPIRY_PRINCIPAL,
+    SUPERVISE_SCOPE,
     Action,
     Case,
     Playbook,
@@ -35,7 +36,7 @@ from services.city.incidents import (
     shelf_expired,
     tick_step,
 )
-from services.city.store import StreamHub
+from services.city.store import CityStore, StreamHub
 from shared.auth import ApiError, Principal, record_audit
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,10 @@ class IncidentService:
             incident_id,
             principal,
             lambda case: assign(
-                case, by=principal.id, role=principal.role, assignee=assignee, assignee_role=role_of_assignee
+                case,
+                supervisor=principal.has_scope(SUPERVISE_SCOPE),
+                assignee=assignee,
+                assignee_role=role_of_assignee,
             ),
             write,
         )
@@ -264,14 +268,18 @@ class IncidentService:
         if not open_alarms:
             return None
         try:
-            return check_clear(case, role=principal.role, override_reason=override_reason)
+            return check_clear(
+                case,
+                role=principal.role,
+                supervisor=principal.has_scope(SUPERVISE_SCOPE),
+                override_reason=override_reason,
+            )
         except WorkflowError as exc:
             raise api_error(exc) from None
 
-    async def gate_alarm_clear(
-        self, alarm_id: str, principal: Principal, override_reason: str | None
-    ) -> Action | None:
-        """Clearing the last open alarm of an incident clears the incident: the same gate applies."""
+    async def gate_alarm_clear(self, alarm_id: str, principal: Principal) -> Action | None:
+        """Clearing the last open alarm of an incident clears the incident: the same gate applies (an override
+        goes through the incident's clear-override)."""
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT a.incident_id, (SELECT count(*) FROM alarms o WHERE o.incident_id = a.incident_id "
@@ -281,7 +289,20 @@ class IncidentService:
             )
         if row is None or row["incident_id"] is None or row["others"] > 0:
             return None
-        return await self.gate_clear(row["incident_id"], principal, override_reason)
+        return await self.gate_clear(row["incident_id"], principal, None)
+
+    async def clear(
+        self, store: CityStore, incident_id: str, principal: Principal, override_reason: str | None
+    ) -> dict[str, Any]:
+        """Clear every open alarm of the incident through the store (each audited), once the gate lets it:
+        then ``incident.clear`` or ``incident.clear_override`` is audited."""
+        gate = await self.gate_clear(incident_id, principal, override_reason)
+        async with self.pool.acquire() as conn:
+            ids = await repo.incident_alarm_ids(conn, incident_id) or []
+        done = await store.operate(ids, "clear", principal.id, target=incident_id) if ids else []
+        if gate is not None:
+            await self.record_clear(incident_id, principal, gate)
+        return {"incident_id": incident_id, "alarms": done}
 
     async def record_clear(self, incident_id: str, principal: Principal, action: Action) -> None:
         await record_audit(

@@ -250,11 +250,11 @@ async def test_alarms_across_domains_in_one_district_form_one_incident_and_lifec
     r = await client.post(f"/v1/incidents/{inc['incident_id']}/clear", headers=auth(operator))
     assert r.status_code == 409 and r.json()["error"]["details"][0]["procedure"] == "power-outage"
     sup_id, supervisor = await make_key(
-        ["city:read", "city:operate"], kind="operator", attributes={"role": "supervisor"}
+        ["city:read", "city:operate", "city:supervise"], kind="operator", attributes={"role": "supervisor"}
     )
     r = await client.post(
-        f"/v1/incidents/{inc['incident_id']}/clear",
-        json={"override_reason": "test: the procedure is tested in test_incidents_api.py"},
+        f"/v1/incidents/{inc['incident_id']}/clear-override",
+        json={"reason": "test: the procedure is tested in test_incidents_api.py"},
         headers=auth(supervisor),
     )
     assert r.status_code == 200 and len(r.json()["alarms"]) == 3

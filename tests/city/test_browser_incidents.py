@@ -87,7 +87,10 @@ async def test_an_incident_goes_assign_comment_sop_clear_in_the_console_with_eac
             async with serve(app, port) as base:
                 pool = app.state.ctx.pool
                 sup_id, sup = await issue_test_key(
-                    pool, ["city:read", "city:operate"], kind="operator", attributes={"role": "supervisor"}
+                    pool,
+                    ["city:read", "city:operate", "city:supervise"],
+                    kind="operator",
+                    attributes={"role": "supervisor"},
                 )
                 op_id, op = await issue_test_key(
                     pool, ["city:read", "city:operate"], kind="operator", attributes={"role": "operator"}

@@ -35,10 +35,10 @@ async def city(test_domain, kafka_settings, db_settings, topics_ready, platform_
     async with running_app(app) as client:
         pool = app.state.ctx.pool
         keys = {}
+        # scopes as the console's roles hold them (a supervisor also supervises)
         for role in ("supervisor", "operator", "leader"):
-            keys[role] = await issue_test_key(
-                pool, ["city:read", "city:operate"], kind="operator", attributes={"role": role}
-            )
+            scopes = ["city:read", "city:operate"] + (["city:supervise"] if role == "supervisor" else [])
+            keys[role] = await issue_test_key(pool, scopes, kind="operator", attributes={"role": role})
         keys["operator2"] = await issue_test_key(
             pool, ["city:read", "city:operate"], kind="operator", attributes={"role": "operator"}
         )
@@ -118,7 +118,7 @@ async def test_an_incident_goes_assign_comment_sop_clear_and_every_step_is_audit
     # assign: a supervisor's action, to someone who works incidents
     path = f"/v1/incidents/{iid}"
     r = await client.post(path + "/assign", json={"assignee": op_id}, headers=auth(op))
-    assert r.status_code == 403 and "operator" in r.json()["error"]["message"]
+    assert r.status_code == 403 and "city:supervise" in r.json()["error"]["message"]
     r = await client.post(path + "/assign", json={"assignee": keys["leader"][0]}, headers=auth(sup))
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "assignee"
     r = await client.post(path + "/assign", json={"assignee": "nobody-" + tag}, headers=auth(sup))
@@ -210,17 +210,23 @@ async def test_a_supervisor_clears_before_the_procedure_with_a_reason(city, test
         [_alarm(alarm_et, f"T{tag}", "traffic", "comm_loss", f"I-{tag}", "major", datetime.now(UTC))]
     )
     inc = await _incident(client, auth(op), f"T{tag}", 1)
-    path = f"/v1/incidents/{inc['incident_id']}/clear"
+    path = f"/v1/incidents/{inc['incident_id']}"
     assert inc["procedure_id"] == "traffic-signal"
-    r = await client.post(path, json={"override_reason": "crew already fixed it"}, headers=auth(op))
-    assert r.status_code == 403
-    r = await client.post(path, headers=auth(sup))
-    assert r.status_code == 409 and "override_reason" in r.json()["error"]["message"]
     r = await client.post(
-        path, json={"override_reason": "crew fixed it before the alarm reached us"}, headers=auth(sup)
+        path + "/clear-override", json={"reason": "crew already fixed it"}, headers=auth(op)
     )
-    assert r.status_code == 200, r.text
-    history = (await client.get(path.replace("/clear", "/history"), headers=auth(op))).json()["items"]
+    assert r.status_code == 403
+    r = await client.post(path + "/clear", headers=auth(sup))
+    assert r.status_code == 409 and "clear-override" in r.json()["error"]["message"]
+    r = await client.post(path + "/clear-override", json={"reason": ""}, headers=auth(sup))
+    assert r.status_code == 422
+    r = await client.post(
+        path + "/clear-override",
+        json={"reason": "crew fixed it before the alarm reached us"},
+        headers=auth(sup),
+    )
+    assert r.status_code == 200 and len(r.json()["alarms"]) == 1, r.text
+    history = (await client.get(path + "/history", headers=auth(op))).json()["items"]
     last = history[-1]
     assert (last["principal"], last["action"]) == (sup_id, "incident.clear_override")
     assert last["detail"]["reason"] == "crew fixed it before the alarm reached us"

@@ -136,7 +136,7 @@ def _done(case, *steps):
 
 
 def test_assignment_transitions():
-    sup = {"by": "sup", "role": "supervisor"}
+    sup = {"supervisor": True}
     # golden table: (case, who, assignee and its role) → outcome
     assert assign(OPEN, **sup, assignee="op1", assignee_role="operator").action == "incident.assign"
     a = assign(replace(OPEN, assignee="op1"), **sup, assignee="op2", assignee_role="operator")
@@ -144,12 +144,7 @@ def test_assignment_transitions():
     # a supervisor may take it too
     assert assign(OPEN, **sup, assignee="sup", assignee_role="supervisor").detail == {"to": "sup"}
     assert (
-        _kind(lambda: assign(OPEN, by="op", role="operator", assignee="op1", assignee_role="operator"))
-        == "forbidden"
-    )
-    assert (
-        _kind(lambda: assign(OPEN, by="l", role="leader", assignee="op1", assignee_role="operator"))
-        == "forbidden"
+        _kind(lambda: assign(OPEN, supervisor=False, assignee="op1", assignee_role="operator")) == "forbidden"
     )
     assert (
         _kind(lambda: assign(replace(OPEN, assignee="op1"), **sup, assignee="op1", assignee_role="operator"))
@@ -192,32 +187,39 @@ def test_steps_are_ticked_in_order_and_optional_ones_may_be_skipped():
 
 
 def test_clearing_needs_the_mandatory_steps_or_a_supervisors_reason():
+    op = {"role": "operator", "supervisor": False}
+    sup = {"role": "supervisor", "supervisor": True}
     # nothing done: the three mandatory steps are missing
     with pytest.raises(WorkflowError) as err:
-        check_clear(OPEN, role="operator", override_reason=None)
+        check_clear(OPEN, **op, override_reason=None)
     assert err.value.kind == "conflict"
     assert err.value.details == [
         {"procedure": "power-outage", "missing_steps": ["confirm-scope", "notify-evn", "confirm-restored"]}
     ]
-    assert "a supervisor may clear it with a reason" in err.value.message
-    # an operator cannot override; a supervisor must say why
-    assert _kind(lambda: check_clear(OPEN, role="operator", override_reason="EVN says fixed")) == "forbidden"
-    assert _kind(lambda: check_clear(OPEN, role="supervisor", override_reason="  ")) == "conflict"
-    a = check_clear(_done(OPEN, "confirm-scope"), role="supervisor", override_reason="EVN confirmed by phone")
+    assert "a supervisor may clear it over the procedure" in err.value.message
+    # a supervisor is told how to override; an operator may not; an override says why
+    with pytest.raises(WorkflowError) as err:
+        check_clear(OPEN, **sup, override_reason=None)
+    assert err.value.kind == "conflict" and "clear-override" in err.value.message
+    assert _kind(lambda: check_clear(OPEN, **op, override_reason="EVN says fixed")) == "forbidden"
+    assert _kind(lambda: check_clear(OPEN, **sup, override_reason="  ")) == "invalid"
+    assert _kind(lambda: check_clear(OPEN, **sup, override_reason="x" * 501)) == "invalid"
+    a = check_clear(_done(OPEN, "confirm-scope"), **sup, override_reason="EVN confirmed by phone")
     assert (a.action, a.detail["missing_steps"], a.detail["reason"]) == (
         "incident.clear_override",
         ["notify-evn", "confirm-restored"],
         "EVN confirmed by phone",
     )
     # an override reason is free text too: no personal data
-    assert (
-        _kind(lambda: check_clear(OPEN, role="supervisor", override_reason="caller 0912345678 says ok"))
-        == "invalid"
-    )
+    assert _kind(lambda: check_clear(OPEN, **sup, override_reason="caller 0912345678 says ok")) == "invalid"
     # every mandatory step done, the optional ones skipped: anyone who works incidents may clear
     done = _done(OPEN, "confirm-scope", "notify-evn", "confirm-restored")
-    assert check_clear(done, role="operator", override_reason=None).action == "incident.clear"
-    assert _kind(lambda: check_clear(done, role="leader", override_reason=None)) == "forbidden"
+    assert check_clear(done, **op, override_reason=None).action == "incident.clear"
+    # (a supervisor's reason given when nothing is missing is no override)
+    assert check_clear(done, **sup, override_reason="all done").action == "incident.clear"
+    assert (
+        _kind(lambda: check_clear(done, role="leader", supervisor=False, override_reason=None)) == "forbidden"
+    )
 
 
 def test_comments():

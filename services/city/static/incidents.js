@@ -38,7 +38,7 @@ const IS = {
   filters: {state: "open", domain: "", severity: "", area: "", assignee: ""},
   selected: null, assignees: [], items: [],
 };
-const mayAssign = () => typeof IOC_AUTH === "undefined" || !IOC_AUTH.may || IOC_AUTH.may("city:supervise");
+const maySupervise = () => typeof IOC_AUTH === "undefined" || !IOC_AUTH.may || IOC_AUTH.may("city:supervise");
 const fill = (s, vars) => s.replace(/\{(\w+)\}/g, (_, k) => (vars[k] ?? ""));
 const who = (id) => (id && id.startsWith("system:") ? t("system") : id || "–");
 const tr = (o) => (o ? o[S.lang] || o.en : "");
@@ -155,13 +155,15 @@ async function openIncident(id, scroll = true) {
       el("span", {id: "inc-escalation", data: {level: String(d.escalation_level)}},
         `${t("escalation")}: ${d.escalation_level ? `${t("level")} ${d.escalation_level} · ${tr(d.escalation_name)}` : "–"}`),
       el("span", {id: "inc-assignee-now"}, `${t("assignee")}: ${d.assignee || t("unassigned")}`)),
-    open && mayAssign() ? el("div", {class: "row"}, assignSel, el("button", {id: "inc-assign", type: "button",
+    open && maySupervise() ? el("div", {class: "row"}, assignSel, el("button", {id: "inc-assign", type: "button",
       on: {click: () => assignSel.value && incidentAction(`${path}/assign`, {assignee: assignSel.value})}}, t("assign"))) : null,
     open ? el("div", {class: "row"},
       el("button", {id: "inc-ack", type: "button", on: {click: () => incidentAction(`${path}/acknowledge`)}}, t("ackAll")),
-      reason,
-      el("button", {id: "inc-clear", type: "button", on: {click: () => incidentAction(`${path}/clear`,
-        reason.value.trim() ? {override_reason: reason.value.trim()} : null)}}, t("clearIncident"))) : null,
+      maySupervise() ? reason : null,
+      // with a reason: a supervisor's clear over the procedure's missing steps (audited with the reason)
+      el("button", {id: "inc-clear", type: "button", on: {click: () => (reason.value.trim()
+        ? incidentAction(`${path}/clear-override`, {reason: reason.value.trim()}) : incidentAction(`${path}/clear`))}},
+      t("clearIncident"))) : null,
     el("h4", {}, t("alarms")),
     el("table", {id: "inc-alarms", class: "table"}, ...d.alarms.map((a) => incidentAlarmRow(a, open))),
     el("h4", {id: "inc-procedure"}, `${t("procedure")}: ${tr(d.procedure.title)}`),
