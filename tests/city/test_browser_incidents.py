@@ -28,9 +28,13 @@ DISTRICT = "HBT"  # a real district, so that the area filter lists it
 BROKEN = re.compile(r"undefined|NaN|\bnull\b|\[object")
 
 
+CODES = re.compile(r"\b[a-z]+_[a-z_]+\b")  # a raw code (feeder_outage, incident.sop_step) instead of a name
+
+
 async def _no_broken_text(page) -> None:
     text = await page.locator("#workflow-section").inner_text()
     assert BROKEN.findall(text) == []
+    assert CODES.findall(text) == []
 
 
 async def test_an_incident_goes_assign_comment_sop_clear_in_the_console_with_each_step_in_its_history(

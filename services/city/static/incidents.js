@@ -85,6 +85,12 @@ async function loadIncidents() {
   $("inc-list").replaceChildren(head, ...(rows.length ? rows : [el("tr", {}, el("td", {class: "empty", colspan: "7"}, t("none")))]));
 }
 
+// An alarm named as the console names it (its id is domain:type:source): the type's name and the source.
+function alarmLabel(alarmId) {
+  const [, type, ...source] = String(alarmId).split(":");
+  return type ? `${alarmTypeName(type)} · ${source.join(":")}` : alarmId;
+}
+
 function historyText(h, steps) {
   const d = h.detail || {};
   const step = (steps.find((s) => s.id === d.step) || {}).text;
@@ -96,11 +102,11 @@ function historyText(h, steps) {
     case "incident.clear": return t("a_clear");
     case "incident.clear_override": return fill(t("a_override"), d);
     case "incident.escalate": return fill(t("a_escalate"), d);
-    case "alarm.acknowledge": return `${t("a_ack")}: ${d.alarm_id || h.target}`;
-    case "alarm.clear": return `${t("a_alarmClear")}: ${d.alarm_id || h.target}`;
-    case "alarm.shelve": return `${t("a_shelve")}: ${d.alarm_id || h.target}`;
-    case "alarm.unshelve": return `${t("a_unshelve")}: ${d.alarm_id || h.target}`;
-    case "alarm.shelf_expired": return `${t("a_shelfExpired")}: ${d.alarm_id || h.target}`;
+    case "alarm.acknowledge": return `${t("a_ack")}: ${alarmLabel(d.alarm_id || h.target)}`;
+    case "alarm.clear": return `${t("a_alarmClear")}: ${alarmLabel(d.alarm_id || h.target)}`;
+    case "alarm.shelve": return `${t("a_shelve")}: ${alarmLabel(d.alarm_id || h.target)}`;
+    case "alarm.unshelve": return `${t("a_unshelve")}: ${alarmLabel(d.alarm_id || h.target)}`;
+    case "alarm.shelf_expired": return `${t("a_shelfExpired")}: ${alarmLabel(d.alarm_id || h.target)}`;
     default: return h.action;
   }
 }
