@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client import Counter
 
 from services.city import repository as repo
 from services.city import repository_incidents as irepo
@@ -40,6 +41,15 @@ from services.city.store import CityStore, StreamHub
 from shared.auth import ApiError, Principal, record_audit
 
 log = logging.getLogger(__name__)
+
+ESCALATIONS = Counter(
+    "ioc_city_incident_escalations_total",
+    "Incidents escalated for staying unacknowledged, by severity and the level reached",
+    ["severity", "level"],
+)
+SHELVES_EXPIRED = Counter(
+    "ioc_city_alarm_shelves_expired_total", "Shelved alarms returned when their shelf ran out"
+)
 
 _STATUS = {"not_found": 404, "conflict": 409, "forbidden": 403, "invalid": 422}
 _CODE = {"not_found": "not_found", "conflict": "invalid_transition", "forbidden": "forbidden"}
@@ -350,6 +360,8 @@ class IncidentService:
                 )
                 done.append({"incident_id": c["incident_id"], **action.detail})
             items = await repo.insert_stream_items(conn, stream)
+        for d in done:  # counted once committed
+            ESCALATIONS.labels(d["severity"], str(d["to"])).inc()
         if items:
             await self.hub.notify(max(i["seq"] for i in items))
         return done
@@ -381,6 +393,7 @@ class IncidentService:
                 stream.append(("alarm", repo.alarm_item(unshelve(alarm))))
                 back.append(alarm_id)
             items = await repo.insert_stream_items(conn, stream)
+        SHELVES_EXPIRED.inc(len(back))
         if items:
             await self.hub.notify(max(i["seq"] for i in items))
         return back
