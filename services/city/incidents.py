@@ -30,11 +30,13 @@ from typing import Any, Literal
 
 import yaml
 
+from services.city.domain import ACK_ROLES
+
 PROCEDURES_FILE = Path(__file__).with_name("incident_procedures.yaml")
 #: The scope of supervising the room (a supervisor's or administrator's): assign, clear over the procedure.
 SUPERVISE_SCOPE = "city:supervise"
-#: Roles that work incidents: comment, tick SOP steps, acknowledge, clear.
-OPERATE_ROLES = frozenset({"operator", "supervisor", "administrator", "admin"})
+#: Roles that work incidents: comment, tick SOP steps, acknowledge, clear (those that act on alarms).
+OPERATE_ROLES = ACK_ROLES
 #: Who the system acts as in the audit trail.
 ESCALATION_PRINCIPAL = "system:escalation"
 SHELF_EXPIRY_PRINCIPAL = "system:shelf-expiry"
