@@ -26,6 +26,7 @@ from starlette.background import BackgroundTask
 
 from services.city import repository as repo
 from services.city.alarming import BUDGET_PER_10_MINUTES, MAX_SHELVE, level_kpis, rate_per_10_minutes
+from services.city.api_incidents import incident_service
 from services.city.domain import (
     ACK_ROLES,
     CITY_SCOPE,
@@ -380,28 +381,36 @@ async def acknowledge_alarm(request: Request, alarm_id: str, principal: Principa
 
 @router.post("/alarms/{alarm_id:path}/clear", summary="Clear an active or acknowledged alarm (audited)")
 async def clear_alarm(request: Request, alarm_id: str, principal: Principal = CLEAR) -> dict:
+    # Clearing the last open alarm of an incident clears the incident: its procedure gate applies.
+    service = incident_service(request)
+    gate = await service.gate_alarm_clear(alarm_id, principal)
     done = await _store(request).operate([alarm_id], "clear", principal.id)
+    if gate is not None and done[0].get("incident_id"):
+        await service.record_clear(done[0]["incident_id"], principal, gate)
     return done[0]
 
 
 @router.get(
-    "/incidents", summary="Correlated incidents: alarms of one district close in time, across domains"
+    "/incidents",
+    summary="Correlated incidents (alarms of one district close in time, across domains) with their workflow",
 )
 async def incidents(
     request: Request,
-    state: Literal["open", "closed", "all"] = "open",
-    district: str | None = Query(None, max_length=32),
+    state: Literal["open", "unacknowledged", "acknowledged", "closed", "all"] = "open",
+    district: str | None = Query(None, max_length=32, description="same as `area`"),
+    area: str | None = Query(None, max_length=32, description="a district, or a commune/ward of its alarms"),
+    domain: str | None = Query(None, max_length=24),
+    severity: Literal["critical", "major", "minor", "warning"] | None = None,
+    assignee: str | None = Query(
+        None, max_length=100, description="a principal id; `none`: unassigned; `me`"
+    ),
     limit: int = Query(100, ge=1, le=500),
     principal: Principal = READ,
 ) -> dict:
-    pool = _ctx(request).pool
-    items = await repo.list_incidents(
-        pool, state=None if state == "all" else state, district=district, limit=limit
+    who = {"none": "", "me": principal.id}.get(assignee, assignee) if assignee is not None else None
+    items = await incident_service(request).cases(
+        state=state, area=area or district, domain=domain, severity=severity, assignee=who, limit=limit
     )
-    for inc in items:
-        inc["alarms"] = await repo.list_alarms(
-            pool, states=_STATES["all"], incident_id=inc["incident_id"], limit=50
-        )
     return {"items": items}
 
 
@@ -426,11 +435,14 @@ async def acknowledge_incident(
     return await _operate_incident(request, incident_id, "acknowledge", principal)
 
 
-@router.post("/incidents/{incident_id}/clear", summary="Clear every open alarm of an incident")
+@router.post(
+    "/incidents/{incident_id}/clear",
+    summary="Clear every open alarm of an incident (once its procedure's mandatory steps are done)",
+)
 async def clear_incident(
     request: Request, incident_id: str = Path(max_length=100), principal: Principal = CLEAR
 ) -> dict:
-    return await _operate_incident(request, incident_id, "clear", principal)
+    return await incident_service(request).clear(_store(request), incident_id, principal, None)
 
 
 # Live stream (SSE) -----------------------------------------------------------------------------------------

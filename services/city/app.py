@@ -14,8 +14,11 @@ from fastapi.staticfiles import StaticFiles
 from services.city import repository as repo
 from services.city.api import router as api_router
 from services.city.api_auth import router as auth_router
+from services.city.api_incidents import router as incidents_router
 from services.city.api_map import router as map_router
 from services.city.domain import load_definitions
+from services.city.incidents import load_playbook
+from services.city.service_incidents import IncidentService
 from services.city.settings import CitySettings
 from services.city.store import CityStore, StreamHub, store_topics
 from shared.http import ServiceContext, create_service_app
@@ -80,6 +83,7 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
     """The city service app (nothing connects before the lifespan starts)."""
     settings = settings or CitySettings()
     definitions = load_definitions(settings.kpi_definitions_path)
+    playbook = load_playbook()  # a broken procedures file stops the start-up, naming the mistake
 
     async def on_start(ctx: ServiceContext) -> None:
         assert ctx.pool is not None
@@ -99,6 +103,8 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
         ctx.extras.update(store=store, definitions=definitions, consumer=consumer, consumer_started=False)
         ctx.spawn(_start_consumer(ctx, consumer), "city-consumer-start")
         ctx.spawn(_maintenance(ctx, settings, store), "city-maintenance")
+        incidents = ctx.extras["incidents"] = IncidentService(ctx.pool, playbook, hub=store.hub)
+        ctx.spawn(incidents.run(settings.incident_escalation_interval_seconds), "city-incident-escalation")
 
     async def on_stop(ctx: ServiceContext) -> None:
         if ctx.extras.get("consumer_started"):
@@ -110,7 +116,7 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
         title="IOC city layer",
         description="City KPIs per district and city-wide, their history, alarms and incidents across domains, "
         "live streams, and the operations console at `/`.",
-        routers=[api_router, auth_router, map_router, console],
+        routers=[api_router, auth_router, map_router, incidents_router, console],
         migrations=MIGRATIONS,
         on_start=on_start,
         on_stop=on_stop,

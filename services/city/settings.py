@@ -71,3 +71,6 @@ class CitySettings(ServiceSettings):
     oidc_label: str = "OIDC"
     # this service's public callback URL (…/v1/session/oidc/callback); default: from the request
     oidc_redirect_url: str | None = None
+    # How often the incident workflow's background task escalates unacknowledged incidents and returns alarms
+    # whose shelf ran out (services/city/service_incidents.py).
+    incident_escalation_interval_seconds: float = 15.0

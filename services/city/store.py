@@ -245,7 +245,12 @@ class CityStore:
                     service="city",
                     action=f"alarm.{action}",
                     target=target or alarm_id,
-                    detail={"alarm_id": alarm_id, "from": current.state, "to": updated.state},
+                    detail={
+                        "alarm_id": alarm_id,
+                        "from": current.state,
+                        "to": updated.state,
+                        "incident_id": current.incident_id,  # an alarm id recurs across incidents
+                    },
                 )
                 done.append(repo.alarm_item(updated))
             items = await repo.insert_stream_items(conn, stream)

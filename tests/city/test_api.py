@@ -245,8 +245,18 @@ async def test_alarms_across_domains_in_one_district_form_one_incident_and_lifec
     )
     assert [(a["principal"], a["action"]) for a in audit] == [(op_id, "alarm.acknowledge")]
 
-    # clearing the incident clears its three alarms and closes it
+    # clearing the incident clears its three alarms and closes it: before its procedure's mandatory steps only
+    # a supervisor may, with a reason (docs/console.md, "Incident workflow")
     r = await client.post(f"/v1/incidents/{inc['incident_id']}/clear", headers=auth(operator))
+    assert r.status_code == 409 and r.json()["error"]["details"][0]["procedure"] == "power-outage"
+    sup_id, supervisor = await make_key(
+        ["city:read", "city:operate", "city:supervise"], kind="operator", attributes={"role": "supervisor"}
+    )
+    r = await client.post(
+        f"/v1/incidents/{inc['incident_id']}/clear-override",
+        json={"reason": "test: the procedure is tested in test_incidents_api.py"},
+        headers=auth(supervisor),
+    )
     assert r.status_code == 200 and len(r.json()["alarms"]) == 3
     closed = (
         await client.get("/v1/incidents", params={"state": "closed", "district": here}, headers=auth(reader))
@@ -256,7 +266,7 @@ async def test_alarms_across_domains_in_one_district_form_one_incident_and_lifec
         "/v1/alarms", params={"state": "cleared", "domain": "meter"}, headers=auth(reader)
     )
     row = next(a for a in cleared.json()["items"] if a["alarm_id"] == feeder_id)
-    assert row["cleared_by"] == op_id and row["acknowledged_by"] == op_id
+    assert row["cleared_by"] == sup_id and row["acknowledged_by"] == op_id
 
 
 async def test_replays_stream_nothing_and_retention_keeps_day_rollups(city):

@@ -146,9 +146,14 @@ async def test_alarm_acknowledge_and_clear_are_audited(farm, issue, key_pool):
     operator, key = await issue(
         ["city:read", "city:operate"], kind="operator", attributes={"role": "operator"}
     )
-    for action in ("acknowledge", "clear"):
-        r = await svc.client.post(f"/v1/alarms/{alarm_id}/{action}", headers=auth(key))
-        assert r.status_code == 200, r.text
+    r = await svc.client.post(f"/v1/alarms/{alarm_id}/acknowledge", headers=auth(key))
+    assert r.status_code == 200, r.text
+    # the incident's last alarm: its procedure's mandatory steps come first (docs/console.md)
+    for step in ("remote-check", "notify-ward", "confirm-service"):
+        s = await svc.client.post(f"/v1/incidents/{r.json()['incident_id']}/steps/{step}", headers=auth(key))
+        assert s.status_code == 200, s.text
+    r = await svc.client.post(f"/v1/alarms/{alarm_id}/clear", headers=auth(key))
+    assert r.status_code == 200, r.text
     rows = await audit_rows(key_pool, alarm_id)
     assert [(r["principal"], r["service"], r["action"]) for r in rows] == [
         (operator, "city", "alarm.acknowledge"),

@@ -482,7 +482,7 @@ function scheduleRefresh(what) {
   timers[what] = setTimeout(async () => {
     timers[what] = null;
     try {
-      if (what === "alarms") { await loadAlarms(); await loadDistricts(); await loadRate(); }
+      if (what === "alarms") { await loadAlarms(); await loadDistricts(); await loadRate(); document.dispatchEvent(new Event("ioc:alarms")); }
       if (what === "districts") await loadDistricts();
       if (what === "all") await loadAll();
     } catch (e) { /* shown */ }
@@ -686,6 +686,7 @@ async function loadAll() {
   await loadTiles();
   await Promise.all([loadAlarms(), loadTopics(), loadRate(), IOC_AUTH.may("archive:read") ? loadArchiveTopics() : null]);
   fillHistorySelectors();
+  document.dispatchEvent(new Event("ioc:loaded"));  // panels in their own files (incidents.js) load now
 }
 
 function init() {
