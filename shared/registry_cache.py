@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, ValuesView
-from typing import Any, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, ValuesView
+from typing import Any, TypeVar, overload
 
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
+T = TypeVar("T")
 
 #: ``load(since)`` → ``(entries, version)``: the entries changed after ``since`` (all of them when ``since`` is
 #: None) and the version to ask from next time (None: the loader cannot tell; the next refresh reads everything).
@@ -42,8 +43,8 @@ def whole_table(load_all: Callable[[], Awaitable[Iterable[V]]]) -> Loader[V]:
     return load
 
 
-class RegistryCache(Generic[V]):
-    """Entity id → registry entry, in memory (see the module's docstring)."""
+class RegistryCache(Mapping[str, V]):
+    """Entity id → registry entry, in memory (see the module's docstring); a read-only mapping."""
 
     def __init__(self, name: str, load: Loader[V], key: Callable[[V], str]):
         self.name = name
@@ -55,8 +56,12 @@ class RegistryCache(Generic[V]):
         self.loaded_at: float | None = None
 
     # ------------------------------------------------------------------------------------------- lookups
-    def get(self, key: str) -> V | None:
-        return self.entries.get(key)
+    @overload
+    def get(self, key: str, /) -> V | None: ...
+    @overload
+    def get(self, key: str, /, default: V | T) -> V | T: ...
+    def get(self, key: str, /, default: Any = None) -> Any:
+        return self.entries.get(key, default)
 
     def __getitem__(self, key: str) -> V:
         return self.entries[key]
