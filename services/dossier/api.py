@@ -28,6 +28,7 @@ from shared.contracts.dossier import CHANNEL_CODES
 from shared.http import RequestModel, ServiceContext, idempotent
 from shared.ingest import SaneDate, SaneDatetime
 from shared.metrics import EVENTS_ACCEPTED
+from shared.outbox import Outbox
 
 from . import publishing, repository
 from .domain import (
@@ -78,7 +79,7 @@ class DossierRuntime:
 
     calendar: WorkingCalendar
     hierarchy: Hierarchy
-    relay: publishing.OutboxRelay
+    relay: Outbox
     procedures: dict[str, Procedure] = field(default_factory=dict)
     agencies: dict[str, Agency] = field(default_factory=dict)
     loaded_at: float = 0.0
@@ -473,7 +474,7 @@ async def _commit(
         principal=principal.id,
         detail=detail,
     )
-    await repository.insert_outbox(conn, [publishing.to_row(e) for e in events])
+    await Outbox.add(conn, events)
     await record_audit(
         conn,
         principal=principal.id,

@@ -9,11 +9,11 @@ from fastapi import FastAPI
 from shared.contracts.base import TOPICS
 from shared.contracts.dossier import ALARM_TOPIC_NAME, KPI_TOPIC_NAME, LIFECYCLE_TOPIC
 from shared.http import ServiceContext, create_service_app
+from shared.outbox import Outbox
 
 from . import watcher
 from .api import DossierRuntime, load_hierarchy_file, router
 from .domain import calendar_from_csv
-from .publishing import OutboxRelay
 from .settings import DossierSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -24,7 +24,7 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
     settings = settings or DossierSettings()
 
     async def on_start(ctx: ServiceContext) -> None:
-        relay = OutboxRelay(
+        relay = Outbox(
             ctx,
             batch_size=settings.outbox_batch_size,
             poll_seconds=settings.outbox_poll_seconds,
@@ -34,6 +34,7 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
         calendar = (
             calendar_from_csv(Path(settings.calendar_csv)) if settings.calendar_csv else calendar_from_csv()
         )
+        await relay.install()
         rt = DossierRuntime(
             calendar=calendar, hierarchy=load_hierarchy_file(settings.hierarchy_csv), relay=relay
         )

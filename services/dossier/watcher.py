@@ -49,7 +49,7 @@ async def scan_once(
                 elif kind == "approaching" and warned_for != d.due_date:
                     events.append(publishing.deadline_approached(d, procedure, now, n))
                     warned.append((d.agency_code, d.code, d.due_date))
-            await repository.insert_outbox(conn, [publishing.to_row(e) for e in events])
+            await rt.relay.add(conn, events)
             await repository.mark_warned(conn, warned)
             await repository.mark_overdue(conn, overdue)
         written += len(events)
@@ -79,7 +79,7 @@ async def check_calendar(
     through = cal.confirmed_through.isoformat() if cal.confirmed_through else None
     event = publishing.calendar_alarm(state, now, through, horizon_days)
     async with ctx.pool.acquire() as conn, conn.transaction():
-        await repository.insert_outbox(conn, [publishing.to_row(event)])
+        await rt.relay.add(conn, [event])
     ctx.extras["dossier_calendar_alarm"] = state
     rt.relay.notify()
     return state
@@ -126,7 +126,7 @@ async def apply_calendar_change(ctx: ServiceContext, rt: DossierRuntime, now: da
                 event = publishing.status_changed(
                     after, procedure, action="reschedule", previous=d.status, at=now
                 )
-                await repository.insert_outbox(conn, [publishing.to_row(event)])
+                await rt.relay.add(conn, [event])
                 moved += 1
         if applied != (days_off, worked):
             await repository.store_applied_calendar(conn, days_off, worked)

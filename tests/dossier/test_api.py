@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from services.dossier import repository, watcher
+from services.dossier import watcher
 from services.dossier.app import create_app
 from services.dossier.domain import calendar_from_csv, due_date_for
 from services.dossier.settings import DossierSettings
@@ -434,13 +434,13 @@ async def test_outbox_survives_a_broker_outage_without_loss_or_duplicates(
         ids = {r["event_id"] for r in rows}
         assert len(ids) == 9
         await asyncio.sleep(1.0)  # the relay keeps trying against the dead broker
-        state = await repository.outbox_state(app.state.ctx.pool, list(ids))
+        state = await app.state.ctx.extras["dossier"].relay.state(list(ids))
         assert not any(state.values())
         assert REGISTRY.get_sample_value("ioc_outbox_backlog_events", {"service": "dossier"}) >= 9
         # The broker is back: the relay publishes the backlog.
         app.state.ctx.publisher = EventPublisher(kafka_settings, client_id="ioc-dossier")
         for _ in range(100):
-            state = await repository.outbox_state(app.state.ctx.pool, list(ids))
+            state = await app.state.ctx.extras["dossier"].relay.state(list(ids))
             if all(state.values()):
                 break
             await asyncio.sleep(0.1)
