@@ -50,7 +50,7 @@ from shared.kafka.producer import BrokerUnavailable, EventPublisher
 from shared.metrics import OUTBOX_BACKLOG
 from shared.tasks import wait_event
 
-__all__ = ["MIGRATIONS", "Outbox", "OutboxHost", "from_row", "to_row"]
+__all__ = ["MIGRATIONS", "Outbox", "OutboxHost", "from_row", "publish_now", "to_row"]
 
 log = logging.getLogger(__name__)
 #: The outbox table's migration, applied in each service's own schema (``Outbox.install``).
@@ -235,3 +235,17 @@ class Outbox:
     async def _sleep(self, seconds: float) -> None:
         await wait_event(self.wake, seconds)
         self.wake.clear()
+
+
+async def publish_now(outbox: Outbox, timeout: float) -> bool:
+    """After a commit whose answer says whether its events are on the broker yet: publish what is waiting (after a
+    batch the relay has in flight) for at most ``timeout`` seconds. True: the outbox was drained, so the events
+    committed before the call are published. Never raises: what is left goes out with the relay's retries."""
+    try:
+        async with asyncio.timeout(timeout):
+            while await outbox.publish_once(wait=True):
+                pass
+        return True
+    except (BrokerUnavailable, TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("outbox: committed, not yet published (%s); the relay retries", type(exc).__name__)
+        return False

@@ -1,4 +1,4 @@
-"""The kiosk service app (port 8103): registry, ingest, and the background registry refresh/republish."""
+"""The kiosk service app (port 8103): registry, ingest, the background registry refresh and the outbox relay."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ def create_app(settings: KioskSettings | None = None) -> FastAPI:
         app.state.kiosk_service = service
         # Other replicas (and the bulk import) write too: reload the in-memory registry now and then.
         ctx.spawn(service.registry.run_forever(settings.registry_refresh_seconds), "kiosk:registry-refresh")
-        ctx.spawn(service.republish_forever(settings.registry_republish_seconds), "kiosk:registry-republish")
+        ctx.spawn(service.outbox.run(), "kiosk:outbox-relay")
+
+    async def on_stop(ctx: ServiceContext) -> None:
+        service: KioskService | None = getattr(app.state, "kiosk_service", None)
+        if service is not None:
+            await service.outbox.flush()  # best effort: what is left goes out at the next start
 
     app = create_service_app(
         settings,
@@ -36,6 +41,7 @@ def create_app(settings: KioskSettings | None = None) -> FastAPI:
         routers=[api.router],
         migrations=MIGRATIONS,
         on_start=on_start,
+        on_stop=on_stop,
         topics=[t for t in TOPICS.values() if t.owner == "kiosk"],
     )
     return app

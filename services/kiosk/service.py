@@ -1,11 +1,12 @@
 """The kiosk service's use cases: the fleet registry and telemetry/session ingest.
 
-The registry lives in memory (``shared.registry_cache``) so ingest makes no per-item database round trip.
+The registry lives in memory (``shared.registry_cache``) so ingest makes no per-item database round trip. A
+registry write and its registry events commit in one transaction (the transactional outbox, ``shared.outbox``);
+ingest publishes directly and answers only once the broker acknowledged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from shared.contracts.cloudevents import EncodedEvent
 from shared.contracts.kiosk import KioskRegistered, OpeningPeriod, Peripheral
 from shared.http import RequestModel, ServiceContext
 from shared.ingest import ItemError, SaneAwareDatetime, batch_result, named_entities, validate_items
-from shared.kafka.producer import BrokerUnavailable
+from shared.outbox import Outbox, publish_now
 from shared.registry_cache import RegistryCache, whole_table
 
 log = logging.getLogger(__name__)
@@ -132,32 +133,41 @@ class KioskService:
         self.registry: RegistryCache[KioskInfo] = RegistryCache(
             SERVICE, whole_table(lambda: _load_registry(pool)), key=lambda k: k.kiosk_id
         )
+        # The relay looks for registry events of other replicas' writes (and first retries) this often.
+        self.outbox = Outbox(ctx, poll_seconds=settings.registry_republish_seconds)
 
     async def load(self) -> None:
-        """Fill the registry cache (start-up)."""
+        """Start-up: the outbox table, registry changes not yet on the topic handed to it, the registry cache."""
+        await self.outbox.install()
+        await self._hand_over_unpublished()
         await self.registry.reload()
 
-    # ----------------------------------------------------------------------------------------- registry
-    async def publish_registrations(self, rows: Sequence[asyncpg.Record]) -> bool:
-        """Put registry rows on the compacted registry topic; on failure the republisher retries later."""
-        try:
-            await self._ctx.publisher.publish(publishing.registration_events(rows, self.source))
-        except BrokerUnavailable:
-            log.warning("registry change stored but not yet published; will retry")
-            return False
-        await repository.mark_published(self.pool, [(r["kiosk_id"], r["version"]) for r in rows])
-        return True
-
-    async def republish_forever(self, every: float) -> None:
-        """Registry writes commit to PostgreSQL first; entries whose publish failed are published from here."""
+    async def _hand_over_unpublished(self) -> None:
+        # Registry changes stored before the outbox existed whose publish had failed (a republisher loop retried
+        # them then): their events go to the outbox, so nothing stored is lost in the upgrade.
         while True:
-            try:
-                rows = await repository.unpublished(self.pool)
-                if rows:
-                    await self.publish_registrations(rows)
-            except Exception as exc:  # the broker or DB may be back next round
-                log.warning("registry republish failed: %s", type(exc).__name__)
-            await asyncio.sleep(every)
+            async with self.pool.acquire() as conn, conn.transaction():
+                rows = await repository.unpublished(conn)
+                if not rows:
+                    return
+                await self.outbox.add(conn, publishing.registration_events(rows, self.source))
+                await repository.mark_published(conn, [(r["kiosk_id"], r["version"]) for r in rows])
+            self.outbox.notify()
+
+    # ----------------------------------------------------------------------------------------- registry
+    async def _store(
+        self, entries: list[dict], principal: Principal, action: str
+    ) -> tuple[list[asyncpg.Record], bool]:
+        """Upsert registry entries and their registry events in one transaction (the events go out through the
+        outbox); the stored rows, and whether the events were on the topic before the answer (False: the broker
+        is away, the relay publishes them when it is back)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await repository.upsert_kiosks(conn, entries, principal=principal.id, action=action)
+            await self.outbox.add(conn, publishing.registration_events(rows, self.source))
+        self.outbox.notify()
+        published = await publish_now(self.outbox, self.settings.kafka.publish_timeout_s + 5)
+        await self.registry.reload()
+        return rows, published
 
     async def put_kiosk(self, kiosk_id: str, entry: KioskIn, principal: Principal) -> dict:
         """Upsert one registry entry: stored in PostgreSQL, then published on ``ioc.kiosk.registry``."""
@@ -169,9 +179,7 @@ class KioskService:
                 "the registry entry is not valid",
                 [{"item": None, "id": kiosk_id, "field": f, "reason": r} for f, r in problems],
             )
-        rows = await repository.upsert_kiosks(self.pool, [_row_of(kiosk_id, entry)], principal=principal.id)
-        published = await self.publish_registrations(rows)
-        await self.registry.reload()
+        rows, published = await self._store([_row_of(kiosk_id, entry)], principal, "kiosk.registered")
         return {"kiosk": repository.as_dict(rows[0]), "published": published}
 
     async def import_kiosks(self, items: list[dict[str, Any]], principal: Principal) -> tuple[int, dict]:
@@ -191,11 +199,7 @@ class KioskService:
                 seen.add(item.kiosk_id)
                 accepted.append(_row_of(item.kiosk_id, item))
         if accepted:
-            rows = await repository.upsert_kiosks(
-                self.pool, accepted, principal=principal.id, action="kiosk.imported"
-            )
-            await self.publish_registrations(rows)
-            await self.registry.reload()
+            await self._store(accepted, principal, "kiosk.imported")
         return batch_result(SERVICE, "registration", len(accepted), sorted(errors, key=lambda e: e.index), 0)
 
     async def kiosks(self, *, district: str | None, limit: int, offset: int) -> list[dict]:

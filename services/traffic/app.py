@@ -31,6 +31,7 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
         await service.load()
         app.state.traffic_service = service
         ctx.spawn(service.registry.run_forever(settings.registry_refresh_seconds), "traffic-registry-refresh")
+        ctx.spawn(service.outbox.run(), "traffic-outbox-relay")
         if settings.store_measures:
             consumer = EventConsumer(
                 settings.kafka,
@@ -60,6 +61,9 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
     async def on_stop(ctx: ServiceContext) -> None:
         while consumers:
             await consumers.pop().stop()
+        service: TrafficService | None = getattr(app.state, "traffic_service", None)
+        if service is not None:
+            await service.outbox.flush()  # best effort: what is left goes out at the next start
 
     topics = [t for t in TOPICS.values() if t.owner == "traffic"] + [DEAD_LETTER_TOPIC]
     app = create_service_app(

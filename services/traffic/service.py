@@ -1,7 +1,9 @@
 """The traffic service's use cases: the intersection registry, hi-res event ingest, the measures store and export.
 
 The registry lives in memory (``shared.registry_cache``) so ingest makes no per-event database round trip; the
-ingest screens (out-of-order and duplicate checks per controller) live here too.
+ingest screens (out-of-order and duplicate checks per controller) live here too. A registry write and its registry
+events commit in one transaction (the transactional outbox, ``shared.outbox``); ingest publishes directly and
+answers only once the broker acknowledged.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Required
 
+import asyncpg
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
@@ -21,6 +24,7 @@ from shared.contracts.cloudevents import ReceivedEvent, parse_time
 from shared.contracts.traffic import IntersectionMeasuresComputed, PhaseMeasuresComputed
 from shared.http import ServiceContext
 from shared.ingest import ItemError, batch_result, named_entities, validate_items
+from shared.outbox import Outbox, publish_now
 from shared.registry_cache import RegistryCache, whole_table
 
 from . import repository
@@ -174,6 +178,7 @@ class TrafficService:
             out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
             max_age_s=settings.max_event_age_seconds,
         )
+        self.outbox = Outbox(ctx)
         # History has its own screen: its age is not judged against now and its order not against live events.
         self.backfill_screen = IngestScreen(
             future_tolerance_s=settings.future_tolerance_seconds,
@@ -182,11 +187,21 @@ class TrafficService:
         )
 
     async def load(self) -> None:
-        """Fill the registry cache (start-up)."""
+        """Start-up: the outbox table, the registry cache."""
+        await self.outbox.install()
         await self.registry.reload()
 
-    async def _publish_registry_rows(self, rows: Sequence[Intersection]) -> None:
-        await self._ctx.publisher.publish([intersection_configured(self.source, r) for r in rows])
+    async def _registry_changed(self, conn: asyncpg.Connection, rows: Sequence[Intersection]) -> None:
+        """The registry records of changed intersections, into the outbox in the change's transaction."""
+        await self.outbox.add(conn, [intersection_configured(self.source, r) for r in rows])
+
+    async def _after_registry_commit(self) -> None:
+        # The answer waits (at most the publish timeout) for the registry records to be on the broker, as it did
+        # when they were published inside the transaction; a broker that is away no longer refuses the change:
+        # the relay publishes it when the broker is back.
+        self.outbox.notify()
+        await publish_now(self.outbox, self.settings.kafka.publish_timeout_s + 5)
+        await self.registry.reload()
 
     # ----------------------------------------------------------------------------------------- registry
     async def register(self, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:
@@ -239,10 +254,9 @@ class TrafficService:
                 items = [m.model_dump(mode="json") for _, m in ok if m.controller_id not in taken]
                 if items:
                     rows = await repository.upsert_intersections(conn, items)
-                    # Published before the commit: a broker failure rolls the registry change back (503).
-                    await self._publish_registry_rows(rows)
+                    await self._registry_changed(conn, rows)
                     accepted = len(rows)
-            await self.registry.reload()
+            await self._after_registry_commit()
         errors.sort(key=lambda e: e.index)
         return batch_result(SERVICE, "intersection", accepted, errors)
 
@@ -315,8 +329,8 @@ class TrafficService:
         if by_controller and not errors:
             async with self.pool.acquire() as conn, conn.transaction():
                 updated = await repository.set_detectors(conn, by_controller)
-                await self._publish_registry_rows(updated)
-            await self.registry.reload()
+                await self._registry_changed(conn, updated)
+            await self._after_registry_commit()
             accepted = sum(len(v) for v in by_controller.values())
         errors.sort(key=lambda e: e.index)
         return batch_result(SERVICE, "detector", accepted, errors)
