@@ -371,11 +371,11 @@ class TrafficService:
         except ValidationError:
             valid, errors = validate_items(HiResEventIn, raw_items, id_field="controller_id")
             items = [(i, m.controller_id, to_ms(m.timestamp), m.event_code, m.parameter) for i, m in valid]
-        known = self.registry
-        if any(item[1] not in known for item in items):
+        registry = self.registry.entries  # the plain dict: a lookup per event
+        if any(item[1] not in registry for item in items):
             # another replica may have registered it
-            await known.refresh_if_older(UNKNOWN_CONTROLLER_RELOAD_SECONDS)
-        registry = known.entries
+            if await self.registry.refresh_if_older(UNKNOWN_CONTROLLER_RELOAD_SECONDS):
+                registry = self.registry.entries
         authorize(principal, raw_items, registry)  # on the registry the batch is screened against
         if final and not backfill:
             raise ApiError(422, "invalid_parameter", "final=true ends a backfill: send it with backfill=true")
