@@ -32,9 +32,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 async def app(kafka_settings, db_settings, topics_ready):
     # The registry refresh loop also publishes registry events left unpublished: run it often here.
-    return create_app(
-        MeterSettings(kafka=kafka_settings, database=db_settings, registry_refresh_seconds=0.2)
-    )
+    return create_app(MeterSettings(kafka=kafka_settings, database=db_settings, registry_refresh_seconds=0.2))
 
 
 def service_of(app) -> MeterService:
