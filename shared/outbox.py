@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 from prometheus_client import Counter
 
 from shared.contracts.cloudevents import EncodedEvent
@@ -124,14 +125,21 @@ class Outbox:
     async def add(conn: asyncpg.Connection, events: Iterable[EncodedEvent]) -> int:
         """Write ``events`` to the outbox on ``conn``, inside the caller's transaction; how many were given. An
         event id already in the outbox (a retried write with deterministic ids) is not added again."""
-        rows = [to_row(e) for e in events]
-        if rows:
-            await conn.executemany(
-                "INSERT INTO outbox(event_id, topic, key, value, headers) VALUES ($1,$2,$3,$4,$5) "
-                "ON CONFLICT (event_id) DO NOTHING",
-                rows,
+        evs = list(events)
+        if evs:
+            # One statement whatever the count (a registry import writes tens of thousands of events).
+            await conn.execute(
+                "INSERT INTO outbox(event_id, topic, key, value, headers) "
+                "SELECT e, t, k, v, h::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::text[]) "
+                "WITH ORDINALITY AS u(e, t, k, v, h, n) ORDER BY n ON CONFLICT (event_id) DO NOTHING",
+                [e.id for e in evs],
+                [e.topic for e in evs],
+                [e.key for e in evs],
+                [e.value for e in evs],
+                # as JSON text: a list of header pairs would be taken for a multi-dimensional array
+                [orjson.dumps([[k, v.decode()] for k, v in e.headers]).decode() for e in evs],
             )
-        return len(rows)
+        return len(evs)
 
     def notify(self) -> None:
         """A transaction with outbox rows committed: publish now rather than at the next poll."""
@@ -161,13 +169,20 @@ class Outbox:
         OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)
 
+    async def drain(self, *, wait: bool = False) -> int:
+        """Publish every unsent row now, batch after batch; how many. For a service that drives publishing from
+        its own request or loop rather than (or besides) :meth:`run`. Raises ``BrokerUnavailable``."""
+        total = 0
+        while n := await self.publish_once(wait=wait):
+            total += n
+        return total
+
     async def flush(self, timeout: float = 5.0) -> bool:
         """Best effort at shutdown: publish what is waiting; whether it all went out (rows left over are
         published at the next start). Waits for a batch the relay task is publishing, then drains."""
         try:
             async with asyncio.timeout(timeout):
-                while await self.publish_once(wait=True):
-                    pass
+                await self.drain(wait=True)
             await self._safe_backlog()
             return True
         except (BrokerUnavailable, TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -243,8 +258,7 @@ async def publish_now(outbox: Outbox, timeout: float) -> bool:
     committed before the call are published. Never raises: what is left goes out with the relay's retries."""
     try:
         async with asyncio.timeout(timeout):
-            while await outbox.publish_once(wait=True):
-                pass
+            await outbox.drain(wait=True)
         return True
     except (BrokerUnavailable, TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         log.warning("outbox: committed, not yet published (%s); the relay retries", type(exc).__name__)

@@ -41,7 +41,8 @@ from services.meter.settings import MeterSettings
 from shared.areas import hanoi
 from shared.auth import ApiError, refuse_unowned
 from shared.ingest import batch_result, validate_items
-from shared.kafka.producer import EventPublisher
+from shared.kafka.producer import BrokerUnavailable, EventPublisher
+from shared.outbox import Outbox
 from shared.registry_cache import RegistryCache
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class MeterService:
     """What one meter-service process holds and does."""
 
     def __init__(self, settings: MeterSettings, pool: asyncpg.Pool, publisher: EventPublisher, source: str):
+        self.name = SERVICE
         self.settings = settings
         self.pool = pool
         self.publisher = publisher
@@ -192,6 +194,10 @@ class MeterService:
         self._events_lock = asyncio.Lock()
         self._batch_seq = 0
         self.register_writer = RegisterWriter(pool)
+        # Registry changes are committed with their events (the transactional outbox; this service is its host:
+        # name, pool, publisher). Readings do not go through it: docs/guarantees.md, "Meter readings".
+        self.outbox = Outbox(self)
+        self._outbox_purged_at: float | None = None
 
     # ------------------------------------------------------------------------------------------ loading
     @property
@@ -199,7 +205,9 @@ class MeterService:
         return self.registry.feeder_sizes
 
     async def load(self) -> None:
-        """Fill the caches from PostgreSQL (start-up)."""
+        """Fill the caches from PostgreSQL (start-up); publish registry changes a previous run left unpublished."""
+        await self.outbox.install()
+        await self.relay_outbox()
         await self.registry.reload()
         self.registers = await repository.load_registers(self.pool)
         self.timelines = await repository.load_power_timelines(self.pool)
@@ -208,8 +216,29 @@ class MeterService:
         )
 
     async def refresh_forever(self) -> None:
-        """Pick up registry changes written by other replicas."""
-        await self.registry.run_forever(self.settings.registry_refresh_seconds)
+        """Pick up registry changes written by other replicas; publish registry changes whose publish failed."""
+        while True:
+            await asyncio.sleep(self.settings.registry_refresh_seconds)
+            try:
+                await self.registry.refresh()
+            except DB_ERRORS as exc:
+                log.warning("registry refresh failed: %s", type(exc).__name__)
+            await self.relay_outbox()
+
+    async def relay_outbox(self) -> int:
+        """Publish the registry events committed but not yet acknowledged (a write answered 503, a previous run);
+        how many. Never raises: what fails stays for the next call."""
+        try:
+            n = await self.outbox.drain()
+            await self.outbox.backlog()
+            now = asyncio.get_running_loop().time()
+            if self._outbox_purged_at is None or now - self._outbox_purged_at > 3600:
+                await self.outbox.purge_sent()
+                self._outbox_purged_at = now
+            return n
+        except (BrokerUnavailable, *DB_ERRORS) as exc:
+            log.warning("registry events not published yet (will retry): %s", type(exc).__name__)
+            return 0
 
     # ----------------------------------------------------------------------------------------- registry
     async def register_meters(self, items: list[Any]) -> tuple[int, dict]:
@@ -226,7 +255,15 @@ class MeterService:
                 latest[m.meter_id] = m  # a later row for the same meter wins
         meters = list(latest.values())
         if meters:
-            before = await repository.upsert_meters(self.pool, meters)
+            # Who may report for a meter is access control, not registry data for subscribers.
+            events = publishing.registry_events(
+                (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source
+            )
+            # The change and its events commit together: an event that cannot be published now (503) is
+            # published later (relay_outbox), even if the client never retries.
+            async with self.pool.acquire() as conn, conn.transaction():
+                before = await repository.upsert_meters(conn, meters)
+                await self.outbox.add(conn, events)
             replaced = [
                 m.meter_id
                 for m in meters
@@ -253,12 +290,8 @@ class MeterService:
                     for m in meters
                 ]
             )
-            # Who may report for a meter is access control, not registry data for subscribers.
-            await self.publisher.publish(
-                publishing.registry_events(
-                    (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source
-                )
-            )
+            # 2xx only once the broker acknowledged them, as before (BrokerUnavailable → 503).
+            await self.outbox.drain(wait=True)
         accepted = sum(1 for i, _ in valid if i not in bad)
         return batch_result(SERVICE, "meter", accepted, sorted(errors, key=lambda e: e.index))
 
