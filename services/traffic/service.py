@@ -24,7 +24,7 @@ from shared.contracts.cloudevents import ReceivedEvent, parse_time
 from shared.contracts.traffic import IntersectionMeasuresComputed, PhaseMeasuresComputed
 from shared.http import ServiceContext
 from shared.ingest import ItemError, batch_result, named_entities, validate_items
-from shared.outbox import Outbox, publish_now
+from shared.outbox import Outbox
 from shared.registry_cache import RegistryCache, whole_table
 
 from . import repository
@@ -196,12 +196,12 @@ class TrafficService:
         await self.outbox.add(conn, [intersection_configured(self.source, r) for r in rows])
 
     async def _after_registry_commit(self) -> None:
-        # The answer waits (at most the publish timeout) for the registry records to be on the broker, as it did
-        # when they were published inside the transaction; a broker that is away no longer refuses the change:
-        # the relay publishes it when the broker is back.
         self.outbox.notify()
-        await publish_now(self.outbox, self.settings.kafka.publish_timeout_s + 5)
         await self.registry.reload()
+        # 2xx only once the broker acknowledged the registry records, as when they were published inside the
+        # transaction (BrokerUnavailable → 503); the change is committed either way now, and the relay publishes
+        # it when the broker is back (it used to be rolled back).
+        await self.outbox.drain(wait=True)
 
     # ----------------------------------------------------------------------------------------- registry
     async def register(self, raw_items: list[dict[str, Any]]) -> tuple[int, dict]:
