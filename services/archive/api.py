@@ -23,7 +23,8 @@ MEDIA = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.pa
 
 
 def _store(request: Request) -> ArchiveStore:
-    return request.app.state.ctx.extras["archive_store"]
+    """The archive's store (set by the app's lifespan)."""
+    return request.app.state.archive_store
 
 
 def _settings(request: Request) -> ArchiveSettings:

@@ -15,9 +15,9 @@ def create_app(settings: ArchiveSettings | None = None) -> FastAPI:
     settings = settings or ArchiveSettings()
 
     async def on_start(ctx: ServiceContext) -> None:
-        ctx.extras["archive_store"] = ArchiveStore(settings.root, settings.storage_options)
+        app.state.archive_store = ArchiveStore(settings.root, settings.storage_options)
 
-    return create_service_app(
+    app = create_service_app(
         settings,
         name="archive",
         title="IOC archive",
@@ -27,3 +27,4 @@ def create_app(settings: ArchiveSettings | None = None) -> FastAPI:
         on_start=on_start,
         topics=[],
     )
+    return app

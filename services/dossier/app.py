@@ -11,9 +11,8 @@ from shared.contracts.dossier import ALARM_TOPIC_NAME, KPI_TOPIC_NAME, LIFECYCLE
 from shared.http import ServiceContext, create_service_app
 
 from . import watcher
-from .api import DossierRuntime, load_hierarchy_file, router
-from .domain import calendar_from_csv
-from .publishing import OutboxRelay
+from .api import router
+from .service import DossierService
 from .settings import DossierSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -24,29 +23,15 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
     settings = settings or DossierSettings()
 
     async def on_start(ctx: ServiceContext) -> None:
-        relay = OutboxRelay(
-            ctx,
-            batch_size=settings.outbox_batch_size,
-            poll_seconds=settings.outbox_poll_seconds,
-            max_backoff_seconds=settings.outbox_max_backoff_seconds,
-            retention_seconds=settings.outbox_retention_seconds,
-        )
-        calendar = (
-            calendar_from_csv(Path(settings.calendar_csv)) if settings.calendar_csv else calendar_from_csv()
-        )
-        rt = DossierRuntime(
-            calendar=calendar, hierarchy=load_hierarchy_file(settings.hierarchy_csv), relay=relay
-        )
-        await rt.refresh(ctx)
-        ctx.extras["dossier"] = rt
-        ctx.extras["dossier_portal_sync_max_delay_s"] = settings.portal_sync_max_delay_seconds
+        service = DossierService(settings, ctx)
+        await service.start()
+        app.state.dossier_service = service
         # A calendar that changed since the open dossiers' due dates were computed reschedules them first.
-        await watcher.apply_calendar_change(ctx, rt)
-        ctx.spawn(relay.run(), "dossier-outbox-relay")
+        await watcher.apply_calendar_change(service)
+        ctx.spawn(service.outbox.run(), "dossier-outbox-relay")
         ctx.spawn(
             watcher.run(
-                ctx,
-                rt,
+                service,
                 settings.deadline_warning_days,
                 settings.deadline_scan_seconds,
                 calendar_horizon_days=settings.calendar_horizon_days,
@@ -55,11 +40,11 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
         )
 
     async def on_stop(ctx: ServiceContext) -> None:
-        rt = ctx.extras.get("dossier")
-        if rt is not None:
-            await rt.relay.flush()
+        service: DossierService | None = getattr(app.state, "dossier_service", None)
+        if service is not None:
+            await service.outbox.flush()
 
-    return create_service_app(
+    app = create_service_app(
         settings,
         name="dossier",
         title="IOC dossier service",
@@ -71,3 +56,4 @@ def create_app(settings: DossierSettings | None = None) -> FastAPI:
         on_stop=on_stop,
         topics=[LIFECYCLE_TOPIC, TOPICS[KPI_TOPIC_NAME], TOPICS[ALARM_TOPIC_NAME]],
     )
+    return app

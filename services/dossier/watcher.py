@@ -13,32 +13,28 @@ from datetime import UTC, datetime
 
 from shared.calendar import WorkingCalendar
 from shared.calendar_metrics import CALENDAR_CONFIRMED_AHEAD, CALENDAR_UNCONFIRMED
-from shared.http import ServiceContext
 
 from . import publishing, repository
-from .api import DossierRuntime
 from .domain import deadline_notice, local_date, replace_due_date, reschedule
+from .service import DossierService
 
 log = logging.getLogger(__name__)
 BATCH = 500
 
 
-async def scan_once(
-    ctx: ServiceContext, rt: DossierRuntime, warn_days: int, now: datetime | None = None
-) -> int:
+async def scan_once(svc: DossierService, warn_days: int, now: datetime | None = None) -> int:
     """One scan at ``now``: publish (via the outbox) every notice due; how many notices were written."""
-    assert ctx.pool is not None
     now = now or datetime.now(UTC)
     today = local_date(now)
-    horizon = rt.calendar.add_working_days(today, warn_days)
+    horizon = svc.calendar.add_working_days(today, warn_days)
     written = 0
     while True:
-        async with ctx.pool.acquire() as conn, conn.transaction():
+        async with svc.pool.acquire() as conn, conn.transaction():
             rows = await repository.lock_open_due_by(conn, horizon, today, BATCH)
             events, warned, overdue = [], [], []
             for d, warned_for, overdue_for in rows:
-                notice = deadline_notice(d, today, rt.calendar, warn_days)
-                procedure = await rt.procedure(ctx, d.procedure_code)
+                notice = deadline_notice(d, today, svc.calendar, warn_days)
+                procedure = await svc.procedure(d.procedure_code)
                 if notice is None or procedure is None:
                     continue
                 kind, n = notice
@@ -49,51 +45,47 @@ async def scan_once(
                 elif kind == "approaching" and warned_for != d.due_date:
                     events.append(publishing.deadline_approached(d, procedure, now, n))
                     warned.append((d.agency_code, d.code, d.due_date))
-            await repository.insert_outbox(conn, [publishing.to_row(e) for e in events])
+            await svc.outbox.add(conn, events)
             await repository.mark_warned(conn, warned)
             await repository.mark_overdue(conn, overdue)
         written += len(events)
         if len(rows) < BATCH or not events:
             break
     if written:
-        rt.relay.notify()
+        svc.outbox.notify()
     return written
 
 
-async def check_calendar(
-    ctx: ServiceContext, rt: DossierRuntime, horizon_days: int, now: datetime | None = None
-) -> str | None:
+async def check_calendar(svc: DossierService, horizon_days: int, now: datetime | None = None) -> str | None:
     """Set the calendar gauges; raise or clear the calendar alarm when its state changed. The alarm's last state
     lives in memory: after a restart the current state is published again (alarms are level-triggered)."""
-    assert ctx.pool is not None
     now = now or datetime.now(UTC)
     today = local_date(now)
-    cal = rt.calendar
+    cal = svc.calendar
     CALENDAR_CONFIRMED_AHEAD.labels("dossier").set(cal.confirmed_days_ahead(today) * 86400.0)
     unconfirmed = cal.unconfirmed_ahead(today, horizon_days)
     CALENDAR_UNCONFIRMED.labels("dossier").set(1.0 if unconfirmed else 0.0)
     state = "raised" if unconfirmed else "cleared"
-    previous = ctx.extras.get("dossier_calendar_alarm")
+    previous = svc.calendar_alarm
     if state == previous or (previous is None and state == "cleared"):
         return None
     through = cal.confirmed_through.isoformat() if cal.confirmed_through else None
     event = publishing.calendar_alarm(state, now, through, horizon_days)
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        await repository.insert_outbox(conn, [publishing.to_row(event)])
-    ctx.extras["dossier_calendar_alarm"] = state
-    rt.relay.notify()
+    async with svc.pool.acquire() as conn, conn.transaction():
+        await svc.outbox.add(conn, [event])
+    svc.calendar_alarm = state
+    svc.outbox.notify()
     return state
 
 
-async def apply_calendar_change(ctx: ServiceContext, rt: DossierRuntime, now: datetime | None = None) -> int:
+async def apply_calendar_change(svc: DossierService, now: datetime | None = None) -> int:
     """Reschedule open dossiers when the working calendar differs from the one their due dates were computed with
     (a newly decided day off): each moved due date is written with a history line and a status event
     (action ``reschedule``, same status). Returns how many due dates moved."""
-    assert ctx.pool is not None
     now = now or datetime.now(UTC)
-    new = rt.calendar
+    new = svc.calendar
     moved = 0
-    async with ctx.pool.acquire() as conn, conn.transaction():
+    async with svc.pool.acquire() as conn, conn.transaction():
         applied = await repository.applied_calendar(conn)
         days_off, worked = set(new.days_off), set(new.working_weekend_days)
         if applied is not None and applied != (days_off, worked):
@@ -102,7 +94,7 @@ async def apply_calendar_change(ctx: ServiceContext, rt: DossierRuntime, now: da
             first = min(changed)
             for d in await repository.lock_open_due_from(conn, first):
                 due = reschedule(d, old, new)
-                procedure = await rt.procedure(ctx, d.procedure_code)
+                procedure = await svc.procedure(d.procedure_code)
                 if due is None or procedure is None:
                     continue
                 after = replace_due_date(d, due, now)
@@ -126,19 +118,18 @@ async def apply_calendar_change(ctx: ServiceContext, rt: DossierRuntime, now: da
                 event = publishing.status_changed(
                     after, procedure, action="reschedule", previous=d.status, at=now
                 )
-                await repository.insert_outbox(conn, [publishing.to_row(event)])
+                await svc.outbox.add(conn, [event])
                 moved += 1
         if applied != (days_off, worked):
             await repository.store_applied_calendar(conn, days_off, worked)
     if moved:
         log.info("due dates moved by a calendar change", extra={"count": moved})
-        rt.relay.notify()
+        svc.outbox.notify()
     return moved
 
 
 async def run(
-    ctx: ServiceContext,
-    rt: DossierRuntime,
+    svc: DossierService,
     warn_days: int,
     interval_s: float,
     *,
@@ -147,8 +138,8 @@ async def run(
     """Scan forever every ``interval_s`` seconds; a failed scan is retried at the next one."""
     while True:
         try:
-            await check_calendar(ctx, rt, calendar_horizon_days)
-            n = await scan_once(ctx, rt, warn_days)
+            await check_calendar(svc, calendar_horizon_days)
+            n = await scan_once(svc, warn_days)
             if n:
                 log.info("deadline notices written", extra={"count": n})
         except asyncio.CancelledError:

@@ -1,44 +1,18 @@
-"""The kiosk service app (port 8103): registry, ingest, and the background registry refresh/republish."""
+"""The kiosk service app (port 8103): registry, ingest, the background registry refresh and the outbox relay."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.kiosk import api, repository
+from services.kiosk import api
+from services.kiosk.service import KioskService
 from services.kiosk.settings import KioskSettings
 from shared.contracts import TOPICS
 from shared.http import ServiceContext, create_service_app
 
-log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-async def _refresh_registry(ctx: ServiceContext, every: float) -> None:
-    # Other replicas (and the bulk import) write too: reload the in-memory registry now and then.
-    while True:
-        await asyncio.sleep(every)
-        try:
-            assert ctx.pool is not None
-            await ctx.extras["registry"].reload(ctx.pool)
-        except Exception as exc:  # keep the last good copy; try again next round
-            log.warning("registry reload failed: %s", type(exc).__name__)
-
-
-async def _republish_registry(ctx: ServiceContext, every: float) -> None:
-    # Registry writes commit to PostgreSQL first; entries whose publish failed are published from here.
-    while True:
-        try:
-            assert ctx.pool is not None
-            rows = await repository.unpublished(ctx.pool)
-            if rows:
-                await api.publish_registrations(ctx, rows)
-        except Exception as exc:  # the broker or DB may be back next round
-            log.warning("registry republish failed: %s", type(exc).__name__)
-        await asyncio.sleep(every)
 
 
 def create_app(settings: KioskSettings | None = None) -> FastAPI:
@@ -46,14 +20,19 @@ def create_app(settings: KioskSettings | None = None) -> FastAPI:
     settings = settings or KioskSettings()
 
     async def on_start(ctx: ServiceContext) -> None:
-        registry = api.RegistryCache()
-        assert ctx.pool is not None
-        await registry.reload(ctx.pool)
-        ctx.extras["registry"] = registry
-        ctx.spawn(_refresh_registry(ctx, settings.registry_refresh_seconds), "kiosk:registry-refresh")
-        ctx.spawn(_republish_registry(ctx, settings.registry_republish_seconds), "kiosk:registry-republish")
+        service = KioskService(settings, ctx)
+        await service.load()
+        app.state.kiosk_service = service
+        # Other replicas (and the bulk import) write too: reload the in-memory registry now and then.
+        ctx.spawn(service.registry.run_forever(settings.registry_refresh_seconds), "kiosk:registry-refresh")
+        ctx.spawn(service.outbox.run(), "kiosk:outbox-relay")
 
-    return create_service_app(
+    async def on_stop(ctx: ServiceContext) -> None:
+        service: KioskService | None = getattr(app.state, "kiosk_service", None)
+        if service is not None:
+            await service.outbox.flush()  # best effort: what is left goes out at the next start
+
+    app = create_service_app(
         settings,
         name="kiosk",
         title="IOC kiosk service",
@@ -62,5 +41,7 @@ def create_app(settings: KioskSettings | None = None) -> FastAPI:
         routers=[api.router],
         migrations=MIGRATIONS,
         on_start=on_start,
+        on_stop=on_stop,
         topics=[t for t in TOPICS.values() if t.owner == "kiosk"],
     )
+    return app

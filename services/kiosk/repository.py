@@ -12,64 +12,67 @@ _COLUMNS = (
     "gateway_principal, in_service_since, active, version, published_version, updated_at"
 )
 
+# ``published_version``: the last version handed to the registry topic. A write hands its version to the outbox in
+# its own transaction (the caller adds the registry events there), so it records it at once; only rows written
+# before the outbox (published by a republisher then) may lag, and the service hands them over at start-up.
 _UPSERT = f"""
 INSERT INTO kiosks (kiosk_id, building, address, district, commune, opening_hours, peripherals,
-                    software_version, gateway_principal, in_service_since, active)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10, now()), $11)
+                    software_version, gateway_principal, in_service_since, active, published_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, COALESCE($10, now()), $11, 1)
 ON CONFLICT (kiosk_id) DO UPDATE SET
     building = $2, address = $3, district = $4, commune = $5, opening_hours = $6, peripherals = $7,
     software_version = $8, gateway_principal = $9,
     in_service_since = COALESCE($10, kiosks.in_service_since), active = $11,
-    version = kiosks.version + 1, updated_at = now()
+    version = kiosks.version + 1, published_version = kiosks.version + 1, updated_at = now()
 RETURNING {_COLUMNS}
 """
 
 
 async def upsert_kiosks(
-    pool: asyncpg.Pool,
+    conn: asyncpg.Connection,
     entries: Sequence[dict],
     *,
     principal: str | None = None,
     action: str = "kiosk.registered",
 ) -> list[asyncpg.Record]:
-    """Insert or update registry entries in one transaction; returns the stored rows (with new versions).
+    """Insert or update registry entries, in the caller's transaction (which adds their registry events to the
+    outbox); returns the stored rows (with new versions).
 
-    With ``principal``, the same transaction appends one audit row per kiosk (who changed it, version, and the
-    gateway allowed to report for it), so a registry change and its audit trail stand or fall together.
+    With ``principal``, one audit row per kiosk is appended too (who changed it, version, and the gateway allowed
+    to report for it), so a registry change and its audit trail stand or fall together.
     """
     rows: list[asyncpg.Record] = []
-    async with pool.acquire() as conn, conn.transaction():
-        for e in entries:
-            rows.append(
-                await conn.fetchrow(
-                    _UPSERT,
-                    e["kiosk_id"],
-                    e["building"],
-                    e["address"],
-                    e["district"],
-                    e.get("commune"),
-                    e["opening_hours"],
-                    list(e["peripherals"]),
-                    e["software_version"],
-                    e.get("gateway"),
-                    e.get("in_service_since"),
-                    e.get("active", True),
+    for e in entries:
+        row = await conn.fetchrow(
+            _UPSERT,
+            e["kiosk_id"],
+            e["building"],
+            e["address"],
+            e["district"],
+            e.get("commune"),
+            e["opening_hours"],
+            list(e["peripherals"]),
+            e["software_version"],
+            e.get("gateway"),
+            e.get("in_service_since"),
+            e.get("active", True),
+        )
+        assert row is not None  # INSERT ... RETURNING always returns the row
+        rows.append(row)
+    if principal is not None:
+        await conn.executemany(
+            "INSERT INTO platform.audit_log(principal, service, action, target, detail) "
+            "VALUES ($1, 'kiosk', $2, $3, $4)",
+            [
+                (
+                    principal,
+                    action,
+                    r["kiosk_id"],
+                    {"version": r["version"], "gateway": r["gateway_principal"], "active": r["active"]},
                 )
-            )
-        if principal is not None:
-            await conn.executemany(
-                "INSERT INTO platform.audit_log(principal, service, action, target, detail) "
-                "VALUES ($1, 'kiosk', $2, $3, $4)",
-                [
-                    (
-                        principal,
-                        action,
-                        r["kiosk_id"],
-                        {"version": r["version"], "gateway": r["gateway_principal"], "active": r["active"]},
-                    )
-                    for r in rows
-                ],
-            )
+                for r in rows
+            ],
+        )
     return rows
 
 
@@ -94,16 +97,19 @@ async def registry_index(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT kiosk_id, district, peripherals, active, gateway_principal FROM kiosks")
 
 
-async def unpublished(pool: asyncpg.Pool, limit: int = 500) -> list[asyncpg.Record]:
-    return await pool.fetch(
-        f"SELECT {_COLUMNS} FROM kiosks WHERE published_version < version ORDER BY updated_at LIMIT $1", limit
+async def unpublished(conn: asyncpg.Connection, limit: int = 500) -> list[asyncpg.Record]:
+    """Registry rows whose last version is not on the registry topic (written before the outbox)."""
+    return await conn.fetch(
+        f"SELECT {_COLUMNS} FROM kiosks WHERE published_version < version ORDER BY updated_at LIMIT $1 "
+        "FOR UPDATE",
+        limit,
     )
 
 
-async def mark_published(pool: asyncpg.Pool, versions: Sequence[tuple[str, int]]) -> None:
-    """Record that these (kiosk, version) entries are on the registry topic (never moves backwards)."""
+async def mark_published(conn: asyncpg.Connection, versions: Sequence[tuple[str, int]]) -> None:
+    """Record that these (kiosk, version) entries are handed to the registry topic (never moves backwards)."""
     if versions:
-        await pool.executemany(
+        await conn.executemany(
             "UPDATE kiosks SET published_version = GREATEST(published_version, $2) WHERE kiosk_id = $1",
             list(versions),
         )

@@ -22,7 +22,10 @@ class KioskSettings(ServiceSettings):
     tick_seconds: float = Field(1.0, gt=0, description="processor tick (offline detection resolution)")
     registry_refresh_seconds: float = Field(10.0, gt=0, description="reload of the in-memory kiosk registry")
     registry_republish_seconds: float = Field(
-        5.0, gt=0, description="retry period for registry entries not yet on the registry topic"
+        5.0,
+        gt=0,
+        description="how often the outbox relay looks for registry events not yet on the registry topic (other "
+        "replicas' writes; this replica's own are published at once) and its first retry delay",
     )
     max_clock_skew_seconds: float = Field(
         300.0, ge=0, description="how far in the future an event time may be"

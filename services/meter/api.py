@@ -18,7 +18,7 @@ from shared.ingest import BatchResult
 router = APIRouter(prefix="/v1", tags=["meter"])
 READINGS_SCHEMA = inline_schema(TypeAdapter(ReadingsBody).json_schema())
 
-MAX_READINGS = 10_000
+# The request schemas' ceilings; IOC_METER_MAX_BATCH_* may lower them (413 batch_too_large above the setting).
 MAX_EVENTS = 10_000
 MAX_METERS = 50_000
 
@@ -80,8 +80,12 @@ def _require_json(request: Request) -> None:
         raise ApiError(415, "unsupported_media_type", "send the batch as application/json")
 
 
-def _service(request: Request) -> MeterService:
-    return request.app.state.ctx.extras["meter"]
+def meter_service(request: Request) -> MeterService:
+    """The running service (set by the app's lifespan)."""
+    return request.app.state.meter_service
+
+
+Meters = Annotated[MeterService, Depends(meter_service)]
 
 
 def _reporter(principal: Principal) -> str | None:
@@ -92,11 +96,12 @@ def _reporter(principal: Principal) -> str | None:
 
 @router.post("/meters", response_model=BatchResult, summary="Create or update registry entries")
 async def register_meters(
-    body: MetersBatch, request: Request, principal: Principal = Depends(require_scope("meter:admin"))
+    body: MetersBatch,
+    request: Request,
+    service: Meters,
+    principal: Principal = Depends(require_scope("meter:admin")),
 ):
-    return await idempotent(
-        request, principal, "meter:admin", lambda: _service(request).register_meters(body.items)
-    )
+    return await idempotent(request, principal, "meter:admin", lambda: service.register_meters(body.items))
 
 
 @router.post(
@@ -118,7 +123,9 @@ async def register_meters(
         }
     },
 )
-async def import_meters(request: Request, principal: Principal = Depends(require_scope("meter:admin"))):
+async def import_meters(
+    request: Request, service: Meters, principal: Principal = Depends(require_scope("meter:admin"))
+):
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("text/csv"):
         raise ApiError(415, "unsupported_media_type", "send the registry as text/csv")
@@ -127,12 +134,12 @@ async def import_meters(request: Request, principal: Principal = Depends(require
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_encoding", "the CSV must be UTF-8") from None
-    return await idempotent(request, principal, "meter:admin", lambda: _service(request).import_csv(text))
+    return await idempotent(request, principal, "meter:admin", lambda: service.import_csv(text))
 
 
 @router.get("/meters/{meter_id}", response_model=MeterOut, summary="One registry entry")
-async def get_meter(meter_id: str, request: Request, _: Principal = Depends(require_scope("meter:read"))):
-    m = _service(request).registry.get(meter_id)
+async def get_meter(meter_id: str, service: Meters, _: Principal = Depends(require_scope("meter:read"))):
+    m = service.registry.get(meter_id)
     if m is None:
         raise ApiError(404, "not_found", "no such meter")
     return {
@@ -158,13 +165,14 @@ async def decommission_meter(
     meter_id: str,
     body: DecommissionIn,
     request: Request,
+    service: Meters,
     principal: Principal = Depends(require_scope("meter:admin")),
 ):
     return await idempotent(
         request,
         principal,
         "meter:admin",
-        lambda: _service(request).decommission(meter_id, body.on.isoformat()),
+        lambda: service.decommission(meter_id, body.on.isoformat()),
     )
 
 
@@ -201,7 +209,9 @@ async def reliability_report(body: ReliabilityReportIn, _: Principal = Depends(r
         503: {"description": "not durable; nothing accepted, retry"},
     },
 )
-async def ingest_readings(request: Request, principal: Principal = Depends(require_scope("meter:ingest"))):
+async def ingest_readings(
+    request: Request, service: Meters, principal: Principal = Depends(require_scope("meter:ingest"))
+):
     # The body is validated by the service from the raw bytes in one pass (ReadingsBody), not by FastAPI.
     _require_json(request)
     raw = await request.body()
@@ -209,7 +219,7 @@ async def ingest_readings(request: Request, principal: Principal = Depends(requi
         request,
         principal,
         "meter:ingest",
-        lambda: _service(request).ingest_readings(raw, _reporter(principal)),
+        lambda: service.ingest_readings(raw, _reporter(principal)),
     )
 
 
@@ -227,11 +237,14 @@ async def ingest_readings(request: Request, principal: Principal = Depends(requi
     },
 )
 async def ingest_events(
-    body: EventsBatch, request: Request, principal: Principal = Depends(require_scope("meter:ingest"))
+    body: EventsBatch,
+    request: Request,
+    service: Meters,
+    principal: Principal = Depends(require_scope("meter:ingest")),
 ):
     return await idempotent(
         request,
         principal,
         "meter:ingest",
-        lambda: _service(request).ingest_events(body.items, _reporter(principal)),
+        lambda: service.ingest_events(body.items, _reporter(principal)),
     )

@@ -17,31 +17,31 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
 
 
-async def _start(ctx: ServiceContext) -> None:
-    assert ctx.pool is not None
-    assert isinstance(ctx.settings, MeterSettings)
-    service = MeterService(ctx.settings, ctx.pool, ctx.publisher, ctx.source)
-    await service.load()
-    ctx.extras["meter"] = service
-    ctx.spawn(service.refresh_forever(), "meter-registry-refresh")
-    ctx.spawn(
-        service.register_writer.run_forever(ctx.settings.register_flush_seconds), "meter-register-writer"
-    )
-
-
-async def _stop(ctx: ServiceContext) -> None:
-    service: MeterService | None = ctx.extras.get("meter")
-    if service is not None:
-        try:
-            await service.register_writer.flush()
-        except Exception as exc:  # shutting down: the registers are rebuilt from later readings
-            log.warning("could not persist register state at shutdown: %s", type(exc).__name__)
-
-
 def create_app(settings: MeterSettings | None = None) -> FastAPI:
     """Build the meter service app (nothing connects before the lifespan starts)."""
     settings = settings or MeterSettings()
-    return create_service_app(
+    meter_settings = settings
+
+    async def on_start(ctx: ServiceContext) -> None:
+        assert ctx.pool is not None
+        service = MeterService(meter_settings, ctx.pool, ctx.publisher, ctx.source)
+        await service.load()
+        app.state.meter_service = service
+        ctx.spawn(service.refresh_forever(), "meter-registry-refresh")
+        ctx.spawn(
+            service.register_writer.run_forever(meter_settings.register_flush_seconds),
+            "meter-register-writer",
+        )
+
+    async def on_stop(ctx: ServiceContext) -> None:
+        service: MeterService | None = getattr(app.state, "meter_service", None)
+        if service is not None:
+            try:
+                await service.register_writer.flush()
+            except Exception as exc:  # shutting down: the registers are rebuilt from later readings
+                log.warning("could not persist register state at shutdown: %s", type(exc).__name__)
+
+    app = create_service_app(
         settings,
         name="meter",
         title="IOC meter service",
@@ -49,7 +49,8 @@ def create_app(settings: MeterSettings | None = None) -> FastAPI:
         "interruptions. Validated data is published as CloudEvents on ioc.meter.*.",
         routers=[router],
         migrations=MIGRATIONS,
-        on_start=_start,
-        on_stop=_stop,
+        on_start=on_start,
+        on_stop=on_stop,
         topics=[t for t in TOPICS.values() if t.owner in ("meter", "platform")],
     )
+    return app

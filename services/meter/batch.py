@@ -23,6 +23,7 @@ class BatchParser:
     """Validates ``{"items": [...]}`` bodies whose items are ``item_type`` (a TypedDict) dicts."""
 
     def __init__(self, body_type: Any, item_type: Any, *, id_field: str, max_items: int):
+        """``max_items``: the schema's ceiling (a longer list is a 422 ``invalid_request``)."""
         self.body = TypeAdapter(body_type)
         self.item = TypeAdapter(item_type)
         self.id_field = id_field
@@ -33,12 +34,18 @@ class BatchParser:
 
         self.envelope = TypeAdapter(Envelope)
 
-    def parse(self, raw: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[ItemError]]:
-        """``(valid (index, item) pairs, per-item errors)``; raises for a body that is not a batch at all."""
+    def parse(
+        self, raw: bytes, *, limit: int | None = None, noun: str = "items"
+    ) -> tuple[list[tuple[int, dict[str, Any]]], list[ItemError]]:
+        """``(valid (index, item) pairs, per-item errors)``; raises for a body that is not a batch at all, and a
+        413 ``batch_too_large`` for one of more than ``limit`` items (a setting below the schema's ceiling)."""
         try:
-            return list(enumerate(self.body.validate_json(raw)["items"])), []
+            items = self.body.validate_json(raw)["items"]
         except ValidationError:
             pass
+        else:
+            check_batch_size(len(items), limit, noun)
+            return list(enumerate(items)), []
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -52,6 +59,7 @@ class BatchParser:
                     for e in exc.errors(include_input=False, include_url=False)
                 ]
             ) from None
+        check_batch_size(len(items), limit, noun)
         valid: list[tuple[int, dict[str, Any]]] = []
         errors: list[ItemError] = []
         validate = self.item.validate_python
@@ -72,6 +80,12 @@ class BatchParser:
                     )
                 )
         return valid, errors
+
+
+def check_batch_size(size: int, limit: int | None, noun: str) -> None:
+    """413 naming the limit when a batch holds more than ``limit`` items (None: no limit)."""
+    if limit is not None and size > limit:
+        raise ApiError(413, "batch_too_large", f"at most {limit} {noun} per request (this one has {size})")
 
 
 def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -30,35 +30,35 @@ def _info(row: asyncpg.Record) -> MeterInfo:
     )
 
 
-async def upsert_meters(pool: asyncpg.Pool, meters: Sequence[MeterIn]) -> dict[str, MeterInfo | None]:
-    """Insert or update registry entries in one statement; returns each meter's entry *before* the write."""
-    async with pool.acquire() as conn, conn.transaction():
-        before = await conn.fetch(
-            f"SELECT {_METER_COLUMNS} FROM meters WHERE meter_id = ANY($1::text[])",
-            [m.meter_id for m in meters],
-        )
-        await conn.execute(
-            f"INSERT INTO meters ({_METER_COLUMNS}) "
-            "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], "
-            "$7::date[], $8::int[], $9::text[], $10::date[], $11::date[]) "
-            "ON CONFLICT (meter_id) DO UPDATE SET customers = excluded.customers, district = excluded.district, "
-            "commune = excluded.commune, feeder = excluded.feeder, transformer = excluded.transformer, "
-            "installed_on = excluded.installed_on, interval_seconds = excluded.interval_seconds, "
-            "gateway_principal = excluded.gateway_principal, "
-            "decommissioned_on = excluded.decommissioned_on, effective_on = excluded.effective_on, "
-            "updated_at = clock_timestamp()",
-            [m.meter_id for m in meters],
-            [m.customers for m in meters],
-            [m.district for m in meters],
-            [m.commune for m in meters],
-            [m.feeder for m in meters],
-            [m.transformer for m in meters],
-            [m.installed_on for m in meters],
-            [m.interval_seconds for m in meters],
-            [m.gateway for m in meters],
-            [m.decommissioned_on for m in meters],
-            [m.effective_on for m in meters],
-        )
+async def upsert_meters(conn: asyncpg.Connection, meters: Sequence[MeterIn]) -> dict[str, MeterInfo | None]:
+    """Insert or update registry entries in one statement, inside the caller's transaction (with the events
+    that publish them); returns each meter's entry *before* the write."""
+    before = await conn.fetch(
+        f"SELECT {_METER_COLUMNS} FROM meters WHERE meter_id = ANY($1::text[])",
+        [m.meter_id for m in meters],
+    )
+    await conn.execute(
+        f"INSERT INTO meters ({_METER_COLUMNS}) "
+        "SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], "
+        "$7::date[], $8::int[], $9::text[], $10::date[], $11::date[]) "
+        "ON CONFLICT (meter_id) DO UPDATE SET customers = excluded.customers, district = excluded.district, "
+        "commune = excluded.commune, feeder = excluded.feeder, transformer = excluded.transformer, "
+        "installed_on = excluded.installed_on, interval_seconds = excluded.interval_seconds, "
+        "gateway_principal = excluded.gateway_principal, "
+        "decommissioned_on = excluded.decommissioned_on, effective_on = excluded.effective_on, "
+        "updated_at = clock_timestamp()",
+        [m.meter_id for m in meters],
+        [m.customers for m in meters],
+        [m.district for m in meters],
+        [m.commune for m in meters],
+        [m.feeder for m in meters],
+        [m.transformer for m in meters],
+        [m.installed_on for m in meters],
+        [m.interval_seconds for m in meters],
+        [m.gateway for m in meters],
+        [m.decommissioned_on for m in meters],
+        [m.effective_on for m in meters],
+    )
     old: dict[str, MeterInfo | None] = {m.meter_id: None for m in meters}
     old.update({r["meter_id"]: _info(r) for r in before})
     return old

@@ -20,7 +20,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from services.meter import publishing, repository
-from services.meter.batch import BatchParser
+from services.meter.batch import BatchParser, check_batch_size
 from services.meter.domain import (
     EventOutcome,
     Limits,
@@ -41,7 +41,9 @@ from services.meter.settings import MeterSettings
 from shared.areas import hanoi
 from shared.auth import ApiError, refuse_unowned
 from shared.ingest import batch_result, validate_items
-from shared.kafka.producer import EventPublisher
+from shared.kafka.producer import BrokerUnavailable, EventPublisher
+from shared.outbox import Outbox
+from shared.registry_cache import RegistryCache
 
 log = logging.getLogger(__name__)
 POWER_UPS_UNPAIRED = Counter(
@@ -54,6 +56,7 @@ INTERRUPTIONS_INFERRED = Counter(
     "Interruptions inferred from missing reads (a power-up without its power-down)",
 )
 SERVICE = "meter"
+#: The readings request schema's ceiling (``ReadingsBody``); ``IOC_METER_MAX_BATCH_READINGS`` may lower it.
 READINGS = BatchParser(ReadingsBody, ReadingItem, id_field="meter_id", max_items=10_000)
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -119,10 +122,56 @@ class RegisterWriter:
                 log.warning("could not persist register state (will retry): %s", type(exc).__name__)
 
 
+class MeterRegistry(RegistryCache[MeterInfo]):
+    """The meter registry in memory, and the number of meters per feeder (the feeder-outage rule's N).
+
+    A city registers millions of meters: the loader asks only for what changed since its last pass, and entries
+    share one object per distinct field value (see :meth:`put`).
+    """
+
+    def __init__(self, pool: asyncpg.Pool):
+        super().__init__(SERVICE, lambda since: repository.load_meters(pool, since), key=_meter_id)
+        self._shared_values: dict[Any, Any] = {}  # one object per distinct registry field value (see below)
+        self.feeder_sizes: dict[str, int] = {}
+
+    def clear(self) -> None:
+        super().clear()
+        self.feeder_sizes = {}
+
+    def put(self, entry: MeterInfo) -> None:
+        # A city's meters share a few thousand districts, communes, feeders, gateways and installation dates:
+        # each entry points at one shared object per value instead of its own copy parsed from the request or
+        # row (most of a cached meter's memory; docs/performance-targets.md).
+        m, shared = entry, self._shared_values
+        m.district = shared.setdefault(m.district, m.district)
+        m.commune = shared.setdefault(m.commune, m.commune)
+        m.feeder = shared.setdefault(m.feeder, m.feeder)
+        if m.transformer is not None:
+            m.transformer = shared.setdefault(m.transformer, m.transformer)
+        if m.gateway is not None:
+            m.gateway = shared.setdefault(m.gateway, m.gateway)
+        m.installed_on = shared.setdefault(m.installed_on, m.installed_on)
+        m.installed_epoch = shared.setdefault(m.installed_epoch, m.installed_epoch)
+        m.interval_seconds = shared.setdefault(m.interval_seconds, m.interval_seconds)
+        old = self.entries.get(m.meter_id)
+        if old is not None:
+            if old == m:  # a refresh re-reading what this replica wrote: keep the entry it has
+                return
+            m.meter_id = old.meter_id  # the dict keeps its key string: one copy of the id, not two
+            self.feeder_sizes[old.feeder] -= 1
+        self.entries[m.meter_id] = m
+        self.feeder_sizes[m.feeder] = self.feeder_sizes.get(m.feeder, 0) + 1
+
+
+def _meter_id(m: MeterInfo) -> str:
+    return m.meter_id
+
+
 class MeterService:
     """What one meter-service process holds and does."""
 
     def __init__(self, settings: MeterSettings, pool: asyncpg.Pool, publisher: EventPublisher, source: str):
+        self.name = SERVICE
         self.settings = settings
         self.pool = pool
         self.publisher = publisher
@@ -135,25 +184,31 @@ class MeterService:
             settings.pairing_horizon_seconds,
             settings.frozen_intervals,
         )
-        self.registry: dict[str, MeterInfo] = {}
-        self._shared_values: dict[Any, Any] = {}  # one object per distinct registry field value (see below)
-        self.feeder_sizes: dict[str, int] = {}
+        self.registry = MeterRegistry(pool)
         self.registers: dict[tuple[str, str], RegisterState] = {}
         # meter → its power events not paired yet and its recent interruptions (domain.PowerTimeline)
         self.timelines: dict[str, dict] = {}
         self.unpaired_power_ups = 0
         self._expired_at: datetime | None = None
         self.seen_events: OrderedDict[tuple[str, int, str], None] = OrderedDict()
-        self._registry_version: datetime | None = None
         self._events_lock = asyncio.Lock()
         self._batch_seq = 0
         self.register_writer = RegisterWriter(pool)
+        # Registry changes are committed with their events (the transactional outbox; this service is its host:
+        # name, pool, publisher). Readings do not go through it: docs/guarantees.md, "Meter readings".
+        self.outbox = Outbox(self)
+        self._outbox_purged_at: float | None = None
 
     # ------------------------------------------------------------------------------------------ loading
+    @property
+    def feeder_sizes(self) -> dict[str, int]:
+        return self.registry.feeder_sizes
+
     async def load(self) -> None:
-        """Fill the caches from PostgreSQL (start-up)."""
-        meters, self._registry_version = await repository.load_meters(self.pool)
-        self._apply_registry(meters)
+        """Fill the caches from PostgreSQL (start-up); publish registry changes a previous run left unpublished."""
+        await self.outbox.install()
+        await self.relay_outbox()
+        await self.registry.reload()
         self.registers = await repository.load_registers(self.pool)
         self.timelines = await repository.load_power_timelines(self.pool)
         log.info(
@@ -161,46 +216,35 @@ class MeterService:
         )
 
     async def refresh_forever(self) -> None:
-        """Pick up registry changes written by other replicas."""
+        """Pick up registry changes written by other replicas; publish registry changes whose publish failed."""
         while True:
             await asyncio.sleep(self.settings.registry_refresh_seconds)
             try:
-                meters, self._registry_version = await repository.load_meters(
-                    self.pool, self._registry_version
-                )
-                self._apply_registry(meters)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                await self.registry.refresh()
+            except DB_ERRORS as exc:
                 log.warning("registry refresh failed: %s", type(exc).__name__)
+            await self.relay_outbox()
 
-    def _apply_registry(self, meters: Sequence[MeterInfo]) -> None:
-        # A city's meters share a few thousand districts, communes, feeders, gateways and installation dates:
-        # each entry points at one shared object per value instead of its own copy parsed from the request or
-        # row (most of a cached meter's memory; docs/performance-targets.md).
-        shared = self._shared_values
-        for m in meters:
-            m.district = shared.setdefault(m.district, m.district)
-            m.commune = shared.setdefault(m.commune, m.commune)
-            m.feeder = shared.setdefault(m.feeder, m.feeder)
-            if m.transformer is not None:
-                m.transformer = shared.setdefault(m.transformer, m.transformer)
-            if m.gateway is not None:
-                m.gateway = shared.setdefault(m.gateway, m.gateway)
-            m.installed_on = shared.setdefault(m.installed_on, m.installed_on)
-            m.installed_epoch = shared.setdefault(m.installed_epoch, m.installed_epoch)
-            m.interval_seconds = shared.setdefault(m.interval_seconds, m.interval_seconds)
-            old = self.registry.get(m.meter_id)
-            if old is not None:
-                if old == m:  # a refresh re-reading what this replica wrote: keep the entry it has
-                    continue
-                m.meter_id = old.meter_id  # the dict keeps its key string: one copy of the id, not two
-                self.feeder_sizes[old.feeder] -= 1
-            self.registry[m.meter_id] = m
-            self.feeder_sizes[m.feeder] = self.feeder_sizes.get(m.feeder, 0) + 1
+    async def relay_outbox(self) -> int:
+        """Publish the registry events committed but not yet acknowledged (a write answered 503, a previous run);
+        how many. Never raises: what fails stays for the next call."""
+        try:
+            n = await self.outbox.drain()
+            await self.outbox.backlog()
+            now = asyncio.get_running_loop().time()
+            if self._outbox_purged_at is None or now - self._outbox_purged_at > 3600:
+                await self.outbox.purge_sent()
+                self._outbox_purged_at = now
+            return n
+        except (BrokerUnavailable, *DB_ERRORS) as exc:
+            log.warning("registry events not published yet (will retry): %s", type(exc).__name__)
+            return 0
 
     # ----------------------------------------------------------------------------------------- registry
     async def register_meters(self, items: list[Any]) -> tuple[int, dict]:
         """Validate and upsert registry entries, publish them on the registry topic. Replacement (a later
         installation date) resets the meter's registers."""
+        check_batch_size(len(items), self.settings.max_batch_meters, "meters")
         valid, errors = validate_items(MeterIn, items, id_field="meter_id")
         area_errors = check_meter_areas(valid, hanoi())
         errors.extend(area_errors)
@@ -211,7 +255,15 @@ class MeterService:
                 latest[m.meter_id] = m  # a later row for the same meter wins
         meters = list(latest.values())
         if meters:
-            before = await repository.upsert_meters(self.pool, meters)
+            # Who may report for a meter is access control, not registry data for subscribers.
+            events = publishing.registry_events(
+                (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source
+            )
+            # The change and its events commit together: an event that cannot be published now (503) is
+            # published later (relay_outbox), even if the client never retries.
+            async with self.pool.acquire() as conn, conn.transaction():
+                before = await repository.upsert_meters(conn, meters)
+                await self.outbox.add(conn, events)
             replaced = [
                 m.meter_id
                 for m in meters
@@ -221,7 +273,7 @@ class MeterService:
             for mid in replaced:
                 for key in [k for k in self.registers if k[0] == mid]:
                     del self.registers[key]
-            self._apply_registry(
+            self.registry.apply(
                 [
                     MeterInfo(
                         m.meter_id,
@@ -238,12 +290,8 @@ class MeterService:
                     for m in meters
                 ]
             )
-            # Who may report for a meter is access control, not registry data for subscribers.
-            await self.publisher.publish(
-                publishing.registry_events(
-                    (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source
-                )
-            )
+            # 2xx only once the broker acknowledged them, as before (BrokerUnavailable → 503).
+            await self.outbox.drain(wait=True)
         accepted = sum(1 for i, _ in valid if i not in bad)
         return batch_result(SERVICE, "meter", accepted, sorted(errors, key=lambda e: e.index))
 
@@ -293,7 +341,7 @@ class MeterService:
         batch is accepted then); ``reporter`` None: a privileged (``meter:admin``) principal."""
         if reporter is None:
             return
-        registry = self.registry
+        registry = self.registry.entries
         refuse_unowned(
             meter_ids, lambda mid: may_report(reporter, mid, registry), field="meter_id", noun="meter"
         )
@@ -307,11 +355,13 @@ class MeterService:
         moment), because energy deltas are computed from them: a register cache older than what was published
         would make the first delta after a restart span readings already counted.
         """
-        valid, errors = READINGS.parse(raw)
+        valid, errors = READINGS.parse(raw, limit=self.settings.max_batch_readings, noun="readings")
         self.authorize(((i, r["meter_id"]) for i, r in valid), reporter)
         self._batch_seq += 1
         seq = self._batch_seq
-        outcome = validate_readings(valid, self.registry, self.registers, datetime.now(UTC), self.limits)
+        outcome = validate_readings(
+            valid, self.registry.entries, self.registers, datetime.now(UTC), self.limits
+        )
         registers = self.registers
         applied = dict(zip(outcome.previous, map(registers.__getitem__, outcome.previous), strict=True))
         try:
@@ -333,6 +383,7 @@ class MeterService:
     async def ingest_events(self, items: list[Any], reporter: str | None = None) -> tuple[int, dict]:
         """Validate meter events, publish them with the interruptions and supply changes they complete.
         ``reporter`` as for :meth:`ingest_readings`."""
+        check_batch_size(len(items), self.settings.max_batch_events, "events")
         valid, errors = validate_items(MeterEventIn, items, id_field="meter_id")
         self.authorize(((i, e.meter_id) for i, e in valid), reporter)
         # Outage pairing reads and writes shared state across awaits: one event batch at a time.
@@ -340,7 +391,7 @@ class MeterService:
             now = datetime.now(UTC)
             outcome = validate_events(
                 valid,
-                self.registry,
+                self.registry.entries,
                 self.timelines,
                 self.seen_events,
                 self.feeder_sizes,
@@ -354,7 +405,9 @@ class MeterService:
             # interruptions) goes out with a batch, looked for at most once a minute (it walks every timeline).
             if self._expired_at is None or (now - self._expired_at).total_seconds() >= 60:
                 self._expired_at = now
-                expired = expire_power_timelines(timelines, self.registry, self.registers, now, self.limits)
+                expired = expire_power_timelines(
+                    timelines, self.registry.entries, self.registers, now, self.limits
+                )
             else:
                 expired = EventOutcome()
             changes = {**outcome.timelines, **expired.timelines}

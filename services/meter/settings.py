@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.config import ServiceSettings
@@ -14,9 +15,11 @@ class MeterSettings(ServiceSettings):
 
     service_name: str = "meter"
     port: int = 8101
-    max_batch_readings: int = 10_000
-    max_batch_events: int = 10_000
-    max_batch_meters: int = 50_000
+    # Largest batch a request may carry (413 batch_too_large above it). The request schemas' ceilings (what the
+    # OpenAPI document shows) cannot be raised, only lowered.
+    max_batch_readings: int = Field(10_000, ge=1, le=10_000)
+    max_batch_events: int = Field(10_000, ge=1, le=10_000)
+    max_batch_meters: int = Field(50_000, ge=1, le=50_000)
     max_demand_kw: float = 250.0
     register_modulus_kwh: float = 1_000_000.0
     future_tolerance_seconds: int = 120

@@ -9,107 +9,40 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from shared.contracts import TOPICS
-from shared.contracts.cloudevents import ReceivedEvent, parse_time
 from shared.contracts.common import DEAD_LETTER_TOPIC
-from shared.contracts.traffic import MEASURES_TOPIC, IntersectionMeasuresComputed, PhaseMeasuresComputed
+from shared.contracts.traffic import MEASURES_TOPIC
 from shared.http import ServiceContext, create_service_app
 from shared.kafka import EventConsumer
 
-from . import repository
-from .api import refresh_registry, router
-from .domain import IngestScreen
+from .api import router
+from .service import TrafficService
 from .settings import TrafficSettings
 
 log = logging.getLogger(__name__)
-MEASURES_TYPE = PhaseMeasuresComputed.__ioc_event_type__.type  # type: ignore[attr-defined]
-INTERSECTION_MEASURES_TYPE = IntersectionMeasuresComputed.__ioc_event_type__.type  # type: ignore[attr-defined]
-
-
-def measure_rows(events: list[ReceivedEvent]) -> list[tuple]:
-    """Rows for ``phase_measures`` from measure events (the payload is stored whole as JSON)."""
-    rows = []
-    for ev in events:
-        if ev.type != MEASURES_TYPE:
-            continue
-        m = ev.data
-        rows.append(
-            (
-                m["intersection_id"],
-                m["phase"],
-                parse_time(m["bin_start"]),
-                m["bin_seconds"],
-                m.get("district"),
-                m,
-                parse_time(m["computed_at"]),
-            )
-        )
-    return rows
-
-
-def intersection_measure_rows(events: list[ReceivedEvent]) -> list[tuple]:
-    """Rows for ``intersection_measures`` from intersection measure events (the payload stored whole)."""
-    return [
-        (
-            ev.data["intersection_id"],
-            parse_time(ev.data["bin_start"]),
-            ev.data["bin_seconds"],
-            ev.data.get("district"),
-            ev.data,
-            parse_time(ev.data["computed_at"]),
-        )
-        for ev in events
-        if ev.type == INTERSECTION_MEASURES_TYPE
-    ]
 
 
 def create_app(settings: TrafficSettings | None = None) -> FastAPI:
     """Build the traffic service (nothing connects until the lifespan starts)."""
     settings = settings or TrafficSettings()
+    consumers: list[EventConsumer] = []
 
     async def on_start(ctx: ServiceContext) -> None:
-        ctx.extras["screen"] = IngestScreen(
-            future_tolerance_s=settings.future_tolerance_seconds,
-            out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
-            max_age_s=settings.max_event_age_seconds,
-        )
-        ctx.extras["backfill_screen"] = IngestScreen(
-            future_tolerance_s=settings.future_tolerance_seconds,
-            out_of_order_tolerance_s=settings.out_of_order_tolerance_seconds,
-            max_age_s=None,
-        )
-        await refresh_registry(ctx)
-
-        async def refresh_forever() -> None:
-            while True:
-                await asyncio.sleep(settings.registry_refresh_seconds)
-                try:
-                    await refresh_registry(ctx)
-                except Exception:  # keep serving from the cache; retry next period
-                    log.warning("registry refresh failed")
-
-        ctx.spawn(refresh_forever(), "traffic-registry-refresh")
+        service = TrafficService(settings, ctx)
+        await service.load()
+        app.state.traffic_service = service
+        ctx.spawn(service.registry.run_forever(settings.registry_refresh_seconds), "traffic-registry-refresh")
+        ctx.spawn(service.outbox.run(), "traffic-outbox-relay")
         if settings.store_measures:
-            assert ctx.pool is not None
-            pool = ctx.pool
-
-            async def store(events: list[ReceivedEvent]) -> None:
-                rows = measure_rows(events)
-                if rows:
-                    await repository.upsert_measures(pool, rows)
-                rows = intersection_measure_rows(events)
-                if rows:
-                    await repository.upsert_intersection_measures(pool, rows)
-
             consumer = EventConsumer(
                 settings.kafka,
                 group_id=settings.measures_store_group,
                 topics=[MEASURES_TOPIC.name],
-                handler=store,
+                handler=service.store_measures,
                 publisher=ctx.publisher,
             )
             try:
                 await consumer.start()
-                ctx.extras["measures_consumer"] = consumer
+                consumers.append(consumer)
             except Exception:  # the broker may come later; retry in the background
                 log.warning("measures consumer could not start; retrying")
 
@@ -118,7 +51,7 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
                         await asyncio.sleep(5)
                         try:
                             await consumer.start()
-                            ctx.extras["measures_consumer"] = consumer
+                            consumers.append(consumer)
                             return
                         except Exception:  # retry until the broker is there
                             continue
@@ -126,12 +59,14 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
                 ctx.spawn(start_later(), "traffic-measures-consumer-start")
 
     async def on_stop(ctx: ServiceContext) -> None:
-        consumer = ctx.extras.get("measures_consumer")
-        if consumer is not None:
-            await consumer.stop()
+        while consumers:
+            await consumers.pop().stop()
+        service: TrafficService | None = getattr(app.state, "traffic_service", None)
+        if service is not None:
+            await service.outbox.flush()  # best effort: what is left goes out at the next start
 
     topics = [t for t in TOPICS.values() if t.owner == "traffic"] + [DEAD_LETTER_TOPIC]
-    return create_service_app(
+    app = create_service_app(
         settings,
         name="traffic",
         title="IOC traffic signals",
@@ -143,3 +78,4 @@ def create_app(settings: TrafficSettings | None = None) -> FastAPI:
         on_stop=on_stop,
         topics=topics,
     )
+    return app

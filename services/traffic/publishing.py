@@ -64,4 +64,5 @@ def intersection_configured(source: str, row: dict[str, Any]) -> EncodedEvent:
         detectors=row["detectors"],
         revision=row["revision"],
     )
-    return encode(CONFIGURED, payload, source=source)
+    # The id names the revision: the outbox relay may publish a record twice, consumers drop the second.
+    return encode(CONFIGURED, payload, source=source, id=f"cfg:{row['intersection_id']}:{row['revision']}")

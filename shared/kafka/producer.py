@@ -142,7 +142,12 @@ class EventPublisher:
         if self._signer is not None:
             self._signer.sign(events)
         if self._producer is None:
-            await self.start()
+            try:
+                await self.start()
+            except BrokerUnavailable:
+                # A broker that cannot be reached failed this send too: it may come back without its topics.
+                self._broker_lost = True
+                raise
         producer = self._producer
         assert producer is not None
         if self._broker_lost:

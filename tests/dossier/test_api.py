@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from services.dossier import repository, watcher
+from services.dossier import watcher
 from services.dossier.app import create_app
 from services.dossier.domain import calendar_from_csv, due_date_for
 from services.dossier.settings import DossierSettings
@@ -340,7 +340,7 @@ async def test_no_personal_data_in_any_event_or_header(kafka_settings, db_settin
             json={"new_due_date": (date.today() + timedelta(days=7)).isoformat()},
         )
         assert r.status_code == 200, r.text
-        await watcher.scan_once(app.state.ctx, app.state.ctx.extras["dossier"], 2)
+        await watcher.scan_once(app.state.dossier_service, 2)
     records = await read_topic(kafka_settings, LIFECYCLE, raw=True)
     mine = [r for r in records if r.key.endswith(b":" + code.encode())]  # key: <agency>:<code>
     assert {dict(r.headers)["ce_type"] for r in mine} == {
@@ -383,10 +383,10 @@ async def test_deadline_watcher_warns_and_reports_overdue_once(
                 },
             )
             assert r.status_code == 201
-        ctx, rt = app.state.ctx, app.state.ctx.extras["dossier"]
+        svc = app.state.dossier_service
         # Horizon 3 working days: "soon" (due in 3) is warned, "far" (due in 10) is not, "late" is overdue.
-        assert await watcher.scan_once(ctx, rt, 3, now) >= 2
-        assert await watcher.scan_once(ctx, rt, 3, now) == 0  # once per due date
+        assert await watcher.scan_once(svc, 3, now) >= 2
+        assert await watcher.scan_once(svc, 3, now) == 0  # once per due date
     events = await read_topic(
         kafka_settings,
         LIFECYCLE,
@@ -434,13 +434,13 @@ async def test_outbox_survives_a_broker_outage_without_loss_or_duplicates(
         ids = {r["event_id"] for r in rows}
         assert len(ids) == 9
         await asyncio.sleep(1.0)  # the relay keeps trying against the dead broker
-        state = await repository.outbox_state(app.state.ctx.pool, list(ids))
+        state = await app.state.dossier_service.outbox.state(list(ids))
         assert not any(state.values())
         assert REGISTRY.get_sample_value("ioc_outbox_backlog_events", {"service": "dossier"}) >= 9
         # The broker is back: the relay publishes the backlog.
         app.state.ctx.publisher = EventPublisher(kafka_settings, client_id="ioc-dossier")
         for _ in range(100):
-            state = await repository.outbox_state(app.state.ctx.pool, list(ids))
+            state = await app.state.dossier_service.outbox.state(list(ids))
             if all(state.values()):
                 break
             await asyncio.sleep(0.1)

@@ -128,13 +128,12 @@ async def test_office_hours_per_agency(kafka_settings, db_settings, topics_ready
 async def test_calendar_alarm_follows_the_confirmed_horizon(kafka_settings, db_settings, topics_ready):
     app = create_app(settings(kafka_settings, db_settings, calendar_horizon_days=90))
     async with running_app(app):
-        ctx = app.state.ctx
-        rt = ctx.extras["dossier"]
+        svc = app.state.dossier_service
         # Confirmed through 31 Dec 2026 (shared/data/calendar_vn_decisions.csv): on 7 Dec 2026 only 24 days ahead
         # (< 90: raised, Tết 2027 undecided), on 1 Sep 2026 121 days (cleared).
-        await watcher.check_calendar(ctx, rt, 90, now=datetime(2026, 12, 7, 3, tzinfo=UTC))
-        assert await watcher.check_calendar(ctx, rt, 90, now=datetime(2026, 9, 1, 3, tzinfo=UTC)) == "cleared"
-        assert await watcher.check_calendar(ctx, rt, 90, now=datetime(2026, 12, 7, 3, tzinfo=UTC)) == "raised"
+        await watcher.check_calendar(svc, 90, now=datetime(2026, 12, 7, 3, tzinfo=UTC))
+        assert await watcher.check_calendar(svc, 90, now=datetime(2026, 9, 1, 3, tzinfo=UTC)) == "cleared"
+        assert await watcher.check_calendar(svc, 90, now=datetime(2026, 12, 7, 3, tzinfo=UTC)) == "raised"
         alarms = await read_topic(
             kafka_settings,
             "ioc.dossier.alarms",

@@ -11,7 +11,7 @@ import httpx
 import orjson
 
 from services.kiosk import simulator
-from services.kiosk.api import KioskImportItem, _registration_problems
+from services.kiosk.service import KioskImportItem, registration_problems
 from shared.contracts.kiosk import HeartbeatReceived, PeripheralStatusChanged, SessionEnded
 
 MODELS = {
@@ -31,7 +31,7 @@ async def test_simulator_registers_the_fleet_and_reports_over_http():
         for item in items:
             if path == "/v1/kiosks/import":
                 entry = KioskImportItem.model_validate(item)
-                assert _registration_problems(entry.kiosk_id, entry) == []
+                assert registration_problems(entry.kiosk_id, entry) == []
             else:
                 MODELS[path].model_validate(item)
         posted.setdefault(path, []).extend(items)

@@ -325,7 +325,7 @@ async def test_malformed_body_is_400_and_registers_survive_a_restart(app, client
     r = await client.post("/v1/readings", json={"items": [item]}, headers=auth(keys["ingest"]))
     assert r.json()["accepted"] == 1
     ctx = app.state.ctx
-    await ctx.extras["meter"].register_writer.flush()
+    await app.state.meter_service.register_writer.flush()
     # A new process loads the registers written after the Kafka acknowledgement: the resend is a duplicate.
     fresh = MeterService(ctx.settings, ctx.pool, ctx.publisher, ctx.source)
     await fresh.load()

@@ -45,7 +45,7 @@ def test_meters_share_one_object_per_field_value_and_keep_their_values():
     svc = service()
     a, b = info("M-1", "F-HK-1"), info("M-2", "F-HK-1")
     assert a.district is not b.district  # distinct copies going in
-    svc._apply_registry([a, b])
+    svc.registry.apply([a, b])
     x, y = svc.registry["M-1"], svc.registry["M-2"]
     assert (
         x.district is y.district
@@ -64,7 +64,7 @@ def test_meters_share_one_object_per_field_value_and_keep_their_values():
     )
     assert y.installed_epoch == 1577836800  # 2020-01-01T00:00Z: 18,262 days × 86,400 s
     # Moving a meter to another feeder still keeps the feeder sizes right.
-    svc._apply_registry([info("M-2", "F-HK-2")])
+    svc.registry.apply([info("M-2", "F-HK-2")])
     assert svc.feeder_sizes == {"F-HK-1": 1, "F-HK-2": 1}
     assert svc.registry["M-2"].feeder == "F-HK-2"
 
@@ -92,7 +92,7 @@ def test_a_registered_meter_costs_the_cache_at_most_300_bytes():
         before = tracemalloc.get_traced_memory()[0]
         valid, errors = validate_items(MeterIn, orjson.loads(body), id_field="meter_id")  # as the API parses
         assert not errors
-        svc._apply_registry(
+        svc.registry.apply(
             [
                 MeterInfo(
                     m.meter_id,
@@ -121,11 +121,11 @@ def test_a_registered_meter_costs_the_cache_at_most_300_bytes():
 
 def test_a_refresh_re_reading_unchanged_meters_keeps_the_cached_entries_and_their_id_strings():
     svc = service()
-    svc._apply_registry([info("M-1", "F-HK-1"), info("M-2", "F-HK-1")])
+    svc.registry.apply([info("M-1", "F-HK-1"), info("M-2", "F-HK-1")])
     cached = svc.registry["M-1"]
     key = next(k for k in svc.registry if k == "M-2")
     # The refresh loads every meter written since its last pass, this replica's own registrations included.
-    svc._apply_registry([info(fresh("M-1"), "F-HK-1"), info(fresh("M-2"), "F-HK-2")])
+    svc.registry.apply([info(fresh("M-1"), "F-HK-1"), info(fresh("M-2"), "F-HK-2")])
     assert svc.registry["M-1"] is cached  # unchanged: the old entry stays, the re-read copy is dropped
     moved = svc.registry["M-2"]
     assert moved.feeder == "F-HK-2" and moved.meter_id is key  # changed: new entry, the dict's own id string

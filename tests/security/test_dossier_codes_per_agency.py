@@ -171,9 +171,9 @@ async def test_overdue_notices_stay_per_dossier(farm, issue, platform_pool):
             headers=auth(key),
         )
         assert r.status_code == 201, r.text
-    ctx = svc.app.state.ctx
-    await watcher.scan_once(ctx, ctx.extras["dossier"], 3)
-    await watcher.scan_once(ctx, ctx.extras["dossier"], 3)  # once per dossier and due date
+    service = svc.app.state.dossier_service
+    await watcher.scan_once(service, 3)
+    await watcher.scan_once(service, 3)  # once per dossier and due date
     rows = await platform_pool.fetch(
         "SELECT key, headers FROM dossier.outbox WHERE key = ANY($1::bytea[])",
         [f"{agency_a}:{code}".encode(), f"{agency_b}:{code}".encode()],

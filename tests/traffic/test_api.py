@@ -495,7 +495,7 @@ async def test_a_controller_registered_by_another_replica_is_judged_on_fresh_dat
         await repository.upsert_intersections(
             conn, [{**intersection(iid, cid), "detectors": [], "gateway": "another-gateway"}]
         )
-    assert cid not in ctx.extras["registry"]
+    assert cid not in client.app.state.traffic_service.registry
     await asyncio.sleep(1.1)  # ingest reloads the registry for an unknown controller at most once a second
     r = await client.post(
         "/v1/events", json={"items": [hires(cid, recent(), 0)]}, headers=auth(keys["ingest"])

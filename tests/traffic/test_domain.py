@@ -360,7 +360,7 @@ def test_may_report_only_for_controllers_whose_gateway_it_is():
 
 
 def test_authorize_names_each_foreign_item_and_never_echoes_a_malformed_id():
-    from services.traffic.api import authorize
+    from services.traffic.service import authorize
     from shared.auth import ApiError, Principal
 
     registry = {"C-1": {"gateway": "gw-a"}, "C-2": {"gateway": "gw-b"}}
