@@ -15,6 +15,11 @@ Use::
     outbox.notify()                            # after the commit: publish now rather than at the next poll
     await outbox.flush()                       # on_stop: best effort; what is left goes out at the next start
 
+A write that must still answer only once the broker acknowledged (the meter registry) calls
+``await outbox.drain(wait=True)`` after its commit: ``BrokerUnavailable`` (503) if the broker is away, and its
+rows are published later all the same, even if the client never retries. An event id already in the outbox is
+not added again (a retried write with deterministic ids).
+
 Guarantees (docs/guarantees.md, "Transactional outbox"):
 
 - **Nothing committed is lost**: a row is marked sent only after the broker acknowledged it (``acks=all``);

@@ -196,7 +196,7 @@ class MeterService:
         self.register_writer = RegisterWriter(pool)
         # Registry changes are committed with their events (the transactional outbox; this service is its host:
         # name, pool, publisher). Readings do not go through it: docs/guarantees.md, "Meter readings".
-        self.outbox = Outbox(self)
+        self.outbox = Outbox(self, batch_size=settings.max_batch_meters)  # a registry write: one publish
         self._outbox_purged_at: float | None = None
 
     # ------------------------------------------------------------------------------------------ loading

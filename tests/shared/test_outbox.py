@@ -164,6 +164,29 @@ async def test_flush_on_shutdown_publishes_the_backlog(host, kafka_settings):
     assert len(records) == len(evs)
 
 
+async def test_flush_waits_for_a_batch_in_flight_and_then_publishes_it(host, kafka_settings):
+    # The stop comes while the relay task is publishing a batch; the relay is then cancelled before it marks
+    # the rows. Flush must wait for that batch's transaction and publish the rows itself, not skip them.
+    h, topic = host
+    outbox = Outbox(h)
+    await outbox.install()
+    evs = events(topic, ["w"], 3, "inflight")
+    await write(outbox, evs)
+    async with outbox.pool.acquire() as relay_conn:
+        tx = relay_conn.transaction()
+        await tx.start()  # what publish_once holds while the broker has the batch
+        await relay_conn.execute("SELECT pg_advisory_xact_lock($1)", outbox._lock_id)
+        await relay_conn.fetch("SELECT id FROM outbox WHERE sent_at IS NULL ORDER BY id FOR UPDATE")
+        flush = asyncio.create_task(outbox.flush())
+        await asyncio.sleep(0.3)
+        assert not flush.done()
+        await tx.rollback()  # the relay was cancelled: its batch is not marked
+    assert await flush is True
+    assert await outbox.backlog() == 0
+    records = await on_topic(kafka_settings, topic, 3)
+    assert [r.value for r in records] == [b"w:0", b"w:1", b"w:2"]
+
+
 async def test_flush_with_the_broker_away_keeps_the_rows_for_the_next_start(host, kafka_settings):
     h, topic = host
     h.publisher = dead_publisher()
