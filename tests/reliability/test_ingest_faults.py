@@ -287,7 +287,7 @@ async def test_flood_gets_429_or_503_with_retry_after_memory_stays_bounded_and_e
     assert set(on_topic) == every and set(on_topic.values()) == {1}, f"flood took {flood_s:.1f}s"
 
 
-async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_exactly_once(
+async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_each_under_one_event_id(
     broker, kafka, database, admin_key
 ):
     from services.dossier.app import create_app as create_dossier_app
@@ -386,5 +386,13 @@ async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_
     events = await read_topic(
         kafka, LIFECYCLE_TOPIC.name, where=lambda e: e.data.get("dossier_code") in codes, expect=len(codes)
     )
-    assert sorted(e.data["dossier_code"] for e in events) == sorted(codes)  # each exactly once
+    # Every committed write reached the topic. The outbox is at least once (docs/guarantees.md): a send in flight
+    # when the broker went away can still land after it returns, beside the relay's resend. Both copies carry
+    # the outbox row's one CloudEvents id, which is what every consumer deduplicates on.
+    by_code: dict[str, set[str]] = {}
+    for e in events:
+        by_code.setdefault(e.data["dossier_code"], set()).add(e.id)
+    assert set(by_code) == codes
+    assert all(len(ids) == 1 for ids in by_code.values()), by_code
+    assert len({next(iter(ids)) for ids in by_code.values()}) == len(codes)
     assert all("Nguyễn" not in str(e.data) and "001099000001" not in str(e.data) for e in events)
