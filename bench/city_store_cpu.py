@@ -4,7 +4,7 @@
 
 Runs the city KPI processor over the perf driver's city mix (``bench.city_processor_cpu``) to get realistic
 ``ioc.city.kpis`` records, one batch per 0.5 s cycle (what the store's consumer fetches under load), then
-hands each batch to the service's consumer path (``EventConsumer.process_records`` → ``CityStore.handle``:
+hands each batch to the service's consumer path (``EventConsumer.process_records`` → ``CityService.handle``:
 decode, time series, current values, roll-ups, stream items) against an embedded PostgreSQL. No broker.
 Prints CPU seconds per million consumed KPI updates of this process (the service) and of PostgreSQL.
 """
@@ -26,7 +26,8 @@ from bench.city_processor_cpu import CITY_PARTITIONS, generate
 from services.city.app import MIGRATIONS
 from services.city.domain import load_definitions
 from services.city.processors import CityKpiProcessor
-from services.city.store import CityStore
+from services.city.service import CityService
+from services.city.settings import CitySettings
 from shared.config import DatabaseSettings, KafkaSettings
 from shared.contracts.cloudevents import decode_batch
 from shared.db import apply_migrations, create_pool
@@ -78,7 +79,7 @@ async def run(batches: list[list[ConsumerRecord]], profile: str | None, batch_de
         pg.create_database("perf")
         pool = await create_pool(DatabaseSettings(url=pg.url("perf")), schema="city")
         await apply_migrations(pool, "city", MIGRATIONS)
-        store = CityStore(pool, correlation_window=timedelta(minutes=15))
+        store = CityService(pool, CitySettings(correlation_minutes=15), definitions={})
         consumer = EventConsumer(
             KafkaSettings(bootstrap_servers="127.0.0.1:1"),
             group_id=None,

@@ -97,7 +97,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @dataclass
 class ServiceContext:
-    """What a running service holds: settings, the DB pool, the publisher, auth, and its own objects."""
+    """What a running service holds: settings, the DB pool, the publisher, auth, its background tasks. A service's
+    own objects (its ``<D>Service``) live in typed attributes of ``app.state``, set in its ``on_start``."""
 
     name: str
     settings: ServiceSettings
@@ -106,7 +107,6 @@ class ServiceContext:
     keys: KeyStore | None = None
     rate_limiter: RateLimiter | None = None
     auth_throttle: FailedAuthThrottle | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property

@@ -14,7 +14,6 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.city import repository_auth as repo
 from services.city import service_auth as service
 from services.city import service_oidc as oidc
 from services.city.roles import ADMIN_SCOPE, ROLE_SCOPES, ROLES
@@ -42,6 +41,11 @@ def _settings(request: Request) -> CitySettings:
 
 def _pool(request: Request) -> Any:
     return request.app.state.ctx.pool
+
+
+def _oidc_cache(request: Request) -> dict[str, Any]:
+    """The OIDC provider's metadata, cached for the life of the app (set by the app's lifespan)."""
+    return request.app.state.oidc_cache
 
 
 class SignInRequest(BaseModel):
@@ -170,7 +174,7 @@ async def oidc_start(request: Request) -> RedirectResponse:
     if not oidc.configured(settings):
         raise ApiError(404, "not_found", "no OIDC provider is configured (IOC_CITY_OIDC_ISSUER)")
     redirect_uri = settings.oidc_redirect_url or str(request.url_for("oidc_callback"))
-    started = await oidc.start(_pool(request), settings, request.app.state.ctx.extras, redirect_uri)
+    started = await oidc.start(_pool(request), settings, _oidc_cache(request), redirect_uri)
     answer = RedirectResponse(started.authorize_url, status_code=303)
     # binds the sign-in to this browser; Lax: it must come back with the provider's top-level redirect
     answer.set_cookie(
@@ -210,7 +214,7 @@ async def oidc_callback(
     session_id = await oidc.finish(
         _pool(request),
         settings,
-        request.app.state.ctx.extras,
+        _oidc_cache(request),
         code=str(code),
         state=str(state),
         binding=request.cookies.get(OIDC_BINDING_COOKIE),
@@ -242,13 +246,12 @@ async def roles(principal: Principal = WHO) -> dict:
 
 @router.get("/operators", summary="Console accounts, their roles and live sessions (administrators)")
 async def operators(request: Request, principal: Principal = ADMIN) -> dict:
-    return {"items": await repo.list_operators(_pool(request))}
+    return {"items": await service.list_operators(_pool(request))}
 
 
 @router.post("/operators", summary="Create or update a console account (administrators; audited)")
 async def save_operator(request: Request, body: OperatorRequest, principal: Principal = ADMIN) -> dict:
-    existing = await repo.operator_by_username(_pool(request), body.username)
-    if existing is None and body.password is None:
+    if body.password is None and not await service.operator_exists(_pool(request), body.username):
         raise ApiError(
             422,
             "invalid_request",

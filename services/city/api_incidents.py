@@ -9,7 +9,7 @@ filters, clearing passes the procedure gate). docs/console.md, "Incident workflo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,11 @@ INCIDENT_ID = Path(max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
 
 
 def incident_service(request: Request) -> IncidentService:
-    return request.app.state.ctx.extras["incidents"]
+    """The running incident workflow (set by the app's lifespan)."""
+    return request.app.state.incident_service
+
+
+Incidents = Annotated[IncidentService, Depends(incident_service)]
 
 
 class AssignRequest(BaseModel):
@@ -48,27 +52,30 @@ class CommentRequest(BaseModel):
     "/incidents/{incident_id}", summary="One incident: alarms, assignee, escalation, SOP checklist, comments"
 )
 async def incident_detail(
-    request: Request, incident_id: str = INCIDENT_ID, principal: Principal = READ
+    incidents: Incidents, incident_id: str = INCIDENT_ID, principal: Principal = READ
 ) -> dict:
-    return await incident_service(request).detail(incident_id)
+    return await incidents.detail(incident_id)
 
 
 @router.get(
     "/incidents/{incident_id}/history", summary="Who did what to the incident and its alarms, and when"
 )
 async def incident_history(
-    request: Request, incident_id: str = INCIDENT_ID, principal: Principal = READ
+    incidents: Incidents, incident_id: str = INCIDENT_ID, principal: Principal = READ
 ) -> dict:
-    return {"incident_id": incident_id, "items": await incident_service(request).history(incident_id)}
+    return {"incident_id": incident_id, "items": await incidents.history(incident_id)}
 
 
 @router.post(
     "/incidents/{incident_id}/assign", summary="Assign or reassign an open incident (supervisors; audited)"
 )
 async def assign_incident(
-    request: Request, body: AssignRequest, incident_id: str = INCIDENT_ID, principal: Principal = SUPERVISE
+    incidents: Incidents,
+    body: AssignRequest,
+    incident_id: str = INCIDENT_ID,
+    principal: Principal = SUPERVISE,
 ) -> dict:
-    return await incident_service(request).assign(incident_id, principal, body.assignee)
+    return await incidents.assign(incident_id, principal, body.assignee)
 
 
 @router.post(
@@ -76,9 +83,9 @@ async def assign_incident(
     summary="Comment on an incident (operators; audited; no citizen personal data: 422)",
 )
 async def comment_incident(
-    request: Request, body: CommentRequest, incident_id: str = INCIDENT_ID, principal: Principal = WORK
+    incidents: Incidents, body: CommentRequest, incident_id: str = INCIDENT_ID, principal: Principal = WORK
 ) -> dict:
-    return await incident_service(request).comment(incident_id, principal, body.text)
+    return await incidents.comment(incident_id, principal, body.text)
 
 
 @router.post(
@@ -86,12 +93,12 @@ async def comment_incident(
     summary="Tick off a step of the incident's standard operating procedure (operators; audited; in order)",
 )
 async def tick_incident_step(
-    request: Request,
+    incidents: Incidents,
     incident_id: str = INCIDENT_ID,
     step_id: str = Path(max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]*$"),
     principal: Principal = WORK,
 ) -> dict:
-    return await incident_service(request).tick(incident_id, principal, step_id)
+    return await incidents.tick(incident_id, principal, step_id)
 
 
 class OverrideRequest(BaseModel):
@@ -108,22 +115,24 @@ class OverrideRequest(BaseModel):
     summary="A supervisor clears an incident before its procedure's mandatory steps, with a reason (audited)",
 )
 async def clear_incident_over_procedure(
-    request: Request, body: OverrideRequest, incident_id: str = INCIDENT_ID, principal: Principal = SUPERVISE
+    incidents: Incidents,
+    body: OverrideRequest,
+    incident_id: str = INCIDENT_ID,
+    principal: Principal = SUPERVISE,
 ) -> dict:
-    store = request.app.state.ctx.extras["store"]
-    return await incident_service(request).clear(store, incident_id, principal, body.reason)
+    return await incidents.clear(incident_id, principal, body.reason)
 
 
 @router.get(
     "/incident-procedures", summary="The standard operating procedures and the escalation ladder (data)"
 )
-async def incident_procedures(request: Request, principal: Principal = READ) -> dict[str, Any]:
-    return incident_service(request).procedures()
+async def incident_procedures(incidents: Incidents, principal: Principal = READ) -> dict[str, Any]:
+    return incidents.procedures()
 
 
 @router.get(
     "/incident-assignees",
     summary="Who incidents can be assigned to (active principals with an operating role)",
 )
-async def incident_assignees(request: Request, principal: Principal = READ) -> dict:
-    return {"items": await incident_service(request).assignees()}
+async def incident_assignees(incidents: Incidents, principal: Principal = READ) -> dict:
+    return {"items": await incidents.assignees()}

@@ -53,6 +53,15 @@ def check_operator_fields(username: str, role: str, password: str | None) -> Non
         raise ApiError(422, "invalid_request", "the operator is not valid", errors)
 
 
+async def list_operators(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """Console accounts, their roles and live sessions."""
+    return await repo.list_operators(pool)
+
+
+async def operator_exists(pool: asyncpg.Pool, username: str) -> bool:
+    return await repo.operator_by_username(pool, username) is not None
+
+
 async def save_operator(
     pool: asyncpg.Pool,
     *,

@@ -37,7 +37,7 @@ from services.city.incidents import (
     shelf_expired,
     tick_step,
 )
-from services.city.store import CityStore, StreamHub
+from services.city.service import CityService, StreamHub
 from shared.auth import ApiError, Principal, record_audit
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,14 @@ class IncidentService:
         self,
         pool: asyncpg.Pool,
         playbook: Playbook,
+        alarms: CityService,
         *,
         hub: StreamHub | None = None,
         clock: Callable[[], datetime] = _utc_now,
     ):
         self.pool = pool
         self.playbook = playbook
+        self.alarms = alarms  # operates the alarms (lifecycle, audit, stream) when an incident is cleared
         self.hub = hub or StreamHub()
         self.clock = clock
 
@@ -302,17 +304,26 @@ class IncidentService:
         return await self.gate_clear(row["incident_id"], principal, None)
 
     async def clear(
-        self, store: CityStore, incident_id: str, principal: Principal, override_reason: str | None
+        self, incident_id: str, principal: Principal, override_reason: str | None
     ) -> dict[str, Any]:
-        """Clear every open alarm of the incident through the store (each audited), once the gate lets it:
-        then ``incident.clear`` or ``incident.clear_override`` is audited."""
+        """Clear every open alarm of the incident through the city service (each audited), once the gate lets
+        it: then ``incident.clear`` or ``incident.clear_override`` is audited."""
         gate = await self.gate_clear(incident_id, principal, override_reason)
         async with self.pool.acquire() as conn:
             ids = await repo.incident_alarm_ids(conn, incident_id) or []
-        done = await store.operate(ids, "clear", principal.id, target=incident_id) if ids else []
+        done = await self.alarms.operate(ids, "clear", principal.id, target=incident_id) if ids else []
         if gate is not None:
             await self.record_clear(incident_id, principal, gate)
         return {"incident_id": incident_id, "alarms": done}
+
+    async def clear_alarm(self, alarm_id: str, principal: Principal) -> dict[str, Any]:
+        """Clear one alarm; clearing the last open alarm of an incident clears the incident, so its procedure
+        gate applies (and is audited)."""
+        gate = await self.gate_alarm_clear(alarm_id, principal)
+        done = await self.alarms.operate([alarm_id], "clear", principal.id)
+        if gate is not None and done[0].get("incident_id"):
+            await self.record_clear(done[0]["incident_id"], principal, gate)
+        return done[0]
 
     async def record_clear(self, incident_id: str, principal: Principal, action: Action) -> None:
         await record_audit(

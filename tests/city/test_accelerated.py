@@ -203,7 +203,7 @@ async def test_a_compressed_healthy_day_gives_only_the_injected_incident_as_one_
         # up to the middle of the incident (so it is still open for the console), then the rest
         mid = (t_start + timedelta(minutes=25)).isoformat()
         before = [c for c in changes if c["at"] <= mid]
-        await ctx.extras["store"].apply_alarm_changes(before)
+        await app.state.city_service.apply_alarm_changes(before)
         rates = await repo.alarm_rates(ctx.pool, T0, until=T0 + timedelta(hours=HOURS))
         per_10 = rate_per_10_minutes(rates["annunciated"], HOURS * 60)
         assert per_10 <= BUDGET_PER_10_MINUTES
@@ -238,7 +238,7 @@ async def test_a_compressed_healthy_day_gives_only_the_injected_incident_as_one_
                 finally:
                     await browser.close()
 
-        await ctx.extras["store"].apply_alarm_changes([c for c in changes if c["at"] > mid])
+        await app.state.city_service.apply_alarm_changes([c for c in changes if c["at"] > mid])
         (closed,) = [
             i
             for i in await repo.list_incidents(ctx.pool, state=None, limit=500)

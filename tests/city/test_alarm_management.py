@@ -165,7 +165,7 @@ async def test_a_late_consequence_reopens_the_incident_its_cause_opened(city, te
     """An outage's alarms cleared (incident closed), then a KPI judged on settled windows breaches 40 minutes
     after the outage began: outside the 15-minute sliding window, inside the 2-hour span: the same incident."""
     _, _, app, _ = city
-    store = app.state.ctx.extras["store"]
+    store = app.state.city_service
     t0 = datetime(2026, 1, 6, 3, 0, tzinfo=UTC)
     feeder = f"F-CM-{uuid.uuid4().hex[:4]}"
 

@@ -60,7 +60,7 @@ async def test_sign_in_keeps_credentials_out_of_urls_and_storage_and_scopes_the_
                 leader, leader_pw = await make_operator(pool, "leader")
                 source = f"K-{uuid.uuid4().hex[:6]}"
                 alarm_id = f"kiosk:kiosk_offline:{source}"
-                await app.state.ctx.extras["store"].apply_alarm_changes(
+                await app.state.city_service.apply_alarm_changes(
                     [
                         {
                             "alarm_id": alarm_id,

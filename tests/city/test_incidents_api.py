@@ -238,7 +238,7 @@ async def test_escalation_rises_with_the_injected_clock_until_acknowledged(city,
     _, alarm_et = test_domain
     tag = uuid.uuid4().hex[:6]
     _, op = keys["operator"]
-    service = app.state.ctx.extras["incidents"]
+    service = app.state.incident_service
     raised = datetime.now(UTC) - timedelta(minutes=1)
     await pub.publish([_alarm(alarm_et, f"T{tag}", "meter", "feeder_outage", f"F-{tag}", "critical", raised)])
     inc = await _incident(client, auth(op), f"T{tag}", 1)
@@ -302,7 +302,7 @@ async def test_a_shelved_alarm_returns_by_itself_when_its_shelf_expires(city, te
         return [a for a in r.json()["items"] if a["alarm_id"] == alarm_id]
 
     assert await shelved()
-    service = app.state.ctx.extras["incidents"]
+    service = app.state.incident_service
     assert alarm_id not in await service.expire_shelves(until - timedelta(seconds=1))
     assert alarm_id in await service.expire_shelves(until)
     assert await shelved() == []

@@ -36,7 +36,7 @@ async def app(kafka_settings, db_settings, topics_ready):
 
 
 def service_of(app) -> MeterService:
-    found = getattr(app.state, "meter_service", None) or app.state.ctx.extras["meter"]
+    found = app.state.meter_service
     assert isinstance(found, MeterService)
     return found
 

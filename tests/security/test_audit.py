@@ -142,7 +142,7 @@ async def test_alarm_acknowledge_and_clear_are_audited(farm, issue, key_pool):
         message="kiosk silent for 5 minutes",
     )
     # Straight into the city store, as its consumer would (the broker path is the city tests' business).
-    await svc.ctx.extras["store"].apply_alarm_changes([change.model_dump(mode="json")])
+    await svc.app.state.city_service.apply_alarm_changes([change.model_dump(mode="json")])
     operator, key = await issue(
         ["city:read", "city:operate"], kind="operator", attributes={"role": "operator"}
     )
