@@ -280,3 +280,25 @@ async def history(pool: asyncpg.Pool, incident_id: str, limit: int = 1000) -> li
         limit,
     )
     return [dict(r) for r in rows]
+
+
+async def incident_exists(conn: asyncpg.Connection, incident_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT 1 FROM incidents WHERE incident_id=$1", incident_id))
+
+
+async def open_alarm_count(conn: asyncpg.Connection, incident_id: str) -> int:
+    """How many of the incident's alarms are not cleared."""
+    count = await conn.fetchval(
+        "SELECT count(*) FROM alarms WHERE incident_id=$1 AND state <> 'cleared'", incident_id
+    )
+    return int(count)
+
+
+async def open_alarm_incident(conn: asyncpg.Connection, alarm_id: str) -> asyncpg.Record | None:
+    """For an open alarm: its incident and how many other open alarms that incident has (None: not open)."""
+    return await conn.fetchrow(
+        "SELECT a.incident_id, (SELECT count(*) FROM alarms o WHERE o.incident_id = a.incident_id "
+        "AND o.state <> 'cleared' AND o.alarm_id <> a.alarm_id) AS others "
+        "FROM alarms a WHERE a.alarm_id=$1 AND a.state <> 'cleared'",
+        alarm_id,
+    )

@@ -132,7 +132,7 @@ class IncidentService:
 
     async def history(self, incident_id: str) -> list[dict[str, Any]]:
         async with self.pool.acquire() as conn:
-            exists = await conn.fetchval("SELECT 1 FROM incidents WHERE incident_id=$1", incident_id)
+            exists = await irepo.incident_exists(conn, incident_id)
         if not exists:
             raise ApiError(404, "not_found", "no such incident", [{"incident_id": incident_id}])
         return await irepo.history(self.pool, incident_id)
@@ -274,9 +274,7 @@ class IncidentService:
         alarms are cleared, ``None`` when it has no open alarm (nothing to clear, nothing to gate)."""
         async with self.pool.acquire() as conn, conn.transaction():
             case = await self._case(conn, incident_id)
-            open_alarms = await conn.fetchval(
-                "SELECT count(*) FROM alarms WHERE incident_id=$1 AND state <> 'cleared'", incident_id
-            )
+            open_alarms = await irepo.open_alarm_count(conn, incident_id)
         if not open_alarms:
             return None
         try:
@@ -293,12 +291,7 @@ class IncidentService:
         """Clearing the last open alarm of an incident clears the incident: the same gate applies (an override
         goes through the incident's clear-override)."""
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT a.incident_id, (SELECT count(*) FROM alarms o WHERE o.incident_id = a.incident_id "
-                "AND o.state <> 'cleared' AND o.alarm_id <> a.alarm_id) AS others "
-                "FROM alarms a WHERE a.alarm_id=$1 AND a.state <> 'cleared'",
-                alarm_id,
-            )
+            row = await irepo.open_alarm_incident(conn, alarm_id)
         if row is None or row["incident_id"] is None or row["others"] > 0:
             return None
         return await self.gate_clear(row["incident_id"], principal, None)
