@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.city import repository as repo
 from services.city.api import router as api_router
+from services.city.api_assets import router as assets_router
 from services.city.domain import load_definitions
 from services.city.settings import CitySettings
 from services.city.store import CityStore, StreamHub, store_topics
@@ -108,7 +109,7 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
         title="IOC city layer",
         description="City KPIs per district and city-wide, their history, alarms and incidents across domains, "
         "live streams, and the operations console at `/`.",
-        routers=[api_router, console],
+        routers=[api_router, assets_router, console],
         migrations=MIGRATIONS,
         on_start=on_start,
         on_stop=on_stop,

@@ -43,3 +43,9 @@ class CitySettings(ServiceSettings):
     # The archive service the console's archive extracts are forwarded to (GET /v1/exports/archive).
     archive_url: str = "http://127.0.0.1:8105"
     archive_timeout_seconds: float = 120.0
+    # The domain services the asset pages ask for what only they know (an intersection's measures and
+    # timeline, a kiosk's registry entry, an agency's Decision 766 scorecard), with the caller's own key.
+    traffic_url: str = "http://127.0.0.1:8102"
+    kiosk_url: str = "http://127.0.0.1:8103"
+    dossier_url: str = "http://127.0.0.1:8104"
+    domain_timeout_seconds: float = 20.0
