@@ -101,7 +101,10 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
         )
         assert r.status_code == 200, r.text
         r = await tc.post(
-            "/v1/events", params={"backfill": "true", "final": "true"}, json={"items": items}, headers=auth(key)
+            "/v1/events",
+            params={"backfill": "true", "final": "true"},
+            json={"items": items},
+            headers=auth(key),
         )
         assert r.status_code == 200 and r.json()["accepted"] == len(items), r.text
         processor_cls = type("TrafficForCityAtspm", (TrafficSignalProcessor,), {"name": uid("traffic-atspm")})
@@ -109,7 +112,9 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
             await rt.drain(timeout=30)
         params = {"from": t0.isoformat(), "to": (t0 + timedelta(hours=1)).isoformat()}
         for _ in range(100):  # until the traffic service stored the bin
-            measures = (await tc.get(f"/v1/intersections/{iid}/measures", params=params, headers=auth(key))).json()
+            measures = (
+                await tc.get(f"/v1/intersections/{iid}/measures", params=params, headers=auth(key))
+            ).json()
             if measures["measures"] and measures["intersection_measures"]:
                 break
             await asyncio.sleep(0.1)
@@ -149,14 +154,21 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
         {"cycle_start": at(64), "green_seconds": 30.0, "yellow_seconds": 60.0, "cycle_seconds": 64.0},
     ]
     (coord,) = p2["coordination"]["bins"]
-    assert (coord["cycles"], coord["arrivals_on_green"], coord["arrivals_on_yellow"], coord["arrivals_on_red"]) == (
+    assert (
+        coord["cycles"],
+        coord["arrivals_on_green"],
+        coord["arrivals_on_yellow"],
+        coord["arrivals_on_red"],
+    ) == (
         2,
         3,
         1,
         3,
     )
     assert coord["arrivals_on_green_per_cycle"] == 1.5 and coord["arrivals_on_red_per_cycle"] == 1.5
-    assert coord["cycle_seconds_avg"] == pytest.approx(64.0) and coord["green_seconds_avg"] == pytest.approx(30.0)
+    assert coord["cycle_seconds_avg"] == pytest.approx(64.0) and coord["green_seconds_avg"] == pytest.approx(
+        30.0
+    )
     # split monitor: per cycle, and the bin as the traffic service gives it
     assert p2["split_monitor"]["cycles"] == [
         {"cycle_start": at(30), "split_seconds": 36.0},
@@ -166,11 +178,22 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
     assert (split["splits"], split["split_seconds_avg"], split["split_seconds_max"]) == (2, 36.5, 37.0)
     # terminations
     (term,) = p2["terminations"]["bins"]
-    assert (term["gap_outs"], term["max_outs"], term["force_offs"], term["pct_max_or_force"]) == (1, 1, 0, 0.5)
+    assert (term["gap_outs"], term["max_outs"], term["force_offs"], term["pct_max_or_force"]) == (
+        1,
+        1,
+        0,
+        0.5,
+    )
 
     # ... and every figure is the traffic service's own: the per-bin figures are its phase measures, and the
     # per-cycle splits average to its split_seconds_avg
-    for field in ("cycles", "arrivals_on_green", "arrivals_on_yellow", "arrivals_on_red", "pct_arrivals_on_green"):
+    for field in (
+        "cycles",
+        "arrivals_on_green",
+        "arrivals_on_yellow",
+        "arrivals_on_red",
+        "pct_arrivals_on_green",
+    ):
         assert coord[field] == p2_measures[field]
     assert coord["cycle_seconds_avg"] == p2_measures["cycle_seconds"] / p2_measures["cycles"]
     for field in ("splits", "split_seconds_avg", "split_seconds_max"):
