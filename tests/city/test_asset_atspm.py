@@ -37,7 +37,7 @@ from tests.traffic.test_domain import BASE, two_cycles
 
 from .conftest import KPI_FILE, serve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a processor run and two services: ~15 s
 
 DETECTORS = [
     {"channel": 1, "phase": 2, "function": "advance", "distance_m": 50.0, "speed_kmh": 36.0},
@@ -51,19 +51,13 @@ def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checked_log(
-    kafka_settings, db_settings, topics_ready
-):
+async def backfill_two_cycles(tc: httpx.AsyncClient, key: str, kafka_settings, t0: datetime) -> str:
+    """Register an intersection in district BD at the traffic service ``tc``, backfill the golden log there from
+    ``t0``, run the traffic processor over it and wait until the traffic service stored the bin; its id."""
     from services.traffic.processors import TrafficSignalProcessor
     from shared.stream.runtime import ProcessorRuntime
 
-    traffic_port = free_port()
-    traffic = create_traffic_app(
-        TrafficSettings(kafka=kafka_settings, database=db_settings, measures_store_group=uid("traffic-store"))
-    )
     iid, cid = uid("I"), uid("C")
-    t0 = (datetime.now(UTC) - timedelta(days=2)).replace(second=0, microsecond=0)
-    t0 -= timedelta(minutes=t0.minute % 15)
     shift = round(t0.timestamp() * 1000) - BASE
     events = [*two_cycles(), (BASE + 66_000, 11, 2), (BASE + 131_000, 11, 2)]
     items = [
@@ -75,49 +69,63 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
         }
         for t, code, param in sorted(events)
     ]
+    r = await tc.post(
+        "/v1/intersections",
+        json={
+            "items": [
+                {
+                    "intersection_id": iid,
+                    "name": "Kim Mã - Giảng Võ",
+                    "district": "BD",
+                    "lat": 21.031,
+                    "lon": 105.821,
+                    "controller_id": cid,
+                    "phases": [2, 4],
+                    "detectors": DETECTORS,
+                }
+            ]
+        },
+        headers=auth(key),
+    )
+    assert r.status_code == 200, r.text
+    r = await tc.post(
+        "/v1/events", params={"backfill": "true", "final": "true"}, json={"items": items}, headers=auth(key)
+    )
+    assert r.status_code == 200 and r.json()["accepted"] == len(items), r.text
+    processor_cls = type("TrafficForCityAtspm", (TrafficSignalProcessor,), {"name": uid("traffic-atspm")})
+    async with ProcessorRuntime(processor_cls(), kafka_settings).running() as rt:
+        await rt.drain(timeout=30)
+    params = {"from": t0.isoformat(), "to": (t0 + timedelta(hours=1)).isoformat()}
+    for _ in range(100):  # until the traffic service stored the bin
+        measures = (
+            await tc.get(f"/v1/intersections/{iid}/measures", params=params, headers=auth(key))
+        ).json()
+        if measures["measures"] and measures["intersection_measures"]:
+            return iid
+        await asyncio.sleep(0.1)
+    raise AssertionError("the traffic service did not store the measures")
+
+
+async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checked_log(
+    kafka_settings, db_settings, topics_ready
+):
+    traffic_port = free_port()
+    traffic = create_traffic_app(
+        TrafficSettings(kafka=kafka_settings, database=db_settings, measures_store_group=uid("traffic-store"))
+    )
+    t0 = (datetime.now(UTC) - timedelta(days=2)).replace(second=0, microsecond=0)
+    t0 -= timedelta(minutes=t0.minute % 15)
     async with serve(traffic, traffic_port) as traffic_base, httpx.AsyncClient(base_url=traffic_base) as tc:
         pool = traffic.state.ctx.pool
         _, key = await issue_test_key(
             pool, ["traffic:admin", "traffic:read", "traffic:ingest", "city:read"], kind="operator"
         )
         _, city_only = await issue_test_key(pool, ["city:read"], kind="operator")
-        r = await tc.post(
-            "/v1/intersections",
-            json={
-                "items": [
-                    {
-                        "intersection_id": iid,
-                        "name": "Kim Mã - Giảng Võ",
-                        "district": "BD",
-                        "lat": 21.031,
-                        "lon": 105.821,
-                        "controller_id": cid,
-                        "phases": [2, 4],
-                        "detectors": DETECTORS,
-                    }
-                ]
-            },
-            headers=auth(key),
-        )
-        assert r.status_code == 200, r.text
-        r = await tc.post(
-            "/v1/events",
-            params={"backfill": "true", "final": "true"},
-            json={"items": items},
-            headers=auth(key),
-        )
-        assert r.status_code == 200 and r.json()["accepted"] == len(items), r.text
-        processor_cls = type("TrafficForCityAtspm", (TrafficSignalProcessor,), {"name": uid("traffic-atspm")})
-        async with ProcessorRuntime(processor_cls(), kafka_settings).running() as rt:
-            await rt.drain(timeout=30)
+        iid = await backfill_two_cycles(tc, key, kafka_settings, t0)
         params = {"from": t0.isoformat(), "to": (t0 + timedelta(hours=1)).isoformat()}
-        for _ in range(100):  # until the traffic service stored the bin
-            measures = (
-                await tc.get(f"/v1/intersections/{iid}/measures", params=params, headers=auth(key))
-            ).json()
-            if measures["measures"] and measures["intersection_measures"]:
-                break
-            await asyncio.sleep(0.1)
+        measures = (
+            await tc.get(f"/v1/intersections/{iid}/measures", params=params, headers=auth(key))
+        ).json()
         p2_measures = next(m for m in measures["measures"] if m["phase"] == 2)
 
         city = create_city_app(
