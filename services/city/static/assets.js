@@ -24,7 +24,9 @@ Object.assign(I18N.vi, {
   thresholdWarning: "Ngưỡng cảnh báo", thresholdCritical: "Ngưỡng nghiêm trọng", mean: "Trung bình",
   dayWindow: "cửa sổ ngày", meanOfWindows: "trung bình các cửa sổ", basis: "Cách tính", childAreas: "Đơn vị trực thuộc",
   incidentsOpen: "Sự cố đang mở", atspmNone: "Chưa có số đo của dịch vụ giao thông trong khoảng này",
-  period: "Kỳ", chartFor: "Biểu đồ",
+  period: "Kỳ", chartFor: "Biểu đồ", controller: "Bộ điều khiển", coordinates: "Tọa độ", phases: "Các pha",
+  detectors: "Số đầu dò", building: "Tòa nhà", address: "Địa chỉ", peripherals: "Thiết bị ngoại vi",
+  softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
 });
 Object.assign(I18N.en, {
   back: "← Overview", areaPage: "Area page", assetsInAlarmNone: "No asset in alarm",
@@ -47,7 +49,9 @@ Object.assign(I18N.en, {
   thresholdWarning: "Warning level", thresholdCritical: "Critical level", mean: "Mean",
   dayWindow: "day window", meanOfWindows: "mean of windows", basis: "Basis", childAreas: "Units within",
   incidentsOpen: "Open incidents", atspmNone: "No traffic measures in this period yet",
-  period: "Period", chartFor: "Chart",
+  period: "Period", chartFor: "Chart", controller: "Controller", coordinates: "Coordinates", phases: "Phases",
+  detectors: "Detectors", building: "Building", address: "Address", peripherals: "Peripherals",
+  softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
 });
 
 const V = {route: null, charts: [], timer: null, live: null};
@@ -61,6 +65,8 @@ function view() {
   }
   return v;
 }
+// (DOM's replaceChildren writes a null child as the text "null")
+function fill(node, ...children) { node.replaceChildren(...children.filter((c) => c !== null && c !== undefined)); }
 function areaHref(code) { return `#area/${encodeURIComponent(code)}`; }
 function assetHref(kind, id) { return `#asset/${kind}/${encodeURIComponent(id)}`; }
 function kindName(kind) { return t(`kind_${kind}`); }
@@ -158,7 +164,7 @@ async function renderArea(code) {
   const v = view();
   v.dataset.page = "area";
   v.dataset.code = code;
-  v.replaceChildren(
+  fill(v, 
     head(`${code === "HN" ? t("city") : a.name} · ${t(a.status)}`, a.parent ? link(areaHref(a.parent), areaName(a.parent), {class: "up"}) : null),
     el("div", {class: "view-grid"},
       el("div", {}, el("h3", {}, t("assetsInAlarm"), " ", exportButton("area_assets")),
@@ -184,8 +190,19 @@ function detailsBlock(p) {
     table("agency-groups", [t("type"), t("value")], Object.entries(card.groups || {}).map(([g, v]) =>
       el("tr", {}, el("td", {}, g), el("td", {}, typeof v === "object" && v !== null ? fmtNumber(v.points ?? v.score ?? null) : fmtNumber(v))))));
   }
-  const shown = Object.entries(d).filter(([, v]) => v === null || typeof v !== "object");
-  return el("table", {class: "table kv"}, ...shown.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, v === null ? "–" : String(v)))));
+  // the fields of the source service's answer that are worth reading, with their names in the chosen language
+  const fields = p.kind === "intersection"
+    ? [["name", d.name], ["controller", d.controller_id], ["district", districtName(d.district)],
+      ["coordinates", d.lat !== undefined ? `${fmtNumber(d.lat)}, ${fmtNumber(d.lon)}` : null],
+      ["phases", (d.phases || []).join(", ")], ["detectors", fmtNumber((d.detectors || []).length)]]
+    : p.kind === "kiosk"
+      ? [["building", d.building], ["address", d.address], ["district", districtName(d.district)],
+        ["peripherals", (d.peripherals || []).join(", ")], ["softwareVersion", d.software_version],
+        ["inServiceSince", d.in_service_since ? fmtDateTime(instant(d.in_service_since)) : null],
+        ["activeAsset", d.active === undefined ? null : t(d.active ? "yes" : "no")]]
+      : [];
+  return el("table", {class: "table kv"}, ...fields.map(([k, v]) =>
+    el("tr", {}, el("th", {}, t(k)), el("td", {}, v === null || v === undefined || v === "" ? "–" : String(v)))));
 }
 
 async function renderAsset(kind, id) {
@@ -199,16 +216,17 @@ async function renderAsset(kind, id) {
   v.dataset.kind = kind;
   v.dataset.asset = id;
   const name = p.details && p.details.name ? ` · ${p.details.name}` : "";
-  v.replaceChildren(
+  fill(v, 
     head(`${kindName(kind)} ${id}${name}`, statusBadge(p.status),
       p.district ? link(areaHref(p.district), p.district_name || p.district, {class: "up"}) : null),
     el("div", {class: "view-grid"},
       el("div", {}, el("h3", {}, t("liveState")), detailsBlock(p), el("div", {id: "live-phases"}),
         el("h3", {}, t("openAlarms"), " ", exportButton("asset_alarms")),
-        table("asset-alarms", [t("severity"), t("type"), t("state"), t("since"), t("message")],
-          p.alarms.map((a) => el("tr", {class: `state-${a.state}`, data: {alarm: a.alarm_id, state: a.state}},
+        // (a source's message is English text: a tooltip, as in the overview's alarm list)
+        table("asset-alarms", [t("severity"), t("type"), t("state"), t("since")],
+          p.alarms.map((a) => el("tr", {class: `state-${a.state}`, data: {alarm: a.alarm_id, state: a.state}, title: a.message},
             el("td", {}, sevBadge(a.severity)), el("td", {}, alarmTypeName(a.alarm_type)), el("td", {}, t(a.state)),
-            el("td", {}, fmtDateTime(instant(a.raised_at))), el("td", {}, a.message))))),
+            el("td", {}, fmtDateTime(instant(a.raised_at))))))),
       el("div", {}, el("h3", {}, t("areaKpis"), " ", exportButton("asset_kpis")), table("asset-kpis", KPI_HEADS(), kpiRows(p.kpis)),
         el("h3", {}, t("alarmHistory"), " ", exportButton("asset_history")),
         table("asset-history", [t("time"), t("type"), t("state")],
@@ -319,8 +337,8 @@ async function renderCompare() {
   const range = el("select", {id: "cmp-range"}, ...[["24", "h24"], ["168", "d7"], ["720", "d30"]].map(([h, k]) => el("option", {value: h}, t(k))));
   const prev = el("input", {id: "cmp-previous", type: "checkbox"});
   const chart = el("div", {id: "cmp-chart", class: "chart-box"});
-  v.replaceChildren(head(t("compare")),
-    el("div", {class: "row"}, el("label", {}, `${t("kpis")} `, kpiSel), el("label", {}, `${t("areas")} `, areaSel),
+  fill(v, head(t("compare")),
+    el("div", {class: "row compare-form"}, el("label", {}, `${t("kpis")} `, kpiSel), el("label", {}, `${t("areas")} `, areaSel),
       el("label", {}, range), el("label", {}, prev, ` ${t("previousPeriod")}`),
       el("button", {id: "cmp-show", type: "button", on: {click: () => drawCompare()}}, t("show")),
       el("button", {id: "cmp-export", type: "button", on: {click: () => exportTable("compare")}}, t("exportCsv"))),
@@ -385,7 +403,7 @@ async function renderReport(date) {
   const name = (row) => (S.lang === "vi" ? row.name_vi : row.name_en);
   const byDomain = {};
   for (const k of r.kpis) (byDomain[k.domain] = byDomain[k.domain] || []).push(k);
-  v.replaceChildren(
+  fill(v, 
     head(`${t("dailyReport")} · ${df({dateStyle: "full"}).format(new Date(`${r.date}T12:00:00+07:00`))}`,
       el("label", {class: "no-print"}, `${t("date")} `, input),
       el("button", {id: "report-print", type: "button", class: "no-print", on: {click: () => window.print()}}, t("print")),
@@ -413,6 +431,15 @@ function addNav() {
     el("a", {href: "#report/daily", id: "nav-report", "data-i18n": "dailyReport"}, t("dailyReport")));
   document.querySelector("header .controls").prepend(nav);
 }
+
+// Charts follow the page's width (a laptop, a wall screen, the print preview).
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(() => {
+    for (const c of V.charts) c.setSize({width: Math.max(300, c.root.parentElement.clientWidth - 4), height: c.height});
+  }, 150);
+});
 
 window.IOC_ASSETS = {fillAssetsInAlarm, assetHref, areaHref};
 document.addEventListener("DOMContentLoaded", () => {
