@@ -26,7 +26,7 @@ Object.assign(I18N.vi, {
   incidentsOpen: "Sự cố đang mở", atspmNone: "Chưa có số đo của dịch vụ giao thông trong khoảng này",
   period: "Kỳ", chartFor: "Biểu đồ", controller: "Bộ điều khiển", coordinates: "Tọa độ", phases: "Các pha",
   detectors: "Số đầu dò", building: "Tòa nhà", address: "Địa chỉ", peripherals: "Thiết bị ngoại vi",
-  softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
+  noCycles: "Không có chu kỳ nào của pha này trong khoảng thời gian", softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
 });
 Object.assign(I18N.en, {
   back: "← Overview", areaPage: "Area page", assetsInAlarmNone: "No asset in alarm",
@@ -51,7 +51,7 @@ Object.assign(I18N.en, {
   incidentsOpen: "Open incidents", atspmNone: "No traffic measures in this period yet",
   period: "Period", chartFor: "Chart", controller: "Controller", coordinates: "Coordinates", phases: "Phases",
   detectors: "Detectors", building: "Building", address: "Address", peripherals: "Peripherals",
-  softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
+  noCycles: "No cycle of this phase in the period", softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
 });
 
 const V = {route: null, charts: [], timer: null, live: null};
@@ -193,7 +193,7 @@ function detailsBlock(p) {
   // the fields of the source service's answer that are worth reading, with their names in the chosen language
   const fields = p.kind === "intersection"
     ? [["name", d.name], ["controller", d.controller_id], ["district", districtName(d.district)],
-      ["coordinates", d.lat !== undefined ? `${fmtNumber(d.lat)}, ${fmtNumber(d.lon)}` : null],
+      ["coordinates", d.lat !== undefined ? `${nf({maximumFractionDigits: 5}).format(d.lat)}, ${nf({maximumFractionDigits: 5}).format(d.lon)}` : null],
       ["phases", (d.phases || []).join(", ")], ["detectors", fmtNumber((d.detectors || []).length)]]
     : p.kind === "kiosk"
       ? [["building", d.building], ["address", d.address], ["district", districtName(d.district)],
@@ -239,14 +239,27 @@ async function renderAsset(kind, id) {
 // ATSPM charts ---------------------------------------------------------------------------------------------------
 const secs = (iso) => instant(iso) / 1000;
 function timeAxis() {
-  return {values: (u, vals) => vals.map((x) => df({hour: "2-digit", minute: "2-digit"}).format(new Date(x * 1000)))};
+  // seconds when the chart spans minutes (a few cycles), the date when it spans days
+  return {values: (u, vals) => {
+    const span = u.scales.x.max - u.scales.x.min;
+    const f = span < 3 * 3600 ? df({hour: "2-digit", minute: "2-digit", second: "2-digit"})
+      : span < 2 * 86400 ? df({hour: "2-digit", minute: "2-digit"}) : df({day: "2-digit", month: "2-digit", hour: "2-digit"});
+    return vals.map((x) => f.format(new Date(x * 1000)));
+  }};
+}
+// The x range of an ATSPM chart: its data, and the whole 15-minute bin of its last bin.
+function xRange(data, binned) {
+  const xs = data[0];
+  if (!xs.length) return undefined;
+  const lo = Math.floor(xs[0] / 900) * 900;  // from the start of the first bin to the end of the last one
+  return () => [lo, Math.max(lo + 900, binned ? Math.floor(xs[xs.length - 1] / 900) * 900 + 900 : xs[xs.length - 1])];
 }
 function numAxis(unit) { return {values: (u, vals) => vals.map((x) => fmtNumber(x, unit)), size: 60}; }
 function plot(target, title, data, series, extra = {}) {
   const box = el("div", {class: "chart-box", data: {chart: title}});
   target.append(box);
   const opts = {width: Math.max(300, (target.clientWidth || 700) - 4), height: 220, title,
-    scales: {x: {time: true}}, axes: [timeAxis(), numAxis("")],
+    scales: {x: {time: true, range: xRange(data, true)}}, axes: [timeAxis(), numAxis("")],
     series: [{label: t("time"), value: (u, x) => (x === null ? "–" : fmtDateTime(x * 1000))}, ...series], ...extra};
   V.charts.push(new uPlot(opts, data, box));
 }
@@ -273,6 +286,9 @@ async function renderAtspm(id) {
   for (const ph of body.phases) {
     const grid = el("div", {class: "atspm-phase", data: {phase: String(ph.phase)}}, el("h4", {}, `${t("phase")} ${ph.phase}`));
     box.append(grid);
+    const served = ph.coordination.cycles.length || ph.split_monitor.cycles.length ||
+      ph.terminations.bins.some((b) => b.gap_outs + b.max_outs + b.force_offs > 0) || ph.coordination.bins.some((b) => b.cycles);
+    if (!served) { grid.append(el("p", {class: "muted"}, t("noCycles"))); continue; }
     const cyc = ph.coordination.cycles, bins = ph.coordination.bins;
     const pcd = uPlot.join([
       [cyc.map((c) => secs(c.cycle_start)), cyc.map((c) => c.green_seconds), cyc.map((c) => c.yellow_seconds), cyc.map((c) => c.cycle_seconds)],
@@ -293,8 +309,10 @@ async function renderAtspm(id) {
       {label: t("splitMax"), stroke: "#94a3b8", dash: [4, 4], width: 1.5, value: val, spanGaps: true}]);
     const tb = ph.terminations.bins;
     const bars = uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({size: [0.25, 40]}) : undefined;
+    // each kind's bar at its own place within the bin (gap-outs first), so that bars of a bin never overlap
+    const at = (off) => tb.map((b) => secs(b.bin_start) + off);
     plot(grid, `${t("terminations")} · ${t("phase")} ${ph.phase}`,
-      [tb.map((b) => secs(b.bin_start)), tb.map((b) => b.gap_outs), tb.map((b) => b.max_outs), tb.map((b) => b.force_offs)], [
+      uPlot.join([[at(150), tb.map((b) => b.gap_outs)], [at(450), tb.map((b) => b.max_outs)], [at(750), tb.map((b) => b.force_offs)]]), [
         {label: t("gapOuts"), stroke: "#16a34a", fill: "#16a34a88", paths: bars, value: val},
         {label: t("maxOuts"), stroke: "#dc2626", fill: "#dc262688", paths: bars, value: val},
         {label: t("forceOffs"), stroke: "#2563eb", fill: "#2563eb88", paths: bars, value: val}]);
