@@ -165,8 +165,12 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     await expect(view.locator(".view-title")).to_contain_text("Kim Mã - Giảng Võ")
                     await expect(view.locator('#asset-alarms tr[data-state="active"]')).to_have_count(1)
                     # the three ATSPM charts of phase 2 from the traffic service's measures (phase 4 has no cycle)
-                    await expect(view.locator('.atspm-phase[data-phase="2"] canvas')).to_have_count(3, timeout=15000)
-                    await expect(view.locator('.atspm-phase[data-phase="4"]')).to_contain_text("Không có chu kỳ")
+                    await expect(view.locator('.atspm-phase[data-phase="2"] canvas')).to_have_count(
+                        3, timeout=15000
+                    )
+                    await expect(view.locator('.atspm-phase[data-phase="4"]')).to_contain_text(
+                        "Không có chu kỳ"
+                    )
                     await expect(view.locator('#latest-phases tr[data-phase="2"]')).to_contain_text("đỏ")
 
                     # live: an alarm of this intersection published now appears on the open page
