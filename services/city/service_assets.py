@@ -9,6 +9,7 @@ domain service checks its own read scope for that principal; the city never impo
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, timedelta
@@ -138,7 +139,10 @@ async def asset_page(
     history = await arepo.alarm_log_of(
         pool, [a["alarm_id"] for a in alarms], now - timedelta(days=ALARM_HISTORY_DAYS)
     )
-    details, details_error = await _details(kind, asset_id, fetch, now)
+    if kind == "feeder":
+        details, details_error = feeder_details(alarms, history), None
+    else:
+        details, details_error = await _details(kind, asset_id, fetch, now)
     district = (details or {}).get("district") or next((a["district"] for a in alarms if a["district"]), None)
     kpis = []
     if district:
@@ -159,6 +163,35 @@ async def asset_page(
         "alarms": alarms,
         "alarm_history": history,
         "kpis": kpis,
+    }
+
+
+#: the count the meter service writes into a feeder outage's message (it publishes no structured count)
+_FEEDER_COUNT = re.compile(r"\b(\d+) of (\d+) meters\b")
+
+
+def feeder_details(alarms: list[dict[str, Any]], history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A feeder from its ``feeder_outage`` alarm: in outage now, meters without supply out of the feeder's
+    meters (as the raise said; none once cleared), and its interruptions (each raise to the next clear of the alarm's
+    log, the last one open while it lasts)."""
+    outage = next((a for a in alarms if a["alarm_type"] == "feeder_outage"), None)
+    in_outage = outage is not None and outage["state"] != "cleared"
+    # the count of the raise: the city keeps an alarm's first message, so a cleared outage has no count now
+    count = _FEEDER_COUNT.search(outage["message"]) if in_outage else None
+    interruptions: list[dict[str, Any]] = []
+    for h in sorted((h for h in history if h["alarm_type"] == "feeder_outage"), key=lambda h: h["at"]):
+        if h["state"] == "raised" and (not interruptions or interruptions[-1]["end"] is not None):
+            interruptions.append({"start": h["at"], "end": None, "minutes": None})
+        elif h["state"] == "cleared" and interruptions and interruptions[-1]["end"] is None:
+            last = interruptions[-1]
+            last["end"] = h["at"]
+            last["minutes"] = round((h["at"] - last["start"]).total_seconds() / 60, 1)
+    return {
+        "in_outage": in_outage,
+        "meters_without_supply": int(count.group(1)) if count else None,
+        "meters": int(count.group(2)) if count else None,
+        "as_of": outage["changed_at"] if outage is not None else None,
+        "interruptions": interruptions[::-1],
     }
 
 

@@ -43,7 +43,7 @@ async def city(test_domain, kafka_settings, db_settings, topics_ready):
     await pub.stop()
 
 
-def alarm(alarm_et, domain, alarm_type, source, district, severity, at, state="raised"):
+def alarm(alarm_et, domain, alarm_type, source, district, severity, at, state="raised", message=None):
     return encode(
         alarm_et,
         {
@@ -56,7 +56,7 @@ def alarm(alarm_et, domain, alarm_type, source, district, severity, at, state="r
             "district": district,
             "commune": None,
             "at": at.isoformat(),
-            "message": f"{alarm_type} of {source}",
+            "message": message or f"{alarm_type} of {source}",
         },
         source="/ioc/test",
     )
@@ -90,7 +90,17 @@ async def test_area_and_asset_pages_list_assets_with_their_alarms_and_history(te
         [
             alarm(alarm_et, "kiosk", "kiosk_offline", kiosk, "CG", "major", now),
             alarm(alarm_et, "kiosk", "paper_out", kiosk, "CG", "minor", now),
-            alarm(alarm_et, "meter", "feeder_outage", feeder, "CG", "critical", now),
+            # (the meter service's own wording: the page reads the count from it)
+            alarm(
+                alarm_et,
+                "meter",
+                "feeder_outage",
+                feeder,
+                "CG",
+                "critical",
+                now - timedelta(minutes=90),
+                message="feeder outage: 12 of 40 meters without supply",
+            ),
             # a KPI breach of the area: not an asset
             alarm(alarm_et, "city", "kpi_breach", "citytest.availability:CG", "CG", "critical", now),
         ]
@@ -134,7 +144,36 @@ async def test_area_and_asset_pages_list_assets_with_their_alarms_and_history(te
         "paper_out": "cleared",
     }
     f = (await client.get(f"/v1/assets/feeder/{feeder}", headers=auth(key))).json()
-    assert f["details_error"]["reason"] == "no_endpoint" and f["open_alarms"] == 1
+    assert f["details"]["in_outage"] and (f["details"]["meters_without_supply"], f["details"]["meters"]) == (
+        12,
+        40,
+    )
+    (ongoing,) = f["details"]["interruptions"]
+    assert ongoing["end"] is None and f["open_alarms"] == 1
+    # the supply comes back after 90 minutes: one interruption of 90 minutes
+    await pub.publish(
+        [
+            alarm(
+                alarm_et,
+                "meter",
+                "feeder_outage",
+                feeder,
+                "CG",
+                "critical",
+                now,
+                state="cleared",
+                message="feeder supply restored (0 of 40 meters still without supply)",
+            )
+        ]
+    )
+
+    async def restored():
+        f = (await client.get(f"/v1/assets/feeder/{feeder}", headers=auth(key))).json()
+        return f if not f["details"]["in_outage"] else None
+
+    f = await eventually(restored)
+    assert [i["minutes"] for i in f["details"]["interruptions"]] == [90.0]
+    assert f["details"]["meters_without_supply"] is None  # the raise's count no longer holds
     r = await client.get("/v1/assets/bicycle/B1", headers=auth(key))
     assert r.status_code == 422
     r = await client.get("/v1/assets/kiosk/..%2F..", headers=auth(key))

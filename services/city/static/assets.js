@@ -26,7 +26,9 @@ Object.assign(I18N.vi, {
   incidentsOpen: "Sự cố đang mở", atspmNone: "Chưa có số đo của dịch vụ giao thông trong khoảng này",
   period: "Kỳ", chartFor: "Biểu đồ", controller: "Bộ điều khiển", coordinates: "Tọa độ", phases: "Các pha",
   detectors: "Số đầu dò", building: "Tòa nhà", address: "Địa chỉ", peripherals: "Thiết bị ngoại vi",
-  noCycles: "Không có chu kỳ nào của pha này trong khoảng thời gian", softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
+  noCycles: "Không có chu kỳ nào của pha này trong khoảng thời gian", inOutage: "Đang mất điện",
+  metersWithoutSupply: "Công tơ mất điện / tổng số", interruptions: "Các lần mất điện", minutes: "Phút", ongoing: "đang diễn ra",
+  peripheralFaults: "Thiết bị ngoại vi đang lỗi", softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
 });
 Object.assign(I18N.en, {
   back: "← Overview", areaPage: "Area page", assetsInAlarmNone: "No asset in alarm",
@@ -51,7 +53,9 @@ Object.assign(I18N.en, {
   incidentsOpen: "Open incidents", atspmNone: "No traffic measures in this period yet",
   period: "Period", chartFor: "Chart", controller: "Controller", coordinates: "Coordinates", phases: "Phases",
   detectors: "Detectors", building: "Building", address: "Address", peripherals: "Peripherals",
-  noCycles: "No cycle of this phase in the period", softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
+  noCycles: "No cycle of this phase in the period", inOutage: "In outage",
+  metersWithoutSupply: "Meters without supply / all", interruptions: "Interruptions", minutes: "Minutes", ongoing: "ongoing",
+  peripheralFaults: "Peripherals in fault", softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
 });
 
 const V = {route: null, charts: [], timer: null, live: null};
@@ -180,7 +184,11 @@ async function renderArea(code) {
 
 // Asset -------------------------------------------------------------------------------------------------------
 function detailsBlock(p) {
-  if (p.details_error) return el("p", {class: "muted details-error"}, t(p.details_error.reason) || t("notAvailable"));
+  // a kiosk's peripherals in fault: its open alarms other than the kiosk's own connection
+  const faults = p.kind === "kiosk" ? p.alarms.filter((a) => a.state !== "cleared" && a.alarm_type !== "kiosk_offline") : [];
+  const faultLine = faults.length ? el("p", {id: "kiosk-faults"}, `${t("peripheralFaults")}: `, faults.map((a) => alarmTypeName(a.alarm_type)).join(", ")) : null;
+  if (p.details_error) return el("div", {}, el("p", {class: "muted details-error"}, t(p.details_error.reason) || t("notAvailable")), faultLine);
+  if (p.kind === "kiosk") return el("div", {}, kvTable(p, d), faultLine);
   const d = p.details || {};
   if (p.kind === "agency") {
     const card = d.index766;
@@ -190,7 +198,23 @@ function detailsBlock(p) {
     table("agency-groups", [t("type"), t("value")], Object.entries(card.groups || {}).map(([g, v]) =>
       el("tr", {}, el("td", {}, g), el("td", {}, typeof v === "object" && v !== null ? fmtNumber(v.points ?? v.score ?? null) : fmtNumber(v))))));
   }
-  // the fields of the source service's answer that are worth reading, with their names in the chosen language
+  if (p.kind === "feeder") {
+    const n = d.meters_without_supply;
+    return el("div", {},
+      el("table", {class: "table kv", id: "feeder-state"},
+        el("tr", {}, el("th", {}, t("inOutage")), el("td", {}, t(d.in_outage ? "yes" : "no"))),
+        el("tr", {}, el("th", {}, t("metersWithoutSupply")),
+          el("td", {}, n === null || n === undefined ? "–" : `${fmtNumber(n)} / ${fmtNumber(d.meters)}`))),
+      el("h3", {}, t("interruptions")),
+      table("feeder-interruptions", [t("from"), t("to"), t("minutes")], d.interruptions.map((i) => el("tr", {},
+        el("td", {}, fmtDateTime(instant(i.start))), el("td", {}, i.end ? fmtDateTime(instant(i.end)) : t("ongoing")),
+        el("td", {}, i.minutes === null ? "–" : fmtNumber(i.minutes))))));
+  }
+  return kvTable(p, d);
+}
+
+// the fields of the source service's answer that are worth reading, with their names in the chosen language
+function kvTable(p, d) {
   const fields = p.kind === "intersection"
     ? [["name", d.name], ["controller", d.controller_id], ["district", districtName(d.district)],
       ["coordinates", d.lat !== undefined ? `${nf({maximumFractionDigits: 5}).format(d.lat)}, ${nf({maximumFractionDigits: 5}).format(d.lon)}` : null],
