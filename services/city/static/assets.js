@@ -488,5 +488,6 @@ document.addEventListener("DOMContentLoaded", () => {
   addNav();
   window.addEventListener("hashchange", route);
   $("key-form").addEventListener("submit", () => setTimeout(route, 500));  // a page opened before the key
+  $("lang").addEventListener("click", () => { if (V.route) setTimeout(route, 0); });  // redrawn in the new language
   if (location.hash) setTimeout(route, 0);
 });
