@@ -204,14 +204,20 @@ async def _details(
     elif kind == "kiosk":
         status, body = await fetch("kiosk", f"/v1/kiosks/{asset_id}", {})
     elif kind == "agency":
+        status, body = await fetch("dossier", "/v1/agencies", {})
+        if status != 200:
+            return None, {"reason": _why(status), "status": status}
+        agency = next((a for a in body.get("items") or [] if a.get("code") == asset_id), None)
+        if agency is None:
+            return None, {"reason": "not_found", "status": 404}
         period = now.astimezone(HANOI).strftime("%Y-%m")
         status, body = await fetch(
             "dossier", "/v1/index766", {"period": period, "scope_level": "agency", "scope_code": asset_id}
         )
         if status == 200:
             items = body.get("items") or []
-            card = items[0] if items else None
-            return {"period": period, "index766": card}, None
+            # the agency's Decision 766 scorecard of this month (none before its first dossier of the month)
+            return {**agency, "period": period, "index766": items[0] if items else None}, None
     else:
         return None, {
             "reason": "no_endpoint",

@@ -287,3 +287,57 @@ async def test_daily_report_of_one_hanoi_day(test_domain, city):
     assert r["from"].startswith(midnight.astimezone(UTC).isoformat()[:16])
     bad = await client.get("/v1/reports/daily", params={"date": "2026-13-01"}, headers=auth(key))
     assert bad.status_code == 422
+
+
+async def test_an_agency_page_names_it_and_takes_its_766_scorecard_from_the_dossier_service(
+    kafka_settings, db_settings, topics_ready
+):
+    """The city asks the dossier service (over HTTP, with the caller's key) for the agency and its Decision 766
+    scorecard of this month; a key without dossier:read gets the city's part and the reason."""
+    import httpx
+
+    from services.dossier.app import create_app as create_dossier_app
+    from tests.dossier.test_api import settings as dossier_settings
+
+    from .conftest import serve
+
+    dossier = create_dossier_app(dossier_settings(kafka_settings, db_settings))
+    agency = f"AG{uuid.uuid4().hex[:8]}"
+    async with serve(dossier, free_port()) as dossier_base:
+        pool = dossier.state.ctx.pool
+        _, admin = await issue_test_key(pool, ["*"], kind="admin")
+        _, reader = await issue_test_key(pool, ["city:read", "dossier:read"], kind="operator")
+        _, city_only = await issue_test_key(pool, ["city:read"], kind="operator")
+        async with httpx.AsyncClient(base_url=dossier_base) as dc:
+            r = await dc.put(
+                "/v1/agencies",
+                headers=auth(admin),
+                json={
+                    "items": [
+                        {"code": agency, "name": "UBND phường", "level": "commune", "admin_unit": "BD-01"}
+                    ]
+                },
+            )
+            assert r.status_code == 200, r.text
+        city = create_app(
+            CitySettings(
+                kafka=kafka_settings,
+                database=db_settings,
+                kpi_definitions_path=str(KPI_FILE),
+                consumer_group=f"city-agency-{uuid.uuid4().hex[:8]}",
+                dossier_url=dossier_base,
+            )
+        )
+        async with running_app(city) as client:
+            p = (await client.get(f"/v1/assets/agency/{agency}", headers=auth(reader))).json()
+            assert (p["details"]["name"], p["details"]["district"], p["district"]) == (
+                "UBND phường",
+                "BD",
+                "BD",
+            )
+            assert p["details"]["period"] == datetime.now(HANOI).strftime("%Y-%m")
+            assert "index766" in p["details"] and p["details_error"] is None
+            p = (await client.get(f"/v1/assets/agency/{agency}", headers=auth(city_only))).json()
+            assert p["details"] is None and p["details_error"]["reason"] == "forbidden"
+            p = (await client.get("/v1/assets/agency/AG-none", headers=auth(reader))).json()
+            assert p["details_error"]["reason"] == "not_found"

@@ -28,7 +28,9 @@ Object.assign(I18N.vi, {
   detectors: "Số đầu dò", building: "Tòa nhà", address: "Địa chỉ", peripherals: "Thiết bị ngoại vi",
   noCycles: "Không có chu kỳ nào của pha này trong khoảng thời gian", inOutage: "Đang mất điện",
   metersWithoutSupply: "Công tơ mất điện / tổng số", interruptions: "Các lần mất điện", minutes: "Phút", ongoing: "đang diễn ra",
-  peripheralFaults: "Thiết bị ngoại vi đang lỗi", softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
+  peripheralFaults: "Thiết bị ngoại vi đang lỗi", index766Group: "Nhóm chỉ số", points: "Điểm",
+  g766_transparency: "Công khai, minh bạch", g766_progress: "Tiến độ, kết quả giải quyết", g766_digitisation: "Số hóa hồ sơ",
+  g766_online_service: "Cung cấp dịch vụ trực tuyến", g766_satisfaction: "Mức độ hài lòng", softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
 });
 Object.assign(I18N.en, {
   back: "← Overview", areaPage: "Area page", assetsInAlarmNone: "No asset in alarm",
@@ -55,9 +57,13 @@ Object.assign(I18N.en, {
   detectors: "Detectors", building: "Building", address: "Address", peripherals: "Peripherals",
   noCycles: "No cycle of this phase in the period", inOutage: "In outage",
   metersWithoutSupply: "Meters without supply / all", interruptions: "Interruptions", minutes: "Minutes", ongoing: "ongoing",
-  peripheralFaults: "Peripherals in fault", softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
+  peripheralFaults: "Peripherals in fault", index766Group: "Group", points: "Points",
+  g766_transparency: "Transparency", g766_progress: "Progress and results", g766_digitisation: "Digitisation",
+  g766_online_service: "Online service", g766_satisfaction: "Satisfaction", softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
 });
 
+// Decision 766 groups and their maximum points (Art. 1(1); services/dossier/index766.py GROUPS)
+const G766 = {transparency: 18, progress: 20, digitisation: 22, online_service: 22, satisfaction: 18};
 const V = {route: null, charts: [], timer: null, live: null};
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#4d7c0f"];
 
@@ -192,11 +198,13 @@ function detailsBlock(p) {
   const d = p.details || {};
   if (p.kind === "agency") {
     const card = d.index766;
-    if (!card) return el("p", {class: "muted"}, `${t("index766")} ${d.period}: ${t("noData")}`);
-    return el("div", {}, el("p", {}, `${t("index766")} ${d.period}: `, el("strong", {class: "score"}, fmtNumber(card.total)),
+    const who = el("table", {class: "table kv"}, el("tr", {}, el("th", {}, t("name")), el("td", {}, d.name || "–")),
+      el("tr", {}, el("th", {}, t("district")), el("td", {}, d.district ? districtName(d.district) : "–")));
+    if (!card) return el("div", {}, who, el("p", {class: "muted"}, `${t("index766")} ${d.period}: ${t("noData")}`));
+    return el("div", {}, who, el("p", {id: "agency-766"}, `${t("index766")} ${d.period}: `, el("strong", {class: "score"}, fmtNumber(card.total)),
       ` / 100 · ${t("coveredPoints")}: ${fmtNumber(card.covered_points)}`),
-    table("agency-groups", [t("type"), t("value")], Object.entries(card.groups || {}).map(([g, v]) =>
-      el("tr", {}, el("td", {}, g), el("td", {}, typeof v === "object" && v !== null ? fmtNumber(v.points ?? v.score ?? null) : fmtNumber(v))))));
+    table("agency-groups", [t("index766Group"), t("points")], Object.entries(card.groups || {}).map(([g, v]) =>
+      el("tr", {data: {group: g}}, el("td", {}, t(`g766_${g}`)), el("td", {}, `${fmtNumber(v)} / ${fmtNumber(G766[g] ?? null)}`)))));
   }
   if (p.kind === "feeder") {
     const n = d.meters_without_supply;
