@@ -139,6 +139,7 @@ async def asset_page(
     history = await arepo.alarm_log_of(
         pool, [a["alarm_id"] for a in alarms], now - timedelta(days=ALARM_HISTORY_DAYS)
     )
+    details: dict[str, Any] | None
     if kind == "feeder":
         details, details_error = feeder_details(alarms, history), None
     else:
@@ -177,7 +178,7 @@ def feeder_details(alarms: list[dict[str, Any]], history: list[dict[str, Any]]) 
     outage = next((a for a in alarms if a["alarm_type"] == "feeder_outage"), None)
     in_outage = outage is not None and outage["state"] != "cleared"
     # the count of the raise: the city keeps an alarm's first message, so a cleared outage has no count now
-    count = _FEEDER_COUNT.search(outage["message"]) if in_outage else None
+    count = _FEEDER_COUNT.search(outage["message"]) if outage is not None and in_outage else None
     interruptions: list[dict[str, Any]] = []
     for h in sorted((h for h in history if h["alarm_type"] == "feeder_outage"), key=lambda h: h["at"]):
         if h["state"] == "raised" and (not interruptions or interruptions[-1]["end"] is not None):
