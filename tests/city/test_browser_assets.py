@@ -30,6 +30,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 HANOI = timezone(timedelta(hours=7))
 SIZES = [(1600, 1000), (1280, 800)]
 
+FOREIGN = r"""
+(lang) => {
+  const {I18N, DOMAINS, ALARM_TYPES} = window.IOC_I18N;
+  const other = lang === "vi" ? "en" : "vi";
+  const names = (l) => [...Object.values(I18N[l]), ...Object.values(DOMAINS[l]), ...Object.values(ALARM_TYPES[l])];
+  const mine = new Set(names(lang));
+  const text = document.querySelector("#view").innerText;
+  return names(other).filter((s) => s.length >= 4 && !mine.has(s) && text.includes(s));
+}
+"""
+
 BROKEN = r"""
 () => {
   const text = document.querySelector("#view").innerText;
@@ -180,6 +191,7 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     )
                     await expect(view.locator("#asset-alarms")).to_contain_text("Đèn tín hiệu mất điện")
                     assert await page.evaluate(BROKEN) == {"broken": [], "codes": []}
+                    assert await page.evaluate(FOREIGN, "vi") == []
                     await _shots(page, artifacts_dir, "asset-intersection")
 
                     # the area page (#area/<code>, what the map links to)
@@ -228,6 +240,17 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                         path=str(artifacts_dir / "city-daily-report-print.png"), full_page=True
                     )
                     await page.emulate_media(media="screen")
+
+                    # in English: the open page is drawn again in the new language, every word translated
+                    await page.click("#lang")
+                    await expect(page.locator("#view .view-title")).to_contain_text("Daily report")
+                    assert await page.evaluate(FOREIGN, "en") == []
+                    await page.goto(f"{base}/#asset/intersection/{iid}")
+                    await expect(page.locator('.atspm-phase[data-phase="2"] canvas')).to_have_count(3)
+                    await expect(page.locator("#view h3").first).to_have_text("Live state")
+                    assert await page.evaluate(FOREIGN, "en") == []
+                    assert await page.evaluate(BROKEN) == {"broken": [], "codes": []}
+                    await _shots(page, artifacts_dir, "asset-intersection-en")
             assert errors == []
         finally:
             await browser.close()
