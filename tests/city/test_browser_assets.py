@@ -200,9 +200,14 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     await _shots(page, artifacts_dir, "area")
 
                     # several areas on one chart with the threshold bands; its CSV is the API's rows
-                    await page.goto(f"{base}/#history")
-                    await page.select_option("#cmp-kpi", "citytest.availability")
-                    await page.select_option("#cmp-areas", ["HN", "CG"])
+                    # (reached from an area's KPI: that KPI, the city and that area)
+                    await page.goto(f"{base}/#area/CG")
+                    await page.click('#area-kpis tr[data-kpi="citytest.availability"] a.kpi-link')
+                    await expect(page).to_have_url(f"{base}/#history/citytest.availability/CG")
+                    await expect(page.locator("#cmp-chart canvas")).to_have_count(1)
+                    assert await page.eval_on_selector(
+                        "#cmp-areas", "s => [...s.selectedOptions].map(o => o.value)"
+                    ) == ["HN", "CG"]
                     await page.check("#cmp-previous")
                     for _ in range(40):  # until the store has the sixteen windows
                         async with page.expect_response(lambda r: "/v1/history?" in r.url) as answer:

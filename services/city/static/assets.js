@@ -106,7 +106,7 @@ async function route() {
   try {
     if (parts[0] === "area") await renderArea(parts[1] || "HN");
     else if (parts[0] === "asset") await renderAsset(parts[1], parts.slice(2).join("/"));
-    else if (parts[0] === "history") await renderCompare();
+    else if (parts[0] === "history") await renderCompare(parts[1], parts[2]);
     else await renderReport(parts[2]);
   } catch (e) { /* the message is shown by api() */ }
   window.scrollTo(0, 0);
@@ -159,7 +159,7 @@ function kpiRows(kpis) {
   return rows.map((k) => {
     const c = k.complete || (k.running ? null : k);
     return el("tr", {data: {kpi: k.kpi}},
-      el("td", {}, kpiName(k.kpi)), el("td", {}, domainName(k.domain)), el("td", {}, windowName(k.window_seconds)),
+      el("td", {}, link(`#history/${k.kpi}/${k.scope_code}`, kpiName(k.kpi), {class: "kpi-link"})), el("td", {}, domainName(k.domain)), el("td", {}, windowName(k.window_seconds)),
       el("td", {}, c ? fmt(c.value, k.unit) : "–"), el("td", {}, k.running ? fmt(k.value, k.unit) : "–"),
       el("td", {}, statusBadge(c ? c.status : "unknown")));
   });
@@ -377,7 +377,8 @@ function bandsPlugin(thresholds, direction) {
   }}};
 }
 
-async function renderCompare() {
+// #history[/<kpi>[/<area>,<area>...]]: the chart of that KPI for those areas (an area page's KPI rows link here)
+async function renderCompare(kpiId, areaCodes) {
   const v = view();
   v.dataset.page = "history";
   const kpiSel = el("select", {id: "cmp-kpi"}, ...Object.keys(S.defs).sort((a, b) => kpiName(a).localeCompare(kpiName(b), locale()))
@@ -393,8 +394,12 @@ async function renderCompare() {
       el("button", {id: "cmp-show", type: "button", on: {click: () => drawCompare()}}, t("show")),
       el("button", {id: "cmp-export", type: "button", on: {click: () => exportTable("compare")}}, t("exportCsv"))),
     chart);
-  const first = $("history-kpi") && $("history-kpi").value;
+  const first = kpiId || ($("history-kpi") && $("history-kpi").value);
   if (first) kpiSel.value = first;
+  if (areaCodes) {
+    const wanted = new Set(["HN", ...areaCodes.split(",")]);
+    for (const o of areaSel.options) o.selected = wanted.has(o.value);
+  }
   await drawCompare();
 }
 
