@@ -433,7 +433,9 @@ async function drawCompare() {
     axes: [{values: (u, vals) => vals.map((x) => (hours > 48 ? df({day: "2-digit", month: "2-digit"}) : df({hour: "2-digit", minute: "2-digit"})).format(new Date(x * 1000)))},
       {values: (u, vals) => vals.map((x) => fmtNumber(x, unit)), size: 70}],
     series: [{label: t("time"), value: (u, x) => (x === null ? "–" : fmtDateTime(x * 1000))},
-      ...body.series.map((s, i) => ({label: `${areaName(s.scope_code)} · ${t(s.period)}`, stroke: COLORS[Math.floor(i / (s.period === "previous" ? 1 : 1)) % COLORS.length],
+      // an area's previous period in its own colour, dashed
+      ...body.series.map((s) => ({label: `${areaName(s.scope_code)} · ${t(s.period)}`,
+        stroke: COLORS[[...new Set(body.series.map((x) => x.scope_code))].indexOf(s.scope_code) % COLORS.length],
         dash: s.period === "previous" ? [6, 4] : undefined, width: 2, spanGaps: true, value: yfmt}))],
     plugins: [bandsPlugin(th, body.direction)]};
   V.charts.push(new uPlot(opts, data, chart));
