@@ -204,6 +204,12 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
     ):
         assert coord[field] == p2_measures[field]
     assert coord["cycle_seconds_avg"] == p2_measures["cycle_seconds"] / p2_measures["cycles"]
+    # the per-cycle timing drawn from the timeline is the same cycles the measures counted: as many, as long,
+    # and as green (begin green to begin yellow: 30 + 30 s)
+    cycles = p2["coordination"]["cycles"]
+    assert len(cycles) == p2_measures["cycles"]
+    assert sum(c["cycle_seconds"] for c in cycles) == p2_measures["cycle_seconds"]
+    assert sum(c["yellow_seconds"] - c["green_seconds"] for c in cycles) == p2_measures["green_seconds"]
     for field in ("splits", "split_seconds_avg", "split_seconds_max"):
         assert split[field] == p2_measures[field]
     per_cycle = [c["split_seconds"] for c in p2["split_monitor"]["cycles"]]
