@@ -101,7 +101,6 @@ async function route() {
   destroyCharts();
   V.route = known ? parts : null;
   if (!known) { view().replaceChildren(); return; }
-  if (!S.key) { showMessage(t("needKey")); return; }
   if (!Object.keys(S.defs).length || !S.districts.length) await loadAll().catch(() => {});
   try {
     if (parts[0] === "area") await renderArea(parts[1] || "HN");
@@ -502,7 +501,8 @@ window.IOC_ASSETS = {fillAssetsInAlarm, assetHref, areaHref};
 document.addEventListener("DOMContentLoaded", () => {
   addNav();
   window.addEventListener("hashchange", route);
-  $("key-form").addEventListener("submit", () => setTimeout(route, 500));  // a page opened before the key
-  $("lang").addEventListener("click", () => { if (V.route) setTimeout(route, 0); });  // redrawn in the new language
+  // a page opened before the key was given; a page redrawn in the new language (when the page has these controls)
+  if ($("key-form")) $("key-form").addEventListener("submit", () => setTimeout(route, 500));
+  if ($("lang")) $("lang").addEventListener("click", () => { if (V.route) setTimeout(route, 0); });
   if (location.hash) setTimeout(route, 0);
 });
