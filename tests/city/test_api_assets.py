@@ -88,8 +88,8 @@ async def test_area_and_asset_pages_list_assets_with_their_alarms_and_history(te
     now = datetime.now(UTC)
     await pub.publish(
         [
-            alarm(alarm_et, "kiosk", "kiosk_offline", kiosk, "CG", "major", now),
-            alarm(alarm_et, "kiosk", "paper_out", kiosk, "CG", "minor", now),
+            alarm(alarm_et, "kiosk", "kiosk_offline", kiosk, "CG", "major", now - timedelta(minutes=2)),
+            alarm(alarm_et, "kiosk", "paper_out", kiosk, "CG", "minor", now - timedelta(minutes=1)),
             # (the meter service's own wording: the page reads the count from it)
             alarm(
                 alarm_et,
