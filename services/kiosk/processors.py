@@ -468,7 +468,7 @@ class KioskKpiProcessor(StreamProcessor):
         return encode(etype, payload, source=self.source, id=f"{self._id_prefix}-{self._sent}")
 
     def _kpis(
-        self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, float]], t: float
+        self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, int]], t: float
     ) -> list[EncodedEvent]:
         out: list[EncodedEvent] = []
         payloads: list[dict] = []
