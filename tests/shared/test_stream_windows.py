@@ -146,3 +146,16 @@ def test_start_and_eviction_agree_with_the_formulas_the_processors_used_before()
             grace = rnd.choice((0, 900, 26 * 3600, 3 * 86400))
             late = TumblingWindows(w, grace=grace, offset=offset)
             assert late.accepts(ws, int(t)) == (not ws + w <= int(t) - grace)
+
+
+def test_whole_bin_retention_keeps_what_the_traffic_processor_kept():
+    """The traffic processor kept a district window while ``ws >= newest - 3 h`` (epoch-aligned bins of any
+    length): as windows whose watermark is the newest window's start, that is a retention of the whole bins in
+    3 h (``R - R % bin``)."""
+    r = 3 * 3600 * 1000
+    for bin_ms in (60_000, 300_000, 420_000, 900_000, 4 * 3600 * 1000):
+        windows = TumblingWindows(bin_ms, grace=r - r % bin_ms)
+        newest = 1_800_000_000_000 - 1_800_000_000_000 % bin_ms
+        for back in range(0, 2 * r // bin_ms + 3):
+            ws = newest - back * bin_ms
+            assert windows.expired(ws, newest) == (ws < newest - r), (bin_ms, back)
