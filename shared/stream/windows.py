@@ -21,7 +21,7 @@ one place and ``split(":")`` in another.
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from shared.stream.processor import State
@@ -97,7 +97,7 @@ class KeySpace(Generic[K]):
     to its annotated type (``int``, ``float`` or ``str``) by :meth:`parse`.
     """
 
-    __slots__ = ("_convert", "_fields", "head", "key_type", "prefix", "sep")
+    __slots__ = ("_convert", "_fields", "_last", "_make", "_strings", "head", "key_type", "prefix", "sep")
 
     def __init__(self, head: str, key_type: type[K], sep: str = ":"):
         self.head = head
@@ -107,26 +107,33 @@ class KeySpace(Generic[K]):
         self.prefix = head + sep
         hints = typing.get_type_hints(key_type)
         self._fields: tuple[str, ...] = key_type._fields  # type: ignore[attr-defined]  # a NamedTuple's fields
+        self._make: Callable[[Iterable[Any]], K] = key_type._make  # type: ignore[attr-defined]
+        self._last = len(self._fields) - 1
         converters: dict[Any, Callable[[str], Any]] = {int: int, float: float, str: str}
         try:
             self._convert = tuple(converters[hints[f]] for f in self._fields)
         except KeyError as exc:
             raise TypeError(f"{key_type.__name__}: key fields must be int, float or str ({exc})") from None
+        # Keys are built and read on processors' hot paths: fields that are all strings skip the conversions.
+        self._strings = all(c is str for c in self._convert)
 
     def key(self, value: K) -> str:
         """The state key of ``value``."""
+        if self._strings:
+            return self.prefix + self.sep.join(value)
         return self.prefix + self.sep.join(map(str, value))
 
     def parse(self, key: str) -> K:
         """The typed key of a state key of this space (``ValueError`` for another space's)."""
-        if not key.startswith(self.prefix):
-            raise ValueError(f"{key!r} is not a {self.key_type.__name__} key ({self.prefix!r}...)")
-        parts = key[len(self.prefix) :].split(self.sep, len(self._fields) - 1)
-        if len(parts) != len(self._fields):
+        parts = key.split(self.sep, self._last + 1)
+        if len(parts) != self._last + 2 or parts[0] != self.head:
             raise ValueError(
-                f"{key!r} does not have the {len(self._fields)} fields of {self.key_type.__name__}"
+                f"{key!r} is not a {self.key_type.__name__} key ({self.prefix!r} and {self._last + 1} fields)"
             )
-        return self.key_type(*(c(p) for c, p in zip(self._convert, parts, strict=True)))
+        del parts[0]
+        if self._strings:
+            return self._make(parts)
+        return self._make([c(p) for c, p in zip(self._convert, parts, strict=True)])
 
     def within(self, *leading: Any) -> str:
         """The prefix of the keys whose first fields are ``leading`` (e.g. one window's keys)."""
