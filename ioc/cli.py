@@ -124,6 +124,7 @@ async def _tail(topic: str, grep: str, from_beginning: bool, count: int, as_json
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from shared.contracts.cloudevents import EventDecodeError, decode
+    from shared.kafka.aiokafka_adapter import refresh_metadata
 
     out = Console()
     consumer = AIOKafkaConsumer(
@@ -138,7 +139,7 @@ async def _tail(topic: str, grep: str, from_beginning: bool, count: int, as_json
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             parts = consumer.partitions_for_topic(topic)
         if not parts:
             console.print(f"[red]no topic {topic!r}[/red] (see `ioc topics`)")

@@ -38,6 +38,8 @@ async def group_lag(
     """Per source partition of ``topics``: what consumer group ``group`` committed and the partition's end."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from shared.kafka.aiokafka_adapter import refresh_metadata
+
     consumer = AIOKafkaConsumer(
         **kafka.client_kwargs(), group_id=group, enable_auto_commit=False, fetch_max_wait_ms=100
     )
@@ -47,7 +49,7 @@ async def group_lag(
         for topic in topics:
             parts = consumer.partitions_for_topic(topic)
             if parts is None:
-                await consumer._client.force_metadata_update()
+                await refresh_metadata(consumer)
                 parts = consumer.partitions_for_topic(topic) or set()
             tps += [TopicPartition(topic, p) for p in sorted(parts)]
         if not tps:

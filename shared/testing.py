@@ -25,6 +25,7 @@ from fastapi import FastAPI
 
 from shared.config import DatabaseSettings, KafkaSettings
 from shared.contracts.cloudevents import EventDecodeError, ReceivedEvent, decode
+from shared.kafka.aiokafka_adapter import refresh_metadata
 
 if TYPE_CHECKING:
     from shared.embedded import EmbeddedBroker, EmbeddedPostgres
@@ -105,7 +106,7 @@ async def read_topic(
         for _ in range(50):
             if parts:
                 break
-            await consumer._client.force_metadata_update()
+            await refresh_metadata(consumer)
             parts = consumer.partitions_for_topic(topic)
             if not parts:
                 await asyncio.sleep(0.2)

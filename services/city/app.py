@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.city.api import router as api_router
+from services.city.api_assets import router as assets_router
 from services.city.api_auth import router as auth_router
 from services.city.api_incidents import router as incidents_router
 from services.city.api_map import router as map_router
@@ -107,7 +108,7 @@ def create_app(settings: CitySettings | None = None) -> FastAPI:
         title="IOC city layer",
         description="City KPIs per district and city-wide, their history, alarms and incidents across domains, "
         "live streams, and the operations console at `/`.",
-        routers=[api_router, auth_router, map_router, incidents_router, console],
+        routers=[api_router, auth_router, map_router, incidents_router, assets_router, console],
         migrations=MIGRATIONS,
         on_start=on_start,
         on_stop=on_stop,

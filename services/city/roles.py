@@ -10,14 +10,16 @@ from __future__ import annotations
 ROLES = ("leader", "supervisor", "operator", "administrator")
 
 #: What each role may do. ``city:supervise`` is the scope of supervision (assigning, escalating; the incident
-#: workflow), ``city:admin`` the scope of managing console accounts.
+#: workflow), ``city:admin`` the scope of managing console accounts. ``traffic:read`` lets the intersection pages
+#: fetch the traffic service's registry and measures with the operator's own session (no personal data there);
+#: no console role reads dossiers (they hold applicants' personal data) or the kiosk registry (``kiosk:admin``).
 ROLE_SCOPES: dict[str, tuple[str, ...]] = {
     # watches the city: every view, the archive extracts; no alarm actions
-    "leader": ("city:read", "archive:read"),
+    "leader": ("city:read", "archive:read", "traffic:read"),
     # works the alarms: acknowledge, shelve, clear
-    "operator": ("city:read", "city:operate"),
+    "operator": ("city:read", "city:operate", "traffic:read"),
     # an operator who also supervises the room and extracts data
-    "supervisor": ("city:read", "city:operate", "city:supervise", "archive:read"),
+    "supervisor": ("city:read", "city:operate", "city:supervise", "archive:read", "traffic:read"),
     # runs the console: all of the above, accounts and the platform's own streams
     "administrator": (
         "city:read",
@@ -26,6 +28,7 @@ ROLE_SCOPES: dict[str, tuple[str, ...]] = {
         "city:admin",
         "archive:read",
         "platform:read",
+        "traffic:read",
     ),
 }
 

@@ -74,3 +74,9 @@ class CitySettings(ServiceSettings):
     # How often the incident workflow's background task escalates unacknowledged incidents and returns alarms
     # whose shelf ran out (services/city/service_incidents.py).
     incident_escalation_interval_seconds: float = 15.0
+    # The domain services the asset pages ask for what only they know (an intersection's measures and
+    # timeline, a kiosk's registry entry, an agency's Decision 766 scorecard), with the caller's own key.
+    traffic_url: str = "http://127.0.0.1:8102"
+    kiosk_url: str = "http://127.0.0.1:8103"
+    dossier_url: str = "http://127.0.0.1:8104"
+    domain_timeout_seconds: float = 20.0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.areas import CITY_CODE, HANOI_TZ
 from shared.contracts.base import event_type_of
@@ -39,6 +39,7 @@ from shared.contracts.dossier import (
     dossier_id_of,
 )
 from shared.stream import State, StreamProcessor
+from shared.stream.windows import KeySpace
 
 from .domain import OPEN_STATUSES, RECEIVED, RESOLVED, RETURNED, day_timeliness, local_date
 
@@ -70,6 +71,21 @@ COUNTER_KPIS: dict[str, tuple[tuple[str, bool, float, str], ...]] = {
 PROGRESS_POINTS = 20.0
 #: state key: counter keys changed since the last emit
 DIRTY_KEY = "dirty"
+
+
+class ScopeCount(NamedTuple):
+    """A counter (or the KPI it was published as) of one scope in one window (``window_id``)."""
+
+    name: str
+    level: str
+    code: str
+    window: str
+
+
+#: ``c|<counter>|<level>|<code>|<window>`` → [numerator, denominator] by event time
+COUNTERS = KeySpace("c", ScopeCount, sep="|")
+#: ``l|<kpi>|<level>|<code>|<window>`` → [numerator, denominator] of a snapshot observation last published
+PUBLISHED = KeySpace("l", ScopeCount, sep="|")
 #: state key: alarms raised or cleared since the last emit, in order
 PENDING_KEY = "pending_alarms"
 #: the kind of counted event → what one of it adds to which counters: (counter, numerator, denominator)
@@ -173,6 +189,9 @@ class DossierKpiProcessor(StreamProcessor):
         self._scopes: dict[tuple, tuple[tuple[str, str], ...]] = {}
         self._scope_lists: dict[tuple[tuple[str, str], ...], list[list[str]]] = {}
         self._windows: dict[date, tuple[str, str]] = {}
+        self._keys: dict[tuple[str, tuple[tuple[str, str], ...], date], list[str]] = {}
+        self._parsed: dict[str, ScopeCount] = {}
+        self._snapshots: dict[tuple[str, str, str, str], tuple[str, ...]] = {}
         self._bounds: dict[str, tuple[str, int]] = {}
         self._days: dict[str, date] = {}
 
@@ -186,12 +205,13 @@ class DossierKpiProcessor(StreamProcessor):
         view = _PartitionView()
         old_dirty: list[str] = []
         old_pending: list[tuple[str, dict]] = []
+        published_prefix = PUBLISHED.prefix
         for key, value in state.items():
             if key.startswith("o|"):
                 self._add_open(view, *_open_entry(value), 1)
-            elif key.startswith("l|"):
-                _, _, level, code, _ = key.split("|")
-                view.published.setdefault((level, code), set()).add(key)
+            elif key.startswith(published_prefix):
+                published = PUBLISHED.parse(key)
+                view.published.setdefault((published.level, published.code), set()).add(key)
             elif key.startswith("x|"):
                 old_dirty.append(key)
             elif key.startswith("pa|"):
@@ -309,6 +329,51 @@ class DossierKpiProcessor(StreamProcessor):
             wids = self._windows[day] = (f"d:{day.isoformat()}", f"m:{day.year:04d}-{day.month:02d}")
         return wids
 
+    def _counter_keys(self, counter: str, scopes: tuple[tuple[str, str], ...], day: date) -> list[str]:
+        """The state keys of ``counter`` for every scope and window (day, month) of ``day`` (memoised: a batch
+        adds to a few combinations many times)."""
+        keys = self._keys.get((counter, scopes, day))
+        if keys is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            keys = self._keys[(counter, scopes, day)] = []
+            if len(self._parsed) > 10_000:
+                self._parsed.clear()
+            for wid in self._window_ids(day):
+                for level, code in scopes:
+                    typed = ScopeCount(counter, level, code, wid)
+                    keys.append(key := COUNTERS.key(typed))
+                    self._parsed[key] = typed  # what emit reads back (_counter_of)
+        return keys
+
+    def _snapshot_keys(self, level: str, code: str, day_w: str, month_w: str) -> tuple[str, ...]:
+        """A scope's keys a snapshot reads and writes (memoised: every snapshot of the day asks again): the
+        ``on_time`` counters of the day and month, the open within deadline and overdue observations of the day,
+        the 766 progress of the day and month."""
+        what = (level, code, day_w, month_w)
+        keys = self._snapshots.get(what)
+        if keys is None:
+            if len(self._snapshots) > 10_000:
+                self._snapshots.clear()
+            keys = self._snapshots[what] = (
+                COUNTERS.key(ScopeCount("on_time", level, code, day_w)),
+                COUNTERS.key(ScopeCount("on_time", level, code, month_w)),
+                PUBLISHED.key(ScopeCount("dossier.open_within_deadline", level, code, day_w)),
+                PUBLISHED.key(ScopeCount("dossier.overdue_open", level, code, day_w)),
+                PUBLISHED.key(ScopeCount("dossier.progress_766_points", level, code, day_w)),
+                PUBLISHED.key(ScopeCount("dossier.progress_766_points", level, code, month_w)),
+            )
+        return keys
+
+    def _counter_of(self, key: str) -> ScopeCount:
+        """``COUNTERS.parse(key)``, memoised (every emit reads the counters changed since the last one)."""
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            if len(self._parsed) > 10_000:
+                self._parsed.clear()
+            parsed = self._parsed[key] = COUNTERS.parse(key)
+        return parsed
+
     def _add_counts(self, state: State, counts: dict[tuple, int]) -> None:
         sums: dict[tuple, list[float]] = {}
         for (kind, scopes, day), n in counts.items():
@@ -322,13 +387,11 @@ class DossierKpiProcessor(StreamProcessor):
                     c[1] += den * n
         dirty = state.get(DIRTY_KEY) or {}
         get, put = state.get, state.put
-        for (counter, scopes, day), (num, den) in sums.items():
-            for wid in self._window_ids(day):
-                for level, code in scopes:
-                    counter_key = f"c|{counter}|{level}|{code}|{wid}"
-                    cur = get(counter_key) or [0.0, 0.0]
-                    put(counter_key, [cur[0] + num, cur[1] + den])
-                    dirty[counter_key] = 1
+        for what, (num, den) in sums.items():
+            for counter_key in self._counter_keys(*what):
+                cur = get(counter_key) or [0.0, 0.0]
+                put(counter_key, [cur[0] + num, cur[1] + den])
+                dirty[counter_key] = 1
         state.put(DIRTY_KEY, dirty)  # counters changed since the last emit (state: survives a restart)
 
     def _status(self, data: dict[str, Any], state: State, counts: dict, opens: dict, touched: set) -> None:
@@ -467,7 +530,7 @@ class DossierKpiProcessor(StreamProcessor):
                 cur = state.get(ckey)
                 if cur is None:
                     continue
-                _, counter, level, code, wid = ckey.split("|")
+                counter, level, code, wid = self._counter_of(ckey)
                 for kpi, is_ratio, scale, unit in COUNTER_KPIS[counter]:
                     payloads.append(
                         self._payload(
@@ -514,10 +577,9 @@ class DossierKpiProcessor(StreamProcessor):
         current = (day_w, month_w)
         if view.day != today_iso:
             scopes = set(view.open) | set(view.published)
-            for key in state.keys("c|on_time|"):  # a full scan, once a day
-                _, _, level, code, wid = key.split("|")
-                if wid in current:
-                    scopes.add((level, code))
+            for finished in COUNTERS.keys(state, "on_time"):  # a full scan, once a day
+                if finished.window in current:
+                    scopes.add((finished.level, finished.code))
         else:
             scopes = view.dirty_scopes
         view.dirty_scopes = set()
@@ -527,11 +589,12 @@ class DossierKpiProcessor(StreamProcessor):
             agg = view.open.get(sc)
             n_open = agg[0] if agg else 0
             n_late = sum(n for due, n in agg[1].items() if today_iso > due) if agg else 0
-            fin_day = state.get(f"c|on_time|{level}|{code}|{day_w}")
-            fin_month = state.get(f"c|on_time|{level}|{code}|{month_w}")
+            keys = self._snapshot_keys(level, code, day_w, month_w)
+            fin_day = state.get(keys[0])
+            fin_month = state.get(keys[1])
             values: dict[str, tuple[str, str, float, float | None, float, str]] = {}
             if n_open or fin_day is not None or fin_month is not None:
-                values[f"l|dossier.open_within_deadline|{level}|{code}|{day_w}"] = (
+                values[keys[2]] = (
                     "dossier.open_within_deadline",
                     day_w,
                     float(n_open - n_late),
@@ -539,7 +602,7 @@ class DossierKpiProcessor(StreamProcessor):
                     1.0,
                     "dossiers",
                 )
-                values[f"l|dossier.overdue_open|{level}|{code}|{day_w}"] = (
+                values[keys[3]] = (
                     "dossier.overdue_open",
                     day_w,
                     float(n_late),
@@ -547,9 +610,9 @@ class DossierKpiProcessor(StreamProcessor):
                     1.0,
                     "dossiers",
                 )
-                for wid, fin in ((day_w, fin_day), (month_w, fin_month)):
+                for wid, fin, progress_key in ((day_w, fin_day, keys[4]), (month_w, fin_month, keys[5])):
                     fin = fin or [0.0, 0.0]
-                    values[f"l|dossier.progress_766_points|{level}|{code}|{wid}"] = (
+                    values[progress_key] = (
                         "dossier.progress_766_points",
                         wid,
                         fin[0] + n_open - n_late,
@@ -562,7 +625,7 @@ class DossierKpiProcessor(StreamProcessor):
             for lkey in [k for k in published if k not in values]:
                 published.discard(lkey)
                 last = state.pop(lkey)
-                _, kpi, _, _, wid = lkey.split("|")
+                kpi, _, _, wid = PUBLISHED.parse(lkey)
                 if wid in current and last[0] != 0:
                     is_ratio = kpi == "dossier.progress_766_points"
                     payloads.append(
@@ -595,8 +658,8 @@ class DossierKpiProcessor(StreamProcessor):
 
     def _prune(self, state: State, now: datetime) -> None:
         today = local_date(now)
-        for key in state.keys("c|"):
-            wid = key.rsplit("|", 1)[1]
+        for key in state.keys(COUNTERS.prefix):
+            wid = COUNTERS.parse(key).window
             keep = self.day_retention if wid.startswith("d:") else self.month_retention
             if _window_day(wid) < today - keep:
                 state.pop(key)

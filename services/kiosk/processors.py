@@ -12,6 +12,8 @@ State keys (values are JSON):
 - ``a:<kiosk>`` alarms raised and not yet cleared: {alarm key: {type, at, peripheral}}
 - ``s:<window s>:<window start>:<kiosk>`` session counters; ``f:...`` fault counts and repair times
 - ``x:86400:<day start>:<kiosk>`` session ids already counted that day (exactly-once counting)
+  (these three are :class:`~shared.stream.windows.WindowedEntity` keys: :data:`SESSIONS`, :data:`FAULTS`,
+  :data:`SEEN`)
 - ``m:emit`` when KPIs were last published and the current window per length
 """
 
@@ -42,9 +44,8 @@ from services.kiosk.domain import (
     online_intervals,
     opening_intervals,
     ratio,
-    window_start,
 )
-from shared.areas import CITY_CODE
+from shared.areas import CITY_CODE, HANOI_OFFSET_S
 from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode, encode_many, parse_time
 from shared.contracts.common import kpi_observed_payload
@@ -63,6 +64,7 @@ from shared.contracts.kiosk import (
     SessionEnded,
 )
 from shared.stream.processor import State, StreamProcessor
+from shared.stream.windows import KeySpace, TumblingWindows, WindowedEntity
 
 T_REGISTERED = event_type_of(KioskRegistered).type
 T_HEARTBEAT = event_type_of(HeartbeatReceived).type
@@ -71,6 +73,17 @@ T_SESSION = event_type_of(SessionEnded).type
 STATE_EVENT = event_type_of(KioskStateChanged)
 # Aggregate keys of each journey's functional availability (available, scheduled seconds)
 _JOURNEY_KEYS = {journey: (f"fa_up:{journey}", f"fa_sched:{journey}") for journey in JOURNEYS}
+# Hourly and (Hanoi) daily windows. KPIs are published for the current window and, once, for the one that just
+# ended, so a window is kept one window length after its end; events of older windows still fold in (they are
+# evicted at the next KPI pass, never published).
+TUMBLING: dict[int, TumblingWindows] = {
+    HOUR: TumblingWindows(HOUR, grace=HOUR),
+    DAY: TumblingWindows(DAY, grace=DAY, offset=HANOI_OFFSET_S),
+}
+assert tuple(TUMBLING) == WINDOWS
+SESSIONS = KeySpace("s", WindowedEntity)  # session counters of a kiosk in a window
+FAULTS = KeySpace("f", WindowedEntity)  # fault counts and repair times of a kiosk in a window
+SEEN = KeySpace("x", WindowedEntity)  # session ids of a kiosk already counted in a day
 
 
 def _ts(value: str) -> float:
@@ -187,14 +200,15 @@ class KioskKpiProcessor(StreamProcessor):
         started = _ts(d["started_at"])
         # Session ids seen per kiosk and day are state, so a session delivered again (a copy at another offset,
         # a re-sent request) is counted once whatever the delivery history.
-        seen_key = f"x:{DAY}:{int(window_start(started, DAY))}:{d['kiosk_id']}"
+        kiosk = d["kiosk_id"]
+        seen_key = SEEN.key(WindowedEntity(DAY, TUMBLING[DAY].start(started), kiosk))
         seen = state.get(seen_key) or {}
         if d["session_id"] in seen:
             return
         seen[d["session_id"]] = 1
         state.put(seen_key, seen)
-        for w in WINDOWS:
-            key = f"s:{w}:{int(window_start(started, w))}:{d['kiosk_id']}"
+        for w, windows in TUMBLING.items():
+            key = SESSIONS.key(WindowedEntity(w, windows.start(started), kiosk))
             c = state.get(key) or {
                 "n": 0,
                 "completed": 0,
@@ -250,8 +264,8 @@ class KioskKpiProcessor(StreamProcessor):
 
     @staticmethod
     def _faults(state: State, kiosk: str, t: float) -> Iterable[tuple[str, dict]]:
-        for w in WINDOWS:
-            key = f"f:{w}:{int(window_start(t, w))}:{kiosk}"
+        for w, windows in TUMBLING.items():
+            key = FAULTS.key(WindowedEntity(w, windows.start(t), kiosk))
             yield key, state.get(key) or {"n": 0, "repairs": {}}
 
     def _count_fault(self, state: State, kiosk: str, t: float) -> None:
@@ -277,7 +291,7 @@ class KioskKpiProcessor(StreamProcessor):
             out.extend(self._alarms(state, kiosk, info, t))
             self._watch(state, kiosk, info, t)
         meta = state.get("m:emit") or {"last": None}
-        current = {str(w): window_start(t, w) for w in WINDOWS}
+        current = {str(w): windows.start(t) for w, windows in TUMBLING.items()}
         rolled = [w for w in WINDOWS if meta.get(str(w)) != current[str(w)]]
         if meta["last"] is None or rolled or t - meta["last"] >= self.kpi_interval:
             windows = [(w, current[str(w)]) for w in WINDOWS]
@@ -454,7 +468,7 @@ class KioskKpiProcessor(StreamProcessor):
         return encode(etype, payload, source=self.source, id=f"{self._id_prefix}-{self._sent}")
 
     def _kpis(
-        self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, float]], t: float
+        self, state: State, kiosks: dict[str, dict], windows: list[tuple[int, int]], t: float
     ) -> list[EncodedEvent]:
         out: list[EncodedEvent] = []
         payloads: list[dict] = []
@@ -495,15 +509,15 @@ class KioskKpiProcessor(StreamProcessor):
                     up_key, sched_key = _JOURNEY_KEYS[journey]
                     a[up_key] += up
                     a[sched_key] += sched
-            for key, c in state.items(f"s:{w}:{int(ws)}:"):
-                entry = kiosks.get(key.split(":", 3)[3])
+            for key, c in SESSIONS.items(state, w, int(ws)):
+                entry = kiosks.get(key.entity)
                 if entry is None:
                     continue  # registry entry not seen yet; counted once it is (same state)
                 a = agg[entry["district"]]
                 for field in ("n", "completed", "abandoned", "failed", "rating_sum", "rating_n"):
                     a[field] += c[field]
-            for key, f in state.items(f"f:{w}:{int(ws)}:"):
-                entry = kiosks.get(key.split(":", 3)[3])
+            for key, f in FAULTS.items(state, w, int(ws)):
+                entry = kiosks.get(key.entity)
                 if entry is None:
                     continue
                 a = agg[entry["district"]]
@@ -518,7 +532,7 @@ class KioskKpiProcessor(StreamProcessor):
             scopes = [("district", d, a) for d, a in sorted(agg.items())] + [("city", CITY_CODE, city)]
             for level, code, a in scopes:
                 offline = None
-                if w == HOUR and ws == window_start(t, HOUR):
+                if w == HOUR and ws == TUMBLING[HOUR].start(t):
                     offline = sum(offline_now.values()) if level == "city" else offline_now.get(code, 0.0)
                 payloads.extend(self._observations(level, code, a, offline, w, ws, observed_at, partition))
         # Payloads are built as the model dumps them and encoded in one go (no model objects: thousands of
@@ -583,7 +597,7 @@ class KioskKpiProcessor(StreamProcessor):
 
     def _prune(self, state: State, t: float) -> None:
         """Forget what no window still being published needs (older than the previous day or hour)."""
-        horizon = window_start(t, DAY) - DAY
+        horizon = TUMBLING[DAY].horizon(t)
         for key, h in state.items("h:"):
             segs = [s for s in h["segs"] if s[1] >= horizon]
             if len(segs) != len(h["segs"]):
@@ -597,12 +611,8 @@ class KioskKpiProcessor(StreamProcessor):
                     p["down"], changed = down, True
             if changed:
                 state.put(key, dev)
-        for w in WINDOWS:
-            oldest = window_start(t, w) - w
-            for prefix in ("s:", "f:", "x:"):
-                for key in state.keys(f"{prefix}{w}:"):
-                    if int(key.split(":", 3)[2]) < oldest:
-                        state.pop(key)
+        for space in (SESSIONS, FAULTS, SEEN):
+            space.evict_expired(state, lambda k: TUMBLING.get(k.duration), t, "start")
 
 
 def kiosk_kpi_processor(settings) -> KioskKpiProcessor:

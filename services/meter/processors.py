@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 
@@ -37,7 +37,7 @@ from services.meter.domain import (
     window_start,
 )
 from services.meter.settings import MeterSettings
-from shared.areas import CITY_CODE
+from shared.areas import CITY_CODE, HANOI_OFFSET_S
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode
 from shared.contracts.common import kpi_observed_payload
 from shared.contracts.meter import (
@@ -50,6 +50,7 @@ from shared.contracts.meter import (
     REGISTRY_TOPIC,
 )
 from shared.stream import State, StreamProcessor
+from shared.stream.windows import KeySpace, TumblingWindows, WindowedEntity
 
 QUARTER = 900
 DAY = 86400
@@ -64,6 +65,16 @@ RETENTION = {QUARTER: 26 * 3600, DAY: 3 * DAY}
 RELIABILITY_RETENTION = {QUARTER: 26 * 3600, DAY: 8 * DAY}
 # How long a window is kept at all (the KPI definitions' revisable_seconds cover it).
 KEPT = {w: max(RETENTION[w], RELIABILITY_RETENTION[w]) for w in WINDOWS}
+_OFFSET = {QUARTER: 0, DAY: HANOI_OFFSET_S}  # day windows are Hanoi days (domain.window_start)
+# The windows as readings and tamper events see them, and as interruptions see them: same windows, same
+# retention (``KEPT``), different grace.
+READING_WINDOWS = {
+    w: TumblingWindows(w, grace=RETENTION[w], retention=KEPT[w], offset=_OFFSET[w]) for w in WINDOWS
+}
+RELIABILITY_WINDOWS = {
+    w: TumblingWindows(w, grace=RELIABILITY_RETENTION[w], retention=KEPT[w], offset=_OFFSET[w])
+    for w in WINDOWS
+}
 INTERRUPTIONS_PAST_HORIZON = Counter(
     "ioc_meter_interruptions_past_horizon_total",
     "Interruptions restored after the window they began in was closed for revision (not in its indices)",
@@ -75,6 +86,24 @@ REGISTRY_BUCKETS = 64
 # not inside the window's aggregate: the aggregate changes with every batch and is re-written to the changelog
 # each time, while a bucket changes only when a meter is read for the first time that day.
 DAY_METER_BUCKETS = 32
+
+
+class DayMeters(NamedTuple):
+    """The key of one bucket of the meters read in a day in a district."""
+
+    start: int
+    district: str
+    bucket: int
+
+
+class District(NamedTuple):
+    district: str
+
+
+AGGREGATES = KeySpace("agg", WindowedEntity)  # a district's aggregate in a window (entity: the district)
+DAY_METERS = KeySpace("dm", DayMeters)
+NETWORK = KeySpace("nt", District)  # a district's registry steps (meters, customers) over time
+LEGACY_REGISTRY = KeySpace("reg", District)  # an older layout of the same, upgraded into NETWORK
 
 
 @lru_cache(maxsize=65536)
@@ -129,10 +158,10 @@ def _upgraded(state: State, key: str, agg: dict) -> dict:
     exactly)."""
     meters = agg["meters"]
     if type(meters) is dict:
-        _, _seconds, ws, district = key.split(":", 3)
+        window = AGGREGATES.parse(key)
         agg["meters"] = len(meters)
         for mid in meters:
-            bucket_key = f"dm:{ws}:{district}:{_day_bucket(mid)}"
+            bucket_key = DAY_METERS.key(DayMeters(window.start, window.entity, _day_bucket(mid)))
             bucket = state.get(bucket_key) or {}
             bucket[mid] = 1
             state[bucket_key] = bucket
@@ -213,14 +242,20 @@ class MeterKpiProcessor(StreamProcessor):
                 state["supply_dirty"] = True
 
     def _agg(
-        self, state: State, seconds: int, epoch: int, district: str, retention: dict[int, int] = RETENTION
+        self,
+        state: State,
+        seconds: int,
+        epoch: int,
+        district: str,
+        windows: dict[int, TumblingWindows] = READING_WINDOWS,
     ) -> tuple[str, dict] | None:
         """The aggregate of the window holding ``epoch``; None when the window no longer takes this kind of
-        input (``retention``)."""
-        ws = window_start(epoch, seconds)
-        if ws + seconds <= state.get("wm", 0) - retention[seconds]:
+        input (``windows``: its grace)."""
+        window = windows[seconds]
+        ws = window.start(epoch)
+        if not window.accepts(ws, state.get("wm", 0)):
             return None
-        key = f"agg:{seconds}:{ws}:{district}"
+        key = AGGREGATES.key(WindowedEntity(seconds, ws, district))
         agg = state.get(key)
         if agg is None:
             agg = _new_agg()
@@ -258,7 +293,8 @@ class MeterKpiProcessor(StreamProcessor):
                 agg["valid"] += 1
                 if seconds == DAY:
                     mid = d["meter_id"]
-                    bucket_key = f"dm:{window_start(start, DAY)}:{d['district']}:{_day_bucket(mid)}"
+                    day = READING_WINDOWS[DAY].start(start)
+                    bucket_key = DAY_METERS.key(DayMeters(day, d["district"], _day_bucket(mid)))
                     bucket = state.get(bucket_key) or {}
                     if mid not in bucket:
                         bucket[mid] = 1
@@ -337,7 +373,7 @@ class MeterKpiProcessor(StreamProcessor):
                     day_buckets = slot[7]
                     bucket = day_buckets[b]
                     if bucket is None:
-                        bucket = day_buckets[b] = get(f"dm:{slot[6]}:{district}:{b}") or {}
+                        bucket = day_buckets[b] = get(DAY_METERS.key(DayMeters(slot[6], district, b))) or {}
                     if mid not in bucket:
                         bucket[mid] = 1
                         changed_buckets.add((slot[6], district, b))
@@ -347,17 +383,17 @@ class MeterKpiProcessor(StreamProcessor):
         if wm != get("wm", 0):
             self._set_wm(state, wm)
         for ws, district, b in changed_buckets:
-            state[f"dm:{ws}:{district}:{b}"] = day_sets[(ws, district)][b]
+            state[DAY_METERS.key(DayMeters(ws, district, b))] = day_sets[(ws, district)][b]
         for key, agg in touched.items():
             self._touch(state, key, agg)
 
     def _slot(self, state: State, start: int, district: str, wm: int, touched: dict[str, dict]) -> list:
         slot: list = []
-        for seconds in WINDOWS:
-            ws = window_start(start, seconds)
-            limit = ws + seconds + RETENTION[seconds]
+        for seconds, window in READING_WINDOWS.items():
+            ws = window.start(start)
+            limit = window.revisable_until(ws)
             agg = None
-            key = f"agg:{seconds}:{ws}:{district}"
+            key = AGGREGATES.key(WindowedEntity(seconds, ws, district))
             if wm < limit:
                 agg = touched.get(key)
                 if agg is None:
@@ -367,7 +403,7 @@ class MeterKpiProcessor(StreamProcessor):
                     # In the state at once: an interleaved non-reading event must find this same dict.
                     state[key] = agg
             slot += (key, agg, limit)
-        slot.append(window_start(start, DAY))
+        slot.append(READING_WINDOWS[DAY].start(start))
         return slot
 
     def _set_wm(self, state: State, wm: int) -> None:
@@ -468,7 +504,7 @@ class MeterKpiProcessor(StreamProcessor):
                     state[f"mex:{mid}"] = excluded
                     self._uncount_momentary_event(state, event_start, d["district"], d["customers"])
         for seconds in WINDOWS:
-            found = self._agg(state, seconds, started, d["district"], RELIABILITY_RETENTION)
+            found = self._agg(state, seconds, started, d["district"], RELIABILITY_WINDOWS)
             if found is None:
                 INTERRUPTIONS_PAST_HORIZON.labels(str(seconds)).inc()
                 if seconds == DAY:
@@ -490,7 +526,7 @@ class MeterKpiProcessor(StreamProcessor):
         """A momentary event counted before the sustained interruption that ended its reclosing sequence arrived:
         taken out of MAIFI_E (its interruptions stay in MAIFI)."""
         for seconds in WINDOWS:
-            found = self._agg(state, seconds, int(event_start), district, RELIABILITY_RETENTION)
+            found = self._agg(state, seconds, int(event_start), district, RELIABILITY_WINDOWS)
             if found is not None:
                 key, agg = found
                 agg["mie"] = agg.get("mie", 0.0) - customers
@@ -561,7 +597,7 @@ class MeterKpiProcessor(StreamProcessor):
 
     def _count(self, state: State, seg: list, sign: int) -> None:
         district, customers, interval, start, end = seg
-        nt = state.get(f"nt:{district}") or {"a": {}, "r": {}}
+        nt = state.get(NETWORK.key(District(district))) or {"a": {}, "r": {}}
         for side, t in (("a", start), ("r", end)):
             if t is None:
                 continue
@@ -572,19 +608,19 @@ class MeterKpiProcessor(StreamProcessor):
                 nt[side].pop(key, None)
             else:
                 nt[side][key] = [m, c]
-        state[f"nt:{district}"] = nt
+        state[NETWORK.key(District(district))] = nt
 
     def _upgrade_registry(self, state: State) -> None:
         """Counts of an older state layout ("reg:<district>", meters served since ever) as step functions."""
-        for key, reg in state.items("reg:"):
-            district = key.split(":", 1)[1]
-            nt = state.get(f"nt:{district}") or {"a": {}, "r": {}}
+        for key, reg in state.items(LEGACY_REGISTRY.prefix):
+            district = LEGACY_REGISTRY.parse(key).district
+            nt = state.get(NETWORK.key(District(district))) or {"a": {}, "r": {}}
             for interval, m in reg["by_interval"].items():
                 k = f"0|{interval}"
                 old = nt["a"].get(k, (0, 0))
                 share = reg["customers"] if interval == next(iter(reg["by_interval"])) else 0
                 nt["a"][k] = [old[0] + m, old[1] + share]
-            state[f"nt:{district}"] = nt
+            state[NETWORK.key(District(district))] = nt
             state.pop(key)
 
     # -------------------------------------------------------------------------------------------- emit
@@ -611,20 +647,20 @@ class MeterKpiProcessor(StreamProcessor):
         wm = state.get("wm", 0)
         clock = max(wm, self.worker_watermark)
         windows: set[tuple[int, int]] = {
-            (int(a), int(b)) for a, b in (k.split(":")[1:3] for k in state.get("dirty") or {})
+            (k.duration, k.start) for k in map(AGGREGATES.parse, state.get("dirty") or {})
         }
         known = {(int(a), int(b)) for a, b in state.get("win") or []}
         opened = self._open_windows(state, clock)
         windows |= opened
         if state.pop("reg_changed"):
-            windows |= known | {(int(k.split(":")[1]), int(k.split(":")[2])) for k in state.keys("agg:")}
+            windows |= known | {(k.duration, k.start) for k in AGGREGATES.keys(state)}
         if windows - known:
             state["win"] = sorted(known | windows)
-        nts = {k.split(":", 1)[1]: nt for k, nt in state.items("nt:")}
+        nts = {k.district: nt for k, nt in NETWORK.items(state)}
         for seconds, ws in sorted(windows):
-            if ws + seconds <= wm - KEPT[seconds]:
+            if READING_WINDOWS[seconds].expired(ws, wm):
                 continue
-            aggs = {k.rsplit(":", 1)[1]: agg for k, agg in state.items(f"agg:{seconds}:{ws}:")}
+            aggs = {k.entity: agg for k, agg in AGGREGATES.items(state, seconds, ws)}
             city = {"n_meters": 0, "n_customers": 0, "expected": 0, **_new_agg()}
             empty = _new_agg()
             for district in sorted(set(aggs) | set(nts)):
@@ -632,7 +668,7 @@ class MeterKpiProcessor(StreamProcessor):
                 if agg is None:
                     agg = empty
                 elif type(agg["meters"]) is dict:
-                    agg = _upgraded(state, f"agg:{seconds}:{ws}:{district}", agg)
+                    agg = _upgraded(state, AGGREGATES.key(WindowedEntity(seconds, ws, district)), agg)
                 nt = nts.get(district)
                 served_meters, customers, by = _served(nt, ws, seconds) if nt is not None else (0, 0, {})
                 if agg is empty and not served_meters:
@@ -803,7 +839,7 @@ class MeterKpiProcessor(StreamProcessor):
         """Live outage figures in the watermark's quarter hour, per district and city (those that changed since
         last published): meters without supply, customers interrupted now, and the customer-minutes of the
         outages in progress so far (at the partition's clock)."""
-        districts = {k.split(":", 1)[1]: [0, 0, 0.0] for k in state.keys("nt:")}
+        districts = {k.district: [0, 0, 0.0] for k in NETWORK.keys(state)}
         clock -= clock % 60  # minutes accrue (and are re-published) once a minute, not on every emit
         for _, down in state.items("down:"):
             district, at = down[0], down[1]
@@ -841,16 +877,14 @@ class MeterKpiProcessor(StreamProcessor):
         last = self._pruned_at.get(state.partition)
         if last is not None and last[0] is state and last[1] == wm:
             return  # nothing can have expired since this state was last pruned
-        for key in state.keys("agg:"):
-            _, seconds, ws, _district = key.split(":", 3)
-            if int(ws) + int(seconds) <= wm - KEPT[int(seconds)]:
-                state.pop(key)
-        for key in state.keys("dm:"):
-            if int(key.split(":", 2)[1]) + DAY <= wm - RETENTION[DAY]:
+        AGGREGATES.evict_expired(state, lambda k: READING_WINDOWS[k.duration], wm, "start")
+        days = READING_WINDOWS[DAY]
+        for key in state.keys(DAY_METERS.prefix):
+            if not days.accepts(DAY_METERS.parse(key).start, wm):  # no reading of that day is taken any more
                 state.pop(key)
         known = state.get("win")
         if known:
-            kept = [w for w in known if w[1] + w[0] > wm - KEPT[w[0]]]
+            kept = [w for w in known if not READING_WINDOWS[w[0]].expired(w[1], wm)]
             if len(kept) != len(known):
                 state["win"] = kept
         for key, up in state.items("up:"):
@@ -862,7 +896,7 @@ class MeterKpiProcessor(StreamProcessor):
                     state.pop(key)
         # Registry steps older than every window kept count alike for all of them: merged into one per interval.
         floor = wm - max(KEPT[w] + w for w in WINDOWS) - DAY
-        for key, nt in state.items("nt:"):
+        for key, nt in state.items(NETWORK.prefix):
             compact = {}
             for side in ("a", "r"):
                 merged: dict[str, list[int]] = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared.areas import CITY_CODE
 from shared.contracts.base import event_type_of
@@ -36,6 +36,7 @@ from shared.contracts.traffic import (
     SignalStateChanged,
 )
 from shared.stream import State, StreamProcessor
+from shared.stream.windows import KeySpace, TumblingWindows
 
 from .domain import (
     MeasureParams,
@@ -54,6 +55,15 @@ REGISTRY_TYPE = IntersectionConfigured.__ioc_event_type__.type  # type: ignore[a
 #: district KPI windows kept (late bins still merge) this far behind the newest one; shared/kpis/traffic.yaml
 #: declares it to the city as ``revisable_seconds``
 KPI_WINDOW_RETENTION_MS = 3 * 3600 * 1000
+
+
+class Controller(NamedTuple):
+    controller_id: str
+
+
+LIVE = KeySpace("c", Controller)  # a controller's live stream: signal state, reorder buffer, measures engine
+BACKFILL = KeySpace("b", Controller)  # a controller's replayed history, measured apart from the live stream
+CONFIG = KeySpace("reg", Controller)  # a controller's configuration from the registry
 FAULT_ALARMS = ("controller_flash", "power_failure", "comm_loss", "detector_fault", "stuck_detector")
 # KPI id → (accumulator numerator, denominator or None, scale, unit)
 BIN_KPIS: dict[str, tuple[str, str | None, float, str]] = {
@@ -155,6 +165,13 @@ class TrafficSignalProcessor(StreamProcessor):
         self.comm_loss_ms = int(s.comm_loss_seconds * 1000)
         self.idle_flush_ms = int(s.idle_flush_seconds * 1000)
         self.live_ms = int(s.live_kpi_seconds * 1000)
+        # District KPI windows (the bins, epoch-aligned) are kept, and late bins merge into them, while they are
+        # at most KPI_WINDOW_RETENTION_MS behind the newest window: in whole bins, as the retention of windows
+        # whose watermark is the newest window's start.
+        bin_ms = self.params.bin_ms
+        self.kpi_windows = TumblingWindows(
+            bin_ms, grace=KPI_WINDOW_RETENTION_MS - KPI_WINDOW_RETENTION_MS % bin_ms
+        )
         # Events of a controller whose configuration has not arrived wait this long (arrival time) at most.
         self.hold_ms = 30_000
 
@@ -167,8 +184,9 @@ class TrafficSignalProcessor(StreamProcessor):
 
     def _apply_registry(self, data: dict[str, Any], state: State) -> None:
         cid = data["controller_id"]
-        state.put(f"reg:{cid}", config_from_registry(data))
-        for key in (f"c:{cid}", f"b:{cid}"):
+        controller = Controller(cid)
+        state.put(CONFIG.key(controller), config_from_registry(data))
+        for key in (LIVE.key(controller), BACKFILL.key(controller)):
             cs = state.get(key)
             if cs is not None:
                 cs["iid"], cs["district"] = data["intersection_id"], data["district"]
@@ -181,10 +199,10 @@ class TrafficSignalProcessor(StreamProcessor):
         backfill = data.get("backfill", False)
         # History replayed after the fact is measured by its own engine, apart from the live stream (whose bins
         # may be past it already), and feeds no live signal state or alarms.
-        key = f"b:{cid}" if backfill else f"c:{cid}"
+        key = (BACKFILL if backfill else LIVE).key(Controller(cid))
         cs = state.get(key)
         if cs is None:
-            cfg = state.get(f"reg:{cid}") or {}
+            cfg = state.get(CONFIG.key(Controller(cid))) or {}
             cs = {"buf": [], "max_t": 0, "seen": 0, "eng": {}, "sig": new_signal_state(cfg.get("phases", ()))}
         cs["iid"], cs["district"] = data["intersection_id"], data.get("district")
         cs["seen"] = max(cs["seen"], event.timestamp_ms)
@@ -217,7 +235,7 @@ class TrafficSignalProcessor(StreamProcessor):
 
         ``force`` measures even without the controller's configuration; ``final`` folds everything buffered,
         completes what the data allows and closes every bin (the log ended, or the controller went silent)."""
-        cfg = state.get(f"reg:{cid}")
+        cfg = state.get(CONFIG.key(Controller(cid)))
         buf = cs["buf"]
         if (not buf and not final) or cs.get("done"):
             return
@@ -256,9 +274,9 @@ class TrafficSignalProcessor(StreamProcessor):
         open_bins: dict[str, list[str]] = {}  # window → controllers with that bin still open
         event_time = 0  # the partition's event time: the latest event folded into any measures engine
         out.extend(self._backfills(state, now_ms, now_iso))
-        for key in state.keys("c:"):
+        for key in state.keys(LIVE.prefix):
             cs = state[key]
-            cid = key[2:]
+            cid = LIVE.parse(key).controller_id
             changed = False
             silence = now_ms - cs["seen"]
             eng_data = cs["eng"]
@@ -330,7 +348,7 @@ class TrafficSignalProcessor(StreamProcessor):
             # Keep KPI_WINDOW_RETENTION_MS of windows so late bins still merge into their window's totals.
             newest = max(int(w) for w in kpis) if kpis else 0
             for w in list(kpis):
-                if int(w) < newest - KPI_WINDOW_RETENTION_MS:
+                if self.kpi_windows.expired(int(w), newest):
                     del kpis[w]
             state.put("kpi", kpis)
         out.extend(self._fault_kpis(faults, state, now_ms, now_iso))
@@ -339,9 +357,9 @@ class TrafficSignalProcessor(StreamProcessor):
     def _backfills(self, state: State, now_ms: int, now_iso: str) -> list[EncodedEvent]:
         """Measures of replayed history, published as its bins close; a backfill's state goes once it ended."""
         out: list[EncodedEvent] = []
-        for key in list(state.keys("b:")):
+        for key in state.keys(BACKFILL.prefix):
             cs = state[key]
-            cid = key[2:]
+            cid = BACKFILL.parse(key).controller_id
             eng_data = cs["eng"]
             changed = False
             if now_ms - cs["seen"] > self.idle_flush_ms and not cs.get("done"):
@@ -399,8 +417,9 @@ class TrafficSignalProcessor(StreamProcessor):
         """Per district, what the still-open bins of ``window`` hold so far (complete cycles only)."""
         out: dict[str, dict[str, float]] = {}
         for cid in open_bins.get(window, ()):
-            cs = state[f"c:{cid}"]
-            engine = MeasuresEngine(cs["eng"], state.get(f"reg:{cid}"), self.params)
+            controller = Controller(cid)
+            cs = state[LIVE.key(controller)]
+            engine = MeasuresEngine(cs["eng"], state.get(CONFIG.key(controller)), self.params)
             partial = engine.open_bin_measures(int(window), cs["eng"]["bins"][window], event_time)
             _accumulate(out.setdefault(cs["district"] or "unknown", dict.fromkeys(_ACC_FIELDS, 0)), partial)
         return out

@@ -626,6 +626,17 @@ class ProcessorCore:
         if pending is not None:
             await self.publisher.wait(pending)
 
+    @property
+    def writes_in_flight(self) -> bool:
+        """Whether the last batch's outputs and state changes still await the broker's acknowledgement."""
+        return self._pending is not None
+
+    async def settle(self) -> None:
+        """Wait for the last batch's acknowledgements (:meth:`flush`), then count its source offsets as durable
+        (committable). The caller holds the lock."""
+        await self.flush()
+        self.durable_offsets.update(self._sent_offsets)
+
     def _still_owned(self, partitions: Iterable[int]) -> list[int]:
         """``partitions`` this worker still owns, checked right before writing them. A worker that lost one (its
         consumer was evicted: paused, stalled past the session timeout) drops that partition's state and writes

@@ -26,9 +26,8 @@ from shared.config import KafkaSettings
 from shared.contracts import TOPICS
 from shared.gc_tuning import tune_gc
 from shared.kafka.admin import ensure_topics
+from shared.kafka.aiokafka_adapter import bare_records, group_generation, route_bare_records_fetches
 from shared.kafka.producer import EventPublisher
-from shared.kafka.records import bare_records
-from shared.kafka.records import install as install_bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.assignor import CoPartitionedAssignor
 from shared.stream.core import DURABILITY_MODES, ProcessorCore, changelog_topic, whole_partitions
@@ -64,8 +63,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked):
         async with self.runtime.core.lock:
-            await self.runtime.core.flush()
-            self.runtime.core.durable_offsets.update(self.runtime.core._sent_offsets)
+            await self.runtime.core.settle()
         await self.runtime.commit()
         async with self.runtime.core.lock:
             self.runtime.core.drop({tp.partition for tp in revoked})
@@ -73,7 +71,8 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned):
         runtime = self.runtime
         assert runtime.consumer is not None  # the consumer whose assignment this listener is told of
-        runtime.generation = runtime.consumer._coordinator.generation
+        generation = group_generation(runtime.consumer)
+        runtime.generation = -1 if generation is None else generation
         runtime.core.fenced.clear()
         await runtime.seek_to_applied(assigned)
 
@@ -107,7 +106,7 @@ class AiokafkaDriver:
             fetch_max_wait_ms=self.fetch_wait_ms,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             client_id=f"{p.name}-worker",
-            key_deserializer=bare_records,  # the core reads records per TopicPartition (shared.kafka.records)
+            key_deserializer=bare_records,  # the core reads records per TopicPartition (aiokafka_adapter)
             partition_assignment_strategy=(CoPartitionedAssignor(),),
             # with transactions, never fold what another worker's aborted batch wrote (a processor's sources
             # may be another one's outputs)
@@ -142,8 +141,7 @@ class AiokafkaDriver:
         consumer = self.consumer
         if consumer is None:
             return False
-        coordinator = consumer._coordinator
-        if coordinator is None or coordinator.generation != self.generation:
+        if group_generation(consumer) != self.generation:
             return False
         return partition in whole_partitions(consumer.assignment(), self.core.processor.topics)
 
@@ -227,7 +225,7 @@ class AiokafkaDriver:
             applied = self.core.applied_offset(tp.topic, tp.partition)
             if hw is None or (hw > 0 and (applied is None or applied < hw)):
                 return False
-        return bool(self.consumer.assignment()) and not self.busy and self.core._pending is None
+        return bool(self.consumer.assignment()) and not self.busy and not self.core.writes_in_flight
 
 
 class ProcessorRuntime:
@@ -259,7 +257,7 @@ class ProcessorRuntime:
 
     async def start(self) -> None:
         tune_gc()
-        install_bare_records()
+        route_bare_records_fetches()  # the one aiokafka override (shared.kafka.aiokafka_adapter)
         HEARTBEAT.start()  # /livez of `ioc process` fails when this loop stops beating (shared.stream.health)
         await ensure_topics(
             self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog]
@@ -298,10 +296,9 @@ class ProcessorRuntime:
         deadline = time.monotonic() + timeout
         stable = 0
         while time.monotonic() < deadline:
-            if self.driver is not None and self.core._pending is not None and not self.driver.busy:
+            if self.driver is not None and self.core.writes_in_flight and not self.driver.busy:
                 async with self.core.lock:
-                    await self.core.flush()
-                    self.core.durable_offsets.update(self.core._sent_offsets)
+                    await self.core.settle()
             if self.driver is not None and self.driver.caught_up():
                 stable += 1
                 if stable >= 3:

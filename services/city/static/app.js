@@ -398,7 +398,10 @@ async function openDistrict(code, scroll = true) {
         el("td", {}, c ? fmt(c.value, k.unit) : "–"), el("td", {}, k.running ? fmt(k.value, k.unit) : "–"),
         el("td", {}, el("span", {class: `tile status-${c ? c.status : "unknown"}`, style: "padding:0 6px"}, t(c ? c.status : "unknown"))));
     }) : [el("tr", {}, el("td", {class: "empty", colspan: "5"}, t("noData")))]));
-  $("district-alarms").replaceChildren(
+  if (window.IOC_ASSETS) {  // assets (with links to their pages), not KPI breaches
+    $("district-area-link").href = IOC_ASSETS.areaHref(code);
+    await IOC_ASSETS.fillAssetsInAlarm($("district-alarms"), code);
+  } else $("district-alarms").replaceChildren(
     el("tr", {}, el("th", {}, t("severity")), el("th", {}, t("type")), el("th", {}, t("source")), el("th", {}, t("state"))),
     ...(d.alarms.length ? d.alarms.map((a) => el("tr", {data: {alarm: a.alarm_id}, title: a.message},
       el("td", {}, sevBadge(a.severity)), el("td", {}, alarmTypeName(a.alarm_type)), el("td", {}, alarmText(a)),
@@ -506,6 +509,8 @@ async function connect() {
   const es = new EventSource(S.lastEventId ? `/v1/stream?last_event_id=${encodeURIComponent(S.lastEventId)}` : "/v1/stream");
   S.source = es;
   const track = (e) => { if (e.lastEventId) S.lastEventId = e.lastEventId; };
+  // other views (assets.js) follow the same stream
+  for (const k of ["kpi", "alarm", "incident"]) es.addEventListener(k, (e) => document.dispatchEvent(new CustomEvent(`ioc:${k}`, {detail: JSON.parse(e.data)})));
   es.addEventListener("hello", () => { if (!S.lastKpiAt) S.lastKpiAt = Date.now(); setConn("on"); scheduleRefresh("alarms"); });
   es.addEventListener("kpi", (e) => { track(e); onKpi(JSON.parse(e.data)); });
   es.addEventListener("alarm", (e) => { track(e); scheduleRefresh("alarms"); });

@@ -39,7 +39,7 @@ const IS = {
   selected: null, assignees: [], items: [],
 };
 const maySupervise = () => typeof IOC_AUTH === "undefined" || !IOC_AUTH.may || IOC_AUTH.may("city:supervise");
-const fill = (s, vars) => s.replace(/\{(\w+)\}/g, (_, k) => (vars[k] ?? ""));
+const fillTemplate = (s, vars) => s.replace(/\{(\w+)\}/g, (_, k) => (vars[k] ?? ""));
 const who = (id) => (id && id.startsWith("system:") ? t("system") : id || "–");
 const tr = (o) => (o ? o[S.lang] || o.en : "");
 
@@ -95,13 +95,13 @@ function historyText(h, steps) {
   const d = h.detail || {};
   const step = (steps.find((s) => s.id === d.step) || {}).text;
   switch (h.action) {
-    case "incident.assign": return fill(t("a_assign"), d);
-    case "incident.reassign": return fill(t("a_reassign"), d);
+    case "incident.assign": return fillTemplate(t("a_assign"), d);
+    case "incident.reassign": return fillTemplate(t("a_reassign"), d);
     case "incident.comment": return t("a_comment");
-    case "incident.sop_step": return fill(t("a_step"), {step: step ? tr(step) : d.step});
+    case "incident.sop_step": return fillTemplate(t("a_step"), {step: step ? tr(step) : d.step});
     case "incident.clear": return t("a_clear");
-    case "incident.clear_override": return fill(t("a_override"), d);
-    case "incident.escalate": return fill(t("a_escalate"), d);
+    case "incident.clear_override": return fillTemplate(t("a_override"), d);
+    case "incident.escalate": return fillTemplate(t("a_escalate"), d);
     case "alarm.acknowledge": return `${t("a_ack")}: ${alarmLabel(d.alarm_id || h.target)}`;
     case "alarm.clear": return `${t("a_alarmClear")}: ${alarmLabel(d.alarm_id || h.target)}`;
     case "alarm.shelve": return `${t("a_shelve")}: ${alarmLabel(d.alarm_id || h.target)}`;
