@@ -25,8 +25,8 @@ from starlette.background import BackgroundTask
 from services.city.alarming import MAX_SHELVE
 from services.city.api_incidents import Incidents
 from services.city.domain import ACK_ROLES, CITY_SCOPE, CLEAR_ROLES
-from services.city.reliability import MAX_PERIOD_DAYS
 from services.city.service import CityService, Still
+from services.city.service_reliability import MAX_PERIOD_DAYS
 from shared.auth import SESSION_COOKIE, ApiError, Principal, SessionWatch, require_scope
 from shared.ingest import SaneDate, SaneDatetime
 

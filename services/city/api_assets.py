@@ -1,17 +1,17 @@
 """HTTP routes of the drill-down pages (area → asset), the ATSPM charts, the multi-series history and the daily
-report. Thin: parse, call ``service_assets``, format. Reads need ``city:read``; what an asset's own service
+report. Thin: parse, call :class:`services.city.service.CityService` (``service_assets``), format. Reads need ``city:read``; what an asset's own service
 knows is fetched with the caller's own Authorization header (docs/console-assets.md)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
 from services.city import service_assets as svc
-from services.city.api import READ, _aware, _ctx, _definitions, _settings, _with_definition, _with_windows
-from services.city.domain import CITY_SCOPE, choose_step
+from services.city.api import READ, City, _aware
+from services.city.domain import CITY_SCOPE
 from shared.areas import hanoi
 from shared.auth import SESSION_COOKIE, ApiError, Principal
 from shared.ingest import SaneDate, SaneDatetime
@@ -24,50 +24,22 @@ MAX_SCOPES = 8
 MAX_ATSPM = timedelta(days=1)  # the traffic service exports a timeline a day at a time
 
 
-def _fetcher(request: Request) -> svc.Fetch:
-    """GET a domain service's JSON with the caller's own credential (its Authorization header, else its session
-    cookie): (status, body); 502 when it does not answer."""
-    import httpx
-
-    settings = _settings(request)
-    bases = {"traffic": settings.traffic_url, "kiosk": settings.kiosk_url, "dossier": settings.dossier_url}
-    authorization = request.headers.get("authorization")
-    headers = {"Authorization": authorization} if authorization else {}
-    session_id = request.cookies.get(SESSION_COOKIE)
-    if not authorization and session_id:  # a signed-in operator: the domain services check the same session
-        headers["Cookie"] = f"{SESSION_COOKIE}={session_id}"
-
-    async def fetch(service: str, path: str, params: dict[str, str]) -> tuple[int, Any]:
-        url = bases[service].rstrip("/") + path
-        try:
-            async with httpx.AsyncClient(timeout=settings.domain_timeout_seconds) as client:
-                r = await client.get(url, params=params, headers=headers)
-        except httpx.HTTPError as exc:
-            return 502, {"error": {"code": f"{service}_unavailable", "message": type(exc).__name__}}
-        try:
-            body = r.json()
-        except ValueError:
-            return 502, {"error": {"code": f"{service}_unavailable", "message": "not JSON"}}
-        return r.status_code, body
-
-    return fetch
+def _fetcher(request: Request, city: City) -> svc.Fetch:
+    """GETs a domain service's JSON with the caller's own credential (its Authorization header, else its session
+    cookie)."""
+    return city.domain_fetcher(
+        authorization=request.headers.get("authorization"), session_id=request.cookies.get(SESSION_COOKIE)
+    )
 
 
 @router.get("/areas/{code}", summary="An area (city, district or commune): KPIs, assets in alarm, incidents")
-async def area(request: Request, code: str = Path(max_length=32), principal: Principal = READ) -> dict:
-    pool = _ctx(request).pool
-    page = await svc.area_page(pool, code, _definitions(request))
-    if page is None:
-        raise ApiError(404, "not_found", "no such area", [{"area": code}])
-    await _with_windows(pool, page["kpis"])
-    defs = _definitions(request)
-    page["kpis"] = [_with_definition(r, defs) for r in page["kpis"]]
-    return page
+async def area(city: City, code: str = Path(max_length=32), principal: Principal = READ) -> dict:
+    return await city.area_page(code)
 
 
 @router.get("/assets-in-alarm", summary="Assets (intersections, kiosks, feeders, ...) with open alarms")
 async def assets_in_alarm(
-    request: Request,
+    city: City,
     area: str | None = Query(
         None, max_length=32, description="a district or commune code; default: the city"
     ),
@@ -75,9 +47,7 @@ async def assets_in_alarm(
 ) -> dict:
     if area is not None and area != CITY_SCOPE and area not in hanoi().areas:
         raise ApiError(404, "not_found", "no such area", [{"area": area}])
-    return {
-        "items": await svc.assets_in_alarm(_ctx(request).pool, None if area in (None, CITY_SCOPE) else area)
-    }
+    return {"items": await city.assets_in_alarm(None if area in (None, CITY_SCOPE) else area)}
 
 
 @router.get(
@@ -85,14 +55,9 @@ async def assets_in_alarm(
     summary="One asset: what its service says of it, its alarms and their history, its area's KPIs",
 )
 async def asset(
-    request: Request, kind: AssetKind, asset_id: str = ASSET_ID, principal: Principal = READ
+    request: Request, city: City, kind: AssetKind, asset_id: str = ASSET_ID, principal: Principal = READ
 ) -> dict:
-    pool = _ctx(request).pool
-    page = await svc.asset_page(pool, kind, asset_id, _fetcher(request), datetime.now(UTC))
-    await _with_windows(pool, page["kpis"])
-    defs = _definitions(request)
-    page["kpis"] = [_with_definition(r, defs) for r in page["kpis"]]
-    return page
+    return await city.asset_page(kind, asset_id, _fetcher(request, city), datetime.now(UTC))
 
 
 @router.get(
@@ -102,6 +67,7 @@ async def asset(
 )
 async def intersection_atspm(
     request: Request,
+    city: City,
     asset_id: str = ASSET_ID,
     start: SaneDatetime | None = Query(None, alias="from", description="default: 6 hours before `to`"),
     end: SaneDatetime | None = Query(
@@ -118,7 +84,7 @@ async def intersection_atspm(
             "`from` must be before `to`, at most 1 day apart",
             [{"field": "to", "reason": "not after `from` or more than 1 day after it"}],
         )
-    status, body = await svc.intersection_atspm(asset_id, start, end, _fetcher(request))
+    status, body = await city.intersection_atspm(asset_id, start, end, _fetcher(request, city))
     if status != 200:
         error = body.get("error", {}) if isinstance(body, dict) else {}
         raise ApiError(
@@ -134,7 +100,7 @@ async def intersection_atspm(
     summary="One KPI for several areas on one chart, optionally against the previous period, with its thresholds",
 )
 async def history(
-    request: Request,
+    city: City,
     kpi: str = Query(max_length=80, pattern=r"^[a-z0-9_.]+$"),
     scope: list[str] = Query([CITY_SCOPE], description="area codes (HN: the city), up to 8"),
     start: SaneDatetime | None = Query(None, alias="from", description="default: 24 hours before `to`"),
@@ -159,13 +125,14 @@ async def history(
             "unknown area code",
             [{"field": "scope", "value": s, "reason": "no such area"} for s in unknown],
         )
-    definition = _definitions(request).get(kpi)
-    if definition is None and window_seconds is None:
-        raise ApiError(404, "not_found", "no such KPI", [{"kpi": kpi}])
-    window = window_seconds or definition.windows[0]  # type: ignore[union-attr]
-    chosen = choose_step(start, end) if step == "auto" else step
-    return await svc.multi_series(
-        _ctx(request).pool, definition, kpi, scopes, start, end, chosen, window, compare == "previous"
+    return await city.multi_series(
+        kpi=kpi,
+        scopes=scopes,
+        start=start,
+        end=end,
+        step=step,
+        window_seconds=window_seconds,
+        compare_previous=compare == "previous",
     )
 
 
@@ -173,10 +140,10 @@ async def history(
     "/reports/daily", summary="The city's KPIs of one Hanoi day per domain and area, alarms, worst areas"
 )
 async def daily_report(
-    request: Request,
+    city: City,
     day: SaneDate | None = Query(None, alias="date", description="a Hanoi day; default: yesterday"),
     principal: Principal = READ,
 ) -> dict:
     if day is None:
         day = (datetime.now(svc.HANOI) - timedelta(days=1)).date()
-    return await svc.daily_report(_ctx(request).pool, day, _definitions(request))
+    return await city.daily_report(day)

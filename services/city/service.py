@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import Gauge
 
 from services.city import repository as repo
-from services.city import service_map
+from services.city import service_assets, service_map
 from services.city.alarming import (
     BUDGET_PER_10_MINUTES,
     CHATTER_WINDOW,
@@ -49,7 +49,7 @@ from services.city.domain import (
     open_incident,
     worst_status,
 )
-from services.city.reliability import reliability_report
+from services.city.service_reliability import reliability_report
 from services.city.settings import CitySettings
 from shared.areas import CITY_CODE, hanoi
 from shared.auth import (
@@ -402,6 +402,10 @@ class CityService:
             kpi=kpi,
             trend_points=trend_points,
         )
+        return await self.annotate_kpis(rows)
+
+    async def annotate_kpis(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Current-value rows with their definition, each marked running or complete (:meth:`_with_windows`)."""
         await self._with_windows(rows)
         return [_with_definition(r, self.definitions) for r in rows]
 
@@ -539,6 +543,86 @@ class CityService:
             level_kpi=kpi in LEVEL_KPIS,
             now=now,
         )
+
+    # Drill-down pages, multi-series history, daily report (services/city/service_assets.py) ------------------
+    async def area_page(self, code: str) -> dict[str, Any]:
+        page = await service_assets.area_page(self.pool, code, self.definitions)
+        if page is None:
+            raise ApiError(404, "not_found", "no such area", [{"area": code}])
+        page["kpis"] = await self.annotate_kpis(page["kpis"])
+        return page
+
+    async def assets_in_alarm(self, area: str | None) -> list[dict[str, Any]]:
+        return await service_assets.assets_in_alarm(self.pool, area)
+
+    async def asset_page(
+        self, kind: str, asset_id: str, fetch: service_assets.Fetch, now: datetime
+    ) -> dict[str, Any]:
+        page = await service_assets.asset_page(self.pool, kind, asset_id, fetch, now)
+        page["kpis"] = await self.annotate_kpis(page["kpis"])
+        return page
+
+    async def intersection_atspm(
+        self, asset_id: str, start: datetime, end: datetime, fetch: service_assets.Fetch
+    ) -> tuple[int, dict[str, Any]]:
+        return await service_assets.intersection_atspm(asset_id, start, end, fetch)
+
+    async def multi_series(
+        self,
+        *,
+        kpi: str,
+        scopes: list[str],
+        start: datetime,
+        end: datetime,
+        step: str,
+        window_seconds: int | None,
+        compare_previous: bool,
+    ) -> dict[str, Any]:
+        """One KPI for several areas on one time base (``step`` ``auto``: chosen from the range), of its primary
+        window unless ``window_seconds``; 404 for a KPI without definition and window."""
+        definition = self.definitions.get(kpi)
+        if definition is None and window_seconds is None:
+            raise ApiError(404, "not_found", "no such KPI", [{"kpi": kpi}])
+        window = window_seconds or definition.windows[0]  # type: ignore[union-attr]
+        chosen = choose_step(start, end) if step == "auto" else step
+        return await service_assets.multi_series(
+            self.pool, definition, kpi, scopes, start, end, chosen, window, compare_previous
+        )
+
+    async def daily_report(self, day: date) -> dict[str, Any]:
+        return await service_assets.daily_report(self.pool, day, self.definitions)
+
+    def domain_fetcher(self, *, authorization: str | None, session_id: str | None) -> service_assets.Fetch:
+        """GET a domain service's JSON with the caller's own credential (its Authorization header, else its
+        session cookie): (status, body); 502 when it does not answer."""
+        import httpx
+
+        settings = self.settings
+        bases = {
+            "traffic": settings.traffic_url,
+            "kiosk": settings.kiosk_url,
+            "dossier": settings.dossier_url,
+        }
+        headers = {"Authorization": authorization} if authorization else {}
+        if (
+            not authorization and session_id
+        ):  # a signed-in operator: the domain services check the same session
+            headers["Cookie"] = f"{SESSION_COOKIE}={session_id}"
+
+        async def fetch(service: str, path: str, params: dict[str, str]) -> tuple[int, Any]:
+            url = bases[service].rstrip("/") + path
+            try:
+                async with httpx.AsyncClient(timeout=settings.domain_timeout_seconds) as client:
+                    r = await client.get(url, params=params, headers=headers)
+            except httpx.HTTPError as exc:
+                return 502, {"error": {"code": f"{service}_unavailable", "message": type(exc).__name__}}
+            try:
+                body = r.json()
+            except ValueError:
+                return 502, {"error": {"code": f"{service}_unavailable", "message": "not JSON"}}
+            return r.status_code, body
+
+        return fetch
 
     # Alarms and incidents -----------------------------------------------------------------------------------
     async def alarms(
