@@ -35,6 +35,7 @@ def top_codes() -> list[str]:
 BA_DINH = top_code("Ba Đình")
 HOAN_KIEM = top_code("Hoàn Kiếm")
 CAU_GIAY = top_code("Cầu Giấy")
+DONG_DA = top_code("Đống Đa")
 BA_DINH_UNIT = first_unit(BA_DINH)
 HOAN_KIEM_UNIT = first_unit(HOAN_KIEM)
 CAU_GIAY_UNIT = first_unit(CAU_GIAY)
