@@ -11,7 +11,7 @@ Tests that are about one hierarchy pin it (``load_named("hanoi-2019")`` or ``IOC
 
 from __future__ import annotations
 
-from shared.areas import hanoi
+from shared.areas import hanoi, load_named
 
 
 def top_code(name: str) -> str:
@@ -25,6 +25,20 @@ def top_code(name: str) -> str:
 def first_unit(top: str) -> str:
     """A smallest unit of a top area: its first commune (2019), the area itself (2025)."""
     return hanoi().units_of(top)[0].code
+
+
+def area(district_2019: str) -> str:
+    """The loaded hierarchy's top area named like the 2019 district ``district_2019``: ``TH`` in 2019, the ward
+    Tây Hồ (``00103``) in 2025. For tests written with 2019 codes that mean "some area", kept readable."""
+    return top_code(load_named("hanoi-2019").areas[district_2019].name)
+
+
+def unit(commune_2019: str) -> str:
+    """A smallest unit for the 2019 commune code ``commune_2019``: itself in 2019, in 2025 the unit of the area
+    named like its district (``TH-02`` → ``00103``, the ward Tây Hồ is its own commune)."""
+    if commune_2019 in hanoi().areas:
+        return commune_2019
+    return first_unit(area(commune_2019.split("-")[0]))
 
 
 def top_codes() -> list[str]:

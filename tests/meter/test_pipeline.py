@@ -13,12 +13,13 @@ from services.meter.processors import FeederOutageProcessor, MeterKpiProcessor
 from shared.contracts.meter import ALARM_EVENT, KPI_EVENT
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import auth, read_topic
+from tests.areas import area
 from tests.meter.conftest import BASE, at
 
 pytestmark = pytest.mark.integration
 
 # No other meter test registers meters here, so this district's KPIs come from this test alone.
-DISTRICT = "SS"
+DISTRICT = area("SS")
 
 
 def merged(
