@@ -3,7 +3,8 @@
 A few hundred kiosks (10 × ``scale`` per top area: :func:`shared.simulation.fleet_size`) in tall buildings (open
 24/7) and one-stop centres (office hours) across the districts (2019) or communes and wards (2025), each with a
 heartbeat every minute, sessions following a daily usage curve (Hanoi time), printers running out of paper and
-refilled later, peripherals failing and being repaired, network drops, and a few kiosks going dark for good. Sessions carry no personal data (at most a made-up dossier code).
+refilled later, peripherals failing and being repaired, network drops, and a few kiosks going dark for good.
+Sessions carry no personal data (at most a made-up dossier code).
 
 Fault rates are calibrated (docs/simulation.md): a hardware fault about once a month per kiosk (an ATM's
 MTBF of ~29 days), a network drop every ten days. The fleet is the same on every start (ids and layout from
@@ -326,7 +327,8 @@ async def run(
     incidents: list[tuple[str, datetime, datetime]] | None = None,
     prefix: str = "SIM",
 ) -> None:
-    """Simulate ``300 × scale`` kiosks (for 30 districts; 10 × scale per top area) against the kiosk service at ``base_url`` until ``stop`` is set.
+    """Simulate 10 × ``scale`` kiosks per top area (``300 × scale`` over 30 districts) against the kiosk service
+    at ``base_url`` until ``stop`` is set.
 
     ``api_key`` needs ``kiosk:admin`` (to register the fleet) and ``kiosk:ingest``.
     """
