@@ -347,8 +347,10 @@ def _scripted_incidents() -> str:
     spec = os.environ.get("IOC_SIM_INCIDENTS")
     if spec:
         return spec
+    from shared.simulation import default_incident_area  # HK (2019) or 00070 (2025): the loaded hierarchy's
+
     start = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0)
-    return f"HK@{start.isoformat().replace('+00:00', 'Z')}/15"
+    return f"{default_incident_area()}@{start.isoformat().replace('+00:00', 'Z')}/15"
 
 
 def _port(entry: registry.ServiceEntry) -> int:

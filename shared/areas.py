@@ -80,6 +80,10 @@ class Hierarchy:
     def communes(self) -> list[Area]:
         return [a for a in self.areas.values() if a.level == "commune"]
 
+    def top_area_named(self, name: str) -> Area | None:
+        """The top area called ``name`` (e.g. "Hoàn Kiếm": a district in 2019, a ward in 2025), else None."""
+        return next((a for a in self.top_areas if a.name == name), None)
+
     def district_of(self, code: str) -> str | None:
         """The top area containing ``code`` (itself when it is one); None for the city or an unknown code."""
         a = self.areas.get(code)
@@ -124,7 +128,8 @@ HIERARCHIES: dict[str, tuple[str, str]] = {
     "hanoi-2019": ("hanoi_admin_units_2019.csv", "hanoi_areas_2019.geojson"),
     "hanoi-2025": ("hanoi_admin_units_2025.csv", "hanoi_areas_2025.geojson"),
 }
-DEFAULT_HIERARCHY = "hanoi-2019"
+#: the structure Hanoi runs since 1 July 2025; ``hanoi-2019`` stays loadable (and tested) for older data
+DEFAULT_HIERARCHY = "hanoi-2025"
 
 
 def hierarchy_name() -> str:
@@ -148,7 +153,7 @@ def boundaries_path(name: str) -> Path:
 
 
 def hanoi() -> Hierarchy:
-    """The hierarchy the setting chooses (the 2019 seed unless ``IOC_ADMIN_HIERARCHY`` says otherwise)."""
+    """The hierarchy the setting chooses (the two-tier 2025 one unless ``IOC_ADMIN_HIERARCHY`` says otherwise)."""
     return load_named(hierarchy_name())
 
 

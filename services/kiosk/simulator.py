@@ -1,9 +1,10 @@
 """A simulated kiosk fleet that talks to the kiosk service over its HTTP API only (httpx).
 
-A few hundred kiosks (× ``scale``) in tall buildings (open 24/7) and one-stop centres (office hours) across the
-districts, each with a heartbeat every minute, sessions following a daily usage curve (Hanoi time), printers
-running out of paper and refilled later, peripherals failing and being repaired, network drops, and a few kiosks
-going dark for good. Sessions carry no personal data (at most a made-up dossier code).
+A few hundred kiosks (10 × ``scale`` per top area: :func:`shared.simulation.fleet_size`) in tall buildings (open
+24/7) and one-stop centres (office hours) across the districts (2019) or communes and wards (2025), each with a
+heartbeat every minute, sessions following a daily usage curve (Hanoi time), printers running out of paper and
+refilled later, peripherals failing and being repaired, network drops, and a few kiosks going dark for good.
+Sessions carry no personal data (at most a made-up dossier code).
 
 Fault rates are calibrated (docs/simulation.md): a hardware fault about once a month per kiosk (an ATM's
 MTBF of ~29 days), a network drop every ten days. The fleet is the same on every start (ids and layout from
@@ -27,7 +28,7 @@ import httpx
 
 from services.kiosk.domain import JOURNEY_NEEDS, offered_journeys
 from shared.areas import HANOI_OFFSET_S, hanoi
-from shared.simulation import parse_incidents
+from shared.simulation import fleet_size, parse_incidents
 from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ SESSIONS_PER_KIOSK_DAY = 40.0
 NETWORK_DROPS_PER_S = 1 / (10 * 86400)  # assumption: a network drop every ten days a kiosk
 FAILURES_PER_S = 1 / (29 * 86400)  # a peripheral failure a month a kiosk (ATM MTBF ≈ 28.7 days)
 FLEET_SEED = 2026
+KIOSKS_PER_CITY = 300  # at scale 1 over 30 districts (10 per area), see shared.simulation.fleet_size
 DARK_SHARE = 0.005  # kiosks that go dark for good during a run (a broken power supply)
 
 
@@ -325,12 +327,13 @@ async def run(
     incidents: list[tuple[str, datetime, datetime]] | None = None,
     prefix: str = "SIM",
 ) -> None:
-    """Simulate ``300 × scale`` kiosks against the kiosk service at ``base_url`` until ``stop`` is set.
+    """Simulate 10 × ``scale`` kiosks per top area (``300 × scale`` over 30 districts) against the kiosk service
+    at ``base_url`` until ``stop`` is set.
 
     ``api_key`` needs ``kiosk:admin`` (to register the fleet) and ``kiosk:ingest``.
     """
     fleet = build_fleet(
-        max(3, int(300 * scale)),
+        max(3, int(fleet_size(KIOSKS_PER_CITY, scale, len(hanoi().top_areas)))),
         random.Random(FLEET_SEED if seed is None else seed),
         datetime.now(UTC),
         prefix,

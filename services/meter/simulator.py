@@ -1,6 +1,7 @@
 """A head-end system (HES) feeding the meter service over HTTP, for demos and load.
 
-It registers a fleet (~20,000 meters × scale over Hanoi's 30 districts, feeders of ~200 meters), then posts
+It registers a fleet (~20,000 meters × scale over 2019's 30 districts, as many per area over the 126 communes
+and wards of 2025: :func:`shared.simulation.fleet_size`; feeders of ~200 meters), then posts
 15-minute load profiles with a daily shape, in compressed time: one simulated quarter hour every
 ``step_seconds`` starting a day in the past, until simulated time catches up with the clock (then real time).
 Along the way: feeder outages (last gasp then power-up, some momentary), tamper events, late and duplicate
@@ -31,12 +32,13 @@ from datetime import UTC, date, datetime, timedelta
 import httpx
 
 from shared.areas import hanoi
-from shared.simulation import parse_incidents
+from shared.simulation import fleet_size, parse_incidents
 from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
 QUARTER = 900
 BATCH = 10_000
+METERS_PER_CITY = 20_000  # at scale 1 over 30 districts (per area: 667), see fleet_size
 FLEET_SEED = 20_26  # the same fleet (ids, feeders, consumption) on every start
 # Calibration (sources in docs/simulation.md): EVN reported SAIFI 3.18 and MAIFI 0.83 for the first half of 2018,
 # EVNHCMC SAIFI 3.02 and SAIDI 231 min for 2017 (CAIDI = SAIDI / SAIFI ≈ 77 min).
@@ -177,9 +179,8 @@ async def run(
     ``districts`` limits the fleet to some districts, ``prefix`` names its meters, ``transport`` lets tests
     run the simulator against an in-process app, ``start`` overrides where simulated time begins.
     """
-    fleet = Fleet(
-        max(10, int(20_000 * scale)), random.Random(FLEET_SEED if seed is None else seed), districts, prefix
-    )
+    size = int(fleet_size(METERS_PER_CITY, scale, len(hanoi().top_areas)))
+    fleet = Fleet(max(10, size), random.Random(FLEET_SEED if seed is None else seed), districts, prefix)
     rng = random.Random(seed)
     if incidents is None:
         incidents = parse_incidents(os.environ.get("IOC_SIM_INCIDENTS"))

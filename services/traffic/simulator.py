@@ -1,4 +1,7 @@
-"""Traffic simulator: a few hundred signalised intersections across Hanoi's districts, posting hi-res logs.
+"""Traffic simulator: a few hundred signalised intersections across Hanoi's top areas, posting hi-res logs.
+
+``300 × scale`` intersections over 2019's 30 districts, as many per area (10 × scale) over 2025's 126 communes and
+wards (:func:`shared.simulation.fleet_size`).
 
 Each controller runs a coordinated two-barrier cycle (phases 2+6 main street, 4+8 side street) and logs the
 Indiana events a real one would: greens, gap-outs / max-outs / force-offs, yellow and red clearance,
@@ -25,11 +28,12 @@ from dataclasses import dataclass, field
 import httpx
 
 from shared.areas import hanoi, hierarchy_name, label_points
+from shared.simulation import fleet_size
 from shared.simulation import parse_incidents as parse_scripted
 from shared.tasks import wait_event
 
 log = logging.getLogger(__name__)
-BASE_INTERSECTIONS = 300
+BASE_INTERSECTIONS = 300  # at scale 1 over 30 districts (10 per area), see shared.simulation.fleet_size
 ADVANCE = {2: 1, 6: 2}  # phase → advance detector channel
 STOP_BAR = {2: 5, 6: 6, 4: 3, 8: 4}  # phase → stop-bar presence channel
 YELLOW, RED_CLEAR = 3.0, 2.0
@@ -157,7 +161,7 @@ def build_intersections(
     # intersections lie around a point inside their area (the map shows them there), within ~1-2 km of it
     centre = label_points(hierarchy_name())
     spread = 0.02 if len(districts) <= 30 else 0.008
-    n = max(1, round(BASE_INTERSECTIONS * scale))
+    n = max(1, round(fleet_size(BASE_INTERSECTIONS, scale, len(districts))))
     items, sims = [], []
     for i in range(n):
         d = districts[i % len(districts)]

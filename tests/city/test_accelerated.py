@@ -32,6 +32,7 @@ from shared.contracts.common import kpi_key
 from shared.embedded import free_port
 from shared.stream import State
 from shared.testing import received
+from tests.areas import HOAN_KIEM
 
 from .auth_helpers import make_operator, sign_in_page
 from .conftest import serve
@@ -42,8 +43,9 @@ DOMAINS = ("meter", "traffic", "kiosk")
 T0 = datetime(2026, 1, 5, 0, 0, tzinfo=UTC)  # a day no other test uses
 HOURS = 10
 STEP = timedelta(minutes=5)
-INCIDENT = ("HK", T0 + timedelta(hours=6), T0 + timedelta(hours=6, minutes=40))
-# What the incident does to Hoàn Kiếm's level KPIs (the simulators' fleets at scale 0.2: 133 meters, 2 signals).
+INCIDENT = (HOAN_KIEM, T0 + timedelta(hours=6), T0 + timedelta(hours=6, minutes=40))
+# What the incident does to Hoàn Kiếm's level KPIs: the simulators' fleets at scale 0.2 give every top area
+# (a 2019 district or a 2025 commune/ward alike, shared.simulation.fleet_size) 133 meters, 2 signals, 2 kiosks.
 DURING = {"meter.meters_without_supply": 133.0, "traffic.signals_in_fault": 2.0, "kiosk.kiosks_offline": 2.0}
 
 

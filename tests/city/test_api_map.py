@@ -42,19 +42,13 @@ async def city(test_domain, kafka_settings, db_settings, topics_ready, platform_
 
 async def test_the_areas_are_the_loaded_hierarchys_with_the_map_settings(city, monkeypatch):
     client, _, key = city
-    monkeypatch.delenv("IOC_ADMIN_HIERARCHY", raising=False)
+    monkeypatch.delenv("IOC_ADMIN_HIERARCHY", raising=False)  # the default: the two-tier structure of 2025
     r = await client.get("/v1/map/areas", headers=auth(key))
     assert r.status_code == 200, r.text
     body = r.json()
-    assert (body["hierarchy"], body["level"], body["count"]) == ("hanoi-2019", "district", 30)
+    assert (body["hierarchy"], body["level"], body["count"]) == ("hanoi-2025", "commune", 126)
     assert body["tiles"] == {"url": "https://tiles.example.vn/{z}/{x}/{y}.png", "attribution": "© tiles"}
     assert "vietnamadminunits" in body["attribution"]
-    bd = next(f for f in body["geojson"]["features"] if f["properties"]["code"] == "BD")
-    assert bd["properties"]["name"] == "Ba Đình" and bd["properties"]["level"] == "district"
-
-    monkeypatch.setenv("IOC_ADMIN_HIERARCHY", "hanoi-2025")
-    body = (await client.get("/v1/map/areas", headers=auth(key))).json()
-    assert (body["hierarchy"], body["level"], body["count"]) == ("hanoi-2025", "commune", 126)
     assert len(body["geojson"]["features"]) == 126
     props = {f["properties"]["code"]: f["properties"] for f in body["geojson"]["features"]}
     assert props["00004"]["name"] == "Ba Đình" and props["00004"]["kind"] == "ward"
@@ -63,6 +57,14 @@ async def test_the_areas_are_the_loaded_hierarchys_with_the_map_settings(city, m
     assert {i["code"] for i in items} == set(props)
     detail = await client.get("/v1/districts/00004", headers=auth(key))
     assert detail.status_code == 200 and detail.json()["name"] == "Ba Đình"
+
+    monkeypatch.setenv("IOC_ADMIN_HIERARCHY", "hanoi-2019")  # the 2019 districts stay selectable
+    body = (await client.get("/v1/map/areas", headers=auth(key))).json()
+    assert (body["hierarchy"], body["level"], body["count"]) == ("hanoi-2019", "district", 30)
+    bd = next(f for f in body["geojson"]["features"] if f["properties"]["code"] == "BD")
+    assert bd["properties"]["name"] == "Ba Đình" and bd["properties"]["level"] == "district"
+    items = (await client.get("/v1/districts", headers=auth(key))).json()["items"]
+    assert len(items) == 30 and "BD" in {i["code"] for i in items}
 
     assert (await client.get("/v1/map/areas")).status_code == 401
 

@@ -13,10 +13,12 @@ import pytest
 from services.city import publishing
 from services.city.app import create_app
 from services.city.settings import CitySettings
+from shared.areas import hierarchy_name
 from shared.contracts.cloudevents import encode
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
 from shared.testing import issue_test_key
+from tests.areas import CAU_GIAY
 
 from .auth_helpers import make_operator, sign_in_page
 from .conftest import KPI_FILE, serve
@@ -108,7 +110,7 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
             "state": "raised",
             "severity": "major",
             "source_id": source,
-            "district": "CG",
+            "district": CAU_GIAY,
             "commune": None,
             "at": now.isoformat(),
             "message": "kiosk silent for 3 heartbeats",
@@ -163,7 +165,10 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
                 await sign_in_page(page, username, password)
                 tile = page.locator('.tile[data-kpi="citytest.availability"]')
                 await expect(tile).to_be_visible()
-                await expect(page.locator(".district")).to_have_count(30)
+                # every top area of the loaded hierarchy: 126 communes and wards (2025), 30 districts (2019)
+                await expect(page.locator(".district")).to_have_count(
+                    {"hanoi-2025": 126, "hanoi-2019": 30}[hierarchy_name()]
+                )
                 conn = page.locator("#conn")
                 await expect(conn).to_have_class("conn conn-on", timeout=15000)
 
@@ -173,7 +178,7 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
                     [
                         kpi("citytest.availability", "city", "HN", 0.9345, "warning"),
                         kpi("citytest.availability", "city", "HN", 0.5, "critical", at=running),
-                        kpi("citytest.availability", "district", "CG", 0.85, "critical"),
+                        kpi("citytest.availability", "district", CAU_GIAY, 0.85, "critical"),
                         alarm,
                     ]
                 )
@@ -184,14 +189,14 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
                 row = page.locator(f'#alarms tr[data-alarm="{alarm_id}"]')
                 await expect(row).to_be_visible(timeout=20000)
                 await expect(row).to_contain_text("Ki-ốt mất kết nối")
-                await expect(page.locator('.district[data-code="CG"]')).to_have_attribute(
+                await expect(page.locator(f'.district[data-code="{CAU_GIAY}"]')).to_have_attribute(
                     "data-status", "critical"
                 )
 
                 await row.locator("button.ack").click()
                 await expect(row).to_have_attribute("data-state", "acknowledged", timeout=10000)
 
-                await page.click('.district[data-code="CG"]')
+                await page.click(f'.district[data-code="{CAU_GIAY}"]')
                 detail = page.locator("#district-detail")
                 await expect(detail).to_be_visible()
                 # assets in alarm, each a link to its page (assets.js)
@@ -222,7 +227,7 @@ async def test_console_updates_live_acknowledges_alarms_and_drills_down(
                 await page.click("#history-load")
                 await expect(page.locator("#chart canvas")).to_have_count(1)
                 await expect(page.locator("#chart")).not_to_have_attribute("data-points", "0")
-                await page.click('.district[data-code="CG"]')
+                await page.click(f'.district[data-code="{CAU_GIAY}"]')
                 await expect(page.locator("#district-detail")).to_be_visible()
                 await page.wait_for_timeout(500)
                 await page.screenshot(path=str(artifacts_dir / "city-console-en.png"), full_page=True)

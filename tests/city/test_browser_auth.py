@@ -15,6 +15,7 @@ from services.city.app import create_app
 from services.city.settings import CitySettings
 from shared.auth import SESSION_COOKIE
 from shared.embedded import free_port
+from tests.areas import CAU_GIAY
 
 from .auth_helpers import make_operator, sign_in_page
 from .conftest import KPI_FILE, serve
@@ -69,7 +70,7 @@ async def test_sign_in_keeps_credentials_out_of_urls_and_storage_and_scopes_the_
                             "state": "raised",
                             "severity": "major",
                             "source_id": source,
-                            "district": "CG",
+                            "district": CAU_GIAY,
                             "commune": None,
                             "at": datetime.now(UTC).isoformat(),
                             "message": "kiosk silent",

@@ -19,6 +19,7 @@ from shared.contracts.common import kpi_key
 from shared.kafka import EventPublisher
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import auth, issue_test_key, read_topic, running_app
+from tests.areas import area
 
 from .conftest import KPI_FILE
 
@@ -57,8 +58,8 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
     pub = EventPublisher(kafka_settings, client_id="city-pipeline-test")
     await pub.publish(
         [
-            partial("citytest.availability", "district", "DD", 45.0, 50.0, 0),
-            partial("citytest.availability", "district", "DD", 40.0, 50.0, 1),
+            partial("citytest.availability", "district", area("DD"), 45.0, 50.0, 0),
+            partial("citytest.availability", "district", area("DD"), 40.0, 50.0, 1),
             partial("citytest.energy_kwh", "city", "HN", 120.0, None, 0),
             partial("citytest.energy_kwh", "city", "HN", 80.5, None, 2),
         ]
@@ -81,13 +82,13 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
         def mine(e):
             return (
                 e.data["window_start"].replace("Z", "+00:00") == ws
-                and e.data["scope_code"] in ("DD", "HN")
+                and e.data["scope_code"] in (area("DD"), "HN")
                 and e.data["kpi"] in ("citytest.availability", "citytest.energy_kwh")
             )
 
         out = await read_topic(kafka_settings, "ioc.city.kpis", where=mine, expect=2)
         latest = {(e.data["kpi"], e.data["scope_code"]): e.data for e in out}
-        avail = latest[("citytest.availability", "DD")]
+        avail = latest[("citytest.availability", area("DD"))]
         assert avail["value"] == pytest.approx(0.85) and avail["status"] == "critical"  # 85/100 < 0.90
         assert (avail["partitions"], avail["numerator"], avail["denominator"]) == (2, 85.0, 100.0)
         assert latest[("citytest.energy_kwh", "HN")]["value"] == pytest.approx(200.5)
@@ -103,7 +104,7 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
         )
         for _ in range(100):
             r = await client.get(
-                "/v1/kpis", params={"kpi": "citytest.availability", "district": "DD"}, headers=auth(key)
+                "/v1/kpis", params={"kpi": "citytest.availability", "district": area("DD")}, headers=auth(key)
             )
             items = r.json()["items"]
             if items and items[0]["window_start"].startswith(window.isoformat()[:16]):
@@ -123,7 +124,9 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
         assert hist["step"] == "raw" and hist["window_seconds"] == 900
         assert [p["value"] for p in hist["points"]][-1] == pytest.approx(200.5)
         for _ in range(100):
-            r = await client.get("/v1/alarms", params={"district": "DD", "domain": "city"}, headers=auth(key))
+            r = await client.get(
+                "/v1/alarms", params={"district": area("DD"), "domain": "city"}, headers=auth(key)
+            )
             found = [a for a in r.json()["items"] if a["alarm_id"] == breach_id]
             if found:
                 break

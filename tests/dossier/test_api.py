@@ -19,9 +19,11 @@ from shared.contracts.dossier import LIFECYCLE_TOPIC
 from shared.embedded.tansu import free_port
 from shared.kafka.producer import EventPublisher
 from shared.testing import auth, read_topic, running_app
+from tests.areas import BA_DINH, BA_DINH_UNIT
 
 pytestmark = pytest.mark.integration
 TWO_TIER = Path(__file__).parent / "data" / "two_tier.csv"
+SEED_2019 = Path(__file__).parents[2] / "shared" / "data" / "hanoi_admin_units_2019.csv"
 LIFECYCLE = LIFECYCLE_TOPIC.name
 
 
@@ -47,7 +49,7 @@ def applicant(n: str) -> dict:
     }
 
 
-async def reference(client, admin_key, *, admin_unit="BD-01", days=5, pauses=True, level="fully_online"):
+async def reference(client, admin_key, *, admin_unit=BA_DINH_UNIT, days=5, pauses=True, level="fully_online"):
     """A fresh procedure and agency; returns their codes."""
     s = uid()
     proc, agency = f"P{s}", f"AG{s}"
@@ -460,7 +462,14 @@ async def test_outbox_survives_a_broker_outage_without_loss_or_duplicates(
 async def test_hierarchy_as_data_three_tier_seed_and_two_tier(
     kafka_settings, db_settings, topics_ready, make_key
 ):
-    for hierarchy, unit, district in (("", "BD-01", "BD"), (str(TWO_TIER), "HN-X001", None)):
+    # the 2019 seed (three levels: a commune's district is its parent), the loaded hierarchy (the two-tier one of
+    # 2025 by default) and a generic two-tier CSV: a commune-level unit directly under the city is its own top
+    # area, the ``district`` events and KPIs carry (shared/areas.py)
+    for hierarchy, unit, district in (
+        (str(SEED_2019), "BD-01", "BD"),
+        ("", BA_DINH_UNIT, BA_DINH),
+        (str(TWO_TIER), "HN-X001", "HN-X001"),
+    ):
         app = create_app(settings(kafka_settings, db_settings, hierarchy_csv=hierarchy))
         async with running_app(app) as client:
             _, admin = await make_key(["*"], kind="admin")
@@ -484,7 +493,7 @@ async def test_hierarchy_as_data_three_tier_seed_and_two_tier(
                 r.status_code == 201 and r.json()["admin_unit"] == unit and r.json()["district"] == district
             )
             # a unit of the other structure is unknown here
-            other = "HN-X001" if unit == "BD-01" else "BD-01"
+            other = "BD-01" if unit == "HN-X001" else "HN-X001"
             r = await client.put(
                 "/v1/agencies",
                 headers=auth(admin),

@@ -13,6 +13,7 @@ from services.dossier.app import create_app
 from services.dossier.domain import calendar_from_csv, local_date
 from shared.calendar import DECISIONS_CSV
 from shared.testing import auth, read_topic, running_app
+from tests.areas import BA_DINH_UNIT
 from tests.dossier.test_api import applicant, keys, reference, settings, uid
 
 pytestmark = pytest.mark.integration
@@ -113,7 +114,7 @@ async def test_office_hours_per_agency(kafka_settings, db_settings, topics_ready
     app = create_app(settings(kafka_settings, db_settings))
     async with running_app(app) as client:
         _, admin = await make_key(["*"], kind="admin")
-        bad = {"code": f"AG{uid()}", "name": "x", "level": "commune", "admin_unit": "BD-01",
+        bad = {"code": f"AG{uid()}", "name": "x", "level": "commune", "admin_unit": BA_DINH_UNIT,
                "office_open": "17:00", "office_close": "08:00"}  # fmt: skip
         r = await client.put("/v1/agencies", headers=auth(admin), json={"items": [bad]})
         assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "office_close"

@@ -13,6 +13,7 @@ from services.meter.app import create_app
 from services.meter.settings import MeterSettings
 from shared.config import KafkaSettings
 from shared.testing import auth
+from tests.areas import area, first_unit
 
 # Quarter hours well in the past, hour-aligned, and all inside one Hanoi day (UTC+7): a day window holds them all.
 BASE = (datetime.now(UTC) - timedelta(hours=7)).replace(minute=0, second=0, microsecond=0)
@@ -20,7 +21,13 @@ if (BASE + timedelta(hours=7)).hour >= 18:
     BASE -= timedelta(hours=6)
 QUARTERS = 24
 
-DISTRICTS = {"failover": "BV", "outage": "CM", "kill9": "DP", "duplicates": "GL", "poison": "HD"}
+DISTRICTS = {
+    "failover": area("BV"),
+    "outage": area("CM"),
+    "kill9": area("DP"),
+    "duplicates": area("GL"),
+    "poison": area("HD"),
+}
 
 
 def at(minutes: float) -> str:
@@ -51,7 +58,7 @@ async def register_fleet(client, keys: dict, district: str, n: int) -> list[str]
             "meter_id": f"{prefix}{i}",
             "customers": 1,
             "district": district,
-            "commune": f"{district}-01",
+            "commune": first_unit(district),
             "feeder": f"F-{prefix}{i % 4}",
             "installed_on": "2020-01-01",
             "interval_seconds": 900,

@@ -30,6 +30,7 @@ from shared.stream import StreamProcessor
 from shared.stream.processor import State
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import read_topic, running_app
+from tests.areas import area
 from tests.kafka.meter_support import issue_keys, meter_app, register_fleet
 from tests.kafka.test_meter_processor_faults import ingest, kpi_total
 from tests.reliability.harness import Ledger
@@ -65,7 +66,7 @@ async def test_a_fresh_worker_recovers_exact_state_from_a_really_compacted_chang
         compacted_min_cleanable_dirty_ratio=0.01,
         compacted_max_compaction_lag_ms=1000,
     )
-    district = "LB"
+    district = area("LB")
     name = f"kaf-compact-{uuid.uuid4().hex[:8]}"
     changelog = f"ioc.internal.{name}.changelog"
     ledger = Ledger()

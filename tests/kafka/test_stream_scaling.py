@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.stream.core import MARKER_KEY
 from shared.testing import running_app
+from tests.areas import area
 from tests.kafka.meter_support import QUARTERS, issue_keys, meter_app, register_fleet
 from tests.kafka.test_meter_processor_faults import ingest, wait_for_total
 from tests.reliability.harness import Ledger, Worker, uid
@@ -100,7 +101,7 @@ async def test_meter_kpi_scaled_one_two_three_workers_under_load_keeps_exact_tot
     # the embedded broker (tests/reliability/test_scaling.py); an open finding of issue #33.
     driver = "aiokafka"
     kafka = kafka_cluster.kafka_settings()
-    district, name, ledger = "TX", f"kaf-scale-{uid()}", Ledger()
+    district, name, ledger = area("TX"), f"kaf-scale-{uid()}", Ledger()
     workers = [
         meter_worker(kafka, name, tmp_path / f"w{i}.log", pause_s=0.05, driver=driver) for i in range(3)
     ]
@@ -143,7 +144,7 @@ async def test_a_worker_paused_past_its_session_timeout_is_fenced_when_it_resume
     kafka_cluster, db_settings, worker_env, tmp_path
 ):
     kafka = kafka_cluster.kafka_settings()
-    district, name, ledger = "UH", f"kaf-pause-{uid()}", Ledger()
+    district, name, ledger = area("UH"), f"kaf-pause-{uid()}", Ledger()
     paused = meter_worker(kafka, name, tmp_path / "paused.log", pause_s=0.4)
     other = meter_worker(kafka, name, tmp_path / "other.log", pause_s=0.05)
     app = meter_app(kafka, db_settings)

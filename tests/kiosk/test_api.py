@@ -15,6 +15,7 @@ from shared.db import create_pool
 from shared.gc_tuning import GEN0_THRESHOLD
 from shared.outbox import Outbox
 from shared.testing import auth, issue_test_key, read_topic, running_app
+from tests.areas import BA_DINH, BA_DINH_UNIT
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,8 @@ def entry(**kw) -> dict:
     body = {
         "building": "Tòa nhà Keangnam",
         "address": "Phạm Hùng, Nam Từ Liêm",
-        "district": "BD",
-        "commune": "BD-03",
+        "district": BA_DINH,
+        "commune": BA_DINH_UNIT,
         "opening_hours": HOURS,
         "peripherals": ["touchscreen", "printer", "id_scanner"],
         "software_version": "3.2.1",

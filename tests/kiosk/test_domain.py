@@ -20,6 +20,7 @@ from services.kiosk.domain import (
 )
 from shared.areas import hanoi
 from shared.contracts.kiosk import HeartbeatReceived, KioskRegistered, SessionEnded
+from tests.areas import BA_DINH, HOAN_KIEM_UNIT
 
 # 2024-05-06 is a Monday. Hanoi is UTC+7: local 08:00 is 01:00 UTC.
 MON = datetime(2024, 5, 6, tzinfo=UTC).timestamp()
@@ -225,8 +226,8 @@ def test_registration_checks_areas_and_peripherals():
         kiosk_id="K1",
         building="Tòa nhà A",
         address="1 Phố X",
-        district="BD",
-        commune="HK-01",
+        district=BA_DINH,
+        commune=HOAN_KIEM_UNIT,  # a unit of another area
         opening_hours=WEEKDAYS_8_17,
         peripherals=["printer", "printer"],
         software_version="1.0",

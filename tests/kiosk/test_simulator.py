@@ -11,8 +11,11 @@ import httpx
 import orjson
 
 from services.kiosk import simulator
+from services.kiosk.domain import JOURNEY_NEEDS
 from services.kiosk.service import KioskImportItem, registration_problems
+from shared.areas import hanoi
 from shared.contracts.kiosk import HeartbeatReceived, PeripheralStatusChanged, SessionEnded
+from tests.areas import HOAN_KIEM
 
 MODELS = {
     "/v1/heartbeats": HeartbeatReceived,
@@ -54,11 +57,12 @@ async def test_simulator_registers_the_fleet_and_reports_over_http():
     stop.set()
     await asyncio.wait_for(task, 5)
     fleet = {i["kiosk_id"] for i in posted["/v1/kiosks/import"]}
-    assert len(fleet) == 15
+    # 10 kiosks per top area at scale 1: 30 × 10 × 0.05 = 15 in 2019, 126 × 10 × 0.05 = 63 in 2025
+    assert len(fleet) == {30: 15, 126: 63}[len(hanoi().top_areas)]
     assert {h["kiosk_id"] for h in posted["/v1/heartbeats"]} <= fleet
-    assert len({h["kiosk_id"] for h in posted["/v1/heartbeats"]}) >= 14
+    assert len({h["kiosk_id"] for h in posted["/v1/heartbeats"]}) >= len(fleet) - 1
     printers = [p for p in posted["/v1/peripherals"] if p["peripheral"] == "printer"]
-    assert len(printers) >= 15 and all("paper" in p for p in printers)
+    assert len(printers) >= len(fleet) and all("paper" in p for p in printers)
 
 
 def test_fleet_step_usage_paper_and_dark_kiosks():
@@ -83,11 +87,18 @@ def test_fleet_step_usage_paper_and_dark_kiosks():
     assert not any(s["kiosk_id"] == dark.kiosk_id for s in sessions)
     for p in peripherals:
         PeripheralStatusChanged.model_validate(p)
-    if any(
-        s["kiosk_id"] == printer_kiosk.kiosk_id and s["journey"] in ("print_result", "queue_ticket")
+    # The kiosk with 3 sheets left: a completed printing session uses 1-5 of them, and the printer reports
+    # "out" exactly when they are gone (whichever sessions this hour's random draw gave it).
+    printed = [
+        s
         for s in sessions
-    ):
-        assert any(p["kiosk_id"] == printer_kiosk.kiosk_id and p.get("paper") == "out" for p in peripherals)
+        if s["kiosk_id"] == printer_kiosk.kiosk_id
+        and s["outcome"] == "completed"
+        and "printer" in JOURNEY_NEEDS[s["journey"]]
+    ]
+    out = any(p["kiosk_id"] == printer_kiosk.kiosk_id and p.get("paper") == "out" for p in peripherals)
+    assert (printer_kiosk.paper < 3) == bool(printed)
+    assert out == (printer_kiosk.paper == 0) == (printer_kiosk.paper_state == "out")
 
 
 def test_a_scripted_power_outage_darkens_the_districts_kiosks_and_the_fleet_is_stable():
@@ -95,14 +106,14 @@ def test_a_scripted_power_outage_darkens_the_districts_kiosks_and_the_fleet_is_s
     fleet = simulator.build_fleet(60, random.Random(simulator.FLEET_SEED), now)
     again = simulator.build_fleet(60, random.Random(simulator.FLEET_SEED), now)
     assert [k.kiosk_id for k in fleet] == [k.kiosk_id for k in again]  # a restart continues the same kiosks
-    incidents = simulator.parse_incidents("HK@2026-12-07T03:05:00Z/20")
+    incidents = simulator.parse_incidents(f"{HOAN_KIEM}@2026-12-07T03:05:00Z/20")
     step = simulator.FleetStep(random.Random(1), 60.0)
     t = now + timedelta(minutes=6)
     simulator.black_out(fleet, incidents, t)
     heartbeats, _, _ = step.step(fleet, t, 5.0)
     beating = {h["kiosk_id"] for h in heartbeats}
-    hk = {k.kiosk_id for k in fleet if k.district == "HK"}
+    hk = {k.kiosk_id for k in fleet if k.district == HOAN_KIEM}
     assert hk and not hk & beating
     later = now + timedelta(minutes=26)  # the incident is over: they can report again
     simulator.black_out(fleet, incidents, later)
-    assert all(k.reachable(later) for k in fleet if k.district == "HK" and k.dark_at is None)
+    assert all(k.reachable(later) for k in fleet if k.district == HOAN_KIEM and k.dark_at is None)

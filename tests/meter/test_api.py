@@ -14,6 +14,7 @@ from shared.contracts.meter import (
     REGISTRY_TOPIC,
 )
 from shared.testing import auth, read_topic
+from tests.areas import BA_DINH, BA_DINH_UNIT, HOAN_KIEM, HOAN_KIEM_UNIT
 from tests.meter.conftest import BASE, at
 
 pytestmark = pytest.mark.integration
@@ -23,8 +24,8 @@ def meter(mid: str, **kw) -> dict:
     return {
         "meter_id": mid,
         "customers": 1,
-        "district": "BD",
-        "commune": "BD-01",
+        "district": BA_DINH,
+        "commune": BA_DINH_UNIT,
         "feeder": f"F-{mid}",
         "installed_on": "2020-01-01",
         "interval_seconds": 900,
@@ -87,7 +88,7 @@ async def test_readings_validated_published_and_rejections_explained(client, key
     ]
     b = next(e for e in events if e.data["meter_id"] == p + "b")
     assert b.key == p + "b" and b.type == "ioc.meter.reading.recorded.v1"
-    assert (b.data["district"], b.data["customers"], b.data["quality"]) == ("BD", 3, "estimated")
+    assert (b.data["district"], b.data["customers"], b.data["quality"]) == (BA_DINH, 3, "estimated")
 
     # A resend of the same batch: the good ones are duplicates, nothing new is published.
     r = await client.post("/v1/readings", json={"items": items[:3]}, headers=auth(keys["ingest"]))
@@ -166,9 +167,9 @@ async def test_csv_import_and_meter_replacement_resets_register(client, keys, ka
     gw = keys["gateway"]
     csv_text = (
         "meter_id,customers,district,commune,feeder,transformer,installed_on,interval_seconds,gateway\n"
-        f"{p}a,1,HK,HK-01,F1,,2020-01-01,900,{gw}\n"
-        f"{p}b,2,HK,BD-01,F1,,2020-01-01,900,{gw}\n"
-        f"{p}c,x,HK,HK-02,F1,T1,2020-01-01,900,\n"
+        f"{p}a,1,{HOAN_KIEM},{HOAN_KIEM_UNIT},F1,,2020-01-01,900,{gw}\n"
+        f"{p}b,2,{HOAN_KIEM},{BA_DINH_UNIT},F1,,2020-01-01,900,{gw}\n"  # a unit of another area
+        f"{p}c,x,{HOAN_KIEM},{HOAN_KIEM_UNIT},F1,T1,2020-01-01,900,\n"
     )
     r = await client.post(
         "/v1/meters/import", content=csv_text, headers={**auth(keys["admin"]), "content-type": "text/csv"}
@@ -181,9 +182,11 @@ async def test_csv_import_and_meter_replacement_resets_register(client, keys, ka
         (2, "customers", "invalid"),
     ]
     got = await client.get(f"/v1/meters/{p}a", headers=auth(keys["admin"]))
-    assert got.json()["district"] == "HK" and got.json()["customers"] == 1 and got.json()["gateway"] == gw
+    assert (
+        got.json()["district"] == HOAN_KIEM and got.json()["customers"] == 1 and got.json()["gateway"] == gw
+    )
     reg = await read_topic(kafka_settings, REGISTRY_TOPIC.name, where=mine(p), expect=1)
-    assert reg[0].data["commune"] == "HK-01"
+    assert reg[0].data["commune"] == HOAN_KIEM_UNIT
     assert "gateway" not in reg[0].data  # access control stays in the service, not on the shared topic
 
     def reading(minutes, value):
@@ -201,7 +204,9 @@ async def test_csv_import_and_meter_replacement_resets_register(client, keys, ka
     assert r.json()["rejected"][0]["code"] == "register_backwards"
     # The meter is replaced today: the new register starts afresh.
     await register(
-        client, keys, meter(p + "a", district="HK", commune="HK-01", installed_on=BASE.date().isoformat())
+        client,
+        keys,
+        meter(p + "a", district=HOAN_KIEM, commune=HOAN_KIEM_UNIT, installed_on=BASE.date().isoformat()),
     )
     r = await client.post("/v1/readings", json={"items": [reading(30, 3.0)]}, headers=auth(keys["ingest"]))
     assert r.json()["accepted"] == 1, r.text

@@ -11,6 +11,7 @@ from services.meter.publishing import READING, reading_events
 from services.meter.service import READINGS, RegisterWriter
 from shared.auth import ApiError
 from shared.contracts.cloudevents import encode
+from tests.areas import area, unit
 
 GOOD = {
     "meter_id": "M1",
@@ -72,8 +73,8 @@ def test_fast_encoder_gives_the_platform_encoders_records():
         "quality": "measured",
         "flags": [],
         "delta": 0.5,
-        "district": "BD",
-        "commune": "BD-01",
+        "district": area("BD"),
+        "commune": unit("BD-01"),
         "feeder": "F1",
         "customers": 1,
     }

@@ -13,12 +13,13 @@ from services.meter.processors import FeederOutageProcessor, MeterKpiProcessor
 from shared.contracts.meter import ALARM_EVENT, KPI_EVENT
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import auth, read_topic
+from tests.areas import area, first_unit
 from tests.meter.conftest import BASE, at
 
 pytestmark = pytest.mark.integration
 
 # No other meter test registers meters here, so this district's KPIs come from this test alone.
-DISTRICT = "SS"
+DISTRICT = area("SS")
 
 
 def merged(
@@ -50,7 +51,7 @@ async def test_kpis_and_alarms_from_the_api_through_the_processors(client, keys,
             "meter_id": f"{p}{i}",
             "customers": c,
             "district": DISTRICT,
-            "commune": f"{DISTRICT}-01",
+            "commune": first_unit(DISTRICT),
             "feeder": feeder,
             "installed_on": "2020-01-01",
             "interval_seconds": 900,

@@ -9,6 +9,7 @@ import pytest
 
 from shared.contracts.meter import REGISTRY_TOPIC
 from shared.testing import auth, read_topic
+from tests.areas import area, unit
 
 pytestmark = pytest.mark.integration
 
@@ -18,8 +19,8 @@ async def test_decommissioning_is_stored_published_and_refuses_later_readings(cl
     entry = {
         "meter_id": mid,
         "customers": 2,
-        "district": "BD",
-        "commune": "BD-01",
+        "district": area("BD"),
+        "commune": unit("BD-01"),
         "feeder": "F1",
         "installed_on": "2020-01-01",
         "gateway": keys["gateway"],

@@ -17,12 +17,13 @@ from services.meter.processors import MeterKpiProcessor
 from shared.contracts.meter import KPI_EVENT
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import auth, read_topic
+from tests.areas import area, first_unit
 from tests.meter.conftest import BASE, at
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # No other test registers meters in these districts, so their indices come from this test alone.
-ALIVE, HEAD_END_DOWN = "UH", "TX"
+ALIVE, HEAD_END_DOWN = area("UH"), area("TX")
 
 
 async def test_day_indices_from_the_api_through_the_meter_and_city_processors(client, keys, kafka_settings):
@@ -33,7 +34,7 @@ async def test_day_indices_from_the_api_through_the_meter_and_city_processors(cl
             "meter_id": p + name,
             "customers": customers,
             "district": district,
-            "commune": f"{district}-01",
+            "commune": first_unit(district),
             "feeder": f"F-{p}{district}",
             "installed_on": "2020-01-01",
             "interval_seconds": 900,

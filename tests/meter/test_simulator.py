@@ -16,6 +16,7 @@ import pytest
 from services.meter import simulator
 from shared.contracts.meter import EVENTS_TOPIC, READINGS_TOPIC
 from shared.testing import auth, read_topic
+from tests.areas import BA_DINH, HOAN_KIEM, top_code
 from tests.meter.conftest import issue_key
 
 
@@ -55,7 +56,10 @@ def test_registers_are_a_function_of_time_so_a_restarted_fleet_continues_them():
         assert resumed > stored
 
 
-def test_calibrated_outages_are_rare_and_a_scripted_incident_darkens_its_district():
+@pytest.mark.parametrize("hierarchy", ["hanoi-2025", "hanoi-2019"])
+def test_calibrated_outages_are_rare_and_a_scripted_incident_darkens_its_district(hierarchy, monkeypatch):
+    monkeypatch.setenv("IOC_ADMIN_HIERARCHY", hierarchy)  # the 2019 districts stay simulated too
+    hoan_kiem = top_code("Hoàn Kiếm")  # HK (2019), 00070 (2025)
     fleet = simulator.Fleet(4000, random.Random(simulator.FLEET_SEED))
     rng = random.Random(3)
     start = datetime(2026, 12, 1, tzinfo=UTC)
@@ -71,17 +75,18 @@ def test_calibrated_outages_are_rare_and_a_scripted_incident_darkens_its_distric
     t0 = start + timedelta(hours=1)
     scripted: dict = {}
     started: set = set()
-    incident = [("HK", t0, t0 + timedelta(minutes=20))]
+    incident = [(hoan_kiem, t0, t0 + timedelta(minutes=20))]
     down = simulator._incident_events(fleet, incident, scripted, started, t0)
-    hk = {m["meter_id"] for m in fleet.meters if m["district"] == "HK"}
+    hk = {m["meter_id"] for m in fleet.meters if m["district"] == hoan_kiem}
+    assert hk
     assert {e["meter_id"] for e in down} == hk and all(e["raw_code"] == "LAST_GASP" for e in down)
     assert simulator._incident_events(fleet, incident, scripted, started, t0 + timedelta(minutes=5)) == []
     readings, _ = simulator._interval(fleet, rng, t0, t0 + timedelta(minutes=15), [], {}, set(scripted))
     assert not hk & {r["meter_id"] for r in readings}
     up = simulator._incident_events(fleet, incident, scripted, started, t0 + timedelta(minutes=20))
     assert {e["meter_id"] for e in up} == hk and {e["code"] for e in up} == {2}
-    assert simulator.parse_incidents("HK@2026-12-07T03:05:00Z/20, none") == [
-        ("HK", datetime(2026, 12, 7, 3, 5, tzinfo=UTC), datetime(2026, 12, 7, 3, 25, tzinfo=UTC))
+    assert simulator.parse_incidents(f"{hoan_kiem}@2026-12-07T03:05:00Z/20, none") == [
+        (hoan_kiem, datetime(2026, 12, 7, 3, 5, tzinfo=UTC), datetime(2026, 12, 7, 3, 25, tzinfo=UTC))
     ]
 
 
@@ -127,12 +132,12 @@ async def test_simulator_registers_fleet_and_posts_readings(app, client, kafka_s
             scale=0.005,
             step_seconds=0.05,
             seed=7,
-            districts=["BD", "HK"],
+            districts=[BA_DINH, HOAN_KIEM],
             prefix=prefix,
             transport=httpx.ASGITransport(app=app),
             # outages are rare at calibrated rates: a scripted one makes sure events flow
             incidents=[
-                ("HK", datetime.now(UTC) - timedelta(hours=23), datetime.now(UTC) - timedelta(hours=22))
+                (HOAN_KIEM, datetime.now(UTC) - timedelta(hours=23), datetime.now(UTC) - timedelta(hours=22))
             ],
         )
     )
@@ -140,14 +145,14 @@ async def test_simulator_registers_fleet_and_posts_readings(app, client, kafka_s
     stop.set()
     await asyncio.wait_for(task, 30)
     r = await client.get(f"/v1/meters/{prefix}0000001", headers=auth(key))
-    assert r.status_code == 200 and r.json()["district"] in ("BD", "HK")
+    assert r.status_code == 200 and r.json()["district"] in (BA_DINH, HOAN_KIEM)
     readings = await read_topic(
         kafka_settings, READINGS_TOPIC.name, where=lambda e: e.data["meter_id"].startswith(prefix)
     )
-    # 100 meters, several simulated quarter hours each
+    # 100 meters (30 districts) or 420 (126 areas), several simulated quarter hours each
     assert len({e.data["meter_id"] for e in readings}) > 80
     assert len({e.data["interval_end"] for e in readings}) >= 3
-    assert all(e.data["district"] in ("BD", "HK") for e in readings)
+    assert all(e.data["district"] in (BA_DINH, HOAN_KIEM) for e in readings)
     events = await read_topic(
         kafka_settings, EVENTS_TOPIC.name, where=lambda e: e.data["meter_id"].startswith(prefix)
     )

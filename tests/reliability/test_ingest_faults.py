@@ -21,6 +21,7 @@ from services.kiosk.app import create_app
 from shared.embedded import free_port
 from shared.kafka.producer import EventPublisher
 from shared.testing import auth, running_app
+from tests.areas import area, unit
 from tests.reliability.harness import (
     PYTHON,
     REPO,
@@ -54,7 +55,7 @@ async def test_broker_killed_during_ingest_gets_503_and_ingest_resumes_by_itself
     app = create_app(kiosk_settings)
     async with running_app(app) as client:
         await short_publish_timeout(app, kafka)
-        kiosks = await register_kiosks(client, admin_key, "LB", 3)
+        kiosks = await register_kiosks(client, admin_key, area("LB"), 3)
         before = session_items(kiosks, 300)
         r = await post_until_accepted(
             client,
@@ -138,14 +139,16 @@ async def test_postgres_killed_no_2xx_for_uncommitted_writes_and_recovery_withou
     ledger = Ledger()
     app = create_app(kiosk_settings)
     async with running_app(app) as client:
-        kiosks = await register_kiosks(client, admin_key, "CM", 2)
+        kiosks = await register_kiosks(client, admin_key, area("CM"), 2)
         crash_postgres(postgres)
         try:
             # Registry writes commit to PostgreSQL first; idempotent ingest records its key there first.
             new_kiosk = f"RK-{uid()}"
             from tests.reliability.harness import kiosk_entry
 
-            r = await client.put(f"/v1/kiosks/{new_kiosk}", headers=auth(admin_key), json=kiosk_entry("CM"))
+            r = await client.put(
+                f"/v1/kiosks/{new_kiosk}", headers=auth(admin_key), json=kiosk_entry(area("CM"))
+            )
             assert r.status_code == 503 and int(r.headers["retry-after"]) > 0, r.text
             items = session_items(kiosks, 200)
             key = uid()
@@ -177,7 +180,7 @@ async def test_postgres_killed_no_2xx_for_uncommitted_writes_and_recovery_withou
             "/v1/sessions", json={"items": items}, headers={**auth(admin_key), "Idempotency-Key": key}
         )
         assert replay.headers.get("idempotent-replayed") == "true"
-        r = await client.put(f"/v1/kiosks/{new_kiosk}", headers=auth(admin_key), json=kiosk_entry("CM"))
+        r = await client.put(f"/v1/kiosks/{new_kiosk}", headers=auth(admin_key), json=kiosk_entry(area("CM")))
         assert r.status_code == 200 and r.json()["published"] is True, r.text
         assert (await client.get(f"/v1/kiosks/{new_kiosk}", headers=auth(admin_key))).status_code == 200
         await wait_until(lambda: _ready(client), 20, "readiness after the database came back")
@@ -234,7 +237,7 @@ async def test_flood_gets_429_or_503_with_retry_after_memory_stays_bounded_and_e
             base_url=f"http://127.0.0.1:{port}", timeout=30, limits=httpx.Limits(max_connections=200)
         ) as client:
             await wait_until(lambda: _ready(client), 30, "the kiosk service to start")
-            kiosks = await register_kiosks(client, admin_key, "SS", 3)
+            kiosks = await register_kiosks(client, admin_key, area("SS"), 3)
             rss_before = psutil.Process(server.pid).memory_info().rss
             batches = [session_items(kiosks, 100) for _ in range(200)]
             first: list[httpx.Response] = []
@@ -349,7 +352,9 @@ async def test_dossier_writes_during_a_broker_outage_are_committed_then_relayed_
             "/v1/agencies",
             headers=auth(admin_key),
             json={
-                "items": [{"code": agency, "name": "UBND phường", "level": "commune", "admin_unit": "BD-01"}]
+                "items": [
+                    {"code": agency, "name": "UBND phường", "level": "commune", "admin_unit": unit("BD-01")}
+                ]
             },
         )
         assert r.status_code == 200, r.text

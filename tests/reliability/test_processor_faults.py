@@ -19,6 +19,7 @@ from shared.contracts.kiosk import SESSIONS_TOPIC
 from shared.kafka.producer import EventPublisher
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import auth, read_topic, running_app
+from tests.areas import area
 from tests.reliability.harness import (
     KPI_TOPIC,
     Ledger,
@@ -65,7 +66,7 @@ def names() -> tuple[str, str]:
 async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(
     kafka, kiosk_settings, admin_key, tmp_path
 ):
-    district, total = "HK", 12000
+    district, total = area("HK"), 12000
     ledger = Ledger()
     name, source = names()
     log = tmp_path / "worker.log"
@@ -130,7 +131,7 @@ async def _wait_progress(kafka, source: str, district: str, *, above: float, tim
 async def test_second_worker_joining_mid_stream_keeps_totals_exact(
     kafka, kiosk_settings, admin_key, tmp_path
 ):
-    district, half = "DD", 6000
+    district, half = area("DD"), 6000
     ledger = Ledger()
     name, source = names()
     first = Worker(
@@ -169,7 +170,7 @@ async def test_second_worker_joining_mid_stream_keeps_totals_exact(
 
 
 async def test_slow_consumer_lags_then_catches_up_exactly(kafka, kiosk_settings, admin_key):
-    district, total = "BD", 4000
+    district, total = area("BD"), 4000
     ledger = Ledger()
     name, source = names()
     slow = PacedKioskProcessor(
@@ -187,7 +188,7 @@ async def test_slow_consumer_lags_then_catches_up_exactly(kafka, kiosk_settings,
 
 
 async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafka, kiosk_settings, admin_key):
-    district, n = "TH", 500
+    district, n = area("TH"), 500
     ledger = Ledger()
     name, source = names()
 
@@ -252,7 +253,7 @@ async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafk
 async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(
     kafka, kiosk_settings, admin_key
 ):
-    district, n = "CG", 300
+    district, n = area("CG"), 300
     ledger = Ledger()
     name, source = names()
     processor = PacedKioskProcessor(

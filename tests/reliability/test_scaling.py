@@ -22,6 +22,7 @@ from services.kiosk.app import create_app
 from shared.contracts.kiosk import SESSIONS_TOPIC
 from shared.stream.core import MARKER_KEY
 from shared.testing import read_topic, running_app
+from tests.areas import area
 from tests.reliability.harness import Ledger, Worker, register_kiosks, wait_for_sessions_total
 from tests.reliability.test_processor_faults import ingest_sessions, names, prime
 
@@ -56,7 +57,7 @@ async def keep_ingesting_until_taken_over(client, key, kiosks, ledger, log_path,
 async def test_kiosk_kpi_scaled_from_one_to_three_workers_keeps_one_owner_per_partition_and_exact_totals(
     kafka, kiosk_settings, admin_key, tmp_path
 ):
-    district = "BD"
+    district = area("BD")
     ledger = Ledger()
     name, source = names()
     partitions = SESSIONS_TOPIC.partitions

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from tests.areas import BA_DINH_UNIT, HOAN_KIEM_UNIT
+
 
 def uid() -> str:
     return uuid.uuid4().hex[:10].upper()
@@ -36,8 +38,8 @@ async def seed_reference(client, admin_headers: dict[str, str]) -> tuple[str, st
         headers=admin_headers,
         json={
             "items": [
-                {"code": agency_a, "name": "UBND phường A", "level": "commune", "admin_unit": "BD-01"},
-                {"code": agency_b, "name": "UBND phường B", "level": "commune", "admin_unit": "BD-02"},
+                {"code": agency_a, "name": "UBND phường A", "level": "commune", "admin_unit": BA_DINH_UNIT},
+                {"code": agency_b, "name": "UBND phường B", "level": "commune", "admin_unit": HOAN_KIEM_UNIT},
             ]
         },
     )

@@ -11,6 +11,7 @@ import pytest
 
 from shared.auth import record_audit
 from shared.testing import auth
+from tests.areas import area
 from tests.security.conftest import present_service_names
 
 pytestmark = pytest.mark.integration
@@ -137,7 +138,7 @@ async def test_alarm_acknowledge_and_clear_are_audited(farm, issue, key_pool):
         state="raised",
         severity="major",
         source_id=alarm_id.rsplit(":", 1)[1],
-        district="HK",
+        district=area("HK"),
         at=datetime.now(UTC),
         message="kiosk silent for 5 minutes",
     )
@@ -173,7 +174,7 @@ async def test_kiosk_registry_changes_are_audited(farm, issue, key_pool):
         json={
             "building": "UBND",
             "address": "Hà Nội",
-            "district": "HK",
+            "district": area("HK"),
             "opening_hours": [],
             "peripherals": ["touchscreen"],
             "software_version": "1.0.0",
@@ -190,7 +191,7 @@ async def test_kiosk_registry_changes_are_audited(farm, issue, key_pool):
                     "kiosk_id": kiosk_id,
                     "building": "UBND",
                     "address": "Hà Nội",
-                    "district": "HK",
+                    "district": area("HK"),
                     "opening_hours": [],
                     "peripherals": ["touchscreen"],
                     "software_version": "1.0.1",

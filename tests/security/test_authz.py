@@ -15,6 +15,7 @@ import pytest
 
 from shared.auth import KeyStore
 from shared.testing import auth
+from tests.areas import area
 from tests.security.conftest import Endpoint, documented_operations, endpoints, present_service_names
 
 pytestmark = pytest.mark.integration
@@ -150,7 +151,7 @@ async def test_disabled_principal_is_401(farm, issue, key_pool):
 KIOSK_ENTRY = {
     "building": "UBND phường",
     "address": "1 Tràng Tiền",
-    "district": "HK",
+    "district": area("HK"),
     "opening_hours": [{"days": [1, 2, 3, 4, 5], "open": "08:00", "close": "17:00"}],
     "peripherals": ["touchscreen", "printer"],
     "software_version": "1.0.0",

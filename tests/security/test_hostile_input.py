@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.testing import auth, read_topic
+from tests.areas import area
 from tests.security.conftest import MAX_BODY_BYTES, Endpoint, endpoints, present_service_names
 
 pytestmark = pytest.mark.integration
@@ -108,7 +109,7 @@ async def test_malformed_json_and_wrong_shapes_get_clear_4xx(service, farm, issu
 ENTRY = {
     "building": "Trung tâm phục vụ hành chính công",
     "address": "258 Võ Chí Công, Tây Hồ",
-    "district": "TH",
+    "district": area("TH"),
     "opening_hours": [{"days": [1, 2, 3, 4, 5], "open": "08:00", "close": "17:00"}],
     "peripherals": ["touchscreen", "printer"],
     "software_version": "2.0.0",

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.testing import auth
+from tests.areas import area, unit
 from tests.security.conftest import endpoints, present_service_names
 
 pytestmark = pytest.mark.integration
@@ -44,8 +45,8 @@ def meter_entry(**kw) -> dict:
     return {
         "meter_id": uid(),
         "customers": 1,
-        "district": "HK",
-        "commune": "HK-01",
+        "district": area("HK"),
+        "commune": unit("HK-01"),
         "feeder": "F-1",
         "transformer": "T-1",
         "installed_on": "2020-01-01",
@@ -62,7 +63,7 @@ def intersection(**kw) -> dict:
     return {
         "intersection_id": uid(),
         "name": "Ngã tư Láng Hạ",
-        "district": "DD",
+        "district": area("DD"),
         "lat": 21.01,
         "lon": 105.81,
         "controller_id": uid(),
@@ -86,7 +87,7 @@ def procedure(**kw) -> dict:
 
 
 def agency(**kw) -> dict:
-    return {"code": uid(), "name": "UBND phường", "level": "commune", "admin_unit": "BD-01", **kw}
+    return {"code": uid(), "name": "UBND phường", "level": "commune", "admin_unit": unit("BD-01"), **kw}
 
 
 # (service, method, path, field, body[, known defect]) — the body holds one bad item.

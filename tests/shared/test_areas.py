@@ -102,8 +102,13 @@ def test_the_2025_polygons_contain_their_official_centroids_mostly():
 
 
 def test_the_setting_chooses_the_hierarchy_and_rejects_an_unknown_one(monkeypatch):
+    # unset: the structure the city runs today, two-tier since 1 July 2025 (126 communes and wards)
     monkeypatch.delenv("IOC_ADMIN_HIERARCHY", raising=False)
-    assert hierarchy_name() == "hanoi-2019" and len(areas.hanoi().top_areas) == 30
+    assert hierarchy_name() == "hanoi-2025" and len(areas.hanoi().top_areas) == 126
+    assert areas.hanoi().top_level == "commune"
+    # the 2019 three-level structure stays selectable: 30 districts over 584 communes and wards
+    monkeypatch.setenv("IOC_ADMIN_HIERARCHY", "hanoi-2019")
+    assert len(areas.hanoi().top_areas) == 30 and len(areas.hanoi().communes) == 584
     monkeypatch.setenv("IOC_ADMIN_HIERARCHY", "hanoi-2025")
     assert len(areas.hanoi().top_areas) == 126
     monkeypatch.setenv("IOC_ADMIN_HIERARCHY", "hanoi-1999")

@@ -15,6 +15,7 @@ from services.traffic.app import create_app
 from services.traffic.settings import TrafficSettings
 from shared.contracts.traffic import HIRES_TOPIC, REGISTRY_TOPIC
 from shared.testing import auth, issue_test_key, read_topic, running_app
+from tests.areas import BA_DINH, CAU_GIAY, DONG_DA
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +51,7 @@ def intersection(iid: str, cid: str, **kw) -> dict:
     return {
         "intersection_id": iid,
         "name": "Kim Mã - Giảng Võ",
-        "district": "BD",
+        "district": BA_DINH,
         "lat": 21.031,
         "lon": 105.821,
         "controller_id": cid,
@@ -114,18 +115,18 @@ async def test_registry_write_publishes_config_and_rejects_bad_rows(client, keys
         (3, "lat", "invalid"),
     ]
     got = await read_topic(kafka_settings, REGISTRY_TOPIC.name, where=lambda e: e.key == cid, expect=1)
-    assert got[0].data["intersection_id"] == iid and got[0].data["district"] == "BD"
+    assert got[0].data["intersection_id"] == iid and got[0].data["district"] == BA_DINH
     # bulk CSV import keeps the registry in one place; a controller owned elsewhere is a conflict
     csv_body = (
         "intersection_id,name,district,lat,lon,controller_id,phases\n"
-        f"{other},Cầu Giấy,CG,21.03,105.79,{uid('C')},2;4;6;8\n"
-        f"{uid('I')},Láng,DD,21.02,105.81,{cid},2 4\n"
+        f"{other},Cầu Giấy,{CAU_GIAY},21.03,105.79,{uid('C')},2;4;6;8\n"
+        f"{uid('I')},Láng,{DONG_DA},21.02,105.81,{cid},2 4\n"
     )
     r = await client.post("/v1/intersections/import", content=csv_body, headers=auth(keys["admin"]))
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == 1 and r.json()["rejected"][0]["code"] == "conflict"
     r = await client.get(f"/v1/intersections/{other}", headers=auth(keys["read"]))
-    assert r.status_code == 200 and r.json()["district"] == "CG" and r.json()["phases"] == [2, 4, 6, 8]
+    assert r.status_code == 200 and r.json()["district"] == CAU_GIAY and r.json()["phases"] == [2, 4, 6, 8]
 
 
 async def test_ingest_publishes_events_and_answers_each_rejection(client, keys, kafka_settings):
@@ -172,7 +173,7 @@ async def test_ingest_publishes_events_and_answers_each_rejection(client, keys, 
     assert r.status_code == 422 and r.json()["rejected"][0]["code"] == "out_of_order"
 
     got = await read_topic(kafka_settings, HIRES_TOPIC.name, where=lambda e: e.key == cid, expect=1)
-    assert len(got) == 1 and got[0].subject == iid and got[0].data["district"] == "BD"
+    assert len(got) == 1 and got[0].subject == iid and got[0].data["district"] == BA_DINH
     assert [(e["code"], e["param"]) for e in got[0].data["events"]] == [
         (1, 2),
         (82, 1),
@@ -427,7 +428,7 @@ async def test_registry_shows_the_gateway_and_never_publishes_it(client, keys, k
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     r = await client.get(f"/v1/intersections/{iid}", headers=auth(keys["read"]))
     assert r.status_code == 200 and r.json()["gateway"] == gw
-    r = await client.get("/v1/intersections", params={"district": "BD"}, headers=auth(keys["read"]))
+    r = await client.get("/v1/intersections", params={"district": BA_DINH}, headers=auth(keys["read"]))
     assert [x["gateway"] for x in r.json()["items"] if x["intersection_id"] == iid] == [gw]
     got = await read_topic(kafka_settings, REGISTRY_TOPIC.name, where=lambda e: e.key == cid, expect=1)
     assert "gateway" not in got[0].data and gw not in str(got[0].data)
@@ -456,7 +457,8 @@ async def test_csv_import_sets_keeps_and_clears_the_gateway(client, keys):
     a, b, ca, cb, gw = uid("I"), uid("I"), uid("C"), uid("C"), keys["gateway"]
     header = "intersection_id,name,district,lat,lon,controller_id,phases"
     body = (
-        f"{header},gateway\n{a},Láng,DD,21.02,105.81,{ca},2;4,{gw}\n{b},Hào Nam,DD,21.02,105.82,{cb},2 4,\n"
+        f"{header},gateway\n{a},Láng,{DONG_DA},21.02,105.81,{ca},2;4,{gw}\n"
+        f"{b},Hào Nam,{DONG_DA},21.02,105.82,{cb},2 4,\n"
     )
     r = await client.post("/v1/intersections/import", content=body, headers=auth(keys["admin"]))
     assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
@@ -467,7 +469,7 @@ async def test_csv_import_sets_keeps_and_clears_the_gateway(client, keys):
     # a file without the column keeps the gateway (as it keeps the detectors it cannot express)
     r = await client.post(
         "/v1/intersections/import",
-        content=f"{header}\n{a},Láng 2,DD,21.02,105.81,{ca},2;4\n",
+        content=f"{header}\n{a},Láng 2,{DONG_DA},21.02,105.81,{ca},2;4\n",
         headers=auth(keys["admin"]),
     )
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text

@@ -16,6 +16,7 @@ from services.traffic.app import create_app
 from services.traffic.replay import ReplayReport, replay_file
 from services.traffic.settings import TrafficSettings
 from shared.testing import auth, issue_test_key, read_topic, running_app
+from tests.areas import area
 
 from .test_domain import BASE, two_cycles
 
@@ -61,7 +62,7 @@ async def test_a_log_older_than_the_age_limit_is_backfilled_and_its_last_bin_pub
                 {
                     "intersection_id": iid,
                     "name": "Kim Mã - Giảng Võ",
-                    "district": "BD",
+                    "district": area("BD"),
                     "lat": 21.031,
                     "lon": 105.821,
                     "controller_id": cid,
@@ -165,7 +166,7 @@ async def test_detector_import_maps_every_layout_and_refuses_with_422_and_the_li
                 {
                     "intersection_id": uid("I"),
                     "name": "Láng",
-                    "district": "DD",
+                    "district": area("DD"),
                     "lat": 21.02,
                     "lon": 105.81,
                     "controller_id": cid,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from services.traffic.domain import KNOWN_CODES, MeasureParams, MeasuresEngine, config_from_registry
 from services.traffic.replay import read_hires_csv
 from services.traffic.simulator import build_intersections
+from shared.areas import hanoi
 
 
 def test_reads_atspm_and_udot_layouts_local_time_sorted(tmp_path):
@@ -27,7 +28,9 @@ def test_reads_atspm_and_udot_layouts_local_time_sorted(tmp_path):
 def test_simulated_controller_logs_ordered_known_events_with_measures():
     start = datetime(2024, 5, 1, 8, 0, tzinfo=UTC).timestamp()
     items, sims = build_intersections(0.01, random.Random(3), start)
-    assert len(items) == 3 and len({i["district"] for i in items}) == 3
+    # 10 intersections per top area at scale 1: 0.1 × 30 = 3 (2019), 0.1 × 126 = 12.6 → 13 (2025), one per area
+    assert len(items) == {30: 3, 126: 13}[len(hanoi().top_areas)]
+    assert len({i["district"] for i in items}) == len(items)
     sim = sims[0]
     events = []
     for k in range(1, 1800):

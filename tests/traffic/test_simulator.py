@@ -5,10 +5,16 @@ from __future__ import annotations
 import random
 
 from services.traffic import simulator
+from shared.areas import hanoi
+from tests.areas import HOAN_KIEM
 
 
 def _controllers(n=60, seed=5):
-    return simulator.build_intersections(n / simulator.BASE_INTERSECTIONS, random.Random(seed), 1_000_000.0)
+    """``n`` controllers: the simulator builds BASE_INTERSECTIONS × scale for 30 areas, as many per area for more."""
+    per_scale = simulator.BASE_INTERSECTIONS * len(hanoi().top_areas) / 30
+    items, sims = simulator.build_intersections(n / per_scale, random.Random(seed), 1_000_000.0)
+    assert len(items) == n
+    return items, sims
 
 
 def test_a_healthy_hour_has_few_faults_and_short_pedestrian_waits():
@@ -37,13 +43,16 @@ def test_a_scripted_incident_cuts_the_districts_signals_for_its_duration():
     t0 = 1_000_000.0 + 600
     t1 = t0 + 1200
     done: set[int] = set()
-    simulator.apply_incidents(items, sims, [("HK", t0, t1)], t0 - 100, done)
+    assert any(item["district"] == HOAN_KIEM for item in items)
+    simulator.apply_incidents(items, sims, [(HOAN_KIEM, t0, t1)], t0 - 100, done)
     assert done == {0}
     for item, sim in zip(items, sims, strict=True):
         events = sim.events_until(t1 + 300)
         inside = [e for e in events if t0 < e[0] < t1]
-        if item["district"] == "HK":
+        if item["district"] == HOAN_KIEM:
             assert (t0, 182, 0) in events and (t1, 184, 0) in events and inside == []
         else:
             assert inside
-    assert simulator.parse_incidents("HK@1970-01-12T13:46:40Z/20") == [("HK", 1_000_000.0, 1_001_200.0)]
+    assert simulator.parse_incidents(f"{HOAN_KIEM}@1970-01-12T13:46:40Z/20") == [
+        (HOAN_KIEM, 1_000_000.0, 1_001_200.0)
+    ]
