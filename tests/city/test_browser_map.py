@@ -154,17 +154,18 @@ async def test_the_map_colours_areas_by_kpi_status_offline_and_a_click_drills_do
                 await page.locator("#map").scroll_into_view_if_needed()
                 await page.screenshot(path=str(artifacts_dir / "console-map-1280x800.png"))
 
-                # a click inside the ward drills down: its detail opens, the hook event and hash announce it
+                # a click inside the ward drills down: its page opens, the hook event and hash announce it
                 await page.evaluate(
                     "document.addEventListener('ioc:select-area', (e) => { window.selected = e.detail; })"
                 )
                 x, y = await page.evaluate(LABEL_POINT, breaching)
                 await page.mouse.click(x, y)
-                detail = page.locator("#district-detail")
+                # (the area's page: its KPIs, assets in alarm and incidents; docs/console-assets.md)
+                detail = page.locator(f'#view[data-page="area"][data-code="{breaching}"]')
                 await expect(detail).to_be_visible(timeout=10000)
-                await expect(page.locator("#district-name")).to_contain_text("Hồng Hà")
+                await expect(detail).to_contain_text("Hồng Hà")
                 await expect(
-                    page.locator('#district-kpis tr[data-kpi="citytest.availability"]')
+                    page.locator('#area-kpis tr[data-kpi="citytest.availability"]')
                 ).to_contain_text("80%")
                 assert await page.evaluate("window.selected") == {
                     "code": breaching,
