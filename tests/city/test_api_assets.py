@@ -341,3 +341,65 @@ async def test_an_agency_page_names_it_and_takes_its_766_scorecard_from_the_doss
             assert p["details"] is None and p["details_error"]["reason"] == "forbidden"
             p = (await client.get("/v1/assets/agency/AG-none", headers=auth(reader))).json()
             assert p["details_error"]["reason"] == "not_found"
+
+
+async def test_a_signed_in_operator_sees_the_agency_page_through_dossier_stats_but_no_dossier(
+    kafka_settings, db_settings, topics_ready
+):
+    """Every console role holds ``dossier:stats`` (aggregates without personal data) and not ``dossier:read``:
+    with the session the city forwards, the dossier service answers the agency list and the 766 scorecard
+    (the agency page has its details) and refuses the dossiers themselves (403 naming the scope)."""
+    import httpx
+
+    from services.city.roles import ROLE_SCOPES
+    from services.dossier.app import create_app as create_dossier_app
+    from shared.auth import SESSION_COOKIE
+    from tests.dossier.test_api import settings as dossier_settings
+
+    from .auth_helpers import make_operator
+    from .conftest import serve
+
+    assert all(
+        "dossier:stats" in s and "dossier:read" not in s and "dossier:*" not in s
+        for s in ROLE_SCOPES.values()
+    )
+    dossier = create_dossier_app(dossier_settings(kafka_settings, db_settings))
+    agency = f"AG{uuid.uuid4().hex[:8]}"
+    async with serve(dossier, free_port()) as dossier_base:
+        pool = dossier.state.ctx.pool
+        _, admin = await issue_test_key(pool, ["*"], kind="admin")
+        async with httpx.AsyncClient(base_url=dossier_base) as dc:
+            r = await dc.put(
+                "/v1/agencies",
+                headers=auth(admin),
+                json={
+                    "items": [{"code": agency, "name": "UBND xã", "level": "commune", "admin_unit": "BD-01"}]
+                },
+            )
+            assert r.status_code == 200, r.text
+        city = create_app(
+            CitySettings(
+                kafka=kafka_settings,
+                database=db_settings,
+                kpi_definitions_path=str(KPI_FILE),
+                consumer_group=f"city-agency-session-{uuid.uuid4().hex[:8]}",
+                dossier_url=dossier_base,
+            )
+        )
+        async with running_app(city) as client:
+            username, password = await make_operator(city.state.ctx.pool, "leader")
+            r = await client.post("/v1/session", json={"username": username, "password": password})
+            assert r.status_code == 200, r.text
+            session = {SESSION_COOKIE: client.cookies[SESSION_COOKIE]}
+            p = (await client.get(f"/v1/assets/agency/{agency}")).json()
+            assert p["details_error"] is None, p["details_error"]
+            assert (p["details"]["name"], p["district"]) == ("UBND xã", "BD")
+            assert p["details"]["period"] == datetime.now(HANOI).strftime("%Y-%m")
+        async with httpx.AsyncClient(base_url=dossier_base, cookies=session) as dc:
+            assert (await dc.get("/v1/agencies")).status_code == 200
+            period = datetime.now(HANOI).strftime("%Y-%m")
+            assert (await dc.get("/v1/index766", params={"period": period})).status_code == 200
+            refused = await dc.get("/v1/dossiers")
+            assert refused.status_code == 403
+            assert "dossier:read" in refused.json()["error"]["message"]
+            assert (await dc.get(f"/v1/dossiers/{agency}-000")).status_code == 403
