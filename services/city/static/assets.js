@@ -31,6 +31,18 @@ Object.assign(I18N.vi, {
   peripheralFaults: "Thiết bị ngoại vi đang lỗi", index766Group: "Nhóm chỉ số", points: "Điểm",
   g766_transparency: "Công khai, minh bạch", g766_progress: "Tiến độ, kết quả giải quyết", g766_digitisation: "Số hóa hồ sơ",
   g766_online_service: "Cung cấp dịch vụ trực tuyến", g766_satisfaction: "Mức độ hài lòng", softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
+  connection: "Kết nối", kioskOnline: "trực tuyến", kioskOffline: "mất kết nối", lastHeartbeat: "tín hiệu cuối",
+  sessionsToday: "Phiên hôm nay", completed: "hoàn thành", abandoned: "bỏ dở", failed: "lỗi", availability: "Mức sẵn sàng",
+  journeyCol: "Dịch vụ", today: "Hôm nay", last7Days: "7 ngày qua", technicalAvailability: "Sẵn sàng kỹ thuật",
+  journey_lookup_procedure: "Tra cứu thủ tục", journey_submit_dossier: "Nộp hồ sơ", journey_check_status: "Tra cứu tình trạng hồ sơ",
+  journey_pay_fee: "Nộp phí", journey_print_result: "In kết quả", journey_queue_ticket: "Lấy số thứ tự", journey_rate_service: "Đánh giá",
+  peripheral: "Thiết bị", deviceState: "Trạng thái", paper: "Giấy", usable: "Dùng được",
+  peripheral_touchscreen: "Màn hình cảm ứng", peripheral_printer: "Máy in", peripheral_id_scanner: "Đầu đọc CCCD",
+  peripheral_card_reader: "Đầu đọc thẻ", peripheral_barcode_reader: "Đầu đọc mã vạch", peripheral_camera: "Camera",
+  peripheral_payment_terminal: "Thiết bị thanh toán",
+  xfs_online: "hoạt động", xfs_busy: "đang bận", xfs_offline: "ngắt kết nối", xfs_power_off: "tắt nguồn",
+  xfs_no_device: "không có thiết bị", xfs_hardware_error: "lỗi phần cứng", xfs_user_error: "bị người dùng cản trở",
+  xfs_fraud_attempt: "nghi gian lận", paper_full: "đủ", paper_low: "sắp hết", paper_out: "hết", paper_jammed: "kẹt", paper_unknown: "không rõ",
 });
 Object.assign(I18N.en, {
   back: "← Overview", areaPage: "Area page", assetsInAlarmNone: "No asset in alarm",
@@ -60,6 +72,18 @@ Object.assign(I18N.en, {
   peripheralFaults: "Peripherals in fault", index766Group: "Group", points: "Points",
   g766_transparency: "Transparency", g766_progress: "Progress and results", g766_digitisation: "Digitisation",
   g766_online_service: "Online service", g766_satisfaction: "Satisfaction", softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
+  connection: "Connection", kioskOnline: "online", kioskOffline: "offline", lastHeartbeat: "last heartbeat",
+  sessionsToday: "Sessions today", completed: "completed", abandoned: "abandoned", failed: "failed", availability: "Availability",
+  journeyCol: "Service", today: "Today", last7Days: "Last 7 days", technicalAvailability: "Technical availability",
+  journey_lookup_procedure: "Look up a procedure", journey_submit_dossier: "Submit a dossier", journey_check_status: "Check a dossier's status",
+  journey_pay_fee: "Pay a fee", journey_print_result: "Print a result", journey_queue_ticket: "Queue ticket", journey_rate_service: "Rate the service",
+  peripheral: "Peripheral", deviceState: "State", paper: "Paper", usable: "Usable",
+  peripheral_touchscreen: "Touchscreen", peripheral_printer: "Printer", peripheral_id_scanner: "ID scanner",
+  peripheral_card_reader: "Card reader", peripheral_barcode_reader: "Barcode reader", peripheral_camera: "Camera",
+  peripheral_payment_terminal: "Payment terminal",
+  xfs_online: "online", xfs_busy: "busy", xfs_offline: "offline", xfs_power_off: "power off", xfs_no_device: "no device",
+  xfs_hardware_error: "hardware error", xfs_user_error: "user error", xfs_fraud_attempt: "fraud attempt",
+  paper_full: "full", paper_low: "low", paper_out: "out", paper_jammed: "jammed", paper_unknown: "unknown",
 });
 
 // Decision 766 groups and their maximum points (Art. 1(1); services/dossier/index766.py GROUPS)
@@ -193,8 +217,8 @@ function detailsBlock(p) {
   const faults = p.kind === "kiosk" ? p.alarms.filter((a) => a.state !== "cleared" && a.alarm_type !== "kiosk_offline") : [];
   const faultLine = faults.length ? el("p", {id: "kiosk-faults"}, `${t("peripheralFaults")}: `, faults.map((a) => alarmTypeName(a.alarm_type)).join(", ")) : null;
   if (p.details_error) return el("div", {}, el("p", {class: "muted details-error"}, t(p.details_error.reason) || t("notAvailable")), faultLine);
-  if (p.kind === "kiosk") return el("div", {}, kvTable(p, d), faultLine);
   const d = p.details || {};
+  if (p.kind === "kiosk") return el("div", {}, kvTable(p, d), kioskState(d), faultLine);
   if (p.kind === "agency") {
     const card = d.index766;
     const who = el("table", {class: "table kv"}, el("tr", {}, el("th", {}, t("name")), el("td", {}, d.name || "–")),
@@ -218,6 +242,37 @@ function detailsBlock(p) {
         el("td", {}, i.minutes === null ? "–" : fmtNumber(i.minutes))))));
   }
   return kvTable(p, d);
+}
+
+// A kiosk's state from the kiosk service's status: connection, sessions today, availability (the kiosk KPIs'
+// definition: online / scheduled time; per journey: with the peripherals it needs usable), peripherals (CEN/XFS).
+const pct = (x) => (x === null || x === undefined ? "–" : `${fmtNumber(x)} %`);
+function kioskState(d) {
+  if (!d.availability_today) return null;
+  const today = d.availability_today, week = d.availability_7d;
+  const weekJ = Object.fromEntries(((week && week.journeys) || []).map((j) => [j.journey, j]));
+  const sessions = d.sessions_today || {total: 0};
+  return el("div", {id: "kiosk-state"},
+    el("table", {class: "table kv"},
+      el("tr", {}, el("th", {}, t("connection")), el("td", {data: {online: String(d.online)}},
+        t(d.online ? "kioskOnline" : "kioskOffline"),
+        d.last_heartbeat ? ` · ${t("lastHeartbeat")} ${fmtDateTime(instant(d.last_heartbeat))}` : "")),
+      el("tr", {}, el("th", {}, t("sessionsToday")), el("td", {id: "kiosk-sessions-today"},
+        `${fmtNumber(sessions.total)}`, sessions.total ? ` (${t("completed")} ${fmtNumber(sessions.completed || 0)}, ` +
+          `${t("abandoned")} ${fmtNumber(sessions.abandoned || 0)}, ${t("failed")} ${fmtNumber(sessions.failed || 0)})` : ""))),
+    el("h3", {}, t("availability")),
+    table("kiosk-availability", [t("journeyCol"), t("today"), t("last7Days")], [
+      el("tr", {data: {journey: "technical"}}, el("td", {}, t("technicalAvailability")),
+        el("td", {}, pct(today.technical_pct)), el("td", {}, pct(week ? week.technical_pct : null))),
+      ...today.journeys.map((j) => el("tr", {data: {journey: j.journey}}, el("td", {}, t(`journey_${j.journey}`)),
+        el("td", {}, pct(j.functional_pct)), el("td", {}, pct(weekJ[j.journey] ? weekJ[j.journey].functional_pct : null))))]),
+    el("h3", {}, t("peripherals")),
+    table("kiosk-peripherals", [t("peripheral"), t("deviceState"), t("paper"), t("usable"), t("since")],
+      (d.peripheral_states || []).map((x) => el("tr", {class: x.usable === false ? "state-active" : "", data: {peripheral: x.peripheral}},
+        el("td", {}, t(`peripheral_${x.peripheral}`)), el("td", {}, x.state ? t(`xfs_${x.state}`) : "–"),
+        el("td", {}, x.paper ? t(`paper_${x.paper}`) : "–"),
+        el("td", {}, x.usable === null ? "–" : t(x.usable ? "yes" : "no")),
+        el("td", {}, x.since ? fmtDateTime(instant(x.since)) : "–")))));
 }
 
 // the fields of the source service's answer that are worth reading, with their names in the chosen language
