@@ -273,12 +273,16 @@ async def intersection_atspm(
     )
     if status != 200:
         return status, timeline
-    charts = atspm_charts(measures["measures"], timeline["timeline"])
+    # per vehicle and per cycle (a traffic service without kind=pcd answers 422: the charts then go without)
+    status, pcd = await fetch("traffic", f"/v1/intersections/{asset_id}/measures", {**params, "kind": "pcd"})
+    if status not in (200, 422):
+        return status, pcd
+    charts = atspm_charts(measures["measures"], timeline["timeline"], pcd if status == 200 else None)
     return 200, {
         "intersection_id": asset_id,
         "from": start,
         "to": end,
-        "source": "traffic service GET /v1/intersections/{id}/measures (phases and kind=timeline)",
+        "source": "traffic service GET /v1/intersections/{id}/measures (phases, kind=timeline, kind=pcd)",
         "latest": latest_phase_states(timeline["timeline"]),
         **charts,
     }
