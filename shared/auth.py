@@ -533,7 +533,9 @@ def require_scope(
         request.state.principal = principal
         return principal
 
-    dependency.__name__ = "require_" + "_or_".join(s.replace(":", "_").replace("*", "any") for s in accepted)
+    # named after the first scope (require_<domain>_<action>); ``scopes`` lists every one it accepts
+    dependency.__name__ = f"require_{accepted[0].replace(':', '_').replace('*', 'any')}"
+    dependency.scopes = accepted  # type: ignore[attr-defined]  # read by route introspection (tests/security)
     return dependency
 
 

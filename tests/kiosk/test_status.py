@@ -184,3 +184,63 @@ async def test_availability_of_a_hand_made_day_sessions_and_peripherals(client, 
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "from"
     r = await client.get("/v1/kiosks/KS-none/status", headers=reader)
     assert r.status_code == 404
+
+
+def test_the_status_folds_peripheral_changes_as_the_kpi_processor_does():
+    """The status view's fold (``domain.fold_peripheral``) gives the KPI processor's down intervals and current
+    state on random time-ordered changes (states, paper carried forward, repeats at one instant)."""
+    import random
+
+    from services.kiosk.domain import fold_peripheral
+    from services.kiosk.processors import KioskKpiProcessor
+    from shared.contracts.kiosk import PeripheralStatusChanged
+    from shared.stream.processor import State
+    from shared.testing import received
+
+    rnd = random.Random(41)
+    states = [
+        "online",
+        "busy",
+        "offline",
+        "power_off",
+        "no_device",
+        "hardware_error",
+        "user_error",
+        "fraud_attempt",
+    ]
+    base = datetime(2024, 5, 6, tzinfo=UTC).timestamp()
+    for _ in range(50):
+        t = base
+        changes = []
+        for _ in range(rnd.randint(1, 30)):
+            t += rnd.choice([0, 0.5, 30, 600])
+            peripheral = rnd.choice(["printer", "touchscreen"])
+            paper = rnd.choice([None, "full", "low", "out", "jammed"]) if peripheral == "printer" else None
+            changes.append((peripheral, t, rnd.choice(states), paper))
+        proc = KioskKpiProcessor(heartbeat_timeout_s=180)
+        st = State(0)
+        for p, at_s, state, paper in changes:
+            proc.apply(
+                received(
+                    PeripheralStatusChanged,
+                    {
+                        "kiosk_id": "K-F",
+                        "peripheral": p,
+                        "state": state,
+                        "paper": paper,
+                        "at": datetime.fromtimestamp(at_s, UTC).isoformat(),
+                    },
+                ),
+                st,
+            )
+        dev = st.get("d:K-F") or {}
+        for p in {c[0] for c in changes}:
+            folded = fold_peripheral(p, [(a, s, paper) for q, a, s, paper in changes if q == p])
+            want = dev[p]
+            assert [tuple(iv) for iv in want["down"]] == folded.down
+            assert (want["state"], want["paper"], want["fault"], want["since"]) == (
+                folded.state,
+                folded.paper,
+                folded.fault,
+                folded.since,
+            )
