@@ -498,3 +498,31 @@ async def test_a_signed_in_operator_sees_a_kiosk_page_with_its_status_from_the_k
         async with httpx.AsyncClient(base_url=kiosk_base, cookies=session) as kc:
             assert (await kc.get(f"/v1/kiosks/{kiosk}/status")).status_code == 200
             assert (await kc.get(f"/v1/kiosks/{kiosk}")).status_code == 403
+
+
+async def test_console_accounts_saved_before_get_the_asset_pages_read_scopes(platform_pool):
+    """Migration 005_asset_data_scopes: an account stored with a role's former scopes gets dossier:stats and
+    kiosk:read (as roles.py now grants); keys of other kinds are left alone."""
+    from pathlib import Path
+
+    from services.city.roles import ROLE_SCOPES
+
+    old, machine = f"op-old-{uuid.uuid4().hex[:8]}", f"gw-{uuid.uuid4().hex[:8]}"
+    await platform_pool.execute(
+        "INSERT INTO platform.principals(id, kind, display_name, scopes, attributes) VALUES "
+        "($1, 'operator', 'old', ARRAY['city:read', 'traffic:read'], '{\"role\": \"leader\"}'), "
+        "($2, 'gateway', 'gw', ARRAY['kiosk:ingest'], '{}')",
+        old,
+        machine,
+    )
+    sql = (Path(__file__).parents[2] / "services/city/migrations/005_asset_data_scopes.sql").read_text()
+    await platform_pool.execute(sql)
+    await platform_pool.execute(sql)  # once more changes nothing
+    got = dict(
+        await platform_pool.fetch(
+            "SELECT id, scopes FROM platform.principals WHERE id = ANY($1)", [old, machine]
+        )
+    )
+    assert sorted(got[old]) == ["city:read", "dossier:stats", "kiosk:read", "traffic:read"]
+    assert got[machine] == ["kiosk:ingest"]
+    assert all({"dossier:stats", "kiosk:read"} <= set(s) for s in ROLE_SCOPES.values())
