@@ -454,9 +454,12 @@ def _source_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_ticket: bool = False):
-    """FastAPI dependency: the calling :class:`Principal`, which must hold ``scope`` (and, when ``roles`` is
-    given, have one of those roles: ``attributes.role``, else its kind).
+def require_scope(
+    scope: str | tuple[str, ...], roles: frozenset[str] | None = None, *, allow_ticket: bool = False
+):
+    """FastAPI dependency: the calling :class:`Principal`, which must hold ``scope`` (a tuple: any one of those
+    scopes, e.g. a narrow aggregate-read scope beside the full read scope) and, when ``roles`` is given, have
+    one of those roles (``attributes.role``, else its kind).
 
     The credential is an API key in a header, else the console's session cookie (:data:`SESSION_COOKIE`;
     a state-changing request then needs :data:`CSRF_HEADER`, see :func:`check_csrf`). 401 without a valid
@@ -464,6 +467,10 @@ def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_tick
     failed authentications from the caller's address. ``allow_ticket``: a Server-Sent Events route, which also
     accepts a single-use ``?ticket=`` from :func:`issue_stream_ticket` (never a key in the URL).
     """
+
+    accepted = (scope,) if isinstance(scope, str) else tuple(scope)
+    if not accepted:
+        raise ValueError("require_scope needs at least one scope")
 
     async def dependency(request: Request) -> Principal:
         ctx = request.app.state.ctx
@@ -511,8 +518,9 @@ def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_tick
                 "the API key is unknown or revoked" if token else "the ticket is unknown, used or expired",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not principal.has_scope(scope):
-            raise ApiError(403, "forbidden", f"this principal lacks the scope {scope!r}")
+        if not any(principal.has_scope(s) for s in accepted):
+            wanted = " or ".join(repr(s) for s in accepted)
+            raise ApiError(403, "forbidden", f"this principal lacks the scope {wanted}")
         if roles is not None and principal.role not in roles:
             raise ApiError(
                 403,
@@ -525,7 +533,9 @@ def require_scope(scope: str, roles: frozenset[str] | None = None, *, allow_tick
         request.state.principal = principal
         return principal
 
-    dependency.__name__ = f"require_{scope.replace(':', '_').replace('*', 'any')}"
+    # named after the first scope (require_<domain>_<action>); ``scopes`` lists every one it accepts
+    dependency.__name__ = f"require_{accepted[0].replace(':', '_').replace('*', 'any')}"
+    dependency.scopes = accepted  # type: ignore[attr-defined]  # read by route introspection (tests/security)
     return dependency
 
 

@@ -5,16 +5,17 @@ traffic service answers (its phase measures per 15-minute bin, and its per-cycle
 into the three charts engineers read (docs/console-assets.md):
 
 - **Purdue coordination diagram**: per red-to-red cycle (begin red clearance to the next), the offsets of begin
-  green and begin yellow and the cycle length, from the timeline; and per bin the arrivals on green / yellow /
-  red of the phase measures with the mean per cycle (``arrivals_on_x / cycles``) and the mean cycle length
-  (``cycle_seconds / cycles``). The traffic service publishes arrivals per bin, not per vehicle, so the chart
-  shows the bins' arrivals per cycle against the cycles' timing rather than one dot per vehicle.
+  green and begin yellow and the cycle length, from the timeline; each vehicle's arrival as seconds after its
+  cycle's start (``kind=pcd``: one dot per vehicle, as UDOT's diagram); and per bin the arrivals on green /
+  yellow / red of the phase measures with the mean per cycle (``arrivals_on_x / cycles``) and the mean cycle
+  length (``cycle_seconds / cycles``).
 - **Split monitor**: the split of every cycle (begin green to end red clearance, the traffic service's
   ``splits`` rule: a cycle with exactly one begin yellow and one begin red clearance, ended by one end red
   clearance, then closed by the next begin green), from the timeline; and per bin ``splits``,
   ``split_seconds_avg`` and ``split_seconds_max`` as the phase measures give them.
-- **Phase terminations**: gap-outs, max-outs and force-offs per phase per bin (the phase measures' counts) and
-  the share of max-outs + force-offs.
+- **Phase terminations**: each termination (gap-out, max-out, force-off) at its time with the cycle it ended
+  (``kind=pcd``), gap-outs, max-outs and force-offs per phase per bin (the phase measures' counts) and the share
+  of max-outs + force-offs.
 """
 
 from __future__ import annotations
@@ -109,14 +110,38 @@ def coordination_cycles(intervals: list[tuple[str, int, int, int | None]]) -> li
     return out
 
 
-def atspm_charts(measures: list[dict[str, Any]], timeline: list[dict[str, Any]]) -> dict[str, Any]:
-    """The three charts per phase from the traffic API's ``measures`` (phase rows) and ``timeline``."""
+def atspm_charts(
+    measures: list[dict[str, Any]], timeline: list[dict[str, Any]], pcd: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The three charts per phase from the traffic API's ``measures`` (phase rows), ``timeline`` and ``pcd``
+    (``kind=pcd``: per cycle each arrival's offset and the termination; None from a traffic service without it)."""
     intervals = _phase_intervals(timeline)
+    vehicles: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    ended: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for c in (pcd or {}).get("cycles") or ():
+        vehicles[int(c["phase"])].append(
+            {
+                "cycle_start": _iso(_ms(c["cycle_start"]) or 0),
+                "green_seconds": c["green_offset_seconds"],
+                "yellow_seconds": c["yellow_offset_seconds"],
+                "cycle_seconds": c["cycle_seconds"],
+                "arrival_offsets_seconds": c["arrival_offsets_seconds"],
+                "termination": c["termination"],
+            }
+        )
+    for x in (pcd or {}).get("terminations") or ():
+        ended[int(x["phase"])].append(
+            {
+                "at": _iso(_ms(x["at"]) or 0),
+                "termination": x["termination"],
+                "cycle_start": _iso(_ms(x["cycle_start"]) or 0) if x.get("cycle_start") else None,
+            }
+        )
     rows: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for m in measures:
         rows[int(m["phase"])].append(m)
     phases = []
-    for phase in sorted({*rows, *intervals}):
+    for phase in sorted({*rows, *intervals, *vehicles, *ended}):
         bins = sorted(rows.get(phase, []), key=lambda m: _ms(m["bin_start"]) or 0)
         ivs = intervals.get(phase, [])
         coordination = []
@@ -162,9 +187,13 @@ def atspm_charts(measures: list[dict[str, Any]], timeline: list[dict[str, Any]])
         phases.append(
             {
                 "phase": phase,
-                "coordination": {"cycles": coordination_cycles(ivs), "bins": coordination},
+                "coordination": {
+                    "cycles": coordination_cycles(ivs),
+                    "bins": coordination,
+                    "vehicles": vehicles.get(phase, []),
+                },
                 "split_monitor": {"cycles": cycle_splits(ivs), "bins": splits},
-                "terminations": {"bins": terminations},
+                "terminations": {"bins": terminations, "cycles": ended.get(phase, [])},
             }
         )
     return {"phases": phases}

@@ -39,6 +39,7 @@ ASSET_DOMAINS: dict[str, tuple[str, ...]] = {
 #: asset kind → the domain whose area KPIs its page shows
 KIND_DOMAIN = {kind: domains[0] for kind, domains in ASSET_DOMAINS.items()}
 ALARM_HISTORY_DAYS = 30
+KIOSK_AVAILABILITY_DAYS = 7
 
 #: (domain service, path, params) → (HTTP status, JSON body)
 Fetch = Callable[[str, str, dict[str, str]], Awaitable[tuple[int, Any]]]
@@ -203,7 +204,16 @@ async def _details(
     if kind == "intersection":
         status, body = await fetch("traffic", f"/v1/intersections/{asset_id}", {})
     elif kind == "kiosk":
-        status, body = await fetch("kiosk", f"/v1/kiosks/{asset_id}", {})
+        # the kiosk service's status read (kiosk:read, which console roles hold): registry facts without
+        # secrets, peripherals' states, sessions, availability today (its default period) and over 7 days
+        status, body = await fetch("kiosk", f"/v1/kiosks/{asset_id}/status", {})
+        if status != 200:
+            return None, {"reason": _why(status), "status": status}
+        week_start = now - timedelta(days=KIOSK_AVAILABILITY_DAYS)
+        week_status, week = await fetch(
+            "kiosk", f"/v1/kiosks/{asset_id}/status", {"from": week_start.isoformat(), "to": now.isoformat()}
+        )
+        return kiosk_details(body, week if week_status == 200 else None), None
     elif kind == "agency":
         status, body = await fetch("dossier", "/v1/agencies", {})
         if status != 200:
@@ -229,6 +239,20 @@ async def _details(
     return None, {"reason": _why(status), "status": status}
 
 
+def kiosk_details(today: dict[str, Any], week: dict[str, Any] | None) -> dict[str, Any]:
+    """The kiosk page's details from the kiosk service's status answers (today's, and the last 7 days'):
+    its registry facts at the top (``district`` among them), then its state."""
+    return {
+        **today["kiosk"],
+        "online": today["online"],
+        "last_heartbeat": today["last_heartbeat"],
+        "peripheral_states": today["peripherals"],
+        "sessions_today": today["sessions_today"],
+        "availability_today": today["availability"],
+        "availability_7d": week["availability"] if week is not None else None,
+    }
+
+
 def _why(status: int) -> str:
     return {401: "unauthorised", 403: "forbidden", 404: "not_found", 502: "unavailable"}.get(
         status, "unavailable"
@@ -249,12 +273,16 @@ async def intersection_atspm(
     )
     if status != 200:
         return status, timeline
-    charts = atspm_charts(measures["measures"], timeline["timeline"])
+    # per vehicle and per cycle (a traffic service without kind=pcd answers 422: the charts then go without)
+    status, pcd = await fetch("traffic", f"/v1/intersections/{asset_id}/measures", {**params, "kind": "pcd"})
+    if status not in (200, 422):
+        return status, pcd
+    charts = atspm_charts(measures["measures"], timeline["timeline"], pcd if status == 200 else None)
     return 200, {
         "intersection_id": asset_id,
         "from": start,
         "to": end,
-        "source": "traffic service GET /v1/intersections/{id}/measures (phases and kind=timeline)",
+        "source": "traffic service GET /v1/intersections/{id}/measures (phases, kind=timeline, kind=pcd)",
         "latest": latest_phase_states(timeline["timeline"]),
         **charts,
     }

@@ -27,6 +27,9 @@ from .service import DossierService, IndexInput, NewDossier
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 router = APIRouter(prefix="/v1", tags=["dossiers"])
+#: aggregate reads holding no applicant's personal data (the agency list, Decision 766 scorecards): the full
+#: read scope, or ``dossier:stats``, which console roles get without ``dossier:read`` (docs/console.md)
+AGGREGATE_READ = ("dossier:read", "dossier:stats")
 
 
 def dossier_service(request: Request) -> DossierService:
@@ -220,7 +223,7 @@ async def put_agencies(
 
 
 @router.get("/agencies", summary="Agencies with their administrative unit and district")
-async def get_agencies(svc: Dossiers, _: Principal = Depends(require_scope("dossier:read"))) -> dict:
+async def get_agencies(svc: Dossiers, _: Principal = Depends(require_scope(AGGREGATE_READ))) -> dict:
     return {"items": await svc.list_agencies()}
 
 
@@ -395,7 +398,7 @@ async def put_index_inputs(
 async def get_index766(
     svc: Dossiers,
     period: Annotated[str, Query(pattern=r"^20[0-9]{2}(-Q[1-4]|-(0[1-9]|1[0-2]))?$")],
-    principal: Principal = Depends(require_scope("dossier:read")),
+    principal: Principal = Depends(require_scope(AGGREGATE_READ)),
     scope_level: Annotated[str | None, Query(max_length=16)] = None,
     scope_code: Annotated[str | None, Query(max_length=64)] = None,
 ) -> dict:

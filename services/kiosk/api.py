@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from services.kiosk import domain, publishing
-from services.kiosk.service import KioskIn, KioskService
-from shared.auth import Principal, require_scope
+from services.kiosk.service import STATUS_DAYS, KioskIn, KioskService
+from shared.auth import ApiError, Principal, require_scope
 from shared.contracts.kiosk import HeartbeatReceived, PeripheralStatusChanged, SessionEnded
 from shared.http import RequestModel, idempotent
-from shared.ingest import BatchResult
+from shared.ingest import BatchResult, SaneAwareDatetime
 
 MAX_ITEMS = 5000  # largest ingest batch (the request schema says so; not a setting: OpenAPI shows it)
 
@@ -200,3 +201,38 @@ async def post_sessions(
             principal, body.items, "session", SessionEnded, domain.check_sessions, publishing.session_events
         ),
     )
+
+
+# Status -------------------------------------------------------------------------------------------------------
+MAX_STATUS_PERIOD = timedelta(days=STATUS_DAYS)
+
+
+@router.get(
+    "/kiosks/{kiosk_id}/status",
+    tags=["status"],
+    summary="One kiosk's status: registry facts, peripherals, sessions, availability over a period",
+)
+async def kiosk_status(
+    kiosk_id: str,
+    service: Kiosks,
+    start: SaneAwareDatetime | None = Query(
+        None, alias="from", description="default: the start of today (Hanoi day)"
+    ),
+    end: SaneAwareDatetime | None = Query(None, alias="to", description="default: now"),
+    principal: Principal = Depends(require_scope(("kiosk:read", "kiosk:admin"))),
+) -> dict:
+    """Availability as the kiosk KPIs define it (scheduled time only; docs/kiosk-status.md), over
+    ``[from, min(to, now))``, at most 8 days back (what the service keeps)."""
+    now = datetime.now(UTC)
+    end = end or now
+    start = start or domain.from_epoch(domain.window_start(now.timestamp(), domain.DAY))
+    if start >= end:
+        raise ApiError(422, "invalid_period", "'from' must be before 'to'", [{"field": "from"}])
+    if now - start > MAX_STATUS_PERIOD:
+        raise ApiError(
+            422,
+            "invalid_period",
+            f"the service keeps {STATUS_DAYS} days of status data",
+            [{"field": "from", "reason": f"more than {STATUS_DAYS} days ago"}],
+        )
+    return await service.kiosk_status(kiosk_id, start, end, now)

@@ -317,6 +317,44 @@ def fault_type(peripheral: str, state: str, paper: str | None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class PeripheralHistory:
+    """One peripheral folded from its status changes: its current state, paper and fault, since when it has had
+    that fault (or been fault-free), and the intervals it was unusable (``end`` None: still)."""
+
+    state: str
+    paper: str | None
+    fault: str | None
+    since: float | None
+    at: float | None
+    down: list[tuple[float, float | None]]
+
+    def down_intervals(self, until: float) -> list[Interval]:
+        """The merged intervals it was unusable, one still open ending at ``until``."""
+        return merge((s, e if e is not None else until) for s, e in self.down)
+
+
+def fold_peripheral(peripheral: str, changes: Iterable[tuple[float, str, str | None]]) -> PeripheralHistory:
+    """Fold time-ordered ``(t, state, paper)`` changes of ``peripheral`` as the KPI processor does: a change
+    without paper keeps the last paper known; :func:`fault_type` decides usable or not; a fault opens a down
+    interval, the next fault-free change closes it. Before any change the device counts as online."""
+    state, paper, fault, since, at = "online", None, None, None, None
+    down: list[tuple[float, float | None]] = []
+    for t, new_state, new_paper in changes:
+        if at is not None and t < at:
+            continue  # older than what is known (the processor ignores it too)
+        paper = new_paper if new_paper is not None else paper
+        new_fault = fault_type(peripheral, new_state, paper)
+        if new_fault != fault:
+            if fault is not None and down and down[-1][1] is None:
+                down[-1] = (down[-1][0], t)
+            if new_fault is not None:
+                down.append((t, None))
+            fault, since = new_fault, t
+        state, at = new_state, t
+    return PeripheralHistory(state, paper, fault, since, at, down)
+
+
 def ratio(numerator: float, denominator: float | None, scale: float = 1.0) -> float | None:
     if not denominator:
         return None

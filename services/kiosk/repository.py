@@ -122,3 +122,95 @@ def as_dict(row: asyncpg.Record) -> dict:
             d[k] = d[k].isoformat()
     d["peripherals"] = list(d["peripherals"])
     return d
+
+
+# Per-kiosk status (migration 002): what ingest accepted, kept STATUS_DAYS --------------------------------------
+STATUS_DAYS = 8
+
+
+async def record_heartbeats(pool: asyncpg.Pool, items: Sequence[tuple[str, datetime]]) -> None:
+    """Store accepted heartbeats ``(kiosk_id, at)`` (a re-sent one is stored once)."""
+    await pool.execute(
+        "INSERT INTO kiosk_heartbeats (kiosk_id, at) SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+        "ON CONFLICT DO NOTHING",
+        [i[0] for i in items],
+        [i[1] for i in items],
+    )
+
+
+async def record_peripheral_changes(
+    pool: asyncpg.Pool, items: Sequence[tuple[str, str, datetime, str, str | None]]
+) -> None:
+    """Store accepted peripheral changes ``(kiosk_id, peripheral, at, state, paper)`` (a re-sent one once)."""
+    await pool.execute(
+        "INSERT INTO kiosk_peripheral_changes (kiosk_id, peripheral, at, state, paper) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[]) "
+        "ON CONFLICT DO NOTHING",
+        [i[0] for i in items],
+        [i[1] for i in items],
+        [i[2] for i in items],
+        [i[3] for i in items],
+        [i[4] or "" for i in items],
+    )
+
+
+async def record_sessions(
+    pool: asyncpg.Pool, items: Sequence[tuple[str, str, str, datetime, datetime, str]]
+) -> None:
+    """Store accepted sessions ``(kiosk_id, session_id, journey, started_at, ended_at, outcome)``, once each."""
+    await pool.execute(
+        "INSERT INTO kiosk_sessions (kiosk_id, session_id, journey, started_at, ended_at, outcome) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], "
+        "$6::text[]) ON CONFLICT DO NOTHING",
+        *([i[k] for i in items] for k in range(6)),
+    )
+
+
+async def prune_status(pool: asyncpg.Pool) -> None:
+    """Forget status data older than :data:`STATUS_DAYS`."""
+    for table, column in (
+        ("kiosk_heartbeats", "at"),
+        ("kiosk_peripheral_changes", "at"),
+        ("kiosk_sessions", "started_at"),
+    ):
+        await pool.execute(
+            f"DELETE FROM {table} WHERE {column} < now() - make_interval(days => $1)", STATUS_DAYS
+        )
+
+
+async def heartbeats_between(
+    pool: asyncpg.Pool, kiosk_id: str, start: datetime, end: datetime
+) -> list[datetime]:
+    rows = await pool.fetch(
+        "SELECT at FROM kiosk_heartbeats WHERE kiosk_id = $1 AND at >= $2 AND at < $3 ORDER BY at",
+        kiosk_id,
+        start,
+        end,
+    )
+    return [r["at"] for r in rows]
+
+
+async def last_heartbeat(pool: asyncpg.Pool, kiosk_id: str) -> datetime | None:
+    return await pool.fetchval("SELECT max(at) FROM kiosk_heartbeats WHERE kiosk_id = $1", kiosk_id)
+
+
+async def peripheral_changes_until(pool: asyncpg.Pool, kiosk_id: str, end: datetime) -> list[asyncpg.Record]:
+    """Every stored change of the kiosk's peripherals before ``end``, in time order (then as stored)."""
+    return await pool.fetch(
+        "SELECT peripheral, at, state, NULLIF(paper, '') AS paper FROM kiosk_peripheral_changes "
+        "WHERE kiosk_id = $1 AND at < $2 ORDER BY peripheral, at, seq",
+        kiosk_id,
+        end,
+    )
+
+
+async def session_counts(pool: asyncpg.Pool, kiosk_id: str, start: datetime, end: datetime) -> dict[str, int]:
+    """Sessions of the kiosk that started in ``[start, end)`` per outcome."""
+    rows = await pool.fetch(
+        "SELECT outcome, count(*) AS n FROM kiosk_sessions WHERE kiosk_id = $1 AND started_at >= $2 "
+        "AND started_at < $3 GROUP BY outcome",
+        kiosk_id,
+        start,
+        end,
+    )
+    return {r["outcome"]: r["n"] for r in rows}

@@ -8,8 +8,9 @@ ingest publishes directly and answers only once the broker acknowledged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -30,6 +31,8 @@ from shared.registry_cache import RegistryCache, whole_table
 
 log = logging.getLogger(__name__)
 SERVICE = "kiosk"
+#: days of heartbeats, peripheral changes and sessions kept for the per-kiosk status
+STATUS_DAYS = repository.STATUS_DAYS
 
 
 def _safe_text(value: str) -> str:
@@ -135,6 +138,8 @@ class KioskService:
         )
         # The relay looks for registry events of other replicas' writes (and first retries) this often.
         self.outbox = Outbox(ctx, poll_seconds=settings.registry_republish_seconds)
+        self._closed_days: frozenset[int] | None = None
+        self._pruned_at = 0.0
 
     async def load(self) -> None:
         """Start-up: the outbox table, registry changes not yet on the topic handed to it, the registry cache."""
@@ -236,4 +241,121 @@ class KioskService:
         )
         if accepted:
             await self._ctx.publisher.publish(to_events(accepted, self.source))
+            # then the status view (idempotent: a retried batch stores nothing twice); a failure here answers 503
+            # and the gateway retries, the copies on the broker are de-duplicated by the processor's state
+            await self._record_status(kind, accepted)
         return batch_result(SERVICE, kind, len(accepted), sorted(errors + more, key=lambda e: e.index), dups)
+
+    # ------------------------------------------------------------------------------------------- status
+    async def _record_status(self, kind: str, accepted: list[Any]) -> None:
+        if kind == "heartbeat":
+            await repository.record_heartbeats(self.pool, [(h.kiosk_id, h.at) for h in accepted])
+        elif kind == "peripheral":
+            await repository.record_peripheral_changes(
+                self.pool, [(p.kiosk_id, p.peripheral, p.at, p.state, p.paper) for p in accepted]
+            )
+        elif kind == "session":
+            await repository.record_sessions(
+                self.pool,
+                [
+                    (x.kiosk_id, x.session_id, x.journey, x.started_at, x.ended_at, x.outcome)
+                    for x in accepted
+                ],
+            )
+        if time.monotonic() - self._pruned_at > 3600:
+            self._pruned_at = time.monotonic()
+            await repository.prune_status(self.pool)
+
+    def closed_days(self) -> frozenset[int]:
+        """The city calendar's days off, as the KPI processor reads them (settings.calendar_csv)."""
+        if self._closed_days is None:
+            from pathlib import Path
+
+            from shared.calendar import city_calendar
+
+            path = self.settings.calendar_csv
+            calendar = city_calendar(Path(path)) if path else city_calendar()
+            self._closed_days = domain.closed_days_of(calendar.days_off)
+        return self._closed_days
+
+    async def kiosk_status(self, kiosk_id: str, start: datetime, end: datetime, now: datetime) -> dict:
+        """A kiosk as the console shows it: its registry facts (no gateway), its peripherals' current states,
+        its sessions of today (Hanoi day) and of ``[start, end)``, and its technical and per-journey functional
+        availability over ``[start, min(end, now))`` by the kiosk KPIs' definition (:func:`domain.kiosk_availability`
+        on the heartbeats and peripheral changes ingest accepted; docs/kiosk-status.md)."""
+        row = await repository.get_kiosk(self.pool, kiosk_id)
+        if row is None:
+            raise ApiError(404, "not_found", "no kiosk with this id", [{"kiosk_id": kiosk_id}])
+        reg = repository.as_dict(row)
+        reg.pop("gateway_principal", None)  # who may report for it: access control, not for the console
+        reg.pop("published_version", None)
+        end = min(end, now)
+        timeout = self.settings.heartbeat_timeout_seconds
+        t_start, t_end, t_now = start.timestamp(), end.timestamp(), now.timestamp()
+        # a heartbeat more than a timeout before ``start`` cannot make the kiosk online within the period
+        beats = await repository.heartbeats_between(
+            self.pool, kiosk_id, start - timedelta(seconds=timeout), end
+        )
+        segments: list[list[float]] = []
+        last: float | None = None
+        for at in beats:
+            segments, last = domain.fold_heartbeat(segments, last, at.timestamp(), timeout)
+        online = domain.online_intervals(segments, last, t_end, timeout)
+        changes = await repository.peripheral_changes_until(self.pool, kiosk_id, end)
+        histories = {
+            p: domain.fold_peripheral(
+                p, [(c["at"].timestamp(), c["state"], c["paper"]) for c in changes if c["peripheral"] == p]
+            )
+            for p in {c["peripheral"] for c in changes}
+        }
+        down = {p: h.down_intervals(t_end) for p, h in histories.items()}
+        info = {
+            "hours": reg["opening_hours"],
+            "since": row["in_service_since"].timestamp(),
+            "peripherals": reg["peripherals"],
+        }
+        av = domain.kiosk_availability(info, online, down, t_start, t_end, self.closed_days())
+        last_beat = await repository.last_heartbeat(self.pool, kiosk_id)
+        today = domain.window_start(t_now, domain.DAY)
+        sessions_today = await repository.session_counts(
+            self.pool, kiosk_id, domain.from_epoch(today), domain.from_epoch(today + domain.DAY)
+        )
+        sessions_period = await repository.session_counts(self.pool, kiosk_id, start, end)
+        peripherals = []
+        for p in reg["peripherals"]:
+            h = histories.get(p)
+            peripherals.append(
+                {
+                    "peripheral": p,
+                    "state": h.state if h else None,
+                    "paper": h.paper if h else None,
+                    "usable": (h.fault is None) if h else None,
+                    "fault": h.fault if h else None,
+                    "since": domain.from_epoch(h.since).isoformat() if h and h.since is not None else None,
+                    "reported_at": domain.from_epoch(h.at).isoformat() if h and h.at is not None else None,
+                }
+            )
+        return {
+            "kiosk": reg,
+            "online": domain.is_online(last_beat.timestamp() if last_beat else None, t_now, timeout),
+            "last_heartbeat": last_beat.isoformat() if last_beat else None,
+            "peripherals": peripherals,
+            "sessions_today": {"total": sum(sessions_today.values()), **sessions_today},
+            "sessions": {"total": sum(sessions_period.values()), **sessions_period},
+            "availability": {
+                "from": start.isoformat(),
+                "to": end.isoformat(),
+                "scheduled_seconds": av.scheduled_s,
+                "online_seconds": av.online_s,
+                "technical_pct": domain.ratio(av.online_s, av.scheduled_s, 100.0),
+                "journeys": [
+                    {
+                        "journey": j,
+                        "available_seconds": up,
+                        "scheduled_seconds": sched,
+                        "functional_pct": domain.ratio(up, sched, 100.0),
+                    }
+                    for j, (up, sched) in sorted(av.journeys.items())
+                ],
+            },
+        }

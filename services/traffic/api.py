@@ -18,6 +18,7 @@ from shared.auth import ApiError, Principal, require_scope
 from shared.http import ORJSONResponse, RequestModel, idempotent
 from shared.ingest import BatchResult, SaneAwareDatetime
 
+from .measures import pcd_export
 from .service import TrafficService
 
 router = APIRouter(prefix="/v1", tags=["traffic"])
@@ -295,7 +296,8 @@ def timeline_rows(intersection_rows: list[dict[str, Any]]) -> list[dict[str, Any
     "measures, and the intersection's detectors, preemption, transit priority and coordination) or CSV "
     "(kind=phases: one row per phase and bin; kind=detectors: per detector channel and bin; "
     "kind=intersection: per bin; kind=timeline: per signal, pedestrian and preemption interval, in the bin "
-    "where it ended). Formulas and conventions: docs/traffic-measures.md.",
+    "where it ended; kind=pcd, JSON only: the Purdue coordination diagram per cycle, each arrival's offset "
+    "from the cycle's start, and every phase termination with the cycle it ended). Formulas and conventions: docs/traffic-measures.md.",
 )
 async def export_measures(
     intersection_id: str,
@@ -303,7 +305,7 @@ async def export_measures(
     from_: Annotated[SaneAwareDatetime | None, Query(alias="from")] = None,
     to: SaneAwareDatetime | None = None,
     format: Literal["json", "csv"] = "json",
-    kind: Literal["phases", "detectors", "intersection", "timeline"] = "phases",
+    kind: Literal["phases", "detectors", "intersection", "timeline", "pcd"] = "phases",
     _: Principal = Depends(require_scope("traffic:read")),
 ):
     end = to or datetime.now(UTC)
@@ -312,10 +314,21 @@ async def export_measures(
         raise ApiError(422, "invalid_period", "'from' must be before 'to'")
     if end - start > timedelta(days=93):
         raise ApiError(422, "invalid_period", "at most 93 days per export")
-    if kind == "timeline" and end - start > timedelta(days=1):
+    if kind in ("timeline", "pcd") and end - start > timedelta(days=1):
         # a busy intersection's timeline holds thousands of intervals per bin
-        raise ApiError(422, "invalid_period", "at most 1 day per timeline export")
+        raise ApiError(422, "invalid_period", f"at most 1 day per {kind} export")
     rows, ix_rows = await service.measures(intersection_id, start, end)
+    if kind == "pcd":
+        if format == "csv":
+            raise ApiError(422, "invalid_request", "kind=pcd is JSON only", [{"field": "format"}])
+        return ORJSONResponse(
+            {
+                "intersection_id": intersection_id,
+                "from": start.isoformat(),
+                "to": end.isoformat(),
+                **pcd_export(ix_rows),
+            }
+        )
     if format == "csv":
         if kind == "detectors":
             text = measures_csv(detector_rows(ix_rows), DETECTOR_COLUMNS)
@@ -339,8 +352,8 @@ async def export_measures(
                 "timeline": timeline_rows(ix_rows),
             }
         )
-    # the timeline is exported on its own (kind=timeline), a day at most
-    ix_rows = [{k: v for k, v in m.items() if k != "timeline"} for m in ix_rows]
+    # the timeline and the coordination diagram are exported on their own (kind=timeline, kind=pcd), a day at most
+    ix_rows = [{k: v for k, v in m.items() if k not in ("timeline", "pcd", "terminations")} for m in ix_rows]
     return ORJSONResponse(
         {
             "intersection_id": intersection_id,

@@ -97,6 +97,12 @@ PED_VOLUME_LINEAR, PED_VOLUME_SQUARED, PED_VOLUME_INTERCEPT = 0.7167, 0.0599, 1.
 #: 4,000 of about 150 bytes keep the event well under a broker's 1 MB message limit); the rest are
 #: counted in ``timeline_dropped``
 TIMELINE_MAX_PER_BIN = 4000
+#: per bin, the Purdue coordination diagram's cycles and arrival offsets, and the terminations, kept (the rest are
+#: counted in ``pcd_dropped``): with the timeline's 4,000 intervals the event stays under a broker's 1 MB limit
+PCD_MAX_CYCLES_PER_BIN = 1000
+PCD_MAX_ARRIVALS_PER_BIN = 4000
+TERMINATIONS_MAX_PER_BIN = 1000
+_TERMINATION_NAMES = {GAP_OUT: "gap_out", MAX_OUT: "max_out", FORCE_OFF: "force_off"}
 
 # Timeline: the interval each event opens, per kind of interval (signal, pedestrian)
 _SIGNAL_OPENS = {BEGIN_GREEN: "green", BEGIN_YELLOW: "yellow", BEGIN_RED_CLEARANCE: "red_clearance"}
@@ -690,6 +696,7 @@ class MeasuresEngine:
             c = classify_arrivals(arrivals, green, yellow, t)
             bp = self._bin_phase(green, phase)
             if bp is not None:
+                self._pcd_cycle(phase, ph["red"], green, yellow, t, arrivals)
                 bp["cyc"] += 1
                 bp["green"] += (yellow - green) / 1000
                 bp["cycle"] += (t - ph["red"]) / 1000
@@ -700,6 +707,24 @@ class MeasuresEngine:
                 bp["delay"] += c.delay_s
         ph["arr"] = [a for a in ph["arr"] if a >= t]
         ph["red"], ph["green"], ph["yellow"], ph["ng"], ph["ny"] = t, None, None, 0, 0
+
+    def _pcd_cycle(
+        self, phase: int, red: int, green: int, yellow: int, end: int, arrivals: list[int]
+    ) -> None:
+        """The Purdue coordination diagram's cycle: the red-to-red cycle :meth:`_red_clearance` counts (the same
+        completeness rule and arrivals, binned like ``cycles`` by its green) with each arrival's time after the
+        cycle's start; an arrival before green was on red, before yellow on green, else on yellow
+        (:func:`classify_arrivals`)."""
+        b = self._bin(green)
+        if b is None:
+            return
+        cycles = b.setdefault("pcd", [])
+        kept = PCD_MAX_ARRIVALS_PER_BIN - b.get("pcdn", 0)
+        if len(cycles) >= PCD_MAX_CYCLES_PER_BIN or kept < len(arrivals):
+            b["pcdd"] = b.get("pcdd", 0) + 1
+            return
+        b["pcdn"] = b.get("pcdn", 0) + len(arrivals)
+        cycles.append([phase, red, green, yellow, end, sorted(a - red for a in arrivals)])
 
     def _ped_actuation(self, t: int, phase: int) -> None:
         self._ped_phase(phase)
@@ -758,9 +783,18 @@ class MeasuresEngine:
 
     def _termination(self, t: int, code: int, phase: int) -> None:
         bp = self._bin_phase(t, phase)
+        ph = self._phase(phase)
         if bp is not None:
             bp[{GAP_OUT: "gap", MAX_OUT: "max", FORCE_OFF: "force"}[code]] += 1
-        ph = self._phase(phase)
+            # the same termination, one row: the phase termination chart's point (per cycle: the begin green of
+            # the phase's green-to-green cycle it ended)
+            b = self._bin(t)
+            assert b is not None
+            terms = b.setdefault("term", [])
+            if len(terms) < TERMINATIONS_MAX_PER_BIN:
+                terms.append([phase, t, code, ph["cg"]])
+            else:
+                b["pcdd"] = b.get("pcdd", 0) + 1
         if code == MAX_OUT:
             ph["run"] += 1
             if ph["run"] >= self.p.max_out_run:
@@ -1018,6 +1052,22 @@ class MeasuresEngine:
                 for k, ph, pre, a, z, cyc in b.get("tl", ())
             ],
             "timeline_dropped": b.get("tld", 0),
+            "pcd": [
+                {
+                    "phase": ph,
+                    "cycle_start": red,
+                    "green_start": green,
+                    "yellow_start": yellow,
+                    "cycle_end": end,
+                    "arrival_offsets_ms": offsets,
+                }
+                for ph, red, green, yellow, end, offsets in b.get("pcd", ())
+            ],
+            "terminations": [
+                {"phase": ph, "at": at, "termination": _TERMINATION_NAMES[code], "cycle_start": cyc}
+                for ph, at, code, cyc in b.get("term", ())
+            ],
+            "pcd_dropped": b.get("pcdd", 0),
         }
 
     def open_bin_measures(self, start: int, b: dict[str, Any], through_ms: int) -> dict[str, Any]:
@@ -1030,3 +1080,59 @@ class MeasuresEngine:
         elapsed = min(minutes, max(1, (through_ms - start) // 60_000))
         m["data_completeness"] = min(1.0, bin(b["minutes"] & ((1 << elapsed) - 1)).count("1") / elapsed)
         return m
+
+
+# --- Purdue coordination diagram and phase terminations, per cycle (export) ------------------------------------
+def _epoch_ms(iso: str) -> int:
+    from datetime import datetime
+
+    return round(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def pcd_export(intersection_rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The coordination diagram's cycles and the terminations of stored intersection measures (``pcd`` and
+    ``terminations`` of each bin, as the processor published them), oldest first: per cycle its green and
+    yellow as seconds after the cycle's start, its length, its arrivals' offsets, their count on red / green /
+    yellow (:func:`classify_arrivals`, the rule of ``arrivals_on_*``), and the termination that ended its green
+    (the termination logged in the cycle of that begin green; none when the controller logged none)."""
+    cycles: list[dict[str, Any]] = []
+    terminations: list[dict[str, Any]] = []
+    dropped = 0
+    for m in intersection_rows:
+        dropped += m.get("pcd_dropped") or 0
+        for x in m.get("terminations") or ():
+            terminations.append({**x, "bin_start": m["bin_start"]})
+        for c in m.get("pcd") or ():
+            cycles.append({**c, "bin_start": m["bin_start"]})
+    ended = {
+        (x["phase"], _epoch_ms(x["cycle_start"])): x["termination"] for x in terminations if x["cycle_start"]
+    }
+    out = []
+    for c in sorted(cycles, key=lambda c: (_epoch_ms(c["cycle_start"]), c["phase"])):
+        start, green, yellow, end = (
+            _epoch_ms(c[k]) for k in ("cycle_start", "green_start", "yellow_start", "cycle_end")
+        )
+        offsets = c["arrival_offsets_seconds"]
+        arrivals = classify_arrivals(
+            (round(o * 1000) for o in offsets), green - start, yellow - start, end - start
+        )
+        out.append(
+            {
+                "phase": c["phase"],
+                "bin_start": c["bin_start"],
+                "cycle_start": c["cycle_start"],
+                "green_start": c["green_start"],
+                "yellow_start": c["yellow_start"],
+                "cycle_end": c["cycle_end"],
+                "green_offset_seconds": (green - start) / 1000,
+                "yellow_offset_seconds": (yellow - start) / 1000,
+                "cycle_seconds": (end - start) / 1000,
+                "arrival_offsets_seconds": offsets,
+                "arrivals_on_red": arrivals.on_red,
+                "arrivals_on_green": arrivals.on_green,
+                "arrivals_on_yellow": arrivals.on_yellow,
+                "termination": ended.get((c["phase"], green)),
+            }
+        )
+    terminations.sort(key=lambda x: (_epoch_ms(x["at"]), x["phase"]))
+    return {"cycles": out, "terminations": terminations, "dropped": dropped}

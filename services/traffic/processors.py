@@ -507,6 +507,26 @@ class TrafficSignalProcessor(StreamProcessor):
                     for iv in ix["timeline"]
                 ],
                 "timeline_dropped": ix["timeline_dropped"],
+                "pcd": [
+                    {
+                        "phase": c["phase"],
+                        "cycle_start": iso_ms(c["cycle_start"]),
+                        "green_start": iso_ms(c["green_start"]),
+                        "yellow_start": iso_ms(c["yellow_start"]),
+                        "cycle_end": iso_ms(c["cycle_end"]),
+                        "arrival_offsets_seconds": [ms / 1000 for ms in c["arrival_offsets_ms"]],
+                    }
+                    for c in ix.get("pcd", ())
+                ],
+                "terminations": [
+                    {
+                        **x,
+                        "at": iso_ms(x["at"]),
+                        "cycle_start": None if x["cycle_start"] is None else iso_ms(x["cycle_start"]),
+                    }
+                    for x in ix.get("terminations", ())
+                ],
+                "pcd_dropped": ix.get("pcd_dropped", 0),
             }
             out.append(
                 encode(

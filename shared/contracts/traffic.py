@@ -308,6 +308,32 @@ class TimelineInterval(EventModel):
     )
 
 
+class PcdCycle(EventModel):
+    """One cycle of the Purdue coordination diagram: a complete red-to-red cycle of a phase (begin red clearance
+    to the next, exactly one begin green and one begin yellow between: the cycles of ``arrivals_on_*``), with
+    each advance-detector arrival (shifted to the stop bar) as seconds after the cycle's start."""
+
+    phase: StrictInt = Field(ge=1, le=40)
+    cycle_start: datetime = Field(description="begin red clearance that opened the cycle")
+    green_start: datetime
+    yellow_start: datetime
+    cycle_end: datetime = Field(description="the next begin red clearance")
+    arrival_offsets_seconds: list[StrictFloat] = Field(
+        max_length=4000, description="each arrival's time after cycle_start, ascending"
+    )
+
+
+class PhaseTermination(EventModel):
+    """One phase termination (gap out 4, max out 5, force off 6) as the controller logged it."""
+
+    phase: StrictInt = Field(ge=1, le=40)
+    at: datetime
+    termination: Literal["gap_out", "max_out", "force_off"]
+    cycle_start: datetime | None = Field(
+        None, description="begin green of the phase's cycle it ended; none before the first green"
+    )
+
+
 @event_type(
     "ioc.traffic.intersection_measures.computed.v1",
     topic=MEASURES_TOPIC,
@@ -339,6 +365,17 @@ class IntersectionMeasuresComputed(EventModel):
         description="intervals (signal, pedestrian, preemption) that ended in the bin, oldest first",
     )
     timeline_dropped: StrictInt = Field(0, ge=0, description="intervals beyond the bin's 4,000 left out")
+    pcd: list[PcdCycle] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Purdue coordination diagram cycles whose green began in the bin (as ``cycles`` counts them)",
+    )
+    terminations: list[PhaseTermination] = Field(
+        default_factory=list, max_length=1000, description="phase terminations logged in the bin"
+    )
+    pcd_dropped: StrictInt = Field(
+        0, ge=0, description="cycles or terminations beyond the bin's limits (4,000 arrivals) left out"
+    )
 
 
 __all__ = [
@@ -353,8 +390,10 @@ __all__ = [
     "HiResEventsLogged",
     "IntersectionConfigured",
     "IntersectionMeasuresComputed",
+    "PcdCycle",
     "PhaseMeasuresComputed",
     "PhaseState",
+    "PhaseTermination",
     "SignalStateChanged",
     "TimelineInterval",
 ]

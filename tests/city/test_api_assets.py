@@ -341,3 +341,188 @@ async def test_an_agency_page_names_it_and_takes_its_766_scorecard_from_the_doss
             assert p["details"] is None and p["details_error"]["reason"] == "forbidden"
             p = (await client.get("/v1/assets/agency/AG-none", headers=auth(reader))).json()
             assert p["details_error"]["reason"] == "not_found"
+
+
+async def test_a_signed_in_operator_sees_the_agency_page_through_dossier_stats_but_no_dossier(
+    kafka_settings, db_settings, topics_ready
+):
+    """Every console role holds ``dossier:stats`` (aggregates without personal data) and not ``dossier:read``:
+    with the session the city forwards, the dossier service answers the agency list and the 766 scorecard
+    (the agency page has its details) and refuses the dossiers themselves (403 naming the scope)."""
+    import httpx
+
+    from services.city.roles import ROLE_SCOPES
+    from services.dossier.app import create_app as create_dossier_app
+    from shared.auth import SESSION_COOKIE
+    from tests.dossier.test_api import settings as dossier_settings
+
+    from .auth_helpers import make_operator
+    from .conftest import serve
+
+    assert all(
+        "dossier:stats" in s and "dossier:read" not in s and "dossier:*" not in s
+        for s in ROLE_SCOPES.values()
+    )
+    dossier = create_dossier_app(dossier_settings(kafka_settings, db_settings))
+    agency = f"AG{uuid.uuid4().hex[:8]}"
+    async with serve(dossier, free_port()) as dossier_base:
+        pool = dossier.state.ctx.pool
+        _, admin = await issue_test_key(pool, ["*"], kind="admin")
+        async with httpx.AsyncClient(base_url=dossier_base) as dc:
+            r = await dc.put(
+                "/v1/agencies",
+                headers=auth(admin),
+                json={
+                    "items": [{"code": agency, "name": "UBND xã", "level": "commune", "admin_unit": "BD-01"}]
+                },
+            )
+            assert r.status_code == 200, r.text
+        city = create_app(
+            CitySettings(
+                kafka=kafka_settings,
+                database=db_settings,
+                kpi_definitions_path=str(KPI_FILE),
+                consumer_group=f"city-agency-session-{uuid.uuid4().hex[:8]}",
+                dossier_url=dossier_base,
+            )
+        )
+        async with running_app(city) as client:
+            username, password = await make_operator(city.state.ctx.pool, "leader")
+            r = await client.post("/v1/session", json={"username": username, "password": password})
+            assert r.status_code == 200, r.text
+            session = {SESSION_COOKIE: client.cookies[SESSION_COOKIE]}
+            p = (await client.get(f"/v1/assets/agency/{agency}")).json()
+            assert p["details_error"] is None, p["details_error"]
+            assert (p["details"]["name"], p["district"]) == ("UBND xã", "BD")
+            assert p["details"]["period"] == datetime.now(HANOI).strftime("%Y-%m")
+        async with httpx.AsyncClient(base_url=dossier_base, cookies=session) as dc:
+            assert (await dc.get("/v1/agencies")).status_code == 200
+            period = datetime.now(HANOI).strftime("%Y-%m")
+            assert (await dc.get("/v1/index766", params={"period": period})).status_code == 200
+            refused = await dc.get("/v1/dossiers")
+            assert refused.status_code == 403
+            assert "dossier:read" in refused.json()["error"]["message"]
+            assert (await dc.get(f"/v1/dossiers/{agency}-000")).status_code == 403
+
+
+async def test_a_signed_in_operator_sees_a_kiosk_page_with_its_status_from_the_kiosk_service(
+    kafka_settings, db_settings, topics_ready
+):
+    """Console roles hold ``kiosk:read``: the kiosk page takes the kiosk's status (registry facts without the
+    gateway, peripherals, sessions today, availability today and over 7 days) from the kiosk service with the
+    operator's session; the registry itself (``kiosk:admin``) stays refused."""
+    import httpx
+
+    from services.kiosk.app import create_app as create_kiosk_app
+    from services.kiosk.settings import KioskSettings
+    from shared.auth import SESSION_COOKIE
+
+    from .auth_helpers import make_operator
+    from .conftest import serve
+
+    kiosk_app = create_kiosk_app(KioskSettings(kafka=kafka_settings, database=db_settings))
+    kiosk = f"KC-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    async with serve(kiosk_app, free_port()) as kiosk_base:
+        _, admin = await issue_test_key(
+            kiosk_app.state.ctx.pool, ["kiosk:admin", "kiosk:ingest"], kind="admin"
+        )
+        async with httpx.AsyncClient(base_url=kiosk_base, headers=auth(admin)) as kc:
+            r = await kc.put(
+                f"/v1/kiosks/{kiosk}",
+                json={
+                    "building": "Trung tâm Phục vụ hành chính công",
+                    "address": "258 Võ Chí Công",
+                    "district": "TH",
+                    "opening_hours": [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "23:59"}],
+                    "peripherals": ["touchscreen", "printer"],
+                    "software_version": "3.2.1",
+                    "gateway": f"gw-{kiosk}",
+                    "in_service_since": (now - timedelta(days=3)).isoformat(),
+                },
+            )
+            assert r.status_code == 200, r.text
+            r = await kc.post(
+                "/v1/heartbeats",
+                json={"items": [{"kiosk_id": kiosk, "at": now.isoformat(), "app_version": "3.2.1"}]},
+            )
+            assert r.status_code == 200, r.text
+            r = await kc.post(
+                "/v1/peripherals",
+                json={
+                    "items": [
+                        {
+                            "kiosk_id": kiosk,
+                            "peripheral": "printer",
+                            "state": "online",
+                            "paper": "out",
+                            "at": now.isoformat(),
+                        }
+                    ]
+                },
+            )
+            assert r.status_code == 200, r.text
+        city = create_app(
+            CitySettings(
+                kafka=kafka_settings,
+                database=db_settings,
+                kpi_definitions_path=str(KPI_FILE),
+                consumer_group=f"city-kiosk-session-{uuid.uuid4().hex[:8]}",
+                kiosk_url=kiosk_base,
+            )
+        )
+        async with running_app(city) as client:
+            username, password = await make_operator(city.state.ctx.pool, "operator")
+            r = await client.post("/v1/session", json={"username": username, "password": password})
+            assert r.status_code == 200, r.text
+            session = {SESSION_COOKIE: client.cookies[SESSION_COOKIE]}
+            r = await client.get(f"/v1/assets/kiosk/{kiosk}")
+            p = r.json()
+            assert p["details_error"] is None, p["details_error"]
+            d = p["details"]
+            assert (d["building"], p["district"], d["online"]) == (
+                "Trung tâm Phục vụ hành chính công",
+                "TH",
+                True,
+            )
+            assert "gateway_principal" not in d and f"gw-{kiosk}" not in r.text
+            printer = next(x for x in d["peripheral_states"] if x["peripheral"] == "printer")
+            assert (printer["paper"], printer["usable"], printer["fault"]) == ("out", False, "paper_out")
+            assert d["sessions_today"] == {"total": 0}
+            assert d["availability_today"]["scheduled_seconds"] > 0
+            assert d["availability_7d"] is not None
+            assert {j["journey"] for j in d["availability_today"]["journeys"]} >= {
+                "print_result",
+                "lookup_procedure",
+            }
+        async with httpx.AsyncClient(base_url=kiosk_base, cookies=session) as kc:
+            assert (await kc.get(f"/v1/kiosks/{kiosk}/status")).status_code == 200
+            assert (await kc.get(f"/v1/kiosks/{kiosk}")).status_code == 403
+
+
+async def test_console_accounts_saved_before_get_the_asset_pages_read_scopes(platform_pool):
+    """Migration 005_asset_data_scopes: an account stored with a role's former scopes gets dossier:stats and
+    kiosk:read (as roles.py now grants); keys of other kinds are left alone."""
+    from pathlib import Path
+
+    from services.city.roles import ROLE_SCOPES
+
+    old, machine = f"op-old-{uuid.uuid4().hex[:8]}", f"gw-{uuid.uuid4().hex[:8]}"
+    await platform_pool.execute(
+        "INSERT INTO platform.principals(id, kind, display_name, scopes, attributes) VALUES "
+        "($1, 'operator', 'old', ARRAY['city:read', 'traffic:read'], '{\"role\": \"leader\"}'), "
+        "($2, 'gateway', 'gw', ARRAY['kiosk:ingest'], '{}')",
+        old,
+        machine,
+    )
+    sql = (Path(__file__).parents[2] / "services/city/migrations/005_asset_data_scopes.sql").read_text()
+    await platform_pool.execute(sql)
+    await platform_pool.execute(sql)  # once more changes nothing
+    got = dict(
+        await platform_pool.fetch(
+            "SELECT id, scopes FROM platform.principals WHERE id = ANY($1)", [old, machine]
+        )
+    )
+    assert sorted(got[old]) == ["city:read", "dossier:stats", "kiosk:read", "traffic:read"]
+    assert got[machine] == ["kiosk:ingest"]
+    assert all({"dossier:stats", "kiosk:read"} <= set(s) for s in ROLE_SCOPES.values())

@@ -216,5 +216,25 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
     assert sum(per_cycle) / len(per_cycle) == p2_measures["split_seconds_avg"]
     for field in ("gap_outs", "max_outs", "force_offs"):
         assert term[field] == p2_measures[field]
+    # one dot per vehicle (kind=pcd): the advance actuations at 10, 20, 30, 50, 56, 62, 100 s reach the stop bar
+    # 5 s later (50 m at 36 km/h): 15, 25, 35, 55, 61 fall in cycle 0→64 (offsets as they are: 15, 25 before
+    # the green at 30 = on red; 35, 55 before the yellow at 60 = on green; 61 on yellow), 67 and 105 in cycle
+    # 64→128 (offsets 3 = on red, 41 = on green); the gap-out at 60 s ended the first cycle's green, the max-out
+    # at 124 s the second's
+    assert [
+        (c["cycle_start"], c["arrival_offsets_seconds"], c["termination"])
+        for c in p2["coordination"]["vehicles"]
+    ] == [
+        (at(0), [15.0, 25.0, 35.0, 55.0, 61.0], "gap_out"),
+        (at(64), [3.0, 41.0], "max_out"),
+    ]
+    # the dots add up to the bin's arrivals (3 on red, 3 on green, 1 on yellow)
+    assert sum(len(c["arrival_offsets_seconds"]) for c in p2["coordination"]["vehicles"]) == coord["arrivals"]
+    # each termination at its time with the cycle (begin green) it ended; as many as the bin counts
+    assert p2["terminations"]["cycles"] == [
+        {"at": at(60), "termination": "gap_out", "cycle_start": at(30)},
+        {"at": at(124), "termination": "max_out", "cycle_start": at(94)},
+    ]
+    assert len(p2["terminations"]["cycles"]) == term["gap_outs"] + term["max_outs"] + term["force_offs"]
     # the latest phase events: phase 2's last recorded interval is the red from 131 s to the green at 150 s
     assert {"phase": 2, "kind": "red", "start": at(131), "end": at(150)} in body["latest"]

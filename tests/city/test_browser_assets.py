@@ -1,7 +1,9 @@
-"""The drill-down pages in a real browser (Debian's Chromium through Playwright) against the running city and
-traffic services: a click on an asset in alarm opens its page with live data (an alarm published while the page
-is open appears), the intersection's ATSPM charts draw from the traffic service's measures, the multi-series
-chart and the daily report render, and their CSV exports equal the API's answers."""
+"""The drill-down pages in a real browser (Debian's Chromium through Playwright) against the running city,
+traffic, kiosk and dossier services: a click on an asset in alarm opens its page with live data (an alarm
+published while the page is open appears), the intersection's ATSPM charts draw from the traffic service's
+measures (the coordination diagram one dot per vehicle, the terminations per cycle), a signed-in operator sees a
+kiosk's status and an agency's Decision 766 scorecard, the multi-series chart and the daily report render, and
+their CSV exports equal the API's answers."""
 
 from __future__ import annotations
 
@@ -15,12 +17,16 @@ import pytest
 from services.city import publishing
 from services.city.app import create_app
 from services.city.settings import CitySettings
+from services.dossier.app import create_app as create_dossier_app
+from services.kiosk.app import create_app as create_kiosk_app
+from services.kiosk.settings import KioskSettings
 from services.traffic.app import create_app as create_traffic_app
 from services.traffic.settings import TrafficSettings
 from shared.contracts.cloudevents import encode
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
 from shared.testing import issue_test_key
+from tests.dossier.test_api import settings as dossier_settings
 
 from .auth_helpers import make_operator, sign_in_page
 from .conftest import KPI_FILE, serve
@@ -98,6 +104,68 @@ async def _shots(page, artifacts_dir: Path, name: str) -> None:
         await page.screenshot(path=str(artifacts_dir / f"city-{name}-{w}x{h}.png"), full_page=True)
 
 
+async def _kiosk_and_agency(kiosk_app, kiosk_base, dossier_app, dossier_base, now) -> tuple[str, str]:
+    """A kiosk heard now with its printer out of paper and a session today; an agency in district BD."""
+    kiosk, agency = f"KB-{uuid.uuid4().hex[:8]}", f"AG{uuid.uuid4().hex[:8]}"
+    _, admin = await issue_test_key(kiosk_app.state.ctx.pool, ["*"], kind="admin")
+    async with httpx.AsyncClient(base_url=kiosk_base, headers={"Authorization": f"Bearer {admin}"}) as kc:
+        r = await kc.put(
+            f"/v1/kiosks/{kiosk}",
+            json={
+                "building": "Trung tâm hành chính công Ba Đình",
+                "address": "Số 1 Đội Cấn",
+                "district": "BD",
+                "opening_hours": [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "23:59"}],
+                "peripherals": ["touchscreen", "printer", "id_scanner"],
+                "software_version": "3.2.1",
+                "in_service_since": (now - timedelta(days=2)).isoformat(),
+            },
+        )
+        assert r.status_code == 200, r.text
+        for path, item in (
+            ("/v1/heartbeats", {"kiosk_id": kiosk, "at": now.isoformat(), "app_version": "3.2.1"}),
+            (
+                "/v1/peripherals",
+                {
+                    "kiosk_id": kiosk,
+                    "peripheral": "printer",
+                    "state": "online",
+                    "paper": "out",
+                    "at": now.isoformat(),
+                },
+            ),
+            (
+                "/v1/sessions",
+                {
+                    "session_id": f"{kiosk}-s1",
+                    "kiosk_id": kiosk,
+                    "journey": "check_status",
+                    "started_at": (now - timedelta(seconds=30)).isoformat(),
+                    "ended_at": now.isoformat(),
+                    "outcome": "completed",
+                },
+            ),
+        ):
+            r = await kc.post(path, json={"items": [item]})
+            assert r.status_code == 200, r.text
+    async with httpx.AsyncClient(base_url=dossier_base, headers={"Authorization": f"Bearer {admin}"}) as dc:
+        r = await dc.put(
+            "/v1/agencies",
+            json={
+                "items": [
+                    {
+                        "code": agency,
+                        "name": "UBND phường Điện Biên",
+                        "level": "commune",
+                        "admin_unit": "BD-01",
+                    }
+                ]
+            },
+        )
+        assert r.status_code == 200, r.text
+    return kiosk, agency
+
+
 async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily_report(
     test_domain, kafka_settings, db_settings, topics_ready, artifacts_dir
 ):
@@ -111,6 +179,8 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
             kafka=kafka_settings, database=db_settings, measures_store_group=f"ts-{uuid.uuid4().hex[:8]}"
         )
     )
+    kiosk_app = create_kiosk_app(KioskSettings(kafka=kafka_settings, database=db_settings))
+    dossier_app = create_dossier_app(dossier_settings(kafka_settings, db_settings))
     traffic_port, port = free_port(), free_port()
     pub = EventPublisher(kafka_settings, client_id="city-assets-ui")
     now = datetime.now(UTC)
@@ -143,7 +213,12 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     else None
                 ),
             )
-            async with serve(traffic, traffic_port) as traffic_base:
+            async with (
+                serve(traffic, traffic_port) as traffic_base,
+                serve(kiosk_app, free_port()) as kiosk_base,
+                serve(dossier_app, free_port()) as dossier_base,
+            ):
+                kiosk, agency = await _kiosk_and_agency(kiosk_app, kiosk_base, dossier_app, dossier_base, now)
                 _, key = await issue_test_key(
                     traffic.state.ctx.pool,
                     ["city:read", "traffic:read", "traffic:admin", "traffic:ingest"],
@@ -159,6 +234,8 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                         kpi_definitions_path=str(KPI_FILE),
                         consumer_group=f"city-assets-ui-{uuid.uuid4().hex[:8]}",
                         traffic_url=traffic_base,
+                        kiosk_url=kiosk_base,
+                        dossier_url=dossier_base,
                     )
                 )
                 async with serve(city, port) as base:
@@ -178,9 +255,13 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     view = page.locator("#view")
                     await expect(view.locator(".view-title")).to_contain_text("Kim Mã - Giảng Võ")
                     await expect(view.locator('#asset-alarms tr[data-state="active"]')).to_have_count(1)
-                    # the three ATSPM charts of phase 2 from the traffic service's measures (phase 4 has no cycle)
+                    # the ATSPM charts of phase 2 from the traffic service's measures (phase 4 has no cycle):
+                    # the coordination diagram (a dot per vehicle), split monitor, terminations per bin and per cycle
                     await expect(view.locator('.atspm-phase[data-phase="2"] canvas')).to_have_count(
-                        3, timeout=15000
+                        4, timeout=15000
+                    )
+                    await expect(view.locator('.atspm-phase[data-phase="2"]')).to_contain_text(
+                        "Xe đến khi đỏ"
                     )
                     await expect(view.locator('.atspm-phase[data-phase="4"]')).to_contain_text(
                         "Không có chu kỳ"
@@ -196,6 +277,30 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     assert await page.evaluate(BROKEN) == {"broken": [], "codes": []}
                     assert await page.evaluate(FOREIGN, "vi") == []
                     await _shots(page, artifacts_dir, "asset-intersection")
+
+                    # a kiosk's page: its status from the kiosk service with the operator's session (kiosk:read)
+                    await page.goto(f"{base}/#asset/kiosk/{kiosk}")
+                    kview = page.locator("#view")
+                    await expect(kview.locator("#kiosk-state")).to_be_visible(timeout=15000)
+                    await expect(kview.locator('#kiosk-state td[data-online="true"]')).to_have_count(1)
+                    await expect(
+                        kview.locator('#kiosk-availability tr[data-journey="technical"]')
+                    ).to_be_visible()
+                    await expect(
+                        kview.locator('#kiosk-availability tr[data-journey="print_result"]')
+                    ).to_be_visible()
+                    await expect(
+                        kview.locator('#kiosk-peripherals tr[data-peripheral="printer"]')
+                    ).to_contain_text("hết")
+                    await expect(kview.locator("#kiosk-sessions-today")).to_contain_text("1")
+                    assert await page.evaluate(BROKEN) == {"broken": [], "codes": []}
+                    assert await page.evaluate(FOREIGN, "vi") == []
+                    await _shots(page, artifacts_dir, "asset-kiosk")
+                    # an agency's page: its Decision 766 scorecard with dossier:stats (no dossier:read)
+                    await page.goto(f"{base}/#asset/agency/{agency}")
+                    await expect(page.locator("#view .view-title")).to_contain_text("UBND phường Điện Biên")
+                    await expect(page.locator("#view .details-error")).to_have_count(0)
+                    await _shots(page, artifacts_dir, "asset-agency")
 
                     # the area page (#area/<code>, what the map links to)
                     await page.goto(f"{base}/#area/BD")
@@ -254,7 +359,7 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     await expect(page.locator("#view .view-title")).to_contain_text("Daily report")
                     assert await page.evaluate(FOREIGN, "en") == []
                     await page.goto(f"{base}/#asset/intersection/{iid}")
-                    await expect(page.locator('.atspm-phase[data-phase="2"] canvas')).to_have_count(3)
+                    await expect(page.locator('.atspm-phase[data-phase="2"] canvas')).to_have_count(4)
                     await expect(page.locator("#view h3").first).to_have_text("Live state")
                     assert await page.evaluate(FOREIGN, "en") == []
                     assert await page.evaluate(BROKEN) == {"broken": [], "codes": []}

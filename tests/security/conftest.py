@@ -104,6 +104,7 @@ class Endpoint:
     path: str
     scope: str | None  # the scope its auth dependency demands; None: no auth dependency found
     streaming: bool
+    scopes: tuple[str, ...] = ()  # every scope it accepts (require_scope with several: any one of them)
 
     @property
     def writes(self) -> bool:
@@ -119,17 +120,18 @@ class Endpoint:
         return out + rest
 
 
-def _required_scope(dependant) -> str | None:
-    # shared.auth.require_scope (and the city's variant) name their dependency require_<domain>_<action>.
+def _required_scopes(dependant) -> tuple[str, ...]:
+    # shared.auth.require_scope (and the city's variant) name their dependency require_<domain>_<action> (after
+    # the first scope) and list what they accept in ``scopes``.
     for dep in dependant.dependencies:
         name = getattr(dep.call, "__name__", "")
         if name.startswith("require_") and "_" in name[len("require_") :]:
             domain, _, action = name[len("require_") :].partition("_")
-            return f"{domain}:{action.replace('any', '*')}"
-        found = _required_scope(dep)
+            return tuple(getattr(dep.call, "scopes", ())) or (f"{domain}:{action.replace('any', '*')}",)
+        found = _required_scopes(dep)
         if found:
             return found
-    return None
+    return ()
 
 
 def endpoints(app: FastAPI) -> Iterator[Endpoint]:
@@ -145,7 +147,8 @@ def endpoints(app: FastAPI) -> Iterator[Endpoint]:
         response_class = getattr(rc, "response_class", route.response_class)
         streaming = isinstance(response_class, type) and issubclass(response_class, StreamingResponse)
         for method in sorted((rc.methods or set()) - {"HEAD", "OPTIONS"}):
-            yield Endpoint(method, rc.path, _required_scope(route.dependant), streaming)
+            scopes = _required_scopes(route.dependant)
+            yield Endpoint(method, rc.path, scopes[0] if scopes else None, streaming, scopes)
 
 
 def documented_operations(app: FastAPI) -> set[tuple[str, str]]:

@@ -12,7 +12,7 @@ Object.assign(I18N.vi, {
   unavailable: "Dịch vụ nguồn không trả lời", not_found: "Dịch vụ nguồn không biết thiết bị này",
   no_endpoint: "Dịch vụ nguồn chưa có trang cho loại thiết bị này", phase: "Pha", signal: "Tín hiệu",
   green: "xanh", yellow: "vàng", red_clearance: "đỏ chuyển tiếp", red: "đỏ", ended: "Kết thúc",
-  pcd: "Biểu đồ phối hợp Purdue (xe đến theo chu kỳ)", splitMonitor: "Theo dõi phân pha (split) theo chu kỳ",
+  pcd: "Biểu đồ phối hợp Purdue", splitMonitor: "Theo dõi phân pha (split) theo chu kỳ",
   terminations: "Kết thúc pha (gap-out / max-out / force-off)", cycleStart: "Đầu chu kỳ", greenStart: "Bắt đầu xanh",
   yellowStart: "Bắt đầu vàng", cycleLength: "Độ dài chu kỳ", aogPerCycle: "Xe đến khi xanh / chu kỳ",
   aorPerCycle: "Xe đến khi đỏ / chu kỳ", split: "Phân pha", splitAvg: "Phân pha TB (15 phút)",
@@ -31,6 +31,20 @@ Object.assign(I18N.vi, {
   peripheralFaults: "Thiết bị ngoại vi đang lỗi", index766Group: "Nhóm chỉ số", points: "Điểm",
   g766_transparency: "Công khai, minh bạch", g766_progress: "Tiến độ, kết quả giải quyết", g766_digitisation: "Số hóa hồ sơ",
   g766_online_service: "Cung cấp dịch vụ trực tuyến", g766_satisfaction: "Mức độ hài lòng", softwareVersion: "Phiên bản phần mềm", inServiceSince: "Hoạt động từ", activeAsset: "Đang hoạt động", yes: "có", no: "không",
+  arrivalOnRed: "Xe đến khi đỏ", arrivalOnGreen: "Xe đến khi xanh", arrivalOnYellow: "Xe đến khi vàng",
+  secondsInCycle: "Giây trong chu kỳ", terminationsPerCycle: "Kết thúc pha theo chu kỳ",
+  connection: "Kết nối", kioskOnline: "trực tuyến", kioskOffline: "mất kết nối", lastHeartbeat: "tín hiệu cuối",
+  sessionsToday: "Phiên hôm nay", completed: "hoàn thành", abandoned: "bỏ dở", failed: "lỗi", availability: "Mức sẵn sàng",
+  journeyCol: "Dịch vụ", today: "Hôm nay", last7Days: "7 ngày qua", technicalAvailability: "Sẵn sàng kỹ thuật",
+  journey_lookup_procedure: "Tra cứu thủ tục", journey_submit_dossier: "Nộp hồ sơ", journey_check_status: "Tra cứu tình trạng hồ sơ",
+  journey_pay_fee: "Nộp phí", journey_print_result: "In kết quả", journey_queue_ticket: "Lấy số thứ tự", journey_rate_service: "Đánh giá",
+  peripheral: "Thiết bị", deviceState: "Trạng thái", paper: "Giấy in", usable: "Dùng được",
+  peripheral_touchscreen: "Màn hình cảm ứng", peripheral_printer: "Máy in", peripheral_id_scanner: "Đầu đọc CCCD",
+  peripheral_card_reader: "Đầu đọc thẻ", peripheral_barcode_reader: "Đầu đọc mã vạch", peripheral_camera: "Camera",
+  peripheral_payment_terminal: "Thiết bị thanh toán",
+  xfs_online: "hoạt động", xfs_busy: "đang bận", xfs_offline: "ngắt kết nối", xfs_power_off: "tắt nguồn",
+  xfs_no_device: "không có thiết bị", xfs_hardware_error: "lỗi phần cứng", xfs_user_error: "bị người dùng cản trở",
+  xfs_fraud_attempt: "nghi gian lận", paper_full: "đủ", paper_low: "sắp hết", paper_out: "hết", paper_jammed: "kẹt", paper_unknown: "không rõ",
 });
 Object.assign(I18N.en, {
   back: "← Overview", areaPage: "Area page", assetsInAlarmNone: "No asset in alarm",
@@ -41,7 +55,7 @@ Object.assign(I18N.en, {
   unavailable: "The source service did not answer", not_found: "The source service does not know this asset",
   no_endpoint: "The source service has no page for this kind of asset", phase: "Phase", signal: "Signal",
   green: "green", yellow: "yellow", red_clearance: "red clearance", red: "red", ended: "Ended",
-  pcd: "Purdue coordination diagram (arrivals per cycle)", splitMonitor: "Split monitor (per cycle)",
+  pcd: "Purdue coordination diagram", splitMonitor: "Split monitor (per cycle)",
   terminations: "Phase terminations (gap-out / max-out / force-off)", cycleStart: "Cycle start",
   greenStart: "Begin green", yellowStart: "Begin yellow", cycleLength: "Cycle length",
   aogPerCycle: "Arrivals on green per cycle", aorPerCycle: "Arrivals on red per cycle", split: "Split",
@@ -60,6 +74,20 @@ Object.assign(I18N.en, {
   peripheralFaults: "Peripherals in fault", index766Group: "Group", points: "Points",
   g766_transparency: "Transparency", g766_progress: "Progress and results", g766_digitisation: "Digitisation",
   g766_online_service: "Online service", g766_satisfaction: "Satisfaction", softwareVersion: "Software version", inServiceSince: "In service since", activeAsset: "Active", yes: "yes", no: "no",
+  arrivalOnRed: "Arrival on red", arrivalOnGreen: "Arrival on green", arrivalOnYellow: "Arrival on yellow",
+  secondsInCycle: "Seconds in cycle", terminationsPerCycle: "Phase terminations per cycle",
+  connection: "Connection", kioskOnline: "online", kioskOffline: "offline", lastHeartbeat: "last heartbeat",
+  sessionsToday: "Sessions today", completed: "completed", abandoned: "abandoned", failed: "failed", availability: "Availability",
+  journeyCol: "Service", today: "Today", last7Days: "Last 7 days", technicalAvailability: "Technical availability",
+  journey_lookup_procedure: "Look up a procedure", journey_submit_dossier: "Submit a dossier", journey_check_status: "Check a dossier's status",
+  journey_pay_fee: "Pay a fee", journey_print_result: "Print a result", journey_queue_ticket: "Queue ticket", journey_rate_service: "Rate the service",
+  peripheral: "Peripheral", deviceState: "State", paper: "Paper", usable: "Usable",
+  peripheral_touchscreen: "Touchscreen", peripheral_printer: "Printer", peripheral_id_scanner: "ID scanner",
+  peripheral_card_reader: "Card reader", peripheral_barcode_reader: "Barcode reader", peripheral_camera: "Camera",
+  peripheral_payment_terminal: "Payment terminal",
+  xfs_online: "online", xfs_busy: "busy", xfs_offline: "offline", xfs_power_off: "power off", xfs_no_device: "no device",
+  xfs_hardware_error: "hardware error", xfs_user_error: "user error", xfs_fraud_attempt: "fraud attempt",
+  paper_full: "full", paper_low: "low", paper_out: "out", paper_jammed: "jammed", paper_unknown: "unknown",
 });
 
 // Decision 766 groups and their maximum points (Art. 1(1); services/dossier/index766.py GROUPS)
@@ -193,8 +221,8 @@ function detailsBlock(p) {
   const faults = p.kind === "kiosk" ? p.alarms.filter((a) => a.state !== "cleared" && a.alarm_type !== "kiosk_offline") : [];
   const faultLine = faults.length ? el("p", {id: "kiosk-faults"}, `${t("peripheralFaults")}: `, faults.map((a) => alarmTypeName(a.alarm_type)).join(", ")) : null;
   if (p.details_error) return el("div", {}, el("p", {class: "muted details-error"}, t(p.details_error.reason) || t("notAvailable")), faultLine);
-  if (p.kind === "kiosk") return el("div", {}, kvTable(p, d), faultLine);
   const d = p.details || {};
+  if (p.kind === "kiosk") return el("div", {}, kvTable(p, d), kioskState(d), faultLine);
   if (p.kind === "agency") {
     const card = d.index766;
     const who = el("table", {class: "table kv"}, el("tr", {}, el("th", {}, t("name")), el("td", {}, d.name || "–")),
@@ -220,6 +248,37 @@ function detailsBlock(p) {
   return kvTable(p, d);
 }
 
+// A kiosk's state from the kiosk service's status: connection, sessions today, availability (the kiosk KPIs'
+// definition: online / scheduled time; per journey: with the peripherals it needs usable), peripherals (CEN/XFS).
+const pct = (x) => (x === null || x === undefined ? "–" : `${fmtNumber(x)} %`);
+function kioskState(d) {
+  if (!d.availability_today) return null;
+  const today = d.availability_today, week = d.availability_7d;
+  const weekJ = Object.fromEntries(((week && week.journeys) || []).map((j) => [j.journey, j]));
+  const sessions = d.sessions_today || {total: 0};
+  return el("div", {id: "kiosk-state"},
+    el("table", {class: "table kv"},
+      el("tr", {}, el("th", {}, t("connection")), el("td", {data: {online: String(d.online)}},
+        t(d.online ? "kioskOnline" : "kioskOffline"),
+        d.last_heartbeat ? ` · ${t("lastHeartbeat")} ${fmtDateTime(instant(d.last_heartbeat))}` : "")),
+      el("tr", {}, el("th", {}, t("sessionsToday")), el("td", {id: "kiosk-sessions-today"},
+        `${fmtNumber(sessions.total)}`, sessions.total ? ` (${t("completed")} ${fmtNumber(sessions.completed || 0)}, ` +
+          `${t("abandoned")} ${fmtNumber(sessions.abandoned || 0)}, ${t("failed")} ${fmtNumber(sessions.failed || 0)})` : ""))),
+    el("h3", {}, t("availability")),
+    table("kiosk-availability", [t("journeyCol"), t("today"), t("last7Days")], [
+      el("tr", {data: {journey: "technical"}}, el("td", {}, t("technicalAvailability")),
+        el("td", {}, pct(today.technical_pct)), el("td", {}, pct(week ? week.technical_pct : null))),
+      ...today.journeys.map((j) => el("tr", {data: {journey: j.journey}}, el("td", {}, t(`journey_${j.journey}`)),
+        el("td", {}, pct(j.functional_pct)), el("td", {}, pct(weekJ[j.journey] ? weekJ[j.journey].functional_pct : null))))]),
+    el("h3", {}, t("peripherals")),
+    table("kiosk-peripherals", [t("peripheral"), t("deviceState"), t("paper"), t("usable"), t("since")],
+      (d.peripheral_states || []).map((x) => el("tr", {class: x.usable === false ? "state-active" : "", data: {peripheral: x.peripheral}},
+        el("td", {}, t(`peripheral_${x.peripheral}`)), el("td", {}, x.state ? t(`xfs_${x.state}`) : "–"),
+        el("td", {}, x.paper ? t(`paper_${x.paper}`) : "–"),
+        el("td", {}, x.usable === null ? "–" : t(x.usable ? "yes" : "no")),
+        el("td", {}, x.since ? fmtDateTime(instant(x.since)) : "–")))));
+}
+
 // the fields of the source service's answer that are worth reading, with their names in the chosen language
 function kvTable(p, d) {
   const fields = p.kind === "intersection"
@@ -228,7 +287,7 @@ function kvTable(p, d) {
       ["phases", (d.phases || []).join(", ")], ["detectors", fmtNumber((d.detectors || []).length)]]
     : p.kind === "kiosk"
       ? [["building", d.building], ["address", d.address], ["district", districtName(d.district)],
-        ["peripherals", (d.peripherals || []).join(", ")], ["softwareVersion", d.software_version],
+        ["peripherals", (d.peripherals || []).map((x) => t(`peripheral_${x}`)).join(", ")], ["softwareVersion", d.software_version],
         ["inServiceSince", d.in_service_since ? fmtDateTime(instant(d.in_service_since)) : null],
         ["activeAsset", d.active === undefined ? null : t(d.active ? "yes" : "no")]]
       : [];
@@ -307,7 +366,8 @@ async function renderAtspm(id) {
   S.exports.atspm = {name: `intersection-${id}-atspm`, items: body.phases.flatMap((ph) => [
     ...ph.coordination.bins.map((b) => ({chart: "coordination", phase: ph.phase, ...b})),
     ...ph.split_monitor.cycles.map((c) => ({chart: "split_monitor", phase: ph.phase, ...c})),
-    ...ph.terminations.bins.map((b) => ({chart: "terminations", phase: ph.phase, ...b}))])};
+    ...ph.terminations.bins.map((b) => ({chart: "terminations", phase: ph.phase, ...b})),
+    ...(ph.terminations.cycles || []).map((x) => ({chart: "terminations_per_cycle", phase: ph.phase, ...x}))])};
   $("live-phases").replaceChildren(table("latest-phases", [t("phase"), t("signal"), t("since"), t("ended")],
     body.latest.map((l) => el("tr", {data: {phase: String(l.phase)}}, el("td", {}, String(l.phase)),
       el("td", {}, el("span", {class: `signal signal-${l.kind}`}, t(l.kind))), el("td", {}, fmtDateTime(instant(l.start))),
@@ -320,17 +380,43 @@ async function renderAtspm(id) {
     const served = ph.coordination.cycles.length || ph.split_monitor.cycles.length ||
       ph.terminations.bins.some((b) => b.gap_outs + b.max_outs + b.force_offs > 0) || ph.coordination.bins.some((b) => b.cycles);
     if (!served) { grid.append(el("p", {class: "muted"}, t("noCycles"))); continue; }
-    const cyc = ph.coordination.cycles, bins = ph.coordination.bins;
-    const pcd = uPlot.join([
-      [cyc.map((c) => secs(c.cycle_start)), cyc.map((c) => c.green_seconds), cyc.map((c) => c.yellow_seconds), cyc.map((c) => c.cycle_seconds)],
-      [bins.map((b) => secs(b.bin_start)), bins.map((b) => b.arrivals_on_green_per_cycle), bins.map((b) => b.arrivals_on_red_per_cycle)]]);
-    plot(grid, `${t("pcd")} · ${t("phase")} ${ph.phase}`, pcd, [
-      {label: t("greenStart"), stroke: "#16a34a", width: 2, value: val, spanGaps: true},
-      {label: t("yellowStart"), stroke: "#ca8a04", width: 2, value: val, spanGaps: true},
-      {label: t("cycleLength"), stroke: "#dc2626", width: 2, value: val, spanGaps: true},
-      {label: t("aogPerCycle"), stroke: "#15803d", scale: "n", width: 0, points: {show: true, size: 8, fill: "#15803d"}, value: val},
-      {label: t("aorPerCycle"), stroke: "#b91c1c", scale: "n", width: 0, points: {show: true, size: 8, fill: "#b91c1c"}, value: val}],
-    {axes: [timeAxis(), numAxis(""), {scale: "n", side: 1, grid: {show: false}, values: (u, vals) => vals.map((x) => fmtNumber(x))}]});
+    const cyc = ph.coordination.cycles, bins = ph.coordination.bins, veh = ph.coordination.vehicles || [];
+    if (veh.length) {
+      // one dot per vehicle at its arrival time, as seconds into its cycle, coloured by the indication it met
+      // (UDOT's Purdue coordination diagram); the lines are each cycle's begin green, begin yellow and length
+      const dots = {red: new Map(), green: new Map(), yellow: new Map()};
+      for (const c of veh) {
+        const start = secs(c.cycle_start);
+        for (const o of c.arrival_offsets_seconds) {
+          const on = o < c.green_seconds ? "red" : o < c.yellow_seconds ? "green" : "yellow";
+          dots[on].set(start + o, o);  // one vehicle at one instant of one phase is one dot
+        }
+      }
+      const table = (m) => { const xs = [...m.keys()].sort((a, b) => a - b); return [xs, xs.map((x) => m.get(x))]; };
+      const data = uPlot.join([
+        [veh.map((c) => secs(c.cycle_start)), veh.map((c) => c.green_seconds), veh.map((c) => c.yellow_seconds), veh.map((c) => c.cycle_seconds)],
+        table(dots.red), table(dots.green), table(dots.yellow)]);
+      const dot = (fill) => ({show: true, size: 5, fill, stroke: fill});
+      plot(grid, `${t("pcd")} · ${t("phase")} ${ph.phase}`, data, [
+        {label: t("greenStart"), stroke: "#16a34a", width: 1.5, value: val, spanGaps: true},
+        {label: t("yellowStart"), stroke: "#ca8a04", width: 1.5, value: val, spanGaps: true},
+        {label: t("cycleLength"), stroke: "#dc2626", width: 1.5, value: val, spanGaps: true},
+        {label: t("arrivalOnRed"), stroke: "#b91c1c", width: 0, paths: () => null, points: dot("#b91c1c"), value: val},
+        {label: t("arrivalOnGreen"), stroke: "#15803d", width: 0, paths: () => null, points: dot("#15803d"), value: val},
+        {label: t("arrivalOnYellow"), stroke: "#a16207", width: 0, paths: () => null, points: dot("#a16207"), value: val}],
+      {axes: [timeAxis(), {...numAxis(""), label: t("secondsInCycle")}]});
+    } else {
+      const pcd = uPlot.join([
+        [cyc.map((c) => secs(c.cycle_start)), cyc.map((c) => c.green_seconds), cyc.map((c) => c.yellow_seconds), cyc.map((c) => c.cycle_seconds)],
+        [bins.map((b) => secs(b.bin_start)), bins.map((b) => b.arrivals_on_green_per_cycle), bins.map((b) => b.arrivals_on_red_per_cycle)]]);
+      plot(grid, `${t("pcd")} · ${t("phase")} ${ph.phase}`, pcd, [
+        {label: t("greenStart"), stroke: "#16a34a", width: 2, value: val, spanGaps: true},
+        {label: t("yellowStart"), stroke: "#ca8a04", width: 2, value: val, spanGaps: true},
+        {label: t("cycleLength"), stroke: "#dc2626", width: 2, value: val, spanGaps: true},
+        {label: t("aogPerCycle"), stroke: "#15803d", scale: "n", width: 0, points: {show: true, size: 8, fill: "#15803d"}, value: val},
+        {label: t("aorPerCycle"), stroke: "#b91c1c", scale: "n", width: 0, points: {show: true, size: 8, fill: "#b91c1c"}, value: val}],
+      {axes: [timeAxis(), numAxis(""), {scale: "n", side: 1, grid: {show: false}, values: (u, vals) => vals.map((x) => fmtNumber(x))}]});
+    }
     const sc = ph.split_monitor.cycles, sb = ph.split_monitor.bins;
     const split = uPlot.join([[sc.map((c) => secs(c.cycle_start)), sc.map((c) => c.split_seconds)],
       [sb.map((b) => secs(b.bin_start)), sb.map((b) => b.split_seconds_avg), sb.map((b) => b.split_seconds_max)]]);
@@ -347,6 +433,20 @@ async function renderAtspm(id) {
         {label: t("gapOuts"), stroke: "#16a34a", fill: "#16a34a88", paths: bars, value: val},
         {label: t("maxOuts"), stroke: "#dc2626", fill: "#dc262688", paths: bars, value: val},
         {label: t("forceOffs"), stroke: "#2563eb", fill: "#2563eb88", paths: bars, value: val}]);
+    const ended = ph.terminations.cycles || [];
+    if (ended.length) {
+      // each cycle's termination at its time, one lane per kind (ATSPM's phase termination chart)
+      const lanes = {gap_out: 1, max_out: 2, force_off: 3};
+      const by = (kind) => { const xs = [...new Set(ended.filter((x) => x.termination === kind).map((x) => secs(x.at)))].sort((a, b) => a - b); return [xs, xs.map(() => lanes[kind])]; };
+      const laneName = {1: t("gapOuts"), 2: t("maxOuts"), 3: t("forceOffs")};
+      const mark = (fill) => ({show: true, size: 8, fill, stroke: fill});
+      plot(grid, `${t("terminationsPerCycle")} · ${t("phase")} ${ph.phase}`, uPlot.join([by("gap_out"), by("max_out"), by("force_off")]), [
+        {label: t("gapOuts"), stroke: "#16a34a", width: 0, paths: () => null, points: mark("#16a34a"), value: (u, y) => (y ? laneName[y] : "–")},
+        {label: t("maxOuts"), stroke: "#dc2626", width: 0, paths: () => null, points: mark("#dc2626"), value: (u, y) => (y ? laneName[y] : "–")},
+        {label: t("forceOffs"), stroke: "#2563eb", width: 0, paths: () => null, points: mark("#2563eb"), value: (u, y) => (y ? laneName[y] : "–")}],
+      {scales: {x: {time: true, range: xRange([ended.map((x) => secs(x.at)).sort((a, b) => a - b)], true)}, y: {range: [0.5, 3.5]}},
+        axes: [timeAxis(), {size: 80, splits: () => [1, 2, 3], values: (u, vals) => vals.map((v) => laneName[v] || "")}]});
+    }
   }
 }
 
