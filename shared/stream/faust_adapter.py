@@ -29,11 +29,13 @@ FAUST_VERSION = "0.15.3"
 
 @dataclass(frozen=True)
 class Override:
-    """A private Faust method a class here overrides: where it is defined, and its parameters there."""
+    """A private Faust method a class here overrides: where it is defined, its parameters there, and the Faust
+    function that calls it (an upgrade that stops calling it would bypass the override silently)."""
 
     name: str
     faust_class: type
     parameters: tuple[str, ...]
+    called_from: Callable[..., Any]
     why: str
 
 
@@ -43,36 +45,42 @@ OVERRIDES: tuple[Override, ...] = (
         "_create_worker_consumer",
         faust_aiokafka.AIOKafkaConsumerThread,
         ("self", "transport"),
+        faust_aiokafka.AIOKafkaConsumerThread._create_consumer,
         "configure the aiokafka consumer Faust builds (fetch wait, bare records, assignor, isolation)",
     ),
     Override(
         "_new_consumer_thread",
         faust_aiokafka.Consumer,
         ("self",),
+        faust.transport.consumer.ThreadDelegateConsumer.__init__,
         "make Faust's consumer use the thread class above",
     ),
     Override(
         "_filter_tps_with_pending_acks",
         faust.transport.consumer.Consumer,
         ("self", "topics"),
+        faust.transport.consumer.Consumer.force_commit,
         "commit the partitions the core made durable (no per-message acks)",
     ),
     Override(
         "_new_offset",
         faust.transport.consumer.Consumer,
         ("self", "tp"),
+        faust.transport.consumer.Consumer._filter_committable_offsets,
         "commit the core's durable offsets, never Faust's acked ones",
     ),
     Override(
         "_drain_messages",
         faust.transport.consumer.Consumer,
         ("self", "fetcher"),
+        faust.transport.consumer.Fetcher._fetcher.fun,  # (a mode ServiceTask: .fun is the coroutine function)
         "hand whole fetched batches to the core instead of one message at a time",
     ),
     Override(
         "_new_transport",
         faust.App,
         ("self",),
+        faust.App.transport.fget,  # type: ignore[attr-defined]  # a property (Faust types it as a cached one)
         "make the app use the transport whose consumer is the batch consumer",
     ),
 )
