@@ -54,13 +54,18 @@ async def committed_markers(kafka, processor: str) -> dict[int, list[dict]]:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: dict[int, list[dict]] = {tp.partition: [] for tp in tps}
+        # up to the last stable offset as the read starts (workers still running keep writing after it)
+        end = await consumer.end_offsets(tps)
         idle = 0
         async with asyncio.timeout(60):
-            while idle < 10:  # (the end of a transactional log is a control record: read until nothing comes)
+            # (a transactional log may end in a control record no fetch returns: nothing for a while ends it too)
+            while idle < 10 and [tp for tp in tps if await consumer.position(tp) < end[tp]]:
                 batch = await consumer.getmany(timeout_ms=200)
                 idle = 0 if batch else idle + 1
                 for tp, recs in batch.items():
-                    out[tp.partition] += [orjson.loads(r.value) for r in recs if r.key == MARKER_KEY]
+                    out[tp.partition] += [
+                        orjson.loads(r.value) for r in recs if r.key == MARKER_KEY and r.offset < end[tp]
+                    ]
         return out
     finally:
         await consumer.stop()
