@@ -2,7 +2,7 @@
 
 - ``meter-kpi`` (four co-partitioned source topics, six partitions) scaled from one to two to three worker
   processes while readings keep arriving, on both drivers (the Faust one three times, the third worker joining
-  a quiet stream or a busy one): the day's completeness numerator equals the ledger, and every state
+  a quiet stream or a busy one), and on to six workers, one per partition: the day's completeness numerator equals the ledger, and every state
   partition's committed changelog carries strictly increasing batch numbers (two writers at once cannot).
 - A worker stopped with SIGSTOP past its session timeout while the stream goes on, then resumed: the group has
   given its partitions away and the new owner initialised their transactional ids, so whatever the resumed
@@ -106,16 +106,23 @@ async def wait_for_recovery(worker: Worker, workers: list[Worker], what: str, ti
 
 
 async def scale_meter_kpi_out(
-    kafka, db_settings, tmp_path, *, driver: str, district: str, last_joins_idle: bool = False
+    kafka,
+    db_settings,
+    tmp_path,
+    *,
+    driver: str,
+    district: str,
+    last_joins_idle: bool = False,
+    workers_at_the_end: int = 3,
 ) -> None:
-    """One worker, then a second and a third joining while readings keep arriving (or, with
-    ``last_joins_idle``, the third joining after every reading so far was folded, with readings only after
-    its join); exact totals against the ledger, one writer per changelog partition at a time, and each of the
-    three workers the last writer of some partition."""
+    """One worker, then one more at a time up to ``workers_at_the_end``, each joining while readings keep
+    arriving (or, with ``last_joins_idle``, the last joining after every reading so far was folded, with
+    readings only after its join); exact totals against the ledger, one writer per changelog partition at a
+    time, and each worker the last writer of some partition."""
     name, ledger = f"kaf-scale-{uid()}", Ledger()
     workers = [
         meter_worker(kafka, name, tmp_path / f"{name}-w{i}.log", pause_s=0.05, driver=driver)
-        for i in range(3)
+        for i in range(workers_at_the_end)
     ]
     app = meter_app(kafka, db_settings)
     try:
@@ -134,7 +141,7 @@ async def scale_meter_kpi_out(
                         ledger.accepted_set
                     )
                     w.start()
-                    await wait_for_recovery(w, workers, "the third worker never loaded its partitions")
+                    await wait_for_recovery(w, workers, "the last worker never loaded its partitions")
                     break
                 w.start()
                 deadline = time.monotonic() + 180
@@ -161,7 +168,7 @@ async def scale_meter_kpi_out(
     assert final == total, f"{driver}: KPI total {final} != {total} accepted\n" + tails(workers)
     assert_one_writer_at_a_time(markers)
     last_writers = {ms[-1]["writer"] for ms in markers.values() if ms}
-    assert len(last_writers) == 3, "three workers should share six partitions after the last rebalance"
+    assert len(last_writers) == len(workers), "every worker should own a partition after the last rebalance"
 
 
 async def test_meter_kpi_scaled_one_two_three_workers_under_load_keeps_exact_totals_and_one_writer(
@@ -235,4 +242,18 @@ async def test_a_worker_paused_past_its_session_timeout_is_fenced_when_it_resume
     log = paused.log_path.read_bytes()
     assert b"writes of partitions this worker no longer owns dropped" in log or b"ProducerFenced" in log, (
         "the resumed worker's writes were not fenced; its log ends:\n" + log[-4000:].decode(errors="replace")
+    )
+
+
+async def test_meter_kpi_scaled_out_to_six_workers_one_per_partition_keeps_exact_totals(
+    kafka_cluster, db_settings, worker_env, tmp_path
+):
+    # meter-kpi's six partitions, one worker each in the end (the most it can use), on the Faust driver
+    await scale_meter_kpi_out(
+        kafka_cluster.kafka_settings(),
+        db_settings,
+        tmp_path,
+        driver="faust",
+        district="DA",
+        workers_at_the_end=6,
     )
