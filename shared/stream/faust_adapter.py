@@ -114,6 +114,8 @@ class BatchHost(Protocol):
     @property
     def durable_offsets(self) -> Mapping[tuple[str, int], int]: ...
 
+    def may_commit(self) -> bool: ...
+
     async def drain(self, source: BatchSource) -> None: ...
 
 
@@ -154,8 +156,11 @@ class BatchConsumer(faust_aiokafka.Consumer):
     # Faust's commit loop asks _new_offset for every tp with pending acks; ours are the offsets the core
     # reports durable (outputs and state changes acknowledged), never more.
     def _filter_tps_with_pending_acks(self, topics=None):
+        host = _host(self.app)
+        if not host.may_commit():
+            return iter(())
         pending = set(super()._filter_tps_with_pending_acks(topics))
-        durable = _host(self.app).durable_offsets
+        durable = host.durable_offsets
         pending.update(
             tp
             for tp in self.assignment()

@@ -102,6 +102,17 @@ class FaustDriver:
     def durable_offsets(self) -> Mapping[tuple[str, int], int]:
         return self.core.durable_offsets
 
+    def may_commit(self) -> bool:
+        """Faust's commit loop commits only in a settled generation. A commit sent while this member rejoins
+        carries a generation the group no longer has; aiokafka answers IllegalGeneration by resetting the
+        member id and rejoining as a new member, which starts another rebalance in which the next member's
+        commit fails the same way: on Apache Kafka scale-outs turned into rebalance storms lasting minutes.
+        Skipping a commit costs nothing here (recovery resumes from the changelog markers, not the commit)."""
+        try:
+            return not self.app.rebalancing and group_generation(self.app) == self.app.consumer_generation_id
+        except Exception:
+            return False
+
     async def drain(self, source: BatchSource) -> None:
         """The consumer loop (Faust's fetcher task runs it): each fetched batch goes to the core whole."""
         core = self.core
@@ -188,7 +199,9 @@ class FaustDriver:
         return run
 
     async def _on_revoked(self, app, revoked, **_: Any) -> None:
-        # Make the last batch durable so Faust's commit-on-revoke commits it, then forget the partitions.
+        # Make the last batch durable (its changelog marker is where the next owner resumes), then forget the
+        # partitions. No commit here: it would race the rejoin (see may_commit); the next owner skips records
+        # below the marker's offsets.
         async with self.core.lock:
             try:
                 await self.core.flush()
