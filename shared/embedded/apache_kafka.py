@@ -393,6 +393,11 @@ class KafkaCluster:
 
 def _cluster_id() -> str:
     # Kafka's cluster ids are 16 random bytes, URL-safe base64 without padding (Uuid.randomUuid().toString()).
+    # Like Kafka's Uuid.randomUuid, never one starting with "-": kafka-storage would read it as an option
+    # ("argument --cluster-id/-t: expected one argument"), failing 1 cluster start in 64.
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id

@@ -25,126 +25,19 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from shared.config import KafkaSettings
 from shared.kafka.records import bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.assignor import CoPartitionedAssignor
 from shared.stream.core import ProcessorCore, whole_partitions
+from shared.stream.faust_adapter import BatchApp, BatchSource, connect_rebalance_handlers, group_generation
 
 log = logging.getLogger(__name__)
-
-
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport):
-        consumer = super()._create_worker_consumer(transport)
-        # Faust hard-codes a 1,500 ms fetch wait; the embedded broker does not wake waiting fetches when
-        # data arrives, so sparse topics would see ~0.4 s median latency. 100 ms keeps it ~10 ms.
-        consumer._fetch_max_wait_ms = getattr(self.app, "ioc_fetch_wait_ms", 100)
-        # The core reads records per TopicPartition: skip aiokafka's per-record ConsumerRecord
-        # (shared.kafka.records; read by the Fetcher that start() creates).
-        consumer._key_deserializer = bare_records
-        # Faust uses its co-partitioning assignor only for apps with tables and round robin otherwise, which
-        # split one state partition's topics over workers: ours co-partitions (shared.stream.assignor).
-        driver = _driver(self.app)
-        consumer._partition_assignment_strategy = [driver.assignor]
-        if driver.core.transactional:
-            consumer._isolation_level = "read_committed"  # never fold a batch another worker aborted
-        return consumer
-
-
-class BatchConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer with a batch drain loop for the topics an IOC processor owns."""
-
-    def _new_consumer_thread(self):
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    # Commits: Faust's commit loop asks _new_offset for every tp with pending acks; ours are the offsets the
-    # core reports durable (outputs and state changes acknowledged), never more.
-    def _filter_tps_with_pending_acks(self, topics=None):
-        pending = set(super()._filter_tps_with_pending_acks(topics))
-        durable = _driver(self.app).core.durable_offsets
-        pending.update(
-            tp
-            for tp in self.assignment()
-            if (tp.topic, tp.partition) in durable and (topics is None or tp in topics or tp.topic in topics)
-        )
-        return iter(pending)
-
-    def _new_offset(self, tp):
-        offset = _driver(self.app).core.durable_offsets.get((tp.topic, tp.partition))
-        if offset is not None:
-            return offset
-        return super()._new_offset(tp)
-
-    async def _drain_messages(
-        self, fetcher
-    ) -> None:  # pragma: no cover - exercised through the runtime tests
-        driver: FaustDriver = _driver(self.app)
-        core = driver.core
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        try:
-            while not (consumer_should_stop() or fetcher_should_stop()):
-                if core.needs_rewind:
-                    await driver.rewind()
-                records, active = await self._wait_next_records(1.0)
-                if not records or self.should_stop:
-                    continue
-                generation = self.app.consumer_generation_id
-                batch = {
-                    tp: recs for tp, recs in records.items() if recs and (active is None or tp in active)
-                }
-                if not batch:
-                    continue
-                driver.busy = True
-                try:
-                    await core.process(
-                        batch, owned=whole_partitions(self.assignment(), core.processor.topics)
-                    )
-                finally:
-                    driver.busy = False
-                if generation != self.app.consumer_generation_id:
-                    continue  # rebalanced meanwhile: the new owner recovers from the changelog
-                for tp, recs in batch.items():
-                    offset = recs[-1].offset + 1
-                    self._read_offset[tp] = offset - 1
-                    hw = self.highwater(tp)
-                    if hw is not None and tp.partition in core.partitions:
-                        CONSUMER_LAG.labels(core.processor.name, tp.topic, str(tp.partition)).set(
-                            max(0, hw - offset)
-                        )
-        except self.consumer_stopped_errors:
-            if self.transport.app.should_stop:
-                return
-            raise
-        except asyncio.CancelledError:
-            if self.transport.app.should_stop:
-                return
-            raise
-
-
-def _driver(app: object) -> FaustDriver:
-    """The IOC driver a :class:`BatchApp` carries (Faust types a consumer's app as its abstract AppT)."""
-    return cast(BatchApp, app).ioc_driver
-
-
-class BatchTransport(faust_aiokafka.Transport):
-    Consumer = BatchConsumer
-
-
-class BatchApp(faust.App):
-    """A Faust app whose consumer drains batches into an IOC :class:`ProcessorCore`."""
-
-    ioc_driver: FaustDriver
-    ioc_fetch_wait_ms: int = 100
-
-    def _new_transport(self):
-        return BatchTransport(self.conf.broker_consumer, self)
 
 
 class FaustDriver:
@@ -154,7 +47,12 @@ class FaustDriver:
         self.core = core
         self.kafka = kafka
         self.busy = False
+        # what the adapter configures the consumer Faust builds with (shared.stream.faust_adapter.BatchHost)
         self.assignor = CoPartitionedAssignor()
+        self.fetch_wait_ms = fetch_wait_ms
+        self.key_deserializer: Callable[[bytes | None], Any] = bare_records
+        #: records fetched but not handed to the core (a rebalance paused their partitions meanwhile): sought back
+        self.sought_back = 0
         processor = core.processor
         core.owner_check = self.owns
         # State lives in memory and the core's changelog, but Faust still makes a data directory (default:
@@ -186,8 +84,7 @@ class FaustDriver:
             stream_wait_empty=False,
             table_standby_replicas=0,
         )
-        self.app.ioc_driver = self
-        self.app.ioc_fetch_wait_ms = fetch_wait_ms
+        self.app.ioc_host = self
         for topic in processor.topics:
             # Subscribing through the conductor makes Faust's consumer fetch these topics.
             self.app.topics.add(self.app.topic(topic, key_serializer="raw", value_serializer="raw"))
@@ -195,25 +92,100 @@ class FaustDriver:
         self.app.timer(processor.emit_interval_seconds / 4, name=f"{processor.name}.emit")(
             self._logged(core.emit_pending, "emit")
         )
-        # Faust's signal types want a `signal` keyword that its senders pass through **kwargs: the handlers take it
-        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
-        self.app.on_partitions_assigned.connect(self._on_assigned)  # type: ignore[arg-type]
+        connect_rebalance_handlers(self.app, self._on_revoked, self._on_assigned)
+
+    @property
+    def read_committed(self) -> bool:
+        return self.core.transactional
+
+    @property
+    def durable_offsets(self) -> Mapping[tuple[str, int], int]:
+        return self.core.durable_offsets
+
+    def may_commit(self) -> bool:
+        """Faust's commit loop commits only in a settled generation. A commit sent while this member rejoins
+        carries a generation the group no longer has; aiokafka answers IllegalGeneration by resetting the
+        member id and rejoining as a new member, which starts another rebalance in which the next member's
+        commit fails the same way: on Apache Kafka scale-outs turned into rebalance storms lasting minutes.
+        Skipping a commit costs nothing here (recovery resumes from the changelog markers, not the commit)."""
+        try:
+            return not self.app.rebalancing and group_generation(self.app) == self.app.consumer_generation_id
+        except Exception:
+            return False
+
+    async def drain(self, source: BatchSource) -> None:
+        """The consumer loop (Faust's fetcher task runs it): each fetched batch goes to the core whole."""
+        core = self.core
+        while not source.should_stop():
+            if core.needs_rewind:
+                await self.rewind()
+            generation = source.generation()
+            records, asked = await source.fetch(1.0)
+            if not records or source.should_stop():
+                continue
+            # Hand the core only what is still ours to process: fetched in this generation, partitions still
+            # active (not paused by a rebalance that started meanwhile), flow not stopped. Anything else is
+            # sought back (the consumer's position already moved past it; skipping it would lose it for this
+            # member: after a rebalance it held its partitions at the high watermark and never folded them).
+            current = generation == source.generation() and source.flow_active()
+            active = source.active_partitions() if current else frozenset()
+            batch, skipped = {}, {}
+            for tp, recs in records.items():
+                if not recs:
+                    continue
+                if tp in active and tp in asked:
+                    batch[tp] = recs
+                else:
+                    skipped[tp] = recs[0].offset
+            if skipped:
+                sought = await source.seek_back(skipped)
+                self.sought_back += sum(len(records[tp]) for tp in sought)
+                log.info(
+                    "records fetched across a rebalance sought back",
+                    extra={"processor": core.processor.name, "partitions": sorted(str(tp) for tp in sought)},
+                )
+            if not batch:
+                continue
+            self.busy = True
+            try:
+                await core.process(batch, owned=whole_partitions(source.assignment(), core.processor.topics))
+            finally:
+                self.busy = False
+            if generation != source.generation():
+                continue  # rebalanced meanwhile: the new owner recovers from the changelog
+            for tp, recs in batch.items():
+                offset = recs[-1].offset + 1
+                source.mark_read(tp, offset - 1)
+                hw = source.highwater(tp)
+                if hw is not None and tp.partition in core.partitions:
+                    CONSUMER_LAG.labels(core.processor.name, tp.topic, str(tp.partition)).set(
+                        max(0, hw - offset)
+                    )
 
     def owns(self, partition: int) -> bool:
         """Checked by the core right before it writes a partition: the consumer is still in the generation it
         was assigned in (a heartbeat that found it evicted resets the generation) and holds the partition
         whole."""
         try:
-            consumer = self.app.consumer
-            coordinator = consumer._thread._ensure_consumer()._coordinator  # type: ignore[attr-defined]  # Faust's aiokafka thread
-            if coordinator is None or coordinator.generation != self.app.consumer_generation_id:
+            if group_generation(self.app) != self.app.consumer_generation_id:
                 return False
-            return partition in whole_partitions(consumer.assignment(), self.core.processor.topics)
+            return partition in whole_partitions(self.app.consumer.assignment(), self.core.processor.topics)
         except Exception:
             return False
 
     async def _on_assigned(self, app, assigned, **_: Any) -> None:
+        """Load the state of every partition assigned whole, now (as the aiokafka driver does), not when its
+        first record arrives: an idle partition's windows must still close and its silences be detected by the
+        ticks, and a partition that gets no more records would otherwise never be recovered (a worker that
+        joined after the stream's last record sat with its partitions unloaded). Recovery also initialises the
+        partitions' transactional ids, which fences their previous owner at once."""
         self.core.fenced.clear()  # a new generation: partitions fenced in the last one may be ours again
+        try:
+            await self.core.recover(whole_partitions(assigned, self.core.processor.topics))
+        except Exception:
+            # Faust would crash the app on an exception here; the drain loop's rewind retries instead
+            log.exception("%s: recovery on assignment failed; will retry", self.core.processor.name)
+            self.core.needs_rewind = True
 
     def _logged(self, action, what: str):
         """``action`` for a Faust timer: a failure is logged; the core flags a rewind, which the drain loop runs."""
@@ -227,7 +199,9 @@ class FaustDriver:
         return run
 
     async def _on_revoked(self, app, revoked, **_: Any) -> None:
-        # Make the last batch durable so Faust's commit-on-revoke commits it, then forget the partitions.
+        # Make the last batch durable (its changelog marker is where the next owner resumes), then forget the
+        # partitions. No commit here: it would race the rejoin (see may_commit); the next owner skips records
+        # below the marker's offsets.
         async with self.core.lock:
             try:
                 await self.core.flush()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.kiosk.settings import KioskSettings
+from tests.kafka.kiosk_support import admin_key, kafka, kiosk_settings
 from tests.reliability.test_processor_faults import (
     test_duplicate_deliveries_count_once_even_across_a_worker_restart as test_kiosk_duplicates_on_apache_kafka,
 )
@@ -24,31 +24,11 @@ from tests.reliability.test_processor_faults import (
 pytestmark = pytest.mark.slow
 
 __all__ = [
+    "admin_key",
+    "kafka",
+    "kiosk_settings",
     "test_kiosk_duplicates_on_apache_kafka",
     "test_kiosk_kill9_on_apache_kafka",
     "test_kiosk_poison_on_apache_kafka",
     "test_kiosk_slow_consumer_on_apache_kafka",
 ]
-
-
-@pytest.fixture
-def kafka(kafka_cluster, monkeypatch):
-    # Worker subprocesses (tests/reliability/worker.py) read these from the environment.
-    monkeypatch.setenv("IOC_KAFKA_IDEMPOTENCE", "true")
-    monkeypatch.setenv("IOC_KAFKA_REPLICATION_FACTOR", "3")
-    return kafka_cluster.kafka_settings()
-
-
-@pytest.fixture
-def kiosk_settings(kafka, db_settings) -> KioskSettings:
-    return KioskSettings(
-        kafka=kafka, database=db_settings, registry_republish_seconds=0.5, registry_refresh_seconds=1.0
-    )
-
-
-@pytest.fixture
-async def admin_key(platform_pool) -> str:
-    from shared.testing import issue_test_key
-
-    _, key = await issue_test_key(platform_pool, ["*"], kind="admin")
-    return key
