@@ -118,6 +118,7 @@ def _read_osm(folder: Path) -> tuple[dict[str, tuple[int, object]], object]:
 
 
 def main(osm_folder: Path) -> int:
+    osm, city = _read_osm(osm_folder)  # first: a wrong extract writes nothing
     db = sqlite3.connect(_data() / "dataset.db")
     new = db.execute(
         "SELECT wardCode, ward, wardShort, wardType, wardKey, wardLat, wardLon, wardAreaKm2 FROM admin_units "
@@ -145,7 +146,6 @@ def main(osm_folder: Path) -> int:
         w.writerows(rows)
 
     # 2025 geometry: the OpenStreetMap relations, joined by name -------------------------------------------
-    osm, city = _read_osm(osm_folder)
     prefix = {"ward": "Phường", "commune": "Xã"}
     names = {r[0]: (r[1], r[4], float(r[7])) for r in rows}
     relation: dict[str, int] = {}
