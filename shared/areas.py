@@ -148,7 +148,7 @@ def load_named(name: str) -> Hierarchy:
 
 
 def boundaries_path(name: str) -> Path:
-    """The GeoJSON of the named hierarchy's top areas (approximate polygons, see shared/data/README.md)."""
+    """The GeoJSON of the named hierarchy's top areas (OpenStreetMap boundaries, see shared/data/README.md)."""
     return DATA / HIERARCHIES[name][1]
 
 

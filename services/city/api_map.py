@@ -26,7 +26,7 @@ async def areas(city: City, principal: Principal = READ) -> Response:
         "hierarchy": name,
         "level": h.top_level,
         "count": len(h.top_areas),
-        "attribution": service_map.DATA_ATTRIBUTION,
+        "attribution": service_map.attribution(name),
         "tiles": {"url": settings.map_tile_url, "attribution": settings.map_tile_attribution}
         if settings.map_tile_url
         else None,

@@ -15,7 +15,12 @@ from services.city.domain import worst_status
 from shared.areas import boundaries_path, load_named
 from shared.kpis import KpiDefinition
 
-DATA_ATTRIBUTION = "Boundaries: approximate, derived from vietnamadminunits (MIT)"
+
+@lru_cache(maxsize=4)
+def attribution(name: str) -> str:
+    """The credit the named hierarchy's boundaries ask for (their licence, shared/data/README.md), which the
+    GeoJSON file carries with it."""
+    return str(orjson.loads(boundaries_path(name).read_bytes())["attribution"])
 
 
 @lru_cache(maxsize=4)
