@@ -190,6 +190,9 @@ class LibrdkafkaDriver:
 
     def _on_assign(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        # Owned from now on, before the recovery: a tick while it runs must not take the partitions for lost ones
+        # (it fenced and dropped them under the recovery's feet, and they stayed fenced).
+        self.assigned = frozenset(tps)
         try:
             self._on_loop(self._recover(tps))
         except Exception:
@@ -198,7 +201,6 @@ class LibrdkafkaDriver:
         for tp in partitions:
             applied = self.core.applied_offset(tp.topic, tp.partition)
             tp.offset = applied if applied is not None else OFFSET_INVALID  # invalid: the committed offset
-        self.assigned = frozenset(tps)
         consumer.assign(partitions)
 
     async def _recover(self, tps: list[TopicPartition]) -> None:
@@ -212,13 +214,14 @@ class LibrdkafkaDriver:
             self._commit_now(consumer)
         except Exception:
             log.exception("%s: commit on revocation failed", self.core.processor.name)
-        self.assigned = frozenset()
+        # dropped before the assignment is emptied: a tick in between finds nothing to write, not lost partitions
         self._on_loop(self._drop(revoked))
+        self.assigned = frozenset()
         consumer.unassign()
 
     def _on_lost(self, consumer: Consumer, partitions: list[RdTopicPartition]) -> None:
         # another member may own them already: commit nothing, forget their state
-        self.assigned = frozenset()
+        self.assigned = frozenset()  # first: nothing more of them may be written
         log.warning("%s: assignment lost (evicted from the group)", self.core.processor.name)
         self._on_loop(self._drop({tp.partition for tp in partitions}))
         consumer.unassign()
