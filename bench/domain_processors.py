@@ -38,6 +38,7 @@ async def processor(
     group: str | None = None,
     barrier: dict | None = None,
     start_timeout: float = 60.0,
+    driver: str = "faust",
 ) -> dict:
     """Process everything in the processor's source topics; events/s between the first and the last batch.
 
@@ -45,7 +46,7 @@ async def processor(
     it owns at the end. ``group``: a fixed processor name (consumer group), for several workers of one group;
     ``barrier`` (``{"dir": ..., "workers": n}``): the workers of the group start their runtimes together, and once
     idle, a worker waits until every worker is idle before it reads its state and stops, so no partition moves
-    while the totals are read."""
+    while the totals are read. ``driver``: the runtime's consumer driver (``shared.stream.runtime``)."""
     from shared.gc_tuning import tune_gc
     from shared.stream.runtime import ProcessorRuntime
 
@@ -53,7 +54,7 @@ async def processor(
     proc = build_processor(domain, index, kafka)
     if group:
         proc.name = group
-    rt = ProcessorRuntime(proc, kafka, driver="faust")
+    rt = ProcessorRuntime(proc, kafka, driver=driver)
     m = Meter()
     if barrier:  # every worker of the group starts together, so they join in one generation
         await _wait_barrier(barrier, timeout, "ready")
@@ -98,6 +99,7 @@ async def processor(
         processor=proc.name.rsplit("-bench-", 1)[0],
         topics=list(proc.topics),
         dead_lettered=getattr(rt.core, "dead_lettered", None),
+        driver=driver,
         late_ignored=proc.late_ignored,
         **extra,
     )

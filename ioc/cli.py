@@ -426,7 +426,7 @@ def _processor_factories() -> dict[str, tuple[registry.ServiceEntry, Callable[[A
 @app.command()
 def process(
     name: str,
-    driver: str = typer.Option("faust", help="faust or aiokafka"),
+    driver: str = typer.Option("faust", help="faust, aiokafka or librdkafka"),
     metrics_port: int = typer.Option(
         int(os.environ.get("IOC_METRICS_PORT", "0")), help="serve /metrics on this port (0: none)"
     ),

@@ -8,6 +8,8 @@ Two drivers share :class:`shared.stream.core.ProcessorCore` (state, dedup, chang
   that limits a plain Faust agent to a few thousand events/s here).
 - ``aiokafka``: the same core under a plain aiokafka consumer group (tests of the core, the benchmark's
   reference, and a fallback).
+- ``librdkafka`` (:mod:`shared.stream.librdkafka_driver`): the same core under a confluent-kafka consumer
+  (records parsed in C; the group co-partitioned by librdkafka's range assignor).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from shared.tasks import stop_tasks
 
 if TYPE_CHECKING:
     from shared.stream.faust_driver import FaustDriver
+    from shared.stream.librdkafka_driver import LibrdkafkaDriver
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +232,8 @@ class AiokafkaDriver:
 
 
 class ProcessorRuntime:
-    """Host one processor in this process. ``driver`` is ``"faust"`` (default) or ``"aiokafka"``."""
+    """Host one processor in this process. ``driver`` is ``"faust"`` (default), ``"aiokafka"`` or
+    ``"librdkafka"``."""
 
     def __init__(
         self,
@@ -253,7 +257,7 @@ class ProcessorRuntime:
         self.driver_name = driver
         self.max_records = max_records
         self.fetch_wait_ms = fetch_wait_ms
-        self.driver: FaustDriver | AiokafkaDriver | None = None
+        self.driver: FaustDriver | AiokafkaDriver | LibrdkafkaDriver | None = None
 
     async def start(self) -> None:
         tune_gc()
@@ -266,7 +270,13 @@ class ProcessorRuntime:
         if self.driver_name == "faust":
             from shared.stream.faust_driver import FaustDriver
 
-            driver: FaustDriver | AiokafkaDriver = FaustDriver(
+            driver: FaustDriver | AiokafkaDriver | LibrdkafkaDriver = FaustDriver(
+                self.core, self.kafka, max_records=self.max_records, fetch_wait_ms=self.fetch_wait_ms
+            )
+        elif self.driver_name == "librdkafka":
+            from shared.stream.librdkafka_driver import LibrdkafkaDriver
+
+            driver = LibrdkafkaDriver(
                 self.core, self.kafka, max_records=self.max_records, fetch_wait_ms=self.fetch_wait_ms
             )
         else:

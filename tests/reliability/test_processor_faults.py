@@ -36,6 +36,9 @@ from tests.reliability.worker import PacedKioskProcessor
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+#: the stream runtime's consumer drivers these scenarios run under (``shared.stream.runtime``)
+DRIVERS = pytest.mark.parametrize("driver", ["faust", "librdkafka"])
+
 
 async def ingest_sessions(
     client, key: str, kiosks: list[str], n: int, ledger: Ledger, *, batch: int = 5000, idempotent: bool = True
@@ -63,8 +66,9 @@ def names() -> tuple[str, str]:
     return name, f"/ioc/kiosk/kpi/{name}"
 
 
+@DRIVERS
 async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(
-    kafka, kiosk_settings, admin_key, tmp_path
+    kafka, kiosk_settings, admin_key, tmp_path, driver
 ):
     district, total = area("HK"), 12000
     ledger = Ledger()
@@ -76,7 +80,7 @@ async def test_worker_killed_mid_batch_twice_recovers_without_double_counting(
         # in the middle of it even on a fast machine (progress is observed on the KPI topic, which takes a moment
         # to read, and a restarted worker takes the stream over within a few seconds).
         return Worker(
-            kafka.bootstrap_servers, name, source, pause_s=0.5, max_records=200, log_path=log
+            kafka.bootstrap_servers, name, source, pause_s=0.5, max_records=200, log_path=log, driver=driver
         ).start()
 
     w, seen_at_kill = None, []
@@ -128,17 +132,30 @@ async def _wait_progress(kafka, source: str, district: str, *, above: float, tim
     raise AssertionError(f"no progress above {above} within {timeout}s")
 
 
+@DRIVERS
 async def test_second_worker_joining_mid_stream_keeps_totals_exact(
-    kafka, kiosk_settings, admin_key, tmp_path
+    kafka, kiosk_settings, admin_key, tmp_path, driver
 ):
     district, half = area("DD"), 6000
     ledger = Ledger()
     name, source = names()
     first = Worker(
-        kafka.bootstrap_servers, name, source, pause_s=0.1, max_records=300, log_path=tmp_path / "first.log"
+        kafka.bootstrap_servers,
+        name,
+        source,
+        pause_s=0.1,
+        max_records=300,
+        log_path=tmp_path / "first.log",
+        driver=driver,
     )
     second = Worker(
-        kafka.bootstrap_servers, name, source, pause_s=0.1, max_records=300, log_path=tmp_path / "second.log"
+        kafka.bootstrap_servers,
+        name,
+        source,
+        pause_s=0.1,
+        max_records=300,
+        log_path=tmp_path / "second.log",
+        driver=driver,
     )
     try:
         async with running_app(create_app(kiosk_settings)) as client:
@@ -169,7 +186,8 @@ async def test_second_worker_joining_mid_stream_keeps_totals_exact(
     assert final == total > half
 
 
-async def test_slow_consumer_lags_then_catches_up_exactly(kafka, kiosk_settings, admin_key):
+@DRIVERS
+async def test_slow_consumer_lags_then_catches_up_exactly(kafka, kiosk_settings, admin_key, driver):
     district, total = area("BD"), 4000
     ledger = Ledger()
     name, source = names()
@@ -178,7 +196,7 @@ async def test_slow_consumer_lags_then_catches_up_exactly(kafka, kiosk_settings,
     )
     async with running_app(create_app(kiosk_settings)) as client:
         kiosks = await register_kiosks(client, admin_key, district, 3)
-        async with ProcessorRuntime(slow, kafka, max_records=250).running() as rt:
+        async with ProcessorRuntime(slow, kafka, max_records=250, driver=driver).running() as rt:
             # Ingest is not slowed down by the consumer: every batch is acknowledged while it lags.
             await ingest_sessions(client, admin_key, kiosks, total, ledger, batch=1000)
             await rt.drain(timeout=60)
@@ -187,7 +205,10 @@ async def test_slow_consumer_lags_then_catches_up_exactly(kafka, kiosk_settings,
     assert final == len(ledger.accepted_set) == total
 
 
-async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafka, kiosk_settings, admin_key):
+@DRIVERS
+async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(
+    kafka, kiosk_settings, admin_key, driver
+):
     district, n = area("TH"), 500
     ledger = Ledger()
     name, source = names()
@@ -217,7 +238,7 @@ async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafk
         assert r3.status_code == 200
         assert set((await session_ids_on_topic(kafka, set(ids), expect=2 * n)).values()) == {2}
 
-        async with ProcessorRuntime(processor(), kafka).running() as rt:
+        async with ProcessorRuntime(processor(), kafka, driver=driver).running() as rt:
             await rt.drain(timeout=40)
         assert await wait_for_sessions_total(kafka, source, district, n, timeout=20) == n
 
@@ -244,14 +265,15 @@ async def test_duplicate_deliveries_count_once_even_across_a_worker_restart(kafk
             )
         finally:
             await producer.stop()
-        async with ProcessorRuntime(processor(), kafka).running() as rt:
+        async with ProcessorRuntime(processor(), kafka, driver=driver).running() as rt:
             await rt.drain(timeout=40)
     final = await wait_for_sessions_total(kafka, source, district, n, timeout=20)
     assert final == n == len(ledger.accepted_set)
 
 
+@DRIVERS
 async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(
-    kafka, kiosk_settings, admin_key
+    kafka, kiosk_settings, admin_key, driver
 ):
     district, n = area("CG"), 300
     ledger = Ledger()
@@ -315,7 +337,7 @@ async def test_poison_messages_are_dead_lettered_and_do_not_stall_the_partition(
         await publisher.stop()
         await ingest_sessions(client, admin_key, kiosks, n, ledger)  # valid events after the poison
 
-        async with ProcessorRuntime(processor, kafka).running() as rt:
+        async with ProcessorRuntime(processor, kafka, driver=driver).running() as rt:
             await rt.drain(timeout=40)
             assert rt.core.dead_lettered == 4
     final = await wait_for_sessions_total(kafka, source, district, 2 * n, timeout=20)

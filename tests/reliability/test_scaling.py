@@ -54,8 +54,9 @@ async def keep_ingesting_until_taken_over(client, key, kiosks, ledger, log_path,
         )
 
 
+@pytest.mark.parametrize("driver", ["faust", "librdkafka"])
 async def test_kiosk_kpi_scaled_from_one_to_three_workers_keeps_one_owner_per_partition_and_exact_totals(
-    kafka, kiosk_settings, admin_key, tmp_path
+    kafka, kiosk_settings, admin_key, tmp_path, driver
 ):
     district = area("BD")
     ledger = Ledger()
@@ -69,6 +70,7 @@ async def test_kiosk_kpi_scaled_from_one_to_three_workers_keeps_one_owner_per_pa
             pause_s=0.05,
             max_records=300,
             log_path=tmp_path / f"w{i}.log",
+            driver=driver,
         )
         for i in range(3)
     ]

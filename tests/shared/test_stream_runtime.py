@@ -29,7 +29,7 @@ async def _latest_counts(kafka_settings, action_prefix: str) -> dict[str, float]
     return merged
 
 
-@pytest.mark.parametrize("driver", ["aiokafka", "faust"])
+@pytest.mark.parametrize("driver", ["aiokafka", "faust", "librdkafka"])
 async def test_counts_survive_restart_without_double_counting(kafka_settings, topics_ready, driver):
     tag = uuid.uuid4().hex[:6]
     pub = EventPublisher(kafka_settings, client_id="t")
@@ -82,7 +82,7 @@ class _SlowTickCounter(ActionCounter):
     emit_interval_seconds = 2.0
 
 
-@pytest.mark.parametrize("driver", ["aiokafka", "faust"])
+@pytest.mark.parametrize("driver", ["aiokafka", "faust", "librdkafka"])
 async def test_a_batch_after_an_emit_is_published_within_the_emit_interval_when_the_stream_pauses(
     kafka_settings, topics_ready, driver
 ):
