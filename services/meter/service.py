@@ -27,6 +27,7 @@ from services.meter.domain import (
     MeterEventIn,
     MeterIn,
     MeterInfo,
+    MeterTable,
     ReadingItem,
     ReadingsBody,
     RegisterState,
@@ -125,42 +126,30 @@ class RegisterWriter:
 class MeterRegistry(RegistryCache[MeterInfo]):
     """The meter registry in memory, and the number of meters per feeder (the feeder-outage rule's N).
 
-    A city registers millions of meters: the loader asks only for what changed since its last pass, and entries
-    share one object per distinct field value (see :meth:`put`).
+    A city registers millions of meters: the loader asks only for what changed since its last pass, and the
+    entries are held in columns (:class:`MeterTable`: lookups build a :class:`MeterInfo`, reading validation
+    reads the columns).
     """
+
+    entries: MeterTable  # type: ignore[assignment]  # a Mapping[str, MeterInfo] in columns, not a dict
 
     def __init__(self, pool: asyncpg.Pool):
         super().__init__(SERVICE, lambda since: repository.load_meters(pool, since), key=_meter_id)
-        self._shared_values: dict[Any, Any] = {}  # one object per distinct registry field value (see below)
+        self.entries = MeterTable()
         self.feeder_sizes: dict[str, int] = {}
 
     def clear(self) -> None:
-        super().clear()
+        self.entries = MeterTable()
         self.feeder_sizes = {}
 
     def put(self, entry: MeterInfo) -> None:
-        # A city's meters share a few thousand districts, communes, feeders, gateways and installation dates:
-        # each entry points at one shared object per value instead of its own copy parsed from the request or
-        # row (most of a cached meter's memory; docs/performance-targets.md).
-        m, shared = entry, self._shared_values
-        m.district = shared.setdefault(m.district, m.district)
-        m.commune = shared.setdefault(m.commune, m.commune)
-        m.feeder = shared.setdefault(m.feeder, m.feeder)
-        if m.transformer is not None:
-            m.transformer = shared.setdefault(m.transformer, m.transformer)
-        if m.gateway is not None:
-            m.gateway = shared.setdefault(m.gateway, m.gateway)
-        m.installed_on = shared.setdefault(m.installed_on, m.installed_on)
-        m.installed_epoch = shared.setdefault(m.installed_epoch, m.installed_epoch)
-        m.interval_seconds = shared.setdefault(m.interval_seconds, m.interval_seconds)
-        old = self.entries.get(m.meter_id)
-        if old is not None:
-            if old == m:  # a refresh re-reading what this replica wrote: keep the entry it has
-                return
-            m.meter_id = old.meter_id  # the dict keeps its key string: one copy of the id, not two
-            self.feeder_sizes[old.feeder] -= 1
-        self.entries[m.meter_id] = m
-        self.feeder_sizes[m.feeder] = self.feeder_sizes.get(m.feeder, 0) + 1
+        change = self.entries.put(entry)
+        if change is None:
+            return
+        before, now = change
+        if before is not None:
+            self.feeder_sizes[before.feeder] -= 1
+        self.feeder_sizes[now.feeder] = self.feeder_sizes.get(now.feeder, 0) + 1
 
 
 def _meter_id(m: MeterInfo) -> str:
