@@ -537,7 +537,12 @@ def validate_readings(
     iso_ends: dict[int | float, str] = {}  # Unix time → canonical RFC 3339 (once a batch)
     obis_units = _OBIS_UNITS
     table = as_table(registry)
-    get_row, profile_of, profiles, installed = table.rows.get, table.profile_of, table.profiles, table.installed
+    get_row, profile_of, profiles, installed = (
+        table.rows.get,
+        table.profile_of,
+        table.profiles,
+        table.installed,
+    )
     get_register, get_obis_unit = registers.get, obis_units.get
     for i, r in items:
         mid = r["meter_id"]

@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -59,6 +60,8 @@ INTERRUPTIONS_INFERRED = Counter(
 SERVICE = "meter"
 #: The readings request schema's ceiling (``ReadingsBody``); ``IOC_METER_MAX_BATCH_READINGS`` may lower it.
 READINGS = BatchParser(ReadingsBody, ReadingItem, id_field="meter_id", max_items=10_000)
+#: Registry rows read per query (start-up load, refresh).
+REGISTRY_PAGE = 10_000
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -133,23 +136,59 @@ class MeterRegistry(RegistryCache[MeterInfo]):
 
     entries: MeterTable  # type: ignore[assignment]  # a Mapping[str, MeterInfo] in columns, not a dict
 
-    def __init__(self, pool: asyncpg.Pool):
-        super().__init__(SERVICE, lambda since: repository.load_meters(pool, since), key=_meter_id)
+    def __init__(self, pool: asyncpg.Pool, page: int = REGISTRY_PAGE):
+        super().__init__(SERVICE, self._load_page, key=_meter_id)
+        self.pool = pool
+        self.page = page
         self.entries = MeterTable()
         self.feeder_sizes: dict[str, int] = {}
+
+    async def _load_page(self, after: Any) -> tuple[list[MeterInfo], Any]:
+        return await repository.load_meter_page(self.pool, after, self.page)
 
     def clear(self) -> None:
         self.entries = MeterTable()
         self.feeder_sizes = {}
 
     def put(self, entry: MeterInfo) -> None:
-        change = self.entries.put(entry)
-        if change is None:
+        _put(self.entries, self.feeder_sizes, entry)
+
+    # The registry is read in pages (change order), so a city's millions of rows never sit in memory at once as
+    # rows and entries, and requests are served between pages.
+    async def reload(self) -> None:
+        table, sizes = MeterTable(), {}
+        position = None
+        while True:
+            entries, position = await self._load_page(position)
+            for entry in entries:
+                _put(table, sizes, entry)
+            if len(entries) < self.page:
+                break
+        # Swapped in whole: a request never sees a half-loaded registry.
+        self.entries, self.feeder_sizes = table, sizes
+        self._version = position
+        self.loaded_at = time.monotonic()
+
+    async def refresh(self) -> None:
+        if self._version is None:
+            await self.reload()
             return
-        before, now = change
-        if before is not None:
-            self.feeder_sizes[before.feeder] -= 1
-        self.feeder_sizes[now.feeder] = self.feeder_sizes.get(now.feeder, 0) + 1
+        while True:
+            entries, self._version = await self._load_page(self._version)
+            self.apply(entries)
+            if len(entries) < self.page:
+                break
+        self.loaded_at = time.monotonic()
+
+
+def _put(table: MeterTable, feeder_sizes: dict[str, int], entry: MeterInfo) -> None:
+    change = table.put(entry)
+    if change is None:  # a refresh re-reading what this replica wrote
+        return
+    before, now = change
+    if before is not None:
+        feeder_sizes[before.feeder] -= 1
+    feeder_sizes[now.feeder] = feeder_sizes.get(now.feeder, 0) + 1
 
 
 def _meter_id(m: MeterInfo) -> str:
