@@ -307,7 +307,7 @@ class MeterTable(Mapping[str, MeterInfo]):
     on request (:meth:`get`).
     """
 
-    __slots__ = ("rows", "ids", "profile_of", "installed", "profiles", "_codes", "_values", "_dates")
+    __slots__ = ("_codes", "_dates", "_values", "ids", "installed", "profile_of", "profiles", "rows")
 
     def __init__(self, entries: Iterable[MeterInfo] = ()):
         self.rows: dict[str, int] = {}
