@@ -272,6 +272,9 @@ async def burst(
             accepted = await _post_all(client, bodies, headers)
             t_acked = time.perf_counter()
             seen = await waiter
+            rss_burst = (
+                service.memory_info().rss
+            )  # the registers every meter now has, and the burst's garbage
             sampler.cancel()
             for prof in profilers:  # py-spy writes its profile on SIGINT
                 prof.send_signal(signal.SIGINT)
@@ -310,6 +313,8 @@ async def burst(
             # registry is millions of meters: the fixed part vanishes there)
             "meter_service_marginal_bytes_per_meter": marginal_bytes_per_meter(rss_after),
             "target_meter_service_bytes_per_meter": 300,
+            # After the priming readings and the burst: each meter's register state is in too
+            "meter_service_bytes_per_meter_after_burst": round((rss_burst - rss_before) / readings),
             "processes": processes,
         }
     finally:

@@ -156,7 +156,7 @@ class MeterRegistry(RegistryCache[MeterInfo]):
     # The registry is read in pages (change order), so a city's millions of rows never sit in memory at once as
     # rows and entries, and requests are served between pages.
     async def reload(self) -> None:
-        table, sizes = MeterTable(), {}
+        table, sizes = MeterTable(), dict[str, int]()
         position = None
         while True:
             entries, position = await self._load_page(position)
