@@ -37,7 +37,7 @@ _WORDS = [struct.Struct(f"<{n}I").unpack_from for n in range(64)]
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``; the same values as aiokafka's), with the
-    4-byte words unpacked in one call: about half the CPU of aiokafka's byte-by-byte version."""
+    4-byte words unpacked in one call rather than assembled byte by byte (it runs once per published record)."""
     length = len(data)
     h = 0x9747B28C ^ length
     n4 = length >> 2
