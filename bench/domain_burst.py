@@ -38,7 +38,8 @@ ENERGY_KPI = "meter.energy_kwh"
 REQUEST_READINGS = 10_000
 REGISTRY_REFRESH_S = 30.0  # the meter service's default registry refresh interval
 REGISTER_CHUNK = 10_000  # meters per registration request: several requests, so the RSS slope can be read
-IN_FLIGHT = 4
+# Requests the head-end keeps in flight (IOC_BENCH_BURST_IN_FLIGHT: to measure how far concurrency carries)
+IN_FLIGHT = int(os.environ.get("IOC_BENCH_BURST_IN_FLIGHT") or 4)
 
 
 async def _wait_quiet(process: psutil.Process, timeout: float = 120.0) -> None:
@@ -272,6 +273,9 @@ async def burst(
             accepted = await _post_all(client, bodies, headers)
             t_acked = time.perf_counter()
             seen = await waiter
+            rss_burst = (
+                service.memory_info().rss
+            )  # the registers every meter now has, and the burst's garbage
             sampler.cancel()
             for prof in profilers:  # py-spy writes its profile on SIGINT
                 prof.send_signal(signal.SIGINT)
@@ -305,11 +309,14 @@ async def burst(
             "exact": True,
             "extrapolated_city_quarter_hour_s": round(CITY_METERS / rate, 1),
             "target_city_quarter_hour_s": 60,
+            "requests_in_flight": IN_FLIGHT,
             "meter_service_bytes_per_meter": round((rss_registered - rss_before) / readings),
             # What each further meter adds once the first request's parsing buffers are in place (a city's
             # registry is millions of meters: the fixed part vanishes there)
             "meter_service_marginal_bytes_per_meter": marginal_bytes_per_meter(rss_after),
             "target_meter_service_bytes_per_meter": 300,
+            # After the priming readings and the burst: each meter's register state is in too
+            "meter_service_bytes_per_meter_after_burst": round((rss_burst - rss_before) / readings),
             "processes": processes,
         }
     finally:

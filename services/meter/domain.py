@@ -6,11 +6,12 @@ Facts and formulas: domain-notes.md §2.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Annotated, Any, NotRequired
+from typing import Annotated, Any, NamedTuple, NotRequired
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
 from typing_extensions import TypedDict
@@ -281,10 +282,147 @@ def hanoi_day_start(day: date) -> int:
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) - HANOI_OFFSET_S
 
 
+class MeterProfile(NamedTuple):
+    """What a registry entry holds besides its id and installation: shared by every meter with the same values
+    (a city's meters have a few thousand districts, communes, feeders, transformers and gateways)."""
+
+    interval_seconds: int
+    decommissioned_epoch: int | None
+    district: str
+    commune: str
+    feeder: str
+    customers: int
+    transformer: str | None
+    gateway: str | None
+    decommissioned_on: date | None
+
+
+class MeterTable(Mapping[str, MeterInfo]):
+    """The registry in columns: meter id → row; per row a profile code and the installation time (Unix time of
+    its UTC midnight, as :attr:`MeterInfo.installed_epoch`); the profiles themselves once each.
+
+    A city registers millions of meters: a row costs its id string, its dict slot, the row number and 12 bytes
+    of arrays, with no per-meter object for the allocator to scatter (docs/performance-targets.md). Reading
+    validation reads the columns (:func:`validate_readings`); everything else gets a :class:`MeterInfo` built
+    on request (:meth:`get`).
+    """
+
+    __slots__ = ("_codes", "_dates", "_values", "ids", "installed", "profile_of", "profiles", "rows")
+
+    def __init__(self, entries: Iterable[MeterInfo] = ()):
+        self.rows: dict[str, int] = {}
+        self.ids: list[str] = []  # row → the dict's own id string
+        self.profile_of = array("I")  # row → profile code
+        self.installed = array("q")  # row → installation, Unix time
+        self.profiles: list[MeterProfile] = []  # code → profile
+        self._codes: dict[MeterProfile, int] = {}
+        self._values: dict[Any, Any] = {}  # one object per distinct field value
+        self._dates: dict[int, date] = {}  # installation epoch → one shared date
+        for m in entries:
+            self.put(m)
+
+    def put(self, m: MeterInfo) -> tuple[MeterProfile | None, MeterProfile] | None:
+        """Store ``m``: ``(profile before or None when new, profile now)``, or None when the table held ``m``
+        already (a registry refresh re-reading what this replica wrote)."""
+        shared = self._values.setdefault
+        profile = MeterProfile(
+            shared(m.interval_seconds, m.interval_seconds),
+            m.decommissioned_epoch,
+            shared(m.district, m.district),
+            shared(m.commune, m.commune),
+            shared(m.feeder, m.feeder),
+            m.customers,
+            None if m.transformer is None else shared(m.transformer, m.transformer),
+            None if m.gateway is None else shared(m.gateway, m.gateway),
+            m.decommissioned_on,
+        )
+        code = self._codes.get(profile)
+        if code is None:
+            code = self._codes[profile] = len(self.profiles)
+            self.profiles.append(profile)
+        self._dates.setdefault(m.installed_epoch, m.installed_on)
+        row = self.rows.get(m.meter_id)
+        if row is None:
+            self.rows[m.meter_id] = len(self.ids)
+            self.ids.append(m.meter_id)
+            self.profile_of.append(code)
+            self.installed.append(m.installed_epoch)
+            return None, profile
+        if self.profile_of[row] == code and self.installed[row] == m.installed_epoch:
+            return None
+        before = self.profiles[self.profile_of[row]]
+        self.profile_of[row] = code
+        self.installed[row] = m.installed_epoch
+        return before, profile
+
+    def gateway(self, meter_id: str) -> tuple[bool, str | None]:
+        """``(registered, gateway)`` of a meter, without building its entry (the authorisation check)."""
+        row = self.rows.get(meter_id)
+        if row is None:
+            return False, None
+        return True, self.profiles[self.profile_of[row]].gateway
+
+    def _info(self, row: int) -> MeterInfo:
+        p = self.profiles[self.profile_of[row]]
+        return MeterInfo(
+            self.ids[row],
+            p.customers,
+            p.district,
+            p.commune,
+            p.feeder,
+            p.transformer,
+            self._dates[self.installed[row]],
+            p.interval_seconds,
+            p.gateway,
+            p.decommissioned_on,
+        )
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        row = self.rows.get(key)
+        return default if row is None else self._info(row)
+
+    def __getitem__(self, key: str) -> MeterInfo:
+        return self._info(self.rows[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.rows)
+
+
+def as_table(registry: Mapping[str, MeterInfo]) -> MeterTable:
+    """``registry`` as a :class:`MeterTable` (a plain mapping, as tests pass, is copied into one)."""
+    if isinstance(registry, MeterTable):
+        return registry
+    return MeterTable(m if m.meter_id == k else _renamed(m, k) for k, m in registry.items())
+
+
+def _renamed(m: MeterInfo, meter_id: str) -> MeterInfo:
+    return MeterInfo(
+        meter_id,
+        m.customers,
+        m.district,
+        m.commune,
+        m.feeder,
+        m.transformer,
+        m.installed_on,
+        m.interval_seconds,
+        m.gateway,
+        m.decommissioned_on,
+    )
+
+
 def may_report(reporter: str, meter_id: str, registry: Mapping[str, MeterInfo]) -> bool:
     """Whether a non-privileged ``reporter`` (a principal id) may report for ``meter_id``: a registered meter
     only when its ``gateway`` is this principal (one without a gateway: ``meter:admin`` only). An unregistered
     meter is not this rule's business: validation reports it as unknown, item by item."""
+    if isinstance(registry, MeterTable):
+        registered, gateway = registry.gateway(meter_id)
+        return not registered or gateway == reporter
     info = registry.get(meter_id)
     return info is None or info.gateway == reporter
 
@@ -398,13 +536,21 @@ def validate_readings(
     ends: dict[str, int | float | str] = {}  # interval end as sent → Unix time or error (parsed once a batch)
     iso_ends: dict[int | float, str] = {}  # Unix time → canonical RFC 3339 (once a batch)
     obis_units = _OBIS_UNITS
-    get_meter, get_register, get_obis_unit = registry.get, registers.get, obis_units.get
+    table = as_table(registry)
+    get_row, profile_of, profiles, installed = (
+        table.rows.get,
+        table.profile_of,
+        table.profiles,
+        table.installed,
+    )
+    get_register, get_obis_unit = registers.get, obis_units.get
     for i, r in items:
         mid = r["meter_id"]
-        meter = get_meter(mid)
-        if meter is None:
+        row = get_row(mid)
+        if row is None:
             errors.append(ItemError(i, mid, "meter_id", "meter is not registered", "unknown_entity"))
             continue
+        meter = profiles[profile_of[row]]
         spec_factor = get_obis_unit((r["obis"], r["unit"]))
         if spec_factor is None:
             spec = obis_table.get(r["obis"])
@@ -436,7 +582,7 @@ def validate_readings(
         if end > horizon_limit:
             errors.append(ItemError(i, mid, "interval_end", "interval end is in the future", "future"))
             continue
-        if end <= meter.installed_epoch:
+        if end <= installed[row]:
             errors.append(
                 ItemError(
                     i,
@@ -599,7 +745,7 @@ def validate_readings(
                             if spanned <= MAX_GAP_ESTIMATES:
                                 d = d / spanned
                                 _estimate_gap(
-                                    out.estimates, meter, spec, step, value_end, last_value, d, spanned
+                                    out.estimates, mid, meter, spec, step, value_end, last_value, d, spanned
                                 )
                         delta = d
                     if value_end:
@@ -671,7 +817,8 @@ def _with_recent(recent: tuple, end: float, value: float) -> tuple:
 
 def _estimate_gap(
     out: list[dict[str, Any]],
-    meter: MeterInfo,
+    meter_id: str,
+    meter: MeterProfile,
     spec: ObisSpec,
     step: int,
     value_end: int,
@@ -685,7 +832,7 @@ def _estimate_gap(
         end = value_end + j * step
         out.append(
             {
-                "meter_id": meter.meter_id,
+                "meter_id": meter_id,
                 "obis": spec.code,
                 "interval_end": iso_utc(end),
                 "interval_seconds": step,

@@ -64,18 +64,29 @@ async def upsert_meters(conn: asyncpg.Connection, meters: Sequence[MeterIn]) -> 
     return old
 
 
-async def load_meters(
-    pool: asyncpg.Pool, since: datetime | None = None
-) -> tuple[list[MeterInfo], datetime | None]:
-    """Registry entries changed after ``since`` (all when ``None``), and the newest change time seen."""
-    if since is None:
-        rows = await pool.fetch(f"SELECT {_METER_COLUMNS}, updated_at FROM meters")
+#: Where a paged registry read stands: (updated_at, meter_id) of the last row read.
+MeterPosition = tuple[datetime, str]
+
+
+async def load_meter_page(
+    pool: asyncpg.Pool, after: MeterPosition | None, limit: int
+) -> tuple[list[MeterInfo], MeterPosition | None]:
+    """Up to ``limit`` registry entries changed after ``after`` (from the first when ``None``) in change order,
+    and the position of the last one (``after`` when none)."""
+    if after is None:
+        rows = await pool.fetch(
+            f"SELECT {_METER_COLUMNS}, updated_at FROM meters ORDER BY updated_at, meter_id LIMIT $1", limit
+        )
     else:
         rows = await pool.fetch(
-            f"SELECT {_METER_COLUMNS}, updated_at FROM meters WHERE updated_at > $1", since
+            f"SELECT {_METER_COLUMNS}, updated_at FROM meters WHERE (updated_at, meter_id) > ($1, $2) "
+            "ORDER BY updated_at, meter_id LIMIT $3",
+            after[0],
+            after[1],
+            limit,
         )
-    newest = max((r["updated_at"] for r in rows), default=since)
-    return [_info(r) for r in rows], newest
+    position = (rows[-1]["updated_at"], rows[-1]["meter_id"]) if rows else after
+    return [_info(r) for r in rows], position
 
 
 async def get_meter(pool: asyncpg.Pool, meter_id: str) -> MeterInfo | None:

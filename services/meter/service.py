@@ -11,6 +11,7 @@ import asyncio
 import csv
 import io
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from services.meter.domain import (
     MeterEventIn,
     MeterIn,
     MeterInfo,
+    MeterTable,
     ReadingItem,
     ReadingsBody,
     RegisterState,
@@ -58,6 +60,8 @@ INTERRUPTIONS_INFERRED = Counter(
 SERVICE = "meter"
 #: The readings request schema's ceiling (``ReadingsBody``); ``IOC_METER_MAX_BATCH_READINGS`` may lower it.
 READINGS = BatchParser(ReadingsBody, ReadingItem, id_field="meter_id", max_items=10_000)
+#: Registry rows read per query (start-up load, refresh).
+REGISTRY_PAGE = 10_000
 DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -125,42 +129,66 @@ class RegisterWriter:
 class MeterRegistry(RegistryCache[MeterInfo]):
     """The meter registry in memory, and the number of meters per feeder (the feeder-outage rule's N).
 
-    A city registers millions of meters: the loader asks only for what changed since its last pass, and entries
-    share one object per distinct field value (see :meth:`put`).
+    A city registers millions of meters: the loader asks only for what changed since its last pass, and the
+    entries are held in columns (:class:`MeterTable`: lookups build a :class:`MeterInfo`, reading validation
+    reads the columns).
     """
 
-    def __init__(self, pool: asyncpg.Pool):
-        super().__init__(SERVICE, lambda since: repository.load_meters(pool, since), key=_meter_id)
-        self._shared_values: dict[Any, Any] = {}  # one object per distinct registry field value (see below)
+    entries: MeterTable  # type: ignore[assignment]  # a Mapping[str, MeterInfo] in columns, not a dict
+
+    def __init__(self, pool: asyncpg.Pool, page: int = REGISTRY_PAGE):
+        super().__init__(SERVICE, self._load_page, key=_meter_id)
+        self.pool = pool
+        self.page = page
+        self.entries = MeterTable()
         self.feeder_sizes: dict[str, int] = {}
 
+    async def _load_page(self, after: Any) -> tuple[list[MeterInfo], Any]:
+        return await repository.load_meter_page(self.pool, after, self.page)
+
     def clear(self) -> None:
-        super().clear()
+        self.entries = MeterTable()
         self.feeder_sizes = {}
 
     def put(self, entry: MeterInfo) -> None:
-        # A city's meters share a few thousand districts, communes, feeders, gateways and installation dates:
-        # each entry points at one shared object per value instead of its own copy parsed from the request or
-        # row (most of a cached meter's memory; docs/performance-targets.md).
-        m, shared = entry, self._shared_values
-        m.district = shared.setdefault(m.district, m.district)
-        m.commune = shared.setdefault(m.commune, m.commune)
-        m.feeder = shared.setdefault(m.feeder, m.feeder)
-        if m.transformer is not None:
-            m.transformer = shared.setdefault(m.transformer, m.transformer)
-        if m.gateway is not None:
-            m.gateway = shared.setdefault(m.gateway, m.gateway)
-        m.installed_on = shared.setdefault(m.installed_on, m.installed_on)
-        m.installed_epoch = shared.setdefault(m.installed_epoch, m.installed_epoch)
-        m.interval_seconds = shared.setdefault(m.interval_seconds, m.interval_seconds)
-        old = self.entries.get(m.meter_id)
-        if old is not None:
-            if old == m:  # a refresh re-reading what this replica wrote: keep the entry it has
-                return
-            m.meter_id = old.meter_id  # the dict keeps its key string: one copy of the id, not two
-            self.feeder_sizes[old.feeder] -= 1
-        self.entries[m.meter_id] = m
-        self.feeder_sizes[m.feeder] = self.feeder_sizes.get(m.feeder, 0) + 1
+        _put(self.entries, self.feeder_sizes, entry)
+
+    # The registry is read in pages (change order), so a city's millions of rows never sit in memory at once as
+    # rows and entries, and requests are served between pages.
+    async def reload(self) -> None:
+        table, sizes = MeterTable(), dict[str, int]()
+        position = None
+        while True:
+            entries, position = await self._load_page(position)
+            for entry in entries:
+                _put(table, sizes, entry)
+            if len(entries) < self.page:
+                break
+        # Swapped in whole: a request never sees a half-loaded registry.
+        self.entries, self.feeder_sizes = table, sizes
+        self._version = position
+        self.loaded_at = time.monotonic()
+
+    async def refresh(self) -> None:
+        if self._version is None:
+            await self.reload()
+            return
+        while True:
+            entries, self._version = await self._load_page(self._version)
+            self.apply(entries)
+            if len(entries) < self.page:
+                break
+        self.loaded_at = time.monotonic()
+
+
+def _put(table: MeterTable, feeder_sizes: dict[str, int], entry: MeterInfo) -> None:
+    change = table.put(entry)
+    if change is None:  # a refresh re-reading what this replica wrote
+        return
+    before, now = change
+    if before is not None:
+        feeder_sizes[before.feeder] -= 1
+    feeder_sizes[now.feeder] = feeder_sizes.get(now.feeder, 0) + 1
 
 
 def _meter_id(m: MeterInfo) -> str:

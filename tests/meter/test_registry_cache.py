@@ -69,7 +69,7 @@ def test_meters_share_one_object_per_field_value_and_keep_their_values():
     assert svc.registry["M-2"].feeder == "F-HK-2"
 
 
-def test_a_registered_meter_costs_the_cache_at_most_300_bytes():
+def test_a_registered_meter_costs_the_cache_at_most_180_bytes():
     meters = 20_000
     body = orjson.dumps(
         [
@@ -113,20 +113,24 @@ def test_a_registered_meter_costs_the_cache_at_most_300_bytes():
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    # Per meter: its id (a 14-character str, 63 B), the slotted entry (112 B), the dict slot (~40 B): ~215 B.
-    # Before sharing the field values it was ~500 B (district, commune, feeder and gateway strings, ~57 B each,
-    # plus a date and an int per meter).
-    assert held / meters <= 300, f"{held / meters:.0f} bytes per registered meter"
+    # Per meter, in columns (MeterTable): its id (a 14-character str, 63 B), the dict slot (~40 B), the row
+    # number (an int, 28 B), the id list's pointer (8 B) and 12 B of arrays: ~150 B. A slotted entry per meter
+    # with shared field values was ~215 B; with its own strings, dates and ints ~500 B.
+    assert held / meters <= 180, f"{held / meters:.0f} bytes per registered meter"
 
 
 def test_a_refresh_re_reading_unchanged_meters_keeps_the_cached_entries_and_their_id_strings():
     svc = service()
     svc.registry.apply([info("M-1", "F-HK-1"), info("M-2", "F-HK-1")])
     cached = svc.registry["M-1"]
+    table = svc.registry.entries
+    rows, profiles = dict(table.rows), len(table.profiles)
     key = next(k for k in svc.registry if k == "M-2")
     # The refresh loads every meter written since its last pass, this replica's own registrations included.
     svc.registry.apply([info(fresh("M-1"), "F-HK-1"), info(fresh("M-2"), "F-HK-2")])
-    assert svc.registry["M-1"] is cached  # unchanged: the old entry stays, the re-read copy is dropped
+    # unchanged: the row stays as it was, the re-read copy is dropped
+    assert svc.registry["M-1"] == cached and svc.registry["M-1"].meter_id is cached.meter_id
+    assert table.rows == rows and len(table.ids) == 2 and len(table.profiles) == profiles + 1  # F-HK-2's
     moved = svc.registry["M-2"]
     assert moved.feeder == "F-HK-2" and moved.meter_id is key  # changed: new entry, the dict's own id string
     assert svc.feeder_sizes == {"F-HK-1": 1, "F-HK-2": 1}
