@@ -288,6 +288,15 @@ async def intersection_atspm(
     }
 
 
+def kpi_scope_level(code: str) -> str:
+    """The ``scope_level`` KPI events carry for an area: ``city``, ``district`` for every top area (the event
+    vocabulary, also in the two-tier hierarchy where a top area is a ward), else the area's own level."""
+    area = hanoi().areas[code]
+    if code == CITY_SCOPE:
+        return "city"
+    return "district" if area.parent == CITY_SCOPE else area.level
+
+
 # History: several series on one chart ------------------------------------------------------------------------
 async def multi_series(
     pool: asyncpg.Pool,
@@ -307,7 +316,7 @@ async def multi_series(
     span = end - start
     periods = [("current", timedelta(0))] + ([("previous", span)] if compare_previous else [])
     for code in scopes:
-        level = hanoi().areas[code].level
+        level = kpi_scope_level(code)
         for period, shift in periods:
             points = await repo.kpi_history(
                 pool,

@@ -13,16 +13,19 @@ import pytest
 from services.city import publishing
 from services.city.app import create_app
 from services.city.settings import CitySettings
+from shared.areas import hanoi
 from shared.contracts.cloudevents import encode
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
 from shared.testing import auth, issue_test_key, running_app
+from tests.areas import BA_DINH, BA_DINH_UNIT, CAU_GIAY, area, top_codes
 
 from .conftest import KPI_FILE
 from .test_api import eventually
 
 pytestmark = pytest.mark.integration
 HANOI = timezone(timedelta(hours=7))
+TAY_HO = area("TH")
 
 
 @pytest.fixture(scope="module")
@@ -88,26 +91,28 @@ async def test_area_and_asset_pages_list_assets_with_their_alarms_and_history(te
     now = datetime.now(UTC)
     await pub.publish(
         [
-            alarm(alarm_et, "kiosk", "kiosk_offline", kiosk, "CG", "major", now - timedelta(minutes=2)),
-            alarm(alarm_et, "kiosk", "paper_out", kiosk, "CG", "minor", now - timedelta(minutes=1)),
+            alarm(alarm_et, "kiosk", "kiosk_offline", kiosk, CAU_GIAY, "major", now - timedelta(minutes=2)),
+            alarm(alarm_et, "kiosk", "paper_out", kiosk, CAU_GIAY, "minor", now - timedelta(minutes=1)),
             # (the meter service's own wording: the page reads the count from it)
             alarm(
                 alarm_et,
                 "meter",
                 "feeder_outage",
                 feeder,
-                "CG",
+                CAU_GIAY,
                 "critical",
                 now - timedelta(minutes=90),
                 message="feeder outage: 12 of 40 meters without supply",
             ),
             # a KPI breach of the area: not an asset
-            alarm(alarm_et, "city", "kpi_breach", "citytest.availability:CG", "CG", "critical", now),
+            alarm(
+                alarm_et, "city", "kpi_breach", f"citytest.availability:{CAU_GIAY}", CAU_GIAY, "critical", now
+            ),
         ]
     )
 
     async def assets():
-        body = (await client.get("/v1/areas/CG", headers=auth(key))).json()
+        body = (await client.get(f"/v1/areas/{CAU_GIAY}", headers=auth(key))).json()
         mine = [a for a in body["assets_in_alarm"] if a["asset_id"] in (kiosk, feeder)]
         return (body, mine) if len(mine) == 2 and mine[1]["open_alarms"] == 2 else None
 
@@ -117,22 +122,22 @@ async def test_area_and_asset_pages_list_assets_with_their_alarms_and_history(te
     assert sorted(second["alarm_types"]) == ["kiosk_offline", "paper_out"]
     assert second["href"] == f"#asset/kiosk/{kiosk}"
     assert not [a for a in body["assets_in_alarm"] if ":" in a["asset_id"]]  # no KPI breach among assets
-    assert body["level"] == "district" and body["name"] and body["status"] == "critical"
-    listed = (await client.get("/v1/assets-in-alarm", params={"area": "CG"}, headers=auth(key))).json()
+    assert body["level"] == hanoi().top_level and body["name"] and body["status"] == "critical"
+    listed = (await client.get("/v1/assets-in-alarm", params={"area": CAU_GIAY}, headers=auth(key))).json()
     assert [a["asset_id"] for a in listed["items"] if a["asset_id"] in (kiosk, feeder)] == [feeder, kiosk]
     r = await client.get("/v1/areas/XX-none", headers=auth(key))
     assert r.status_code == 404 and r.json()["error"]["details"] == [{"area": "XX-none"}]
-    assert (await client.get("/v1/areas/CG")).status_code == 401
+    assert (await client.get(f"/v1/areas/{CAU_GIAY}")).status_code == 401
 
     # the kiosk's page: its two alarms, their history, its area; the kiosk service is down: said, not a 500
-    await pub.publish([alarm(alarm_et, "kiosk", "paper_out", kiosk, "CG", "minor", now, state="cleared")])
+    await pub.publish([alarm(alarm_et, "kiosk", "paper_out", kiosk, CAU_GIAY, "minor", now, state="cleared")])
 
     async def page():
         p = (await client.get(f"/v1/assets/kiosk/{kiosk}", headers=auth(key))).json()
         return p if len(p["alarm_history"]) == 3 else None
 
     p = await eventually(page)
-    assert (p["district"], p["status"], p["open_alarms"]) == ("CG", "critical", 1)
+    assert (p["district"], p["status"], p["open_alarms"]) == (CAU_GIAY, "critical", 1)
     assert p["details"] is None and p["details_error"]["reason"] == "unavailable"
     assert [(h["alarm_type"], h["state"]) for h in p["alarm_history"]] == [
         ("paper_out", "cleared"),
@@ -158,7 +163,7 @@ async def test_area_and_asset_pages_list_assets_with_their_alarms_and_history(te
                 "meter",
                 "feeder_outage",
                 feeder,
-                "CG",
+                CAU_GIAY,
                 "critical",
                 now,
                 state="cleared",
@@ -189,7 +194,7 @@ async def test_several_areas_and_the_previous_period_on_one_chart_with_threshold
         [
             kpi("citytest.availability", "HN", h10, 0.97),
             kpi("citytest.availability", "HN", h10 + timedelta(minutes=15), 0.96),
-            kpi("citytest.availability", "CG", h10, 0.91, status="warning"),
+            kpi("citytest.availability", CAU_GIAY, h10, 0.91, status="warning"),
             kpi("citytest.availability", "HN", h10 - timedelta(minutes=60), 0.99),
             kpi("citytest.availability", "HN", h10 - timedelta(minutes=45), 0.98),
         ]
@@ -197,7 +202,7 @@ async def test_several_areas_and_the_previous_period_on_one_chart_with_threshold
     params = [
         ("kpi", "citytest.availability"),
         ("scope", "HN"),
-        ("scope", "CG"),
+        ("scope", CAU_GIAY),
         ("from", h10.isoformat()),
         ("to", (h10 + timedelta(hours=1)).isoformat()),
         ("step", "raw"),
@@ -213,8 +218,8 @@ async def test_several_areas_and_the_previous_period_on_one_chart_with_threshold
     assert [(s["scope_code"], s["period"], len(s["points"])) for s in body["series"]] == [
         ("HN", "current", 2),
         ("HN", "previous", 2),
-        ("CG", "current", 1),
-        ("CG", "previous", 0),
+        (CAU_GIAY, "current", 1),
+        (CAU_GIAY, "previous", 0),
     ]
     previous = body["series"][1]
     # the previous hour is drawn over this one: 09:00 shown at 10:00
@@ -227,7 +232,7 @@ async def test_several_areas_and_the_previous_period_on_one_chart_with_threshold
         ("HN", "current", 0.96),
         ("HN", "previous", 0.99),
         ("HN", "previous", 0.98),
-        ("CG", "current", 0.91),
+        (CAU_GIAY, "current", 0.91),
     ]
     bad = await client.get(
         "/v1/history", params=[("kpi", "citytest.availability"), ("scope", "NOPE")], headers=auth(key)
@@ -235,7 +240,7 @@ async def test_several_areas_and_the_previous_period_on_one_chart_with_threshold
     assert bad.status_code == 422 and bad.json()["error"]["details"][0]["value"] == "NOPE"
     many = [
         ("kpi", "citytest.availability"),
-        *[("scope", c) for c in ("HN", "BD", "CG", "HK", "DD", "TX", "HBT", "LB", "TH")],
+        *[("scope", c) for c in ("HN", *top_codes()[:8])],
     ]
     assert (await client.get("/v1/history", params=many, headers=auth(key))).status_code == 422
     assert (await client.get("/v1/history", params={"kpi": "no.such"}, headers=auth(key))).status_code == 404
@@ -253,13 +258,15 @@ async def test_daily_report_of_one_hanoi_day(test_domain, city):
         [
             # the day window (86400 s) of availability: city 0.97 (ok), CG 0.85 (critical: below 0.90)
             kpi("citytest.availability", "HN", midnight, 0.97, window=86400),
-            kpi("citytest.availability", "CG", midnight, 0.85, window=86400, status="critical"),
+            kpi("citytest.availability", CAU_GIAY, midnight, 0.85, window=86400, status="critical"),
             # quarter hours of a KPI without a day window: the report takes their mean, (0.5 + 0.7) / 2 = 0.6
-            kpi("citytest.peak_mw", "BD", midnight + timedelta(hours=10), 0.5),
-            kpi("citytest.peak_mw", "BD", midnight + timedelta(hours=10, minutes=15), 0.7),
+            kpi("citytest.peak_mw", BA_DINH, midnight + timedelta(hours=10), 0.5),
+            kpi("citytest.peak_mw", BA_DINH, midnight + timedelta(hours=10, minutes=15), 0.7),
             # an alarm raised at noon Hanoi time that day, one the evening before (another day)
-            alarm(alarm_et, "kiosk", "kiosk_offline", kiosk, "BD", "major", midnight + timedelta(hours=12)),
-            alarm(alarm_et, "kiosk", "paper_out", kiosk, "BD", "minor", midnight - timedelta(hours=2)),
+            alarm(
+                alarm_et, "kiosk", "kiosk_offline", kiosk, BA_DINH, "major", midnight + timedelta(hours=12)
+            ),
+            alarm(alarm_et, "kiosk", "paper_out", kiosk, BA_DINH, "minor", midnight - timedelta(hours=2)),
         ]
     )
 
@@ -273,16 +280,16 @@ async def test_daily_report_of_one_hanoi_day(test_domain, city):
     rows = {(k["kpi"], k["scope_code"]): k for k in r["kpis"]}
     assert rows[("citytest.availability", "HN")]["value"] == 0.97
     assert rows[("citytest.availability", "HN")]["status"] == "ok"
-    assert rows[("citytest.availability", "CG")]["status"] == "critical"
-    assert rows[("citytest.availability", "CG")]["basis"] == "day_window"
-    peak = rows[("citytest.peak_mw", "BD")]
+    assert rows[("citytest.availability", CAU_GIAY)]["status"] == "critical"
+    assert rows[("citytest.availability", CAU_GIAY)]["basis"] == "day_window"
+    peak = rows[("citytest.peak_mw", BA_DINH)]
     assert peak["value"] == pytest.approx(0.6) and peak["basis"] == "mean_of_windows" and peak["windows"] == 2
     # 0.6 MW is above the 0.5 warning level of a "lower is better" KPI
     assert peak["status"] == "warning" and (peak["min"], peak["max"]) == (0.5, 0.7)
     assert r["alarms_by_domain"] == [{"domain": "kiosk", "raised": 1}]
     assert [(a["scope_code"], a["critical"], a["warning"], a["alarms"]) for a in r["worst_areas"]] == [
-        ("CG", 1, 0, 0),
-        ("BD", 0, 1, 1),
+        (CAU_GIAY, 1, 0, 0),
+        (BA_DINH, 0, 1, 1),
     ]
     assert r["from"].startswith(midnight.astimezone(UTC).isoformat()[:16])
     bad = await client.get("/v1/reports/daily", params={"date": "2026-13-01"}, headers=auth(key))
@@ -314,7 +321,12 @@ async def test_an_agency_page_names_it_and_takes_its_766_scorecard_from_the_doss
                 headers=auth(admin),
                 json={
                     "items": [
-                        {"code": agency, "name": "UBND phường", "level": "commune", "admin_unit": "BD-01"}
+                        {
+                            "code": agency,
+                            "name": "UBND phường",
+                            "level": "commune",
+                            "admin_unit": BA_DINH_UNIT,
+                        }
                     ]
                 },
             )
@@ -332,8 +344,8 @@ async def test_an_agency_page_names_it_and_takes_its_766_scorecard_from_the_doss
             p = (await client.get(f"/v1/assets/agency/{agency}", headers=auth(reader))).json()
             assert (p["details"]["name"], p["details"]["district"], p["district"]) == (
                 "UBND phường",
-                "BD",
-                "BD",
+                BA_DINH,
+                BA_DINH,
             )
             assert p["details"]["period"] == datetime.now(HANOI).strftime("%Y-%m")
             assert "index766" in p["details"] and p["details_error"] is None
@@ -373,7 +385,9 @@ async def test_a_signed_in_operator_sees_the_agency_page_through_dossier_stats_b
                 "/v1/agencies",
                 headers=auth(admin),
                 json={
-                    "items": [{"code": agency, "name": "UBND xã", "level": "commune", "admin_unit": "BD-01"}]
+                    "items": [
+                        {"code": agency, "name": "UBND xã", "level": "commune", "admin_unit": BA_DINH_UNIT}
+                    ]
                 },
             )
             assert r.status_code == 200, r.text
@@ -393,7 +407,7 @@ async def test_a_signed_in_operator_sees_the_agency_page_through_dossier_stats_b
             session = {SESSION_COOKIE: client.cookies[SESSION_COOKIE]}
             p = (await client.get(f"/v1/assets/agency/{agency}")).json()
             assert p["details_error"] is None, p["details_error"]
-            assert (p["details"]["name"], p["district"]) == ("UBND xã", "BD")
+            assert (p["details"]["name"], p["district"]) == ("UBND xã", BA_DINH)
             assert p["details"]["period"] == datetime.now(HANOI).strftime("%Y-%m")
         async with httpx.AsyncClient(base_url=dossier_base, cookies=session) as dc:
             assert (await dc.get("/v1/agencies")).status_code == 200
@@ -433,7 +447,7 @@ async def test_a_signed_in_operator_sees_a_kiosk_page_with_its_status_from_the_k
                 json={
                     "building": "Trung tâm Phục vụ hành chính công",
                     "address": "258 Võ Chí Công",
-                    "district": "TH",
+                    "district": TAY_HO,
                     "opening_hours": [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "23:59"}],
                     "peripherals": ["touchscreen", "printer"],
                     "software_version": "3.2.1",
@@ -482,7 +496,7 @@ async def test_a_signed_in_operator_sees_a_kiosk_page_with_its_status_from_the_k
             d = p["details"]
             assert (d["building"], p["district"], d["online"]) == (
                 "Trung tâm Phục vụ hành chính công",
-                "TH",
+                TAY_HO,
                 True,
             )
             assert "gateway_principal" not in d and f"gw-{kiosk}" not in r.text
