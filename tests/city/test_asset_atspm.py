@@ -33,6 +33,7 @@ from services.traffic.app import create_app as create_traffic_app
 from services.traffic.settings import TrafficSettings
 from shared.embedded import free_port
 from shared.testing import auth, issue_test_key, running_app
+from tests.areas import BA_DINH
 from tests.traffic.test_domain import BASE, two_cycles
 
 from .conftest import KPI_FILE, serve
@@ -52,7 +53,7 @@ def uid(prefix: str) -> str:
 
 
 async def backfill_two_cycles(tc: httpx.AsyncClient, key: str, kafka_settings, t0: datetime) -> str:
-    """Register an intersection in district BD at the traffic service ``tc``, backfill the golden log there from
+    """Register an intersection in the area Ba Đình at the traffic service ``tc``, backfill the golden log there from
     ``t0``, run the traffic processor over it and wait until the traffic service stored the bin; its id."""
     from services.traffic.processors import TrafficSignalProcessor
     from shared.stream.runtime import ProcessorRuntime
@@ -76,7 +77,7 @@ async def backfill_two_cycles(tc: httpx.AsyncClient, key: str, kafka_settings, t
                 {
                     "intersection_id": iid,
                     "name": "Kim Mã - Giảng Võ",
-                    "district": "BD",
+                    "district": BA_DINH,
                     "lat": 21.031,
                     "lon": 105.821,
                     "controller_id": cid,
@@ -152,7 +153,7 @@ async def test_atspm_charts_equal_the_traffic_services_measures_of_a_hand_checke
             assert r.status_code == 422 and "1 day" in r.json()["error"]["message"]
             # the asset page names the intersection from the traffic registry
             page = (await cc.get(f"/v1/assets/intersection/{iid}", headers=auth(key))).json()
-            assert page["details"]["name"] == "Kim Mã - Giảng Võ" and page["district"] == "BD"
+            assert page["details"]["name"] == "Kim Mã - Giảng Võ" and page["district"] == BA_DINH
 
     p2 = next(p for p in body["phases"] if p["phase"] == 2)
     at = lambda sec: datetime.fromtimestamp(t0.timestamp() + sec, UTC).isoformat()  # noqa: E731
