@@ -13,6 +13,7 @@ from services.kiosk.app import create_app
 from services.kiosk.settings import KioskSettings
 from shared.calendar import city_calendar
 from shared.testing import auth, issue_test_key, running_app
+from tests.areas import BA_DINH
 
 pytestmark = pytest.mark.integration
 HANOI = timezone(timedelta(hours=7))
@@ -48,7 +49,7 @@ async def test_availability_of_a_hand_made_day_sessions_and_peripherals(client, 
         json={
             "building": "UBND phường Ba Đình",
             "address": "Số 1, Ba Đình",
-            "district": "BD",
+            "district": BA_DINH,
             "opening_hours": HOURS,
             "peripherals": ["touchscreen", "printer"],
             "software_version": "3.2.1",
@@ -131,7 +132,7 @@ async def test_availability_of_a_hand_made_day_sessions_and_peripherals(client, 
     assert r.status_code == 200, r.text
     s = r.json()
     # Registry facts, without who may report for it (an access-control secret of the service)
-    assert s["kiosk"]["building"] == "UBND phường Ba Đình" and s["kiosk"]["district"] == "BD"
+    assert s["kiosk"]["building"] == "UBND phường Ba Đình" and s["kiosk"]["district"] == BA_DINH
     assert "gateway_principal" not in s["kiosk"] and f"gw-{kiosk}" not in r.text
     av = s["availability"]
     # Technical availability = time online / scheduled service time (domain notes §4; kiosk.yaml
