@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from services.meter.app import create_app
 from services.meter.settings import MeterSettings
 from shared.testing import auth, running_app
+from tests.areas import BA_DINH, BA_DINH_UNIT
 from tests.meter.conftest import at, issue_key
 
 pytestmark = pytest.mark.integration
@@ -20,8 +21,8 @@ def meter(mid: str, gateway: str) -> dict:
     return {
         "meter_id": mid,
         "customers": 1,
-        "district": "BD",
-        "commune": "BD-01",
+        "district": BA_DINH,
+        "commune": BA_DINH_UNIT,
         "feeder": f"F-{mid}",
         "installed_on": "2020-01-01",
         "interval_seconds": 900,
