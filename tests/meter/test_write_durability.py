@@ -24,6 +24,7 @@ from shared.contracts.meter import READINGS_TOPIC, REGISTRY_TOPIC
 from shared.embedded.tansu import free_port
 from shared.kafka.producer import EventPublisher
 from shared.testing import auth, read_topic
+from tests.areas import BA_DINH, BA_DINH_UNIT
 from tests.meter.conftest import at
 
 pytestmark = pytest.mark.integration
@@ -50,8 +51,8 @@ def meter(mid: str, gateway: str) -> dict:
     return {
         "meter_id": mid,
         "customers": 2,
-        "district": "BD",
-        "commune": "BD-01",
+        "district": BA_DINH,
+        "commune": BA_DINH_UNIT,
         "feeder": f"F-{mid}",
         "installed_on": "2020-01-01",
         "interval_seconds": 900,
