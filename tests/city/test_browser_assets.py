@@ -26,6 +26,7 @@ from shared.contracts.cloudevents import encode
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
 from shared.testing import issue_test_key
+from tests.areas import BA_DINH, BA_DINH_UNIT, CAU_GIAY
 from tests.dossier.test_api import settings as dossier_settings
 
 from .auth_helpers import make_operator, sign_in_page
@@ -58,7 +59,7 @@ BROKEN = r"""
 """
 
 
-def _alarm(alarm_et, alarm_type, source, severity, at, domain="traffic", district="BD"):
+def _alarm(alarm_et, alarm_type, source, severity, at, domain="traffic", district=BA_DINH):
     return encode(
         alarm_et,
         {
@@ -105,7 +106,7 @@ async def _shots(page, artifacts_dir: Path, name: str) -> None:
 
 
 async def _kiosk_and_agency(kiosk_app, kiosk_base, dossier_app, dossier_base, now) -> tuple[str, str]:
-    """A kiosk heard now with its printer out of paper and a session today; an agency in district BD."""
+    """A kiosk heard now with its printer out of paper and a session today; an agency in Ba Đình."""
     kiosk, agency = f"KB-{uuid.uuid4().hex[:8]}", f"AG{uuid.uuid4().hex[:8]}"
     _, admin = await issue_test_key(kiosk_app.state.ctx.pool, ["*"], kind="admin")
     async with httpx.AsyncClient(base_url=kiosk_base, headers={"Authorization": f"Bearer {admin}"}) as kc:
@@ -114,7 +115,7 @@ async def _kiosk_and_agency(kiosk_app, kiosk_base, dossier_app, dossier_base, no
             json={
                 "building": "Trung tâm hành chính công Ba Đình",
                 "address": "Số 1 Đội Cấn",
-                "district": "BD",
+                "district": BA_DINH,
                 "opening_hours": [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "23:59"}],
                 "peripherals": ["touchscreen", "printer", "id_scanner"],
                 "software_version": "3.2.1",
@@ -157,7 +158,7 @@ async def _kiosk_and_agency(kiosk_app, kiosk_base, dossier_app, dossier_base, no
                         "code": agency,
                         "name": "UBND phường Điện Biên",
                         "level": "commune",
-                        "admin_unit": "BD-01",
+                        "admin_unit": BA_DINH_UNIT,
                     }
                 ]
             },
@@ -187,15 +188,17 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
     # the golden log two hours ago: inside the page's six-hour ATSPM range
     t0 = (now - timedelta(hours=2)).replace(second=0, microsecond=0)
     t0 -= timedelta(minutes=t0.minute % 15)
-    # KPI history: HN and CG over the last hours; day windows of a report day of their own
+    # KPI history: HN and Cầu Giấy over the last hours; day windows of a report day of their own
     quarter = now.replace(minute=now.minute // 15 * 15, second=0, microsecond=0)
     report_day = (now - timedelta(days=400 + uuid.uuid4().int % 300)).astimezone(HANOI).date()
     midnight = datetime(report_day.year, report_day.month, report_day.day, tzinfo=HANOI)
     history = [_kpi("HN", quarter - timedelta(minutes=15 * i), 0.97 - 0.01 * (i % 3)) for i in range(1, 9)]
-    history += [_kpi("CG", quarter - timedelta(minutes=15 * i), 0.93 - 0.01 * (i % 2)) for i in range(1, 9)]
+    history += [
+        _kpi(CAU_GIAY, quarter - timedelta(minutes=15 * i), 0.93 - 0.01 * (i % 2)) for i in range(1, 9)
+    ]
     history += [
         _kpi("HN", midnight, 0.97, window=86400),
-        _kpi("CG", midnight, 0.86, window=86400, status="critical"),
+        _kpi(CAU_GIAY, midnight, 0.86, window=86400, status="critical"),
     ]
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(
@@ -247,7 +250,7 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     await expect(page.locator("#conn")).to_have_class("conn conn-on", timeout=15000)
 
                     # overview → district → the asset in alarm (a link, not a KPI breach) → its page
-                    await page.click('.district[data-code="BD"]')
+                    await page.click(f'.district[data-code="{BA_DINH}"]')
                     asset_row = page.locator(f'#district-alarms tr[data-asset="{iid}"]')
                     await expect(asset_row).to_be_visible(timeout=20000)
                     await asset_row.locator("a.asset-link").click()
@@ -303,19 +306,19 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                     await _shots(page, artifacts_dir, "asset-agency")
 
                     # the area page (#area/<code>, what the map links to)
-                    await page.goto(f"{base}/#area/BD")
+                    await page.goto(f"{base}/#area/{BA_DINH}")
                     await expect(page.locator(f'#area-assets tr[data-asset="{iid}"]')).to_be_visible()
                     await _shots(page, artifacts_dir, "area")
 
                     # several areas on one chart with the threshold bands; its CSV is the API's rows
                     # (reached from an area's KPI: that KPI, the city and that area)
-                    await page.goto(f"{base}/#area/CG")
+                    await page.goto(f"{base}/#area/{CAU_GIAY}")
                     await page.click('#area-kpis tr[data-kpi="citytest.availability"] a.kpi-link')
-                    await expect(page).to_have_url(f"{base}/#history/citytest.availability/CG")
+                    await expect(page).to_have_url(f"{base}/#history/citytest.availability/{CAU_GIAY}")
                     await expect(page.locator("#cmp-chart canvas")).to_have_count(1)
                     assert await page.eval_on_selector(
                         "#cmp-areas", "s => [...s.selectedOptions].map(o => o.value)"
-                    ) == ["HN", "CG"]
+                    ) == ["HN", CAU_GIAY]
                     await page.check("#cmp-previous")
                     for _ in range(40):  # until the store has the sixteen windows
                         async with page.expect_response(lambda r: "/v1/history?" in r.url) as answer:
@@ -340,7 +343,7 @@ async def test_drill_down_to_a_live_asset_page_compare_areas_and_print_the_daily
                         await page.goto(f"{base}/#report/daily/{report_day.isoformat()}")
                     report = await (await answer.value).json()
                     await expect(page.locator("#report-citytest")).to_contain_text("86%")
-                    await expect(page.locator('#report-worst a[href="#area/CG"]')).to_have_count(1)
+                    await expect(page.locator(f'#report-worst a[href="#area/{CAU_GIAY}"]')).to_have_count(1)
                     async with page.expect_download() as dl:
                         await page.click("#report-export")
                     rows = _csv_rows(Path(await (await dl.value).path()).read_bytes())
