@@ -19,6 +19,7 @@ from shared.contracts.cloudevents import encode
 from shared.embedded import free_port
 from shared.kafka import EventPublisher
 from shared.testing import auth, issue_test_key
+from tests.areas import area
 
 from .auth_helpers import make_operator, sign_in_page
 from .conftest import KPI_FILE, serve
@@ -26,7 +27,7 @@ from .test_api import eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
-DISTRICT = "HBT"  # a real district, so that the area filter lists it
+DISTRICT = area("HBT")  # a real top area, so that the area filter lists it
 BROKEN = re.compile(r"undefined|NaN|\bnull\b|\[object")
 
 
