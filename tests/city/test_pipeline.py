@@ -14,9 +14,11 @@ from services.city.alarming import load_rules
 from services.city.app import create_app
 from services.city.processors import CityKpiProcessor
 from services.city.settings import CitySettings
+from shared.contracts import TOPICS
 from shared.contracts.cloudevents import encode
 from shared.contracts.common import kpi_key
 from shared.kafka import EventPublisher
+from shared.kafka.admin import ensure_topics
 from shared.stream.runtime import ProcessorRuntime
 from shared.testing import auth, issue_test_key, read_topic, running_app
 from tests.areas import area
@@ -29,7 +31,7 @@ pytestmark = pytest.mark.integration
 async def test_partials_merge_into_city_kpis_stored_and_served(
     test_domain, definitions, kafka_settings, db_settings, topics_ready
 ):
-    kpi_et, _ = test_domain
+    kpi_et, alarm_et = test_domain
     now = datetime.now(UTC)
     # a complete window that has settled (alarms judge those only; see services/city/alarming.py)
     window = now.replace(minute=now.minute // 15 * 15, second=0, microsecond=0) - timedelta(minutes=45)
@@ -55,6 +57,11 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
             source="/ioc/citytest",
         )
 
+    # The test domain's topics are registered by the module fixture ``test_domain``, after the session-wide
+    # ``topics_ready`` ran (a wider-scoped fixture runs first), so they may not exist yet: publishing would let the
+    # broker auto-create the topic with its own default partition count (4), not the catalogue's (3), and the
+    # processor would refuse to start (PartitionCountMismatch with its 3-partition changelog).
+    await ensure_topics(kafka_settings, [TOPICS[kpi_et.topic], TOPICS[alarm_et.topic]])
     pub = EventPublisher(kafka_settings, client_id="city-pipeline-test")
     await pub.publish(
         [
@@ -93,7 +100,7 @@ async def test_partials_merge_into_city_kpis_stored_and_served(
         assert (avail["partitions"], avail["numerator"], avail["denominator"]) == (2, 85.0, 100.0)
         assert latest[("citytest.energy_kwh", "HN")]["value"] == pytest.approx(200.5)
 
-        breach_id = "city:kpi_breach:citytest.availability:district:DD"
+        breach_id = f"city:kpi_breach:citytest.availability:district:{area('DD')}"
         alarms = await read_topic(
             kafka_settings, "ioc.city.alarms", where=lambda e: e.data["alarm_id"] == breach_id, expect=1
         )
