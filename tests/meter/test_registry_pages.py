@@ -9,6 +9,7 @@ import pytest
 
 from services.meter.service import MeterRegistry, MeterService
 from shared.testing import auth
+from tests.areas import BA_DINH, BA_DINH_UNIT
 
 pytestmark = pytest.mark.integration
 
@@ -17,8 +18,8 @@ def meter(mid: str, feeder: str, customers: int = 1) -> dict:
     return {
         "meter_id": mid,
         "customers": customers,
-        "district": "BD",
-        "commune": "BD-01",
+        "district": BA_DINH,
+        "commune": BA_DINH_UNIT,
         "feeder": feeder,
         "installed_on": "2020-01-01",
         "interval_seconds": 900,
