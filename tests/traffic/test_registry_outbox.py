@@ -15,6 +15,7 @@ from shared.config import KafkaSettings
 from shared.contracts.traffic import REGISTRY_TOPIC
 from shared.kafka.producer import EventPublisher
 from shared.testing import auth, issue_test_key, read_topic, running_app
+from tests.areas import BA_DINH
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,7 @@ def intersection(iid: str, cid: str) -> dict:
     return {
         "intersection_id": iid,
         "name": "Kim Mã - Giảng Võ",
-        "district": "BD",
+        "district": BA_DINH,
         "lat": 21.031,
         "lon": 105.821,
         "controller_id": cid,
