@@ -112,6 +112,7 @@ class KeySpace(Generic[K]):
         "_last",
         "_make",
         "_strings",
+        "_typed",
         "head",
         "head_sep",
         "key_type",
@@ -135,8 +136,12 @@ class KeySpace(Generic[K]):
             self._convert = tuple(converters[hints[f]] for f in self._fields)
         except KeyError as exc:
             raise TypeError(f"{key_type.__name__}: key fields must be int, float or str ({exc})") from None
-        # Keys are built and read on processors' hot paths: fields that are all strings skip the conversions.
+        # Keys are built and read on processors' hot paths: fields that are all strings skip the conversions,
+        # and only the fields that are not strings are converted.
         self._strings = all(c is str for c in self._convert)
+        self._typed: tuple[tuple[int, Callable[[str], Any]], ...] = tuple(
+            (i, c) for i, c in enumerate(self._convert) if c is not str
+        )
 
     def key(self, value: K) -> str:
         """The state key of ``value``."""
@@ -155,9 +160,9 @@ class KeySpace(Generic[K]):
             raise ValueError(
                 f"{key!r} is not a {self.key_type.__name__} key ({self.prefix!r} and {self._last + 1} fields)"
             )
-        if self._strings:
-            return self._make(parts)
-        return self._make([c(p) for c, p in zip(self._convert, parts, strict=True)])
+        for i, convert in self._typed:
+            parts[i] = convert(parts[i])
+        return self._make(parts)
 
     def within(self, *leading: Any) -> str:
         """The prefix of the keys whose first fields are ``leading`` (e.g. one window's keys)."""
