@@ -128,6 +128,24 @@ def _window_start(ts: str) -> str:
     return _parse(ts).isoformat()
 
 
+# Cached: emit reads the keys of the same groups and series again every cycle.
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _group(group: str) -> Group:
+    """The typed key of ``group`` (a ``g:`` key without its head)."""
+    return GROUPS.parse(GROUPS.prefix + group)
+
+
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _latest_key(group: str) -> str:
+    """The ``latest:`` key of the series of ``group``."""
+    return LATEST.key(Series._make(_group(group)[:4]))
+
+
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _series(latest_key: str) -> Series:
+    return LATEST.parse(latest_key)
+
+
 class CityKpiProcessor(StreamProcessor):
     """Merge domain KPI partials into per-district and city-wide values; raise breach and no-signal alarms."""
 
@@ -301,7 +319,7 @@ class CityKpiProcessor(StreamProcessor):
     def _too_late(self, state: State, group: str) -> bool:
         """Whether a partial of ``group``, a window not held, must be ignored: the city forgot that window, or
         it is older than a series keeps (its other partials may be forgotten before they arrive)."""
-        g = GROUPS.parse(GROUPS.prefix + group)
+        g = _group(group)
         series = Series._make(g[:4])
         floor = state.get(FLOOR.key(series))
         latest = state.get(LATEST.key(series))
@@ -377,7 +395,7 @@ class CityKpiProcessor(StreamProcessor):
         kpis: list[dict[str, Any]],
         alarms: list[EncodedEvent],
     ) -> None:
-        kpi, level, code, wsec, wstart = GROUPS.parse(GROUPS.prefix + group)
+        kpi, level, code, wsec, wstart = _group(group)
         definition = self.definitions.get(kpi)
         merged = merge_partials(parts, definition)
         if not self.changed_since_emitted(
@@ -405,7 +423,7 @@ class CityKpiProcessor(StreamProcessor):
                 updated_at=updated_at,
             )
         )
-        series = LATEST.key(Series(kpi, level, code, wsec))
+        series = _latest_key(group)
         latest = state.get(series)
         if latest is None or (latest != wstart and _time(latest) < _time(wstart)):
             state.put(series, wstart)  # breaches are judged in _judge_breaches, on complete windows
@@ -414,7 +432,7 @@ class CityKpiProcessor(StreamProcessor):
         """Judge every series with an alarm rule on its primary window (see services/city/alarming.py):
         the last complete window (once each), or the running window for level KPIs; raise/clear alarms."""
         for key in state.keys(LATEST.prefix):
-            series = LATEST.parse(key)
+            series = _series(key)
             kpi, level, code, wsec = series
             rule = self.rules.get(kpi)
             definition = self.definitions.get(kpi)
