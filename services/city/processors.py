@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from sys import intern
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.city import publishing
 from services.city.alarming import LEVEL, AlarmRule, judge, load_rules, tidy
@@ -56,6 +56,7 @@ from shared.contracts import TOPICS
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, parse_time
 from shared.kpis import KpiDefinition
 from shared.stream import State, StreamProcessor
+from shared.stream.windows import KeySpace, TumblingWindows
 
 KPI_OBSERVED_SUFFIX = ".kpi.observed.v1"
 PRUNE_EVERY = timedelta(seconds=60)
@@ -74,6 +75,31 @@ PRUNED_AT_KEY = "meta:pruned_at"
 _LEGACY_HEADS = ("g|", "dirty|", "latest|", "seen|", "alarm|", "meta|")
 #: distinct timestamp strings remembered parsed (observations of one domain emit share one ``observed_at``)
 TIME_CACHE_SIZE = 20_000
+
+
+class Series(NamedTuple):
+    """One KPI of one area at one window length: ``<kpi>|<level>|<code>|<window_seconds>``."""
+
+    kpi: str
+    level: str
+    code: str
+    window_seconds: int
+
+
+class Group(NamedTuple):
+    """One window of a series; ``window_start`` is the normalised isoformat (it holds colons: fields are
+    joined with ``|``)."""
+
+    kpi: str
+    level: str
+    code: str
+    window_seconds: int
+    window_start: str
+
+
+GROUPS = KeySpace("g", Group, "|", head_sep=":")
+LATEST = KeySpace("latest", Series, "|", head_sep=":")
+FLOOR = KeySpace("floor", Series, "|", head_sep=":")
 
 
 def domain_kpi_topics(domains: Iterable[str] | None = None) -> tuple[str, ...]:
@@ -100,6 +126,24 @@ def _time(ts: str) -> datetime:
 def _window_start(ts: str) -> str:
     """``window_start`` as received → the normalised isoformat groups are keyed by."""
     return _parse(ts).isoformat()
+
+
+# Cached: emit reads the keys of the same groups and series again every cycle.
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _group(group: str) -> Group:
+    """The typed key of ``group`` (a ``g:`` key without its head)."""
+    return GROUPS.parse(GROUPS.prefix + group)
+
+
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _latest_key(group: str) -> str:
+    """The ``latest:`` key of the series of ``group``."""
+    return LATEST.key(Series._make(_group(group)[:4]))
+
+
+@lru_cache(maxsize=TIME_CACHE_SIZE)
+def _series(latest_key: str) -> Series:
+    return LATEST.parse(latest_key)
 
 
 class CityKpiProcessor(StreamProcessor):
@@ -129,7 +173,7 @@ class CityKpiProcessor(StreamProcessor):
         self.domain_silence = domain_silence
         self._domains: dict[str, str] = {}  # kpi → domain
         self._areas: dict[tuple[str, str, str], tuple[tuple[str, ...], str | None]] = {}  # see _about
-        self._kept: dict[str, timedelta] = {}  # series → how long after a window's start it is kept
+        self._windows: dict[Series, TumblingWindows] = {}  # see _windows_of
         self.rules = load_rules(definitions) if rules is None else rules
         self._judged_at: dict[int, datetime] = {}  # partition → last breach judgement (wall clock)
         self._watching_since: datetime | None = None  # first emit: silence is only judged after watching
@@ -162,8 +206,11 @@ class CityKpiProcessor(StreamProcessor):
         if d["scope_level"] == "district":
             self._saw(state, {f"{domain}|{d['scope_code']}": (at, observed)})
         window_start = _parse(d["window_start"]).isoformat()
-        group = f"{d['kpi']}|{d['scope_level']}|{d['scope_code']}|{d['window_seconds']}|{window_start}"
-        held = state.get(f"g:{group}")
+        gkey = GROUPS.key(
+            Group(d["kpi"], d["scope_level"], d["scope_code"], d["window_seconds"], window_start)
+        )
+        group = gkey[len(GROUPS.prefix) :]
+        held = state.get(gkey)
         if held is None and self._too_late(state, group):
             return
         parts: dict[str, Any] = dict(held or {})
@@ -178,7 +225,7 @@ class CityKpiProcessor(StreamProcessor):
             "o": intern(observed),
             "u": intern(d.get("unit", "")),
         }
-        state.put(f"g:{group}", parts)
+        state.put(gkey, parts)
         if old is None or any(old[k] != new[k] for k in ("n", "d", "v", "u")):
             self._changed_groups(state)[group] = None
 
@@ -214,8 +261,9 @@ class CityKpiProcessor(StreamProcessor):
                 newest[ident] = (at, d)
         if seen:
             self._saw(state, seen)
+        head = GROUPS.prefix
         for (group, pkey), (at, d) in newest.items():
-            gkey = "g:" + group
+            gkey = head + group
             parts = state.get(gkey)
             # Interned: every window holds these few strings (partition, emit time, unit) once per partition;
             # shared they cost nothing, copied they were over a quarter of the memory of the windows kept.
@@ -249,32 +297,35 @@ class CityKpiProcessor(StreamProcessor):
             state.put(gkey, parts)
             changed[group] = None
 
-    def _kept_for(self, series: str) -> timedelta:
-        """How long after its start a window of ``series`` (``kpi|level|code|window_seconds``) is kept."""
-        kept = self._kept.get(series)
-        if kept is None:
-            kpi = series[: series.find("|")]
-            seconds = int(series[series.rfind("|") + 1 :])
-            definition = self.definitions.get(kpi)
+    def _windows_of(self, series: Series) -> TumblingWindows:
+        """The windows of ``series``: revisable (and kept) as long as its KPI definition says a source may revise
+        them, plus :data:`SKEW_MARGIN`, counted back from the series' newest window (``behind``)."""
+        windows = self._windows.get(series)
+        if windows is None:
+            seconds = series.window_seconds
+            definition = self.definitions.get(series.kpi)
             revisable = definition.revisable_for(seconds) if definition is not None else seconds
-            kept = self._kept[series] = timedelta(seconds=seconds + revisable) + SKEW_MARGIN
-        return kept
+            grace = revisable + int(SKEW_MARGIN.total_seconds())
+            windows = self._windows[series] = TumblingWindows(seconds, grace=grace)
+        return windows
 
-    def _past_horizon(self, series: str, start: datetime, latest: str | None) -> bool:
+    def _past_horizon(self, series: Series, start: datetime, latest: str | None) -> bool:
         """Whether a window of ``series`` starting at ``start`` is older than the series keeps behind its newest
         window ``latest`` (a window start, or None when none was published yet)."""
-        return latest is not None and start + self._kept_for(series) < _time(latest)
+        return latest is not None and self._windows_of(series).behind(
+            start.timestamp(), _time(latest).timestamp()
+        )
 
     def _too_late(self, state: State, group: str) -> bool:
         """Whether a partial of ``group``, a window not held, must be ignored: the city forgot that window, or
         it is older than a series keeps (its other partials may be forgotten before they arrive)."""
-        cut = group.rfind("|")
-        series = group[:cut]
-        floor = state.get("floor:" + series)
-        latest = state.get("latest:" + series)
+        g = _group(group)
+        series = Series._make(g[:4])
+        floor = state.get(FLOOR.key(series))
+        latest = state.get(LATEST.key(series))
         if floor is None and latest is None:
             return False
-        start = _time(group[cut + 1 :])
+        start = _time(g.window_start)
         if (floor is not None and start <= _time(floor)) or self._past_horizon(series, start, latest):
             self.ignored_late()
             return True
@@ -291,7 +342,8 @@ class CityKpiProcessor(StreamProcessor):
             if level == "district"
             else (f"{domain}|{CITY_SCOPE}",)
         )
-        about = self._areas[area] = (reporters, f"{kpi}|{level}|{code}|" if level in SCOPE_LEVELS else None)
+        prefix = GROUPS.within(kpi, level, code)[len(GROUPS.prefix) :] if level in SCOPE_LEVELS else None
+        about = self._areas[area] = (reporters, prefix)
         return about
 
     def _saw(self, state: State, batch: dict[str, tuple[datetime, str]]) -> None:
@@ -319,7 +371,7 @@ class CityKpiProcessor(StreamProcessor):
             changed.clear()
             updated_at = publishing.iso(now)
             for group in groups:
-                parts = state.get("g:" + group)
+                parts = state.get(GROUPS.prefix + group)
                 if parts:
                     self._publish_group(state, group, parts, now, updated_at, kpis, alarms)
         judged_at = self._judged_at.get(state.partition)
@@ -343,7 +395,7 @@ class CityKpiProcessor(StreamProcessor):
         kpis: list[dict[str, Any]],
         alarms: list[EncodedEvent],
     ) -> None:
-        kpi, level, code, wsec, wstart = group.split("|")
+        kpi, level, code, wsec, wstart = _group(group)
         definition = self.definitions.get(kpi)
         merged = merge_partials(parts, definition)
         if not self.changed_since_emitted(
@@ -360,7 +412,7 @@ class CityKpiProcessor(StreamProcessor):
                 scope_level=level,
                 scope_code=code,
                 window_start=wstart.replace("+00:00", "Z"),
-                window_seconds=int(wsec),
+                window_seconds=wsec,
                 value=tidy(merged.value),
                 numerator=tidy(merged.numerator),
                 denominator=tidy(merged.denominator),
@@ -371,7 +423,7 @@ class CityKpiProcessor(StreamProcessor):
                 updated_at=updated_at,
             )
         )
-        series = f"latest:{kpi}|{level}|{code}|{wsec}"
+        series = _latest_key(group)
         latest = state.get(series)
         if latest is None or (latest != wstart and _time(latest) < _time(wstart)):
             state.put(series, wstart)  # breaches are judged in _judge_breaches, on complete windows
@@ -379,15 +431,15 @@ class CityKpiProcessor(StreamProcessor):
     def _judge_breaches(self, state: State, now: datetime, out: list[EncodedEvent]) -> None:
         """Judge every series with an alarm rule on its primary window (see services/city/alarming.py):
         the last complete window (once each), or the running window for level KPIs; raise/clear alarms."""
-        for key in state.keys("latest:"):
-            series = key[7:]
-            kpi, level, code, wsec = series.split("|")
+        for key in state.keys(LATEST.prefix):
+            series = _series(key)
+            kpi, level, code, wsec = series
             rule = self.rules.get(kpi)
             definition = self.definitions.get(kpi)
-            if rule is None or definition is None or int(wsec) != definition.windows[0]:
+            if rule is None or definition is None or wsec != definition.windows[0]:
                 continue
             latest = _time(state[key])
-            length = timedelta(seconds=int(wsec))
+            length = timedelta(seconds=wsec)
             if rule.judge == "running":
                 start, at = latest, now
             else:
@@ -395,7 +447,7 @@ class CityKpiProcessor(StreamProcessor):
                 if found is None:
                     continue
                 start, at = found, found + length
-            parts = state.get(f"g:{series}|{start.isoformat()}")
+            parts = state.get(GROUPS.key(Group(*series, start.isoformat())))
             if not parts:
                 continue
             alarm_id = f"city:kpi_breach:{kpi}:{level}:{code}"
@@ -445,7 +497,12 @@ class CityKpiProcessor(StreamProcessor):
 
     @staticmethod
     def _settled_window(
-        state: State, series: str, latest: datetime, length: timedelta, settle_seconds: float, now: datetime
+        state: State,
+        series: Series,
+        latest: datetime,
+        length: timedelta,
+        settle_seconds: float,
+        now: datetime,
     ) -> datetime | None:
         """Start of the newest window of ``series`` that ended ``settle_seconds`` ago and whose partials have not
         changed for :data:`JUDGE_QUIET` (wall clock): its figures are final. While a source catches up through
@@ -454,7 +511,7 @@ class CityKpiProcessor(StreamProcessor):
         start = latest
         for _ in range(JUDGE_SEARCH_WINDOWS):
             if start + length + settle <= now:
-                parts = state.get(f"g:{series}|{start.isoformat()}")
+                parts = state.get(GROUPS.key(Group(*series, start.isoformat())))
                 if parts is None:
                     return None  # a gap: older windows are not judged any more
                 if max(_time(p["o"]) for p in parts.values()) + JUDGE_QUIET <= now:
@@ -512,14 +569,15 @@ class CityKpiProcessor(StreamProcessor):
     def _prune(self, state: State, now: datetime) -> None:
         """Forget windows older than their series keeps, and series that stopped (see the module docstring)."""
         changed = self._changed_groups(state)
-        held: dict[str, list[tuple[datetime, str]]] = {}  # series → its windows still kept (start, group)
-        forgotten: dict[str, datetime] = {}  # series → newest window start forgotten now
-        for key in state.keys("g:"):
-            group = key[2:]
-            cut = group.rfind("|")
-            series = group[:cut]
-            start = _time(group[cut + 1 :])
-            if self._past_horizon(series, start, state.get("latest:" + series)):
+        held: dict[Series, list[tuple[datetime, str]]] = {}  # series → its windows still kept (start, group)
+        forgotten: dict[Series, datetime] = {}  # series → newest window start forgotten now
+        head = len(GROUPS.prefix)
+        for key in state.keys(GROUPS.prefix):
+            group = key[head:]
+            g = GROUPS.parse(key)
+            series = Series._make(g[:4])
+            start = _time(g.window_start)
+            if self._past_horizon(series, start, state.get(LATEST.key(series))):
                 state.pop(key)
                 changed.pop(group, None)
                 forgotten[series] = max(start, forgotten.get(series, start))
@@ -528,29 +586,31 @@ class CityKpiProcessor(StreamProcessor):
         stopped = now - STOPPED_AFTER
         for series, windows in held.items():
             newest_start, newest = max(windows)
-            if max(_time(p["o"]) for p in state["g:" + newest].values()) >= stopped:
+            if max(_time(p["o"]) for p in state[GROUPS.prefix + newest].values()) >= stopped:
                 continue
             for _, group in windows:
-                state.pop("g:" + group)
+                state.pop(GROUPS.prefix + group)
                 changed.pop(group, None)
             forgotten[series] = newest_start  # newer than any window forgotten in the loop above
         for series, start in forgotten.items():
-            floor = state.get("floor:" + series)
+            floor_key = FLOOR.key(series)
+            floor = state.get(floor_key)
             if floor is None or _time(floor) < start:
-                state.put("floor:" + series, start.isoformat())
+                state.put(floor_key, start.isoformat())
 
 
 def _all_groups(state: State) -> dict[str, None]:
     """Every group of a (re)loaded state, as changed: after a reload each is published once again."""
     _upgrade(state)
-    groups = state.keys("g:")
+    groups = state.keys(GROUPS.prefix)
     for key in groups:  # share the strings the fold shares (see apply_batch); nothing is marked changed
         parts = state[key]
         for pkey in list(parts):
             part = parts.pop(pkey)
             part["o"], part["u"] = intern(part["o"]), intern(part.get("u", ""))
             parts[intern(pkey)] = part
-    return dict.fromkeys(k[2:] for k in groups)
+    head = len(GROUPS.prefix)
+    return dict.fromkeys(k[head:] for k in groups)
 
 
 def _upgrade(state: State) -> None:

@@ -204,8 +204,7 @@ class FaustDriver:
         # below the marker's offsets.
         async with self.core.lock:
             try:
-                await self.core.flush()
-                self.core.durable_offsets.update(self.core._sent_offsets)
+                await self.core.settle()
             finally:
                 self.core.drop({tp.partition for tp in revoked})
 
@@ -241,7 +240,7 @@ class FaustDriver:
             assignment = consumer.assignment()
         except Exception:
             return False
-        if not assignment or self.busy or self.core._pending is not None:
+        if not assignment or self.busy or self.core.writes_in_flight:
             return False
         for tp in assignment:
             hw = consumer.highwater(tp)

@@ -228,8 +228,7 @@ class LibrdkafkaDriver:
 
     async def _flush(self) -> None:
         async with self.core.lock:
-            await self.core.flush()
-            self.core.durable_offsets.update(self.core._sent_offsets)
+            await self.core.settle()
 
     async def _drop(self, partitions: set[int]) -> None:
         async with self.core.lock:
@@ -377,4 +376,4 @@ class LibrdkafkaDriver:
             done = max(self.core.applied_offset(tp.topic, tp.partition) or -1, self._positions.get(tp, -1))
             if hw < 0 or (hw > 0 and done < hw):
                 return False
-        return bool(assigned) and not self.busy and self.core._pending is None
+        return bool(assigned) and not self.busy and not self.core.writes_in_flight

@@ -73,6 +73,13 @@ class TumblingWindows:
         """Whether the window ``start`` is past its retention at ``watermark`` (its state may be evicted)."""
         return start + self.duration + self.retention <= watermark
 
+    def behind(self, start: float, newest: float) -> bool:
+        """Whether the window ``start`` is past the retention counted back from its series' newest window start
+        ``newest`` rather than from a watermark: ``newest - start > duration + retention``. A window exactly
+        ``duration + retention`` behind is still kept (and revisable): the series' newest window, not an event
+        time, marks the horizon, so a catch-up racing through event time does not evict windows early."""
+        return start + self.duration + self.retention < newest
+
     def horizon(self, watermark: float) -> int:
         """Start of the oldest window not expired at ``watermark``: what is older than this is needed by no
         window kept (e.g. history a window's KPI is computed from)."""
@@ -91,20 +98,35 @@ class WindowedEntity(NamedTuple):
 
 
 class KeySpace(Generic[K]):
-    """State keys of one kind: ``head`` + ``sep`` + the fields of a ``NamedTuple``, joined with ``sep``.
+    """State keys of one kind: ``head`` + ``head_sep`` + the fields of a ``NamedTuple``, joined with ``sep``
+    (``head_sep`` defaults to ``sep``; the city's keys are ``g:<kpi>|<level>|...``, fields joined with ``|`` so
+    that an ISO window start, which holds colons, can be one).
 
     The last field may itself contain ``sep`` (an entity id with colons); every other field is converted back
     to its annotated type (``int``, ``float`` or ``str``) by :meth:`parse`.
     """
 
-    __slots__ = ("_convert", "_fields", "_last", "_make", "_strings", "head", "key_type", "prefix", "sep")
+    __slots__ = (
+        "_convert",
+        "_fields",
+        "_last",
+        "_make",
+        "_strings",
+        "_typed",
+        "head",
+        "head_sep",
+        "key_type",
+        "prefix",
+        "sep",
+    )
 
-    def __init__(self, head: str, key_type: type[K], sep: str = ":"):
+    def __init__(self, head: str, key_type: type[K], sep: str = ":", *, head_sep: str | None = None):
         self.head = head
         self.key_type = key_type
         self.sep = sep
+        self.head_sep = sep if head_sep is None else head_sep
         #: the text every key of this space starts with (``State.items(prefix)`` reads them by head)
-        self.prefix = head + sep
+        self.prefix = head + self.head_sep
         hints = typing.get_type_hints(key_type)
         self._fields: tuple[str, ...] = key_type._fields  # type: ignore[attr-defined]  # a NamedTuple's fields
         self._make: Callable[[Iterable[Any]], K] = key_type._make  # type: ignore[attr-defined]
@@ -114,8 +136,12 @@ class KeySpace(Generic[K]):
             self._convert = tuple(converters[hints[f]] for f in self._fields)
         except KeyError as exc:
             raise TypeError(f"{key_type.__name__}: key fields must be int, float or str ({exc})") from None
-        # Keys are built and read on processors' hot paths: fields that are all strings skip the conversions.
+        # Keys are built and read on processors' hot paths: fields that are all strings skip the conversions,
+        # and only the fields that are not strings are converted.
         self._strings = all(c is str for c in self._convert)
+        self._typed: tuple[tuple[int, Callable[[str], Any]], ...] = tuple(
+            (i, c) for i, c in enumerate(self._convert) if c is not str
+        )
 
     def key(self, value: K) -> str:
         """The state key of ``value``."""
@@ -125,15 +151,18 @@ class KeySpace(Generic[K]):
 
     def parse(self, key: str) -> K:
         """The typed key of a state key of this space (``ValueError`` for another space's)."""
-        parts = key.split(self.sep, self._last + 1)
-        if len(parts) != self._last + 2 or parts[0] != self.head:
+        if not key.startswith(self.prefix):
+            raise ValueError(
+                f"{key!r} is not a {self.key_type.__name__} key (it does not start {self.prefix!r})"
+            )
+        parts = key[len(self.prefix) :].split(self.sep, self._last)
+        if len(parts) != self._last + 1:
             raise ValueError(
                 f"{key!r} is not a {self.key_type.__name__} key ({self.prefix!r} and {self._last + 1} fields)"
             )
-        del parts[0]
-        if self._strings:
-            return self._make(parts)
-        return self._make([c(p) for c, p in zip(self._convert, parts, strict=True)])
+        for i, convert in self._typed:
+            parts[i] = convert(parts[i])
+        return self._make(parts)
 
     def within(self, *leading: Any) -> str:
         """The prefix of the keys whose first fields are ``leading`` (e.g. one window's keys)."""

@@ -83,6 +83,25 @@ def test_the_driver_uses_no_private_faust_name_outside_the_adapter():
     assert not {m for m in imported if m.startswith("faust.")}, "Faust's modules are the adapter's to import"
 
 
+def test_no_driver_reads_the_cores_private_attributes():
+    """The drivers use the core's public surface (``writes_in_flight``, ``settle()``...): a private attribute of
+    the core read from a driver (``self.core._pending``) would silently break when the core changes."""
+    for name in ("faust_driver.py", "librdkafka_driver.py", "runtime.py"):
+        tree = ast.parse((ROOT / "shared" / "stream" / name).read_text())
+        reached = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+            and (
+                (isinstance(node.value, ast.Attribute) and node.value.attr == "core")
+                or (isinstance(node.value, ast.Name) and node.value.id == "core")
+            )
+        }
+        assert not reached, f"{name} reads the core's private attributes: {sorted(reached)}"
+
+
 async def test_each_private_attribute_the_adapter_reads_is_still_there(tmp_path):
     app = BatchApp(
         "adapter-probe", broker="kafka://127.0.0.1:1", web_enabled=False, store="memory://", datadir=tmp_path

@@ -159,3 +159,40 @@ def test_whole_bin_retention_keeps_what_the_traffic_processor_kept():
         for back in range(0, 2 * r // bin_ms + 3):
             ws = newest - back * bin_ms
             assert windows.expired(ws, newest) == (ws < newest - r), (bin_ms, back)
+
+
+def test_retention_counted_back_from_the_series_newest_window():
+    # The city keeps a meter quarter-hour series' windows for duration + revisable (26 h) + skew margin (1 h)
+    # behind the series' newest window start: 900 + 93600 + 3600 = 98100 s. A window exactly that far behind
+    # is kept; one more second and it is past the horizon. No event time is involved: a catch-up racing
+    # through event time moves nothing until a newer window is published.
+    w = TumblingWindows(900, grace=93600 + 3600)
+    newest = HANOI_MIDNIGHT
+    assert not w.behind(newest - 98100, newest)  # 98100 s behind: start + 98100 == newest, not < newest
+    assert w.behind(newest - 98101, newest)
+    assert w.behind(newest - 98100 - 900, newest)  # the window before it
+    assert not w.behind(newest, newest)  # the newest window itself
+
+
+class CityGroup(NamedTuple):
+    kpi: str
+    level: str
+    code: str
+    window_seconds: int
+    window_start: str
+
+
+def test_a_key_space_may_separate_its_head_and_fields_differently():
+    # The city's layout: ``g:<kpi>|<level>|<code>|<window_seconds>|<window_start>``, the ISO start holding
+    # colons, so fields are joined with "|" after the "g:" head.
+    groups = KeySpace("g", CityGroup, "|", head_sep=":")
+    key = CityGroup("meter.consumption", "district", "HK", 900, "2026-03-10T17:00:00+00:00")
+    text = "g:meter.consumption|district|HK|900|2026-03-10T17:00:00+00:00"
+    assert groups.key(key) == text
+    assert groups.parse(text) == key
+    assert groups.prefix == "g:"
+    assert groups.within("meter.consumption", "district", "HK") == "g:meter.consumption|district|HK|"
+    with pytest.raises(ValueError, match="does not start"):
+        groups.parse("g|meter.consumption|district|HK|900|2026-03-10T17:00:00+00:00")  # the legacy layout
+    with pytest.raises(ValueError, match="5 fields"):
+        groups.parse("g:meter.consumption|district|HK|900")
