@@ -62,6 +62,7 @@ from shared.auth import (
 )
 from shared.contracts import TOPICS, TopicSpec
 from shared.contracts.cloudevents import EventDecodeError, ReceivedEvent, decode, parse_time
+from shared.kafka.aiokafka_adapter import refresh_metadata
 from shared.kpis import KpiDefinition
 from shared.metrics import KPI_VALUE
 
@@ -745,7 +746,7 @@ class CityService:
             await consumer.start()
             parts = consumer.partitions_for_topic(topic)
             if not parts:
-                await consumer._client.force_metadata_update()  # no public way to refresh metadata
+                await refresh_metadata(consumer)  # no public way to refresh metadata
                 parts = consumer.partitions_for_topic(topic) or set()
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             consumer.assign(tps)
