@@ -136,6 +136,9 @@ async def test_an_incident_goes_assign_comment_sop_clear_in_the_console_with_eac
                 await expect(detail).to_be_visible()
                 await expect(page.locator("#inc-procedure")).to_contain_text("Mất điện lưới")
                 await page.select_option("#inc-assign-to", op_id)
+                # a refresh of the open panel (an alarm arriving) keeps the supervisor's choice
+                await page.evaluate("openIncident(IS.selected, false)")
+                await expect(page.locator("#inc-assign-to")).to_have_value(op_id)
                 await page.click("#inc-assign")
                 await expect(page.locator("#inc-assignee-now")).to_contain_text(op_id)
                 history = page.locator("#inc-history")

@@ -19,7 +19,7 @@ from tests.areas import area, unit
 
 pytestmark = pytest.mark.integration
 
-DISTRICT = area("TH")  # no other kiosk test uses Tây Hồ, so its KPIs come from this test's kiosk only
+DISTRICT = area("HM")  # no other test uses Hoàng Mai, so its KPIs come from this test's kiosk only
 
 
 def iso(t: datetime) -> str:
@@ -51,7 +51,7 @@ async def test_telemetry_in_offline_from_silence_alarms_and_kpis_out(
                 "building": "Tòa nhà Lotte",
                 "address": "54 Liễu Giai",
                 "district": DISTRICT,
-                "commune": unit("TH-02"),
+                "commune": unit("HM-02"),
                 "opening_hours": [{"days": [1, 2, 3, 4, 5, 6, 7], "open": "00:00", "close": "24:00"}],
                 "peripherals": ["touchscreen", "printer"],
                 "software_version": "3.2.1",

@@ -151,6 +151,15 @@ async function openIncident(id, scroll = true) {
     "", () => {});
   const comment = el("textarea", {id: "inc-comment", rows: "2", maxlength: "2000", placeholder: t("commentHint")});
   const reason = el("input", {id: "inc-override", maxlength: "500", placeholder: t("overrideReason")});
+  // A refresh (an alarm arrived, another action) re-renders the open panel: what the operator was choosing or
+  // typing in it is carried over, with the focus, instead of being wiped under their hands.
+  if (IS.rendered === id) {
+    for (const [now, before] of [[assignSel, $("inc-assign-to")], [comment, $("inc-comment")], [reason, $("inc-override")]]) {
+      if (before) now.value = before.value;
+    }
+  }
+  const focused = IS.rendered === id && document.activeElement ? document.activeElement.id : null;
+  IS.rendered = id;
   // (replaceChildren writes a null as the text "null": absent parts are filtered out)
   $("inc-detail").replaceChildren(...[
     el("div", {class: "detail-head"}, el("h3", {}, d.severity ? sevBadge(d.severity) : "", " ", incidentName(d)),
@@ -185,7 +194,7 @@ async function openIncident(id, scroll = true) {
     el("ul", {id: "inc-comments", class: "comments"}, ...d.comments.map((c) => el("li", {data: {comment: String(c.id)}},
       el("span", {class: "muted"}, `${who(c.author)} · ${fmtDateTime(instant(c.at))}: `), c.text))),
     el("div", {class: "row"}, comment, el("button", {id: "inc-comment-add", type: "button", on: {click: async () => {
-      if (comment.value.trim() && await incidentAction(`${path}/comments`, {text: comment.value.trim()})) comment.value = "";
+      if (comment.value.trim() && await incidentAction(`${path}/comments`, {text: comment.value.trim()})) $("inc-comment").value = "";
     }}}, t("addComment"))),
     el("h4", {}, t("historyLog")),
     el("table", {id: "inc-history", class: "table"},
@@ -194,6 +203,7 @@ async function openIncident(id, scroll = true) {
         el("td", {}, fmtDateTime(instant(h.at))), el("td", {}, who(h.principal)), el("td", {}, historyText(h, steps)))))]
     .filter((x) => x !== null && x !== undefined && x !== 0));
   $("inc-detail").hidden = false;
+  if (focused && ["inc-assign-to", "inc-comment", "inc-override"].includes(focused)) $(focused).focus();
   if (scroll) $("inc-detail").scrollIntoView({block: "nearest"});
 }
 
