@@ -44,20 +44,24 @@ def archive_run(
     """Run the archiver: every archived topic into Parquet, exactly once, until SIGTERM."""
     from services.archive.worker import run
     from shared.logging import configure_logging
+    from shared.stream.health import HEARTBEAT, start_worker_http_server
 
     configure_logging("archiver", os.environ.get("IOC_LOG_LEVEL", "INFO"))
     if metrics_port:
-        from prometheus_client import start_http_server
-
+        # /metrics and /livez; /livez fails when the loop stops beating (Parquet and S3 work runs in threads)
         local = os.environ.get("IOC_METRICS_LOCAL", "1") == "1"
-        start_http_server(metrics_port, addr="127.0.0.1" if local else "0.0.0.0")
+        start_worker_http_server(metrics_port, addr="127.0.0.1" if local else "0.0.0.0")
 
     async def go():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(_settings(), stop)
+        HEARTBEAT.start()
+        try:
+            await run(_settings(), stop)
+        finally:
+            await HEARTBEAT.stop()
 
     asyncio.run(go())
 

@@ -1,6 +1,6 @@
 """Container health check of the IOC image: exit 0 when ``IOC_HEALTHCHECK_URL`` answers 2xx, 1 otherwise.
 
-One image runs every HTTP service (``/healthz`` on its port) and every stream processor (``/metrics`` on
+One image runs every HTTP service (``/healthz`` on its port) and every stream processor (``/livez`` on
 ``IOC_METRICS_PORT``), so each container says what to probe; standard library only, no curl in the image.
 """
 
@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 
-DEFAULT_URL = "http://127.0.0.1:9100/metrics"
+DEFAULT_URL = "http://127.0.0.1:9100/livez"
 
 
 def check(url: str, timeout: float = 3.0) -> bool:

@@ -331,8 +331,9 @@ def archiver_manifests() -> list[dict]:
         *archive_bucket_env(),
     ]
     probes = {
+        # /livez, like the stream workers: /metrics answers from a thread even when the loop is stuck
         "livenessProbe": {
-            "httpGet": {"path": "/metrics", "port": "metrics"},
+            "httpGet": {"path": "/livez", "port": "metrics"},
             "initialDelaySeconds": 10,
             "periodSeconds": 15,
             "timeoutSeconds": 5,

@@ -117,7 +117,7 @@ def test_http_services_listen_on_their_registry_port_and_are_health_checked(comp
         assert env["IOC_HEALTHCHECK_URL"] == f"http://127.0.0.1:{entry.port}/healthz"
     for name in topics_gen.processor_names():
         env = ioc[name]["environment"]
-        assert env["IOC_HEALTHCHECK_URL"] == "http://127.0.0.1:9100/metrics"
+        assert env["IOC_HEALTHCHECK_URL"] == "http://127.0.0.1:9100/livez"
         assert env["IOC_METRICS_PORT"] == "9100" and env["IOC_METRICS_LOCAL"] == "0"
     nginx = (DEPLOY / "compose" / "nginx.conf").read_text()
     for entry in SERVICES:

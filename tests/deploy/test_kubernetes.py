@@ -135,6 +135,10 @@ def test_deployments_have_probes_resources_pdbs_and_run_non_root(docs):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["IOC_METRICS_PORT"] == str(container["ports"][0]["containerPort"])
         assert env["IOC_METRICS_LOCAL"] == "0", "metrics must be reachable from outside the pod"
+    # a stream worker's /metrics answers from a thread even when its event loop is stuck: liveness is /livez
+    for name in [*topics_gen.processor_names(), topics_gen.ARCHIVER]:
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez", name
 
 
 def test_every_referenced_secret_and_configmap_is_provided(docs):
