@@ -77,6 +77,7 @@ class _Rebalance(ConsumerRebalanceListener):
         generation = group_generation(runtime.consumer)
         runtime.generation = -1 if generation is None else generation
         runtime.core.fenced.clear()
+        runtime._read_to.clear()
         await runtime.seek_to_applied(assigned)
 
 
@@ -94,6 +95,8 @@ class AiokafkaDriver:
         self._stopping = False
         self.busy = False
         self.generation = -1  # the consumer group generation of the current assignment
+        #: topic partition → (generation, position) noted after a fetch (see ``_note_positions``)
+        self._read_to: dict[TopicPartition, tuple[int, int]] = {}
         core.owner_check = self.owns
 
     async def start(self) -> None:
@@ -177,7 +180,10 @@ class AiokafkaDriver:
         last_commit = time.monotonic()
         while not self._stopping:
             try:
+                generation = self.generation
                 batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if generation == self.generation:
+                    await self._note_positions(consumer.assignment() - batch.keys(), generation)
                 if batch:
                     self.busy = True
                     try:
@@ -201,8 +207,33 @@ class AiokafkaDriver:
                 await asyncio.sleep(1)
                 await self._rewind()
 
+    def _readable_end(self, tp: TopicPartition) -> int | None:
+        """The last stable offset when reading committed data (an open transaction holds it below the high
+        watermark), else the high watermark; None before the first fetch answer."""
+        assert self.consumer is not None
+        if self.core.transactional:
+            lso = self.consumer.last_stable_offset(tp)
+            return None if lso is None or lso < 0 else lso
+        return self.consumer.highwater(tp)
+
+    async def _note_positions(self, quiet: set[TopicPartition], generation: int) -> None:
+        """Remember the position of partitions the last fetch got no records of while their applied offset is
+        below their readable end: transaction markers and aborted records take offsets that no data record,
+        so no applied offset, ever passes; the position does (see FaustDriver._note_positions)."""
+        assert self.consumer is not None
+        for tp in quiet:
+            applied = self.core.applied_offset(tp.topic, tp.partition)
+            end = self._readable_end(tp)
+            if applied is None or end is None or applied >= end:
+                continue
+            try:
+                self._read_to[tp] = (generation, await self.consumer.position(tp))
+            except Exception:  # unassigned meanwhile
+                continue
+
     async def _rewind(self) -> None:
         assert self.consumer is not None
+        self._read_to.clear()  # the positions move back to the applied offsets
         try:
             await self.seek_to_applied(self.consumer.assignment())
             self.core.needs_rewind = False
@@ -222,12 +253,18 @@ class AiokafkaDriver:
                 await self._rewind()
 
     def caught_up(self) -> bool:
+        """Every assigned partition applied up to its readable end, or (transaction markers and aborted records
+        in between) the consumer's position there in this generation."""
         assert self.consumer is not None
         for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
+            end = self._readable_end(tp)
             applied = self.core.applied_offset(tp.topic, tp.partition)
-            if hw is None or (hw > 0 and (applied is None or applied < hw)):
+            if end is None:
                 return False
+            if end > 0 and (applied is None or applied < end):
+                read = self._read_to.get(tp)
+                if applied is None or read is None or read[0] != self.generation or read[1] < end:
+                    return False
         return bool(self.consumer.assignment()) and not self.busy and not self.core.writes_in_flight
 
 
@@ -302,7 +339,8 @@ class ProcessorRuntime:
             await self.stop()
 
     async def drain(self, timeout: float = 30.0) -> None:
-        """Wait until every assigned source partition is consumed to its high watermark, then tick once."""
+        """Wait until every assigned source partition is consumed to the end of what the consumer can read (the
+        high watermark; with transactions the last stable offset, past the transaction markers), then tick once."""
         deadline = time.monotonic() + timeout
         stable = 0
         while time.monotonic() < deadline:
