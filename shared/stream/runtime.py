@@ -19,13 +19,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from shared.config import KafkaSettings
-from shared.contracts import TOPICS
+from shared.contracts import TOPICS, TopicSpec
+from shared.contracts.common import DEAD_LETTER_TOPIC
 from shared.gc_tuning import tune_gc
 from shared.kafka.admin import ensure_topics
 from shared.kafka.aiokafka_adapter import bare_records, group_generation, route_bare_records_fetches
@@ -49,6 +50,15 @@ def source_partitions(processor: StreamProcessor, kafka: KafkaSettings) -> int:
     if len(counts) > 1:
         raise ValueError(f"{processor.name}: source topics are not co-partitioned: {counts}")
     return counts.pop() if counts else 1
+
+
+def output_topics(processor: StreamProcessor) -> list[TopicSpec]:
+    """The catalogue topics a processor may write besides its sources: the dead letters and every topic of its
+    domain (a processor is named ``<domain>-<what>``), the rule its KafkaUser's ACLs follow
+    (deploy/k8s/generate_topics.py, ``processor_outputs``)."""
+    domain = processor.name.split("-", 1)[0]
+    own = [t for t in TOPICS.values() if t.owner == domain and not t.internal]
+    return [t for t in [DEAD_LETTER_TOPIC, *own] if t.name not in processor.topics]
 
 
 def durability_mode() -> str:
@@ -282,8 +292,11 @@ class ProcessorRuntime:
         max_records: int = 20000,
         fetch_wait_ms: int = 100,
         durability: str | None = None,
+        outputs: Iterable[TopicSpec] | None = None,
     ):
         self.processor = processor
+        #: created at start when missing (default: :func:`output_topics`)
+        self.outputs = list(output_topics(processor) if outputs is None else outputs)
         self.kafka = kafka
         self.publisher = publisher or EventPublisher(kafka, client_id=f"ioc-{processor.name}")
         self.partitions = source_partitions(processor, kafka)
@@ -303,6 +316,7 @@ class ProcessorRuntime:
         await ensure_topics(
             self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog]
         )
+        await self._ensure_outputs()
         await self.core.start()
         if self.driver_name == "faust":
             from shared.stream.faust_driver import FaustDriver
@@ -322,6 +336,25 @@ class ProcessorRuntime:
             )
         self.driver = driver
         await driver.start()
+
+    async def _ensure_outputs(self) -> None:
+        """Create the output topics that do not exist yet, before the first batch: a batch emitting to a missing
+        topic would wait for its metadata (the publisher probes for it, then creates it from the catalogue),
+        holding the batch lock and, with transactions, the partition's open transaction; an uncatalogued one
+        failed every batch that way, retried for ever. A topic that exists is left as it is (production's
+        are created by the operator: processors hold no Create ACL on them and need none then)."""
+        if not self.outputs:
+            return
+        try:
+            created = await ensure_topics(self.kafka, self.outputs)
+        except Exception as exc:
+            raise RuntimeError(
+                f"{self.processor.name}: cannot make sure its output topics exist "
+                f"({', '.join(t.name for t in self.outputs)}): {type(exc).__name__}: {exc}. Create them first "
+                "(the owning service does at its start with IOC_CREATE_TOPICS; in Kubernetes, the KafkaTopics)"
+            ) from exc
+        if created:
+            log.info("output topics created", extra={"processor": self.processor.name, "topics": created})
 
     async def stop(self) -> None:
         if self.driver is not None:

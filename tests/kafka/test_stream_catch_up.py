@@ -86,8 +86,9 @@ def txn_producer(kafka, transactional_id: str) -> AIOKafkaProducer:
     )
 
 
+@pytest.mark.parametrize("driver", ["faust", "aiokafka"])
 async def test_drain_returns_when_a_transactional_source_ends_in_markers_aborted_and_open_transactions(
-    kafka_cluster,
+    kafka_cluster, driver
 ):
     kafka = kafka_cluster.kafka_settings()
     marker = uuid.uuid4().hex[:8]
@@ -106,7 +107,7 @@ async def test_drain_returns_when_a_transactional_source_ends_in_markers_aborted
                 for i in range(5 * batch, 5 * batch + 5):
                     await send(committed, topic, event(i, marker))
         processor = CountingProcessor(f"kaf-catch-up-{marker}", topic)
-        async with ProcessorRuntime(processor, kafka).running() as rt:
+        async with ProcessorRuntime(processor, kafka, driver=driver).running() as rt:
             assert rt.core.transactional  # read_committed
             await rt.drain(timeout=30)
             assert rt.core.partitions[0].state.get("n") == 10
