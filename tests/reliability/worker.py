@@ -1,4 +1,5 @@
-"""A stream worker for the kill -9 scenarios: the kiosk (or meter) KPI processor in a ProcessorRuntime, until killed.
+"""A stream worker for the kill -9 scenarios: the kiosk KPI processor (or another, ``--processor``) in a
+ProcessorRuntime, until killed.
 
 Run as a child process by ``tests/reliability/harness.py`` (``Worker``). ``--pause`` slows each batch down so
 that a kill lands in the middle of the stream rather than after it.
@@ -50,9 +51,54 @@ class PacedMeterProcessor(MeterKpiProcessor):
             time.sleep(self.pause_s)
 
 
+def _feeder_outage():
+    from services.meter.processors import FeederOutageProcessor
+
+    return FeederOutageProcessor()
+
+
+def _traffic():
+    from services.traffic.processors import traffic_processor
+    from services.traffic.settings import TrafficSettings
+
+    return traffic_processor(TrafficSettings())
+
+
+def _dossier():
+    from services.dossier.processors import kpi_processor
+
+    return kpi_processor()
+
+
+def _city():
+    from services.city.processors import city_kpi_processor
+
+    return city_kpi_processor()
+
+
+#: the other processors, as ``ioc up`` builds them (run under the worker's ``--name``, paced by ``--pause``)
+OTHER_PROCESSORS = {"feeder-outage": _feeder_outage, "traffic": _traffic, "dossier": _dossier, "city": _city}
+
+
+def paced(processor, pause_s: float):
+    """``processor`` stalling ``pause_s`` after each batch it folds (a slow consumer; kills land mid-stream)."""
+    fold = processor.apply_batch
+
+    def apply_batch(events, state) -> None:
+        fold(events, state)
+        if pause_s:
+            time.sleep(pause_s)  # blocking on purpose, as a CPU-bound batch blocks the loop
+
+    processor.apply_batch = apply_batch
+    return processor
+
+
 async def main(args: argparse.Namespace) -> None:
     if args.processor == "meter":
         processor = PacedMeterProcessor(args.pause, args.name)
+    elif args.processor in OTHER_PROCESSORS:
+        processor = paced(OTHER_PROCESSORS[args.processor](), args.pause)
+        processor.name = args.name
     else:
         processor = PacedKioskProcessor(
             args.pause,
@@ -80,6 +126,6 @@ if __name__ == "__main__":
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--max-records", type=int, default=20000)
     parser.add_argument("--driver", default="faust")
-    parser.add_argument("--processor", choices=("kiosk", "meter"), default="kiosk")
+    parser.add_argument("--processor", choices=("kiosk", "meter", *OTHER_PROCESSORS), default="kiosk")
     configure_logging("reliability-worker", "INFO")
     asyncio.run(main(parser.parse_args()))
