@@ -61,7 +61,13 @@ def _traffic():
     from services.traffic.processors import traffic_processor
     from services.traffic.settings import TrafficSettings
 
-    return traffic_processor(TrafficSettings())
+    processor = traffic_processor(TrafficSettings())
+    # Hi-res events of a controller whose configuration was not folded yet wait 30 s of *arrival* (record) time,
+    # then are measured without it. A consumer lagging the registry topic by more than that (these scenarios
+    # pace it and kill it) would measure controllers configured long before without their detectors: a
+    # sensitivity of the processor to lag, not what the scenarios check. Wait longer than any scenario lags.
+    processor.hold_ms = 15 * 60_000
+    return processor
 
 
 def _dossier():
