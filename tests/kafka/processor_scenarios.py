@@ -39,6 +39,7 @@ class Workload:
     expected: Any  # what ``observe`` must return once every event of the ledger is folded
     observe: Callable[[KafkaSettings], Awaitable[Any]]
     progress: Callable[[Any], float]  # how far an observation is (kills wait for it to grow)
+    source: str  # the CloudEvents source of ``events``: workers pace only batches holding some of them
     chunk: int = 200
 
 
@@ -135,8 +136,8 @@ async def wait_progress(kafka: KafkaSettings, workload: Workload, *, above: floa
     raise AssertionError(f"no progress above {above} within {timeout}s")
 
 
-def build(kind: str, name: str, pause_s: float = 0.0):
-    processor = paced(OTHER_PROCESSORS[kind](), pause_s)
+def build(workload: Workload, name: str, pause_s: float = 0.0):
+    processor = paced(OTHER_PROCESSORS[workload.kind](), pause_s, workload.source)
     processor.name = name
     return processor
 
@@ -156,7 +157,7 @@ async def killed_mid_batch_twice(
         return Worker(
             kafka.bootstrap_servers,
             name,
-            f"/ioc/test/{name}",
+            workload.source,
             pause_s=pause_s,
             max_records=max_records,
             log_path=log,
@@ -187,7 +188,7 @@ async def slow_consumer(
 ) -> None:
     """A consumer stalling after every batch while the ledger is published: every publish is acknowledged
     while it lags (ingest is not slowed by it), then it catches up and the outputs say exactly the ledger."""
-    processor = build(workload.kind, f"kaf-{workload.kind}-slow-{uid()}", pause_s)
+    processor = build(workload, f"kaf-{workload.kind}-slow-{uid()}", pause_s)
     async with ProcessorRuntime(processor, kafka, max_records=max_records).running() as rt:
         ledger = await publish(kafka, workload.events, workload.chunk)
         assert len(ledger) == len(workload.events)
@@ -204,11 +205,11 @@ async def duplicate_deliveries(kafka: KafkaSettings, workload: Workload) -> None
     ledger = await publish(kafka, workload.events, workload.chunk)
     await resend(kafka, ledger)
     name = f"kaf-{workload.kind}-dup-{uid()}"
-    async with ProcessorRuntime(build(workload.kind, name), kafka).running() as rt:
+    async with ProcessorRuntime(build(workload, name), kafka).running() as rt:
         await rt.drain(timeout=60)
     assert await wait_for(kafka, workload, timeout=30) == workload.expected
     await resend(kafka, ledger[: len(ledger) // 3])
-    async with ProcessorRuntime(build(workload.kind, name), kafka).running() as rt:
+    async with ProcessorRuntime(build(workload, name), kafka).running() as rt:
         await rt.drain(timeout=60)
     assert await wait_for(kafka, workload, timeout=30) == workload.expected
 

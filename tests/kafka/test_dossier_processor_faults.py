@@ -86,6 +86,7 @@ def workload(dossiers: int) -> Workload:
     resolved = dossiers // 2
     return Workload(
         kind="dossier",
+        source="/ioc/dossier",
         events=events,
         # every resolution is before its due date: on time
         expected={"dossier.received": (float(dossiers), 0.0), "dossier.on_time_ratio": (resolved, resolved)},

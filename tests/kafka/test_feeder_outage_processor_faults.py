@@ -59,6 +59,7 @@ def workload(feeders: int) -> Workload:
 
     return Workload(
         kind="feeder-outage",
+        source="/ioc/meter",
         events=events,
         expected={(f, state): 1 for f in names for state in ("raised", "cleared")},
         observe=observe,

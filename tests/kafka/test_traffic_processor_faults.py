@@ -96,6 +96,7 @@ def workload(controllers: int) -> Workload:
 
     return Workload(
         kind="traffic",
+        source="/ioc/traffic",
         events=configs + events,  # the registry first, as a deployment configures before it runs
         expected={**{(iid, 2): (1, 7) for _, iid in ids}, **{(iid, 4): (1, 0) for _, iid in ids}},
         observe=observe,

@@ -86,13 +86,15 @@ def _city():
 OTHER_PROCESSORS = {"feeder-outage": _feeder_outage, "traffic": _traffic, "dossier": _dossier, "city": _city}
 
 
-def paced(processor, pause_s: float):
-    """``processor`` stalling ``pause_s`` after each batch it folds (a slow consumer; kills land mid-stream)."""
+def paced(processor, pause_s: float, source: str | None = None):
+    """``processor`` stalling ``pause_s`` after each batch it folds (a slow consumer; kills land mid-stream);
+    with ``source``, only after batches holding events of that CloudEvents source (a scenario's own, not the
+    backlog other tests left on shared topics)."""
     fold = processor.apply_batch
 
     def apply_batch(events, state) -> None:
         fold(events, state)
-        if pause_s:
+        if pause_s and (source is None or any(e.source == source for e in events)):
             time.sleep(pause_s)  # blocking on purpose, as a CPU-bound batch blocks the loop
 
     processor.apply_batch = apply_batch
@@ -103,7 +105,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.processor == "meter":
         processor = PacedMeterProcessor(args.pause, args.name)
     elif args.processor in OTHER_PROCESSORS:
-        processor = paced(OTHER_PROCESSORS[args.processor](), args.pause)
+        processor = paced(OTHER_PROCESSORS[args.processor](), args.pause, args.source)
         processor.name = args.name
     else:
         processor = PacedKioskProcessor(
