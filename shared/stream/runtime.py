@@ -55,8 +55,9 @@ def source_partitions(processor: StreamProcessor, kafka: KafkaSettings) -> int:
 def output_topics(processor: StreamProcessor) -> list[TopicSpec]:
     """The catalogue topics a processor may write besides its sources: the dead letters and every topic of its
     domain (a processor is named ``<domain>-<what>``), the rule its KafkaUser's ACLs follow
-    (deploy/k8s/generate_topics.py, ``processor_outputs``)."""
-    domain = processor.name.split("-", 1)[0]
+    (deploy/k8s/generate_topics.py, ``processor_outputs``). The name is the class's when it declares one: an
+    instance renamed for a consumer group of its own (tests, benchmarks) still writes its domain's topics."""
+    domain = str(getattr(type(processor), "name", None) or processor.name).split("-", 1)[0]
     own = [t for t in TOPICS.values() if t.owner == domain and not t.internal]
     return [t for t in [DEAD_LETTER_TOPIC, *own] if t.name not in processor.topics]
 
