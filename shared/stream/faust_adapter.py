@@ -216,7 +216,7 @@ class BatchSource:
 
     def readable_end(self, tp: Any, read_committed: bool) -> int | None:
         """See :func:`readable_end`."""
-        return readable_end(self._consumer.app, tp, read_committed)
+        return readable_end(cast(faust.App, self._consumer.app), tp, read_committed)
 
     async def position(self, tp: Any) -> int | None:
         """The consumer's fetch position of ``tp`` (next offset it will return; past control records)."""

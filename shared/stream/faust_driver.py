@@ -25,7 +25,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -174,7 +174,7 @@ class FaustDriver:
                         max(0, hw - offset)
                     )
 
-    async def _note_positions(self, source: BatchSource, generation: int, quiet: set[Any]) -> None:
+    async def _note_positions(self, source: BatchSource, generation: int, quiet: Iterable[Any]) -> None:
         """Remember the fetch position of each partition the last fetch asked for but got no records of, while
         the core's applied offset is below the partition's readable end.
 
