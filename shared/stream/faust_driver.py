@@ -168,10 +168,10 @@ class FaustDriver:
             for tp, recs in batch.items():
                 offset = recs[-1].offset + 1
                 source.mark_read(tp, offset - 1)
-                hw = source.highwater(tp)
-                if hw is not None and tp.partition in core.partitions:
+                end = source.readable_end(tp, self.read_committed)
+                if end is not None and tp.partition in core.partitions:
                     CONSUMER_LAG.labels(core.processor.name, tp.topic, str(tp.partition)).set(
-                        max(0, hw - offset)
+                        max(0, end - offset)
                     )
 
     async def _note_positions(self, source: BatchSource, generation: int, quiet: Iterable[Any]) -> None:
@@ -196,6 +196,10 @@ class FaustDriver:
                 continue
             if position is not None:
                 self._read_to[tp] = (generation, position)
+                if tp.partition in core.partitions:  # (a trailing transaction marker is no lag)
+                    CONSUMER_LAG.labels(core.processor.name, tp.topic, str(tp.partition)).set(
+                        max(0, end - position)
+                    )
 
     def owns(self, partition: int) -> bool:
         """Checked by the core right before it writes a partition: the consumer is still in the generation it

@@ -203,10 +203,10 @@ class AiokafkaDriver:
                     finally:
                         self.busy = False
                     for tp, recs in batch.items():
-                        hw = consumer.highwater(tp)
-                        if hw is not None and recs and tp.partition in self.core.partitions:
+                        end = self._readable_end(tp)
+                        if end is not None and recs and tp.partition in self.core.partitions:
                             CONSUMER_LAG.labels(self.core.processor.name, tp.topic, str(tp.partition)).set(
-                                max(0, hw - recs[-1].offset - 1)
+                                max(0, end - recs[-1].offset - 1)
                             )
                 if time.monotonic() - last_commit > 0.5:
                     await self.commit()
@@ -238,9 +238,14 @@ class AiokafkaDriver:
             if applied is None or end is None or applied >= end:
                 continue
             try:
-                self._read_to[tp] = (generation, await self.consumer.position(tp))
+                position = await self.consumer.position(tp)
             except Exception:  # unassigned meanwhile
                 continue
+            self._read_to[tp] = (generation, position)
+            if tp.partition in self.core.partitions:  # (a trailing transaction marker is no lag)
+                CONSUMER_LAG.labels(self.core.processor.name, tp.topic, str(tp.partition)).set(
+                    max(0, end - position)
+                )
 
     async def _rewind(self) -> None:
         assert self.consumer is not None

@@ -19,6 +19,7 @@ from datetime import datetime
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import REGISTRY
 
 from shared.contracts.base import event_type_of
 from shared.contracts.cloudevents import EncodedEvent, ReceivedEvent, encode
@@ -111,6 +112,13 @@ async def test_drain_returns_when_a_transactional_source_ends_in_markers_aborted
             assert rt.core.transactional  # read_committed
             await rt.drain(timeout=30)
             assert rt.core.partitions[0].state.get("n") == 10
+            # and the lag gauge says so too (the commit marker after the last event is no lag)
+            assert (
+                REGISTRY.get_sample_value(
+                    "ioc_consumer_lag_records", {"consumer": processor.name, "topic": topic, "partition": "0"}
+                )
+                == 0
+            )
             # an aborted transaction after them (its records and its abort marker take offsets) ...
             await aborted.begin_transaction()
             for i in range(100, 105):
