@@ -214,6 +214,14 @@ class BatchSource:
     def highwater(self, tp: Any) -> int | None:
         return self._consumer.highwater(tp)
 
+    def readable_end(self, tp: Any, read_committed: bool) -> int | None:
+        """See :func:`readable_end`."""
+        return readable_end(cast(faust.App, self._consumer.app), tp, read_committed)
+
+    async def position(self, tp: Any) -> int | None:
+        """The consumer's fetch position of ``tp`` (next offset it will return; past control records)."""
+        return await self._consumer.position(tp)
+
     async def fetch(self, timeout: float) -> tuple[Mapping[Any, Sequence[Any]], frozenset[Any]]:
         """One fetch of the partitions Faust has not paused; returns the records and the partitions asked for.
 
@@ -256,6 +264,17 @@ class BatchSource:
     def mark_read(self, tp: Any, offset: int) -> None:
         """Tell Faust's monitor the last offset read (``offset``: the last record's)."""
         self._consumer._read_offset[tp] = offset
+
+
+def readable_end(app: faust.App, tp: Any, read_committed: bool) -> int | None:
+    """The end of what the app's consumer can read of ``tp``, as of its last fetch answer (None before one): the
+    last stable offset for a ``read_committed`` consumer (it never reads past a transaction still open), else the
+    high watermark. Faust's own ``highwater`` answers the LSO only for apps in its exactly-once mode."""
+    consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]  # Faust's aiokafka thread
+    if read_committed:
+        lso = consumer.last_stable_offset(tp)
+        return None if lso is None or lso < 0 else lso
+    return consumer.highwater(tp)
 
 
 def group_generation(app: faust.App) -> int | None:

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
@@ -35,7 +35,13 @@ from shared.kafka.records import bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.assignor import CoPartitionedAssignor
 from shared.stream.core import ProcessorCore, whole_partitions
-from shared.stream.faust_adapter import BatchApp, BatchSource, connect_rebalance_handlers, group_generation
+from shared.stream.faust_adapter import (
+    BatchApp,
+    BatchSource,
+    connect_rebalance_handlers,
+    group_generation,
+    readable_end,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +59,8 @@ class FaustDriver:
         self.key_deserializer: Callable[[bytes | None], Any] = bare_records
         #: records fetched but not handed to the core (a rebalance paused their partitions meanwhile): sought back
         self.sought_back = 0
+        #: topic partition → (group generation, fetch position) noted after a fetch (see ``_note_positions``)
+        self._read_to: dict[Any, tuple[int, int]] = {}
         processor = core.processor
         core.owner_check = self.owns
         # State lives in memory and the core's changelog, but Faust still makes a data directory (default:
@@ -121,7 +129,11 @@ class FaustDriver:
                 await self.rewind()
             generation = source.generation()
             records, asked = await source.fetch(1.0)
-            if not records or source.should_stop():
+            if source.should_stop():
+                continue
+            if generation == source.generation():
+                await self._note_positions(source, generation, asked.difference(records))
+            if not records:
                 continue
             # Hand the core only what is still ours to process: fetched in this generation, partitions still
             # active (not paused by a rebalance that started meanwhile), flow not stopped. Anything else is
@@ -156,10 +168,37 @@ class FaustDriver:
             for tp, recs in batch.items():
                 offset = recs[-1].offset + 1
                 source.mark_read(tp, offset - 1)
-                hw = source.highwater(tp)
-                if hw is not None and tp.partition in core.partitions:
+                end = source.readable_end(tp, self.read_committed)
+                if end is not None and tp.partition in core.partitions:
                     CONSUMER_LAG.labels(core.processor.name, tp.topic, str(tp.partition)).set(
-                        max(0, hw - offset)
+                        max(0, end - offset)
+                    )
+
+    async def _note_positions(self, source: BatchSource, generation: int, quiet: Iterable[Any]) -> None:
+        """Remember the fetch position of each partition the last fetch asked for but got no records of, while
+        the core's applied offset is below the partition's readable end.
+
+        The applied offset follows data records only; transaction markers (one after every transaction of a
+        transactional producer: every processor's outputs) and an aborted transaction's records take offsets a
+        ``read_committed`` consumer never gets as records, so on such a source the applied offset stays below the
+        end for good. The position moves past them, and every record below it was handed to the core (it is
+        read after the batch that fetched them was processed; records not processed were sought back, which
+        moves the position back). :meth:`caught_up` counts a partition whose position reached its end."""
+        core = self.core
+        for tp in quiet:
+            applied = core.applied_offset(tp.topic, tp.partition)
+            end = source.readable_end(tp, self.read_committed)
+            if applied is None or end is None or applied >= end:
+                continue
+            try:
+                position = await source.position(tp)
+            except Exception:  # unassigned meanwhile
+                continue
+            if position is not None:
+                self._read_to[tp] = (generation, position)
+                if tp.partition in core.partitions:  # (a trailing transaction marker is no lag)
+                    CONSUMER_LAG.labels(core.processor.name, tp.topic, str(tp.partition)).set(
+                        max(0, end - position)
                     )
 
     def owns(self, partition: int) -> bool:
@@ -180,6 +219,7 @@ class FaustDriver:
         joined after the stream's last record sat with its partitions unloaded). Recovery also initialises the
         partitions' transactional ids, which fences their previous owner at once."""
         self.core.fenced.clear()  # a new generation: partitions fenced in the last one may be ours again
+        self._read_to.clear()
         try:
             await self.core.recover(whole_partitions(assigned, self.core.processor.topics))
         except Exception:
@@ -212,6 +252,7 @@ class FaustDriver:
         """After a failed batch or tick: recover state, seek sources back to what is durable."""
         consumer = self.app.consumer
         assignment = consumer.assignment()
+        self._read_to.clear()  # the positions move back to the applied offsets
         try:
             await self.core.recover({tp.partition for tp in assignment})
             for tp in assignment:
@@ -235,18 +276,31 @@ class FaustDriver:
             shutil.rmtree(self._datadir, ignore_errors=True)
 
     def caught_up(self) -> bool:
+        """Every assigned partition applied up to the end of what this consumer can read of it: the last stable
+        offset when reading committed data (a transaction left open by a writer holds it below the high
+        watermark until that transaction ends), else the high watermark. A partition whose applied offset is
+        below that end counts when the consumer's position reached it in this generation: what lies between
+        is transaction markers and aborted records (see ``_note_positions``)."""
         consumer = self.app.consumer
         try:
             assignment = consumer.assignment()
+            generation = self.app.consumer_generation_id
         except Exception:
             return False
         if not assignment or self.busy or self.core.writes_in_flight:
             return False
         for tp in assignment:
-            hw = consumer.highwater(tp)
-            applied = self.core.applied_offset(tp.topic, tp.partition)
-            if hw is None or (hw > 0 and (applied is None or applied < hw)):
+            try:
+                end = readable_end(self.app, tp, self.read_committed)
+            except Exception:
                 return False
+            applied = self.core.applied_offset(tp.topic, tp.partition)
+            if end is None:
+                return False
+            if end > 0 and (applied is None or applied < end):
+                read = self._read_to.get(tp)
+                if applied is None or read is None or read[0] != generation or read[1] < end:
+                    return False
         return True
 
 

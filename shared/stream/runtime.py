@@ -19,13 +19,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from shared.config import KafkaSettings
-from shared.contracts import TOPICS
+from shared.contracts import TOPICS, TopicSpec
+from shared.contracts.common import DEAD_LETTER_TOPIC
 from shared.gc_tuning import tune_gc
 from shared.kafka.admin import ensure_topics
 from shared.kafka.aiokafka_adapter import bare_records, group_generation, route_bare_records_fetches
@@ -49,6 +50,16 @@ def source_partitions(processor: StreamProcessor, kafka: KafkaSettings) -> int:
     if len(counts) > 1:
         raise ValueError(f"{processor.name}: source topics are not co-partitioned: {counts}")
     return counts.pop() if counts else 1
+
+
+def output_topics(processor: StreamProcessor) -> list[TopicSpec]:
+    """The catalogue topics a processor may write besides its sources: the dead letters and every topic of its
+    domain (a processor is named ``<domain>-<what>``), the rule its KafkaUser's ACLs follow
+    (deploy/k8s/generate_topics.py, ``processor_outputs``). The name is the class's when it declares one: an
+    instance renamed for a consumer group of its own (tests, benchmarks) still writes its domain's topics."""
+    domain = str(getattr(type(processor), "name", None) or processor.name).split("-", 1)[0]
+    own = [t for t in TOPICS.values() if t.owner == domain and not t.internal]
+    return [t for t in [DEAD_LETTER_TOPIC, *own] if t.name not in processor.topics]
 
 
 def durability_mode() -> str:
@@ -77,6 +88,7 @@ class _Rebalance(ConsumerRebalanceListener):
         generation = group_generation(runtime.consumer)
         runtime.generation = -1 if generation is None else generation
         runtime.core.fenced.clear()
+        runtime._read_to.clear()
         await runtime.seek_to_applied(assigned)
 
 
@@ -94,6 +106,8 @@ class AiokafkaDriver:
         self._stopping = False
         self.busy = False
         self.generation = -1  # the consumer group generation of the current assignment
+        #: topic partition → (generation, position) noted after a fetch (see ``_note_positions``)
+        self._read_to: dict[TopicPartition, tuple[int, int]] = {}
         core.owner_check = self.owns
 
     async def start(self) -> None:
@@ -177,7 +191,10 @@ class AiokafkaDriver:
         last_commit = time.monotonic()
         while not self._stopping:
             try:
+                generation = self.generation
                 batch = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if generation == self.generation:
+                    await self._note_positions(consumer.assignment() - batch.keys(), generation)
                 if batch:
                     self.busy = True
                     try:
@@ -186,10 +203,10 @@ class AiokafkaDriver:
                     finally:
                         self.busy = False
                     for tp, recs in batch.items():
-                        hw = consumer.highwater(tp)
-                        if hw is not None and recs and tp.partition in self.core.partitions:
+                        end = self._readable_end(tp)
+                        if end is not None and recs and tp.partition in self.core.partitions:
                             CONSUMER_LAG.labels(self.core.processor.name, tp.topic, str(tp.partition)).set(
-                                max(0, hw - recs[-1].offset - 1)
+                                max(0, end - recs[-1].offset - 1)
                             )
                 if time.monotonic() - last_commit > 0.5:
                     await self.commit()
@@ -201,8 +218,38 @@ class AiokafkaDriver:
                 await asyncio.sleep(1)
                 await self._rewind()
 
+    def _readable_end(self, tp: TopicPartition) -> int | None:
+        """The last stable offset when reading committed data (an open transaction holds it below the high
+        watermark), else the high watermark; None before the first fetch answer."""
+        assert self.consumer is not None
+        if self.core.transactional:
+            lso = self.consumer.last_stable_offset(tp)
+            return None if lso is None or lso < 0 else lso
+        return self.consumer.highwater(tp)
+
+    async def _note_positions(self, quiet: set[TopicPartition], generation: int) -> None:
+        """Remember the position of partitions the last fetch got no records of while their applied offset is
+        below their readable end: transaction markers and aborted records take offsets that no data record,
+        so no applied offset, ever passes; the position does (see FaustDriver._note_positions)."""
+        assert self.consumer is not None
+        for tp in quiet:
+            applied = self.core.applied_offset(tp.topic, tp.partition)
+            end = self._readable_end(tp)
+            if applied is None or end is None or applied >= end:
+                continue
+            try:
+                position = await self.consumer.position(tp)
+            except Exception:  # unassigned meanwhile
+                continue
+            self._read_to[tp] = (generation, position)
+            if tp.partition in self.core.partitions:  # (a trailing transaction marker is no lag)
+                CONSUMER_LAG.labels(self.core.processor.name, tp.topic, str(tp.partition)).set(
+                    max(0, end - position)
+                )
+
     async def _rewind(self) -> None:
         assert self.consumer is not None
+        self._read_to.clear()  # the positions move back to the applied offsets
         try:
             await self.seek_to_applied(self.consumer.assignment())
             self.core.needs_rewind = False
@@ -222,12 +269,18 @@ class AiokafkaDriver:
                 await self._rewind()
 
     def caught_up(self) -> bool:
+        """Every assigned partition applied up to its readable end, or (transaction markers and aborted records
+        in between) the consumer's position there in this generation."""
         assert self.consumer is not None
         for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
+            end = self._readable_end(tp)
             applied = self.core.applied_offset(tp.topic, tp.partition)
-            if hw is None or (hw > 0 and (applied is None or applied < hw)):
+            if end is None:
                 return False
+            if end > 0 and (applied is None or applied < end):
+                read = self._read_to.get(tp)
+                if applied is None or read is None or read[0] != self.generation or read[1] < end:
+                    return False
         return bool(self.consumer.assignment()) and not self.busy and not self.core.writes_in_flight
 
 
@@ -245,8 +298,11 @@ class ProcessorRuntime:
         max_records: int = 20000,
         fetch_wait_ms: int = 100,
         durability: str | None = None,
+        outputs: Iterable[TopicSpec] | None = None,
     ):
         self.processor = processor
+        #: created at start when missing (default: :func:`output_topics`)
+        self.outputs = list(output_topics(processor) if outputs is None else outputs)
         self.kafka = kafka
         self.publisher = publisher or EventPublisher(kafka, client_id=f"ioc-{processor.name}")
         self.partitions = source_partitions(processor, kafka)
@@ -266,6 +322,7 @@ class ProcessorRuntime:
         await ensure_topics(
             self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog]
         )
+        await self._ensure_outputs()
         await self.core.start()
         if self.driver_name == "faust":
             from shared.stream.faust_driver import FaustDriver
@@ -286,6 +343,25 @@ class ProcessorRuntime:
         self.driver = driver
         await driver.start()
 
+    async def _ensure_outputs(self) -> None:
+        """Create the output topics that do not exist yet, before the first batch: a batch emitting to a missing
+        topic would wait for its metadata (the publisher probes for it, then creates it from the catalogue),
+        holding the batch lock and, with transactions, the partition's open transaction; an uncatalogued one
+        failed every batch that way, retried for ever. A topic that exists is left as it is (production's
+        are created by the operator: processors hold no Create ACL on them and need none then)."""
+        if not self.outputs:
+            return
+        try:
+            created = await ensure_topics(self.kafka, self.outputs)
+        except Exception as exc:
+            raise RuntimeError(
+                f"{self.processor.name}: cannot make sure its output topics exist "
+                f"({', '.join(t.name for t in self.outputs)}): {type(exc).__name__}: {exc}. Create them first "
+                "(the owning service does at its start with IOC_CREATE_TOPICS; in Kubernetes, the KafkaTopics)"
+            ) from exc
+        if created:
+            log.info("output topics created", extra={"processor": self.processor.name, "topics": created})
+
     async def stop(self) -> None:
         if self.driver is not None:
             await self.driver.stop()
@@ -302,7 +378,8 @@ class ProcessorRuntime:
             await self.stop()
 
     async def drain(self, timeout: float = 30.0) -> None:
-        """Wait until every assigned source partition is consumed to its high watermark, then tick once."""
+        """Wait until every assigned source partition is consumed to the end of what the consumer can read (the
+        high watermark; with transactions the last stable offset, past the transaction markers), then tick once."""
         deadline = time.monotonic() + timeout
         stable = 0
         while time.monotonic() < deadline:

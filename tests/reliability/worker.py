@@ -1,4 +1,5 @@
-"""A stream worker for the kill -9 scenarios: the kiosk (or meter) KPI processor in a ProcessorRuntime, until killed.
+"""A stream worker for the kill -9 scenarios: the kiosk KPI processor (or another, ``--processor``) in a
+ProcessorRuntime, until killed.
 
 Run as a child process by ``tests/reliability/harness.py`` (``Worker``). ``--pause`` slows each batch down so
 that a kill lands in the middle of the stream rather than after it.
@@ -50,9 +51,62 @@ class PacedMeterProcessor(MeterKpiProcessor):
             time.sleep(self.pause_s)
 
 
+def _feeder_outage():
+    from services.meter.processors import FeederOutageProcessor
+
+    return FeederOutageProcessor()
+
+
+def _traffic():
+    from services.traffic.processors import traffic_processor
+    from services.traffic.settings import TrafficSettings
+
+    processor = traffic_processor(TrafficSettings())
+    # Hi-res events of a controller whose configuration was not folded yet wait 30 s of *arrival* (record) time,
+    # then are measured without it. A consumer lagging the registry topic by more than that (these scenarios
+    # pace it and kill it) would measure controllers configured long before without their detectors: a
+    # sensitivity of the processor to lag, not what the scenarios check. Wait longer than any scenario lags.
+    processor.hold_ms = 15 * 60_000
+    return processor
+
+
+def _dossier():
+    from services.dossier.processors import kpi_processor
+
+    return kpi_processor()
+
+
+def _city():
+    from services.city.processors import city_kpi_processor
+
+    return city_kpi_processor()
+
+
+#: the other processors, as ``ioc up`` builds them (run under the worker's ``--name``, paced by ``--pause``)
+OTHER_PROCESSORS = {"feeder-outage": _feeder_outage, "traffic": _traffic, "dossier": _dossier, "city": _city}
+
+
+def paced(processor, pause_s: float, source: str | None = None):
+    """``processor`` stalling ``pause_s`` after each batch it folds (a slow consumer; kills land mid-stream);
+    with ``source``, only after batches holding events of that CloudEvents source (a scenario's own, not the
+    backlog other tests left on shared topics)."""
+    fold = processor.apply_batch
+
+    def apply_batch(events, state) -> None:
+        fold(events, state)
+        if pause_s and (source is None or any(e.source == source for e in events)):
+            time.sleep(pause_s)  # blocking on purpose, as a CPU-bound batch blocks the loop
+
+    processor.apply_batch = apply_batch
+    return processor
+
+
 async def main(args: argparse.Namespace) -> None:
     if args.processor == "meter":
         processor = PacedMeterProcessor(args.pause, args.name)
+    elif args.processor in OTHER_PROCESSORS:
+        processor = paced(OTHER_PROCESSORS[args.processor](), args.pause, args.source)
+        processor.name = args.name
     else:
         processor = PacedKioskProcessor(
             args.pause,
@@ -80,6 +134,6 @@ if __name__ == "__main__":
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--max-records", type=int, default=20000)
     parser.add_argument("--driver", default="faust")
-    parser.add_argument("--processor", choices=("kiosk", "meter"), default="kiosk")
+    parser.add_argument("--processor", choices=("kiosk", "meter", *OTHER_PROCESSORS), default="kiosk")
     configure_logging("reliability-worker", "INFO")
     asyncio.run(main(parser.parse_args()))
