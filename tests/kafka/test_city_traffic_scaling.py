@@ -38,7 +38,7 @@ from tests.kafka.city_traffic_support import (
     wait_for,
     worker,
 )
-from tests.kafka.test_stream_scaling import assert_one_writer_at_a_time, committed_markers, tails
+from tests.kafka.test_stream_scaling import assert_one_writer_at_a_time, committed_markers, has_written, tails
 from tests.reliability.harness import Worker, uid
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def recovered(w: Worker) -> int:
 async def load_until(
     workers: list[Worker],
     publish_round: Callable[[], Awaitable[None]],
-    taken_over: Callable[[], bool],
+    taken_over: Callable[[], Awaitable[bool]],
     what: str,
     rounds_after: int = 3,
 ) -> None:
@@ -70,7 +70,7 @@ async def load_until(
     while after:
         await publish_round()
         await asyncio.sleep(0.5)
-        if taken_over():
+        if await taken_over():
             after -= 1
         assert time.monotonic() < deadline, f"{what}:\n" + tails(workers)
 
@@ -82,14 +82,13 @@ async def scale_out_and_back(
     returns its name and the workers (all stopped but the first, which the caller stops)."""
     name = f"kaf-{processor}-scale-{uid()}"
     workers = [worker(kafka, processor, name, tmp_path / f"{name}-w{i}.log") for i in range(3)]
-    first = workers[0]
-    first.start()
-    await load_until(workers, publish_round, lambda: recovered(first) > 0, "the first worker never started")
-    for w in workers[1:]:
+
+    async def working(w: Worker) -> bool:  # it recovered partitions and committed a batch of them
+        return recovered(w) > 0 and await has_written(kafka, name, w)
+
+    for w in workers:
         w.start()
-        await load_until(
-            workers, publish_round, lambda w=w: recovered(w) > 0, f"{w.log_path.name} never took over"
-        )
+        await load_until(workers, publish_round, lambda w=w: working(w), f"{w.log_path.name} never took over")
     for w in reversed(workers[1:]):
         stay = [s for s in workers if s.alive and s is not w]
         before = sum(recovered(s) for s in stay)
@@ -100,11 +99,15 @@ async def scale_out_and_back(
         await load_until(
             workers,
             publish_round,
-            lambda stay=stay, before=before: sum(recovered(s) for s in stay) > before,
+            lambda stay=stay, before=before: _true(sum(recovered(s) for s in stay) > before),
             f"nobody took {w.log_path.name}'s partitions over",
         )
     await publish_round()  # the last, to the one worker left
     return name, workers
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 def spread_over_partitions(keys: Callable[[int], str], per_partition: int) -> list[int]:
