@@ -8,8 +8,8 @@ the readings it describes in another).
 
 :func:`rekey` moves each key's history to where its key hashes now, without rewriting the topics: for every
 source topic it notes each partition's end (the *boundary*), copies every record below it whose key hashes to
-another partition with the topic's current count into that partition (same key, value and headers, plus
-``ioc_rekeyed_from``), and records the boundaries on ``ioc.internal.<processor>.rekey``. The stream core reads
+another partition with the topic's current count into that partition (same key, value, headers and timestamp:
+a signed event's signature still holds), and records the boundaries on ``ioc.internal.<processor>.rekey``. The stream core reads
 them at start and skips records below a boundary that sit in the wrong partition: each is folded once, as its
 copy, in its key's partition. Then it drops the processor's state (deletes its changelog) and rewinds its
 consumer group to the earliest retained offsets, so that the next worker rebuilds every partition from the earliest retained offset.
@@ -31,7 +31,6 @@ from shared.kafka.producer import partition_for
 
 log = logging.getLogger(__name__)
 
-REKEYED_FROM_HEADER = "ioc_rekeyed_from"
 #: (topic, partition) → (boundary offset, the topic's partition count when it was re-keyed)
 Boundaries = dict[tuple[str, int], tuple[int, int]]
 
@@ -194,14 +193,13 @@ async def _copy_misplaced(
                     continue
                 target = partition_for(r.key, n)
                 if target != r.partition:
-                    headers = [*r.headers, (REKEYED_FROM_HEADER, f"{r.partition}:{r.offset}".encode())]
                     sends.append(
                         await producer.send(
                             topic,
                             r.value,
                             key=r.key,
                             partition=target,
-                            headers=headers,
+                            headers=list(r.headers),
                             timestamp_ms=r.timestamp,
                         )
                     )
