@@ -6,7 +6,8 @@ of one earlier event per key (a gateway retrying). A key whose partition changed
 partitions. After the documented procedure (workers stopped, ``ioc rekey``, workers started) every key's count
 is held by exactly one partition, the one its key hashes to with 4 partitions, and equals its distinct events:
 6. Rebuilding from the sources as they are (what the procedure said before: drop the changelog and the group's
-offsets) gives the moved keys two partial counts, 3 and 4, the retried event counted twice.
+offsets; the test runs it too, under another group) gives the moved keys two partial counts, 3 and 4, the
+retried event counted twice.
 """
 
 from __future__ import annotations
@@ -93,10 +94,19 @@ async def test_after_adding_partitions_the_rekey_procedure_puts_each_keys_whole_
     finally:
         await publisher.stop()
 
-    # The procedure: workers stopped (a worker still in the group is refused), `ioc rekey`, workers started.
-    async with ProcessorRuntime(CountingProcessor(f"{name}-other", topic), kafka).running():
+    # What the procedure did before: a fresh state (new changelog) rebuilt from the sources as they are. The
+    # moved keys are split, their retried event counted twice. (Its group also shows that `rekey` refuses to
+    # run while a processor's workers are in its group.)
+    async with ProcessorRuntime(CountingProcessor(f"{name}-rebuilt", topic), kafka).running() as rt:
+        rebuilt = await until_counted(rt, keys, 7 * len(moving) + 6 * len(staying))
         with pytest.raises(RekeyRefused):
-            await rekey(kafka, f"{name}-other", [topic], settle_s=0)
+            await rekey(kafka, f"{name}-rebuilt", [topic], settle_s=0)
+    assert rebuilt == {
+        **{k: {partition_for(k, 2): 3, placed[k]: 4} for k in moving},
+        **{k: {placed[k]: 6} for k in staying},
+    }
+
+    # The procedure: workers stopped, `ioc rekey`, workers started.
     copied = await rekey(kafka, name, [topic], settle_s=0)
     assert copied == {topic: 3 * len(moving)}  # the moved keys' events from before the increase
     async with ProcessorRuntime(CountingProcessor(name, topic), kafka).running() as rt:
