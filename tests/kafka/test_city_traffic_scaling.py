@@ -128,6 +128,10 @@ async def check_writers(kafka, name: str, workers: list[Worker]) -> None:
     assert_one_writer_at_a_time(markers)
     writers = {m["writer"] for ms in markers.values() for m in ms}
     assert len(writers) == len(workers), f"every worker should have written: {writers}"
+    for w in workers:  # every worker held whole partitions (each topic's partition p with the others)
+        assert w.log_path is not None and b"does not own whole refused" not in w.log_path.read_bytes(), tails(
+            [w]
+        )
     last_writers = {ms[-1]["writer"] for ms in markers.values() if ms}
     assert len(last_writers) == 1, (
         f"the one worker left should be the last writer of every partition: {last_writers}"
