@@ -52,6 +52,7 @@ app.add_typer(contracts_app, name="contracts")
 app.add_typer(__import__("ioc.alarms_cli", fromlist=["app"]).app, name="alarms")
 app.add_typer(__import__("ioc.operators_cli", fromlist=["app"]).app, name="operators")  # console accounts
 app.command("lag")(__import__("ioc.lag", fromlist=["lag"]).lag)  # `ioc lag`: per-partition lag (ioc/lag.py)
+app.command("rekey")(__import__("ioc.rekey_cli", fromlist=["rekey"]).rekey)  # after adding partitions
 console = Console(stderr=True)
 ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("IOC_STATE_DIR", ROOT / "var"))

@@ -214,6 +214,7 @@ def processor_acls(name: str) -> list[dict]:
         _acl("topic", changelog(name).name, ["Create", "Describe", "DescribeConfigs", "Read", "Write"])
     )
     acls.append(_acl("group", name, ["Describe", "Read"]))
+    acls.append(_acl("topic", f"ioc.internal.{name}.rekey", ["Describe", "Read"]))  # shared/kafka/rekey.py
     # On Apache Kafka each state partition's batch is one transaction (shared/stream/core.py): the processor's
     # transactional ids are ioc-<processor>-<partition> (and a probe id); without them it falls back to markers.
     acls.append(_acl("transactionalId", f"ioc-{name}-", ["Describe", "Write"], pattern="prefix"))

@@ -40,6 +40,7 @@ from shared.contracts.cloudevents import EncodedEvent, decode_batch, parse_time
 from shared.contracts.provenance import verifier_for
 from shared.kafka.consumer import dead_letter
 from shared.kafka.producer import EventPublisher, partition_for
+from shared.kafka.rekey import Boundaries, misplaced, read_boundaries
 from shared.metrics import (
     CONSUMER_LAG,
     EVENTS_CONSUMED,
@@ -227,6 +228,9 @@ class ProcessorCore:
         self._sent_offsets: dict[tuple[str, int], int] = {}
         #: (topic, partition) → next offset whose effects are acknowledged by the broker: safe to commit
         self.durable_offsets: dict[tuple[str, int], int] = {}
+        #: re-key boundaries of the sources (shared/kafka/rekey.py): records below them in the wrong partition
+        #: were copied to their key's partition, where they are folded instead; read in :meth:`start`
+        self.rekeyed: Boundaries = {}
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -241,6 +245,7 @@ class ProcessorCore:
         )
         await self._producer.start()
         await self.publisher.start()
+        self.rekeyed = await read_boundaries(self.kafka, self.processor.name)
         if self.durability != "markers":
             self.transactional = await self._broker_grants_transactions()
             if self.durability == "transactions" and not self.transactional:
@@ -520,6 +525,9 @@ class ProcessorCore:
             floor = pr.applied.get(tp.topic, -1)
             # older ones are in the recovered state
             fresh = recs if recs[0].offset >= floor else [r for r in recs if r.offset >= floor]
+            boundary = self.rekeyed.get((tp.topic, tp.partition))
+            if boundary is not None and fresh and fresh[0].offset < boundary[0]:
+                fresh = [r for r in fresh if not misplaced(r.key, tp.partition, r.offset, boundary)]
             fresh, unauthenticated = self.provenance.verify(fresh, tp.topic, self.processor.name)
             decoded, failed = decode_batch(fresh, tp)
             failed += unauthenticated

@@ -2,8 +2,9 @@
 
 - ``meter-kpi`` (four co-partitioned source topics, six partitions) scaled from one to two to three worker
   processes while readings keep arriving, on both drivers (the Faust one three times, the third worker joining
-  a quiet stream or a busy one), and on to six workers, one per partition: the day's completeness numerator equals the ledger, and every state
-  partition's committed changelog carries strictly increasing batch numbers (two writers at once cannot).
+  a quiet stream or a busy one; the busy run then back from three to one, stopping a worker at a time under
+  load), and on to six workers, one per partition: the day's completeness numerator equals the ledger, and every
+  state partition's committed changelog carries strictly increasing batch numbers (two writers at once cannot).
 - A worker stopped with SIGSTOP past its session timeout while the stream goes on, then resumed: the group has
   given its partitions away and the new owner initialised their transactional ids, so whatever the resumed
   worker tries to write is fenced (logged, counted, dropped); totals stay exact.
@@ -78,6 +79,13 @@ def assert_one_writer_at_a_time(markers: dict[int, list[dict]]) -> None:
         assert all(a < b for a, b in pairwise(seqs)), f"partition {p} written by two workers at once: {seqs}"
 
 
+async def has_written(kafka, processor: str, worker: Worker) -> bool:
+    """Whether ``worker`` committed a batch to some changelog partition of ``processor``."""
+    assert worker.proc is not None
+    pid = f":{worker.proc.pid}:"
+    return any(pid in m["writer"] for ms in (await committed_markers(kafka, processor)).values() for m in ms)
+
+
 def tails(workers: list[Worker]) -> str:
     return "\n".join(
         f"--- {w.log_path.name}\n" + w.log_path.read_bytes()[-3000:].decode(errors="replace")
@@ -115,11 +123,13 @@ async def scale_meter_kpi_out(
     district: str,
     last_joins_idle: bool = False,
     workers_at_the_end: int = 3,
+    and_back: bool = False,
 ) -> None:
     """One worker, then one more at a time up to ``workers_at_the_end``, each joining while readings keep
     arriving (or, with ``last_joins_idle``, the last joining after every reading so far was folded, with
-    readings only after its join); exact totals against the ledger, one writer per changelog partition at a
-    time, and each worker the last writer of some partition."""
+    readings only after its join); with ``and_back``, then stopped again (SIGTERM, newest first) one at a time
+    while readings keep arriving, down to one. Exact totals against the ledger, one writer per changelog
+    partition at a time, and each worker the last writer of some partition (the one left of every one)."""
     name, ledger = f"kaf-scale-{uid()}", Ledger()
     workers = [
         meter_worker(kafka, name, tmp_path / f"{name}-w{i}.log", pause_s=0.05, driver=driver)
@@ -132,7 +142,8 @@ async def scale_meter_kpi_out(
             meters = await register_fleet(client, keys, district, 120)
             workers[0].start()
             await ingest(client, keys, meters, range(1, 5), ledger)
-            quarter = 5
+            # what is left to post, a third of the fleet's readings of a quarter at a time (a round's worth)
+            steps = [(q, meters[i::3]) for q in range(5, QUARTERS + 1) for i in range(3)]
             for w in workers[1:]:
                 if last_joins_idle and w is workers[-1]:
                     # Every reading so far folded, then the join: no record tells the newcomer to load its
@@ -148,28 +159,50 @@ async def scale_meter_kpi_out(
                 deadline = time.monotonic() + 180
                 rounds_after = 4
                 while rounds_after:  # keep readings flowing through the join and the partitions' move
-                    if quarter <= QUARTERS // 2:  # (the rest after the last join)
-                        await ingest(client, keys, meters, [quarter], ledger)
-                        quarter += 1
+                    if len(steps) > 36:  # (quarters 5-12 at most: the rest after the last join)
+                        q, some = steps.pop(0)
+                        await ingest(client, keys, some, [q], ledger)
                     await asyncio.sleep(0.5)
-                    if b"state recovered" in w.log_path.read_bytes():
+                    if b"state recovered" in w.log_path.read_bytes() and (
+                        not and_back or await has_written(kafka, name, w)  # (it is stopped again later)
+                    ):
                         rounds_after -= 1
                     assert time.monotonic() < deadline, "a new worker never took partitions over:\n" + tails(
                         workers
                     )
+            for w in reversed(workers[1:]) if and_back else ():
+                stay = [s for s in workers if s.alive and s is not w]
+                before = sum(s.log_path.read_bytes().count(b"state recovered") for s in stay)
+                w.stop()
+                deadline = time.monotonic() + 180
+                rounds_after = 3
+                while rounds_after:  # readings go on while its partitions move to the workers that stay
+                    if len(steps) > 6:  # (two quarters after the last rebalance)
+                        q, some = steps.pop(0)
+                        await ingest(client, keys, some, [q], ledger)
+                    await asyncio.sleep(0.5)
+                    if sum(s.log_path.read_bytes().count(b"state recovered") for s in stay) > before:
+                        rounds_after -= 1
+                    assert time.monotonic() < deadline, (
+                        "nobody took a stopped worker's partitions over:\n" + (tails(workers))
+                    )
             # readings after the last rebalance: every worker folds (and writes) its share
-            await ingest(client, keys, meters, range(quarter, QUARTERS + 1), ledger)
+            for q, some in steps:
+                await ingest(client, keys, some, [q], ledger)
         total = len(ledger.accepted_set)
         final = await wait_for_total(kafka, district, total, timeout=120)
-        assert all(w.alive for w in workers), tails(workers)
+        assert all(w.alive for w in (workers[:1] if and_back else workers)), tails(workers)
         markers = await committed_markers(kafka, name)
     finally:
         for w in workers:
             w.stop()
     assert final == total, f"{driver}: KPI total {final} != {total} accepted\n" + tails(workers)
     assert_one_writer_at_a_time(markers)
+    assert len({m["writer"] for ms in markers.values() for m in ms}) == len(workers), "a worker never wrote"
     last_writers = {ms[-1]["writer"] for ms in markers.values() if ms}
-    assert len(last_writers) == len(workers), "every worker should own a partition after the last rebalance"
+    assert len(last_writers) == (1 if and_back else len(workers)), (
+        "the workers at the end should each be the last writer of some partition"
+    )
 
 
 async def test_meter_kpi_scaled_one_two_three_workers_under_load_keeps_exact_totals_and_one_writer(
@@ -181,12 +214,12 @@ async def test_meter_kpi_scaled_one_two_three_workers_under_load_keeps_exact_tot
 
 
 @pytest.mark.parametrize(
-    ("district", "last_joins_idle"),
-    [("QO", True), ("SS", False), ("TT", True)],  # 2019 names: area() maps them
-    ids=["third-joins-idle", "third-joins-under-load", "third-joins-idle-again"],
+    ("district", "last_joins_idle", "and_back"),
+    [("QO", True, False), ("SS", False, True), ("TT", True, False)],  # 2019 names: area() maps them
+    ids=["third-joins-idle", "third-joins-under-load-and-back-to-one", "third-joins-idle-again"],
 )
 async def test_meter_kpi_on_the_faust_driver_scaled_one_two_three_workers_keeps_exact_totals(
-    kafka_cluster, db_settings, worker_env, tmp_path, district, last_joins_idle
+    kafka_cluster, db_settings, worker_env, tmp_path, district, last_joins_idle, and_back
 ):
     # The Faust driver (production's default) on Kafka's group coordinator. The third worker joining after
     # the stream had gone quiet is what "stalled" before: it never loaded its partitions (fails on the old
@@ -198,6 +231,7 @@ async def test_meter_kpi_on_the_faust_driver_scaled_one_two_three_workers_keeps_
         driver="faust",
         district=area(district),
         last_joins_idle=last_joins_idle,
+        and_back=and_back,
     )
 
 
