@@ -1,9 +1,10 @@
 """Stream workers scaled out and evicted on Apache Kafka (transactions on: ``auto`` picks them here).
 
 - ``meter-kpi`` (four co-partitioned source topics, six partitions) scaled from one to two to three worker
-  processes while readings keep arriving, on both drivers (the Faust one three times, the third worker joining
-  a quiet stream or a busy one), and on to six workers, one per partition: the day's completeness numerator equals the ledger, and every state
-  partition's committed changelog carries strictly increasing batch numbers (two writers at once cannot).
+  processes while readings keep arriving, on the aiokafka, librdkafka and Faust drivers (the Faust one three
+  times, the third worker joining a quiet stream or a busy one), and on to six workers, one per partition: the
+  day's completeness numerator equals the ledger, and every state partition's committed changelog carries
+  strictly increasing batch numbers (two writers at once cannot).
 - A worker stopped with SIGSTOP past its session timeout while the stream goes on, then resumed: the group has
   given its partitions away and the new owner initialised their transactional ids, so whatever the resumed
   worker tries to write is fenced (logged, counted, dropped); totals stay exact.
@@ -177,6 +178,16 @@ async def test_meter_kpi_scaled_one_two_three_workers_under_load_keeps_exact_tot
 ):
     await scale_meter_kpi_out(
         kafka_cluster.kafka_settings(), db_settings, tmp_path, driver="aiokafka", district=area("TX")
+    )
+
+
+async def test_meter_kpi_on_the_librdkafka_driver_scaled_one_two_three_workers_keeps_exact_totals(
+    kafka_cluster, db_settings, worker_env, tmp_path
+):
+    # The librdkafka driver (issue #42): co-partitioned by librdkafka's range assignor under Kafka's group
+    # coordinator, reading read_committed behind the core's transactions.
+    await scale_meter_kpi_out(
+        kafka_cluster.kafka_settings(), db_settings, tmp_path, driver="librdkafka", district=area("TO")
     )
 
 
