@@ -1,13 +1,15 @@
 """Stream workers scaled out and evicted on Apache Kafka (transactions on: ``auto`` picks them here).
 
 - ``meter-kpi`` (four co-partitioned source topics, six partitions) scaled from one to two to three worker
-  processes while readings keep arriving, on both drivers (the Faust one three times, the third worker joining
-  a quiet stream or a busy one; the busy run then back from three to one, stopping a worker at a time under
-  load), and on to six workers, one per partition: the day's completeness numerator equals the ledger, and every
-  state partition's committed changelog carries strictly increasing batch numbers (two writers at once cannot).
-- A worker stopped with SIGSTOP past its session timeout while the stream goes on, then resumed: the group has
-  given its partitions away and the new owner initialised their transactional ids, so whatever the resumed
-  worker tries to write is fenced (logged, counted, dropped); totals stay exact.
+  processes while readings keep arriving, on the aiokafka, librdkafka and Faust drivers (the Faust one three
+  times, the third worker joining a quiet stream or a busy one; the busy run then back from three to one,
+  stopping a worker at a time under load), and on to six workers, one per partition: the day's completeness
+  numerator equals the ledger, and every state partition's committed changelog carries strictly increasing
+  batch numbers (two writers at once cannot).
+- A worker stopped with SIGSTOP past its session timeout while the stream goes on, then resumed (Faust and
+  librdkafka drivers): the group has given its partitions away and the new owner initialised their
+  transactional ids, so whatever the resumed worker tries to write is fenced (logged, counted, dropped);
+  totals stay exact.
 """
 
 from __future__ import annotations
@@ -213,6 +215,16 @@ async def test_meter_kpi_scaled_one_two_three_workers_under_load_keeps_exact_tot
     )
 
 
+async def test_meter_kpi_on_the_librdkafka_driver_scaled_one_two_three_workers_keeps_exact_totals(
+    kafka_cluster, db_settings, worker_env, tmp_path
+):
+    # The librdkafka driver (issue #42): co-partitioned by librdkafka's range assignor under Kafka's group
+    # coordinator, reading read_committed behind the core's transactions.
+    await scale_meter_kpi_out(
+        kafka_cluster.kafka_settings(), db_settings, tmp_path, driver="librdkafka", district=area("TO")
+    )
+
+
 @pytest.mark.parametrize(
     ("district", "last_joins_idle", "and_back"),
     [("QO", True, False), ("SS", False, True), ("TT", True, False)],  # 2019 names: area() maps them
@@ -235,13 +247,17 @@ async def test_meter_kpi_on_the_faust_driver_scaled_one_two_three_workers_keeps_
     )
 
 
+@pytest.mark.parametrize(
+    ("driver", "district"),
+    [("faust", "UH"), ("librdkafka", "TTi")],  # an area per driver: the cluster's topics outlive each test
+)
 async def test_a_worker_paused_past_its_session_timeout_is_fenced_when_it_resumes(
-    kafka_cluster, db_settings, worker_env, tmp_path
+    kafka_cluster, db_settings, worker_env, tmp_path, driver, district
 ):
     kafka = kafka_cluster.kafka_settings()
-    district, name, ledger = area("UH"), f"kaf-pause-{uid()}", Ledger()
-    paused = meter_worker(kafka, name, tmp_path / "paused.log", pause_s=0.4)
-    other = meter_worker(kafka, name, tmp_path / "other.log", pause_s=0.05)
+    district, name, ledger = area(district), f"kaf-pause-{uid()}", Ledger()
+    paused = meter_worker(kafka, name, tmp_path / "paused.log", pause_s=0.4, driver=driver)
+    other = meter_worker(kafka, name, tmp_path / "other.log", pause_s=0.05, driver=driver)
     app = meter_app(kafka, db_settings)
     try:
         async with running_app(app) as client:
