@@ -32,6 +32,7 @@ from services.meter.domain import (
     ReadingItem,
     ReadingsBody,
     RegisterState,
+    RegisterTable,
     check_meter_areas,
     expire_power_timelines,
     may_report,
@@ -213,7 +214,8 @@ class MeterService:
             settings.frozen_intervals,
         )
         self.registry = MeterRegistry(pool)
-        self.registers: dict[tuple[str, str], RegisterState] = {}
+        # In columns indexed by the registry's rows (rebound when a reload swaps the registry's table).
+        self.registers = RegisterTable(self.registry.entries)
         # meter → its power events not paired yet and its recent interruptions (domain.PowerTimeline)
         self.timelines: dict[str, dict] = {}
         self.unpaired_power_ups = 0
@@ -237,7 +239,9 @@ class MeterService:
         await self.outbox.install()
         await self.relay_outbox()
         await self.registry.reload()
-        self.registers = await repository.load_registers(self.pool)
+        self.registers = RegisterTable(
+            self.registry.entries, (await repository.load_registers(self.pool)).items()
+        )
         self.timelines = await repository.load_power_timelines(self.pool)
         log.info(
             "meter caches loaded", extra={"meters": len(self.registry), "registers": len(self.registers)}
@@ -299,8 +303,7 @@ class MeterService:
             ]
             await self.register_writer.forget(replaced)
             for mid in replaced:
-                for key in [k for k in self.registers if k[0] == mid]:
-                    del self.registers[key]
+                self.registers.drop_meter(mid)
             self.registry.apply(
                 [
                     MeterInfo(
@@ -387,11 +390,11 @@ class MeterService:
         self.authorize(((i, r["meter_id"]) for i, r in valid), reporter)
         self._batch_seq += 1
         seq = self._batch_seq
-        outcome = validate_readings(
-            valid, self.registry.entries, self.registers, datetime.now(UTC), self.limits
-        )
-        registers = self.registers
-        applied = dict(zip(outcome.previous, map(registers.__getitem__, outcome.previous), strict=True))
+        registers, entries = self.registers, self.registry.entries
+        if registers.meters is not entries:
+            registers.rebind(entries)
+        outcome = validate_readings(valid, entries, registers, datetime.now(UTC), self.limits)
+        applied = outcome.applied
         try:
             encoded = publishing.reading_events([p for _, p in outcome.accepted], self.source)
             if outcome.estimates:
