@@ -223,11 +223,16 @@ class MeterService:
         self.seen_events: OrderedDict[tuple[str, int, str], None] = OrderedDict()
         self._events_lock = asyncio.Lock()
         self._batch_seq = 0
+        self._registrations = 0
         self.register_writer = RegisterWriter(pool)
         # Registry changes are committed with their events (the transactional outbox; this service is its host:
         # name, pool, publisher). Readings do not go through it: docs/guarantees.md, "Meter readings".
         self.outbox = Outbox(self, batch_size=settings.max_batch_meters)  # a registry write: one publish
         self._outbox_purged_at: float | None = None
+
+    def work_done(self) -> int:
+        """Moves whenever a request changed what the service holds (the heap release's cue)."""
+        return self._batch_seq + self._registrations
 
     # ------------------------------------------------------------------------------------------ loading
     @property
@@ -287,6 +292,7 @@ class MeterService:
                 latest[m.meter_id] = m  # a later row for the same meter wins
         meters = list(latest.values())
         if meters:
+            self._registrations += 1
             # Who may report for a meter is access control, not registry data for subscribers.
             events = publishing.registry_events(
                 (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source
