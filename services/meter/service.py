@@ -199,6 +199,8 @@ def _meter_id(m: MeterInfo) -> str:
 class MeterService:
     """What one meter-service process holds and does."""
 
+    register_page = REGISTRY_PAGE  # register states read per query at start-up
+
     def __init__(self, settings: MeterSettings, pool: asyncpg.Pool, publisher: EventPublisher, source: str):
         self.name = SERVICE
         self.settings = settings
@@ -244,9 +246,16 @@ class MeterService:
         await self.outbox.install()
         await self.relay_outbox()
         await self.registry.reload()
-        self.registers = RegisterTable(
-            self.registry.entries, (await repository.load_registers(self.pool)).items()
-        )
+        # In pages, straight into the table: a city's millions of states never sit in memory as rows at once.
+        registers, after = RegisterTable(self.registry.entries), None
+        while True:
+            page = await repository.load_register_page(self.pool, after, self.register_page)
+            for key, state in page:
+                registers[key] = state
+            if len(page) < self.register_page:
+                break
+            after = page[-1][0]
+        self.registers = registers
         self.timelines = await repository.load_power_timelines(self.pool)
         log.info(
             "meter caches loaded", extra={"meters": len(self.registry), "registers": len(self.registers)}
