@@ -25,7 +25,8 @@ def create_app(settings: MeterSettings | None = None) -> FastAPI:
 
     async def on_start(ctx: ServiceContext) -> None:
         assert ctx.pool is not None
-        memory.fix_mmap_threshold()
+        if meter_settings.heap_release_seconds > 0:
+            memory.fix_mmap_threshold()
         service = MeterService(meter_settings, ctx.pool, ctx.publisher, ctx.source)
         await service.load()
         app.state.meter_service = service

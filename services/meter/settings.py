@@ -27,7 +27,8 @@ class MeterSettings(ServiceSettings):
     event_dedup_memory: int = 200_000
     # Register states are written to PostgreSQL this often (coalesced), after Kafka acknowledged the readings.
     register_flush_seconds: float = 1.0
-    # After requests, the C heap's free pages are returned to the system at most this often (0: never).
+    # After requests, the C heap's free pages are returned to the system at most this often (0: never, and
+    # glibc's own mmap threshold; services/meter/memory.py).
     heap_release_seconds: float = Field(1.0, ge=0)
     # IEEE 1366-2012: an interruption of this long or shorter is momentary (the standard's 5 minutes).
     momentary_limit_seconds: float = 300.0
