@@ -28,7 +28,7 @@ import orjson
 import psutil
 
 from bench.domain_common import ROOT, bearer, issue_key, service_env
-from bench.domain_meter import QUARTER, district_codes
+from bench.domain_meter import QUARTER, commune_of, district_codes
 from bench.domain_pipeline import Child, _infra_children, _spawn, _spawn_service, _wait_ready
 from shared.config import KafkaSettings
 
@@ -213,12 +213,13 @@ async def burst(
         headers = {**bearer(key), "content-type": "application/json"}
         prefix = f"U{uuid.uuid4().hex[:5]}-"
         districts = district_codes()
+        communes = {d: commune_of(d) for d in districts}
         fleet = [
             {
                 "meter_id": f"{prefix}{j:07d}",
                 "customers": 1,
                 "district": districts[j % len(districts)],
-                "commune": f"{districts[j % len(districts)]}-01",
+                "commune": communes[districts[j % len(districts)]],
                 "feeder": f"F-{districts[j % len(districts)]}-{j % 4}",
                 "installed_on": "2020-01-01",
                 "interval_seconds": QUARTER,

@@ -22,10 +22,19 @@ def district_codes() -> list[str]:
     return sorted(a.code for a in hanoi().districts)
 
 
+def commune_of(district: str) -> str:
+    """A commune a registry entry in ``district`` may name under the default hierarchy: its first commune (2019),
+    the area itself (2025)."""
+    from shared.areas import hanoi
+
+    return hanoi().units_of(district)[0].code
+
+
 def meter_registry(prefix: str, meters: int, gateway: str | None = None) -> list[dict]:
-    """``meters`` registry entries spread over Hanoi's districts (commune 01 of each), 4 feeders a district,
+    """``meters`` registry entries spread over Hanoi's districts (a commune of each), 4 feeders a district,
     reported for by the head-end principal ``gateway``."""
     districts = district_codes()
+    communes = {d: commune_of(d) for d in districts}
     out = []
     for j in range(meters):
         d = districts[j % len(districts)]
@@ -34,7 +43,7 @@ def meter_registry(prefix: str, meters: int, gateway: str | None = None) -> list
                 "meter_id": f"{prefix}{j:06d}",
                 "customers": 1 + j % 3,
                 "district": d,
-                "commune": f"{d}-01",
+                "commune": communes[d],
                 "feeder": f"F-{d}-{j % 4}",
                 "installed_on": "2020-01-01",
                 "interval_seconds": QUARTER,

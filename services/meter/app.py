@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from services.meter import memory
 from services.meter.api import router
 from services.meter.service import MeterService
 from services.meter.settings import MeterSettings
@@ -24,6 +25,8 @@ def create_app(settings: MeterSettings | None = None) -> FastAPI:
 
     async def on_start(ctx: ServiceContext) -> None:
         assert ctx.pool is not None
+        if meter_settings.heap_release_seconds > 0:
+            memory.fix_mmap_threshold()
         service = MeterService(meter_settings, ctx.pool, ctx.publisher, ctx.source)
         await service.load()
         app.state.meter_service = service
@@ -32,6 +35,11 @@ def create_app(settings: MeterSettings | None = None) -> FastAPI:
             service.register_writer.run_forever(meter_settings.register_flush_seconds),
             "meter-register-writer",
         )
+        if meter_settings.heap_release_seconds > 0:
+            ctx.spawn(
+                memory.release_forever(meter_settings.heap_release_seconds, service.work_done),
+                "meter-heap-release",
+            )
 
     async def on_stop(ctx: ServiceContext) -> None:
         service: MeterService | None = getattr(app.state, "meter_service", None)

@@ -7,10 +7,11 @@ Facts and formulas: domain-notes.md §2.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
+from struct import Struct
 from typing import Annotated, Any, NamedTuple, NotRequired
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, WithJsonSchema
@@ -471,6 +472,138 @@ def register_state(st: tuple) -> RegisterState:
     return st if len(st) == 9 else (*st[:4], 0, *_NO_RECENT)
 
 
+# One register state as a fixed 72-byte record (the tuple's nine fields in order; no value: NaN, which JSON
+# cannot carry, so no reading's value is ever NaN).
+_RECORD = Struct("<qQdqqqdqd")
+_RECORD_SIZE = _RECORD.size
+_unpack_record, _pack_record = _RECORD.unpack_from, _RECORD.pack_into
+_NO_VALUE = float("nan")
+
+
+class RegisterTable(MutableMapping[tuple[str, str], RegisterState]):
+    """The last register state per (meter, OBIS code) in columns: per OBIS code an ``array('i')`` from the meter's
+    row in a :class:`MeterTable` to a record number, the records packed in one ``bytearray`` (72 bytes each).
+
+    A mapping of ``(meter id, OBIS code)`` → :data:`RegisterState` tuple like the dict it replaces: lookups
+    build the tuple, assignments pack it. A city's millions of registers then cost 72 bytes and an array slot
+    each instead of a key tuple, a tuple of nine and its numbers (docs/performance-targets.md); the id strings
+    are the registry's own. Reading validation reads and writes the records by row (:func:`validate_readings`).
+    Registers of meters ``meters`` does not hold (yet) are kept as tuples in a plain dict.
+    """
+
+    __slots__ = ("_count", "_free", "data", "meters", "other", "slots")
+
+    def __init__(
+        self,
+        meters: MeterTable | None = None,
+        states: Iterable[tuple[tuple[str, str], RegisterState]] = (),
+    ):
+        self.meters = MeterTable() if meters is None else meters
+        self.slots: dict[str, array] = {}  # OBIS code → row → record number (-1: none)
+        self.data = bytearray()  # the records
+        self._free: list[int] = []  # record numbers of removed registers, reused first
+        self._count = 0  # registers held in records
+        self.other: dict[tuple[str, str], RegisterState] = {}  # registers of meters not in ``meters``
+        for key, st in states:
+            self[key] = st
+
+    # -- records
+    def slot(self, meter_row: int, obis: str) -> int:
+        """The record number of the register, -1 when there is none."""
+        rows = self.slots.get(obis)
+        return rows[meter_row] if rows is not None and meter_row < len(rows) else -1
+
+    def new_slot(self, meter_row: int, obis: str) -> int:
+        """A record for a register that has none (its bytes are written next, by the caller)."""
+        rows = self.slots.get(obis)
+        if rows is None:
+            rows = self.slots[obis] = array("i")
+        if meter_row >= len(rows):  # the registry grew: cover every row it has now
+            rows.extend(array("i", [-1]) * (max(len(self.meters.ids), meter_row + 1) - len(rows)))
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = len(self.data) // _RECORD_SIZE
+            self.data += bytes(_RECORD_SIZE)
+        rows[meter_row] = slot
+        self._count += 1
+        return slot
+
+    def read(self, slot: int) -> RegisterState:
+        st = _RECORD.unpack_from(self.data, slot * _RECORD_SIZE)
+        return st if st[2] == st[2] else (st[0], st[1], None, *st[3:])
+
+    def write(self, slot: int, st: RegisterState) -> None:
+        if st[2] is None:
+            st = (st[0], st[1], _NO_VALUE, *st[3:])
+        _RECORD.pack_into(self.data, slot * _RECORD_SIZE, *st)
+
+    def _drop(self, meter_row: int, obis: str) -> bool:
+        rows = self.slots.get(obis)
+        if rows is None or meter_row >= len(rows) or rows[meter_row] < 0:
+            return False
+        self._free.append(rows[meter_row])
+        rows[meter_row] = -1
+        self._count -= 1
+        return True
+
+    def drop_meter(self, meter_id: str) -> None:
+        """Forget every register of ``meter_id`` (a replaced meter's new registers start afresh)."""
+        row = self.meters.rows.get(meter_id)
+        if row is not None:
+            for obis in self.slots:
+                self._drop(row, obis)
+        if self.other:
+            for key in [k for k in self.other if k[0] == meter_id]:
+                del self.other[key]
+
+    def rebind(self, meters: MeterTable) -> None:
+        """Index the registers by ``meters``'s rows (the registry was reloaded into a new table)."""
+        if meters is self.meters:
+            return
+        states = list(self.items())
+        self.__init__(meters, states)  # type: ignore[misc]
+
+    # -- the mapping
+    def __getitem__(self, key: tuple[str, str]) -> RegisterState:
+        row = self.meters.rows.get(key[0])
+        if row is not None:
+            slot = self.slot(row, key[1])
+            if slot >= 0:
+                return self.read(slot)
+        return self.other[key]
+
+    def __setitem__(self, key: tuple[str, str], st: RegisterState) -> None:
+        st = register_state(st)
+        row = self.meters.rows.get(key[0])
+        if row is None:
+            self.other[key] = st
+            return
+        slot = self.slot(row, key[1])
+        if slot < 0:
+            slot = self.new_slot(row, key[1])
+        self.write(slot, st)
+        if self.other:
+            self.other.pop(key, None)
+
+    def __delitem__(self, key: tuple[str, str]) -> None:
+        row = self.meters.rows.get(key[0])
+        if row is not None and self._drop(row, key[1]):
+            return
+        del self.other[key]
+
+    def __len__(self) -> int:
+        return self._count + len(self.other)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        ids = self.meters.ids
+        for obis, rows in list(self.slots.items()):
+            for row, slot in enumerate(rows):
+                if slot >= 0:
+                    yield ids[row], obis
+        yield from list(self.other)
+
+
 @dataclass(slots=True)
 class ReadingOutcome:
     accepted: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
@@ -480,6 +613,8 @@ class ReadingOutcome:
     estimates: list[dict[str, Any]] = field(default_factory=list)
     # key → state before this batch (None when new): what to restore if publishing fails.
     previous: dict[tuple[str, str], RegisterState | None] = field(default_factory=dict)
+    # key → state after this batch: what to persist once published.
+    applied: dict[tuple[str, str], RegisterState] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=4096)
@@ -507,7 +642,7 @@ def parse_interval_end(text: str) -> int | float | str:
 def validate_readings(
     items: Sequence[tuple[int, Mapping[str, Any]]],
     registry: Mapping[str, MeterInfo],
-    registers: dict[tuple[str, str], RegisterState],
+    registers: MutableMapping[tuple[str, str], RegisterState],
     now: datetime,
     limits: Limits = Limits(),
 ) -> ReadingOutcome:
@@ -544,6 +679,12 @@ def validate_readings(
         table.installed,
     )
     get_register, get_obis_unit = registers.get, obis_units.get
+    applied = out.applied
+    # Registers in columns indexed by this registry's rows: records read and written in place.
+    columns = registers if isinstance(registers, RegisterTable) and registers.meters is table else None
+    if columns is not None:
+        slot_rows, records, other, new_slot = columns.slots, columns.data, columns.other, columns.new_slot
+    slot = -1
     for i, r in items:
         mid = r["meter_id"]
         row = get_row(mid)
@@ -639,7 +780,17 @@ def validate_readings(
             )
             continue
         key = (mid, spec.code)
-        st = get_register(key)
+        if columns is None:
+            st = get_register(key)
+        else:
+            rows_of = slot_rows.get(spec.code)
+            slot = rows_of[row] if rows_of is not None and row < len(rows_of) else -1
+            if slot >= 0:
+                st = _unpack_record(records, slot * _RECORD_SIZE)
+                if st[2] != st[2]:  # NaN: no value
+                    st = (st[0], st[1], None, *st[3:])
+            else:
+                st = other.get(key) if other else None
         flags: list[str] = []
         delta: float | None = None
         if quality != "measured":
@@ -754,7 +905,18 @@ def validate_readings(
                         new = (end, mask, value, end, zero_run, e1, v1, e2, v2)
         if key not in previous:
             previous[key] = st
-        registers[key] = new
+        if columns is None:
+            registers[key] = new
+        else:
+            if slot < 0:
+                slot = new_slot(row, spec.code)
+                if other:
+                    other.pop(key, None)
+            if new[2] is None:
+                _pack_record(records, slot * _RECORD_SIZE, new[0], new[1], _NO_VALUE, *new[3:])
+            else:
+                _pack_record(records, slot * _RECORD_SIZE, *new)
+        applied[key] = new
         iso_end = iso_ends.get(end)
         if iso_end is None:
             iso_end = iso_ends[end] = iso_utc(end)
@@ -850,13 +1012,15 @@ def _estimate_gap(
 
 
 def undo_registers(
-    registers: dict[tuple[str, str], RegisterState],
+    registers: MutableMapping[tuple[str, str], RegisterState],
     previous: Mapping[tuple[str, str], RegisterState | None],
     applied: Mapping[tuple[str, str], RegisterState],
 ) -> None:
     """Restore register states after a failed publish, unless another batch has moved them on since."""
     for key, before in previous.items():
-        if registers.get(key) is not applied.get(key):
+        # Equal, not identical: a register table builds its tuples on request. A batch that moved a register
+        # on changed its state (an accepted reading always moves the last end, the seen-mask or the values).
+        if registers.get(key) != applied.get(key):
             continue
         if before is None:
             registers.pop(key, None)

@@ -94,11 +94,24 @@ async def get_meter(pool: asyncpg.Pool, meter_id: str) -> MeterInfo | None:
     return _info(row) if row is not None else None
 
 
-async def load_registers(pool: asyncpg.Pool) -> dict[tuple[str, str], RegisterState]:
-    rows = await pool.fetch(
-        "SELECT meter_id, obis, last_end, seen_mask, last_value, value_end, zero_run, recent FROM register_state"
-    )
-    return {(r[0], r[1]): (r[2], r[3], r[4], r[5], r[6], *_recent(r[7])) for r in rows}
+async def load_register_page(
+    pool: asyncpg.Pool, after: tuple[str, str] | None, limit: int
+) -> list[tuple[tuple[str, str], RegisterState]]:
+    """Up to ``limit`` register states in key order, after the key ``after`` (from the start: None)."""
+    columns = "meter_id, obis, last_end, seen_mask, last_value, value_end, zero_run, recent"
+    if after is None:
+        rows = await pool.fetch(
+            f"SELECT {columns} FROM register_state ORDER BY meter_id, obis LIMIT $1", limit
+        )
+    else:
+        rows = await pool.fetch(
+            f"SELECT {columns} FROM register_state WHERE (meter_id, obis) > ($1, $2) "
+            "ORDER BY meter_id, obis LIMIT $3",
+            after[0],
+            after[1],
+            limit,
+        )
+    return [((r[0], r[1]), (r[2], r[3], r[4], r[5], r[6], *_recent(r[7]))) for r in rows]
 
 
 def _recent(values: Sequence[float]) -> tuple:

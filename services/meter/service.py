@@ -32,6 +32,7 @@ from services.meter.domain import (
     ReadingItem,
     ReadingsBody,
     RegisterState,
+    RegisterTable,
     check_meter_areas,
     expire_power_timelines,
     may_report,
@@ -198,6 +199,8 @@ def _meter_id(m: MeterInfo) -> str:
 class MeterService:
     """What one meter-service process holds and does."""
 
+    register_page = REGISTRY_PAGE  # register states read per query at start-up
+
     def __init__(self, settings: MeterSettings, pool: asyncpg.Pool, publisher: EventPublisher, source: str):
         self.name = SERVICE
         self.settings = settings
@@ -213,7 +216,8 @@ class MeterService:
             settings.frozen_intervals,
         )
         self.registry = MeterRegistry(pool)
-        self.registers: dict[tuple[str, str], RegisterState] = {}
+        # In columns indexed by the registry's rows (rebound when a reload swaps the registry's table).
+        self.registers = RegisterTable(self.registry.entries)
         # meter → its power events not paired yet and its recent interruptions (domain.PowerTimeline)
         self.timelines: dict[str, dict] = {}
         self.unpaired_power_ups = 0
@@ -221,11 +225,16 @@ class MeterService:
         self.seen_events: OrderedDict[tuple[str, int, str], None] = OrderedDict()
         self._events_lock = asyncio.Lock()
         self._batch_seq = 0
+        self._registrations = 0
         self.register_writer = RegisterWriter(pool)
         # Registry changes are committed with their events (the transactional outbox; this service is its host:
         # name, pool, publisher). Readings do not go through it: docs/guarantees.md, "Meter readings".
         self.outbox = Outbox(self, batch_size=settings.max_batch_meters)  # a registry write: one publish
         self._outbox_purged_at: float | None = None
+
+    def work_done(self) -> int:
+        """Moves whenever a request changed what the service holds (the heap release's cue)."""
+        return self._batch_seq + self._registrations
 
     # ------------------------------------------------------------------------------------------ loading
     @property
@@ -237,7 +246,16 @@ class MeterService:
         await self.outbox.install()
         await self.relay_outbox()
         await self.registry.reload()
-        self.registers = await repository.load_registers(self.pool)
+        # In pages, straight into the table: a city's millions of states never sit in memory as rows at once.
+        registers, after = RegisterTable(self.registry.entries), None
+        while True:
+            page = await repository.load_register_page(self.pool, after, self.register_page)
+            for key, state in page:
+                registers[key] = state
+            if len(page) < self.register_page:
+                break
+            after = page[-1][0]
+        self.registers = registers
         self.timelines = await repository.load_power_timelines(self.pool)
         log.info(
             "meter caches loaded", extra={"meters": len(self.registry), "registers": len(self.registers)}
@@ -283,6 +301,7 @@ class MeterService:
                 latest[m.meter_id] = m  # a later row for the same meter wins
         meters = list(latest.values())
         if meters:
+            self._registrations += 1
             # Who may report for a meter is access control, not registry data for subscribers.
             events = publishing.registry_events(
                 (m.model_dump(mode="json", exclude={"gateway"}) for m in meters), self.source
@@ -299,8 +318,7 @@ class MeterService:
             ]
             await self.register_writer.forget(replaced)
             for mid in replaced:
-                for key in [k for k in self.registers if k[0] == mid]:
-                    del self.registers[key]
+                self.registers.drop_meter(mid)
             self.registry.apply(
                 [
                     MeterInfo(
@@ -387,11 +405,11 @@ class MeterService:
         self.authorize(((i, r["meter_id"]) for i, r in valid), reporter)
         self._batch_seq += 1
         seq = self._batch_seq
-        outcome = validate_readings(
-            valid, self.registry.entries, self.registers, datetime.now(UTC), self.limits
-        )
-        registers = self.registers
-        applied = dict(zip(outcome.previous, map(registers.__getitem__, outcome.previous), strict=True))
+        registers, entries = self.registers, self.registry.entries
+        if registers.meters is not entries:
+            registers.rebind(entries)
+        outcome = validate_readings(valid, entries, registers, datetime.now(UTC), self.limits)
+        applied = outcome.applied
         try:
             encoded = publishing.reading_events([p for _, p in outcome.accepted], self.source)
             if outcome.estimates:

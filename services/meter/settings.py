@@ -27,6 +27,10 @@ class MeterSettings(ServiceSettings):
     event_dedup_memory: int = 200_000
     # Register states are written to PostgreSQL this often (coalesced), after Kafka acknowledged the readings.
     register_flush_seconds: float = 1.0
+    # After requests, the C heap's free pages are returned to the system at most this often, with a fixed mmap
+    # threshold (services/meter/memory.py). Off by default (0): its effect on memory was inside the bench's
+    # noise and the meter-ingest bench measured more CPU with it (docs/performance-targets.md).
+    heap_release_seconds: float = Field(0.0, ge=0)
     # IEEE 1366-2012: an interruption of this long or shorter is momentary (the standard's 5 minutes).
     momentary_limit_seconds: float = 300.0
     # Power-downs and power-ups are paired by event time within this horizon (an unmatched power-up waits this
