@@ -780,7 +780,12 @@ class ProcessorCore:
                 futures.append(await producer.send_batch(batch, self.changelog.name, partition=p))
             # A stuck broker must not hold the batch lock (and with it a rebalance) for ever.
             async with asyncio.timeout(TRANSACTION_TIMEOUT_S):
-                await asyncio.gather(*futures)
+                # every send's outcome retrieved (a fenced producer fails them all: only the first is raised,
+                # the others would be logged as "Future exception was never retrieved")
+                sent = await asyncio.gather(*futures, return_exceptions=True)
+                failed = next((r for r in sent if isinstance(r, BaseException)), None)
+                if failed is not None:
+                    raise failed
                 await producer.commit_transaction()
         except ProducerFenced:
             raise
