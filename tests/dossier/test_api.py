@@ -366,7 +366,9 @@ async def test_deadline_watcher_warns_and_reports_overdue_once(
         short, agency = await reference(client, admin, days=3)
         long_, _ = await reference(client, admin, days=10)
         late, soon, far = f"HS-{uid()}", f"HS-{uid()}", f"HS-{uid()}"
-        now = datetime.now(UTC)
+        # A working Monday at 09:00 in Hanoi, not the wall clock: received after 17:00, "soon" would count from
+        # Tuesday and fall due on Friday, outside Monday's 3-working-day horizon (Thursday).
+        now = datetime(2026, 12, 7, 2, 0, tzinfo=UTC)
         for code, proc, received in (
             (late, short, now - timedelta(days=20)),
             (soon, short, now),
