@@ -1,10 +1,10 @@
 """Every place IOC reaches into aiokafka's internals, named, in one module.
 
-aiokafka has no public API for three things IOC needs; each is done here and nowhere else (a test,
+aiokafka has no public API for four things IOC needs; each is done here and nowhere else (a test,
 ``tests/shared/test_aiokafka_adapter.py``, pins aiokafka's version and the shape of every private name used, so
 an upgrade fails loudly in one place instead of somewhere at run time):
 
-- :func:`route_bare_records_fetches` (the only override, applied explicitly by the stream runtime's start):
+- :func:`route_bare_records_fetches` (applied explicitly by the stream runtime's start):
   replaces the fetcher module's ``PartitionRecords`` factory so that consumers created with
   ``key_deserializer=bare_records`` get :class:`BareRecords`, the C parser's record objects, instead of one
   ``ConsumerRecord`` dataclass per record. aiokafka turns every record of a fetched batch into a
@@ -19,6 +19,13 @@ an upgrade fails loudly in one place instead of somewhere at run time):
 - :func:`group_generation`: the consumer group generation of a consumer's current assignment (read from its
   group coordinator), which the stream runtime checks before it writes a partition.
 - :func:`refresh_metadata`: ask the broker for fresh cluster metadata now (a topic created a moment ago).
+- :func:`refresh_metadata_when_an_offset_reset_meets_a_moved_leader` (applied with the first override): when a
+  consumer resets a partition's position (a partition without a committed offset) and the broker it believes
+  leads the partition answers "not leader", aiokafka 0.14 logs the error and retries the same broker every
+  ``retry_backoff_ms`` without refreshing its metadata, so the partition is not read until the next scheduled
+  refresh (``metadata_max_age_ms``, 5 minutes by default). Seen on the Apache Kafka tier after a preferred-leader
+  election moved leaders: a worker did not read one partition for over two minutes. The override asks for fresh
+  metadata on such an error, as aiokafka's other offset path (``_retrieve_offsets``) already does.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = [
     "bare_records_routed",
     "group_generation",
     "refresh_metadata",
+    "refresh_metadata_when_an_offset_reset_meets_a_moved_leader",
     "route_bare_records_fetches",
 ]
 
@@ -100,8 +108,33 @@ def _partition_records(*args: Any, **kwargs: Any) -> Any:
 def route_bare_records_fetches() -> None:
     """Override ``aiokafka.consumer.fetcher.PartitionRecords`` for the process (idempotent): fetches of
     consumers created with ``key_deserializer=bare_records`` become :class:`BareRecords`; other consumers keep
-    aiokafka's own class."""
+    aiokafka's own class. Also applies :func:`refresh_metadata_when_an_offset_reset_meets_a_moved_leader`."""
     _fetcher.PartitionRecords = _partition_records
+    refresh_metadata_when_an_offset_reset_meets_a_moved_leader()
+
+
+_aiokafka_proc_offset_request = _fetcher.Fetcher._proc_offset_request
+
+
+async def _proc_offset_request(self: Any, node_id: int, topic_data: Any) -> Any:
+    try:
+        return await _aiokafka_proc_offset_request(self, node_id, topic_data)
+    except _fetcher.Errors.KafkaError as err:
+        if getattr(err, "invalid_metadata", False):
+            self._client.force_metadata_update()  # in the background; the caller retries after its backoff
+        raise
+
+
+def refresh_metadata_when_an_offset_reset_meets_a_moved_leader() -> None:
+    """Override ``Fetcher._proc_offset_request`` (idempotent): an error that says the client's metadata is out
+    of date (``invalid_metadata``: not leader, unknown partition, leader not available) schedules a metadata
+    refresh before it propagates; everything else is aiokafka's own."""
+    _fetcher.Fetcher._proc_offset_request = _proc_offset_request  # type: ignore[method-assign]
+
+
+def moved_leader_refresh_applied() -> bool:
+    """Whether :func:`refresh_metadata_when_an_offset_reset_meets_a_moved_leader` is in effect."""
+    return _fetcher.Fetcher._proc_offset_request is _proc_offset_request
 
 
 def bare_records_routed() -> bool:

@@ -317,7 +317,7 @@ class ProcessorRuntime:
 
     async def start(self) -> None:
         tune_gc()
-        route_bare_records_fetches()  # the one aiokafka override (shared.kafka.aiokafka_adapter)
+        route_bare_records_fetches()  # the aiokafka overrides (shared.kafka.aiokafka_adapter)
         HEARTBEAT.start()  # /livez of `ioc process` fails when this loop stops beating (shared.stream.health)
         await ensure_topics(
             self.kafka, [TOPICS[t] for t in self.processor.topics if t in TOPICS] + [self.changelog]

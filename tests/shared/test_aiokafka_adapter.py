@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import aiokafka
+import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.client import AIOKafkaClient
 from aiokafka.consumer import fetcher
@@ -149,3 +150,51 @@ def test_no_module_but_the_adapter_reaches_into_aiokafka():
     }
     new = found - KNOWN_OUTSIDE_THE_ADAPTER
     assert not new, f"aiokafka internals outside shared/kafka/aiokafka_adapter.py: {sorted(new)}"
+
+
+def test_the_offset_reset_path_still_retries_a_moved_leader_without_refreshing_metadata():
+    # Why the override exists (aiokafka 0.14): the reset path catches the error, logs it and sleeps, with no
+    # metadata refresh; _proc_offset_request(node_id, topic_data) is a coroutine method it awaits.
+    source = inspect.getsource(fetcher.Fetcher)
+    reset = source[source.index("offsets = await self._proc_offset_request(node_id, topic_data)") :][:400]
+    assert 'log.error("Failed fetch offsets from %s: %s", node_id, err)' in reset
+    assert "force_metadata_update" not in reset
+    own = aiokafka_adapter._aiokafka_proc_offset_request
+    assert own.__qualname__ == "Fetcher._proc_offset_request" and inspect.iscoroutinefunction(own)
+    assert list(inspect.signature(own).parameters) == ["self", "node_id", "topic_data"]
+    assert "_client" in _init_assigns(fetcher.Fetcher)
+    assert fetcher.Errors.NotLeaderForPartitionError.invalid_metadata is True
+
+
+async def test_a_not_leader_answer_to_an_offset_reset_asks_for_fresh_metadata(monkeypatch):
+    refreshed = []
+
+    class Client:
+        def force_metadata_update(self):
+            refreshed.append(True)
+
+    class FetcherLike:
+        _client = Client()
+
+    outcomes = iter(
+        [fetcher.Errors.NotLeaderForPartitionError("moved"), fetcher.Errors.KafkaTimeoutError("x")]
+    )
+
+    async def aiokafka_own(self, node_id, topic_data):
+        raise next(outcomes)
+
+    monkeypatch.setattr(aiokafka_adapter, "_aiokafka_proc_offset_request", aiokafka_own)
+    before = fetcher.Fetcher._proc_offset_request
+    try:
+        aiokafka_adapter.refresh_metadata_when_an_offset_reset_meets_a_moved_leader()
+        aiokafka_adapter.refresh_metadata_when_an_offset_reset_meets_a_moved_leader()
+        assert aiokafka_adapter.moved_leader_refresh_applied()
+        with pytest.raises(fetcher.Errors.NotLeaderForPartitionError):
+            await fetcher.Fetcher._proc_offset_request(FetcherLike(), 3, {"t": [(0, -2)]})
+        assert refreshed == [True]
+        # an error that does not say the metadata is stale: no refresh, the same error
+        with pytest.raises(fetcher.Errors.KafkaTimeoutError):
+            await fetcher.Fetcher._proc_offset_request(FetcherLike(), 3, {"t": [(0, -2)]})
+        assert refreshed == [True]
+    finally:
+        fetcher.Fetcher._proc_offset_request = before
