@@ -281,12 +281,12 @@ async def test_a_worker_paused_past_its_session_timeout_is_fenced_when_it_resume
             os.kill(paused.proc.pid, signal.SIGSTOP)
             try:
                 # past the 10 s session timeout: the group evicts it and the other worker takes every partition
-                for q in range(7, 12):
+                for q in range(7, 15):
                     await ingest(client, keys, meters, [q], ledger)
                     await asyncio.sleep(2)
             finally:
                 os.kill(paused.proc.pid, signal.SIGCONT)
-            for q in range(12, 16):
+            for q in range(15, 19):
                 await ingest(client, keys, meters, [q], ledger)
                 await asyncio.sleep(1)
         total = len(ledger.accepted_set)
