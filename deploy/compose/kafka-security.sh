@@ -82,6 +82,7 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-city-kpi --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-city-kpi --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write --topic ioc.internal.city-kpi.changelog --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-city-kpi --operation Describe --operation Read --group city-kpi --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-city-kpi --operation Describe --operation Read --topic ioc.internal.city-kpi.rekey --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-city-kpi --operation Describe --operation Write --transactional-id ioc-city-kpi- --resource-pattern-type prefix
 # ioc-meter-kpi
 "$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-meter-kpi --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_METER_KPI:?}]"
@@ -95,6 +96,7 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-kpi --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-kpi --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write --topic ioc.internal.meter-kpi.changelog --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-kpi --operation Describe --operation Read --group meter-kpi --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-kpi --operation Describe --operation Read --topic ioc.internal.meter-kpi.rekey --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-kpi --operation Describe --operation Write --transactional-id ioc-meter-kpi- --resource-pattern-type prefix
 # ioc-meter-feeder-outage
 "$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-meter-feeder-outage --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_METER_FEEDER_OUTAGE:?}]"
@@ -108,6 +110,7 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-feeder-outage --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-feeder-outage --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write --topic ioc.internal.meter-feeder-outage.changelog --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-feeder-outage --operation Describe --operation Read --group meter-feeder-outage --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-feeder-outage --operation Describe --operation Read --topic ioc.internal.meter-feeder-outage.rekey --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-meter-feeder-outage --operation Describe --operation Write --transactional-id ioc-meter-feeder-outage- --resource-pattern-type prefix
 # ioc-traffic-signals
 "$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-traffic-signals --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_TRAFFIC_SIGNALS:?}]"
@@ -120,6 +123,7 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-traffic-signals --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-traffic-signals --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write --topic ioc.internal.traffic-signals.changelog --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-traffic-signals --operation Describe --operation Read --group traffic-signals --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-traffic-signals --operation Describe --operation Read --topic ioc.internal.traffic-signals.rekey --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-traffic-signals --operation Describe --operation Write --transactional-id ioc-traffic-signals- --resource-pattern-type prefix
 # ioc-kiosk-kpi
 "$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-kiosk-kpi --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_KIOSK_KPI:?}]"
@@ -134,6 +138,7 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-kiosk-kpi --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-kiosk-kpi --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write --topic ioc.internal.kiosk-kpi.changelog --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-kiosk-kpi --operation Describe --operation Read --group kiosk-kpi --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-kiosk-kpi --operation Describe --operation Read --topic ioc.internal.kiosk-kpi.rekey --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-kiosk-kpi --operation Describe --operation Write --transactional-id ioc-kiosk-kpi- --resource-pattern-type prefix
 # ioc-dossier-kpi
 "$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-dossier-kpi --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_DOSSIER_KPI:?}]"
@@ -143,6 +148,7 @@ K=/opt/kafka/bin
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Create --operation Describe --operation Write --topic ioc.deadletter --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Create --operation Describe --operation DescribeConfigs --operation Read --operation Write --topic ioc.internal.dossier-kpi.changelog --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Describe --operation Read --group dossier-kpi --resource-pattern-type literal
+"$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Describe --operation Read --topic ioc.internal.dossier-kpi.rekey --resource-pattern-type literal
 "$K/kafka-acls.sh" --bootstrap-server "$B" --command-config "$C" --add --allow-principal User:ioc-dossier-kpi --operation Describe --operation Write --transactional-id ioc-dossier-kpi- --resource-pattern-type prefix
 # ioc-archiver
 "$K/kafka-configs.sh" --bootstrap-server "$B" --command-config "$C" --alter --entity-type users --entity-name ioc-archiver --add-config "SCRAM-SHA-512=[password=${IOC_KAFKA_PASSWORD_ARCHIVER:?}]"
