@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
@@ -68,23 +69,26 @@ async def upsert_meters(conn: asyncpg.Connection, meters: Sequence[MeterIn]) -> 
 MeterPosition = tuple[datetime, str]
 
 
+async def _keyset_page(
+    pool: asyncpg.Pool, select: str, key: str, after: tuple[Any, Any] | None, limit: int
+) -> list[asyncpg.Record]:
+    """``select``'s rows in the order of its two-column ``key``, up to ``limit``, after the key ``after``
+    (from the first when ``None``)."""
+    if after is None:
+        return await pool.fetch(f"{select} ORDER BY {key} LIMIT $1", limit)
+    return await pool.fetch(
+        f"{select} WHERE ({key}) > ($1, $2) ORDER BY {key} LIMIT $3", after[0], after[1], limit
+    )
+
+
 async def load_meter_page(
     pool: asyncpg.Pool, after: MeterPosition | None, limit: int
 ) -> tuple[list[MeterInfo], MeterPosition | None]:
     """Up to ``limit`` registry entries changed after ``after`` (from the first when ``None``) in change order,
     and the position of the last one (``after`` when none)."""
-    if after is None:
-        rows = await pool.fetch(
-            f"SELECT {_METER_COLUMNS}, updated_at FROM meters ORDER BY updated_at, meter_id LIMIT $1", limit
-        )
-    else:
-        rows = await pool.fetch(
-            f"SELECT {_METER_COLUMNS}, updated_at FROM meters WHERE (updated_at, meter_id) > ($1, $2) "
-            "ORDER BY updated_at, meter_id LIMIT $3",
-            after[0],
-            after[1],
-            limit,
-        )
+    rows = await _keyset_page(
+        pool, f"SELECT {_METER_COLUMNS}, updated_at FROM meters", "updated_at, meter_id", after, limit
+    )
     position = (rows[-1]["updated_at"], rows[-1]["meter_id"]) if rows else after
     return [_info(r) for r in rows], position
 
@@ -99,18 +103,7 @@ async def load_register_page(
 ) -> list[tuple[tuple[str, str], RegisterState]]:
     """Up to ``limit`` register states in key order, after the key ``after`` (from the start: None)."""
     columns = "meter_id, obis, last_end, seen_mask, last_value, value_end, zero_run, recent"
-    if after is None:
-        rows = await pool.fetch(
-            f"SELECT {columns} FROM register_state ORDER BY meter_id, obis LIMIT $1", limit
-        )
-    else:
-        rows = await pool.fetch(
-            f"SELECT {columns} FROM register_state WHERE (meter_id, obis) > ($1, $2) "
-            "ORDER BY meter_id, obis LIMIT $3",
-            after[0],
-            after[1],
-            limit,
-        )
+    rows = await _keyset_page(pool, f"SELECT {columns} FROM register_state", "meter_id, obis", after, limit)
     return [((r[0], r[1]), (r[2], r[3], r[4], r[5], r[6], *_recent(r[7]))) for r in rows]
 
 
