@@ -73,6 +73,17 @@ DURABILITY_MODES = ("auto", "markers", "transactions")
 TRANSACTION_TIMEOUT_S = 30.0
 
 
+def read_to_end(applied: int | None, end: int | None, read: tuple[int, int] | None, generation: int) -> bool:
+    """Whether a driver has read a source partition to ``end`` (its readable end; None before a fetch answer):
+    its applied offset reached it, or (transaction markers and aborted records take offsets no data record
+    passes) the consumer's position ``read`` = (generation, position), noted in this ``generation``, did."""
+    if end is None:
+        return False
+    if end <= 0 or (applied is not None and applied >= end):
+        return True
+    return applied is not None and read is not None and read[0] == generation and read[1] >= end
+
+
 def whole_partitions(assignment: Iterable[TopicPartition], topics: Iterable[str]) -> set[int]:
     """The partition numbers of which ``assignment`` holds every one of ``topics``: the partitions whose state a
     worker may fold (a partition of only some source topics would fold half of its events)."""

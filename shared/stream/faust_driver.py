@@ -34,7 +34,7 @@ from shared.config import KafkaSettings
 from shared.kafka.records import bare_records
 from shared.metrics import CONSUMER_LAG
 from shared.stream.assignor import CoPartitionedAssignor
-from shared.stream.core import ProcessorCore, whole_partitions
+from shared.stream.core import ProcessorCore, read_to_end, whole_partitions
 from shared.stream.faust_adapter import (
     BatchApp,
     BatchSource,
@@ -295,12 +295,8 @@ class FaustDriver:
             except Exception:
                 return False
             applied = self.core.applied_offset(tp.topic, tp.partition)
-            if end is None:
+            if not read_to_end(applied, end, self._read_to.get(tp), generation):
                 return False
-            if end > 0 and (applied is None or applied < end):
-                read = self._read_to.get(tp)
-                if applied is None or read is None or read[0] != generation or read[1] < end:
-                    return False
         return True
 
 

@@ -33,7 +33,7 @@ from shared.kafka.aiokafka_adapter import bare_records, group_generation, route_
 from shared.kafka.producer import EventPublisher
 from shared.metrics import CONSUMER_LAG
 from shared.stream.assignor import CoPartitionedAssignor
-from shared.stream.core import DURABILITY_MODES, ProcessorCore, changelog_topic, whole_partitions
+from shared.stream.core import DURABILITY_MODES, ProcessorCore, changelog_topic, read_to_end, whole_partitions
 from shared.stream.health import HEARTBEAT
 from shared.stream.processor import StreamProcessor
 from shared.tasks import stop_tasks
@@ -273,14 +273,9 @@ class AiokafkaDriver:
         in between) the consumer's position there in this generation."""
         assert self.consumer is not None
         for tp in self.consumer.assignment():
-            end = self._readable_end(tp)
             applied = self.core.applied_offset(tp.topic, tp.partition)
-            if end is None:
+            if not read_to_end(applied, self._readable_end(tp), self._read_to.get(tp), self.generation):
                 return False
-            if end > 0 and (applied is None or applied < end):
-                read = self._read_to.get(tp)
-                if applied is None or read is None or read[0] != self.generation or read[1] < end:
-                    return False
         return bool(self.consumer.assignment()) and not self.busy and not self.core.writes_in_flight
 
 
