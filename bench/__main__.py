@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
-console = Console()
+# A log (CI, `make bench > file`) is no terminal: rich would fold the wide tables into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 220)
 
 
 def run_path(path: str, timeout: float = 300, **args) -> dict:
@@ -269,12 +270,30 @@ def report(results: dict, n: int, only: tuple[str, ...] = ()) -> None:
             _exact_cell(r),
         )
     console.print(table)
+    print_targets(results)
     out = ROOT / "bench-results"
     out.mkdir(exist_ok=True)
     results = {"_run": run_metadata(n), **results}
     name = "bench.json" if not only else f"bench-{'-'.join(only)}.json"
     (out / name).write_text(json.dumps(results, indent=2))
     console.print(f"written {out / name}")
+
+
+def print_targets(results: dict) -> None:
+    """Issue #42's targets: met, or the distance and the profile that explains it (``bench.targets``)."""
+    from bench.targets import evaluate
+
+    rows = evaluate(results, os.cpu_count() or 1)
+    if not rows:
+        return
+    table = Table(title="Targets (issue #42), this run", show_lines=True)
+    for col in ("target", "measured", "status", "distance", "what explains it"):
+        table.add_column(col, overflow="fold")
+    colour = {"met": "green", "not met": "red"}
+    for t in rows:
+        status = f"[{colour[t.status]}]{t.status}[/]" if t.status in colour else t.status
+        table.add_row(t.target, t.measured, status, t.distance, t.explanation)
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 
+from bench.stage_profile import StageProfile
 from bench.worker import Meter, naive_app
 from shared.config import KafkaSettings
 
@@ -39,6 +40,7 @@ async def processor(
     barrier: dict | None = None,
     start_timeout: float = 60.0,
     driver: str = "faust",
+    ownership: bool = False,
 ) -> dict:
     """Process everything in the processor's source topics; events/s between the first and the last batch.
 
@@ -46,7 +48,8 @@ async def processor(
     it owns at the end. ``group``: a fixed processor name (consumer group), for several workers of one group;
     ``barrier`` (``{"dir": ..., "workers": n}``): the workers of the group start their runtimes together, and once
     idle, a worker waits until every worker is idle before it reads its state and stops, so no partition moves
-    while the totals are read. ``driver``: the runtime's consumer driver (``shared.stream.runtime``)."""
+    while the totals are read. ``driver``: the runtime's consumer driver (``shared.stream.runtime``). ``ownership``:
+    the partitions it owns at the end and its span (scale-out rows of processors without totals)."""
     from shared.gc_tuning import tune_gc
     from shared.stream.runtime import ProcessorRuntime
 
@@ -61,10 +64,14 @@ async def processor(
     await rt.start()
     # The clock and CPU start when the first fetched batch reaches the core (not after it was applied: with a
     # small workload the first batch can be most of it), so group joins and recovery are excluded.
-    process = rt.core.process
+    profile = StageProfile()
+    profile.attach(rt.core)
+    process = profile.timed_async("batch", rt.core.process)
 
     async def timed_process(records, **kwargs):
-        m.first()
+        if m.t0 is None:
+            m.first()
+            profile.first()
         return await process(records, **kwargs)
 
     rt.core.process = timed_process  # type: ignore[method-assign,assignment]  # timing wrapper
@@ -77,6 +84,7 @@ async def processor(
             if p != last:
                 last, idle_since = p, time.perf_counter()
                 m.last()
+                profile.last()
             elif p and time.perf_counter() - idle_since > idle_s:
                 break
             elif not p and time.perf_counter() - started > start_timeout:
@@ -84,6 +92,9 @@ async def processor(
         if barrier:
             await _wait_barrier(barrier, timeout, "idle")
         extra: dict = {}
+        if ownership:  # which partitions this worker folded, and its span, for a scale-out row
+            extra["partitions"] = sorted(rt.core.partitions)
+            extra["t0"], extra["t1"] = m.t0, m.t1
         if totals:
             from bench.meter_totals import ioc_quarters
 
@@ -101,6 +112,7 @@ async def processor(
         dead_lettered=getattr(rt.core, "dead_lettered", None),
         driver=driver,
         late_ignored=proc.late_ignored,
+        cpu_profile_us_per_event=profile.result(rt.core.processed),
         **extra,
     )
 

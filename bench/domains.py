@@ -34,6 +34,7 @@ DOMAIN_PATHS = {
     "meter_feeder_events": "bench.domain_processors:produce_feeder_supply_events",
     "pipeline": "bench.domain_pipeline:pipeline",
     "burst": "bench.domain_burst:burst",
+    "topic_bytes": "bench.producer_compression:on_broker",
 }
 
 
@@ -263,6 +264,21 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
                 **meter_rows.scale_out(bootstrap, truth, "embedded"),
             }
         results.update(meter_rows.apache_rows(bootstrap, truth, apache, run_child, console, only))
+        results.update(meter_rows.other_scale_out(bootstrap, apache, console, wanted, apache.copied))
+        if wanted("meter_topic_bytes"):
+            console.print("… bytes per reading on the topic, Apache Kafka log segments, per codec")
+            results["meter_topic_bytes"] = {
+                "label": "meter readings on the topic: bytes per reading (Apache Kafka, one replica)",
+                **meter_rows.topic_bytes(apache, run_child),
+            }
+        if wanted("meter_memory"):
+            console.print(
+                "… what the meter service's registry and register state hold per meter (tracemalloc)"
+            )
+            results["meter_memory"] = {
+                "label": "meter service state per meter, in process (tracemalloc)",
+                **meter_rows.state_memory(),
+            }
         if not only or "burst".startswith(only):
             from bench.domain_burst import LABEL as BURST_LABEL
 

@@ -65,16 +65,18 @@ def merge_partitions(per_worker: list[dict[str, dict]]) -> tuple[dict[str, list]
     return out, overlap
 
 
-def combine_workers(workers: list[dict], truth: dict) -> dict:
+def combine_workers(workers: list[dict], truth: dict, reference: dict | None = None) -> dict:
     """One scale-out row from the workers of one group: events/s over the group's span (first event anywhere to
-    the last), CPU per event over all workers, and the merged totals checked against the reference."""
+    the last), CPU per event over all workers, and exactness: the merged meter totals against the reference
+    (``truth``), or, for a processor without totals, every record folded once against ``reference`` (the
+    one-worker run's row, ``None`` for that run itself)."""
     ok = [w for w in workers if w.get("events") is not None and "error" not in w]
     events = sum(w["events"] for w in ok)
     spans = [(w["t0"], w["t1"]) for w in ok if w.get("t0") and w.get("t1")]
     wall = (max(t1 for _, t1 in spans) - min(t0 for t0, _ in spans)) if spans else 0.0
     cpu = sum((w.get("cpu_s_per_million") or 0) * w["events"] / 1e6 for w in ok)
     merged, overlap = merge_partitions([w.get("quarters_by_partition", {}) for w in ok])
-    row = {
+    row: dict = {
         "workers": len(workers),
         "events": events,
         "seconds": round(wall, 3),
@@ -92,15 +94,28 @@ def combine_workers(workers: list[dict], truth: dict) -> dict:
         "every_worker_busy": all(w.get("events") for w in workers),
         "partition_overlap": overlap,
     }
+    complete = len(ok) == len(workers)
     if truth.get("quarters_valid"):
         row["totals"] = compare(truth["quarters_valid"], merged)
-        row["exact"] = row["totals"]["exact"] and not overlap and len(ok) == len(workers)
+        row["exact"] = row["totals"]["exact"] and not overlap and complete
+    elif reference is not None:
+        # Every record folded once: the same events as one worker folded, each partition owned by one worker,
+        # all of them owned. (Final states are not compared: the kiosk's offline time, for one, accrues up to
+        # the wall clock of each emit, so no two runs hold the same state.)
+        owned = sorted(p for w in ok for p in w.get("partitions") or ())
+        expected = sorted(p for w in reference.get("per_worker", []) for p in w.get("partitions") or ())
+        overlap += [str(p) for p in set(owned) if owned.count(p) > 1]
+        row["exact"] = events == reference.get("events") and owned == expected and not overlap and complete
     return row
 
 
-def scale_out(bootstrap: str, truth: dict, broker: str, env: dict | None = None) -> dict:
-    """The meter processor with 1, 2 and 3 worker processes of one consumer group over the same topics (each
-    count a fresh group, so each reads everything), the speed-up against one worker, exact totals checked."""
+def scale_out(
+    bootstrap: str, truth: dict, broker: str, env: dict | None = None, domain: str = "meter", index: int = 0
+) -> dict:
+    """A processor with 1, 2 and 3 worker processes of one consumer group over the same topics (each count a fresh
+    group, so each reads everything), the speed-up against one worker, and exactness: the meter-kpi processor's
+    totals against the readings topic's; any other processor's events against the one-worker run's: the same
+    number folded, each partition owned by exactly one worker."""
     import subprocess
     import sys
 
@@ -108,15 +123,18 @@ def scale_out(bootstrap: str, truth: dict, broker: str, env: dict | None = None)
 
     from bench.__main__ import ROOT
 
+    totals = domain == "meter" and index == 0
     rows: dict[str, dict] = {}
     for n in WORKERS:
-        group = f"meter-kpi-scale{n}-{uuid.uuid4().hex[:6]}"
+        group = f"{domain}-{index}-scale{n}-{uuid.uuid4().hex[:6]}"
         barrier = tempfile.mkdtemp(prefix="ioc-bench-barrier-")
         args = dict(
             bootstrap=bootstrap,
             domain_path="processor",
-            domain="meter",
-            totals=True,
+            domain=domain,
+            index=index,
+            totals=totals,
+            ownership=not totals,
             group=group,
             barrier={"dir": barrier, "workers": n},
             start_timeout=30.0,
@@ -133,19 +151,22 @@ def scale_out(bootstrap: str, truth: dict, broker: str, env: dict | None = None)
             out, err = p.communicate(timeout=600)
             res = next((orjson.loads(x[7:]) for x in out.splitlines() if x.startswith("RESULT ")), None)
             workers.append(res or {"error": err[-1500:]})
-        rows[str(n)] = combine_workers(workers, truth)
+        rows[str(n)] = combine_workers(workers, truth if totals else {}, None if n == 1 else rows.get("1"))
     one = (rows.get("1") or {}).get("events_per_s")
     for r in rows.values():
         if one and r.get("events_per_s"):
             r["x_one_worker"] = round(r["events_per_s"] / one, 2)
     best = rows[str(WORKERS[-1])]
+    exact = {k: r.get("exact") for k, r in rows.items()}
+    if not totals:  # the one-worker run is the reference the others are checked against
+        exact["1"] = "reference" if rows["1"].get("events") else False
     return {
         "broker": broker,
         "events": best.get("events"),
         "events_per_s": best.get("events_per_s"),
         "cpu_s_per_million": best.get("cpu_s_per_million"),
         "x_one_worker_by_workers": {k: r.get("x_one_worker") for k, r in rows.items()},
-        "exact_by_workers": {k: r.get("exact") for k, r in rows.items()},
+        "exact_by_workers": exact,
         "scale": rows,
     }
 
@@ -156,6 +177,7 @@ class ApacheBroker:
     def __init__(self) -> None:
         self.cluster = None
         self.error: str | None = None
+        self.copied: set[str] = set()  # topics copied from the embedded broker so far
 
     def start(self):
         if self.cluster is None and self.error is None:
@@ -198,10 +220,19 @@ def copy_topic(src_bootstrap: str, dst_bootstrap: str, topic: str = READINGS, pa
         }
     )
     p = Producer({"bootstrap.servers": dst_bootstrap, "linger.ms": 20, "compression.type": "zstd"})
+    from confluent_kafka import TopicPartition
+
+    records = 0
+    for part in range(partitions):
+        low, high = c.get_watermark_offsets(TopicPartition(topic, part), timeout=10)
+        records += max(0, high - low)
+    if not records:  # nothing to wait for
+        c.close()
+        return 0
     c.subscribe([topic])
     copied, idle_since = 0, time.perf_counter()
     try:
-        while time.perf_counter() - idle_since < (3.0 if copied else 60.0):
+        while copied < records and time.perf_counter() - idle_since < (3.0 if copied else 60.0):
             batch = [r for r in c.consume(num_messages=20000, timeout=0.2) if r.error() is None]
             if not batch:
                 continue
@@ -245,6 +276,7 @@ def apache_rows(
     bs = cluster.bootstrap_servers
     console.print(f"… Apache Kafka {bs}: copying {READINGS}")
     copied = copy_topic(embedded_bootstrap, bs)
+    apache.copied.add(READINGS)
     child = functools.partial(run_child, "domain", timeout=900, bootstrap=bs)
     if wanted("meter_kstreams_peer"):
         console.print("… meter-kpi processor and Kafka Streams on Apache Kafka")
@@ -276,4 +308,87 @@ def apache_rows(
             "label": "meter-kpi processor, 1 → 2 → 3 workers, Apache Kafka",
             **scale_out(bs, truth, "apache"),
         }
+    return out
+
+
+def topic_bytes(apache: ApacheBroker, run_child) -> dict:
+    """Bytes per reading in the readings' log segments on the Apache Kafka broker, uncompressed and with each
+    codec IOC offers (``bench.producer_compression``)."""
+    cluster = apache.start()
+    if cluster is None:
+        return {"error": apache.error or "Apache Kafka unavailable"}
+    node = next(iter(cluster.nodes.values()))
+    return run_child(
+        "domain",
+        timeout=900,
+        bootstrap=cluster.bootstrap_servers,
+        domain_path="topic_bytes",
+        data_dir=str(node.data_dir),
+        codecs=["none", "lz4", "zstd"],
+    )
+
+
+def state_memory(meters: int = 100_000) -> dict:
+    """``bench.meter_state_memory`` with tracemalloc in a child process: the Python objects the meter service's
+    registry and register state hold per meter (what the RSS per meter is made of)."""
+    import subprocess
+    import sys
+
+    import orjson
+
+    from bench.__main__ import ROOT
+
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.meter_state_memory", "--meters", str(meters), "--tracemalloc"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("{")), None)
+    return orjson.loads(line) if line else {"error": (r.stderr or r.stdout)[-1000:]}
+
+
+#: the processors besides the meter-kpi one whose scale-out ``make bench`` measures: (domain, index, row name)
+OTHER_SCALE_OUT = (
+    ("meter", 1, "meter_feeder"),
+    ("traffic", 0, "traffic"),
+    ("kiosk", 0, "kiosk"),
+    ("dossier", 0, "dossier"),
+)
+
+
+def other_scale_out(
+    embedded_bootstrap: str, apache: ApacheBroker, console, wanted, copied: set[str]
+) -> dict[str, dict]:
+    """Scale-out 1 → 2 → 3 workers of every other KPI processor, on the embedded broker and on Apache Kafka (its
+    source topics copied there first), each checked against its one-worker run."""
+    from bench.domain_processors import build_processor
+    from shared.config import KafkaSettings
+
+    out: dict[str, dict] = {}
+    for domain, index, name in OTHER_SCALE_OUT:
+        for broker in ("embedded", "apache"):
+            key = f"{name}_scaleout_{broker}"
+            if not wanted(key):
+                continue
+            label = f"{name.replace('_', '-')} processor, 1 → 2 → 3 workers, " + (
+                "embedded broker" if broker == "embedded" else "Apache Kafka"
+            )
+            console.print(f"… {label}")
+            bootstrap = embedded_bootstrap
+            if broker == "apache":
+                cluster = apache.start()
+                if cluster is None:
+                    out[key] = {"label": label, "error": apache.error or "Apache Kafka unavailable"}
+                    continue
+                bootstrap = cluster.bootstrap_servers
+                topics = build_processor(
+                    domain, index, KafkaSettings(bootstrap_servers=embedded_bootstrap)
+                ).topics
+                for topic in topics:
+                    if topic not in copied:
+                        copy_topic(embedded_bootstrap, bootstrap, topic)
+                        copied.add(topic)
+            out[key] = {"label": label, **scale_out(bootstrap, {}, broker, domain=domain, index=index)}
     return out

@@ -102,6 +102,26 @@ async def run_codec(kafka, codec: str, events: list, topic: str) -> dict:
     }
 
 
+async def on_broker(kafka, data_dir: str, codecs: list[str], n: int = 100_000) -> dict:
+    """``make bench``'s row (``python -m bench.worker domain``): bytes per reading in the log segments of a
+    single-node Apache Kafka whose data directory is ``data_dir``, for each codec, and IOC's default codec."""
+    from shared.config import KafkaSettings
+
+    events = readings(n)
+    rows = []
+    for codec in codecs:
+        topic = f"bench.compression.{codec}.{int(time.time())}"
+        row = await run_codec(kafka, codec, events, topic)
+        await asyncio.sleep(1)  # the last batch reaches the segment file
+        row["disk_bytes_per_reading_one_replica"] = round(topic_bytes(Path(data_dir), topic) / n, 1)
+        rows.append(row)
+    return {
+        "readings": n,
+        "default_codec": KafkaSettings.model_fields["compression_type"].default,
+        "codecs": rows,
+    }
+
+
 def retopic(event, topic: str):
     from shared.contracts.cloudevents import EncodedEvent
 

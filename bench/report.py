@@ -84,12 +84,36 @@ def render(results: dict[str, Any]) -> str:
             else:
                 cells.append(_cell(r.get(field)))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += target_lines(paths, run)
     lines += exactness_lines(paths)
     notes = run.get("notes") or []
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
     lines.append("")
     return "\n".join(lines)
+
+
+def target_lines(paths: dict[str, dict], run: dict[str, Any]) -> list[str]:
+    """Issue #42's targets judged on this run (``bench.targets``): met, or the distance and its explanation."""
+    from bench.targets import evaluate
+
+    cores = int(str(run.get("machine", "2")).split(" ", 1)[0] or 2) if str(run.get("machine", "")) else 2
+    rows = evaluate(paths, cores)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Targets (issue #42), judged on this run",
+        "",
+        "| target | measured | status | distance | what explains it |",
+        "|---|---|---|---|---|",
+    ]
+    for t in rows:
+        status = f"**{t.status}**" if t.status != "met" else t.status
+        lines.append(
+            f"| {_cell(t.target)} | {_cell(t.measured)} | {status} | {_cell(t.distance)} | {_cell(t.explanation)} |"
+        )
+    return lines
 
 
 def exactness_lines(paths: dict[str, dict]) -> list[str]:

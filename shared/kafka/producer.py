@@ -32,14 +32,16 @@ class BrokerUnavailable(RuntimeError):
 
 
 _M = 0x5BD1E995
+_SEED = 0x9747B28C
 _WORDS = [struct.Struct(f"<{n}I").unpack_from for n in range(64)]
 
 
-def murmur2(data: bytes) -> int:
+def murmur2_python(data: bytes) -> int:
     """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``; the same values as aiokafka's), with the
-    4-byte words unpacked in one call rather than assembled byte by byte (it runs once per published record)."""
+    4-byte words unpacked in one call rather than assembled byte by byte. The fallback where the C extension
+    (:data:`murmur2`) has no wheel."""
     length = len(data)
-    h = 0x9747B28C ^ length
+    h = _SEED ^ length
     n4 = length >> 2
     for k in _WORDS[n4](data) if n4 < 64 else struct.unpack_from(f"<{n4}I", data):
         k = (k * _M) & 0xFFFFFFFF
@@ -55,6 +57,17 @@ def murmur2(data: bytes) -> int:
         h = ((h ^ data[i]) * _M) & 0xFFFFFFFF
     h = ((h ^ (h >> 13)) * _M) & 0xFFFFFFFF
     return h ^ (h >> 15)
+
+
+try:  # it runs once per published record: the C MurmurHash2 (Kafka's is the standard one with this seed)
+    from murmurhash2 import murmurhash2 as _murmurhash2
+
+    def murmur2(data: bytes) -> int:
+        """Kafka's murmur2, the same values as :func:`murmur2_python` (tests/shared/test_partitioner.py)."""
+        return _murmurhash2(data, _SEED)
+
+except ImportError:  # pragma: no cover - platforms without the wheel
+    murmur2 = murmur2_python
 
 
 def partition_for(key: bytes, partitions: int) -> int:
