@@ -30,24 +30,26 @@ def run_path(path: str, timeout: float = 300, **args) -> dict:
     if profile_dir:
         out = Path(profile_dir) / f"{args.get('domain', '')}{path}-{int(time.time())}.txt"
         cmd = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(out), "--", *cmd]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    for line in r.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    return {"error": (r.stderr or r.stdout)[-2000:]}
+    from bench.worker import read_result, result_file
+
+    env, out = result_file()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    return read_result(out, r.stdout) or {"error": (r.stderr or r.stdout)[-2000:]}
 
 
 def run_parallel(path: str, copies: int, timeout: float = 300, **args) -> list[dict]:
+    from bench.worker import read_result, result_file
+
     cmd = [sys.executable, "-m", "bench.worker", path, json.dumps(args)]
+    files = [result_file() for _ in range(copies)]
     procs = [
-        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(copies)
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for env, _ in files
     ]
     out = []
-    for p in procs:
+    for p, (_, file) in zip(procs, files, strict=True):
         stdout, stderr = p.communicate(timeout=timeout)
-        res = next((json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")), None)
-        out.append(res or {"error": stderr[-2000:]})
+        out.append(read_result(file, stdout) or {"error": stderr[-2000:]})
     return out
 
 

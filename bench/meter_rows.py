@@ -122,6 +122,7 @@ def scale_out(
     import orjson
 
     from bench.__main__ import ROOT
+    from bench.worker import read_result, result_file
 
     totals = domain == "meter" and index == 0
     rows: dict[str, dict] = {}
@@ -140,17 +141,22 @@ def scale_out(
             start_timeout=30.0,
         )
         cmd = [sys.executable, "-m", "bench.worker", "domain", orjson.dumps(args).decode()]
+        files = [result_file() for _ in range(n)]
         procs = [
             subprocess.Popen(
-                cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+                cmd,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**child_env, **(env or {})},
             )
-            for _ in range(n)
+            for child_env, _ in files
         ]
         workers = []
-        for p in procs:
+        for p, (_, file) in zip(procs, files, strict=True):
             out, err = p.communicate(timeout=600)
-            res = next((orjson.loads(x[7:]) for x in out.splitlines() if x.startswith("RESULT ")), None)
-            workers.append(res or {"error": err[-1500:]})
+            workers.append(read_result(file, out) or {"error": err[-1500:]})
         rows[str(n)] = combine_workers(workers, truth if totals else {}, None if n == 1 else rows.get("1"))
     one = (rows.get("1") or {}).get("events_per_s")
     for r in rows.values():
