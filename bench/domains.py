@@ -7,11 +7,13 @@ memory are that path's own. Services are measured as separate uvicorn processes 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
 import statistics
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,21 @@ def librdkafka_ratio(row: dict, librdkafka: dict) -> dict:
         "librdkafka_cpu_s_per_million": ceiling,
         "x_librdkafka_cpu": round(cpu / ceiling, 2),
     }
+
+
+@contextlib.contextmanager
+def fresh_center(pg, database: str) -> Iterator[tuple[str, str]]:
+    """A broker and a database of their own for a path that runs IOC's production services and processors (the
+    burst, the pipeline): on the run's broker they would first fold every KPI observation the rows before them
+    published, and load every meter the ingest rows registered."""
+    from shared.embedded import EmbeddedBroker
+
+    broker = EmbeddedBroker().start()
+    try:
+        pg.create_database(database)
+        yield broker.bootstrap_servers, pg.url(database)
+    finally:
+        broker.stop()
 
 
 def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: int = 3) -> dict[str, dict]:
@@ -286,14 +303,15 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
             readings = int(
                 os.environ.get("IOC_BENCH_BURST_READINGS") or (100_000 if n <= 50_000 else 300_000)
             )
-            res = run_child(
-                "domain",
-                timeout=1200,
-                bootstrap=bootstrap,
-                domain_path="burst",
-                database_url=db,
-                readings=readings,
-            )
+            with fresh_center(pg, "ioc_bench_burst") as (burst_bootstrap, burst_db):
+                res = run_child(
+                    "domain",
+                    timeout=1200,
+                    bootstrap=burst_bootstrap,
+                    domain_path="burst",
+                    database_url=burst_db,
+                    readings=readings,
+                )
             results["burst"] = {"label": BURST_LABEL, **res}
         # The whole pipeline last: every service and processor as subprocesses, driven at a target rate.
         from bench.domain_pipeline import LABEL as PIPELINE_LABEL
@@ -305,16 +323,17 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
         seconds = float(os.environ.get("IOC_BENCH_PIPELINE_SECONDS") or (15 if n <= 50_000 else 60))
         rate = int(os.environ.get("IOC_BENCH_PIPELINE_RATE") or 20_000)
         meters = int(os.environ.get("IOC_BENCH_PIPELINE_METERS") or 20_000)
-        res = run_child(
-            "domain",
-            timeout=max(900, seconds + 600),
-            bootstrap=bootstrap,
-            domain_path="pipeline",
-            database_url=db,
-            seconds=seconds,
-            rate=rate,
-            meters=meters,
-        )
+        with fresh_center(pg, "ioc_bench_pipeline") as (pipeline_bootstrap, pipeline_db):
+            res = run_child(
+                "domain",
+                timeout=max(900, seconds + 600),
+                bootstrap=pipeline_bootstrap,
+                domain_path="pipeline",
+                database_url=pipeline_db,
+                seconds=seconds,
+                rate=rate,
+                meters=meters,
+            )
         results["pipeline"] = {"label": PIPELINE_LABEL, **res}
     finally:
         apache.stop()
