@@ -286,7 +286,7 @@ def run_all(bootstrap: str, n: int, console, only: tuple[str, ...] = (), pairs: 
             console.print("… bytes per reading on the topic, Apache Kafka log segments, per codec")
             results["meter_topic_bytes"] = {
                 "label": "meter readings on the topic: bytes per reading (Apache Kafka, one replica)",
-                **meter_rows.topic_bytes(apache, run_child),
+                **meter_rows.topic_bytes(run_child),
             }
         if wanted("meter_memory"):
             console.print(
