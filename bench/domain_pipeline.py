@@ -49,6 +49,7 @@ import psutil
 from bench.domain_common import ROOT, bearer, issue_key, percentiles, service_env
 from bench.domain_kiosk import HEARTBEAT_EVERY, SESSION_EVERY, heartbeat_item, session_item
 from bench.domain_kiosk import iso as _iso
+from bench.domain_meter import commune_of
 from bench.domain_traffic import EVENTS_PER_S as TRAFFIC_EVENTS_PER_S
 from services.meter.processors import RETENTION as METER_RETENTION
 from shared.config import KafkaSettings
@@ -672,7 +673,7 @@ async def pipeline(
                 "meter_id": f"{prefix}F{k:03d}",
                 "customers": 1,
                 "district": d,
-                "commune": f"{d}-01",
+                "commune": commune_of(d),
                 "feeder": f"F-{d}-000",
                 "installed_on": "2020-01-01",
                 "interval_seconds": QUARTER,
@@ -685,7 +686,7 @@ async def pipeline(
                 "meter_id": f"{prefix}M{j:06d}",
                 "customers": 1 + (j % 50 == 0) * 29,
                 "district": fleet_districts[j % len(fleet_districts)],
-                "commune": f"{fleet_districts[j % len(fleet_districts)]}-01",
+                "commune": commune_of(fleet_districts[j % len(fleet_districts)]),
                 "feeder": f"F-{fleet_districts[j % len(fleet_districts)]}-{(j // len(fleet_districts)) // 200:03d}",
                 "installed_on": "2020-01-01",
                 "interval_seconds": QUARTER,
@@ -716,7 +717,7 @@ async def pipeline(
                 "meter_id": m,
                 "customers": 1,
                 "district": probe_district,
-                "commune": f"{probe_district}-01",
+                "commune": commune_of(probe_district),
                 "feeder": f"F-{probe_district}-PROBE",
                 "installed_on": "2020-01-01",
                 "interval_seconds": QUARTER,

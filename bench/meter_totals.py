@@ -25,17 +25,18 @@ def quarter_key(district: str, start_s: int) -> str:
 
 
 def expected_quarters(payloads: Iterable[Mapping], *, valid_only: bool = False) -> dict[str, list]:
-    """The reference totals from reading payloads (``valid_only``: only the readings IOC counts as valid
-    intervals, quality "measured" with a value)."""
+    """The reference totals from reading payloads: readings and energy per district and quarter hour.
+    ``valid_only``: count only the readings IOC counts as valid intervals (quality "measured" with a value); the
+    energy is every reading's delta either way (an estimated interval's energy was used all the same: the meter
+    KPI processor adds it to ``meter.energy_kwh``)."""
     out: dict[str, list] = {}
     for d in payloads:
         if d.get("obis") != ENERGY_IMPORT:
             continue
-        if valid_only and not (d.get("quality") == VALID_QUALITY and d.get("value") is not None):
-            continue
+        counted = not valid_only or (d.get("quality") == VALID_QUALITY and d.get("value") is not None)
         start = _epoch_s(d["interval_end"]) - int(d["interval_seconds"])
         t = out.setdefault(quarter_key(d["district"], start), [0, 0.0])
-        t[0] += 1
+        t[0] += counted
         t[1] += d.get("delta") or 0.0
     return out
 

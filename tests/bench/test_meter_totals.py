@@ -23,19 +23,21 @@ READINGS = [
     reading("HK", "2026-12-07T01:00:00Z", 0.25),
     reading("HK", "2026-12-07T01:00:00Z", 0.5),
     reading("HK", "2026-12-07T01:00:00Z", None, quality="estimated"),  # counted, no energy, not valid
+    reading("HK", "2026-12-07T01:00:00Z", 0.125, quality="estimated"),  # not valid, its energy counts
     reading("BD", "2026-12-07T01:15:00Z", 1.0),  # its own window: starts 01:00:00Z
     reading("BD", "2026-12-07T01:15:00Z", 9.0, obis="1-0:2.8.0"),  # export energy: not this aggregation
 ]
 
 
 def test_reference_totals_are_per_district_and_interval_start_in_epoch_ms():
-    # HK, start 00:45Z: three import readings, 0.25 + 0.5 + 0 kWh; BD, start 01:00Z: one, 1.0 kWh.
+    # HK, start 00:45Z: four import readings, 0.25 + 0.5 + 0 + 0.125 kWh; BD, start 01:00Z: one, 1.0 kWh.
     assert expected_quarters(READINGS) == {
-        "HK|1796604300000": [3, 0.75],
+        "HK|1796604300000": [4, 0.875],
         "BD|1796605200000": [1, 1.0],
     }
-    # IOC counts valid intervals (quality "measured" with a value): the estimated reading is not one.
-    assert expected_quarters(READINGS, valid_only=True)["HK|1796604300000"] == [2, 0.75]
+    # IOC counts valid intervals (quality "measured" with a value): the estimated readings are not; the energy
+    # of the one with a delta is still energy used (services/meter/processors.py adds every delta): 0.875 kWh.
+    assert expected_quarters(READINGS, valid_only=True)["HK|1796604300000"] == [2, 0.875]
 
 
 def test_ioc_state_totals_sum_over_partitions():
