@@ -65,10 +65,11 @@ def encode(
     A dict payload is trusted to be valid already (the hot path validates before); a model is dumped.
     """
     data = payload.model_dump(mode="json") if isinstance(payload, EventModel) else payload
-    shape = _SHAPES.get((etype.type, source))
+    key_field, subject_field = etype.key_field, etype.subject_field
+    shape = _SHAPES.get((etype.type, key_field, subject_field, source))
     if shape is None:
         shape = _shape(etype, source)
-    key_field, subject_field, source_header, type_header, schema_header = shape
+    source_header, type_header, schema_header = shape
     event_id = id or uuid.uuid4().hex
     if subject is None and subject_field:
         subject = str(data.get(subject_field))
@@ -90,19 +91,18 @@ def encode(
     )
 
 
-#: per (event type, source): the key and subject fields and the header tuples that never change between events
-#: (processors encode thousands of observations per emit; building these each time was most of ``encode``)
+#: per (event type, its key and subject fields, source): the header tuples that never change between events
+#: (processors encode thousands of observations per emit; building these each time was most of ``encode``). The
+#: key holds everything the tuples derive from, so two types that share a name cannot share an entry wrongly.
 _SHAPES: dict[
-    tuple[str, str], tuple[str, str | None, tuple[str, bytes], tuple[str, bytes], tuple[str, bytes]]
+    tuple[str, str, str | None, str], tuple[tuple[str, bytes], tuple[str, bytes], tuple[str, bytes]]
 ] = {}
 
 
-def _shape(etype: EventType, source: str):
+def _shape(etype: EventType, source: str) -> tuple[tuple[str, bytes], tuple[str, bytes], tuple[str, bytes]]:
     if len(_SHAPES) > 4096:  # sources are a handful per process; a bound all the same
         _SHAPES.clear()
-    shape = _SHAPES[(etype.type, source)] = (
-        etype.key_field,
-        etype.subject_field,
+    shape = _SHAPES[(etype.type, etype.key_field, etype.subject_field, source)] = (
         ("ce_source", source.encode()),
         ("ce_type", etype.type.encode()),
         ("ce_dataschema", etype.schema_id.encode()),

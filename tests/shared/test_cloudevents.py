@@ -321,3 +321,30 @@ def test_an_encoded_event_holds_about_its_own_size_not_the_encoders_buffer():
     assert held / len(events) < 3 * 1024, (
         f"{held / len(events):.0f} bytes held per {value_bytes:.0f}-byte event"
     )
+
+
+def test_encode_takes_each_types_own_key_and_subject_whatever_it_encoded_before():
+    # encode keeps the header tuples per type and source; a type of the same name with other key/subject
+    # fields (a replaced definition, as contract tests build) must still be keyed by its own field
+    kpi = EVENT_TYPES["ioc.meter.kpi.observed.v1"]
+    payload = kpi_observed_payload(
+        "meter.saifi",
+        "district",
+        "00001",
+        "2026-12-07T10:00:00Z",
+        900,
+        0.03,
+        3.0,
+        100.0,
+        "int/cust",
+        2,
+        "2026-12-07T10:00:00Z",
+    )
+    first = encode(kpi, payload, source="/ioc/test", id="a")
+    other = replace(kpi, key_field="scope_code", subject_field="kpi")
+    second = encode(other, payload, source="/ioc/test", id="b")
+    assert first.key == payload["key"].encode()
+    assert second.key == b"00001"
+    assert ("ce_subject", b"meter.saifi") in second.headers
+    assert dict(first.headers)["ce_source"] == dict(second.headers)["ce_source"] == b"/ioc/test"
+    assert dict(second.headers)["ce_dataschema"] == b"urn:ioc:schema:ioc.meter.kpi.observed.v1"
