@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,11 +303,19 @@ class Center:
         self.console.print("[dim]Ctrl-C stops everything.[/dim]")
 
     def wait(self) -> None:
-        """Supervise: restart a child that exits (with a pause), until interrupted."""
-        while True:
-            time.sleep(1)
+        """Supervise: restart a child that exits (with a pause), until Ctrl-C or SIGTERM.
+
+        From here a signal only sets a flag that the loop checks: a KeyboardInterrupt raised wherever the loop
+        happens to be (inside a library's call) can be caught and dropped there, and `ioc up` then ran on after
+        Ctrl-C (tests/test_make_run.py failed that way now and then)."""
+        interrupted = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: interrupted.set())
+        while not interrupted.wait(1):
             self.supervise_infrastructure()
             for child in self.children:
+                if interrupted.is_set():
+                    break
                 if not child.alive() and not self._stopping:
                     code = child.proc.returncode if child.proc else None
                     if time.monotonic() - child.started_at < 5:

@@ -76,23 +76,28 @@ async def test_partition_leader_killed_mid_stream_loses_and_doubles_nothing(
         assert publisher._producer._txn_manager.producer_id >= 0  # the idempotent path is the one running
         victim = busiest_leader(kafka_cluster, READINGS_TOPIC.name)
 
-        async def stream() -> None:
-            for q in range(4, 16):
-                await post_quarter(q)
+        streaming_started = asyncio.Event()
 
+        async def stream() -> None:
+            for q in range(4, 22):
+                await post_quarter(q)
+                streaming_started.set()
+
+        # The kill comes once the stream's first request is through, with 17 still to go (a fixed sleep stopped
+        # meaning "mid-stream" once ingest got faster: the whole stream fit in it)
         streaming = asyncio.create_task(stream())
-        await asyncio.sleep(0.3)
+        await streaming_started.wait()
         assert not streaming.done(), "the stream ended before the kill; the scenario did not happen"
         kafka_cluster.kill(victim)
         await streaming  # no stuck producer: every request finished with a 200
         assert busiest_leader(kafka_cluster, READINGS_TOPIC.name) != victim
         kafka_cluster.start_node(victim)
         kafka_cluster.wait_until_brokers(3)
-        for q in range(16, 19):  # and after the broker is back
+        for q in range(22, 25):  # and after the broker is back (quarter 24 is the last one in the past)
             await post_quarter(q)
 
     accepted = ledger.accepted_set
-    assert len(accepted) == 18 * len(meters) == len(set(posted))
+    assert len(accepted) == 24 * len(meters) == len(set(posted))
     on_topic = await ids_on_topic(kafka, accepted, expect=len(accepted))
     assert set(on_topic) == accepted, f"lost: {len(accepted - set(on_topic))}"
     doubled = {i for i, n in on_topic.items() if n > 1}
