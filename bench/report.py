@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,8 @@ def target_lines(paths: dict[str, dict], run: dict[str, Any]) -> list[str]:
     """Issue #42's targets judged on this run (``bench.targets``): met, or the distance and its explanation."""
     from bench.targets import evaluate
 
-    cores = int(str(run.get("machine", "2")).split(" ", 1)[0] or 2) if str(run.get("machine", "")) else 2
+    leading = re.match(r"\d+", str(run.get("machine", "")))  # "2 cores (…)", as bench.__main__ writes it
+    cores = int(leading.group()) if leading else 2
     rows = evaluate(paths, cores)
     if not rows:
         return []

@@ -140,7 +140,7 @@ def topic_bytes(results: dict[str, Any]) -> list[Target]:
     ]
 
 
-def profile_text(row: dict[str, Any], budget_us: float | None = None) -> str:
+def profile_text(row: dict[str, Any]) -> str:
     """The processor's CPU per event by part, largest first."""
     prof = row.get("cpu_profile_us_per_event") or {}
     if not prof:
@@ -150,10 +150,15 @@ def profile_text(row: dict[str, Any], budget_us: float | None = None) -> str:
     return f"µs per event: {text}"
 
 
+def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The result rows (``_run`` and other metadata left out)."""
+    return [(k, r) for k, r in results.items() if not k.startswith("_") and isinstance(r, dict)]
+
+
 def processors(results: dict[str, Any]) -> list[Target]:
     out = []
-    for key, r in results.items():
-        if key.startswith("_") or not isinstance(r, dict) or "x_librdkafka_cpu" not in r:
+    for key, r in _rows(results):
+        if "x_librdkafka_cpu" not in r:
             continue
         x = r["x_librdkafka_cpu"]
         loop = r.get("librdkafka_cpu_s_per_million") or 0
@@ -181,12 +186,8 @@ def processors(results: dict[str, Any]) -> list[Target]:
 
 def peers(results: dict[str, Any]) -> list[Target]:
     out = []
-    for key, r in results.items():
-        if (
-            key.startswith("_")
-            or not isinstance(r, dict)
-            or not key.startswith(("meter_quix", "meter_kstreams"))
-        ):
+    for key, r in _rows(results):
+        if not key.startswith(("meter_quix", "meter_kstreams")):
             continue
         name = f"ahead of {r.get('label', key).removeprefix('peer: ')}"
         x = r.get("x_ioc_cpu")
@@ -206,12 +207,8 @@ def peers(results: dict[str, Any]) -> list[Target]:
 
 def scale_out(results: dict[str, Any]) -> list[Target]:
     out = []
-    for key, r in results.items():
-        if (
-            key.startswith("_")
-            or not isinstance(r, dict)
-            or not ("exact_by_workers" in r or "scaleout" in key)
-        ):
+    for key, r in _rows(results):
+        if not ("exact_by_workers" in r or "scaleout" in key):
             continue
         exact = r.get("exact_by_workers") or {}
         speed = r.get("x_one_worker_by_workers") or {}
